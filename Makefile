@@ -1,0 +1,35 @@
+# saevlm: `make setup`, `make test`, `make demo`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test test-all demo bench clean
+
+# One pip resolve of requirements.txt (torch and torchvision pinned there, so nothing upgrades
+# torch to another CUDA build), then the package itself in editable mode without dependencies.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: $(STAMP)
+	$(PY) -m saevlm demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract_multipoint.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from saevlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""``python -m saevlm <command>``: the table of contents.
+
+Each command lives in its stage module (``add_arguments(parser)`` + ``run(args)``) and imports
+its heavy libraries inside ``run``, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "extract": ("saevlm.extract", "activations of a vision encoder at hook points -> stores"),
+    "embed": ("saevlm.embed", "image embeddings (DINOv2 / CLIP) for the Monosemanticity Score"),
+    "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
+    "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saevlm",
+        description="Sparse autoencoders on vision-language models (Pach et al., NeurIPS 2025): "
+                    "extract activations, train SAEs, score monosemanticity, steer LLaVA.",
+        epilog="Run `saevlm <command> --help` for a command's flags. Docs: docs/ in the repository.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (module, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from saevlm.errors import UserError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import saevlm
+        print(saevlm.__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except UserError as err:
+        print(f"saevlm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"saevlm {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

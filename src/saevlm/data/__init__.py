@@ -1,0 +1,1 @@
+"""Image datasets and the on-disk activation store."""

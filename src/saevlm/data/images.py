@@ -1,0 +1,217 @@
+"""Image datasets with a fixed, documented order (docs/datasets.md).
+
+Order = torchvision's ``ImageFolder`` order, which is also the order of torchvision's
+``ImageNet``: class folders sorted by name, then files sorted by path within each class folder
+(recursively, ``os.walk`` sorted). The dataset index of an image is its position in that list;
+``--take_every n`` keeps indices 0, n, 2n, ... All stores record the dataset index of every
+row, so indices never shift silently: an unreadable image stops the run with its path, or
+with ``--skip_bad_images`` is logged and listed in the manifest.
+
+Supported (``--dataset_name``):
+- ``imagenet``: ``<data_path>/{train,val}/<wnid>/*.JPEG`` (torchvision ``ImageNet`` layout, with
+  its ``meta.bin`` giving class names when present, or plain class folders).
+- ``inat`` (alias ``inat2021``): iNaturalist 2021, ``<data_path>/{train,train_mini,val}/<NNNNN_Kingdom_
+  Phylum_Class_Order_Family_Genus_species>/*.jpg``; the taxonomy is parsed from the folder names.
+- ``imagefolder``: any ``<data_path>[/<split>]/<class>/<image>`` tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from saevlm.errors import UserError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DATASETS = ("imagenet", "inat", "inat2021", "imagefolder")
+INAT_LEVELS = ("kingdom", "phylum", "class", "order", "family", "genus", "species")
+
+
+@dataclass
+class ImageList:
+    """An ordered list of images with class labels."""
+
+    name: str
+    root: Path
+    split: str | None
+    split_dir: Path
+    paths: list[str]  # relative to split_dir, in dataset order
+    labels: np.ndarray  # int64 class index per image
+    classes: list[str]  # class folder names, sorted
+    class_names: list[str] | None = None  # human-readable names (ImageNet meta.bin)
+    taxonomy: list[list[str]] | None = None  # per class: names from the root level down (iNat)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, index: int) -> Path:
+        return self.split_dir / self.paths[index]
+
+    def paths_sha256(self, indices: Sequence[int] | np.ndarray) -> str:
+        """Fingerprint of the selected images (their relative paths, in order)."""
+        h = hashlib.sha256()
+        for i in indices:
+            h.update(self.paths[int(i)].encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+    def provenance(self, selected: np.ndarray, take_every: int, max_images: int | None) -> dict:
+        return {"name": self.name, "root": str(self.root.resolve()), "split": self.split,
+                "num_images_in_split": len(self.paths), "num_classes": len(self.classes),
+                "take_every": take_every, "max_images": max_images,
+                "num_selected": int(len(selected)), "paths_sha256": self.paths_sha256(selected)}
+
+    def classes_json(self) -> dict:
+        out: dict[str, Any] = {"classes": self.classes}
+        if self.class_names is not None:
+            out["names"] = self.class_names
+        if self.taxonomy is not None:
+            out["taxonomy_levels"] = list(INAT_LEVELS)
+            out["taxonomy"] = self.taxonomy
+        return out
+
+
+def scan_class_folders(split_dir: Path, flag: str = "--data_path") -> tuple[list[str], list[str], np.ndarray]:
+    """torchvision ``ImageFolder`` order: sorted classes, then sorted paths inside each class."""
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+    if not classes:
+        loose = [e.name for e in os.scandir(split_dir) if e.name.lower().endswith(IMG_EXTENSIONS)]
+        hint = (f" It holds {len(loose)} loose images: class folders are expected (for the raw "
+                f"ImageNet val set, sort it into <wnid>/ folders first, e.g. by instantiating "
+                f"torchvision.datasets.ImageNet(root, split='val') once).") if loose else ""
+        raise UserError(f"{flag} {split_dir}: no class folders found.{hint}")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        class_dir = split_dir / cls
+        for dirpath, _dirs, files in sorted(os.walk(class_dir, followlinks=True)):
+            for fname in sorted(files):
+                if fname.lower().endswith(IMG_EXTENSIONS):
+                    paths.append(os.path.relpath(os.path.join(dirpath, fname), split_dir))
+                    labels.append(label)
+    if not paths:
+        raise UserError(f"{flag} {split_dir}: {len(classes)} class folders but no images "
+                        f"(extensions {', '.join(IMG_EXTENSIONS)})")
+    return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+def parse_inat_folder(name: str) -> list[str]:
+    """``00000_Animalia_Arthropoda_Arachnida_Araneae_Araneidae_Araneus_diadematus`` -> the 7 names
+    kingdom .. species (species as 'Genus epithet', since epithets repeat across genera)."""
+    parts = name.split("_")
+    if len(parts) < 8 or not parts[0].isdigit():
+        raise UserError(f"iNat class folder {name!r}: expected 'NNNNN_Kingdom_Phylum_Class_Order_"
+                        f"Family_Genus_species'")
+    genus, epithet = parts[6], "_".join(parts[7:])
+    return parts[1:7] + [f"{genus} {epithet}"]
+
+
+def _imagenet_names(root: Path, classes: list[str]) -> list[str] | None:
+    meta = root / "meta.bin"
+    if not meta.is_file():
+        return None
+    import torch
+
+    wnid_to_classes = torch.load(meta, weights_only=False)[0]
+    return [", ".join(wnid_to_classes[c]) if c in wnid_to_classes else c for c in classes]
+
+
+def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | None) -> ImageList:
+    """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the flag."""
+    if name not in DATASETS:
+        raise UserError(f"--dataset_name {name!r}: unknown; expected one of {', '.join(DATASETS)}")
+    if not data_path:
+        raise UserError("--data_path: required (the dataset's root directory)")
+    root = Path(data_path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data_path {root}: no such directory")
+    if name == "imagefolder":
+        split_dir = root / split if split else root
+        if split and not split_dir.is_dir():
+            raise UserError(f"--split {split}: {split_dir} does not exist (omit --split to use "
+                            f"{root} itself)")
+    else:
+        if not split:
+            raise UserError(f"--split: required for --dataset_name {name} (e.g. train or val)")
+        split_dir = root / split
+        if not split_dir.is_dir():
+            found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+            raise UserError(f"--split {split}: {split_dir} does not exist (folders in --data_path: "
+                            f"{', '.join(found) or 'none'})")
+    classes, paths, labels = scan_class_folders(split_dir)
+    images = ImageList(name="inat" if name == "inat2021" else name, root=root, split=split,
+                       split_dir=split_dir, paths=paths, labels=labels, classes=classes)
+    if name == "imagenet":
+        images.class_names = _imagenet_names(root, classes)
+    elif name in ("inat", "inat2021"):
+        images.taxonomy = [parse_inat_folder(c) for c in classes]
+    return images
+
+
+def select_indices(num_images: int, take_every: int, max_images: int | None) -> np.ndarray:
+    if take_every < 1:
+        raise UserError(f"--take_every {take_every}: expected a positive integer")
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max_images {max_images}: expected a positive integer")
+    selected = np.arange(0, num_images, take_every, dtype=np.int64)
+    return selected[:max_images] if max_images is not None else selected
+
+
+class ImageDataset:
+    """A map-style dataset over selected images; a read error comes back as data, not an
+    exception, so the main process can name the file and decide (stop or skip)."""
+
+    def __init__(self, images: ImageList, indices: np.ndarray, preprocess: Callable):
+        self.images, self.indices, self.preprocess = images, indices, preprocess
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        index = int(self.indices[i])
+        path = self.images.path(index)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return index, self.preprocess(img.convert("RGB")), None
+        except Exception as err:  # noqa: BLE001 - any decode failure is reported with its path
+            return index, None, f"{type(err).__name__}: {err}"
+
+
+def collate_images(batch):
+    """-> (indices of good images, stacked pixels or None, [(index, error)] of bad ones)."""
+    import torch
+
+    good = [(i, x) for i, x, err in batch if err is None]
+    bad = [(i, err) for i, _, err in batch if err is not None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, bad
+
+
+def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: int = 6,
+                      size: int = 40, seed: int = 0, class_names: Sequence[str] | None = None) -> Path:
+    """Write a small ImageFolder of generated PNGs (for tests and demos): each class has its
+    own colour and stripe orientation so that the images are not all alike."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = list(class_names) if class_names else [f"class_{c:03d}" for c in range(num_classes)]
+    for c, cname in enumerate(names):
+        (root / cname).mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, size=3)
+        for j in range(per_class):
+            yy, xx = np.mgrid[0:size, 0:size]
+            stripes = ((xx if c % 2 else yy) // (2 + c % 5)) % 2
+            noise = rng.integers(-40, 40, size=(size, size, 3))
+            pixels = np.clip(base[None, None] * (0.5 + 0.5 * stripes[..., None]) + noise, 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cname / f"img_{j:04d}.png")
+    return root

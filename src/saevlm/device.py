@@ -1,0 +1,57 @@
+"""Device and precision selection (``--device auto|cpu|cuda[:i]``, ``--autocast``)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>"
+AUTOCAST_CHOICES = ("none", "fp16", "bf16")
+
+
+def resolve_device(spec: str, flag: str = "--device") -> "torch.device":
+    """Turn a ``--device`` value into a ``torch.device``; asking for a missing GPU is a UserError."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"{flag} {spec}: CUDA was requested but torch sees no GPU on this machine "
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
+                f"Use {flag} cpu or {flag} auto."
+            )
+        index = 0
+        if ":" in spec:
+            try:
+                index = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise UserError(f"{flag} {spec}: expected cuda:<integer index>") from None
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"{flag} {spec}: only {count} GPU(s) visible (indices 0..{count - 1})")
+        return torch.device("cuda", index)
+    raise UserError(f"{flag} {spec!r}: expected {DEVICE_HELP}")
+
+
+def autocast_context(device: "torch.device", autocast: str, flag: str = "--autocast"):
+    """A context manager running the model under fp16/bf16 autocast on GPU, or a no-op."""
+    import torch
+
+    if autocast in (None, "none"):
+        return contextlib.nullcontext()
+    if autocast not in AUTOCAST_CHOICES:
+        raise UserError(f"{flag} {autocast!r}: expected one of {', '.join(AUTOCAST_CHOICES)}")
+    if device.type != "cuda":
+        raise UserError(f"{flag} {autocast}: mixed precision is for GPUs; the device is {device}")
+    dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
+    return torch.autocast(device_type="cuda", dtype=dtype)

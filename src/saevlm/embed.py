@@ -1,0 +1,55 @@
+"""``saevlm embed``: image embeddings for the Monosemanticity Score (PAPER.md §1).
+
+The similarity encoder E of the MS: DINOv2 ``pooler_output`` (default, 768-d) or CLIP
+``image_embeds`` (512-d for ViT-B/32). Flags follow the authors' ``encode_images.py``; the output
+is a store (``kind: embeddings``, one row per image, fp32) with the same image order and
+dataset provenance as ``extract`` writes, so later stages can refuse a mismatched pair.
+Embeddings are stored raw; the MS normalises them (cosine similarity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from saevlm.extract import _report_stores, add_common_arguments, extract_stores
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings_path", required=True,
+                   help="output store directory for the embeddings")
+    p.add_argument("--model_name", default="dinov2-base",
+                   help="similarity encoder: dinov2-base (default, pooler_output), "
+                        "clip-vit-base-patch32 (image_embeds), a hub id or a local directory")
+    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
+    add_common_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from saevlm.data.images import open_dataset, select_indices
+    from saevlm.data.store import normalize_store_dtype
+    from saevlm.device import resolve_device
+    from saevlm.models import load_encoder
+    from saevlm.models.base import POST_PROJECTION, TokenSelection
+
+    t0 = time.time()
+    device = resolve_device(args.device)
+    store_dtype = normalize_store_dtype(args.dtype)
+    images = open_dataset(args.dataset_name, args.data_path, args.split)
+    selected = select_indices(len(images), args.take_every, args.max_images)
+    encoder = load_encoder(args.model_name)
+    point = encoder.resolve(POST_PROJECTION, -1)
+    print(f"embed: {args.model_name} on {images.name}/{images.split} ({len(selected)} images), "
+          f"device: {device}", file=sys.stderr)
+    stores = extract_stores(encoder, images, selected, [point], TokenSelection("all"),
+                            output_dirs={point: Path(args.embeddings_path)}, kind="embeddings",
+                            batch_size=args.batch_size, num_workers=args.num_workers,
+                            store_dtype=store_dtype, device=device, autocast=args.autocast,
+                            skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
+                            overwrite=args.overwrite, progress=not args.no_progress,
+                            take_every=args.take_every, max_images=args.max_images,
+                            log=lambda m: print(m, file=sys.stderr))
+    _report_stores(stores, time.time() - t0)
+    return 0

@@ -1,0 +1,311 @@
+"""``saevlm extract``: activations of a vision encoder at one or several hook points, into stores.
+
+Flags follow the authors' ``save_activations.py``. All requested (point, layer) pairs come from
+ONE forward pass per batch; with no ``post_projection`` requested, the pass stops after the
+deepest requested block. One store per point: ``<output_dir>/post_mlp_residual_<l>/`` and
+``<output_dir>/post_projection/``. Rerunning the same command resumes an interrupted run and
+skips finished stores (byte-identical result: shard boundaries fall on batch boundaries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from saevlm.device import AUTOCAST_CHOICES, DEVICE_HELP
+from saevlm.errors import UserError
+
+DEFAULT_SHARD_ROWS = 65536
+
+
+def add_common_arguments(p: argparse.ArgumentParser, *, default_batch_size: int = 64) -> None:
+    """Dataset, batching and device flags shared by ``extract`` and ``embed``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset_name", default="imagefolder",
+                   help="imagenet | inat (iNaturalist 2021) | imagefolder (default: %(default)s)")
+    g.add_argument("--data_path", required=True, help="dataset root (holding train/ val/ for "
+                   "imagenet and inat; for imagefolder the class folders, or their parent with --split)")
+    g.add_argument("--split", default=None, help="split folder under --data_path: train, val, ... "
+                   "(required for imagenet and inat)")
+    g.add_argument("--take_every", type=int, default=1,
+                   help="keep every n-th image of the split, in dataset order (default: 1)")
+    g.add_argument("--max_images", type=int, default=None,
+                   help="stop after this many selected images (quick runs)")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="log and skip unreadable images (listed in the manifest) instead of stopping")
+    r = p.add_argument_group("run")
+    r.add_argument("--batch_size", type=int, default=default_batch_size,
+                   help="images per forward pass (default: %(default)s)")
+    r.add_argument("--num_workers", type=int, default=4, help="image-decoding worker processes "
+                   "(default: %(default)s; 0 decodes in the main process)")
+    r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    r.add_argument("--autocast", default="none", choices=AUTOCAST_CHOICES,
+                   help="mixed-precision forward on GPU (default: none = fp32)")
+    r.add_argument("--shard_rows", type=int, default=DEFAULT_SHARD_ROWS,
+                   help="approximate rows per shard file (default: %(default)s)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace existing stores written with other settings (default: refuse; "
+                        "a store with the same settings is resumed or skipped)")
+    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    m = p.add_argument_group("model and hook points")
+    m.add_argument("--model_name", required=True,
+                   help="short name (clip-vit-large-patch14-336, siglip-so400m-patch14-384, "
+                        "clip-vit-base-patch32, dinov2-base), hub id, local directory, or "
+                        "open_clip:<arch>/<pretrained>")
+    m.add_argument("--attachment_point", nargs="+", default=["post_mlp_residual"],
+                   help="post_mlp_residual (block output) and/or post_projection (pooled, projected "
+                        "output); several may be given (default: post_mlp_residual)")
+    m.add_argument("--layer", nargs="+", default=None,
+                   help="block indices for post_mlp_residual (negative counts from the end); "
+                        "'last' adds post_projection. Several layers come from one forward pass. "
+                        "The authors' '--attachment_point post_projection --layer -1' works as is")
+    t = p.add_argument_group("token selection (block points; default: all tokens)")
+    t.add_argument("--cls_only", action="store_true", help="the CLS token only (the MS experiments); "
+                   "models without CLS (SigLIP) fall back to 2 random tokens")
+    t.add_argument("--mean_pool", action="store_true", help="mean over all tokens (CLS included)")
+    t.add_argument("--random_k", type=int, default=None,
+                   help="k random distinct tokens per image, seeded by (--seed, image index)")
+    t.add_argument("--seed", type=int, default=0, help="seed for --random_k (default: 0)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_dir", required=True, help="one store per point is written under it")
+    o.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
+    add_common_arguments(p)
+
+
+def parse_points(encoder, attachment_points: Sequence[str], layers: Sequence[str] | None):
+    """Flags -> resolved HookPoints (deduplicated, ordered)."""
+    from saevlm.models.base import ATTACHMENT_POINTS, POST_MLP_RESIDUAL, POST_PROJECTION
+
+    for ap in attachment_points:
+        if ap not in ATTACHMENT_POINTS:
+            raise UserError(f"--attachment_point {ap!r}: unknown; expected one of "
+                            f"{', '.join(ATTACHMENT_POINTS)}")
+    int_layers: list[int] = []
+    want_projection = POST_PROJECTION in attachment_points
+    for raw in layers or []:
+        if str(raw).lower() in ("last", "proj", "projection"):
+            want_projection = True
+            continue
+        try:
+            int_layers.append(int(raw))
+        except ValueError:
+            raise UserError(f"--layer {raw!r}: expected integers (or 'last' for the projection)") from None
+    points = []
+    if POST_MLP_RESIDUAL in attachment_points:
+        if not int_layers and not (want_projection and layers):
+            raise UserError(f"--layer: required with --attachment_point {POST_MLP_RESIDUAL} "
+                            f"(block indices; the model has {encoder.num_layers} blocks)")
+        points += [encoder.resolve(POST_MLP_RESIDUAL, layer) for layer in int_layers]
+    elif int_layers and any(layer != -1 for layer in int_layers):
+        raise UserError(f"--layer {' '.join(map(str, int_layers))}: block layers need "
+                        f"--attachment_point {POST_MLP_RESIDUAL}; {POST_PROJECTION} takes --layer -1 or none")
+    if want_projection:
+        points.append(encoder.resolve(POST_PROJECTION, -1))
+    return list(dict.fromkeys(points))
+
+
+@dataclass
+class _PendingStore:
+    """A store being written: its writer and the rows buffered for its current shard."""
+
+    point: object
+    writer: object
+    tokens: object
+    ranges: list
+    acts: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+
+def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: dict, kind: str,
+                   batch_size: int, num_workers: int, store_dtype: str, device, autocast: str = "none",
+                   skip_bad_images: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
+                   overwrite: bool = False, progress: bool = True, take_every: int = 1,
+                   max_images: int | None = None, log=print) -> dict:
+    """Write one store per point; returns ``{point: store_dir}``. See module docstring."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from saevlm.data.images import ImageDataset, collate_images
+    from saevlm.data.store import StoreWriter
+    from saevlm.device import autocast_context
+    from saevlm.models.base import POST_PROJECTION
+
+    if batch_size < 1:
+        raise UserError(f"--batch_size {batch_size}: expected a positive integer")
+    if shard_rows < 1:
+        raise UserError(f"--shard_rows {shard_rows}: expected a positive integer")
+    autocast_ctx = autocast_context(device, autocast)  # validates before any work
+    encoder.to(device)
+    software = _software_versions()
+    dataset_prov = images.provenance(selected, take_every, max_images)
+    extra_files = {"labels.npy": images.labels}
+    extra_json = {"classes.json": images.classes_json()}
+
+    num_tokens = None
+    if tokens.mode == "all" and any(p.attachment_point != POST_PROJECTION for p in points):
+        num_tokens = _probe_num_tokens(encoder, images, selected, points, device)
+
+    pending: list[_PendingStore] = []
+    for point in points:
+        pooled = point.attachment_point == POST_PROJECTION
+        store_tokens = None if pooled else tokens
+        rows_per_image = 1 if pooled else tokens.rows_per_image(num_tokens or 0)
+        images_per_shard = max(1, shard_rows // max(rows_per_image, 1) // batch_size) * batch_size
+        provenance = {
+            "model": encoder.provenance(),
+            "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
+            "tokens": {"selection": "pooled"} if pooled else
+                      {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {})},
+            "dataset": dataset_prov,
+            "run": {"batch_size": batch_size, "autocast": autocast},
+        }
+        writer = StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
+                             dtype=store_dtype, images_per_shard=images_per_shard,
+                             num_images=len(selected), provenance=provenance, software=software,
+                             overwrite=overwrite, extra_files=extra_files, extra_json=extra_json)
+        if writer.already_complete:
+            log(f"{output_dirs[point]}: complete already, skipped")
+            continue
+        if writer.images_done:
+            log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
+        pending.append(_PendingStore(point, writer, store_tokens, writer.shard_ranges()))
+
+    if pending:
+        start = min(s.writer.images_done for s in pending)
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(images, selected[start:], encoder.preprocess), batch_size=batch_size,
+            shuffle=False, num_workers=num_workers, collate_fn=collate_images,
+            pin_memory=device.type == "cuda", persistent_workers=False)
+        bar = tqdm(total=len(selected) - start, unit="img", disable=not progress,
+                   desc=f"extract {len(pending)} point(s)", dynamic_ncols=True, file=sys.stderr)
+        position = start
+        with bar:
+            for good, pixels, bad in loader:
+                n_in_batch = len(good) + len(bad)
+                skipped = _handle_bad(images, bad, skip_bad_images, log)
+                active = [s for s in pending if s.ranges and s.ranges[0][0] <= position]
+                if pixels is not None and active:
+                    with autocast_ctx:
+                        out = encoder.capture(pixels.to(device, non_blocking=True),
+                                              [s.point for s in active])
+                    for s in active:
+                        acts = out[s.point]
+                        if s.tokens is None:
+                            rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
+                        else:
+                            acts, rows = s.tokens.select(acts, good)
+                        s.acts.append(acts.float().cpu().numpy())
+                        s.rows.append(rows.numpy())
+                for s in active:
+                    s.skipped.extend(skipped)
+                position += n_in_batch
+                bar.update(n_in_batch)
+                for s in active:
+                    first, stop = s.ranges[0]
+                    if position >= stop:
+                        if position != stop:
+                            raise RuntimeError("shard boundary is not on a batch boundary")
+                        acts_nd = (np.concatenate(s.acts) if s.acts
+                                   else np.zeros((0, s.writer.dim), np.float32))
+                        rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
+                        s.writer.write_shard(acts_nd, rows_n2, first, stop - first, s.skipped)
+                        s.acts, s.rows, s.skipped = [], [], []
+                        s.ranges.pop(0)
+        for s in pending:
+            s.writer.finalize()
+    return {p: output_dirs[p] for p in points}
+
+
+def _handle_bad(images, bad, skip: bool, log) -> list[dict]:
+    records = []
+    for index, err in bad:
+        path = images.path(index)
+        if not skip:
+            raise UserError(f"unreadable image {path} (dataset index {index}): {err}. Fix or remove "
+                            f"it, or rerun with --skip_bad_images to log it and leave it out "
+                            f"(recorded in the manifest)")
+        log(f"warning: skipping unreadable image {path} (dataset index {index}): {err}")
+        records.append({"index": int(index), "path": str(images.paths[index]), "error": err})
+    return records
+
+
+def _probe_num_tokens(encoder, images, selected, points, device) -> int:
+    """Tokens per image at the block points, from one image (for sizing all-token shards)."""
+    from saevlm.data.images import ImageDataset
+    from saevlm.models.base import POST_MLP_RESIDUAL
+
+    ds = ImageDataset(images, selected[:1], encoder.preprocess)
+    _, pixels, err = ds[0]
+    if err is not None:
+        raise UserError(f"unreadable image {images.path(int(selected[0]))}: {err}")
+    block = [p for p in points if p.attachment_point == POST_MLP_RESIDUAL][:1]
+    out = encoder.capture(pixels[None].to(device), block)
+    return int(out[block[0]].shape[1])
+
+
+def _software_versions() -> dict:
+    import importlib.metadata as md
+
+    import saevlm
+
+    out = {"saevlm": saevlm.__version__}
+    for pkg in ("torch", "transformers", "open_clip_torch", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from saevlm.data.images import open_dataset, select_indices
+    from saevlm.data.store import normalize_store_dtype
+    from saevlm.device import resolve_device
+    from saevlm.models import load_encoder
+    from saevlm.models.base import token_selection_from_flags
+
+    t0 = time.time()
+    device = resolve_device(args.device)
+    store_dtype = normalize_store_dtype(args.dtype)
+    images = open_dataset(args.dataset_name, args.data_path, args.split)
+    selected = select_indices(len(images), args.take_every, args.max_images)
+    encoder = load_encoder(args.model_name)
+    points = parse_points(encoder, args.attachment_point, args.layer)
+    tokens = token_selection_from_flags(args.cls_only, args.mean_pool, args.random_k, args.seed,
+                                        encoder.has_cls, args.model_name,
+                                        lambda m: print(f"warning: {m}", file=sys.stderr))
+    out_root = Path(args.output_dir)
+    output_dirs = {p: out_root / p.slug for p in points}
+    print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "
+          f"({len(selected)} of {len(images)} images), points: "
+          f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
+          file=sys.stderr)
+    stores = extract_stores(encoder, images, selected, points, tokens, output_dirs=output_dirs,
+                            kind="activations", batch_size=args.batch_size,
+                            num_workers=args.num_workers, store_dtype=store_dtype, device=device,
+                            autocast=args.autocast, skip_bad_images=args.skip_bad_images,
+                            shard_rows=args.shard_rows, overwrite=args.overwrite,
+                            progress=not args.no_progress, take_every=args.take_every,
+                            max_images=args.max_images,
+                            log=lambda m: print(m, file=sys.stderr))
+    _report_stores(stores, time.time() - t0)
+    return 0
+
+
+def _report_stores(stores: dict, seconds: float) -> None:
+    from saevlm.data.store import ActivationStore
+
+    for point, path in stores.items():
+        s = ActivationStore(path)
+        print(f"wrote {path}  ({s.num_rows} rows x {s.dim}, {s.dtype}, "
+              f"{s.manifest['num_images']} images)")
+    print(f"done in {seconds:.1f} s")

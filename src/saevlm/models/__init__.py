@@ -1,0 +1,61 @@
+"""Model registry: names -> loaders.
+
+``load_encoder(name)`` accepts
+- a short name used by the authors' scripts (``clip-vit-large-patch14-336``, ...; see SHORT_NAMES),
+- a Hugging Face hub id (``openai/clip-vit-base-patch32``),
+- a local directory (transformers ``config.json`` or open_clip ``open_clip_config.json``),
+- ``open_clip:<arch>[/<pretrained>]`` or ``open_clip:hf-hub:<repo>``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+from saevlm.errors import UserError
+
+SHORT_NAMES: dict[str, str] = {
+    "clip-vit-large-patch14-336": "openai/clip-vit-large-patch14-336",
+    "clip-vit-large-patch14": "openai/clip-vit-large-patch14",
+    "clip-vit-base-patch32": "openai/clip-vit-base-patch32",
+    "clip-vit-base-patch16": "openai/clip-vit-base-patch16",
+    "siglip-so400m-patch14-384": "google/siglip-so400m-patch14-384",
+    "siglip-base-patch16-224": "google/siglip-base-patch16-224",
+    "dinov2-small": "facebook/dinov2-small",
+    "dinov2-base": "facebook/dinov2-base",
+    "dinov2-large": "facebook/dinov2-large",
+}
+OPEN_CLIP_PREFIX = "open_clip:"
+
+
+def _stderr_warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn):
+    """Load a vision encoder (eval mode, on CPU) by name; see the module docstring."""
+    from saevlm.models.hf import load_transformers_encoder
+    from saevlm.models.openclip import load_open_clip_encoder
+
+    if not name:
+        raise UserError("--model_name: empty")
+    if name.startswith(OPEN_CLIP_PREFIX):
+        return load_open_clip_encoder(name, name[len(OPEN_CLIP_PREFIX):], warn)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file():
+            return load_open_clip_encoder(name, f"local-dir:{path.resolve()}", warn)
+        if (path / "config.json").is_file():
+            return load_transformers_encoder(name, str(path.resolve()), warn)
+        raise UserError(f"--model_name {name}: the directory has neither config.json (transformers) "
+                        f"nor open_clip_config.json (open_clip)")
+    if name in SHORT_NAMES:
+        return load_transformers_encoder(name, SHORT_NAMES[name], warn)
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        return load_transformers_encoder(name, name, warn)
+    if path.suffix or name.startswith((".", "/", "~")):
+        raise UserError(f"--model_name {name}: no such directory")
+    raise UserError(f"--model_name {name}: unknown model. Use a short name "
+                    f"({', '.join(SHORT_NAMES)}), a hub id (org/name), a local directory, or "
+                    f"open_clip:<arch>/<pretrained>")

@@ -1,0 +1,270 @@
+"""The vision-encoder interface shared by every backend, and activation capture by forward hooks.
+
+A :class:`VisionEncoder` wraps a loaded model and knows three things about it: its transformer
+blocks (``blocks``), the module whose output is the pooled, projected image embedding
+(``projection_module`` + ``projection_from_output``), and how to turn PIL images into pixel
+tensors (``preprocess``). Everything else (capturing several hook points in one pass, stopping
+after the deepest block that was asked for, selecting tokens) is shared code here.
+
+Hook points (PAPER.md §2):
+
+- ``post_mlp_residual`` at block ``l``: the output of encoder block ``l`` (the residual stream
+  after the MLP); equals ``output_hidden_states[l + 1]`` of a transformers model.
+- ``post_projection``: the pooled output after the visual projection (CLIP ``image_embeds``,
+  SigLIP / DINOv2 ``pooler_output``, open_clip ``encode_image``). ``--layer -1`` in the authors'
+  scripts.
+
+Capture uses forward hooks only, never a subclass or a copy of a layer's ``forward``, so the
+code works on transformers 4.x (blocks return tuples) and 5.x (blocks return tensors) alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from saevlm.errors import UserError
+
+POST_MLP_RESIDUAL = "post_mlp_residual"
+POST_PROJECTION = "post_projection"
+ATTACHMENT_POINTS = (POST_MLP_RESIDUAL, POST_PROJECTION)
+
+
+@dataclass(frozen=True, order=True)
+class HookPoint:
+    """One place to read activations: ``(attachment_point, layer)``; layer is -1 for the projection."""
+
+    attachment_point: str
+    layer: int = -1
+
+    @property
+    def slug(self) -> str:
+        """A directory name for this point's store."""
+        if self.attachment_point == POST_PROJECTION:
+            return POST_PROJECTION
+        return f"{self.attachment_point}_{self.layer}"
+
+
+class _StopForward(Exception):
+    """Raised by the deepest requested block's hook to end the forward pass early."""
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """Block outputs are a Tensor (transformers 5.x, open_clip) or a tuple/ModelOutput (4.x)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if hasattr(output, "to_tuple"):
+        return first_tensor(output.to_tuple())
+    raise TypeError(f"cannot find a tensor in a block output of type {type(output).__name__}")
+
+
+@dataclass
+class VisionEncoder:
+    """A loaded vision model plus what saevlm needs to know about it.
+
+    Attributes
+    ----------
+    name: the name the user gave (short name, hub id or path).
+    source: what was actually loaded (hub id or absolute local path).
+    backend: ``"transformers"`` or ``"open_clip"``.
+    model: the ``nn.Module`` (eval mode).
+    blocks: the encoder's transformer blocks, in order.
+    projection_module: module whose forward output yields the pooled, projected embedding.
+    projection_from_output: maps that module's output to ``[B, P]``.
+    run: calls the model on pixel values (the full forward used for ``post_projection``).
+    preprocess: PIL image -> ``[3, H, W]`` float tensor.
+    has_cls: whether token 0 of a block's output is a CLS token.
+    hidden_size, projection_dim: widths of block outputs and of the projection.
+    info: extra provenance (class name, config summary).
+    """
+
+    name: str
+    source: str
+    backend: str
+    model: nn.Module
+    blocks: Sequence[nn.Module]
+    projection_module: nn.Module | None
+    projection_from_output: Callable[[Any], torch.Tensor]
+    run: Callable[[torch.Tensor], Any]
+    preprocess: Callable[[Any], torch.Tensor]
+    has_cls: bool
+    hidden_size: int
+    projection_dim: int | None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device) -> "VisionEncoder":
+        self.model.to(device)
+        return self
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "source": self.source, "backend": self.backend,
+                "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "projection_dim": self.projection_dim, "has_cls": self.has_cls, **self.info}
+
+    # ------------------------------------------------------------------ hook points
+    def resolve(self, attachment_point: str, layer: int | None) -> HookPoint:
+        """Validate a (point, layer) request; negative layers count from the end."""
+        if attachment_point == POST_PROJECTION:
+            if self.projection_module is None:
+                raise UserError(f"--attachment_point {POST_PROJECTION}: model {self.name} has no "
+                                f"pooled/projected output (e.g. SigLIP built without its head)")
+            return HookPoint(POST_PROJECTION, -1)
+        if attachment_point != POST_MLP_RESIDUAL:
+            raise UserError(f"--attachment_point {attachment_point!r}: unknown; expected one of "
+                            f"{', '.join(ATTACHMENT_POINTS)}")
+        n = self.num_layers
+        if layer is None:
+            raise UserError(f"--layer is required for {POST_MLP_RESIDUAL}")
+        if not -n <= layer < n:
+            raise UserError(f"--layer {layer}: out of range for {self.name}, which has {n} blocks "
+                            f"(valid: 0..{n - 1}, or -{n}..-1 counting from the end)")
+        return HookPoint(POST_MLP_RESIDUAL, layer % n)
+
+    def output_dim(self, point: HookPoint) -> int:
+        return self.projection_dim if point.attachment_point == POST_PROJECTION else self.hidden_size
+
+    # ------------------------------------------------------------------ capture
+    @torch.no_grad()
+    def capture(self, pixel_values: torch.Tensor, points: Sequence[HookPoint],
+                stop_early: bool = True) -> dict[HookPoint, torch.Tensor]:
+        """Run ONE forward pass and return every requested point's activations.
+
+        Block points give ``[B, T, D]``, the projection gives ``[B, P]``. When no projection is
+        requested and ``stop_early`` is set, the pass ends right after the deepest requested
+        block (a hook raises a private exception), so later blocks cost nothing.
+        """
+        points = list(dict.fromkeys(points))
+        captured: dict[HookPoint, torch.Tensor] = {}
+        block_points = [p for p in points if p.attachment_point == POST_MLP_RESIDUAL]
+        want_projection = any(p.attachment_point == POST_PROJECTION for p in points)
+        deepest = max((p.layer for p in block_points), default=-1)
+        stop_after = deepest if (stop_early and not want_projection) else None
+
+        def block_hook(layer: int, wanted: list[HookPoint]):
+            def hook(_module, _inputs, output):
+                tensor = first_tensor(output)
+                for p in wanted:
+                    captured[p] = tensor.detach()
+                if layer == stop_after:
+                    raise _StopForward
+            return hook
+
+        def projection_hook(_module, _inputs, output):
+            captured[HookPoint(POST_PROJECTION, -1)] = self.projection_from_output(output).detach()
+
+        with contextlib.ExitStack() as stack:
+            for layer in sorted({p.layer for p in block_points}):
+                wanted = [p for p in block_points if p.layer == layer]
+                handle = self.blocks[layer].register_forward_hook(block_hook(layer, wanted))
+                stack.callback(handle.remove)
+            if want_projection:
+                handle = self.projection_module.register_forward_hook(projection_hook)
+                stack.callback(handle.remove)
+            try:
+                self.run(pixel_values)
+            except _StopForward:
+                pass
+        missing = [p for p in points if p not in captured]
+        if missing:
+            raise RuntimeError(f"hooks did not fire for {missing}; the model's module layout is "
+                               f"not what saevlm expects")
+        return {p: captured[p] for p in points}
+
+
+# ---------------------------------------------------------------------- token selection
+@dataclass(frozen=True)
+class TokenSelection:
+    """How rows are taken from a block's ``[B, T, D]`` output (PAPER.md §2).
+
+    ``mode`` is ``cls`` (token 0), ``mean`` (mean over all tokens), ``random_k`` (``k`` distinct
+    tokens per image, drawn from ``numpy.random.default_rng([seed, image_index])`` so the draw
+    depends only on the image, not on batching or on which process handles it), or ``all``.
+    Pooled points (``post_projection``) always give one row per image.
+    """
+
+    mode: str = "all"
+    k: int = 0
+    seed: int = 0
+
+    def describe(self) -> dict:
+        out: dict = {"selection": self.mode}
+        if self.mode == "random_k":
+            out.update(k=self.k, seed=self.seed)
+        return out
+
+    def rows_per_image(self, num_tokens: int) -> int:
+        return {"cls": 1, "mean": 1, "random_k": self.k, "all": num_tokens}[self.mode]
+
+    def token_indices(self, image_index: int, num_tokens: int) -> "list[int]":
+        import numpy as np
+
+        if self.mode == "random_k":
+            rng = np.random.default_rng([self.seed, int(image_index)])
+            return sorted(int(t) for t in rng.choice(num_tokens, size=self.k, replace=False))
+        if self.mode == "all":
+            return list(range(num_tokens))
+        if self.mode == "cls":
+            return [0]
+        return [-1]
+
+    def select(self, acts_btd: torch.Tensor, image_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(rows [R, D], index [R, 2])`` where index holds (image index, token index)."""
+        b, t, _ = acts_btd.shape
+        images = torch.as_tensor(list(image_indices), dtype=torch.int64)
+        if self.mode == "mean":
+            return acts_btd.float().mean(dim=1), torch.stack([images, torch.full_like(images, -1)], 1)
+        if self.mode == "cls":
+            return acts_btd[:, 0], torch.stack([images, torch.zeros_like(images)], 1)
+        if self.mode == "all":
+            rows = acts_btd.reshape(b * t, -1)
+            index = torch.stack([images.repeat_interleave(t), torch.arange(t).repeat(b)], 1)
+            return rows, index
+        if self.mode == "random_k":
+            if self.k > t:
+                raise UserError(f"--random_k {self.k}: the layer has only {t} tokens per image")
+            tok = torch.tensor([self.token_indices(int(i), t) for i in image_indices], dtype=torch.int64)
+            rows = torch.gather(acts_btd, 1, tok.to(acts_btd.device)[..., None].expand(-1, -1, acts_btd.shape[2]))
+            index = torch.stack([images.repeat_interleave(self.k), tok.reshape(-1)], 1)
+            return rows.reshape(b * self.k, -1), index
+        raise ValueError(self.mode)
+
+
+def token_selection_from_flags(cls_only: bool, mean_pool: bool, random_k: int | None, seed: int,
+                               has_cls: bool, model_name: str, warn: Callable[[str], None]) -> TokenSelection:
+    """Map the authors' flags to a :class:`TokenSelection` (at most one of them may be set)."""
+    chosen = [f for f, on in (("--cls_only", cls_only), ("--mean_pool", mean_pool),
+                              ("--random_k", random_k is not None)) if on]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)}: choose at most one token selection")
+    if random_k is not None:
+        if random_k < 1:
+            raise UserError(f"--random_k {random_k}: expected a positive number of tokens per image")
+        return TokenSelection("random_k", random_k, seed)
+    if mean_pool:
+        return TokenSelection("mean")
+    if cls_only:
+        if not has_cls:
+            # The authors' convention for models without a CLS token (SigLIP): 2 random tokens.
+            warn(f"{model_name} has no CLS token; --cls_only falls back to 2 random tokens per "
+                 f"image (the paper's convention), recorded in the manifest")
+            return TokenSelection("random_k", 2, seed)
+        return TokenSelection("cls")
+    return TokenSelection("all")
+
+
+def iter_points_by_layer(points: Sequence[HookPoint]) -> Iterator[HookPoint]:
+    yield from sorted(points, key=lambda p: (p.attachment_point != POST_MLP_RESIDUAL, p.layer))
