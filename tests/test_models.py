@@ -185,3 +185,29 @@ def test_unknown_model_and_offline_hub_errors(tmp_path):
     # A short name maps to a hub id; offline, the error names it and says how to provide it.
     with pytest.raises(UserError, match=r"openai/clip-vit-base-patch32.*local directory"):
         load_encoder("clip-vit-base-patch32")
+
+
+def test_open_clip_local_directory_loads_its_weights(tmp_path, image_folder):
+    """A directory with open_clip_config.json + weights loads through the real open_clip path."""
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from saevlm.testing import OPEN_CLIP_TINY, register_tiny_open_clip
+
+    register_tiny_open_clip()
+    torch.manual_seed(3)
+    model = open_clip.create_model(OPEN_CLIP_TINY)
+    d = tmp_path / "oc"
+    d.mkdir()
+    (d / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": open_clip.factory._MODEL_CONFIGS[OPEN_CLIP_TINY], "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "open_clip_model.safetensors"))
+    encoder = load_encoder(str(d))
+    assert encoder.backend == "open_clip"
+    pixels = _pixels(encoder, image_folder)
+    with torch.no_grad():
+        ref = model.eval().encode_image(pixels)
+    got = encoder.capture(pixels, [HookPoint("post_projection", -1)])[HookPoint("post_projection", -1)]
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)

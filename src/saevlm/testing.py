@@ -19,20 +19,22 @@ def _processor(kind: str, size: int = IMAGE_SIZE):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def tiny_clip_config(num_layers: int = 4, hidden: int = 64, projection_dim: int = 32, size: int = IMAGE_SIZE):
+def tiny_clip_config(num_layers: int = 4, hidden: int = 64, projection_dim: int = 32,
+                     size: int = IMAGE_SIZE, patch_size: int = 8):
     from transformers import CLIPVisionConfig
     return CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden,
                             num_hidden_layers=num_layers, num_attention_heads=4, image_size=size,
-                            patch_size=8, projection_dim=projection_dim)
+                            patch_size=patch_size, projection_dim=projection_dim)
 
 
 def save_tiny_clip(path: str | Path, num_layers: int = 4, hidden: int = 64, seed: int = 0,
-                   size: int = IMAGE_SIZE) -> Path:
+                   size: int = IMAGE_SIZE, patch_size: int = 8) -> Path:
     import torch
     from transformers import CLIPVisionModelWithProjection
 
     torch.manual_seed(seed)
-    model = CLIPVisionModelWithProjection(tiny_clip_config(num_layers, hidden, size=size))
+    model = CLIPVisionModelWithProjection(tiny_clip_config(num_layers, hidden, size=size,
+                                                           patch_size=patch_size))
     model.save_pretrained(path)
     _processor("clip", size).save_pretrained(path)
     return Path(path)
