@@ -11,7 +11,6 @@ export HF_HUB_OFFLINE ?= 1
 # torch to another CUDA build), then the package itself in editable mode without dependencies.
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from saevlm.extract import _report_stores, add_common_arguments, extract_stores
+from saevlm.extract import _report_stores, add_common_arguments, extract_stores, prepare_inputs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,18 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from saevlm.data.images import open_dataset, select_indices
-    from saevlm.data.store import normalize_store_dtype
-    from saevlm.device import resolve_device
-    from saevlm.models import load_encoder
     from saevlm.models.base import POST_PROJECTION, TokenSelection
 
     t0 = time.time()
-    device = resolve_device(args.device)
-    store_dtype = normalize_store_dtype(args.dtype)
-    images = open_dataset(args.dataset_name, args.data_path, args.split)
-    selected = select_indices(len(images), args.take_every, args.max_images)
-    encoder = load_encoder(args.model_name)
+    inputs = prepare_inputs(args)
+    device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
+                                                      inputs.selected, inputs.encoder)
     point = encoder.resolve(POST_PROJECTION, -1)
     print(f"embed: {args.model_name} on {images.name}/{images.split} ({len(selected)} images), "
           f"device: {device}", file=sys.stderr)

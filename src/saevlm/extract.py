@@ -266,19 +266,37 @@ def _software_versions() -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class RunInputs:
+    """What ``extract`` and ``embed`` validate and load before any work, cheapest checks first."""
+
+    device: object
+    store_dtype: str
+    images: object
+    selected: object
+    encoder: object
+
+
+def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     from saevlm.data.images import open_dataset, select_indices
     from saevlm.data.store import normalize_store_dtype
     from saevlm.device import resolve_device
     from saevlm.models import load_encoder
-    from saevlm.models.base import token_selection_from_flags
 
-    t0 = time.time()
     device = resolve_device(args.device)
     store_dtype = normalize_store_dtype(args.dtype)
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
-    encoder = load_encoder(args.model_name)
+    return RunInputs(device, store_dtype, images, selected, load_encoder(args.model_name))
+
+
+def run(args: argparse.Namespace) -> int:
+    from saevlm.models.base import token_selection_from_flags
+
+    t0 = time.time()
+    inputs = prepare_inputs(args)
+    device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
+                                                      inputs.selected, inputs.encoder)
     points = parse_points(encoder, args.attachment_point, args.layer)
     tokens = token_selection_from_flags(args.cls_only, args.mean_pool, args.random_k, args.seed,
                                         encoder.has_cls, args.model_name,
