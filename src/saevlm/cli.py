@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("saevlm.extract", "activations of a vision encoder at hook points -> stores"),
     "embed": ("saevlm.embed", "image embeddings (DINOv2 / CLIP) for the Monosemanticity Score"),
     "synthetic": ("saevlm.synthetic", "a synthetic ground-truth world of activations and embeddings"),
+    "train": ("saevlm.sae.train", "train SAEs (dictionary_learning's classes) on a store"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -97,7 +97,7 @@ def decode_from_storage(stored: np.ndarray, dtype: str) -> np.ndarray:
     """Stored representation -> float32 (a new array)."""
     if dtype == "bfloat16":
         return (np.asarray(stored, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-    return np.asarray(stored, dtype=np.float32)
+    return np.array(stored, dtype=np.float32)  # always a copy: never a view of a read-only memmap
 
 
 # ----------------------------------------------------------------------------- reader

@@ -1,0 +1,1 @@
+"""Sparse autoencoders: architectures (dictionary_learning's classes), training, loading, encoding."""

@@ -1,0 +1,63 @@
+"""Reconstruction and sparsity metrics of an SAE on a store (PAPER.md §4: R^2, L0).
+
+- ``mse``: mean squared error per element; ``l2_loss``: mean over rows of ||x - x_hat||^2.
+- ``r2``: fraction of variance explained, 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2
+  (pooled over dimensions, the mean taken over the evaluated rows).
+- ``l0``: mean number of non-zero codes per row, at inference (BatchTopK and Matryoshka use their
+  learned global threshold, so it is close to, not exactly, K).
+- ``dead_fraction``: latents never active on the evaluated rows; ``dense_fraction``: latents
+  active on more than 10% of them.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+DENSE_FREQUENCY = 0.10
+
+
+def evaluate_sae(encode, decode, chunks: Iterable[np.ndarray], dict_size: int, device="cpu",
+                 scale: float = 1.0) -> dict:
+    """Stream ``chunks`` (float32 [n, d] in original units) through ``encode``/``decode``.
+
+    ``scale`` divides inputs before the SAE and multiplies reconstructions after it (for SAEs
+    that work on normalised inputs during training).
+    """
+    import torch
+
+    n = 0
+    sum_x = None
+    sum_x2 = 0.0
+    sse = 0.0
+    l0_total = 0.0
+    fire_counts = torch.zeros(dict_size, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for chunk in chunks:
+            x = torch.as_tensor(chunk, device=device, dtype=torch.float32)
+            f = encode(x / scale)
+            x_hat = decode(f) * scale
+            active = f != 0
+            fire_counts += active.sum(0, dtype=torch.float64)
+            l0_total += float(active.sum(dtype=torch.float64))
+            sse += float(((x - x_hat).double() ** 2).sum())
+            xd = x.double()
+            sum_x = xd.sum(0) if sum_x is None else sum_x + xd.sum(0)
+            sum_x2 += float((xd ** 2).sum())
+            n += len(x)
+    if n == 0:
+        raise ValueError("no rows to evaluate")
+    d = int(sum_x.numel())
+    sst = sum_x2 - float((sum_x ** 2).sum()) / n  # sum ||x - mean||^2
+    freq = (fire_counts / n).cpu().numpy()
+    return {
+        "rows": n,
+        "mse": sse / (n * d),
+        "l2_loss": sse / n,
+        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+        "l0": l0_total / n,
+        "dead_fraction": float((freq == 0).mean()),
+        "dense_fraction": float((freq > DENSE_FREQUENCY).mean()),
+        "dict_size": dict_size,
+    }

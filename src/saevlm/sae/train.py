@@ -1,0 +1,406 @@
+"""``saevlm train``: SAEs on a stored activation set (PAPER.md §3), flags of the authors'
+``sae_train.py``.
+
+The SAE classes and trainers are dictionary_learning's; the loop is ours:
+
+- shuffled batches are gathered straight from the memory-mapped store (no per-sample Python
+  indexing), deterministic by ``--seed`` and the step;
+- several SAEs (``--expansion_factor 1 2 4`` and/or ``--sae_model a b``) share every batch, so the
+  data is read once for all of them;
+- inputs are scaled to unit mean squared norm (the norm factor from the whole training store);
+  saved weights are rescaled so they take raw activations, as dictionary_learning's ``trainSAE`` does;
+- checkpoints keep dictionary_learning's layout: ``<checkpoints_dir>/trainer_<i>/ae.pt``,
+  ``config.json``, ``checkpoints/ae_<step>.pt``, each with an ``*eval.json`` beside it;
+- an interrupted run resumes from its last resume point (``--checkpoint_every`` and every
+  ``--save_steps``) with optimiser, scheduler and trainer state, continuing the same schedule and
+  batch sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saevlm.device import DEVICE_HELP
+from saevlm.errors import UserError
+from saevlm.sae.registry import ARCHITECTURES
+
+PAPER = {"steps": 110_000, "batch_size": 4096, "k": 20, "auxk_alpha": 0.03, "warmup_steps": 1000,
+         "threshold_beta": 0.999, "threshold_start_step": 1000}
+RUN_STATE = "run_state.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = p.add_argument_group("data")
+    d.add_argument("--activations_dir", required=True, help="training store (saevlm extract / synthetic)")
+    d.add_argument("--val_activations_dir", default=None,
+                   help="validation store (same model, hook and width); without it, validation "
+                        "uses the first --val_rows rows of the training store (flagged in the output)")
+    d.add_argument("--val_rows", type=int, default=100_000,
+                   help="rows of the validation store used by evaluations (default: %(default)s)")
+    d.add_argument("--checkpoints_dir", required=True, help="output: trainer_<i>/ per SAE, run.json")
+    s = p.add_argument_group("SAE (several values of --sae_model / --expansion_factor train together)")
+    s.add_argument("--sae_model", nargs="+", default=["batch_top_k"], choices=list(ARCHITECTURES),
+                   metavar="ARCH", help=f"{' | '.join(ARCHITECTURES)} (default: batch_top_k)")
+    s.add_argument("--expansion_factor", type=int, nargs="+", default=[16],
+                   help="dict_size = expansion x activation width (default: 16)")
+    s.add_argument("--k", type=int, default=PAPER["k"], help="active latents per input (default: %(default)s)")
+    s.add_argument("--group_fractions", type=float, nargs="+", default=[0.0625, 0.125, 0.25, 0.5625],
+                   help="Matryoshka group fractions, summing to 1 (default: the paper's MS setting)")
+    s.add_argument("--auxk_alpha", type=float, default=PAPER["auxk_alpha"], help="(default: %(default)s)")
+    s.add_argument("--threshold_beta", type=float, default=PAPER["threshold_beta"], help="(default: %(default)s)")
+    s.add_argument("--threshold_start_step", type=int, default=PAPER["threshold_start_step"],
+                   help="(default: %(default)s)")
+    s.add_argument("--l1_penalty", type=float, default=0.1, help="standard (ReLU/L1) only (default: %(default)s)")
+    s.add_argument("--sparsity_penalty", type=float, default=1.0, help="jumprelu only (default: %(default)s)")
+    s.add_argument("--bandwidth", type=float, default=0.001, help="jumprelu only (default: %(default)s)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the authors' rule 2e-4 / sqrt(dict_size / 2^14))")
+    o.add_argument("--batch_size", type=int, default=PAPER["batch_size"], help="(default: %(default)s)")
+    o.add_argument("--steps", type=int, default=PAPER["steps"], help="(default: %(default)s)")
+    o.add_argument("--warmup_steps", type=int, default=PAPER["warmup_steps"], help="(default: %(default)s)")
+    o.add_argument("--decay_start", type=int, default=None,
+                   help="step where the lr decay starts (default: steps - 1, i.e. the paper's 109,999 "
+                        "for 110,000 steps)")
+    o.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default: 0)")
+    o.add_argument("--no_normalize", action="store_true",
+                   help="do not scale inputs to unit mean squared norm (the paper scales them)")
+    r = p.add_argument_group("run")
+    r.add_argument("--save_steps", type=int, nargs="*", default=None,
+                   help="steps at which checkpoints/ae_<step>.pt are written (default: 100000 when "
+                        "training longer, as the paper evaluates ae_100000.pt)")
+    r.add_argument("--log_steps", type=int, default=1000,
+                   help="validate and log every this many steps (default: %(default)s)")
+    r.add_argument("--checkpoint_every", type=int, default=5000,
+                   help="write resume state every this many steps (default: %(default)s)")
+    r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="autocast dtype of the SAE forward on GPU (default: fp32)")
+    r.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
+    r.add_argument("--wandb_project", default="saevlm", help="(default: %(default)s)")
+    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+@dataclass
+class SAESpec:
+    arch: str
+    expansion_factor: int
+    dict_size: int
+    lr: float
+    directory: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}_x{self.expansion_factor}"
+
+
+def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> None:
+    if args.steps < 1:
+        raise UserError(f"--steps {args.steps}: expected a positive number of steps")
+    if not 0 <= args.warmup_steps < args.steps:
+        raise UserError(f"--warmup_steps {args.warmup_steps}: must be >= 0 and below --steps {args.steps}")
+    decay = args.decay_start
+    if decay is not None and not (args.warmup_steps < decay < args.steps):
+        raise UserError(f"--decay_start {decay}: must lie after --warmup_steps {args.warmup_steps} "
+                        f"and before --steps {args.steps}")
+    if args.batch_size < 1 or args.batch_size > train_rows:
+        raise UserError(f"--batch_size {args.batch_size}: must be between 1 and the {train_rows} rows "
+                        f"of --activations_dir")
+    for e in args.expansion_factor:
+        if e < 1:
+            raise UserError(f"--expansion_factor {e}: expected positive integers")
+    if args.k < 1:
+        raise UserError(f"--k {args.k}: expected a positive integer")
+    smallest = min(args.expansion_factor) * act_dim
+    if any(a != "standard" for a in args.sae_model) and args.k > smallest:
+        raise UserError(f"--k {args.k}: larger than the dictionary ({smallest} latents = expansion "
+                        f"{min(args.expansion_factor)} x width {act_dim})")
+    if "matryoshka_batch_top_k" in args.sae_model:
+        fr = args.group_fractions
+        if any(f <= 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+            raise UserError(f"--group_fractions {' '.join(map(str, fr))}: must be positive and sum to 1 "
+                            f"(they sum to {sum(fr):.6g})")
+        from saevlm.sae.registry import group_sizes
+        for e in args.expansion_factor:
+            sizes = group_sizes(fr, e * act_dim)
+            if min(sizes) < 1:
+                raise UserError(f"--group_fractions: with dict size {e * act_dim} the groups are "
+                                f"{sizes}; every group needs at least one latent")
+    for s in args.save_steps or []:
+        if not 0 < s < args.steps:
+            raise UserError(f"--save_steps {s}: must lie between 0 and --steps {args.steps}")
+    for flag in ("log_steps", "checkpoint_every", "val_rows"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
+    if args.threshold_start_step < 0:
+        raise UserError(f"--threshold_start_step {args.threshold_start_step}: expected >= 0")
+
+
+def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: dict, decay_start: int) -> dict:
+    hook = store_prov.get("hook", {})
+    kwargs: dict[str, Any] = dict(
+        steps=args.steps, activation_dim=act_dim, dict_size=spec.dict_size, k=args.k,
+        layer=hook.get("layer", -1), lm_name=store_prov.get("model", {}).get("name", "unknown"),
+        lr=spec.lr, auxk_alpha=args.auxk_alpha, warmup_steps=args.warmup_steps,
+        decay_start=decay_start, threshold_beta=args.threshold_beta,
+        threshold_start_step=args.threshold_start_step, seed=args.seed, device=str(device),
+        wandb_name=spec.name, submodule_name=hook.get("attachment_point"),
+        group_fractions=list(args.group_fractions), l1_penalty=args.l1_penalty,
+        sparsity_penalty=args.sparsity_penalty, bandwidth=args.bandwidth, target_l0=float(args.k),
+        # the L1 / JumpReLU sparsity warm-up must end before the decay starts
+        sparsity_warmup_steps=min(2000, decay_start - 1),
+    )
+    from saevlm.sae.registry import trainer_class
+    accepted = inspect.signature(trainer_class(spec.arch).__init__).parameters
+    return {k: v for k, v in kwargs.items() if k in accepted}
+
+
+def _trainer_state(trainer) -> dict:
+    """Everything a trainer needs to continue exactly where it stopped."""
+    import torch
+
+    extra = {k: v for k, v in vars(trainer).items()
+             if not k.startswith("_") and isinstance(v, (torch.Tensor, int, float, bool))}
+    return {"ae": trainer.ae.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(), "extra": extra}
+
+
+def _load_trainer_state(trainer, state: dict) -> None:
+    trainer.ae.load_state_dict(state["ae"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    for k, v in state["extra"].items():
+        setattr(trainer, k, v)
+
+
+def _save_torch_atomic(obj, path: Path) -> None:
+    import os
+
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _raw_weights(trainer, norm_factor: float) -> dict:
+    """The SAE's weights for raw (unnormalised) activations: biases and threshold scaled up, as
+    dictionary_learning's trainSAE saves them."""
+    import copy
+
+    ae = copy.deepcopy(trainer.ae)
+    if norm_factor != 1.0:
+        ae.scale_biases(norm_factor)
+    return {k: v.detach().cpu() for k, v in ae.state_dict().items()}
+
+
+def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
+    """sqrt(mean ||x||^2) over the training store (its first ``rows_limit`` rows)."""
+    total, n = 0.0, 0
+    for _, chunk in store.iter_chunks(65536):
+        chunk = chunk[: max(0, rows_limit - n)]
+        total += float((chunk.astype("float64") ** 2).sum())
+        n += len(chunk)
+        if n >= rows_limit:
+            break
+    return math.sqrt(total / n)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from saevlm.data.store import ActivationStore, atomic_write_json
+    from saevlm.device import resolve_device
+    from saevlm.sae.evaluate import evaluate_sae
+    from saevlm.sae.registry import default_lr, trainer_class
+
+    device = resolve_device(args.device)
+    if args.dtype == "bf16" and device.type != "cuda":
+        raise UserError(f"--dtype bf16: autocast is for GPUs; the device is {device}")
+    train = ActivationStore(args.activations_dir, flag="--activations_dir")
+    act_dim = train.dim
+    if args.val_activations_dir:
+        val = ActivationStore(args.val_activations_dir, flag="--val_activations_dir")
+        if val.dim != act_dim:
+            raise UserError(f"--val_activations_dir {val.path}: width {val.dim}, but --activations_dir "
+                            f"{train.path} has width {act_dim}; they must come from the same hook point")
+        for key in ("model", "hook"):
+            a, b = train.provenance.get(key), val.provenance.get(key)
+            if key == "model":
+                a, b = (a or {}).get("source"), (b or {}).get("source")
+            if a != b:
+                raise UserError(f"--val_activations_dir {val.path}: {key} {b!r} differs from the "
+                                f"training store's {a!r}")
+        val_note = "val"
+    else:
+        val, val_note = train, "train (no --val_activations_dir: validation on training rows)"
+        print("warning: no --val_activations_dir; evaluations use training rows", file=sys.stderr)
+    validate_args(args, act_dim, train.num_rows)
+    decay_start = args.decay_start if args.decay_start is not None else args.steps - 1
+    if decay_start <= args.warmup_steps:
+        raise UserError(f"--steps {args.steps} with --warmup_steps {args.warmup_steps}: the default "
+                        f"--decay_start (steps - 1) must lie after the warm-up; lower --warmup_steps")
+    save_steps = sorted(set(args.save_steps if args.save_steps is not None
+                            else ([100_000] if args.steps > 100_000 else [])))
+
+    out = Path(args.checkpoints_dir)
+    specs = [SAESpec(a, e, e * act_dim, args.lr if args.lr is not None else default_lr(e * act_dim),
+                     out / f"trainer_{i}")
+             for i, (a, e) in enumerate((a, e) for a in args.sae_model for e in args.expansion_factor)]
+    run_identity = {
+        "activations_dir": str(train.path.resolve()),
+        "activations_provenance": train.provenance, "image_ids_sha256": train.manifest.get("image_ids_sha256"),
+        "trainers": [{"dir": s.directory.name, "arch": s.arch, "expansion_factor": s.expansion_factor,
+                      "dict_size": s.dict_size, "lr": s.lr} for s in specs],
+        "hyperparameters": {k: getattr(args, k) for k in (
+            "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
+            "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
+            "seed", "no_normalize", "dtype")} | {"decay_start": decay_start},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    run_json = out / "run.json"
+    if run_json.exists():
+        old = json.loads(run_json.read_text())
+        if old.get("identity") != json.loads(json.dumps(run_identity)):
+            raise UserError(f"--checkpoints_dir {out}: holds a run with other settings (see {run_json}); "
+                            f"use another directory")
+        if old.get("complete"):
+            print(f"{out}: training complete already, nothing to do")
+            return 0
+
+    # -- trainers
+    torch.manual_seed(args.seed)
+    trainers = []
+    for spec in specs:
+        cls = trainer_class(spec.arch)
+        trainers.append(cls(**_trainer_kwargs(args, spec, act_dim, device, train.provenance, decay_start)))
+
+    # -- resume
+    start_step = 0
+    state_path = out / RUN_STATE
+    norm_factor = 1.0 if args.no_normalize else None
+    if state_path.exists():
+        rs = json.loads(state_path.read_text())
+        start_step = int(rs["step"])
+        norm_factor = float(rs["norm_factor"])
+        for spec, tr in zip(specs, trainers):
+            st = torch.load(spec.directory / "resume.pt", map_location=device, weights_only=False)
+            if st["step"] != start_step:
+                raise UserError(f"{spec.directory}/resume.pt is at step {st['step']}, run_state.json at "
+                                f"{start_step}: the directory was modified; start a new one")
+            _load_trainer_state(tr, st["trainer"])
+            torch.set_rng_state(st["torch_rng"])
+        print(f"resuming {len(specs)} SAE(s) at step {start_step}/{args.steps}", file=sys.stderr)
+    if norm_factor is None:
+        norm_factor = _norm_factor(train)
+    atomic_write_json(run_json, {"identity": run_identity, "complete": False, "norm_factor": norm_factor,
+                                 "validation": val_note})
+
+    for spec, tr in zip(specs, trainers):
+        spec.directory.mkdir(parents=True, exist_ok=True)
+        (spec.directory / "checkpoints").mkdir(exist_ok=True)
+        config = {"trainer": {**tr.config, "norm_factor": norm_factor},
+                  "buffer": {"activations_dir": str(train.path.resolve()), "batch_size": args.batch_size},
+                  "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
+                             "provenance": train.provenance,
+                             "image_ids_sha256": train.manifest.get("image_ids_sha256")}}
+        atomic_write_json(spec.directory / "config.json", config)
+
+    wandb_run = None
+    if args.wandb:
+        import wandb
+        wandb_run = wandb.init(project=args.wandb_project, config=run_identity["hyperparameters"])
+
+    val_rows = min(args.val_rows, val.num_rows)
+
+    def validate(weights_by_trainer: list[dict] | None = None) -> list[dict]:
+        results = []
+        for i, tr in enumerate(trainers):
+            ae = tr.ae
+            scale = norm_factor
+            if weights_by_trainer is not None:
+                import copy
+                ae = copy.deepcopy(tr.ae)
+                ae.load_state_dict(weights_by_trainer[i])
+                scale = 1.0
+            from saevlm.sae.registry import LoadedSAE, encode_batch
+            wrapped = LoadedSAE(ae, specs[i].arch, "", act_dim, specs[i].dict_size, {}, specs[i].directory)
+            ae.eval()
+            chunks = (val.read(s, min(s + 16384, val_rows)) for s in range(0, val_rows, 16384))
+            results.append(evaluate_sae(lambda x: encode_batch(wrapped, x), ae.decode, chunks,
+                                        specs[i].dict_size, device=device, scale=scale))
+        return results
+
+    def write_resume_point(step: int) -> None:
+        for spec, tr in zip(specs, trainers):
+            _save_torch_atomic({"step": step, "trainer": _trainer_state(tr),
+                                "torch_rng": torch.get_rng_state()}, spec.directory / "resume.pt")
+        atomic_write_json(state_path, {"step": step, "norm_factor": norm_factor})
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.dtype == "bf16"
+                else torch.autocast("cpu", enabled=False))
+    batches = train.random_batches(args.batch_size, seed=args.seed, start_step=start_step)
+    bar = tqdm(total=args.steps, initial=start_step, unit="step", disable=args.no_progress,
+               desc=f"train {len(specs)} SAE(s)", dynamic_ncols=True, file=sys.stderr)
+    t0, samples = time.time(), 0
+    with bar:
+        for step in range(start_step, args.steps):
+            x = torch.from_numpy(next(batches)).to(device, non_blocking=True)
+            if norm_factor != 1.0:
+                x = x / norm_factor
+            with autocast:
+                losses = [tr.update(step, x) for tr in trainers]
+            samples += len(x)
+            done = step + 1
+            if done in save_steps:
+                weights = [_raw_weights(tr, norm_factor) for tr in trainers]
+                evals = validate(weights)
+                for spec, w, ev in zip(specs, weights, evals):
+                    _save_torch_atomic(w, spec.directory / "checkpoints" / f"ae_{done}.pt")
+                    atomic_write_json(spec.directory / "checkpoints" / f"ae_{done}_eval.json",
+                                      {"step": done, "validation": val_note, **ev})
+            if done % args.checkpoint_every == 0 or done in save_steps:
+                write_resume_point(done)
+            if done % args.log_steps == 0 or done == args.steps:
+                evals = validate()
+                stats = {f"{s.name}/{k}": v for s, ev in zip(specs, evals) for k, v in ev.items()
+                         if k in ("r2", "l0", "dead_fraction", "mse")}
+                stats.update({f"{s.name}/loss": float(l) for s, l in zip(specs, losses)})
+                rate = samples / max(time.time() - t0, 1e-9)
+                bar.write(f"step {done}: " + "  ".join(
+                    f"{s.name}: R2 {ev['r2']:.3f} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
+                    for s, ev in zip(specs, evals)) + f"  ({rate:,.0f} samples/s)")
+                if wandb_run is not None:
+                    wandb_run.log(stats, step=done)
+            bar.set_postfix(loss=f"{float(losses[0]):.4g}", samples_s=f"{samples / max(time.time() - t0, 1e-9):,.0f}")
+            bar.update(1)
+
+    weights = [_raw_weights(tr, norm_factor) for tr in trainers]
+    evals = validate(weights)
+    summary = []
+    for spec, w, ev in zip(specs, weights, evals):
+        _save_torch_atomic(w, spec.directory / "ae.pt")
+        atomic_write_json(spec.directory / "eval.json", {"step": args.steps, "validation": val_note, **ev})
+        summary.append((spec, ev))
+    write_resume_point(args.steps)
+    atomic_write_json(run_json, {"identity": run_identity, "complete": True, "norm_factor": norm_factor,
+                                 "validation": val_note})
+    if wandb_run is not None:
+        wandb_run.finish()
+    print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
+    for spec, ev in summary:
+        print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
+              f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
+    print(f"wrote {len(specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json)")
+    np.seterr(all="warn")
+    return 0
