@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("saevlm.embed", "image embeddings (DINOv2 / CLIP) for the Monosemanticity Score"),
     "synthetic": ("saevlm.synthetic", "a synthetic ground-truth world of activations and embeddings"),
     "train": ("saevlm.sae.train", "train SAEs (dictionary_learning's classes) on a store"),
+    "encode": ("saevlm.sae.encode", "apply an SAE to an activation store -> sparse code store"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -73,6 +73,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--random_k", type=int, default=None,
                    help="k random distinct tokens per image, seeded by (--seed, image index)")
     t.add_argument("--seed", type=int, default=0, help="seed for --random_k (default: 0)")
+    a = p.add_argument_group("SAE codes instead of activations (the authors' flow)")
+    a.add_argument("--sae_path", default=None,
+                   help="encode the activations of the (single) requested point with this SAE and "
+                        "write a sparse code store <output_dir>/<point>_codes instead")
+    a.add_argument("--sae_model", default=None,
+                   help="expected SAE architecture (checked against the checkpoint's config)")
+    a.add_argument("--allow_mismatch", action="store_true",
+                   help="use an SAE trained on another model or hook point")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", required=True, help="one store per point is written under it")
     o.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
@@ -128,8 +136,12 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                    batch_size: int, num_workers: int, store_dtype: str, device, autocast: str = "none",
                    skip_bad_images: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
                    overwrite: bool = False, progress: bool = True, take_every: int = 1,
-                   max_images: int | None = None, log=print) -> dict:
-    """Write one store per point; returns ``{point: store_dir}``. See module docstring."""
+                   max_images: int | None = None, log=print, sae=None,
+                   allow_mismatch: bool = False) -> dict:
+    """Write one store per point; returns ``{point: store_dir}``. See module docstring.
+
+    With ``sae`` (a LoadedSAE; exactly one point), the store is a sparse code store instead.
+    """
     import numpy as np
     import torch
     from tqdm import tqdm
@@ -168,10 +180,20 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
             "dataset": dataset_prov,
             "run": {"batch_size": batch_size, "autocast": autocast},
         }
-        writer = StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
-                             dtype=store_dtype, images_per_shard=images_per_shard,
-                             num_images=len(selected), provenance=provenance, software=software,
-                             overwrite=overwrite, extra_files=extra_files, extra_json=extra_json)
+        common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
+                      overwrite=overwrite, extra_files=extra_files, extra_json=extra_json)
+        if sae is None:
+            writer = StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
+                                 dtype=store_dtype, provenance=provenance, **common)
+        else:
+            from saevlm.data.codes import CodeStoreWriter
+            from saevlm.sae.encode import check_sae_matches, code_provenance, make_encoder
+            check_sae_matches(sae, {**provenance, "_dim": encoder.output_dim(point)}, allow_mismatch,
+                              f"--model_name {encoder.name} at {point.slug}")
+            writer = CodeStoreWriter(output_dirs[point], encode=make_encoder(sae, device),
+                                     input_dim=encoder.output_dim(point), kind="codes",
+                                     dim=sae.dict_size, dtype="fp32",
+                                     provenance=code_provenance(provenance, sae), **common)
         if writer.already_complete:
             log(f"{output_dirs[point]}: complete already, skipped")
             continue
@@ -301,8 +323,21 @@ def run(args: argparse.Namespace) -> int:
     tokens = token_selection_from_flags(args.cls_only, args.mean_pool, args.random_k, args.seed,
                                         encoder.has_cls, args.model_name,
                                         lambda m: print(f"warning: {m}", file=sys.stderr))
+    sae = None
+    if args.sae_path:
+        from saevlm.sae.registry import load_sae
+        if len(points) != 1:
+            raise UserError(f"--sae_path: an SAE reads one hook point, but {len(points)} were requested "
+                            f"({', '.join(p.slug for p in points)})")
+        sae = load_sae(args.sae_path, device=device)
+        if args.sae_model and args.sae_model != sae.arch:
+            raise UserError(f"--sae_model {args.sae_model}: the checkpoint {sae.path} is a {sae.arch} "
+                            f"({sae.dict_class})")
+    elif args.sae_model:
+        raise UserError("--sae_model: given without --sae_path (the SAE to encode with)")
     out_root = Path(args.output_dir)
-    output_dirs = {p: out_root / p.slug for p in points}
+    suffix = "_codes" if sae is not None else ""
+    output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
     print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
@@ -314,16 +349,18 @@ def run(args: argparse.Namespace) -> int:
                             shard_rows=args.shard_rows, overwrite=args.overwrite,
                             progress=not args.no_progress, take_every=args.take_every,
                             max_images=args.max_images,
-                            log=lambda m: print(m, file=sys.stderr))
-    _report_stores(stores, time.time() - t0)
+                            log=lambda m: print(m, file=sys.stderr), sae=sae,
+                            allow_mismatch=args.allow_mismatch)
+    _report_stores(stores, time.time() - t0, codes=sae is not None)
     return 0
 
 
-def _report_stores(stores: dict, seconds: float) -> None:
+def _report_stores(stores: dict, seconds: float, codes: bool = False) -> None:
+    from saevlm.data.codes import CodeStore
     from saevlm.data.store import ActivationStore
 
     for point, path in stores.items():
-        s = ActivationStore(path)
+        s = CodeStore(path) if codes else ActivationStore(path)
         print(f"wrote {path}  ({s.num_rows} rows x {s.dim}, {s.dtype}, "
               f"{s.manifest['num_images']} images)")
     print(f"done in {seconds:.1f} s")

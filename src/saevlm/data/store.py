@@ -123,6 +123,8 @@ class ActivationStore:
         shards are visible. Off by default so a partial store is never mistaken for a finished one.
     """
 
+    FORMAT = FORMAT_NAME
+
     def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, flag: str = "store"):
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
@@ -134,9 +136,9 @@ class ActivationStore:
             self.manifest: dict = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as e:
             raise UserError(f"{flag} {manifest_path}: not valid JSON ({e})") from None
-        if self.manifest.get("format") != FORMAT_NAME:
+        if self.manifest.get("format") != self.FORMAT:
             raise UserError(f"{flag} {manifest_path}: format is {self.manifest.get('format')!r}, "
-                            f"expected {FORMAT_NAME!r}")
+                            f"expected {self.FORMAT!r}")
         version = self.manifest.get("schema_version")
         if version != SCHEMA_VERSION:
             raise UserError(f"{flag} {manifest_path}: schema_version {version}, this saevlm reads "
@@ -150,7 +152,7 @@ class ActivationStore:
         self.shards: list[ShardInfo] = []
         offset = 0
         for s in self.manifest["shards"]:
-            self.shards.append(ShardInfo(s["file"], s["rows_file"], int(s["num_rows"]),
+            self.shards.append(ShardInfo(s.get("file", ""), s["rows_file"], int(s["num_rows"]),
                                          int(s["first_image"]), int(s["num_images"]), offset))
             offset += int(s["num_rows"])
         self.num_rows = offset
@@ -200,12 +202,7 @@ class ActivationStore:
 
     def image_ids(self) -> np.ndarray:
         """The dataset index of each stored image, in store order (one entry per image)."""
-        rows = self.row_index()
-        if len(rows) == 0:
-            return rows[:, 0]
-        keep = np.ones(len(rows), dtype=bool)
-        keep[1:] = rows[1:, 0] != rows[:-1, 0]
-        return rows[keep, 0]
+        return _image_ids_of(self.path, self.manifest)
 
     # -- float32 reads
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -268,6 +265,9 @@ class ActivationStore:
 class StoreWriter:
     """Writes a store shard by shard; resumes an interrupted store written with the same settings.
 
+    Subclasses change what a shard holds by overriding ``FORMAT`` and ``_write_payload`` (the
+    sparse code store of :mod:`saevlm.data.codes` does).
+
     Shard ``i`` always covers selected-image positions ``[i * images_per_shard, (i+1) * ...)``,
     so an interrupted run, rerun with the same flags, recomputes exactly the missing shards with
     the same batches and yields a byte-identical store.
@@ -278,8 +278,10 @@ class StoreWriter:
                  overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
                  extra_json: dict[str, Any] | None = None, flag: str = "--output_dir"):
         self.path = Path(path)
+        self.format = self.FORMAT
         self.dtype = normalize_store_dtype(dtype)
         self.dim = int(dim)
+        self.input_dim = getattr(self, "input_dim", self.dim)  # a CodeStoreWriter takes activations
         self.images_per_shard = int(images_per_shard)
         self.num_images = int(num_images)
         self.already_complete = False
@@ -290,6 +292,9 @@ class StoreWriter:
             self._remove_store_files()
         if manifest_path.exists():
             old = json.loads(manifest_path.read_text())
+            if old.get("format") != self.FORMAT:
+                raise UserError(f"{flag} {self.path}: holds a {old.get('format')!r} store, not "
+                                f"{self.FORMAT!r}; use another directory or --overwrite")
             old_identity = {k: old.get(k) for k in ("kind", "dim", "dtype", "images_per_shard",
                                                     "provenance")}
             if old_identity != _jsonable(identity):
@@ -303,7 +308,7 @@ class StoreWriter:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {
-                "format": FORMAT_NAME, "schema_version": SCHEMA_VERSION, "complete": False,
+                "format": self.FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
                 **_jsonable(identity), "num_rows": 0, "num_images": 0,
                 "storage_dtype": np.dtype(_STORAGE[self.dtype]).name,
                 "shards": [], "skipped_images": [], "files": {},
@@ -341,15 +346,15 @@ class StoreWriter:
         if first_image != self.images_done:
             raise RuntimeError(f"shard out of order: starts at image {first_image}, "
                                f"expected {self.images_done}")
-        if acts_nd.ndim != 2 or acts_nd.shape[1] != self.dim:
-            raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.dim}]")
+        if acts_nd.ndim != 2 or acts_nd.shape[1] != self.input_dim:
+            raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.input_dim}]")
         if len(rows_n2) != len(acts_nd):
             raise RuntimeError("rows index and activations differ in length")
         i = self.next_shard_index
-        acts_file, rows_file = f"acts_{i:05d}.npy", f"rows_{i:05d}.npy"
-        atomic_save_npy(self.path / acts_file, encode_for_storage(acts_nd, self.dtype))
+        rows_file = f"rows_{i:05d}.npy"
+        payload = self._write_payload(i, acts_nd)
         atomic_save_npy(self.path / rows_file, np.ascontiguousarray(rows_n2, dtype=np.int64))
-        self.manifest["shards"].append({"file": acts_file, "rows_file": rows_file,
+        self.manifest["shards"].append({**payload, "rows_file": rows_file,
                                         "num_rows": int(len(acts_nd)),
                                         "first_image": int(first_image),
                                         "num_images": int(num_images)})
@@ -357,11 +362,17 @@ class StoreWriter:
         self.manifest["num_rows"] = int(sum(s["num_rows"] for s in self.manifest["shards"]))
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
+    def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
+        """Write shard ``i``'s data files; return their manifest entries."""
+        acts_file = f"acts_{i:05d}.npy"
+        atomic_save_npy(self.path / acts_file, encode_for_storage(acts_nd, self.dtype))
+        return {"file": acts_file}
+
     def finalize(self, extra: dict | None = None) -> None:
         """Mark the store complete (after every shard is on disk)."""
         if self.images_done != self.num_images:
             raise RuntimeError(f"finalize with {self.images_done}/{self.num_images} images written")
-        ids = ActivationStore(self.path, allow_incomplete=True).image_ids()
+        ids = _image_ids_of(self.path, self.manifest)
         self.manifest["num_images"] = int(len(ids))
         self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
         self.manifest.update(extra or {})
@@ -370,23 +381,37 @@ class StoreWriter:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
     # -- housekeeping
+    SHARD_PREFIXES = ("acts_", "rows_", "codes_")
+    FORMAT = FORMAT_NAME
+
     def _prune_unlisted(self) -> None:
         """Remove temp files and shards that a crashed writer left but never listed."""
-        listed = {s["file"] for s in self.manifest["shards"]} | {s["rows_file"] for s in self.manifest["shards"]}
+        listed = {v for s in self.manifest["shards"] for v in s.values() if isinstance(v, str)}
         for f in self.path.iterdir():
             if f.name.startswith(".") and ".tmp-" in f.name:
                 f.unlink()
-            elif (f.name.startswith("acts_") or f.name.startswith("rows_")) and f.name not in listed:
+            elif f.name.startswith(self.SHARD_PREFIXES) and f.name not in listed:
                 f.unlink()
 
     def _remove_store_files(self) -> None:
         old = json.loads((self.path / MANIFEST).read_text())
-        names = {s["file"] for s in old.get("shards", [])} | {s["rows_file"] for s in old.get("shards", [])}
+        names = {v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
         names |= set(old.get("files", {}).values())
         (self.path / MANIFEST).unlink()
         for f in self.path.iterdir():
-            if f.name in names or f.name.startswith(("acts_", "rows_")) or ".tmp-" in f.name:
+            if f.name in names or f.name.startswith(self.SHARD_PREFIXES) or ".tmp-" in f.name:
                 f.unlink()
+
+
+def _image_ids_of(path: Path, manifest: dict) -> np.ndarray:
+    """Distinct image indices of a store's rows, in order (from its rows files)."""
+    parts = [np.load(path / s["rows_file"], mmap_mode="r")[:, 0] for s in manifest["shards"]]
+    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if len(rows) == 0:
+        return rows
+    keep = np.ones(len(rows), dtype=bool)
+    keep[1:] = rows[1:] != rows[:-1]
+    return rows[keep]
 
 
 def _jsonable(obj: Any) -> Any:

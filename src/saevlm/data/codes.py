@@ -1,0 +1,137 @@
+"""The sparse SAE-code store: the store layout of docs/store-format.md with CSR shards.
+
+Specified in docs/codes-format.md. Each shard ``i`` holds ``codes_XXXXX.indptr.npy`` (int64,
+rows + 1, starting at 0), ``codes_XXXXX.indices.npy`` (int32 latent ids, increasing within a
+row) and ``codes_XXXXX.values.npy`` (float32), plus the usual ``rows_XXXXX.npy``. The manifest
+is an activation-store manifest with ``format: "saevlm-codes"``, ``dim`` = dictionary size and
+``nnz`` per shard; ``provenance`` is the activations' provenance plus ``sae``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from saevlm.data.store import ActivationStore, StoreWriter, atomic_save_npy
+
+CODES_FORMAT = "saevlm-codes"
+
+
+@dataclass
+class CSRChunk:
+    """Rows ``[start, start + n)`` of a code matrix in CSR form (indptr starts at 0)."""
+
+    start: int
+    indptr: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    num_cols: int
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def row_ids(self) -> np.ndarray:
+        """Local row index of every stored value."""
+        return np.repeat(np.arange(self.num_rows), np.diff(self.indptr))
+
+    def to_dense(self) -> np.ndarray:
+        out = np.zeros((self.num_rows, self.num_cols), dtype=np.float32)
+        out[self.row_ids(), self.indices] = self.values
+        return out
+
+
+def dense_to_csr(codes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dense torch or numpy [n, K] matrix -> (indptr int64, indices int32, values float32)."""
+    import torch
+
+    t = torch.as_tensor(codes)
+    rows, cols = torch.nonzero(t, as_tuple=True)  # row-major order: rows sorted, cols increasing
+    values = t[rows, cols].float().cpu().numpy()
+    counts = torch.bincount(rows, minlength=t.shape[0]).cpu().numpy()
+    indptr = np.zeros(t.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, cols.cpu().numpy().astype(np.int32), values
+
+
+class CodeStoreWriter(StoreWriter):
+    """A StoreWriter whose shards are SAE codes: dense activations in, CSR out.
+
+    ``encode`` maps a float32 [n, d] numpy array to dense codes [n, K] (a torch tensor); it is
+    applied in sub-batches of ``encode_rows`` rows so memory stays bounded for wide SAEs.
+    """
+
+    FORMAT = CODES_FORMAT
+
+    def __init__(self, path, *, encode: Callable, input_dim: int, encode_rows: int = 1024, **kwargs):
+        self.encode = encode
+        self.input_dim = int(input_dim)
+        self.encode_rows = encode_rows
+        super().__init__(path, **kwargs)
+
+    def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
+        indptrs, indices, values = [np.zeros(1, dtype=np.int64)], [], []
+        offset = 0
+        for s in range(0, len(acts_nd), self.encode_rows):
+            p, ix, v = dense_to_csr(self.encode(acts_nd[s:s + self.encode_rows]))
+            indptrs.append(p[1:] + offset)
+            offset += int(p[-1])
+            indices.append(ix)
+            values.append(v)
+        indptr = np.concatenate(indptrs)
+        ix = np.concatenate(indices) if indices else np.zeros(0, np.int32)
+        v = np.concatenate(values) if values else np.zeros(0, np.float32)
+        base = f"codes_{i:05d}"
+        atomic_save_npy(self.path / f"{base}.indptr.npy", indptr)
+        atomic_save_npy(self.path / f"{base}.indices.npy", ix)
+        atomic_save_npy(self.path / f"{base}.values.npy", v)
+        return {"indptr": f"{base}.indptr.npy", "indices": f"{base}.indices.npy",
+                "values": f"{base}.values.npy", "nnz": int(len(v))}
+
+    def finalize(self, extra: dict | None = None) -> None:
+        nnz = sum(int(s["nnz"]) for s in self.manifest["shards"])
+        super().finalize({"nnz": nnz, **(extra or {})})
+
+
+class CodeStore(ActivationStore):
+    """Read-only view of a code store; ``iter_csr`` streams CSR chunks without densifying."""
+
+    FORMAT = CODES_FORMAT
+
+    @property
+    def dict_size(self) -> int:
+        return self.dim
+
+    @property
+    def nnz(self) -> int:
+        return sum(int(s["nnz"]) for s in self.manifest["shards"])
+
+    def shard_csr(self, i: int) -> CSRChunk:
+        s = self.manifest["shards"][i]
+        load = lambda k: np.load(self.path / s[k], mmap_mode="r")  # noqa: E731
+        return CSRChunk(self.shards[i].row_start, load("indptr"), load("indices"), load("values"), self.dim)
+
+    def iter_csr(self, chunk_rows: int = 65536) -> Iterator[CSRChunk]:
+        """CSR chunks of at most ``chunk_rows`` rows, in row order (never crossing a shard)."""
+        for i in range(len(self.shards)):
+            sh = self.shard_csr(i)
+            for a in range(0, sh.num_rows, chunk_rows):
+                b = min(a + chunk_rows, sh.num_rows)
+                lo, hi = int(sh.indptr[a]), int(sh.indptr[b])
+                yield CSRChunk(sh.start + a, np.asarray(sh.indptr[a:b + 1]) - lo,
+                               np.asarray(sh.indices[lo:hi]), np.asarray(sh.values[lo:hi]), self.dim)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` densified (for small reads; use iter_csr for streaming)."""
+        start, stop = max(0, start), min(stop, self.num_rows)
+        out = np.zeros((stop - start, self.dim), dtype=np.float32)
+        for chunk in self.iter_csr():
+            a, b = max(start, chunk.start), min(stop, chunk.start + chunk.num_rows)
+            if a < b:
+                out[a - start:b - start] = chunk.to_dense()[a - chunk.start:b - chunk.start]
+        return out
+
+    def shard_array(self, i: int) -> np.ndarray:
+        return self.shard_csr(i).to_dense()
