@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("saevlm.synthetic", "a synthetic ground-truth world of activations and embeddings"),
     "train": ("saevlm.sae.train", "train SAEs (dictionary_learning's classes) on a store"),
     "encode": ("saevlm.sae.encode", "apply an SAE to an activation store -> sparse code store"),
+    "ms": ("saevlm.metrics.ms", "Monosemanticity Score of every neuron (exact, one streaming pass)"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -1,0 +1,1 @@
+"""Metrics on stored activations and codes: pure functions on arrays, and their commands."""
