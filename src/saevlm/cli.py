@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("saevlm.sae.train", "train SAEs (dictionary_learning's classes) on a store"),
     "encode": ("saevlm.sae.encode", "apply an SAE to an activation store -> sparse code store"),
     "ms": ("saevlm.metrics.ms", "Monosemanticity Score of every neuron (exact, one streaming pass)"),
+    "top-images": ("saevlm.metrics.top_images", "the k highest-activating images of every neuron"),
+    "uniqueness": ("saevlm.metrics.uniqueness", "Jaccard overlap of neurons' top-image sets"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -1,0 +1,139 @@
+"""Top-activating images per neuron (the authors' ``find_hai_indices.py``), one streaming pass.
+
+For every neuron: the k image indices with the highest activation, highest first (equal values
+ordered by lower row), and the k-th value (the authors' "worst" value; 0 marks a neuron active
+on fewer than k images, left out as near-dead by later analyses). The store is never loaded
+whole: a running top-k is merged chunk by chunk.
+
+- Dense stores (raw neurons): per chunk ``torch.topk`` over rows, merged with the running list.
+- Code stores (SAE latents, non-negative): only the non-zeros are merged (a lexsort of
+  running entries + the chunk's non-zeros); neurons with fewer than k non-zeros are padded
+  with the lowest-row images where they are 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from saevlm.errors import UserError
+
+
+def top_k_dense(chunks, num_neurons: int, k: int, device="cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``chunks`` yields ``(start_row, acts [n, K])``; returns (rows [K, k], values [K, k])."""
+    import torch
+
+    best_v = torch.full((k, num_neurons), float("-inf"), dtype=torch.float32, device=device)
+    best_r = torch.full((k, num_neurons), -1, dtype=torch.int64, device=device)
+    for start, acts in chunks:
+        a = torch.as_tensor(np.asarray(acts, dtype=np.float32), device=device)
+        kk = min(k, len(a))
+        v, r = torch.topk(a, kk, dim=0, sorted=True)
+        r = r + start
+        cand_v = torch.cat([best_v, v])
+        cand_r = torch.cat([best_r, r])
+        # order by (value desc, row asc): sort by row, then a stable sort by value
+        o = torch.argsort(cand_r, dim=0, stable=True)
+        cand_v, cand_r = cand_v.gather(0, o), cand_r.gather(0, o)
+        o = torch.argsort(cand_v, dim=0, descending=True, stable=True)[:k]
+        best_v, best_r = cand_v.gather(0, o), cand_r.gather(0, o)
+    if bool((best_r < 0).any()):
+        raise UserError(f"fewer than k = {k} rows in the store")
+    return best_r.T.cpu().numpy(), best_v.T.cpu().numpy()
+
+
+def top_k_csr(csr_chunks, num_neurons: int, num_rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``csr_chunks`` yields CSRChunk objects of non-negative codes; returns (rows, values) [K, k]."""
+    if num_rows < k:
+        raise UserError(f"--k {k}: the store has only {num_rows} rows")
+    run_n = np.zeros(0, np.int64)  # neuron, value, row of the running top entries
+    run_v = np.zeros(0, np.float32)
+    run_r = np.zeros(0, np.int64)
+    for ch in csr_chunks:
+        vals = np.asarray(ch.values, dtype=np.float32)
+        if len(vals) and vals.min() < 0:
+            raise UserError("top-images: the code store holds negative codes; SAE codes are expected "
+                            "to be non-negative")
+        keep = vals > 0
+        n = np.concatenate([run_n, np.asarray(ch.indices, dtype=np.int64)[keep]])
+        v = np.concatenate([run_v, vals[keep]])
+        r = np.concatenate([run_r, ch.row_ids()[keep] + ch.start])
+        order = np.lexsort((r, -v, n))  # by neuron, then value desc, then row asc
+        n, v, r = n[order], v[order], r[order]
+        first = np.searchsorted(n, n, side="left")
+        rank = np.arange(len(n)) - first
+        sel = rank < k
+        run_n, run_v, run_r = n[sel], v[sel], r[sel]
+    rows = np.empty((num_neurons, k), dtype=np.int64)
+    values = np.zeros((num_neurons, k), dtype=np.float32)
+    starts = np.searchsorted(run_n, np.arange(num_neurons + 1))
+    for neuron in range(num_neurons):
+        a, b = starts[neuron], starts[neuron + 1]
+        c = b - a
+        rows[neuron, :c] = run_r[a:b]
+        values[neuron, :c] = run_v[a:b]
+        if c < k:  # pad with zero-activation images, lowest rows first
+            taken = set(run_r[a:b].tolist())
+            pad = [x for x in range(k + c) if x not in taken][: k - c]
+            rows[neuron, c:] = pad
+    return rows, values
+
+
+def add_arguments(p) -> None:
+    from saevlm.device import DEVICE_HELP
+
+    p.add_argument("--activations_dir", required=True,
+                   help="activation store (raw neurons) or code store (SAE latents), one row per image")
+    p.add_argument("--k", type=int, default=16, help="images per neuron (default: %(default)s, the paper's grids)")
+    p.add_argument("--output_dir", default=None, help="default: the store directory itself")
+    p.add_argument("--chunk_rows", type=int, default=65536, help="rows per streamed chunk (default: %(default)s)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto; dense stores only)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    import sys
+    import time
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.store import atomic_save_npy
+    from saevlm.device import resolve_device
+    from saevlm.metrics.ms import check_one_row_per_image, open_scored_store
+
+    t0 = time.time()
+    if args.k < 1:
+        raise UserError(f"--k {args.k}: expected a positive integer")
+    device = resolve_device(args.device)
+    store = open_scored_store(args.activations_dir)
+    check_one_row_per_image(store, "--activations_dir")
+    if store.num_rows < args.k:
+        raise UserError(f"--k {args.k}: the store has only {store.num_rows} images")
+    bar = tqdm(total=store.num_rows, unit="img", disable=args.no_progress, desc="top-images",
+               dynamic_ncols=True, file=sys.stderr)
+
+    def counted(it, size):
+        for item in it:
+            bar.update(size(item))
+            yield item
+
+    with bar:
+        if isinstance(store, CodeStore):
+            rows, values = top_k_csr(counted(store.iter_csr(args.chunk_rows), lambda c: c.num_rows),
+                                     store.dim, store.num_rows, args.k)
+        else:
+            rows, values = top_k_dense(counted(store.iter_chunks(args.chunk_rows), lambda c: len(c[1])),
+                                       store.dim, args.k, device)
+    image_ids = store.image_ids()
+    images = image_ids[rows]
+    out = Path(args.output_dir) if args.output_dir else store.path
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(out / f"top_images_{args.k}.npy", images)
+    atomic_save_npy(out / f"top_images_{args.k}_kth_value.npy", values[:, -1].copy())
+    atomic_save_npy(out / f"top_images_{args.k}_values.npy", values)
+    near_dead = int((values[:, -1] == 0).sum())
+    print(f"{store.dim} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")
+    print(f"wrote {out}/top_images_{args.k}.npy, top_images_{args.k}_kth_value.npy, "
+          f"top_images_{args.k}_values.npy ({time.time() - t0:.1f} s)")
+    return 0
