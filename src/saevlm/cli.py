@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ms": ("saevlm.metrics.ms", "Monosemanticity Score of every neuron (exact, one streaming pass)"),
     "top-images": ("saevlm.metrics.top_images", "the k highest-activating images of every neuron"),
     "uniqueness": ("saevlm.metrics.uniqueness", "Jaccard overlap of neurons' top-image sets"),
+    "visualize": ("saevlm.metrics.visualize", "PNG grids of neurons' top images and MS histograms"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -1,0 +1,168 @@
+"""``saevlm visualize``: PNG grids of neurons' top-16 images and MS histograms.
+
+Grids: 4 x 4, highest-activating first (row-major), titled with the neuron id, its MS and its
+Matryoshka group, each image labelled with its activation. Images are read back from the
+dataset named in the store's provenance (checked against its fingerprint; ``--data_path``
+points to a moved copy). Histogram: MS of SAE latents against raw neurons.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.errors import UserError
+
+
+def group_of(neurons: np.ndarray, group_sizes: list[int] | None) -> np.ndarray:
+    """Matryoshka group index of each neuron (0 when the SAE has no groups)."""
+    if not group_sizes:
+        return np.zeros(len(neurons), dtype=np.int64)
+    return np.searchsorted(np.cumsum(group_sizes), neurons, side="right")
+
+
+def open_store_images(store, data_path: str | None = None):
+    """The dataset of a store's provenance, verified to be the same image list."""
+    from saevlm.data.images import open_dataset, select_indices
+
+    ds = store.provenance.get("dataset", {})
+    if ds.get("name") in (None, "synthetic"):
+        raise UserError(f"{store.path}: a {ds.get('name') or 'dataset-less'} store has no images to show "
+                        f"(use --histogram_only)")
+    root = data_path or ds["root"]
+    images = open_dataset(ds["name"], root, ds.get("split"))
+    selected = select_indices(len(images), int(ds.get("take_every") or 1), ds.get("max_images"))
+    if images.paths_sha256(selected) != ds.get("paths_sha256"):
+        raise UserError(f"--data_path {root}: its images differ from those the store was made from "
+                        f"(fingerprint mismatch); point --data_path at the same dataset")
+    return images
+
+
+def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(4, 4, figsize=(8, 8.6))
+    for ax, idx, v in zip(axes.flat, list(image_ids) + [None] * 16, list(values) + [None] * 16):
+        ax.axis("off")
+        if idx is None:
+            continue
+        with Image.open(images.path(int(idx))) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            ax.imshow(np.asarray(im))
+        ax.set_title(f"#{int(idx)}  a={v:.3g}", fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "raw neurons")) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.linspace(0, 1, 41)
+    for scores, label in ((sae_scores, labels[0]), (raw_scores, labels[1])):
+        if scores is None:
+            continue
+        s = scores[~np.isnan(scores)]
+        lo = min(0.0, float(s.min())) if len(s) else 0.0
+        ax.hist(np.clip(s, lo, 1), bins=np.linspace(lo, 1, 41) if lo < 0 else bins, alpha=0.6,
+                density=True, label=f"{label} (n={len(s)}, mean {s.mean():.3f})")
+    ax.set_xlabel("Monosemanticity Score")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--activations_dir", required=True,
+                   help="store with top_images_<k>.npy (saevlm top-images) and <ms_subdir>/scores.npy")
+    p.add_argument("--output_dir", default=None, help="default: <activations_dir>/figures")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--neurons", type=int, nargs="+", help="neurons to draw")
+    sel.add_argument("--per_group", type=int, default=None,
+                     help="the first n neurons of each Matryoshka group (default: 4, or the top-4 MS "
+                          "neurons without groups)")
+    p.add_argument("--k", type=int, default=16, help="top-k file to read (default: %(default)s; 16 are drawn)")
+    p.add_argument("--ms_subdir", default="ms", help="where saevlm ms wrote scores.npy (default: %(default)s)")
+    p.add_argument("--raw_ms", default=None,
+                   help="scores.npy of raw neurons (or a raw store with <ms_subdir>/scores.npy) for the histogram")
+    p.add_argument("--data_path", default=None, help="dataset root, if it moved since extraction")
+    p.add_argument("--histogram_only", action="store_true", help="draw only the MS histogram")
+
+
+def run(args) -> int:
+    from saevlm.metrics.ms import open_scored_store
+
+    store = open_scored_store(args.activations_dir)
+    out = Path(args.output_dir) if args.output_dir else store.path / "figures"
+    ms_file = store.path / args.ms_subdir / "scores.npy"
+    ms = np.load(ms_file) if ms_file.is_file() else None
+    raw = None
+    if args.raw_ms:
+        rp = Path(args.raw_ms)
+        rp = rp if rp.suffix == ".npy" else rp / args.ms_subdir / "scores.npy"
+        if not rp.is_file():
+            raise UserError(f"--raw_ms {args.raw_ms}: no scores file at {rp} (run saevlm ms on it)")
+        raw = np.load(rp)
+    # Validate everything before writing anything: a failing call must not replace figures.
+    if ms is None and args.histogram_only:
+        raise UserError(f"--activations_dir {store.path}: no {args.ms_subdir}/scores.npy; run saevlm ms first")
+    grids = []
+    if not args.histogram_only:
+        top_f = store.path / f"top_images_{args.k}.npy"
+        if not top_f.is_file():
+            raise UserError(f"--activations_dir {store.path}: no top_images_{args.k}.npy; run "
+                            f"`saevlm top-images --activations_dir {store.path}` first")
+        top = np.load(top_f)
+        values = np.load(store.path / f"top_images_{args.k}_values.npy")
+        groups = store.provenance.get("sae", {}).get("group_sizes")
+        if args.neurons:
+            neurons = np.asarray(args.neurons)
+            bad = neurons[(neurons < 0) | (neurons >= len(top))]
+            if len(bad):
+                raise UserError(f"--neurons {bad[0]}: out of range (0..{len(top) - 1})")
+        elif groups:
+            n = args.per_group or 4
+            starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
+            neurons = np.concatenate([np.arange(s, s + min(n, g)) for s, g in zip(starts, groups)])
+        else:
+            n = args.per_group or 4
+            order = np.argsort(-np.nan_to_num(ms, nan=-np.inf)) if ms is not None else np.arange(len(top))
+            neurons = order[:n]
+        images = open_store_images(store, args.data_path)
+        for neuron, g in zip(neurons, group_of(neurons, groups)):
+            score = f"{ms[neuron]:.3f}" if ms is not None and not np.isnan(ms[neuron]) else "n/a"
+            title = f"neuron {int(neuron)}  |  MS {score}" + (f"  |  group {int(g)}" if groups else "")
+            if values[neuron][min(15, args.k - 1)] == 0:
+                title += "  |  near-dead (k-th value 0)"
+            grids.append((neuron, title))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if ms is not None:
+        path = out / "ms_histogram.png"
+        save_histogram(ms, raw, path)
+        written.append(path)
+    for neuron, title in grids:
+        path = out / f"neuron_{int(neuron):06d}.png"
+        save_grid(images, top[neuron][:16], values[neuron][:16], title, path)
+        written.append(path)
+    (out / "index.json").write_text(json.dumps([str(p.name) for p in written], indent=1))
+    print(f"wrote {len(written)} figure(s) to {out}")
+    return 0

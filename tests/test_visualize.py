@@ -1,0 +1,49 @@
+"""Neuron grids and MS histograms from a real (tiny) image pipeline."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import run_cli
+
+
+def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
+    from saevlm.data.images import make_image_folder
+
+    root = make_image_folder(tmp_path / "imgs", num_classes=4, per_class=10, size=48)
+    common = ["--dataset_name", "imagefolder", "--data_path", root, "--batch_size", "8",
+              "--num_workers", "0", "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "last", "--attachment_point",
+                   "post_projection", "--output_dir", tmp_path / "acts", *common) == 0
+    assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", tmp_path / "emb", *common) == 0
+    store = tmp_path / "acts" / "post_projection"
+    assert run_cli("train", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck", "--sae_model",
+                   "matryoshka_batch_top_k", "--expansion_factor", "2", "--k", "4", "--steps", "30",
+                   "--batch_size", "16", "--warmup_steps", "2", "--threshold_start_step", "5",
+                   "--group_fractions", "0.25", "0.75", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("encode", "--sae_path", tmp_path / "ck" / "trainer_0", "--activations_dir", store,
+                   "--output_dir", tmp_path / "codes", "--no_progress") == 0
+    for s in (store, tmp_path / "codes"):
+        assert run_cli("ms", "--activations_dir", s, "--embeddings_path", tmp_path / "emb",
+                       "--device", "cpu", "--no_progress") == 0
+        assert run_cli("top-images", "--activations_dir", s, "--device", "cpu", "--no_progress") == 0
+    assert run_cli("visualize", "--activations_dir", tmp_path / "codes", "--per_group", "2",
+                   "--raw_ms", store) == 0
+    figs = tmp_path / "codes" / "figures"
+    names = json.loads((figs / "index.json").read_text())
+    # 2 neurons from each of the 2 groups (sizes 16 and 48) plus the histogram
+    assert names == ["ms_histogram.png", "neuron_000000.png", "neuron_000001.png",
+                     "neuron_000016.png", "neuron_000017.png"]
+    for n in names:
+        with Image.open(figs / n) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+            assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
+    # errors are clear and leave the figures alone
+    before = (figs / "ms_histogram.png").read_bytes()
+    assert run_cli("visualize", "--activations_dir", tmp_path / "codes", "--neurons", "999") == 2
+    assert (figs / "ms_histogram.png").read_bytes() == before
+    w = tmp_path / "w"
+    assert run_cli("synthetic", "--output_dir", w, "--num_train", "100", "--num_val", "50") == 0
+    assert run_cli("top-images", "--activations_dir", w / "val", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("visualize", "--activations_dir", w / "val") == 2
