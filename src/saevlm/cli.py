@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top-images": ("saevlm.metrics.top_images", "the k highest-activating images of every neuron"),
     "uniqueness": ("saevlm.metrics.uniqueness", "Jaccard overlap of neurons' top-image sets"),
     "visualize": ("saevlm.metrics.visualize", "PNG grids of neurons' top images and MS histograms"),
+    "hierarchy": ("saevlm.metrics.hierarchy", "Matryoshka groups vs taxonomy depth of top images"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

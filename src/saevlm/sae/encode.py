@@ -61,6 +61,23 @@ def check_sae_matches(sae, provenance: dict, allow_mismatch: bool, what: str) ->
                             f"pass --allow_mismatch to encode anyway")
 
 
+def dataset_files(store) -> dict:
+    """The source store's labels.npy / classes.json, to be copied beside the codes."""
+    import json
+
+    import numpy as np
+
+    files = store.manifest.get("files", {})
+    out: dict = {"extra_files": {}, "extra_json": {}}
+    for name in files.values():
+        path = store.path / name
+        if name.endswith(".npy") and path.is_file():
+            out["extra_files"][name] = np.load(path)
+        elif name.endswith(".json") and path.is_file():
+            out["extra_json"][name] = json.loads(path.read_text())
+    return out
+
+
 def code_provenance(provenance: dict, sae) -> dict:
     return {**{k: v for k, v in provenance.items() if not k.startswith("_")}, "sae": sae.describe()}
 
@@ -89,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=int(store.provenance.get("dataset", {}).get("num_selected", store.manifest["num_images"])),
         provenance=code_provenance(store.provenance, sae),
         software=store.manifest.get("software", {}), overwrite=args.overwrite,
-        flag="--output_dir")
+        flag="--output_dir", **dataset_files(store))
     if writer.already_complete:
         print(f"{args.output_dir}: complete already, skipped", file=sys.stderr)
     else:

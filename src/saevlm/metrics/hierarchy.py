@@ -1,0 +1,155 @@
+"""Matryoshka hierarchy (the authors' ``inat_depth.py``; PAPER.md §5, App. E.3).
+
+Per neuron: its 16 highest-activating images, the depth of the lowest common ancestor of every
+image pair (depth = number of leading taxonomy names shared, so 0 = different kingdoms), over the
+120 pairs. Two per-neuron summaries: the mean depth rounded to an integer (the paper's; numpy's
+round-half-to-even) and the majority depth (the most frequent pair depth, ties to the shallower).
+Per Matryoshka group (sizes int(f * n) for all groups but the last, which takes the rest): the
+mean of the per-neuron values over neurons whose k-th value is not 0 (near-dead ones are left out
+and counted), and MS mean / max / min when scores are given.
+
+Taxonomies: the store's ``classes.json`` (iNat folder names, the synthetic world's paths) or,
+for ImageNet, WordNet hypernym paths through nltk (``--taxonomy wordnet``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.errors import UserError
+
+
+def level_codes(taxonomy: list[list[str]]) -> np.ndarray:
+    """Per class, an integer per level identifying the path prefix down to that level
+    ([C, L], -1 past the end of a shorter path), so 'same prefix' is an integer comparison."""
+    depth = max(len(p) for p in taxonomy)
+    codes = np.full((len(taxonomy), depth), -1, dtype=np.int64)
+    ids: dict[tuple, int] = {}
+    for c, path in enumerate(taxonomy):
+        for lvl in range(len(path)):
+            codes[c, lvl] = ids.setdefault(tuple(path[:lvl + 1]), len(ids))
+    return codes
+
+
+def lca_depths(top_labels_kn: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """[neurons, pairs] LCA depth of every pair of each neuron's top images."""
+    n_img = top_labels_kn.shape[1]
+    a, b = np.triu_indices(n_img, k=1)
+    ca, cb = codes[top_labels_kn[:, a]], codes[top_labels_kn[:, b]]  # [K, P, L]
+    same = (ca == cb) & (ca >= 0)
+    return np.cumprod(same, axis=2).sum(axis=2)
+
+
+def majority(depths_kp: np.ndarray) -> np.ndarray:
+    counts = np.stack([(depths_kp == d).sum(1) for d in range(int(depths_kp.max()) + 1)], 1)
+    return counts.argmax(1)  # argmax takes the first (shallowest) of tied maxima
+
+
+def wordnet_taxonomy(wnids: list[str]) -> list[list[str]]:
+    try:
+        from nltk.corpus import wordnet as wn
+        wn.synsets("dog")
+    except Exception as err:  # noqa: BLE001 - missing package or data: one message
+        raise UserError(f"--taxonomy wordnet needs nltk and its WordNet data (pip install nltk; "
+                        f"python -m nltk.downloader wordnet): {err}") from None
+    out = []
+    for wnid in wnids:
+        syn = wn.synset_from_pos_and_offset(wnid[0], int(wnid[1:]))
+        path = syn.hypernym_paths()[0]
+        out.append([s.name() for s in path])
+    return out
+
+
+def hierarchy_table(top_images_kn, kth_value_k, labels_of_image, taxonomy, group_sizes_g,
+                    ms_k=None) -> dict:
+    codes = level_codes(taxonomy)
+    labels = labels_of_image[top_images_kn]
+    depths = lca_depths(labels, codes)
+    mean_rounded = np.round(depths.mean(1))
+    major = majority(depths)
+    bounds = np.concatenate([[0], np.cumsum(group_sizes_g)])
+    groups = []
+    for g in range(len(group_sizes_g)):
+        sl = np.arange(bounds[g], bounds[g + 1])
+        alive = sl[kth_value_k[sl] > 0]
+        row = {"group": g, "size": int(len(sl)), "neurons_scored": int(len(alive)),
+               "left_out_near_dead": float(1 - len(alive) / max(len(sl), 1)),
+               "lca_depth_mean_rounded": float(mean_rounded[alive].mean()) if len(alive) else None,
+               "lca_depth_majority": float(major[alive].mean()) if len(alive) else None}
+        if ms_k is not None:
+            s = ms_k[sl]
+            s = s[~np.isnan(s)]
+            row.update(ms_mean=float(s.mean()) if len(s) else None, ms_max=float(s.max()) if len(s) else None,
+                       ms_min=float(s.min()) if len(s) else None)
+        groups.append(row)
+    return {"groups": groups, "taxonomy_depth": int(codes.shape[1]), "pairs_per_neuron": int(depths.shape[1]),
+            "per_neuron_mean_rounded": mean_rounded.tolist()}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--activations_dir", required=True,
+                   help="code store with top_images_<k>.npy (saevlm top-images)")
+    p.add_argument("--k", type=int, default=16, help="(default: %(default)s: 120 pairs per neuron)")
+    p.add_argument("--group_fractions", type=float, nargs="+", default=None,
+                   help="Matryoshka group fractions (default: the SAE's own group sizes, from the store)")
+    p.add_argument("--taxonomy", default="classes", choices=["classes", "wordnet"],
+                   help="classes: the taxonomy in the store's classes.json (iNat, synthetic); wordnet: "
+                        "ImageNet wnids through nltk (default: %(default)s)")
+    p.add_argument("--ms_subdir", default="ms", help="MS per group from <dir>/<ms_subdir>/scores.npy if present")
+
+
+def run(args) -> int:
+    from saevlm.data.store import atomic_write_json
+    from saevlm.metrics.ms import open_scored_store
+    from saevlm.sae.registry import group_sizes
+
+    store = open_scored_store(args.activations_dir)
+    d = store.path
+    top_f = d / f"top_images_{args.k}.npy"
+    if not top_f.is_file():
+        raise UserError(f"--activations_dir {d}: no top_images_{args.k}.npy; run `saevlm top-images "
+                        f"--activations_dir {d} --k {args.k}` first")
+    top = np.load(top_f)
+    kth = np.load(d / f"top_images_{args.k}_kth_value.npy")
+    classes_f = d / "classes.json"
+    labels_f = d / "labels.npy"
+    if not classes_f.is_file() or not labels_f.is_file():
+        raise UserError(f"--activations_dir {d}: no classes.json / labels.npy (written by extract, "
+                        f"encode and synthetic); cannot tell the images' classes")
+    classes = json.loads(classes_f.read_text())
+    if args.taxonomy == "wordnet":
+        taxonomy = wordnet_taxonomy(classes["classes"])
+    elif "taxonomy" in classes:
+        taxonomy = classes["taxonomy"]
+    else:
+        raise UserError(f"{classes_f}: no taxonomy (not an iNat or synthetic dataset); for ImageNet use "
+                        f"--taxonomy wordnet")
+    if args.group_fractions:
+        if abs(sum(args.group_fractions) - 1) > 1e-6:
+            raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
+        sizes = group_sizes(args.group_fractions, len(top))
+    else:
+        sizes = store.provenance.get("sae", {}).get("group_sizes")
+        if not sizes:
+            raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
+    if sum(sizes) != len(top):
+        raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
+    ms_f = d / args.ms_subdir / "scores.npy"
+    ms = np.load(ms_f) if ms_f.is_file() else None
+    table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
+    table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy)
+    atomic_write_json(d / f"hierarchy_{args.k}.json", table)
+    head = f"{'group':>5} {'size':>7} {'scored':>7} {'left out':>9} {'LCA (rounded mean)':>19} {'LCA (majority)':>15}"
+    print(head + ("   MS mean / max / min" if ms is not None else ""))
+    for r in table["groups"]:
+        fmt = lambda v: f"{v:.2f}" if v is not None else "-"  # noqa: E731
+        line = (f"{r['group']:>5} {r['size']:>7} {r['neurons_scored']:>7} {r['left_out_near_dead']:>9.1%} "
+                f"{fmt(r['lca_depth_mean_rounded']):>19} {fmt(r['lca_depth_majority']):>15}")
+        if ms is not None:
+            line += f"   {fmt(r['ms_mean'])} / {fmt(r['ms_max'])} / {fmt(r['ms_min'])}"
+        print(line)
+    print(f"wrote {d}/hierarchy_{args.k}.json")
+    return 0
