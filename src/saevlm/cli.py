@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "uniqueness": ("saevlm.metrics.uniqueness", "Jaccard overlap of neurons' top-image sets"),
     "visualize": ("saevlm.metrics.visualize", "PNG grids of neurons' top images and MS histograms"),
     "hierarchy": ("saevlm.metrics.hierarchy", "Matryoshka groups vs taxonomy depth of top images"),
+    "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }
