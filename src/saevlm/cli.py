@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "visualize": ("saevlm.metrics.visualize", "PNG grids of neurons' top images and MS histograms"),
     "hierarchy": ("saevlm.metrics.hierarchy", "Matryoshka groups vs taxonomy depth of top images"),
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
+    "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }
