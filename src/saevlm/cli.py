@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hierarchy": ("saevlm.metrics.hierarchy", "Matryoshka groups vs taxonomy depth of top images"),
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
+    "steer": ("saevlm.steering.steer", "LLaVA's answer with SAE latents clamped in its vision tower"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

@@ -81,3 +81,99 @@ def register_tiny_open_clip() -> str:
         "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
     }
     return OPEN_CLIP_TINY
+
+
+TINY_WORDS = ["pencil", "dog", "cat", "car", "tree", "house", "bird", "fish", "flower", "boat",
+              "apple", "chair", "white", "black", "sky", "love", "poem", "what", "is", "shown", "in",
+              "this", "image", "use", "exactly", "one", "word", "write", "me", "a", "short", "?", "!", "."]
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}"
+    "{% endif %}{% endfor %} {% else %}ASSISTANT: {{ message['content'][0]['text'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer of 1000 ids built offline (id 999 = <image>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "USER": 4, "ASSISTANT": 5, ":": 6}
+    for w in TINY_WORDS:
+        vocab.setdefault(w, len(vocab))
+    while len(vocab) < 999:
+        vocab[f"w{len(vocab)}"] = len(vocab)
+    vocab["<image>"] = 999
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    from tokenizers import decoders
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", additional_special_tokens=["<image>"])
+
+
+def save_tiny_llava(path: str | Path, seed: int = 0, vision_layers: int = 4) -> Path:
+    """A tiny random LLaVA-1.5 (CLIP tower 32 px / patch 8 -> 16 image tokens) and its processor."""
+    import torch
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(vision_config=tiny_clip_config(num_layers=vision_layers),
+                      text_config=LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128,
+                                              num_hidden_layers=2, num_attention_heads=4,
+                                              num_key_value_heads=4),
+                      image_token_id=999, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    model = LlavaForConditionalGeneration(cfg)
+    model.generation_config.pad_token_id = 3
+    model.save_pretrained(path)
+    processor = LlavaProcessor(image_processor=_processor("clip"), tokenizer=tiny_tokenizer(), patch_size=8,
+                               vision_feature_select_strategy="default", image_token="<image>",
+                               num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
+    processor.save_pretrained(path)
+    return Path(path)
+
+
+def save_identity_sae(path: str | Path, dim: int) -> Path:
+    """A BatchTopK SAE whose decoder exactly inverts its encoder: latents [relu(x), relu(-x)],
+    decoder [I, -I], threshold 0, so decode(encode(x)) == x bit for bit."""
+    import json
+
+    import torch
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+
+    sae = BatchTopKSAE(dim, 2 * dim, k=dim)
+    eye = torch.eye(dim)
+    with torch.no_grad():
+        sae.encoder.weight.copy_(torch.cat([eye, -eye], 0))
+        sae.encoder.bias.zero_()
+        sae.decoder.weight.copy_(torch.cat([eye, -eye], 1))
+        sae.b_dec.zero_()
+        sae.threshold.fill_(0.0)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(sae.state_dict(), path / "ae.pt")
+    (path / "config.json").write_text(json.dumps({"trainer": {"dict_class": "BatchTopKSAE",
+                                                              "activation_dim": dim, "dict_size": 2 * dim}}))
+    return path
+
+
+def save_random_sae(path: str | Path, dim: int, dict_size: int, k: int = 8, seed: int = 0,
+                    layer: int | None = None) -> Path:
+    """A random BatchTopK SAE (threshold 0) with a config naming its hook layer, if given."""
+    import json
+
+    import torch
+    from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+
+    torch.manual_seed(seed)
+    sae = BatchTopKSAE(dim, dict_size, k=k)
+    with torch.no_grad():
+        sae.threshold.fill_(0.0)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(sae.state_dict(), path / "ae.pt")
+    cfg = {"trainer": {"dict_class": "BatchTopKSAE", "activation_dim": dim, "dict_size": dict_size}}
+    if layer is not None:
+        cfg["saevlm"] = {"provenance": {"hook": {"attachment_point": "post_mlp_residual", "layer": layer}}}
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path

@@ -1,0 +1,128 @@
+"""SAE interventions in a tiny random LLaVA (transformers 5.x tree) and a 4.x-style tree."""
+
+import pytest
+import torch
+
+from conftest import run_cli
+from saevlm.errors import UserError
+from saevlm.sae.registry import load_sae
+from saevlm.steering.intervention import sae_intervention
+from saevlm.steering.llava import load_image, load_llava
+from saevlm.testing import save_identity_sae, save_random_sae, save_tiny_llava
+
+PROMPT = "What is shown in this image? Use exactly one word!"
+
+
+@pytest.fixture(scope="module")
+def llava(tmp_path_factory):
+    return load_llava(str(save_tiny_llava(tmp_path_factory.mktemp("llava") / "llava")))
+
+
+@pytest.fixture(scope="module")
+def image():
+    from PIL import Image
+    import numpy as np
+    return Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+
+
+def _hooks(llava):
+    """The forward hooks on the vision blocks (transformers 5.x installs some of its own)."""
+    return [tuple(b._forward_hooks) for b in llava.vision_blocks]
+
+
+def test_error_preserving_with_nothing_clamped_is_exact(llava, image, tmp_path):
+    sae = load_sae(str(save_random_sae(tmp_path / "sae", 64, 256)))
+    ref = llava.logits(PROMPT, image)
+    with sae_intervention(llava, sae, 1, {}, mode="error-preserving"):
+        got = llava.logits(PROMPT, image)
+    # x + decode(c) - decode(c) can differ from x by rounding only
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    with sae_intervention(llava, sae, 1, {}, mode="reconstruct"):
+        lossy = llava.logits(PROMPT, image)
+    assert not torch.allclose(lossy, ref, atol=1e-3)  # a random SAE's reconstruction is not exact
+
+
+def test_exact_inverse_sae_in_reconstruct_mode_keeps_the_generation(llava, image, tmp_path):
+    sae = load_sae(str(save_identity_sae(tmp_path / "id", 64)))
+    ref_text = llava.prompt(PROMPT, image, 8)
+    ref_logits = llava.logits(PROMPT, image)
+    with sae_intervention(llava, sae, 2, {}, mode="reconstruct"):
+        assert llava.prompt(PROMPT, image, 8) == ref_text
+        assert torch.equal(llava.logits(PROMPT, image), ref_logits)
+
+
+def test_clamping_a_latent_changes_the_generation(llava, image, tmp_path):
+    sae = load_sae(str(save_identity_sae(tmp_path / "id", 64)))
+    ref = llava.prompt(PROMPT, image, 8)
+    before = _hooks(llava)
+    with sae_intervention(llava, sae, 1, {5: 50.0}, mode="reconstruct"):
+        steered = llava.prompt(PROMPT, image, 8)
+    with sae_intervention(llava, sae, 1, {5: 50.0}, mode="error-preserving"):
+        steered_ep = llava.prompt(PROMPT, image, 8)
+    assert steered != ref and steered_ep != ref
+    assert _hooks(llava) == before
+
+
+def test_hook_removed_after_exception_and_bad_requests(llava, image, tmp_path):
+    sae = load_sae(str(save_identity_sae(tmp_path / "id", 64)))
+    llava.logits(PROMPT, image)
+    before = _hooks(llava)
+    with pytest.raises(RuntimeError, match="boom"):
+        with sae_intervention(llava, sae, 1, {3: 1.0}):
+            assert len(_hooks(llava)[1]) == len(before[1]) + 1
+            raise RuntimeError("boom")
+    assert _hooks(llava) == before
+    assert llava.last_read_block() == 2  # vision_feature_layer -2 of 4 blocks
+    with pytest.raises(UserError, match="cannot change what it generates"):
+        with sae_intervention(llava, sae, 3, {}):
+            pass
+    with pytest.raises(UserError, match="out of range"):
+        with sae_intervention(llava, sae, 1, {1000: 1.0}):
+            pass
+    small = load_sae(str(save_random_sae(tmp_path / "s32", 32, 64)))
+    with pytest.raises(UserError, match="32-d inputs"):
+        with sae_intervention(llava, small, 1, {}):
+            pass
+    assert _hooks(llava) == before
+
+
+def test_transformers_4x_tree_and_tuple_outputs(tmp_path):
+    """4.x keeps the tower's blocks at model.vision_tower.vision_model.encoder.layers and blocks
+    return tuples; the resolver finds them and the hook returns a tuple."""
+    from types import SimpleNamespace
+
+    from saevlm.steering.llava import Llava
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            return (x * 1.0,)
+
+    root = torch.nn.Module()
+    root.model = torch.nn.Module()
+    root.model.vision_tower = torch.nn.Module()
+    root.model.vision_tower.vision_model = torch.nn.Module()
+    root.model.vision_tower.vision_model.encoder = torch.nn.Module()
+    root.model.vision_tower.vision_model.encoder.layers = torch.nn.ModuleList([Block() for _ in range(4)])
+    root.config = SimpleNamespace(vision_feature_layer=-2, vision_config=SimpleNamespace(hidden_size=8))
+    fake = Llava(root, None, torch.device("cpu"), torch.float32, "fake")
+    assert len(fake.vision_blocks) == 4
+    sae = load_sae(str(save_identity_sae(tmp_path / "id8", 8)))
+    x = torch.randn(2, 5, 8)
+    with sae_intervention(fake, sae, 0, {2: 7.0}):
+        out = fake.vision_blocks[0](x)
+    assert isinstance(out, tuple) and out[0].shape == x.shape
+    # latent 2 is relu(x_2), clamped to 7; its partner latent 10 = relu(-x_2) still subtracts
+    assert torch.allclose(out[0][..., 2], 7.0 - torch.relu(-x[..., 2]))
+    assert torch.equal(out[0][..., 3], x[..., 3])
+
+
+def test_steer_command(tmp_path, capsys):
+    model = save_tiny_llava(tmp_path / "llava")
+    sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
+    rc = run_cli("steer", "--sae_path", sae, "--model_name", model, "--neuron", "3", "--alpha", "0", "30",
+                 "--prompt", "Write me a short love poem", "--image", "white", "--device", "cpu")
+    out = capsys.readouterr().out
+    assert rc == 0 and "unsteered:" in out and "latent 3 = 30:" in out and "block 1" in out
+    assert run_cli("steer", "--sae_path", sae, "--model_name", model, "--neuron", "3", "--layer", "3",
+                   "--device", "cpu") == 2
+    assert "cannot change what it" in capsys.readouterr().err
