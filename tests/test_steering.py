@@ -126,3 +126,63 @@ def test_steer_command(tmp_path, capsys):
     assert run_cli("steer", "--sae_path", sae, "--model_name", model, "--neuron", "3", "--layer", "3",
                    "--device", "cpu") == 2
     assert "cannot change what it" in capsys.readouterr().err
+
+
+def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
+    """make-eval-folder -> CLIP embeddings -> pooled top images -> steering-score (steered and not)
+    -> similarity-baseline, on tiny models; outputs well-formed and consistent."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from saevlm.data.images import make_image_folder
+    from saevlm.data.store import ActivationStore
+    from saevlm.steering.score import ClipEncoder
+    from saevlm.testing import save_tiny_clip_model
+
+    data = make_image_folder(tmp_path / "imgs" / "train", num_classes=4, per_class=6,
+                             class_names=["n01", "n02", "n03", "n04"])
+    llava = save_tiny_llava(tmp_path / "llava")
+    clip = save_tiny_clip_model(tmp_path / "clip")
+    common = ["--dataset_name", "imagefolder", "--data_path", data, "--batch_size", "8", "--num_workers", "0",
+              "--device", "cpu", "--no_progress"]
+    assert run_cli("make-eval-folder", "--dataset_name", "imagefolder", "--data_path", tmp_path / "imgs",
+                   "--split", "train", "--output_dir", tmp_path / "eval") == 0
+    assert sorted(p.parent.name for p in (tmp_path / "eval").rglob("*.png")) == ["n01", "n02", "n03", "n04"]
+    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "clip_emb", *common) == 0
+    assert run_cli("extract", "--model_name", clip, "--layer", "1", "--random_k", "2",
+                   "--output_dir", tmp_path / "acts", *common) == 0
+    sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", tmp_path / "acts" / "post_mlp_residual_1",
+                   "--output_dir", tmp_path / "codes", "--allow_mismatch", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", tmp_path / "codes", "--pool", "mean", "--device", "cpu",
+                   "--no_progress") == 0
+    top = tmp_path / "codes" / "top_images_16.npy"
+    base = ["--sae_path", sae, "--model_name", llava, "--top_images", top, "--clip_embeddings",
+            tmp_path / "clip_emb", "--clip_model", clip, "--device", "cpu"]
+    assert run_cli("steering-score", *base, "--neurons", "3", "--images", tmp_path / "eval",
+                   "--alpha", "50", "--output_dir", tmp_path / "steered") == 0
+    assert run_cli("steering-score", *base, "--neuron_list", "0", "2", "--images", "white", "--no_steer",
+                   "--output_dir", tmp_path / "plain") == 0
+    rows = list(csv.DictReader(open(tmp_path / "steered" / "labels.csv")))
+    assert len(rows) == 3 * 4 and {r["neuron"] for r in rows} == {"0", "1", "2"}
+    summary = json.loads((tmp_path / "steered" / "summary.json").read_text())
+    assert summary["neurons"] == 3 and summary["images"] == 4 and summary["steered"] and summary["layer"] == 1
+    scores = {int(r["neuron"]): float(r["score"]) for r in csv.DictReader(open(tmp_path / "steered" / "scores.csv"))}
+    assert abs(np.mean(list(scores.values())) - summary["mean"]) < 1e-6
+    # one similarity recomputed by hand: CLIP text of the word vs mean unit image embedding of the top 16
+    import torch
+    enc = ClipEncoder(str(clip), torch.device("cpu"))
+    r = rows[5]
+    emb = ActivationStore(tmp_path / "clip_emb").read(0, 24)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    target = emb[np.load(top)[int(r["neuron"])]].mean(0)
+    expect = float(enc.text([r["word"] or "nothing"])[0] @ target)
+    assert abs(expect - float(r["similarity"])) < 1e-5
+    plain = list(csv.DictReader(open(tmp_path / "plain" / "labels.csv")))
+    assert len(plain) == 2 and plain[0]["answer"] == plain[1]["answer"]  # unsteered: same answer
+    assert run_cli("similarity-baseline", "--images", tmp_path / "eval", "--clip_model", clip,
+                   "--device", "cpu") == 0
+    bounds = json.loads((tmp_path / "eval" / "similarity_baseline.json").read_text())
+    assert bounds["images"] == 4 and -1 <= bounds["shuffled_class_names"]["mean"] <= 1

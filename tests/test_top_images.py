@@ -89,3 +89,29 @@ def test_commands_on_synthetic_world(tmp_path):
     stats = json.loads((w / "val" / "uniqueness_16.json").read_text())
     assert stats["pairs"] == 64 * 63 // 2
     assert run_cli("uniqueness", "--activations_dir", w / "train", "--k", "16") == 2
+
+
+def test_pooled_top_images_on_token_stores(tiny_clip_dir, image_folder, tmp_path):
+    """--pool mean ranks images by the mean of their token codes (the steering SAE's protocol)."""
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.store import ActivationStore
+    from saevlm.testing import save_random_sae
+
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "2", "--random_k", "3",
+                   "--dataset_name", "imagefolder", "--data_path", image_folder, "--batch_size", "4",
+                   "--num_workers", "0", "--device", "cpu", "--no_progress", "--shard_rows", "24",
+                   "--output_dir", tmp_path / "acts") == 0
+    store = tmp_path / "acts" / "post_mlp_residual_2"
+    assert run_cli("top-images", "--activations_dir", store, "--device", "cpu", "--no_progress") == 2
+    sae = save_random_sae(tmp_path / "sae", 64, 96, k=6)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", store, "--output_dir", tmp_path / "codes",
+                   "--allow_mismatch", "--no_progress") == 0
+    for s, reader in ((store, ActivationStore), (tmp_path / "codes", CodeStore)):
+        assert run_cli("top-images", "--activations_dir", s, "--k", "8", "--pool", "mean", "--device", "cpu",
+                       "--no_progress") == 0
+        dense = reader(s).read(0, reader(s).num_rows)
+        pooled = dense.reshape(24, 3, -1).mean(1)  # 24 images x 3 tokens, image-major
+        ref_r, ref_v = naive_top_k(pooled, 8)
+        np.testing.assert_allclose(np.load(s / "top_images_8_values.npy"), ref_v, rtol=1e-5, atol=1e-6)
+        got = np.load(s / "top_images_8.npy")
+        assert (got == ref_r).mean() > 0.95  # equal up to near-ties in float sums

@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
     "steer": ("saevlm.steering.steer", "LLaVA's answer with SAE latents clamped in its vision tower"),
+    "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
+    "similarity-baseline": ("saevlm.steering.baseline_cmd", "steering-score bounds: true / shuffled names"),
+    "make-eval-folder": ("saevlm.steering.folder_cmd", "first image of each class -> an eval folder"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
 }

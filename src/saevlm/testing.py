@@ -177,3 +177,36 @@ def save_random_sae(path: str | Path, dim: int, dict_size: int, k: int = 8, seed
         cfg["saevlm"] = {"provenance": {"hook": {"attachment_point": "post_mlp_residual", "layer": layer}}}
     (path / "config.json").write_text(json.dumps(cfg))
     return path
+
+
+def clip_tokenizer():
+    """The real CLIP BPE tokenizer, built offline from open_clip's bundled vocabulary."""
+    import gzip
+
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    del open_clip
+    merges = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges)
+
+
+def save_tiny_clip_model(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random CLIPModel (text + vision, projection 32) with a CLIPProcessor."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    vision = tiny_clip_config().to_dict()
+    cfg = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      max_position_embeddings=77),
+                     vision_config=vision, projection_dim=32)
+    CLIPModel(cfg).save_pretrained(path)
+    CLIPProcessor(image_processor=_processor("clip"), tokenizer=clip_tokenizer()).save_pretrained(path)
+    return Path(path)

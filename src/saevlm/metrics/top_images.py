@@ -78,6 +78,46 @@ def top_k_csr(csr_chunks, num_neurons: int, num_rows: int, k: int) -> tuple[np.n
     return rows, values
 
 
+def pooled_chunks(store, how: str):
+    """Per shard, the store's rows pooled per image (mean or max): CSRChunk for code stores,
+    (start, dense) for activation stores. Shards hold whole images, so no image is split."""
+    from saevlm.data.codes import CodeStore, CSRChunk
+
+    start = 0
+    for i in range(len(store.shards)):
+        img = np.asarray(store.shard_rows(i))[:, 0]
+        if len(img) == 0:
+            continue
+        first = np.ones(len(img), dtype=bool)
+        first[1:] = img[1:] != img[:-1]
+        group = np.cumsum(first) - 1  # image position within the shard, per row
+        n_img = int(group[-1]) + 1
+        counts = np.bincount(group, minlength=n_img)
+        if isinstance(store, CodeStore):
+            ch = store.shard_csr(i)
+            rows = group[ch.row_ids()]
+            keys = rows * store.dim + np.asarray(ch.indices, dtype=np.int64)
+            uniq, inv = np.unique(keys, return_inverse=True)
+            vals = np.asarray(ch.values, dtype=np.float64)
+            if how == "mean":
+                pooled = np.bincount(inv, weights=vals) / counts[uniq // store.dim]
+            else:
+                pooled = np.full(len(uniq), -np.inf)
+                np.maximum.at(pooled, inv, vals)
+                pooled = np.maximum(pooled, 0)  # an image with a zero row has max >= 0
+            img_of = uniq // store.dim
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(img_of, minlength=n_img))])
+            yield CSRChunk(start, indptr, (uniq % store.dim).astype(np.int32), pooled.astype(np.float32), store.dim)
+        else:
+            sh = store.shards[i]
+            acts = store.read(sh.row_start, sh.row_start + sh.num_rows)
+            starts = np.flatnonzero(first)
+            red = np.add.reduceat(acts, starts, axis=0) / counts[:, None] if how == "mean" \
+                else np.maximum.reduceat(acts, starts, axis=0)
+            yield start, red
+        start += n_img
+
+
 def add_arguments(p) -> None:
     from saevlm.device import DEVICE_HELP
 
@@ -86,6 +126,9 @@ def add_arguments(p) -> None:
     p.add_argument("--k", type=int, default=16, help="images per neuron (default: %(default)s, the paper's grids)")
     p.add_argument("--output_dir", default=None, help="default: the store directory itself")
     p.add_argument("--chunk_rows", type=int, default=65536, help="rows per streamed chunk (default: %(default)s)")
+    p.add_argument("--pool", default=None, choices=["mean", "max"],
+                   help="stores with several rows per image (tokens): pool each image's rows first (the "
+                        "paper's steering SAE uses mean-pooled codes)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto; dense stores only)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
@@ -107,10 +150,16 @@ def run(args) -> int:
         raise UserError(f"--k {args.k}: expected a positive integer")
     device = resolve_device(args.device)
     store = open_scored_store(args.activations_dir)
-    check_one_row_per_image(store, "--activations_dir")
-    if store.num_rows < args.k:
-        raise UserError(f"--k {args.k}: the store has only {store.num_rows} images")
-    bar = tqdm(total=store.num_rows, unit="img", disable=args.no_progress, desc="top-images",
+    n_images = int(store.manifest.get("num_images", store.num_rows))
+    pooled = store.num_rows != n_images
+    if pooled and not args.pool:
+        raise UserError(f"--activations_dir {store.path}: {store.num_rows} rows for {n_images} images; "
+                        f"pass --pool mean (or max) to rank images by their pooled codes")
+    if not pooled:
+        check_one_row_per_image(store, "--activations_dir")
+    if n_images < args.k:
+        raise UserError(f"--k {args.k}: the store has only {n_images} images")
+    bar = tqdm(total=n_images, unit="img", disable=args.no_progress, desc="top-images",
                dynamic_ncols=True, file=sys.stderr)
 
     def counted(it, size):
@@ -119,7 +168,13 @@ def run(args) -> int:
             yield item
 
     with bar:
-        if isinstance(store, CodeStore):
+        if pooled and isinstance(store, CodeStore):
+            rows, values = top_k_csr(counted(pooled_chunks(store, args.pool), lambda c: c.num_rows),
+                                     store.dim, n_images, args.k)
+        elif pooled:
+            rows, values = top_k_dense(counted(pooled_chunks(store, args.pool), lambda c: len(c[1])),
+                                       store.dim, args.k, device)
+        elif isinstance(store, CodeStore):
             rows, values = top_k_csr(counted(store.iter_csr(args.chunk_rows), lambda c: c.num_rows),
                                      store.dim, store.num_rows, args.k)
         else:

@@ -87,6 +87,12 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
     except (OSError, ValueError) as err:
         raise hub_error(name, source, err) from None
     model_type = config.model_type
+    from transformers.utils import logging as hf_logging
+
+    # Loading the vision tower of a full CLIP / SigLIP checkpoint reports the text weights it
+    # skips as "unexpected"; that is by design here, so keep the report quiet.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         if model_type in ("clip", "clip_vision_model"):
             from transformers import CLIPVisionModelWithProjection
@@ -102,6 +108,8 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
                             f"supported: CLIP, SigLIP, DINOv2 (transformers) and open_clip models")
     except (OSError, ValueError) as err:
         raise hub_error(name, source, err) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.eval()
     found = get_attr_path(model, BLOCK_PATHS)
     if found is None:
