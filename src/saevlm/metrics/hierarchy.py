@@ -107,13 +107,10 @@ def run(args) -> int:
     from saevlm.sae.registry import group_sizes
 
     store = open_scored_store(args.activations_dir)
+    from saevlm.metrics.top_images import load_top_images
+
     d = store.path
-    top_f = d / f"top_images_{args.k}.npy"
-    if not top_f.is_file():
-        raise UserError(f"--activations_dir {d}: no top_images_{args.k}.npy; run `saevlm top-images "
-                        f"--activations_dir {d} --k {args.k}` first")
-    top = np.load(top_f)
-    kth = np.load(d / f"top_images_{args.k}_kth_value.npy")
+    top, kth, _ = load_top_images(d, args.k)
     classes_f = d / "classes.json"
     labels_f = d / "labels.npy"
     if not classes_f.is_file() or not labels_f.is_file():

@@ -118,6 +118,19 @@ def pooled_chunks(store, how: str):
         start += n_img
 
 
+def load_top_images(directory, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``."""
+    from pathlib import Path
+
+    d = Path(directory)
+    f = d / f"top_images_{k}.npy"
+    if not f.is_file():
+        raise UserError(f"--activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
+                        f"--activations_dir {d} --k {k}` first")
+    return (np.load(f), np.load(d / f"top_images_{k}_kth_value.npy"),
+            np.load(d / f"top_images_{k}_values.npy"))
+
+
 def add_arguments(p) -> None:
     from saevlm.device import DEVICE_HELP
 

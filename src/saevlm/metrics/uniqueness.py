@@ -83,13 +83,10 @@ def run(args) -> int:
     from saevlm.data.store import atomic_write_json
 
     t0 = time.time()
+    from saevlm.metrics.top_images import load_top_images
+
     d = Path(args.activations_dir)
-    f = d / f"top_images_{args.k}.npy"
-    if not f.is_file():
-        raise UserError(f"--activations_dir {d}: no top_images_{args.k}.npy; run `saevlm top-images "
-                        f"--activations_dir {d} --k {args.k}` first")
-    top = np.load(f)
-    kth = np.load(d / f"top_images_{args.k}_kth_value.npy")
+    top, kth, _ = load_top_images(d, args.k)
     stats = uniqueness_stats(top, kth, args.keep_near_dead)
     atomic_write_json(d / f"uniqueness_{args.k}.json", stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "

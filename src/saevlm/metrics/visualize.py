@@ -126,12 +126,8 @@ def run(args) -> int:
         raise UserError(f"--activations_dir {store.path}: no {args.ms_subdir}/scores.npy; run saevlm ms first")
     grids = []
     if not args.histogram_only:
-        top_f = store.path / f"top_images_{args.k}.npy"
-        if not top_f.is_file():
-            raise UserError(f"--activations_dir {store.path}: no top_images_{args.k}.npy; run "
-                            f"`saevlm top-images --activations_dir {store.path}` first")
-        top = np.load(top_f)
-        values = np.load(store.path / f"top_images_{args.k}_values.npy")
+        from saevlm.metrics.top_images import load_top_images
+        top, _, values = load_top_images(store.path, args.k)
         groups = store.provenance.get("sae", {}).get("group_sizes")
         if args.neurons:
             neurons = np.asarray(args.neurons)
