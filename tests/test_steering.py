@@ -186,3 +186,14 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
                    "--device", "cpu") == 0
     bounds = json.loads((tmp_path / "eval" / "similarity_baseline.json").read_text())
     assert bounds["images"] == 4 and -1 <= bounds["shuffled_class_names"]["mean"] <= 1
+
+
+def test_fp16_model_with_fp32_sae(tmp_path, image):
+    """The SAE runs in fp32 beside an fp16 model; the block output keeps the model's dtype."""
+    ll = load_llava(str(save_tiny_llava(tmp_path / "l")), torch.device("cpu"), "fp16")
+    sae = load_sae(str(save_identity_sae(tmp_path / "s", 64)))
+    ref = ll.logits(PROMPT, image)
+    assert ref.dtype == torch.float16
+    with sae_intervention(ll, sae, 1, {}, "reconstruct"):
+        assert torch.equal(ll.logits(PROMPT, image), ref)
+    assert next(sae.ae.parameters()).dtype == torch.float32
