@@ -28,8 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
     "similarity-baseline": ("saevlm.steering.baseline_cmd", "steering-score bounds: true / shuffled names"),
     "make-eval-folder": ("saevlm.steering.folder_cmd", "first image of each class -> an eval folder"),
+    "report": ("saevlm.report.build", "gather a run directory into report.md / report.html"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
-    "demo": ("saevlm.demo", "the built-in default job (placeholder until the demo lands)"),
+    "demo": ("saevlm.demo", "the built-in default job: the MS experiment on the synthetic world"),
 }
 
 

@@ -72,14 +72,14 @@ def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "r
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(0, 1, 41)
-    for scores, label in ((sae_scores, labels[0]), (raw_scores, labels[1])):
-        if scores is None:
-            continue
-        s = scores[~np.isnan(scores)]
-        lo = min(0.0, float(s.min())) if len(s) else 0.0
-        ax.hist(np.clip(s, lo, 1), bins=np.linspace(lo, 1, 41) if lo < 0 else bins, alpha=0.6,
-                density=True, label=f"{label} (n={len(s)}, mean {s.mean():.3f})")
+    series = [(s[~np.isnan(s)], label) for s, label in ((sae_scores, labels[0]), (raw_scores, labels[1]))
+              if s is not None]
+    lo = min([0.0] + [float(s.min()) for s, _ in series if len(s)])
+    bins = np.linspace(lo, 1, 41)  # one set of bins for both series, so their bars compare
+    for s, label in series:
+        if len(s):
+            ax.hist(np.clip(s, lo, 1), bins=bins, alpha=0.6, density=True,
+                    label=f"{label} (n={len(s)}, mean {s.mean():.3f})")
     ax.set_xlabel("Monosemanticity Score")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)

@@ -1,0 +1,1 @@
+"""Reports: gather a run directory into tables and figures beside the paper's numbers."""

@@ -1,0 +1,353 @@
+"""``saevlm report``: a run directory -> report.md and report.html (figures inline).
+
+Everything is found by scanning the run directory for the files the commands write:
+``ms/ms.json`` beside activation stores (raw neurons) and code stores (SAE latents, whose
+provenance names the SAE), ``run.json`` / ``eval.json`` of training runs, ``hierarchy_*.json``,
+steering ``summary.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
+followed by a reference to the file it came from (the "Sources" list), and the paper's value is
+shown beside ours wherever the configuration matches (PAPER.md §4).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.errors import UserError
+from saevlm.report import paper
+
+ARCH_NAMES = {"batch_top_k": "BatchTopK", "matryoshka_batch_top_k": "Matryoshka BatchTopK",
+              "top_k": "TopK", "standard": "ReLU (L1)", "jumprelu": "JumpReLU"}
+
+
+@dataclass
+class MSRecord:
+    kind: str  # "sae" or "raw"
+    model: str
+    layer: object  # int or "last"
+    arch: str | None
+    expansion: int | None
+    k: int | None
+    summary: dict
+    source: Path
+    store: Path
+    embeddings_model: str | None = None
+
+
+@dataclass
+class Report:
+    run_dir: Path
+    sources: list[str] = field(default_factory=list)
+    md: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+
+    def cite(self, path: Path) -> str:
+        rel = str(Path(path).resolve().relative_to(self.run_dir.resolve())) \
+            if Path(path).resolve().is_relative_to(self.run_dir.resolve()) else str(path)
+        if rel not in self.sources:
+            self.sources.append(rel)
+        return f"[{self.sources.index(rel) + 1}]"
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += [f"{'#' * level} {text}", ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        self.md += ["| " + " | ".join(r) + " |" for r in rows]
+        self.md.append("")
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        self.html.append(f"<table><tr>{th}</tr>{trs}</table>")
+
+    def figure(self, png: Path, caption: str) -> None:
+        rel = Path(png).resolve().relative_to(self.run_dir.resolve()) \
+            if Path(png).resolve().is_relative_to(self.run_dir.resolve()) else png
+        self.md += [f"![{caption}]({rel})", ""]
+        data = base64.b64encode(Path(png).read_bytes()).decode()
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:640px">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _layer_of(prov: dict):
+    hook = prov.get("hook", {})
+    point = hook.get("attachment_point")
+    if point == "post_mlp_residual":
+        return int(hook.get("layer"))
+    return "last" if point in (None, "post_projection") else str(point)
+
+
+def collect_ms(run_dir: Path) -> list[MSRecord]:
+    out = []
+    for ms_json in sorted(run_dir.rglob("ms/ms.json")):
+        store = ms_json.parent.parent
+        manifest_f = store / "manifest.json"
+        if not manifest_f.is_file():
+            continue
+        manifest = json.loads(manifest_f.read_text())
+        prov = manifest.get("provenance", {})
+        summary = json.loads(ms_json.read_text())
+        sae = prov.get("sae")
+        model = prov.get("model", {}).get("name", "?")
+        if sae:
+            arch = sae.get("arch")
+            expansion = int(round(sae["dict_size"] / sae["activation_dim"]))
+            out.append(MSRecord("sae", model, _layer_of(prov), arch, expansion, sae.get("k"), summary,
+                                ms_json, store, summary.get("embeddings_model")))
+        else:
+            out.append(MSRecord("raw", model, _layer_of(prov), None, None, None, summary, ms_json, store,
+                                summary.get("embeddings_model")))
+    return out
+
+
+def _fmt(v, digits=2):
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def ms_tables(rep: Report, records: list[MSRecord]) -> None:
+    if not records:
+        return
+    rep.heading("Monosemanticity Score")
+    rep.para("Best / mean ± std / worst MS over neurons with a score (dead neurons left out), per layer "
+             "and expansion factor, as in the paper's Tables 1a and A2. 'paper' is PAPER.md §4 "
+             "(CLIP ViT-L/14-336, DINOv2 embeddings, K = 20) where our configuration matches it.")
+    by_model: dict = {}
+    for r in records:
+        by_model.setdefault((r.model, r.embeddings_model), []).append(r)
+    for (model, emb), recs in by_model.items():
+        raw = {r.layer: r for r in recs if r.kind == "raw"}
+        archs = sorted({r.arch for r in recs if r.kind == "sae"})
+        exps = sorted({r.expansion for r in recs if r.kind == "sae"})
+        layers = sorted({r.layer for r in recs}, key=lambda x: (isinstance(x, str), x))
+        matches_paper = paper.MODEL in str(model) and "dino" in str(emb).lower()
+        for arch in archs:
+            rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
+            sae = {(r.layer, r.expansion): r for r in recs if r.kind == "sae" and r.arch == arch}
+            header = ["layer", "No SAE"] + [f"x{e}" for e in exps]
+            best_rows, mean_rows, worst_rows = [], [], []
+            for layer in layers:
+                b = [str(layer)]
+                m = [str(layer)]
+                w = [str(layer)]
+                rr = raw.get(layer)
+                b.append(_cell(rep, rr, lambda s: s["top10"][0][1] if s["top10"] else None,
+                               paper.NO_SAE_BEST if matches_paper and rr else None))
+                m.append(_cell(rep, rr, None))
+                w.append(_cell(rep, rr, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                for e in exps:
+                    r = sae.get((layer, e))
+                    ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
+                        if matches_paper and r and r.k == 20 else None
+                    b.append(_cell(rep, r, lambda s: s["top10"][0][1] if s["top10"] else None, ref))
+                    m.append(_cell(rep, r, None))
+                    w.append(_cell(rep, r, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                best_rows.append(b)
+                mean_rows.append(m)
+                worst_rows.append(w)
+            rep.para("Best neuron MS (ours, paper in parentheses):")
+            rep.table(header, best_rows)
+            rep.para("Mean ± std MS:")
+            rep.table(header, mean_rows)
+            rep.para("Worst neuron MS:")
+            rep.table(header, worst_rows)
+
+
+def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
+    if rec is None:
+        return "–"
+    s = rec.summary
+    if pick is None:
+        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))}"
+    else:
+        text = _fmt(pick(s))
+    if ref is not None:
+        text += f" ({ref:.2f})"
+    return f"{text} {rep.cite(rec.source)}"
+
+
+def training_tables(rep: Report, run_dir: Path) -> None:
+    runs = sorted(run_dir.rglob("run.json"))
+    rows = []
+    for run_json in runs:
+        run = json.loads(run_json.read_text())
+        ident = run.get("identity", {})
+        layer = _layer_of(ident.get("activations_provenance", {}))
+        for t in ident.get("trainers", []):
+            ev_f = run_json.parent / t["dir"] / "eval.json"
+            if not ev_f.is_file():
+                continue
+            ev = json.loads(ev_f.read_text())
+            ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t["arch"], ())}}, "x", layer,
+                                    t["expansion_factor"]) if paper.R2_LAST.get(t["arch"]) else None
+            ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(
+                ident.get("activations_provenance", {}).get("model", {}).get("name")) else ""
+            rows.append([ARCH_NAMES.get(t["arch"], t["arch"]), str(layer), f"x{t['expansion_factor']}",
+                         f"{100 * ev['r2']:.1f}{ref_s}", f"{ev['l0']:.1f}", f"{ev['dead_fraction']:.3f}",
+                         f"{ev['dense_fraction']:.3f}", rep.cite(ev_f)])
+    if rows:
+        rep.heading("Reconstruction and sparsity")
+        rep.para("R² (%, fraction of variance explained; paper in parentheses for the last layer of "
+                 "CLIP ViT-L/14-336), L0 at inference, dead and dense latent fractions, on the validation store.")
+        rep.table(["SAE", "layer", "expansion", "R² (%)", "L0", "dead", "dense", "source"], rows)
+
+
+def hierarchy_tables(rep: Report, run_dir: Path) -> None:
+    files = sorted(run_dir.rglob("hierarchy_*.json"))
+    if not files:
+        return
+    rep.heading("Matryoshka hierarchy")
+    rep.para("Mean lowest-common-ancestor depth of the 120 pairs of each neuron's top-16 images, per "
+             f"Matryoshka group (near-dead neurons left out). Paper (iNat, 5 groups): "
+             f"{' / '.join(map(str, paper.HIERARCHY_INAT))}.")
+    for f in files:
+        t = json.loads(f.read_text())
+        rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
+                 _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
+                 _fmt(g.get("ms_mean")), rep.cite(f)] for g in t["groups"]]
+        rep.para(f"{f.parent.relative_to(run_dir)}:")
+        rep.table(["group", "size", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
+                   "MS mean", "source"], rows)
+
+
+def steering_tables(rep: Report, run_dir: Path) -> None:
+    rows = []
+    for f in sorted(run_dir.rglob("summary.json")):
+        s = json.loads(f.read_text())
+        if "steered" not in s:
+            continue
+        rows.append([str(f.parent.relative_to(run_dir)), "steered" if s["steered"] else "unsteered",
+                     str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(f)])
+    for f in sorted(run_dir.rglob("similarity_baseline.json")):
+        b = json.loads(f.read_text())
+        rows.append([str(f.parent.relative_to(run_dir)), "bound: true class names", "–", str(b["images"]),
+                     f"{b['true_class_names']['mean']:.3f}", rep.cite(f)])
+        rows.append([str(f.parent.relative_to(run_dir)), "bound: shuffled names", "–", str(b["images"]),
+                     f"{b['shuffled_class_names']['mean']:.3f}", rep.cite(f)])
+    if rows:
+        rep.heading("Steering LLaVA")
+        rep.para("Paper (Table 3): steered " + paper.STEERING["steered_white"] + " (white image), "
+                 + paper.STEERING["steered_imagenet"] + " (ImageNet); unsteered "
+                 + paper.STEERING["unsteered_white"] + " / " + paper.STEERING["unsteered_imagenet"]
+                 + "; bounds " + paper.STEERING["bound_true_names"] + " / " + paper.STEERING["bound_random_pairs"] + ".")
+        rep.table(["run", "setting", "neurons", "images", "score", "source"], rows)
+
+
+def agreement_tables(rep: Report, run_dir: Path) -> None:
+    for f in sorted(run_dir.rglob("agreement*.json")):
+        a = json.loads(f.read_text())
+        if "metrics" not in a:
+            continue
+        rep.heading("Agreement with the user study")
+        bins = next(iter(a["metrics"].values()))["bins"]
+        header = ["metric"] + [b["bin"] for b in bins] + ["bin mean", "weighted", "source"]
+        rows = [["paper MS (DINOv2)"] + [f"{v:.2f}" for v in paper.AGREEMENT_DINO] + ["0.828", "–", ""]]
+        for name, m in a["metrics"].items():
+            rows.append([name] + [f"{b['agreement']:.2f} (n={b['pairs']})" if b["agreement"] is not None else "–"
+                                  for b in m["bins"]] + [_fmt(m["mean_over_bins"], 3), _fmt(m["pair_weighted"], 3),
+                                                         rep.cite(f)])
+        rep.table(header, rows)
+
+
+def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) -> None:
+    from saevlm.metrics.visualize import open_store_images, save_grid, save_histogram
+
+    sae_recs = [r for r in records if r.kind == "sae"]
+    if not sae_recs:
+        return
+    rep.heading("Figures")
+    raw = {(r.model, r.layer): r for r in records if r.kind == "raw"}
+    fig_dir = out_dir / "report_figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(sae_recs):
+        sae_scores = np.load(r.source.parent / "scores.npy")
+        rr = raw.get((r.model, r.layer))
+        raw_scores = np.load(rr.source.parent / "scores.npy") if rr else None
+        png = fig_dir / f"ms_hist_{i:02d}.png"
+        save_histogram(sae_scores, raw_scores, png)
+        rep.figure(png, f"MS histogram: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}, "
+                        f"{r.model} (against raw neurons) {rep.cite(r.source)}")
+        top_f = r.store / "top_images_16.npy"
+        if not grids or not top_f.is_file():
+            continue
+        try:
+            images = open_store_images(_open(r.store))
+        except UserError:
+            continue  # synthetic stores have no images
+        top = np.load(top_f)
+        values = np.load(r.store / "top_images_16_values.npy")
+        groups = json.loads((r.store / "manifest.json").read_text())["provenance"].get("sae", {}).get("group_sizes") \
+            or [len(top)]
+        bounds = np.concatenate([[0], np.cumsum(groups)])
+        for g in range(len(groups)):
+            sl = np.arange(bounds[g], bounds[g + 1])
+            s = np.nan_to_num(sae_scores[sl], nan=-np.inf)
+            best = int(sl[np.argmax(s)])
+            png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
+            save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)
+            rep.figure(png, f"Best neuron of group {g}: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}")
+
+
+def _open(store: Path):
+    from saevlm.metrics.ms import open_scored_store
+    return open_scored_store(store)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+       "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "font-size:13px;text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:8px}"
+       "figcaption{font-size:12px;color:#555}")
+
+
+def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grids: bool = True,
+                 title: str = "saevlm report") -> tuple[Path, Path]:
+    from saevlm.data.store import atomic_write_bytes
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--run_dir {run_dir}: no such directory")
+    out = Path(output_dir) if output_dir else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(run_dir)
+    rep.heading(title, 1)
+    records = collect_ms(run_dir)
+    if not records and not list(run_dir.rglob("run.json")):
+        raise UserError(f"--run_dir {run_dir}: found no results (no ms/ms.json, no run.json); run the "
+                        f"experiment first")
+    ms_tables(rep, records)
+    training_tables(rep, run_dir)
+    hierarchy_tables(rep, run_dir)
+    steering_tables(rep, run_dir)
+    agreement_tables(rep, run_dir)
+    figures(rep, records, out, grids)
+    rep.heading("Sources")
+    rep.md += [f"{i + 1}. `{s}`" for i, s in enumerate(rep.sources)] + [""]
+    rep.html.append("<ol>" + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in rep.sources) + "</ol>")
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_bytes(md_path, "\n".join(rep.md).encode())
+    atomic_write_bytes(html_path, (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                   f"</title><style>{CSS}</style></head><body>" + "\n".join(rep.html)
+                                   + "</body></html>").encode())
+    return md_path, html_path
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run_dir", required=True, help="the experiment's output directory (OUT_DIR of the scripts)")
+    p.add_argument("--output_dir", default=None, help="where report.md / report.html go (default: --run_dir)")
+    p.add_argument("--no_grids", action="store_true", help="skip top-image grids (faster)")
+    p.add_argument("--title", default="saevlm report", help="(default: %(default)s)")
+
+
+def run(args) -> int:
+    md, page = build_report(args.run_dir, args.output_dir, not args.no_grids, args.title)
+    print(f"wrote {md} and {page}")
+    return 0
