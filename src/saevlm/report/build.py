@@ -89,7 +89,7 @@ def _layer_of(prov: dict):
 
 def collect_ms(run_dir: Path) -> list[MSRecord]:
     out = []
-    for ms_json in sorted(run_dir.rglob("ms/ms.json")):
+    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms/ or ms_<embedder>/ beside a store
         store = ms_json.parent.parent
         manifest_f = store / "manifest.json"
         if not manifest_f.is_file():
@@ -265,12 +265,12 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
     if not sae_recs:
         return
     rep.heading("Figures")
-    raw = {(r.model, r.layer): r for r in records if r.kind == "raw"}
+    raw = {(r.model, r.layer, r.embeddings_model): r for r in records if r.kind == "raw"}
     fig_dir = out_dir / "report_figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(sae_recs):
         sae_scores = np.load(r.source.parent / "scores.npy")
-        rr = raw.get((r.model, r.layer))
+        rr = raw.get((r.model, r.layer, r.embeddings_model))
         raw_scores = np.load(rr.source.parent / "scores.npy") if rr else None
         png = fig_dir / f"ms_hist_{i:02d}.png"
         save_histogram(sae_scores, raw_scores, png)
@@ -291,6 +291,8 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
         for g in range(len(groups)):
             sl = np.arange(bounds[g], bounds[g + 1])
             s = np.nan_to_num(sae_scores[sl], nan=-np.inf)
+            if not np.isfinite(s).any():
+                continue  # every latent of the group is dead
             best = int(sl[np.argmax(s)])
             png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
             save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)

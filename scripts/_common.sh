@@ -1,0 +1,35 @@
+# Shared helpers for the experiment scripts (sourced, not run).
+set -euo pipefail
+PY=${PYTHON:-python}
+saevlm() { "$PY" -m saevlm "$@"; }
+say() { printf '\n=== %s\n' "$*" >&2; }
+
+# need_dataset VAR: stop at once, saying what to set, when a dataset path is missing.
+need_dataset() {
+  local var=$1 val=${!1:-}
+  if [ -z "$val" ]; then
+    echo "error: set $var to the dataset root (e.g. $var=/data/... bash $0)" >&2; exit 2
+  fi
+  if [ ! -d "$val" ]; then
+    echo "error: $var=$val: no such directory" >&2; exit 2
+  fi
+  shift
+  for sub in "$@"; do
+    [ -d "$val/$sub" ] || { echo "error: $var=$val has no $sub/ folder (expected $*)" >&2; exit 2; }
+  done
+}
+
+# slug_of LAYER: the store directory extract writes for a layer ("last"/-1: the projection).
+slug_of() { case "$1" in last|-1) echo post_projection ;; *) echo "post_mlp_residual_$1" ;; esac; }
+
+# tag_of NAME: a directory-safe name for a model given by short name, hub id or path.
+tag_of() { basename "$1" | tr -c 'A-Za-z0-9._\n-' '_'; }
+
+# checkpoint_of TRAINER_DIR: the evaluated weights (ae_<SAVE_STEP>.pt when it exists, else ae.pt).
+checkpoint_of() {
+  local ck="$1/checkpoints/ae_${SAVE_STEP:-100000}.pt"
+  if [ -f "$ck" ]; then echo "$ck"; else echo "$1/ae.pt"; fi
+}
+
+# trainers_of CHECKPOINTS_DIR: trainer_<i> directory names listed in run.json.
+trainers_of() { "$PY" -c 'import json,sys; [print(t["dir"]) for t in json.load(open(sys.argv[1]))["identity"]["trainers"]]' "$1/run.json"; }

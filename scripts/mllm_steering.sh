@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The paper's LLaVA steering (Sec. 4.3, Table 3): a Matryoshka SAE (x64) on 2 random tokens per
+# ImageNet-train image at block 22 of CLIP ViT-L/14-336 (LLaVA-1.5's vision tower), its latents'
+# top-16 train images from mean-pooled codes, CLIP ViT-B/32 embeddings of ImageNet train, the
+# steering score on a white image (first NEURONS_WHITE latents) and on the first image of each
+# ImageNet class (NEURONS_IMAGENET latents), steered (alpha 100) and unsteered, the bounds, and
+# the report.
+#
+#   IMAGENET_PATH=/data/imagenet OUT_DIR=runs/steering bash scripts/mllm_steering.sh
+#
+# Overrides: MODEL (the tower to extract from), LLAVA_MODEL, CLIP_MODEL, STEER_LAYER, EXPANSION_FACTOR,
+# K, STEPS, BATCH_SIZE, SAVE_STEP, GROUP_FRACTIONS, WARMUP_STEPS, THRESHOLD_START_STEP, ALPHA,
+# NEURONS_WHITE, NEURONS_IMAGENET, DEVICE, EXTRACT_BATCH_SIZE, NUM_WORKERS, TAKE_EVERY, PYTHON.
+source "$(dirname "$0")/_common.sh"
+need_dataset IMAGENET_PATH train
+OUT_DIR=${OUT_DIR:-runs/steering}
+MODEL=${MODEL:-clip-vit-large-patch14-336}
+LLAVA_MODEL=${LLAVA_MODEL:-llava-hf/llava-1.5-7b-hf}
+CLIP_MODEL=${CLIP_MODEL:-clip-vit-base-patch32}
+STEER_LAYER=${STEER_LAYER:-22}
+EXPANSION_FACTOR=${EXPANSION_FACTOR:-64}
+K=${K:-20}; STEPS=${STEPS:-110000}; BATCH_SIZE=${BATCH_SIZE:-4096}; SAVE_STEP=${SAVE_STEP:-100000}
+GROUP_FRACTIONS=${GROUP_FRACTIONS:-"0.0625 0.125 0.25 0.5625"}
+WARMUP_STEPS=${WARMUP_STEPS:-1000}; THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-1000}
+ALPHA=${ALPHA:-100}; NEURONS_WHITE=${NEURONS_WHITE:-1000}; NEURONS_IMAGENET=${NEURONS_IMAGENET:-10}
+DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
+TAKE_EVERY=${TAKE_EVERY:-1}
+MT=$(tag_of "$MODEL"); slug=$(slug_of "$STEER_LAYER")
+data=(--dataset_name imagenet --data_path "$IMAGENET_PATH" --split train --batch_size "$EXTRACT_BATCH_SIZE"
+      --num_workers "$NUM_WORKERS" --device "$DEVICE" --take_every "$TAKE_EVERY")
+store="$OUT_DIR/activations/$MT/imagenet_train_random2/$slug"
+
+say "activations: $MODEL block $STEER_LAYER, 2 random tokens per ImageNet-train image"
+saevlm extract --model_name "$MODEL" --layer "$STEER_LAYER" --random_k 2 --dtype fp16 \
+  --output_dir "$OUT_DIR/activations/$MT/imagenet_train_random2" "${data[@]}"
+ck="$OUT_DIR/sae/$MT/$slug"
+say "train the steering SAE: Matryoshka x$EXPANSION_FACTOR"
+# shellcheck disable=SC2086
+saevlm train --activations_dir "$store" --checkpoints_dir "$ck" --sae_model matryoshka_batch_top_k \
+  --expansion_factor "$EXPANSION_FACTOR" --k "$K" --steps "$STEPS" --batch_size "$BATCH_SIZE" \
+  --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" --group_fractions $GROUP_FRACTIONS \
+  --save_steps $([ "$SAVE_STEP" -lt "$STEPS" ] && echo "$SAVE_STEP") --device "$DEVICE"
+sae=$(checkpoint_of "$ck/trainer_0")
+codes="$OUT_DIR/codes/$MT/imagenet_train_random2/$slug/trainer_0"
+saevlm encode --sae_path "$sae" --activations_dir "$store" --output_dir "$codes" --device "$DEVICE"
+[ -f "$codes/top_images_16.npy" ] || saevlm top-images --activations_dir "$codes" --pool mean --device "$DEVICE"
+say "CLIP embeddings of ImageNet train ($CLIP_MODEL)"
+clip_emb="$OUT_DIR/embeddings/$(tag_of "$CLIP_MODEL")/imagenet_train"
+saevlm embed --model_name "$CLIP_MODEL" --embeddings_path "$clip_emb" "${data[@]}"
+eval_dir="$OUT_DIR/eval_first_image_per_class"
+[ -f "$eval_dir/class_names.json" ] || saevlm make-eval-folder --dataset_name imagenet --data_path "$IMAGENET_PATH" \
+  --split train --output_dir "$eval_dir"
+score=(--sae_path "$sae" --model_name "$LLAVA_MODEL" --layer "$STEER_LAYER" --top_images "$codes/top_images_16.npy"
+       --clip_embeddings "$clip_emb" --clip_model "$CLIP_MODEL" --device "$DEVICE")
+for setting in white imagenet; do
+  if [ "$setting" = white ]; then imgs=white; n=$NEURONS_WHITE; else imgs=$eval_dir; n=$NEURONS_IMAGENET; fi
+  for mode in steered unsteered; do
+    out="$OUT_DIR/steering_score/${setting}_$mode"
+    [ -f "$out/summary.json" ] && continue
+    say "steering score: $setting, $mode, $n latents"
+    extra=(--alpha "$ALPHA"); [ "$mode" = unsteered ] && extra=(--no_steer)
+    saevlm steering-score "${score[@]}" --images "$imgs" --neurons "$n" "${extra[@]}" --output_dir "$out"
+  done
+done
+[ -f "$eval_dir/similarity_baseline.json" ] || saevlm similarity-baseline --images "$eval_dir" \
+  --clip_model "$CLIP_MODEL" --device "$DEVICE"
+say "report"
+saevlm report --run_dir "$OUT_DIR" --no_grids --title "Steering LLaVA: $LLAVA_MODEL"
+echo "done: $OUT_DIR/report.html"
