@@ -87,8 +87,8 @@ def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[P
             "dataset": {"name": "bench", "split": "val", "paths_sha256": "bench", "num_selected": n}}
     emb = StoreWriter(tmp / "emb", kind="embeddings", dim=d, dtype="fp32", images_per_shard=n,
                       num_images=n, provenance=prov, software={})
-    for a, b in emb.shard_ranges():
-        emb.write_shard((rng.standard_normal((b - a, d)) + 0.2).astype(np.float32),
+    for i, a, b in emb.shard_ranges():
+        emb.write_shard(i, (rng.standard_normal((b - a, d)) + 0.2).astype(np.float32),
                         np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
     emb.finalize()
     # the code store, written by hand from docs/codes-format.md

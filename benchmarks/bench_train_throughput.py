@@ -53,8 +53,8 @@ def make_store(path: Path, rows: int, dim: int, seed: int = 0) -> None:
     w = StoreWriter(path, kind="activations", dim=dim, dtype="fp32", images_per_shard=65536,
                     num_images=rows, provenance={"model": {"name": "bench", "source": "bench"},
                                                  "hook": {"layer": 0}}, software={})
-    for a, b in w.shard_ranges():
-        w.write_shard(acts[a:b], np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
+    for i, a, b in w.shard_ranges():
+        w.write_shard(i, acts[a:b], np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
     w.finalize()
     parts = path.parent / f"{path.name}_parts"
     parts.mkdir()

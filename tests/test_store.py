@@ -17,9 +17,9 @@ def _write(path, acts, rows_per_shard, dtype="fp32", finalize=True, provenance=N
                     images_per_shard=rows_per_shard, num_images=n,
                     provenance=provenance or {"dataset": {"paths_sha256": "x", "split": "val"}},
                     software={})
-    for first, stop in w.shard_ranges():
+    for idx, first, stop in w.shard_ranges():
         rows = np.stack([np.arange(first, stop), -np.ones(stop - first, dtype=np.int64)], 1)
-        w.write_shard(acts[first:stop], rows, first, stop - first)
+        w.write_shard(idx, acts[first:stop], rows, first, stop - first)
     if finalize:
         w.finalize()
     return w
@@ -75,7 +75,7 @@ def test_incomplete_store_is_refused_and_lists_only_complete_shards(tmp_path):
     w = StoreWriter(tmp_path / "s", kind="activations", dim=2, dtype="fp32", images_per_shard=10,
                     num_images=30, provenance={}, software={})
     rows = np.zeros((10, 2), np.int64)
-    w.write_shard(acts[:10], rows, 0, 10)
+    w.write_shard(0, acts[:10], rows, 0, 10)
     with pytest.raises(UserError, match="incomplete .* Rerun the same command"):
         ActivationStore(tmp_path / "s")
     partial = ActivationStore(tmp_path / "s", allow_incomplete=True)
@@ -88,7 +88,7 @@ def test_writer_refuses_other_settings_and_prunes_leftovers(tmp_path):
     acts = np.ones((20, 2), np.float32)
     w = StoreWriter(tmp_path / "s", kind="activations", dim=2, dtype="fp32", images_per_shard=10,
                     num_images=20, provenance={"hook": {"layer": 3}}, software={})
-    w.write_shard(acts[:10], np.zeros((10, 2), np.int64), 0, 10)
+    w.write_shard(0, acts[:10], np.zeros((10, 2), np.int64), 0, 10)
     # A crash after a shard was renamed but before the manifest listed it, and a temp file:
     (tmp_path / "s" / "acts_00001.npy").write_bytes(b"garbage")
     (tmp_path / "s" / ".acts_00002.npy.tmp-999").write_bytes(b"half")
@@ -97,7 +97,7 @@ def test_writer_refuses_other_settings_and_prunes_leftovers(tmp_path):
                     num_images=20, provenance={"hook": {"layer": 4}}, software={})
     again = StoreWriter(tmp_path / "s", kind="activations", dim=2, dtype="fp32", images_per_shard=10,
                         num_images=20, provenance={"hook": {"layer": 3}}, software={})
-    assert again.images_done == 10 and again.shard_ranges() == [(10, 20)]
+    assert again.images_done == 10 and again.shard_ranges() == [(1, 10, 20)]
     assert not (tmp_path / "s" / "acts_00001.npy").exists()
     assert not (tmp_path / "s" / ".acts_00002.npy.tmp-999").exists()
 

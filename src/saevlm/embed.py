@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
                             skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
                             overwrite=args.overwrite, progress=not args.no_progress,
                             take_every=args.take_every, max_images=args.max_images,
-                            log=lambda m: print(m, file=sys.stderr))
-    _report_stores(stores, time.time() - t0)
+                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist)
+    if inputs.dist.is_main:
+        _report_stores(stores, time.time() - t0)
     return 0

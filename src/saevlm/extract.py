@@ -126,7 +126,7 @@ class _PendingStore:
     point: object
     writer: object
     tokens: object
-    ranges: list
+    todo: set
     acts: list = field(default_factory=list)
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
@@ -137,17 +137,21 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                    skip_bad_images: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
                    overwrite: bool = False, progress: bool = True, take_every: int = 1,
                    max_images: int | None = None, log=print, sae=None,
-                   allow_mismatch: bool = False) -> dict:
+                   allow_mismatch: bool = False, dist=None) -> dict:
     """Write one store per point; returns ``{point: store_dir}``. See module docstring.
 
     With ``sae`` (a LoadedSAE; exactly one point), the store is a sparse code store instead.
+    Under torchrun (``dist``), each process computes its own shards (see StoreWriter) and rank 0
+    marks the stores complete once all are done.
     """
+    from saevlm.distributed import Dist, barrier
+
+    dist = dist or Dist()
     import numpy as np
     import torch
     from tqdm import tqdm
 
     from saevlm.data.images import ImageDataset, collate_images
-    from saevlm.data.store import StoreWriter
     from saevlm.device import autocast_context
     from saevlm.models.base import POST_PROJECTION
 
@@ -166,55 +170,52 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     if tokens.mode == "all" and any(p.attachment_point != POST_PROJECTION for p in points):
         num_tokens = _probe_num_tokens(encoder, images, selected, points, device)
 
+    # One shard size for every store of the run (the smallest), so that a shard index names the
+    # same images in every store and processes can split the work by shard.
+    rows_per_point = [1 if p.attachment_point == POST_PROJECTION else tokens.rows_per_image(num_tokens or 0)
+                      for p in points]
+    images_per_shard = min(max(1, shard_rows // max(r, 1) // batch_size) * batch_size for r in rows_per_point)
+
+    def open_writers() -> dict:
+        return {p: _open_writer(p, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast,
+                                images_per_shard, selected, software, overwrite, extra_files, extra_json,
+                                output_dirs, kind, store_dtype, sae, allow_mismatch, device, dist)
+                for p in points}
+
+    # Rank 0 validates or creates every store's main manifest before the other ranks open them.
+    writers = open_writers() if dist.is_main else {}
+    barrier(dist)
+    if not dist.is_main:
+        writers = open_writers()
     pending: list[_PendingStore] = []
     for point in points:
-        pooled = point.attachment_point == POST_PROJECTION
-        store_tokens = None if pooled else tokens
-        rows_per_image = 1 if pooled else tokens.rows_per_image(num_tokens or 0)
-        images_per_shard = max(1, shard_rows // max(rows_per_image, 1) // batch_size) * batch_size
-        provenance = {
-            "model": encoder.provenance(),
-            "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
-            "tokens": {"selection": "pooled"} if pooled else
-                      {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {})},
-            "dataset": dataset_prov,
-            "run": {"batch_size": batch_size, "autocast": autocast},
-        }
-        common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
-                      overwrite=overwrite, extra_files=extra_files, extra_json=extra_json)
-        if sae is None:
-            writer = StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
-                                 dtype=store_dtype, provenance=provenance, **common)
-        else:
-            from saevlm.data.codes import CodeStoreWriter
-            from saevlm.sae.encode import check_sae_matches, code_provenance, make_encoder
-            check_sae_matches(sae, {**provenance, "_dim": encoder.output_dim(point)}, allow_mismatch,
-                              f"--model_name {encoder.name} at {point.slug}")
-            writer = CodeStoreWriter(output_dirs[point], encode=make_encoder(sae, device),
-                                     input_dim=encoder.output_dim(point), kind="codes",
-                                     dim=sae.dict_size, dtype="fp32",
-                                     provenance=code_provenance(provenance, sae), **common)
+        writer = writers[point]
         if writer.already_complete:
-            log(f"{output_dirs[point]}: complete already, skipped")
+            if dist.is_main:
+                log(f"{output_dirs[point]}: complete already, skipped")
             continue
-        if writer.images_done:
+        if writer.images_done and dist.is_main:
             log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
-        pending.append(_PendingStore(point, writer, store_tokens, writer.shard_ranges()))
+        pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
+                                     else tokens, {i for i, _, _ in writer.shard_ranges()}))
 
-    if pending:
-        start = min(s.writer.images_done for s in pending)
+    needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
+    if needed:
+        positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
         loader = torch.utils.data.DataLoader(
-            ImageDataset(images, selected[start:], encoder.preprocess), batch_size=batch_size,
+            ImageDataset(images, selected[positions], encoder.preprocess), batch_size=batch_size,
             shuffle=False, num_workers=num_workers, collate_fn=collate_images,
             pin_memory=device.type == "cuda", persistent_workers=False)
-        bar = tqdm(total=len(selected) - start, unit="img", disable=not progress,
-                   desc=f"extract {len(pending)} point(s)", dynamic_ncols=True, file=sys.stderr)
-        position = start
+        desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
+        bar = tqdm(total=len(positions), unit="img", disable=not progress or not dist.is_main,
+                   desc=desc, dynamic_ncols=True, file=sys.stderr)
+        shard_no, consumed = 0, 0
         with bar:
             for good, pixels, bad in loader:
+                idx, first, stop = needed[shard_no]
                 n_in_batch = len(good) + len(bad)
                 skipped = _handle_bad(images, bad, skip_bad_images, log)
-                active = [s for s in pending if s.ranges and s.ranges[0][0] <= position]
+                active = [s for s in pending if idx in s.todo]
                 if pixels is not None and active:
                     with autocast_ctx:
                         out = encoder.capture(pixels.to(device, non_blocking=True),
@@ -229,22 +230,54 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                         s.rows.append(rows.numpy())
                 for s in active:
                     s.skipped.extend(skipped)
-                position += n_in_batch
+                consumed += n_in_batch
                 bar.update(n_in_batch)
-                for s in active:
-                    first, stop = s.ranges[0]
-                    if position >= stop:
-                        if position != stop:
-                            raise RuntimeError("shard boundary is not on a batch boundary")
+                if consumed > stop - first:
+                    raise RuntimeError("a batch crossed a shard boundary")
+                if consumed == stop - first:
+                    for s in active:
                         acts_nd = (np.concatenate(s.acts) if s.acts
-                                   else np.zeros((0, s.writer.dim), np.float32))
+                                   else np.zeros((0, s.writer.input_dim), np.float32))
                         rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
-                        s.writer.write_shard(acts_nd, rows_n2, first, stop - first, s.skipped)
+                        s.writer.write_shard(idx, acts_nd, rows_n2, first, stop - first, s.skipped)
                         s.acts, s.rows, s.skipped = [], [], []
-                        s.ranges.pop(0)
+                    shard_no, consumed = shard_no + 1, 0
+    barrier(dist)
+    if dist.is_main:
         for s in pending:
             s.writer.finalize()
+    barrier(dist)
     return {p: output_dirs[p] for p in points}
+
+
+def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, images_per_shard,
+                 selected, software, overwrite, extra_files, extra_json, output_dirs, kind, store_dtype,
+                 sae, allow_mismatch, device, dist):
+    from saevlm.data.store import StoreWriter
+    from saevlm.models.base import POST_PROJECTION
+
+    pooled = point.attachment_point == POST_PROJECTION
+    provenance = {
+        "model": encoder.provenance(),
+        "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
+        "tokens": {"selection": "pooled"} if pooled else
+                  {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {})},
+        "dataset": dataset_prov,
+        "run": {"batch_size": batch_size, "autocast": autocast},
+    }
+    common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
+                  overwrite=overwrite, extra_files=extra_files, extra_json=extra_json,
+                  rank=dist.rank, world_size=dist.world_size)
+    if sae is None:
+        return StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
+                           dtype=store_dtype, provenance=provenance, **common)
+    from saevlm.data.codes import CodeStoreWriter
+    from saevlm.sae.encode import check_sae_matches, code_provenance, make_encoder
+    check_sae_matches(sae, {**provenance, "_dim": encoder.output_dim(point)}, allow_mismatch,
+                      f"--model_name {encoder.name} at {point.slug}")
+    return CodeStoreWriter(output_dirs[point], encode=make_encoder(sae, device),
+                           input_dim=encoder.output_dim(point), kind="codes", dim=sae.dict_size,
+                           dtype="fp32", provenance=code_provenance(provenance, sae), **common)
 
 
 def _handle_bad(images, bad, skip: bool, log) -> list[dict]:
@@ -297,19 +330,20 @@ class RunInputs:
     images: object
     selected: object
     encoder: object
+    dist: object
 
 
 def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     from saevlm.data.images import open_dataset, select_indices
     from saevlm.data.store import normalize_store_dtype
-    from saevlm.device import resolve_device
+    from saevlm.distributed import init_distributed
     from saevlm.models import load_encoder
 
-    device = resolve_device(args.device)
+    dist, device = init_distributed(args.device)
     store_dtype = normalize_store_dtype(args.dtype)
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
-    return RunInputs(device, store_dtype, images, selected, load_encoder(args.model_name))
+    return RunInputs(device, store_dtype, images, selected, load_encoder(args.model_name), dist)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -338,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.output_dir)
     suffix = "_codes" if sae is not None else ""
     output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
+    if inputs.dist.world_size > 1:
+        print(f"rank {inputs.dist.rank}/{inputs.dist.world_size} on {device}", file=sys.stderr)
     print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
@@ -350,8 +386,9 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress, take_every=args.take_every,
                             max_images=args.max_images,
                             log=lambda m: print(m, file=sys.stderr), sae=sae,
-                            allow_mismatch=args.allow_mismatch)
-    _report_stores(stores, time.time() - t0, codes=sae is not None)
+                            allow_mismatch=args.allow_mismatch, dist=inputs.dist)
+    if inputs.dist.is_main:
+        _report_stores(stores, time.time() - t0, codes=sae is not None)
     return 0
 
 

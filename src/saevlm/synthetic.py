@@ -174,7 +174,7 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
             if w.already_complete:
                 log(f"{out / name}: complete already, skipped")
                 continue
-            w.write_shard(arr, rows, 0, n)
+            w.write_shard(0, arr, rows, 0, n)
             w.finalize()
         z = data["z"]
         nz_rows, nz_cols = np.nonzero(z)

@@ -265,18 +265,28 @@ class ActivationStore:
 class StoreWriter:
     """Writes a store shard by shard; resumes an interrupted store written with the same settings.
 
+    Shard ``i`` always covers selected-image positions ``[i * images_per_shard, (i+1) * ...)``;
+    since ``images_per_shard`` is a multiple of the batch size, batches are the same whichever
+    shards are recomputed, and a resumed store is byte-identical to an uninterrupted one.
+
+    Several processes (``torchrun``) write one store together: rank r owns the shards with
+    ``index % world_size == r`` and records them in ``manifest.rank<r>.json``; rank 0 creates the
+    main manifest first and, once every rank is done, ``merge()`` lists all shards in order and
+    marks the store complete. Until then the main manifest says ``complete: false``. Any later
+    run, with any number of processes, resumes from the union of finished shards.
+
     Subclasses change what a shard holds by overriding ``FORMAT`` and ``_write_payload`` (the
     sparse code store of :mod:`saevlm.data.codes` does).
-
-    Shard ``i`` always covers selected-image positions ``[i * images_per_shard, (i+1) * ...)``,
-    so an interrupted run, rerun with the same flags, recomputes exactly the missing shards with
-    the same batches and yields a byte-identical store.
     """
+
+    SHARD_PREFIXES = ("acts_", "rows_", "codes_")
+    FORMAT = FORMAT_NAME
 
     def __init__(self, path: str | os.PathLike, *, kind: str, dim: int, dtype: str,
                  images_per_shard: int, num_images: int, provenance: dict, software: dict,
                  overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
-                 extra_json: dict[str, Any] | None = None, flag: str = "--output_dir"):
+                 extra_json: dict[str, Any] | None = None, flag: str = "--output_dir",
+                 rank: int = 0, world_size: int = 1):
         self.path = Path(path)
         self.format = self.FORMAT
         self.dtype = normalize_store_dtype(dtype)
@@ -284,11 +294,13 @@ class StoreWriter:
         self.input_dim = getattr(self, "input_dim", self.dim)  # a CodeStoreWriter takes activations
         self.images_per_shard = int(images_per_shard)
         self.num_images = int(num_images)
+        self.num_shards = -(-self.num_images // self.images_per_shard)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.already_complete = False
         identity = {"kind": kind, "dim": self.dim, "dtype": self.dtype,
                     "images_per_shard": self.images_per_shard, "provenance": provenance}
         manifest_path = self.path / MANIFEST
-        if manifest_path.exists() and overwrite:
+        if self.rank == 0 and manifest_path.exists() and overwrite:
             self._remove_store_files()
         if manifest_path.exists():
             old = json.loads(manifest_path.read_text())
@@ -304,7 +316,8 @@ class StoreWriter:
                     f"({diff}). Use another output directory, or pass --overwrite to replace it.")
             self.manifest = old
             self.already_complete = bool(old.get("complete"))
-            self._prune_unlisted()
+        elif self.rank != 0:
+            raise RuntimeError(f"rank {self.rank}: {manifest_path} is missing; rank 0 creates it first")
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {
@@ -322,45 +335,69 @@ class StoreWriter:
                 atomic_write_json(self.path / name, obj)
                 self.manifest["files"][name.split(".")[0]] = name
             atomic_write_json(manifest_path, self.manifest)
+        self.done: dict[int, dict] = {}
+        if not self.already_complete:
+            self._load_done()
+            if self.rank == 0:
+                self._prune_unlisted()
 
     # -- state
+    def _rank_manifest(self, rank: int) -> Path:
+        return self.path / f"manifest.rank{rank}.json"
+
+    def _load_done(self) -> None:
+        """Finished shards: those in the main manifest and in any rank's partial manifest."""
+        for entry in self.manifest.get("shards", []):
+            self.done[int(entry["index"])] = entry
+        for f in sorted(self.path.glob("manifest.rank*.json")):
+            for entry in json.loads(f.read_text()).get("shards", []):
+                self.done.setdefault(int(entry["index"]), entry)
+
     @property
     def images_done(self) -> int:
-        """Selected-image positions covered by complete shards."""
-        return sum(int(s["num_images"]) for s in self.manifest["shards"])
+        return sum(int(e["num_images"]) for e in self.done.values())
 
-    @property
-    def next_shard_index(self) -> int:
-        return len(self.manifest["shards"])
-
-    def shard_ranges(self) -> list[tuple[int, int]]:
-        """(first, stop) selected-image positions of the shards still to write."""
+    def shard_ranges(self) -> list[tuple[int, int, int]]:
+        """(index, first, stop) selected-image positions of this rank's shards still to write."""
         out = []
-        for first in range(self.images_done, self.num_images, self.images_per_shard):
-            out.append((first, min(first + self.images_per_shard, self.num_images)))
+        for idx in range(self.num_shards):
+            if idx % self.world_size == self.rank and idx not in self.done:
+                first = idx * self.images_per_shard
+                out.append((idx, first, min(first + self.images_per_shard, self.num_images)))
         return out
 
     # -- writing
-    def write_shard(self, acts_nd: np.ndarray, rows_n2: np.ndarray, first_image: int,
+    def write_shard(self, index: int, acts_nd: np.ndarray, rows_n2: np.ndarray, first_image: int,
                     num_images: int, skipped: Sequence[dict] = ()) -> None:
-        if first_image != self.images_done:
-            raise RuntimeError(f"shard out of order: starts at image {first_image}, "
-                               f"expected {self.images_done}")
+        if first_image != index * self.images_per_shard:
+            raise RuntimeError(f"shard {index} starts at image {first_image}, expected "
+                               f"{index * self.images_per_shard}")
         if acts_nd.ndim != 2 or acts_nd.shape[1] != self.input_dim:
             raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.input_dim}]")
         if len(rows_n2) != len(acts_nd):
             raise RuntimeError("rows index and activations differ in length")
-        i = self.next_shard_index
-        rows_file = f"rows_{i:05d}.npy"
-        payload = self._write_payload(i, acts_nd)
+        rows_file = f"rows_{index:05d}.npy"
+        payload = self._write_payload(index, acts_nd)
         atomic_save_npy(self.path / rows_file, np.ascontiguousarray(rows_n2, dtype=np.int64))
-        self.manifest["shards"].append({**payload, "rows_file": rows_file,
-                                        "num_rows": int(len(acts_nd)),
-                                        "first_image": int(first_image),
-                                        "num_images": int(num_images)})
-        self.manifest["skipped_images"].extend(skipped)
-        self.manifest["num_rows"] = int(sum(s["num_rows"] for s in self.manifest["shards"]))
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+        self.done[index] = {"index": int(index), **payload, "rows_file": rows_file,
+                            "num_rows": int(len(acts_nd)), "first_image": int(first_image),
+                            "num_images": int(num_images), "skipped_images": list(skipped)}
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        if self.world_size == 1:
+            self._fill_manifest()
+            atomic_write_json(self.path / MANIFEST, self.manifest)
+        else:
+            mine = [self.done[i] for i in sorted(self.done) if i % self.world_size == self.rank]
+            atomic_write_json(self._rank_manifest(self.rank), {"rank": self.rank, "world_size": self.world_size,
+                                                               "pid": os.getpid(), "shards": mine})
+
+    def _fill_manifest(self) -> None:
+        entries = [self.done[i] for i in sorted(self.done)]
+        self.manifest["shards"] = entries
+        self.manifest["skipped_images"] = [r for e in entries for r in e.get("skipped_images", [])]
+        self.manifest["num_rows"] = int(sum(e["num_rows"] for e in entries))
 
     def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
         """Write shard ``i``'s data files; return their manifest entries."""
@@ -369,9 +406,17 @@ class StoreWriter:
         return {"file": acts_file}
 
     def finalize(self, extra: dict | None = None) -> None:
-        """Mark the store complete (after every shard is on disk)."""
-        if self.images_done != self.num_images:
-            raise RuntimeError(f"finalize with {self.images_done}/{self.num_images} images written")
+        """Mark the store complete once every shard is on disk (single process, or rank 0 after
+        all ranks are done: it gathers the ranks' partial manifests)."""
+        if self.rank != 0:
+            return
+        self._load_done()
+        missing = [i for i in range(self.num_shards) if i not in self.done]
+        if missing:
+            raise UserError(f"{self.path}: {len(missing)} of {self.num_shards} shards missing (first: "
+                            f"{missing[0]}); a process stopped early. Rerun the same command to complete "
+                            f"the store")
+        self._fill_manifest()
         ids = _image_ids_of(self.path, self.manifest)
         self.manifest["num_images"] = int(len(ids))
         self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
@@ -379,14 +424,13 @@ class StoreWriter:
         self.manifest["complete"] = True
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(self.path / MANIFEST, self.manifest)
+        for f in self.path.glob("manifest.rank*.json"):
+            f.unlink()
 
     # -- housekeeping
-    SHARD_PREFIXES = ("acts_", "rows_", "codes_")
-    FORMAT = FORMAT_NAME
-
     def _prune_unlisted(self) -> None:
-        """Remove temp files and shards that a crashed writer left but never listed."""
-        listed = {v for s in self.manifest["shards"] for v in s.values() if isinstance(v, str)}
+        """Remove temp files and shard files that a crashed writer left but never listed."""
+        listed = {v for e in self.done.values() for v in e.values() if isinstance(v, str)}
         for f in self.path.iterdir():
             if f.name.startswith(".") and ".tmp-" in f.name:
                 f.unlink()
@@ -399,7 +443,8 @@ class StoreWriter:
         names |= set(old.get("files", {}).values())
         (self.path / MANIFEST).unlink()
         for f in self.path.iterdir():
-            if f.name in names or f.name.startswith(self.SHARD_PREFIXES) or ".tmp-" in f.name:
+            if f.name in names or f.name.startswith(self.SHARD_PREFIXES) or ".tmp-" in f.name \
+                    or f.name.startswith("manifest.rank"):
                 f.unlink()
 
 

@@ -110,15 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if writer.already_complete:
         print(f"{args.output_dir}: complete already, skipped", file=sys.stderr)
     else:
-        todo = range(writer.next_shard_index, len(store.shards))
-        with tqdm(total=sum(store.shards[i].num_rows for i in todo), unit="row", disable=args.no_progress,
-                  desc="encode", dynamic_ncols=True, file=sys.stderr) as bar:
-            for i in todo:
+        todo = writer.shard_ranges()
+        by_first = {sh.first_image: i for i, sh in enumerate(store.shards)}
+        with tqdm(total=sum(store.shards[by_first[first]].num_rows for _, first, _ in todo), unit="row",
+                  disable=args.no_progress, desc="encode", dynamic_ncols=True, file=sys.stderr) as bar:
+            for idx, first, _stop in todo:
+                i = by_first[first]  # the activation shard holding the same images
                 sh = store.shards[i]
                 acts = store.read(sh.row_start, sh.row_start + sh.num_rows)
-                skipped = [r for r in store.manifest.get("skipped_images", [])
-                           if sh.first_image <= _position(store, r) < sh.first_image + sh.num_images]
-                writer.write_shard(acts, store.shard_rows(i), sh.first_image, sh.num_images, skipped)
+                skipped = store.manifest["shards"][i].get("skipped_images", [])
+                writer.write_shard(idx, acts, store.shard_rows(i), sh.first_image, sh.num_images, skipped)
                 bar.update(sh.num_rows)
         writer.finalize()
     codes = CodeStore(args.output_dir)
@@ -127,7 +128,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _position(store, record: dict) -> int:
-    """Selected-image position of a skipped image (dataset index // take_every)."""
-    take_every = int(store.provenance.get("dataset", {}).get("take_every", 1) or 1)
-    return int(record["index"]) // take_every
