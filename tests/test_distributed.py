@@ -91,3 +91,24 @@ def test_killed_rank_leaves_store_incomplete_and_rerun_completes(tmp_path, big_i
     assert r.returncode == 0, r.stderr[-3000:]
     for slug in ("post_mlp_residual_1", "post_mlp_residual_4"):
         assert _store_bytes(tmp_path / "ref" / slug) == _store_bytes(tmp_path / "run" / slug)
+
+
+def test_train_sweep_split_over_two_ranks_equals_one_process(tmp_path):
+    """One launcher, two processes, each training its share of the sweep on the same batches:
+    the SAEs equal those of a single-process run; a rerun after completion does nothing."""
+    import torch
+
+    assert _single(["synthetic", "--output_dir", tmp_path / "w", "--num_train", "3000", "--num_val", "500"]).returncode == 0
+    args = ["train", "--activations_dir", tmp_path / "w" / "train", "--val_activations_dir", tmp_path / "w" / "val",
+            "--sae_model", "batch_top_k", "matryoshka_batch_top_k", "--expansion_factor", "1", "2", "--k", "4",
+            "--steps", "40", "--batch_size", "256", "--warmup_steps", "5", "--threshold_start_step", "10",
+            "--checkpoint_every", "20", "--device", "cpu", "--no_progress"]
+    r = _single([*args, "--checkpoints_dir", tmp_path / "one"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun([*args, "--checkpoints_dir", tmp_path / "two"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote 4 SAE(s)" in r.stdout
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["complete"]
+    for t in ("trainer_0", "trainer_1", "trainer_2", "trainer_3"):
+        a, b = torch.load(tmp_path / "one" / t / "ae.pt"), torch.load(tmp_path / "two" / t / "ae.pt")
+        assert all(torch.equal(a[k], b[k]) for k in a), t

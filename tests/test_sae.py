@@ -142,7 +142,7 @@ def test_interrupted_training_resumes_to_the_same_end(world, tmp_path, monkeypat
 
     monkeypatch.setattr(BatchTopKTrainer, "update", dying_update)
     assert _train(world, tmp_path / "run", *args) == 130
-    assert json.loads((tmp_path / "run" / "run_state.json").read_text())["step"] == 40
+    assert torch.load(tmp_path / "run" / "trainer_0" / "resume.pt", weights_only=False)["step"] == 40
     monkeypatch.setattr(BatchTopKTrainer, "update", real_update)
     assert _train(world, tmp_path / "run", *args) == 0
     for t in ("trainer_0", "trainer_1"):

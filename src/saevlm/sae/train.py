@@ -34,7 +34,6 @@ from saevlm.sae.registry import ARCHITECTURES
 
 PAPER = {"steps": 110_000, "batch_size": 4096, "k": 20, "auxk_alpha": 0.03, "warmup_steps": 1000,
          "threshold_beta": 0.999, "threshold_start_step": 1000}
-RUN_STATE = "run_state.json"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -220,11 +219,12 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from saevlm.data.store import ActivationStore, atomic_write_json
-    from saevlm.device import resolve_device
     from saevlm.sae.evaluate import evaluate_sae
     from saevlm.sae.registry import default_lr, trainer_class
 
-    device = resolve_device(args.device)
+    from saevlm.distributed import barrier, init_distributed
+
+    dist, device = init_distributed(args.device)
     if args.dtype == "bf16" and device.type != "cuda":
         raise UserError(f"--dtype bf16: autocast is for GPUs; the device is {device}")
     train = ActivationStore(args.activations_dir, flag="--activations_dir")
@@ -278,33 +278,35 @@ def run(args: argparse.Namespace) -> int:
             print(f"{out}: training complete already, nothing to do")
             return 0
 
-    # -- trainers
+    # -- this process's share of the sweep (all of it without torchrun): SAE j goes to rank
+    # j % world_size, so one launcher keeps every GPU of a node busy.
+    all_specs = specs
+    specs = [sp for j, sp in enumerate(all_specs) if j % dist.world_size == dist.rank]
     torch.manual_seed(args.seed)
     trainers = []
     for spec in specs:
         cls = trainer_class(spec.arch)
         trainers.append(cls(**_trainer_kwargs(args, spec, act_dim, device, train.provenance, decay_start)))
 
-    # -- resume
-    start_step = 0
-    state_path = out / RUN_STATE
+    # -- resume: each SAE from its own resume.pt (so any number of processes can resume a run)
+    starts = [0] * len(specs)
     norm_factor = 1.0 if args.no_normalize else None
-    if state_path.exists():
-        rs = json.loads(state_path.read_text())
-        start_step = int(rs["step"])
-        norm_factor = float(rs["norm_factor"])
-        for spec, tr in zip(specs, trainers):
-            st = torch.load(spec.directory / "resume.pt", map_location=device, weights_only=False)
-            if st["step"] != start_step:
-                raise UserError(f"{spec.directory}/resume.pt is at step {st['step']}, run_state.json at "
-                                f"{start_step}: the directory was modified; start a new one")
+    for i, (spec, tr) in enumerate(zip(specs, trainers)):
+        f = spec.directory / "resume.pt"
+        if f.exists():
+            st = torch.load(f, map_location=device, weights_only=False)
             _load_trainer_state(tr, st["trainer"])
             torch.set_rng_state(st["torch_rng"])
-        print(f"resuming {len(specs)} SAE(s) at step {start_step}/{args.steps}", file=sys.stderr)
+            starts[i] = int(st["step"])
+            norm_factor = float(st["norm_factor"])
+    start_step = min(starts) if starts else args.steps
+    if any(starts):
+        print(f"resuming {len(specs)} SAE(s) at step(s) {sorted(set(starts))} of {args.steps}", file=sys.stderr)
     if norm_factor is None:
         norm_factor = _norm_factor(train)
-    atomic_write_json(run_json, {"identity": run_identity, "complete": False, "norm_factor": norm_factor,
-                                 "validation": val_note})
+    if dist.is_main:
+        atomic_write_json(run_json, {"identity": run_identity, "complete": False, "norm_factor": norm_factor,
+                                     "validation": val_note})
 
     for spec, tr in zip(specs, trainers):
         spec.directory.mkdir(parents=True, exist_ok=True)
@@ -343,23 +345,24 @@ def run(args: argparse.Namespace) -> int:
 
     def write_resume_point(step: int) -> None:
         for spec, tr in zip(specs, trainers):
-            _save_torch_atomic({"step": step, "trainer": _trainer_state(tr),
+            _save_torch_atomic({"step": step, "trainer": _trainer_state(tr), "norm_factor": norm_factor,
                                 "torch_rng": torch.get_rng_state()}, spec.directory / "resume.pt")
-        atomic_write_json(state_path, {"step": step, "norm_factor": norm_factor})
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.dtype == "bf16"
                 else torch.autocast("cpu", enabled=False))
     batches = train.random_batches(args.batch_size, seed=args.seed, start_step=start_step)
-    bar = tqdm(total=args.steps, initial=start_step, unit="step", disable=args.no_progress,
-               desc=f"train {len(specs)} SAE(s)", dynamic_ncols=True, file=sys.stderr)
+    rank_tag = f" [rank {dist.rank}]" if dist.world_size > 1 else ""
+    bar = tqdm(total=args.steps, initial=start_step, unit="step", disable=args.no_progress or not dist.is_main,
+               desc=f"train {len(specs)} SAE(s){rank_tag}", dynamic_ncols=True, file=sys.stderr)
     t0, samples = time.time(), 0
     with bar:
         for step in range(start_step, args.steps):
             x = torch.from_numpy(next(batches)).to(device, non_blocking=True)
             if norm_factor != 1.0:
                 x = x / norm_factor
-            with autocast:
-                losses = [tr.update(step, x) for tr in trainers]
+            with autocast:  # a resumed SAE that is already past this step skips it
+                losses = [tr.update(step, x) if step >= starts[i] else float("nan")
+                          for i, tr in enumerate(trainers)]
             samples += len(x)
             done = step + 1
             if done in save_steps:
@@ -377,30 +380,31 @@ def run(args: argparse.Namespace) -> int:
                          if k in ("r2", "l0", "dead_fraction", "mse")}
                 stats.update({f"{s.name}/loss": float(l) for s, l in zip(specs, losses)})
                 rate = samples / max(time.time() - t0, 1e-9)
-                bar.write(f"step {done}: " + "  ".join(
+                bar.write(f"step {done}{rank_tag}: " + "  ".join(
                     f"{s.name}: R2 {ev['r2']:.3f} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
                     for s, ev in zip(specs, evals)) + f"  ({rate:,.0f} samples/s)")
                 if wandb_run is not None:
                     wandb_run.log(stats, step=done)
-            bar.set_postfix(loss=f"{float(losses[0]):.4g}", samples_s=f"{samples / max(time.time() - t0, 1e-9):,.0f}")
+            bar.set_postfix(loss=f"{float(losses[0]) if losses else float('nan'):.4g}", samples_s=f"{samples / max(time.time() - t0, 1e-9):,.0f}")
             bar.update(1)
 
     weights = [_raw_weights(tr, norm_factor) for tr in trainers]
-    evals = validate(weights)
-    summary = []
+    evals = validate(weights) if trainers else []
     for spec, w, ev in zip(specs, weights, evals):
         _save_torch_atomic(w, spec.directory / "ae.pt")
         atomic_write_json(spec.directory / "eval.json", {"step": args.steps, "validation": val_note, **ev})
-        summary.append((spec, ev))
     write_resume_point(args.steps)
-    atomic_write_json(run_json, {"identity": run_identity, "complete": True, "norm_factor": norm_factor,
-                                 "validation": val_note})
     if wandb_run is not None:
         wandb_run.finish()
+    barrier(dist)  # every process has written its SAEs
+    if not dist.is_main:
+        return 0
+    atomic_write_json(run_json, {"identity": run_identity, "complete": True, "norm_factor": norm_factor,
+                                 "validation": val_note})
     print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
-    for spec, ev in summary:
+    for spec in all_specs:
+        ev = json.loads((spec.directory / "eval.json").read_text())
         print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
               f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
-    print(f"wrote {len(specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json)")
-    np.seterr(all="warn")
+    print(f"wrote {len(all_specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json)")
     return 0
