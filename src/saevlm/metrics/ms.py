@@ -82,17 +82,18 @@ class MSAccumulator:
         if self.shift is None:
             self.shift = a.min(0).values
         b = a - self.shift
-        self._update_min_max(b.min(0).values, b.max(0).values, b)
+        cmin = b.min(0).values
+        self._merge_min_max(cmin, b.max(0).values, (b == cmin).sum(0))
         self.S1 += b.sum(0)
         self.S2 += (b * b).sum(0)
         self.V += b.T @ u
         self.U += u.sum(0)
         self.n += len(a)
 
-    def _update_min_max(self, cmin, cmax, b) -> None:
+    def _merge_min_max(self, cmin, cmax, at_cmin) -> None:
+        """Fold a chunk's per-neuron min, max and count at the min into the running ones."""
         import torch
 
-        at_cmin = (b == cmin).sum(0)
         lower = cmin < self.bmin
         equal = cmin == self.bmin
         self.count_min = torch.where(lower, at_cmin, torch.where(equal, self.count_min + at_cmin, self.count_min))
@@ -127,10 +128,7 @@ class MSAccumulator:
             cmax = (-big).scatter_reduce(0, cols, vals, reduce="amax")
             at = torch.zeros(self.num_neurons, dtype=torch.int64, device=self.device)
             at.index_add_(0, cols, (vals == cmin[cols]).to(torch.int64))
-            lower, equal = cmin < self.bmin, cmin == self.bmin
-            self.count_min = torch.where(lower, at, torch.where(equal, self.count_min + at, self.count_min))
-            self.bmin = torch.minimum(self.bmin, cmin)
-            self.bmax = torch.maximum(self.bmax, cmax)
+            self._merge_min_max(cmin, cmax, at)
         self.U += u.sum(0)
         self.n += n
 
