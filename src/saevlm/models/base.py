@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -264,7 +264,3 @@ def token_selection_from_flags(cls_only: bool, mean_pool: bool, random_k: int | 
             return TokenSelection("random_k", 2, seed)
         return TokenSelection("cls")
     return TokenSelection("all")
-
-
-def iter_points_by_layer(points: Sequence[HookPoint]) -> Iterator[HookPoint]:
-    yield from sorted(points, key=lambda p: (p.attachment_point != POST_MLP_RESIDUAL, p.layer))

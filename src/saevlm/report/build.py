@@ -149,14 +149,16 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
                     ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
                         if matches_paper and r and r.k == 20 else None
                     b.append(_cell(rep, r, lambda s: s["top10"][0][1] if s["top10"] else None, ref))
-                    m.append(_cell(rep, r, None))
+                    mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
+                        if matches_paper and r and r.k == 20 and arch in paper.MEAN_MS_LAST else None
+                    m.append(_cell(rep, r, None, mean_ref))
                     w.append(_cell(rep, r, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
                 best_rows.append(b)
                 mean_rows.append(m)
                 worst_rows.append(w)
             rep.para("Best neuron MS (ours, paper in parentheses):")
             rep.table(header, best_rows)
-            rep.para("Mean ± std MS:")
+            rep.para("Mean ± std MS (paper's last-layer means in parentheses):")
             rep.table(header, mean_rows)
             rep.para("Worst neuron MS:")
             rep.table(header, worst_rows)
