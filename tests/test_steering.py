@@ -159,10 +159,10 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
     assert run_cli("top-images", "--activations_dir", tmp_path / "codes", "--pool", "mean", "--device", "cpu",
                    "--no_progress") == 0
     top = tmp_path / "codes" / "top_images_16.npy"
-    base = ["--sae_path", sae, "--model_name", llava, "--top_images", top, "--clip_embeddings",
+    base = ["--sae_path", sae, "--llava_model", llava, "--top_images", top, "--clip_embeddings",
             tmp_path / "clip_emb", "--clip_model", clip, "--device", "cpu"]
     assert run_cli("steering-score", *base, "--neurons", "3", "--images", tmp_path / "eval",
-                   "--alpha", "50", "--output_dir", tmp_path / "steered") == 0
+                   "--alpha", "50", "--output_dir", tmp_path / "steered", "--protocol", "saevlm") == 0
     assert run_cli("steering-score", *base, "--neuron_list", "0", "2", "--images", "white", "--no_steer",
                    "--output_dir", tmp_path / "plain") == 0
     rows = list(csv.DictReader(open(tmp_path / "steered" / "labels.csv")))
@@ -178,14 +178,43 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
     emb = ActivationStore(tmp_path / "clip_emb").read(0, 24)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     target = emb[np.load(top)[int(r["neuron"])]].mean(0)
-    expect = float(enc.text([r["word"] or "nothing"])[0] @ target)
+    expect = float(enc.text([r["word"] or "nothing"])[0] @ target / np.linalg.norm(target))  # a cosine
     assert abs(expect - float(r["similarity"])) < 1e-5
     plain = list(csv.DictReader(open(tmp_path / "plain" / "labels.csv")))
     assert len(plain) == 2 and plain[0]["answer"] == plain[1]["answer"]  # unsteered: same answer
+
+    # the authors' protocol (the default), in their flags: word = the decoded sequence's text after
+    # 'ASSISTANT: ' up to the first space, as is; target = mean of RAW embeddings; std over all pairs
+    assert run_cli("steering-score", "--sae_path", sae, "--llava_model", llava, "--hai_indices_path",
+                   tmp_path / "codes" / "hai_indices_16.npy", "--embeddings_path", tmp_path / "clip_emb",
+                   "--model_name", clip, "--images_path", tmp_path / "eval", "--no-pre_zero", "--neuron_prefix", "2",
+                   "--steer", "--alpha", "50", "--output_path", f"{tmp_path / 'auth'}/", "--device", "cpu") == 0
+    arows = list(csv.DictReader(open(tmp_path / "auth" / "labels.csv")))
+    asum = json.loads((tmp_path / "auth" / "summary.json").read_text())
+    assert asum["protocol"] == "authors" and len(arows) == 2 * 4
+    sims = np.array([float(r["similarity"]) for r in arows])
+    assert abs(asum["std"] - sims.std(ddof=1)) < 1e-6 and abs(asum["mean"] - sims.mean()) < 1e-6
+    raw = ActivationStore(tmp_path / "clip_emb").read(0, 24).astype(np.float64)
+    for r in (arows[0], arows[5]):
+        target = raw[np.load(top)[int(r["neuron"])]].mean(0)
+        t = enc.text([r["word"]])[0]
+        expect = float(t @ target / np.linalg.norm(target))
+        assert abs(expect - float(r["similarity"])) < 1e-5
+
     assert run_cli("similarity-baseline", "--images", tmp_path / "eval", "--clip_model", clip,
-                   "--device", "cpu") == 0
+                   "--device", "cpu") == 2  # the authors' protocol needs their class-name strings
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({str(i): [c, f"thing_{i}"] for i, c in enumerate(["n01", "n02", "n03", "n04"])}))
+    assert run_cli("similarity-baseline", "--images", tmp_path / "eval", "--clip_model", clip,
+                   "--class_names", names, "--device", "cpu") == 0
     bounds = json.loads((tmp_path / "eval" / "similarity_baseline.json").read_text())
     assert bounds["images"] == 4 and -1 <= bounds["shuffled_class_names"]["mean"] <= 1
+    assert bounds["protocol"] == "authors"
+    img = enc.images([__import__("PIL.Image").Image.open(f).convert("RGB")
+                      for f in sorted((tmp_path / "eval").rglob("*.png"))])
+    true = (img * enc.text([f"thing_{i}" for i in range(4)])).sum(1)
+    assert abs(bounds["true_class_names"]["mean"] - true.mean()) < 1e-5
+    assert abs(bounds["true_class_names"]["std"] - true.std(ddof=1)) < 1e-5
 
 
 def test_fp16_model_with_fp32_sae(tmp_path, image):
@@ -197,3 +226,14 @@ def test_fp16_model_with_fp32_sae(tmp_path, image):
     with sae_intervention(ll, sae, 1, {}, "reconstruct"):
         assert torch.equal(ll.logits(PROMPT, image), ref)
     assert next(sae.ae.parameters()).dtype == torch.float32
+
+
+def test_authors_word_rule():
+    """The authors' answer -> word rule: text after the last 'ASSISTANT: ', up to the first space, as is."""
+    from saevlm.steering.score import authors_word, first_word
+    assert authors_word("USER: \nWhat is shown? ASSISTANT: Pencil.") == "Pencil."
+    assert authors_word("USER: x ASSISTANT: ") == ""
+    assert authors_word("USER: x ASSISTANT:  two spaces") == ""
+    assert authors_word("USER: x ASSISTANT: a ASSISTANT: b c") == "b"
+    assert authors_word("no marker here") == "no"
+    assert first_word(" Pencil.") == "pencil" and first_word("...") == ""

@@ -78,12 +78,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="encode the activations of the (single) requested point with this SAE and "
                         "write a sparse code store <output_dir>/<point>_codes instead")
     a.add_argument("--sae_model", default=None,
-                   help="expected SAE architecture (checked against the checkpoint's config)")
+                   help="expected SAE architecture (checked against the checkpoint's config; the "
+                        "authors' matroyshka_batch_top_k spelling is accepted)")
+    a.add_argument("--top_k", type=int, default=None,
+                   help="with --sae_path and --mean_pool: keep only a running top-k of images per latent "
+                        "(top_images_<k>.npy and the authors' hai_indices_<k>.npy) instead of a code store; "
+                        "at ImageNet-train size the pooled codes would not fit on disk (the paper's steering "
+                        "protocol uses 16)")
     a.add_argument("--allow_mismatch", action="store_true",
                    help="use an SAE trained on another model or hook point")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", required=True, help="one store per point is written under it")
     o.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
+    o.add_argument("--save_every", type=int, default=None,
+                   help="accepted for the authors' commands (their images per .pt part); saevlm's shards "
+                        "are sized by --shard_rows and the value changes nothing")
     add_common_arguments(p)
 
 
@@ -130,6 +139,7 @@ class _PendingStore:
     acts: list = field(default_factory=list)
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
+    pool_encode: object = None  # SAE codes mean-pooled over tokens: encode(rows) -> codes
 
 
 def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: dict, kind: str,
@@ -196,8 +206,15 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
             continue
         if writer.images_done and dist.is_main:
             log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
+        pooled_codes = (sae is not None and tokens.mode == "mean"
+                        and point.attachment_point != POST_PROJECTION)
+        pool_encode = None
+        if pooled_codes:
+            from saevlm.sae.registry import encode_batch
+            pool_encode = lambda x: encode_batch(sae, x)  # noqa: E731
         pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
-                                     else tokens, {i for i, _, _ in writer.shard_ranges()}))
+                                     else tokens, {i for i, _, _ in writer.shard_ranges()},
+                                     pool_encode=pool_encode))
 
     needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
     if needed:
@@ -222,6 +239,14 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                                               [s.point for s in active])
                     for s in active:
                         acts = out[s.point]
+                        if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
+                            from saevlm.data.codes import dense_to_csr
+                            from saevlm.sae.pooled import mean_codes
+                            with torch.no_grad():
+                                s.acts.append(dense_to_csr(mean_codes(acts.float(), s.pool_encode)))
+                            img = torch.as_tensor(good, dtype=torch.int64)
+                            s.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
+                            continue
                         if s.tokens is None:
                             rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
                         else:
@@ -236,9 +261,13 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                     raise RuntimeError("a batch crossed a shard boundary")
                 if consumed == stop - first:
                     for s in active:
+                        rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
+                        if s.pool_encode is not None:
+                            s.writer.write_shard_codes(idx, s.acts, rows_n2, first, stop - first, s.skipped)
+                            s.acts, s.rows, s.skipped = [], [], []
+                            continue
                         acts_nd = (np.concatenate(s.acts) if s.acts
                                    else np.zeros((0, s.writer.input_dim), np.float32))
-                        rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
                         s.writer.write_shard(idx, acts_nd, rows_n2, first, stop - first, s.skipped)
                         s.acts, s.rows, s.skipped = [], [], []
                     shard_no, consumed = shard_no + 1, 0
@@ -261,7 +290,9 @@ def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, a
         "model": encoder.provenance(),
         "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
         "tokens": {"selection": "pooled"} if pooled else
-                  {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {})},
+                  {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {}),
+                   **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}
+                      if sae is not None and tokens.mode == "mean" else {})},
         "dataset": dataset_prov,
         "run": {"batch_size": batch_size, "autocast": autocast},
     }
@@ -363,17 +394,27 @@ def run(args: argparse.Namespace) -> int:
         if len(points) != 1:
             raise UserError(f"--sae_path: an SAE reads one hook point, but {len(points)} were requested "
                             f"({', '.join(p.slug for p in points)})")
+        from saevlm.sae.registry import canonical_arch
+        expected = canonical_arch(args.sae_model) if args.sae_model else None
         sae = load_sae(args.sae_path, device=device)
-        if args.sae_model and args.sae_model != sae.arch:
+        if expected and expected != sae.arch:
             raise UserError(f"--sae_model {args.sae_model}: the checkpoint {sae.path} is a {sae.arch} "
                             f"({sae.dict_class})")
     elif args.sae_model:
         raise UserError("--sae_model: given without --sae_path (the SAE to encode with)")
+    if args.save_every is not None:
+        print(f"note: --save_every {args.save_every} (the authors' images per .pt part) is accepted and "
+              f"changes nothing: shards are sized by --shard_rows", file=sys.stderr)
+    if args.top_k is not None and not (sae is not None and tokens.mode == "mean"):
+        raise UserError("--top_k: only with --sae_path and --mean_pool (a running top-k of images per "
+                        "latent of the mean-pooled codes); for other stores run `saevlm top-images`")
     out_root = Path(args.output_dir)
     suffix = "_codes" if sae is not None else ""
     output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
     if inputs.dist.world_size > 1:
         print(f"rank {inputs.dist.rank}/{inputs.dist.world_size} on {device}", file=sys.stderr)
+    if args.top_k is not None:
+        return _run_pooled_top_k(args, inputs, points[0], tokens, sae, output_dirs[points[0]], t0)
     print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
@@ -389,6 +430,39 @@ def run(args: argparse.Namespace) -> int:
                             allow_mismatch=args.allow_mismatch, dist=inputs.dist)
     if inputs.dist.is_main:
         _report_stores(stores, time.time() - t0, codes=sae is not None)
+    return 0
+
+
+def _run_pooled_top_k(args, inputs, point, tokens, sae, out_dir: Path, t0: float) -> int:
+    """``--sae_path --mean_pool --top_k``: see :mod:`saevlm.sae.pooled`."""
+    from saevlm.models.base import POST_PROJECTION
+    from saevlm.sae.encode import check_sae_matches, code_provenance
+    from saevlm.sae.pooled import extract_pooled_top_k
+
+    if point.attachment_point == POST_PROJECTION:
+        raise UserError("--top_k: the projection has one pooled vector per image; --mean_pool --top_k "
+                        "applies to block outputs (token sequences)")
+    if inputs.dist.world_size > 1:
+        raise UserError("--top_k: runs in one process (the running top-k is not split across ranks); "
+                        "launch without torchrun")
+    enc = inputs.encoder
+    provenance = {"model": enc.provenance(),
+                  "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
+                  "tokens": {**tokens.describe(),
+                             "codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"},
+                  "dataset": inputs.images.provenance(inputs.selected, args.take_every, args.max_images),
+                  "run": {"batch_size": args.batch_size, "autocast": args.autocast}}
+    check_sae_matches(sae, {**provenance, "_dim": enc.output_dim(point)}, args.allow_mismatch,
+                      f"--model_name {enc.name} at {point.slug}")
+    out = extract_pooled_top_k(enc, inputs.images, inputs.selected, point, sae, k=args.top_k,
+                               output_dir=out_dir, provenance=code_provenance(provenance, sae),
+                               batch_size=args.batch_size, num_workers=args.num_workers,
+                               device=inputs.device, autocast=args.autocast,
+                               skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
+                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {out}: top_images_{args.top_k}.npy (+ _values, _kth_value) and hai_indices_{args.top_k}.npy "
+          f"for {sae.dict_size} latents over {len(inputs.selected)} images")
+    print(f"done in {time.time() - t0:.1f} s")
     return 0
 
 

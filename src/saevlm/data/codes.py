@@ -71,11 +71,26 @@ class CodeStoreWriter(StoreWriter):
         self.encode_rows = encode_rows
         super().__init__(path, **kwargs)
 
+    def write_shard_codes(self, index: int, parts: list, rows_n2: np.ndarray, first_image: int,
+                          num_images: int, skipped=()) -> None:
+        """Write a shard of codes computed elsewhere (``parts``: CSR triples from
+        :func:`dense_to_csr`, in row order), e.g. SAE codes mean-pooled over tokens."""
+        self._precomputed = parts
+        try:
+            # a zero-stride placeholder of the right shape: write_shard checks shapes only
+            placeholder = np.broadcast_to(np.float32(0), (len(rows_n2), self.input_dim))
+            self.write_shard(index, placeholder, rows_n2, first_image, num_images, skipped)
+        finally:
+            self._precomputed = None
+
     def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
         indptrs, indices, values = [np.zeros(1, dtype=np.int64)], [], []
         offset = 0
-        for s in range(0, len(acts_nd), self.encode_rows):
-            p, ix, v = dense_to_csr(self.encode(acts_nd[s:s + self.encode_rows]))
+        parts = getattr(self, "_precomputed", None)
+        if parts is None:
+            parts = (dense_to_csr(self.encode(acts_nd[s:s + self.encode_rows]))
+                     for s in range(0, len(acts_nd), self.encode_rows))
+        for p, ix, v in parts:
             indptrs.append(p[1:] + offset)
             offset += int(p[-1])
             indices.append(ix)

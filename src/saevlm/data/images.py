@@ -215,3 +215,30 @@ def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: 
             pixels = np.clip(base[None, None] * (0.5 + 0.5 * stripes[..., None]) + noise, 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(root / cname / f"img_{j:04d}.png")
     return root
+
+
+def check_dataset_flags(dataset_prov: dict, dataset_name: str | None, data_path: str | None,
+                        split: str | None, what: str) -> None:
+    """The authors' analysis scripts take ``--dataset_name/--data_path/--split`` to re-open the
+    images; saevlm knows them from the store's provenance. When given, they must name the same
+    images: same dataset kind and split, and (for another root, e.g. a moved copy) the same
+    image list, else a clear error."""
+    if dataset_name is not None:
+        want = "inat" if dataset_name == "inat2021" else dataset_name
+        have = dataset_prov.get("name")
+        if want != have and not (want == "imagefolder" and have in ("imagenet", "inat")):
+            raise UserError(f"--dataset_name {dataset_name}: {what} was made from the {have!r} dataset")
+    if split is not None and dataset_prov.get("split") not in (None, split):
+        raise UserError(f"--split {split}: {what} was made from the {dataset_prov.get('split')!r} split")
+    if data_path is not None:
+        root = Path(data_path).expanduser()
+        if not root.is_dir():
+            raise UserError(f"--data_path {root}: no such directory")
+        if str(root.resolve()) != dataset_prov.get("root"):
+            images = open_dataset(dataset_prov.get("name") or "imagefolder", root,
+                                  split if split is not None else dataset_prov.get("split"))
+            selected = select_indices(len(images), int(dataset_prov.get("take_every") or 1),
+                                      dataset_prov.get("max_images"))
+            if images.paths_sha256(selected) != dataset_prov.get("paths_sha256"):
+                raise UserError(f"--data_path {root}: its images differ from those {what} was made from "
+                                f"({dataset_prov.get('root')}, {dataset_prov.get('num_selected')} images)")

@@ -22,6 +22,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -111,6 +112,23 @@ class ShardInfo:
     row_start: int  # global row offset of this shard
 
 
+def resolve_store_path(path: str | os.PathLike, flag: str = "store") -> Path:
+    """The store directory ``path`` names: itself when it holds a manifest, else its single child
+    that does. The authors' ``--output_dir`` of save_activations.py IS the store; saevlm's extract
+    writes ``<output_dir>/<point>/``, so their later ``--activations_dir <output_dir>`` lands here."""
+    p = Path(path)
+    if (p / MANIFEST).is_file() or not p.is_dir():
+        return p
+    children = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST).is_file())
+    if len(children) == 1:
+        print(f"note: {flag} {p}: using the store it holds, {children[0].name}/", file=sys.stderr)
+        return children[0]
+    if len(children) > 1:
+        raise UserError(f"{flag} {p}: holds {len(children)} stores ({', '.join(c.name for c in children)}); "
+                        f"name one of them")
+    return p
+
+
 class ActivationStore:
     """Read-only view of a store; nothing is loaded into RAM beyond what is asked for.
 
@@ -126,7 +144,7 @@ class ActivationStore:
     FORMAT = FORMAT_NAME
 
     def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, flag: str = "store"):
-        self.path = Path(path)
+        self.path = resolve_store_path(path, flag)
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"

@@ -99,6 +99,12 @@ def add_arguments(p) -> None:
                    help="classes: the taxonomy in the store's classes.json (iNat, synthetic); wordnet: "
                         "ImageNet wnids through nltk (default: %(default)s)")
     p.add_argument("--ms_subdir", default="ms", help="MS per group from <dir>/<ms_subdir>/scores.npy if present")
+    a = p.add_argument_group("the authors' inat_depth.py flags")
+    a.add_argument("--hai_indices_path", default=None,
+                   help="top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' "
+                        "hai_indices_<k>.npy is read in their order")
+    a.add_argument("--data_path", default=None, help="checked: must hold the store's images")
+    a.add_argument("--split", default=None, help="checked: must be the store's split")
 
 
 def run(args) -> int:
@@ -106,11 +112,14 @@ def run(args) -> int:
     from saevlm.metrics.ms import open_scored_store
     from saevlm.sae.registry import group_sizes
 
-    store = open_scored_store(args.activations_dir)
-    from saevlm.metrics.top_images import load_top_images
+    from saevlm.data.images import check_dataset_flags
+    from saevlm.metrics.top_images import load_top_images_for
 
+    store = open_scored_store(args.activations_dir, allow_top_images=True)
+    check_dataset_flags(store.provenance.get("dataset", {}), None, args.data_path, args.split,
+                        f"--activations_dir {store.path}")
     d = store.path
-    top, kth, _ = load_top_images(d, args.k)
+    top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path)
     classes_f = d / "classes.json"
     labels_f = d / "labels.npy"
     if not classes_f.is_file() or not labels_f.is_file():

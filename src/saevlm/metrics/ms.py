@@ -189,16 +189,27 @@ def add_arguments(p) -> None:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
-def open_scored_store(path, flag: str = "--activations_dir"):
+def open_scored_store(path, flag: str = "--activations_dir", allow_top_images: bool = False):
     """An activation or code store, whichever the manifest says."""
     import json
     from pathlib import Path
 
     from saevlm.data.codes import CODES_FORMAT, CodeStore
-    from saevlm.data.store import ActivationStore
+    from saevlm.data.store import ActivationStore, resolve_store_path
+    from saevlm.errors import UserError
+    from saevlm.sae.pooled import TOP_IMAGES_FORMAT, TopImagesStore
 
+    path = resolve_store_path(path, flag)
     manifest = Path(path) / "manifest.json"
-    fmt = json.loads(manifest.read_text()).get("format") if manifest.is_file() else None
+    try:
+        fmt = json.loads(manifest.read_text()).get("format") if manifest.is_file() else None
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"{flag} {manifest}: not a valid store manifest ({e})") from None
+    if fmt == TOP_IMAGES_FORMAT:
+        if not allow_top_images:
+            raise UserError(f"{flag} {path}: holds only top images per latent (extract --top_k), "
+                            f"no activations or codes")
+        return TopImagesStore(path, flag=flag)
     return CodeStore(path, flag=flag) if fmt == CODES_FORMAT else ActivationStore(path, flag=flag)
 
 

@@ -20,25 +20,15 @@ from saevlm.errors import UserError
 
 def top_k_dense(chunks, num_neurons: int, k: int, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """``chunks`` yields ``(start_row, acts [n, K])``; returns (rows [K, k], values [K, k])."""
-    import torch
+    from saevlm.sae.pooled import RunningTopK
 
-    best_v = torch.full((k, num_neurons), float("-inf"), dtype=torch.float32, device=device)
-    best_r = torch.full((k, num_neurons), -1, dtype=torch.int64, device=device)
+    top = RunningTopK(num_neurons, k, device=device)
     for start, acts in chunks:
-        a = torch.as_tensor(np.asarray(acts, dtype=np.float32), device=device)
-        kk = min(k, len(a))
-        v, r = torch.topk(a, kk, dim=0, sorted=True)
-        r = r + start
-        cand_v = torch.cat([best_v, v])
-        cand_r = torch.cat([best_r, r])
-        # order by (value desc, row asc): sort by row, then a stable sort by value
-        o = torch.argsort(cand_r, dim=0, stable=True)
-        cand_v, cand_r = cand_v.gather(0, o), cand_r.gather(0, o)
-        o = torch.argsort(cand_v, dim=0, descending=True, stable=True)[:k]
-        best_v, best_r = cand_v.gather(0, o), cand_r.gather(0, o)
-    if bool((best_r < 0).any()):
-        raise UserError(f"fewer than k = {k} rows in the store")
-    return best_r.T.cpu().numpy(), best_v.T.cpu().numpy()
+        top.update(start, np.asarray(acts, dtype=np.float32))
+    try:
+        return top.result()
+    except UserError:
+        raise UserError(f"fewer than k = {k} rows in the store") from None
 
 
 def top_k_csr(csr_chunks, num_neurons: int, num_rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +121,40 @@ def load_top_images(directory, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
             np.load(d / f"top_images_{k}_values.npy"))
 
 
+def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Top images for an analysis command: saevlm's files in ``directory``, or the file given by
+    the authors' ``--hai_indices_path``. A ``hai_indices_<k>.npy`` file is in the authors' order
+    (``argsort(a)[-k:]``: highest last) and is reversed here; its ``_worst.npy`` gives the k-th
+    values. Values per image are known only when saevlm's ``top_images_<k>_values.npy`` is beside it
+    and lists the same images."""
+    from pathlib import Path
+
+    if hai_indices_path is None:
+        return load_top_images(directory, k)
+    f = Path(hai_indices_path)
+    if not f.is_file():
+        raise UserError(f"--hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
+                        f"authors' find_hai_indices.py)")
+    top = np.load(f)
+    if top.ndim != 2 or top.shape[1] != k:
+        raise UserError(f"--hai_indices_path {f}: shape {top.shape}, expected [neurons, {k}] (--k {k})")
+    authors_order = f.name.startswith("hai_indices")
+    if authors_order:
+        top = np.ascontiguousarray(top[:, ::-1])
+    worst = f.with_name(f.name[:-4] + "_worst.npy")
+    ours = f.parent / f"top_images_{k}.npy"
+    values = None
+    if ours.is_file() and np.array_equal(np.load(ours), top):
+        _, kth, values = load_top_images(f.parent, k)
+    elif worst.is_file():
+        kth = np.load(worst)
+    else:
+        raise UserError(f"--hai_indices_path {f}: no {worst.name} beside it (the k-th values, which mark "
+                        f"near-dead neurons)")
+    return top, np.asarray(kth, dtype=np.float32), values
+
+
 def add_arguments(p) -> None:
     from saevlm.device import DEVICE_HELP
 
@@ -144,6 +168,13 @@ def add_arguments(p) -> None:
                         "paper's steering SAE uses mean-pooled codes)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto; dense stores only)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    a = p.add_argument_group("the authors' find_hai_indices.py flags (checked against the store)")
+    a.add_argument("--dataset_name", default=None, help="must be the store's dataset")
+    a.add_argument("--data_path", default=None, help="must hold the store's images")
+    a.add_argument("--split", default=None, help="must be the store's split")
+    a.add_argument("--chunk_size", type=int, default=None,
+                   help="their neurons/rows per chunk; saevlm streams by --chunk_rows, so this only "
+                        "sets --chunk_rows")
 
 
 def run(args) -> int:
@@ -154,7 +185,6 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from saevlm.data.codes import CodeStore
-    from saevlm.data.store import atomic_save_npy
     from saevlm.device import resolve_device
     from saevlm.metrics.ms import check_one_row_per_image, open_scored_store
 
@@ -162,7 +192,22 @@ def run(args) -> int:
     if args.k < 1:
         raise UserError(f"--k {args.k}: expected a positive integer")
     device = resolve_device(args.device)
-    store = open_scored_store(args.activations_dir)
+    store = open_scored_store(args.activations_dir, allow_top_images=True)
+    from saevlm.data.images import check_dataset_flags
+    check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path, args.split,
+                        f"--activations_dir {store.path}")
+    if args.chunk_size is not None:
+        if args.chunk_size < 1:
+            raise UserError(f"--chunk_size {args.chunk_size}: expected a positive integer")
+        args.chunk_rows = args.chunk_size
+    from saevlm.sae.pooled import TopImagesStore, write_top_images
+    if isinstance(store, TopImagesStore):
+        if store.k != args.k:
+            raise UserError(f"--activations_dir {store.path}: holds the top {store.k} images per latent "
+                            f"(computed during extract --top_k {store.k}), not {args.k}")
+        print(f"{store.path}: top-{store.k} images were computed during extraction "
+              f"(top_images_{store.k}.npy, hai_indices_{store.k}.npy); nothing to do")
+        return 0
     n_images = int(store.manifest.get("num_images", store.num_rows))
     pooled = store.num_rows != n_images
     if pooled and not args.pool:
@@ -197,11 +242,8 @@ def run(args) -> int:
     images = image_ids[rows]
     out = Path(args.output_dir) if args.output_dir else store.path
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out / f"top_images_{args.k}.npy", images)
-    atomic_save_npy(out / f"top_images_{args.k}_kth_value.npy", values[:, -1].copy())
-    atomic_save_npy(out / f"top_images_{args.k}_values.npy", values)
+    files = write_top_images(out, args.k, images, values)
     near_dead = int((values[:, -1] == 0).sum())
     print(f"{store.dim} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")
-    print(f"wrote {out}/top_images_{args.k}.npy, top_images_{args.k}_kth_value.npy, "
-          f"top_images_{args.k}_values.npy ({time.time() - t0:.1f} s)")
+    print(f"wrote {out}/{', '.join(files)} ({time.time() - t0:.1f} s)")
     return 0

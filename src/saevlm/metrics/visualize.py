@@ -91,7 +91,7 @@ def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "r
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--activations_dir", required=True,
+    p.add_argument("--activations_dir", default=None,
                    help="store with top_images_<k>.npy (saevlm top-images) and <ms_subdir>/scores.npy")
     p.add_argument("--output_dir", default=None, help="default: <activations_dir>/figures")
     sel = p.add_mutually_exclusive_group()
@@ -105,13 +105,36 @@ def add_arguments(p) -> None:
                    help="scores.npy of raw neurons (or a raw store with <ms_subdir>/scores.npy) for the histogram")
     p.add_argument("--data_path", default=None, help="dataset root, if it moved since extraction")
     p.add_argument("--histogram_only", action="store_true", help="draw only the MS histogram")
+    a = p.add_argument_group("the authors' visualize_neurons.py flags (their --output_dir is the store "
+                             "directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    a.add_argument("--top_k", type=int, default=None, help="same as --k")
+    a.add_argument("--hai_indices_path", default=None,
+                   help="top images to draw (an authors' hai_indices_<k>.npy is read in their order); its "
+                        "folder is the store when --activations_dir is not given")
+    a.add_argument("--group_fractions", type=float, nargs="+", default=None,
+                   help="Matryoshka groups as fractions (default: the SAE's own group sizes)")
+    a.add_argument("--dataset_name", default=None, help="checked: must be the store's dataset")
+    a.add_argument("--split", default=None, help="checked: must be the store's split")
+    a.add_argument("--visualization_size", type=int, default=160, help="pixels per grid cell (default: %(default)s)")
 
 
 def run(args) -> int:
     from saevlm.metrics.ms import open_scored_store
 
-    store = open_scored_store(args.activations_dir)
-    out = Path(args.output_dir) if args.output_dir else store.path / "figures"
+    if args.top_k is not None:
+        args.k = args.top_k
+    if args.activations_dir is None:  # the authors' form: the store is --output_dir / the hai file's folder
+        if args.hai_indices_path is None and args.output_dir is None:
+            raise UserError("--activations_dir: required (or the authors' --output_dir / --hai_indices_path)")
+        store = open_scored_store(Path(args.hai_indices_path).parent if args.hai_indices_path
+                                  else args.output_dir, flag="--output_dir", allow_top_images=True)
+        out = Path(args.output_dir) / "tree" if args.output_dir else store.path / "figures"
+    else:
+        store = open_scored_store(args.activations_dir, allow_top_images=True)
+        out = Path(args.output_dir) if args.output_dir else store.path / "figures"
+    from saevlm.data.images import check_dataset_flags
+    check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path,
+                        args.split, f"the store {store.path}")
     ms_file = store.path / args.ms_subdir / "scores.npy"
     ms = np.load(ms_file) if ms_file.is_file() else None
     raw = None
@@ -126,9 +149,17 @@ def run(args) -> int:
         raise UserError(f"--activations_dir {store.path}: no {args.ms_subdir}/scores.npy; run saevlm ms first")
     grids = []
     if not args.histogram_only:
-        from saevlm.metrics.top_images import load_top_images
-        top, _, values = load_top_images(store.path, args.k)
+        from saevlm.metrics.top_images import load_top_images_for
+        from saevlm.sae.registry import group_sizes
+        top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path)
+        if values is None:  # an authors' file: the k-th value is known, the others are not
+            values = np.full(top.shape, np.nan, dtype=np.float32)
+            values[:, -1] = kth
         groups = store.provenance.get("sae", {}).get("group_sizes")
+        if args.group_fractions:
+            if abs(sum(args.group_fractions) - 1) > 1e-6:
+                raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
+            groups = group_sizes(args.group_fractions, len(top))
         if args.neurons:
             neurons = np.asarray(args.neurons)
             bad = neurons[(neurons < 0) | (neurons >= len(top))]
@@ -157,7 +188,7 @@ def run(args) -> int:
         written.append(path)
     for neuron, title in grids:
         path = out / f"neuron_{int(neuron):06d}.png"
-        save_grid(images, top[neuron][:16], values[neuron][:16], title, path)
+        save_grid(images, top[neuron][:16], values[neuron][:16], title, path, size=args.visualization_size)
         written.append(path)
     (out / "index.json").write_text(json.dumps([str(p.name) for p in written], indent=1))
     print(f"wrote {len(written)} figure(s) to {out}")

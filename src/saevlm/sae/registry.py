@@ -31,8 +31,25 @@ ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {
     "jumprelu": ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer",
                  "dictionary_learning.dictionary", "JumpReluAutoEncoder"),
 }
-DICT_CLASS_TO_ARCH = {v[3]: k for k, v in ARCHITECTURES.items()}
-TRAINER_CLASS_TO_ARCH = {v[1]: k for k, v in ARCHITECTURES.items()}
+# The authors' vendored dictionary_learning spells Matryoshka "Matroyshka" (module
+# trainers/matroyshka_batch_top_k.py, classes MatroyshkaBatchTopKSAE / MatroyshkaBatchTopKTrainer,
+# and their scripts pass --sae_model matroyshka_batch_top_k). The classes are the same as
+# dictionary_learning 0.1.0's MatryoshkaBatchTopK* (same state-dict keys W_enc b_enc W_dec b_dec k
+# threshold group_sizes, same encode), so their spellings are aliases wherever a name is read.
+ARCH_ALIASES: dict[str, str] = {"matroyshka_batch_top_k": "matryoshka_batch_top_k"}
+DICT_CLASS_TO_ARCH = {v[3]: k for k, v in ARCHITECTURES.items()} | {
+    "MatroyshkaBatchTopKSAE": "matryoshka_batch_top_k"}
+TRAINER_CLASS_TO_ARCH = {v[1]: k for k, v in ARCHITECTURES.items()} | {
+    "MatroyshkaBatchTopKTrainer": "matryoshka_batch_top_k"}
+ARCH_CHOICES = list(ARCHITECTURES) + list(ARCH_ALIASES)
+
+
+def canonical_arch(name: str, flag: str = "--sae_model") -> str:
+    """An architecture name as saevlm spells it (the authors' "matroyshka" spelling accepted)."""
+    arch = ARCH_ALIASES.get(name, name)
+    if arch not in ARCHITECTURES:
+        raise UserError(f"{flag} {name}: unknown architecture; expected one of {', '.join(ARCH_CHOICES)}")
+    return arch
 
 
 def default_lr(dict_size: int) -> float:
@@ -157,6 +174,7 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
         raise UserError(f"--sae_path {path}: SAE class {cls_name!r} (from {cfg_path}) is not supported; "
                         f"supported: {', '.join(DICT_CLASS_TO_ARCH)}")
     arch = DICT_CLASS_TO_ARCH[cls_name]
+    cls_name = ARCHITECTURES[arch][3]  # the class that is built (an alias names the same class)
     ae = _construct(arch, state)
     try:
         ae.load_state_dict(state)

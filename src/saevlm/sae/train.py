@@ -30,7 +30,7 @@ from typing import Any
 
 from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
-from saevlm.sae.registry import ARCHITECTURES
+from saevlm.sae.registry import ARCH_CHOICES, canonical_arch
 
 PAPER = {"steps": 110_000, "batch_size": 4096, "k": 20, "auxk_alpha": 0.03, "warmup_steps": 1000,
          "threshold_beta": 0.999, "threshold_start_step": 1000}
@@ -44,10 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "uses the first --val_rows rows of the training store (flagged in the output)")
     d.add_argument("--val_rows", type=int, default=100_000,
                    help="rows of the validation store used by evaluations (default: %(default)s)")
-    d.add_argument("--checkpoints_dir", required=True, help="output: trainer_<i>/ per SAE, run.json")
+    d.add_argument("--checkpoints_dir", default="./output_dir",
+                   help="output root (default: %(default)s, as the authors' sae_train.py); see --layout")
     s = p.add_argument_group("SAE (several values of --sae_model / --expansion_factor train together)")
-    s.add_argument("--sae_model", nargs="+", default=["batch_top_k"], choices=list(ARCHITECTURES),
-                   metavar="ARCH", help=f"{' | '.join(ARCHITECTURES)} (default: batch_top_k)")
+    s.add_argument("--sae_model", nargs="+", default=["batch_top_k"], choices=ARCH_CHOICES,
+                   metavar="ARCH", help=f"{' | '.join(ARCH_CHOICES)} (default: batch_top_k; "
+                                        f"matroyshka_batch_top_k is the authors' spelling of matryoshka_batch_top_k)")
     s.add_argument("--expansion_factor", type=int, nargs="+", default=[16],
                    help="dict_size = expansion x activation width (default: 16)")
     s.add_argument("--k", type=int, default=PAPER["k"], help="active latents per input (default: %(default)s)")
@@ -73,9 +75,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--no_normalize", action="store_true",
                    help="do not scale inputs to unit mean squared norm (the paper scales them)")
     r = p.add_argument_group("run")
-    r.add_argument("--save_steps", type=int, nargs="*", default=None,
-                   help="steps at which checkpoints/ae_<step>.pt are written (default: 100000 when "
-                        "training longer, as the paper evaluates ae_100000.pt)")
+    r.add_argument("--save_steps", type=int, default=None, metavar="N",
+                   help="write checkpoints/ae_<step>.pt every N steps: at steps 0, N, 2N, ... below "
+                        "--steps, as the authors' sae_train.py (their scripts: 20000 -> ae_0 ... ae_100000; "
+                        "ae_<s> holds the weights after s updates)")
+    r.add_argument("--save_at", type=int, nargs="+", default=None, metavar="STEP",
+                   help="write ae_<step>.pt at exactly these steps instead (default, without "
+                        "--save_steps either: 100000 when training longer, the checkpoint the paper evaluates)")
+    r.add_argument("--layout", default="auto", choices=["auto", "authors", "trainers"],
+                   help="where each SAE goes. authors: <checkpoints_dir>/<activations_dir name>_<sae_model>_"
+                        "<k>_x<expansion>/trainer_0/ (the authors' sae_train.py; their later --sae_path "
+                        "values point there); trainers: <checkpoints_dir>/trainer_<i>/ for every SAE of "
+                        "a sweep. auto (default): authors for a single SAE, trainers for a sweep")
     r.add_argument("--log_steps", type=int, default=1000,
                    help="validate and log every this many steps (default: %(default)s)")
     r.add_argument("--checkpoint_every", type=int, default=5000,
@@ -101,6 +112,20 @@ class SAESpec:
         return f"{self.arch}_x{self.expansion_factor}"
 
 
+def checkpoint_steps(steps: int, every: int | None, at: list[int] | None) -> list[int]:
+    """Steps whose weights are saved as ``ae_<step>.pt`` (the weights after that many updates).
+
+    ``every`` is the authors' ``--save_steps``: their ``trainSAE`` gets ``range(0, steps, every)``
+    and saves before the update of each listed step, i.e. after ``step`` updates, so
+    ``--save_steps 20000 --steps 110000`` gives ae_0, ae_20000, ..., ae_100000.
+    """
+    if every is not None:
+        return list(range(0, steps, every))
+    if at is not None:
+        return sorted(set(at))
+    return [100_000] if steps > 100_000 else []
+
+
 def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> None:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: expected a positive number of steps")
@@ -119,10 +144,10 @@ def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> No
     if args.k < 1:
         raise UserError(f"--k {args.k}: expected a positive integer")
     smallest = min(args.expansion_factor) * act_dim
-    if any(a != "standard" for a in args.sae_model) and args.k > smallest:
+    if any(canonical_arch(a) != "standard" for a in args.sae_model) and args.k > smallest:
         raise UserError(f"--k {args.k}: larger than the dictionary ({smallest} latents = expansion "
                         f"{min(args.expansion_factor)} x width {act_dim})")
-    if "matryoshka_batch_top_k" in args.sae_model:
+    if any(canonical_arch(a) == "matryoshka_batch_top_k" for a in args.sae_model):
         fr = args.group_fractions
         if any(f <= 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
             raise UserError(f"--group_fractions {' '.join(map(str, fr))}: must be positive and sum to 1 "
@@ -133,9 +158,13 @@ def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> No
             if min(sizes) < 1:
                 raise UserError(f"--group_fractions: with dict size {e * act_dim} the groups are "
                                 f"{sizes}; every group needs at least one latent")
-    for s in args.save_steps or []:
-        if not 0 < s < args.steps:
-            raise UserError(f"--save_steps {s}: must lie between 0 and --steps {args.steps}")
+    if args.save_steps is not None and args.save_at is not None:
+        raise UserError("--save_steps N (every N steps) and --save_at STEP... (these steps): give one")
+    if args.save_steps is not None and args.save_steps < 1:
+        raise UserError(f"--save_steps {args.save_steps}: expected a positive period (checkpoints every N steps)")
+    for s in args.save_at or []:
+        if not 0 <= s < args.steps:
+            raise UserError(f"--save_at {s}: must lie in [0, --steps {args.steps})")
     for flag in ("log_steps", "checkpoint_every", "val_rows"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag} {getattr(args, flag)}: expected a positive integer")
@@ -250,13 +279,21 @@ def run(args: argparse.Namespace) -> int:
     if decay_start <= args.warmup_steps:
         raise UserError(f"--steps {args.steps} with --warmup_steps {args.warmup_steps}: the default "
                         f"--decay_start (steps - 1) must lie after the warm-up; lower --warmup_steps")
-    save_steps = sorted(set(args.save_steps if args.save_steps is not None
-                            else ([100_000] if args.steps > 100_000 else [])))
+    save_steps = checkpoint_steps(args.steps, args.save_steps, args.save_at)
 
+    combos = [(name, e) for name in args.sae_model for e in args.expansion_factor]
+    layout = args.layout if args.layout != "auto" else ("authors" if len(combos) == 1 else "trainers")
     out = Path(args.checkpoints_dir)
-    specs = [SAESpec(a, e, e * act_dim, args.lr if args.lr is not None else default_lr(e * act_dim),
-                     out / f"trainer_{i}")
-             for i, (a, e) in enumerate((a, e) for a in args.sae_model for e in args.expansion_factor)]
+    if layout == "authors":
+        if len(combos) != 1:
+            raise UserError(f"--layout authors: holds one SAE per directory, but {len(combos)} were "
+                            f"requested; use --layout trainers for a sweep")
+        # the authors' sae_train.py: save_dir = checkpoints_dir / f"{store name}_{sae_model}_{k}_x{E}"
+        name, e = combos[0]
+        out = out / f"{train.path.name}_{name}_{args.k}_x{e}"
+    specs = [SAESpec(canonical_arch(name), e, e * act_dim,
+                     args.lr if args.lr is not None else default_lr(e * act_dim), out / f"trainer_{i}")
+             for i, (name, e) in enumerate(combos)]
     run_identity = {
         "activations_dir": str(train.path.resolve()),
         "activations_provenance": train.provenance, "image_ids_sha256": train.manifest.get("image_ids_sha256"),
@@ -338,10 +375,24 @@ def run(args: argparse.Namespace) -> int:
             from saevlm.sae.registry import LoadedSAE, encode_batch
             wrapped = LoadedSAE(ae, specs[i].arch, "", act_dim, specs[i].dict_size, {}, specs[i].directory)
             ae.eval()
-            chunks = (val.read(s, min(s + 16384, val_rows)) for s in range(0, val_rows, 16384))
+            # validation batches of --batch_size rows in store order, as the authors' val loader,
+            # so their batch-averaged R^2 (with and without the threshold) is logged beside ours
+            bs = args.batch_size
+            chunks = (val.read(s, min(s + bs, val_rows)) for s in range(0, val_rows, bs))
+            topk = ((lambda x, ae=ae: ae.encode(x, use_threshold=False))
+                    if specs[i].arch in ("batch_top_k", "matryoshka_batch_top_k") else None)
             results.append(evaluate_sae(lambda x: encode_batch(wrapped, x), ae.decode, chunks,
-                                        specs[i].dict_size, device=device, scale=scale))
+                                        specs[i].dict_size, device=device, scale=scale,
+                                        batch_metrics=True, encode_batch_topk=topk))
         return results
+
+    def save_checkpoints(done: int) -> None:
+        weights = [_raw_weights(tr, norm_factor) for tr in trainers]
+        evals = validate(weights)
+        for spec, w, ev in zip(specs, weights, evals):
+            _save_torch_atomic(w, spec.directory / "checkpoints" / f"ae_{done}.pt")
+            atomic_write_json(spec.directory / "checkpoints" / f"ae_{done}_eval.json",
+                              {"step": done, "validation": val_note, **ev})
 
     def write_resume_point(step: int) -> None:
         for spec, tr in zip(specs, trainers):
@@ -355,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=args.steps, initial=start_step, unit="step", disable=args.no_progress or not dist.is_main,
                desc=f"train {len(specs)} SAE(s){rank_tag}", dynamic_ncols=True, file=sys.stderr)
     t0, samples = time.time(), 0
+    if start_step == 0 and 0 in save_steps:
+        save_checkpoints(0)  # the authors' ae_0.pt: the initial weights
     with bar:
         for step in range(start_step, args.steps):
             x = torch.from_numpy(next(batches)).to(device, non_blocking=True)
@@ -366,12 +419,7 @@ def run(args: argparse.Namespace) -> int:
             samples += len(x)
             done = step + 1
             if done in save_steps:
-                weights = [_raw_weights(tr, norm_factor) for tr in trainers]
-                evals = validate(weights)
-                for spec, w, ev in zip(specs, weights, evals):
-                    _save_torch_atomic(w, spec.directory / "checkpoints" / f"ae_{done}.pt")
-                    atomic_write_json(spec.directory / "checkpoints" / f"ae_{done}_eval.json",
-                                      {"step": done, "validation": val_note, **ev})
+                save_checkpoints(done)
             if done % args.checkpoint_every == 0 or done in save_steps:
                 write_resume_point(done)
             if done % args.log_steps == 0 or done == args.steps:
@@ -406,5 +454,6 @@ def run(args: argparse.Namespace) -> int:
         ev = json.loads((spec.directory / "eval.json").read_text())
         print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
               f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
-    print(f"wrote {len(all_specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json)")
+    print(f"wrote {len(all_specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json"
+          f"{', checkpoints/ae_<step>.pt' if save_steps else ''})")
     return 0

@@ -59,13 +59,19 @@ class Llava:
 
     def prompt(self, text: str, image, max_new_tokens: int = 5) -> str:
         """Greedy answer to ``text`` about ``image`` (a PIL image): the assistant's words only."""
+        return self.generate(text, image, max_new_tokens)[0]
+
+    def generate(self, text: str, image, max_new_tokens: int = 5) -> tuple[str, str]:
+        """(the new tokens decoded and stripped, the whole sequence decoded with special tokens
+        skipped). The authors read their answer from the second: ``split('ASSISTANT: ')[-1]``."""
         import torch
 
         inputs = self.build_inputs(text, image)
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1]:]
-        return self.processor.tokenizer.decode(new, skip_special_tokens=True).strip()
+        tok = self.processor.tokenizer
+        return tok.decode(new, skip_special_tokens=True).strip(), tok.decode(out[0], skip_special_tokens=True)
 
     def logits(self, text: str, image):
         import torch
@@ -95,11 +101,23 @@ def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto") -> L
 
 
 def load_image(spec: str, size: int = 336):
-    """A PIL image from a path, or ``white`` / ``black`` for a plain image (the paper's white image)."""
+    """A PIL image from a path or (online) an http(s) URL, or ``white`` / ``black`` for a plain
+    image (the paper's white image)."""
     from PIL import Image
 
     if spec in ("white", "black"):
         return Image.new("RGB", (size, size), (255, 255, 255) if spec == "white" else (0, 0, 0))
+    if spec.startswith(("http://", "https://")):
+        import io
+        import urllib.request
+        try:
+            with urllib.request.urlopen(spec, timeout=30) as r:  # noqa: S310 - a user-given image URL
+                data = r.read()
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB")
+        except Exception as err:  # noqa: BLE001 - any network or decode failure: one message
+            raise UserError(f"--image {spec}: could not fetch it ({type(err).__name__}: {err}); offline, "
+                            f"download it once and pass the file, or use 'white'") from None
     try:
         with Image.open(spec) as im:
             return im.convert("RGB")

@@ -4,6 +4,10 @@ The paper's "pencil" example (Sec. 4.3) is one command:
 
     saevlm steer --sae_path SAE --neuron <pencil latent> --alpha 0 30 40 50 \\
         --prompt "Write me a short love poem" --image white
+
+With no flags at all it runs what the authors' ``steering_qualitative.py`` hard-codes: their
+checkpoint path, latent 39, alpha 0 30 40 50, that prompt, 60 new tokens and their texture image
+(a URL: needs the network, else pass ``--image``).
 """
 
 from __future__ import annotations
@@ -16,9 +20,20 @@ from saevlm.errors import UserError
 DEFAULT_PROMPT = "What is shown in this image? Use exactly one word!"
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae_path", required=True, help="the steering SAE (trainer directory or ae.pt)")
-    p.add_argument("--model_name", default="llava-hf/llava-1.5-7b-hf",
+# What the authors' steering_qualitative.py hard-codes (it takes no flags).
+AUTHORS_SAE_PATH = ("checkpoints_dir/matroyshka_batch_top_k_20_x64/random_k_2/imagenet_train_activations_"
+                    "clip-vit-large-patch14-336_22_post_mlp_residual_matroyshka_batch_top_k_20_x64/"
+                    "trainer_0/checkpoints/ae_100000.pt")
+AUTHORS_IMAGE = "https://img.freepik.com/free-photo/cement-texture_1194-5269.jpg?semt=ais_hybrid"
+QUALITATIVE_PROMPT = "Write me a short love poem"
+
+
+def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None = None,
+                        llava_flags: tuple[str, ...] = ("--llava_model",), max_new_tokens: int = 5) -> None:
+    p.add_argument("--sae_path", default=sae_default, required=sae_default is None,
+                   help="the steering SAE (trainer directory or .pt)" +
+                        (" (default: the authors' path, %(default)s)" if sae_default else ""))
+    p.add_argument(*llava_flags, dest="llava_model", default="llava-hf/llava-1.5-7b-hf",
                    help="LLaVA-1.5 hub id or local directory (default: %(default)s)")
     p.add_argument("--layer", type=int, default=None,
                    help="vision block to intervene on (default: the SAE's own hook layer, else 22)")
@@ -27,18 +42,23 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "output + decode(clamped) - decode(codes) (default: %(default)s)")
     p.add_argument("--zero_others", action="store_true",
                    help="reconstruct mode: zero every other latent before clamping")
-    p.add_argument("--max_new_tokens", type=int, default=5, help="(default: %(default)s)")
+    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--neuron", type=int, nargs="+", required=True, help="latent(s) to clamp")
-    p.add_argument("--alpha", type=float, nargs="+", default=[100.0],
-                   help="value(s) to clamp to; several give a sweep (default: 100)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="(default: %(default)r)")
-    p.add_argument("--image", default="white", help="image path, or 'white' (default: %(default)s)")
+    # defaults: the authors' steering_qualitative.py (the paper's "pencil" example, Fig. 5)
+    add_model_arguments(p, sae_default=AUTHORS_SAE_PATH, llava_flags=("--llava_model", "--model_name"),
+                        max_new_tokens=60)
+    p.add_argument("--neuron", type=int, nargs="+", default=[39],
+                   help="latent(s) to clamp (default: 39, the authors' pencil latent; its id changes "
+                        "with every retraining)")
+    p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 30.0, 40.0, 50.0],
+                   help="value(s) to clamp to; several give a sweep (default: 0 30 40 50)")
+    p.add_argument("--prompt", default=QUALITATIVE_PROMPT, help="(default: %(default)r)")
+    p.add_argument("--image", default=AUTHORS_IMAGE,
+                   help="image path or URL, or 'white' (default: the authors' texture photo, %(default)s)")
 
 
 def resolve_layer(args, sae) -> int:
@@ -59,7 +79,7 @@ def load_models(args):
     if args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
-    llava = load_llava(args.model_name, device, args.dtype)
+    llava = load_llava(args.llava_model, device, args.dtype)
     return llava, sae, resolve_layer(args, sae)
 
 
@@ -68,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from saevlm.steering.llava import load_image
 
     llava, sae, layer = load_models(args)
+    with sae_intervention(llava, sae, layer, {}, args.mode, args.zero_others):
+        pass  # validates block and SAE before the image is fetched
     size = int(getattr(llava.model.config.vision_config, "image_size", 336))
     image = load_image(args.image, size)
     print(f"prompt: {args.prompt!r}   image: {args.image}   block {layer}, mode {args.mode}")
