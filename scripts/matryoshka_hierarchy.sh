@@ -34,7 +34,7 @@ say "train Matryoshka SAE(s): x$EXPANSION_FACTORS, groups $GROUP_FRACTIONS"
 saevlm train --activations_dir "$store" --checkpoints_dir "$ck" --sae_model matryoshka_batch_top_k \
   --expansion_factor $EXPANSION_FACTORS --k "$K" --steps "$STEPS" --batch_size "$BATCH_SIZE" \
   --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" --group_fractions $GROUP_FRACTIONS \
-  --save_steps $([ "$SAVE_STEP" -lt "$STEPS" ] && echo "$SAVE_STEP") --device "$DEVICE"
+  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE"
 for t in $(trainers_of "$ck"); do
   codes="$OUT_DIR/codes/$MT/inat_$SPLIT/$slug/$t"
   saevlm encode --sae_path "$(checkpoint_of "$ck/$t")" --activations_dir "$store" --output_dir "$codes" --device "$DEVICE"

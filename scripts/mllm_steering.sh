@@ -8,6 +8,8 @@
 #
 #   IMAGENET_PATH=/data/imagenet OUT_DIR=runs/steering bash scripts/mllm_steering.sh
 #
+# PROTOCOL=authors (default; docs/reproduction.md) or saevlm; CLASS_NAMES: JSON of the authors'
+# ImageNet class-name strings for the bounds (without it the authors' bounds are skipped, saying so).
 # Overrides: MODEL (the tower to extract from), LLAVA_MODEL, CLIP_MODEL, STEER_LAYER, EXPANSION_FACTOR,
 # K, STEPS, BATCH_SIZE, SAVE_STEP, GROUP_FRACTIONS, WARMUP_STEPS, THRESHOLD_START_STEP, ALPHA,
 # NEURONS_WHITE, NEURONS_IMAGENET, DEVICE, EXTRACT_BATCH_SIZE, NUM_WORKERS, TAKE_EVERY, PYTHON.
@@ -22,6 +24,7 @@ EXPANSION_FACTOR=${EXPANSION_FACTOR:-64}
 K=${K:-20}; STEPS=${STEPS:-110000}; BATCH_SIZE=${BATCH_SIZE:-4096}; SAVE_STEP=${SAVE_STEP:-100000}
 GROUP_FRACTIONS=${GROUP_FRACTIONS:-"0.0625 0.125 0.25 0.5625"}
 WARMUP_STEPS=${WARMUP_STEPS:-1000}; THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-1000}
+PROTOCOL=${PROTOCOL:-authors}
 ALPHA=${ALPHA:-100}; NEURONS_WHITE=${NEURONS_WHITE:-1000}; NEURONS_IMAGENET=${NEURONS_IMAGENET:-10}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 TAKE_EVERY=${TAKE_EVERY:-1}
@@ -39,19 +42,24 @@ say "train the steering SAE: Matryoshka x$EXPANSION_FACTOR"
 saevlm train --activations_dir "$store" --checkpoints_dir "$ck" --sae_model matryoshka_batch_top_k \
   --expansion_factor "$EXPANSION_FACTOR" --k "$K" --steps "$STEPS" --batch_size "$BATCH_SIZE" \
   --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" --group_fractions $GROUP_FRACTIONS \
-  --save_steps $([ "$SAVE_STEP" -lt "$STEPS" ] && echo "$SAVE_STEP") --device "$DEVICE"
+  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE"
 sae=$(checkpoint_of "$ck/trainer_0")
-codes="$OUT_DIR/codes/$MT/imagenet_train_random2/$slug/trainer_0"
-saevlm encode --sae_path "$sae" --activations_dir "$store" --output_dir "$codes" --device "$DEVICE"
-[ -f "$codes/top_images_16.npy" ] || saevlm top-images --activations_dir "$codes" --pool mean --device "$DEVICE"
+# top-16 train images per latent, the authors' protocol: the SAE encodes EVERY token of the block
+# for every ImageNet-train image, codes are mean-pooled per image (mean_t encode(x_t)), and a
+# running top-16 is kept (the pooled codes themselves would be 335 GB at x64)
+say "top-16 images per latent: SAE on all tokens, mean-pooled codes (ImageNet train)"
+topdir="$OUT_DIR/top_images/$MT/imagenet_train_meanpool"
+saevlm extract --model_name "$MODEL" --layer "$STEER_LAYER" --mean_pool --sae_path "$sae" --top_k 16 \
+  --output_dir "$topdir" "${data[@]}"
+top="$topdir/${slug}_codes/top_images_16.npy"
 say "CLIP embeddings of ImageNet train ($CLIP_MODEL)"
 clip_emb="$OUT_DIR/embeddings/$(tag_of "$CLIP_MODEL")/imagenet_train"
 saevlm embed --model_name "$CLIP_MODEL" --embeddings_path "$clip_emb" "${data[@]}"
 eval_dir="$OUT_DIR/eval_first_image_per_class"
 [ -f "$eval_dir/class_names.json" ] || saevlm make-eval-folder --dataset_name imagenet --data_path "$IMAGENET_PATH" \
   --split train --output_dir "$eval_dir"
-score=(--sae_path "$sae" --model_name "$LLAVA_MODEL" --layer "$STEER_LAYER" --top_images "$codes/top_images_16.npy"
-       --clip_embeddings "$clip_emb" --clip_model "$CLIP_MODEL" --device "$DEVICE")
+score=(--sae_path "$sae" --llava_model "$LLAVA_MODEL" --layer "$STEER_LAYER" --top_images "$top"
+       --clip_embeddings "$clip_emb" --clip_model "$CLIP_MODEL" --protocol "$PROTOCOL" --device "$DEVICE")
 for setting in white imagenet; do
   if [ "$setting" = white ]; then imgs=white; n=$NEURONS_WHITE; else imgs=$eval_dir; n=$NEURONS_IMAGENET; fi
   for mode in steered unsteered; do
@@ -62,8 +70,16 @@ for setting in white imagenet; do
     saevlm steering-score "${score[@]}" --images "$imgs" --neurons "$n" "${extra[@]}" --output_dir "$out"
   done
 done
-[ -f "$eval_dir/similarity_baseline.json" ] || saevlm similarity-baseline --images "$eval_dir" \
-  --clip_model "$CLIP_MODEL" --device "$DEVICE"
+if [ -f "$eval_dir/similarity_baseline.json" ]; then :
+elif [ -n "${CLASS_NAMES:-}" ]; then
+  saevlm similarity-baseline --images "$eval_dir" --class_names "$CLASS_NAMES" --protocol "$PROTOCOL" \
+    --clip_model "$CLIP_MODEL" --device "$DEVICE"
+elif [ "$PROTOCOL" = saevlm ]; then
+  saevlm similarity-baseline --images "$eval_dir" --protocol saevlm --clip_model "$CLIP_MODEL" --device "$DEVICE"
+else
+  echo "warning: bounds skipped: the authors' protocol embeds their ImageNet class-name strings; set" \
+       "CLASS_NAMES=<json {index: [wnid, name]}> (or PROTOCOL=saevlm) and rerun" >&2
+fi
 say "report"
 saevlm report --run_dir "$OUT_DIR" --no_grids --title "Steering LLaVA: $LLAVA_MODEL"
 echo "done: $OUT_DIR/report.html"

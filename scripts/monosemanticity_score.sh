@@ -2,7 +2,8 @@
 # The paper's MS experiment (Sec. 4.1, Table 1a / A2): CLIP ViT-L/14-336 CLS activations at blocks
 # 11 17 22 23 and the projection (ImageNet train for training, val for evaluation), BatchTopK and
 # Matryoshka SAEs at expansion 1 2 4 8 16 64 (K = 20, 110,000 steps, batch 4096), the MS of raw
-# neurons and SAE latents with DINOv2 and CLIP ViT-B/32 embeddings, top images, and the report.
+# neurons and SAE latents on val with DINOv2 and CLIP ViT-B/32 embeddings, top images and
+# uniqueness on train codes (as the paper), and the report.
 #
 #   IMAGENET_PATH=/data/imagenet OUT_DIR=runs/ms bash scripts/monosemanticity_score.sh
 #
@@ -54,7 +55,7 @@ for layer in $LAYERS; do
   saevlm train --activations_dir "$train_store" --val_activations_dir "$val_store" --checkpoints_dir "$ck" \
     --sae_model $SAE_MODELS --expansion_factor $EXPANSION_FACTORS --k "$K" --steps "$STEPS" \
     --batch_size "$BATCH_SIZE" --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" \
-    --group_fractions $GROUP_FRACTIONS --save_steps $([ "$SAVE_STEP" -lt "$STEPS" ] && echo "$SAVE_STEP") \
+    --group_fractions $GROUP_FRACTIONS --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") \
     --device "$DEVICE"
   for t in $(trainers_of "$ck"); do
     codes="$OUT_DIR/codes/$MT/imagenet_val/$slug/$t"
@@ -64,7 +65,12 @@ for layer in $LAYERS; do
       [ -f "$codes/ms_$et/ms.json" ] || saevlm ms --activations_dir "$codes" \
         --embeddings_path "$OUT_DIR/embeddings/$et/imagenet_val" --output_subdir "ms_$et" --device "$DEVICE"
     done
-    [ -f "$codes/top_images_16.npy" ] || saevlm top-images --activations_dir "$codes" --device "$DEVICE"
+    # top-16 grids and uniqueness come from ImageNet TRAIN codes, as in the paper (App. G) and the
+    # authors' script; the MS stays on val
+    tcodes="$OUT_DIR/codes/$MT/imagenet_train/$slug/$t"
+    saevlm encode --sae_path "$(checkpoint_of "$ck/$t")" --activations_dir "$train_store" --output_dir "$tcodes" --device "$DEVICE"
+    [ -f "$tcodes/top_images_16.npy" ] || saevlm top-images --activations_dir "$tcodes" --device "$DEVICE"
+    [ -f "$tcodes/uniqueness_16.json" ] || saevlm uniqueness --activations_dir "$tcodes"
   done
 done
 say "report"

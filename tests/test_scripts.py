@@ -70,7 +70,12 @@ def test_monosemanticity_score_script(imagenet, tiny_clip_dir, tiny_dinov2_dir, 
             codes = out / "codes" / mt / "imagenet_val" / slug / t
             m = json.loads((codes / f"ms_{et}" / "ms.json").read_text())
             assert m["total"] == 2 * width and m["sae"]["path"].endswith("checkpoints/ae_20.pt")
-            assert np.load(codes / "top_images_16.npy").shape == (2 * width, 16)
+            assert abs(m["std"] - np.nanstd(np.load(codes / f"ms_{et}" / "scores.npy"), ddof=1)) < 1e-9
+            # top images and uniqueness on TRAIN codes, as the paper
+            tcodes = out / "codes" / mt / "imagenet_train" / slug / t
+            top = np.load(tcodes / "top_images_16.npy")
+            assert top.shape == (2 * width, 16) and top.max() < 32  # train has 32 images, val 20
+            assert json.loads((tcodes / "uniqueness_16.json").read_text())["neurons"] <= 2 * width
     report = (out / "report.md").read_text()
     assert "Best neuron MS" in report and "| 1 |" in report and "| last |" in report and "R² (%)" in report
     assert (out / "report.html").read_text().count("data:image/png;base64") >= 4  # histograms and grids
@@ -101,7 +106,10 @@ def test_mllm_steering_script(imagenet, tmp_path):
     llava = save_tiny_llava(tmp_path / "llava")
     clip = save_tiny_clip_model(tmp_path / "clip")
     out = tmp_path / "s"
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({str(i): [f"n0{i}", f"thing_{i}"] for i in range(4)}))
     _run("mllm_steering.sh", {**TRAIN, "IMAGENET_PATH": imagenet, "OUT_DIR": out, "MODEL": clip,
+                              "CLASS_NAMES": names,
                               "LLAVA_MODEL": llava, "CLIP_MODEL": clip, "STEER_LAYER": "1",
                               "EXPANSION_FACTOR": "2", "NEURONS_WHITE": "3", "NEURONS_IMAGENET": "2",
                               "GROUP_FRACTIONS": "0.25 0.75"})
@@ -109,7 +117,11 @@ def test_mllm_steering_script(imagenet, tmp_path):
         for mode in ("steered", "unsteered"):
             s = json.loads((out / "steering_score" / f"{setting}_{mode}" / "summary.json").read_text())
             assert s["neurons"] == n and s["images"] == images and s["steered"] == (mode == "steered")
+            assert s["protocol"] == "authors"
+    top = np.load(out / "top_images" / Path(clip).name / "imagenet_train_meanpool" / "post_mlp_residual_1_codes"
+                  / "top_images_16.npy")
+    assert top.shape[1] == 16 and top.max() < 32
     bounds = json.loads((out / "eval_first_image_per_class" / "similarity_baseline.json").read_text())
-    assert bounds["images"] == 4
+    assert bounds["images"] == 4 and bounds["protocol"] == "authors"
     report = (out / "report.md").read_text()
     assert "Steering LLaVA" in report and "bound: true class names" in report

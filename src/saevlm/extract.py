@@ -45,6 +45,10 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_batch_size: int 
     r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     r.add_argument("--autocast", default="none", choices=AUTOCAST_CHOICES,
                    help="mixed-precision forward on GPU (default: none = fp32)")
+    r.add_argument("--processor_backend", default="pil", choices=["pil", "torchvision"],
+                   help="image resizing of transformers models: pil (default; what the authors ran, "
+                        "transformers 4.46) or torchvision (transformers 5's default, about one grey level "
+                        "apart)")
     r.add_argument("--shard_rows", type=int, default=DEFAULT_SHARD_ROWS,
                    help="approximate rows per shard file (default: %(default)s)")
     r.add_argument("--overwrite", action="store_true",
@@ -374,7 +378,8 @@ def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     store_dtype = normalize_store_dtype(args.dtype)
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
-    return RunInputs(device, store_dtype, images, selected, load_encoder(args.model_name), dist)
+    encoder = load_encoder(args.model_name, processor_backend=args.processor_backend)
+    return RunInputs(device, store_dtype, images, selected, encoder, dist)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -165,7 +165,8 @@ def summarize(scores_k: np.ndarray, top: int = 10) -> dict:
     order = valid[np.argsort(-vals, kind="stable")]
     return {
         "mean": float(vals.mean()) if len(vals) else float("nan"),
-        "std": float(vals.std()) if len(vals) else float("nan"),
+        # unbiased, as the authors' torch.std (ddof=1)
+        "std": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
         "dead": int(len(scores_k) - len(valid)),
         "total": int(len(scores_k)),
         "top10": [[int(i), float(scores_k[i])] for i in order[:top]],
@@ -271,7 +272,7 @@ def run(args) -> int:
               "embeddings_model": emb.provenance.get("model", {}).get("name"),
               "sae": acts.provenance.get("sae"), "hook": acts.provenance.get("hook"),
               "model": acts.provenance.get("model", {}).get("name"),
-              "definition": "PAPER.md §1: per-neuron min-max, pairs n<m, NaN = dead"}
+              "definition": "arXiv 2504.02821 Eq. 5-9: per-neuron min-max, pairs n<m, NaN = dead; std unbiased"}
     atomic_write_json(out / "ms.json", record)
     lines = [f"MS over {acts.num_rows} images, embeddings {record['embeddings_model']}",
              f"mean {summary['mean']:.4f} +- {summary['std']:.4f}",

@@ -33,7 +33,7 @@ def _stderr_warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn):
+def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processor_backend: str = "pil"):
     """Load a vision encoder (eval mode, on CPU) by name; see the module docstring."""
     from saevlm.models.hf import load_transformers_encoder
     from saevlm.models.openclip import load_open_clip_encoder
@@ -47,13 +47,13 @@ def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn):
         if (path / "open_clip_config.json").is_file():
             return load_open_clip_encoder(name, f"local-dir:{path.resolve()}", warn)
         if (path / "config.json").is_file():
-            return load_transformers_encoder(name, str(path.resolve()), warn)
+            return load_transformers_encoder(name, str(path.resolve()), warn, processor_backend)
         raise UserError(f"--model_name {name}: the directory has neither config.json (transformers) "
                         f"nor open_clip_config.json (open_clip)")
     if name in SHORT_NAMES:
-        return load_transformers_encoder(name, SHORT_NAMES[name], warn)
+        return load_transformers_encoder(name, SHORT_NAMES[name], warn, processor_backend)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return load_transformers_encoder(name, name, warn)
+        return load_transformers_encoder(name, name, warn, processor_backend)
     if path.suffix or name.startswith((".", "/", "~")):
         raise UserError(f"--model_name {name}: no such directory")
     raise UserError(f"--model_name {name}: unknown model. Use a short name "

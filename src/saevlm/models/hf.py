@@ -46,27 +46,55 @@ def hub_error(name: str, source: str, err: Exception) -> UserError:
         "network access.")
 
 
-def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], None]):
-    """The model's own image processor; built from the config if the checkpoint ships none."""
+PROCESSOR_BACKENDS = ("pil", "torchvision")
+
+
+def _auto_processor(source: str, backend: str):
+    """transformers 5 picks an image-processor backend with ``backend=``; 4.x with ``use_fast``
+    (the slow processors are the PIL / numpy ones)."""
+    import transformers
     from transformers import AutoImageProcessor
 
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return AutoImageProcessor.from_pretrained(source, backend=backend)
+    return AutoImageProcessor.from_pretrained(source, use_fast=backend == "torchvision")
+
+
+def _backend_class(name: str, backend: str):
+    """``CLIPImageProcessor`` etc. in the requested backend (5.x names the PIL ones ``...Pil``)."""
+    import transformers
+
+    if backend == "pil" and hasattr(transformers, name + "Pil"):
+        return getattr(transformers, name + "Pil")
+    if backend == "torchvision" and hasattr(transformers, name + "Fast"):
+        return getattr(transformers, name + "Fast")
+    return getattr(transformers, name)
+
+
+def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], None], backend: str = "pil"):
+    """The model's own image processor; built from the config if the checkpoint ships none.
+
+    ``backend`` pil (default) is the path the authors ran (transformers 4.46, whose CLIP / SigLIP
+    processors resize with PIL); torchvision is transformers 5's default, about one grey level
+    apart after resizing."""
+    if backend not in PROCESSOR_BACKENDS:
+        raise UserError(f"--processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}")
     try:
-        return AutoImageProcessor.from_pretrained(source), "preprocessor_config"
+        return _auto_processor(source, backend), "preprocessor_config"
     except (OSError, ValueError):
         pass
     size = int(getattr(config, "image_size", 224))
     warn(f"{source}: no preprocessor_config.json; using {model_type} defaults at {size}px")
     if model_type.startswith("siglip"):
-        from transformers import SiglipImageProcessor
-        return SiglipImageProcessor(size={"height": size, "width": size}), "built-from-config"
+        return _backend_class("SiglipImageProcessor", backend)(size={"height": size, "width": size}), \
+            "built-from-config"
     if model_type.startswith("dinov2"):
-        from transformers import BitImageProcessor
-        return BitImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                 image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
-                                 do_convert_rgb=True), "built-from-config"
-    from transformers import CLIPImageProcessor
-    return CLIPImageProcessor(size={"shortest_edge": size},
-                              crop_size={"height": size, "width": size}), "built-from-config"
+        return _backend_class("BitImageProcessor", backend)(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+            do_convert_rgb=True), "built-from-config"
+    return _backend_class("CLIPImageProcessor", backend)(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}), "built-from-config"
 
 
 class _HFPreprocess:
@@ -79,7 +107,8 @@ class _HFPreprocess:
         return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
 
 
-def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None]) -> VisionEncoder:
+def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
+                              processor_backend: str = "pil") -> VisionEncoder:
     from transformers import AutoConfig
 
     try:
@@ -135,12 +164,13 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
         projection = model.layernorm
         projection_dim = hidden
         take = lambda out: out[:, 0]  # noqa: E731
-    processor, processor_origin = _processor(source, vcfg, model_type, warn)
+    processor, processor_origin = _processor(source, vcfg, model_type, warn, processor_backend)
     return VisionEncoder(
         name=name, source=source, backend="transformers", model=model, blocks=list(blocks),
         projection_module=projection, projection_from_output=take,
         run=lambda px: model(pixel_values=px), preprocess=_HFPreprocess(processor),
         has_cls=has_cls, hidden_size=hidden, projection_dim=projection_dim,
         info={"class": type(model).__name__, "model_type": model_type, "block_path": block_path,
-              "image_size": int(getattr(vcfg, "image_size", 0)), "processor": processor_origin},
+              "image_size": int(getattr(vcfg, "image_size", 0)), "processor": processor_origin,
+              "processor_class": type(processor).__name__, "processor_backend": processor_backend},
     )
