@@ -133,6 +133,10 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
     if hai_indices_path is None:
         return load_top_images(directory, k)
     f = Path(hai_indices_path)
+    if not f.is_file() and (Path(directory) / f.name).is_file():
+        # the authors' path names the folder they passed as --activations_dir / --output_dir; saevlm
+        # wrote the file inside the store that folder holds
+        f = Path(directory) / f.name
     if not f.is_file():
         raise UserError(f"--hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
                         f"authors' find_hai_indices.py)")

@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
                             f"requested; use --layout trainers for a sweep")
         # the authors' sae_train.py: save_dir = checkpoints_dir / f"{store name}_{sae_model}_{k}_x{E}"
         name, e = combos[0]
-        out = out / f"{train.path.name}_{name}_{args.k}_x{e}"
+        out = out / f"{Path(args.activations_dir).name}_{name}_{args.k}_x{e}"  # the name as given
     specs = [SAESpec(canonical_arch(name), e, e * act_dim,
                      args.lr if args.lr is not None else default_lr(e * act_dim), out / f"trainer_{i}")
              for i, (name, e) in enumerate(combos)]
