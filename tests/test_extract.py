@@ -21,10 +21,12 @@ from saevlm.errors import UserError
 def _reference_hidden(model_dir, image_dir, indices=None):
     """Hidden states and image_embeds straight from transformers, images in dataset order."""
     from PIL import Image
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+    import transformers
+    from transformers import CLIPVisionModelWithProjection
 
     model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()
-    proc = CLIPImageProcessor.from_pretrained(model_dir)
+    # the PIL image processor: saevlm's default (--processor_backend pil), the authors' path
+    proc = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor).from_pretrained(model_dir)
     ds = open_dataset("imagefolder", image_dir, None)
     indices = range(len(ds)) if indices is None else indices
     px = torch.stack([proc(images=Image.open(ds.path(i)).convert("RGB"), return_tensors="pt")["pixel_values"][0]

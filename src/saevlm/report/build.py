@@ -193,14 +193,19 @@ def training_tables(rep: Report, run_dir: Path) -> None:
                                     t["expansion_factor"]) if paper.R2_LAST.get(t["arch"]) else None
             ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(
                 ident.get("activations_provenance", {}).get("model", {}).get("name")) else ""
+            authors = f"{100 * ev['r2_authors']:.1f}{ref_s}" if "r2_authors" in ev else "-"
             rows.append([ARCH_NAMES.get(t["arch"], t["arch"]), str(layer), f"x{t['expansion_factor']}",
-                         f"{100 * ev['r2']:.1f}{ref_s}", f"{ev['l0']:.1f}", f"{ev['dead_fraction']:.3f}",
+                         authors, f"{100 * ev['r2']:.1f}", f"{ev['l0']:.1f}", f"{ev['dead_fraction']:.3f}",
                          f"{ev['dense_fraction']:.3f}", rep.cite(ev_f)])
     if rows:
         rep.heading("Reconstruction and sparsity")
-        rep.para("R² (%, fraction of variance explained; paper in parentheses for the last layer of "
-                 "CLIP ViT-L/14-336), L0 at inference, dead and dense latent fractions, on the validation store.")
-        rep.table(["SAE", "layer", "expansion", "R² (%)", "L0", "dead", "dense", "source"], rows)
+        rep.para("R² (%, fraction of variance explained) two ways: as the authors log it (per validation batch "
+                 "of --batch_size rows, 1 - Σ var(x - x̂) / Σ var(x), mean over batches, with the threshold; "
+                 "the paper's value in parentheses for the last layer of CLIP ViT-L/14-336), and saevlm's "
+                 "pooled over all validation rows (1 - SSE / SST). L0 at inference, dead and dense latent "
+                 "fractions, on the validation store.")
+        rep.table(["SAE", "layer", "expansion", "R² authors (%)", "R² pooled (%)", "L0", "dead", "dense",
+                   "source"], rows)
 
 
 def hierarchy_tables(rep: Report, run_dir: Path) -> None:
@@ -227,7 +232,8 @@ def steering_tables(rep: Report, run_dir: Path) -> None:
         s = json.loads(f.read_text())
         if "steered" not in s:
             continue
-        rows.append([str(f.parent.relative_to(run_dir)), "steered" if s["steered"] else "unsteered",
+        rows.append([str(f.parent.relative_to(run_dir)), ("steered" if s["steered"] else "unsteered")
+                     + (f" ({s['protocol']} protocol)" if "protocol" in s else ""),
                      str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(f)])
     for f in sorted(run_dir.rglob("similarity_baseline.json")):
         b = json.loads(f.read_text())
