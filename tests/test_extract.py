@@ -217,7 +217,8 @@ def test_embed_store_and_mismatch_refused(tiny_clip_dir, tiny_dinov2_dir, image_
     from transformers import BitImageProcessor, Dinov2Model
     from PIL import Image
     model = Dinov2Model.from_pretrained(tiny_dinov2_dir).eval()
-    proc = BitImageProcessor.from_pretrained(tiny_dinov2_dir)
+    import transformers
+    proc = getattr(transformers, "BitImageProcessorPil", BitImageProcessor).from_pretrained(tiny_dinov2_dir)  # PIL: saevlm's default
     ds = open_dataset("imagefolder", image_folder, None)
     px = torch.stack([proc(images=Image.open(ds.path(i)).convert("RGB"), return_tensors="pt")["pixel_values"][0]
                       for i in range(len(ds))])

@@ -55,7 +55,7 @@ def test_fms_sae_latents_above_raw_neurons(tmp_path):
     w = tmp_path / "w"
     assert run_cli("synthetic", "--output_dir", w, "--num_train", "12000", "--num_val", "2000",
                    "--zipf", "0", "--ancestor_scale", "0.9") == 0
-    assert run_cli("train", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
                    "--expansion_factor", "2", "--k", "4", "--steps", "800", "--batch_size", "1024",
                    "--warmup_steps", "50", "--threshold_start_step", "100", "--val_rows", "2000",
                    "--device", "cpu", "--no_progress") == 0

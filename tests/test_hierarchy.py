@@ -57,7 +57,7 @@ def test_matryoshka_early_groups_hold_coarser_concepts(tmp_path, capsys):
     """
     w = tmp_path / "w"
     assert run_cli("synthetic", "--output_dir", w, "--zipf", "0", "--ancestor_scale", "0.9") == 0
-    assert run_cli("train", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
                    "--sae_model", "matryoshka_batch_top_k", "batch_top_k", "--expansion_factor", "2",
                    "--k", "4", "--steps", "2000", "--batch_size", "1024", "--warmup_steps", "100",
                    "--threshold_start_step", "200", "--log_steps", "2000", "--val_rows", "2000",

@@ -131,7 +131,7 @@ def test_summary():
 def test_ms_command_on_synthetic_world(tmp_path, capsys):
     world = tmp_path / "w"
     assert run_cli("synthetic", "--output_dir", world, "--num_train", "3000", "--num_val", "400") == 0
-    assert run_cli("train", "--activations_dir", world / "train", "--checkpoints_dir", tmp_path / "ck",
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--checkpoints_dir", tmp_path / "ck",
                    "--expansion_factor", "2", "--k", "4", "--steps", "200", "--batch_size", "256",
                    "--warmup_steps", "10", "--threshold_start_step", "20", "--device", "cpu",
                    "--no_progress") == 0

@@ -20,7 +20,7 @@ def world(tmp_path_factory):
 
 
 def _train(world, out, *extra):
-    return run_cli("train", "--activations_dir", world / "train", "--val_activations_dir", world / "val",
+    return run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--val_activations_dir", world / "val",
                    "--checkpoints_dir", out, "--device", "cpu", "--no_progress", *extra)
 
 
@@ -206,7 +206,7 @@ def test_extract_with_sae_equals_extract_then_encode(tiny_clip_dir, image_folder
               "--device", "cpu", "--no_progress"]
     assert run_cli("extract", *common, "--output_dir", tmp_path / "acts") == 0
     store = tmp_path / "acts" / "post_mlp_residual_2"
-    assert run_cli("train", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck",
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck",
                    "--expansion_factor", "2", "--k", "3", "--steps", "20", "--batch_size", "16",
                    "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu",
                    "--no_progress") == 0
@@ -245,7 +245,7 @@ def test_invalid_training_flags(world, tmp_path, capsys, extra, expected):
 def test_train_val_width_mismatch_and_sae_store_mismatch(world, tmp_path, capsys):
     assert run_cli("synthetic", "--output_dir", tmp_path / "w32", "--dim", "32", "--num_train", "500",
                    "--num_val", "100") == 0
-    rc = run_cli("train", "--activations_dir", world / "train", "--val_activations_dir", tmp_path / "w32" / "val",
+    rc = run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--val_activations_dir", tmp_path / "w32" / "val",
                  "--checkpoints_dir", tmp_path / "ck", "--steps", "10", "--warmup_steps", "2", "--device", "cpu")
     assert rc == 2 and "width 32, but --activations_dir" in capsys.readouterr().err
     assert _train(world, tmp_path / "ck2", "--expansion_factor", "1", "--k", "4", "--steps", "10",

@@ -18,7 +18,7 @@ def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
                    "post_projection", "--output_dir", tmp_path / "acts", *common) == 0
     assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", tmp_path / "emb", *common) == 0
     store = tmp_path / "acts" / "post_projection"
-    assert run_cli("train", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck", "--sae_model",
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck", "--sae_model",
                    "matryoshka_batch_top_k", "--expansion_factor", "2", "--k", "4", "--steps", "30",
                    "--batch_size", "16", "--warmup_steps", "2", "--threshold_start_step", "5",
                    "--group_fractions", "0.25", "0.75", "--device", "cpu", "--no_progress") == 0
