@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Step 1 of the paper's MS experiment (PAPER.md §2): CLS activations of CLIP ViT-L/14-336 at
+# Step 1 of the paper's MS experiment (arXiv 2504.02821): CLS activations of CLIP ViT-L/14-336 at
 # blocks 11 17 22 23 and the projection, for ImageNet train (SAE training) and val (evaluation),
 # plus the DINOv2 and CLIP ViT-B/32 embeddings of ImageNet val for the Monosemanticity Score.
 # All layers come from one forward pass. Rerunning resumes; finished stores are skipped.

@@ -1,4 +1,4 @@
-"""The Monosemanticity Score against the brute-force pairwise definition (PAPER.md §1)."""
+"""The Monosemanticity Score against the brute-force pairwise definition (arXiv 2504.02821)."""
 
 import json
 
@@ -109,7 +109,7 @@ def test_n_equals_two_and_large_offsets():
 
 
 def test_raw_neurons_score_near_mean_similarity():
-    """PAPER.md §1: min-max makes raw neurons nearly uniform, so their MS is close to the
+    """arXiv 2504.02821: min-max makes raw neurons nearly uniform, so their MS is close to the
     encoder's mean pairwise similarity."""
     rng = np.random.default_rng(3)
     e = rng.standard_normal((200, 16)) + 1.0

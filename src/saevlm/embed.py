@@ -1,4 +1,4 @@
-"""``saevlm embed``: image embeddings for the Monosemanticity Score (PAPER.md §1).
+"""``saevlm embed``: image embeddings for the Monosemanticity Score (arXiv 2504.02821).
 
 The similarity encoder E of the MS: DINOv2 ``pooler_output`` (default, 768-d) or CLIP
 ``image_embeds`` (512-d for ViT-B/32). Flags follow the authors' ``encode_images.py``; the output

@@ -165,9 +165,11 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     import torch
     from tqdm import tqdm
 
+    from saevlm.data.codes import dense_to_csr
     from saevlm.data.images import ImageDataset, collate_images
     from saevlm.device import autocast_context
     from saevlm.models.base import POST_PROJECTION
+    from saevlm.sae.pooled import mean_codes
 
     if batch_size < 1:
         raise UserError(f"--batch_size {batch_size}: expected a positive integer")
@@ -244,8 +246,6 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                     for s in active:
                         acts = out[s.point]
                         if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
-                            from saevlm.data.codes import dense_to_csr
-                            from saevlm.sae.pooled import mean_codes
                             with torch.no_grad():
                                 s.acts.append(dense_to_csr(mean_codes(acts.float(), s.pool_encode)))
                             img = torch.as_tensor(good, dtype=torch.int64)
@@ -283,23 +283,29 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     return {p: output_dirs[p] for p in points}
 
 
+def point_provenance(point, encoder, tokens, num_tokens, dataset_prov: dict, batch_size: int, autocast: str,
+                     sae=None) -> dict:
+    """What a store (or top-images folder) of one hook point records about where it came from."""
+    from saevlm.models.base import POST_PROJECTION
+
+    if point.attachment_point == POST_PROJECTION:
+        token_prov = {"selection": "pooled"}
+    else:
+        token_prov = {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {}),
+                      **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}
+                         if sae is not None and tokens.mode == "mean" else {})}
+    return {"model": encoder.provenance(),
+            "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
+            "tokens": token_prov, "dataset": dataset_prov,
+            "run": {"batch_size": batch_size, "autocast": autocast}}
+
+
 def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, images_per_shard,
                  selected, software, overwrite, extra_files, extra_json, output_dirs, kind, store_dtype,
                  sae, allow_mismatch, device, dist):
     from saevlm.data.store import StoreWriter
-    from saevlm.models.base import POST_PROJECTION
 
-    pooled = point.attachment_point == POST_PROJECTION
-    provenance = {
-        "model": encoder.provenance(),
-        "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
-        "tokens": {"selection": "pooled"} if pooled else
-                  {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {}),
-                   **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}
-                      if sae is not None and tokens.mode == "mean" else {})},
-        "dataset": dataset_prov,
-        "run": {"batch_size": batch_size, "autocast": autocast},
-    }
+    provenance = point_provenance(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, sae)
     common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
                   overwrite=overwrite, extra_files=extra_files, extra_json=extra_json,
                   rank=dist.rank, world_size=dist.world_size)
@@ -451,12 +457,9 @@ def _run_pooled_top_k(args, inputs, point, tokens, sae, out_dir: Path, t0: float
         raise UserError("--top_k: runs in one process (the running top-k is not split across ranks); "
                         "launch without torchrun")
     enc = inputs.encoder
-    provenance = {"model": enc.provenance(),
-                  "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
-                  "tokens": {**tokens.describe(),
-                             "codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"},
-                  "dataset": inputs.images.provenance(inputs.selected, args.take_every, args.max_images),
-                  "run": {"batch_size": args.batch_size, "autocast": args.autocast}}
+    provenance = point_provenance(point, enc, tokens, None,
+                                  inputs.images.provenance(inputs.selected, args.take_every, args.max_images),
+                                  args.batch_size, args.autocast, sae)
     check_sae_matches(sae, {**provenance, "_dim": enc.output_dim(point)}, args.allow_mismatch,
                       f"--model_name {enc.name} at {point.slug}")
     out = extract_pooled_top_k(enc, inputs.images, inputs.selected, point, sae, k=args.top_k,

@@ -1,7 +1,7 @@
 """``saevlm benchmark-agreement``: how often a monosemanticity metric agrees with people.
 
 Reads the authors' user-study archive ``metric_benchmark.tar.gz`` (or its extracted folder;
-PAPER.md §5): ``pairs.csv`` (k_x, k_y, R_user, MS_x_dino, MS_y_dino, MS_x_clip, MS_y_clip),
+arXiv 2504.02821): ``pairs.csv`` (k_x, k_y, R_user, MS_x_dino, MS_y_dino, MS_x_clip, MS_y_clip),
 ``top16_images.csv`` (k, x_1..x_16) and ``activations.csv`` (k, a_1..a_N on ImageNet val).
 
 For each metric, a pair counts as agreeing when the neuron with the higher score is the one the

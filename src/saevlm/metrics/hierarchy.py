@@ -1,4 +1,4 @@
-"""Matryoshka hierarchy (the authors' ``inat_depth.py``; PAPER.md §5, App. E.3).
+"""Matryoshka hierarchy (the authors' ``inat_depth.py``; arXiv 2504.02821, App. E.3).
 
 Per neuron: its 16 highest-activating images, the depth of the lowest common ancestor of every
 image pair (depth = number of leading taxonomy names shared, so 0 = different kingdoms), over the

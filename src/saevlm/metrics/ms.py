@@ -1,4 +1,4 @@
-"""The Monosemanticity Score (MS), PAPER.md §1 (v3 Eq. 5-9), exactly, in one streaming pass.
+"""The Monosemanticity Score (MS), arXiv 2504.02821 v3, Eq. 5-9, exactly, in one streaming pass.
 
 Definition, for neuron k over N images with activations a_n and image embeddings e_n:
 

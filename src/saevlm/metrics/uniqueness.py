@@ -1,4 +1,4 @@
-"""Uniqueness of neurons (the authors' ``uniqueness.py``, PAPER.md §5, App. G): the Jaccard index
+"""Uniqueness of neurons (the authors' ``uniqueness.py``, arXiv 2504.02821, App. G): the Jaccard index
 between neurons' top-k image sets, for every pair, via a sparse incidence product.
 
 With B the neurons x images incidence matrix of the top-k sets, (B Bᵀ)_ij = |A_i ∩ A_j| and,

@@ -6,7 +6,7 @@ blocks (``blocks``), the module whose output is the pooled, projected image embe
 tensors (``preprocess``). Everything else (capturing several hook points in one pass, stopping
 after the deepest block that was asked for, selecting tokens) is shared code here.
 
-Hook points (PAPER.md §2):
+Hook points (arXiv 2504.02821):
 
 - ``post_mlp_residual`` at block ``l``: the output of encoder block ``l`` (the residual stream
   after the MLP); equals ``output_hidden_states[l + 1]`` of a transformers model.
@@ -188,7 +188,7 @@ class VisionEncoder:
 # ---------------------------------------------------------------------- token selection
 @dataclass(frozen=True)
 class TokenSelection:
-    """How rows are taken from a block's ``[B, T, D]`` output (PAPER.md §2).
+    """How rows are taken from a block's ``[B, T, D]`` output (arXiv 2504.02821).
 
     ``mode`` is ``cls`` (token 0), ``mean`` (mean over all tokens), ``random_k`` (``k`` distinct
     tokens per image, drawn from ``numpy.random.default_rng([seed, image_index])`` so the draw

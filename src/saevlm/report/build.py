@@ -5,7 +5,7 @@ Everything is found by scanning the run directory for the files the commands wri
 provenance names the SAE), ``run.json`` / ``eval.json`` of training runs, ``hierarchy_*.json``,
 steering ``summary.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
 followed by a reference to the file it came from (the "Sources" list), and the paper's value is
-shown beside ours wherever the configuration matches (PAPER.md §4).
+shown beside ours wherever the configuration matches (arXiv 2504.02821).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
         return
     rep.heading("Monosemanticity Score")
     rep.para("Best / mean ± std / worst MS over neurons with a score (dead neurons left out), per layer "
-             "and expansion factor, as in the paper's Tables 1a and A2. 'paper' is PAPER.md §4 "
+             "and expansion factor, as in the paper's Tables 1a and A2. 'paper' is arXiv 2504.02821 "
              "(CLIP ViT-L/14-336, DINOv2 embeddings, K = 20) where our configuration matches it.")
     by_model: dict = {}
     for r in records:

@@ -1,4 +1,4 @@
-"""The paper's numbers (PAPER.md §4), for the report's "paper" columns.
+"""The paper's numbers (arXiv 2504.02821), for the report's "paper" columns.
 
 Best neuron MS (Table 1a), E = DINOv2, K = 20, CLIP ViT-L/14-336; columns x1 x2 x4 x8 x16 x64
 and No SAE = 0.01 for every layer.

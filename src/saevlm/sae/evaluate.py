@@ -1,4 +1,4 @@
-"""Reconstruction and sparsity metrics of an SAE on a store (PAPER.md §4: R^2, L0).
+"""Reconstruction and sparsity metrics of an SAE on a store (arXiv 2504.02821: R^2, L0).
 
 - ``mse``: mean squared error per element; ``l2_loss``: mean over rows of ||x - x_hat||^2.
 - ``r2``: fraction of variance explained, 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2

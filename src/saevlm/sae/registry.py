@@ -53,7 +53,7 @@ def canonical_arch(name: str, flag: str = "--sae_model") -> str:
 
 
 def default_lr(dict_size: int) -> float:
-    """The authors' rule (PAPER.md §3): 2e-4 / sqrt(dict_size / 2^14)."""
+    """The authors' rule (arXiv 2504.02821): 2e-4 / sqrt(dict_size / 2^14)."""
     return 2e-4 / math.sqrt(dict_size / 2 ** 14)
 
 
@@ -220,7 +220,7 @@ def _construct(arch: str, state: dict):
 
 
 def encode_batch(sae: LoadedSAE, x):
-    """Inference codes: BatchTopK / Matryoshka use the learned global threshold (PAPER.md §3);
+    """Inference codes: BatchTopK / Matryoshka use the learned global threshold (arXiv 2504.02821);
     before it exists (threshold < 0, early checkpoints) the batch top-k is used instead."""
     ae = sae.ae
     if sae.arch in ("batch_top_k", "matryoshka_batch_top_k"):

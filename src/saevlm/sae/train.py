@@ -1,4 +1,4 @@
-"""``saevlm train``: SAEs on a stored activation set (PAPER.md §3), flags of the authors'
+"""``saevlm train``: SAEs on a stored activation set (arXiv 2504.02821), flags of the authors'
 ``sae_train.py``.
 
 The SAE classes and trainers are dictionary_learning's; the loop is ours:

@@ -1,1 +1,1 @@
-"""Steering LLaVA through SAE latents in its vision tower (PAPER.md §5, Sec. 4.3)."""
+"""Steering LLaVA through SAE latents in its vision tower (arXiv 2504.02821, Sec. 4.3)."""
