@@ -42,7 +42,7 @@ def reference_one_pass_per_point(model_dir: Path, images, batch_size: int, out: 
                                              batch_size=batch_size, collate_fn=collate_images)
         chunks = []
         with torch.no_grad():
-            for _, pixels, _ in loader:
+            for _, pixels, _, _ in loader:
                 o = model(pixel_values=pixels, output_hidden_states=True)
                 chunks.append((o.image_embeds if point == "proj" else o.hidden_states[point + 1][:, 0]).numpy())
         results[point] = np.concatenate(chunks)

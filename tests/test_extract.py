@@ -42,9 +42,12 @@ def _common(image_folder, batch_size=4):
 
 
 def _store_bytes(path: Path) -> dict:
-    """Every file of a store, with timestamps removed from the manifest."""
+    """Every file of a store, with timestamps removed from the manifest (the writer's lock file,
+    which names the last writer's pid, is not part of the store)."""
     out = {}
     for f in sorted(path.iterdir()):
+        if f.name == ".saevlm.lock":
+            continue
         if f.name == "manifest.json":
             m = json.loads(f.read_text())
             m.pop("created"), m.pop("finished")

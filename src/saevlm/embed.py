@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                             skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
                             overwrite=args.overwrite, progress=not args.no_progress,
                             take_every=args.take_every, max_images=args.max_images,
-                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist)
+                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist,
+                            allow_nonfinite=args.allow_nonfinite)
     if inputs.dist.is_main:
         _report_stores(stores, time.time() - t0)
     return 0

@@ -37,6 +37,9 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_batch_size: int 
                    help="stop after this many selected images (quick runs)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="log and skip unreadable images (listed in the manifest) instead of stopping")
+    g.add_argument("--allow_nonfinite", action="store_true",
+                   help="write NaN / inf values (counted in the manifest; readers refuse them unless they "
+                        "pass --allow_nonfinite too) instead of stopping at the first shard holding any")
     r = p.add_argument_group("run")
     r.add_argument("--batch_size", type=int, default=default_batch_size,
                    help="images per forward pass (default: %(default)s)")
@@ -151,7 +154,7 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                    skip_bad_images: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
                    overwrite: bool = False, progress: bool = True, take_every: int = 1,
                    max_images: int | None = None, log=print, sae=None,
-                   allow_mismatch: bool = False, dist=None) -> dict:
+                   allow_mismatch: bool = False, dist=None, allow_nonfinite: bool = False) -> dict:
     """Write one store per point; returns ``{point: store_dir}``. See module docstring.
 
     With ``sae`` (a LoadedSAE; exactly one point), the store is a sparse code store instead.
@@ -195,7 +198,8 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     def open_writers() -> dict:
         return {p: _open_writer(p, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast,
                                 images_per_shard, selected, software, overwrite, extra_files, extra_json,
-                                output_dirs, kind, store_dtype, sae, allow_mismatch, device, dist)
+                                output_dirs, kind, store_dtype, sae, allow_mismatch, device, dist,
+                                allow_nonfinite)
                 for p in points}
 
     # Rank 0 validates or creates every store's main manifest before the other ranks open them.
@@ -203,83 +207,90 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     barrier(dist)
     if not dist.is_main:
         writers = open_writers()
-    pending: list[_PendingStore] = []
-    for point in points:
-        writer = writers[point]
-        if writer.already_complete:
-            if dist.is_main:
-                log(f"{output_dirs[point]}: complete already, skipped")
-            continue
-        if writer.images_done and dist.is_main:
-            log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
-        pooled_codes = (sae is not None and tokens.mode == "mean"
-                        and point.attachment_point != POST_PROJECTION)
-        pool_encode = None
-        if pooled_codes:
-            from saevlm.sae.registry import encode_batch
-            pool_encode = lambda x: encode_batch(sae, x)  # noqa: E731
-        pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
-                                     else tokens, {i for i, _, _ in writer.shard_ranges()},
-                                     pool_encode=pool_encode))
+    try:
+        pending: list[_PendingStore] = []
+        for point in points:
+            writer = writers[point]
+            if writer.already_complete:
+                if dist.is_main:
+                    log(f"{output_dirs[point]}: complete already, skipped")
+                continue
+            if writer.images_done and dist.is_main:
+                log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
+            pooled_codes = (sae is not None and tokens.mode == "mean"
+                            and point.attachment_point != POST_PROJECTION)
+            pool_encode = None
+            if pooled_codes:
+                from saevlm.sae.registry import encode_batch
+                pool_encode = lambda x: encode_batch(sae, x)  # noqa: E731
+            pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
+                                         else tokens, {i for i, _, _ in writer.shard_ranges()},
+                                         pool_encode=pool_encode))
 
-    needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
-    if needed:
-        positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(images, selected[positions], encoder.preprocess), batch_size=batch_size,
-            shuffle=False, num_workers=num_workers, collate_fn=collate_images,
-            pin_memory=device.type == "cuda", persistent_workers=False)
-        desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
-        bar = tqdm(total=len(positions), unit="img", disable=not progress or not dist.is_main,
-                   desc=desc, dynamic_ncols=True, file=sys.stderr)
-        shard_no, consumed = 0, 0
-        with bar:
-            for good, pixels, bad in loader:
-                idx, first, stop = needed[shard_no]
-                n_in_batch = len(good) + len(bad)
-                skipped = _handle_bad(images, bad, skip_bad_images, log)
-                active = [s for s in pending if idx in s.todo]
-                if pixels is not None and active:
-                    with autocast_ctx:
-                        out = encoder.capture(pixels.to(device, non_blocking=True),
-                                              [s.point for s in active])
+        needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
+        if needed:
+            positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
+            loader = torch.utils.data.DataLoader(
+                ImageDataset(images, selected[positions], encoder.preprocess), batch_size=batch_size,
+                shuffle=False, num_workers=num_workers, collate_fn=collate_images,
+                pin_memory=device.type == "cuda", persistent_workers=False)
+            desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
+            bar = tqdm(total=len(positions), unit="img", disable=not progress or not dist.is_main,
+                       desc=desc, dynamic_ncols=True, file=sys.stderr)
+            shard_no, consumed, shard_hashes = 0, 0, []
+            with bar:
+                for good, pixels, bad, hashes in loader:
+                    idx, first, stop = needed[shard_no]
+                    n_in_batch = len(good) + len(bad)
+                    shard_hashes.extend(hashes)
+                    skipped = _handle_bad(images, bad, skip_bad_images, log)
+                    active = [s for s in pending if idx in s.todo]
+                    if pixels is not None and active:
+                        with autocast_ctx:
+                            out = encoder.capture(pixels.to(device, non_blocking=True),
+                                                  [s.point for s in active])
+                        for s in active:
+                            acts = out[s.point]
+                            if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
+                                with torch.no_grad():
+                                    s.acts.append(dense_to_csr(mean_codes(acts.float(), s.pool_encode)))
+                                img = torch.as_tensor(good, dtype=torch.int64)
+                                s.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
+                                continue
+                            if s.tokens is None:
+                                rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
+                            else:
+                                acts, rows = s.tokens.select(acts, good)
+                            s.acts.append(acts.float().cpu().numpy())
+                            s.rows.append(rows.numpy())
                     for s in active:
-                        acts = out[s.point]
-                        if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
-                            with torch.no_grad():
-                                s.acts.append(dense_to_csr(mean_codes(acts.float(), s.pool_encode)))
-                            img = torch.as_tensor(good, dtype=torch.int64)
-                            s.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
-                            continue
-                        if s.tokens is None:
-                            rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
-                        else:
-                            acts, rows = s.tokens.select(acts, good)
-                        s.acts.append(acts.float().cpu().numpy())
-                        s.rows.append(rows.numpy())
-                for s in active:
-                    s.skipped.extend(skipped)
-                consumed += n_in_batch
-                bar.update(n_in_batch)
-                if consumed > stop - first:
-                    raise RuntimeError("a batch crossed a shard boundary")
-                if consumed == stop - first:
-                    for s in active:
-                        rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
-                        if s.pool_encode is not None:
-                            s.writer.write_shard_codes(idx, s.acts, rows_n2, first, stop - first, s.skipped)
+                        s.skipped.extend(skipped)
+                    consumed += n_in_batch
+                    bar.update(n_in_batch)
+                    if consumed > stop - first:
+                        raise RuntimeError("a batch crossed a shard boundary")
+                    if consumed == stop - first:
+                        images_n2 = np.asarray(shard_hashes, dtype=np.int64).reshape(-1, 2)
+                        for s in active:
+                            rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
+                            if s.pool_encode is not None:
+                                s.writer.write_shard_codes(idx, s.acts, rows_n2, first, stop - first, s.skipped,
+                                                           images_n2)
+                                s.acts, s.rows, s.skipped = [], [], []
+                                continue
+                            acts_nd = (np.concatenate(s.acts) if s.acts
+                                       else np.zeros((0, s.writer.input_dim), np.float32))
+                            s.writer.write_shard(idx, acts_nd, rows_n2, first, stop - first, s.skipped, images_n2)
                             s.acts, s.rows, s.skipped = [], [], []
-                            continue
-                        acts_nd = (np.concatenate(s.acts) if s.acts
-                                   else np.zeros((0, s.writer.input_dim), np.float32))
-                        s.writer.write_shard(idx, acts_nd, rows_n2, first, stop - first, s.skipped)
-                        s.acts, s.rows, s.skipped = [], [], []
-                    shard_no, consumed = shard_no + 1, 0
-    barrier(dist)
-    if dist.is_main:
-        for s in pending:
-            s.writer.finalize()
-    barrier(dist)
+                        shard_no, consumed, shard_hashes = shard_no + 1, 0, []
+        barrier(dist)
+        if dist.is_main:
+            for s in pending:
+                s.writer.finalize()
+        barrier(dist)
+    finally:  # the locks go even when a shard fails (e.g. refused NaN values)
+        for w in writers.values():
+            w.close()
     return {p: output_dirs[p] for p in points}
 
 
@@ -302,13 +313,13 @@ def point_provenance(point, encoder, tokens, num_tokens, dataset_prov: dict, bat
 
 def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, images_per_shard,
                  selected, software, overwrite, extra_files, extra_json, output_dirs, kind, store_dtype,
-                 sae, allow_mismatch, device, dist):
+                 sae, allow_mismatch, device, dist, allow_nonfinite=False):
     from saevlm.data.store import StoreWriter
 
     provenance = point_provenance(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, sae)
     common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
                   overwrite=overwrite, extra_files=extra_files, extra_json=extra_json,
-                  rank=dist.rank, world_size=dist.world_size)
+                  rank=dist.rank, world_size=dist.world_size, allow_nonfinite=allow_nonfinite)
     if sae is None:
         return StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
                            dtype=store_dtype, provenance=provenance, **common)
@@ -340,7 +351,7 @@ def _probe_num_tokens(encoder, images, selected, points, device) -> int:
     from saevlm.models.base import POST_MLP_RESIDUAL
 
     ds = ImageDataset(images, selected[:1], encoder.preprocess)
-    _, pixels, err = ds[0]
+    _, pixels, err, _ = ds[0]
     if err is not None:
         raise UserError(f"unreadable image {images.path(int(selected[0]))}: {err}")
     block = [p for p in points if p.attachment_point == POST_MLP_RESIDUAL][:1]
@@ -438,7 +449,8 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.no_progress, take_every=args.take_every,
                             max_images=args.max_images,
                             log=lambda m: print(m, file=sys.stderr), sae=sae,
-                            allow_mismatch=args.allow_mismatch, dist=inputs.dist)
+                            allow_mismatch=args.allow_mismatch, dist=inputs.dist,
+                            allow_nonfinite=args.allow_nonfinite)
     if inputs.dist.is_main:
         _report_stores(stores, time.time() - t0, codes=sae is not None)
     return 0

@@ -137,8 +137,18 @@ def generate(p: WorldParams) -> dict:
     return out
 
 
+def _sample_hashes(world_id: str, split: str, z: np.ndarray) -> np.ndarray:
+    """(index, content hash) per sample, as extract records for images."""
+    from saevlm.data.images import content_hash
+
+    prefix = f"{world_id}/{split}/".encode()
+    hashes = [content_hash(prefix + np.ascontiguousarray(row).tobytes()) for row in z]
+    return np.stack([np.arange(len(z)), np.asarray(hashes, dtype=np.int64)], 1)
+
+
 def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False, log=print) -> Path:
-    from saevlm.data.store import StoreWriter, atomic_save_npy, atomic_write_json
+    from saevlm.data.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json
+    from saevlm.data.store import StoreWriter
 
     out = Path(output_dir)
     world = generate(p)
@@ -174,15 +184,14 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
             if w.already_complete:
                 log(f"{out / name}: complete already, skipped")
                 continue
-            w.write_shard(0, arr, rows, 0, n)
+            # the "picture" of a synthetic sample is its concept vector: its content hash
+            w.write_shard(0, arr, rows, 0, n, images_n2=_sample_hashes(world_id, split, data["z"]))
             w.finalize()
         z = data["z"]
         nz_rows, nz_cols = np.nonzero(z)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(nz_rows, minlength=n))]).astype(np.int64)
-        tmp = out / f".concepts_{split}.tmp.npz"
-        np.savez(tmp, indptr=indptr, indices=nz_cols.astype(np.int32), values=z[nz_rows, nz_cols],
-                 shape=np.array(z.shape))
-        tmp.replace(out / f"concepts_{split}.npz")
+        atomic_save_npz(out / f"concepts_{split}.npz", indptr=indptr, indices=nz_cols.astype(np.int32),
+                        values=z[nz_rows, nz_cols], shape=np.array(z.shape))
     atomic_save_npy(out / "directions.npy", world["directions"])
     atomic_write_json(out / "world.json", {
         "params": params, "world_id": world_id, "num_concepts": tree.num_concepts,

@@ -9,6 +9,7 @@ is an activation-store manifest with ``format: "saevlm-codes"``, ``dim`` = dicti
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -72,18 +73,18 @@ class CodeStoreWriter(StoreWriter):
         super().__init__(path, **kwargs)
 
     def write_shard_codes(self, index: int, parts: list, rows_n2: np.ndarray, first_image: int,
-                          num_images: int, skipped=()) -> None:
+                          num_images: int, skipped=(), images_n2: np.ndarray | None = None) -> None:
         """Write a shard of codes computed elsewhere (``parts``: CSR triples from
         :func:`dense_to_csr`, in row order), e.g. SAE codes mean-pooled over tokens."""
         self._precomputed = parts
         try:
             # a zero-stride placeholder of the right shape: write_shard checks shapes only
             placeholder = np.broadcast_to(np.float32(0), (len(rows_n2), self.input_dim))
-            self.write_shard(index, placeholder, rows_n2, first_image, num_images, skipped)
+            self.write_shard(index, placeholder, rows_n2, first_image, num_images, skipped, images_n2)
         finally:
             self._precomputed = None
 
-    def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
+    def _write_payload(self, i: int, acts_nd: np.ndarray, rows_n2: np.ndarray) -> tuple[dict, dict, tuple | None]:
         indptrs, indices, values = [np.zeros(1, dtype=np.int64)], [], []
         offset = 0
         parts = getattr(self, "_precomputed", None)
@@ -98,12 +99,15 @@ class CodeStoreWriter(StoreWriter):
         indptr = np.concatenate(indptrs)
         ix = np.concatenate(indices) if indices else np.zeros(0, np.int32)
         v = np.concatenate(values) if values else np.zeros(0, np.float32)
+        row_of_value = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        bad = self._refuse_nonfinite(i, v, rows_n2[row_of_value] if len(v) else rows_n2, "codes")
+        nonfinite = (bad[0], int(row_of_value[bad[1]])) if bad else None
         base = f"codes_{i:05d}"
-        atomic_save_npy(self.path / f"{base}.indptr.npy", indptr)
-        atomic_save_npy(self.path / f"{base}.indices.npy", ix)
-        atomic_save_npy(self.path / f"{base}.values.npy", v)
-        return {"indptr": f"{base}.indptr.npy", "indices": f"{base}.indices.npy",
-                "values": f"{base}.values.npy", "nnz": int(len(v))}
+        files = {"indptr": f"{base}.indptr.npy", "indices": f"{base}.indices.npy", "values": f"{base}.values.npy"}
+        checksums = {files["indptr"]: atomic_save_npy(self.path / files["indptr"], indptr),
+                     files["indices"]: atomic_save_npy(self.path / files["indices"], ix),
+                     files["values"]: atomic_save_npy(self.path / files["values"], v)}
+        return {**files, "nnz": int(len(v))}, checksums, nonfinite
 
     def finalize(self, extra: dict | None = None) -> None:
         nnz = sum(int(s["nnz"]) for s in self.manifest["shards"])
@@ -111,9 +115,14 @@ class CodeStoreWriter(StoreWriter):
 
 
 class CodeStore(ActivationStore):
-    """Read-only view of a code store; ``iter_csr`` streams CSR chunks without densifying."""
+    """Read-only view of a code store; ``iter_csr`` streams CSR chunks without densifying.
+
+    The integrity checks of :class:`ActivationStore` apply to its CSR files; the first use of a
+    shard also checks that ``indptr`` runs from 0 to ``nnz`` without decreasing and that every
+    latent id lies in ``[0, dict_size)``."""
 
     FORMAT = CODES_FORMAT
+    PAYLOAD_KEYS = ("indptr", "indices", "values", "nnz")
 
     @property
     def dict_size(self) -> int:
@@ -123,10 +132,55 @@ class CodeStore(ActivationStore):
     def nnz(self) -> int:
         return sum(int(s["nnz"]) for s in self.manifest["shards"])
 
-    def shard_csr(self, i: int) -> CSRChunk:
+    def _expected_layout(self, i: int) -> dict:
         s = self.manifest["shards"][i]
-        load = lambda k: np.load(self.path / s[k], mmap_mode="r")  # noqa: E731
-        return CSRChunk(self.shards[i].row_start, load("indptr"), load("indices"), load("values"), self.dim)
+        n, nnz = int(s["num_rows"]), int(s["nnz"])
+        out = {s["indptr"]: ((n + 1,), np.dtype(np.int64)), s["indices"]: ((nnz,), np.dtype(np.int32)),
+               s["values"]: ((nnz,), np.dtype(np.float32)), s["rows_file"]: ((n, 2), np.dtype(np.int64))}
+        if s.get("images_file"):
+            out[s["images_file"]] = ((int(s["num_images"]), 2), np.dtype(np.int64))
+        return out
+
+    def _payload_files(self, i: int) -> list[str]:
+        s = self.manifest["shards"][i]
+        return [s["values"], s["indices"], s["indptr"]]
+
+    def shard_csr(self, i: int) -> CSRChunk:
+        if i not in self._mmaps:
+            s = self.manifest["shards"][i]
+            indptr, indices, values = (self._load(i, s[k]) for k in ("indptr", "indices", "values"))
+            if f"csr:{i}" not in self._verified:
+                self._check_csr(i, indptr, indices, values)
+            self._mmaps[i] = CSRChunk(self.shards[i].row_start, indptr, indices, values, self.dim)
+        return self._mmaps[i]
+
+    def _check_csr(self, i: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
+        s = self.manifest["shards"][i]
+        if int(indptr[0]) != 0 or int(indptr[-1]) != len(values) or bool((np.diff(indptr) < 0).any()):
+            raise self._damaged(i, s["indptr"], f"is not a valid CSR row index (runs from {int(indptr[0])} "
+                                                f"to {int(indptr[-1])} over {len(values)} values)")
+        for a in range(0, len(indices), 1 << 24):
+            block = indices[a:a + (1 << 24)]
+            lo, hi = (int(block.min()), int(block.max())) if len(block) else (0, 0)
+            if lo < 0 or hi >= self.dim:
+                bad = a + int(np.flatnonzero((block < 0) | (block >= self.dim))[0])
+                row = int(np.searchsorted(indptr, bad, side="right")) - 1
+                raise self._damaged(i, s["indices"], f"holds latent id {int(indices[bad])} at row "
+                                                     f"{self.shards[i].row_start + row}, outside the "
+                                                     f"dictionary [0, {self.dim})")
+        self._check_finite_values(i, s["values"], values, indptr)
+        self._verified.add(f"csr:{i}")
+
+    def _check_finite_values(self, i: int, name: str, values: np.ndarray, indptr: np.ndarray) -> None:
+        if self.allow_nonfinite:
+            return
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            row = int(np.searchsorted(indptr, int(bad[0]), side="right")) - 1
+            img, tok = (int(v) for v in np.asarray(self.shard_rows(i)[row]))
+            raise UserError(f"{self.flag} {self.path}: shard {i} ({name}) holds {len(bad)} non-finite codes "
+                            f"(NaN/inf), first at row {self.shards[i].row_start + row} (image {img}, "
+                            f"token {tok}); pass --allow_nonfinite to use them anyway")
 
     def iter_csr(self, chunk_rows: int = 65536) -> Iterator[CSRChunk]:
         """CSR chunks of at most ``chunk_rows`` rows, in row order (never crossing a shard)."""
@@ -148,5 +202,24 @@ class CodeStore(ActivationStore):
                 out[a - start:b - start] = chunk.to_dense()[a - chunk.start:b - chunk.start]
         return out
 
-    def shard_array(self, i: int) -> np.ndarray:
+    def shard_dense(self, i: int) -> np.ndarray:
+        """Shard ``i`` as a dense float32 [rows, dict_size] array (memory: rows x dict_size x 4)."""
         return self.shard_csr(i).to_dense()
+
+    def shard_array(self, i: int) -> np.ndarray:
+        """Densifies: prefer :meth:`shard_csr`, or :meth:`shard_dense` to say so."""
+        return self.shard_dense(i)
+
+    def verify(self, progress: bool = False) -> int:
+        from tqdm import tqdm
+
+        total = 0
+        for i in tqdm(range(len(self.shards)), desc="verify", unit="shard", disable=not progress,
+                      file=sys.stderr):
+            for name in self._expected_layout(i):
+                self._verify_file(i, name)
+                total += (self.path / name).stat().st_size
+            self.shard_csr(i)
+            self.shard_rows(i)
+            self.shard_images(i)
+        return total

@@ -21,7 +21,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -163,9 +163,20 @@ def select_indices(num_images: int, take_every: int, max_images: int | None) -> 
     return selected[:max_images] if max_images is not None else selected
 
 
+def content_hash(data: bytes) -> int:
+    """A 64-bit hash of an image file's bytes (BLAKE2b, as a signed int64 so it fits an int64 array;
+    never 0, which stands for "unreadable")."""
+    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+    return h or 1
+
+
 class ImageDataset:
     """A map-style dataset over selected images; a read error comes back as data, not an
-    exception, so the main process can name the file and decide (stop or skip)."""
+    exception, so the main process can name the file and decide (stop or skip).
+
+    Each item is ``(dataset index, pixels or None, error or None, content hash)``: the hash of
+    the file's bytes (:func:`content_hash`, 0 if the file could not be read) is computed from the
+    same bytes that are decoded, so a store's fingerprint covers exactly the pictures it holds."""
 
     def __init__(self, images: ImageList, indices: np.ndarray, preprocess: Callable):
         self.images, self.indices, self.preprocess = images, indices, preprocess
@@ -174,26 +185,41 @@ class ImageDataset:
         return len(self.indices)
 
     def __getitem__(self, i: int):
+        import io
+
         from PIL import Image
 
         index = int(self.indices[i])
         path = self.images.path(index)
+        digest = 0
         try:
-            with Image.open(path) as img:
+            data = path.read_bytes()
+            digest = content_hash(data)
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()
-                return index, self.preprocess(img.convert("RGB")), None
+                return index, self.preprocess(img.convert("RGB")), None, digest
         except Exception as err:  # noqa: BLE001 - any decode failure is reported with its path
-            return index, None, f"{type(err).__name__}: {err}"
+            return index, None, f"{type(err).__name__}: {err}", digest
 
 
-def collate_images(batch):
-    """-> (indices of good images, stacked pixels or None, [(index, error)] of bad ones)."""
+class ImageBatch(NamedTuple):
+    """A collated batch: ``good`` dataset indices with their ``pixels``, ``bad`` (index, error)
+    pairs, and ``hashes`` (index, content hash) of every image of the batch in order. A
+    NamedTuple, so the DataLoader pins its pixels."""
+
+    good: list[int]
+    pixels: Any
+    bad: list[tuple[int, str]]
+    hashes: list[tuple[int, int]]
+
+
+def collate_images(batch) -> ImageBatch:
     import torch
 
-    good = [(i, x) for i, x, err in batch if err is None]
-    bad = [(i, err) for i, _, err in batch if err is not None]
+    good = [(i, x) for i, x, err, _ in batch if err is None]
+    bad = [(i, err) for i, _, err, _ in batch if err is not None]
     pixels = torch.stack([x for _, x in good]) if good else None
-    return [i for i, _ in good], pixels, bad
+    return ImageBatch([i for i, _ in good], pixels, bad, [(i, h) for i, _, _, h in batch])
 
 
 def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: int = 6,

@@ -34,34 +34,16 @@ from saevlm.errors import UserError
 FORMAT_NAME = "saevlm-activations"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".saevlm.lock"
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                 "bf16": "bfloat16", "bfloat16": "bfloat16"}
 _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 # ----------------------------------------------------------------------------- helpers
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` to a temporary name, then rename, so a crash never leaves a half shard."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# (atomic writing lives in saevlm.data.atomic; these names stay importable from here)
+from saevlm.data.atomic import (OutputLock, atomic_save_npy, atomic_write_bytes,  # noqa: E402,F401
+                                atomic_write_json, describe_os_error)
 
 
 def sha256_of_ints(values: np.ndarray) -> str:
@@ -101,6 +83,86 @@ def decode_from_storage(stored: np.ndarray, dtype: str) -> np.ndarray:
     return np.array(stored, dtype=np.float32)  # always a copy: never a view of a read-only memmap
 
 
+def _finite_mask(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Per-element "is finite" of stored values (bf16 bits: exponent not all ones)."""
+    if dtype == "bfloat16":
+        return (np.asarray(block, dtype=np.uint16) & np.uint16(0x7F80)) != np.uint16(0x7F80)
+    return np.isfinite(block)
+
+
+def _nonfinite_rows(values: np.ndarray, dtype: str, block_rows: int = 16384) -> np.ndarray:
+    """Local indices of rows holding NaN / inf (scanned in blocks: bounded memory)."""
+    out = []
+    for a in range(0, len(values), block_rows):
+        ok = _finite_mask(values[a:a + block_rows], dtype)
+        rows_ok = ok.all(axis=tuple(range(1, ok.ndim))) if ok.ndim > 1 else ok
+        if not rows_ok.all():
+            out.append(a + np.flatnonzero(~rows_ok))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _count_nonfinite(values: np.ndarray, dtype: str, block_rows: int = 16384) -> int:
+    return int(sum(int((~_finite_mask(values[a:a + block_rows], dtype)).sum())
+                   for a in range(0, len(values), block_rows)))
+
+
+# ----------------------------------------------------------------------------- manifest
+_SHARD_INT_KEYS = ("index", "num_rows", "first_image", "num_images")
+
+
+def read_manifest(path: Path, flag: str) -> dict:
+    """``manifest.json`` as a dict, or a UserError saying what is wrong with it."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot read ({describe_os_error(err)})") from None
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{flag} {path}: damaged, not valid JSON ({e}); re-create the store, e.g. "
+                        f"rerun its command with --overwrite") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{flag} {path}: damaged, expected a JSON object, found a "
+                        f"{type(manifest).__name__}; re-create the store with --overwrite")
+    return manifest
+
+
+def validate_manifest(m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str]) -> None:
+    """Every key a reader relies on is there with the right type, or one line says which is not."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{flag} {path}: {what}; the manifest is damaged or was edited by hand "
+                         f"(re-create the store with --overwrite)")
+
+    if m.get("format") != fmt:
+        raise UserError(f"{flag} {path}: format is {m.get('format')!r}, expected {fmt!r}")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise UserError(f"{flag} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
+                        f"{SCHEMA_VERSION}")
+    for key, types in (("complete", (bool,)), ("dim", (int,)), ("num_rows", (int,)),
+                       ("shards", (list,)), ("dtype", (str,)), ("provenance", (dict,))):
+        if key not in m:
+            raise bad(f"no {key!r} key")
+        if not isinstance(m[key], types) or (types == (int,) and isinstance(m[key], bool)):
+            raise bad(f"{key!r} is {m[key]!r}, expected {types[0].__name__}")
+    if m["dtype"] not in _STORAGE:
+        raise bad(f"dtype {m['dtype']!r} is not a store dtype (float32, float16, bfloat16)")
+    want_storage = np.dtype(_STORAGE[m["dtype"]]).name
+    if m.get("storage_dtype", want_storage) != want_storage:
+        raise bad(f"dtype {m['dtype']!r} is stored as {want_storage}, but storage_dtype says "
+                  f"{m.get('storage_dtype')!r}")
+    if m["dim"] < 1:
+        raise bad(f"dim {m['dim']} (expected a positive width)")
+    for j, s in enumerate(m["shards"]):
+        if not isinstance(s, dict):
+            raise bad(f"shards[{j}] is not an object")
+        for key in (*_SHARD_INT_KEYS, "rows_file", *payload_keys):
+            if key not in s:
+                raise bad(f"shards[{j}] has no {key!r}")
+        for key in _SHARD_INT_KEYS:
+            if not isinstance(s[key], int) or s[key] < 0:
+                raise bad(f"shards[{j}].{key} is {s[key]!r}, expected a non-negative integer")
+
+
 # ----------------------------------------------------------------------------- reader
 @dataclass(frozen=True)
 class ShardInfo:
@@ -129,8 +191,34 @@ def resolve_store_path(path: str | os.PathLike, flag: str = "store") -> Path:
     return p
 
 
+def verify_enabled() -> bool:
+    """Checksums are verified on first use unless ``SAEVLM_VERIFY=0`` (sizes, headers, dtypes and
+    shapes are checked always)."""
+    return os.environ.get("SAEVLM_VERIFY", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) from an ``.npy`` file's header, without reading its data."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0,
+                  (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran, dtype = reader(f)
+        if fortran:
+            raise ValueError("Fortran-ordered array")
+        return tuple(int(n) for n in shape), dtype, f.tell()
+
+
 class ActivationStore:
     """Read-only view of a store; nothing is loaded into RAM beyond what is asked for.
+
+    Trust (docs/store-format.md, "Integrity"): opening checks the manifest's keys and types and,
+    for every listed file, that it exists with the recorded size and an ``.npy`` header whose
+    dtype and shape agree with the manifest. The first read of a file in this process also
+    checks its CRC-32 against the manifest (``SAEVLM_VERIFY=0`` turns that off) and scans its
+    values: NaN / inf are refused, naming the shard and first row, unless ``allow_nonfinite``.
 
     Parameters
     ----------
@@ -139,32 +227,29 @@ class ActivationStore:
     allow_incomplete:
         Open a store whose writer has not finished (``complete: false``); only its complete
         shards are visible. Off by default so a partial store is never mistaken for a finished one.
+    allow_nonfinite:
+        Read NaN / inf values instead of refusing them.
     """
 
     FORMAT = FORMAT_NAME
+    PAYLOAD_KEYS: tuple[str, ...] = ("file",)
 
-    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, flag: str = "store"):
+    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, flag: str = "store",
+                 allow_nonfinite: bool = False):
         self.path = resolve_store_path(path, flag)
+        self.flag = flag
+        self.allow_nonfinite = allow_nonfinite
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"
             raise UserError(f"{flag} {self.path}: {what}; expected a saevlm store directory "
                             f"(written by `saevlm extract` / `saevlm embed`)")
-        try:
-            self.manifest: dict = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{flag} {manifest_path}: not valid JSON ({e})") from None
-        if self.manifest.get("format") != self.FORMAT:
-            raise UserError(f"{flag} {manifest_path}: format is {self.manifest.get('format')!r}, "
-                            f"expected {self.FORMAT!r}")
-        version = self.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise UserError(f"{flag} {manifest_path}: schema_version {version}, this saevlm reads "
-                            f"{SCHEMA_VERSION}")
-        if not self.manifest.get("complete") and not allow_incomplete:
+        self.manifest: dict = read_manifest(manifest_path, flag)
+        validate_manifest(self.manifest, manifest_path, flag, self.FORMAT, self.PAYLOAD_KEYS)
+        if not self.manifest["complete"] and not allow_incomplete:
             raise UserError(
                 f"{flag} {self.path}: the store is incomplete (its writer stopped after "
-                f"{len(self.manifest.get('shards', []))} shard(s)). Rerun the same command to resume it.")
+                f"{len(self.manifest['shards'])} shard(s)). Rerun the same command to resume it.")
         self.dtype: str = self.manifest["dtype"]
         self.dim: int = int(self.manifest["dim"])
         self.shards: list[ShardInfo] = []
@@ -174,11 +259,113 @@ class ActivationStore:
                                          int(s["first_image"]), int(s["num_images"]), offset))
             offset += int(s["num_rows"])
         self.num_rows = offset
-        if self.manifest.get("complete") and offset != int(self.manifest["num_rows"]):
-            raise UserError(f"{flag} {manifest_path}: shards hold {offset} rows, manifest says "
-                            f"{self.manifest['num_rows']}")
+        if self.manifest["complete"] and offset != int(self.manifest["num_rows"]):
+            raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
+                            f"says {self.manifest['num_rows']}; the manifest was edited or damaged")
         self._starts = np.array([s.row_start for s in self.shards] + [offset], dtype=np.int64)
         self._mmaps: dict[int, np.ndarray] = {}
+        self._verified: set[str] = set()
+        self.has_checksums = all("checksums" in s for s in self.manifest["shards"])
+        if self.manifest["shards"] and not self.has_checksums:
+            print(f"note: {flag} {self.path}: written without checksums (saevlm < 0.3); damage to its "
+                  f"files cannot be detected beyond sizes and headers", file=sys.stderr)
+        for i in range(len(self.shards)):
+            self._check_shard_files(i)
+        nonfinite = [(i, s.get("nonfinite", 0)) for i, s in enumerate(self.manifest["shards"])
+                     if s.get("nonfinite", 0)]
+        if nonfinite and not allow_nonfinite:
+            i, _ = nonfinite[0]
+            s = self.manifest["shards"][i]
+            raise UserError(f"{flag} {self.path}: holds {sum(n for _, n in nonfinite)} non-finite values "
+                            f"(NaN/inf), first in shard {i} ({self._payload_files(i)[0]}) at row "
+                            f"{self.shards[i].row_start + int(s.get('first_nonfinite_row') or 0)}; pass "
+                            f"--allow_nonfinite to use them anyway")
+
+    # -- integrity
+    def _payload_files(self, i: int) -> list[str]:
+        s = self.manifest["shards"][i]
+        return [s[k] for k in self.PAYLOAD_KEYS if isinstance(s.get(k), str)]
+
+    def _expected_layout(self, i: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """file -> (shape, dtype) that shard ``i``'s files must have."""
+        s = self.manifest["shards"][i]
+        out = {s["file"]: ((int(s["num_rows"]), self.dim), np.dtype(_STORAGE[self.dtype])),
+               s["rows_file"]: ((int(s["num_rows"]), 2), np.dtype(np.int64))}
+        if s.get("images_file"):
+            out[s["images_file"]] = ((int(s["num_images"]), 2), np.dtype(np.int64))
+        return out
+
+    def _damaged(self, i: int, name: str, what: str) -> UserError:
+        return UserError(f"{self.flag} {self.path}: shard {i} ({name}) {what}; the store is damaged, "
+                         f"re-create it (rerun its command with --overwrite)")
+
+    def _check_shard_files(self, i: int) -> None:
+        """Existence, size, header, dtype and shape of shard ``i``'s files (cheap: stat + header)."""
+        sums = self.manifest["shards"][i].get("checksums", {})
+        for name, (shape, dtype) in self._expected_layout(i).items():
+            f = self.path / name
+            if not f.is_file():
+                raise self._damaged(i, name, "is missing")
+            size = f.stat().st_size
+            if name in sums and size != int(sums[name]["bytes"]):
+                raise self._damaged(i, name, f"has {size} bytes, the manifest recorded {sums[name]['bytes']} "
+                                             f"(truncated or overwritten)")
+            try:
+                got_shape, got_dtype, offset = npy_header(f)
+            except (ValueError, OSError, SyntaxError) as err:
+                raise self._damaged(i, name, f"has no valid .npy header ({err})") from None
+            if got_dtype != dtype:
+                raise self._damaged(i, name, f"holds {got_dtype} values, but the manifest's dtype "
+                                             f"{self.dtype!r} is stored as {dtype}")
+            if got_shape != shape:
+                if len(got_shape) == 2 and got_shape[1:] == shape[1:] and got_shape[0] != shape[0]:
+                    raise self._damaged(i, name, f"holds {got_shape[0]} rows, the manifest says {shape[0]}")
+                raise self._damaged(i, name, f"has shape {got_shape}, the manifest says {shape}")
+            need = offset + int(np.prod(got_shape)) * got_dtype.itemsize
+            if size != need:
+                raise self._damaged(i, name, f"has {size} bytes, its header needs {need} (truncated)")
+
+    def _verify_file(self, i: int, name: str) -> None:
+        """CRC-32 of one file against the manifest, once per process."""
+        if name in self._verified:
+            return
+        recorded = self.manifest["shards"][i].get("checksums", {}).get(name)
+        if recorded is not None and verify_enabled():
+            from saevlm.data.atomic import file_checksum
+            got = file_checksum(self.path / name)
+            if got["crc32"] != recorded["crc32"]:
+                raise self._damaged(i, name, f"has CRC-32 {got['crc32']}, the manifest recorded "
+                                             f"{recorded['crc32']} (its bytes changed after it was written)")
+        self._verified.add(name)
+
+    def _check_finite(self, i: int, name: str, values: np.ndarray) -> None:
+        """Refuse NaN / inf (unless allowed), naming the shard and the first bad row."""
+        if self.allow_nonfinite or f"finite:{name}" in self._verified:
+            return
+        bad_rows = _nonfinite_rows(values, self.dtype)
+        if len(bad_rows):
+            first = int(bad_rows[0])
+            img, tok = (int(v) for v in np.asarray(self.shard_rows(i)[first]))
+            count = int(_count_nonfinite(values, self.dtype))
+            raise UserError(f"{self.flag} {self.path}: shard {i} ({name}) holds {count} non-finite values "
+                            f"(NaN/inf), first at row {self.shards[i].row_start + first} (image {img}, "
+                            f"token {tok}); pass --allow_nonfinite to use them anyway")
+        self._verified.add(f"finite:{name}")
+
+    def verify(self, progress: bool = False) -> int:
+        """Check every shard now (checksums, values); returns the bytes checked."""
+        from tqdm import tqdm
+
+        total = 0
+        for i in tqdm(range(len(self.shards)), desc="verify", unit="shard", disable=not progress,
+                      file=sys.stderr):
+            for name in self._expected_layout(i):
+                self._verify_file(i, name)
+                total += (self.path / name).stat().st_size
+            self.shard_array(i)
+            self.shard_rows(i)
+            self.shard_images(i)
+        return total
 
     # -- metadata
     @property
@@ -194,23 +381,41 @@ class ActivationStore:
 
     def __repr__(self) -> str:
         hook = self.provenance.get("hook", {})
-        return (f"ActivationStore({str(self.path)!r}, rows={self.num_rows}, dim={self.dim}, "
+        return (f"{type(self).__name__}({str(self.path)!r}, rows={self.num_rows}, dim={self.dim}, "
                 f"dtype={self.dtype}, point={hook.get('attachment_point')}, layer={hook.get('layer')})")
 
     # -- raw access
+    def _load(self, i: int, name: str) -> np.ndarray:
+        self._verify_file(i, name)
+        try:
+            return np.load(self.path / name, mmap_mode="r")
+        except (ValueError, OSError) as err:
+            raise self._damaged(i, name, f"cannot be read ({err})") from None
+
     def shard_array(self, i: int) -> np.ndarray:
-        """The i-th shard, memory-mapped, in its storage dtype."""
+        """The i-th shard, memory-mapped, in its storage dtype (checked on first use)."""
         if i not in self._mmaps:
-            f = self.path / self.shards[i].file
-            arr = np.load(f, mmap_mode="r")
-            if arr.shape != (self.shards[i].num_rows, self.dim):
-                raise UserError(f"{f}: shape {arr.shape}, manifest says "
-                                f"{(self.shards[i].num_rows, self.dim)}")
+            name = self.shards[i].file
+            arr = self._load(i, name)
+            self._check_finite(i, name, arr)
             self._mmaps[i] = arr
         return self._mmaps[i]
 
     def shard_rows(self, i: int) -> np.ndarray:
-        return np.load(self.path / self.shards[i].rows_file, mmap_mode="r")
+        return self._load(i, self.shards[i].rows_file)
+
+    def shard_images(self, i: int) -> np.ndarray | None:
+        """``[num_images, 2]`` int64 (dataset index, content hash) of shard ``i``'s images, or None
+        for stores written before content hashes."""
+        name = self.manifest["shards"][i].get("images_file")
+        return None if not name else self._load(i, name)
+
+    def image_hashes(self) -> np.ndarray | None:
+        """(dataset index, content hash) of every selected image, in order; None if not recorded."""
+        parts = [self.shard_images(i) for i in range(len(self.shards))]
+        if not parts or any(p is None for p in parts):
+            return None
+        return np.concatenate([np.asarray(p) for p in parts])
 
     def row_index(self) -> np.ndarray:
         """``[N, 2]`` int64: (image index, token index) of every row (token -1 = pooled)."""
@@ -220,6 +425,8 @@ class ActivationStore:
 
     def image_ids(self) -> np.ndarray:
         """The dataset index of each stored image, in store order (one entry per image)."""
+        for i in range(len(self.shards)):
+            self._verify_file(i, self.shards[i].rows_file)
         return _image_ids_of(self.path, self.manifest)
 
     # -- float32 reads
@@ -293,19 +500,24 @@ class StoreWriter:
     marks the store complete. Until then the main manifest says ``complete: false``. Any later
     run, with any number of processes, resumes from the union of finished shards.
 
+    Every file's size and CRC-32 go into its shard's manifest entry as it is written, with the
+    count of non-finite values (refused unless ``allow_nonfinite``) and, when the caller passes
+    them, the images' content hashes (``images_XXXXX.npy``). A lock file keeps a second writer out.
+
     Subclasses change what a shard holds by overriding ``FORMAT`` and ``_write_payload`` (the
     sparse code store of :mod:`saevlm.data.codes` does).
     """
 
-    SHARD_PREFIXES = ("acts_", "rows_", "codes_")
+    SHARD_PREFIXES = ("acts_", "rows_", "codes_", "images_")
     FORMAT = FORMAT_NAME
 
     def __init__(self, path: str | os.PathLike, *, kind: str, dim: int, dtype: str,
                  images_per_shard: int, num_images: int, provenance: dict, software: dict,
                  overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
                  extra_json: dict[str, Any] | None = None, flag: str = "--output_dir",
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, allow_nonfinite: bool = False):
         self.path = Path(path)
+        self.flag = flag
         self.format = self.FORMAT
         self.dtype = normalize_store_dtype(dtype)
         self.dim = int(dim)
@@ -314,14 +526,18 @@ class StoreWriter:
         self.num_images = int(num_images)
         self.num_shards = -(-self.num_images // self.images_per_shard)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.allow_nonfinite = allow_nonfinite
         self.already_complete = False
+        # rank 0 holds the lock for a whole torchrun job: the other ranks open the store only after
+        # rank 0 has, so a second job stops at its rank 0
+        self._lock = OutputLock(self.path, flag, name=LOCK) if self.rank == 0 else None
         identity = {"kind": kind, "dim": self.dim, "dtype": self.dtype,
                     "images_per_shard": self.images_per_shard, "provenance": provenance}
         manifest_path = self.path / MANIFEST
-        if self.rank == 0 and manifest_path.exists() and overwrite:
+        if self.rank == 0 and overwrite and (manifest_path.exists() or self._leftovers()):
             self._remove_store_files()
         if manifest_path.exists():
-            old = json.loads(manifest_path.read_text())
+            old = self._read_own_manifest(manifest_path)
             if old.get("format") != self.FORMAT:
                 raise UserError(f"{flag} {self.path}: holds a {old.get('format')!r} store, not "
                                 f"{self.FORMAT!r}; use another directory or --overwrite")
@@ -342,22 +558,41 @@ class StoreWriter:
                 "format": self.FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
                 **_jsonable(identity), "num_rows": 0, "num_images": 0,
                 "storage_dtype": np.dtype(_STORAGE[self.dtype]).name,
-                "shards": [], "skipped_images": [], "files": {},
+                "shards": [], "skipped_images": [], "files": {}, "file_checksums": {},
                 "software": software,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             for name, arr in (extra_files or {}).items():
-                atomic_save_npy(self.path / name, arr)
+                self.manifest["file_checksums"][name] = atomic_save_npy(self.path / name, arr)
                 self.manifest["files"][name.split(".")[0]] = name
             for name, obj in (extra_json or {}).items():
                 atomic_write_json(self.path / name, obj)
                 self.manifest["files"][name.split(".")[0]] = name
             atomic_write_json(manifest_path, self.manifest)
         self.done: dict[int, dict] = {}
-        if not self.already_complete:
+        if self.already_complete:
+            self.close()
+        else:
             self._load_done()
             if self.rank == 0:
                 self._prune_unlisted()
+
+    def close(self) -> None:
+        """Give up the lock (also released when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _read_own_manifest(self, manifest_path: Path) -> dict:
+        """The existing manifest, or a message telling how to replace a damaged one."""
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged ({e}); pass --overwrite "
+                            f"to replace the store") from None
+        if not isinstance(old, dict) or not isinstance(old.get("shards", []), list):
+            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged (not a store manifest); "
+                            f"pass --overwrite to replace the store")
+        return old
 
     # -- state
     def _rank_manifest(self, rank: int) -> Path:
@@ -368,7 +603,11 @@ class StoreWriter:
         for entry in self.manifest.get("shards", []):
             self.done[int(entry["index"])] = entry
         for f in sorted(self.path.glob("manifest.rank*.json")):
-            for entry in json.loads(f.read_text()).get("shards", []):
+            try:
+                entries = json.loads(f.read_text()).get("shards", [])
+            except (OSError, json.JSONDecodeError, AttributeError):
+                entries = []  # a damaged progress file: its shards are recomputed
+            for entry in entries:
                 self.done.setdefault(int(entry["index"]), entry)
 
     @property
@@ -386,7 +625,9 @@ class StoreWriter:
 
     # -- writing
     def write_shard(self, index: int, acts_nd: np.ndarray, rows_n2: np.ndarray, first_image: int,
-                    num_images: int, skipped: Sequence[dict] = ()) -> None:
+                    num_images: int, skipped: Sequence[dict] = (), images_n2: np.ndarray | None = None) -> None:
+        """Write shard ``index``. ``images_n2``: (dataset index, content hash) of each of its
+        ``num_images`` selected images, skipped ones included (hash 0 when unreadable)."""
         if first_image != index * self.images_per_shard:
             raise RuntimeError(f"shard {index} starts at image {first_image}, expected "
                                f"{index * self.images_per_shard}")
@@ -394,13 +635,41 @@ class StoreWriter:
             raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.input_dim}]")
         if len(rows_n2) != len(acts_nd):
             raise RuntimeError("rows index and activations differ in length")
+        if images_n2 is not None and len(images_n2) != num_images:
+            raise RuntimeError(f"{len(images_n2)} image hashes for {num_images} images")
+        rows_n2 = np.ascontiguousarray(rows_n2, dtype=np.int64)
+        payload, checksums, nonfinite = self._write_payload(index, acts_nd, rows_n2)
         rows_file = f"rows_{index:05d}.npy"
-        payload = self._write_payload(index, acts_nd)
-        atomic_save_npy(self.path / rows_file, np.ascontiguousarray(rows_n2, dtype=np.int64))
-        self.done[index] = {"index": int(index), **payload, "rows_file": rows_file,
-                            "num_rows": int(len(acts_nd)), "first_image": int(first_image),
-                            "num_images": int(num_images), "skipped_images": list(skipped)}
+        checksums[rows_file] = atomic_save_npy(self.path / rows_file, rows_n2)
+        entry = {"index": int(index), **payload, "rows_file": rows_file,
+                 "num_rows": int(len(acts_nd)), "first_image": int(first_image),
+                 "num_images": int(num_images), "skipped_images": list(skipped)}
+        if images_n2 is not None:
+            images_file = f"images_{index:05d}.npy"
+            checksums[images_file] = atomic_save_npy(self.path / images_file,
+                                                     np.ascontiguousarray(images_n2, dtype=np.int64))
+            entry["images_file"] = images_file
+        if nonfinite:
+            entry["nonfinite"], entry["first_nonfinite_row"] = nonfinite
+        entry["checksums"] = checksums
+        self.done[index] = entry
         self._save_progress()
+
+    def _refuse_nonfinite(self, index: int, values: np.ndarray, rows_n2: np.ndarray,
+                          what: str = "activations") -> tuple[int, int] | None:
+        """(count, first local row) of NaN / inf in a shard about to be written; a UserError
+        unless ``allow_nonfinite`` (then the counts go into the manifest)."""
+        bad = _nonfinite_rows(values, "float32")
+        if not len(bad):
+            return None
+        count = _count_nonfinite(values, "float32")
+        first = int(bad[0])
+        if not self.allow_nonfinite:
+            img, tok = (int(v) for v in rows_n2[first]) if len(rows_n2) > first else (-1, -1)
+            raise UserError(f"{self.flag} {self.path}: shard {index} would hold {count} non-finite {what} "
+                            f"(NaN/inf), first at image {img}, token {tok}; nothing was written for it. "
+                            f"fp16 overflow? Try --autocast none, or pass --allow_nonfinite to keep them")
+        return count, first
 
     def _save_progress(self) -> None:
         if self.world_size == 1:
@@ -417,16 +686,18 @@ class StoreWriter:
         self.manifest["skipped_images"] = [r for e in entries for r in e.get("skipped_images", [])]
         self.manifest["num_rows"] = int(sum(e["num_rows"] for e in entries))
 
-    def _write_payload(self, i: int, acts_nd: np.ndarray) -> dict:
-        """Write shard ``i``'s data files; return their manifest entries."""
+    def _write_payload(self, i: int, acts_nd: np.ndarray, rows_n2: np.ndarray) -> tuple[dict, dict, tuple | None]:
+        """Write shard ``i``'s data files; return (manifest entries, {file: checksum}, non-finite)."""
+        nonfinite = self._refuse_nonfinite(i, acts_nd, rows_n2)
         acts_file = f"acts_{i:05d}.npy"
-        atomic_save_npy(self.path / acts_file, encode_for_storage(acts_nd, self.dtype))
-        return {"file": acts_file}
+        checksum = atomic_save_npy(self.path / acts_file, encode_for_storage(acts_nd, self.dtype))
+        return {"file": acts_file}, {acts_file: checksum}, nonfinite
 
     def finalize(self, extra: dict | None = None) -> None:
         """Mark the store complete once every shard is on disk (single process, or rank 0 after
         all ranks are done: it gathers the ranks' partial manifests)."""
         if self.rank != 0:
+            self.close()
             return
         self._load_done()
         missing = [i for i in range(self.num_shards) if i not in self.done]
@@ -438,12 +709,19 @@ class StoreWriter:
         ids = _image_ids_of(self.path, self.manifest)
         self.manifest["num_images"] = int(len(ids))
         self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
+        entries = self.manifest["shards"]
+        if entries and all(e.get("images_file") for e in entries):
+            h = hashlib.sha256()
+            for e in entries:
+                h.update(np.ascontiguousarray(np.load(self.path / e["images_file"]), dtype="<i8").tobytes())
+            self.manifest["content_sha256"] = h.hexdigest()
         self.manifest.update(extra or {})
         self.manifest["complete"] = True
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         atomic_write_json(self.path / MANIFEST, self.manifest)
         for f in self.path.glob("manifest.rank*.json"):
             f.unlink()
+        self.close()
 
     # -- housekeeping
     def _prune_unlisted(self) -> None:
@@ -455,14 +733,24 @@ class StoreWriter:
             elif f.name.startswith(self.SHARD_PREFIXES) and f.name not in listed:
                 f.unlink()
 
+    def _leftovers(self) -> bool:
+        return self.path.is_dir() and any(f.name.startswith(self.SHARD_PREFIXES + ("manifest.rank",))
+                                          for f in self.path.iterdir())
+
     def _remove_store_files(self) -> None:
-        old = json.loads((self.path / MANIFEST).read_text())
-        names = {v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
-        names |= set(old.get("files", {}).values())
-        (self.path / MANIFEST).unlink()
+        """--overwrite: remove the old store's files, whatever state its manifest is in (a damaged
+        manifest names nothing, so files are recognised by their names too)."""
+        names: set[str] = set()
+        try:
+            old = json.loads((self.path / MANIFEST).read_text())
+            names |= {v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
+            names |= set(old.get("files", {}).values())
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass  # damaged or missing: fall back to the file-name patterns below
+        (self.path / MANIFEST).unlink(missing_ok=True)
         for f in self.path.iterdir():
-            if f.name in names or f.name.startswith(self.SHARD_PREFIXES) or ".tmp-" in f.name \
-                    or f.name.startswith("manifest.rank"):
+            if f.is_file() and (f.name in names or f.name.startswith(self.SHARD_PREFIXES)
+                                or ".tmp-" in f.name or f.name.startswith("manifest.rank")):
                 f.unlink()
 
 
@@ -490,7 +778,9 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 
 
 def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "stores") -> None:
-    """Refuse a pair of stores that do not describe the same images in the same order."""
+    """Refuse a pair of stores that do not describe the same images in the same order: same image
+    list (file names), same stored images and, where recorded, the same picture content (a hash of
+    each image file's bytes, docs/store-format.md)."""
     da = a.provenance.get("dataset", {})
     db = b.provenance.get("dataset", {})
     for key in ("paths_sha256", "split"):
@@ -502,3 +792,33 @@ def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "store
         raise UserError(f"{what}: {a.path} ({a.manifest.get('num_images')} images) and {b.path} "
                         f"({b.manifest.get('num_images')} images) do not hold the same images in the "
                         f"same order (skipped images or --take_every differ)")
+    ca, cb = a.manifest.get("content_sha256"), b.manifest.get("content_sha256")
+    if ca is None or cb is None:
+        old = [str(s.path) for s, c in ((a, ca), (b, cb)) if c is None]
+        print(f"note: {what}: {', '.join(old)} written without image content hashes (saevlm < 0.3); "
+              f"the pairing is checked by file names and order only", file=sys.stderr)
+        return
+    if ca == cb:
+        return
+    ha, hb = a.image_hashes(), b.image_hashes()
+    n = min(len(ha), len(hb))
+    differ = np.flatnonzero((ha[:n] != hb[:n]).any(axis=1))
+    first = int(differ[0]) if len(differ) else n
+    index = int(ha[first, 0]) if first < len(ha) else -1
+    name = _image_path(da, index)
+    raise UserError(f"{what}: {a.path} and {b.path} hold different pictures under the same file names: "
+                    f"{len(differ)} of {n} images differ in content, the first at position {first} "
+                    f"(dataset index {index}{', ' + name if name else ''}); re-extract one of them from "
+                    f"the same images")
+
+
+def _image_path(dataset_prov: dict, index: int) -> str | None:
+    """The relative path of dataset image ``index`` when the dataset is still on disk (error
+    messages only)."""
+    try:
+        from saevlm.data.images import open_dataset
+
+        images = open_dataset(dataset_prov["name"], dataset_prov["root"], dataset_prov.get("split"))
+        return images.paths[index]
+    except Exception:  # noqa: BLE001 - best effort: the message names the index anyway
+        return None

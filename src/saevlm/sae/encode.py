@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow_mismatch", action="store_true",
                    help="encode even when the SAE was trained on another model or hook point")
     p.add_argument("--overwrite", action="store_true", help="replace an existing code store")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="encode activations holding NaN / inf instead of refusing them")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     device = resolve_device(args.device)
-    store = ActivationStore(args.activations_dir, flag="--activations_dir")
+    store = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
     sae = load_sae(args.sae_path, device=device)
     check_sae_matches(sae, {**store.provenance, "_dim": store.dim}, args.allow_mismatch,
                       f"--activations_dir {store.path}")
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=int(store.provenance.get("dataset", {}).get("num_selected", store.manifest["num_images"])),
         provenance=code_provenance(store.provenance, sae),
         software=store.manifest.get("software", {}), overwrite=args.overwrite,
-        flag="--output_dir", **dataset_files(store))
+        flag="--output_dir", allow_nonfinite=args.allow_nonfinite, **dataset_files(store))
     if writer.already_complete:
         print(f"{args.output_dir}: complete already, skipped", file=sys.stderr)
     else:
@@ -119,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                 sh = store.shards[i]
                 acts = store.read(sh.row_start, sh.row_start + sh.num_rows)
                 skipped = store.manifest["shards"][i].get("skipped_images", [])
-                writer.write_shard(idx, acts, store.shard_rows(i), sh.first_image, sh.num_images, skipped)
+                writer.write_shard(idx, acts, store.shard_rows(i), sh.first_image, sh.num_images, skipped,
+                                   store.shard_images(i))
                 bar.update(sh.num_rows)
         writer.finalize()
     codes = CodeStore(args.output_dir)

@@ -201,7 +201,7 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     since_ckpt = 0
     with tqdm(total=len(selected), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
               desc=f"extract + SAE mean-pool top-{k}", file=sys.stderr) as bar:
-        for good, pixels, bad in loader:
+        for good, pixels, bad, _hashes in loader:
             skipped.extend(_handle_bad(images, bad, skip_bad_images, log))
             if pixels is not None:
                 with autocast_ctx:
