@@ -130,7 +130,7 @@ def bench_b() -> list[str]:
         if r.returncode:
             raise SystemExit(r.stderr)
         peak_gb = int(r.stdout.split("PEAK_KB")[1].split()[0]) / 2 ** 20
-        info = json.loads((codes / "ms" / "ms.json").read_text())
+        info = json.loads((codes / "ms_bench" / "ms.json").read_text())
     return ["(b) The paper's full size through `saevlm ms` (a fresh process, store reads included): "
             "N = 50,000 images, 65,536 latents, k = 20 non-zero per image (Zipf-like latent usage), "
             "d = 768, CPU:", "",

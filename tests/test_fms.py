@@ -65,7 +65,7 @@ def test_fms_sae_latents_above_raw_neurons(tmp_path):
     for name, store in (("sae", tmp_path / "codes"), ("raw", w / "val")):
         assert run_cli("fms", "--activations_dir", store, "--concepts", w / "concepts_val.npz",
                        "--max_positives", "200") == 0
-        scores[name] = json.loads((store / "ms" / "fms.json").read_text())
+        scores[name] = json.loads((store / "fms" / "fms.json").read_text())
     assert scores["sae"]["concepts"] == 126
     assert scores["sae"]["fms"] > scores["raw"]["fms"] + 0.05, (scores["sae"]["fms"], scores["raw"]["fms"])
     assert scores["sae"]["mean_acc0"] > scores["raw"]["mean_acc0"]

@@ -143,13 +143,13 @@ def test_ms_command_on_synthetic_world(tmp_path, capsys):
     from saevlm.data.codes import CodeStore
     from saevlm.data.store import ActivationStore
     e = ActivationStore(world / "embeddings_val").read(0, 400)
-    raw = np.load(world / "val" / "ms" / "scores.npy")
+    raw = np.load(world / "val" / "ms_synthetic" / "scores.npy")
     _assert_same(raw, ms_brute_force(ActivationStore(world / "val").read(0, 400), e))
-    sae = np.load(tmp_path / "codes" / "ms" / "scores.npy")
+    sae = np.load(tmp_path / "codes" / "ms_synthetic" / "scores.npy")
     _assert_same(sae, ms_brute_force(CodeStore(tmp_path / "codes").read(0, 400), e))
-    info = json.loads((tmp_path / "codes" / "ms" / "ms.json").read_text())
+    info = json.loads((tmp_path / "codes" / "ms_synthetic" / "ms.json").read_text())
     assert info["total"] == 128 and set(info) >= {"mean", "std", "dead", "top10", "bottom10"}
-    assert (tmp_path / "codes" / "ms" / "metric_stats.txt").read_text().startswith("MS over 400")
+    assert (tmp_path / "codes" / "ms_synthetic" / "metric_stats.txt").read_text().startswith("MS over 400")
     # SAE latents are far more monosemantic than raw neurons (the paper's central claim)
     assert np.nanmean(sae) > np.nanmean(raw) + 0.1
     # mismatched images are refused

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"saevlm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file system failure outside the atomic writers (they raise UserError)
+        from saevlm.data.atomic import describe_os_error
+        print(f"saevlm {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"saevlm {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

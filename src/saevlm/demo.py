@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         if t["arch"] == "matryoshka_batch_top_k":
             _step("5/6 hierarchy", ["hierarchy", "--activations_dir", codes])
     _step("6/6 report", ["report", "--run_dir", out, "--title", "saevlm demo: synthetic world"])
-    raw = json.loads((world / "val" / "ms" / "ms.json").read_text())
+    raw = json.loads((world / "val" / "ms_synthetic" / "ms.json").read_text())
     print(f"\nMS mean: raw neurons {raw['mean']:.3f}", file=sys.stderr)
     for t in trainers:
-        m = json.loads((out / "codes" / t["dir"] / "ms" / "ms.json").read_text())
+        m = json.loads((out / "codes" / t["dir"] / "ms_synthetic" / "ms.json").read_text())
         print(f"MS mean: {t['arch']} x{t['expansion_factor']}: {m['mean']:.3f} "
               f"(best {m['top10'][0][1]:.3f})", file=sys.stderr)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")

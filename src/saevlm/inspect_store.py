@@ -1,4 +1,9 @@
-"""``saevlm inspect``: summarise a store and verify that its files match its manifest."""
+"""``saevlm inspect``: summarise a store and check that its files match its manifest.
+
+Opening a store checks every file's presence, size, ``.npy`` header, dtype and shape against the
+manifest; ``--verify`` also reads every byte: CRC-32 checksums, NaN / inf values and, for code
+stores, the CSR structure and latent-id range (docs/store-format.md, "Integrity").
+"""
 
 from __future__ import annotations
 
@@ -7,32 +12,71 @@ import json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a store directory (holding manifest.json)")
+    p.add_argument("store", help="a store directory (activations, embeddings, SAE codes or top images)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every file: checksums, non-finite values, code ranges (exit 2 on damage)")
     p.add_argument("--allow_incomplete", action="store_true",
                    help="also open a store whose writer has not finished")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="report NaN / inf values instead of failing on them")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar for --verify")
 
 
 def run(args: argparse.Namespace) -> int:
-    from saevlm.data.store import ActivationStore
+    import sys
+    import time
 
-    store = ActivationStore(args.store, allow_incomplete=args.allow_incomplete, flag="store")
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.open import open_any_store
+    from saevlm.data.topimages import TopImagesStore
+
+    store = open_any_store(args.store, flag="store", allow_incomplete=args.allow_incomplete,
+                           allow_nonfinite=args.allow_nonfinite, allow_top_images=True)
     if args.json:
         print(json.dumps(store.manifest, indent=1))
         return 0
+    if isinstance(store, TopImagesStore):
+        m = store.manifest
+        print(f"store      {store.path}  (top images per latent, extract --top_k)")
+        print(f"latents    {store.dict_size}, k = {m.get('k')}, over {m.get('num_images')} images")
+        print(f"files      {', '.join(m.get('files', []))}")
+        return 0
     prov = store.provenance
-    for i in range(len(store.shards)):  # opens every shard: shape checked against the manifest
-        store.shard_array(i)
+    codes = isinstance(store, CodeStore)
     print(f"store      {store.path}")
     print(f"kind       {store.manifest.get('kind')}   complete: {store.manifest.get('complete')}")
-    print(f"shape      {store.num_rows} x {store.dim} ({store.dtype}), {len(store.shards)} shard(s)")
+    if codes:
+        sae = prov.get("sae", {})
+        print(f"shape      {store.num_rows} x {store.dict_size} latents, {store.nnz} non-zero "
+              f"({store.nnz / max(store.num_rows, 1):.2f} per row), {len(store.shards)} shard(s)")
+        print(f"sae        {sae.get('arch')} x{sae.get('expansion_factor', '?')} from {sae.get('path')}")
+    else:
+        print(f"shape      {store.num_rows} x {store.dim} ({store.dtype}), {len(store.shards)} shard(s)")
     print(f"model      {prov.get('model', {}).get('name')} ({prov.get('model', {}).get('source')})")
     print(f"hook       {prov.get('hook')}")
     print(f"tokens     {prov.get('tokens')}")
     ds = prov.get("dataset", {})
     print(f"dataset    {ds.get('name')}/{ds.get('split')} at {ds.get('root')}: "
           f"{store.manifest.get('num_images')} images stored of {ds.get('num_selected')} selected")
+    content = store.manifest.get("content_sha256")
+    print(f"content    {'sha256 ' + content[:16] + '... over the image bytes' if content else 'no image content hashes (older store)'}")
     skipped = store.manifest.get("skipped_images", [])
     if skipped:
         print(f"skipped    {len(skipped)} unreadable image(s), e.g. {skipped[0]['path']}")
+    nonfinite = sum(int(s.get("nonfinite", 0)) for s in store.manifest["shards"])
+    if nonfinite:
+        print(f"nonfinite  {nonfinite} NaN/inf values (written with --allow_nonfinite)")
+    if not args.verify:
+        print("checks     sizes, headers, dtypes and shapes match the manifest (--verify reads every byte)")
+        return 0
+    if not store.has_checksums:
+        print("warning: this store has no checksums (written by saevlm < 0.3): --verify checks values "
+              "and structure only", file=sys.stderr)
+    t0 = time.time()
+    nbytes = store.verify(progress=not args.no_progress)
+    dt = max(time.time() - t0, 1e-9)
+    print(f"verified   {len(store.shards)} shard(s), {nbytes / 1e6:.1f} MB in {dt:.2f} s "
+          f"({nbytes / 1e9 / dt:.2f} GB/s): checksums{', finite values' if not args.allow_nonfinite else ''}"
+          f"{', CSR structure and latent ids' if codes else ''} OK")
     return 0

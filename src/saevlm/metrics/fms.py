@@ -149,17 +149,24 @@ def add_arguments(p) -> None:
                    help="positives sampled per concept (default: %(default)s)")
     p.add_argument("--max_concepts", type=int, default=None, help="score only the first concepts")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--output_subdir", default="ms", help="fms.json goes beside ms.json (default: %(default)s)")
+    p.add_argument("--output_dir", default=None,
+                   help="where fms.json goes (default: <activations_dir>/fms/)")
+    p.add_argument("--ms_subdir", default=None,
+                   help="MS folder whose mean is recorded beside the FMS (default: the store's single ms*/)")
+    p.add_argument("--output_subdir", default=None, help="the output as a folder name inside the store")
 
 
 def run(args) -> int:
     import json
+    from pathlib import Path
 
-    from saevlm.data.store import atomic_write_json
-    from saevlm.metrics.ms import check_one_row_per_image, open_scored_store
+    from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
+    from saevlm.metrics.ms import check_one_row_per_image, find_ms_dir, open_scored_store
 
     store = open_scored_store(args.activations_dir)
     check_one_row_per_image(store, "--activations_dir")
+    out = Path(args.output_dir) if args.output_dir else store.path / (args.output_subdir or "fms")
+    ensure_writable_dir(out, "--output_dir" if args.output_dir else "--output_subdir")
     codes = store.read(0, store.num_rows)
     ids = store.image_ids()
     if args.concepts:
@@ -181,11 +188,14 @@ def run(args) -> int:
     if args.max_concepts:
         labels_nc = labels_nc[:, :args.max_concepts]
     result = fms_scores(codes, labels_nc, args.p, args.n, args.seed, args.max_positives, names)
-    out = store.path / args.output_subdir
-    out.mkdir(parents=True, exist_ok=True)
-    ms_json = out / "ms.json"
-    ms_mean = json.loads(ms_json.read_text()).get("mean") if ms_json.is_file() else None
+    ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
+    ms_mean = None
+    if ms_dir is not None and (ms_dir / "ms.json").is_file():
+        ms_mean = json.loads((ms_dir / "ms.json").read_text()).get("mean")
     atomic_write_json(out / "fms.json", {**result, "ms_mean": ms_mean,
+                                         "ms_source": str(ms_dir / "ms.json") if ms_dir else None,
+                                         "activations_dir": str(store.path.resolve()),
+                                         "codes_finished": store.manifest.get("finished"),
                                          "definition": "Härle et al. 2025, arXiv 2506.19382"})
     print(f"FMS@{args.p} = {result['fms']:.4f} over {result['concepts']} concepts "
           f"(acc0 {result['mean_acc0']:.3f}, local {result['mean_local']:.3f}, global {result['mean_global']:.3f})"

@@ -98,7 +98,9 @@ def add_arguments(p) -> None:
     p.add_argument("--taxonomy", default="classes", choices=["classes", "wordnet"],
                    help="classes: the taxonomy in the store's classes.json (iNat, synthetic); wordnet: "
                         "ImageNet wnids through nltk (default: %(default)s)")
-    p.add_argument("--ms_subdir", default="ms", help="MS per group from <dir>/<ms_subdir>/scores.npy if present")
+    p.add_argument("--ms_subdir", default=None,
+                   help="MS per group from <dir>/<ms_subdir>/scores.npy (default: the store's single ms*/ "
+                        "folder, if any)")
     a = p.add_argument_group("the authors' inat_depth.py flags")
     a.add_argument("--hai_indices_path", default=None,
                    help="top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' "
@@ -143,8 +145,9 @@ def run(args) -> int:
             raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
     if sum(sizes) != len(top):
         raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
-    ms_f = d / args.ms_subdir / "scores.npy"
-    ms = np.load(ms_f) if ms_f.is_file() else None
+    from saevlm.metrics.ms import find_ms_dir, load_ms_scores
+    ms_dir = find_ms_dir(d, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
+    ms = load_ms_scores(ms_dir, len(top), "--ms_subdir") if ms_dir else None
     table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy)
     atomic_write_json(d / f"hierarchy_{args.k}.json", table)

@@ -153,7 +153,11 @@ class MSAccumulator:
         num = (W * W).sum(1) - Q
         den = (self.S1 - N * m) ** 2 - Q
         ms = num / den
-        undefined = (bmax == bmin) | (N - count_min <= 1)
+        constant = bmax == bmin
+        undefined = constant | (N - count_min <= 1)
+        # why a score is undefined: the neuron never varies, or varies on one image only
+        self.dead_constant = int(constant.sum())
+        self.dead_one_image = int((undefined & ~constant).sum())
         ms = torch.where(undefined, torch.full_like(ms, float("nan")), ms)
         return ms.cpu().numpy()
 
@@ -174,6 +178,62 @@ def summarize(scores_k: np.ndarray, top: int = 10) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- where results go
+def embedder_slug(emb_store) -> str:
+    """A folder-safe name of the embedding model: ``dinov2-base``, ``clip-vit-base-patch32``."""
+    import re
+
+    name = str(emb_store.provenance.get("model", {}).get("name") or "embeddings")
+    name = name.rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "embeddings"
+
+
+def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = False):
+    """The folder holding a store's MS results: ``<store>/<ms_subdir>`` when named, else the single
+    ``ms*/`` folder with a scores.npy (several: an error naming them, or None when not required)."""
+    from pathlib import Path
+
+    from saevlm.errors import UserError
+
+    store_path = Path(store_path)
+    if ms_subdir:
+        d = Path(ms_subdir) if Path(ms_subdir).is_absolute() else store_path / ms_subdir
+        if required and not (d / "scores.npy").is_file():
+            raise UserError(f"--ms_subdir {ms_subdir}: no scores.npy in {d}; run saevlm ms first")
+        return d if (d / "scores.npy").is_file() else None
+    found = sorted(d for d in store_path.glob("ms*") if (d / "scores.npy").is_file())
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(d.name for d in found)
+        if required:
+            raise UserError(f"{flag} {store_path}: holds MS results for several embedders ({names}); "
+                            f"choose one with --ms_subdir")
+        print(f"note: {flag} {store_path}: MS results for several embedders ({names}); pass --ms_subdir "
+              f"to use one", file=__import__("sys").stderr)
+        return None
+    if required:
+        raise UserError(f"{flag} {store_path}: no MS results (ms*/scores.npy); run saevlm ms first")
+    return None
+
+
+def load_ms_scores(ms_dir, num_neurons: int, flag: str):
+    """scores.npy of an MS folder, checked against the number of neurons it should score."""
+    import numpy as np
+
+    from saevlm.errors import UserError
+
+    f = ms_dir / "scores.npy"
+    try:
+        scores = np.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {f}: unreadable ({e}); rerun saevlm ms") from None
+    if scores.ndim != 1 or len(scores) != num_neurons:
+        raise UserError(f"{flag} {f}: {scores.shape} scores, expected one per neuron ({num_neurons}); "
+                        f"it belongs to another store, rerun saevlm ms")
+    return scores
+
+
 # ----------------------------------------------------------------------------- command
 def add_arguments(p) -> None:
     from saevlm.device import DEVICE_HELP
@@ -182,36 +242,28 @@ def add_arguments(p) -> None:
                    help="an activation store (raw neurons) or a code store (SAE latents), one row per image")
     p.add_argument("--embeddings_path", required=True,
                    help="the embedding store of the same images (saevlm embed: DINOv2 / CLIP)")
-    p.add_argument("--output_subdir", default="ms",
-                   help="results go to <activations_dir>/<output_subdir>/ (default: %(default)s)")
+    p.add_argument("--output_dir", default=None,
+                   help="where scores.npy, ms.json and metric_stats.txt go (default: "
+                        "<activations_dir>/ms_<embedder>/, e.g. ms_dinov2-base/, so that scores from "
+                        "another embedder are added, not replaced; the store's own files are never touched)")
+    p.add_argument("--output_subdir", default=None,
+                   help="the same, as a folder name inside --activations_dir (the authors' scripts)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace results in the output folder that were computed from other inputs")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="score stores holding NaN / inf (refused by default; scores then may be NaN)")
     p.add_argument("--chunk_rows", type=int, default=8192,
                    help="images per streamed chunk; bounds memory (default: %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
-def open_scored_store(path, flag: str = "--activations_dir", allow_top_images: bool = False):
-    """An activation or code store, whichever the manifest says."""
-    import json
-    from pathlib import Path
+def open_scored_store(path, flag: str = "--activations_dir", allow_top_images: bool = False,
+                      allow_nonfinite: bool = False):
+    """An activation or code store, whichever the manifest says (see saevlm.data.open)."""
+    from saevlm.data.open import open_any_store
 
-    from saevlm.data.codes import CODES_FORMAT, CodeStore
-    from saevlm.data.store import ActivationStore, resolve_store_path
-    from saevlm.errors import UserError
-    from saevlm.sae.pooled import TOP_IMAGES_FORMAT, TopImagesStore
-
-    path = resolve_store_path(path, flag)
-    manifest = Path(path) / "manifest.json"
-    try:
-        fmt = json.loads(manifest.read_text()).get("format") if manifest.is_file() else None
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise UserError(f"{flag} {manifest}: not a valid store manifest ({e})") from None
-    if fmt == TOP_IMAGES_FORMAT:
-        if not allow_top_images:
-            raise UserError(f"{flag} {path}: holds only top images per latent (extract --top_k), "
-                            f"no activations or codes")
-        return TopImagesStore(path, flag=flag)
-    return CodeStore(path, flag=flag) if fmt == CODES_FORMAT else ActivationStore(path, flag=flag)
+    return open_any_store(path, flag, allow_top_images=allow_top_images, allow_nonfinite=allow_nonfinite)
 
 
 def check_one_row_per_image(store, flag: str) -> None:
@@ -225,15 +277,28 @@ def check_one_row_per_image(store, flag: str) -> None:
                         f"(extract with --cls_only or --mean_pool)")
 
 
+def ms_inputs(acts, emb) -> dict:
+    """What an MS result was computed from: results from other inputs are never replaced silently."""
+    def ident(store) -> dict:
+        return {"path": str(store.path.resolve()), "format": store.manifest.get("format"),
+                "content_sha256": store.manifest.get("content_sha256"),
+                "image_ids_sha256": store.manifest.get("image_ids_sha256"),
+                "finished": store.manifest.get("finished"), "model": store.provenance.get("model", {}).get("source"),
+                "sae": (store.provenance.get("sae") or {}).get("path")}
+    return {"activations": ident(acts), "embeddings": ident(emb)}
+
+
 def run(args) -> int:
     import json
     import sys
     import time
+    from pathlib import Path
 
     from tqdm import tqdm
 
+    from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_json, atomic_write_text
     from saevlm.data.codes import CodeStore
-    from saevlm.data.store import ActivationStore, atomic_save_npy, atomic_write_json, check_same_images
+    from saevlm.data.store import ActivationStore, check_same_images
     from saevlm.device import resolve_device
     from saevlm.errors import UserError
 
@@ -241,13 +306,36 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.chunk_rows < 1:
         raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
-    acts = open_scored_store(args.activations_dir)
-    emb = ActivationStore(args.embeddings_path, flag="--embeddings_path")
+    if args.output_dir and args.output_subdir:
+        raise UserError("--output_dir and --output_subdir: give one (the folder, or its name inside the store)")
+    acts = open_scored_store(args.activations_dir, allow_nonfinite=args.allow_nonfinite)
+    emb = ActivationStore(args.embeddings_path, flag="--embeddings_path", allow_nonfinite=args.allow_nonfinite)
     check_one_row_per_image(acts, "--activations_dir")
     check_one_row_per_image(emb, "--embeddings_path")
     check_same_images(acts, emb, what="--activations_dir / --embeddings_path")
     if acts.num_rows < 2:
         raise UserError(f"--activations_dir {acts.path}: the MS needs at least 2 images")
+    if args.output_dir:
+        out, flag = Path(args.output_dir), "--output_dir"
+    else:
+        out = acts.path / (args.output_subdir or f"ms_{embedder_slug(emb)}")
+        flag = "--output_subdir" if args.output_subdir else "--output_dir (default)"
+    # Before any work: the output must be writable, ours alone, and not hold other inputs' results.
+    lock = OutputLock(out, flag)
+    inputs = ms_inputs(acts, emb)
+    old_f = out / "ms.json"
+    if old_f.is_file() and not args.overwrite:
+        try:
+            old = json.loads(old_f.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = {}
+        old_inputs = old.get("inputs") if isinstance(old, dict) else None
+        if old_inputs != json.loads(json.dumps(inputs)):
+            what = "other inputs" if old_inputs else "inputs it does not record (an older saevlm)"
+            raise UserError(f"{flag} {out}: holds MS results computed from {what} "
+                            f"({(old_inputs or {}).get('activations', {}).get('path', old.get('activations_dir', '?'))} "
+                            f"with {(old_inputs or {}).get('embeddings', {}).get('path', old.get('embeddings_path', '?'))}); "
+                            f"pass --overwrite to replace them, or choose another --output_dir")
     sparse = isinstance(acts, CodeStore)
     acc = MSAccumulator(acts.dim, emb.dim, device)
     with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS",
@@ -264,22 +352,26 @@ def run(args) -> int:
                 bar.update(len(a))
     scores_k = acc.scores()
     summary = summarize(scores_k)
-    out = acts.path / args.output_subdir
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out / "scores.npy", scores_k)
-    record = {**summary, "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
+    record = {**summary, "scored": int(summary["total"] - summary["dead"]),
+              "dead_constant": acc.dead_constant, "dead_one_image": acc.dead_one_image,
+              "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
               "activations_dir": str(acts.path.resolve()), "embeddings_path": str(emb.path.resolve()),
               "embeddings_model": emb.provenance.get("model", {}).get("name"),
               "sae": acts.provenance.get("sae"), "hook": acts.provenance.get("hook"),
-              "model": acts.provenance.get("model", {}).get("name"),
+              "model": acts.provenance.get("model", {}).get("name"), "inputs": inputs,
               "definition": "arXiv 2504.02821 Eq. 5-9: per-neuron min-max, pairs n<m, NaN = dead; std unbiased"}
-    atomic_write_json(out / "ms.json", record)
     lines = [f"MS over {acts.num_rows} images, embeddings {record['embeddings_model']}",
-             f"mean {summary['mean']:.4f} +- {summary['std']:.4f}",
-             f"dead {summary['dead']} of {summary['total']}",
+             f"mean {summary['mean']:.4f} +- {summary['std']:.4f} over {record['scored']} scored neurons "
+             f"of {summary['total']}",
+             f"dead {summary['dead']} of {summary['total']} ({acc.dead_constant} never vary, "
+             f"{acc.dead_one_image} vary on one image only)",
              "top10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["top10"]),
              "bottom10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["bottom10"])]
-    (out / "metric_stats.txt").write_text("\n".join(lines) + "\n")
+    # scores.npy first and ms.json last: ms.json marks a complete result
+    atomic_save_npy(out / "scores.npy", scores_k)
+    atomic_write_text(out / "metric_stats.txt", "\n".join(lines) + "\n")
+    atomic_write_json(out / "ms.json", record)
+    lock.release()
     print("\n".join(lines))
     print(f"wrote {out}/scores.npy, ms.json, metric_stats.txt ({time.time() - t0:.1f} s)")
     return 0

@@ -8,11 +8,12 @@ points to a moved copy). Histogram: MS of SAE latents against raw neurons.
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from saevlm.data.atomic import atomic_savefig, atomic_write_json
 from saevlm.errors import UserError
 
 
@@ -59,10 +60,8 @@ def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160
         ax.set_title(f"#{int(idx)}  a={v:.3g}", fontsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "raw neurons")) -> None:
@@ -84,10 +83,8 @@ def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "r
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def add_arguments(p) -> None:
@@ -100,7 +97,8 @@ def add_arguments(p) -> None:
                      help="the first n neurons of each Matryoshka group (default: 4, or the top-4 MS "
                           "neurons without groups)")
     p.add_argument("--k", type=int, default=16, help="top-k file to read (default: %(default)s; 16 are drawn)")
-    p.add_argument("--ms_subdir", default="ms", help="where saevlm ms wrote scores.npy (default: %(default)s)")
+    p.add_argument("--ms_subdir", default=None,
+                   help="the MS folder inside the store (default: its single ms*/ folder, e.g. ms_dinov2-base)")
     p.add_argument("--raw_ms", default=None,
                    help="scores.npy of raw neurons (or a raw store with <ms_subdir>/scores.npy) for the histogram")
     p.add_argument("--data_path", default=None, help="dataset root, if it moved since extraction")
@@ -135,18 +133,19 @@ def run(args) -> int:
     from saevlm.data.images import check_dataset_flags
     check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path,
                         args.split, f"the store {store.path}")
-    ms_file = store.path / args.ms_subdir / "scores.npy"
-    ms = np.load(ms_file) if ms_file.is_file() else None
+    from saevlm.metrics.ms import find_ms_dir, load_ms_scores
+    ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=args.histogram_only)
+    ms = load_ms_scores(ms_dir, store.dim, "--ms_subdir") if ms_dir else None
     raw = None
     if args.raw_ms:
         rp = Path(args.raw_ms)
-        rp = rp if rp.suffix == ".npy" else rp / args.ms_subdir / "scores.npy"
+        if rp.suffix != ".npy":
+            found = find_ms_dir(rp, args.ms_subdir, "--raw_ms", required=True)
+            rp = found / "scores.npy"
         if not rp.is_file():
             raise UserError(f"--raw_ms {args.raw_ms}: no scores file at {rp} (run saevlm ms on it)")
         raw = np.load(rp)
     # Validate everything before writing anything: a failing call must not replace figures.
-    if ms is None and args.histogram_only:
-        raise UserError(f"--activations_dir {store.path}: no {args.ms_subdir}/scores.npy; run saevlm ms first")
     grids = []
     if not args.histogram_only:
         from saevlm.metrics.top_images import load_top_images_for
@@ -160,6 +159,15 @@ def run(args) -> int:
             if abs(sum(args.group_fractions) - 1) > 1e-6:
                 raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
             groups = group_sizes(args.group_fractions, len(top))
+        # a latent is dead here when even its best image does not activate it: its "top" images
+        # would be the first images in dataset order, which say nothing about it
+        # (SAE codes are >= 0, so "best value 0" means never active; raw neurons are never dead here)
+        if not store.provenance.get("sae"):
+            alive = np.ones(len(top), dtype=bool)
+        elif not np.isnan(values[:, 0]).all():
+            alive = np.nan_to_num(values[:, 0], nan=0.0) > 0
+        else:  # an authors' hai file: only the k-th value is known
+            alive = kth > 0
         if args.neurons:
             neurons = np.asarray(args.neurons)
             bad = neurons[(neurons < 0) | (neurons >= len(top))]
@@ -168,11 +176,16 @@ def run(args) -> int:
         elif groups:
             n = args.per_group or 4
             starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
-            neurons = np.concatenate([np.arange(s, s + min(n, g)) for s, g in zip(starts, groups)])
+            neurons = np.concatenate([np.flatnonzero(alive[s:s + g])[:n] + s for s, g in zip(starts, groups)])
         else:
             n = args.per_group or 4
             order = np.argsort(-np.nan_to_num(ms, nan=-np.inf)) if ms is not None else np.arange(len(top))
-            neurons = order[:n]
+            neurons = order[alive[order]][:n]
+        if not args.neurons:
+            dead = int((~alive).sum())
+            if dead:
+                print(f"note: left out {dead} dead latent(s) of {len(top)} (never active on these images); "
+                      f"name them with --neurons to draw them anyway", file=sys.stderr)
         images = open_store_images(store, args.data_path)
         for neuron, g in zip(neurons, group_of(neurons, groups)):
             score = f"{ms[neuron]:.3f}" if ms is not None and not np.isnan(ms[neuron]) else "n/a"
@@ -190,6 +203,6 @@ def run(args) -> int:
         path = out / f"neuron_{int(neuron):06d}.png"
         save_grid(images, top[neuron][:16], values[neuron][:16], title, path, size=args.visualization_size)
         written.append(path)
-    (out / "index.json").write_text(json.dumps([str(p.name) for p in written], indent=1))
+    atomic_write_json(out / "index.json", [str(p.name) for p in written])
     print(f"wrote {len(written)} figure(s) to {out}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,13 @@ class Report:
     sources: list[str] = field(default_factory=list)
     md: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        """A problem with the results (unfinished, missing, stale): shown at the top of the report
+        and printed."""
+        if text not in self.warnings:
+            self.warnings.append(text)
 
     def cite(self, path: Path) -> str:
         rel = str(Path(path).resolve().relative_to(self.run_dir.resolve())) \
@@ -87,17 +95,50 @@ def _layer_of(prov: dict):
     return "last" if point in (None, "post_projection") else str(point)
 
 
-def collect_ms(run_dir: Path) -> list[MSRecord]:
+def _read_json(path: Path, rep: "Report | None" = None):
+    """A result file, or None (with a warning) when it is damaged."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        if rep is not None:
+            rep.warn(f"{path}: unreadable ({type(e).__name__}), left out")
+        return None
+    if not isinstance(data, dict):
+        if rep is not None:
+            rep.warn(f"{path}: not a result object, left out")
+        return None
+    return data
+
+
+def _finished(manifest: dict | None):
+    return (manifest or {}).get("finished")
+
+
+def collect_ms(run_dir: Path, rep: "Report | None" = None) -> list[MSRecord]:
     out = []
-    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms/ or ms_<embedder>/ beside a store
-        store = ms_json.parent.parent
-        manifest_f = store / "manifest.json"
-        if not manifest_f.is_file():
+    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms_<embedder>/ (or the older ms/) of a store
+        summary = _read_json(ms_json, rep)
+        if summary is None:
             continue
-        manifest = json.loads(manifest_f.read_text())
+        recorded = Path(summary.get("activations_dir") or ms_json.parent.parent)
+        store = recorded if (recorded / "manifest.json").is_file() else ms_json.parent.parent
+        manifest = _read_json(store / "manifest.json", rep) if (store / "manifest.json").is_file() else None
+        if manifest is None:
+            if rep is not None:
+                rep.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
+            continue
+        if not (ms_json.parent / "scores.npy").is_file():
+            if rep is not None:
+                rep.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish); left out")
+            continue
+        stamp = (summary.get("inputs") or {}).get("activations", {}).get("finished")
+        if rep is not None and stamp is not None and stamp != _finished(manifest):
+            rep.warn(f"{ms_json}: stale, computed from {store} as finished at {stamp}, but the store was "
+                     f"rewritten at {_finished(manifest)}; rerun saevlm ms")
         prov = manifest.get("provenance", {})
-        summary = json.loads(ms_json.read_text())
         sae = prov.get("sae")
+        if rep is not None and sae and sae.get("path"):
+            _check_codes_fresh(rep, store, manifest, Path(sae["path"]))
         model = prov.get("model", {}).get("name", "?")
         if sae:
             arch = sae.get("arch")
@@ -108,6 +149,20 @@ def collect_ms(run_dir: Path) -> list[MSRecord]:
             out.append(MSRecord("raw", model, _layer_of(prov), None, None, None, summary, ms_json, store,
                                 summary.get("embeddings_model")))
     return out
+
+
+def _check_codes_fresh(rep: "Report", store: Path, manifest: dict, sae_path: Path) -> None:
+    """Codes encoded before their SAE checkpoint last changed are stale (the SAE was retrained)."""
+    import datetime as dt
+
+    ckpt = sae_path / "ae.pt" if sae_path.is_dir() else sae_path
+    finished = _finished(manifest)
+    if not ckpt.is_file() or not finished:
+        return
+    written = dt.datetime.fromtimestamp(ckpt.stat().st_mtime, dt.timezone.utc)
+    if written > dt.datetime.fromisoformat(finished) + dt.timedelta(seconds=2):
+        rep.warn(f"{store}: stale codes, encoded at {finished} with {ckpt}, which changed at "
+                 f"{written.isoformat(timespec='seconds')}; re-encode, then rerun ms")
 
 
 def _fmt(v, digits=2):
@@ -156,6 +211,10 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
                 best_rows.append(b)
                 mean_rows.append(m)
                 worst_rows.append(w)
+            rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
+                     "varies on one image only; their MS is undefined and left out of every mean):")
+            rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
+                               + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
             rep.para("Best neuron MS (ours, paper in parentheses):")
             rep.table(header, best_rows)
             rep.para("Mean ± std MS (paper's last-layer means in parentheses):")
@@ -169,7 +228,9 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
         return "–"
     s = rec.summary
     if pick is None:
-        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))}"
+        total = s.get("total")
+        scored = s.get("scored", total - s["dead"] if total is not None and "dead" in s else None)
+        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))} (n={scored}/{total})"
     else:
         text = _fmt(pick(s))
     if ref is not None:
@@ -177,18 +238,40 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
     return f"{text} {rep.cite(rec.source)}"
 
 
+def _count_cell(rep: Report, rec: MSRecord | None) -> str:
+    if rec is None:
+        return "–"
+    s = rec.summary
+    total, dead = s.get("total"), s.get("dead")
+    text = f"{total - dead}/{total}" if total is not None and dead is not None else "?"
+    if "dead_constant" in s:
+        text += f" (dead {s['dead_constant']} + {s['dead_one_image']} one-image)"
+    elif dead:
+        text += f" (dead {dead})"
+    return f"{text} {rep.cite(rec.source)}"
+
+
 def training_tables(rep: Report, run_dir: Path) -> None:
     runs = sorted(run_dir.rglob("run.json"))
     rows = []
     for run_json in runs:
-        run = json.loads(run_json.read_text())
+        run = _read_json(run_json, rep)
+        if run is None:
+            continue
         ident = run.get("identity", {})
         layer = _layer_of(ident.get("activations_provenance", {}))
+        if not run.get("complete"):
+            rep.warn(f"{run_json}: training unfinished (killed or still running); its SAEs have no final "
+                     f"weights, rerun the same train command to resume")
         for t in ident.get("trainers", []):
             ev_f = run_json.parent / t["dir"] / "eval.json"
-            if not ev_f.is_file():
+            ev = _read_json(ev_f, rep) if ev_f.is_file() else None
+            if ev is None:
+                if run.get("complete"):
+                    rep.warn(f"{ev_f}: missing evaluation of a finished SAE")
+                rows.append([ARCH_NAMES.get(t["arch"], t["arch"]), str(layer), f"x{t['expansion_factor']}",
+                             "unfinished", "–", "–", "–", "–", rep.cite(run_json)])
                 continue
-            ev = json.loads(ev_f.read_text())
             ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t["arch"], ())}}, "x", layer,
                                     t["expansion_factor"]) if paper.R2_LAST.get(t["arch"]) else None
             ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(
@@ -217,7 +300,9 @@ def hierarchy_tables(rep: Report, run_dir: Path) -> None:
              f"Matryoshka group (near-dead neurons left out). Paper (iNat, 5 groups): "
              f"{' / '.join(map(str, paper.HIERARCHY_INAT))}.")
     for f in files:
-        t = json.loads(f.read_text())
+        t = _read_json(f, rep)
+        if t is None or "groups" not in t:
+            continue
         rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
                  _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
                  _fmt(g.get("ms_mean")), rep.cite(f)] for g in t["groups"]]
@@ -229,14 +314,16 @@ def hierarchy_tables(rep: Report, run_dir: Path) -> None:
 def steering_tables(rep: Report, run_dir: Path) -> None:
     rows = []
     for f in sorted(run_dir.rglob("summary.json")):
-        s = json.loads(f.read_text())
-        if "steered" not in s:
+        s = _read_json(f, rep)
+        if s is None or "steered" not in s:
             continue
         rows.append([str(f.parent.relative_to(run_dir)), ("steered" if s["steered"] else "unsteered")
                      + (f" ({s['protocol']} protocol)" if "protocol" in s else ""),
                      str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(f)])
     for f in sorted(run_dir.rglob("similarity_baseline.json")):
-        b = json.loads(f.read_text())
+        b = _read_json(f, rep)
+        if b is None or "true_class_names" not in b:
+            continue
         rows.append([str(f.parent.relative_to(run_dir)), "bound: true class names", "–", str(b["images"]),
                      f"{b['true_class_names']['mean']:.3f}", rep.cite(f)])
         rows.append([str(f.parent.relative_to(run_dir)), "bound: shuffled names", "–", str(b["images"]),
@@ -250,10 +337,51 @@ def steering_tables(rep: Report, run_dir: Path) -> None:
         rep.table(["run", "setting", "neurons", "images", "score", "source"], rows)
 
 
+def fms_tables(rep: Report, run_dir: Path) -> None:
+    rows = []
+    for f in sorted(run_dir.rglob("fms.json")):
+        r = _read_json(f, rep)
+        if r is None or "fms" not in r:
+            continue
+        store = Path(r.get("activations_dir") or f.parent.parent)
+        manifest = _read_json(store / "manifest.json") if (store / "manifest.json").is_file() else None
+        if manifest is not None and r.get("codes_finished") and r["codes_finished"] != _finished(manifest):
+            rep.warn(f"{f}: stale, computed before {store} was rewritten; rerun saevlm fms")
+        if r.get("ms_source") and not Path(r["ms_source"]).is_file():
+            rep.warn(f"{f}: the MS it records ({r['ms_source']}) is gone")
+        rows.append([str(f.parent.relative_to(run_dir)), f"{r['fms']:.3f}", f"{r['mean_acc0']:.3f}",
+                     f"{r['mean_local']:.3f}", f"{r['mean_global']:.3f}", str(r["concepts"]),
+                     _fmt(r.get("ms_mean"), 3), rep.cite(f)])
+    if rows:
+        rep.heading("Feature Monosemanticity Score (label-based)")
+        rep.para("FMS@p (Härle et al. 2025): accuracy of the best single latent as a concept detector "
+                 "(acc0), local (gain of the next latents) and global terms, mean over concepts with "
+                 "enough examples. MS mean beside it for comparison.")
+        rep.table(["codes", "FMS", "acc0", "local", "global", "concepts", "MS mean", "source"], rows)
+
+
+def uniqueness_tables(rep: Report, run_dir: Path) -> None:
+    rows = []
+    for f in sorted(run_dir.rglob("uniqueness_*.json")):
+        u = _read_json(f, rep)
+        if u is None or "pairs_above" not in u:
+            continue
+        above = u["pairs_above"]
+        rows.append([str(f.parent.relative_to(run_dir)), str(u.get("k")),
+                     f"{u['neurons']} (+{u['left_out_near_dead']} near-dead left out)", f"{u['pairs']:,}"]
+                    + [f"{above[t]:,}" for t in sorted(above)] + [rep.cite(f)])
+        header_t = sorted(above)
+    if rows:
+        rep.heading("Uniqueness of top images")
+        rep.para("Pairs of neurons whose top-k image sets overlap (Jaccard index J above each threshold); "
+                 "fewer pairs = more distinct neurons.")
+        rep.table(["store", "k", "neurons", "pairs"] + [f"J > {t}" for t in header_t] + ["source"], rows)
+
+
 def agreement_tables(rep: Report, run_dir: Path) -> None:
     for f in sorted(run_dir.rglob("agreement*.json")):
-        a = json.loads(f.read_text())
-        if "metrics" not in a:
+        a = _read_json(f, rep)
+        if a is None or "metrics" not in a:
             continue
         rep.heading("Agreement with the user study")
         bins = next(iter(a["metrics"].values()))["bins"]
@@ -277,9 +405,11 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
     fig_dir = out_dir / "report_figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(sae_recs):
-        sae_scores = np.load(r.source.parent / "scores.npy")
+        sae_scores = _load_scores(rep, r)
+        if sae_scores is None:
+            continue
         rr = raw.get((r.model, r.layer, r.embeddings_model))
-        raw_scores = np.load(rr.source.parent / "scores.npy") if rr else None
+        raw_scores = _load_scores(rep, rr) if rr else None
         png = fig_dir / f"ms_hist_{i:02d}.png"
         save_histogram(sae_scores, raw_scores, png)
         rep.figure(png, f"MS histogram: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}, "
@@ -293,7 +423,7 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
             continue  # synthetic stores have no images
         top = np.load(top_f)
         values = np.load(r.store / "top_images_16_values.npy")
-        groups = json.loads((r.store / "manifest.json").read_text())["provenance"].get("sae", {}).get("group_sizes") \
+        groups = (_read_json(r.store / "manifest.json") or {}).get("provenance", {}).get("sae", {}).get("group_sizes") \
             or [len(top)]
         bounds = np.concatenate([[0], np.cumsum(groups)])
         for g in range(len(groups)):
@@ -305,6 +435,14 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
             png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
             save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)
             rep.figure(png, f"Best neuron of group {g}: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}")
+
+
+def _load_scores(rep: Report, rec: MSRecord):
+    try:
+        return np.load(rec.source.parent / "scores.npy")
+    except (OSError, ValueError) as e:
+        rep.warn(f"{rec.source.parent / 'scores.npy'}: unreadable ({type(e).__name__}); figure left out")
+        return None
 
 
 def _open(store: Path):
@@ -329,16 +467,29 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(run_dir)
     rep.heading(title, 1)
-    records = collect_ms(run_dir)
-    if not records and not list(run_dir.rglob("run.json")):
-        raise UserError(f"--run_dir {run_dir}: found no results (no ms/ms.json, no run.json); run the "
+    records = collect_ms(run_dir, rep)
+    if not records and not list(run_dir.rglob("run.json")) and not rep.warnings:
+        raise UserError(f"--run_dir {run_dir}: found no results (no ms*/ms.json, no run.json); run the "
                         f"experiment first")
+    title_len = (len(rep.md), len(rep.html))
     ms_tables(rep, records)
     training_tables(rep, run_dir)
+    fms_tables(rep, run_dir)
+    uniqueness_tables(rep, run_dir)
     hierarchy_tables(rep, run_dir)
     steering_tables(rep, run_dir)
     agreement_tables(rep, run_dir)
     figures(rep, records, out, grids)
+    if rep.warnings:  # at the top, so nobody reads a table without them
+        md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \
+            [f"- {w}" for w in rep.warnings] + [""]
+        html_w = ["<div style='border:2px solid #c00;padding:6px'><b>Warnings</b> (these results are "
+                  "incomplete or out of date):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in rep.warnings)
+                  + "</ul></div>"]
+        rep.md[title_len[0]:title_len[0]] = md_w
+        rep.html[title_len[1]:title_len[1]] = html_w
+        for w in rep.warnings:
+            print(f"warning: {w}", file=sys.stderr)
     rep.heading("Sources")
     rep.md += [f"{i + 1}. `{s}`" for i, s in enumerate(rep.sources)] + [""]
     rep.html.append("<ol>" + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in rep.sources) + "</ol>")

@@ -26,7 +26,7 @@ import numpy as np
 
 from saevlm.errors import UserError
 
-TOP_IMAGES_FORMAT = "saevlm-top-images"
+from saevlm.data.topimages import TOP_IMAGES_FORMAT, TopImagesStore  # noqa: F401 (re-exported)
 
 
 def mean_codes(acts_btd, encode_rows, rows_per_forward: int = 4096):
@@ -107,33 +107,6 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     for name, arr in files.items():
         atomic_save_npy(out / name, arr)
     return list(files)
-
-
-class TopImagesStore:
-    """A directory written by ``extract --sae_path --mean_pool --top_k``: top images per latent,
-    no codes. Enough for ``visualize``, ``hierarchy``, ``uniqueness`` and ``steering-score``."""
-
-    def __init__(self, path, flag: str = "--activations_dir"):
-        self.path = Path(path)
-        try:
-            self.manifest = json.loads((self.path / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{flag} {self.path}: unreadable manifest.json ({e})") from None
-        if self.manifest.get("format") != TOP_IMAGES_FORMAT:
-            raise UserError(f"{flag} {self.path}: not a top-images store")
-        if not self.manifest.get("complete"):
-            raise UserError(f"{flag} {self.path}: the extraction that writes it has not finished; "
-                            f"rerun the same extract command to resume it")
-        self.dim = int(self.manifest["dim"])
-        self.num_rows = int(self.manifest["num_images"])
-        self.k = int(self.manifest["k"])
-
-    @property
-    def provenance(self) -> dict:
-        return self.manifest["provenance"]
-
-    def image_ids(self) -> np.ndarray:
-        return np.load(self.path / "image_ids.npy")
 
 
 def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, output_dir: Path,

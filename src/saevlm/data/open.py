@@ -1,0 +1,34 @@
+"""Open any saevlm store by what its manifest says it is: activations / embeddings, SAE codes,
+or top images per latent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from saevlm.errors import UserError
+
+
+def open_any_store(path, flag: str = "--activations_dir", *, allow_top_images: bool = False,
+                   allow_incomplete: bool = False, allow_nonfinite: bool = False):
+    """An :class:`ActivationStore`, :class:`CodeStore` or (when allowed) :class:`TopImagesStore`."""
+    from saevlm.data.codes import CODES_FORMAT, CodeStore
+    from saevlm.data.store import MANIFEST, ActivationStore, resolve_store_path
+    from saevlm.data.topimages import TOP_IMAGES_FORMAT, TopImagesStore
+
+    path = resolve_store_path(path, flag)
+    manifest = Path(path) / MANIFEST
+    fmt = None
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+            fmt = data.get("format") if isinstance(data, dict) else None
+        except (OSError, json.JSONDecodeError):
+            fmt = None  # the store class below says what is wrong with it
+    if fmt == TOP_IMAGES_FORMAT:
+        if not allow_top_images:
+            raise UserError(f"{flag} {path}: holds only top images per latent (extract --top_k), "
+                            f"no activations or codes")
+        return TopImagesStore(path, flag=flag)
+    cls = CodeStore if fmt == CODES_FORMAT else ActivationStore
+    return cls(path, flag=flag, allow_incomplete=allow_incomplete, allow_nonfinite=allow_nonfinite)
