@@ -246,7 +246,8 @@ def test_embed_store_and_mismatch_refused(tiny_clip_dir, tiny_dinov2_dir, image_
     (["--attachment_point", "pre_mlp_residual"], "--attachment_point 'pre_mlp_residual': unknown"),
     (["--device", "cuda"], "CUDA was requested but torch sees no GPU"),
     (["--device", "tpu"], "--device 'tpu'"),
-    (["--dtype", "int8"], "--dtype 'int8'"),
+    (["--dtype", "int8"], "--store_dtype 'int8'"),  # the older name of --store_dtype
+    (["--store_dtype", "int8"], "--store_dtype 'int8'"),
     (["--batch_size", "0"], "--batch_size 0"),
     (["--cls_only", "--mean_pool"], "choose at most one token selection"),
 ])

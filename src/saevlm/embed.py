@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_name", default="dinov2-base",
                    help="similarity encoder: dinov2-base (default, pooler_output), "
                         "clip-vit-base-patch32 (image_embeds), a hub id or a local directory")
-    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
+    p.add_argument("--store_dtype", "--dtype", dest="store_dtype", default="fp32",
+                   help="how embeddings are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the older name)")
     add_common_arguments(p)
 
 

@@ -96,7 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use an SAE trained on another model or hook point")
     o = p.add_argument_group("output")
     o.add_argument("--output_dir", required=True, help="one store per point is written under it")
-    o.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default: fp32)")
+    o.add_argument("--store_dtype", "--dtype", dest="store_dtype", default="fp32",
+                   help="how activations are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the "
+                        "older name). The forward pass's precision is --autocast")
     o.add_argument("--save_every", type=int, default=None,
                    help="accepted for the authors' commands (their images per .pt part); saevlm's shards "
                         "are sized by --shard_rows and the value changes nothing")
@@ -392,7 +394,7 @@ def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     from saevlm.models import load_encoder
 
     dist, device = init_distributed(args.device)
-    store_dtype = normalize_store_dtype(args.dtype)
+    store_dtype = normalize_store_dtype(args.store_dtype, "--store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
     encoder = load_encoder(args.model_name, processor_backend=args.processor_backend)

@@ -171,6 +171,7 @@ def add_arguments(p) -> None:
                    help="stores with several rows per image (tokens): pool each image's rows first (the "
                         "paper's steering SAE uses mean-pooled codes)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto; dense stores only)")
+    p.add_argument("--allow_nonfinite", action="store_true", help="rank stores holding NaN / inf (refused by default)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.add_argument_group("the authors' find_hai_indices.py flags (checked against the store)")
     a.add_argument("--dataset_name", default=None, help="must be the store's dataset")
@@ -196,7 +197,7 @@ def run(args) -> int:
     if args.k < 1:
         raise UserError(f"--k {args.k}: expected a positive integer")
     device = resolve_device(args.device)
-    store = open_scored_store(args.activations_dir, allow_top_images=True)
+    store = open_scored_store(args.activations_dir, allow_top_images=True, allow_nonfinite=args.allow_nonfinite)
     from saevlm.data.images import check_dataset_flags
     check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path, args.split,
                         f"--activations_dir {store.path}")
@@ -221,6 +222,9 @@ def run(args) -> int:
         check_one_row_per_image(store, "--activations_dir")
     if n_images < args.k:
         raise UserError(f"--k {args.k}: the store has only {n_images} images")
+    from saevlm.data.atomic import OutputLock
+    out = Path(args.output_dir) if args.output_dir else store.path
+    lock = OutputLock(out, "--output_dir", name=f".top_images_{args.k}.lock")  # writable, ours, before work
     bar = tqdm(total=n_images, unit="img", disable=args.no_progress, desc="top-images",
                dynamic_ncols=True, file=sys.stderr)
 
@@ -244,9 +248,8 @@ def run(args) -> int:
                                        store.dim, args.k, device)
     image_ids = store.image_ids()
     images = image_ids[rows]
-    out = Path(args.output_dir) if args.output_dir else store.path
-    out.mkdir(parents=True, exist_ok=True)
     files = write_top_images(out, args.k, images, values)
+    lock.release()
     near_dead = int((values[:, -1] == 0).sum())
     print(f"{store.dim} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")
     print(f"wrote {out}/{', '.join(files)} ({time.time() - t0:.1f} s)")

@@ -92,8 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--checkpoint_every", type=int, default=5000,
                    help="write resume state every this many steps (default: %(default)s)")
     r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="autocast dtype of the SAE forward on GPU (default: fp32)")
+    r.add_argument("--autocast", "--dtype", dest="autocast", default="none", choices=["none", "fp32", "bf16"],
+                   help="mixed precision of the SAE forward on GPU: none (= fp32, default) | bf16 "
+                        "(--dtype is the older name)")
+    r.add_argument("--allow_nonfinite", action="store_true",
+                   help="train on a store holding NaN / inf values (refused by default)")
     r.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
     r.add_argument("--wandb_project", default="saevlm", help="(default: %(default)s)")
     r.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -124,6 +127,33 @@ def checkpoint_steps(steps: int, every: int | None, at: list[int] | None) -> lis
     if at is not None:
         return sorted(set(at))
     return [100_000] if steps > 100_000 else []
+
+
+def validate_hyperparameters(args: argparse.Namespace) -> None:
+    """Impossible values stop at once with the flag, what is allowed and what was given (before any
+    data is read; the trainers would otherwise train a NaN SAE or crash deep inside torch)."""
+    def finite(flag: str, value) -> None:
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{flag} {value}: expected a finite number")
+
+    for flag in ("lr", "auxk_alpha", "threshold_beta", "l1_penalty", "sparsity_penalty", "bandwidth"):
+        finite(flag, getattr(args, flag))
+    for f in args.group_fractions:
+        finite("group_fractions", f)
+    if args.lr is not None and args.lr <= 0:
+        raise UserError(f"--lr {args.lr}: the learning rate must be positive (default: the authors' rule "
+                        f"2e-4 / sqrt(dict_size / 2^14))")
+    if args.auxk_alpha < 0:
+        raise UserError(f"--auxk_alpha {args.auxk_alpha}: the auxiliary-loss weight must be >= 0 "
+                        f"(paper: {PAPER['auxk_alpha']})")
+    if not 0 <= args.threshold_beta <= 1:
+        raise UserError(f"--threshold_beta {args.threshold_beta}: an EMA decay, must lie in [0, 1] "
+                        f"(paper: {PAPER['threshold_beta']})")
+    for flag in ("l1_penalty", "sparsity_penalty"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: must be >= 0")
+    if args.bandwidth <= 0:
+        raise UserError(f"--bandwidth {args.bandwidth}: must be positive")
 
 
 def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> None:
@@ -210,13 +240,9 @@ def _load_trainer_state(trainer, state: dict) -> None:
 
 
 def _save_torch_atomic(obj, path: Path) -> None:
-    import os
+    from saevlm.data.atomic import atomic_save_torch
 
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_save_torch(path, obj)
 
 
 def _raw_weights(trainer, norm_factor: float) -> dict:
@@ -253,13 +279,16 @@ def run(args: argparse.Namespace) -> int:
 
     from saevlm.distributed import barrier, init_distributed
 
+    validate_hyperparameters(args)
     dist, device = init_distributed(args.device)
+    args.dtype = "bf16" if args.autocast == "bf16" else "fp32"  # the name run.json has always recorded
     if args.dtype == "bf16" and device.type != "cuda":
-        raise UserError(f"--dtype bf16: autocast is for GPUs; the device is {device}")
-    train = ActivationStore(args.activations_dir, flag="--activations_dir")
+        raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
+    train = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
     act_dim = train.dim
     if args.val_activations_dir:
-        val = ActivationStore(args.val_activations_dir, flag="--val_activations_dir")
+        val = ActivationStore(args.val_activations_dir, flag="--val_activations_dir",
+                              allow_nonfinite=args.allow_nonfinite)
         if val.dim != act_dim:
             raise UserError(f"--val_activations_dir {val.path}: width {val.dim}, but --activations_dir "
                             f"{train.path} has width {act_dim}; they must come from the same hook point")
@@ -304,10 +333,17 @@ def run(args: argparse.Namespace) -> int:
             "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
             "seed", "no_normalize", "dtype")} | {"decay_start": decay_start},
     }
-    out.mkdir(parents=True, exist_ok=True)
+    from saevlm.data.atomic import OutputLock, ensure_writable_dir
+    # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
+    lock = OutputLock(out, "--checkpoints_dir") if dist.is_main else ensure_writable_dir(out, "--checkpoints_dir")
     run_json = out / "run.json"
     if run_json.exists():
-        old = json.loads(run_json.read_text())
+        try:
+            old = json.loads(run_json.read_text())
+            assert isinstance(old, dict)
+        except (OSError, ValueError, AssertionError):
+            raise UserError(f"--checkpoints_dir {out}: its run.json is damaged; move the directory away or "
+                            f"choose another --checkpoints_dir") from None
         if old.get("identity") != json.loads(json.dumps(run_identity)):
             raise UserError(f"--checkpoints_dir {out}: holds a run with other settings (see {run_json}); "
                             f"use another directory")
@@ -331,7 +367,11 @@ def run(args: argparse.Namespace) -> int:
     for i, (spec, tr) in enumerate(zip(specs, trainers)):
         f = spec.directory / "resume.pt"
         if f.exists():
-            st = torch.load(f, map_location=device, weights_only=False)
+            try:
+                st = torch.load(f, map_location=device, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - a truncated or damaged pickle
+                raise UserError(f"--checkpoints_dir {f}: the resume state is damaged ({type(e).__name__}); "
+                                f"delete it to train this SAE again from step 0") from None
             _load_trainer_state(tr, st["trainer"])
             torch.set_rng_state(st["torch_rng"])
             starts[i] = int(st["step"])

@@ -90,7 +90,7 @@ def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto") -> L
     torch_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
                    "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     if torch_dtype is None:
-        raise UserError(f"--dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
+        raise UserError(f"--model_dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
     try:
         model = LlavaForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)
         processor = AutoProcessor.from_pretrained(name)

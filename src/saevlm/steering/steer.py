@@ -44,7 +44,9 @@ def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None =
                    help="reconstruct mode: zero every other latent before clamping")
     p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32")
+    p.add_argument("--model_dtype", "--dtype", dest="model_dtype", default="auto",
+                   help="LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 "
+                        "(--dtype is the older name)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -79,7 +81,7 @@ def load_models(args):
     if args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
-    llava = load_llava(args.llava_model, device, args.dtype)
+    llava = load_llava(args.llava_model, device, args.model_dtype)
     return llava, sae, resolve_layer(args, sae)
 
 
