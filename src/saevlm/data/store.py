@@ -259,9 +259,6 @@ class ActivationStore:
                                          int(s["first_image"]), int(s["num_images"]), offset))
             offset += int(s["num_rows"])
         self.num_rows = offset
-        if self.manifest["complete"] and offset != int(self.manifest["num_rows"]):
-            raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
-                            f"says {self.manifest['num_rows']}; the manifest was edited or damaged")
         self._starts = np.array([s.row_start for s in self.shards] + [offset], dtype=np.int64)
         self._mmaps: dict[int, np.ndarray] = {}
         self._verified: set[str] = set()
@@ -270,7 +267,10 @@ class ActivationStore:
             print(f"note: {flag} {self.path}: written without checksums (saevlm < 0.3); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
         for i in range(len(self.shards)):
-            self._check_shard_files(i)
+            self._check_shard_files(i)  # names the shard whose row count disagrees, if one does
+        if self.manifest["complete"] and offset != int(self.manifest["num_rows"]):
+            raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
+                            f"says {self.manifest['num_rows']}; the manifest was edited or damaged")
         nonfinite = [(i, s.get("nonfinite", 0)) for i, s in enumerate(self.manifest["shards"])
                      if s.get("nonfinite", 0)]
         if nonfinite and not allow_nonfinite:

@@ -288,6 +288,15 @@ def ms_inputs(acts, emb) -> dict:
     return {"activations": ident(acts), "embeddings": ident(emb)}
 
 
+def _same_inputs(old: dict | None, new: dict) -> bool:
+    """The same stores, wherever they now lie (a copied or moved run keeps its results)."""
+    import json
+
+    def strip(inputs):
+        return {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in (inputs or {}).items()}
+    return old is not None and strip(old) == strip(json.loads(json.dumps(new)))
+
+
 def run(args) -> int:
     import json
     import sys
@@ -330,7 +339,7 @@ def run(args) -> int:
         except (OSError, json.JSONDecodeError):
             old = {}
         old_inputs = old.get("inputs") if isinstance(old, dict) else None
-        if old_inputs != json.loads(json.dumps(inputs)):
+        if not _same_inputs(old_inputs, inputs):
             what = "other inputs" if old_inputs else "inputs it does not record (an older saevlm)"
             raise UserError(f"{flag} {out}: holds MS results computed from {what} "
                             f"({(old_inputs or {}).get('activations', {}).get('path', old.get('activations_dir', '?'))} "

@@ -47,12 +47,16 @@ class Report:
     md: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
 
-    def warn(self, text: str) -> None:
+    def warn(self, text: str, damaged: bool = False) -> None:
         """A problem with the results (unfinished, missing, stale): shown at the top of the report
-        and printed."""
+        and printed. ``damaged``: a result file is missing or unreadable, so the command fails
+        (after writing the report) instead of passing silently."""
         if text not in self.warnings:
             self.warnings.append(text)
+        if damaged and text not in self.damaged:
+            self.damaged.append(text)
 
     def cite(self, path: Path) -> str:
         rel = str(Path(path).resolve().relative_to(self.run_dir.resolve())) \
@@ -101,11 +105,11 @@ def _read_json(path: Path, rep: "Report | None" = None):
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         if rep is not None:
-            rep.warn(f"{path}: unreadable ({type(e).__name__}), left out")
+            rep.warn(f"{path}: unreadable ({type(e).__name__}), left out", damaged=True)
         return None
     if not isinstance(data, dict):
         if rep is not None:
-            rep.warn(f"{path}: not a result object, left out")
+            rep.warn(f"{path}: not a result object, left out", damaged=True)
         return None
     return data
 
@@ -129,7 +133,8 @@ def collect_ms(run_dir: Path, rep: "Report | None" = None) -> list[MSRecord]:
             continue
         if not (ms_json.parent / "scores.npy").is_file():
             if rep is not None:
-                rep.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish); left out")
+                rep.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish or the file was "
+                         f"removed); left out, rerun saevlm ms", damaged=True)
             continue
         stamp = (summary.get("inputs") or {}).get("activations", {}).get("finished")
         if rep is not None and stamp is not None and stamp != _finished(manifest):
@@ -441,7 +446,8 @@ def _load_scores(rep: Report, rec: MSRecord):
     try:
         return np.load(rec.source.parent / "scores.npy")
     except (OSError, ValueError) as e:
-        rep.warn(f"{rec.source.parent / 'scores.npy'}: unreadable ({type(e).__name__}); figure left out")
+        rep.warn(f"{rec.source.parent / 'scores.npy'}: unreadable ({type(e).__name__}); figure left out",
+                 damaged=True)
         return None
 
 
@@ -457,14 +463,16 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;l
 
 
 def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grids: bool = True,
-                 title: str = "saevlm report") -> tuple[Path, Path]:
-    from saevlm.data.store import atomic_write_bytes
+                 title: str = "saevlm report") -> tuple[Path, Path, list[str]]:
+    """Write report.md and report.html; returns their paths and the list of damaged or missing
+    result files (each also a warning inside the report)."""
+    from saevlm.data.atomic import atomic_write_bytes, ensure_writable_dir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"--run_dir {run_dir}: no such directory")
-    out = Path(output_dir) if output_dir else run_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable_dir(Path(output_dir) if output_dir else run_dir,
+                              "--output_dir" if output_dir else "--run_dir")
     rep = Report(run_dir)
     rep.heading(title, 1)
     records = collect_ms(run_dir, rep)
@@ -498,7 +506,7 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     atomic_write_bytes(html_path, (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
                                    f"</title><style>{CSS}</style></head><body>" + "\n".join(rep.html)
                                    + "</body></html>").encode())
-    return md_path, html_path
+    return md_path, html_path, rep.damaged
 
 
 def add_arguments(p) -> None:
@@ -509,6 +517,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    md, page = build_report(args.run_dir, args.output_dir, not args.no_grids, args.title)
+    md, page, damaged = build_report(args.run_dir, args.output_dir, not args.no_grids, args.title)
     print(f"wrote {md} and {page}")
+    if damaged:
+        print(f"saevlm report: error: {len(damaged)} result file(s) missing or damaged, left out of the "
+              f"report: {damaged[0]}", file=sys.stderr)
+        return 1
     return 0

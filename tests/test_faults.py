@@ -1,0 +1,434 @@
+"""Fault injection: damaged or mismatched inputs and failing outputs, each through the CLI.
+
+Every case asserts the exit code, that the message is ONE line naming the file or flag and what
+differs, that no earlier output changed (SHA-256 of every file before and after) and that nothing
+half-written (``.tmp-`` files) is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+from saevlm.data.atomic import file_checksum
+
+
+# ----------------------------------------------------------------------------- helpers
+def tree_hashes(root: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file under ``root`` (lock files are not outputs)."""
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(root.rglob("*")) if f.is_file() and ".lock" not in f.name}
+
+
+def stray_tmp(root: Path) -> list[str]:
+    return [str(f) for f in root.rglob("*") if ".tmp-" in f.name or "write-test" in f.name]
+
+
+def one_line_error(capsys, *must_contain: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err, err
+    for text in must_contain:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def run_fails(capsys, root: Path, argv: list, *must_contain: str, rc: int = 2) -> str:
+    """Run a command that must fail; nothing under ``root`` may change."""
+    capsys.readouterr()
+    before = tree_hashes(root)
+    assert run_cli(*argv) == rc
+    line = one_line_error(capsys, *must_contain)
+    assert tree_hashes(root) == before, "an earlier output changed"
+    assert not stray_tmp(root), stray_tmp(root)
+    return line
+
+
+def rewrite_manifest(store: Path, edit) -> None:
+    m = json.loads((store / "manifest.json").read_text())
+    edit(m)
+    (store / "manifest.json").write_text(json.dumps(m))
+
+
+# ----------------------------------------------------------------------------- a finished run
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A synthetic world, one trained SAE, its codes, MS of neurons and latents, top images."""
+    root = tmp_path_factory.mktemp("faults") / "run"
+    w = root / "world"
+    assert run_cli("synthetic", "--output_dir", w, "--num_train", "1500", "--num_val", "300") == 0
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir",
+                   root / "ck", "--expansion_factor", "2", "--k", "4", "--steps", "60", "--batch_size", "128",
+                   "--warmup_steps", "5", "--threshold_start_step", "10", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("encode", "--sae_path", root / "ck" / "trainer_0", "--activations_dir", w / "val",
+                   "--output_dir", root / "codes", "--no_progress") == 0
+    for store in (w / "val", root / "codes"):
+        assert run_cli("ms", "--activations_dir", store, "--embeddings_path", w / "embeddings_val",
+                       "--device", "cpu", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", root / "codes", "--device", "cpu", "--no_progress") == 0
+    return root
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(finished_run, dst)
+    # provenance records absolute paths; the copy's stores point at themselves through their folders
+    return dst
+
+
+def ms_argv(run: Path, store: Path, *extra) -> list:
+    return ["ms", "--activations_dir", store, "--embeddings_path", run / "world" / "embeddings_val",
+            "--device", "cpu", "--no_progress", *extra]
+
+
+# ----------------------------------------------------------------------------- 1. integrity
+def test_random_bytes_inside_a_shard(run_copy, capsys):
+    shard = run_copy / "world" / "val" / "acts_00000.npy"
+    data = bytearray(shard.read_bytes())
+    data[4000:5024] = np.random.default_rng(0).integers(0, 256, 1024, dtype=np.uint8).tobytes()
+    shard.write_bytes(bytes(data))  # same size: only the checksum can tell
+    what = ["world/val", "shard 0 (acts_00000.npy)", "CRC-32"]
+    run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"), *what)
+    run_fails(capsys, run_copy, ["inspect", run_copy / "world" / "val", "--verify", "--no_progress"], *what)
+    run_fails(capsys, run_copy, ["top-images", "--activations_dir", run_copy / "world" / "val",
+                                 "--output_dir", run_copy / "t", "--no_progress"], *what)
+    # the same damage in the training store stops training before any checkpoint is written
+    tshard = run_copy / "world" / "train" / "acts_00000.npy"
+    data = bytearray(tshard.read_bytes())
+    data[9000:10024] = bytes(1024)
+    tshard.write_bytes(bytes(data))
+    run_fails(capsys, run_copy, ["train", "--activations_dir", run_copy / "world" / "train", "--checkpoints_dir",
+                                 run_copy / "ck2", "--steps", "5", "--batch_size", "64", "--warmup_steps", "1",
+                                 "--device", "cpu", "--no_progress"], "world/train", "acts_00000.npy", "CRC-32")
+    assert not (run_copy / "ck2" / "trainer_0" / "ae.pt").exists()
+
+
+def test_without_checksum_verification_nan_values_are_still_refused(run_copy, capsys, monkeypatch):
+    shard = run_copy / "world" / "val" / "acts_00000.npy"
+    arr = np.load(shard)
+    arr[7, 3], arr[20, 1] = np.nan, np.inf
+    np.save(shard, arr)  # same size and header, new bytes
+    monkeypatch.setenv("SAEVLM_VERIFY", "0")
+    run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"),
+              "2 non-finite values", "first at row 7 (image 7")
+
+
+def test_nonfinite_values_refused_at_write_and_read_unless_allowed(tmp_path, capsys):
+    from saevlm.data.store import ActivationStore, StoreWriter
+    from saevlm.errors import UserError
+
+    acts = np.ones((10, 3), np.float32)
+    acts[4, 1] = np.nan
+    rows = np.stack([np.arange(10), -np.ones(10, np.int64)], 1)
+    common = dict(kind="activations", dim=3, dtype="fp32", images_per_shard=10, num_images=10,
+                  provenance={"dataset": {"paths_sha256": "x"}}, software={})
+    w = StoreWriter(tmp_path / "s", **common)
+    with pytest.raises(UserError, match=r"shard 0 would hold 1 non-finite activations .*image 4, token -1"):
+        w.write_shard(0, acts, rows, 0, 10)
+    w.close()
+    assert not list((tmp_path / "s").glob("acts_*"))  # nothing was written for it
+    w = StoreWriter(tmp_path / "s", allow_nonfinite=True, **common)
+    w.write_shard(0, acts, rows, 0, 10)
+    w.finalize()
+    with pytest.raises(UserError, match=r"holds 1 non-finite values .*shard 0 \(acts_00000.npy\) at row 4"):
+        ActivationStore(tmp_path / "s")
+    assert np.isnan(ActivationStore(tmp_path / "s", allow_nonfinite=True).read(0, 10)[4, 1])
+
+
+def test_manifest_dtype_edited(run_copy, capsys):
+    val = run_copy / "world" / "val"
+    rewrite_manifest(val, lambda m: m.update(dtype="bfloat16"))
+    run_fails(capsys, run_copy, ms_argv(run_copy, val, "--overwrite"), "manifest.json", "bfloat16",
+              "storage_dtype")
+    rewrite_manifest(val, lambda m: m.update(dtype="bfloat16", storage_dtype="uint16"))
+    run_fails(capsys, run_copy, ms_argv(run_copy, val, "--overwrite"), "acts_00000.npy", "float32", "bfloat16")
+    rewrite_manifest(val, lambda m: m.update(dtype="int8"))
+    run_fails(capsys, run_copy, ms_argv(run_copy, val, "--overwrite"), "dtype 'int8' is not a store dtype")
+
+
+def test_truncated_shard(run_copy, capsys):
+    shard = run_copy / "world" / "val" / "acts_00000.npy"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"),
+              "shard 0 (acts_00000.npy)", "bytes", "truncated")
+    shard.write_bytes(shard.read_bytes()[:30])  # not even a whole header
+    run_fails(capsys, run_copy, ["inspect", run_copy / "world" / "val"], "acts_00000.npy")
+
+
+def test_shard_row_count_edited(run_copy, capsys):
+    rewrite_manifest(run_copy / "world" / "val",
+                     lambda m: m["shards"][0].update(num_rows=m["shards"][0]["num_rows"] - 50))
+    line = run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"),
+                     "shard 0 (acts_00000.npy) holds 300 rows, the manifest says 250")
+    assert "--cls_only" not in line  # not blamed on token selection any more
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("{not json", "not valid JSON"),
+    ("[]", "expected a JSON object, found a list"),
+    (None, "no 'dtype' key"),
+])
+def test_broken_manifest(run_copy, capsys, content, expected):
+    val = run_copy / "world" / "val"
+    if content is None:
+        rewrite_manifest(val, lambda m: m.pop("dtype"))
+    else:
+        (val / "manifest.json").write_text(content)
+    run_fails(capsys, run_copy, ms_argv(run_copy, val, "--overwrite"), "manifest.json", expected)
+    run_fails(capsys, run_copy, ["top-images", "--activations_dir", val, "--output_dir", run_copy / "t",
+                                 "--no_progress"], "manifest.json")
+    run_fails(capsys, run_copy, ["train", "--activations_dir", val, "--checkpoints_dir", run_copy / "ck3",
+                                 "--steps", "5", "--device", "cpu"], "manifest.json")
+
+
+def test_latent_ids_out_of_range(run_copy, capsys):
+    codes = run_copy / "codes"
+    m = json.loads((codes / "manifest.json").read_text())
+    f = codes / m["shards"][0]["indices"]
+    ids = np.load(f)
+    ids[17] = 128 + 5  # the dictionary has 128 latents
+    np.save(f, ids)
+    # a buggy writer would also record the checksum of what it wrote: only the range check can tell
+    rewrite_manifest(codes, lambda m: m["shards"][0]["checksums"].update({f.name: file_checksum(f)}))
+    what = ["codes", "latent id 133", "outside the dictionary [0, 128)"]
+    run_fails(capsys, run_copy, ["top-images", "--activations_dir", codes, "--no_progress"], *what)
+    run_fails(capsys, run_copy, ms_argv(run_copy, codes, "--overwrite"), *what)
+
+
+def test_inspect_reads_code_stores(finished_run, capsys):
+    capsys.readouterr()
+    assert run_cli("inspect", finished_run / "codes", "--verify", "--no_progress") == 0
+    out = capsys.readouterr().out
+    assert "128 latents" in out and "CSR structure and latent ids OK" in out
+
+
+# ----------------------------------------------------------------------------- 2. pairing by content
+def test_other_pictures_with_the_same_file_names_are_refused(tiny_clip_dir, tmp_path, capsys):
+    from saevlm.data.images import make_image_folder
+
+    a = make_image_folder(tmp_path / "a" / "imgs", num_classes=2, per_class=4, size=32, seed=0)
+    b = make_image_folder(tmp_path / "b" / "imgs", num_classes=2, per_class=4, size=32, seed=0)
+    # one picture differs, same file name
+    from PIL import Image
+    Image.new("RGB", (32, 32), (250, 10, 10)).save(b / "class_001" / "img_0002.png")
+    common = ["--model_name", tiny_clip_dir, "--dataset_name", "imagefolder", "--batch_size", "4",
+              "--num_workers", "0", "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--layer", "last", "--attachment_point", "post_projection", "--data_path", a,
+                   "--output_dir", tmp_path / "acts", *common) == 0
+    assert run_cli("embed", "--data_path", a, "--embeddings_path", tmp_path / "emb_a", *common) == 0
+    # the other copy: same relative paths (so the same paths fingerprint), one picture differs
+    shutil.move(str(a), str(tmp_path / "a_moved"))
+    shutil.copytree(b, a)
+    assert run_cli("embed", "--data_path", a, "--embeddings_path", tmp_path / "emb_b", *common) == 0
+    acts = tmp_path / "acts" / "post_projection"
+    run_fails(capsys, tmp_path, ["ms", "--activations_dir", acts, "--embeddings_path", tmp_path / "emb_b",
+                                 "--device", "cpu", "--no_progress"],
+              "hold different pictures under the same file names", "1 of 8 images differ",
+              "dataset index 6", "class_001/img_0002.png", str(acts), "emb_b")
+    assert run_cli("ms", "--activations_dir", acts, "--embeddings_path", tmp_path / "emb_a",
+                   "--device", "cpu", "--no_progress") == 0
+
+
+def test_stores_without_content_hashes_still_pair_with_a_notice(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    for store in (run / "world" / "val", run / "world" / "embeddings_val"):  # as an older saevlm wrote them
+        def strip(m):
+            m.pop("content_sha256")
+            for s in m["shards"]:
+                s["checksums"].pop(s.pop("images_file"))
+        rewrite_manifest(store, strip)
+    capsys.readouterr()
+    assert run_cli(*ms_argv(run, run / "world" / "val", "--output_dir", tmp_path / "ms_old")) == 0
+    assert "written without image content hashes" in capsys.readouterr().err
+    ref = np.load(finished_run / "world" / "val" / "ms_synthetic" / "scores.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "ms_old" / "scores.npy"), ref)
+
+
+# ----------------------------------------------------------------------------- 3. failing outputs
+def _fail_writes_under(monkeypatch, root: Path, err: int) -> None:
+    """Make every file opened for writing under ``root`` fail with ``err`` (a read-only or full
+    file system, as root sees it: permission bits do not stop root)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and str(Path(file).resolve()).startswith(str(root.resolve())):
+            raise OSError(err, os.strerror(err), str(file))
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", fake_open)
+
+
+@pytest.mark.parametrize("err, words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "disk is full")])
+def test_unwritable_output_fails_before_any_work(run_copy, capsys, monkeypatch, err, words):
+    import saevlm.metrics.ms as ms_module
+
+    out = run_copy / "out"
+    out.mkdir()
+    calls = []
+    monkeypatch.setattr(ms_module, "MSAccumulator",
+                        lambda *a, **k: calls.append(1) or pytest.fail("MS computed before the check"))
+    _fail_writes_under(monkeypatch, out, err)
+    run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "codes", "--output_dir", out), "--output_dir",
+              str(out), words)
+    assert not calls
+
+
+def test_disk_full_during_a_write_leaves_no_temp_file_and_the_old_file(tmp_path, monkeypatch):
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
+    from saevlm.errors import UserError
+
+    target = tmp_path / "scores.npy"
+    atomic_save_npy(target, np.arange(3.0))
+    before = target.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError, match=r"cannot write .*scores.npy: the disk is full"):
+        atomic_save_npy(target, np.arange(1000.0))
+    with pytest.raises(UserError, match="disk is full"):
+        atomic_write_json(tmp_path / "ms.json", {"a": 1})
+    assert target.read_bytes() == before
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["scores.npy"]
+
+
+def test_a_second_writer_stops_with_the_holder_named(run_copy, capsys):
+    out = run_copy / "ms_locked"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from saevlm.data.atomic import OutputLock
+        lock = OutputLock({str(out)!r}, "--output_dir")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "codes", "--output_dir", out),
+                  "another saevlm process is writing there", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    # once the holder is gone (even killed), the lock is free: no stale lock
+    capsys.readouterr()
+    assert run_cli(*ms_argv(run_copy, run_copy / "codes", "--output_dir", out)) == 0
+
+
+def test_two_extracts_into_one_store(tiny_clip_dir, image_folder, tmp_path, capsys):
+    store = tmp_path / "acts" / "post_projection"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from saevlm.data.atomic import OutputLock
+        lock = OutputLock({str(store)!r}, "--output_dir")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        run_fails(capsys, tmp_path, ["extract", "--model_name", tiny_clip_dir, "--layer", "last",
+                                     "--attachment_point", "post_projection", "--data_path", image_folder,
+                                     "--output_dir", tmp_path / "acts", "--num_workers", "0", "--device", "cpu",
+                                     "--no_progress"], "post_projection", "another saevlm process")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_extract_overwrite_replaces_a_store_with_a_corrupt_manifest(tiny_clip_dir, image_folder, tmp_path, capsys):
+    argv = ["extract", "--model_name", tiny_clip_dir, "--layer", "last", "--attachment_point", "post_projection",
+            "--data_path", image_folder, "--output_dir", tmp_path / "acts", "--num_workers", "0",
+            "--device", "cpu", "--no_progress"]
+    assert run_cli(*argv) == 0
+    store = tmp_path / "acts" / "post_projection"
+    good = tree_hashes(store)
+    (store / "manifest.json").write_text("{garbage")
+    run_fails(capsys, tmp_path, argv, "manifest.json is damaged", "--overwrite")
+    assert run_cli(*argv, "--overwrite") == 0
+    new = tree_hashes(store)
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["complete"]
+    # the same bytes as the first run (the manifest differs only in its timestamps)
+    assert {k: v for k, v in new.items() if k != "manifest.json"} == \
+        {k: v for k, v in good.items() if k != "manifest.json"}
+
+
+# ----------------------------------------------------------------------------- 4. impossible flags
+@pytest.mark.parametrize("flag, value, words", [
+    ("--lr", "-1", "the learning rate must be positive"),
+    ("--lr", "nan", "expected a finite number"),
+    ("--threshold_beta", "5", "must lie in [0, 1]"),
+    ("--auxk_alpha", "-3", "must be >= 0"),
+])
+def test_impossible_hyperparameters(run_copy, capsys, flag, value, words):
+    run_fails(capsys, run_copy, ["train", "--activations_dir", run_copy / "world" / "train", "--checkpoints_dir",
+                                 run_copy / "ck_bad", "--steps", "5", "--device", "cpu", flag, value],
+              f"{flag} {value}", words)
+    assert not (run_copy / "ck_bad").exists()
+
+
+# ----------------------------------------------------------------------------- 5. never clobber
+def test_ms_per_embedder_and_refusal_of_other_inputs(run_copy, capsys):
+    codes = run_copy / "codes"
+    first = tree_hashes(codes / "ms_synthetic")
+    # the same inputs again: allowed (recomputed, same numbers)
+    assert run_cli(*ms_argv(run_copy, codes)) == 0
+    assert tree_hashes(codes / "ms_synthetic")["scores.npy"] == first["scores.npy"]
+    # results from other inputs in the same folder are refused unless --overwrite
+    line = run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--output_dir",
+                                               codes / "ms_synthetic"),
+                     "holds MS results computed from other inputs", "--overwrite")
+    assert str(codes) in line
+
+
+def test_report_tells_the_truth(run_copy, capsys):
+    # an unfinished training run beside the finished one
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", run_copy / "world" / "train",
+                   "--checkpoints_dir", run_copy / "ck_killed", "--expansion_factor", "2", "--k", "4",
+                   "--steps", "40", "--batch_size", "128", "--warmup_steps", "5", "--threshold_start_step", "10",
+                   "--device", "cpu", "--no_progress") == 0
+    run_json = run_copy / "ck_killed" / "run.json"
+    rj = json.loads(run_json.read_text())
+    rj["complete"] = False
+    run_json.write_text(json.dumps(rj))
+    (run_copy / "ck_killed" / "trainer_0" / "eval.json").unlink()
+    assert run_cli("fms", "--activations_dir", run_copy / "codes", "--concepts",
+                   run_copy / "world" / "concepts_val.npz", "--max_concepts", "20") == 0
+    assert run_cli("uniqueness", "--activations_dir", run_copy / "codes") == 0
+    capsys.readouterr()
+    assert run_cli("report", "--run_dir", run_copy, "--no_grids") == 0
+    err = capsys.readouterr().err
+    md = (run_copy / "report.md").read_text()
+    assert "training unfinished" in err and "training unfinished" in md
+    assert md.index("**Warnings**") < md.index("## Monosemanticity Score")
+    info = json.loads((run_copy / "codes" / "ms_synthetic" / "ms.json").read_text())
+    n_scored = info["total"] - info["dead"]
+    assert f"(n={n_scored}/{info['total']})" in md
+    assert f"{n_scored}/{info['total']} (dead {info['dead_constant']} + {info['dead_one_image']} one-image)" in md
+    assert "## Feature Monosemanticity Score" in md and "## Uniqueness of top images" in md
+    assert "unfinished" in md.split("## Reconstruction and sparsity")[1]
+    # a missing scores.npy: the report is still written, with the file named, and the command fails
+    (run_copy / "world" / "val" / "ms_synthetic" / "scores.npy").unlink()
+    capsys.readouterr()
+    assert run_cli("report", "--run_dir", run_copy, "--no_grids") == 1
+    line = one_line_error(capsys, "1 result file(s) missing or damaged", "scores.npy is missing")
+    assert "world/val/ms_synthetic/ms.json" in line
+    # a store rewritten after its MS was computed: the MS is flagged stale
+    rewrite_manifest(run_copy / "codes", lambda m: m.update(finished="2030-01-01T00:00:00+00:00"))
+    capsys.readouterr()
+    run_cli("report", "--run_dir", run_copy, "--no_grids")
+    assert "stale" in capsys.readouterr().err
