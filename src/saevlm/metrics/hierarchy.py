@@ -101,6 +101,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ms_subdir", default=None,
                    help="MS per group from <dir>/<ms_subdir>/scores.npy (default: the store's single ms*/ "
                         "folder, if any)")
+    p.add_argument("--output_dir", default=None,
+                   help="where hierarchy_<k>.json goes (default: --activations_dir)")
     a = p.add_argument_group("the authors' inat_depth.py flags")
     a.add_argument("--hai_indices_path", default=None,
                    help="top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' "
@@ -121,6 +123,8 @@ def run(args) -> int:
     check_dataset_flags(store.provenance.get("dataset", {}), None, args.data_path, args.split,
                         f"--activations_dir {store.path}")
     d = store.path
+    from saevlm.data.atomic import ensure_writable_dir
+    out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
     top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path)
     classes_f = d / "classes.json"
     labels_f = d / "labels.npy"
@@ -150,7 +154,7 @@ def run(args) -> int:
     ms = load_ms_scores(ms_dir, len(top), "--ms_subdir") if ms_dir else None
     table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy)
-    atomic_write_json(d / f"hierarchy_{args.k}.json", table)
+    atomic_write_json(out / f"hierarchy_{args.k}.json", table)
     head = f"{'group':>5} {'size':>7} {'scored':>7} {'left out':>9} {'LCA (rounded mean)':>19} {'LCA (majority)':>15}"
     print(head + ("   MS mean / max / min" if ms is not None else ""))
     for r in table["groups"]:
@@ -160,5 +164,5 @@ def run(args) -> int:
         if ms is not None:
             line += f"   {fmt(r['ms_mean'])} / {fmt(r['ms_max'])} / {fmt(r['ms_min'])}"
         print(line)
-    print(f"wrote {d}/hierarchy_{args.k}.json")
+    print(f"wrote {out}/hierarchy_{args.k}.json")
     return 0

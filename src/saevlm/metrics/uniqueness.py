@@ -72,6 +72,8 @@ def add_arguments(p) -> None:
     p.add_argument("--activations_dir", required=True,
                    help="the store whose top_images_<k>.npy (saevlm top-images) is analysed")
     p.add_argument("--k", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--output_dir", default=None,
+                   help="where uniqueness_<k>.json goes (default: --activations_dir)")
     p.add_argument("--keep_near_dead", action="store_true",
                    help="also include neurons whose k-th value is 0")
 
@@ -85,14 +87,17 @@ def run(args) -> int:
     t0 = time.time()
     from saevlm.metrics.top_images import load_top_images
 
+    from saevlm.data.atomic import ensure_writable_dir
+
     d = Path(args.activations_dir)
     top, kth, _ = load_top_images(d, args.k)
+    out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
     stats = uniqueness_stats(top, kth, args.keep_near_dead)
-    atomic_write_json(d / f"uniqueness_{args.k}.json", stats)
+    atomic_write_json(out / f"uniqueness_{args.k}.json", stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "
           f"{stats['pairs']:,} pairs")
     for t, c in stats["pairs_above"].items():
         print(f"  J > {t}: {c:,}")
     print("most similar: " + ", ".join(f"({a},{b}) {s:.3f}" for a, b, s in stats["most_similar"]))
-    print(f"wrote {d}/uniqueness_{args.k}.json ({time.time() - t0:.1f} s)")
+    print(f"wrote {out}/uniqueness_{args.k}.json ({time.time() - t0:.1f} s)")
     return 0
