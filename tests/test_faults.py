@@ -57,6 +57,19 @@ def run_fails(capsys, root: Path, argv: list, *must_contain: str, rc: int = 2) -
     return line
 
 
+def hold_lock(directory: Path) -> subprocess.Popen:
+    """Another process holding the output lock of ``directory`` (returns once it holds it)."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from saevlm.data.atomic import OutputLock
+        lock = OutputLock({str(directory)!r}, "--output_dir")
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def rewrite_manifest(store: Path, edit) -> None:
     m = json.loads((store / "manifest.json").read_text())
     edit(m)
@@ -310,15 +323,8 @@ def test_disk_full_during_a_write_leaves_no_temp_file_and_the_old_file(tmp_path,
 
 def test_a_second_writer_stops_with_the_holder_named(run_copy, capsys):
     out = run_copy / "ms_locked"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from saevlm.data.atomic import OutputLock
-        lock = OutputLock({str(out)!r}, "--output_dir")
-        print("locked", flush=True)
-        time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(out)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "codes", "--output_dir", out),
                   "another saevlm process is writing there", f"pid {holder.pid}")
     finally:
@@ -331,15 +337,8 @@ def test_a_second_writer_stops_with_the_holder_named(run_copy, capsys):
 
 def test_two_extracts_into_one_store(tiny_clip_dir, image_folder, tmp_path, capsys):
     store = tmp_path / "acts" / "post_projection"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from saevlm.data.atomic import OutputLock
-        lock = OutputLock({str(store)!r}, "--output_dir")
-        print("locked", flush=True)
-        time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(store)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         run_fails(capsys, tmp_path, ["extract", "--model_name", tiny_clip_dir, "--layer", "last",
                                      "--attachment_point", "post_projection", "--data_path", image_folder,
                                      "--output_dir", tmp_path / "acts", "--num_workers", "0", "--device", "cpu",

@@ -362,10 +362,14 @@ class ActivationStore:
             for name in self._expected_layout(i):
                 self._verify_file(i, name)
                 total += (self.path / name).stat().st_size
-            self.shard_array(i)
+            self._check_payload(i)
             self.shard_rows(i)
             self.shard_images(i)
         return total
+
+    def _check_payload(self, i: int) -> None:
+        """Open shard ``i``'s data the way a reader does (value checks included)."""
+        self.shard_array(i)
 
     # -- metadata
     @property
