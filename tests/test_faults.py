@@ -222,6 +222,18 @@ def test_latent_ids_out_of_range(run_copy, capsys):
     run_fails(capsys, run_copy, ms_argv(run_copy, codes, "--overwrite"), *what)
 
 
+def test_nan_codes_refused(run_copy, capsys):
+    codes = run_copy / "codes"
+    m = json.loads((codes / "manifest.json").read_text())
+    f = codes / m["shards"][0]["values"]
+    values = np.load(f)
+    values[30] = np.nan
+    np.save(f, values)
+    rewrite_manifest(codes, lambda m: m["shards"][0]["checksums"].update({f.name: file_checksum(f)}))
+    run_fails(capsys, run_copy, ["top-images", "--activations_dir", codes, "--no_progress"],
+              "codes", "1 non-finite codes", "--allow_nonfinite")
+
+
 def test_inspect_reads_code_stores(finished_run, capsys):
     capsys.readouterr()
     assert run_cli("inspect", finished_run / "codes", "--verify", "--no_progress") == 0

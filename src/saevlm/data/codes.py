@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from saevlm.data.store import ActivationStore, StoreWriter, atomic_save_npy
+from saevlm.errors import UserError
 
 CODES_FORMAT = "saevlm-codes"
 

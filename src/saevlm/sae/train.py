@@ -335,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     }
     from saevlm.data.atomic import OutputLock, ensure_writable_dir
     # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
-    lock = OutputLock(out, "--checkpoints_dir") if dist.is_main else ensure_writable_dir(out, "--checkpoints_dir")
+    lock = OutputLock(out, "--checkpoints_dir") if dist.is_main else ensure_writable_dir(out, "--checkpoints_dir")  # noqa: F841 (held until return)
     run_json = out / "run.json"
     if run_json.exists():
         try:
