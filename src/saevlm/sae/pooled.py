@@ -205,9 +205,7 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
 
 
 def _save_state(path: Path, top: RunningTopK, done: int, skipped: list) -> None:
-    import os
+    from saevlm.data.atomic import atomic_save_npz
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npz")
     st = top.state()
-    np.savez(tmp, values=st["values"], rows=st["rows"], done=np.int64(done), skipped=json.dumps(skipped))
-    os.replace(tmp, path)
+    atomic_save_npz(path, values=st["values"], rows=st["rows"], done=np.int64(done), skipped=json.dumps(skipped))

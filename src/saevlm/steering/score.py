@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import re
@@ -210,17 +211,19 @@ def run(args) -> int:
     text = dict(zip(vocab, clip.text(vocab if authors else [w or "nothing" for w in vocab])))
     index = {n: i for i, n in enumerate(neurons)}
     sims = np.array([float(text[w] @ target_unit[index[n]]) for (n, _, _, _), w in zip(labels, words)])
-    with open(out / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["neuron", "image", "answer", "word", "similarity"])
-        for (n, name, answer, _), word, s in zip(labels, words, sims):
-            w.writerow([n, name, answer, word, f"{s:.6f}"])
+    from saevlm.data.atomic import atomic_write_text
+
+    def csv_text(header: list, rows) -> str:
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(rows)
+        return buf.getvalue()
+    atomic_write_text(out / "labels.csv", csv_text(["neuron", "image", "answer", "word", "similarity"], (
+        [n, name, answer, word, f"{s:.6f}"] for (n, name, answer, _), word, s in zip(labels, words, sims))))
     per_neuron = {n: float(np.mean(sims[[i for i, lab in enumerate(labels) if lab[0] == n]])) for n in neurons}
-    with open(out / "scores.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["neuron", "score"])
-        for n, s in per_neuron.items():
-            w.writerow([n, f"{s:.6f}"])
+    atomic_write_text(out / "scores.csv", csv_text(["neuron", "score"],
+                                                   ([n, f"{s:.6f}"] for n, s in per_neuron.items())))
     vals = np.array(list(per_neuron.values()))
     if authors:  # torch.std over all (neuron, image) pairs: unbiased
         mean, std, std_over = float(sims.mean()), float(sims.std(ddof=1)) if len(sims) > 1 else float("nan"), \
