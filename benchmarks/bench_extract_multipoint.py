@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers (tiny models)
 
 import saevlm  # noqa: E402,F401  (torchvision fix first)
 import numpy as np  # noqa: E402
@@ -82,8 +84,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
 
-    from saevlm.data.images import make_image_folder, open_dataset
-    from saevlm.testing import save_tiny_clip
+    from helpers import make_image_folder
+    from saevlm.data.images import open_dataset
+    from helpers import save_tiny_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

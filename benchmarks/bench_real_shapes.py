@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers (tiny models)
 from bench_extract_multipoint import _write_section  # noqa: E402
 
 import saevlm  # noqa: E402,F401
@@ -62,7 +63,7 @@ def save_models(root: Path) -> dict:
                               LlavaForConditionalGeneration, LlavaProcessor, SiglipImageProcessor,
                               SiglipVisionConfig, SiglipVisionModel)
 
-    from saevlm.testing import LLAVA_CHAT_TEMPLATE, tiny_tokenizer
+    from helpers import LLAVA_CHAT_TEMPLATE, tiny_tokenizer
 
     torch.manual_seed(0)
     out = {}
@@ -140,7 +141,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

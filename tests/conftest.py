@@ -15,33 +15,33 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
-    from saevlm.testing import save_tiny_clip
+    from helpers import save_tiny_clip
     return save_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 @pytest.fixture(scope="session")
 def tiny_siglip_dir(tmp_path_factory):
-    from saevlm.testing import save_tiny_siglip
+    from helpers import save_tiny_siglip
     return save_tiny_siglip(tmp_path_factory.mktemp("models") / "tiny-siglip")
 
 
 @pytest.fixture(scope="session")
 def tiny_dinov2_dir(tmp_path_factory):
-    from saevlm.testing import save_tiny_dinov2
+    from helpers import save_tiny_dinov2
     return save_tiny_dinov2(tmp_path_factory.mktemp("models") / "tiny-dinov2")
 
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """4 classes x 6 generated PNGs (24 images)."""
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
     return make_image_folder(tmp_path_factory.mktemp("data") / "images", num_classes=4, per_class=6)
 
 
 @pytest.fixture(scope="session")
 def big_image_folder(tmp_path_factory):
     """5 classes x 12 generated PNGs (60 images), for resume tests with many shards."""
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
     return make_image_folder(tmp_path_factory.mktemp("data") / "images60", num_classes=5,
                              per_class=12, size=36, seed=1)
 

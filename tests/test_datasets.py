@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from saevlm.data.images import make_image_folder, open_dataset, parse_inat_folder, select_indices
+from helpers import make_image_folder
+from saevlm.data.images import open_dataset, parse_inat_folder, select_indices
 from saevlm.errors import UserError
 
 

@@ -57,7 +57,7 @@ def test_two_rank_extract_and_embed_equal_one_process(tiny_clip_dir, big_image_f
 
 
 def test_killed_rank_leaves_store_incomplete_and_rerun_completes(tmp_path, big_image_folder):
-    from saevlm.testing import save_tiny_clip
+    from helpers import save_tiny_clip
 
     model = save_tiny_clip(tmp_path / "clip", num_layers=6, hidden=128, size=96)
     args = ["extract", "--model_name", model, "--layer", "1", "4", "--cls_only", "--dataset_name", "imagefolder",

@@ -144,7 +144,7 @@ def test_interrupted_extract_resumes_byte_identical(tiny_clip_dir, big_image_fol
 
 def test_sigkilled_extract_resumes_byte_identical(tmp_path, big_image_folder):
     """A real SIGKILL of the process mid-run, then the same command again."""
-    from saevlm.testing import save_tiny_clip
+    from helpers import save_tiny_clip
 
     model = save_tiny_clip(tmp_path / "clip", num_layers=6, hidden=128, size=96)
     cmd = [sys.executable, "-m", "saevlm", "extract", "--model_name", str(model), "--layer", "1", "4",
@@ -192,7 +192,7 @@ def test_complete_store_is_skipped_and_other_settings_refused(tiny_clip_dir, ima
 
 
 def test_unreadable_image_stops_or_is_skipped(tiny_clip_dir, tmp_path, capsys):
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "imgs", num_classes=2, per_class=5)
     bad = root / "class_001" / "img_0002.png"

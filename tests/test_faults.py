@@ -243,7 +243,7 @@ def test_inspect_reads_code_stores(finished_run, capsys):
 
 # ----------------------------------------------------------------------------- 2. pairing by content
 def test_other_pictures_with_the_same_file_names_are_refused(tiny_clip_dir, tmp_path, capsys):
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
 
     a = make_image_folder(tmp_path / "a" / "imgs", num_classes=2, per_class=4, size=32, seed=0)
     b = make_image_folder(tmp_path / "b" / "imgs", num_classes=2, per_class=4, size=32, seed=0)

@@ -133,7 +133,7 @@ def test_cls_flags(tiny_siglip_dir, tiny_clip_dir):
 
 
 def test_open_clip_matches_forward_intermediates(image_folder):
-    from saevlm.testing import register_tiny_open_clip
+    from helpers import register_tiny_open_clip
     name = register_tiny_open_clip()
     encoder = load_encoder(f"open_clip:{name}", warn=lambda m: None)
     assert encoder.backend == "open_clip" and encoder.has_cls and encoder.num_layers == 4
@@ -194,7 +194,7 @@ def test_open_clip_local_directory_loads_its_weights(tmp_path, image_folder):
     import open_clip
     from safetensors.torch import save_file
 
-    from saevlm.testing import OPEN_CLIP_TINY, register_tiny_open_clip
+    from helpers import OPEN_CLIP_TINY, register_tiny_open_clip
 
     register_tiny_open_clip()
     torch.manual_seed(3)

@@ -161,7 +161,7 @@ def _brute_force_mean_codes(tiny_clip_dir, image_folder, sae_dir, tmp_path) -> n
 
 def test_sae_mean_pool_is_mean_of_token_codes_and_top_k_matches(tiny_clip_dir, image_folder, tmp_path, capsys):
     from saevlm.data.codes import CodeStore
-    from saevlm.testing import save_random_sae
+    from helpers import save_random_sae
 
     sae = save_random_sae(tmp_path / "sae", 64, 128, k=8, layer=1)
     ref = _brute_force_mean_codes(tiny_clip_dir, image_folder, sae, tmp_path)
@@ -198,7 +198,7 @@ def test_processor_pil_backend_matches_an_independent_pil_pipeline(tmp_path):
     from PIL import Image
 
     from saevlm.models import load_encoder
-    from saevlm.testing import save_tiny_clip
+    from helpers import save_tiny_clip
 
     model = save_tiny_clip(tmp_path / "clip")
     size = 32
@@ -222,7 +222,7 @@ def test_authors_hierarchy_script_translated_one_to_one(tiny_clip_dir, tmp_path,
     """matryoshka_hierarchy.sh's five invocations, run in order with their flags, sizes reduced
     (model, steps, batch, K, group fractions): each step finds what the previous one wrote at the
     authors' paths."""
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
 
     names = [f"{i:05d}_Animalia_Chordata_{c}_Ord{o}_Fam{o}_Gen{i}_sp{i}"
              for i, (c, o) in enumerate([("Aves", 1), ("Aves", 1), ("Aves", 2), ("Mammalia", 3)])]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from saevlm.data.images import make_image_folder
+from helpers import make_image_folder
 from saevlm.data.store import ActivationStore, check_same_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def test_matryoshka_hierarchy_script(tiny_clip_dir, tmp_path):
 
 
 def test_mllm_steering_script(imagenet, tmp_path):
-    from saevlm.testing import save_tiny_clip_model, save_tiny_llava
+    from helpers import save_tiny_clip_model, save_tiny_llava
     llava = save_tiny_llava(tmp_path / "llava")
     clip = save_tiny_clip_model(tmp_path / "clip")
     out = tmp_path / "s"

@@ -8,7 +8,7 @@ from saevlm.errors import UserError
 from saevlm.sae.registry import load_sae
 from saevlm.steering.intervention import sae_intervention
 from saevlm.steering.llava import load_image, load_llava
-from saevlm.testing import save_identity_sae, save_random_sae, save_tiny_llava
+from helpers import save_identity_sae, save_random_sae, save_tiny_llava
 
 PROMPT = "What is shown in this image? Use exactly one word!"
 
@@ -136,10 +136,10 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
 
     import numpy as np
 
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
     from saevlm.data.store import ActivationStore
     from saevlm.steering.score import ClipEncoder
-    from saevlm.testing import save_tiny_clip_model
+    from helpers import save_tiny_clip_model
 
     data = make_image_folder(tmp_path / "imgs" / "train", num_classes=4, per_class=6,
                              class_names=["n01", "n02", "n03", "n04"])

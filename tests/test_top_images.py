@@ -95,7 +95,7 @@ def test_pooled_top_images_on_token_stores(tiny_clip_dir, image_folder, tmp_path
     """--pool mean ranks images by the mean of their token codes (the steering SAE's protocol)."""
     from saevlm.data.codes import CodeStore
     from saevlm.data.store import ActivationStore
-    from saevlm.testing import save_random_sae
+    from helpers import save_random_sae
 
     assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "2", "--random_k", "3",
                    "--dataset_name", "imagefolder", "--data_path", image_folder, "--batch_size", "4",

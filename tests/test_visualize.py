@@ -9,7 +9,7 @@ from conftest import run_cli
 
 
 def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
-    from saevlm.data.images import make_image_folder
+    from helpers import make_image_folder
 
     root = make_image_folder(tmp_path / "imgs", num_classes=4, per_class=10, size=48)
     common = ["--dataset_name", "imagefolder", "--data_path", root, "--batch_size", "8",

@@ -222,27 +222,6 @@ def collate_images(batch) -> ImageBatch:
     return ImageBatch([i for i, _ in good], pixels, bad, [(i, h) for i, _, _, h in batch])
 
 
-def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: int = 6,
-                      size: int = 40, seed: int = 0, class_names: Sequence[str] | None = None) -> Path:
-    """Write a small ImageFolder of generated PNGs (for tests and demos): each class has its
-    own colour and stripe orientation so that the images are not all alike."""
-    from PIL import Image
-
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    names = list(class_names) if class_names else [f"class_{c:03d}" for c in range(num_classes)]
-    for c, cname in enumerate(names):
-        (root / cname).mkdir(parents=True, exist_ok=True)
-        base = rng.integers(0, 256, size=3)
-        for j in range(per_class):
-            yy, xx = np.mgrid[0:size, 0:size]
-            stripes = ((xx if c % 2 else yy) // (2 + c % 5)) % 2
-            noise = rng.integers(-40, 40, size=(size, size, 3))
-            pixels = np.clip(base[None, None] * (0.5 + 0.5 * stripes[..., None]) + noise, 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / cname / f"img_{j:04d}.png")
-    return root
-
-
 def check_dataset_flags(dataset_prov: dict, dataset_name: str | None, data_path: str | None,
                         split: str | None, what: str) -> None:
     """The authors' analysis scripts take ``--dataset_name/--data_path/--split`` to re-open the

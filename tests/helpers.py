@@ -1,4 +1,4 @@
-"""Tiny random models saved to disk, for tests and the placeholder demo (no download needed).
+"""Test helpers: tiny random models saved to disk and generated image folders (no download needed).
 
 Each builder saves a model (and its image processor) with ``save_pretrained`` so that the real
 loading code (``saevlm.models.load_encoder``) runs on it.
@@ -6,7 +6,11 @@ loading code (``saevlm.models.load_encoder``) runs on it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 IMAGE_SIZE = 32
 
@@ -210,3 +214,24 @@ def save_tiny_clip_model(path: str | Path, seed: int = 0) -> Path:
     CLIPModel(cfg).save_pretrained(path)
     CLIPProcessor(image_processor=_processor("clip"), tokenizer=clip_tokenizer()).save_pretrained(path)
     return Path(path)
+
+
+def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: int = 6,
+                      size: int = 40, seed: int = 0, class_names: Sequence[str] | None = None) -> Path:
+    """Write a small ImageFolder of generated PNGs (for tests and demos): each class has its
+    own colour and stripe orientation so that the images are not all alike."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = list(class_names) if class_names else [f"class_{c:03d}" for c in range(num_classes)]
+    for c, cname in enumerate(names):
+        (root / cname).mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, size=3)
+        for j in range(per_class):
+            yy, xx = np.mgrid[0:size, 0:size]
+            stripes = ((xx if c % 2 else yy) // (2 + c % 5)) % 2
+            noise = rng.integers(-40, 40, size=(size, size, 3))
+            pixels = np.clip(base[None, None] * (0.5 + 0.5 * stripes[..., None]) + noise, 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / cname / f"img_{j:04d}.png")
+    return root
