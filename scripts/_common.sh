@@ -4,6 +4,13 @@ PY=${PYTHON:-python}
 saevlm() { "$PY" -m saevlm "$@"; }
 say() { printf '\n=== %s\n' "$*" >&2; }
 
+# The paper's settings: configs/paper.yaml (the single source), or CONFIG=other.yaml. Every
+# default below comes from it; the scripts also pass it to each command as --config.
+CONFIG=${CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/configs/paper.yaml}
+[ -f "$CONFIG" ] || { echo "error: CONFIG=$CONFIG: no such file" >&2; exit 2; }
+# cfg KEY: a value of the config (lists space-separated), e.g. cfg commands.train.k
+cfg() { "$PY" -m saevlm.config "$CONFIG" "$1"; }
+
 # need_dataset VAR: stop at once, saying what to set, when a dataset path is missing.
 need_dataset() {
   local var=$1 val=${!1:-}

@@ -13,12 +13,14 @@ source "$(dirname "$0")/_common.sh"
 SPLIT=${SPLIT:-train}
 need_dataset INAT_PATH "$SPLIT"
 OUT_DIR=${OUT_DIR:-runs/hierarchy}
-MODEL=${MODEL:-clip-vit-large-patch14-336}
-LAYER=${LAYER:-last}
-EXPANSION_FACTORS=${EXPANSION_FACTORS:-2}
-K=${K:-20}; STEPS=${STEPS:-110000}; BATCH_SIZE=${BATCH_SIZE:-4096}; SAVE_STEP=${SAVE_STEP:-100000}
-GROUP_FRACTIONS=${GROUP_FRACTIONS:-"0.002 0.009 0.035 0.189 0.765"}
-WARMUP_STEPS=${WARMUP_STEPS:-1000}; THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-1000}
+MODEL=${MODEL:-$(cfg experiments.models.clip)}
+LAYER=${LAYER:-$(cfg experiments.hierarchy.layer)}
+EXPANSION_FACTORS=${EXPANSION_FACTORS:-$(cfg experiments.hierarchy.expansion_factor)}
+K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
+BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg experiments.hierarchy.group_fractions)}
+WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
+THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 TAKE_EVERY=${TAKE_EVERY:-1}
 MT=$(tag_of "$MODEL"); slug=$(slug_of "$LAYER")
@@ -34,12 +36,12 @@ say "train Matryoshka SAE(s): x$EXPANSION_FACTORS, groups $GROUP_FRACTIONS"
 saevlm train --activations_dir "$store" --checkpoints_dir "$ck" --sae_model matryoshka_batch_top_k \
   --expansion_factor $EXPANSION_FACTORS --k "$K" --steps "$STEPS" --batch_size "$BATCH_SIZE" \
   --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" --group_fractions $GROUP_FRACTIONS \
-  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE"
+  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE" --config "$CONFIG"
 for t in $(trainers_of "$ck"); do
   codes="$OUT_DIR/codes/$MT/inat_$SPLIT/$slug/$t"
   saevlm encode --sae_path "$(checkpoint_of "$ck/$t")" --activations_dir "$store" --output_dir "$codes" --device "$DEVICE"
-  [ -f "$codes/top_images_16.npy" ] || saevlm top-images --activations_dir "$codes" --device "$DEVICE"
-  saevlm hierarchy --activations_dir "$codes"
+  [ -f "$codes/top_images_16.npy" ] || saevlm top-images --activations_dir "$codes" --device "$DEVICE" --config "$CONFIG"
+  saevlm hierarchy --activations_dir "$codes" --config "$CONFIG"
 done
 say "report"
 saevlm report --run_dir "$OUT_DIR" --title "Matryoshka hierarchy on iNaturalist: $MODEL"

@@ -16,16 +16,19 @@
 source "$(dirname "$0")/_common.sh"
 need_dataset IMAGENET_PATH train
 OUT_DIR=${OUT_DIR:-runs/steering}
-MODEL=${MODEL:-clip-vit-large-patch14-336}
-LLAVA_MODEL=${LLAVA_MODEL:-llava-hf/llava-1.5-7b-hf}
-CLIP_MODEL=${CLIP_MODEL:-clip-vit-base-patch32}
-STEER_LAYER=${STEER_LAYER:-22}
-EXPANSION_FACTOR=${EXPANSION_FACTOR:-64}
-K=${K:-20}; STEPS=${STEPS:-110000}; BATCH_SIZE=${BATCH_SIZE:-4096}; SAVE_STEP=${SAVE_STEP:-100000}
-GROUP_FRACTIONS=${GROUP_FRACTIONS:-"0.0625 0.125 0.25 0.5625"}
-WARMUP_STEPS=${WARMUP_STEPS:-1000}; THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-1000}
+MODEL=${MODEL:-$(cfg experiments.models.clip)}
+LLAVA_MODEL=${LLAVA_MODEL:-$(cfg experiments.steering.llava_model)}
+CLIP_MODEL=${CLIP_MODEL:-$(cfg experiments.steering.clip_model)}
+STEER_LAYER=${STEER_LAYER:-$(cfg experiments.steering.layer)}
+EXPANSION_FACTOR=${EXPANSION_FACTOR:-$(cfg experiments.steering.expansion_factor)}
+K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
+BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg commands.train.group_fractions)}
+WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
+THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 PROTOCOL=${PROTOCOL:-authors}
-ALPHA=${ALPHA:-100}; NEURONS_WHITE=${NEURONS_WHITE:-1000}; NEURONS_IMAGENET=${NEURONS_IMAGENET:-10}
+ALPHA=${ALPHA:-$(cfg experiments.steering.alpha)}; NEURONS_WHITE=${NEURONS_WHITE:-$(cfg experiments.steering.neurons_white)}
+NEURONS_IMAGENET=${NEURONS_IMAGENET:-$(cfg experiments.steering.neurons_imagenet)}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 TAKE_EVERY=${TAKE_EVERY:-1}
 MT=$(tag_of "$MODEL"); slug=$(slug_of "$STEER_LAYER")
@@ -42,7 +45,7 @@ say "train the steering SAE: Matryoshka x$EXPANSION_FACTOR"
 saevlm train --activations_dir "$store" --checkpoints_dir "$ck" --sae_model matryoshka_batch_top_k \
   --expansion_factor "$EXPANSION_FACTOR" --k "$K" --steps "$STEPS" --batch_size "$BATCH_SIZE" \
   --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" --group_fractions $GROUP_FRACTIONS \
-  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE"
+  --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") --device "$DEVICE" --config "$CONFIG"
 sae=$(checkpoint_of "$ck/trainer_0")
 # top-16 train images per latent, the authors' protocol: the SAE encodes EVERY token of the block
 # for every ImageNet-train image, codes are mean-pooled per image (mean_t encode(x_t)), and a

@@ -7,21 +7,24 @@
 #
 #   IMAGENET_PATH=/data/imagenet OUT_DIR=runs/ms bash scripts/monosemanticity_score.sh
 #
-# Every step whose output is complete is skipped, so a rerun resumes. Overrides (defaults =
-# the paper): MODEL, LAYERS, SAE_MODELS, EXPANSION_FACTORS, K, STEPS, BATCH_SIZE, SAVE_STEP,
+# Every step whose output is complete is skipped, so a rerun resumes. Defaults come from
+# configs/paper.yaml (CONFIG=file for another). Overrides: MODEL, LAYERS, SAE_MODELS,
+# EXPANSION_FACTORS, K, STEPS, BATCH_SIZE, SAVE_STEP,
 # GROUP_FRACTIONS, WARMUP_STEPS, THRESHOLD_START_STEP, EMBEDDERS, DEVICE, EXTRACT_BATCH_SIZE,
 # NUM_WORKERS, DTYPE, TAKE_EVERY, PYTHON.
 source "$(dirname "$0")/_common.sh"
 need_dataset IMAGENET_PATH train val
 OUT_DIR=${OUT_DIR:-runs/ms}
-MODEL=${MODEL:-clip-vit-large-patch14-336}
-LAYERS=${LAYERS:-"11 17 22 23 last"}
-SAE_MODELS=${SAE_MODELS:-"batch_top_k matryoshka_batch_top_k"}
-EXPANSION_FACTORS=${EXPANSION_FACTORS:-"1 2 4 8 16 64"}
-K=${K:-20}; STEPS=${STEPS:-110000}; BATCH_SIZE=${BATCH_SIZE:-4096}; SAVE_STEP=${SAVE_STEP:-100000}
-GROUP_FRACTIONS=${GROUP_FRACTIONS:-"0.0625 0.125 0.25 0.5625"}
-WARMUP_STEPS=${WARMUP_STEPS:-1000}; THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-1000}
-EMBEDDERS=${EMBEDDERS:-"dinov2-base clip-vit-base-patch32"}
+MODEL=${MODEL:-$(cfg experiments.models.clip)}
+LAYERS=${LAYERS:-$(cfg experiments.ms_layers)}
+SAE_MODELS=${SAE_MODELS:-$(cfg experiments.ms_sweep.sae_model)}
+EXPANSION_FACTORS=${EXPANSION_FACTORS:-$(cfg experiments.ms_sweep.expansion_factor)}
+K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
+BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg commands.train.group_fractions)}
+WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
+THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
+EMBEDDERS=${EMBEDDERS:-$(cfg experiments.embeddings)}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 DTYPE=${DTYPE:-fp32}; TAKE_EVERY=${TAKE_EVERY:-1}
 MT=$(tag_of "$MODEL")
@@ -56,7 +59,7 @@ for layer in $LAYERS; do
     --sae_model $SAE_MODELS --expansion_factor $EXPANSION_FACTORS --k "$K" --steps "$STEPS" \
     --batch_size "$BATCH_SIZE" --warmup_steps "$WARMUP_STEPS" --threshold_start_step "$THRESHOLD_START_STEP" \
     --group_fractions $GROUP_FRACTIONS --layout trainers $([ "$SAVE_STEP" -lt "$STEPS" ] && echo --save_at "$SAVE_STEP") \
-    --device "$DEVICE"
+    --device "$DEVICE" --config "$CONFIG"
   for t in $(trainers_of "$ck"); do
     codes="$OUT_DIR/codes/$MT/imagenet_val/$slug/$t"
     saevlm encode --sae_path "$(checkpoint_of "$ck/$t")" --activations_dir "$val_store" --output_dir "$codes" --device "$DEVICE"
@@ -69,8 +72,8 @@ for layer in $LAYERS; do
     # authors' script; the MS stays on val
     tcodes="$OUT_DIR/codes/$MT/imagenet_train/$slug/$t"
     saevlm encode --sae_path "$(checkpoint_of "$ck/$t")" --activations_dir "$train_store" --output_dir "$tcodes" --device "$DEVICE"
-    [ -f "$tcodes/top_images_16.npy" ] || saevlm top-images --activations_dir "$tcodes" --device "$DEVICE"
-    [ -f "$tcodes/uniqueness_16.json" ] || saevlm uniqueness --activations_dir "$tcodes"
+    [ -f "$tcodes/top_images_16.npy" ] || saevlm top-images --activations_dir "$tcodes" --device "$DEVICE" --config "$CONFIG"
+    [ -f "$tcodes/uniqueness_16.json" ] || saevlm uniqueness --activations_dir "$tcodes" --config "$CONFIG"
   done
 done
 say "report"

@@ -67,3 +67,42 @@ def test_help_is_fast_and_imports_no_torch():
     """)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_config_file_sets_flag_defaults_and_explicit_flags_win(tmp_path, capsys):
+    """`--config FILE`: its commands.<name> keys become defaults; flags on the command line win;
+    unknown keys and bad values are errors naming the file and key."""
+    from saevlm.cli import build_parser, main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("commands:\n  train:\n    k: 7\n    steps: 123\n    sae_model: top_k\n")
+    args = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--steps", "5",
+                                                         "--config", str(cfg)])
+    assert (args.k, args.steps, args.sae_model) == (7, 5, ["top_k"])
+    # the packaged paper config gives the defaults otherwise
+    import yaml
+    from pathlib import Path
+    paper = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())
+    plain = build_parser().parse_args(["train", "--activations_dir", "x"])
+    assert plain.k == paper["commands"]["train"]["k"] and plain.threshold_beta == paper["commands"]["train"]["threshold_beta"]
+    cfg.write_text("commands:\n  train:\n    kk: 7\n")
+    assert main(["train", "--activations_dir", "x", "--config", str(cfg)]) == 2
+    assert "commands.train.kk: `saevlm train` has no --kk flag" in capsys.readouterr().err
+    cfg.write_text("commands:\n  train:\n    sae_model: [nope]\n")
+    assert main(["train", "--activations_dir", "x", "--config", str(cfg)]) == 2
+    assert "'nope' is not one of" in capsys.readouterr().err
+    cfg.write_text("commands: [1\n")
+    assert main(["train", "--activations_dir", "x", "--config", str(cfg)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_report_and_steering_numbers_come_from_the_config():
+    import yaml
+    from pathlib import Path
+
+    from saevlm.report import paper
+    numbers = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "paper.yaml").read_text())["numbers"]
+    assert paper.BEST_MS["batch_top_k"][22] == tuple(numbers["best_ms"]["batch_top_k"][22])
+    assert paper.paper_value(paper.BEST_MS, "matryoshka_batch_top_k", "last", 64) == \
+        numbers["best_ms"]["matryoshka_batch_top_k"]["last"][-1]
+    assert paper.STEERING["bound_true_names"] == str(numbers["steering"]["bound_true_names"])

@@ -50,10 +50,21 @@ def test_missing_dataset_stops_at_once(tmp_path):
 
 
 def test_monosemanticity_score_script(imagenet, tiny_clip_dir, tiny_dinov2_dir, tmp_path):
+    import yaml
+
     out = tmp_path / "ms"
-    env = {**TRAIN, "IMAGENET_PATH": imagenet, "OUT_DIR": out, "MODEL": tiny_clip_dir, "LAYERS": "1 last",
+    # one change in the config changes what the script runs: k through the script's own default
+    # (no K in the environment), auxk_alpha through `--config` alone
+    config = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    config["commands"]["train"].update(k=3, auxk_alpha=0.05)
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(config))
+    env = {**{k: v for k, v in TRAIN.items() if k != "K"}, "CONFIG": tmp_path / "paper.yaml",
+           "IMAGENET_PATH": imagenet, "OUT_DIR": out, "MODEL": tiny_clip_dir, "LAYERS": "1 last",
            "EXPANSION_FACTORS": "2", "EMBEDDERS": tiny_dinov2_dir}
     _run("monosemanticity_score.sh", env)
+    hyper = json.loads((out / "sae" / Path(tiny_clip_dir).name / "post_projection" / "run.json").read_text())[
+        "identity"]["hyperparameters"]
+    assert hyper["k"] == 3 and hyper["auxk_alpha"] == 0.05
     mt, et = Path(tiny_clip_dir).name, Path(tiny_dinov2_dir).name
     emb = ActivationStore(out / "embeddings" / et / "imagenet_val")
     for slug, width in (("post_mlp_residual_1", 64), ("post_projection", 32)):

@@ -115,3 +115,16 @@ def test_pooled_top_images_on_token_stores(tiny_clip_dir, image_folder, tmp_path
         np.testing.assert_allclose(np.load(s / "top_images_8_values.npy"), ref_v, rtol=1e-5, atol=1e-6)
         got = np.load(s / "top_images_8.npy")
         assert (got == ref_r).mean() > 0.95  # equal up to near-ties in float sums
+
+
+def test_uniqueness_with_no_live_neurons_reports_zero_pairs():
+    """Every neuron near-dead (k-th value 0) leaves nothing to pair: zero pairs, not a crash
+    (found by the scripts test with a tiny SAE)."""
+    import numpy as np
+
+    from saevlm.metrics.uniqueness import uniqueness_stats
+
+    top = np.tile(np.arange(16), (5, 1))
+    stats = uniqueness_stats(top, np.zeros(5))
+    assert stats["neurons"] == 0 and stats["pairs"] == 0 and stats["left_out_near_dead"] == 5
+    assert stats["most_similar"] == [] and all(v == 0 for v in stats["pairs_above"].values())

@@ -34,7 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, with the paper's defaults from configs/paper.yaml;
+    ``config`` = (command, path) also applies ``commands.<command>`` of that file."""
+    from saevlm.config import apply_defaults, load_config, paper_defaults
+
     parser = argparse.ArgumentParser(
         prog="saevlm",
         description="Sparse autoencoders on vision-language models (Pach et al., NeurIPS 2025): "
@@ -46,14 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_module=module)
         importlib.import_module(module).add_arguments(sp)
+        sp.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML file whose commands.%s section gives flag defaults (explicit flags win; "
+                             "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
+        apply_defaults(sp, paper_defaults(name), name, "configs/paper.yaml")
+        if config is not None and config[0] == name:
+            values = load_config(config[1]).get("commands", {}).get(name, {})
+            apply_defaults(sp, values, name, f"--config {config[1]}")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from saevlm.errors import UserError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from saevlm.config import config_path_in
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in raw if a in COMMANDS), None)
+    config = config_path_in(raw)
+    try:
+        parser = build_parser((command, config) if command and config else None)
+    except UserError as err:
+        print(f"saevlm {command or ''}: error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(raw)
     if args.version:
         import saevlm
         print(saevlm.__version__)

@@ -21,6 +21,8 @@ def jaccard_pairs(top_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     import torch
 
     n, k = top_kn.shape
+    if n < 2:  # no pairs (e.g. every neuron near-dead and left out)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
     for row in top_kn[:5]:
         if len(set(row.tolist())) != k:
             raise UserError("a neuron's top-image list repeats an image; expected k distinct images")

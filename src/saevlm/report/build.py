@@ -391,7 +391,8 @@ def agreement_tables(rep: Report, run_dir: Path) -> None:
         rep.heading("Agreement with the user study")
         bins = next(iter(a["metrics"].values()))["bins"]
         header = ["metric"] + [b["bin"] for b in bins] + ["bin mean", "weighted", "source"]
-        rows = [["paper MS (DINOv2)"] + [f"{v:.2f}" for v in paper.AGREEMENT_DINO] + ["0.828", "–", ""]]
+        rows = [["paper MS (DINOv2)"] + [f"{v:.2f}" for v in paper.AGREEMENT_DINO]
+                + [f"{paper.AGREEMENT_DINO_MEAN:.3f}", "–", ""]]
         for name, m in a["metrics"].items():
             rows.append([name] + [f"{b['agreement']:.2f} (n={b['pairs']})" if b["agreement"] is not None else "–"
                                   for b in m["bins"]] + [_fmt(m["mean_over_bins"], 3), _fmt(m["pair_weighted"], 3),

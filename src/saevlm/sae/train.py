@@ -32,8 +32,13 @@ from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
 from saevlm.sae.registry import ARCH_CHOICES, canonical_arch
 
-PAPER = {"steps": 110_000, "batch_size": 4096, "k": 20, "auxk_alpha": 0.03, "warmup_steps": 1000,
-         "threshold_beta": 0.999, "threshold_start_step": 1000}
+def _paper() -> dict:
+    """The paper's training settings (configs/paper.yaml, commands.train)."""
+    from saevlm.config import paper_defaults
+    return paper_defaults("train")
+
+
+PAPER = _paper()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,13 +52,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--checkpoints_dir", default="./output_dir",
                    help="output root (default: %(default)s, as the authors' sae_train.py); see --layout")
     s = p.add_argument_group("SAE (several values of --sae_model / --expansion_factor train together)")
-    s.add_argument("--sae_model", nargs="+", default=["batch_top_k"], choices=ARCH_CHOICES,
+    s.add_argument("--sae_model", nargs="+", default=PAPER["sae_model"], choices=ARCH_CHOICES,
                    metavar="ARCH", help=f"{' | '.join(ARCH_CHOICES)} (default: batch_top_k; "
                                         f"matroyshka_batch_top_k is the authors' spelling of matryoshka_batch_top_k)")
-    s.add_argument("--expansion_factor", type=int, nargs="+", default=[16],
+    s.add_argument("--expansion_factor", type=int, nargs="+", default=PAPER["expansion_factor"],
                    help="dict_size = expansion x activation width (default: 16)")
     s.add_argument("--k", type=int, default=PAPER["k"], help="active latents per input (default: %(default)s)")
-    s.add_argument("--group_fractions", type=float, nargs="+", default=[0.0625, 0.125, 0.25, 0.5625],
+    s.add_argument("--group_fractions", type=float, nargs="+", default=PAPER["group_fractions"],
                    help="Matryoshka group fractions, summing to 1 (default: the paper's MS setting)")
     s.add_argument("--auxk_alpha", type=float, default=PAPER["auxk_alpha"], help="(default: %(default)s)")
     s.add_argument("--threshold_beta", type=float, default=PAPER["threshold_beta"], help="(default: %(default)s)")

@@ -330,11 +330,13 @@ def run_baseline(args) -> int:
             perm[i], perm[(i + 1) % len(perm)] = perm[(i + 1) % len(perm)], perm[i]
     rand = (img * txt[perm]).sum(1)
     ddof = 1 if authors else 0
+    from saevlm.config import paper_numbers
     res = {"kind": "similarity_baseline", "protocol": args.protocol,
            "true_class_names": {"mean": float(true.mean()), "std": float(true.std(ddof=ddof))},
            "shuffled_class_names": {"mean": float(rand.mean()), "std": float(rand.std(ddof=ddof))},
            "images": len(items), "clip_model": args.clip_model,
-           "paper": {"true_class_names": 0.283, "random_pairs": 0.185}}
+           "paper": {"true_class_names": paper_numbers()["steering"]["bound_true_names"],
+                     "random_pairs": paper_numbers()["steering"]["bound_random_pairs"]}}  # configs/paper.yaml
     out = Path(args.output) if args.output else root / "similarity_baseline.json"
     atomic_write_json(out, res)
     print(f"images vs true class names: {true.mean():.3f} +- {true.std(ddof=ddof):.3f}; vs shuffled names: "
