@@ -67,7 +67,7 @@ for setting in white imagenet; do
   if [ "$setting" = white ]; then imgs=white; n=$NEURONS_WHITE; else imgs=$eval_dir; n=$NEURONS_IMAGENET; fi
   for mode in steered unsteered; do
     out="$OUT_DIR/steering_score/${setting}_$mode"
-    [ -f "$out/summary.json" ] && continue
+    [ -f "$out/steering_score.json" ] && continue
     say "steering score: $setting, $mode, $n latents"
     extra=(--alpha "$ALPHA"); [ "$mode" = unsteered ] && extra=(--no_steer)
     saevlm steering-score "${score[@]}" --images "$imgs" --neurons "$n" "${extra[@]}" --output_dir "$out"

@@ -126,7 +126,7 @@ def test_mllm_steering_script(imagenet, tmp_path):
                               "GROUP_FRACTIONS": "0.25 0.75"})
     for setting, n, images in (("white", 3, 1), ("imagenet", 2, 4)):
         for mode in ("steered", "unsteered"):
-            s = json.loads((out / "steering_score" / f"{setting}_{mode}" / "summary.json").read_text())
+            s = json.loads((out / "steering_score" / f"{setting}_{mode}" / "steering_score.json").read_text())
             assert s["neurons"] == n and s["images"] == images and s["steered"] == (mode == "steered")
             assert s["protocol"] == "authors"
     top = np.load(out / "top_images" / Path(clip).name / "imagenet_train_meanpool" / "post_mlp_residual_1_codes"

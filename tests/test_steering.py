@@ -167,7 +167,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
                    "--output_dir", tmp_path / "plain") == 0
     rows = list(csv.DictReader(open(tmp_path / "steered" / "labels.csv")))
     assert len(rows) == 3 * 4 and {r["neuron"] for r in rows} == {"0", "1", "2"}
-    summary = json.loads((tmp_path / "steered" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "steered" / "steering_score.json").read_text())
     assert summary["neurons"] == 3 and summary["images"] == 4 and summary["steered"] and summary["layer"] == 1
     scores = {int(r["neuron"]): float(r["score"]) for r in csv.DictReader(open(tmp_path / "steered" / "scores.csv"))}
     assert abs(np.mean(list(scores.values())) - summary["mean"]) < 1e-6
@@ -190,7 +190,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
                    "--model_name", clip, "--images_path", tmp_path / "eval", "--no-pre_zero", "--neuron_prefix", "2",
                    "--steer", "--alpha", "50", "--output_path", f"{tmp_path / 'auth'}/", "--device", "cpu") == 0
     arows = list(csv.DictReader(open(tmp_path / "auth" / "labels.csv")))
-    asum = json.loads((tmp_path / "auth" / "summary.json").read_text())
+    asum = json.loads((tmp_path / "auth" / "steering_score.json").read_text())
     assert asum["protocol"] == "authors" and len(arows) == 2 * 4
     sims = np.array([float(r["similarity"]) for r in arows])
     assert abs(asum["std"] - sims.std(ddof=1)) < 1e-6 and abs(asum["mean"] - sims.mean()) < 1e-6

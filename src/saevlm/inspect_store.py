@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         print("checks     sizes, headers, dtypes and shapes match the manifest (--verify reads every byte)")
         return 0
     if not store.has_checksums:
-        print("warning: this store has no checksums (written by saevlm < 0.3): --verify checks values "
+        print("warning: this store has no checksums (written by an older saevlm): --verify checks values "
               "and structure only", file=sys.stderr)
     t0 = time.time()
     nbytes = store.verify(progress=not args.no_progress)

@@ -264,7 +264,7 @@ class ActivationStore:
         self._verified: set[str] = set()
         self.has_checksums = all("checksums" in s for s in self.manifest["shards"])
         if self.manifest["shards"] and not self.has_checksums:
-            print(f"note: {flag} {self.path}: written without checksums (saevlm < 0.3); damage to its "
+            print(f"note: {flag} {self.path}: written without checksums (by an older saevlm); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
         for i in range(len(self.shards)):
             self._check_shard_files(i)  # names the shard whose row count disagrees, if one does
@@ -799,7 +799,7 @@ def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "store
     ca, cb = a.manifest.get("content_sha256"), b.manifest.get("content_sha256")
     if ca is None or cb is None:
         old = [str(s.path) for s, c in ((a, ca), (b, cb)) if c is None]
-        print(f"note: {what}: {', '.join(old)} written without image content hashes (saevlm < 0.3); "
+        print(f"note: {what}: {', '.join(old)} written without image content hashes (by an older saevlm); "
               f"the pairing is checked by file names and order only", file=sys.stderr)
         return
     if ca == cb:

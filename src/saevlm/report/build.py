@@ -3,7 +3,7 @@
 Everything is found by scanning the run directory for the files the commands write:
 ``ms/ms.json`` beside activation stores (raw neurons) and code stores (SAE latents, whose
 provenance names the SAE), ``run.json`` / ``eval.json`` of training runs, ``hierarchy_*.json``,
-steering ``summary.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
+steering ``steering_score.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
 followed by a reference to the file it came from (the "Sources" list), and the paper's value is
 shown beside ours wherever the configuration matches (arXiv 2504.02821).
 """
@@ -318,7 +318,8 @@ def hierarchy_tables(rep: Report, run_dir: Path) -> None:
 
 def steering_tables(rep: Report, run_dir: Path) -> None:
     rows = []
-    for f in sorted(run_dir.rglob("summary.json")):
+    # steering_score.json (summary.json written by older saevlm versions, recognised by its keys)
+    for f in sorted([*run_dir.rglob("steering_score.json"), *run_dir.rglob("summary.json")]):
         s = _read_json(f, rep)
         if s is None or "steered" not in s:
             continue

@@ -151,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zero every other latent before clamping (the authors' --pre_zero; default: off)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="(default: %(default)r)")
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--output_dir", help="labels.csv, scores.csv, summary.json go here")
+    out.add_argument("--output_dir", help="labels.csv, scores.csv, steering_score.json go here")
     out.add_argument("--output_path", help="the authors' form: outputs go to its directory part "
                                            "(os.path.dirname, so './x/steering/' means './x/steering')")
 
@@ -240,10 +240,10 @@ def run(args) -> int:
                             else "first alphabetic word, lower-cased; '' -> 'nothing'",
                "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
                "paper": STEERING}
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "steering_score.json", summary)
     print(f"steering score ({'unsteered' if not args.steer else f'alpha {args.alpha:g}'}, protocol {args.protocol}): "
           f"{mean:.3f} +- {std:.3f} over {len(neurons)} neurons x {len(images)} image(s)")
-    print(f"wrote {out}/labels.csv, scores.csv, summary.json")
+    print(f"wrote {out}/labels.csv, scores.csv, steering_score.json")
     return 0
 
 
