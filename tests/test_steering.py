@@ -138,7 +138,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
 
     from helpers import make_image_folder
     from saevlm.data.store import ActivationStore
-    from saevlm.steering.score import ClipEncoder
+    from saevlm.steering.clip import ClipEncoder
     from helpers import save_tiny_clip_model
 
     data = make_image_folder(tmp_path / "imgs" / "train", num_classes=4, per_class=6,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import re
 import sys
@@ -34,49 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from saevlm.errors import UserError
-from saevlm.steering.steer import DEFAULT_PROMPT, add_model_arguments
-
-PROTOCOLS = ("authors", "saevlm")
-DEFAULT_CLIP = "clip-vit-base-patch32"
-
-
-class ClipEncoder:
-    """CLIP text and image embeddings (transformers ``CLIPModel``), unit-normalised."""
-
-    def __init__(self, name: str, device):
-        import torch  # noqa: F401
-        from transformers import AutoProcessor, CLIPModel
-
-        from saevlm.models import SHORT_NAMES
-        from saevlm.models.hf import hub_error
-
-        source = SHORT_NAMES.get(name, name)
-        try:
-            self.model = CLIPModel.from_pretrained(source).eval().to(device)
-            self.processor = AutoProcessor.from_pretrained(source)
-        except (OSError, ValueError) as err:
-            raise hub_error(name, source, err) from None
-        self.device = device
-
-    @staticmethod
-    def _tensor(out):
-        import torch
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-    def text(self, words: list[str]) -> np.ndarray:
-        import torch
-        tok = self.processor.tokenizer(words, padding=True, truncation=True, return_tensors="pt").to(self.device)
-        with torch.no_grad():
-            e = self._tensor(self.model.get_text_features(**tok)).float()
-        return (e / e.norm(dim=1, keepdim=True)).cpu().numpy()
-
-    def images(self, pil_images) -> np.ndarray:
-        import torch
-        px = self.processor.image_processor(images=pil_images, return_tensors="pt")["pixel_values"].to(self.device)
-        with torch.no_grad():
-            e = self._tensor(self.model.get_image_features(pixel_values=px)).float()
-        return (e / e.norm(dim=1, keepdim=True)).cpu().numpy()
-
+from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images, neuron_image_embeddings  # noqa: F401
+from saevlm.steering.options import DEFAULT_PROMPT, add_model_arguments
 
 def first_word(answer: str) -> str:
     """saevlm's rule: the first alphabetic word, lower-cased ("" when there is none)."""
@@ -88,39 +46,6 @@ def authors_word(decoded_sequence: str) -> str:
     """The authors' rule, on the whole decoded sequence: the text after the last 'ASSISTANT: ',
     up to the first space, kept as is (punctuation and case included; may be empty)."""
     return decoded_sequence.split("ASSISTANT: ")[-1].split(" ")[0]
-
-
-def list_images(spec: str, flag: str = "--images") -> list[tuple[str, object]]:
-    """(name, PIL image) for a folder (sorted, recursive) or 'white'."""
-    from saevlm.data.images import IMG_EXTENSIONS
-    from saevlm.steering.llava import load_image
-
-    if spec in ("white", "black"):
-        return [(spec, load_image(spec))]
-    root = Path(spec)
-    if not root.is_dir():
-        raise UserError(f"{flag} {spec}: not a directory (or 'white' for the paper's white image; the "
-                        f"authors' ./images/ folder holds only white.png)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise UserError(f"{flag} {spec}: no images inside")
-    return [(str(f.relative_to(root)), load_image(str(f))) for f in files]
-
-
-def neuron_image_embeddings(top_images: np.ndarray, store, normalise: bool = True) -> np.ndarray:
-    """Mean CLIP image embedding of each neuron's top images ([K, d]): of unit-normalised
-    embeddings (saevlm), or of the raw ``image_embeds`` (``normalise=False``, the authors')."""
-    ids = store.image_ids()
-    row_of = {int(i): r for r, i in enumerate(ids)}
-    missing = [int(i) for i in np.unique(top_images) if int(i) not in row_of]
-    if missing:
-        raise UserError(f"--clip_embeddings {store.path}: no embedding for image {missing[0]} of the top "
-                        f"images ({len(missing)} missing); embed the dataset the top images index")
-    emb = store.read(0, store.num_rows).astype(np.float64)
-    if normalise:
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    rows = np.vectorize(row_of.get)(top_images)
-    return emb[rows].mean(1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -244,143 +169,4 @@ def run(args) -> int:
     print(f"steering score ({'unsteered' if not args.steer else f'alpha {args.alpha:g}'}, protocol {args.protocol}): "
           f"{mean:.3f} +- {std:.3f} over {len(neurons)} neurons x {len(images)} image(s)")
     print(f"wrote {out}/labels.csv, scores.csv, steering_score.json")
-    return 0
-
-
-# ----------------------------------------------------------------------------- bounds
-WNID = re.compile(r"^n\d{8}$")
-
-
-def load_class_names(path: str) -> dict[str, str]:
-    """``--class_names FILE``: JSON, either ``{"0": ["n01440764", "tench"], ...}`` (the
-    index -> [wnid, name] layout of the class-name list the authors embed) or ``{wnid: name}``."""
-    f = Path(path)
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--class_names {f}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict) or not data:
-        raise UserError(f"--class_names {f}: expected a JSON object")
-    first = next(iter(data.values()))
-    if isinstance(first, list):
-        return {str(v[0]): str(v[1]) for v in data.values()}
-    return {str(k): str(v) for k, v in data.items()}
-
-
-def eval_items(root: Path, flag: str = "--images") -> list[tuple[str, str, object]]:
-    """(wnid, file name, image) of an eval folder: saevlm's ``<wnid>/<file>`` or the authors'
-    flat ``<wnid>_<file>`` (their imagenet_subset.py; the class is ``name.split('_')[0]``)."""
-    out = []
-    for name, im in list_images(str(root), flag=flag):
-        parts = Path(name).parts
-        out.append((parts[0] if len(parts) > 1 else parts[0].split("_")[0], name, im))
-    return out
-
-
-def add_baseline_arguments(p: argparse.ArgumentParser) -> None:
-    from saevlm.device import DEVICE_HELP
-    p.add_argument("--images", default="./images_imagenet",
-                   help="an evaluation folder (saevlm make-eval-folder) (default: %(default)s, the path the "
-                        "authors' similarity_baseline.py hard-codes)")
-    p.add_argument("--protocol", default="authors", choices=PROTOCOLS,
-                   help="authors: embed --class_names strings as they are, unbiased std, plain shuffle; "
-                        "saevlm: names from the folder's class_names.json, first synonym, a shuffle that never "
-                        "keeps an image's own name (default: %(default)s)")
-    p.add_argument("--class_names", default=None,
-                   help="JSON of class-name strings ({index: [wnid, name]} or {wnid: name}); required by the "
-                        "authors' protocol (their list of ImageNet names, e.g. 'great_white_shark')")
-    p.add_argument("--clip_model", "--model_name", dest="clip_model", default=DEFAULT_CLIP,
-                   help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed for the random-pairs bound (default: 0)")
-    p.add_argument("--output", default=None, help="JSON output (default: <images>/similarity_baseline.json)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-
-
-def run_baseline(args) -> int:
-    from saevlm.data.store import atomic_write_json
-    from saevlm.device import resolve_device
-
-    root = Path(args.images)
-    if not root.is_dir():
-        raise UserError(f"--images {root}: no such directory (make it with saevlm make-eval-folder)")
-    authors = args.protocol == "authors"
-    if args.class_names:
-        names = load_class_names(args.class_names)
-    elif authors:
-        raise UserError("--class_names: the authors' protocol embeds their own ImageNet class-name strings "
-                        "(e.g. 'tench', 'great_white_shark'); pass them as JSON ({index: [wnid, name]} or "
-                        "{wnid: name}), or use --protocol saevlm for the names in the folder's class_names.json")
-    else:
-        names_f = root / "class_names.json"
-        names = json.loads(names_f.read_text()) if names_f.is_file() else {}
-    items = eval_items(root)
-    missing = sorted({c for c, _, _ in items if c not in names or WNID.match(names[c].split(",")[0].strip())})
-    if missing:
-        src = f"--class_names {args.class_names}" if args.class_names else f"{root}/class_names.json"
-        raise UserError(f"{src}: no class name for {len(missing)} of the folder's classes (first: {missing[0]}); "
-                        f"the bounds need real names, not wnids: pass --class_names")
-    clip = ClipEncoder(args.clip_model, resolve_device(args.device))
-    img = clip.images([im for _, _, im in items])
-    class_text = [names[c] if authors else names[c].split(",")[0].strip() for c, _, _ in items]
-    txt = clip.text(class_text)
-    true = (img * txt).sum(1)
-    perm = np.random.default_rng(args.seed).permutation(len(items))
-    if not authors:  # a derangement-like shuffle: an image never keeps its own class name
-        for i in np.flatnonzero(np.array(class_text)[perm] == np.array(class_text)):
-            perm[i], perm[(i + 1) % len(perm)] = perm[(i + 1) % len(perm)], perm[i]
-    rand = (img * txt[perm]).sum(1)
-    ddof = 1 if authors else 0
-    from saevlm.config import paper_numbers
-    res = {"kind": "similarity_baseline", "protocol": args.protocol,
-           "true_class_names": {"mean": float(true.mean()), "std": float(true.std(ddof=ddof))},
-           "shuffled_class_names": {"mean": float(rand.mean()), "std": float(rand.std(ddof=ddof))},
-           "images": len(items), "clip_model": args.clip_model,
-           "paper": {"true_class_names": paper_numbers()["steering"]["bound_true_names"],
-                     "random_pairs": paper_numbers()["steering"]["bound_random_pairs"]}}  # configs/paper.yaml
-    out = Path(args.output) if args.output else root / "similarity_baseline.json"
-    atomic_write_json(out, res)
-    print(f"images vs true class names: {true.mean():.3f} +- {true.std(ddof=ddof):.3f}; vs shuffled names: "
-          f"{rand.mean():.3f} +- {rand.std(ddof=ddof):.3f} ({len(items)} images, protocol {args.protocol})")
-    print(f"wrote {out}")
-    return 0
-
-
-def add_folder_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset_name", default="imagenet", help="(default: %(default)s)")
-    root = p.add_mutually_exclusive_group(required=True)
-    root.add_argument("--data_path", help="dataset root")
-    root.add_argument("--imagenet_root", help="the authors' flag: the ImageNet root (saevlm reads its --split; "
-                                              "their script needed the train folder itself); implies --layout flat")
-    p.add_argument("--split", default="train", help="(default: %(default)s: the paper uses ImageNet train)")
-    p.add_argument("--output_dir", default="./images_imagenet",
-                   help="where the copies go (default: %(default)s, the authors')")
-    p.add_argument("--layout", default=None, choices=["flat", "folders"],
-                   help="flat: <wnid>_<file> as the authors' imagenet_subset.py (the default with "
-                        "--imagenet_root); folders: <wnid>/<file> (the default otherwise)")
-    p.add_argument("--class_names", default=None,
-                   help="JSON of class-name strings to store in class_names.json (see similarity-baseline)")
-
-
-def run_folder(args) -> int:
-    import shutil
-
-    from saevlm.data.images import open_dataset
-    from saevlm.data.store import atomic_write_json
-
-    layout = args.layout or ("flat" if args.imagenet_root else "folders")
-    images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
-    out = Path(args.output_dir)
-    first: dict[int, int] = {}
-    for i, label in enumerate(images.labels.tolist()):
-        first.setdefault(label, i)
-    for label, i in sorted(first.items()):
-        cls, fname = images.classes[label], Path(images.paths[i]).name
-        dest = out / cls / fname if layout == "folders" else out / f"{cls}_{fname}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(images.path(i), dest)
-    names = dict(zip(images.classes, images.class_names or images.classes))
-    if args.class_names:
-        names.update(load_class_names(args.class_names))
-    atomic_write_json(out / "class_names.json", names)
-    print(f"wrote {len(first)} images (the first of each class, layout {layout}) to {out}")
     return 0

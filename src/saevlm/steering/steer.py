@@ -14,40 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
-
-DEFAULT_PROMPT = "What is shown in this image? Use exactly one word!"
-
-
-# What the authors' steering_qualitative.py hard-codes (it takes no flags).
-AUTHORS_SAE_PATH = ("checkpoints_dir/matroyshka_batch_top_k_20_x64/random_k_2/imagenet_train_activations_"
-                    "clip-vit-large-patch14-336_22_post_mlp_residual_matroyshka_batch_top_k_20_x64/"
-                    "trainer_0/checkpoints/ae_100000.pt")
-AUTHORS_IMAGE = "https://img.freepik.com/free-photo/cement-texture_1194-5269.jpg?semt=ais_hybrid"
-QUALITATIVE_PROMPT = "Write me a short love poem"
-
-
-def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None = None,
-                        llava_flags: tuple[str, ...] = ("--llava_model",), max_new_tokens: int = 5) -> None:
-    p.add_argument("--sae_path", default=sae_default, required=sae_default is None,
-                   help="the steering SAE (trainer directory or .pt)" +
-                        (" (default: the authors' path, %(default)s)" if sae_default else ""))
-    p.add_argument(*llava_flags, dest="llava_model", default="llava-hf/llava-1.5-7b-hf",
-                   help="LLaVA-1.5 hub id or local directory (default: %(default)s)")
-    p.add_argument("--layer", type=int, default=None,
-                   help="vision block to intervene on (default: the SAE's own hook layer, else 22)")
-    p.add_argument("--mode", default="reconstruct", choices=["reconstruct", "error-preserving"],
-                   help="reconstruct: output = decode(clamped codes) (the paper); error-preserving: "
-                        "output + decode(clamped) - decode(codes) (default: %(default)s)")
-    p.add_argument("--zero_others", action="store_true",
-                   help="reconstruct mode: zero every other latent before clamping")
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    p.add_argument("--model_dtype", "--dtype", dest="model_dtype", default="auto",
-                   help="LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 "
-                        "(--dtype is the older name)")
-
+from saevlm.steering.options import AUTHORS_IMAGE, AUTHORS_SAE_PATH, QUALITATIVE_PROMPT, add_model_arguments
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # defaults: the authors' steering_qualitative.py (the paper's "pencil" example, Fig. 5)

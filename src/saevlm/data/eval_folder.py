@@ -1,0 +1,67 @@
+"""``saevlm make-eval-folder``: the first image of each class of a dataset, copied into a folder
+(the paper's 1000-image ImageNet evaluation set for the steering score, arXiv 2504.02821 Sec. 4.3),
+with class_names.json beside the images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from saevlm.errors import UserError
+
+
+def load_class_names(path: str) -> dict[str, str]:
+    """``--class_names FILE``: JSON, either ``{"0": ["n01440764", "tench"], ...}`` (the
+    index -> [wnid, name] layout of the class-name list the authors embed) or ``{wnid: name}``."""
+    f = Path(path)
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--class_names {f}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"--class_names {f}: expected a JSON object")
+    first = next(iter(data.values()))
+    if isinstance(first, list):
+        return {str(v[0]): str(v[1]) for v in data.values()}
+    return {str(k): str(v) for k, v in data.items()}
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset_name", default="imagenet", help="(default: %(default)s)")
+    root = p.add_mutually_exclusive_group(required=True)
+    root.add_argument("--data_path", help="dataset root")
+    root.add_argument("--imagenet_root", help="the authors' flag: the ImageNet root (saevlm reads its --split; "
+                                              "their script needed the train folder itself); implies --layout flat")
+    p.add_argument("--split", default="train", help="(default: %(default)s: the paper uses ImageNet train)")
+    p.add_argument("--output_dir", default="./images_imagenet",
+                   help="where the copies go (default: %(default)s, the authors')")
+    p.add_argument("--layout", default=None, choices=["flat", "folders"],
+                   help="flat: <wnid>_<file> as the authors' imagenet_subset.py (the default with "
+                        "--imagenet_root); folders: <wnid>/<file> (the default otherwise)")
+    p.add_argument("--class_names", default=None,
+                   help="JSON of class-name strings to store in class_names.json (see similarity-baseline)")
+
+
+def run(args) -> int:
+    import shutil
+
+    from saevlm.data.images import open_dataset
+    from saevlm.data.store import atomic_write_json
+
+    layout = args.layout or ("flat" if args.imagenet_root else "folders")
+    images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
+    out = Path(args.output_dir)
+    first: dict[int, int] = {}
+    for i, label in enumerate(images.labels.tolist()):
+        first.setdefault(label, i)
+    for label, i in sorted(first.items()):
+        cls, fname = images.classes[label], Path(images.paths[i]).name
+        dest = out / cls / fname if layout == "folders" else out / f"{cls}_{fname}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(images.path(i), dest)
+    names = dict(zip(images.classes, images.class_names or images.classes))
+    if args.class_names:
+        names.update(load_class_names(args.class_names))
+    atomic_write_json(out / "class_names.json", names)
+    print(f"wrote {len(first)} images (the first of each class, layout {layout}) to {out}")
+    return 0
