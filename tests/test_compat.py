@@ -106,3 +106,22 @@ def test_report_and_steering_numbers_come_from_the_config():
     assert paper.paper_value(paper.BEST_MS, "matryoshka_batch_top_k", "last", 64) == \
         numbers["best_ms"]["matryoshka_batch_top_k"]["last"][-1]
     assert paper.STEERING["bound_true_names"] == str(numbers["steering"]["bound_true_names"])
+
+
+def test_command_modules_never_import_each_other():
+    """Each command module is thin and imports only downward (library modules), never another
+    command's module: shared code lives in data/, sae/, metrics/ library modules."""
+    import ast
+    import importlib.util
+
+    from saevlm.cli import COMMANDS
+
+    commands = {module for module, _ in COMMANDS.values()}
+    offenders = []
+    for module in commands:
+        path = importlib.util.find_spec(module).origin
+        for node in ast.walk(ast.parse(open(path).read())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{module} imports {n}" for n in names if n in commands and n != module]
+    assert not offenders, offenders

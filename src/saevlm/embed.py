@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from saevlm.extract import _report_stores, add_common_arguments, extract_stores, prepare_inputs
+from saevlm.extraction import add_common_arguments, extract_stores, prepare_inputs, report_stores
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
                             log=lambda m: print(m, file=sys.stderr), dist=inputs.dist,
                             allow_nonfinite=args.allow_nonfinite)
     if inputs.dist.is_main:
-        _report_stores(stores, time.time() - t0)
+        report_stores(stores, time.time() - t0)
     return 0

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saevlm.data.concepts import load_concepts  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
 
@@ -202,16 +203,6 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
                   "embeddings_val": "embeddings_val", "directions": "directions.npy",
                   "concepts_train": "concepts_train.npz", "concepts_val": "concepts_val.npz"}})
     return out
-
-
-def load_concepts(path: str | Path) -> np.ndarray:
-    """A ``concepts_<split>.npz`` as a dense [n, C] float32 array."""
-    f = np.load(path)
-    n, c = f["shape"]
-    z = np.zeros((int(n), int(c)), dtype=np.float32)
-    rows = np.repeat(np.arange(int(n)), np.diff(f["indptr"]))
-    z[rows, f["indices"]] = f["values"]
-    return z
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,26 +5,10 @@ with class_names.json beside the images."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from saevlm.errors import UserError
+from saevlm.data.images import load_class_names
 
-
-def load_class_names(path: str) -> dict[str, str]:
-    """``--class_names FILE``: JSON, either ``{"0": ["n01440764", "tench"], ...}`` (the
-    index -> [wnid, name] layout of the class-name list the authors embed) or ``{wnid: name}``."""
-    f = Path(path)
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--class_names {f}: cannot read it as JSON ({e})") from None
-    if not isinstance(data, dict) or not data:
-        raise UserError(f"--class_names {f}: expected a JSON object")
-    first = next(iter(data.values()))
-    if isinstance(first, list):
-        return {str(v[0]): str(v[1]) for v in data.values()}
-    return {str(k): str(v) for k, v in data.items()}
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset_name", default="imagenet", help="(default: %(default)s)")

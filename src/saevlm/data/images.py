@@ -247,3 +247,21 @@ def check_dataset_flags(dataset_prov: dict, dataset_name: str | None, data_path:
             if images.paths_sha256(selected) != dataset_prov.get("paths_sha256"):
                 raise UserError(f"--data_path {root}: its images differ from those {what} was made from "
                                 f"({dataset_prov.get('root')}, {dataset_prov.get('num_selected')} images)")
+
+
+def load_class_names(path: str) -> dict[str, str]:
+    """``--class_names FILE``: JSON, either ``{"0": ["n01440764", "tench"], ...}`` (the
+    index -> [wnid, name] layout of the class-name list the authors embed) or ``{wnid: name}``."""
+    import json
+
+    f = Path(path)
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"--class_names {f}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict) or not data:
+        raise UserError(f"--class_names {f}: expected a JSON object")
+    first = next(iter(data.values()))
+    if isinstance(first, list):
+        return {str(v[0]): str(v[1]) for v in data.values()}
+    return {str(k): str(v) for k, v in data.items()}

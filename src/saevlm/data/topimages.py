@@ -46,3 +46,54 @@ class TopImagesStore:
 
     def image_ids(self) -> np.ndarray:
         return np.load(self.path / "image_ids.npy")
+
+
+def load_top_images(directory, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``."""
+    from pathlib import Path
+
+    d = Path(directory)
+    f = d / f"top_images_{k}.npy"
+    if not f.is_file():
+        raise UserError(f"--activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
+                        f"--activations_dir {d} --k {k}` first")
+    return (np.load(f), np.load(d / f"top_images_{k}_kth_value.npy"),
+            np.load(d / f"top_images_{k}_values.npy"))
+
+
+def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Top images for an analysis command: saevlm's files in ``directory``, or the file given by
+    the authors' ``--hai_indices_path``. A ``hai_indices_<k>.npy`` file is in the authors' order
+    (``argsort(a)[-k:]``: highest last) and is reversed here; its ``_worst.npy`` gives the k-th
+    values. Values per image are known only when saevlm's ``top_images_<k>_values.npy`` is beside it
+    and lists the same images."""
+    from pathlib import Path
+
+    if hai_indices_path is None:
+        return load_top_images(directory, k)
+    f = Path(hai_indices_path)
+    if not f.is_file() and (Path(directory) / f.name).is_file():
+        # the authors' path names the folder they passed as --activations_dir / --output_dir; saevlm
+        # wrote the file inside the store that folder holds
+        f = Path(directory) / f.name
+    if not f.is_file():
+        raise UserError(f"--hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
+                        f"authors' find_hai_indices.py)")
+    top = np.load(f)
+    if top.ndim != 2 or top.shape[1] != k:
+        raise UserError(f"--hai_indices_path {f}: shape {top.shape}, expected [neurons, {k}] (--k {k})")
+    authors_order = f.name.startswith("hai_indices")
+    if authors_order:
+        top = np.ascontiguousarray(top[:, ::-1])
+    worst = f.with_name(f.name[:-4] + "_worst.npy")
+    ours = f.parent / f"top_images_{k}.npy"
+    values = None
+    if ours.is_file() and np.array_equal(np.load(ours), top):
+        _, kth, values = load_top_images(f.parent, k)
+    elif worst.is_file():
+        kth = np.load(worst)
+    else:
+        raise UserError(f"--hai_indices_path {f}: no {worst.name} beside it (the k-th values, which mark "
+                        f"near-dead neurons)")
+    return top, np.asarray(kth, dtype=np.float32), values

@@ -101,7 +101,7 @@ def agreement_table(metric_x: np.ndarray, metric_y: np.ndarray, chose_x: np.ndar
 def ms_from_activations_csv(archive: BenchmarkArchive, embeddings_store, neurons_per_chunk: int = 256,
                             device="cpu") -> dict[int, float]:
     """MS of every neuron in activations.csv with the given embeddings (same N images)."""
-    from saevlm.metrics.ms import MSAccumulator
+    from saevlm.metrics.monosemanticity import MSAccumulator
 
     emb = embeddings_store.read(0, embeddings_store.num_rows)
     scores: dict[int, float] = {}

@@ -161,7 +161,8 @@ def run(args) -> int:
     from pathlib import Path
 
     from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
-    from saevlm.metrics.ms import check_one_row_per_image, find_ms_dir, open_scored_store
+    from saevlm.data.open import open_any_store as open_scored_store
+    from saevlm.metrics.results import check_one_row_per_image, find_ms_dir
 
     store = open_scored_store(args.activations_dir)
     check_one_row_per_image(store, "--activations_dir")
@@ -170,7 +171,7 @@ def run(args) -> int:
     codes = store.read(0, store.num_rows)
     ids = store.image_ids()
     if args.concepts:
-        from saevlm.synthetic import load_concepts
+        from saevlm.data.concepts import load_concepts
         z = load_concepts(args.concepts)
         if len(z) <= ids.max():
             raise UserError(f"--concepts {args.concepts}: {len(z)} samples, the store has image {ids.max()}")

@@ -113,11 +113,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from saevlm.data.store import atomic_write_json
-    from saevlm.metrics.ms import open_scored_store
+    from saevlm.data.open import open_any_store as open_scored_store
     from saevlm.sae.registry import group_sizes
 
     from saevlm.data.images import check_dataset_flags
-    from saevlm.metrics.top_images import load_top_images_for
+    from saevlm.data.topimages import load_top_images_for
 
     store = open_scored_store(args.activations_dir, allow_top_images=True)
     check_dataset_flags(store.provenance.get("dataset", {}), None, args.data_path, args.split,
@@ -149,7 +149,7 @@ def run(args) -> int:
             raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
     if sum(sizes) != len(top):
         raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
-    from saevlm.metrics.ms import find_ms_dir, load_ms_scores
+    from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(d, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
     ms = load_ms_scores(ms_dir, len(top), "--ms_subdir") if ms_dir else None
     table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)

@@ -87,7 +87,7 @@ def run(args) -> int:
     from saevlm.data.store import atomic_write_json
 
     t0 = time.time()
-    from saevlm.metrics.top_images import load_top_images
+    from saevlm.data.topimages import load_top_images
 
     from saevlm.data.atomic import ensure_writable_dir
 

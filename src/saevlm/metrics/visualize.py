@@ -15,76 +15,7 @@ import numpy as np
 
 from saevlm.data.atomic import atomic_savefig, atomic_write_json
 from saevlm.errors import UserError
-
-
-def group_of(neurons: np.ndarray, group_sizes: list[int] | None) -> np.ndarray:
-    """Matryoshka group index of each neuron (0 when the SAE has no groups)."""
-    if not group_sizes:
-        return np.zeros(len(neurons), dtype=np.int64)
-    return np.searchsorted(np.cumsum(group_sizes), neurons, side="right")
-
-
-def open_store_images(store, data_path: str | None = None):
-    """The dataset of a store's provenance, verified to be the same image list."""
-    from saevlm.data.images import open_dataset, select_indices
-
-    ds = store.provenance.get("dataset", {})
-    if ds.get("name") in (None, "synthetic"):
-        raise UserError(f"{store.path}: a {ds.get('name') or 'dataset-less'} store has no images to show "
-                        f"(use --histogram_only)")
-    root = data_path or ds["root"]
-    images = open_dataset(ds["name"], root, ds.get("split"))
-    selected = select_indices(len(images), int(ds.get("take_every") or 1), ds.get("max_images"))
-    if images.paths_sha256(selected) != ds.get("paths_sha256"):
-        raise UserError(f"--data_path {root}: its images differ from those the store was made from "
-                        f"(fingerprint mismatch); point --data_path at the same dataset")
-    return images
-
-
-def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, axes = plt.subplots(4, 4, figsize=(8, 8.6))
-    for ax, idx, v in zip(axes.flat, list(image_ids) + [None] * 16, list(values) + [None] * 16):
-        ax.axis("off")
-        if idx is None:
-            continue
-        with Image.open(images.path(int(idx))) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            ax.imshow(np.asarray(im))
-        ax.set_title(f"#{int(idx)}  a={v:.3g}", fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-
-
-def save_histogram(sae_scores, raw_scores, path: Path, labels=("SAE latents", "raw neurons")) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    series = [(s[~np.isnan(s)], label) for s, label in ((sae_scores, labels[0]), (raw_scores, labels[1]))
-              if s is not None]
-    lo = min([0.0] + [float(s.min()) for s, _ in series if len(s)])
-    bins = np.linspace(lo, 1, 41)  # one set of bins for both series, so their bars compare
-    for s, label in series:
-        if len(s):
-            ax.hist(np.clip(s, lo, 1), bins=bins, alpha=0.6, density=True,
-                    label=f"{label} (n={len(s)}, mean {s.mean():.3f})")
-    ax.set_xlabel("Monosemanticity Score")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_savefig(fig, path, dpi=110)
-    plt.close(fig)
+from saevlm.metrics.figures import group_of, open_store_images, save_grid, save_histogram  # noqa: F401
 
 
 def add_arguments(p) -> None:
@@ -117,7 +48,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from saevlm.metrics.ms import open_scored_store
+    from saevlm.data.open import open_any_store as open_scored_store
 
     if args.top_k is not None:
         args.k = args.top_k
@@ -133,7 +64,7 @@ def run(args) -> int:
     from saevlm.data.images import check_dataset_flags
     check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path,
                         args.split, f"the store {store.path}")
-    from saevlm.metrics.ms import find_ms_dir, load_ms_scores
+    from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=args.histogram_only)
     ms = load_ms_scores(ms_dir, store.dim, "--ms_subdir") if ms_dir else None
     raw = None
@@ -148,7 +79,7 @@ def run(args) -> int:
     # Validate everything before writing anything: a failing call must not replace figures.
     grids = []
     if not args.histogram_only:
-        from saevlm.metrics.top_images import load_top_images_for
+        from saevlm.data.topimages import load_top_images_for
         from saevlm.sae.registry import group_sizes
         top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path)
         if values is None:  # an authors' file: the k-th value is known, the others are not

@@ -402,7 +402,7 @@ def agreement_tables(rep: Report, run_dir: Path) -> None:
 
 
 def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) -> None:
-    from saevlm.metrics.visualize import open_store_images, save_grid, save_histogram
+    from saevlm.metrics.figures import open_store_images, save_grid, save_histogram
 
     sae_recs = [r for r in records if r.kind == "sae"]
     if not sae_recs:
@@ -454,7 +454,7 @@ def _load_scores(rep: Report, rec: MSRecord):
 
 
 def _open(store: Path):
-    from saevlm.metrics.ms import open_scored_store
+    from saevlm.data.open import open_any_store as open_scored_store
     return open_scored_store(store)
 
 

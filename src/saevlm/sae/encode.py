@@ -13,6 +13,7 @@ import time
 
 from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
+from saevlm.sae.apply import check_sae_matches, code_provenance, dataset_files, make_encoder  # noqa: F401
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,58 +31,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="encode activations holding NaN / inf instead of refusing them")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-
-
-def make_encoder(sae, device, flag: str = "--sae_path"):
-    """numpy float32 [n, d] -> dense torch codes [n, K] on CPU, at inference settings."""
-    import torch
-
-    from saevlm.sae.registry import encode_batch
-
-    def encode(acts_nd):
-        with torch.no_grad():
-            x = torch.as_tensor(acts_nd, dtype=torch.float32).to(device)
-            return encode_batch(sae, x).float().cpu()
-    return encode
-
-
-def check_sae_matches(sae, provenance: dict, allow_mismatch: bool, what: str) -> None:
-    """Refuse an SAE whose width, or recorded model / hook, differs from the activations'."""
-    width = provenance.get("_dim")
-    if width is not None and sae.activation_dim != width:
-        raise UserError(f"--sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, {what} "
-                        f"has {width}-d activations")
-    trained_on = sae.config.get("saevlm", {}).get("provenance")
-    if not trained_on or allow_mismatch:
-        return
-    for key, sub in (("model", "source"), ("hook", None)):
-        a = trained_on.get(key, {})
-        b = provenance.get(key, {})
-        a, b = (a.get(sub), b.get(sub)) if sub else (a, b)
-        if a != b:
-            raise UserError(f"--sae_path {sae.path}: trained on {key} {a!r}, but {what} is {key} {b!r}; "
-                            f"pass --allow_mismatch to encode anyway")
-
-
-def dataset_files(store) -> dict:
-    """The source store's labels.npy / classes.json, to be copied beside the codes."""
-    import json
-
-    import numpy as np
-
-    files = store.manifest.get("files", {})
-    out: dict = {"extra_files": {}, "extra_json": {}}
-    for name in files.values():
-        path = store.path / name
-        if name.endswith(".npy") and path.is_file():
-            out["extra_files"][name] = np.load(path)
-        elif name.endswith(".json") and path.is_file():
-            out["extra_json"][name] = json.loads(path.read_text())
-    return out
-
-
-def code_provenance(provenance: dict, sae) -> dict:
-    return {**{k: v for k, v in provenance.items() if not k.startswith("_")}, "sae": sae.describe()}
 
 
 def run(args: argparse.Namespace) -> int:

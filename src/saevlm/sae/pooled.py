@@ -122,7 +122,7 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     from saevlm.data.images import ImageDataset, collate_images
     from saevlm.data.store import atomic_save_npy, atomic_write_json
     from saevlm.device import autocast_context
-    from saevlm.extract import _handle_bad
+    from saevlm.extraction import handle_bad_images
     from saevlm.sae.registry import encode_batch
 
     if k < 1 or k > len(selected):
@@ -175,7 +175,7 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     with tqdm(total=len(selected), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
               desc=f"extract + SAE mean-pool top-{k}", file=sys.stderr) as bar:
         for good, pixels, bad, _hashes in loader:
-            skipped.extend(_handle_bad(images, bad, skip_bad_images, log))
+            skipped.extend(handle_bad_images(images, bad, skip_bad_images, log))
             if pixels is not None:
                 with autocast_ctx:
                     acts = encoder.capture(pixels.to(device, non_blocking=True), [point])[point]

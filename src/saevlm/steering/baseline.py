@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saevlm.data.eval_folder import load_class_names
+from saevlm.data.images import load_class_names
 from saevlm.errors import UserError
 from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images
 

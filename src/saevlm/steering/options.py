@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from saevlm.device import DEVICE_HELP
+from saevlm.errors import UserError
 
 DEFAULT_PROMPT = "What is shown in this image? Use exactly one word!"
 
@@ -37,3 +38,25 @@ def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None =
     p.add_argument("--model_dtype", "--dtype", dest="model_dtype", default="auto",
                    help="LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 "
                         "(--dtype is the older name)")
+
+
+def resolve_layer(args, sae) -> int:
+    if args.layer is not None:
+        return args.layer
+    hook = sae.config.get("saevlm", {}).get("provenance", {}).get("hook", {})
+    if hook.get("attachment_point") == "post_mlp_residual":
+        return int(hook["layer"])
+    return 22
+
+
+def load_models(args):
+    from saevlm.device import resolve_device
+    from saevlm.sae.registry import load_sae
+    from saevlm.steering.llava import load_llava
+
+    device = resolve_device(args.device)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
+    sae = load_sae(args.sae_path, device=device)
+    llava = load_llava(args.llava_model, device, args.model_dtype)
+    return llava, sae, resolve_layer(args, sae)

@@ -91,9 +91,9 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from saevlm.data.store import ActivationStore, atomic_write_json
-    from saevlm.metrics.top_images import load_top_images_for
+    from saevlm.data.topimages import load_top_images_for
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.steer import load_models
+    from saevlm.steering.options import load_models
 
     top_f = Path(args.top_images)
     if not top_f.is_file():

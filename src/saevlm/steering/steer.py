@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from saevlm.errors import UserError
-from saevlm.steering.options import AUTHORS_IMAGE, AUTHORS_SAE_PATH, QUALITATIVE_PROMPT, add_model_arguments
+from saevlm.steering.options import (AUTHORS_IMAGE, AUTHORS_SAE_PATH, QUALITATIVE_PROMPT, add_model_arguments,
+                                     load_models, resolve_layer)  # noqa: F401
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # defaults: the authors' steering_qualitative.py (the paper's "pencil" example, Fig. 5)
@@ -29,28 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default=QUALITATIVE_PROMPT, help="(default: %(default)r)")
     p.add_argument("--image", default=AUTHORS_IMAGE,
                    help="image path or URL, or 'white' (default: the authors' texture photo, %(default)s)")
-
-
-def resolve_layer(args, sae) -> int:
-    if args.layer is not None:
-        return args.layer
-    hook = sae.config.get("saevlm", {}).get("provenance", {}).get("hook", {})
-    if hook.get("attachment_point") == "post_mlp_residual":
-        return int(hook["layer"])
-    return 22
-
-
-def load_models(args):
-    from saevlm.device import resolve_device
-    from saevlm.sae.registry import load_sae
-    from saevlm.steering.llava import load_llava
-
-    device = resolve_device(args.device)
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
-    sae = load_sae(args.sae_path, device=device)
-    llava = load_llava(args.llava_model, device, args.model_dtype)
-    return llava, sae, resolve_layer(args, sae)
 
 
 def run(args: argparse.Namespace) -> int:

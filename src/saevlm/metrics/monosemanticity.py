@@ -1,0 +1,178 @@
+"""The Monosemanticity Score (MS), arXiv 2504.02821 v3, Eq. 5-9, exactly, in one streaming pass.
+
+Definition, for neuron k over N images with activations a_n and image embeddings e_n:
+
+    ã_n  = (a_n - min a) / (max a - min a)                       (per-neuron min-max)
+    s_nm = cos(e_n, e_m)
+    MS_k = Σ_{n<m} ã_n ã_m s_nm / Σ_{n<m} ã_n ã_m               (pairs of distinct images)
+
+NaN ("dead") when max == min or when the denominator is 0 (ã non-zero on at most one image).
+
+Closed form (exact): with unit-norm u_n = e_n / ||e_n||, s_nn = 1 and
+
+    2 Σ_{n<m} ã_n ã_m s_nm = ||Σ_n ã_n u_n||² - Σ_n ã_n²
+    2 Σ_{n<m} ã_n ã_m      = (Σ_n ã_n)²     - Σ_n ã_n².
+
+Because ã is invariant to shifting a, and the scale (max - min)² cancels in the ratio, one pass
+suffices: accumulate per neuron S1 = Σ b_n, S2 = Σ b_n², V = Σ b_n u_n (b = a - c for a fixed
+per-neuron shift c), the minimum, maximum and the number of images at the minimum, plus
+U = Σ u_n. With m = min b and Q = S2 - 2 m S1 + N m² (= Σ (b_n - m)²):
+
+    MS = (||V - m U||² - Q) / ((S1 - N m)² - Q).
+
+Accumulation is in float64 (the differences above cancel). For sparse SAE codes only the
+non-zero entries are touched (cost N·k·d, not N·K·d); zeros contribute nothing to S1, S2, V.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class MSAccumulator:
+    """Streaming accumulator; feed dense or CSR chunks of activations with their embeddings."""
+
+    num_neurons: int
+    embed_dim: int
+    device: str | object = "cpu"
+
+    def __post_init__(self):
+        import torch
+
+        f64 = dict(dtype=torch.float64, device=self.device)
+        K, d = self.num_neurons, self.embed_dim
+        self.n = 0
+        self.U = torch.zeros(d, **f64)
+        self.V = torch.zeros(K, d, **f64)
+        self.S1 = torch.zeros(K, **f64)
+        self.S2 = torch.zeros(K, **f64)
+        self.shift = None  # dense path: per-neuron shift c (the first chunk's minimum)
+        # dense path: running min / max / count at min of b = a - c
+        self.bmin = torch.full((K,), float("inf"), **f64)
+        self.bmax = torch.full((K,), float("-inf"), **f64)
+        self.count_min = torch.zeros(K, dtype=torch.int64, device=self.device)
+        # sparse path: statistics of the stored (non-zero) values
+        self.nnz = torch.zeros(K, dtype=torch.int64, device=self.device)
+        self.mode: str | None = None
+
+    def _unit(self, embeds_nd):
+        import torch
+
+        e = torch.as_tensor(np.asarray(embeds_nd), device=self.device).to(torch.float64)
+        norms = e.norm(dim=1, keepdim=True)
+        if bool((norms == 0).any()):
+            raise ValueError("an image embedding has zero norm; its cosine similarity is undefined")
+        return e / norms
+
+    def _set_mode(self, mode: str) -> None:
+        if self.mode not in (None, mode):
+            raise ValueError("do not mix dense and sparse chunks in one accumulator")
+        self.mode = mode
+
+    def add_dense(self, acts_nk, embeds_nd) -> None:
+        """Dense activations [n, K] (any sign) with their embeddings [n, d]."""
+        import torch
+
+        self._set_mode("dense")
+        u = self._unit(embeds_nd)
+        a = torch.as_tensor(np.asarray(acts_nk), device=self.device).to(torch.float64)
+        if self.shift is None:
+            self.shift = a.min(0).values
+        b = a - self.shift
+        cmin = b.min(0).values
+        self._merge_min_max(cmin, b.max(0).values, (b == cmin).sum(0))
+        self.S1 += b.sum(0)
+        self.S2 += (b * b).sum(0)
+        self.V += b.T @ u
+        self.U += u.sum(0)
+        self.n += len(a)
+
+    def _merge_min_max(self, cmin, cmax, at_cmin) -> None:
+        """Fold a chunk's per-neuron min, max and count at the min into the running ones."""
+        import torch
+
+        lower = cmin < self.bmin
+        equal = cmin == self.bmin
+        self.count_min = torch.where(lower, at_cmin, torch.where(equal, self.count_min + at_cmin, self.count_min))
+        self.bmin = torch.minimum(self.bmin, cmin)
+        self.bmax = torch.maximum(self.bmax, cmax)
+
+    def add_csr(self, indptr, indices, values, embeds_nd, rows_per_block: int = 2048) -> None:
+        """A CSR chunk of codes [n, K] with its embeddings [n, d]; only non-zeros are touched."""
+        import torch
+
+        self._set_mode("sparse")
+        u = self._unit(embeds_nd)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        n = len(indptr) - 1
+        for r0 in range(0, n, rows_per_block):  # bounds the [nnz, d] temporary
+            r1 = min(r0 + rows_per_block, n)
+            lo, hi = int(indptr[r0]), int(indptr[r1])
+            if hi == lo:
+                continue
+            cols = torch.as_tensor(np.asarray(indices[lo:hi], dtype=np.int64), device=self.device)
+            vals = torch.as_tensor(np.array(values[lo:hi], dtype=np.float64), device=self.device)
+            rows = torch.as_tensor(np.repeat(np.arange(r0, r1), np.diff(indptr[r0:r1 + 1])), device=self.device)
+            keep = vals != 0  # explicit zeros are zeros
+            cols, vals, rows = cols[keep], vals[keep], rows[keep]
+            self.S1.index_add_(0, cols, vals)
+            self.S2.index_add_(0, cols, vals * vals)
+            self.V.index_add_(0, cols, vals[:, None] * u[rows])
+            self.nnz.index_add_(0, cols, torch.ones_like(cols))
+            # min / max / count-at-min over the stored values (zeros are added in scores())
+            big = torch.full((self.num_neurons,), float("inf"), dtype=torch.float64, device=self.device)
+            cmin = big.scatter_reduce(0, cols, vals, reduce="amin")
+            cmax = (-big).scatter_reduce(0, cols, vals, reduce="amax")
+            at = torch.zeros(self.num_neurons, dtype=torch.int64, device=self.device)
+            at.index_add_(0, cols, (vals == cmin[cols]).to(torch.int64))
+            self._merge_min_max(cmin, cmax, at)
+        self.U += u.sum(0)
+        self.n += n
+
+    def scores(self) -> np.ndarray:
+        """MS per neuron (float64, NaN where the score is undefined)."""
+        import torch
+
+        N = self.n
+        bmin, bmax, count_min = self.bmin.clone(), self.bmax.clone(), self.count_min.clone()
+        if self.mode == "sparse":
+            zeros = N - self.nnz  # images where the neuron is exactly 0
+            has_zero = zeros > 0
+            z = torch.zeros_like(bmin)
+            count_min = torch.where(has_zero & (bmin > 0), zeros,
+                                    torch.where(has_zero & (bmin == 0), zeros + count_min, count_min))
+            count_min = torch.where(has_zero & (bmin == float("inf")), zeros, count_min)
+            bmin = torch.where(has_zero, torch.minimum(bmin, z), bmin)
+            bmax = torch.where(has_zero, torch.maximum(bmax, z), bmax)
+        m = bmin
+        Q = self.S2 - 2 * m * self.S1 + N * m * m
+        W = self.V - m[:, None] * self.U[None, :]
+        num = (W * W).sum(1) - Q
+        den = (self.S1 - N * m) ** 2 - Q
+        ms = num / den
+        constant = bmax == bmin
+        undefined = constant | (N - count_min <= 1)
+        # why a score is undefined: the neuron never varies, or varies on one image only
+        self.dead_constant = int(constant.sum())
+        self.dead_one_image = int((undefined & ~constant).sum())
+        ms = torch.where(undefined, torch.full_like(ms, float("nan")), ms)
+        return ms.cpu().numpy()
+
+
+def summarize(scores_k: np.ndarray, top: int = 10) -> dict:
+    """mean, std, dead, total, top10 / bottom10 ([neuron, score]) over the defined scores."""
+    valid = np.flatnonzero(~np.isnan(scores_k))
+    vals = scores_k[valid]
+    order = valid[np.argsort(-vals, kind="stable")]
+    return {
+        "mean": float(vals.mean()) if len(vals) else float("nan"),
+        # unbiased, as the authors' torch.std (ddof=1)
+        "std": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan"),
+        "dead": int(len(scores_k) - len(valid)),
+        "total": int(len(scores_k)),
+        "top10": [[int(i), float(scores_k[i])] for i in order[:top]],
+        "bottom10": [[int(i), float(scores_k[i])] for i in order[::-1][:top]],
+    }

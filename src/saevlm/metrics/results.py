@@ -1,0 +1,70 @@
+"""Where metric results live and how commands find them: MS folders per embedder
+(``<store>/ms_<embedder>/``), scores checked against the store they score, and the one-row-per-image
+rule of image-level metrics."""
+
+from __future__ import annotations
+
+def embedder_slug(emb_store) -> str:
+    """A folder-safe name of the embedding model: ``dinov2-base``, ``clip-vit-base-patch32``."""
+    import re
+
+    name = str(emb_store.provenance.get("model", {}).get("name") or "embeddings")
+    name = name.rstrip("/").split("/")[-1].split(":")[-1]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "embeddings"
+
+
+def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = False):
+    """The folder holding a store's MS results: ``<store>/<ms_subdir>`` when named, else the single
+    ``ms*/`` folder with a scores.npy (several: an error naming them, or None when not required)."""
+    from pathlib import Path
+
+    from saevlm.errors import UserError
+
+    store_path = Path(store_path)
+    if ms_subdir:
+        d = Path(ms_subdir) if Path(ms_subdir).is_absolute() else store_path / ms_subdir
+        if required and not (d / "scores.npy").is_file():
+            raise UserError(f"--ms_subdir {ms_subdir}: no scores.npy in {d}; run saevlm ms first")
+        return d if (d / "scores.npy").is_file() else None
+    found = sorted(d for d in store_path.glob("ms*") if (d / "scores.npy").is_file())
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        names = ", ".join(d.name for d in found)
+        if required:
+            raise UserError(f"{flag} {store_path}: holds MS results for several embedders ({names}); "
+                            f"choose one with --ms_subdir")
+        print(f"note: {flag} {store_path}: MS results for several embedders ({names}); pass --ms_subdir "
+              f"to use one", file=__import__("sys").stderr)
+        return None
+    if required:
+        raise UserError(f"{flag} {store_path}: no MS results (ms*/scores.npy); run saevlm ms first")
+    return None
+
+
+def load_ms_scores(ms_dir, num_neurons: int, flag: str):
+    """scores.npy of an MS folder, checked against the number of neurons it should score."""
+    import numpy as np
+
+    from saevlm.errors import UserError
+
+    f = ms_dir / "scores.npy"
+    try:
+        scores = np.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{flag} {f}: unreadable ({e}); rerun saevlm ms") from None
+    if scores.ndim != 1 or len(scores) != num_neurons:
+        raise UserError(f"{flag} {f}: {scores.shape} scores, expected one per neuron ({num_neurons}); "
+                        f"it belongs to another store, rerun saevlm ms")
+    return scores
+
+
+def check_one_row_per_image(store, flag: str) -> None:
+    from saevlm.errors import UserError
+
+    n_img = int(store.manifest.get("num_images", store.num_rows))
+    if store.num_rows != n_img:
+        tokens = store.provenance.get("tokens", {})
+        raise UserError(f"{flag} {store.path}: {store.num_rows} rows for {n_img} images (token "
+                        f"selection {tokens.get('selection')!r}); this metric needs one row per image "
+                        f"(extract with --cls_only or --mean_pool)")
