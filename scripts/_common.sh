@@ -11,6 +11,15 @@ CONFIG=${CONFIG:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/configs/paper.
 # cfg KEY: a value of the config (lists space-separated), e.g. cfg commands.train.k
 cfg() { "$PY" -m saevlm.config "$CONFIG" "$1"; }
 
+# train_settings: K STEPS BATCH_SIZE SAVE_STEP WARMUP_STEPS THRESHOLD_START_STEP from the
+# environment, else from the config (the paper's training recipe).
+train_settings() {
+  K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
+  BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+  WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
+  THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
+}
+
 # need_dataset VAR: stop at once, saying what to set, when a dataset path is missing.
 need_dataset() {
   local var=$1 val=${!1:-}

@@ -16,11 +16,8 @@ OUT_DIR=${OUT_DIR:-runs/hierarchy}
 MODEL=${MODEL:-$(cfg experiments.models.clip)}
 LAYER=${LAYER:-$(cfg experiments.hierarchy.layer)}
 EXPANSION_FACTORS=${EXPANSION_FACTORS:-$(cfg experiments.hierarchy.expansion_factor)}
-K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
-BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+train_settings
 GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg experiments.hierarchy.group_fractions)}
-WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
-THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 TAKE_EVERY=${TAKE_EVERY:-1}
 MT=$(tag_of "$MODEL"); slug=$(slug_of "$LAYER")

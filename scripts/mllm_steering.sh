@@ -21,11 +21,8 @@ LLAVA_MODEL=${LLAVA_MODEL:-$(cfg experiments.steering.llava_model)}
 CLIP_MODEL=${CLIP_MODEL:-$(cfg experiments.steering.clip_model)}
 STEER_LAYER=${STEER_LAYER:-$(cfg experiments.steering.layer)}
 EXPANSION_FACTOR=${EXPANSION_FACTOR:-$(cfg experiments.steering.expansion_factor)}
-K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
-BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+train_settings
 GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg commands.train.group_fractions)}
-WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
-THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 PROTOCOL=${PROTOCOL:-authors}
 ALPHA=${ALPHA:-$(cfg experiments.steering.alpha)}; NEURONS_WHITE=${NEURONS_WHITE:-$(cfg experiments.steering.neurons_white)}
 NEURONS_IMAGENET=${NEURONS_IMAGENET:-$(cfg experiments.steering.neurons_imagenet)}

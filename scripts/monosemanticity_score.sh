@@ -19,11 +19,8 @@ MODEL=${MODEL:-$(cfg experiments.models.clip)}
 LAYERS=${LAYERS:-$(cfg experiments.ms_layers)}
 SAE_MODELS=${SAE_MODELS:-$(cfg experiments.ms_sweep.sae_model)}
 EXPANSION_FACTORS=${EXPANSION_FACTORS:-$(cfg experiments.ms_sweep.expansion_factor)}
-K=${K:-$(cfg commands.train.k)}; STEPS=${STEPS:-$(cfg commands.train.steps)}
-BATCH_SIZE=${BATCH_SIZE:-$(cfg commands.train.batch_size)}; SAVE_STEP=${SAVE_STEP:-$(cfg experiments.evaluated_step)}
+train_settings
 GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg commands.train.group_fractions)}
-WARMUP_STEPS=${WARMUP_STEPS:-$(cfg commands.train.warmup_steps)}
-THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 EMBEDDERS=${EMBEDDERS:-$(cfg experiments.embeddings)}
 DEVICE=${DEVICE:-auto}; EXTRACT_BATCH_SIZE=${EXTRACT_BATCH_SIZE:-256}; NUM_WORKERS=${NUM_WORKERS:-8}
 DTYPE=${DTYPE:-fp32}; TAKE_EVERY=${TAKE_EVERY:-1}
