@@ -108,3 +108,26 @@ def test_not_a_store_errors(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(UserError, match="has no manifest.json"):
         ActivationStore(tmp_path / "d")
+
+
+def test_stores_written_by_an_earlier_saevlm_still_open():
+    """tests/fixtures/stores_v1 was written by saevlm's writers (with checksums and content
+    hashes) and is kept as is: every later version must read it, check it and pair it."""
+    from pathlib import Path
+
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.store import ActivationStore, check_same_images
+
+    d = Path(__file__).parent / "fixtures" / "stores_v1"
+    expected = np.load(d / "expected_acts.npy")
+    fp32 = ActivationStore(d / "acts_fp32")
+    assert fp32.verify() > 0 and np.array_equal(fp32.read(0, 12), expected)
+    bf16 = ActivationStore(d / "acts_bf16")
+    bf16.verify()
+    np.testing.assert_allclose(bf16.read(0, 12), expected, rtol=2 ** -8)
+    codes = CodeStore(d / "codes")
+    codes.verify()
+    np.testing.assert_allclose(codes.read(0, 12), np.load(d / "expected_codes.npy"), rtol=1e-6)
+    check_same_images(fp32, codes)
+    check_same_images(fp32, bf16)
+    assert list(fp32.image_ids()) == list(range(12))
