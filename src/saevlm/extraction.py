@@ -236,7 +236,7 @@ def point_provenance(point, encoder, tokens, num_tokens, dataset_prov: dict, bat
 def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, images_per_shard,
                  selected, software, overwrite, extra_files, extra_json, output_dirs, kind, store_dtype,
                  sae, allow_mismatch, device, dist, allow_nonfinite=False):
-    from saevlm.data.store import StoreWriter
+    from saevlm.data.writer import StoreWriter
 
     provenance = point_provenance(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, sae)
     common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,

@@ -149,7 +149,7 @@ def _sample_hashes(world_id: str, split: str, z: np.ndarray) -> np.ndarray:
 
 def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False, log=print) -> Path:
     from saevlm.data.atomic import atomic_save_npy, atomic_save_npz, atomic_write_json
-    from saevlm.data.store import StoreWriter
+    from saevlm.data.writer import StoreWriter
 
     out = Path(output_dir)
     world = generate(p)

@@ -14,7 +14,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from saevlm.data.store import ActivationStore, StoreWriter, atomic_save_npy
+from saevlm.data.atomic import atomic_save_npy
+from saevlm.data.store import ActivationStore
+from saevlm.data.writer import StoreWriter
 from saevlm.errors import UserError
 
 CODES_FORMAT = "saevlm-codes"

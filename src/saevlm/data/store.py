@@ -18,7 +18,6 @@ the raw ``uint16`` bit pattern and widened to float32 on read.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -490,274 +489,6 @@ class ActivationStore:
                 step += 1
 
 
-# ----------------------------------------------------------------------------- writer
-class StoreWriter:
-    """Writes a store shard by shard; resumes an interrupted store written with the same settings.
-
-    Shard ``i`` always covers selected-image positions ``[i * images_per_shard, (i+1) * ...)``;
-    since ``images_per_shard`` is a multiple of the batch size, batches are the same whichever
-    shards are recomputed, and a resumed store is byte-identical to an uninterrupted one.
-
-    Several processes (``torchrun``) write one store together: rank r owns the shards with
-    ``index % world_size == r`` and records them in ``manifest.rank<r>.json``; rank 0 creates the
-    main manifest first and, once every rank is done, ``merge()`` lists all shards in order and
-    marks the store complete. Until then the main manifest says ``complete: false``. Any later
-    run, with any number of processes, resumes from the union of finished shards.
-
-    Every file's size and CRC-32 go into its shard's manifest entry as it is written, with the
-    count of non-finite values (refused unless ``allow_nonfinite``) and, when the caller passes
-    them, the images' content hashes (``images_XXXXX.npy``). A lock file keeps a second writer out.
-
-    Subclasses change what a shard holds by overriding ``FORMAT`` and ``_write_payload`` (the
-    sparse code store of :mod:`saevlm.data.codes` does).
-    """
-
-    SHARD_PREFIXES = ("acts_", "rows_", "codes_", "images_")
-    FORMAT = FORMAT_NAME
-
-    def __init__(self, path: str | os.PathLike, *, kind: str, dim: int, dtype: str,
-                 images_per_shard: int, num_images: int, provenance: dict, software: dict,
-                 overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
-                 extra_json: dict[str, Any] | None = None, flag: str = "--output_dir",
-                 rank: int = 0, world_size: int = 1, allow_nonfinite: bool = False):
-        self.path = Path(path)
-        self.flag = flag
-        self.format = self.FORMAT
-        self.dtype = normalize_store_dtype(dtype)
-        self.dim = int(dim)
-        self.input_dim = getattr(self, "input_dim", self.dim)  # a CodeStoreWriter takes activations
-        self.images_per_shard = int(images_per_shard)
-        self.num_images = int(num_images)
-        self.num_shards = -(-self.num_images // self.images_per_shard)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.allow_nonfinite = allow_nonfinite
-        self.already_complete = False
-        # rank 0 holds the lock for a whole torchrun job: the other ranks open the store only after
-        # rank 0 has, so a second job stops at its rank 0
-        self._lock = OutputLock(self.path, flag, name=LOCK) if self.rank == 0 else None
-        identity = {"kind": kind, "dim": self.dim, "dtype": self.dtype,
-                    "images_per_shard": self.images_per_shard, "provenance": provenance}
-        manifest_path = self.path / MANIFEST
-        if self.rank == 0 and overwrite and (manifest_path.exists() or self._leftovers()):
-            self._remove_store_files()
-        if manifest_path.exists():
-            old = self._read_own_manifest(manifest_path)
-            if old.get("format") != self.FORMAT:
-                raise UserError(f"{flag} {self.path}: holds a {old.get('format')!r} store, not "
-                                f"{self.FORMAT!r}; use another directory or --overwrite")
-            old_identity = {k: old.get(k) for k in ("kind", "dim", "dtype", "images_per_shard",
-                                                    "provenance")}
-            if old_identity != _jsonable(identity):
-                diff = _first_difference(old_identity, _jsonable(identity))
-                raise UserError(
-                    f"{flag} {self.path}: a store written with different settings is already there "
-                    f"({diff}). Use another output directory, or pass --overwrite to replace it.")
-            self.manifest = old
-            self.already_complete = bool(old.get("complete"))
-        elif self.rank != 0:
-            raise RuntimeError(f"rank {self.rank}: {manifest_path} is missing; rank 0 creates it first")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.manifest = {
-                "format": self.FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
-                **_jsonable(identity), "num_rows": 0, "num_images": 0,
-                "storage_dtype": np.dtype(_STORAGE[self.dtype]).name,
-                "shards": [], "skipped_images": [], "files": {}, "file_checksums": {},
-                "software": software,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            for name, arr in (extra_files or {}).items():
-                self.manifest["file_checksums"][name] = atomic_save_npy(self.path / name, arr)
-                self.manifest["files"][name.split(".")[0]] = name
-            for name, obj in (extra_json or {}).items():
-                atomic_write_json(self.path / name, obj)
-                self.manifest["files"][name.split(".")[0]] = name
-            atomic_write_json(manifest_path, self.manifest)
-        self.done: dict[int, dict] = {}
-        if self.already_complete:
-            self.close()
-        else:
-            self._load_done()
-            if self.rank == 0:
-                self._prune_unlisted()
-
-    def close(self) -> None:
-        """Give up the lock (also released when the process ends)."""
-        if self._lock is not None:
-            self._lock.release()
-
-    def _read_own_manifest(self, manifest_path: Path) -> dict:
-        """The existing manifest, or a message telling how to replace a damaged one."""
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged ({e}); pass --overwrite "
-                            f"to replace the store") from None
-        if not isinstance(old, dict) or not isinstance(old.get("shards", []), list):
-            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged (not a store manifest); "
-                            f"pass --overwrite to replace the store")
-        return old
-
-    # -- state
-    def _rank_manifest(self, rank: int) -> Path:
-        return self.path / f"manifest.rank{rank}.json"
-
-    def _load_done(self) -> None:
-        """Finished shards: those in the main manifest and in any rank's partial manifest."""
-        for entry in self.manifest.get("shards", []):
-            self.done[int(entry["index"])] = entry
-        for f in sorted(self.path.glob("manifest.rank*.json")):
-            try:
-                entries = json.loads(f.read_text()).get("shards", [])
-            except (OSError, json.JSONDecodeError, AttributeError):
-                entries = []  # a damaged progress file: its shards are recomputed
-            for entry in entries:
-                self.done.setdefault(int(entry["index"]), entry)
-
-    @property
-    def images_done(self) -> int:
-        return sum(int(e["num_images"]) for e in self.done.values())
-
-    def shard_ranges(self) -> list[tuple[int, int, int]]:
-        """(index, first, stop) selected-image positions of this rank's shards still to write."""
-        out = []
-        for idx in range(self.num_shards):
-            if idx % self.world_size == self.rank and idx not in self.done:
-                first = idx * self.images_per_shard
-                out.append((idx, first, min(first + self.images_per_shard, self.num_images)))
-        return out
-
-    # -- writing
-    def write_shard(self, index: int, acts_nd: np.ndarray, rows_n2: np.ndarray, first_image: int,
-                    num_images: int, skipped: Sequence[dict] = (), images_n2: np.ndarray | None = None) -> None:
-        """Write shard ``index``. ``images_n2``: (dataset index, content hash) of each of its
-        ``num_images`` selected images, skipped ones included (hash 0 when unreadable)."""
-        if first_image != index * self.images_per_shard:
-            raise RuntimeError(f"shard {index} starts at image {first_image}, expected "
-                               f"{index * self.images_per_shard}")
-        if acts_nd.ndim != 2 or acts_nd.shape[1] != self.input_dim:
-            raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.input_dim}]")
-        if len(rows_n2) != len(acts_nd):
-            raise RuntimeError("rows index and activations differ in length")
-        if images_n2 is not None and len(images_n2) != num_images:
-            raise RuntimeError(f"{len(images_n2)} image hashes for {num_images} images")
-        rows_n2 = np.ascontiguousarray(rows_n2, dtype=np.int64)
-        payload, checksums, nonfinite = self._write_payload(index, acts_nd, rows_n2)
-        rows_file = f"rows_{index:05d}.npy"
-        checksums[rows_file] = atomic_save_npy(self.path / rows_file, rows_n2)
-        entry = {"index": int(index), **payload, "rows_file": rows_file,
-                 "num_rows": int(len(acts_nd)), "first_image": int(first_image),
-                 "num_images": int(num_images), "skipped_images": list(skipped)}
-        if images_n2 is not None:
-            images_file = f"images_{index:05d}.npy"
-            checksums[images_file] = atomic_save_npy(self.path / images_file,
-                                                     np.ascontiguousarray(images_n2, dtype=np.int64))
-            entry["images_file"] = images_file
-        if nonfinite:
-            entry["nonfinite"], entry["first_nonfinite_row"] = nonfinite
-        entry["checksums"] = checksums
-        self.done[index] = entry
-        self._save_progress()
-
-    def _refuse_nonfinite(self, index: int, values: np.ndarray, rows_n2: np.ndarray,
-                          what: str = "activations") -> tuple[int, int] | None:
-        """(count, first local row) of NaN / inf in a shard about to be written; a UserError
-        unless ``allow_nonfinite`` (then the counts go into the manifest)."""
-        bad = _nonfinite_rows(values, "float32")
-        if not len(bad):
-            return None
-        count = _count_nonfinite(values, "float32")
-        first = int(bad[0])
-        if not self.allow_nonfinite:
-            img, tok = (int(v) for v in rows_n2[first]) if len(rows_n2) > first else (-1, -1)
-            raise UserError(f"{self.flag} {self.path}: shard {index} would hold {count} non-finite {what} "
-                            f"(NaN/inf), first at image {img}, token {tok}; nothing was written for it. "
-                            f"fp16 overflow? Try --autocast none, or pass --allow_nonfinite to keep them")
-        return count, first
-
-    def _save_progress(self) -> None:
-        if self.world_size == 1:
-            self._fill_manifest()
-            atomic_write_json(self.path / MANIFEST, self.manifest)
-        else:
-            mine = [self.done[i] for i in sorted(self.done) if i % self.world_size == self.rank]
-            atomic_write_json(self._rank_manifest(self.rank), {"rank": self.rank, "world_size": self.world_size,
-                                                               "pid": os.getpid(), "shards": mine})
-
-    def _fill_manifest(self) -> None:
-        entries = [self.done[i] for i in sorted(self.done)]
-        self.manifest["shards"] = entries
-        self.manifest["skipped_images"] = [r for e in entries for r in e.get("skipped_images", [])]
-        self.manifest["num_rows"] = int(sum(e["num_rows"] for e in entries))
-
-    def _write_payload(self, i: int, acts_nd: np.ndarray, rows_n2: np.ndarray) -> tuple[dict, dict, tuple | None]:
-        """Write shard ``i``'s data files; return (manifest entries, {file: checksum}, non-finite)."""
-        nonfinite = self._refuse_nonfinite(i, acts_nd, rows_n2)
-        acts_file = f"acts_{i:05d}.npy"
-        checksum = atomic_save_npy(self.path / acts_file, encode_for_storage(acts_nd, self.dtype))
-        return {"file": acts_file}, {acts_file: checksum}, nonfinite
-
-    def finalize(self, extra: dict | None = None) -> None:
-        """Mark the store complete once every shard is on disk (single process, or rank 0 after
-        all ranks are done: it gathers the ranks' partial manifests)."""
-        if self.rank != 0:
-            self.close()
-            return
-        self._load_done()
-        missing = [i for i in range(self.num_shards) if i not in self.done]
-        if missing:
-            raise UserError(f"{self.path}: {len(missing)} of {self.num_shards} shards missing (first: "
-                            f"{missing[0]}); a process stopped early. Rerun the same command to complete "
-                            f"the store")
-        self._fill_manifest()
-        ids = _image_ids_of(self.path, self.manifest)
-        self.manifest["num_images"] = int(len(ids))
-        self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
-        entries = self.manifest["shards"]
-        if entries and all(e.get("images_file") for e in entries):
-            h = hashlib.sha256()
-            for e in entries:
-                h.update(np.ascontiguousarray(np.load(self.path / e["images_file"]), dtype="<i8").tobytes())
-            self.manifest["content_sha256"] = h.hexdigest()
-        self.manifest.update(extra or {})
-        self.manifest["complete"] = True
-        self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        atomic_write_json(self.path / MANIFEST, self.manifest)
-        for f in self.path.glob("manifest.rank*.json"):
-            f.unlink()
-        self.close()
-
-    # -- housekeeping
-    def _prune_unlisted(self) -> None:
-        """Remove temp files and shard files that a crashed writer left but never listed."""
-        listed = {v for e in self.done.values() for v in e.values() if isinstance(v, str)}
-        for f in self.path.iterdir():
-            if f.name.startswith(".") and ".tmp-" in f.name:
-                f.unlink()
-            elif f.name.startswith(self.SHARD_PREFIXES) and f.name not in listed:
-                f.unlink()
-
-    def _leftovers(self) -> bool:
-        return self.path.is_dir() and any(f.name.startswith(self.SHARD_PREFIXES + ("manifest.rank",))
-                                          for f in self.path.iterdir())
-
-    def _remove_store_files(self) -> None:
-        """--overwrite: remove the old store's files, whatever state its manifest is in (a damaged
-        manifest names nothing, so files are recognised by their names too)."""
-        names: set[str] = set()
-        try:
-            old = json.loads((self.path / MANIFEST).read_text())
-            names |= {v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
-            names |= set(old.get("files", {}).values())
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass  # damaged or missing: fall back to the file-name patterns below
-        (self.path / MANIFEST).unlink(missing_ok=True)
-        for f in self.path.iterdir():
-            if f.is_file() and (f.name in names or f.name.startswith(self.SHARD_PREFIXES)
-                                or ".tmp-" in f.name or f.name.startswith("manifest.rank")):
-                f.unlink()
-
-
 def _image_ids_of(path: Path, manifest: dict) -> np.ndarray:
     """Distinct image indices of a store's rows, in order (from its rows files)."""
     parts = [np.load(path / s["rows_file"], mmap_mode="r")[:, 0] for s in manifest["shards"]]
@@ -767,18 +498,6 @@ def _image_ids_of(path: Path, manifest: dict) -> np.ndarray:
     keep = np.ones(len(rows), dtype=bool)
     keep[1:] = rows[1:] != rows[:-1]
     return rows[keep]
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            if a.get(key) != b.get(key):
-                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
-    return f"{prefix.rstrip('.') or 'value'}: existing {a!r}, requested {b!r}"
 
 
 def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "stores") -> None:
@@ -826,3 +545,12 @@ def _image_path(dataset_prov: dict, index: int) -> str | None:
         return images.paths[index]
     except Exception:  # noqa: BLE001 - best effort: the message names the index anyway
         return None
+
+
+def __getattr__(name: str):
+    """``StoreWriter`` lives in saevlm.data.writer (which imports this module); still importable
+    from here, lazily."""
+    if name == "StoreWriter":
+        from saevlm.data.writer import StoreWriter
+        return StoreWriter
+    raise AttributeError(name)
