@@ -101,9 +101,11 @@ class CodeStoreWriter(StoreWriter):
         indptr = np.concatenate(indptrs)
         ix = np.concatenate(indices) if indices else np.zeros(0, np.int32)
         v = np.concatenate(values) if values else np.zeros(0, np.float32)
-        row_of_value = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        bad = self._refuse_nonfinite(i, v, rows_n2[row_of_value] if len(v) else rows_n2, "codes")
-        nonfinite = (bad[0], int(row_of_value[bad[1]])) if bad else None
+        nonfinite = None
+        if not np.isfinite(v).all():  # the row of each value is needed only to name the bad one
+            row_of_value = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+            count, first = self._refuse_nonfinite(i, v, rows_n2[row_of_value], "codes")
+            nonfinite = (count, int(row_of_value[first]))
         base = f"codes_{i:05d}"
         files = {"indptr": f"{base}.indptr.npy", "indices": f"{base}.indices.npy", "values": f"{base}.values.npy"}
         checksums = {files["indptr"]: atomic_save_npy(self.path / files["indptr"], indptr),
@@ -151,8 +153,7 @@ class CodeStore(ActivationStore):
         if i not in self._mmaps:
             s = self.manifest["shards"][i]
             indptr, indices, values = (self._load(i, s[k]) for k in ("indptr", "indices", "values"))
-            if f"csr:{i}" not in self._verified:
-                self._check_csr(i, indptr, indices, values)
+            self._check_csr(i, indptr, indices, values)  # once: the chunk is cached below
             self._mmaps[i] = CSRChunk(self.shards[i].row_start, indptr, indices, values, self.dim)
         return self._mmaps[i]
 
@@ -171,7 +172,6 @@ class CodeStore(ActivationStore):
                                                      f"{self.shards[i].row_start + row}, outside the "
                                                      f"dictionary [0, {self.dim})")
         self._check_finite_values(i, s["values"], values, indptr)
-        self._verified.add(f"csr:{i}")
 
     def _check_finite_values(self, i: int, name: str, values: np.ndarray, indptr: np.ndarray) -> None:
         if self.allow_nonfinite:

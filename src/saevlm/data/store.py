@@ -338,8 +338,9 @@ class ActivationStore:
         self._verified.add(name)
 
     def _check_finite(self, i: int, name: str, values: np.ndarray) -> None:
-        """Refuse NaN / inf (unless allowed), naming the shard and the first bad row."""
-        if self.allow_nonfinite or f"finite:{name}" in self._verified:
+        """Refuse NaN / inf (unless allowed), naming the shard and the first bad row (called once
+        per shard: shard_array caches what it checked)."""
+        if self.allow_nonfinite:
             return
         bad_rows = _nonfinite_rows(values, self.dtype)
         if len(bad_rows):
@@ -349,7 +350,6 @@ class ActivationStore:
             raise UserError(f"{self.flag} {self.path}: shard {i} ({name}) holds {count} non-finite values "
                             f"(NaN/inf), first at row {self.shards[i].row_start + first} (image {img}, "
                             f"token {tok}); pass --allow_nonfinite to use them anyway")
-        self._verified.add(f"finite:{name}")
 
     def verify(self, progress: bool = False) -> int:
         """Check every shard now (checksums, values); returns the bytes checked."""

@@ -31,14 +31,6 @@ def add_arguments(p) -> None:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
-def open_scored_store(path, flag: str = "--activations_dir", allow_top_images: bool = False,
-                      allow_nonfinite: bool = False):
-    """An activation or code store, whichever the manifest says (see saevlm.data.open)."""
-    from saevlm.data.open import open_any_store
-
-    return open_any_store(path, flag, allow_top_images=allow_top_images, allow_nonfinite=allow_nonfinite)
-
-
 def ms_inputs(acts, emb) -> dict:
     """What an MS result was computed from: results from other inputs are never replaced silently."""
     def ident(store) -> dict:
@@ -69,6 +61,7 @@ def run(args) -> int:
 
     from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_json, atomic_write_text
     from saevlm.data.codes import CodeStore
+    from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore, check_same_images
     from saevlm.device import resolve_device
     from saevlm.errors import UserError
@@ -79,7 +72,7 @@ def run(args) -> int:
         raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
     if args.output_dir and args.output_subdir:
         raise UserError("--output_dir and --output_subdir: give one (the folder, or its name inside the store)")
-    acts = open_scored_store(args.activations_dir, allow_nonfinite=args.allow_nonfinite)
+    acts = open_any_store(args.activations_dir, "--activations_dir", allow_nonfinite=args.allow_nonfinite)
     emb = ActivationStore(args.embeddings_path, flag="--embeddings_path", allow_nonfinite=args.allow_nonfinite)
     check_one_row_per_image(acts, "--activations_dir")
     check_one_row_per_image(emb, "--embeddings_path")
