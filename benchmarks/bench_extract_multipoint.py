@@ -53,7 +53,7 @@ def reference_one_pass_per_point(model_dir: Path, images, batch_size: int, out: 
 
 
 def ours(model_dir: Path, images, batch_size: int, out: Path, layers, projection: bool) -> dict:
-    from saevlm.extract import extract_stores
+    from saevlm.extraction import ExtractConfig, extract_stores
     from saevlm.models import load_encoder
     from saevlm.models.base import HookPoint, TokenSelection
 
@@ -62,9 +62,10 @@ def ours(model_dir: Path, images, batch_size: int, out: Path, layers, projection
     if projection:
         points.append(HookPoint("post_projection", -1))
     dirs = {p: out / p.slug for p in points}
-    extract_stores(encoder, images, np.arange(len(images)), points, TokenSelection("cls"),
-                   output_dirs=dirs, kind="activations", batch_size=batch_size, num_workers=0,
-                   store_dtype="float32", device=torch.device("cpu"), progress=False, log=lambda m: None)
+    cfg = ExtractConfig(kind="activations", batch_size=batch_size, num_workers=0, store_dtype="float32",
+                        progress=False)
+    extract_stores(encoder, images, np.arange(len(images)), points, TokenSelection("cls"), cfg,
+                   output_dirs=dirs, device=torch.device("cpu"), log=lambda m: None)
     from saevlm.data.store import ActivationStore
     return {p: ActivationStore(d).read(0, len(images)) for p, d in dirs.items()}
 

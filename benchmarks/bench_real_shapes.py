@@ -98,7 +98,7 @@ def save_sae(path: Path, dim: int = 1024, expansion: int = 64) -> Path:
     import torch
     from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
 
-    from saevlm.sae.registry import group_sizes
+    from saevlm.sae.archs import group_sizes
 
     n = dim * expansion
     torch.manual_seed(1)
@@ -119,7 +119,8 @@ def naive_pooled_top16(store_dir: Path, sae_dir: Path) -> float:
     import torch
 
     from saevlm.data.store import ActivationStore
-    from saevlm.sae.registry import encode_batch, load_sae
+    from saevlm.sae.inference import encode_batch
+    from saevlm.sae.checkpoint import load_sae
 
     t0 = time.time()
     store = ActivationStore(store_dir)

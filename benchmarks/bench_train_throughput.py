@@ -65,7 +65,7 @@ def make_store(path: Path, rows: int, dim: int, seed: int = 0) -> None:
 def authors_flow(store: Path, steps: int, batch: int, expansion: int, k: int) -> float:
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
 
-    from saevlm.sae.registry import default_lr
+    from saevlm.sae.archs import default_lr
     t0 = time.perf_counter()
     ds = PartsDataset(sorted((store.parent / f"{store.name}_parts").glob("*.pt")))
     dim = ds[0].shape[0]

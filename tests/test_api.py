@@ -16,11 +16,16 @@ def test_python_api_doc_example_runs(tmp_path, monkeypatch, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
     assert blocks, "docs/python-api.md has no python block"
     monkeypatch.chdir(tmp_path)
-    for code in blocks:
-        exec(compile(code, str(DOC), "exec"), {"__name__": "__doc_example__"})
+    namespace = {"__name__": "__doc_example__"}
+    for code in blocks:  # one notebook: later blocks continue the earlier ones
+        exec(compile(code, str(DOC), "exec"), namespace)
     out = capsys.readouterr().out
     assert re.search(r"MS mean \d\.\d{3} over \d+ of 128 latents", out)
     assert (tmp_path / "runs" / "api" / "codes" / "ms_synthetic" / "ms.json").is_file()
+    # the typed-config block: train() wrote an SAE; the provenance printed is the codes' own
+    assert (tmp_path / "runs" / "api" / "sae_b" / "train_batch_top_k_4_x2" / "trainer_0" / "ae.pt").is_file()
+    assert re.search(r"codes of matryoshka_batch_top_k groups \(\d+, \d+", out)
+    assert "differs from the training split in: dataset paths_sha256:" in out
 
 
 def test_api_errors_are_the_cli_messages(tmp_path):

@@ -70,11 +70,11 @@ def test_extract_several_points_matches_transformers(tiny_clip_dir, image_folder
     np.testing.assert_allclose(sp.read(0, 24), embeds.numpy(), atol=1e-5)
     assert s1.row_index().tolist() == [[i, 0] for i in range(24)]
     assert sp.row_index()[:, 1].tolist() == [-1] * 24
-    prov = s3.provenance
+    prov = s3.provenance.to_json()
     assert prov["hook"] == {"attachment_point": "post_mlp_residual", "layer": 3}
     assert prov["tokens"] == {"selection": "cls"}
     assert prov["model"]["class"] == "CLIPVisionModelWithProjection"
-    assert prov["dataset"]["num_selected"] == 24 and s3.manifest["num_images"] == 24
+    assert prov["dataset"]["num_selected"] == 24 and s3.manifest.num_images == 24
     labels = np.load(tmp_path / "acts" / "post_mlp_residual_1" / "labels.npy")
     assert labels.tolist() == sorted([c for c in range(4) for _ in range(6)])
     check_same_images(s1, sp)
@@ -188,7 +188,7 @@ def test_complete_store_is_skipped_and_other_settings_refused(tiny_clip_dir, ima
     err = capsys.readouterr().err
     assert "different settings" in err and "tokens.selection: existing 'cls', requested 'mean'" in err
     assert run_cli("extract", *[a if a != "--cls_only" else "--mean_pool" for a in args], "--overwrite") == 0
-    assert ActivationStore(tmp_path / "a" / "post_mlp_residual_1").provenance["tokens"]["selection"] == "mean"
+    assert ActivationStore(tmp_path / "a" / "post_mlp_residual_1").provenance.tokens.selection == "mean"
 
 
 def test_unreadable_image_stops_or_is_skipped(tiny_clip_dir, tmp_path, capsys):
@@ -204,8 +204,8 @@ def test_unreadable_image_stops_or_is_skipped(tiny_clip_dir, tmp_path, capsys):
     assert run_cli("extract", *base, "--skip_bad_images", "--output_dir", tmp_path / "skip") == 0
     s = ActivationStore(tmp_path / "skip" / "post_mlp_residual_1")
     assert s.image_ids().tolist() == [0, 1, 2, 3, 4, 5, 6, 8, 9]
-    assert [r["index"] for r in s.manifest["skipped_images"]] == [7]
-    assert s.manifest["skipped_images"][0]["path"] == "class_001/img_0002.png"
+    assert [r["index"] for r in s.manifest.skipped_images] == [7]
+    assert s.manifest.skipped_images[0]["path"] == "class_001/img_0002.png"
     # embeddings skipping the same image pair up; without skipping they are refused
     emb = ["--model_name", tiny_clip_dir, *_common(root)]
     assert run_cli("embed", *emb, "--skip_bad_images", "--embeddings_path", tmp_path / "e1") == 0
@@ -216,7 +216,7 @@ def test_embed_store_and_mismatch_refused(tiny_clip_dir, tiny_dinov2_dir, image_
     assert run_cli("embed", "--model_name", tiny_dinov2_dir, "--embeddings_path", tmp_path / "dino",
                    *_common(image_folder)) == 0
     emb = ActivationStore(tmp_path / "dino")
-    assert emb.manifest["kind"] == "embeddings" and emb.shape == (24, 64)
+    assert emb.manifest.kind == "embeddings" and emb.shape == (24, 64)
     from transformers import BitImageProcessor, Dinov2Model
     from PIL import Image
     model = Dinov2Model.from_pretrained(tiny_dinov2_dir).eval()

@@ -34,7 +34,7 @@ def test_hierarchy_table_groups_and_near_dead():
 
 
 def _best_concept_levels(sae_dir, world):
-    from saevlm.sae.registry import load_sae
+    from saevlm.sae.checkpoint import load_sae
     sae = load_sae(str(sae_dir))
     ae = sae.ae
     w = ae.W_dec.detach().numpy() if hasattr(ae, "W_dec") else ae.decoder.weight.detach().numpy().T

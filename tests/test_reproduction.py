@@ -83,7 +83,8 @@ def _authors_checkpoint(root: Path, dim: int, dict_size: int, k: int, groups: li
 
 
 def test_authors_matroyshka_checkpoint_loads_and_encodes_identically(tmp_path):
-    from saevlm.sae.registry import encode_batch, load_sae
+    from saevlm.sae.inference import encode_batch
+    from saevlm.sae.checkpoint import load_sae
 
     d, ref = _authors_checkpoint(tmp_path, 16, 64, 4, [8, 16, 40])
     x = torch.randn(300, 16)
@@ -116,7 +117,7 @@ def test_train_authors_command_layout_save_steps_and_r2(tmp_path):
     """The authors' sae_train.py command (reduced sizes): --sae_model matroyshka_batch_top_k and
     --save_steps N write <ck>/<store>_<arch>_<k>_x<E>/trainer_0/checkpoints/ae_0 ... as theirs, and
     eval.json carries their batch-averaged R² (with and without threshold) beside saevlm's."""
-    from saevlm.sae.registry import load_sae
+    from saevlm.sae.checkpoint import load_sae
 
     w = tmp_path / "world"
     assert run_cli("synthetic", "--output_dir", w) == 0

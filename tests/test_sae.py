@@ -9,7 +9,8 @@ import torch
 from conftest import run_cli
 from saevlm.data.codes import CodeStore, dense_to_csr
 from saevlm.data.store import ActivationStore, check_same_images
-from saevlm.sae.registry import encode_batch, load_sae
+from saevlm.sae.inference import encode_batch
+from saevlm.sae.checkpoint import load_sae
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,7 @@ def test_encode_store_round_trip_and_csr(world, tmp_path):
     np.testing.assert_allclose(dense, ref, rtol=1e-6, atol=1e-6)
     assert np.array_equal(dense != 0, ref != 0)
     assert codes.nnz == int((ref != 0).sum())
-    assert codes.provenance["sae"]["dict_class"] == "BatchTopKSAE"
+    assert codes.provenance.sae.dict_class == "BatchTopKSAE"
     check_same_images(codes, ActivationStore(world / "embeddings_val"))
     p, ix, v = dense_to_csr(torch.tensor([[0, 2.0, 0], [0, 0, 0], [1.0, 0, 3.0]]))
     assert p.tolist() == [0, 1, 1, 3] and ix.tolist() == [1, 0, 2] and v.tolist() == [2.0, 1.0, 3.0]

@@ -5,7 +5,7 @@ import torch
 
 from conftest import run_cli
 from saevlm.errors import UserError
-from saevlm.sae.registry import load_sae
+from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
 from saevlm.steering.llava import load_image, load_llava
 from helpers import save_identity_sae, save_random_sae, save_tiny_llava

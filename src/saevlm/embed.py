@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from saevlm.extraction import add_common_arguments, extract_stores, prepare_inputs, report_stores
+from saevlm.extraction import ExtractConfig, add_common_arguments, extract_stores, prepare_inputs, report_stores
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,15 +38,10 @@ def run(args: argparse.Namespace) -> int:
     point = encoder.resolve(POST_PROJECTION, -1)
     print(f"embed: {args.model_name} on {images.name}/{images.split} ({len(selected)} images), "
           f"device: {device}", file=sys.stderr)
-    stores = extract_stores(encoder, images, selected, [point], TokenSelection("all"),
-                            output_dirs={point: Path(args.embeddings_path)}, kind="embeddings",
-                            batch_size=args.batch_size, num_workers=args.num_workers,
-                            store_dtype=store_dtype, device=device, autocast=args.autocast,
-                            skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
-                            overwrite=args.overwrite, progress=not args.no_progress,
-                            take_every=args.take_every, max_images=args.max_images,
-                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist,
-                            allow_nonfinite=args.allow_nonfinite)
+    cfg = ExtractConfig.from_args(args, "embeddings", store_dtype)
+    stores = extract_stores(encoder, images, selected, [point], TokenSelection("all"), cfg,
+                            output_dirs={point: Path(args.embeddings_path)}, device=device,
+                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist)
     if inputs.dist.is_main:
         report_stores(stores, time.time() - t0)
     return 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from saevlm.errors import UserError
-from saevlm.extraction import (DEFAULT_SHARD_ROWS, add_common_arguments, extract_stores,  # noqa: F401
+from saevlm.extraction import (DEFAULT_SHARD_ROWS, ExtractConfig, add_common_arguments, extract_stores,  # noqa: F401
                                point_provenance, prepare_inputs, report_stores)
 
 
@@ -110,11 +110,11 @@ def run(args: argparse.Namespace) -> int:
                                         lambda m: print(f"warning: {m}", file=sys.stderr))
     sae = None
     if args.sae_path:
-        from saevlm.sae.registry import load_sae
+        from saevlm.sae.checkpoint import load_sae
         if len(points) != 1:
             raise UserError(f"--sae_path: an SAE reads one hook point, but {len(points)} were requested "
                             f"({', '.join(p.slug for p in points)})")
-        from saevlm.sae.registry import canonical_arch
+        from saevlm.sae.archs import canonical_arch
         expected = canonical_arch(args.sae_model) if args.sae_model else None
         sae = load_sae(args.sae_path, device=device)
         if expected and expected != sae.arch:
@@ -139,16 +139,9 @@ def run(args: argparse.Namespace) -> int:
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
           file=sys.stderr)
-    stores = extract_stores(encoder, images, selected, points, tokens, output_dirs=output_dirs,
-                            kind="activations", batch_size=args.batch_size,
-                            num_workers=args.num_workers, store_dtype=store_dtype, device=device,
-                            autocast=args.autocast, skip_bad_images=args.skip_bad_images,
-                            shard_rows=args.shard_rows, overwrite=args.overwrite,
-                            progress=not args.no_progress, take_every=args.take_every,
-                            max_images=args.max_images,
-                            log=lambda m: print(m, file=sys.stderr), sae=sae,
-                            allow_mismatch=args.allow_mismatch, dist=inputs.dist,
-                            allow_nonfinite=args.allow_nonfinite)
+    cfg = ExtractConfig.from_args(args, "activations", store_dtype)
+    stores = extract_stores(encoder, images, selected, points, tokens, cfg, output_dirs=output_dirs,
+                            device=device, log=lambda m: print(m, file=sys.stderr), sae=sae, dist=inputs.dist)
     if inputs.dist.is_main:
         report_stores(stores, time.time() - t0, codes=sae is not None)
     return 0
@@ -170,7 +163,7 @@ def _run_pooled_top_k(args, inputs, point, tokens, sae, out_dir: Path, t0: float
     provenance = point_provenance(point, enc, tokens, None,
                                   inputs.images.provenance(inputs.selected, args.take_every, args.max_images),
                                   args.batch_size, args.autocast, sae)
-    check_sae_matches(sae, {**provenance, "_dim": enc.output_dim(point)}, args.allow_mismatch,
+    check_sae_matches(sae, provenance, enc.output_dim(point), args.allow_mismatch,
                       f"--model_name {enc.name} at {point.slug}")
     out = extract_pooled_top_k(enc, inputs.images, inputs.selected, point, sae, k=args.top_k,
                                output_dir=out_dir, provenance=code_provenance(provenance, sae),

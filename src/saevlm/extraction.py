@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from saevlm.device import AUTOCAST_CHOICES, DEVICE_HELP
 from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import DatasetInfo, Provenance
 
 
 DEFAULT_SHARD_ROWS = 65536
@@ -71,18 +75,70 @@ class _PendingStore:
     pool_encode: object = None  # SAE codes mean-pooled over tokens: encode(rows) -> codes
 
 
-def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: dict, kind: str,
-                   batch_size: int, num_workers: int, store_dtype: str, device, autocast: str = "none",
-                   skip_bad_images: bool = False, shard_rows: int = DEFAULT_SHARD_ROWS,
-                   overwrite: bool = False, progress: bool = True, take_every: int = 1,
-                   max_images: int | None = None, log=print, sae=None,
-                   allow_mismatch: bool = False, dist=None, allow_nonfinite: bool = False) -> dict:
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How ``extract`` / ``embed`` write their stores: the run settings, typed (build it in
+    Python, or from the CLI flags with :meth:`from_args`). What is read (model, images, hook
+    points, token selection) is passed to :func:`extract_stores` beside it."""
+
+    kind: str = "activations"  # activations | embeddings (codes: pass an SAE)
+    batch_size: int = 64
+    num_workers: int = 4
+    store_dtype: str = "float32"
+    autocast: str = "none"
+    skip_bad_images: bool = False
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    overwrite: bool = False
+    progress: bool = True
+    take_every: int = 1
+    max_images: int | None = None
+    allow_mismatch: bool = False
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        from saevlm.data.store import normalize_store_dtype
+
+        # "fp32" / "bf16" (the flags' spelling) or numpy's names
+        object.__setattr__(self, "store_dtype", normalize_store_dtype(self.store_dtype, "store_dtype"))
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, kind: str, store_dtype: str) -> "ExtractConfig":
+        return cls(kind=kind, batch_size=args.batch_size, num_workers=args.num_workers, store_dtype=store_dtype,
+                   autocast=args.autocast, skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
+                   overwrite=args.overwrite, progress=not args.no_progress, take_every=args.take_every,
+                   max_images=args.max_images, allow_mismatch=getattr(args, "allow_mismatch", False),
+                   allow_nonfinite=args.allow_nonfinite)
+
+
+@dataclass
+class _WriterPlan:
+    """What every store of one extraction shares (the writers' common arguments)."""
+
+    encoder: object
+    tokens: object
+    num_tokens: int | None
+    dataset: "DatasetInfo"
+    images_per_shard: int
+    num_images: int
+    software: dict
+    extra_files: dict
+    extra_json: dict
+    output_dirs: dict
+    cfg: ExtractConfig
+    sae: object
+    device: object
+    dist: object
+
+
+def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractConfig, *, output_dirs: dict,
+                   device, log=print, sae=None, dist=None) -> dict:
     """Write one store per point; returns ``{point: store_dir}``. See module docstring.
 
     With ``sae`` (a LoadedSAE; exactly one point), the store is a sparse code store instead.
     Under torchrun (``dist``), each process computes its own shards (see StoreWriter) and rank 0
     marks the stores complete once all are done.
     """
+    batch_size, shard_rows = cfg.batch_size, cfg.shard_rows
     from saevlm.distributed import Dist, barrier
 
     dist = dist or Dist()
@@ -100,12 +156,8 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
         raise UserError(f"--batch_size {batch_size}: expected a positive integer")
     if shard_rows < 1:
         raise UserError(f"--shard_rows {shard_rows}: expected a positive integer")
-    autocast_ctx = autocast_context(device, autocast)  # validates before any work
+    autocast_ctx = autocast_context(device, cfg.autocast)  # validates before any work
     encoder.to(device)
-    software = _software_versions()
-    dataset_prov = images.provenance(selected, take_every, max_images)
-    extra_files = {"labels.npy": images.labels}
-    extra_json = {"classes.json": images.classes_json()}
 
     num_tokens = None
     if tokens.mode == "all" and any(p.attachment_point != POST_PROJECTION for p in points):
@@ -117,12 +169,12 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                       for p in points]
     images_per_shard = min(max(1, shard_rows // max(r, 1) // batch_size) * batch_size for r in rows_per_point)
 
+    plan = _WriterPlan(encoder, tokens, num_tokens, images.provenance(selected, cfg.take_every, cfg.max_images),
+                       images_per_shard, len(selected), _software_versions(), {"labels.npy": images.labels},
+                       {"classes.json": images.classes_json()}, output_dirs, cfg, sae, device, dist)
+
     def open_writers() -> dict:
-        return {p: _open_writer(p, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast,
-                                images_per_shard, selected, software, overwrite, extra_files, extra_json,
-                                output_dirs, kind, store_dtype, sae, allow_mismatch, device, dist,
-                                allow_nonfinite)
-                for p in points}
+        return {p: _open_writer(p, plan) for p in points}
 
     # Rank 0 validates or creates every store's main manifest before the other ranks open them.
     writers = open_writers() if dist.is_main else {}
@@ -143,7 +195,7 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                             and point.attachment_point != POST_PROJECTION)
             pool_encode = None
             if pooled_codes:
-                from saevlm.sae.registry import encode_batch
+                from saevlm.sae.inference import encode_batch
                 pool_encode = lambda x: encode_batch(sae, x)  # noqa: E731
             pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
                                          else tokens, {i for i, _, _ in writer.shard_ranges()},
@@ -154,10 +206,10 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
             positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
             loader = torch.utils.data.DataLoader(
                 ImageDataset(images, selected[positions], encoder.preprocess), batch_size=batch_size,
-                shuffle=False, num_workers=num_workers, collate_fn=collate_images,
+                shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_images,
                 pin_memory=device.type == "cuda", persistent_workers=False)
             desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
-            bar = tqdm(total=len(positions), unit="img", disable=not progress or not dist.is_main,
+            bar = tqdm(total=len(positions), unit="img", disable=not cfg.progress or not dist.is_main,
                        desc=desc, dynamic_ncols=True, file=sys.stderr)
             shard_no, consumed, shard_hashes = 0, 0, []
             with bar:
@@ -165,7 +217,7 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
                     idx, first, stop = needed[shard_no]
                     n_in_batch = len(good) + len(bad)
                     shard_hashes.extend(hashes)
-                    skipped = handle_bad_images(images, bad, skip_bad_images, log)
+                    skipped = handle_bad_images(images, bad, cfg.skip_bad_images, log)
                     active = [s for s in pending if idx in s.todo]
                     if pixels is not None and active:
                         with autocast_ctx:
@@ -216,9 +268,10 @@ def extract_stores(encoder, images, selected, points, tokens, *, output_dirs: di
     return {p: output_dirs[p] for p in points}
 
 
-def point_provenance(point, encoder, tokens, num_tokens, dataset_prov: dict, batch_size: int, autocast: str,
-                     sae=None) -> dict:
+def point_provenance(point, encoder, tokens, num_tokens, dataset: DatasetInfo, batch_size: int, autocast: str,
+                     sae=None) -> Provenance:
     """What a store (or top-images folder) of one hook point records about where it came from."""
+    from saevlm.data.manifest import HookInfo, ModelInfo, Provenance, RunInfo, TokenInfo
     from saevlm.models.base import POST_PROJECTION
 
     if point.attachment_point == POST_PROJECTION:
@@ -227,31 +280,31 @@ def point_provenance(point, encoder, tokens, num_tokens, dataset_prov: dict, bat
         token_prov = {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {}),
                       **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}
                          if sae is not None and tokens.mode == "mean" else {})}
-    return {"model": encoder.provenance(),
-            "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
-            "tokens": token_prov, "dataset": dataset_prov,
-            "run": {"batch_size": batch_size, "autocast": autocast}}
+    return Provenance(model=ModelInfo.from_json(encoder.provenance()),
+                      hook=HookInfo(attachment_point=point.attachment_point, layer=point.layer),
+                      tokens=TokenInfo.from_json(token_prov), dataset=dataset,
+                      run=RunInfo(batch_size=batch_size, autocast=autocast))
 
 
-def _open_writer(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, images_per_shard,
-                 selected, software, overwrite, extra_files, extra_json, output_dirs, kind, store_dtype,
-                 sae, allow_mismatch, device, dist, allow_nonfinite=False):
+def _open_writer(point, plan: _WriterPlan):
     from saevlm.data.writer import StoreWriter
 
-    provenance = point_provenance(point, encoder, tokens, num_tokens, dataset_prov, batch_size, autocast, sae)
-    common = dict(images_per_shard=images_per_shard, num_images=len(selected), software=software,
-                  overwrite=overwrite, extra_files=extra_files, extra_json=extra_json,
-                  rank=dist.rank, world_size=dist.world_size, allow_nonfinite=allow_nonfinite)
-    if sae is None:
-        return StoreWriter(output_dirs[point], kind=kind, dim=encoder.output_dim(point),
-                           dtype=store_dtype, provenance=provenance, **common)
+    cfg = plan.cfg
+    provenance = point_provenance(point, plan.encoder, plan.tokens, plan.num_tokens, plan.dataset,
+                                  cfg.batch_size, cfg.autocast, plan.sae)
+    common = dict(images_per_shard=plan.images_per_shard, num_images=plan.num_images, software=plan.software,
+                  overwrite=cfg.overwrite, extra_files=plan.extra_files, extra_json=plan.extra_json,
+                  rank=plan.dist.rank, world_size=plan.dist.world_size, allow_nonfinite=cfg.allow_nonfinite)
+    if plan.sae is None:
+        return StoreWriter(plan.output_dirs[point], kind=cfg.kind, dim=plan.encoder.output_dim(point),
+                           dtype=cfg.store_dtype, provenance=provenance, **common)
     from saevlm.data.codes import CodeStoreWriter
     from saevlm.sae.apply import check_sae_matches, code_provenance, make_encoder
-    check_sae_matches(sae, {**provenance, "_dim": encoder.output_dim(point)}, allow_mismatch,
-                      f"--model_name {encoder.name} at {point.slug}")
-    return CodeStoreWriter(output_dirs[point], encode=make_encoder(sae, device),
-                           input_dim=encoder.output_dim(point), kind="codes", dim=sae.dict_size,
-                           dtype="fp32", provenance=code_provenance(provenance, sae), **common)
+    check_sae_matches(plan.sae, provenance, plan.encoder.output_dim(point), cfg.allow_mismatch,
+                      f"--model_name {plan.encoder.name} at {point.slug}")
+    return CodeStoreWriter(plan.output_dirs[point], encode=make_encoder(plan.sae, plan.device),
+                           input_dim=plan.encoder.output_dim(point), kind="codes", dim=plan.sae.dict_size,
+                           dtype="fp32", provenance=code_provenance(provenance, plan.sae), **common)
 
 
 def handle_bad_images(images, bad, skip: bool, log) -> list[dict]:
@@ -328,5 +381,5 @@ def report_stores(stores: dict, seconds: float, codes: bool = False) -> None:
     for point, path in stores.items():
         s = CodeStore(path) if codes else ActivationStore(path)
         print(f"wrote {path}  ({s.num_rows} rows x {s.dim}, {s.dtype}, "
-              f"{s.manifest['num_images']} images)")
+              f"{s.manifest.num_images} images)")
     print(f"done in {seconds:.1f} s")

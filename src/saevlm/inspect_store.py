@@ -28,13 +28,14 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from saevlm.data.codes import CodeStore
+    from saevlm.data.manifest import SAEInfo
     from saevlm.data.open import open_any_store
     from saevlm.data.topimages import TopImagesStore
 
     store = open_any_store(args.store, flag="store", allow_incomplete=args.allow_incomplete,
                            allow_nonfinite=args.allow_nonfinite, allow_top_images=True)
     if args.json:
-        print(json.dumps(store.manifest, indent=1))
+        print(json.dumps(store.manifest if isinstance(store.manifest, dict) else store.manifest.to_json(), indent=1))
         return 0
     if isinstance(store, TopImagesStore):
         m = store.manifest
@@ -45,26 +46,27 @@ def run(args: argparse.Namespace) -> int:
     prov = store.provenance
     codes = isinstance(store, CodeStore)
     print(f"store      {store.path}")
-    print(f"kind       {store.manifest.get('kind')}   complete: {store.manifest.get('complete')}")
+    m = store.manifest
+    print(f"kind       {m.kind}   complete: {m.complete}")
     if codes:
-        sae = prov.get("sae", {})
+        sae = prov.sae or SAEInfo()
         print(f"shape      {store.num_rows} x {store.dict_size} latents, {store.nnz} non-zero "
               f"({store.nnz / max(store.num_rows, 1):.2f} per row), {len(store.shards)} shard(s)")
-        print(f"sae        {sae.get('arch')} x{sae.get('expansion_factor', '?')} from {sae.get('path')}")
+        print(f"sae        {sae.arch} x{sae.expansion_factor or '?'} from {sae.path}")
     else:
         print(f"shape      {store.num_rows} x {store.dim} ({store.dtype}), {len(store.shards)} shard(s)")
-    print(f"model      {prov.get('model', {}).get('name')} ({prov.get('model', {}).get('source')})")
-    print(f"hook       {prov.get('hook')}")
-    print(f"tokens     {prov.get('tokens')}")
-    ds = prov.get("dataset", {})
-    print(f"dataset    {ds.get('name')}/{ds.get('split')} at {ds.get('root')}: "
-          f"{store.manifest.get('num_images')} images stored of {ds.get('num_selected')} selected")
-    content = store.manifest.get("content_sha256")
+    print(f"model      {prov.model.name} ({prov.model.source})")
+    print(f"hook       {prov.hook.to_json()}")
+    print(f"tokens     {prov.tokens.to_json()}")
+    ds = prov.dataset
+    print(f"dataset    {ds.name}/{ds.split} at {ds.root}: "
+          f"{m.num_images} images stored of {ds.num_selected} selected")
+    content = m.content_sha256
     print(f"content    {'sha256 ' + content[:16] + '... over the image bytes' if content else 'no image content hashes (older store)'}")
-    skipped = store.manifest.get("skipped_images", [])
+    skipped = m.skipped_images
     if skipped:
         print(f"skipped    {len(skipped)} unreadable image(s), e.g. {skipped[0]['path']}")
-    nonfinite = sum(int(s.get("nonfinite", 0)) for s in store.manifest["shards"])
+    nonfinite = sum(s.nonfinite for s in m.shards)
     if nonfinite:
         print(f"nonfinite  {nonfinite} NaN/inf values (written with --allow_nonfinite)")
     if not args.verify:

@@ -114,7 +114,7 @@ class CodeStoreWriter(StoreWriter):
         return {**files, "nnz": int(len(v))}, checksums, nonfinite
 
     def finalize(self, extra: dict | None = None) -> None:
-        nnz = sum(int(s["nnz"]) for s in self.manifest["shards"])
+        nnz = sum(int(s["nnz"]) for s in self.manifest["shards"])  # the writer's own working manifest
         super().finalize({"nnz": nnz, **(extra or {})})
 
 
@@ -130,48 +130,49 @@ class CodeStore(ActivationStore):
 
     @property
     def dict_size(self) -> int:
+        """The SAE's dictionary size: the number of latents (the manifest's ``dim``)."""
         return self.dim
 
     @property
     def nnz(self) -> int:
-        return sum(int(s["nnz"]) for s in self.manifest["shards"])
+        return sum(int(s.nnz or 0) for s in self.manifest.shards)
 
     def _expected_layout(self, i: int) -> dict:
-        s = self.manifest["shards"][i]
-        n, nnz = int(s["num_rows"]), int(s["nnz"])
-        out = {s["indptr"]: ((n + 1,), np.dtype(np.int64)), s["indices"]: ((nnz,), np.dtype(np.int32)),
-               s["values"]: ((nnz,), np.dtype(np.float32)), s["rows_file"]: ((n, 2), np.dtype(np.int64))}
-        if s.get("images_file"):
-            out[s["images_file"]] = ((int(s["num_images"]), 2), np.dtype(np.int64))
+        s = self.manifest.shards[i]
+        n, nnz = s.num_rows, int(s.nnz or 0)
+        out = {s.indptr: ((n + 1,), np.dtype(np.int64)), s.indices: ((nnz,), np.dtype(np.int32)),
+               s.values: ((nnz,), np.dtype(np.float32)), s.rows_file: ((n, 2), np.dtype(np.int64))}
+        if s.images_file:
+            out[s.images_file] = ((s.num_images, 2), np.dtype(np.int64))
         return out
 
     def _payload_files(self, i: int) -> list[str]:
-        s = self.manifest["shards"][i]
-        return [s["values"], s["indices"], s["indptr"]]
+        s = self.manifest.shards[i]
+        return [s.values, s.indices, s.indptr]
 
     def shard_csr(self, i: int) -> CSRChunk:
         if i not in self._mmaps:
-            s = self.manifest["shards"][i]
-            indptr, indices, values = (self._load(i, s[k]) for k in ("indptr", "indices", "values"))
+            s = self.manifest.shards[i]
+            indptr, indices, values = (self._load(i, name) for name in (s.indptr, s.indices, s.values))
             self._check_csr(i, indptr, indices, values)  # once: the chunk is cached below
-            self._mmaps[i] = CSRChunk(self.shards[i].row_start, indptr, indices, values, self.dim)
+            self._mmaps[i] = CSRChunk(self.shards[i].row_start, indptr, indices, values, self.dict_size)
         return self._mmaps[i]
 
     def _check_csr(self, i: int, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray) -> None:
-        s = self.manifest["shards"][i]
+        s = self.manifest.shards[i]
         if int(indptr[0]) != 0 or int(indptr[-1]) != len(values) or bool((np.diff(indptr) < 0).any()):
-            raise self._damaged(i, s["indptr"], f"is not a valid CSR row index (runs from {int(indptr[0])} "
+            raise self._damaged(i, s.indptr, f"is not a valid CSR row index (runs from {int(indptr[0])} "
                                                 f"to {int(indptr[-1])} over {len(values)} values)")
         for a in range(0, len(indices), 1 << 24):
             block = indices[a:a + (1 << 24)]
             lo, hi = (int(block.min()), int(block.max())) if len(block) else (0, 0)
-            if lo < 0 or hi >= self.dim:
-                bad = a + int(np.flatnonzero((block < 0) | (block >= self.dim))[0])
+            if lo < 0 or hi >= self.dict_size:
+                bad = a + int(np.flatnonzero((block < 0) | (block >= self.dict_size))[0])
                 row = int(np.searchsorted(indptr, bad, side="right")) - 1
-                raise self._damaged(i, s["indices"], f"holds latent id {int(indices[bad])} at row "
+                raise self._damaged(i, s.indices, f"holds latent id {int(indices[bad])} at row "
                                                      f"{self.shards[i].row_start + row}, outside the "
-                                                     f"dictionary [0, {self.dim})")
-        self._check_finite_values(i, s["values"], values, indptr)
+                                                     f"dictionary [0, {self.dict_size})")
+        self._check_finite_values(i, s.values, values, indptr)
 
     def _check_finite_values(self, i: int, name: str, values: np.ndarray, indptr: np.ndarray) -> None:
         if self.allow_nonfinite:
@@ -192,12 +193,12 @@ class CodeStore(ActivationStore):
                 b = min(a + chunk_rows, sh.num_rows)
                 lo, hi = int(sh.indptr[a]), int(sh.indptr[b])
                 yield CSRChunk(sh.start + a, np.asarray(sh.indptr[a:b + 1]) - lo,
-                               np.asarray(sh.indices[lo:hi]), np.asarray(sh.values[lo:hi]), self.dim)
+                               np.asarray(sh.indices[lo:hi]), np.asarray(sh.values[lo:hi]), self.dict_size)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` densified (for small reads; use iter_csr for streaming)."""
         start, stop = max(0, start), min(stop, self.num_rows)
-        out = np.zeros((stop - start, self.dim), dtype=np.float32)
+        out = np.zeros((stop - start, self.dict_size), dtype=np.float32)
         for chunk in self.iter_csr():
             a, b = max(start, chunk.start), min(stop, chunk.start + chunk.num_rows)
             if a < b:

@@ -21,11 +21,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import DatasetInfo
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("imagenet", "inat", "inat2021", "imagefolder")
@@ -61,11 +64,13 @@ class ImageList:
             h.update(b"\n")
         return h.hexdigest()
 
-    def provenance(self, selected: np.ndarray, take_every: int, max_images: int | None) -> dict:
-        return {"name": self.name, "root": str(self.root.resolve()), "split": self.split,
-                "num_images_in_split": len(self.paths), "num_classes": len(self.classes),
-                "take_every": take_every, "max_images": max_images,
-                "num_selected": int(len(selected)), "paths_sha256": self.paths_sha256(selected)}
+    def provenance(self, selected: np.ndarray, take_every: int, max_images: int | None) -> DatasetInfo:
+        from saevlm.data.manifest import DatasetInfo
+
+        return DatasetInfo(name=self.name, root=str(self.root.resolve()), split=self.split,
+                           num_images_in_split=len(self.paths), num_classes=len(self.classes),
+                           take_every=take_every, max_images=max_images,
+                           num_selected=int(len(selected)), paths_sha256=self.paths_sha256(selected))
 
     def classes_json(self) -> dict:
         out: dict[str, Any] = {"classes": self.classes}
@@ -222,7 +227,7 @@ def collate_images(batch) -> ImageBatch:
     return ImageBatch([i for i, _ in good], pixels, bad, [(i, h) for i, _, _, h in batch])
 
 
-def check_dataset_flags(dataset_prov: dict, dataset_name: str | None, data_path: str | None,
+def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_path: str | None,
                         split: str | None, what: str) -> None:
     """The authors' analysis scripts take ``--dataset_name/--data_path/--split`` to re-open the
     images; saevlm knows them from the store's provenance. When given, they must name the same
@@ -230,23 +235,21 @@ def check_dataset_flags(dataset_prov: dict, dataset_name: str | None, data_path:
     image list, else a clear error."""
     if dataset_name is not None:
         want = "inat" if dataset_name == "inat2021" else dataset_name
-        have = dataset_prov.get("name")
+        have = dataset.name
         if want != have and not (want == "imagefolder" and have in ("imagenet", "inat")):
             raise UserError(f"--dataset_name {dataset_name}: {what} was made from the {have!r} dataset")
-    if split is not None and dataset_prov.get("split") not in (None, split):
-        raise UserError(f"--split {split}: {what} was made from the {dataset_prov.get('split')!r} split")
+    if split is not None and dataset.split not in (None, split):
+        raise UserError(f"--split {split}: {what} was made from the {dataset.split!r} split")
     if data_path is not None:
         root = Path(data_path).expanduser()
         if not root.is_dir():
             raise UserError(f"--data_path {root}: no such directory")
-        if str(root.resolve()) != dataset_prov.get("root"):
-            images = open_dataset(dataset_prov.get("name") or "imagefolder", root,
-                                  split if split is not None else dataset_prov.get("split"))
-            selected = select_indices(len(images), int(dataset_prov.get("take_every") or 1),
-                                      dataset_prov.get("max_images"))
-            if images.paths_sha256(selected) != dataset_prov.get("paths_sha256"):
+        if str(root.resolve()) != dataset.root:
+            images = open_dataset(dataset.name or "imagefolder", root, split if split is not None else dataset.split)
+            selected = select_indices(len(images), dataset.take_every or 1, dataset.max_images)
+            if images.paths_sha256(selected) != dataset.paths_sha256:
                 raise UserError(f"--data_path {root}: its images differ from those {what} was made from "
-                                f"({dataset_prov.get('root')}, {dataset_prov.get('num_selected')} images)")
+                                f"({dataset.root}, {dataset.num_selected} images)")
 
 
 def load_class_names(path: str) -> dict[str, str]:

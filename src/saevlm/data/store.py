@@ -24,14 +24,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from saevlm.data.manifest import SCHEMA_VERSION, DatasetInfo, Manifest, Provenance  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
 FORMAT_NAME = "saevlm-activations"
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".saevlm.lock"
 STORE_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
@@ -106,9 +106,6 @@ def _count_nonfinite(values: np.ndarray, dtype: str, block_rows: int = 16384) ->
 
 
 # ----------------------------------------------------------------------------- manifest
-_SHARD_INT_KEYS = ("index", "num_rows", "first_image", "num_images")
-
-
 def read_manifest(path: Path, flag: str) -> dict:
     """``manifest.json`` as a dict, or a UserError saying what is wrong with it."""
     try:
@@ -126,40 +123,12 @@ def read_manifest(path: Path, flag: str) -> dict:
     return manifest
 
 
-def validate_manifest(m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str]) -> None:
-    """Every key a reader relies on is there with the right type, or one line says which is not."""
-    def bad(what: str) -> UserError:
-        return UserError(f"{flag} {path}: {what}; the manifest is damaged or was edited by hand "
-                         f"(re-create the store with --overwrite)")
+STORAGE_DTYPE_NAMES = {k: np.dtype(v).name for k, v in _STORAGE.items()}
 
-    if m.get("format") != fmt:
-        raise UserError(f"{flag} {path}: format is {m.get('format')!r}, expected {fmt!r}")
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise UserError(f"{flag} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
-                        f"{SCHEMA_VERSION}")
-    for key, types in (("complete", (bool,)), ("dim", (int,)), ("num_rows", (int,)),
-                       ("shards", (list,)), ("dtype", (str,)), ("provenance", (dict,))):
-        if key not in m:
-            raise bad(f"no {key!r} key")
-        if not isinstance(m[key], types) or (types == (int,) and isinstance(m[key], bool)):
-            raise bad(f"{key!r} is {m[key]!r}, expected {types[0].__name__}")
-    if m["dtype"] not in _STORAGE:
-        raise bad(f"dtype {m['dtype']!r} is not a store dtype (float32, float16, bfloat16)")
-    want_storage = np.dtype(_STORAGE[m["dtype"]]).name
-    if m.get("storage_dtype", want_storage) != want_storage:
-        raise bad(f"dtype {m['dtype']!r} is stored as {want_storage}, but storage_dtype says "
-                  f"{m.get('storage_dtype')!r}")
-    if m["dim"] < 1:
-        raise bad(f"dim {m['dim']} (expected a positive width)")
-    for j, s in enumerate(m["shards"]):
-        if not isinstance(s, dict):
-            raise bad(f"shards[{j}] is not an object")
-        for key in (*_SHARD_INT_KEYS, "rows_file", *payload_keys):
-            if key not in s:
-                raise bad(f"shards[{j}] has no {key!r}")
-        for key in _SHARD_INT_KEYS:
-            if not isinstance(s[key], int) or s[key] < 0:
-                raise bad(f"shards[{j}].{key} is {s[key]!r}, expected a non-negative integer")
+
+def parse_manifest(m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str]) -> Manifest:
+    """The typed :class:`~saevlm.data.manifest.Manifest`, or one line naming the bad key."""
+    return Manifest.from_json(m, path, flag, fmt, payload_keys, STORAGE_DTYPE_NAMES)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -243,55 +212,53 @@ class ActivationStore:
             what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"
             raise UserError(f"{flag} {self.path}: {what}; expected a saevlm store directory "
                             f"(written by `saevlm extract` / `saevlm embed`)")
-        self.manifest: dict = read_manifest(manifest_path, flag)
-        validate_manifest(self.manifest, manifest_path, flag, self.FORMAT, self.PAYLOAD_KEYS)
-        if not self.manifest["complete"] and not allow_incomplete:
+        self.manifest: Manifest = parse_manifest(read_manifest(manifest_path, flag), manifest_path, flag,
+                                                 self.FORMAT, self.PAYLOAD_KEYS)
+        m = self.manifest
+        if not m.complete and not allow_incomplete:
             raise UserError(
                 f"{flag} {self.path}: the store is incomplete (its writer stopped after "
-                f"{len(self.manifest['shards'])} shard(s)). Rerun the same command to resume it.")
-        self.dtype: str = self.manifest["dtype"]
-        self.dim: int = int(self.manifest["dim"])
+                f"{len(m.shards)} shard(s)). Rerun the same command to resume it.")
+        self.dtype: str = m.dtype
+        self.dim: int = m.dim
         self.shards: list[ShardInfo] = []
         offset = 0
-        for s in self.manifest["shards"]:
-            self.shards.append(ShardInfo(s.get("file", ""), s["rows_file"], int(s["num_rows"]),
-                                         int(s["first_image"]), int(s["num_images"]), offset))
-            offset += int(s["num_rows"])
+        for s in m.shards:
+            self.shards.append(ShardInfo(s.file or "", s.rows_file, s.num_rows, s.first_image, s.num_images,
+                                         offset))
+            offset += s.num_rows
         self.num_rows = offset
         self._starts = np.array([s.row_start for s in self.shards] + [offset], dtype=np.int64)
         self._mmaps: dict[int, np.ndarray] = {}
         self._verified: set[str] = set()
-        self.has_checksums = all("checksums" in s for s in self.manifest["shards"])
-        if self.manifest["shards"] and not self.has_checksums:
+        self.has_checksums = all(s.has_checksums for s in m.shards)
+        if m.shards and not self.has_checksums:
             print(f"note: {flag} {self.path}: written without checksums (by an older saevlm); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
         for i in range(len(self.shards)):
             self._check_shard_files(i)  # names the shard whose row count disagrees, if one does
-        if self.manifest["complete"] and offset != int(self.manifest["num_rows"]):
+        if m.complete and offset != m.num_rows:
             raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
-                            f"says {self.manifest['num_rows']}; the manifest was edited or damaged")
-        nonfinite = [(i, s.get("nonfinite", 0)) for i, s in enumerate(self.manifest["shards"])
-                     if s.get("nonfinite", 0)]
+                            f"says {m.num_rows}; the manifest was edited or damaged")
+        nonfinite = m.nonfinite_shards()
         if nonfinite and not allow_nonfinite:
-            i, _ = nonfinite[0]
-            s = self.manifest["shards"][i]
-            raise UserError(f"{flag} {self.path}: holds {sum(n for _, n in nonfinite)} non-finite values "
-                            f"(NaN/inf), first in shard {i} ({self._payload_files(i)[0]}) at row "
-                            f"{self.shards[i].row_start + int(s.get('first_nonfinite_row') or 0)}; pass "
-                            f"--allow_nonfinite to use them anyway")
+            i = nonfinite[0]
+            raise UserError(f"{flag} {self.path}: holds {sum(m.shards[j].nonfinite for j in nonfinite)} "
+                            f"non-finite values (NaN/inf), first in shard {i} ({self._payload_files(i)[0]}) "
+                            f"at row {self.shards[i].row_start + (m.shards[i].first_nonfinite_row or 0)}; "
+                            f"pass --allow_nonfinite to use them anyway")
 
     # -- integrity
     def _payload_files(self, i: int) -> list[str]:
-        s = self.manifest["shards"][i]
-        return [s[k] for k in self.PAYLOAD_KEYS if isinstance(s.get(k), str)]
+        return [self.manifest.shards[i].file or ""]
 
     def _expected_layout(self, i: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """file -> (shape, dtype) that shard ``i``'s files must have."""
-        s = self.manifest["shards"][i]
-        out = {s["file"]: ((int(s["num_rows"]), self.dim), np.dtype(_STORAGE[self.dtype])),
-               s["rows_file"]: ((int(s["num_rows"]), 2), np.dtype(np.int64))}
-        if s.get("images_file"):
-            out[s["images_file"]] = ((int(s["num_images"]), 2), np.dtype(np.int64))
+        s = self.manifest.shards[i]
+        out = {s.file: ((s.num_rows, self.dim), np.dtype(_STORAGE[self.dtype])),
+               s.rows_file: ((s.num_rows, 2), np.dtype(np.int64))}
+        if s.images_file:
+            out[s.images_file] = ((s.num_images, 2), np.dtype(np.int64))
         return out
 
     def _damaged(self, i: int, name: str, what: str) -> UserError:
@@ -300,7 +267,7 @@ class ActivationStore:
 
     def _check_shard_files(self, i: int) -> None:
         """Existence, size, header, dtype and shape of shard ``i``'s files (cheap: stat + header)."""
-        sums = self.manifest["shards"][i].get("checksums", {})
+        sums = self.manifest.shards[i].checksums
         for name, (shape, dtype) in self._expected_layout(i).items():
             f = self.path / name
             if not f.is_file():
@@ -328,7 +295,7 @@ class ActivationStore:
         """CRC-32 of one file against the manifest, once per process."""
         if name in self._verified:
             return
-        recorded = self.manifest["shards"][i].get("checksums", {}).get(name)
+        recorded = self.manifest.shards[i].checksums.get(name)
         if recorded is not None and verify_enabled():
             from saevlm.data.atomic import file_checksum
             got = file_checksum(self.path / name)
@@ -376,16 +343,21 @@ class ActivationStore:
         return (self.num_rows, self.dim)
 
     @property
-    def provenance(self) -> dict:
-        return self.manifest.get("provenance", {})
+    def num_neurons(self) -> int:
+        """Columns scored as neurons: the activation width here, the dictionary size of codes."""
+        return self.dim
+
+    @property
+    def provenance(self) -> Provenance:
+        return self.manifest.provenance
 
     def __len__(self) -> int:
         return self.num_rows
 
     def __repr__(self) -> str:
-        hook = self.provenance.get("hook", {})
+        hook = self.provenance.hook
         return (f"{type(self).__name__}({str(self.path)!r}, rows={self.num_rows}, dim={self.dim}, "
-                f"dtype={self.dtype}, point={hook.get('attachment_point')}, layer={hook.get('layer')})")
+                f"dtype={self.dtype}, point={hook.attachment_point}, layer={hook.layer})")
 
     # -- raw access
     def _load(self, i: int, name: str) -> np.ndarray:
@@ -410,7 +382,7 @@ class ActivationStore:
     def shard_images(self, i: int) -> np.ndarray | None:
         """``[num_images, 2]`` int64 (dataset index, content hash) of shard ``i``'s images, or None
         for stores written before content hashes."""
-        name = self.manifest["shards"][i].get("images_file")
+        name = self.manifest.shards[i].images_file
         return None if not name else self._load(i, name)
 
     def image_hashes(self) -> np.ndarray | None:
@@ -430,7 +402,7 @@ class ActivationStore:
         """The dataset index of each stored image, in store order (one entry per image)."""
         for i in range(len(self.shards)):
             self._verify_file(i, self.shards[i].rows_file)
-        return _image_ids_of(self.path, self.manifest)
+        return _image_ids_of(self.path, [s.rows_file for s in self.manifest.shards])
 
     # -- float32 reads
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -489,9 +461,9 @@ class ActivationStore:
                 step += 1
 
 
-def _image_ids_of(path: Path, manifest: dict) -> np.ndarray:
+def _image_ids_of(path: Path, rows_files: Sequence[str]) -> np.ndarray:
     """Distinct image indices of a store's rows, in order (from its rows files)."""
-    parts = [np.load(path / s["rows_file"], mmap_mode="r")[:, 0] for s in manifest["shards"]]
+    parts = [np.load(path / f, mmap_mode="r")[:, 0] for f in rows_files]
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
     if len(rows) == 0:
         return rows
@@ -504,18 +476,16 @@ def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "store
     """Refuse a pair of stores that do not describe the same images in the same order: same image
     list (file names), same stored images and, where recorded, the same picture content (a hash of
     each image file's bytes, docs/store-format.md)."""
-    da = a.provenance.get("dataset", {})
-    db = b.provenance.get("dataset", {})
-    for key in ("paths_sha256", "split"):
-        if da.get(key) != db.get(key):
-            raise UserError(f"{what}: {a.path} and {b.path} come from different image lists "
-                            f"(dataset {key}: {da.get(key)!r} vs {db.get(key)!r})")
-    if a.manifest.get("image_ids_sha256") != b.manifest.get("image_ids_sha256") or \
-            a.manifest.get("num_images") != b.manifest.get("num_images"):
-        raise UserError(f"{what}: {a.path} ({a.manifest.get('num_images')} images) and {b.path} "
-                        f"({b.manifest.get('num_images')} images) do not hold the same images in the "
+    diff = a.provenance.compatible_with(b.provenance, aspects=("dataset",))
+    if diff is not None:
+        raise UserError(f"{what}: {a.path} and {b.path} come from different image lists "
+                        f"(dataset {diff.key}: {diff.ours!r} vs {diff.theirs!r})")
+    ma, mb = a.manifest, b.manifest
+    if ma.image_ids_sha256 != mb.image_ids_sha256 or ma.num_images != mb.num_images:
+        raise UserError(f"{what}: {a.path} ({ma.num_images} images) and {b.path} "
+                        f"({mb.num_images} images) do not hold the same images in the "
                         f"same order (skipped images or --take_every differ)")
-    ca, cb = a.manifest.get("content_sha256"), b.manifest.get("content_sha256")
+    ca, cb = ma.content_sha256, mb.content_sha256
     if ca is None or cb is None:
         old = [str(s.path) for s, c in ((a, ca), (b, cb)) if c is None]
         print(f"note: {what}: {', '.join(old)} written without image content hashes (by an older saevlm); "
@@ -528,20 +498,20 @@ def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "store
     differ = np.flatnonzero((ha[:n] != hb[:n]).any(axis=1))
     first = int(differ[0]) if len(differ) else n
     index = int(ha[first, 0]) if first < len(ha) else -1
-    name = _image_path(da, index)
+    name = _image_path(a.provenance.dataset, index)
     raise UserError(f"{what}: {a.path} and {b.path} hold different pictures under the same file names: "
                     f"{len(differ)} of {n} images differ in content, the first at position {first} "
                     f"(dataset index {index}{', ' + name if name else ''}); re-extract one of them from "
                     f"the same images")
 
 
-def _image_path(dataset_prov: dict, index: int) -> str | None:
+def _image_path(dataset: DatasetInfo, index: int) -> str | None:
     """The relative path of dataset image ``index`` when the dataset is still on disk (error
     messages only)."""
     try:
         from saevlm.data.images import open_dataset
 
-        images = open_dataset(dataset_prov["name"], dataset_prov["root"], dataset_prov.get("split"))
+        images = open_dataset(dataset.name, dataset.root, dataset.split)
         return images.paths[index]
     except Exception:  # noqa: BLE001 - best effort: the message names the index anyway
         return None

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import Provenance
 
 TOP_IMAGES_FORMAT = "saevlm-top-images"
 
@@ -41,8 +45,18 @@ class TopImagesStore:
         return self.dim
 
     @property
-    def provenance(self) -> dict:
-        return self.manifest["provenance"]
+    def num_neurons(self) -> int:
+        return self.dim
+
+    @property
+    def provenance(self) -> Provenance:
+        from saevlm.data.manifest import ManifestError, Provenance
+
+        try:
+            return Provenance.from_json(self.manifest.get("provenance"))
+        except ManifestError as e:
+            raise UserError(f"{self.path}/manifest.json: damaged ({e}); rerun the extract command with "
+                            f"--overwrite") from None
 
     def image_ids(self) -> np.ndarray:
         return np.load(self.path / "image_ids.npy")
@@ -50,8 +64,6 @@ class TopImagesStore:
 
 def load_top_images(directory, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``."""
-    from pathlib import Path
-
     d = Path(directory)
     f = d / f"top_images_{k}.npy"
     if not f.is_file():
@@ -68,7 +80,6 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
     (``argsort(a)[-k:]``: highest last) and is reversed here; its ``_worst.npy`` gives the k-th
     values. Values per image are known only when saevlm's ``top_images_<k>_values.npy`` is beside it
     and lists the same images."""
-    from pathlib import Path
 
     if hai_indices_path is None:
         return load_top_images(directory, k)

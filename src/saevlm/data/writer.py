@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_json
+from saevlm.data.manifest import Manifest, Provenance
 from saevlm.data.store import (_STORAGE, FORMAT_NAME, LOCK, MANIFEST, SCHEMA_VERSION, _count_nonfinite,
                                _image_ids_of, _nonfinite_rows, encode_for_storage, normalize_store_dtype,
                                sha256_of_ints)
@@ -44,7 +45,7 @@ class StoreWriter:
     FORMAT = FORMAT_NAME
 
     def __init__(self, path: str | os.PathLike, *, kind: str, dim: int, dtype: str,
-                 images_per_shard: int, num_images: int, provenance: dict, software: dict,
+                 images_per_shard: int, num_images: int, provenance: Provenance | dict, software: dict,
                  overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
                  extra_json: dict[str, Any] | None = None, flag: str = "--output_dir",
                  rank: int = 0, world_size: int = 1, allow_nonfinite: bool = False):
@@ -63,6 +64,9 @@ class StoreWriter:
         # rank 0 holds the lock for a whole torchrun job: the other ranks open the store only after
         # rank 0 has, so a second job stops at its rank 0
         self._lock = OutputLock(self.path, flag, name=LOCK) if self.rank == 0 else None
+        # through JSON, so that it compares equal to what a resumed store's manifest reads back
+        provenance = Provenance.from_json(_jsonable(provenance))
+        self.provenance = provenance
         identity = {"kind": kind, "dim": self.dim, "dtype": self.dtype,
                     "images_per_shard": self.images_per_shard, "provenance": provenance}
         manifest_path = self.path / MANIFEST
@@ -73,10 +77,12 @@ class StoreWriter:
             if old.get("format") != self.FORMAT:
                 raise UserError(f"{flag} {self.path}: holds a {old.get('format')!r} store, not "
                                 f"{self.FORMAT!r}; use another directory or --overwrite")
-            old_identity = {k: old.get(k) for k in ("kind", "dim", "dtype", "images_per_shard",
-                                                    "provenance")}
-            if old_identity != _jsonable(identity):
-                diff = _first_difference(old_identity, _jsonable(identity))
+            try:
+                old_identity = Manifest.from_json(old, manifest_path, flag, self.FORMAT, ()).identity()
+            except UserError as err:
+                raise UserError(f"{err}; or pass --overwrite to replace the store") from None
+            if old_identity != identity:
+                diff = _first_difference(_jsonable(old_identity), _jsonable(identity))
                 raise UserError(
                     f"{flag} {self.path}: a store written with different settings is already there "
                     f"({diff}). Use another output directory, or pass --overwrite to replace it.")
@@ -238,7 +244,7 @@ class StoreWriter:
                             f"{missing[0]}); a process stopped early. Rerun the same command to complete "
                             f"the store")
         self._fill_manifest()
-        ids = _image_ids_of(self.path, self.manifest)
+        ids = _image_ids_of(self.path, [e["rows_file"] for e in self.manifest["shards"]])
         self.manifest["num_images"] = int(len(ids))
         self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
         entries = self.manifest["shards"]
@@ -287,7 +293,7 @@ class StoreWriter:
 
 
 def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
+    return json.loads(json.dumps(obj, default=lambda o: o.to_json()))
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

@@ -170,7 +170,7 @@ def run(args) -> int:
     for path in args.embeddings_path:
         store = ActivationStore(path, flag="--embeddings_path")
         scores = ms_from_activations_csv(archive, store, device=device)
-        name = f"MS (recomputed, {store.provenance.get('model', {}).get('name', Path(path).name)})"
+        name = f"MS (recomputed, {store.provenance.model.name or Path(path).name})"
         metrics[name] = _lookup(scores, kx, ky, name)
     for spec in args.scores:
         name, scores = load_score_file(spec)

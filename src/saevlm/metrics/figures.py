@@ -22,14 +22,14 @@ def open_store_images(store, data_path: str | None = None):
     """The dataset of a store's provenance, verified to be the same image list."""
     from saevlm.data.images import open_dataset, select_indices
 
-    ds = store.provenance.get("dataset", {})
-    if ds.get("name") in (None, "synthetic"):
-        raise UserError(f"{store.path}: a {ds.get('name') or 'dataset-less'} store has no images to show "
+    ds = store.provenance.dataset
+    if ds.name in (None, "synthetic"):
+        raise UserError(f"{store.path}: a {ds.name or 'dataset-less'} store has no images to show "
                         f"(use --histogram_only)")
-    root = data_path or ds["root"]
-    images = open_dataset(ds["name"], root, ds.get("split"))
-    selected = select_indices(len(images), int(ds.get("take_every") or 1), ds.get("max_images"))
-    if images.paths_sha256(selected) != ds.get("paths_sha256"):
+    root = data_path or ds.root
+    images = open_dataset(ds.name, root, ds.split)
+    selected = select_indices(len(images), ds.take_every or 1, ds.max_images)
+    if images.paths_sha256(selected) != ds.paths_sha256:
         raise UserError(f"--data_path {root}: its images differ from those the store was made from "
                         f"(fingerprint mismatch); point --data_path at the same dataset")
     return images

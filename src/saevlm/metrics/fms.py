@@ -196,7 +196,7 @@ def run(args) -> int:
     atomic_write_json(out / "fms.json", {**result, "ms_mean": ms_mean,
                                          "ms_source": str(ms_dir / "ms.json") if ms_dir else None,
                                          "activations_dir": str(store.path.resolve()),
-                                         "codes_finished": store.manifest.get("finished"),
+                                         "codes_finished": store.manifest.finished,
                                          "definition": "Härle et al. 2025, arXiv 2506.19382"})
     print(f"FMS@{args.p} = {result['fms']:.4f} over {result['concepts']} concepts "
           f"(acc0 {result['mean_acc0']:.3f}, local {result['mean_local']:.3f}, global {result['mean_global']:.3f})"

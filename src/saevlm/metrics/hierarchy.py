@@ -114,13 +114,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from saevlm.data.store import atomic_write_json
     from saevlm.data.open import open_any_store as open_scored_store
-    from saevlm.sae.registry import group_sizes
+    from saevlm.sae.archs import group_sizes
 
     from saevlm.data.images import check_dataset_flags
     from saevlm.data.topimages import load_top_images_for
 
     store = open_scored_store(args.activations_dir, allow_top_images=True)
-    check_dataset_flags(store.provenance.get("dataset", {}), None, args.data_path, args.split,
+    check_dataset_flags(store.provenance.dataset, None, args.data_path, args.split,
                         f"--activations_dir {store.path}")
     d = store.path
     from saevlm.data.atomic import ensure_writable_dir
@@ -144,7 +144,8 @@ def run(args) -> int:
             raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
         sizes = group_sizes(args.group_fractions, len(top))
     else:
-        sizes = store.provenance.get("sae", {}).get("group_sizes")
+        sae = store.provenance.sae
+        sizes = list(sae.group_sizes) if sae is not None and sae.group_sizes else None
         if not sizes:
             raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
     if sum(sizes) != len(top):

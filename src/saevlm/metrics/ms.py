@@ -34,11 +34,10 @@ def add_arguments(p) -> None:
 def ms_inputs(acts, emb) -> dict:
     """What an MS result was computed from: results from other inputs are never replaced silently."""
     def ident(store) -> dict:
-        return {"path": str(store.path.resolve()), "format": store.manifest.get("format"),
-                "content_sha256": store.manifest.get("content_sha256"),
-                "image_ids_sha256": store.manifest.get("image_ids_sha256"),
-                "finished": store.manifest.get("finished"), "model": store.provenance.get("model", {}).get("source"),
-                "sae": (store.provenance.get("sae") or {}).get("path")}
+        m, prov = store.manifest, store.provenance
+        return {"path": str(store.path.resolve()), "format": m.format, "content_sha256": m.content_sha256,
+                "image_ids_sha256": m.image_ids_sha256, "finished": m.finished, "model": prov.model.source,
+                "sae": prov.sae.path if prov.sae is not None else None}
     return {"activations": ident(acts), "embeddings": ident(emb)}
 
 
@@ -101,7 +100,7 @@ def run(args) -> int:
                             f"with {(old_inputs or {}).get('embeddings', {}).get('path', old.get('embeddings_path', '?'))}); "
                             f"pass --overwrite to replace them, or choose another --output_dir")
     sparse = isinstance(acts, CodeStore)
-    acc = MSAccumulator(acts.dim, emb.dim, device)
+    acc = MSAccumulator(acts.num_neurons, emb.dim, device)
     with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS",
               dynamic_ncols=True, file=sys.stderr) as bar:
         chunks = acts.iter_csr(args.chunk_rows) if sparse else acts.iter_chunks(args.chunk_rows)
@@ -120,9 +119,9 @@ def run(args) -> int:
               "dead_constant": acc.dead_constant, "dead_one_image": acc.dead_one_image,
               "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
               "activations_dir": str(acts.path.resolve()), "embeddings_path": str(emb.path.resolve()),
-              "embeddings_model": emb.provenance.get("model", {}).get("name"),
-              "sae": acts.provenance.get("sae"), "hook": acts.provenance.get("hook"),
-              "model": acts.provenance.get("model", {}).get("name"), "inputs": inputs,
+              "embeddings_model": emb.provenance.model.name,
+              "sae": acts.provenance.sae.to_json() if acts.provenance.sae is not None else None,
+              "hook": acts.provenance.hook.to_json(), "model": acts.provenance.model.name, "inputs": inputs,
               "definition": "arXiv 2504.02821 Eq. 5-9: per-neuron min-max, pairs n<m, NaN = dead; std unbiased"}
     lines = [f"MS over {acts.num_rows} images, embeddings {record['embeddings_model']}",
              f"mean {summary['mean']:.4f} +- {summary['std']:.4f} over {record['scored']} scored neurons "

@@ -8,7 +8,7 @@ def embedder_slug(emb_store) -> str:
     """A folder-safe name of the embedding model: ``dinov2-base``, ``clip-vit-base-patch32``."""
     import re
 
-    name = str(emb_store.provenance.get("model", {}).get("name") or "embeddings")
+    name = str(emb_store.provenance.model.name or "embeddings")
     name = name.rstrip("/").split("/")[-1].split(":")[-1]
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "embeddings"
 
@@ -62,9 +62,8 @@ def load_ms_scores(ms_dir, num_neurons: int, flag: str):
 def check_one_row_per_image(store, flag: str) -> None:
     from saevlm.errors import UserError
 
-    n_img = int(store.manifest.get("num_images", store.num_rows))
+    n_img = int(store.manifest.num_images if store.manifest.num_images is not None else store.num_rows)
     if store.num_rows != n_img:
-        tokens = store.provenance.get("tokens", {})
         raise UserError(f"{flag} {store.path}: {store.num_rows} rows for {n_img} images (token "
-                        f"selection {tokens.get('selection')!r}); this metric needs one row per image "
+                        f"selection {store.provenance.tokens.selection!r}); this metric needs one row per image "
                         f"(extract with --cls_only or --mean_pool)")

@@ -87,18 +87,18 @@ def pooled_chunks(store, how: str):
         if isinstance(store, CodeStore):
             ch = store.shard_csr(i)
             rows = group[ch.row_ids()]
-            keys = rows * store.dim + np.asarray(ch.indices, dtype=np.int64)
+            keys = rows * store.dict_size + np.asarray(ch.indices, dtype=np.int64)
             uniq, inv = np.unique(keys, return_inverse=True)
             vals = np.asarray(ch.values, dtype=np.float64)
             if how == "mean":
-                pooled = np.bincount(inv, weights=vals) / counts[uniq // store.dim]
+                pooled = np.bincount(inv, weights=vals) / counts[uniq // store.dict_size]
             else:
                 pooled = np.full(len(uniq), -np.inf)
                 np.maximum.at(pooled, inv, vals)
                 pooled = np.maximum(pooled, 0)  # an image with a zero row has max >= 0
-            img_of = uniq // store.dim
+            img_of = uniq // store.dict_size
             indptr = np.concatenate([[0], np.cumsum(np.bincount(img_of, minlength=n_img))])
-            yield CSRChunk(start, indptr, (uniq % store.dim).astype(np.int32), pooled.astype(np.float32), store.dim)
+            yield CSRChunk(start, indptr, (uniq % store.dict_size).astype(np.int32), pooled.astype(np.float32), store.dict_size)
         else:
             sh = store.shards[i]
             acts = store.read(sh.row_start, sh.row_start + sh.num_rows)
@@ -150,7 +150,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     store = open_scored_store(args.activations_dir, allow_top_images=True, allow_nonfinite=args.allow_nonfinite)
     from saevlm.data.images import check_dataset_flags
-    check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path, args.split,
+    check_dataset_flags(store.provenance.dataset, args.dataset_name, args.data_path, args.split,
                         f"--activations_dir {store.path}")
     if args.chunk_size is not None:
         if args.chunk_size < 1:
@@ -164,7 +164,7 @@ def run(args) -> int:
         print(f"{store.path}: top-{store.k} images were computed during extraction "
               f"(top_images_{store.k}.npy, hai_indices_{store.k}.npy); nothing to do")
         return 0
-    n_images = int(store.manifest.get("num_images", store.num_rows))
+    n_images = int(store.manifest.num_images if store.manifest.num_images is not None else store.num_rows)
     pooled = store.num_rows != n_images
     if pooled and not args.pool:
         raise UserError(f"--activations_dir {store.path}: {store.num_rows} rows for {n_images} images; "
@@ -187,21 +187,21 @@ def run(args) -> int:
     with bar:
         if pooled and isinstance(store, CodeStore):
             rows, values = top_k_csr(counted(pooled_chunks(store, args.pool), lambda c: c.num_rows),
-                                     store.dim, n_images, args.k)
+                                     store.dict_size, n_images, args.k)
         elif pooled:
             rows, values = top_k_dense(counted(pooled_chunks(store, args.pool), lambda c: len(c[1])),
-                                       store.dim, args.k, device)
+                                       store.num_neurons, args.k, device)
         elif isinstance(store, CodeStore):
             rows, values = top_k_csr(counted(store.iter_csr(args.chunk_rows), lambda c: c.num_rows),
-                                     store.dim, store.num_rows, args.k)
+                                     store.dict_size, store.num_rows, args.k)
         else:
             rows, values = top_k_dense(counted(store.iter_chunks(args.chunk_rows), lambda c: len(c[1])),
-                                       store.dim, args.k, device)
+                                       store.num_neurons, args.k, device)
     image_ids = store.image_ids()
     images = image_ids[rows]
     files = write_top_images(out, args.k, images, values)
     lock.release()
     near_dead = int((values[:, -1] == 0).sum())
-    print(f"{store.dim} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")
+    print(f"{store.num_neurons} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")
     print(f"wrote {out}/{', '.join(files)} ({time.time() - t0:.1f} s)")
     return 0

@@ -62,11 +62,11 @@ def run(args) -> int:
         store = open_scored_store(args.activations_dir, allow_top_images=True)
         out = Path(args.output_dir) if args.output_dir else store.path / "figures"
     from saevlm.data.images import check_dataset_flags
-    check_dataset_flags(store.provenance.get("dataset", {}), args.dataset_name, args.data_path,
+    check_dataset_flags(store.provenance.dataset, args.dataset_name, args.data_path,
                         args.split, f"the store {store.path}")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=args.histogram_only)
-    ms = load_ms_scores(ms_dir, store.dim, "--ms_subdir") if ms_dir else None
+    ms = load_ms_scores(ms_dir, store.num_neurons, "--ms_subdir") if ms_dir else None
     raw = None
     if args.raw_ms:
         rp = Path(args.raw_ms)
@@ -80,12 +80,13 @@ def run(args) -> int:
     grids = []
     if not args.histogram_only:
         from saevlm.data.topimages import load_top_images_for
-        from saevlm.sae.registry import group_sizes
+        from saevlm.sae.archs import group_sizes
         top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path)
         if values is None:  # an authors' file: the k-th value is known, the others are not
             values = np.full(top.shape, np.nan, dtype=np.float32)
             values[:, -1] = kth
-        groups = store.provenance.get("sae", {}).get("group_sizes")
+        sae = store.provenance.sae
+        groups = list(sae.group_sizes) if sae is not None and sae.group_sizes else None
         if args.group_fractions:
             if abs(sum(args.group_fractions) - 1) > 1e-6:
                 raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
@@ -93,7 +94,7 @@ def run(args) -> int:
         # a latent is dead here when even its best image does not activate it: its "top" images
         # would be the first images in dataset order, which say nothing about it
         # (SAE codes are >= 0, so "best value 0" means never active; raw neurons are never dead here)
-        if not store.provenance.get("sae"):
+        if store.provenance.sae is None:
             alive = np.ones(len(top), dtype=bool)
         elif not np.isnan(values[:, 0]).all():
             alive = np.nan_to_num(values[:, 0], nan=0.0) > 0

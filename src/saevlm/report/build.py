@@ -1,6 +1,7 @@
 """``saevlm report``: a run directory -> report.md and report.html (figures inline).
 
-Everything is found by scanning the run directory for the files the commands write:
+This module renders; :mod:`saevlm.report.collect` finds and reads the results. Everything is
+found by scanning the run directory for the files the commands write:
 ``ms/ms.json`` beside activation stores (raw neurons) and code stores (SAE latents, whose
 provenance names the SAE), ``run.json`` / ``eval.json`` of training runs, ``hierarchy_*.json``,
 steering ``steering_score.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,23 +21,10 @@ import numpy as np
 
 from saevlm.errors import UserError
 from saevlm.report import paper
+from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
 
 ARCH_NAMES = {"batch_top_k": "BatchTopK", "matryoshka_batch_top_k": "Matryoshka BatchTopK",
               "top_k": "TopK", "standard": "ReLU (L1)", "jumprelu": "JumpReLU"}
-
-
-@dataclass
-class MSRecord:
-    kind: str  # "sae" or "raw"
-    model: str
-    layer: object  # int or "last"
-    arch: str | None
-    expansion: int | None
-    k: int | None
-    summary: dict
-    source: Path
-    store: Path
-    embeddings_model: str | None = None
 
 
 @dataclass
@@ -46,17 +33,20 @@ class Report:
     sources: list[str] = field(default_factory=list)
     md: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    damaged: list[str] = field(default_factory=list)
+    notes: Notes = field(default_factory=Notes)
 
     def warn(self, text: str, damaged: bool = False) -> None:
         """A problem with the results (unfinished, missing, stale): shown at the top of the report
-        and printed. ``damaged``: a result file is missing or unreadable, so the command fails
-        (after writing the report) instead of passing silently."""
-        if text not in self.warnings:
-            self.warnings.append(text)
-        if damaged and text not in self.damaged:
-            self.damaged.append(text)
+        and printed (see :class:`~saevlm.report.collect.Notes`)."""
+        self.notes.warn(text, damaged)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.notes.warnings
+
+    @property
+    def damaged(self) -> list[str]:
+        return self.notes.damaged
 
     def cite(self, path: Path) -> str:
         rel = str(Path(path).resolve().relative_to(self.run_dir.resolve())) \
@@ -89,85 +79,6 @@ class Report:
         data = base64.b64encode(Path(png).read_bytes()).decode()
         self.html.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:640px">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
-def _layer_of(prov: dict):
-    hook = prov.get("hook", {})
-    point = hook.get("attachment_point")
-    if point == "post_mlp_residual":
-        return int(hook.get("layer"))
-    return "last" if point in (None, "post_projection") else str(point)
-
-
-def _read_json(path: Path, rep: "Report | None" = None):
-    """A result file, or None (with a warning) when it is damaged."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        if rep is not None:
-            rep.warn(f"{path}: unreadable ({type(e).__name__}), left out", damaged=True)
-        return None
-    if not isinstance(data, dict):
-        if rep is not None:
-            rep.warn(f"{path}: not a result object, left out", damaged=True)
-        return None
-    return data
-
-
-def _finished(manifest: dict | None):
-    return (manifest or {}).get("finished")
-
-
-def collect_ms(run_dir: Path, rep: "Report | None" = None) -> list[MSRecord]:
-    out = []
-    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms_<embedder>/ (or the older ms/) of a store
-        summary = _read_json(ms_json, rep)
-        if summary is None:
-            continue
-        recorded = Path(summary.get("activations_dir") or ms_json.parent.parent)
-        store = recorded if (recorded / "manifest.json").is_file() else ms_json.parent.parent
-        manifest = _read_json(store / "manifest.json", rep) if (store / "manifest.json").is_file() else None
-        if manifest is None:
-            if rep is not None:
-                rep.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
-            continue
-        if not (ms_json.parent / "scores.npy").is_file():
-            if rep is not None:
-                rep.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish or the file was "
-                         f"removed); left out, rerun saevlm ms", damaged=True)
-            continue
-        stamp = (summary.get("inputs") or {}).get("activations", {}).get("finished")
-        if rep is not None and stamp is not None and stamp != _finished(manifest):
-            rep.warn(f"{ms_json}: stale, computed from {store} as finished at {stamp}, but the store was "
-                     f"rewritten at {_finished(manifest)}; rerun saevlm ms")
-        prov = manifest.get("provenance", {})
-        sae = prov.get("sae")
-        if rep is not None and sae and sae.get("path"):
-            _check_codes_fresh(rep, store, manifest, Path(sae["path"]))
-        model = prov.get("model", {}).get("name", "?")
-        if sae:
-            arch = sae.get("arch")
-            expansion = int(round(sae["dict_size"] / sae["activation_dim"]))
-            out.append(MSRecord("sae", model, _layer_of(prov), arch, expansion, sae.get("k"), summary,
-                                ms_json, store, summary.get("embeddings_model")))
-        else:
-            out.append(MSRecord("raw", model, _layer_of(prov), None, None, None, summary, ms_json, store,
-                                summary.get("embeddings_model")))
-    return out
-
-
-def _check_codes_fresh(rep: "Report", store: Path, manifest: dict, sae_path: Path) -> None:
-    """Codes encoded before their SAE checkpoint last changed are stale (the SAE was retrained)."""
-    import datetime as dt
-
-    ckpt = sae_path / "ae.pt" if sae_path.is_dir() else sae_path
-    finished = _finished(manifest)
-    if not ckpt.is_file() or not finished:
-        return
-    written = dt.datetime.fromtimestamp(ckpt.stat().st_mtime, dt.timezone.utc)
-    if written > dt.datetime.fromisoformat(finished) + dt.timedelta(seconds=2):
-        rep.warn(f"{store}: stale codes, encoded at {finished} with {ckpt}, which changed at "
-                 f"{written.isoformat(timespec='seconds')}; re-encode, then rerun ms")
 
 
 def _fmt(v, digits=2):
@@ -256,35 +167,20 @@ def _count_cell(rep: Report, rec: MSRecord | None) -> str:
     return f"{text} {rep.cite(rec.source)}"
 
 
-def training_tables(rep: Report, run_dir: Path) -> None:
-    runs = sorted(run_dir.rglob("run.json"))
+def training_tables(rep: Report, saes: list[TrainedSAE]) -> None:
     rows = []
-    for run_json in runs:
-        run = _read_json(run_json, rep)
-        if run is None:
+    for t in saes:
+        name = ARCH_NAMES.get(t.arch, t.arch)
+        ev = t.evaluation
+        if ev is None:
+            rows.append([name, str(t.layer), f"x{t.expansion}", "unfinished", "–", "–", "–", "–", rep.cite(t.source)])
             continue
-        ident = run.get("identity", {})
-        layer = _layer_of(ident.get("activations_provenance", {}))
-        if not run.get("complete"):
-            rep.warn(f"{run_json}: training unfinished (killed or still running); its SAEs have no final "
-                     f"weights, rerun the same train command to resume")
-        for t in ident.get("trainers", []):
-            ev_f = run_json.parent / t["dir"] / "eval.json"
-            ev = _read_json(ev_f, rep) if ev_f.is_file() else None
-            if ev is None:
-                if run.get("complete"):
-                    rep.warn(f"{ev_f}: missing evaluation of a finished SAE")
-                rows.append([ARCH_NAMES.get(t["arch"], t["arch"]), str(layer), f"x{t['expansion_factor']}",
-                             "unfinished", "–", "–", "–", "–", rep.cite(run_json)])
-                continue
-            ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t["arch"], ())}}, "x", layer,
-                                    t["expansion_factor"]) if paper.R2_LAST.get(t["arch"]) else None
-            ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(
-                ident.get("activations_provenance", {}).get("model", {}).get("name")) else ""
-            authors = f"{100 * ev['r2_authors']:.1f}{ref_s}" if "r2_authors" in ev else "-"
-            rows.append([ARCH_NAMES.get(t["arch"], t["arch"]), str(layer), f"x{t['expansion_factor']}",
-                         authors, f"{100 * ev['r2']:.1f}", f"{ev['l0']:.1f}", f"{ev['dead_fraction']:.3f}",
-                         f"{ev['dense_fraction']:.3f}", rep.cite(ev_f)])
+        ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t.arch, ())}}, "x", t.layer,
+                                t.expansion) if paper.R2_LAST.get(t.arch) else None
+        ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(t.model) else ""
+        authors = f"{100 * ev['r2_authors']:.1f}{ref_s}" if "r2_authors" in ev else "-"
+        rows.append([name, str(t.layer), f"x{t.expansion}", authors, f"{100 * ev['r2']:.1f}", f"{ev['l0']:.1f}",
+                     f"{ev['dead_fraction']:.3f}", f"{ev['dense_fraction']:.3f}", rep.cite(t.source)])
     if rows:
         rep.heading("Reconstruction and sparsity")
         rep.para("R² (%, fraction of variance explained) two ways: as the authors log it (per validation batch "
@@ -296,44 +192,35 @@ def training_tables(rep: Report, run_dir: Path) -> None:
                    "source"], rows)
 
 
-def hierarchy_tables(rep: Report, run_dir: Path) -> None:
-    files = sorted(run_dir.rglob("hierarchy_*.json"))
-    if not files:
+def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
+    if not results:
         return
     rep.heading("Matryoshka hierarchy")
     rep.para("Mean lowest-common-ancestor depth of the 120 pairs of each neuron's top-16 images, per "
              f"Matryoshka group (near-dead neurons left out). Paper (iNat, 5 groups): "
              f"{' / '.join(map(str, paper.HIERARCHY_INAT))}.")
-    for f in files:
-        t = _read_json(f, rep)
-        if t is None or "groups" not in t:
-            continue
+    for r in results:
         rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
                  _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
-                 _fmt(g.get("ms_mean")), rep.cite(f)] for g in t["groups"]]
-        rep.para(f"{f.parent.relative_to(run_dir)}:")
+                 _fmt(g.get("ms_mean")), rep.cite(r.path)] for g in r.data["groups"]]
+        rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
         rep.table(["group", "size", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
                    "MS mean", "source"], rows)
 
 
-def steering_tables(rep: Report, run_dir: Path) -> None:
+def steering_tables(rep: Report, scores: list[ResultFile], baselines: list[ResultFile]) -> None:
     rows = []
-    # steering_score.json (summary.json written by older saevlm versions, recognised by its keys)
-    for f in sorted([*run_dir.rglob("steering_score.json"), *run_dir.rglob("summary.json")]):
-        s = _read_json(f, rep)
-        if s is None or "steered" not in s:
-            continue
-        rows.append([str(f.parent.relative_to(run_dir)), ("steered" if s["steered"] else "unsteered")
+    for r in scores:
+        s = r.data
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), ("steered" if s["steered"] else "unsteered")
                      + (f" ({s['protocol']} protocol)" if "protocol" in s else ""),
-                     str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(f)])
-    for f in sorted(run_dir.rglob("similarity_baseline.json")):
-        b = _read_json(f, rep)
-        if b is None or "true_class_names" not in b:
-            continue
-        rows.append([str(f.parent.relative_to(run_dir)), "bound: true class names", "–", str(b["images"]),
-                     f"{b['true_class_names']['mean']:.3f}", rep.cite(f)])
-        rows.append([str(f.parent.relative_to(run_dir)), "bound: shuffled names", "–", str(b["images"]),
-                     f"{b['shuffled_class_names']['mean']:.3f}", rep.cite(f)])
+                     str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(r.path)])
+    for r in baselines:
+        b, where = r.data, str(r.path.parent.relative_to(rep.run_dir))
+        rows.append([where, "bound: true class names", "–", str(b["images"]),
+                     f"{b['true_class_names']['mean']:.3f}", rep.cite(r.path)])
+        rows.append([where, "bound: shuffled names", "–", str(b["images"]),
+                     f"{b['shuffled_class_names']['mean']:.3f}", rep.cite(r.path)])
     if rows:
         rep.heading("Steering LLaVA")
         rep.para("Paper (Table 3): steered " + paper.STEERING["steered_white"] + " (white image), "
@@ -343,21 +230,10 @@ def steering_tables(rep: Report, run_dir: Path) -> None:
         rep.table(["run", "setting", "neurons", "images", "score", "source"], rows)
 
 
-def fms_tables(rep: Report, run_dir: Path) -> None:
-    rows = []
-    for f in sorted(run_dir.rglob("fms.json")):
-        r = _read_json(f, rep)
-        if r is None or "fms" not in r:
-            continue
-        store = Path(r.get("activations_dir") or f.parent.parent)
-        manifest = _read_json(store / "manifest.json") if (store / "manifest.json").is_file() else None
-        if manifest is not None and r.get("codes_finished") and r["codes_finished"] != _finished(manifest):
-            rep.warn(f"{f}: stale, computed before {store} was rewritten; rerun saevlm fms")
-        if r.get("ms_source") and not Path(r["ms_source"]).is_file():
-            rep.warn(f"{f}: the MS it records ({r['ms_source']}) is gone")
-        rows.append([str(f.parent.relative_to(run_dir)), f"{r['fms']:.3f}", f"{r['mean_acc0']:.3f}",
-                     f"{r['mean_local']:.3f}", f"{r['mean_global']:.3f}", str(r["concepts"]),
-                     _fmt(r.get("ms_mean"), 3), rep.cite(f)])
+def fms_tables(rep: Report, results: list[ResultFile]) -> None:
+    rows = [[str(r.path.parent.relative_to(rep.run_dir)), f"{r.data['fms']:.3f}", f"{r.data['mean_acc0']:.3f}",
+             f"{r.data['mean_local']:.3f}", f"{r.data['mean_global']:.3f}", str(r.data["concepts"]),
+             _fmt(r.data.get("ms_mean"), 3), rep.cite(r.path)] for r in results]
     if rows:
         rep.heading("Feature Monosemanticity Score (label-based)")
         rep.para("FMS@p (Härle et al. 2025): accuracy of the best single latent as a concept detector "
@@ -366,16 +242,14 @@ def fms_tables(rep: Report, run_dir: Path) -> None:
         rep.table(["codes", "FMS", "acc0", "local", "global", "concepts", "MS mean", "source"], rows)
 
 
-def uniqueness_tables(rep: Report, run_dir: Path) -> None:
+def uniqueness_tables(rep: Report, results: list[ResultFile]) -> None:
     rows = []
-    for f in sorted(run_dir.rglob("uniqueness_*.json")):
-        u = _read_json(f, rep)
-        if u is None or "pairs_above" not in u:
-            continue
-        above = u["pairs_above"]
-        rows.append([str(f.parent.relative_to(run_dir)), str(u.get("k")),
+    header_t: list = []
+    for r in results:
+        u, above = r.data, r.data["pairs_above"]
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), str(u.get("k")),
                      f"{u['neurons']} (+{u['left_out_near_dead']} near-dead left out)", f"{u['pairs']:,}"]
-                    + [f"{above[t]:,}" for t in sorted(above)] + [rep.cite(f)])
+                    + [f"{above[t]:,}" for t in sorted(above)] + [rep.cite(r.path)])
         header_t = sorted(above)
     if rows:
         rep.heading("Uniqueness of top images")
@@ -384,11 +258,9 @@ def uniqueness_tables(rep: Report, run_dir: Path) -> None:
         rep.table(["store", "k", "neurons", "pairs"] + [f"J > {t}" for t in header_t] + ["source"], rows)
 
 
-def agreement_tables(rep: Report, run_dir: Path) -> None:
-    for f in sorted(run_dir.rglob("agreement*.json")):
-        a = _read_json(f, rep)
-        if a is None or "metrics" not in a:
-            continue
+def agreement_tables(rep: Report, results: list[ResultFile]) -> None:
+    for r in results:
+        a = r.data
         rep.heading("Agreement with the user study")
         bins = next(iter(a["metrics"].values()))["bins"]
         header = ["metric"] + [b["bin"] for b in bins] + ["bin mean", "weighted", "source"]
@@ -397,7 +269,7 @@ def agreement_tables(rep: Report, run_dir: Path) -> None:
         for name, m in a["metrics"].items():
             rows.append([name] + [f"{b['agreement']:.2f} (n={b['pairs']})" if b["agreement"] is not None else "–"
                                   for b in m["bins"]] + [_fmt(m["mean_over_bins"], 3), _fmt(m["pair_weighted"], 3),
-                                                         rep.cite(f)])
+                                                         rep.cite(r.path)])
         rep.table(header, rows)
 
 
@@ -430,8 +302,7 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
             continue  # synthetic stores have no images
         top = np.load(top_f)
         values = np.load(r.store / "top_images_16_values.npy")
-        groups = (_read_json(r.store / "manifest.json") or {}).get("provenance", {}).get("sae", {}).get("group_sizes") \
-            or [len(top)]
+        groups = list(r.group_sizes or [len(top)])
         bounds = np.concatenate([[0], np.cumsum(groups)])
         for g in range(len(groups)):
             sl = np.arange(bounds[g], bounds[g + 1])
@@ -475,21 +346,21 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
         raise UserError(f"--run_dir {run_dir}: no such directory")
     out = ensure_writable_dir(Path(output_dir) if output_dir else run_dir,
                               "--output_dir" if output_dir else "--run_dir")
-    rep = Report(run_dir)
-    rep.heading(title, 1)
-    records = collect_ms(run_dir, rep)
-    if not records and not list(run_dir.rglob("run.json")) and not rep.warnings:
+    results: RunResults = collect_run(run_dir)
+    if not results.ms and not results.training_runs and not results.notes.warnings:
         raise UserError(f"--run_dir {run_dir}: found no results (no ms*/ms.json, no run.json); run the "
                         f"experiment first")
+    rep = Report(run_dir, notes=results.notes)
+    rep.heading(title, 1)
     title_len = (len(rep.md), len(rep.html))
-    ms_tables(rep, records)
-    training_tables(rep, run_dir)
-    fms_tables(rep, run_dir)
-    uniqueness_tables(rep, run_dir)
-    hierarchy_tables(rep, run_dir)
-    steering_tables(rep, run_dir)
-    agreement_tables(rep, run_dir)
-    figures(rep, records, out, grids)
+    ms_tables(rep, results.ms)
+    training_tables(rep, results.training)
+    fms_tables(rep, results.fms)
+    uniqueness_tables(rep, results.uniqueness)
+    hierarchy_tables(rep, results.hierarchy)
+    steering_tables(rep, results.steering, results.baselines)
+    agreement_tables(rep, results.agreement)
+    figures(rep, results.ms, out, grids)
     if rep.warnings:  # at the top, so nobody reads a table without them
         md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \
             [f"- {w}" for w in rep.warnings] + [""]

@@ -4,14 +4,19 @@ by ``extract --sae_path``."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import Provenance
 
 
 def make_encoder(sae, device, flag: str = "--sae_path"):
     """numpy float32 [n, d] -> dense torch codes [n, K] on CPU, at inference settings."""
     import torch
 
-    from saevlm.sae.registry import encode_batch
+    from saevlm.sae.inference import encode_batch
 
     def encode(acts_nd):
         with torch.no_grad():
@@ -20,22 +25,22 @@ def make_encoder(sae, device, flag: str = "--sae_path"):
     return encode
 
 
-def check_sae_matches(sae, provenance: dict, allow_mismatch: bool, what: str) -> None:
-    """Refuse an SAE whose width, or recorded model / hook, differs from the activations'."""
-    width = provenance.get("_dim")
+def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mismatch: bool, what: str) -> None:
+    """Refuse an SAE whose width, or recorded model / hook, differs from the activations'
+    (``width``: the activations' dimension)."""
     if width is not None and sae.activation_dim != width:
         raise UserError(f"--sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, {what} "
                         f"has {width}-d activations")
-    trained_on = sae.config.get("saevlm", {}).get("provenance")
-    if not trained_on or allow_mismatch:
+    trained_on = sae.trained_on
+    if trained_on is None or allow_mismatch:
         return
-    for key, sub in (("model", "source"), ("hook", None)):
-        a = trained_on.get(key, {})
-        b = provenance.get(key, {})
-        a, b = (a.get(sub), b.get(sub)) if sub else (a, b)
-        if a != b:
-            raise UserError(f"--sae_path {sae.path}: trained on {key} {a!r}, but {what} is {key} {b!r}; "
-                            f"pass --allow_mismatch to encode anyway")
+    diff = trained_on.compatible_with(provenance, aspects=("model", "hook"))
+    if diff is not None:
+        a, b = trained_on.to_json()[diff.aspect], provenance.to_json()[diff.aspect]
+        if diff.aspect == "model":
+            a, b = diff.ours, diff.theirs
+        raise UserError(f"--sae_path {sae.path}: trained on {diff.aspect} {a!r}, but {what} is {diff.aspect} "
+                        f"{b!r}; pass --allow_mismatch to encode anyway")
 
 
 def dataset_files(store) -> dict:
@@ -44,7 +49,7 @@ def dataset_files(store) -> dict:
 
     import numpy as np
 
-    files = store.manifest.get("files", {})
+    files = store.manifest.files
     out: dict = {"extra_files": {}, "extra_json": {}}
     for name in files.values():
         path = store.path / name
@@ -55,5 +60,6 @@ def dataset_files(store) -> dict:
     return out
 
 
-def code_provenance(provenance: dict, sae) -> dict:
-    return {**{k: v for k, v in provenance.items() if not k.startswith("_")}, "sae": sae.describe()}
+def code_provenance(provenance: Provenance, sae) -> Provenance:
+    """The activations' provenance plus the SAE that encoded them."""
+    return provenance.with_sae(sae.describe())

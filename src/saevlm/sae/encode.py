@@ -39,13 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from saevlm.data.codes import CodeStore, CodeStoreWriter
     from saevlm.data.store import ActivationStore
     from saevlm.device import resolve_device
-    from saevlm.sae.registry import load_sae
+    from saevlm.sae.checkpoint import load_sae
 
     t0 = time.time()
     device = resolve_device(args.device)
     store = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
     sae = load_sae(args.sae_path, device=device)
-    check_sae_matches(sae, {**store.provenance, "_dim": store.dim}, args.allow_mismatch,
+    check_sae_matches(sae, store.provenance, store.dim, args.allow_mismatch,
                       f"--activations_dir {store.path}")
     if args.encode_rows < 1:
         raise UserError(f"--encode_rows {args.encode_rows}: expected a positive integer")
@@ -53,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
         args.output_dir, encode=make_encoder(sae, device), input_dim=store.dim,
         encode_rows=args.encode_rows,
         kind="codes", dim=sae.dict_size, dtype="fp32",
-        images_per_shard=int(store.manifest["images_per_shard"]),
-        num_images=int(store.provenance.get("dataset", {}).get("num_selected", store.manifest["num_images"])),
+        images_per_shard=int(store.manifest.images_per_shard or max(store.manifest.num_images or 1, 1)),
+        num_images=int(store.provenance.dataset.num_selected if store.provenance.dataset.num_selected is not None
+                       else store.manifest.num_images),
         provenance=code_provenance(store.provenance, sae),
-        software=store.manifest.get("software", {}), overwrite=args.overwrite,
+        software=dict(store.manifest.software), overwrite=args.overwrite,
         flag="--output_dir", allow_nonfinite=args.allow_nonfinite, **dataset_files(store))
     if writer.already_complete:
         print(f"{args.output_dir}: complete already, skipped", file=sys.stderr)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                 i = by_first[first]  # the activation shard holding the same images
                 sh = store.shards[i]
                 acts = store.read(sh.row_start, sh.row_start + sh.num_rows)
-                skipped = store.manifest["shards"][i].get("skipped_images", [])
+                skipped = list(store.manifest.shards[i].skipped_images)
                 writer.write_shard(idx, acts, store.shard_rows(i), sh.first_image, sh.num_images, skipped,
                                    store.shard_images(i))
                 bar.update(sh.num_rows)

@@ -21,10 +21,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from saevlm.errors import UserError
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import Provenance
 
 from saevlm.data.topimages import TOP_IMAGES_FORMAT, TopImagesStore  # noqa: F401 (re-exported)
 
@@ -110,7 +114,7 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
 
 
 def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, output_dir: Path,
-                         provenance: dict, batch_size: int, num_workers: int, device, autocast: str,
+                         provenance: Provenance, batch_size: int, num_workers: int, device, autocast: str,
                          skip_bad_images: bool, overwrite: bool, progress: bool, log=print,
                          checkpoint_images: int = 50_000) -> Path:
     """One pass over the images: block activations -> SAE on every token -> mean per image ->
@@ -123,14 +127,14 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     from saevlm.data.store import atomic_save_npy, atomic_write_json
     from saevlm.device import autocast_context
     from saevlm.extraction import handle_bad_images
-    from saevlm.sae.registry import encode_batch
+    from saevlm.sae.inference import encode_batch
 
     if k < 1 or k > len(selected):
         raise UserError(f"--top_k {k}: expected 1..{len(selected)} (the number of images)")
     autocast_ctx = autocast_context(device, autocast)
     encoder.to(device)
     out = Path(output_dir)
-    identity = {"format": TOP_IMAGES_FORMAT, "k": k, "dim": sae.dict_size, "provenance": provenance,
+    identity = {"format": TOP_IMAGES_FORMAT, "k": k, "dim": sae.dict_size, "provenance": provenance.to_json(),
                 "batch_size": batch_size}
     manifest_path = out / "manifest.json"
     if manifest_path.is_file():

@@ -26,11 +26,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
-from saevlm.sae.registry import ARCH_CHOICES, canonical_arch
+from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
+
+if TYPE_CHECKING:
+    from saevlm.data.manifest import Provenance
+
 
 def _paper() -> dict:
     """The paper's training settings (configs/paper.yaml, commands.train)."""
@@ -187,7 +191,7 @@ def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> No
         if any(f <= 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
             raise UserError(f"--group_fractions {' '.join(map(str, fr))}: must be positive and sum to 1 "
                             f"(they sum to {sum(fr):.6g})")
-        from saevlm.sae.registry import group_sizes
+        from saevlm.sae.archs import group_sizes
         for e in args.expansion_factor:
             sizes = group_sizes(fr, e * act_dim)
             if min(sizes) < 1:
@@ -207,21 +211,21 @@ def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> No
         raise UserError(f"--threshold_start_step {args.threshold_start_step}: expected >= 0")
 
 
-def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: dict, decay_start: int) -> dict:
-    hook = store_prov.get("hook", {})
+def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: Provenance, decay_start: int) -> dict:
+    hook = store_prov.hook
     kwargs: dict[str, Any] = dict(
         steps=args.steps, activation_dim=act_dim, dict_size=spec.dict_size, k=args.k,
-        layer=hook.get("layer", -1), lm_name=store_prov.get("model", {}).get("name", "unknown"),
+        layer=hook.layer if hook.layer is not None else -1, lm_name=store_prov.model.name or "unknown",
         lr=spec.lr, auxk_alpha=args.auxk_alpha, warmup_steps=args.warmup_steps,
         decay_start=decay_start, threshold_beta=args.threshold_beta,
         threshold_start_step=args.threshold_start_step, seed=args.seed, device=str(device),
-        wandb_name=spec.name, submodule_name=hook.get("attachment_point"),
+        wandb_name=spec.name, submodule_name=hook.attachment_point,
         group_fractions=list(args.group_fractions), l1_penalty=args.l1_penalty,
         sparsity_penalty=args.sparsity_penalty, bandwidth=args.bandwidth, target_l0=float(args.k),
         # the L1 / JumpReLU sparsity warm-up must end before the decay starts
         sparsity_warmup_steps=min(2000, decay_start - 1),
     )
-    from saevlm.sae.registry import trainer_class
+    from saevlm.sae.archs import trainer_class
     accepted = inspect.signature(trainer_class(spec.arch).__init__).parameters
     return {k: v for k, v in kwargs.items() if k in accepted}
 
@@ -273,232 +277,364 @@ def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
     return math.sqrt(total / n)
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``saevlm train`` takes, typed; build it in Python or from the CLI flags
+    (:meth:`from_args`). Defaults are the paper's recipe (configs/paper.yaml, ``commands.train``)."""
+
+    activations_dir: str
+    val_activations_dir: str | None = None
+    val_rows: int = 100_000
+    checkpoints_dir: str = "./output_dir"
+    sae_model: tuple[str, ...] = tuple(PAPER["sae_model"])
+    expansion_factor: tuple[int, ...] = tuple(PAPER["expansion_factor"])
+    k: int = PAPER["k"]
+    group_fractions: tuple[float, ...] = tuple(PAPER["group_fractions"])
+    auxk_alpha: float = PAPER["auxk_alpha"]
+    threshold_beta: float = PAPER["threshold_beta"]
+    threshold_start_step: int = PAPER["threshold_start_step"]
+    l1_penalty: float = 0.1
+    sparsity_penalty: float = 1.0
+    bandwidth: float = 0.001
+    lr: float | None = None
+    batch_size: int = PAPER["batch_size"]
+    steps: int = PAPER["steps"]
+    warmup_steps: int = PAPER["warmup_steps"]
+    decay_start: int | None = None
+    seed: int = 0
+    no_normalize: bool = False
+    save_steps: int | None = None
+    save_at: tuple[int, ...] | None = None
+    layout: str = "auto"
+    log_steps: int = 1000
+    checkpoint_every: int = 5000
+    device: str = "auto"
+    autocast: str = "none"
+    allow_nonfinite: bool = False
+    wandb: bool = False
+    wandb_project: str = "saevlm"
+    no_progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        """The config of parsed ``saevlm train`` flags (``--config FILE`` already applied)."""
+        import dataclasses
+
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        for key in ("sae_model", "expansion_factor", "group_fractions", "save_at"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @property
+    def dtype(self) -> str:
+        """The name run.json has always recorded for --autocast: bf16 or fp32."""
+        return "bf16" if self.autocast == "bf16" else "fp32"
+
+    @property
+    def resolved_decay_start(self) -> int:
+        return self.decay_start if self.decay_start is not None else self.steps - 1
+
+    def hyperparameters(self) -> dict:
+        """What a resumed run must agree on (recorded in run.json's identity)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (
+            (k, getattr(self, k)) for k in (
+                "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
+                "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
+                "seed", "no_normalize", "dtype"))} | {"decay_start": self.resolved_decay_start}
+
+
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from tqdm import tqdm
+    """``saevlm train`` from parsed flags."""
+    return train(TrainConfig.from_args(args))
 
-    from saevlm.data.store import ActivationStore, atomic_write_json
-    from saevlm.sae.evaluate import evaluate_sae
-    from saevlm.sae.registry import default_lr, trainer_class
 
-    from saevlm.distributed import barrier, init_distributed
+def train(cfg: TrainConfig) -> int:
+    """Train the SAEs ``cfg`` asks for (resuming an interrupted run); 0 when done."""
+    from saevlm.distributed import init_distributed
 
-    validate_hyperparameters(args)
-    dist, device = init_distributed(args.device)
-    args.dtype = "bf16" if args.autocast == "bf16" else "fp32"  # the name run.json has always recorded
-    if args.dtype == "bf16" and device.type != "cuda":
+    validate_hyperparameters(cfg)
+    dist, device = init_distributed(cfg.device)
+    if cfg.autocast == "bf16" and device.type != "cuda":
         raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
-    train = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
-    act_dim = train.dim
-    if args.val_activations_dir:
-        val = ActivationStore(args.val_activations_dir, flag="--val_activations_dir",
-                              allow_nonfinite=args.allow_nonfinite)
-        if val.dim != act_dim:
-            raise UserError(f"--val_activations_dir {val.path}: width {val.dim}, but --activations_dir "
-                            f"{train.path} has width {act_dim}; they must come from the same hook point")
-        for key in ("model", "hook"):
-            a, b = train.provenance.get(key), val.provenance.get(key)
-            if key == "model":
-                a, b = (a or {}).get("source"), (b or {}).get("source")
-            if a != b:
-                raise UserError(f"--val_activations_dir {val.path}: {key} {b!r} differs from the "
-                                f"training store's {a!r}")
-        val_note = "val"
-    else:
-        val, val_note = train, "train (no --val_activations_dir: validation on training rows)"
-        print("warning: no --val_activations_dir; evaluations use training rows", file=sys.stderr)
-    validate_args(args, act_dim, train.num_rows)
-    decay_start = args.decay_start if args.decay_start is not None else args.steps - 1
-    if decay_start <= args.warmup_steps:
-        raise UserError(f"--steps {args.steps} with --warmup_steps {args.warmup_steps}: the default "
-                        f"--decay_start (steps - 1) must lie after the warm-up; lower --warmup_steps")
-    save_steps = checkpoint_steps(args.steps, args.save_steps, args.save_at)
+    job = TrainingRun(cfg, dist, device)
+    if job.already_complete:
+        print(f"{job.out}: training complete already, nothing to do")
+        return 0
+    job.resume()
+    job.loop()
+    job.finish()
+    return 0
 
-    combos = [(name, e) for name in args.sae_model for e in args.expansion_factor]
-    layout = args.layout if args.layout != "auto" else ("authors" if len(combos) == 1 else "trainers")
-    out = Path(args.checkpoints_dir)
-    if layout == "authors":
-        if len(combos) != 1:
-            raise UserError(f"--layout authors: holds one SAE per directory, but {len(combos)} were "
-                            f"requested; use --layout trainers for a sweep")
-        # the authors' sae_train.py: save_dir = checkpoints_dir / f"{store name}_{sae_model}_{k}_x{E}"
-        name, e = combos[0]
-        out = out / f"{Path(args.activations_dir).name}_{name}_{args.k}_x{e}"  # the name as given
-    specs = [SAESpec(canonical_arch(name), e, e * act_dim,
-                     args.lr if args.lr is not None else default_lr(e * act_dim), out / f"trainer_{i}")
-             for i, (name, e) in enumerate(combos)]
-    run_identity = {
-        "activations_dir": str(train.path.resolve()),
-        "activations_provenance": train.provenance, "image_ids_sha256": train.manifest.get("image_ids_sha256"),
-        "trainers": [{"dir": s.directory.name, "arch": s.arch, "expansion_factor": s.expansion_factor,
-                      "dict_size": s.dict_size, "lr": s.lr} for s in specs],
-        "hyperparameters": {k: getattr(args, k) for k in (
-            "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
-            "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
-            "seed", "no_normalize", "dtype")} | {"decay_start": decay_start},
-    }
-    from saevlm.data.atomic import OutputLock, ensure_writable_dir
-    # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
-    lock = OutputLock(out, "--checkpoints_dir") if dist.is_main else ensure_writable_dir(out, "--checkpoints_dir")  # noqa: F841 (held until return)
-    run_json = out / "run.json"
-    if run_json.exists():
+
+class TrainingRun:
+    """One training job: the stores, one dictionary_learning trainer per SAE of this process, the
+    norm factor and resume state, and the loop that feeds every SAE the same batches.
+
+    Steps: ``__init__`` (open and check the stores, plan the SAEs, claim the output directory),
+    :meth:`resume` (each SAE from its ``resume.pt``), :meth:`loop` (updates, evaluations,
+    checkpoints, resume points) and :meth:`finish` (final weights, eval.json, run.json)."""
+
+    def __init__(self, cfg: TrainConfig, dist, device):
+        from saevlm.data.atomic import OutputLock, ensure_writable_dir
+        from saevlm.data.store import ActivationStore
+
+        self.cfg, self.dist, self.device = cfg, dist, device
+        self.train_store = ActivationStore(cfg.activations_dir, flag="--activations_dir",
+                                           allow_nonfinite=cfg.allow_nonfinite)
+        self.act_dim = self.train_store.dim
+        self.val_store, self.val_note = self._open_validation()
+        validate_args(cfg, self.act_dim, self.train_store.num_rows)
+        self.decay_start = cfg.resolved_decay_start
+        if self.decay_start <= cfg.warmup_steps:
+            raise UserError(f"--steps {cfg.steps} with --warmup_steps {cfg.warmup_steps}: the default "
+                            f"--decay_start (steps - 1) must lie after the warm-up; lower --warmup_steps")
+        self.save_steps = checkpoint_steps(cfg.steps, cfg.save_steps, list(cfg.save_at) if cfg.save_at else None)
+        self.out = self._output_dir()
+        self.all_specs = self._plan()
+        self.identity = {
+            "activations_dir": str(self.train_store.path.resolve()),
+            "activations_provenance": self.train_store.provenance.to_json(),
+            "image_ids_sha256": self.train_store.manifest.image_ids_sha256,
+            "trainers": [{"dir": s.directory.name, "arch": s.arch, "expansion_factor": s.expansion_factor,
+                          "dict_size": s.dict_size, "lr": s.lr} for s in self.all_specs],
+            "hyperparameters": cfg.hyperparameters(),
+        }
+        # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
+        self._lock = (OutputLock(self.out, "--checkpoints_dir") if dist.is_main
+                      else ensure_writable_dir(self.out, "--checkpoints_dir"))
+        self.run_json = self.out / "run.json"
+        self.already_complete = self._check_existing_run()
+        # this process's share of a sweep (all of it without torchrun): SAE j goes to rank
+        # j % world_size, so one launcher keeps every GPU of a node busy
+        self.specs = [sp for j, sp in enumerate(self.all_specs) if j % dist.world_size == dist.rank]
+        self.trainers: list = []
+        self.starts: list[int] = []
+        self.norm_factor = 1.0
+        self.start_step = 0
+
+    # -- setup
+    def _open_validation(self):
+        from saevlm.data.store import ActivationStore
+
+        cfg, train_store = self.cfg, self.train_store
+        if not cfg.val_activations_dir:
+            print("warning: no --val_activations_dir; evaluations use training rows", file=sys.stderr)
+            return train_store, "train (no --val_activations_dir: validation on training rows)"
+        val = ActivationStore(cfg.val_activations_dir, flag="--val_activations_dir",
+                              allow_nonfinite=cfg.allow_nonfinite)
+        if val.dim != self.act_dim:
+            raise UserError(f"--val_activations_dir {val.path}: width {val.dim}, but --activations_dir "
+                            f"{train_store.path} has width {self.act_dim}; they must come from the same hook point")
+        diff = train_store.provenance.compatible_with(val.provenance, aspects=("model", "hook"))
+        if diff is not None:
+            a, b = ((diff.ours, diff.theirs) if diff.aspect == "model" else
+                    (train_store.provenance.hook.to_json(), val.provenance.hook.to_json()))
+            raise UserError(f"--val_activations_dir {val.path}: {diff.aspect} {b!r} differs from the "
+                            f"training store's {a!r}")
+        return val, "val"
+
+    def _output_dir(self) -> Path:
+        cfg = self.cfg
+        combos = [(name, e) for name in cfg.sae_model for e in cfg.expansion_factor]
+        layout = cfg.layout if cfg.layout != "auto" else ("authors" if len(combos) == 1 else "trainers")
+        out = Path(cfg.checkpoints_dir)
+        if layout == "authors":
+            if len(combos) != 1:
+                raise UserError(f"--layout authors: holds one SAE per directory, but {len(combos)} were "
+                                f"requested; use --layout trainers for a sweep")
+            # the authors' sae_train.py: save_dir = checkpoints_dir / f"{store name}_{sae_model}_{k}_x{E}"
+            name, e = combos[0]
+            out = out / f"{Path(cfg.activations_dir).name}_{name}_{cfg.k}_x{e}"  # the name as given
+        return out
+
+    def _plan(self) -> list[SAESpec]:
+        from saevlm.sae.archs import default_lr
+
+        cfg = self.cfg
+        combos = [(name, e) for name in cfg.sae_model for e in cfg.expansion_factor]
+        return [SAESpec(canonical_arch(name), e, e * self.act_dim,
+                        cfg.lr if cfg.lr is not None else default_lr(e * self.act_dim), self.out / f"trainer_{i}")
+                for i, (name, e) in enumerate(combos)]
+
+    def _check_existing_run(self) -> bool:
+        """True when run.json says this very run is complete; refuse a run with other settings."""
+        if not self.run_json.exists():
+            return False
         try:
-            old = json.loads(run_json.read_text())
+            old = json.loads(self.run_json.read_text())
             assert isinstance(old, dict)
         except (OSError, ValueError, AssertionError):
-            raise UserError(f"--checkpoints_dir {out}: its run.json is damaged; move the directory away or "
+            raise UserError(f"--checkpoints_dir {self.out}: its run.json is damaged; move the directory away or "
                             f"choose another --checkpoints_dir") from None
-        if old.get("identity") != json.loads(json.dumps(run_identity)):
-            raise UserError(f"--checkpoints_dir {out}: holds a run with other settings (see {run_json}); "
+        if old.get("identity") != json.loads(json.dumps(self.identity)):
+            raise UserError(f"--checkpoints_dir {self.out}: holds a run with other settings (see {self.run_json}); "
                             f"use another directory")
-        if old.get("complete"):
-            print(f"{out}: training complete already, nothing to do")
-            return 0
+        return bool(old.get("complete"))
 
-    # -- this process's share of the sweep (all of it without torchrun): SAE j goes to rank
-    # j % world_size, so one launcher keeps every GPU of a node busy.
-    all_specs = specs
-    specs = [sp for j, sp in enumerate(all_specs) if j % dist.world_size == dist.rank]
-    torch.manual_seed(args.seed)
-    trainers = []
-    for spec in specs:
-        cls = trainer_class(spec.arch)
-        trainers.append(cls(**_trainer_kwargs(args, spec, act_dim, device, train.provenance, decay_start)))
+    # -- resume
+    def resume(self) -> None:
+        """Build the trainers; each SAE continues from its own resume.pt (so any number of
+        processes can resume a run); compute the norm factor when nothing recorded it."""
+        import torch
 
-    # -- resume: each SAE from its own resume.pt (so any number of processes can resume a run)
-    starts = [0] * len(specs)
-    norm_factor = 1.0 if args.no_normalize else None
-    for i, (spec, tr) in enumerate(zip(specs, trainers)):
-        f = spec.directory / "resume.pt"
-        if f.exists():
-            try:
-                st = torch.load(f, map_location=device, weights_only=False)
-            except Exception as e:  # noqa: BLE001 - a truncated or damaged pickle
-                raise UserError(f"--checkpoints_dir {f}: the resume state is damaged ({type(e).__name__}); "
-                                f"delete it to train this SAE again from step 0") from None
-            _load_trainer_state(tr, st["trainer"])
-            torch.set_rng_state(st["torch_rng"])
-            starts[i] = int(st["step"])
-            norm_factor = float(st["norm_factor"])
-    start_step = min(starts) if starts else args.steps
-    if any(starts):
-        print(f"resuming {len(specs)} SAE(s) at step(s) {sorted(set(starts))} of {args.steps}", file=sys.stderr)
-    if norm_factor is None:
-        norm_factor = _norm_factor(train)
-    if dist.is_main:
-        atomic_write_json(run_json, {"identity": run_identity, "complete": False, "norm_factor": norm_factor,
-                                     "validation": val_note})
+        from saevlm.data.atomic import atomic_write_json
+        from saevlm.sae.archs import trainer_class
 
-    for spec, tr in zip(specs, trainers):
-        spec.directory.mkdir(parents=True, exist_ok=True)
-        (spec.directory / "checkpoints").mkdir(exist_ok=True)
-        config = {"trainer": {**tr.config, "norm_factor": norm_factor},
-                  "buffer": {"activations_dir": str(train.path.resolve()), "batch_size": args.batch_size},
-                  "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
-                             "provenance": train.provenance,
-                             "image_ids_sha256": train.manifest.get("image_ids_sha256")}}
-        atomic_write_json(spec.directory / "config.json", config)
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.trainers = [trainer_class(spec.arch)(**_trainer_kwargs(cfg, spec, self.act_dim, self.device,
+                                                                    self.train_store.provenance, self.decay_start))
+                         for spec in self.specs]
+        self.starts = [0] * len(self.specs)
+        norm_factor = 1.0 if cfg.no_normalize else None
+        for i, (spec, tr) in enumerate(zip(self.specs, self.trainers)):
+            f = spec.directory / "resume.pt"
+            if f.exists():
+                try:
+                    st = torch.load(f, map_location=self.device, weights_only=False)
+                except Exception as e:  # noqa: BLE001 - a truncated or damaged pickle
+                    raise UserError(f"--checkpoints_dir {f}: the resume state is damaged ({type(e).__name__}); "
+                                    f"delete it to train this SAE again from step 0") from None
+                _load_trainer_state(tr, st["trainer"])
+                torch.set_rng_state(st["torch_rng"])
+                self.starts[i] = int(st["step"])
+                norm_factor = float(st["norm_factor"])
+        self.start_step = min(self.starts) if self.starts else cfg.steps
+        if any(self.starts):
+            print(f"resuming {len(self.specs)} SAE(s) at step(s) {sorted(set(self.starts))} of {cfg.steps}",
+                  file=sys.stderr)
+        self.norm_factor = norm_factor if norm_factor is not None else _norm_factor(self.train_store)
+        if self.dist.is_main:
+            atomic_write_json(self.run_json, {"identity": self.identity, "complete": False,
+                                              "norm_factor": self.norm_factor, "validation": self.val_note})
+        for spec, tr in zip(self.specs, self.trainers):
+            spec.directory.mkdir(parents=True, exist_ok=True)
+            (spec.directory / "checkpoints").mkdir(exist_ok=True)
+            config = {"trainer": {**tr.config, "norm_factor": self.norm_factor},
+                      "buffer": {"activations_dir": str(self.train_store.path.resolve()),
+                                 "batch_size": cfg.batch_size},
+                      "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
+                                 "provenance": self.train_store.provenance.to_json(),
+                                 "image_ids_sha256": self.train_store.manifest.image_ids_sha256}}
+            atomic_write_json(spec.directory / "config.json", config)
 
-    wandb_run = None
-    if args.wandb:
-        import wandb
-        wandb_run = wandb.init(project=args.wandb_project, config=run_identity["hyperparameters"])
+    # -- evaluation and saving
+    def evaluate(self, weights_by_trainer: list[dict] | None = None) -> list[dict]:
+        """R^2, L0, dead / dense fractions of every SAE on the validation rows (with saved raw
+        weights when given, else the live normalised trainer)."""
+        import copy
 
-    val_rows = min(args.val_rows, val.num_rows)
+        from saevlm.sae.evaluate import evaluate_sae
+        from saevlm.sae.inference import encode_codes
 
-    def validate(weights_by_trainer: list[dict] | None = None) -> list[dict]:
         results = []
-        for i, tr in enumerate(trainers):
-            ae = tr.ae
-            scale = norm_factor
+        val_rows = min(self.cfg.val_rows, self.val_store.num_rows)
+        for i, tr in enumerate(self.trainers):
+            ae, scale, arch = tr.ae, self.norm_factor, self.specs[i].arch
             if weights_by_trainer is not None:
-                import copy
                 ae = copy.deepcopy(tr.ae)
                 ae.load_state_dict(weights_by_trainer[i])
                 scale = 1.0
-            from saevlm.sae.registry import LoadedSAE, encode_batch
-            wrapped = LoadedSAE(ae, specs[i].arch, "", act_dim, specs[i].dict_size, {}, specs[i].directory)
             ae.eval()
             # validation batches of --batch_size rows in store order, as the authors' val loader,
             # so their batch-averaged R^2 (with and without the threshold) is logged beside ours
-            bs = args.batch_size
-            chunks = (val.read(s, min(s + bs, val_rows)) for s in range(0, val_rows, bs))
+            bs = self.cfg.batch_size
+            chunks = (self.val_store.read(s, min(s + bs, val_rows)) for s in range(0, val_rows, bs))
             topk = ((lambda x, ae=ae: ae.encode(x, use_threshold=False))
-                    if specs[i].arch in ("batch_top_k", "matryoshka_batch_top_k") else None)
-            results.append(evaluate_sae(lambda x: encode_batch(wrapped, x), ae.decode, chunks,
-                                        specs[i].dict_size, device=device, scale=scale,
+                    if arch in ("batch_top_k", "matryoshka_batch_top_k") else None)
+            results.append(evaluate_sae(lambda x, ae=ae, arch=arch: encode_codes(ae, arch, x), ae.decode, chunks,
+                                        self.specs[i].dict_size, device=self.device, scale=scale,
                                         batch_metrics=True, encode_batch_topk=topk))
         return results
 
-    def save_checkpoints(done: int) -> None:
-        weights = [_raw_weights(tr, norm_factor) for tr in trainers]
-        evals = validate(weights)
-        for spec, w, ev in zip(specs, weights, evals):
+    def save_checkpoints(self, done: int) -> None:
+        from saevlm.data.atomic import atomic_write_json
+
+        weights = [_raw_weights(tr, self.norm_factor) for tr in self.trainers]
+        for spec, w, ev in zip(self.specs, weights, self.evaluate(weights)):
             _save_torch_atomic(w, spec.directory / "checkpoints" / f"ae_{done}.pt")
             atomic_write_json(spec.directory / "checkpoints" / f"ae_{done}_eval.json",
-                              {"step": done, "validation": val_note, **ev})
+                              {"step": done, "validation": self.val_note, **ev})
 
-    def write_resume_point(step: int) -> None:
-        for spec, tr in zip(specs, trainers):
-            _save_torch_atomic({"step": step, "trainer": _trainer_state(tr), "norm_factor": norm_factor,
+    def write_resume_point(self, step: int) -> None:
+        import torch
+
+        for spec, tr in zip(self.specs, self.trainers):
+            _save_torch_atomic({"step": step, "trainer": _trainer_state(tr), "norm_factor": self.norm_factor,
                                 "torch_rng": torch.get_rng_state()}, spec.directory / "resume.pt")
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if args.dtype == "bf16"
-                else torch.autocast("cpu", enabled=False))
-    batches = train.random_batches(args.batch_size, seed=args.seed, start_step=start_step)
-    rank_tag = f" [rank {dist.rank}]" if dist.world_size > 1 else ""
-    bar = tqdm(total=args.steps, initial=start_step, unit="step", disable=args.no_progress or not dist.is_main,
-               desc=f"train {len(specs)} SAE(s){rank_tag}", dynamic_ncols=True, file=sys.stderr)
-    t0, samples = time.time(), 0
-    if start_step == 0 and 0 in save_steps:
-        save_checkpoints(0)  # the authors' ae_0.pt: the initial weights
-    with bar:
-        for step in range(start_step, args.steps):
-            x = torch.from_numpy(next(batches)).to(device, non_blocking=True)
-            if norm_factor != 1.0:
-                x = x / norm_factor
-            with autocast:  # a resumed SAE that is already past this step skips it
-                losses = [tr.update(step, x) if step >= starts[i] else float("nan")
-                          for i, tr in enumerate(trainers)]
-            samples += len(x)
-            done = step + 1
-            if done in save_steps:
-                save_checkpoints(done)
-            if done % args.checkpoint_every == 0 or done in save_steps:
-                write_resume_point(done)
-            if done % args.log_steps == 0 or done == args.steps:
-                evals = validate()
-                stats = {f"{s.name}/{k}": v for s, ev in zip(specs, evals) for k, v in ev.items()
-                         if k in ("r2", "l0", "dead_fraction", "mse")}
-                stats.update({f"{s.name}/loss": float(l) for s, l in zip(specs, losses)})
-                rate = samples / max(time.time() - t0, 1e-9)
-                bar.write(f"step {done}{rank_tag}: " + "  ".join(
-                    f"{s.name}: R2 {ev['r2']:.3f} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
-                    for s, ev in zip(specs, evals)) + f"  ({rate:,.0f} samples/s)")
-                if wandb_run is not None:
-                    wandb_run.log(stats, step=done)
-            bar.set_postfix(loss=f"{float(losses[0]) if losses else float('nan'):.4g}", samples_s=f"{samples / max(time.time() - t0, 1e-9):,.0f}")
-            bar.update(1)
+    # -- the loop
+    def loop(self) -> None:
+        """Steps ``start_step .. steps``: one shuffled batch per step shared by every SAE."""
+        import torch
+        from tqdm import tqdm
 
-    weights = [_raw_weights(tr, norm_factor) for tr in trainers]
-    evals = validate(weights) if trainers else []
-    for spec, w, ev in zip(specs, weights, evals):
-        _save_torch_atomic(w, spec.directory / "ae.pt")
-        atomic_write_json(spec.directory / "eval.json", {"step": args.steps, "validation": val_note, **ev})
-    write_resume_point(args.steps)
-    if wandb_run is not None:
-        wandb_run.finish()
-    barrier(dist)  # every process has written its SAEs
-    if not dist.is_main:
-        return 0
-    atomic_write_json(run_json, {"identity": run_identity, "complete": True, "norm_factor": norm_factor,
-                                 "validation": val_note})
-    print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
-    for spec in all_specs:
-        ev = json.loads((spec.directory / "eval.json").read_text())
-        print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
-              f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
-    print(f"wrote {len(all_specs)} SAE(s) under {out.resolve()} (trainer_<i>/ae.pt, config.json, eval.json"
-          f"{', checkpoints/ae_<step>.pt' if save_steps else ''})")
-    return 0
+        cfg, dist = self.cfg, self.dist
+        wandb_run = None
+        if cfg.wandb:
+            import wandb
+            wandb_run = wandb.init(project=cfg.wandb_project, config=self.identity["hyperparameters"])
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.autocast == "bf16"
+                    else torch.autocast("cpu", enabled=False))
+        batches = self.train_store.random_batches(cfg.batch_size, seed=cfg.seed, start_step=self.start_step)
+        rank_tag = f" [rank {dist.rank}]" if dist.world_size > 1 else ""
+        bar = tqdm(total=cfg.steps, initial=self.start_step, unit="step",
+                   disable=cfg.no_progress or not dist.is_main,
+                   desc=f"train {len(self.specs)} SAE(s){rank_tag}", dynamic_ncols=True, file=sys.stderr)
+        t0, samples = time.time(), 0
+        if self.start_step == 0 and 0 in self.save_steps:
+            self.save_checkpoints(0)  # the authors' ae_0.pt: the initial weights
+        with bar:
+            for step in range(self.start_step, cfg.steps):
+                x = torch.from_numpy(next(batches)).to(self.device, non_blocking=True)
+                if self.norm_factor != 1.0:
+                    x = x / self.norm_factor
+                with autocast:  # a resumed SAE that is already past this step skips it
+                    losses = [tr.update(step, x) if step >= self.starts[i] else float("nan")
+                              for i, tr in enumerate(self.trainers)]
+                samples += len(x)
+                done = step + 1
+                if done in self.save_steps:
+                    self.save_checkpoints(done)
+                if done % cfg.checkpoint_every == 0 or done in self.save_steps:
+                    self.write_resume_point(done)
+                rate = samples / max(time.time() - t0, 1e-9)
+                if done % cfg.log_steps == 0 or done == cfg.steps:
+                    evals = self.evaluate()
+                    bar.write(f"step {done}{rank_tag}: " + "  ".join(
+                        f"{s.name}: R2 {ev['r2']:.3f} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
+                        for s, ev in zip(self.specs, evals)) + f"  ({rate:,.0f} samples/s)")
+                    if wandb_run is not None:
+                        stats = {f"{s.name}/{k}": v for s, ev in zip(self.specs, evals) for k, v in ev.items()
+                                 if k in ("r2", "l0", "dead_fraction", "mse")}
+                        stats.update({f"{s.name}/loss": float(v) for s, v in zip(self.specs, losses)})
+                        wandb_run.log(stats, step=done)
+                bar.set_postfix(loss=f"{float(losses[0]) if losses else float('nan'):.4g}", samples_s=f"{rate:,.0f}")
+                bar.update(1)
+        if wandb_run is not None:
+            wandb_run.finish()
+
+    def finish(self) -> None:
+        """Final weights (for raw activations) and eval.json per SAE; run.json marked complete."""
+        from saevlm.data.atomic import atomic_write_json
+        from saevlm.distributed import barrier
+
+        weights = [_raw_weights(tr, self.norm_factor) for tr in self.trainers]
+        evals = self.evaluate(weights) if self.trainers else []
+        for spec, w, ev in zip(self.specs, weights, evals):
+            _save_torch_atomic(w, spec.directory / "ae.pt")
+            atomic_write_json(spec.directory / "eval.json", {"step": self.cfg.steps, "validation": self.val_note, **ev})
+        self.write_resume_point(self.cfg.steps)
+        barrier(self.dist)  # every process has written its SAEs
+        if not self.dist.is_main:
+            return
+        atomic_write_json(self.run_json, {"identity": self.identity, "complete": True,
+                                          "norm_factor": self.norm_factor, "validation": self.val_note})
+        print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
+        for spec in self.all_specs:
+            ev = json.loads((spec.directory / "eval.json").read_text())
+            print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
+                  f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
+        print(f"wrote {len(self.all_specs)} SAE(s) under {self.out.resolve()} (trainer_<i>/ae.pt, config.json, "
+              f"eval.json{', checkpoints/ae_<step>.pt' if self.save_steps else ''})")

@@ -25,7 +25,7 @@ MODES = ("reconstruct", "error-preserving")
 def _apply(sae, x, clamp: dict[int, float], mode: str, zero_others: bool):
     import torch
 
-    from saevlm.sae.registry import encode_batch
+    from saevlm.sae.inference import encode_batch
 
     shape, dtype = x.shape, x.dtype
     flat = x.reshape(-1, shape[-1]).float()

@@ -43,15 +43,16 @@ def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None =
 def resolve_layer(args, sae) -> int:
     if args.layer is not None:
         return args.layer
-    hook = sae.config.get("saevlm", {}).get("provenance", {}).get("hook", {})
-    if hook.get("attachment_point") == "post_mlp_residual":
-        return int(hook["layer"])
+    trained_on = sae.trained_on
+    if trained_on is not None and trained_on.hook.attachment_point == "post_mlp_residual" \
+            and trained_on.hook.layer is not None:
+        return int(trained_on.hook.layer)
     return 22
 
 
 def load_models(args):
     from saevlm.device import resolve_device
-    from saevlm.sae.registry import load_sae
+    from saevlm.sae.checkpoint import load_sae
     from saevlm.steering.llava import load_llava
 
     device = resolve_device(args.device)

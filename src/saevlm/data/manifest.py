@@ -1,0 +1,430 @@
+"""The schema of what stores record: typed, frozen views of ``manifest.json`` and its provenance.
+
+Every stage hands the next one a store whose manifest says where its rows came from (model, hook
+point, token selection, dataset and image order, the SAE for code stores). This module is the
+one place that knows those keys: :class:`Provenance` and :class:`Manifest` are built from the
+JSON with ``from_json`` (checking types, one line naming the key when something is wrong) and
+turned back into JSON with ``to_json``; stages ask questions of the objects (``p.hook.layer``,
+``p.sae.group_sizes``) and compare them with the one :meth:`Provenance.compatible_with`.
+
+Keys this code does not know are kept (``extra``) and written back unchanged, so a store written
+by a newer or older saevlm keeps every field it had. The format is specified in
+docs/store-format.md; schema version 1 covers every store saevlm has written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+from saevlm.errors import UserError
+
+SCHEMA_VERSION = 1
+
+# what each comparison aspect of two provenances looks at (see Provenance.compatible_with)
+ASPECTS = ("model", "hook", "tokens", "dataset")
+
+
+class ManifestError(ValueError):
+    """A key of a manifest or provenance has the wrong type (the caller names the file)."""
+
+
+def _check(value: Any, types: tuple[type, ...], where: str) -> Any:
+    if value is None or (isinstance(value, types) and not (isinstance(value, bool) and bool not in types)):
+        return value
+    raise ManifestError(f"{where} is {value!r}, expected {' or '.join(t.__name__ for t in types)}")
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A provenance section: typed fields plus every other recorded key in ``extra``.
+
+    ``from_json`` accepts a missing section or missing keys (old or hand-made stores): they read
+    as None. ``to_json`` writes the ``ALWAYS`` keys even when None (as saevlm always has) and the
+    others only when set, so a manifest read and written back keeps its keys."""
+
+    NAME: ClassVar[str] = ""
+    TYPES: ClassVar[dict[str, tuple[type, ...]]] = {}
+    ALWAYS: ClassVar[tuple[str, ...]] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=True)
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = ""):
+        where = where or cls.NAME
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where} is {d!r}, expected an object")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: _check(d.get(k), cls.TYPES.get(k, (object,)), f"{where}.{k}") for k in known}
+        if "group_sizes" in kwargs and kwargs["group_sizes"] is not None:
+            kwargs["group_sizes"] = tuple(int(g) for g in kwargs["group_sizes"])
+        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is not None or f.name in self.ALWAYS:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return {**out, **self.extra}
+
+    def __bool__(self) -> bool:
+        return any(v is not None for k, v in dataclasses.asdict(self).items() if k != "extra") or bool(self.extra)
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Section):
+    """The vision encoder: display name and the source it was loaded from (hub id, open_clip
+    spec, local path). ``extra``: backend, widths, class name and config summary."""
+
+    NAME: ClassVar[str] = "provenance.model"
+    TYPES: ClassVar[dict] = {"name": (str,), "source": (str,)}
+    ALWAYS: ClassVar[tuple] = ("name", "source")
+    name: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class HookInfo(_Section):
+    """Where the activations were read: attachment point and layer (-1 = none / last)."""
+
+    NAME: ClassVar[str] = "provenance.hook"
+    TYPES: ClassVar[dict] = {"attachment_point": (str,), "layer": (int,)}
+    ALWAYS: ClassVar[tuple] = ("attachment_point", "layer")
+    attachment_point: str | None = None
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo(_Section):
+    """Which tokens became rows: ``selection`` (cls, all, mean, pooled, ...)."""
+
+    NAME: ClassVar[str] = "provenance.tokens"
+    TYPES: ClassVar[dict] = {"selection": (str,), "tokens_per_image": (int,)}
+    ALWAYS: ClassVar[tuple] = ("selection",)
+    selection: str | None = None
+    tokens_per_image: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo(_Section):
+    """The image list: dataset name, root, split and the selection (``take_every``,
+    ``max_images``) whose file names, in order, ``paths_sha256`` fingerprints."""
+
+    NAME: ClassVar[str] = "provenance.dataset"
+    TYPES: ClassVar[dict] = {"name": (str,), "root": (str,), "split": (str,), "num_images_in_split": (int,),
+                             "num_classes": (int,), "take_every": (int,), "max_images": (int,),
+                             "num_selected": (int,), "paths_sha256": (str,)}
+    ALWAYS: ClassVar[tuple] = ("name", "root", "split", "num_images_in_split", "num_classes", "take_every",
+                               "max_images", "num_selected", "paths_sha256")
+    name: str | None = None
+    root: str | None = None
+    split: str | None = None
+    num_images_in_split: int | None = None
+    num_classes: int | None = None
+    take_every: int | None = None
+    max_images: int | None = None
+    num_selected: int | None = None
+    paths_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class SAEInfo(_Section):
+    """The SAE a code store was encoded with (``LoadedSAE.describe()``)."""
+
+    NAME: ClassVar[str] = "provenance.sae"
+    TYPES: ClassVar[dict] = {"path": (str,), "arch": (str,), "dict_class": (str,), "activation_dim": (int,),
+                             "dict_size": (int,), "k": (int,), "expansion_factor": (int, float),
+                             "group_sizes": (list, tuple)}
+    path: str | None = None
+    arch: str | None = None
+    dict_class: str | None = None
+    activation_dim: int | None = None
+    dict_size: int | None = None
+    k: int | None = None
+    expansion_factor: int | float | None = None
+    group_sizes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunInfo(_Section):
+    """How the forward passes ran (batch size, autocast); not part of compatibility."""
+
+    NAME: ClassVar[str] = "provenance.run"
+    TYPES: ClassVar[dict] = {"batch_size": (int,), "autocast": (str,)}
+    ALWAYS: ClassVar[tuple] = ("batch_size", "autocast")
+    batch_size: int | None = None
+    autocast: str | None = None
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The first way two provenances differ: ``aspect`` (model, hook, tokens, dataset), the
+    field compared, and the two values."""
+
+    aspect: str
+    key: str
+    ours: Any
+    theirs: Any
+
+    def __str__(self) -> str:
+        return f"{self.aspect} {self.key}: {self.ours!r} vs {self.theirs!r}"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a store's rows came from (``manifest.json["provenance"]``)."""
+
+    model: ModelInfo = field(default_factory=ModelInfo)
+    hook: HookInfo = field(default_factory=HookInfo)
+    tokens: TokenInfo = field(default_factory=TokenInfo)
+    dataset: DatasetInfo = field(default_factory=DatasetInfo)
+    run: RunInfo | None = None
+    sae: SAEInfo | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _SECTIONS: ClassVar[dict[str, type[_Section]]] = {
+        "model": ModelInfo, "hook": HookInfo, "tokens": TokenInfo, "dataset": DatasetInfo,
+        "run": RunInfo, "sae": SAEInfo}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "provenance") -> "Provenance":
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where} is {d!r}, expected an object")
+        kwargs: dict[str, Any] = {}
+        for key, section in cls._SECTIONS.items():
+            if key in ("run", "sae") and not d.get(key):
+                kwargs[key] = None
+            else:
+                kwargs[key] = section.from_json(d.get(key), f"{where}.{key}")
+        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in cls._SECTIONS})
+
+    @classmethod
+    def of_manifest(cls, manifest: Any) -> "Provenance":
+        """The provenance inside a raw ``manifest.json`` (any store format, read leniently)."""
+        return cls.from_json(manifest.get("provenance") if isinstance(manifest, dict) else None)
+
+    @classmethod
+    def of_sae_config(cls, config: Any) -> "Provenance | None":
+        """The provenance saevlm's ``train`` records in an SAE's ``config.json`` (``saevlm.provenance``);
+        None for SAEs trained elsewhere (e.g. the authors' released checkpoints)."""
+        ours = config.get("saevlm") if isinstance(config, dict) else None
+        recorded = ours.get("provenance") if isinstance(ours, dict) else None
+        return cls.from_json(recorded, "config.json saevlm.provenance") if recorded else None
+
+    def to_json(self) -> dict:
+        out = {key: getattr(self, key).to_json() for key in ("model", "hook", "tokens", "dataset")}
+        for key in ("run", "sae"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_json()
+        return {**out, **self.extra}
+
+    def with_sae(self, sae: SAEInfo | Mapping[str, Any]) -> "Provenance":
+        """The provenance of codes made from these activations by ``sae``."""
+        return dataclasses.replace(self, sae=sae if isinstance(sae, SAEInfo) else SAEInfo.from_json(dict(sae)))
+
+    def _aspect(self, aspect: str) -> dict[str, Any]:
+        """The values that must agree for ``aspect`` (what makes two stores interchangeable)."""
+        if aspect == "model":
+            return {"source": self.model.source}
+        if aspect == "hook":
+            return {"attachment_point": self.hook.attachment_point, "layer": self.hook.layer}
+        if aspect == "tokens":
+            return {"selection": self.tokens.selection}
+        if aspect == "dataset":
+            return {"paths_sha256": self.dataset.paths_sha256, "split": self.dataset.split}
+        raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS}")
+
+    def compatible_with(self, other: "Provenance", aspects: Sequence[str] = ASPECTS) -> Difference | None:
+        """None when ``other`` agrees with this provenance on every aspect asked for, else the
+        first :class:`Difference`. Aspects: ``model`` (the source the weights were loaded from),
+        ``hook`` (attachment point and layer), ``tokens`` (selection) and ``dataset`` (the image
+        list: split and ``paths_sha256``). Every stage that pairs or chains stores asks this."""
+        for aspect in aspects:
+            ours, theirs = self._aspect(aspect), other._aspect(aspect)
+            for key in ours:
+                if ours[key] != theirs[key]:
+                    return Difference(aspect, key, ours[key], theirs[key])
+        return None
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard of a store: its files, row and image counts, checksums and value checks.
+
+    ``file`` is an activation store's payload; a code store's are ``indptr`` / ``indices`` /
+    ``values`` with ``nnz`` stored values."""
+
+    index: int
+    num_rows: int
+    first_image: int
+    num_images: int
+    rows_file: str
+    file: str | None = None
+    indptr: str | None = None
+    indices: str | None = None
+    values: str | None = None
+    nnz: int | None = None
+    images_file: str | None = None
+    checksums: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    nonfinite: int = 0
+    first_nonfinite_row: int | None = None
+    skipped_images: tuple = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    INT_KEYS: ClassVar[tuple[str, ...]] = ("index", "num_rows", "first_image", "num_images")
+
+    @classmethod
+    def from_json(cls, s: Any, where: str, payload_keys: Sequence[str]) -> "ShardEntry":
+        if not isinstance(s, dict):
+            raise ManifestError(f"{where} is not an object")
+        for key in (*cls.INT_KEYS, "rows_file", *payload_keys):
+            if key not in s:
+                raise ManifestError(f"{where} has no {key!r}")
+        for key in cls.INT_KEYS:
+            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
+                raise ManifestError(f"{where}.{key} is {s[key]!r}, expected a non-negative integer")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: s[k] for k in known if k in s}
+        for key in ("nonfinite", "nnz", "first_nonfinite_row"):
+            _check(kwargs.get(key), (int,), f"{where}.{key}")
+        kwargs["nonfinite"] = int(kwargs.get("nonfinite") or 0)
+        kwargs["skipped_images"] = tuple(kwargs.get("skipped_images") or ())
+        if not isinstance(kwargs.get("checksums", {}), dict):
+            raise ManifestError(f"{where}.checksums is not an object")
+        return cls(**kwargs, extra={k: v for k, v in s.items() if k not in known})
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or (value is None and f.name not in self.INT_KEYS):
+                continue
+            if f.name in ("nonfinite", "checksums") and not value:
+                continue  # written only for shards that hold some / by writers that record them
+            out[f.name] = list(value) if isinstance(value, tuple) else (dict(value) if isinstance(value, Mapping) else value)
+        return {**out, **self.extra}
+
+    @property
+    def has_checksums(self) -> bool:
+        return bool(self.checksums)
+
+    def files(self) -> list[str]:
+        """Every file this shard lists (payload, rows, images)."""
+        return [v for v in (self.file, self.indptr, self.indices, self.values, self.rows_file, self.images_file)
+                if v]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A store's ``manifest.json``: format, shape, dtype, shards, pairing hashes, provenance."""
+
+    format: str
+    schema_version: int
+    complete: bool
+    dim: int
+    dtype: str
+    num_rows: int
+    shards: tuple[ShardEntry, ...]
+    provenance: Provenance
+    kind: str | None = None
+    storage_dtype: str | None = None
+    images_per_shard: int | None = None
+    num_images: int | None = None
+    image_ids_sha256: str | None = None
+    content_sha256: str | None = None
+    skipped_images: tuple = ()
+    files: Mapping[str, str] = field(default_factory=dict)
+    file_checksums: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    software: Mapping[str, Any] = field(default_factory=dict)
+    created: str | None = None
+    finished: str | None = None
+    nnz: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    _REQUIRED: ClassVar[tuple] = (("complete", (bool,)), ("dim", (int,)), ("num_rows", (int,)),
+                                  ("shards", (list,)), ("dtype", (str,)), ("provenance", (dict,)))
+
+    @property
+    def dict_size(self) -> int:
+        """A code store's dictionary size (its ``dim``)."""
+        return self.dim
+
+    @classmethod
+    def from_json(cls, m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str] = ("file",),
+                  storage_dtypes: Mapping[str, str] | None = None) -> "Manifest":
+        """Parse and check a manifest; a UserError naming ``path`` and the key otherwise.
+
+        ``storage_dtypes``: store dtype -> the numpy dtype its values are stored as."""
+        def bad(what: str) -> UserError:
+            return UserError(f"{flag} {path}: {what}; the manifest is damaged or was edited by hand "
+                             f"(re-create the store with --overwrite)")
+
+        if m.get("format") != fmt:
+            raise UserError(f"{flag} {path}: format is {m.get('format')!r}, expected {fmt!r}")
+        if m.get("schema_version") != SCHEMA_VERSION:
+            raise UserError(f"{flag} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
+                            f"{SCHEMA_VERSION}")
+        for key, types in cls._REQUIRED:
+            if key not in m:
+                raise bad(f"no {key!r} key")
+            if not isinstance(m[key], types) or (types == (int,) and isinstance(m[key], bool)):
+                raise bad(f"{key!r} is {m[key]!r}, expected {types[0].__name__}")
+        if storage_dtypes is not None:
+            if m["dtype"] not in storage_dtypes:
+                raise bad(f"dtype {m['dtype']!r} is not a store dtype ({', '.join(storage_dtypes)})")
+            want = storage_dtypes[m["dtype"]]
+            if m.get("storage_dtype", want) != want:
+                raise bad(f"dtype {m['dtype']!r} is stored as {want}, but storage_dtype says "
+                          f"{m.get('storage_dtype')!r}")
+        if m["dim"] < 1:
+            raise bad(f"dim {m['dim']} (expected a positive width)")
+        try:
+            shards = tuple(ShardEntry.from_json(s, f"shards[{j}]", payload_keys) for j, s in enumerate(m["shards"]))
+            provenance = Provenance.from_json(m["provenance"])
+            known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+            kwargs = {k: m[k] for k in known if k in m}
+            for key, types in (("kind", (str,)), ("images_per_shard", (int,)), ("num_images", (int,)),
+                               ("image_ids_sha256", (str,)), ("content_sha256", (str,)), ("nnz", (int,)),
+                               ("files", (dict,)), ("file_checksums", (dict,)), ("skipped_images", (list,))):
+                _check(kwargs.get(key), types, key)
+        except ManifestError as e:
+            raise bad(str(e)) from None
+        kwargs.update(shards=shards, provenance=provenance,
+                      skipped_images=tuple(kwargs.get("skipped_images") or ()))
+        for key in ("files", "file_checksums", "software"):
+            kwargs[key] = kwargs.get(key) or {}
+        return cls(**kwargs, extra={k: v for k, v in m.items() if k not in known})
+
+    def to_json(self) -> dict:
+        """The manifest as written to ``manifest.json`` (keys this code does not know included)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            if f.name == "shards":
+                value = [sh.to_json() for sh in value]
+            elif f.name == "provenance":
+                value = value.to_json()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return {**out, **self.extra}
+
+    def identity(self) -> dict:
+        """What a resumed writer must agree on (kind, shape, dtype, sharding, provenance)."""
+        return {"kind": self.kind, "dim": self.dim, "dtype": self.dtype,
+                "images_per_shard": self.images_per_shard, "provenance": self.provenance}
+
+    def nonfinite_shards(self) -> list[int]:
+        return [i for i, s in enumerate(self.shards) if s.nonfinite]

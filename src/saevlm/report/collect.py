@@ -1,0 +1,248 @@
+"""Collecting a run directory's results for ``saevlm report`` (and any other view of a run):
+every result file the commands write, found by scanning, read once, checked for staleness
+against the stores it came from, and returned as records. Rendering lives in
+:mod:`saevlm.report.build`; nothing here formats a table.
+
+Problems (unfinished runs, missing or damaged files, stale results) go to :class:`Notes`;
+``damaged`` ones make ``saevlm report`` exit non-zero after writing the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saevlm.data.manifest import ManifestError, Provenance
+
+
+@dataclass
+class Notes:
+    """Warnings found while collecting (shown at the top of the report and printed)."""
+
+    warnings: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+
+    def warn(self, text: str, damaged: bool = False) -> None:
+        """``damaged``: a result file is missing or unreadable, so the command fails (after
+        writing the report) instead of passing silently."""
+        if text not in self.warnings:
+            self.warnings.append(text)
+        if damaged and text not in self.damaged:
+            self.damaged.append(text)
+
+
+@dataclass
+class MSRecord:
+    """One ``ms_<embedder>/ms.json``: raw neurons of an activation store or SAE latents of codes."""
+
+    kind: str  # "sae" or "raw"
+    model: str
+    layer: object  # int or "last"
+    arch: str | None
+    expansion: int | None
+    k: int | None
+    summary: dict
+    source: Path
+    store: Path
+    embeddings_model: str | None = None
+    group_sizes: tuple[int, ...] | None = None
+
+
+@dataclass
+class TrainedSAE:
+    """One SAE of a training run (``run.json`` + ``trainer_i/eval.json``); ``evaluation`` is None
+    while it has no final weights."""
+
+    arch: str
+    layer: object
+    expansion: int
+    model: str | None
+    evaluation: dict | None
+    source: Path
+
+
+@dataclass
+class ResultFile:
+    """A metric's JSON result (hierarchy, steering, FMS, uniqueness, agreement)."""
+
+    path: Path
+    data: dict
+
+
+@dataclass
+class RunResults:
+    """Everything ``saevlm report`` shows about one run directory."""
+
+    run_dir: Path
+    ms: list[MSRecord]
+    training: list[TrainedSAE]
+    training_runs: int
+    hierarchy: list[ResultFile]
+    steering: list[ResultFile]
+    baselines: list[ResultFile]
+    fms: list[ResultFile]
+    uniqueness: list[ResultFile]
+    agreement: list[ResultFile]
+    notes: Notes
+
+
+def layer_of(prov: Provenance):
+    """The layer column of a table: the block index, or "last" for the projection."""
+    point = prov.hook.attachment_point
+    if point == "post_mlp_residual" and prov.hook.layer is not None:
+        return int(prov.hook.layer)
+    return "last" if point in (None, "post_projection") else str(point)
+
+
+def _provenance(manifest: dict | None, where: Path, notes: Notes | None) -> Provenance | None:
+    """The provenance of a raw manifest, or None (with a warning) when it is damaged."""
+    try:
+        return Provenance.of_manifest(manifest)
+    except ManifestError as e:
+        if notes is not None:
+            notes.warn(f"{where}: damaged provenance ({e}), left out", damaged=True)
+        return None
+
+
+def read_json(path: Path, notes: Notes | None = None):
+    """A result file, or None (with a warning) when it is damaged."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        if notes is not None:
+            notes.warn(f"{path}: unreadable ({type(e).__name__}), left out", damaged=True)
+        return None
+    if not isinstance(data, dict):
+        if notes is not None:
+            notes.warn(f"{path}: not a result object, left out", damaged=True)
+        return None
+    return data
+
+
+def finished_at(manifest: dict | None):
+    return (manifest or {}).get("finished")
+
+
+def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
+    """Every ``ms*/ms.json`` under ``run_dir`` whose store is still there and whose scores exist."""
+    out = []
+    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms_<embedder>/ (or the older ms/) of a store
+        summary = read_json(ms_json, notes)
+        if summary is None:
+            continue
+        recorded = Path(summary.get("activations_dir") or ms_json.parent.parent)
+        store = recorded if (recorded / "manifest.json").is_file() else ms_json.parent.parent
+        manifest = read_json(store / "manifest.json", notes) if (store / "manifest.json").is_file() else None
+        if manifest is None:
+            if notes is not None:
+                notes.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
+            continue
+        if not (ms_json.parent / "scores.npy").is_file():
+            if notes is not None:
+                notes.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish or the file was "
+                         f"removed); left out, rerun saevlm ms", damaged=True)
+            continue
+        stamp = (summary.get("inputs") or {}).get("activations", {}).get("finished")
+        if notes is not None and stamp is not None and stamp != finished_at(manifest):
+            notes.warn(f"{ms_json}: stale, computed from {store} as finished at {stamp}, but the store was "
+                     f"rewritten at {finished_at(manifest)}; rerun saevlm ms")
+        prov = _provenance(manifest, store / "manifest.json", notes)
+        if prov is None:
+            continue
+        sae = prov.sae
+        if notes is not None and sae is not None and sae.path:
+            _check_codes_fresh(notes, store, manifest, Path(sae.path))
+        model = prov.model.name or "?"
+        if sae is not None and sae.dict_size and sae.activation_dim:
+            expansion = int(round(sae.dict_size / sae.activation_dim))
+            out.append(MSRecord("sae", model, layer_of(prov), sae.arch, expansion, sae.k, summary,
+                                ms_json, store, summary.get("embeddings_model"), sae.group_sizes))
+        else:
+            out.append(MSRecord("raw", model, layer_of(prov), None, None, None, summary, ms_json, store,
+                                summary.get("embeddings_model")))
+    return out
+
+
+def _check_codes_fresh(notes: Notes, store: Path, manifest: dict, sae_path: Path) -> None:
+    """Codes encoded before their SAE checkpoint last changed are stale (the SAE was retrained)."""
+    import datetime as dt
+
+    ckpt = sae_path / "ae.pt" if sae_path.is_dir() else sae_path
+    finished = finished_at(manifest)
+    if not ckpt.is_file() or not finished:
+        return
+    written = dt.datetime.fromtimestamp(ckpt.stat().st_mtime, dt.timezone.utc)
+    if written > dt.datetime.fromisoformat(finished) + dt.timedelta(seconds=2):
+        notes.warn(f"{store}: stale codes, encoded at {finished} with {ckpt}, which changed at "
+                 f"{written.isoformat(timespec='seconds')}; re-encode, then rerun ms")
+
+
+def collect_training(run_dir: Path, notes: Notes) -> tuple[list[TrainedSAE], int]:
+    """Every SAE of every ``run.json`` (unfinished ones included, flagged); and the run count."""
+    runs = sorted(run_dir.rglob("run.json"))
+    out = []
+    for run_json in runs:
+        run = read_json(run_json, notes)
+        if run is None:
+            continue
+        ident = run.get("identity", {})
+        prov = _provenance({"provenance": ident.get("activations_provenance")}, run_json, notes) or Provenance()
+        if not run.get("complete"):
+            notes.warn(f"{run_json}: training unfinished (killed or still running); its SAEs have no final "
+                       f"weights, rerun the same train command to resume")
+        for t in ident.get("trainers", []):
+            ev_f = run_json.parent / t["dir"] / "eval.json"
+            ev = read_json(ev_f, notes) if ev_f.is_file() else None
+            if ev is None and run.get("complete"):
+                notes.warn(f"{ev_f}: missing evaluation of a finished SAE")
+            out.append(TrainedSAE(t["arch"], layer_of(prov), int(t["expansion_factor"]), prov.model.name, ev,
+                                  ev_f if ev is not None else run_json))
+    return out, len(runs)
+
+
+def _results(run_dir: Path, pattern: str, required: str, notes: Notes) -> list[ResultFile]:
+    """The result files matching ``pattern`` that hold ``required`` (others are not results of
+    this kind, e.g. another command's summary.json)."""
+    out = []
+    for f in sorted(run_dir.rglob(pattern)):
+        data = read_json(f, notes)
+        if data is not None and required in data:
+            out.append(ResultFile(f, data))
+    return out
+
+
+def collect_fms(run_dir: Path, notes: Notes) -> list[ResultFile]:
+    out = _results(run_dir, "fms.json", "fms", notes)
+    for r in out:
+        store = Path(r.data.get("activations_dir") or r.path.parent.parent)
+        manifest = read_json(store / "manifest.json") if (store / "manifest.json").is_file() else None
+        if manifest is not None and r.data.get("codes_finished") and \
+                r.data["codes_finished"] != finished_at(manifest):
+            notes.warn(f"{r.path}: stale, computed before {store} was rewritten; rerun saevlm fms")
+        if r.data.get("ms_source") and not Path(r.data["ms_source"]).is_file():
+            notes.warn(f"{r.path}: the MS it records ({r.data['ms_source']}) is gone")
+    return out
+
+
+def collect_steering(run_dir: Path, notes: Notes) -> list[ResultFile]:
+    """``steering_score.json`` (and ``summary.json`` of older saevlm versions, recognised by
+    their ``steered`` key)."""
+    found = _results(run_dir, "steering_score.json", "steered", notes) + \
+        _results(run_dir, "summary.json", "steered", notes)
+    return sorted(found, key=lambda r: str(r.path))
+
+
+def collect_run(run_dir: Path) -> RunResults:
+    """Read every result under ``run_dir``."""
+    notes = Notes()
+    ms = collect_ms(run_dir, notes)
+    training, n_runs = collect_training(run_dir, notes)
+    return RunResults(
+        run_dir=run_dir, ms=ms, training=training, training_runs=n_runs,
+        hierarchy=_results(run_dir, "hierarchy_*.json", "groups", notes),
+        steering=collect_steering(run_dir, notes),
+        baselines=_results(run_dir, "similarity_baseline.json", "true_class_names", notes),
+        fms=collect_fms(run_dir, notes),
+        uniqueness=_results(run_dir, "uniqueness_*.json", "pairs_above", notes),
+        agreement=_results(run_dir, "agreement*.json", "metrics", notes),
+        notes=notes)

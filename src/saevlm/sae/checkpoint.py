@@ -1,0 +1,168 @@
+"""Loading SAE checkpoints: dictionary_learning's layout (``trainer_i/ae.pt``,
+``trainer_i/config.json``, ``trainer_i/checkpoints/ae_{step}.pt``), local or from the hub, so the
+authors' released SAEs load unchanged; the class comes from config.json or the weight names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saevlm.data.manifest import ManifestError, Provenance
+from saevlm.errors import UserError
+from saevlm.sae.archs import ARCHITECTURES, DICT_CLASS_TO_ARCH, TRAINER_CLASS_TO_ARCH, dict_class
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE ready for inference (fp32, eval mode) plus where it came from."""
+
+    ae: Any
+    arch: str
+    dict_class: str
+    activation_dim: int
+    dict_size: int
+    config: dict
+    path: Path
+
+    @property
+    def k(self) -> int | None:
+        k = getattr(self.ae, "k", None)
+        return int(k) if k is not None else None
+
+    def group_sizes(self) -> list[int] | None:
+        gs = getattr(self.ae, "group_sizes", None)
+        return [int(g) for g in gs.tolist()] if gs is not None else None
+
+    @property
+    def trained_on(self) -> Provenance | None:
+        """The provenance of the activations saevlm trained this SAE on (None for SAEs trained
+        elsewhere, e.g. the authors' released checkpoints)."""
+        try:
+            return Provenance.of_sae_config(self.config)
+        except ManifestError as e:
+            raise UserError(f"--sae_path {self.path}: {e}") from None
+
+    def describe(self) -> dict:
+        out = {"path": str(self.path), "arch": self.arch, "dict_class": self.dict_class,
+               "activation_dim": self.activation_dim, "dict_size": self.dict_size}
+        if self.k is not None:
+            out["k"] = self.k
+        thr = getattr(self.ae, "threshold", None)
+        if thr is not None and thr.numel() == 1:
+            out["threshold"] = float(thr)
+        if self.group_sizes() is not None:
+            out["group_sizes"] = self.group_sizes()
+        return out
+
+
+def resolve_checkpoint(path: str) -> tuple[Path, Path | None]:
+    """``path`` = a trainer directory, an ``ae.pt`` / ``ae_{step}.pt`` file, or (online) a hub
+    path ``owner/repo/sub/dir``. Returns (weights file, config.json or None)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        weights = p / "ae.pt"
+        if not weights.is_file():
+            subdirs = sorted(d.name for d in p.iterdir() if (d / "ae.pt").is_file())
+            hint = f" (trainer directories inside: {', '.join(subdirs)})" if subdirs else ""
+            raise UserError(f"--sae_path {p}: no ae.pt in this directory{hint}")
+        cfg = p / "config.json"
+        return weights, cfg if cfg.is_file() else None
+    if p.is_file():
+        for cand in (p.parent / "config.json", p.parent.parent / "config.json"):
+            if cand.is_file():
+                return p, cand
+        return p, None
+    if not str(path).startswith(("/", ".", "~")) and str(path).count("/") >= 2:
+        return _from_hub(str(path))
+    raise UserError(f"--sae_path {path}: no such file or directory (expected a trainer directory "
+                    f"holding ae.pt and config.json, or an .pt file)")
+
+
+def _from_hub(spec: str) -> tuple[Path, Path | None]:
+    """``owner/repo/sub/dir`` on the Hugging Face hub (the authors' ``mateuszpach/sae-for-vlm``)."""
+    from huggingface_hub import hf_hub_download
+
+    parts = spec.split("/")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    files = (f"{sub}/ae.pt", f"{sub}/config.json") if not sub.endswith(".pt") else (sub, None)
+    try:
+        weights = Path(hf_hub_download(repo, files[0]))
+        cfg = Path(hf_hub_download(repo, files[1])) if files[1] else None
+    except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
+        raise UserError(f"--sae_path {spec}: could not fetch {files[0]} from the hub repo {repo} "
+                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Offline, download "
+                        f"the checkpoint directory once and pass its local path.") from None
+    return weights, cfg
+
+
+def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
+    """Load any dictionary_learning checkpoint; the class comes from config.json (or, without
+    one, from the state dict's keys)."""
+    import torch
+
+    weights, cfg_path = resolve_checkpoint(path)
+    config: dict = {}
+    if cfg_path is not None:
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    trainer_cfg = config.get("trainer", {})
+    cls_name = trainer_cfg.get("dict_class")
+    if cls_name is None and trainer_cfg.get("trainer_class") in TRAINER_CLASS_TO_ARCH:
+        cls_name = ARCHITECTURES[TRAINER_CLASS_TO_ARCH[trainer_cfg["trainer_class"]]][3]
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({err})") from None
+    if cls_name is None:
+        cls_name = _guess_class(state)
+    if cls_name not in DICT_CLASS_TO_ARCH:
+        raise UserError(f"--sae_path {path}: SAE class {cls_name!r} (from {cfg_path}) is not supported; "
+                        f"supported: {', '.join(DICT_CLASS_TO_ARCH)}")
+    arch = DICT_CLASS_TO_ARCH[cls_name]
+    cls_name = ARCHITECTURES[arch][3]  # the class that is built (an alias names the same class)
+    ae = _construct(arch, state)
+    try:
+        ae.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"--sae_path {weights}: weights do not fit a {cls_name} "
+                        f"({str(err).splitlines()[0]})") from None
+    ae.eval().to(device)
+    act_dim, dict_size = _dims(arch, state)
+    return LoadedSAE(ae, arch, cls_name, act_dim, dict_size, config, weights)
+
+
+def _guess_class(state: dict) -> str:
+    if "group_sizes" in state:
+        return "MatryoshkaBatchTopKSAE"
+    if "threshold" in state and state["threshold"].numel() > 1:
+        return "JumpReluAutoEncoder"
+    if "k" in state:
+        return "BatchTopKSAE"
+    if "encoder.weight" in state:
+        return "AutoEncoder"
+    raise UserError("cannot tell the SAE class: no config.json and unknown weight names")
+
+
+def _dims(arch: str, state: dict) -> tuple[int, int]:
+    if arch == "matryoshka_batch_top_k":
+        d, n = state["W_enc"].shape
+        return int(d), int(n)
+    if arch == "jumprelu":
+        d, n = state["W_enc"].shape
+        return int(d), int(n)
+    n, d = state["encoder.weight"].shape
+    return int(d), int(n)
+
+
+def _construct(arch: str, state: dict):
+    act_dim, dict_size = _dims(arch, state)
+    cls = dict_class(arch)
+    if arch == "matryoshka_batch_top_k":
+        return cls(act_dim, dict_size, int(state["k"]), [int(g) for g in state["group_sizes"].tolist()])
+    if arch in ("batch_top_k", "top_k"):
+        return cls(act_dim, dict_size, int(state["k"]))
+    return cls(act_dim, dict_size)

@@ -1,0 +1,132 @@
+"""The typed manifest and provenance (saevlm.data.manifest): exact round trips of what the writers
+produce, old stores still read, one compatibility check, damaged keys named, and no stage reading
+provenance keys by hand."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from saevlm.data.manifest import Manifest, Provenance
+from saevlm.data.store import STORAGE_DTYPE_NAMES, ActivationStore
+from saevlm.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "stores_v1"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from saevlm.synthetic import WorldParams, write_world
+
+    out = tmp_path_factory.mktemp("world")
+    write_world(WorldParams(num_train=64, num_val=32), out, log=lambda m: None)
+    return out
+
+
+def _parse(raw: dict, path: Path, fmt: str = "saevlm-activations", payload=("file",)) -> Manifest:
+    return Manifest.from_json(raw, path, "store", fmt, payload, STORAGE_DTYPE_NAMES)
+
+
+def test_manifest_written_today_round_trips_exactly(world):
+    for name in ("train", "val", "embeddings_val"):
+        path = world / name / "manifest.json"
+        raw = json.loads(path.read_text())
+        m = _parse(raw, path)
+        assert m.to_json() == raw                      # nothing lost, nothing added
+        assert Provenance.from_json(raw["provenance"]).to_json() == raw["provenance"]
+        assert m.provenance.dataset.split == raw["provenance"]["dataset"]["split"]
+        assert m.shards[0].checksums == raw["shards"][0]["checksums"]
+
+
+def test_fixture_stores_of_the_first_schema_still_parse_and_keep_their_keys():
+    for name, fmt, payload in (("acts_fp32", "saevlm-activations", ("file",)),
+                               ("acts_bf16", "saevlm-activations", ("file",)),
+                               ("codes", "saevlm-codes", ("indptr", "indices", "values", "nnz"))):
+        path = FIXTURES / name / "manifest.json"
+        raw = json.loads(path.read_text())
+        m = _parse(raw, path, fmt, payload)
+        again = m.to_json()
+        for key, value in raw.items():               # every recorded key survives with its value
+            if key != "provenance":
+                assert again[key] == value, key
+        for section, fields in raw["provenance"].items():
+            for key, value in fields.items():
+                assert again["provenance"][section][key] == value
+        assert _parse(again, path, fmt, payload) == m  # idempotent
+    codes = _parse(json.loads((FIXTURES / "codes" / "manifest.json").read_text()),
+                   FIXTURES / "codes", "saevlm-codes", ("indptr", "indices", "values", "nnz"))
+    assert codes.dict_size == 8 and codes.provenance.sae.dict_size == 8
+
+
+def test_unknown_keys_are_kept():
+    prov = Provenance.from_json({"model": {"name": "m", "source": "s", "future_key": [1, 2]},
+                                 "hook": {"attachment_point": "post_mlp_residual", "layer": 3},
+                                 "tokens": {"selection": "cls"}, "dataset": {"split": "val"},
+                                 "later_section": {"x": 1}})
+    assert prov.model.extra == {"future_key": [1, 2]}
+    assert prov.to_json()["model"]["future_key"] == [1, 2]
+    assert prov.to_json()["later_section"] == {"x": 1}
+
+
+def test_compatible_with_names_the_first_difference():
+    base = {"model": {"name": "a", "source": "hub/a"}, "hook": {"attachment_point": "post_mlp_residual", "layer": 3},
+            "tokens": {"selection": "cls"}, "dataset": {"split": "val", "paths_sha256": "p"},
+            "run": {"batch_size": 8, "autocast": "none"}}
+    a = Provenance.from_json(base)
+    assert a.compatible_with(Provenance.from_json(base)) is None
+    # the batch size is not part of compatibility; the display name is not either
+    other_run = json.loads(json.dumps(base))
+    other_run["run"]["batch_size"] = 64
+    other_run["model"]["name"] = "renamed"
+    assert a.compatible_with(Provenance.from_json(other_run)) is None
+    for section, key, value in (("model", "source", "hub/b"), ("hook", "layer", 4),
+                                ("tokens", "selection", "all"), ("dataset", "paths_sha256", "q"),
+                                ("dataset", "split", "train")):
+        changed = json.loads(json.dumps(base))
+        changed[section][key] = value
+        diff = a.compatible_with(Provenance.from_json(changed))
+        assert diff is not None and (diff.aspect, diff.key, diff.theirs) == (section, key, value)
+        assert a.compatible_with(Provenance.from_json(changed),
+                                 aspects=[x for x in ("model", "hook", "tokens", "dataset") if x != section]) is None
+
+
+def test_a_wrongly_typed_provenance_key_is_named(tmp_path, world):
+    import shutil
+
+    store = tmp_path / "s"
+    shutil.copytree(world / "val", store)
+    raw = json.loads((store / "manifest.json").read_text())
+    raw["provenance"]["hook"]["layer"] = "three"
+    (store / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match=r"provenance\.hook\.layer is 'three', expected int"):
+        ActivationStore(store)
+
+
+def test_stages_read_provenance_only_through_the_typed_objects():
+    """No `.get("model", {})`-style chains on provenance or manifests outside data/manifest.py."""
+    pattern = re.compile(r"provenance\.get\(|\.get\(\"provenance\"|manifest\.get\(|"
+                         r"\.get\(\"(model|hook|tokens|dataset|sae)\", \{\}\)")
+    offenders = []
+    for f in (ROOT / "src" / "saevlm").rglob("*.py"):
+        if f.name == "manifest.py":
+            continue
+        for no, line in enumerate(f.read_text().splitlines(), 1):
+            if pattern.search(line) and "self.manifest.get" not in line:  # TopImagesStore: its own JSON
+                offenders.append(f"{f.relative_to(ROOT)}:{no}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_configs_default_to_the_cli_defaults():
+    """A TrainConfig / ExtractConfig built in Python with no options is what the CLI runs by default."""
+    from saevlm.api import command_args
+    from saevlm.extraction import ExtractConfig
+    from saevlm.sae.train import TrainConfig
+
+    args = command_args("train", activations_dir="x")
+    assert TrainConfig.from_args(args) == TrainConfig(activations_dir="x")
+    assert TrainConfig(activations_dir="x").hyperparameters()["decay_start"] == args.steps - 1
+    ns = argparse.Namespace(**vars(command_args("extract", data_path="d", model_name="m", output_dir="o")))
+    assert ExtractConfig.from_args(ns, "activations", "float32") == ExtractConfig()
