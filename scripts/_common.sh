@@ -20,12 +20,14 @@ train_settings() {
   THRESHOLD_START_STEP=${THRESHOLD_START_STEP:-$(cfg commands.train.threshold_start_step)}
 }
 
-# need_dataset VAR: stop at once, saying what to set, when a dataset path is missing.
+# need_dataset VAR: stop at once, saying what to set, when a dataset path is missing
+# (hf:<repo id> values name a Hugging Face dataset, streamed: see docs/datasets.md).
 need_dataset() {
   local var=$1 val=${!1:-}
   if [ -z "$val" ]; then
     echo "error: set $var to the dataset root (e.g. $var=/data/... bash $0)" >&2; exit 2
   fi
+  case "$val" in hf:*) return 0 ;; esac  # a hub dataset (streamed): nothing on disk to check
   if [ ! -d "$val" ]; then
     echo "error: $var=$val: no such directory" >&2; exit 2
   fi

@@ -9,7 +9,7 @@
 # Overrides: MODEL, LAYERS, SPLITS, BATCH_SIZE, NUM_WORKERS, DEVICE, DTYPE, AUTOCAST, TAKE_EVERY.
 set -euo pipefail
 : "${IMAGENET_PATH:?set IMAGENET_PATH to the ImageNet root (holding train/ and val/)}"
-[ -d "$IMAGENET_PATH" ] || { echo "IMAGENET_PATH=$IMAGENET_PATH: no such directory" >&2; exit 2; }
+case "$IMAGENET_PATH" in hf:*) ;; *) [ -d "$IMAGENET_PATH" ] || { echo "IMAGENET_PATH=$IMAGENET_PATH: no such directory" >&2; exit 2; } ;; esac
 OUT_DIR=${OUT_DIR:-runs/paper}
 MODEL=${MODEL:-clip-vit-large-patch14-336}
 LAYERS=${LAYERS:-"11 17 22 23 last"}

@@ -27,11 +27,15 @@ def add_common_arguments(p: argparse.ArgumentParser, *, default_batch_size: int 
     """Dataset, batching and device flags shared by ``extract`` and ``embed``."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset_name", default="imagefolder",
-                   help="imagenet | inat (iNaturalist 2021) | imagefolder (default: %(default)s)")
-    g.add_argument("--data_path", required=True, help="dataset root (holding train/ val/ for "
-                   "imagenet and inat; for imagefolder the class folders, or their parent with --split)")
+                   help="imagenet | inat (iNaturalist 2021) | imagefolder (default: %(default)s), or "
+                        "hf:<repo id> to stream a Hugging Face dataset (e.g. hf:ILSVRC/imagenet-1k; log in "
+                        "and accept its license first) or hf:<dir> for a local copy in the hub's parquet layout")
+    g.add_argument("--data_path", default=None, help="dataset root (holding train/ val/ for "
+                   "imagenet and inat; for imagefolder the class folders, or their parent with --split); "
+                   "hf:<repo id> here streams that hub dataset whatever --dataset_name says")
     g.add_argument("--split", default=None, help="split folder under --data_path: train, val, ... "
-                   "(required for imagenet and inat)")
+                   "(required for imagenet and inat); for hub datasets a split name (val is taken as "
+                   "validation where the dataset calls it so)")
     g.add_argument("--take_every", type=int, default=1,
                    help="keep every n-th image of the split, in dataset order (default: 1)")
     g.add_argument("--max_images", type=int, default=None,
@@ -147,7 +151,6 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractConfig
     from tqdm import tqdm
 
     from saevlm.data.codes import dense_to_csr
-    from saevlm.data.images import ImageDataset, collate_images
     from saevlm.device import autocast_context
     from saevlm.models.base import POST_PROJECTION
     from saevlm.sae.pooled import mean_codes
@@ -204,10 +207,8 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractConfig
         needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
         if needed:
             positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
-            loader = torch.utils.data.DataLoader(
-                ImageDataset(images, selected[positions], encoder.preprocess), batch_size=batch_size,
-                shuffle=False, num_workers=cfg.num_workers, collate_fn=collate_images,
-                pin_memory=device.type == "cuda", persistent_workers=False)
+            loader = images.batches(selected[positions], encoder.preprocess, batch_size, cfg.num_workers,
+                                    pin_memory=device.type == "cuda")
             desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
             bar = tqdm(total=len(positions), unit="img", disable=not cfg.progress or not dist.is_main,
                        desc=desc, dynamic_ncols=True, file=sys.stderr)
@@ -310,13 +311,13 @@ def _open_writer(point, plan: _WriterPlan):
 def handle_bad_images(images, bad, skip: bool, log) -> list[dict]:
     records = []
     for index, err in bad:
-        path = images.path(index)
+        path = images.path(index)  # in words, for hub datasets
         if not skip:
             raise UserError(f"unreadable image {path} (dataset index {index}): {err}. Fix or remove "
                             f"it, or rerun with --skip_bad_images to log it and leave it out "
                             f"(recorded in the manifest)")
         log(f"warning: skipping unreadable image {path} (dataset index {index}): {err}")
-        records.append({"index": int(index), "path": str(images.paths[index]), "error": err})
+        records.append({"index": int(index), "path": images.name_of(index), "error": err})
     return records
 
 

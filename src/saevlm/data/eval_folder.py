@@ -39,10 +39,13 @@ def run(args) -> int:
     for i, label in enumerate(images.labels.tolist()):
         first.setdefault(label, i)
     for label, i in sorted(first.items()):
-        cls, fname = images.classes[label], Path(images.paths[i]).name
+        cls, fname = images.classes[label], images.file_name(i)
         dest = out / cls / fname if layout == "folders" else out / f"{cls}_{fname}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(images.path(i), dest)
+        if hasattr(images, "paths"):
+            shutil.copy2(images.path(i), dest)
+        else:  # a hub dataset: the image's bytes from its parquet file
+            dest.write_bytes(images.read_bytes(i))
     names = dict(zip(images.classes, images.class_names or images.classes))
     if args.class_names:
         names.update(load_class_names(args.class_names))

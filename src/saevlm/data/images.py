@@ -56,6 +56,26 @@ class ImageList:
     def path(self, index: int) -> Path:
         return self.split_dir / self.paths[index]
 
+    def name_of(self, index: int) -> str:
+        """Image ``index`` as recorded in manifests: its path relative to the split folder."""
+        return str(self.paths[index])
+
+    def file_name(self, index: int) -> str:
+        return Path(self.paths[index]).name
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.path(index).read_bytes()
+
+    def batches(self, indices: np.ndarray, preprocess: Callable, batch_size: int, num_workers: int,
+                pin_memory: bool = False):
+        """Collated :class:`ImageBatch` es of the images at ``indices``, in order."""
+        import torch
+
+        return torch.utils.data.DataLoader(
+            ImageDataset(self, indices, preprocess), batch_size=batch_size, shuffle=False,
+            num_workers=num_workers, collate_fn=collate_images, pin_memory=pin_memory,
+            persistent_workers=False)
+
     def paths_sha256(self, indices: Sequence[int] | np.ndarray) -> str:
         """Fingerprint of the selected images (their relative paths, in order)."""
         h = hashlib.sha256()
@@ -127,8 +147,17 @@ def _imagenet_names(root: Path, classes: list[str]) -> list[str] | None:
     return [", ".join(wnid_to_classes[c]) if c in wnid_to_classes else c for c in classes]
 
 
-def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | None) -> ImageList:
-    """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the flag."""
+def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | None):
+    """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the flag.
+
+    ``hf:<repo id or directory>`` as either flag opens a hub dataset instead
+    (:class:`saevlm.data.hub.HubImageList`, same interface)."""
+    from saevlm.data.hub import hub_spec
+
+    spec = hub_spec(name, data_path)
+    if spec is not None:
+        from saevlm.data.hub import open_hub_dataset
+        return open_hub_dataset(spec, split)
     if name not in DATASETS:
         raise UserError(f"--dataset_name {name!r}: unknown; expected one of {', '.join(DATASETS)}")
     if not data_path:
@@ -190,21 +219,28 @@ class ImageDataset:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        import io
-
-        from PIL import Image
-
         index = int(self.indices[i])
-        path = self.images.path(index)
-        digest = 0
         try:
-            data = path.read_bytes()
-            digest = content_hash(data)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return index, self.preprocess(img.convert("RGB")), None, digest
-        except Exception as err:  # noqa: BLE001 - any decode failure is reported with its path
-            return index, None, f"{type(err).__name__}: {err}", digest
+            data = self.images.read_bytes(index)
+        except Exception as err:  # noqa: BLE001 - reported with the image's path
+            return index, None, f"{type(err).__name__}: {err}", 0
+        return (index, *decode_image(data, self.preprocess))
+
+
+def decode_image(data: bytes, preprocess: Callable) -> tuple[Any, str | None, int]:
+    """(pixels or None, error or None, content hash) of one image file's bytes: the hash is
+    taken from the same bytes that are decoded."""
+    import io
+
+    from PIL import Image
+
+    digest = content_hash(data)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return preprocess(img.convert("RGB")), None, digest
+    except Exception as err:  # noqa: BLE001 - any decode failure is reported with its path
+        return None, f"{type(err).__name__}: {err}", digest
 
 
 class ImageBatch(NamedTuple):
@@ -233,6 +269,15 @@ def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_pat
     images; saevlm knows them from the store's provenance. When given, they must name the same
     images: same dataset kind and split, and (for another root, e.g. a moved copy) the same
     image list, else a clear error."""
+    if dataset.name == "hf":  # a hub dataset: its root is the hf:<id> spec, and splits may say "validation"
+        from saevlm.data.hub import hub_spec
+
+        given = hub_spec(dataset_name, data_path)
+        if given is not None and f"hf:{given}" != dataset.root:
+            raise UserError(f"--data_path hf:{given}: {what} was made from {dataset.root}")
+        if split is not None and split not in (dataset.split, "val" if dataset.split == "validation" else None):
+            raise UserError(f"--split {split}: {what} was made from the {dataset.split!r} split")
+        return
     if dataset_name is not None:
         want = "inat" if dataset_name == "inat2021" else dataset_name
         have = dataset.name

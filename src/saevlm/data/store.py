@@ -512,7 +512,7 @@ def _image_path(dataset: DatasetInfo, index: int) -> str | None:
         from saevlm.data.images import open_dataset
 
         images = open_dataset(dataset.name, dataset.root, dataset.split)
-        return images.paths[index]
+        return images.name_of(index)
     except Exception:  # noqa: BLE001 - best effort: the message names the index anyway
         return None
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160
         ax.axis("off")
         if idx is None:
             continue
-        with Image.open(images.path(int(idx))) as im:
+        with Image.open(io.BytesIO(images.read_bytes(int(idx)))) as im:
             im = im.convert("RGB")
             im.thumbnail((size, size))
             ax.imshow(np.asarray(im))

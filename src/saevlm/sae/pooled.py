@@ -123,7 +123,6 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     import torch
     from tqdm import tqdm
 
-    from saevlm.data.images import ImageDataset, collate_images
     from saevlm.data.store import atomic_save_npy, atomic_write_json
     from saevlm.device import autocast_context
     from saevlm.extraction import handle_bad_images
@@ -172,9 +171,8 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     def encode_rows(x):
         return encode_batch(sae, x)
 
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(images, selected[done:], encoder.preprocess), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=collate_images, pin_memory=device.type == "cuda")
+    loader = images.batches(selected[done:], encoder.preprocess, batch_size, num_workers,
+                            pin_memory=device.type == "cuda")
     since_ckpt = 0
     with tqdm(total=len(selected), initial=done, unit="img", disable=not progress, dynamic_ncols=True,
               desc=f"extract + SAE mean-pool top-{k}", file=sys.stderr) as bar:
