@@ -125,3 +125,29 @@ def test_command_modules_never_import_each_other():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{module} imports {n}" for n in names if n in commands and n != module]
     assert not offenders, offenders
+
+
+def test_library_modules_never_import_command_modules():
+    """Data flows one way: library modules (data/, sae/, metrics/ helpers, explorer/, report/render)
+    never import a command module (``from pkg import mod`` counted as importing ``pkg.mod``)."""
+    import ast
+    from pathlib import Path
+
+    import saevlm
+    from saevlm.cli import COMMANDS
+
+    commands = {module for module, _ in COMMANDS.values()}
+    root = Path(saevlm.__file__).parent
+    offenders = []
+    for f in root.rglob("*.py"):
+        module = "saevlm." + ".".join(f.relative_to(root).with_suffix("").parts)
+        if module in commands or module.endswith("__main__") or module in ("saevlm.cli", "saevlm.api"):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            offenders += [f"{module} imports {n}" for n in names if n in commands]
+    assert not offenders, offenders

@@ -16,3 +16,8 @@ def test_demo_end_to_end(tmp_path, capsys):
         assert sae["mean"] > raw["mean"] + 0.15, (t, sae["mean"], raw["mean"])
     report = (tmp_path / "d" / "report.md").read_text()
     assert "Monosemanticity Score" in report and "Matryoshka hierarchy" in report and "Sources" in report
+    # the demo ends with the command that opens its run in the explorer, and that command works
+    assert f"saevlm explore --run_dir {tmp_path / 'd'}" in out
+    assert run_cli("explore", "--run_dir", tmp_path / "d", "--static", tmp_path / "site", "--latents", "top:5",
+                   "--no_progress") == 0
+    assert len(list((tmp_path / "site" / "sae").glob("codes--trainer_*/latent/*.html"))) == 4 * 5

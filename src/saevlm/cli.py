@@ -24,11 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hierarchy": ("saevlm.metrics.hierarchy", "Matryoshka groups vs taxonomy depth of top images"),
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
+    "name": ("saevlm.metrics.naming", "a CLIP name for every latent, and its top images' label purity"),
     "steer": ("saevlm.steering.steer", "LLaVA's answer with SAE latents clamped in its vision tower"),
     "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
     "similarity-baseline": ("saevlm.steering.baseline", "steering-score bounds: true / shuffled names"),
     "make-eval-folder": ("saevlm.data.eval_folder", "first image of each class -> an eval folder"),
     "report": ("saevlm.report.build", "gather a run directory into report.md / report.html"),
+    "explore": ("saevlm.explore", "browse, search and name every latent of a run in a web page"),
     "inspect": ("saevlm.inspect_store", "print a store's manifest summary and check its files"),
     "demo": ("saevlm.demo", "the built-in default job: the MS experiment on the synthetic world"),
 }

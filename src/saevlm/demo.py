@@ -73,4 +73,5 @@ def run(args: argparse.Namespace) -> int:
               f"(best {m['top10'][0][1]:.3f})", file=sys.stderr)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"report: {(out / 'report.html').resolve()}  (and report.md)")
+    print(f"browse every latent: saevlm explore --run_dir {out}   (then open http://127.0.0.1:8000)")
     return 0

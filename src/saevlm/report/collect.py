@@ -1,7 +1,7 @@
 """Collecting a run directory's results for ``saevlm report`` (and any other view of a run):
 every result file the commands write, found by scanning, read once, checked for staleness
 against the stores it came from, and returned as records. Rendering lives in
-:mod:`saevlm.report.build`; nothing here formats a table.
+:mod:`saevlm.report.render`; nothing here formats a table.
 
 Problems (unfinished runs, missing or damaged files, stale results) go to :class:`Notes`;
 ``damaged`` ones make ``saevlm report`` exit non-zero after writing the report."""
@@ -83,6 +83,7 @@ class RunResults:
     fms: list[ResultFile]
     uniqueness: list[ResultFile]
     agreement: list[ResultFile]
+    names: list[ResultFile]
     notes: Notes
 
 
@@ -245,4 +246,6 @@ def collect_run(run_dir: Path) -> RunResults:
         fms=collect_fms(run_dir, notes),
         uniqueness=_results(run_dir, "uniqueness_*.json", "pairs_above", notes),
         agreement=_results(run_dir, "agreement*.json", "metrics", notes),
+        names=[r for r in _results(run_dir, "names.json", "latents", notes)
+               if r.data.get("format") == "saevlm-names"],
         notes=notes)

@@ -1,0 +1,48 @@
+"""``saevlm explore``: browse, search and name every SAE latent of a run in a web page.
+
+    saevlm explore --run_dir runs/ms                  # http://127.0.0.1:8000
+    saevlm explore --run_dir runs/ms --static site --latents top:500
+
+Serves a local web app over what the run directory already holds: every code store (and
+top-images store) becomes a latent table (name, MS, FMS, activation frequency and maximum,
+Matryoshka group, hierarchy depth; sortable, filterable, searchable, paginated), every latent a
+page (top-16 images, histogram of its non-zero activations, images where it fades, nearest
+latents by decoder cosine, steering answers), and the run a page with the report's tables.
+Pages are made on request and thumbnails cached, so a run with 65,536 latents opens at once.
+``--static DIR`` writes the same pages for a chosen subset of latents as a folder that opens
+without a server. Names come from ``saevlm name``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run_dir", required=True, help="the experiment's output directory (OUT_DIR of the scripts)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s; 0 picks a free port)")
+    p.add_argument("--cache_dir", default=None, help="thumbnails and statistics (default: <run_dir>/.explorer_cache)")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="write the pages into DIR (no server) instead of serving them")
+    p.add_argument("--latents", default="top:500",
+                   help="with --static: which latents get pages: top:N by MS (default: %(default)s), all, "
+                        "or ids like 3,17,42")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from saevlm.errors import UserError
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import serve
+
+    explorer = Explorer(args.run_dir, args.cache_dir)
+    if args.static:
+        out = explorer.export(args.static, args.latents, progress=not args.no_progress)
+        print(f"wrote {out.resolve()}/index.html ({len(explorer.index.saes)} SAE(s)); open it in a browser")
+        return 0
+    if not 0 <= args.port < 65536:
+        raise UserError(f"--port {args.port}: expected 0..65535")
+    serve(explorer, args.host, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0

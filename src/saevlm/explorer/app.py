@@ -1,0 +1,271 @@
+"""The explorer's pages, rendered on demand (the server) or all at once (``--static``).
+
+Web parts: Jinja2 renders the HTML (autoescaped templates; it comes with torch, so nothing new is
+installed) and the standard library's ``ThreadingHTTPServer`` serves it (a local, read-only app
+needs no framework). The latent table is sorted, filtered and paged in the browser by a small
+script over one JSON array per SAE, so it works the same without a server."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from saevlm.errors import UserError
+from saevlm.explorer.index import RunIndex, SAEView
+from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
+
+TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("ms", "MS"), ("fms", "FMS"), ("freq", "frequency"),
+                 ("max", "max act."), ("group", "group"), ("depth", "depth"))
+THUMB_PX = 112
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+def histogram_svg(values: np.ndarray, bins: int = 30, width: int = 480, height: int = 120) -> str:
+    """An inline SVG histogram of ``values`` (no plotting library on the request path)."""
+    counts, edges = np.histogram(values, bins=bins)
+    top = max(int(counts.max()), 1)
+    bw = width / bins
+    bars = "".join(f'<rect x="{i * bw:.1f}" y="{height - 18 - (height - 24) * c / top:.1f}" width="{bw - 1:.1f}" '
+                   f'height="{(height - 24) * c / top:.1f}" fill="#2563eb"><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: '
+                   f'{c}</title></rect>' for i, c in enumerate(counts))
+    axis = (f'<text x="0" y="{height - 4}" font-size="11">{edges[0]:.3g}</text>'
+            f'<text x="{width}" y="{height - 4}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>')
+    return f'<svg class="hist" width="{width}" height="{height}" role="img">{bars}{axis}</svg>'
+
+
+class Explorer:
+    """Pages of one run directory."""
+
+    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, log: Callable = print):
+        import jinja2
+
+        self.index = RunIndex(run_dir, cache_dir)
+        self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
+        self.run_name = self.index.run_dir.resolve().name
+        self.log = log
+
+    def _render(self, name: str, levels: int, **context) -> str:
+        return self.env.get_template(name).render(root="../" * levels, run_name=self.run_name, fmt=_fmt,
+                                                  **context)
+
+    def sae(self, slug: str) -> SAEView:
+        view = self.index.get(slug)
+        if view is None:
+            raise KeyError(slug)
+        return view
+
+    # -- the run
+    def run_page(self, linked: Callable[[str, int], bool] | None = None) -> str:
+        rows = []
+        for slug, view in self.index.saes.items():
+            ms, _ = view.ms
+            best = []
+            if ms is not None:
+                order = np.argsort(-np.nan_to_num(ms, nan=-np.inf), kind="stable")[:10]
+                best = [(int(j), float(ms[j])) for j in order if np.isfinite(ms[j])
+                        and (linked is None or linked(slug, int(j)))]
+            rows.append({"slug": slug, "title": view.title, "rel": str(view.path.relative_to(self.index.run_dir)),
+                         "num_latents": view.num_latents,
+                         "ms_mean": _fmt(float(np.nanmean(ms))) if ms is not None and np.isfinite(ms).any() else "–",
+                         "named": view.names is not None, "best": best})
+        return self._render("run", 0, saes=rows, report=self._report_html())
+
+    def _report_html(self) -> str:
+        """The report's tables (saevlm report's rendering of the same results)."""
+        from saevlm.report import render as build
+        from saevlm.report.collect import collect_run
+
+        try:
+            results = collect_run(self.index.run_dir)
+            rep = build.Report(self.index.run_dir, notes=results.notes)
+            build.ms_tables(rep, results.ms)
+            build.training_tables(rep, results.training)
+            build.fms_tables(rep, results.fms)
+            build.uniqueness_tables(rep, results.uniqueness)
+            build.hierarchy_tables(rep, results.hierarchy)
+            build.steering_tables(rep, results.steering, results.baselines)
+            build.agreement_tables(rep, results.agreement)
+            build.names_tables(rep, results.names)
+        except Exception as err:  # noqa: BLE001 - the explorer still opens without the tables
+            return f"<p class='note'>report tables unavailable: {type(err).__name__}: {err}</p>"
+        sources = "".join(f"<li><code>{html.escape(x)}</code></li>" for x in rep.sources)
+        return "\n".join(rep.html) + (f"<h3>Sources</h3><ol>{sources}</ol>" if sources else "")
+
+    # -- a latent table
+    def latents_js(self, slug: str, subset: np.ndarray | None = None) -> str:
+        data = self.sae(slug).table()
+        if subset is not None:
+            keep = [int(j) for j in subset]
+            data["columns"] = {k: (None if v is None else [v[j] for j in keep]) for k, v in data["columns"].items()}
+        return "window.SAEVLM_LATENTS = " + json.dumps(data, separators=(",", ":")) + ";\n"
+
+    def table_page(self, slug: str, subset_note: str = "") -> str:
+        view = self.sae(slug)
+        groups = list(range(len(view.group_sizes))) if view.group_sizes else []
+        return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
+                            columns=TABLE_COLUMNS, groups=groups, subset=subset_note)
+
+    # -- a latent
+    def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None) -> str:
+        view = self.sae(slug)
+        if not 0 <= j < view.num_latents:
+            raise KeyError(j)
+        ms, _ = view.ms
+        stats = view.stats
+        labels, names_cls = view.labels, view.class_names
+
+        def label_of(img: int) -> str:
+            if labels is None or img >= len(labels):
+                return ""
+            lab = int(labels[img])
+            return names_cls[lab] if 0 <= lab < len(names_cls) else str(lab)
+
+        top = []
+        if view.top is not None:
+            ids, vals = view.top
+            top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j]))]
+        thumbs = view.images is not None
+        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)),
+                   ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
+                   group=int(view.groups()[j]) if view.group_sizes else None,
+                   depth=None if view.depth is None else float(view.depth[j]),
+                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
+                   thumb_note="no images to show: the store's dataset is synthetic or no longer at the path "
+                              "it was extracted from")
+        names = view.names["latents"][j] if view.names is not None else {}
+        ctx.update(names=names.get("names") or [], margin=names.get("margin"), purity=names.get("purity"),
+                   entropy=names.get("entropy_bits"), label=names.get("label"))
+        if view.is_codes:
+            rows, vals = view.column_values(j)
+            nz = vals[vals != 0]
+            ctx.update(hist=histogram_svg(nz) if len(nz) else None, nonzero=len(nz), rows=view.store.num_rows,
+                       hist_note="never active on these images",
+                       quantiles=view.quantile_images(rows[vals != 0], nz) if len(nz) > 4 else [])
+        else:
+            ctx.update(hist=None, quantiles=[], hist_note="only top images were stored (extract --top_k); the "
+                                                          "histogram needs codes (saevlm encode)")
+        nearest = view.nearest(j)
+        ctx["nearest"] = [(k, c, view.name_of(k), linked is None or linked(k)) for k, c in nearest] if nearest else None
+        ctx["nearest_note"] = "the SAE checkpoint recorded in the codes' provenance was not found"
+        ctx["steering"] = view.steering_for(j)
+        model, why = view.overlay_model
+        ctx["overlay"] = model is not None and bool(top)
+        ctx["overlay_note"] = why or (f"Latent {j}'s activation on each patch token of its top images (red: "
+                                      f"up to its maximum activation), from the vision model and the SAE.")
+        return self._render("latent", 3, **ctx)
+
+    def overlay(self, slug: str, j: int, image_id: int) -> bytes:
+        """The per-patch overlay of latent ``j`` on image ``image_id`` (cached)."""
+        view = self.sae(slug)
+        cache = self.index.cache_dir / "overlays" / slug / str(j) / f"{image_id}.jpg"
+        if cache.is_file():
+            return cache.read_bytes()
+        data = view.overlay(j, image_id, THUMB_PX)
+        from saevlm.data.atomic import atomic_write_bytes
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, data)
+        return data
+
+    def thumbnail(self, slug: str, image_id: int) -> bytes:
+        """A JPEG thumbnail of dataset image ``image_id`` (made on first request, then cached)."""
+        view = self.sae(slug)
+        cache = self.index.cache_dir / "thumbs" / slug / f"{image_id}.jpg"
+        if cache.is_file():
+            return cache.read_bytes()
+        if view.images is None:
+            raise KeyError(image_id)
+        from PIL import Image
+
+        from saevlm.data.atomic import atomic_write_bytes
+
+        with Image.open(io.BytesIO(view.images.read_bytes(image_id))) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side)).resize((THUMB_PX, THUMB_PX))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=85)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache, buf.getvalue())
+        return buf.getvalue()
+
+    # -- static export
+    def export(self, out: str | Path, latents: str = "top:500", progress: bool = True) -> Path:
+        """Write every page for the chosen latents of every SAE into ``out`` (no server needed)."""
+        from tqdm import tqdm
+
+        from saevlm.data.atomic import atomic_write_bytes, ensure_writable_dir
+        from saevlm.data.atomic import atomic_write_text as _write_text
+
+        def atomic_write_text(path: Path, text: str) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_text(path, text)
+
+        chosen = {slug: choose_latents(view, latents) for slug, view in self.index.saes.items()}  # flags first
+        out = ensure_writable_dir(Path(out), "--static")
+        atomic_write_text(out / "static" / "explorer.js", SCRIPT)
+        atomic_write_text(out / "static" / "style.css", STYLE)
+        atomic_write_text(out / "index.html", self.run_page(lambda s, j: j in set(chosen[s].tolist())))
+        for slug, subset in chosen.items():
+            view, keep = self.index.saes[slug], set(subset.tolist())
+            d = out / "sae" / slug
+            note = f"{len(subset)} of {view.num_latents} latents exported ({latents})"
+            atomic_write_text(d / "index.html", self.table_page(slug, note))
+            atomic_write_text(d / "latents.js", self.latents_js(slug, subset))
+            images: set[int] = set()
+            for j in tqdm(subset.tolist(), desc=f"export {slug}", unit="latent", disable=not progress,
+                          file=sys.stderr):
+                page = self.latent_page(slug, j, linked=lambda k: k in keep)
+                atomic_write_text(d / "latent" / f"{j}.html", page)
+                images.update(int(x) for x in _thumb_ids(page))
+            if view.images is not None:
+                (d / "thumb").mkdir(parents=True, exist_ok=True)
+                for img in sorted(images):
+                    atomic_write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+            if view.overlay_model[0] is not None and view.top is not None:
+                for j in subset.tolist():
+                    (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
+                    for img in view.top[0][j].tolist():
+                        atomic_write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
+        return out
+
+
+def _thumb_ids(page: str) -> Iterable[str]:
+    import re
+    return re.findall(r'src="\.\./thumb/(\d+)\.jpg"', page)
+
+
+def choose_latents(view: SAEView, spec: str) -> np.ndarray:
+    """``--latents``: ``all``, ``top:N`` (highest MS; by max activation without MS), or ``1,5,9``."""
+    K = view.num_latents
+    if spec == "all":
+        return np.arange(K)
+    if spec.startswith("top:"):
+        try:
+            n = int(spec[4:])
+        except ValueError:
+            raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
+        ms, _ = view.ms
+        key = ms if ms is not None else view.stats["max"]
+        order = np.argsort(-np.nan_to_num(np.asarray(key, dtype=np.float64), nan=-np.inf), kind="stable")
+        return np.sort(order[:n])
+    try:
+        ids = np.array(sorted({int(x) for x in spec.split(",") if x.strip()}), dtype=np.int64)
+    except ValueError:
+        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
+    if len(ids) and (ids.min() < 0 or ids.max() >= K):
+        raise UserError(f"--latents {spec}: ids must lie in [0, {K})")
+    return ids

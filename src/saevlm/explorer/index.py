@@ -1,0 +1,402 @@
+"""What the explorer shows, read lazily from a run directory: every SAE's latents (a code store or a
+top-images store), their columns, and per-latent details. Nothing is computed until a page asks
+for it; what is computed from codes (activation frequency and maximum) is cached under the cache
+directory, keyed by the store's content hash, so a second start is instant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saevlm.data.atomic import atomic_save_npz
+
+COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
+
+
+def _slug(rel: Path) -> str:
+    return "--".join(rel.parts) or "store"
+
+
+@dataclass
+class SAEView:
+    """One SAE's latents: its store (codes or top images) and the results beside it."""
+
+    path: Path  # the store directory
+    slug: str
+    run_dir: Path
+    cache_dir: Path
+    _memo: dict = field(default_factory=dict)
+
+    @cached_property
+    def store(self):
+        from saevlm.data.open import open_any_store
+        return open_any_store(self.path, "--run_dir", allow_top_images=True)
+
+    @property
+    def is_codes(self) -> bool:
+        from saevlm.data.codes import CodeStore
+        return isinstance(self.store, CodeStore)
+
+    @property
+    def num_latents(self) -> int:
+        return int(self.store.dict_size)
+
+    @property
+    def title(self) -> str:
+        sae = self.store.provenance.sae
+        hook = self.store.provenance.hook
+        where = {"post_projection": "projection", "post_mlp_residual": f"layer {hook.layer}"}.get(
+            hook.attachment_point or "", hook.attachment_point or "?")
+        arch = sae.arch if sae is not None else "?"
+        return f"{arch}, {self.num_latents} latents, {self.store.provenance.model.name} {where}"
+
+    @cached_property
+    def group_sizes(self) -> list[int] | None:
+        sae = self.store.provenance.sae
+        return list(sae.group_sizes) if sae is not None and sae.group_sizes else None
+
+    # -- columns
+    @cached_property
+    def top(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(top-16 image ids [K, 16], their values [K, 16]) when top-images ran."""
+        f = self.path / "top_images_16.npy"
+        if not f.is_file():
+            return None
+        return np.load(f), np.load(self.path / "top_images_16_values.npy")
+
+    @cached_property
+    def ms(self) -> tuple[np.ndarray | None, str | None]:
+        from saevlm.metrics.results import find_ms_dir
+        try:
+            d = find_ms_dir(self.path, None, "--run_dir")
+        except Exception:  # noqa: BLE001 - several ms folders: take the first
+            d = next(iter(sorted(self.path.glob("ms*/scores.npy"))), None)
+            d = d.parent if d else None
+        if d is None or not (d / "scores.npy").is_file():
+            return None, None
+        return np.load(d / "scores.npy"), d.name
+
+    @cached_property
+    def names(self) -> dict | None:
+        f = self.path / "names.json"
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    @cached_property
+    def fms(self) -> np.ndarray | None:
+        """Per latent: the FMS of the concept it detects best (it is that concept's root latent)."""
+        f = self.path / "fms" / "fms.json"
+        if not f.is_file():
+            return None
+        data = json.loads(f.read_text())
+        out = np.full(self.num_latents, np.nan)
+        for c in data.get("per_concept", []):
+            j = int(c.get("root", -1))
+            if 0 <= j < len(out):
+                out[j] = np.fmax(out[j], float(c["fms"]))
+        return out
+
+    def _stats_key(self) -> str:
+        m = self.store.manifest
+        ident = json.dumps([str(self.path.resolve()), m.get("content_sha256") if isinstance(m, dict)
+                            else m.content_sha256, m.get("finished") if isinstance(m, dict) else m.finished])
+        return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+    @cached_property
+    def stats(self) -> dict[str, np.ndarray]:
+        """Activation frequency (share of rows where the latent is non-zero) and maximum, from the
+        codes in one pass (cached); from the top images when only those exist."""
+        cache = self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}.npz"
+        if cache.is_file():
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        K = self.num_latents
+        if self.is_codes:
+            count = np.zeros(K, dtype=np.int64)
+            top = np.zeros(K, dtype=np.float32)
+            for chunk in self.store.iter_csr(1 << 20):
+                idx = np.asarray(chunk.indices, dtype=np.int64)
+                vals = np.asarray(chunk.values, dtype=np.float32)
+                nz = vals != 0
+                count += np.bincount(idx[nz], minlength=K)
+                np.maximum.at(top, idx, vals)
+            out = {"freq": count / max(self.store.num_rows, 1), "max": top}
+        else:
+            values = self.top[1] if self.top is not None else np.full((K, 1), np.nan)
+            out = {"freq": np.full(K, np.nan), "max": values[:, 0].astype(np.float32)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save_npz(cache, **out)
+        return out
+
+    @cached_property
+    def depth(self) -> np.ndarray | None:
+        """Mean LCA depth of each latent's top-16 image pairs in the dataset's taxonomy."""
+        classes_f = self.path / "classes.json"
+        if self.top is None or not classes_f.is_file():
+            return None
+        classes = json.loads(classes_f.read_text())
+        if not classes.get("taxonomy"):
+            return None
+        from saevlm.metrics.lca import lca_depths, level_codes
+
+        labels = np.load(self.path / "labels.npy")
+        depths = lca_depths(labels[self.top[0]], level_codes(classes["taxonomy"]))
+        return depths.mean(axis=1)
+
+    def groups(self) -> np.ndarray:
+        if not self.group_sizes:
+            return np.zeros(self.num_latents, dtype=np.int64)
+        return np.repeat(np.arange(len(self.group_sizes)), self.group_sizes)
+
+    def name_of(self, j: int) -> str:
+        if self.names is None:
+            return ""
+        lat = self.names["latents"][j]
+        return lat["names"][0][0] if lat.get("names") else ""
+
+    def table(self) -> dict[str, Any]:
+        """Every latent's row, column by column (JSON-ready; NaN -> None)."""
+        K = self.num_latents
+        ms, _ = self.ms
+        stats = self.stats
+
+        def col(a):
+            if a is None:
+                return None
+            a = np.asarray(a, dtype=np.float64)
+            return [None if not np.isfinite(v) else round(float(v), 5) for v in a]
+
+        return {"slug": self.slug, "title": self.title, "num_latents": K,
+                "columns": {"id": list(range(K)), "name": [self.name_of(j) for j in range(K)],
+                            "ms": col(ms), "fms": col(self.fms), "freq": col(stats["freq"]),
+                            "max": col(stats["max"]),
+                            "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth)},
+                "has": {"ms": ms is not None, "fms": self.fms is not None, "names": self.names is not None,
+                        "depth": self.depth is not None, "groups": bool(self.group_sizes),
+                        "freq": self.is_codes}}
+
+    # -- per latent
+    def column_values(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """(row ids, values) where latent ``j`` is non-zero, from the codes."""
+        rows, vals = [], []
+        for chunk in self.store.iter_csr(1 << 20):
+            hit = np.flatnonzero(np.asarray(chunk.indices) == j)
+            if len(hit):
+                rows.append(chunk.start + np.searchsorted(np.asarray(chunk.indptr), hit, side="right") - 1)
+                vals.append(np.asarray(chunk.values)[hit])
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return np.concatenate(rows), np.concatenate(vals)
+
+    def quantile_images(self, rows: np.ndarray, vals: np.ndarray, quantiles=(0.75, 0.5, 0.25), per: int = 4
+                        ) -> list[tuple[float, list[tuple[int, float]]]]:
+        """Images near lower quantiles of the latent's non-zero activations: (q, [(image id, value)])."""
+        if not len(vals):
+            return []
+        row_image = self._row_images()
+        order = np.argsort(vals, kind="stable")
+        out = []
+        for q in quantiles:
+            centre = int(q * (len(order) - 1))
+            pick = order[max(0, centre - per // 2): max(0, centre - per // 2) + per]
+            out.append((q, [(int(row_image[rows[i]]), float(vals[i])) for i in pick]))
+        return out
+
+    def _row_images(self) -> np.ndarray:
+        if "row_images" not in self._memo:
+            self._memo["row_images"] = self.store.row_index()[:, 0]
+        return self._memo["row_images"]
+
+    @cached_property
+    def decoder(self) -> np.ndarray | None:
+        """Unit decoder directions [K, d] of the SAE (None when its checkpoint is not found)."""
+        sae = self.store.provenance.sae
+        if sae is None or not sae.path or not Path(sae.path).exists():
+            return None
+        from saevlm.sae.checkpoint import load_sae
+
+        try:
+            ae = load_sae(sae.path).ae
+        except Exception:  # noqa: BLE001 - a moved or damaged checkpoint: the page says so
+            return None
+        if hasattr(ae, "W_dec"):
+            w = ae.W_dec.detach().float().numpy()
+        else:
+            w = ae.decoder.weight.detach().float().numpy().T
+        if w.shape[0] != self.num_latents:
+            return None
+        return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+
+    def nearest(self, j: int, n: int = 8) -> list[tuple[int, float]] | None:
+        if self.decoder is None:
+            return None
+        cos = self.decoder @ self.decoder[j]
+        cos[j] = -np.inf
+        best = np.argsort(-cos, kind="stable")[:n]
+        return [(int(b), float(cos[b])) for b in best]
+
+    @cached_property
+    def steering(self) -> list[dict]:
+        """Steering results whose SAE is this store's SAE: per-neuron scores and answers."""
+        sae = self.store.provenance.sae
+        if sae is None or not sae.path:
+            return []
+        mine = Path(sae.path).resolve()
+        out = []
+        for f in sorted(self.run_dir.rglob("steering_score.json")):
+            try:
+                s = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not s.get("sae") or Path(s["sae"]).resolve() not in (mine, mine.parent):
+                continue
+            out.append({"summary": s, "dir": f.parent})
+        return out
+
+    def steering_for(self, j: int) -> list[dict]:
+        import csv
+
+        out = []
+        for r in self.steering:
+            score, answers = None, []
+            sc = r["dir"] / "scores.csv"
+            if sc.is_file():
+                for row in csv.DictReader(sc.open()):
+                    if int(row["neuron"]) == j:
+                        score = float(row["score"])
+            lab = r["dir"] / "labels.csv"
+            if lab.is_file():
+                answers = [row for row in csv.DictReader(lab.open()) if int(row["neuron"]) == j]
+            if score is not None or answers:
+                out.append({"summary": r["summary"], "score": score, "answers": answers[:12],
+                            "source": str(r["dir"].relative_to(self.run_dir))})
+        return out
+
+    @cached_property
+    def images(self):
+        """The store's dataset (for thumbnails), or None (synthetic, or moved away)."""
+        from saevlm.errors import UserError
+        from saevlm.metrics.figures import open_store_images
+
+        try:
+            return open_store_images(self.store)
+        except UserError:
+            return None
+
+    @cached_property
+    def overlay_model(self) -> tuple[Any, str]:
+        """((encoder, sae, hook point), "") when per-patch overlays can be drawn, else (None, why)."""
+        prov = self.store.provenance
+        tokens = prov.tokens.selection
+        if tokens in (None, "cls", "pooled") or prov.hook.attachment_point != "post_mlp_residual":
+            return None, (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
+                          f"per-patch activation.")
+        if self.images is None:
+            return None, "No overlay: the store's images are not available."
+        sae = prov.sae
+        if sae is None or not sae.path or not Path(sae.path).exists():
+            return None, "No overlay: the SAE checkpoint recorded in the codes' provenance was not found."
+        try:
+            from saevlm.models import load_encoder
+            from saevlm.sae.checkpoint import load_sae
+
+            encoder = load_encoder(prov.model.source or prov.model.name or "", warn=lambda m: None)
+            point = encoder.resolve(prov.hook.attachment_point, prov.hook.layer)
+            loaded = load_sae(sae.path)
+        except Exception as err:  # noqa: BLE001 - a missing model skips overlays, never the page
+            return None, (f"No overlay: this SAE reads {tokens} tokens, and drawing its activation on the "
+                          f"patches needs the vision model {prov.model.source!r}, which could not be loaded "
+                          f"here ({type(err).__name__}: {str(err).splitlines()[0][:160]}).")
+        return (encoder, loaded, point), ""
+
+    def overlay(self, j: int, image_id: int, side: int = 112) -> bytes:
+        """JPEG of image ``image_id`` with latent ``j``'s activation on each patch token in red
+        (scaled by the latent's maximum activation, so images are comparable)."""
+        import io
+
+        import torch
+        from PIL import Image
+
+        from saevlm.sae.inference import encode_batch
+
+        model, _ = self.overlay_model
+        if model is None:
+            raise KeyError(image_id)
+        encoder, sae, point = model
+        with Image.open(io.BytesIO(self.images.read_bytes(image_id))) as im:
+            im = im.convert("RGB")
+            pixels = encoder.preprocess(im)
+            square = min(im.size)
+            left, top = (im.width - square) // 2, (im.height - square) // 2
+            base = im.crop((left, top, left + square, top + square)).resize((side, side))
+        with torch.no_grad():
+            acts = encoder.capture(pixels[None], [point])[point][0].float()
+            a = encode_batch(sae, acts)[:, j].cpu().numpy()
+        if encoder.has_cls:
+            a = a[1:]
+        grid = int(np.sqrt(len(a)))
+        a = a[len(a) - grid * grid:].reshape(grid, grid)
+        scale = float(self.stats["max"][j]) or float(a.max()) or 1.0
+        heat = Image.fromarray((np.clip(a / scale, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+        red = Image.new("RGB", (side, side), (230, 20, 20))
+        out = Image.composite(red, base, heat.point(lambda v: int(v * 0.75)))
+        buf = io.BytesIO()
+        out.save(buf, format="JPEG", quality=85)
+        return buf.getvalue()
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        f = self.path / "classes.json"
+        if not f.is_file():
+            return []
+        c = json.loads(f.read_text())
+        return [str(x) for x in (c.get("names") or c.get("classes") or [])]
+
+    @cached_property
+    def labels(self) -> np.ndarray | None:
+        f = self.path / "labels.npy"
+        return np.load(f) if f.is_file() else None
+
+
+class RunIndex:
+    """Every SAE store under a run directory (found once, opened when first asked for)."""
+
+    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None):
+        from saevlm.errors import UserError
+
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise UserError(f"--run_dir {self.run_dir}: no such directory")
+        self.cache_dir = Path(cache_dir) if cache_dir else self.run_dir / ".explorer_cache"
+        self.saes: dict[str, SAEView] = {}
+        for m in sorted(self.run_dir.rglob("manifest.json")):
+            if ".explorer_cache" in m.parts:
+                continue
+            try:
+                head = json.loads(m.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if not isinstance(head, dict) or head.get("format") not in ("saevlm-codes", "saevlm-top-images"):
+                continue
+            if not head.get("complete"):
+                continue
+            rel = m.parent.relative_to(self.run_dir)
+            slug = _slug(rel)
+            self.saes[slug] = SAEView(m.parent, slug, self.run_dir, self.cache_dir)
+        if not self.saes:
+            raise UserError(f"--run_dir {self.run_dir}: holds no SAE codes (saevlm encode, or extract "
+                            f"--sae_path); nothing to explore")
+
+    def get(self, slug: str) -> SAEView | None:
+        return self.saes.get(slug)
+

@@ -1,0 +1,171 @@
+"""The explorer's HTML (Jinja2 templates, autoescaped), its script and its style sheet.
+
+Every link is relative, so the pages work the same from the server and from a folder written
+by ``saevlm explore --static``: ``index.html`` (the run), ``sae/<slug>/index.html`` (a latent
+table), ``sae/<slug>/latent/<j>.html`` (a latent), ``sae/<slug>/thumb/<image>.jpg``."""
+
+BASE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{% block title %}saevlm explorer{% endblock %}</title>
+<link rel="stylesheet" href="{{ root }}static/style.css"></head>
+<body><nav><a href="{{ root }}index.html">saevlm explorer</a> · {{ run_name }}{% block nav %}{% endblock %}</nav>
+<main>{% block body %}{% endblock %}</main></body></html>
+"""
+
+RUN = """{% extends "base" %}
+{% block body %}
+<h1>Run {{ run_name }}</h1>
+<h2>SAEs</h2>
+<table class="saes"><tr><th>SAE</th><th>store</th><th>latents</th><th>MS mean</th><th>names</th><th>best latents by MS</th></tr>
+{% for s in saes %}<tr><td><a class="sae" href="sae/{{ s.slug }}/index.html">{{ s.title }}</a></td>
+<td><code>{{ s.rel }}</code></td><td>{{ s.num_latents }}</td><td>{{ s.ms_mean }}</td><td>{{ "yes" if s.named else "–" }}</td>
+<td>{% for j, v in s.best %}<a href="sae/{{ s.slug }}/latent/{{ j }}.html">{{ j }}</a> ({{ "%.2f"|format(v) }}){{ ", " if not loop.last }}{% endfor %}</td></tr>
+{% endfor %}</table>
+{% if report %}<h2>Report</h2><div class="report">{{ report|safe }}</div>{% endif %}
+{% endblock %}
+"""
+
+TABLE = """{% extends "base" %}
+{% block title %}{{ sae.title }}{% endblock %}
+{% block nav %} · {{ sae.title }}{% endblock %}
+{% block body %}
+<h1>{{ sae.title }}</h1>
+<p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
+<form id="controls" onsubmit="return false">
+<label>search names <input id="q" type="search" placeholder="e.g. dog"></label>
+<label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
+<label>group <select id="group"><option value="">all</option>{% for g in groups %}<option value="{{ g }}">{{ g }}</option>{% endfor %}</select></label>
+<label><input id="alive" type="checkbox"> alive only</label>
+<label>rows <select id="per"><option>25</option><option selected>50</option><option>100</option><option>500</option></select></label>
+</form>
+<p id="count"></p>
+<table id="latents"><thead><tr>
+{% for c, label in columns %}<th><a href="#" data-sort="{{ c }}">{{ label }}</a></th>{% endfor %}
+</tr></thead><tbody></tbody></table>
+<p class="pager"><a href="#" id="prev">&larr; previous</a> <span id="pageinfo"></span> <a href="#" id="next">next &rarr;</a></p>
+<script src="latents.js"></script>
+<script src="{{ root }}static/explorer.js"></script>
+{% endblock %}
+"""
+
+LATENT = """{% extends "base" %}
+{% block title %}latent {{ j }} · {{ sae.title }}{% endblock %}
+{% block nav %} · <a href="../index.html">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
+{% block body %}
+<h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
+<table class="facts">
+<tr><th>MS</th><td>{{ fmt(ms) }}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
+<tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td>{{ fmt(depth) }}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
+{% if names %}<tr><th>names (CLIP)</th><td colspan="5">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}</td></tr>{% endif %}
+{% if purity is not none %}<tr><th>top-image labels</th><td colspan="5">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits</td></tr>{% endif %}
+</table>
+<h2>Top {{ top|length }} images</h2>
+{% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}">
+{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="112" height="112">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
+<figcaption>{{ "%.3f"|format(v) }}{% if lab %} · {{ lab }}{% endif %}</figcaption></figure>{% endfor %}</div>
+{% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
+{% else %}<p class="note">No top images: run <code>saevlm top-images --activations_dir {{ rel }}</code>.</p>{% endif %}
+<h2>Non-zero activations</h2>
+{% if hist %}{{ hist|safe }}<p class="meta">{{ nonzero }} non-zero of {{ rows }} rows</p>{% else %}<p class="note">{{ hist_note }}</p>{% endif %}
+{% if quantiles %}<h2>Where the concept fades</h2>
+{% for q, imgs in quantiles %}<div class="quant"><h3>near the {{ (q * 100)|int }}th percentile of its non-zero activations</h3><div class="grid">
+{% for img, v in imgs %}<figure class="q">{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="80" height="80">{% else %}<div class="noimg small">image {{ img }}</div>{% endif %}<figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}
+</div></div>{% endfor %}{% endif %}
+<h2>Nearest latents (decoder cosine)</h2>
+{% if nearest %}<ol class="nearest">{% for k, c, nm, linked in nearest %}<li>{% if linked %}<a href="{{ k }}.html">latent {{ k }}</a>{% else %}latent {{ k }}{% endif %}{% if nm %} ({{ nm }}){% endif %}: {{ "%.3f"|format(c) }}</li>{% endfor %}</ol>
+{% else %}<p class="note">{{ nearest_note }}</p>{% endif %}
+{% if steering %}<h2>Steering LLaVA with this latent</h2>
+{% for r in steering %}<p>{{ r.source }}: score {{ fmt(r.score, 3) }} (alpha {{ r.summary.alpha }}, protocol {{ r.summary.protocol }})</p>
+<table><tr><th>image</th><th>answer</th><th>word</th><th>similarity</th></tr>{% for a in r.answers %}<tr><td>{{ a.image }}</td><td>{{ a.answer }}</td><td>{{ a.word }}</td><td>{{ a.similarity }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
+<h2>Token overlay</h2><p class="note">{{ overlay_note }}</p>
+{% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
+{% endblock %}
+"""
+
+SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages), state in the URL's #hash
+(function () {
+  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length;
+  const $ = (id) => document.getElementById(id);
+  const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
+  const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2};
+  function state() {
+    const p = new URLSearchParams(location.hash.slice(1));
+    return {sort: p.get("sort") || "id", desc: p.get("desc") === "1", page: Math.max(1, +(p.get("page") || 1)),
+            per: +(p.get("per") || 50), q: (p.get("q") || "").toLowerCase(), ms_min: p.get("ms_min") || "",
+            group: p.get("group") || "", alive: p.get("alive") === "1"};
+  }
+  function setState(changes) {
+    const s = Object.assign(state(), changes), p = new URLSearchParams();
+    for (const [k, v] of Object.entries(s)) {
+      if (v !== "" && v !== false && !(k === "page" && v === 1)) p.set(k, v === true ? "1" : v);
+    }
+    location.hash = p.toString();
+  }
+  function render() {
+    const s = state();
+    let rows = [];
+    for (let i = 0; i < n; i++) {
+      if (s.q && !(C.name[i] || "").toLowerCase().includes(s.q)) continue;
+      if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
+      if (s.group !== "" && C.group[i] !== +s.group) continue;
+      if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
+      rows.push(i);
+    }
+    const col = C[s.sort] || C.id, dir = s.desc ? -1 : 1;
+    rows.sort((a, b) => {
+      const x = col[a], y = col[b];
+      if (x === y) return C.id[a] - C.id[b];
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * dir;
+    });
+    const pages = Math.max(1, Math.ceil(rows.length / s.per)), page = Math.min(s.page, pages);
+    const shown = rows.slice((page - 1) * s.per, page * s.per);
+    const cols = Array.from(document.querySelectorAll("th a[data-sort]")).map((a) => a.dataset.sort);
+    $("latents").tBodies[0].innerHTML = shown.map((i) => "<tr>" + cols.map((c) => {
+      if (c === "id") return `<td><a href="latent/${C.id[i]}.html">${C.id[i]}</a></td>`;
+      if (c === "name") return `<td class="name">${(C.name[i] || "").replace(/[&<>]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`;
+      return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || 0)}</td>`;
+    }).join("") + "</tr>").join("");
+    $("count").textContent = `${rows.length} of ${n} latents`;
+    $("pageinfo").textContent = `page ${page} of ${pages}`;
+    for (const a of document.querySelectorAll("th a[data-sort]")) {
+      a.classList.toggle("sorted", a.dataset.sort === s.sort);
+      a.textContent = a.textContent.replace(/ [▲▼]$/, "") + (a.dataset.sort === s.sort ? (s.desc ? " ▼" : " ▲") : "");
+    }
+    $("q").value = s.q; $("ms_min").value = s.ms_min; $("group").value = s.group;
+    $("alive").checked = s.alive; $("per").value = String(s.per);
+  }
+  for (const a of document.querySelectorAll("th a[data-sort]")) {
+    a.addEventListener("click", (e) => {
+      e.preventDefault();
+      const s = state(), c = a.dataset.sort;
+      setState({sort: c, desc: s.sort === c ? !s.desc : c !== "id" && c !== "name", page: 1});
+    });
+  }
+  $("q").addEventListener("input", () => setState({q: $("q").value, page: 1}));
+  $("ms_min").addEventListener("change", () => setState({ms_min: $("ms_min").value, page: 1}));
+  $("group").addEventListener("change", () => setState({group: $("group").value, page: 1}));
+  $("alive").addEventListener("change", () => setState({alive: $("alive").checked, page: 1}));
+  $("per").addEventListener("change", () => setState({per: +$("per").value, page: 1}));
+  $("prev").addEventListener("click", (e) => { e.preventDefault(); setState({page: Math.max(1, state().page - 1)}); });
+  $("next").addEventListener("click", (e) => { e.preventDefault(); setState({page: state().page + 1}); });
+  window.addEventListener("hashchange", render);
+  render();
+})();
+"""
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:0;color:#222}
+nav{background:#1f2933;color:#ddd;padding:8px 16px;font-size:14px}nav a{color:#fff;text-decoration:none}
+main{max-width:1200px;margin:1em auto;padding:0 16px}
+table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}
+th{background:#f3f4f6;text-align:left}th a{color:#222;text-decoration:none}th a.sorted{color:#b45309}
+#latents td{text-align:right}#latents td.name{text-align:left}
+#controls label{margin-right:1.2em;font-size:14px}
+.grid{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;text-align:center;font-size:12px}
+.noimg{width:112px;height:112px;background:#e5e7eb;display:flex;align-items:center;justify-content:center;color:#555}
+.noimg.small{width:80px;height:80px}
+.note{color:#6b7280;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}
+.report table td{text-align:right}
+"""
+
+TEMPLATES = {"base": BASE, "run": RUN, "table": TABLE, "latent": LATENT}

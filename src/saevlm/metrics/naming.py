@@ -1,0 +1,174 @@
+"""``saevlm name``: a name for every SAE latent from CLIP, and the label purity of its top images.
+
+For latent j with top-k images I_j (``saevlm top-images``): the mean of the images' unit-normalised
+CLIP image embeddings, normalised, against the unit text embeddings of a vocabulary
+(``"a photo of a {}"`` per word; by default the dataset's class names). The three most similar
+words with their cosine similarities, and the margin between the first two, go to ``names.json``
+beside the codes. This is the steering score's target (arXiv 2504.02821, Sec. 4.3: the mean
+CLIP embedding of a latent's top images) read the other way: which word is closest to it.
+
+Where labels exist, the top images' label purity (share of the most common label) and the
+entropy of their labels (bits; 0 = all one class) are recorded too: the label-based view of
+monosemanticity of MedSAE-style analyses. Near-dead latents (top value 0) get no name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.errors import UserError
+
+NAMES_FORMAT = "saevlm-names"
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.where(n > 0, n, 1)
+
+
+def name_latents(mean_image_kd: np.ndarray, text_vd: np.ndarray, vocab: list[str], top: int = 3
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(word indices [K, top], cosine similarities [K, top]) of each latent's best words:
+    ``mean_image_kd`` are the latents' mean image embeddings, ``text_vd`` the vocabulary's."""
+    if len(vocab) != len(text_vd):
+        raise ValueError("one text embedding per word")
+    sims_kv = _unit(np.asarray(mean_image_kd, dtype=np.float64)) @ _unit(np.asarray(text_vd, dtype=np.float64)).T
+    top = min(top, sims_kv.shape[1])
+    order = np.argsort(-sims_kv, axis=1, kind="stable")[:, :top]
+    return order, np.take_along_axis(sims_kv, order, axis=1)
+
+
+def label_purity(top_labels_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(majority label [K], purity [K], entropy in bits [K]) of each row of top-image labels."""
+    out_label, out_purity, out_entropy = [], [], []
+    for row in np.asarray(top_labels_kn):
+        values, counts = np.unique(row, return_counts=True)
+        p = counts / counts.sum()
+        out_label.append(int(values[np.argmax(counts)]))
+        out_purity.append(float(p.max()))
+        out_entropy.append(float(-(p * np.log2(p)).sum()) + 0.0)
+    return np.array(out_label), np.array(out_purity), np.array(out_entropy)
+
+
+def mean_top_embeddings(top_kn: np.ndarray, emb_store) -> np.ndarray:
+    """Mean unit-normalised embedding of each latent's top images (image ids -> embedding rows)."""
+    ids = emb_store.image_ids()
+    pos = np.searchsorted(ids, top_kn)
+    pos = np.clip(pos, 0, len(ids) - 1)
+    missing = ids[pos] != top_kn
+    if missing.any():
+        bad = int(top_kn[missing][0])
+        raise UserError(f"--embeddings_path {emb_store.path}: has no embedding of image {bad} (a top image); "
+                        f"embed the same images the codes were made from")
+    emb = _unit(emb_store.gather(pos.reshape(-1)).astype(np.float64)).reshape(*top_kn.shape, -1)
+    return emb.mean(axis=1)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--codes_dir", required=True,
+                   help="code store (or top-images store) holding top_images_<k>.npy (saevlm top-images)")
+    p.add_argument("--embeddings_path", required=True,
+                   help="CLIP image embeddings of the same images (saevlm embed --model_name clip-vit-base-patch32)")
+    p.add_argument("--clip_model", default=None,
+                   help="CLIP model for the text side (default: the embeddings' model)")
+    p.add_argument("--vocab", default=None,
+                   help="text file, one word or phrase per line (default: the dataset's class names)")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt per word (default: %(default)r)")
+    p.add_argument("--text_embeddings", default=None,
+                   help=".npy of unit text embeddings, one row per --vocab line, instead of a CLIP model")
+    p.add_argument("--k", type=int, default=16, help="top images per latent (default: %(default)s)")
+    p.add_argument("--output", default=None, help="default: <codes_dir>/names.json")
+    p.add_argument("--device", default="auto", help="(default: auto)")
+
+
+def _vocabulary(args, store) -> tuple[list[str], str]:
+    if args.vocab:
+        try:
+            words = [w.strip() for w in Path(args.vocab).read_text().splitlines() if w.strip()]
+        except OSError as e:
+            raise UserError(f"--vocab {args.vocab}: cannot read ({e.strerror})") from None
+        if not words:
+            raise UserError(f"--vocab {args.vocab}: empty")
+        return words, str(args.vocab)
+    classes_f = store.path / "classes.json"
+    if not classes_f.is_file():
+        raise UserError(f"--codes_dir {store.path}: no classes.json to take a vocabulary from; pass --vocab FILE")
+    classes = json.loads(classes_f.read_text())
+    words = [str(n).split(",")[0].strip() for n in (classes.get("names") or classes.get("classes") or [])]
+    if not words:
+        raise UserError(f"--codes_dir {store.path}: classes.json lists no classes; pass --vocab FILE")
+    return words, "class names (classes.json, first synonym)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
+    from saevlm.data.open import open_any_store
+    from saevlm.data.store import ActivationStore
+    from saevlm.data.topimages import load_top_images
+
+    store = open_any_store(args.codes_dir, "--codes_dir", allow_top_images=True)
+    out = Path(args.output) if args.output else store.path / "names.json"
+    ensure_writable_dir(out.parent, "--output")
+    top, kth, values = load_top_images(store.path, args.k)
+    emb = ActivationStore(args.embeddings_path, flag="--embeddings_path")
+    diff = emb.provenance.compatible_with(store.provenance, aspects=("dataset",))
+    if diff is not None:
+        raise UserError(f"--embeddings_path {emb.path}: embeds another image list than {store.path} "
+                        f"(dataset {diff.key}: {diff.ours!r} vs {diff.theirs!r})")
+    words, vocab_source = _vocabulary(args, store)
+    if args.text_embeddings:
+        text = np.load(args.text_embeddings)
+        if text.shape[0] != len(words):
+            raise UserError(f"--text_embeddings {args.text_embeddings}: {text.shape[0]} rows for {len(words)} words")
+        text_source = str(args.text_embeddings)
+    else:
+        from saevlm.device import resolve_device
+        from saevlm.steering.clip import ClipEncoder
+
+        clip_name = args.clip_model or emb.provenance.model.source or emb.provenance.model.name
+        text = ClipEncoder(clip_name, resolve_device(args.device)).text([args.template.format(w) for w in words])
+        text_source = clip_name
+    if text.shape[1] != emb.dim:
+        raise UserError(f"text embeddings have {text.shape[1]} dims, the image embeddings {emb.dim}: use the "
+                        f"same CLIP model for both (--clip_model)")
+    alive = values[:, 0] > 0
+    mean = mean_top_embeddings(top, emb)
+    idx, sims = name_latents(mean, text, words)
+    labels_f = store.path / "labels.npy"
+    purity = None
+    if labels_f.is_file():
+        labels = np.load(labels_f)
+        majority, purity, entropy = label_purity(labels[top])
+        classes = json.loads((store.path / "classes.json").read_text()) if (store.path / "classes.json").is_file() else {}
+        class_names = classes.get("names") or classes.get("classes") or []
+    latents = []
+    for j in range(len(top)):
+        rec: dict = {"id": j}
+        if alive[j]:
+            rec["names"] = [[words[int(w)], round(float(s), 5)] for w, s in zip(idx[j], sims[j])]
+            rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5) if sims.shape[1] > 1 else None
+        else:
+            rec["names"], rec["margin"] = [], None
+        if purity is not None:
+            lab = int(majority[j])
+            rec.update(purity=round(float(purity[j]), 4), entropy_bits=round(float(entropy[j]), 4),
+                       label=class_names[lab] if 0 <= lab < len(class_names) else lab)
+        latents.append(rec)
+    atomic_write_json(out, {"format": NAMES_FORMAT, "k": args.k, "template": args.template,
+                            "vocab_source": vocab_source, "vocab_size": len(words), "text_embeddings": text_source,
+                            "image_embeddings": str(emb.path.resolve()),
+                            "definition": "cosine of the mean unit CLIP image embedding of the top-k images with "
+                                          "each word's text embedding; margin = first - second",
+                            "latents": latents})
+    named = [r for r in latents if r["names"]]
+    print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} near-dead) from "
+          f"{len(words)} words; wrote {out}", file=sys.stderr)
+    for r in sorted(named, key=lambda r: -(r["margin"] or 0))[:5]:
+        print(f"  latent {r['id']}: {r['names'][0][0]} ({r['names'][0][1]:.3f}, margin {r['margin']:.3f})")
+    return 0

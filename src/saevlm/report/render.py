@@ -1,0 +1,402 @@
+"""Rendering a run's results as report.md and report.html (figures inline): what ``saevlm report``
+writes and the explorer's run page shows.
+
+This module renders; :mod:`saevlm.report.collect` finds and reads the results. Everything is
+found by scanning the run directory for the files the commands write:
+``ms/ms.json`` beside activation stores (raw neurons) and code stores (SAE latents, whose
+provenance names the SAE), ``run.json`` / ``eval.json`` of training runs, ``hierarchy_*.json``,
+steering ``steering_score.json``, ``similarity_baseline.json`` and ``agreement.json``. Every number is
+followed by a reference to the file it came from (the "Sources" list), and the paper's value is
+shown beside ours wherever the configuration matches (arXiv 2504.02821).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.errors import UserError
+from saevlm.report import paper
+from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
+
+ARCH_NAMES = {"batch_top_k": "BatchTopK", "matryoshka_batch_top_k": "Matryoshka BatchTopK",
+              "top_k": "TopK", "standard": "ReLU (L1)", "jumprelu": "JumpReLU"}
+
+
+@dataclass
+class Report:
+    run_dir: Path
+    sources: list[str] = field(default_factory=list)
+    md: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    notes: Notes = field(default_factory=Notes)
+
+    def warn(self, text: str, damaged: bool = False) -> None:
+        """A problem with the results (unfinished, missing, stale): shown at the top of the report
+        and printed (see :class:`~saevlm.report.collect.Notes`)."""
+        self.notes.warn(text, damaged)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.notes.warnings
+
+    @property
+    def damaged(self) -> list[str]:
+        return self.notes.damaged
+
+    def cite(self, path: Path) -> str:
+        rel = str(Path(path).resolve().relative_to(self.run_dir.resolve())) \
+            if Path(path).resolve().is_relative_to(self.run_dir.resolve()) else str(path)
+        if rel not in self.sources:
+            self.sources.append(rel)
+        return f"[{self.sources.index(rel) + 1}]"
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md += [f"{'#' * level} {text}", ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "---|" * len(header))
+        self.md += ["| " + " | ".join(r) + " |" for r in rows]
+        self.md.append("")
+        th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        self.html.append(f"<table><tr>{th}</tr>{trs}</table>")
+
+    def figure(self, png: Path, caption: str) -> None:
+        rel = Path(png).resolve().relative_to(self.run_dir.resolve()) \
+            if Path(png).resolve().is_relative_to(self.run_dir.resolve()) else png
+        self.md += [f"![{caption}]({rel})", ""]
+        data = base64.b64encode(Path(png).read_bytes()).decode()
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" style="max-width:640px">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _fmt(v, digits=2):
+    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def ms_tables(rep: Report, records: list[MSRecord]) -> None:
+    if not records:
+        return
+    rep.heading("Monosemanticity Score")
+    rep.para("Best / mean ± std / worst MS over neurons with a score (dead neurons left out), per layer "
+             "and expansion factor, as in the paper's Tables 1a and A2. 'paper' is arXiv 2504.02821 "
+             "(CLIP ViT-L/14-336, DINOv2 embeddings, K = 20) where our configuration matches it.")
+    by_model: dict = {}
+    for r in records:
+        by_model.setdefault((r.model, r.embeddings_model), []).append(r)
+    for (model, emb), recs in by_model.items():
+        raw = {r.layer: r for r in recs if r.kind == "raw"}
+        archs = sorted({r.arch for r in recs if r.kind == "sae"})
+        exps = sorted({r.expansion for r in recs if r.kind == "sae"})
+        layers = sorted({r.layer for r in recs}, key=lambda x: (isinstance(x, str), x))
+        matches_paper = paper.MODEL in str(model) and "dino" in str(emb).lower()
+        for arch in archs:
+            rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
+            sae = {(r.layer, r.expansion): r for r in recs if r.kind == "sae" and r.arch == arch}
+            header = ["layer", "No SAE"] + [f"x{e}" for e in exps]
+            best_rows, mean_rows, worst_rows = [], [], []
+            for layer in layers:
+                b = [str(layer)]
+                m = [str(layer)]
+                w = [str(layer)]
+                rr = raw.get(layer)
+                b.append(_cell(rep, rr, lambda s: s["top10"][0][1] if s["top10"] else None,
+                               paper.NO_SAE_BEST if matches_paper and rr else None))
+                m.append(_cell(rep, rr, None))
+                w.append(_cell(rep, rr, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                for e in exps:
+                    r = sae.get((layer, e))
+                    ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
+                        if matches_paper and r and r.k == 20 else None
+                    b.append(_cell(rep, r, lambda s: s["top10"][0][1] if s["top10"] else None, ref))
+                    mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
+                        if matches_paper and r and r.k == 20 and arch in paper.MEAN_MS_LAST else None
+                    m.append(_cell(rep, r, None, mean_ref))
+                    w.append(_cell(rep, r, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                best_rows.append(b)
+                mean_rows.append(m)
+                worst_rows.append(w)
+            rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
+                     "varies on one image only; their MS is undefined and left out of every mean):")
+            rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
+                               + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
+            rep.para("Best neuron MS (ours, paper in parentheses):")
+            rep.table(header, best_rows)
+            rep.para("Mean ± std MS (paper's last-layer means in parentheses):")
+            rep.table(header, mean_rows)
+            rep.para("Worst neuron MS:")
+            rep.table(header, worst_rows)
+
+
+def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
+    if rec is None:
+        return "–"
+    s = rec.summary
+    if pick is None:
+        total = s.get("total")
+        scored = s.get("scored", total - s["dead"] if total is not None and "dead" in s else None)
+        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))} (n={scored}/{total})"
+    else:
+        text = _fmt(pick(s))
+    if ref is not None:
+        text += f" ({ref:.2f})"
+    return f"{text} {rep.cite(rec.source)}"
+
+
+def _count_cell(rep: Report, rec: MSRecord | None) -> str:
+    if rec is None:
+        return "–"
+    s = rec.summary
+    total, dead = s.get("total"), s.get("dead")
+    text = f"{total - dead}/{total}" if total is not None and dead is not None else "?"
+    if "dead_constant" in s:
+        text += f" (dead {s['dead_constant']} + {s['dead_one_image']} one-image)"
+    elif dead:
+        text += f" (dead {dead})"
+    return f"{text} {rep.cite(rec.source)}"
+
+
+def training_tables(rep: Report, saes: list[TrainedSAE]) -> None:
+    rows = []
+    for t in saes:
+        name = ARCH_NAMES.get(t.arch, t.arch)
+        ev = t.evaluation
+        if ev is None:
+            rows.append([name, str(t.layer), f"x{t.expansion}", "unfinished", "–", "–", "–", "–", rep.cite(t.source)])
+            continue
+        ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t.arch, ())}}, "x", t.layer,
+                                t.expansion) if paper.R2_LAST.get(t.arch) else None
+        ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(t.model) else ""
+        authors = f"{100 * ev['r2_authors']:.1f}{ref_s}" if "r2_authors" in ev else "-"
+        rows.append([name, str(t.layer), f"x{t.expansion}", authors, f"{100 * ev['r2']:.1f}", f"{ev['l0']:.1f}",
+                     f"{ev['dead_fraction']:.3f}", f"{ev['dense_fraction']:.3f}", rep.cite(t.source)])
+    if rows:
+        rep.heading("Reconstruction and sparsity")
+        rep.para("R² (%, fraction of variance explained) two ways: as the authors log it (per validation batch "
+                 "of --batch_size rows, 1 - Σ var(x - x̂) / Σ var(x), mean over batches, with the threshold; "
+                 "the paper's value in parentheses for the last layer of CLIP ViT-L/14-336), and saevlm's "
+                 "pooled over all validation rows (1 - SSE / SST). L0 at inference, dead and dense latent "
+                 "fractions, on the validation store.")
+        rep.table(["SAE", "layer", "expansion", "R² authors (%)", "R² pooled (%)", "L0", "dead", "dense",
+                   "source"], rows)
+
+
+def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
+    if not results:
+        return
+    rep.heading("Matryoshka hierarchy")
+    rep.para("Mean lowest-common-ancestor depth of the 120 pairs of each neuron's top-16 images, per "
+             f"Matryoshka group (near-dead neurons left out). Paper (iNat, 5 groups): "
+             f"{' / '.join(map(str, paper.HIERARCHY_INAT))}.")
+    for r in results:
+        rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
+                 _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
+                 _fmt(g.get("ms_mean")), rep.cite(r.path)] for g in r.data["groups"]]
+        rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
+        rep.table(["group", "size", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
+                   "MS mean", "source"], rows)
+
+
+def steering_tables(rep: Report, scores: list[ResultFile], baselines: list[ResultFile]) -> None:
+    rows = []
+    for r in scores:
+        s = r.data
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), ("steered" if s["steered"] else "unsteered")
+                     + (f" ({s['protocol']} protocol)" if "protocol" in s else ""),
+                     str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(r.path)])
+    for r in baselines:
+        b, where = r.data, str(r.path.parent.relative_to(rep.run_dir))
+        rows.append([where, "bound: true class names", "–", str(b["images"]),
+                     f"{b['true_class_names']['mean']:.3f}", rep.cite(r.path)])
+        rows.append([where, "bound: shuffled names", "–", str(b["images"]),
+                     f"{b['shuffled_class_names']['mean']:.3f}", rep.cite(r.path)])
+    if rows:
+        rep.heading("Steering LLaVA")
+        rep.para("Paper (Table 3): steered " + paper.STEERING["steered_white"] + " (white image), "
+                 + paper.STEERING["steered_imagenet"] + " (ImageNet); unsteered "
+                 + paper.STEERING["unsteered_white"] + " / " + paper.STEERING["unsteered_imagenet"]
+                 + "; bounds " + paper.STEERING["bound_true_names"] + " / " + paper.STEERING["bound_random_pairs"] + ".")
+        rep.table(["run", "setting", "neurons", "images", "score", "source"], rows)
+
+
+def fms_tables(rep: Report, results: list[ResultFile]) -> None:
+    rows = [[str(r.path.parent.relative_to(rep.run_dir)), f"{r.data['fms']:.3f}", f"{r.data['mean_acc0']:.3f}",
+             f"{r.data['mean_local']:.3f}", f"{r.data['mean_global']:.3f}", str(r.data["concepts"]),
+             _fmt(r.data.get("ms_mean"), 3), rep.cite(r.path)] for r in results]
+    if rows:
+        rep.heading("Feature Monosemanticity Score (label-based)")
+        rep.para("FMS@p (Härle et al. 2025): accuracy of the best single latent as a concept detector "
+                 "(acc0), local (gain of the next latents) and global terms, mean over concepts with "
+                 "enough examples. MS mean beside it for comparison.")
+        rep.table(["codes", "FMS", "acc0", "local", "global", "concepts", "MS mean", "source"], rows)
+
+
+def uniqueness_tables(rep: Report, results: list[ResultFile]) -> None:
+    rows = []
+    header_t: list = []
+    for r in results:
+        u, above = r.data, r.data["pairs_above"]
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), str(u.get("k")),
+                     f"{u['neurons']} (+{u['left_out_near_dead']} near-dead left out)", f"{u['pairs']:,}"]
+                    + [f"{above[t]:,}" for t in sorted(above)] + [rep.cite(r.path)])
+        header_t = sorted(above)
+    if rows:
+        rep.heading("Uniqueness of top images")
+        rep.para("Pairs of neurons whose top-k image sets overlap (Jaccard index J above each threshold); "
+                 "fewer pairs = more distinct neurons.")
+        rep.table(["store", "k", "neurons", "pairs"] + [f"J > {t}" for t in header_t] + ["source"], rows)
+
+
+def agreement_tables(rep: Report, results: list[ResultFile]) -> None:
+    for r in results:
+        a = r.data
+        rep.heading("Agreement with the user study")
+        bins = next(iter(a["metrics"].values()))["bins"]
+        header = ["metric"] + [b["bin"] for b in bins] + ["bin mean", "weighted", "source"]
+        rows = [["paper MS (DINOv2)"] + [f"{v:.2f}" for v in paper.AGREEMENT_DINO]
+                + [f"{paper.AGREEMENT_DINO_MEAN:.3f}", "–", ""]]
+        for name, m in a["metrics"].items():
+            rows.append([name] + [f"{b['agreement']:.2f} (n={b['pairs']})" if b["agreement"] is not None else "–"
+                                  for b in m["bins"]] + [_fmt(m["mean_over_bins"], 3), _fmt(m["pair_weighted"], 3),
+                                                         rep.cite(r.path)])
+        rep.table(header, rows)
+
+
+def names_tables(rep: Report, results: list[ResultFile]) -> None:
+    """The latents CLIP names most confidently (``saevlm name``), per code store."""
+    for r in results:
+        named = [x for x in r.data["latents"] if x.get("names")]
+        if not named:
+            continue
+        rep.heading(f"Latent names: {r.path.parent.relative_to(rep.run_dir)}", 3)
+        rep.para(f"{len(named)} of {len(r.data['latents'])} latents named from {r.data.get('vocab_size')} words "
+                 f"({r.data.get('vocab_source')}; '{r.data.get('template')}'), by the cosine of the mean CLIP "
+                 f"embedding of their top-{r.data.get('k')} images with each word; the 10 with the largest "
+                 f"margin over the second word:")
+        best = sorted(named, key=lambda x: -(x.get("margin") or 0))[:10]
+        rep.table(["latent", "name", "similarity", "margin", "2nd", "top-image label", "purity", "source"],
+                  [[str(x["id"]), x["names"][0][0], f"{x['names'][0][1]:.3f}", _fmt(x.get("margin"), 3),
+                    x["names"][1][0] if len(x["names"]) > 1 else "–", str(x.get("label", "–")),
+                    _fmt(x.get("purity")), rep.cite(r.path)] for x in best])
+
+
+def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) -> None:
+    from saevlm.metrics.figures import open_store_images, save_grid, save_histogram
+
+    sae_recs = [r for r in records if r.kind == "sae"]
+    if not sae_recs:
+        return
+    rep.heading("Figures")
+    raw = {(r.model, r.layer, r.embeddings_model): r for r in records if r.kind == "raw"}
+    fig_dir = out_dir / "report_figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(sae_recs):
+        sae_scores = _load_scores(rep, r)
+        if sae_scores is None:
+            continue
+        rr = raw.get((r.model, r.layer, r.embeddings_model))
+        raw_scores = _load_scores(rep, rr) if rr else None
+        png = fig_dir / f"ms_hist_{i:02d}.png"
+        save_histogram(sae_scores, raw_scores, png)
+        rep.figure(png, f"MS histogram: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}, "
+                        f"{r.model} (against raw neurons) {rep.cite(r.source)}")
+        top_f = r.store / "top_images_16.npy"
+        if not grids or not top_f.is_file():
+            continue
+        try:
+            images = open_store_images(_open(r.store))
+        except UserError:
+            continue  # synthetic stores have no images
+        top = np.load(top_f)
+        values = np.load(r.store / "top_images_16_values.npy")
+        groups = list(r.group_sizes or [len(top)])
+        bounds = np.concatenate([[0], np.cumsum(groups)])
+        for g in range(len(groups)):
+            sl = np.arange(bounds[g], bounds[g + 1])
+            s = np.nan_to_num(sae_scores[sl], nan=-np.inf)
+            if not np.isfinite(s).any():
+                continue  # every latent of the group is dead
+            best = int(sl[np.argmax(s)])
+            png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
+            save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)
+            rep.figure(png, f"Best neuron of group {g}: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}")
+
+
+def _load_scores(rep: Report, rec: MSRecord):
+    try:
+        return np.load(rec.source.parent / "scores.npy")
+    except (OSError, ValueError) as e:
+        rep.warn(f"{rec.source.parent / 'scores.npy'}: unreadable ({type(e).__name__}); figure left out",
+                 damaged=True)
+        return None
+
+
+def _open(store: Path):
+    from saevlm.data.open import open_any_store as open_scored_store
+    return open_scored_store(store)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+       "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
+       "font-size:13px;text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:8px}"
+       "figcaption{font-size:12px;color:#555}")
+
+
+def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grids: bool = True,
+                 title: str = "saevlm report") -> tuple[Path, Path, list[str]]:
+    """Write report.md and report.html; returns their paths and the list of damaged or missing
+    result files (each also a warning inside the report)."""
+    from saevlm.data.atomic import atomic_write_bytes, ensure_writable_dir
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--run_dir {run_dir}: no such directory")
+    out = ensure_writable_dir(Path(output_dir) if output_dir else run_dir,
+                              "--output_dir" if output_dir else "--run_dir")
+    results: RunResults = collect_run(run_dir)
+    if not results.ms and not results.training_runs and not results.notes.warnings:
+        raise UserError(f"--run_dir {run_dir}: found no results (no ms*/ms.json, no run.json); run the "
+                        f"experiment first")
+    rep = Report(run_dir, notes=results.notes)
+    rep.heading(title, 1)
+    title_len = (len(rep.md), len(rep.html))
+    ms_tables(rep, results.ms)
+    training_tables(rep, results.training)
+    fms_tables(rep, results.fms)
+    uniqueness_tables(rep, results.uniqueness)
+    hierarchy_tables(rep, results.hierarchy)
+    steering_tables(rep, results.steering, results.baselines)
+    agreement_tables(rep, results.agreement)
+    names_tables(rep, results.names)
+    figures(rep, results.ms, out, grids)
+    if rep.warnings:  # at the top, so nobody reads a table without them
+        md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \
+            [f"- {w}" for w in rep.warnings] + [""]
+        html_w = ["<div style='border:2px solid #c00;padding:6px'><b>Warnings</b> (these results are "
+                  "incomplete or out of date):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in rep.warnings)
+                  + "</ul></div>"]
+        rep.md[title_len[0]:title_len[0]] = md_w
+        rep.html[title_len[1]:title_len[1]] = html_w
+        for w in rep.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    rep.heading("Sources")
+    rep.md += [f"{i + 1}. `{s}`" for i, s in enumerate(rep.sources)] + [""]
+    rep.html.append("<ol>" + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in rep.sources) + "</ol>")
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_bytes(md_path, "\n".join(rep.md).encode())
+    atomic_write_bytes(html_path, (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+                                   f"</title><style>{CSS}</style></head><body>" + "\n".join(rep.html)
+                                   + "</body></html>").encode())
+    return md_path, html_path, rep.damaged

@@ -1,0 +1,323 @@
+"""``saevlm name`` and ``saevlm explore``: names on a planted case, the pages in a real browser
+(headless Chromium, Debian's ``chromium``), and the static export opened without a server."""
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from saevlm.data.store import ActivationStore
+
+CLASSES = ["otter", "pencil", "violin", "lighthouse"]
+K = 256  # latents: 6 pages of 50 rows
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert exe, "the browser tests need Chromium: apt-get install chromium (.ci/run installs it)"
+    return exe
+
+
+def dump_dom(url: str) -> str:
+    """The page as Chromium renders it, after its scripts ran."""
+    r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                        "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+class Cells(HTMLParser):
+    """Rows of the latent table's body (cell texts) and the latent page's top-image figures."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.figures, self.imgs = [], [], []
+        self._in_body = self._cell = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows.append([])
+        elif tag == "td" and self._in_body:
+            self._cell = True
+            self.rows[-1].append("")
+        elif tag == "figure" and "top" in (a.get("class") or ""):
+            self.figures.append(float(a["data-value"]))
+        elif tag == "img":
+            self.imgs.append(a.get("src"))
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "td":
+            self._cell = False
+
+    def handle_data(self, data):
+        if self._cell and self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+
+
+def parse(html: str) -> Cells:
+    p = Cells()
+    p.feed(html)
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_clip_dir):
+    """A run: CLS activations of 24 images, a random 256-latent SAE, codes, MS, top images."""
+    from helpers import make_image_folder, save_random_sae
+
+    root = tmp_path_factory.mktemp("explore")
+    images = make_image_folder(root / "images", num_classes=4, per_class=8, class_names=CLASSES, size=48)
+    run = root / "run"
+    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
+              "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only",
+                   "--output_dir", run / "acts", *common) == 0
+    assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", run / "emb", *common) == 0
+    sae = save_random_sae(root / "sae", dim=64, dict_size=K, k=16)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
+                   "--output_dir", run / "codes", "--no_progress") == 0
+    assert run_cli("ms", "--activations_dir", run / "codes", "--embeddings_path", run / "emb", "--device", "cpu",
+                   "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--no_progress") == 0
+    return run
+
+
+def test_name_latents_finds_the_planted_name():
+    from saevlm.metrics.naming import label_purity, name_latents
+
+    rng = np.random.default_rng(0)
+    protos = rng.standard_normal((4, 32))                    # text embeddings = class prototypes
+    truth = rng.integers(0, 4, size=50)                      # latent j's top images are of class truth[j]
+    images = protos[truth][:, None, :] + 0.3 * rng.standard_normal((50, 16, 32))
+    images /= np.linalg.norm(images, axis=2, keepdims=True)
+    idx, sims = name_latents(images.mean(1), protos, CLASSES)
+    assert (idx[:, 0] == truth).all() and (sims[:, 0] > sims[:, 1]).all() and idx.shape == (50, 3)
+    label, purity, entropy = label_purity(np.array([[1] * 16, [0] * 8 + [2] * 8]))
+    assert label.tolist() == [1, 0] and purity.tolist() == [1.0, 0.5] and np.allclose(entropy, [0.0, 1.0])
+
+
+def test_name_command_on_planted_embeddings(run_dir, tmp_path):
+    """Image embeddings = the prototype of each image's class (plus noise), text embeddings = the
+    prototypes: every latent whose top images are one class is named after that class, and every
+    name equals a brute-force loop over the vocabulary."""
+    from saevlm.data.writer import StoreWriter
+
+    emb = ActivationStore(run_dir / "emb")
+    labels = np.load(emb.path / "labels.npy")[emb.image_ids()]
+    rng = np.random.default_rng(1)
+    protos = np.eye(4, 16, dtype=np.float32) * 3  # orthogonal: the nearest word is the majority class
+    planted = protos[labels] + 0.1 * rng.standard_normal((len(labels), 16)).astype(np.float32)
+    w = StoreWriter(tmp_path / "planted", kind="embeddings", dim=16, dtype="fp32", images_per_shard=emb.num_rows,
+                    num_images=emb.num_rows, provenance=emb.provenance, software={})
+    w.write_shard(0, planted, emb.row_index(), 0, emb.num_rows, images_n2=emb.image_hashes())
+    w.finalize()
+    np.save(tmp_path / "protos.npy", protos / np.linalg.norm(protos, axis=1, keepdims=True))
+    folders = sorted(CLASSES)  # label i is the i-th class folder in sorted order
+    (tmp_path / "vocab.txt").write_text("\n".join(folders))
+    assert run_cli("name", "--codes_dir", run_dir / "codes", "--embeddings_path", tmp_path / "planted",
+                   "--text_embeddings", tmp_path / "protos.npy", "--vocab", tmp_path / "vocab.txt") == 0
+    names = json.loads((run_dir / "codes" / "names.json").read_text())
+    top = np.load(run_dir / "codes" / "top_images_16.npy")
+    values = np.load(run_dir / "codes" / "top_images_16_values.npy")
+    majority_named = 0
+    for j, rec in enumerate(names["latents"]):
+        if values[j, 0] <= 0:
+            assert rec["names"] == []
+            continue
+        # brute force: mean of unit embeddings of the top images, cosine with each word
+        m = np.mean([planted[i] / np.linalg.norm(planted[i]) for i in top[j]], axis=0)
+        cos = [float(m @ p) / (np.linalg.norm(m) * np.linalg.norm(p)) for p in protos]
+        assert rec["names"][0][0] == folders[int(np.argmax(cos))]
+        assert abs(rec["names"][0][1] - max(cos)) < 1e-4
+        counts = np.bincount(labels[top[j]], minlength=4)
+        assert rec["purity"] == pytest.approx(counts.max() / 16, abs=1e-4)
+        p = counts[counts > 0] / 16
+        assert rec["entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()), abs=1e-4)
+        if (counts == counts.max()).sum() == 1:  # a unique majority: the planted answer is that class
+            assert rec["names"][0][0] == rec["label"] == folders[int(counts.argmax())]
+            majority_named += 1
+    assert majority_named > 20
+    # the names in the report (its tables) and on the latent pages of the explorer
+    assert run_cli("report", "--run_dir", run_dir, "--no_grids", "--output_dir", tmp_path / "rep") == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    best = max((r for r in names["latents"] if r["names"]), key=lambda r: r["margin"])
+    assert "Latent names: codes" in report and f"| {best['id']} | {best['names'][0][0]} |" in report
+    from saevlm.explorer.app import Explorer
+    page = Explorer(run_dir, tmp_path / "cache").latent_page("codes", best["id"])
+    assert f'<span class="name">{best["names"][0][0]}</span>' in page and "purity" in page
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server
+
+    srv = make_server(Explorer(run_dir), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_table_pages_sorts_and_searches_in_the_browser(run_dir, server, tmp_path):
+    # planted names: names.json as `saevlm name` writes it, with one latent called "zebra"
+    names = {"format": "saevlm-names", "latents": [{"id": j, "names": [["zebra" if j == 77 else CLASSES[j % 4], 0.3]],
+                                                    "margin": 0.1} for j in range(K)]}
+    backup = (run_dir / "codes" / "names.json").read_text() if (run_dir / "codes" / "names.json").is_file() else None
+    (run_dir / "codes" / "names.json").write_text(json.dumps(names))
+    try:
+        from saevlm.explorer.app import Explorer
+        from saevlm.explorer.server import make_server
+
+        srv = make_server(Explorer(run_dir, tmp_path / "cache"), "127.0.0.1", 0)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{srv.server_address[1]}/sae/codes/index.html"
+        page1 = dump_dom(base)
+        assert len(parse(page1).rows) == 50 and "page 1 of 6" in page1 and f"{K} of {K} latents" in page1
+        scores = np.load(next((run_dir / "codes").glob("ms_*/scores.npy")))
+        by_ms = parse(dump_dom(base + "#sort=ms&desc=1&per=100"))
+        shown = [float(r[2]) for r in by_ms.rows]
+        assert len(shown) == 100 and shown == sorted(shown, reverse=True)
+        best = np.sort(scores[np.isfinite(scores)])[::-1][:100]
+        assert np.allclose(shown, best, atol=6e-4)
+        assert [int(r[0]) for r in by_ms.rows][0] == int(np.nanargmax(scores))
+        found = parse(dump_dom(base + "#q=zebra"))
+        assert [r[0] for r in found.rows] == ["77"] and found.rows[0][1] == "zebra"
+        srv.shutdown()
+        srv.server_close()
+    finally:
+        if backup is not None:
+            (run_dir / "codes" / "names.json").write_text(backup)
+        else:
+            (run_dir / "codes" / "names.json").unlink()
+
+
+def test_latent_page_shows_16_images_in_descending_activation(run_dir, server):
+    j = int(np.argmax(np.load(run_dir / "codes" / "top_images_16_values.npy")[:, 0]))
+    page = parse(dump_dom(f"{server}/sae/codes/latent/{j}.html"))
+    assert len(page.figures) == 16 and page.figures == sorted(page.figures, reverse=True)
+    assert page.figures[0] > 0
+    thumbs = [s for s in page.imgs if "/thumb/" in s]
+    assert len(thumbs) >= 16
+    from PIL import Image
+    import io
+    from urllib.parse import urljoin
+    with urllib.request.urlopen(urljoin(f"{server}/sae/codes/latent/{j}.html", thumbs[0])) as r:
+        assert Image.open(io.BytesIO(r.read())).size == (112, 112)
+    html = urllib.request.urlopen(f"{server}/sae/codes/latent/{j}.html").read().decode()
+    assert "Nearest latents" in html and re.search(r'href="\d+\.html">latent \d+</a>', html)  # SAE found
+    assert "<svg class=\"hist\"" in html  # the histogram of its non-zero activations
+    run_page = dump_dom(f"{server}/index.html")
+    assert 'href="sae/codes/index.html"' in run_page and "Monosemanticity Score" in run_page
+
+
+def test_static_export_opens_without_a_server(run_dir, tmp_path):
+    assert run_cli("explore", "--run_dir", run_dir, "--static", tmp_path / "site", "--latents", "top:20",
+                   "--cache_dir", tmp_path / "cache", "--no_progress") == 0
+    site = tmp_path / "site"
+    assert len(list((site / "sae" / "codes" / "latent").glob("*.html"))) == 20
+    table = parse(dump_dom((site / "sae" / "codes" / "index.html").as_uri() + "#sort=ms&desc=1"))
+    assert len(table.rows) == 20
+    shown = [float(r[2]) for r in table.rows]
+    assert shown == sorted(shown, reverse=True)
+    j = int(table.rows[0][0])
+    page = parse(dump_dom((site / "sae" / "codes" / "latent" / f"{j}.html").as_uri()))
+    assert len(page.figures) == 16
+    for src in (s for s in page.imgs if "thumb" in s):
+        assert (site / "sae" / "codes" / "latent" / src).resolve().is_file()
+    assert "sae/codes/index.html" in dump_dom((site / "index.html").as_uri())
+
+
+def test_explore_errors(tmp_path):
+    assert run_cli("explore", "--run_dir", tmp_path / "nope") == 2
+    (tmp_path / "empty").mkdir()
+    assert run_cli("explore", "--run_dir", tmp_path / "empty") == 2
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory, tiny_clip_dir):
+    """An SAE on all tokens of block 1 (the steering SAE's kind), codes per token, top images per
+    image by max over tokens."""
+    from helpers import make_image_folder, save_random_sae
+
+    root = tmp_path_factory.mktemp("explore_tokens")
+    images = make_image_folder(root / "images", num_classes=4, per_class=5, class_names=CLASSES, size=48)
+    model = root / "clip"
+    shutil.copytree(tiny_clip_dir, model)
+    run = root / "run"
+    assert run_cli("extract", "--model_name", model, "--layer", "1", "--output_dir", run / "acts",
+                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "5",
+                   "--num_workers", "0", "--device", "cpu", "--no_progress") == 0
+    sae = save_random_sae(root / "sae", dim=64, dict_size=64, k=8, seed=3)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
+                   "--output_dir", run / "codes", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--pool", "max",
+                   "--no_progress") == 0
+    return run, model, sae
+
+
+def test_token_overlay_marks_the_most_active_patch(token_run, tmp_path):
+    import io
+
+    import torch
+    from PIL import Image
+
+    from saevlm.data.images import open_dataset
+    from saevlm.explorer.app import Explorer
+    from saevlm.models import load_encoder
+    from saevlm.sae.checkpoint import load_sae
+    from saevlm.sae.inference import encode_batch
+
+    run, model, sae_dir = token_run
+    ex = Explorer(run, tmp_path / "cache")
+    values = np.load(run / "codes" / "top_images_16_values.npy")
+    j = int(np.argmax(values[:, 0]))
+    page = ex.latent_page("codes", j)
+    assert page.count('class="overlay"') == 16 and "activation on each patch token" in page
+    img = int(np.load(run / "codes" / "top_images_16.npy")[j, 0])
+    over = np.asarray(Image.open(io.BytesIO(ex.overlay("codes", j, img))).convert("RGB"), dtype=np.float64)
+    base = np.asarray(Image.open(io.BytesIO(ex.thumbnail("codes", img))).convert("RGB"), dtype=np.float64)
+    # brute force: the latent on every patch token, from the model and the SAE directly
+    enc = load_encoder(str(model), warn=lambda m: None)
+    images = open_dataset("imagefolder", run.parent / "images", None)
+    with Image.open(images.path(img)) as im:
+        px = enc.preprocess(im.convert("RGB"))
+    with torch.no_grad():
+        acts = enc.capture(px[None], [enc.resolve("post_mlp_residual", 1)])
+        a = encode_batch(load_sae(str(sae_dir)), next(iter(acts.values()))[0].float())[1:, j].numpy()
+    g = int(np.sqrt(len(a)))
+    redness = (over[..., 0] - base[..., 0]) - (over[..., 1:] - base[..., 1:]).mean(-1)
+    cell = over.shape[0] // g
+    per_patch = redness[:g * cell, :g * cell].reshape(g, cell, g, cell).mean((1, 3))
+    assert np.unravel_index(per_patch.argmax(), per_patch.shape) == np.unravel_index(a.argmax(), (g, g))
+
+
+def test_token_overlay_is_skipped_cleanly_without_the_model(token_run, tmp_path):
+    from saevlm.explorer.app import Explorer
+
+    run, model, _ = token_run
+    model.rename(model.with_name("clip_moved"))
+    try:
+        ex = Explorer(run, tmp_path / "cache")
+        page = ex.latent_page("codes", 0)
+        assert "needs the vision model" in page and "could not be loaded" in page and 'class="overlay"' not in page
+        assert page.count('class="top"') == 16  # everything else is there
+        assert run_cli("explore", "--run_dir", run, "--static", tmp_path / "site", "--latents", "top:3",
+                       "--cache_dir", tmp_path / "cache2", "--no_progress") == 0
+        assert not (tmp_path / "site" / "sae" / "codes" / "overlay").exists()
+    finally:
+        model.with_name("clip_moved").rename(model)
