@@ -321,3 +321,46 @@ def test_token_overlay_is_skipped_cleanly_without_the_model(token_run, tmp_path)
         assert not (tmp_path / "site" / "sae" / "codes" / "overlay").exists()
     finally:
         model.with_name("clip_moved").rename(model)
+
+
+def test_latent_page_shows_its_steering_answers(run_dir, tmp_path):
+    """steering-score results of the same SAE: the latent's score and LLaVA's answers on its page."""
+    from saevlm.data.open import open_any_store
+    from saevlm.explorer.app import Explorer
+
+    sae_path = open_any_store(run_dir / "codes").provenance.sae.path
+    steer = run_dir / "steering_test"
+    steer.mkdir()
+    (steer / "steering_score.json").write_text(json.dumps(
+        {"kind": "steering_score", "protocol": "saevlm", "mean": 0.4, "std": 0.1, "neurons": 2, "images": 1,
+         "steered": True, "alpha": 100.0, "sae": sae_path}))
+    (steer / "scores.csv").write_text("neuron,score\n3,0.612500\n9,0.200000\n")
+    (steer / "labels.csv").write_text("neuron,image,answer,word,similarity\n3,white,Pencils,pencils,0.612500\n"
+                                      "9,white,Sky,sky,0.200000\n")
+    try:
+        ex = Explorer(run_dir, tmp_path / "cache")
+        page = ex.latent_page("codes", 3)
+        assert "Steering LLaVA with this latent" in page and "score 0.613" in page and "Pencils" in page
+        assert "Sky" not in page  # latent 9's answer belongs on latent 9's page
+        assert "Steering LLaVA" not in ex.latent_page("codes", 4)
+    finally:
+        shutil.rmtree(steer)
+
+
+def test_a_top_images_store_is_explored_too(token_run, tmp_path):
+    """extract --sae_path --mean_pool --top_k keeps only top images per latent: the table and the
+    latent pages still work, saying what needs codes."""
+    from saevlm.explorer.app import Explorer
+
+    run, model, sae = token_run
+    out = tmp_path / "run"
+    assert run_cli("extract", "--model_name", model, "--layer", "1", "--mean_pool", "--sae_path", sae,
+                   "--top_k", "16", "--output_dir", out / "top", "--dataset_name", "imagefolder",
+                   "--data_path", run.parent / "images", "--batch_size", "5", "--num_workers", "0",
+                   "--device", "cpu", "--no_progress") == 0
+    ex = Explorer(out, tmp_path / "cache")
+    (slug,) = ex.index.saes
+    table = json.loads(ex.latents_js(slug).split("=", 1)[1].rstrip(";\n"))
+    assert table["num_latents"] == 64 and table["columns"]["freq"] == [None] * 64
+    page = ex.latent_page(slug, 0)
+    assert page.count('class="top"') == 16 and "the histogram needs codes" in page
