@@ -155,14 +155,22 @@ class HubImageList:
         self.root = f"{HUB_PREFIX}{spec}"
         self.split, urls, self.revision = _resolve_files(spec, split, revision)
         self.files: list[ParquetFileInfo] = []
+        self.image_column, self.label_column, self.classes = "", None, []
         first = 0
-        schema = None
-        for url in urls:
+        labels = []
+        for url in urls:  # each file opened once: its footer, and its label column (not the images)
             try:
                 fs, path = _open_fs(url)
                 with fs.open(path, "rb") as f:
-                    meta = pq.ParquetFile(f).metadata
-                    schema = schema or pq.ParquetFile(f).schema_arrow
+                    pf = pq.ParquetFile(f)
+                    meta = pf.metadata
+                    if not self.files:
+                        self.image_column, self.label_column, self.classes = self._columns(pf.schema_arrow)
+                    if self.label_column is not None:
+                        col = pf.read(columns=[self.label_column]).column(0)
+                        labels.append(np.asarray(col.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64))
+            except UserError:
+                raise
             except Exception as err:  # noqa: BLE001
                 raise self._read_error(url, err) from None
             groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
@@ -172,10 +180,11 @@ class HubImageList:
             raise UserError(f"--dataset_name {self.root}: split {self.split} holds no rows")
         self._num_rows = first
         self._starts = np.array([f.first_index for f in self.files] + [first], dtype=np.int64)
-        self.image_column, self.label_column, self.classes = self._columns(schema)
+        self.labels = np.concatenate(labels) if labels else np.zeros(first, dtype=np.int64)
+        if not self.classes and self.label_column is not None and len(self.labels):
+            self.classes = [str(c) for c in range(int(self.labels.max()) + 1)]
         self.class_names: list[str] | None = list(self.classes) if self.classes else None
         self.taxonomy = None
-        self.labels = self._read_labels()
         self._handles: dict[str, Any] = {}
 
     # -- schema
@@ -202,26 +211,6 @@ class HubImageList:
         if label_col is None and "label" in columns:
             label_col = "label"
         return image_col, label_col, names
-
-    def _read_labels(self) -> np.ndarray:
-        """The label column of every file (columnar: the images are not read)."""
-        if self.label_column is None:
-            return np.zeros(self._num_rows, dtype=np.int64)
-        import pyarrow.parquet as pq
-
-        parts = []
-        for info in self.files:
-            try:
-                fs, path = _open_fs(info.url)
-                with fs.open(path, "rb") as f:
-                    col = pq.ParquetFile(f).read(columns=[self.label_column]).column(0)
-            except Exception as err:  # noqa: BLE001
-                raise self._read_error(info.url, err) from None
-            parts.append(np.asarray(col.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64))
-        labels = np.concatenate(parts)
-        if not self.classes and len(labels):
-            self.classes = [str(c) for c in range(int(labels.max()) + 1)]
-        return labels
 
     def _read_error(self, url: str, err: Exception) -> UserError:
         if "://" in url:
