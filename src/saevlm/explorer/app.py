@@ -218,9 +218,10 @@ class Explorer:
         out = ensure_writable_dir(Path(out), "--static")
         atomic_write_text(out / "static" / "explorer.js", SCRIPT)
         atomic_write_text(out / "static" / "style.css", STYLE)
-        atomic_write_text(out / "index.html", self.run_page(lambda s, j: j in set(chosen[s].tolist())))
+        kept = {slug: set(subset.tolist()) for slug, subset in chosen.items()}
+        atomic_write_text(out / "index.html", self.run_page(lambda s, j: j in kept[s]))
         for slug, subset in chosen.items():
-            view, keep = self.index.saes[slug], set(subset.tolist())
+            view, keep = self.index.saes[slug], kept[slug]
             d = out / "sae" / slug
             note = f"{len(subset)} of {view.num_latents} latents exported ({latents})"
             atomic_write_text(d / "index.html", self.table_page(slug, note))

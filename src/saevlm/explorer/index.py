@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ class SAEView:
     slug: str
     run_dir: Path
     cache_dir: Path
-    _memo: dict = field(default_factory=dict)
 
     @cached_property
     def store(self):
@@ -203,7 +202,7 @@ class SAEView:
         """Images near lower quantiles of the latent's non-zero activations: (q, [(image id, value)])."""
         if not len(vals):
             return []
-        row_image = self._row_images()
+        row_image = self.row_images
         order = np.argsort(vals, kind="stable")
         out = []
         for q in quantiles:
@@ -212,10 +211,10 @@ class SAEView:
             out.append((q, [(int(row_image[rows[i]]), float(vals[i])) for i in pick]))
         return out
 
-    def _row_images(self) -> np.ndarray:
-        if "row_images" not in self._memo:
-            self._memo["row_images"] = self.store.row_index()[:, 0]
-        return self._memo["row_images"]
+    @cached_property
+    def row_images(self) -> np.ndarray:
+        """The image id of every row of the codes."""
+        return self.store.row_index()[:, 0]
 
     @cached_property
     def decoder(self) -> np.ndarray | None:
