@@ -13,9 +13,12 @@ subprocess and records wall time and peak RSS (``resource.getrusage`` of the chi
    every token encoded densely, pooled, then argsort per latent; images/s as a ratio.
 4. LLaVA-1.5 with the real vision tower (CLIP-L-336), projector 1024 -> 4096,
    vision_feature_layer -2, and a 4096-wide Llama cut to 2 layers: ``saevlm steer`` with the SAE
-   hook at block 22 (x64 Matryoshka), 5 new tokens.
+   hook at block 22 (x64 Matryoshka), 5 new tokens. Then, in one process and one model object,
+   two latents steered in a row at block 22: the benchmark ASSERTS that each changes the logits
+   (the block LLaVA reads; transformers 5 records it with hooks of its own, which once made every
+   latent after the first a no-op).
 
-    python benchmarks/bench_real_shapes.py [--images 4] [--write-readme]
+    python benchmarks/bench_real_shapes.py [--images 4] [--cases extract top16 steer] [--write-readme]
 """
 
 from __future__ import annotations
@@ -137,11 +140,43 @@ def naive_pooled_top16(store_dir: Path, sae_dir: Path) -> float:
     return time.time() - t0
 
 
+def assert_steering_takes_effect(llava_dir: Path, sae_dir: Path, latents=(3, 11), alpha: float = 100.0) -> str:
+    """Two latents in a row at block 22 of one LLaVA object: each steered forward must differ from
+    the unsteered one (and from each other). Returns a one-line account for the README."""
+    import torch
+
+    from saevlm.sae.checkpoint import load_sae
+    from saevlm.steering.intervention import sae_intervention
+    from saevlm.steering.llava import load_image, load_llava
+
+    llava = load_llava(str(llava_dir), torch.device("cpu"), "fp32")
+    sae = load_sae(str(sae_dir))
+    image = load_image("white", 336)
+    prompt = "What is shown in this image?"
+    ref = llava.logits(prompt, image)  # the first forward installs transformers' recording hooks
+    steered = []
+    for latent in latents:
+        with sae_intervention(llava, sae, 22, {latent: alpha}):
+            steered.append(llava.logits(prompt, image))
+    deltas = [float((s - ref).abs().max()) for s in steered]
+    between = float((steered[0] - steered[1]).abs().max())
+    if min(deltas) <= 1e-3 or between <= 1e-3:
+        raise SystemExit(f"steering at block 22 had no effect: max |logit change| {deltas} vs unsteered, "
+                         f"{between:.3g} between the two latents")
+    return (f"Steering at block 22, latents {latents[0]} then {latents[1]} in one model object (alpha {alpha:g}): "
+            f"max |logit change| vs unsteered {deltas[0]:.3g} and {deltas[1]:.3g}, {between:.3g} between them "
+            f"(asserted > 1e-3).")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--cases", nargs="+", default=["extract", "top16", "steer"],
+                    choices=["extract", "top16", "steer"], help="which cases to run (default: all)")
     ap.add_argument("--write-readme", action="store_true")
     args = ap.parse_args()
+    if args.write_readme and len(args.cases) < 3:
+        raise SystemExit("--write-readme needs every case (the table is written whole)")
     from helpers import make_image_folder
 
     rows = []
@@ -151,36 +186,47 @@ def main() -> None:
         models = save_models(tmp / "models")
         common = ["--dataset_name", "imagefolder", "--data_path", data, "--batch_size", "2", "--num_workers", "0",
                   "--device", "cpu", "--no_progress", "--max_images", args.images]
-        wall, rss = run_cmd(["extract", "--model_name", models["clip"], "--layer", "11", "17", "22", "23", "last",
-                             "--cls_only", "--output_dir", tmp / "clip", *common])
-        rows.append(("CLIP ViT-L/14-336: extract 11 17 22 23 + projection, CLS", args.images, wall, rss))
-        wall, rss = run_cmd(["extract", "--model_name", models["siglip"], "--layer", "11", "16", "21", "last",
-                             "--cls_only", "--output_dir", tmp / "siglip", *common])
-        rows.append(("SigLIP so400m/14-384: extract 11 16 21 + pooled (2 random tokens)", args.images, wall, rss))
+        if "extract" in args.cases:
+            wall, rss = run_cmd(["extract", "--model_name", models["clip"], "--layer", "11", "17", "22", "23",
+                                 "last", "--cls_only", "--output_dir", tmp / "clip", *common])
+            rows.append(("CLIP ViT-L/14-336: extract 11 17 22 23 + projection, CLS", args.images, wall, rss))
+            wall, rss = run_cmd(["extract", "--model_name", models["siglip"], "--layer", "11", "16", "21", "last",
+                                 "--cls_only", "--output_dir", tmp / "siglip", *common])
+            rows.append(("SigLIP so400m/14-384: extract 11 16 21 + pooled (2 random tokens)", args.images, wall, rss))
         sae = save_sae(tmp / "sae")
         n_top = 16
         common16 = [c if c != str(args.images) else str(n_top) for c in map(str, common)]
-        wall_top, rss = run_cmd(["extract", "--model_name", models["clip"], "--layer", "22", "--mean_pool",
-                                 "--sae_path", sae, "--top_k", "16", "--output_dir", tmp / "top", *common16])
-        rows.append(("steering top-16: block 22 (577 tok) -> x64 SAE (65,536) -> mean_t encode(x_t) -> top-16",
-                     n_top, wall_top, rss))
-        wall_all, _ = run_cmd(["extract", "--model_name", models["clip"], "--layer", "22",
-                               "--output_dir", tmp / "alltok", *common16])
-        wall_naive = wall_all + naive_pooled_top16(tmp / "alltok" / "post_mlp_residual_22", sae)
-        rows.append(("naive: all tokens stored, then encode + dense pooling + argsort", n_top, wall_naive, float("nan")))
-        wall, rss = run_cmd(["steer", "--sae_path", sae, "--llava_model", models["llava"], "--layer", "22",
-                             "--neuron", "3", "--alpha", "100", "--prompt", "What is shown in this image?",
-                             "--image", "white", "--max_new_tokens", "5", "--device", "cpu", "--dtype", "fp32"])
-        rows.append(("LLaVA-1.5 shape (CLIP-L tower, 4096-wide Llama x 2 layers): steer at block 22, fp32", 1, wall, rss))
+        wall_top = wall_naive = float("nan")
+        if "top16" in args.cases:
+            wall_top, rss = run_cmd(["extract", "--model_name", models["clip"], "--layer", "22", "--mean_pool",
+                                     "--sae_path", sae, "--top_k", "16", "--output_dir", tmp / "top", *common16])
+            rows.append(("steering top-16: block 22 (577 tok) -> x64 SAE (65,536) -> mean_t encode(x_t) -> top-16",
+                         n_top, wall_top, rss))
+            wall_all, _ = run_cmd(["extract", "--model_name", models["clip"], "--layer", "22",
+                                   "--output_dir", tmp / "alltok", *common16])
+            wall_naive = wall_all + naive_pooled_top16(tmp / "alltok" / "post_mlp_residual_22", sae)
+            rows.append(("naive: all tokens stored, then encode + dense pooling + argsort", n_top, wall_naive,
+                         float("nan")))
+        steering_line = ""
+        if "steer" in args.cases:
+            wall, rss = run_cmd(["steer", "--sae_path", sae, "--llava_model", models["llava"], "--layer", "22",
+                                 "--neuron", "3", "--alpha", "100", "--prompt", "What is shown in this image?",
+                                 "--image", "white", "--max_new_tokens", "5", "--device", "cpu", "--dtype", "fp32"])
+            rows.append(("LLaVA-1.5 shape (CLIP-L tower, 4096-wide Llama x 2 layers): steer at block 22, fp32", 1,
+                         wall, rss))
+            steering_line = assert_steering_takes_effect(models["llava"], sae)
     lines = ["Real shapes, random weights, CPU (`python benchmarks/bench_real_shapes.py --write-readme`; "
              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores):", "",
              "| case | images | wall (s) | peak RSS (GiB) |", "|---|---|---|---|"]
     for name, n, wall, rss in rows:
         lines.append(f"| {name} | {n} | {wall:.1f} | {'-' if rss != rss else f'{rss:.2f}'} |")
-    lines += ["", f"Steering top-16 at the paper's shape: **{wall_naive / wall_top:.2f}x** faster than the naive "
-              f"route ({n_top / wall_top:.2f} vs {n_top / wall_naive:.2f} images/s, model load included in both), "
-              f"and it never stores per-token activations (577 x 1024 floats per image) or pooled codes "
-              f"(65,536 per image)."]
+    if "top16" in args.cases:
+        lines += ["", f"Steering top-16 at the paper's shape: **{wall_naive / wall_top:.2f}x** faster than the "
+                  f"naive route ({n_top / wall_top:.2f} vs {n_top / wall_naive:.2f} images/s, model load included "
+                  f"in both), and it never stores per-token activations (577 x 1024 floats per image) or pooled "
+                  f"codes (65,536 per image)."]
+    if steering_line:
+        lines += ["", steering_line]
     text = "\n".join(lines)
     print(text)
     if args.write_readme:

@@ -49,15 +49,24 @@ def hub_error(name: str, source: str, err: Exception) -> UserError:
 PROCESSOR_BACKENDS = ("pil", "torchvision")
 
 
-def _auto_processor(source: str, backend: str):
-    """transformers 5 picks an image-processor backend with ``backend=``; 4.x with ``use_fast``
-    (the slow processors are the PIL / numpy ones)."""
-    import transformers
-    from transformers import AutoImageProcessor
+def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
+    """``AutoImageProcessor`` (or ``AutoProcessor`` with ``multimodal``, e.g. LLaVA's or CLIP's
+    text + image processor) with the image backend ``backend``.
 
+    transformers 5 picks an image-processor backend with ``backend=``; 4.x with ``use_fast`` (the
+    slow processors are the PIL / numpy ones). ``pil`` is the path the authors ran (4.46)."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    if backend not in PROCESSOR_BACKENDS:
+        raise UserError(f"--processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}")
+    cls = AutoProcessor if multimodal else AutoImageProcessor
     if int(transformers.__version__.split(".")[0]) >= 5:
-        return AutoImageProcessor.from_pretrained(source, backend=backend)
-    return AutoImageProcessor.from_pretrained(source, use_fast=backend == "torchvision")
+        return cls.from_pretrained(source, backend=backend)
+    return cls.from_pretrained(source, use_fast=backend == "torchvision")
+
+
+_auto_processor = auto_processor
 
 
 def _backend_class(name: str, backend: str):

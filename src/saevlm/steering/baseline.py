@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="shuffle seed for the random-pairs bound (default: 0)")
     p.add_argument("--output", default=None, help="JSON output (default: <images>/similarity_baseline.json)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    from saevlm.steering.options import add_processor_backend_argument
+    add_processor_backend_argument(p)
 
 
 def run(args) -> int:
@@ -74,7 +76,7 @@ def run(args) -> int:
         src = f"--class_names {args.class_names}" if args.class_names else f"{root}/class_names.json"
         raise UserError(f"{src}: no class name for {len(missing)} of the folder's classes (first: {missing[0]}); "
                         f"the bounds need real names, not wnids: pass --class_names")
-    clip = ClipEncoder(args.clip_model, resolve_device(args.device))
+    clip = ClipEncoder(args.clip_model, resolve_device(args.device), args.processor_backend)
     img = clip.images([im for _, _, im in items])
     class_text = [names[c] if authors else names[c].split(",")[0].strip() for c, _, _ in items]
     txt = clip.text(class_text)
@@ -90,6 +92,7 @@ def run(args) -> int:
            "true_class_names": {"mean": float(true.mean()), "std": float(true.std(ddof=ddof))},
            "shuffled_class_names": {"mean": float(rand.mean()), "std": float(rand.std(ddof=ddof))},
            "images": len(items), "clip_model": args.clip_model,
+           "processor_backend": args.processor_backend,
            "paper": {"true_class_names": paper_numbers()["steering"]["bound_true_names"],
                      "random_pairs": paper_numbers()["steering"]["bound_random_pairs"]}}  # configs/paper.yaml
     out = Path(args.output) if args.output else root / "similarity_baseline.json"

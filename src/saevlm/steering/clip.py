@@ -16,17 +16,17 @@ DEFAULT_CLIP = "clip-vit-base-patch32"
 class ClipEncoder:
     """CLIP text and image embeddings (transformers ``CLIPModel``), unit-normalised."""
 
-    def __init__(self, name: str, device):
+    def __init__(self, name: str, device, processor_backend: str = "pil"):
         import torch  # noqa: F401
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import CLIPModel
 
         from saevlm.models import SHORT_NAMES
-        from saevlm.models.hf import hub_error
+        from saevlm.models.hf import auto_processor, hub_error
 
         source = SHORT_NAMES.get(name, name)
         try:
             self.model = CLIPModel.from_pretrained(source).eval().to(device)
-            self.processor = AutoProcessor.from_pretrained(source)
+            self.processor = auto_processor(source, processor_backend, multimodal=True)
         except (OSError, ValueError) as err:
             raise hub_error(name, source, err) from None
         self.device = device

@@ -8,7 +8,9 @@ Two modes, both applied to every token of the block's output:
   exactly unchanged, so only the clamp's effect is added.
 
 The SAE runs in fp32 whatever the model's dtype; the result is cast back. The hook is a context
-manager: it is removed on exit and on exception. Blocks after the one LLaVA reads
+manager: it is removed on exit and on exception. It always runs before any other forward hook on
+the block (transformers 5 records hidden states with hooks of its own), so what LLaVA reads is
+the steered output on every call. Blocks after the one LLaVA reads
 (``vision_feature_layer``) are refused, since a hook there cannot change generation.
 """
 
@@ -73,8 +75,23 @@ def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = No
             return (_apply(sae, output[0], clamp, mode, zero_others),) + tuple(output[1:])
         return _apply(sae, output, clamp, mode, zero_others)
 
-    handle = blocks[layer].register_forward_hook(hook)
+    block = blocks[layer]
+    # Our hook must run FIRST among the block's forward hooks: transformers 5 records LLaVA's
+    # vision hidden states with forward hooks of its own (output capturing), installed at the
+    # model's first forward. Appended after them, a replaced output would never reach what LLaVA
+    # reads, so every intervention after the first forward silently did nothing. ``prepend=True``
+    # puts ours ahead of any hook already there; the pre-hook keeps it ahead of any hook installed
+    # later (e.g. during the forward that is about to run), at every call.
+    handle = block.register_forward_hook(hook, prepend=True)
+
+    def keep_first(module, _inputs):
+        hooks = getattr(module, "_forward_hooks", None)
+        if hooks is not None and handle.id in hooks and next(iter(hooks)) != handle.id:
+            hooks.move_to_end(handle.id, last=False)
+
+    pre_handle = block.register_forward_pre_hook(keep_first)
     try:
         yield
     finally:
         handle.remove()
+        pre_handle.remove()

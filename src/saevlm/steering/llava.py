@@ -80,11 +80,14 @@ class Llava:
             return self.model(**self.build_inputs(text, image)).logits
 
 
-def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto") -> Llava:
+def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto",
+               processor_backend: str = "pil") -> Llava:
+    """LLaVA and its processor; the image processor in ``processor_backend`` (pil by default: the
+    authors' transformers-4.46 path, as ``extract`` uses; transformers 5 would pick torchvision)."""
     import torch
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    from saevlm.models.hf import hub_error
+    from saevlm.models.hf import auto_processor, hub_error
 
     device = device or torch.device("cpu")
     torch_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
@@ -93,7 +96,7 @@ def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto") -> L
         raise UserError(f"--model_dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
     try:
         model = LlavaForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)
-        processor = AutoProcessor.from_pretrained(name)
+        processor = auto_processor(name, processor_backend, multimodal=True)
     except (OSError, ValueError) as err:
         raise hub_error(name, name, err) from None
     model.to(device).eval()

@@ -35,9 +35,17 @@ def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None =
                    help="reconstruct mode: zero every other latent before clamping")
     p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    add_processor_backend_argument(p)
     p.add_argument("--model_dtype", "--dtype", dest="model_dtype", default="auto",
                    help="LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 "
                         "(--dtype is the older name)")
+
+
+def add_processor_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--processor_backend", default="pil", choices=["pil", "torchvision"],
+                   help="image preprocessing of LLaVA and CLIP: pil (the authors' transformers-4.46 path, as "
+                        "extract uses) or torchvision (transformers 5's default; moves similarities by "
+                        "about 1e-5) (default: %(default)s)")
 
 
 def resolve_layer(args, sae) -> int:
@@ -59,5 +67,5 @@ def load_models(args):
     if args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
-    llava = load_llava(args.llava_model, device, args.model_dtype)
+    llava = load_llava(args.llava_model, device, args.model_dtype, args.processor_backend)
     return llava, sae, resolve_layer(args, sae)

@@ -109,7 +109,7 @@ def run(args) -> int:
     images = list_images(args.images, flag="--images")
     authors = args.protocol == "authors"
     llava, sae, layer = load_models(args)
-    clip = ClipEncoder(args.clip_model, llava.device)
+    clip = ClipEncoder(args.clip_model, llava.device, args.processor_backend)
     target = neuron_image_embeddings(top[neurons], store, normalise=not authors)
     target_unit = target / np.linalg.norm(target, axis=1, keepdims=True)
     out = output_dir_of(args)
@@ -161,6 +161,7 @@ def run(args) -> int:
                "alpha": args.alpha if args.steer else None, "layer": layer, "mode": args.mode,
                "zero_others": args.zero_others, "prompt": args.prompt, "sae": str(sae.path),
                "llava_model": args.llava_model, "clip_model": args.clip_model,
+               "processor_backend": args.processor_backend,
                "word_rule": "answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if authors
                             else "first alphabetic word, lower-cased; '' -> 'nothing'",
                "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
