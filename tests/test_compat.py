@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
@@ -151,3 +153,72 @@ def test_library_modules_never_import_command_modules():
                 names = [a.name for a in node.names]
             offenders += [f"{module} imports {n}" for n in names if n in commands]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("word,expect", [("false", False), ("no", False), ("off", False), ("0", False),
+                                         ("'False'", False), ("'off'", False),
+                                         ("true", True), ("yes", True), ("on", True), ("1", True), ("'YES'", True)])
+def test_config_booleans_mean_what_they_say(tmp_path, word, expect):
+    """A switch set to false in --config stays off (it once turned ON: [False] is truthy), and
+    true turns it on, in every spelling YAML users write; store_false and --x/--no-x switches too."""
+    from saevlm.cli import build_parser
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"commands:\n  train:\n    no_normalize: {word}\n  ms:\n    overwrite: {word}\n"
+                   f"  steering-score:\n    steer: {word}\n    pre_zero: {word}\n")
+    train = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--config", str(cfg)])
+    assert train.no_normalize is expect
+    ms = build_parser(("ms", str(cfg))).parse_args(["ms", "--activations_dir", "x", "--embeddings_path", "y",
+                                                    "--config", str(cfg)])
+    assert ms.overwrite is expect
+    sc = build_parser(("steering-score", str(cfg))).parse_args(
+        ["steering-score", "--sae_path", "s", "--top_images", "t", "--clip_embeddings", "c", "--output_dir", "o",
+         "--config", str(cfg)])
+    assert sc.steer is expect and sc.zero_others is expect
+    # an explicit flag still wins over the file
+    train = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--no_normalize",
+                                                          "--config", str(cfg)])
+    assert train.no_normalize is True
+
+
+@pytest.mark.parametrize("body,message", [
+    ("commands:\n  train:\n    no_normalize: maybe\n", "commands.train.no_normalize: 'maybe' is not a boolean"),
+    ("commands:\n  train:\n    steps: 20.7\n", "commands.train.steps: 20.7 is not an integer"),
+    ("commands:\n  train:\n    steps: true\n", "commands.train.steps: True is a boolean"),
+    ("commands:\n  train:\n    steps: twenty\n", "commands.train.steps: 'twenty' is not an integer"),
+    ("commands:\n  trian:\n    steps: 20\n", "commands.trian: no such command; did you mean 'train'?"),
+    ("command:\n  train:\n    steps: 20\n", "unknown top-level key 'command'"),
+])
+def test_config_values_are_parsed_exactly_and_unknown_sections_are_errors(tmp_path, capsys, body, message):
+    from saevlm.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(body)
+    assert main(["train", "--activations_dir", "x", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(cfg) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_numbers_that_are_exact_are_taken(tmp_path):
+    from saevlm.cli import build_parser
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("commands:\n  train:\n    steps: 20.0\n    k: '7'\n    lr: 1\n")
+    args = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--config", str(cfg)])
+    assert (args.steps, args.k) == (20, 7) and args.lr == 1.0 and isinstance(args.lr, float)
+
+
+def test_config_keys_may_be_flag_names(tmp_path):
+    """``pre_zero`` (the flag; its destination is zero_others) and ``no_steer`` (a store_false
+    flag of destination steer) mean the flag given or not."""
+    from saevlm.cli import build_parser
+
+    cfg = tmp_path / "c.yaml"
+    base = ["steering-score", "--sae_path", "s", "--top_images", "t", "--clip_embeddings", "c", "--output_dir", "o",
+            "--config", str(cfg)]
+    for body, steer, zero in [("no_steer: true\n    pre_zero: true", False, True),
+                              ("no_steer: false\n    pre_zero: false", True, False),
+                              ("no_pre_zero: true", True, False)]:
+        cfg.write_text(f"commands:\n  steering-score:\n    {body}\n")
+        args = build_parser(("steering-score", str(cfg))).parse_args(base)
+        assert (args.steer, args.zero_others) == (steer, zero), body

@@ -443,3 +443,47 @@ def test_report_tells_the_truth(run_copy, capsys):
     capsys.readouterr()
     run_cli("report", "--run_dir", run_copy, "--no_grids")
     assert "stale" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- own input
+def test_no_command_writes_over_its_own_input(tmp_path, capsys, tiny_clip_dir, image_folder):
+    """encode / train / extract / embed / make-eval-folder with the output = an input: refused
+    before any work even with --overwrite, the input byte-unchanged, and the message suggests no
+    destructive flag. ms with the same store as activations and embeddings: refused."""
+    from helpers import save_random_sae
+
+    common = ["--dataset_name", "imagefolder", "--data_path", image_folder, "--batch_size", "8", "--num_workers", "0",
+              "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only",
+                   "--output_dir", tmp_path / "acts", *common) == 0
+    store = tmp_path / "acts" / "post_mlp_residual_1"
+    sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
+    for argv, flag in [
+        (["encode", "--sae_path", sae, "--activations_dir", store, "--output_dir", store, "--overwrite",
+          "--allow_mismatch", "--no_progress"], "--activations_dir"),
+        (["encode", "--sae_path", sae, "--activations_dir", store, "--output_dir", sae, "--overwrite",
+          "--allow_mismatch", "--no_progress"], "--sae_path"),
+        (["train", "--activations_dir", store, "--checkpoints_dir", store, "--steps", "5",
+          "--device", "cpu"], "--activations_dir"),
+        (["embed", "--model_name", tiny_clip_dir, "--embeddings_path", image_folder, "--overwrite", *common],
+         "--data_path"),
+        (["make-eval-folder", "--dataset_name", "imagefolder", "--data_path", image_folder, "--output_dir",
+          image_folder], "--data_path"),
+    ]:
+        for root in (tmp_path, image_folder):
+            assert not stray_tmp(root)
+        before = tree_hashes(tmp_path), tree_hashes(image_folder)
+        capsys.readouterr()
+        assert run_cli(*argv) == 2, argv
+        line = one_line_error(capsys, "own input", flag)
+        assert "--overwrite" not in line
+        assert (tree_hashes(tmp_path), tree_hashes(image_folder)) == before, argv
+    # extract: a store folder that is the dataset itself
+    data_copy = tmp_path / "data"
+    shutil.copytree(image_folder, data_copy / "post_mlp_residual_1")
+    run_fails(capsys, tmp_path, ["extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only",
+                                 "--output_dir", data_copy, "--dataset_name", "imagefolder", "--data_path",
+                                 data_copy / "post_mlp_residual_1", "--num_workers", "0", "--device", "cpu",
+                                 "--overwrite", "--no_progress"], "own input", "--data_path")
+    run_fails(capsys, tmp_path, ["ms", "--activations_dir", store, "--embeddings_path", store, "--device", "cpu"],
+              "--embeddings_path", "same folder as --activations_dir")

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser of every command, with the paper's defaults from configs/paper.yaml;
     ``config`` = (command, path) also applies ``commands.<command>`` of that file."""
-    from saevlm.config import apply_defaults, load_config, paper_defaults
+    from saevlm.config import apply_defaults, check_sections, load_config, paper_defaults
 
     parser = argparse.ArgumentParser(
         prog="saevlm",
@@ -57,8 +57,9 @@ def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentPars
                              "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
         apply_defaults(sp, paper_defaults(name), name, "configs/paper.yaml")
         if config is not None and config[0] == name:
-            values = load_config(config[1]).get("commands", {}).get(name, {})
-            apply_defaults(sp, values, name, f"--config {config[1]}")
+            data = load_config(config[1])
+            check_sections(data, list(COMMANDS), f"--config {config[1]}")
+            apply_defaults(sp, data.get("commands", {}).get(name, {}) or {}, name, f"--config {config[1]}")
     return parser
 
 

@@ -53,34 +53,120 @@ def paper_numbers() -> dict:
     return paper_config()["numbers"]
 
 
+TOP_LEVEL_KEYS = ("commands", "numbers", "experiments")
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def check_sections(data: dict, commands: list[str] | tuple[str, ...], source: str) -> None:
+    """Unknown top-level keys and unknown command sections are errors (a misspelt ``trian:``
+    would otherwise be ignored silently)."""
+    import difflib
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise UserError(f"{source}: unknown top-level key {key!r} (expected {', '.join(TOP_LEVEL_KEYS)})")
+    for name in data.get("commands", {}) or {}:
+        if name not in commands:
+            close = difflib.get_close_matches(str(name), list(commands), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UserError(f"{source}: commands.{name}: no such command{hint} (commands: {', '.join(commands)})")
+
+
+def as_bool(value: Any, where: str) -> bool:
+    """A config boolean: true/false, yes/no, on/off, 1/0 (YAML's own booleans included)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise UserError(f"{where}: {value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
+
+
+def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """One config value converted as the command line would convert it, but exactly: an int flag
+    takes 20 or "20" (or 20.0), never 20.7 or a boolean."""
+    flag = f"--{action.dest}"
+    if isinstance(value, bool) and action.type is not bool:
+        raise UserError(f"{where}: {value!r} is a boolean, but {flag} takes a value (quote it if you mean "
+                        f"the word)")
+    if action.type is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)") from None
+        if isinstance(value, int):
+            return value
+        raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
+    if action.type is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise UserError(f"{where}: {value!r} is not a number") from None
+    if value is None:
+        return None
+    if action.type is None:
+        return value if isinstance(value, str) else str(value)  # what argparse would have stored
+    try:
+        return action.type(value if isinstance(value, str) else str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        raise UserError(f"{where}: {value!r} is not a valid {flag} value") from None
+
+
 def apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any], command: str, source: str) -> None:
-    """Make ``values`` (flag name -> value) the defaults of ``parser``'s flags: unknown names and
-    values outside a flag's choices are errors naming the file and key."""
+    """Make ``values`` (flag name -> value) the defaults of ``parser``'s flags, each parsed with the
+    flag's own type: unknown names, non-booleans for switches, inexact numbers and values outside a
+    flag's choices are errors naming the file and key."""
     actions = {a.dest: a for a in parser._actions}
+    # a key may also be a flag's own name (``pre_zero`` for ``--pre_zero``, whose destination is
+    # zero_others); then a switch's value says whether the flag is given
+    by_option: dict[str, tuple[argparse.Action, bool]] = {}
+    for a in parser._actions:
+        for opt in a.option_strings:
+            negated = isinstance(a, argparse.BooleanOptionalAction) and opt.startswith("--no-")
+            by_option.setdefault(opt.lstrip("-").replace("-", "_"), (a, negated))
     for key in list(values):
         dest = key.replace("-", "_")
         action = actions.get(dest)
+        as_flag, negated = False, False
+        if action is None and dest in by_option:
+            (action, negated), as_flag = by_option[dest], True
+            dest = action.dest
+        where = f"{source}: commands.{command}.{key}"
         if action is None or dest in ("help", "config"):
             known = ", ".join(sorted(d for d in actions if d not in ("help", "config")))
             raise UserError(f"{source}: commands.{command}.{key}: `saevlm {command}` has no --{dest} flag "
                             f"(its flags: {known})")
         value = values[key]
-        many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if action.nargs == 0:  # a switch (store_true / store_false / --x/--no-x / store_const)
+            flag = as_bool(value, where)
+            if isinstance(action, argparse.BooleanOptionalAction):
+                value = flag != negated
+            elif isinstance(action.const, bool):
+                # by destination the value is the destination's; by flag name, whether it is given
+                value = (action.const if flag else not action.const) if as_flag else flag
+            else:
+                value = action.const if flag else action.default
+            parser.set_defaults(**{dest: value})
+            action.required = False
+            continue
+        many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs >= 1)
         if many and not isinstance(value, list):
             value = [value]
         if not many and isinstance(value, list):
-            raise UserError(f"{source}: commands.{command}.{key}: --{dest} takes one value, found a list")
+            raise UserError(f"{where}: --{dest} takes one value, found a list")
+        value = [_typed_value(action, v, where) for v in value] if many else _typed_value(action, value, where)
         if action.choices is not None:
             for v in (value if many else [value]):
                 if v not in action.choices:
-                    raise UserError(f"{source}: commands.{command}.{key}: {v!r} is not one of "
-                                    f"{', '.join(map(str, action.choices))}")
-        if action.type is not None and value is not None:
-            try:
-                value = [action.type(v) for v in value] if many else action.type(value)
-            except (TypeError, ValueError):
-                raise UserError(f"{source}: commands.{command}.{key}: {value!r} is not a valid "
-                                f"--{dest} value") from None
+                    raise UserError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
         parser.set_defaults(**{dest: value})
         action.required = False  # a default now exists
 

@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from saevlm.models.base import POST_PROJECTION, TokenSelection
 
+    from saevlm.data.atomic import check_not_own_input
+
     t0 = time.time()
+    check_not_own_input(args.embeddings_path, "--embeddings_path", [("--data_path", args.data_path)])
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)

@@ -100,7 +100,11 @@ def parse_points(encoder, attachment_points: Sequence[str], layers: Sequence[str
 def run(args: argparse.Namespace) -> int:
     from saevlm.models.base import token_selection_from_flags
 
+    from saevlm.data.atomic import check_not_own_input
+
     t0 = time.time()
+    check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.data_path),
+                                                          ("--sae_path", args.sae_path)])
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)
@@ -131,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     out_root = Path(args.output_dir)
     suffix = "_codes" if sae is not None else ""
     output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
+    for out_dir in output_dirs.values():
+        check_not_own_input(out_dir, "--output_dir", [("--data_path", args.data_path), ("--sae_path", args.sae_path)])
     if inputs.dist.world_size > 1:
         print(f"rank {inputs.dist.rank}/{inputs.dist.world_size} on {device}", file=sys.stderr)
     if args.top_k is not None:

@@ -230,3 +230,32 @@ class OutputLock:
             self.release()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def check_not_own_input(out: str | os.PathLike | None, out_flag: str,
+                        inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
+    """A command never writes over (or, with ``--overwrite``, deletes) its own input: refuse an
+    output folder that IS an input. Checked before any work, whatever ``--overwrite`` says, and
+    the message suggests no destructive flag. (An output holding an input folder is fine: a
+    store's writer only ever replaces the files directly inside its own folder.)"""
+    if out is None:
+        return
+    o = Path(out).expanduser().resolve()
+    for flag, path in inputs:
+        if path is None or str(path).startswith("hf:"):
+            continue
+        if Path(path).expanduser().resolve() == o:
+            raise UserError(f"{out_flag} {out}: it is the {flag} input itself; a command never writes over its "
+                            f"own input, so choose another {out_flag}")
+
+
+def check_distinct_inputs(inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
+    """Two inputs that must be different stores are not the same folder."""
+    seen: dict[Path, str] = {}
+    for flag, path in inputs:
+        if path is None:
+            continue
+        p = Path(path).expanduser().resolve()
+        if p in seen:
+            raise UserError(f"{flag} {path}: the same folder as {seen[p]}; these must be different stores")
+        seen[p] = flag

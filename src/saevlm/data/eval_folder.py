@@ -32,6 +32,8 @@ def run(args) -> int:
     from saevlm.data.images import open_dataset
     from saevlm.data.store import atomic_write_json
 
+    from saevlm.data.atomic import check_not_own_input
+    check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
     images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
     out = Path(args.output_dir)

@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from saevlm.device import resolve_device
     from saevlm.sae.checkpoint import load_sae
 
+    from saevlm.data.atomic import check_not_own_input
+
     t0 = time.time()
+    check_not_own_input(args.output_dir, "--output_dir", [("--activations_dir", args.activations_dir),
+                                                          ("--sae_path", args.sae_path)])
     device = resolve_device(args.device)
     store = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
     sae = load_sae(args.sae_path, device=device)

@@ -353,7 +353,11 @@ def train(cfg: TrainConfig) -> int:
     """Train the SAEs ``cfg`` asks for (resuming an interrupted run); 0 when done."""
     from saevlm.distributed import init_distributed
 
+    from saevlm.data.atomic import check_not_own_input
+
     validate_hyperparameters(cfg)
+    check_not_own_input(cfg.checkpoints_dir, "--checkpoints_dir", [("--activations_dir", cfg.activations_dir),
+                                                                   ("--val_activations_dir", cfg.val_activations_dir)])
     dist, device = init_distributed(cfg.device)
     if cfg.autocast == "bf16" and device.type != "cuda":
         raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
