@@ -487,3 +487,26 @@ def test_no_command_writes_over_its_own_input(tmp_path, capsys, tiny_clip_dir, i
                                  "--overwrite", "--no_progress"], "own input", "--data_path")
     run_fails(capsys, tmp_path, ["ms", "--activations_dir", store, "--embeddings_path", store, "--device", "cpu"],
               "--embeddings_path", "same folder as --activations_dir")
+
+
+# ----------------------------------------------------------------------------- flag ranges, no tracebacks
+def test_flag_ranges_are_checked_before_work(run_copy, capsys, tiny_clip_dir, image_folder):
+    run_fails(capsys, run_copy, ["extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only",
+                                 "--output_dir", run_copy / "x", "--dataset_name", "imagefolder", "--data_path",
+                                 image_folder, "--num_workers", "-1", "--device", "cpu"], "--num_workers -1")
+    run_fails(capsys, run_copy, ["top-images", "--activations_dir", run_copy / "codes", "--output_dir",
+                                 run_copy / "t", "--chunk_rows", "0", "--no_progress"], "--chunk_rows 0")
+    run_fails(capsys, run_copy, ["explore", "--run_dir", run_copy, "--static", run_copy / "site",
+                                 "--latents", "top:-3", "--no_progress"], "--latents top:-3", "positive")
+    run_fails(capsys, run_copy, ["explore", "--run_dir", run_copy, "--static", run_copy / "site",
+                                 "--latents", "top:0", "--no_progress"], "--latents top:0", "positive")
+
+
+def test_an_all_zero_embedding_row_is_named(run_copy, capsys, monkeypatch):
+    monkeypatch.setenv("SAEVLM_VERIFY", "0")  # the zeros are the point here, not the checksum
+    shard = run_copy / "world" / "embeddings_val" / "acts_00000.npy"
+    arr = np.load(shard)
+    arr[5] = 0
+    np.save(shard, arr)
+    run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"),
+              "--embeddings_path", "image 5 (row 5) is all zeros")

@@ -367,6 +367,10 @@ def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     from saevlm.distributed import init_distributed
     from saevlm.models import load_encoder
 
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers {args.num_workers}: expected 0 (decode in the main process) or more")
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     dist, device = init_distributed(args.device)
     store_dtype = normalize_store_dtype(args.store_dtype, "--store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)

@@ -259,6 +259,8 @@ def choose_latents(view: SAEView, spec: str) -> np.ndarray:
             n = int(spec[4:])
         except ValueError:
             raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
+        if n < 1:
+            raise UserError(f"--latents {spec}: N must be a positive number of latents (e.g. top:500)")
         ms, _ = view.ms
         key = ms if ms is not None else view.stats["max"]
         order = np.argsort(-np.nan_to_num(np.asarray(key, dtype=np.float64), nan=-np.inf), kind="stable")

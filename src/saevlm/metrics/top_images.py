@@ -147,6 +147,8 @@ def run(args) -> int:
     t0 = time.time()
     if args.k < 1:
         raise UserError(f"--k {args.k}: expected a positive integer")
+    if args.chunk_rows < 1:
+        raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
     device = resolve_device(args.device)
     store = open_scored_store(args.activations_dir, allow_top_images=True, allow_nonfinite=args.allow_nonfinite)
     from saevlm.data.images import check_dataset_flags
