@@ -209,3 +209,19 @@ def test_grids_and_eval_folder_read_images_from_the_hub(tiny_clip_dir, hub_dir, 
     for label, i in first.items():
         (copied,) = (tmp_path / "eval" / CLASSES[label]).iterdir()
         assert copied.read_bytes() == hub.read_bytes(i)
+
+
+def test_a_missing_shard_file_is_refused(hub_dir, tmp_path, tiny_clip_dir, capsys):
+    """train-00001-of-00002.parquet gone: the split is incomplete, said before any work (it once
+    ran on half the split with exit 0)."""
+    import shutil
+
+    half = tmp_path / "half"
+    shutil.copytree(hub_dir, half)
+    (half / "data" / "train-00001-of-00002.parquet").unlink()
+    with pytest.raises(UserError, match=r"split train is incomplete: 1 of its 2 files are missing "
+                                        r"\(train-00001-of-00002.parquet\)"):
+        open_dataset(f"hf:{half}", None, "train")
+    assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{half}", tmp_path / "out", "--layer", "1", "--cls_only")) == 2
+    assert "is incomplete" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert len(open_dataset(f"hf:{half}", None, "validation")) == 10  # the complete split still opens

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,28 @@ def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[
                             f"{Path(files[0]).suffix or 'non-parquet'} files; saevlm streams parquet "
                             f"(convert with datasets' Dataset.to_parquet)")
         return _resolve_files(spec, chosen, PARQUET_REVISION)  # the hub's own parquet conversion
+    check_sharded_file_set(spec, chosen, files)
     return chosen, files, revision
+
+
+_SHARD_NAME = re.compile(r"^(?P<stem>.*?)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
+
+
+def check_sharded_file_set(spec: str, split: str, files: list[str]) -> None:
+    """Files named in the hub's ``<stem>-0000i-of-0000n.parquet`` layout must all be there: a
+    missing one would silently drop part of the split (and every image index after it)."""
+    groups: dict[tuple[str, int], set[int]] = {}
+    for f in files:
+        m = _SHARD_NAME.match(Path(f.split("::")[0]).name)
+        if m:
+            groups.setdefault((m["stem"], int(m["total"])), set()).add(int(m["index"]))
+    for (stem, total), have in sorted(groups.items()):
+        missing = sorted(set(range(total)) - have)
+        if missing:
+            names = ", ".join(f"{stem}-{i:05d}-of-{total:05d}.parquet" for i in missing[:3])
+            raise UserError(f"--dataset_name hf:{spec}: split {split} is incomplete: {len(missing)} of its {total} "
+                            f"files are missing ({names}{', ...' if len(missing) > 3 else ''}); download them "
+                            f"again")
 
 
 class HubImageList:
