@@ -510,3 +510,41 @@ def test_an_all_zero_embedding_row_is_named(run_copy, capsys, monkeypatch):
     np.save(shard, arr)
     run_fails(capsys, run_copy, ms_argv(run_copy, run_copy / "world" / "val", "--overwrite"),
               "--embeddings_path", "image 5 (row 5) is all zeros")
+
+
+# ----------------------------------------------------------------------------- the shard list
+@pytest.fixture
+def three_shard_store(tmp_path, tiny_clip_dir, image_folder):
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only", "--shard_rows", "8", "--batch_size", "8",
+                   "--output_dir", tmp_path / "acts", "--dataset_name", "imagefolder", "--data_path", image_folder,
+                   "--num_workers", "0", "--device", "cpu", "--no_progress") == 0
+    store = tmp_path / "acts" / "post_mlp_residual_1"
+    assert len(json.loads((store / "manifest.json").read_text())["shards"]) == 3
+    return store
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m["shards"].insert(1, dict(m["shards"][0])), "is numbered 0"),
+    (lambda m: m["shards"].pop(1), "is numbered 2"),
+    (lambda m: [m["shards"].pop(1), [s.update(index=i) for i, s in enumerate(m["shards"])]], "starts at image 16"),
+    (lambda m: [m["shards"].__setitem__(1, {**m["shards"][0], "index": 1})], "which shard 0 lists too"),
+])
+def test_a_duplicated_or_dropped_shard_entry_is_refused(three_shard_store, tmp_path, capsys, edit, words):
+    rewrite_manifest(three_shard_store, edit)
+    for argv in (["inspect", three_shard_store, "--verify", "--no_progress"],
+                 ["top-images", "--activations_dir", three_shard_store, "--output_dir", tmp_path / "t",
+                  "--no_progress"],
+                 ["train", "--activations_dir", three_shard_store, "--checkpoints_dir", tmp_path / "ck",
+                  "--steps", "5", "--device", "cpu", "--no_progress"]):
+        run_fails(capsys, tmp_path, argv, "manifest.json", words)
+
+
+def test_verify_recomputes_the_image_id_hash(three_shard_store, tmp_path, capsys, monkeypatch):
+    """Rows files swapped between two shards of equal size (checksums off, as after a careless copy):
+    every count still matches; inspect --verify recomputes image_ids_sha256 and says so."""
+    monkeypatch.setenv("SAEVLM_VERIFY", "0")
+    a, b = three_shard_store / "rows_00000.npy", three_shard_store / "rows_00001.npy"
+    ra, rb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(rb)
+    b.write_bytes(ra)
+    run_fails(capsys, tmp_path, ["inspect", three_shard_store, "--verify", "--no_progress"], "image_ids_sha256")

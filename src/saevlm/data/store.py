@@ -235,6 +235,7 @@ class ActivationStore:
         if m.shards and not self.has_checksums:
             print(f"note: {flag} {self.path}: written without checksums (by an older saevlm); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
+        self._check_shard_list(manifest_path)
         for i in range(len(self.shards)):
             self._check_shard_files(i)  # names the shard whose row count disagrees, if one does
         if m.complete and offset != m.num_rows:
@@ -249,6 +250,34 @@ class ActivationStore:
                             f"pass --allow_nonfinite to use them anyway")
 
     # -- integrity
+    def _check_shard_list(self, manifest_path: Path) -> None:
+        """The manifest's shard list itself (cheap, no file read): entries numbered 0, 1, ... in
+        order, no file listed twice, image ranges contiguous, and (complete stores) as many images
+        as the manifest says. A duplicated or dropped entry would otherwise read the wrong rows."""
+        m = self.manifest
+        seen: dict[str, int] = {}
+        next_image = m.shards[0].first_image if m.shards else 0
+        for i, e in enumerate(m.shards):
+            where = f"{self.flag} {manifest_path}: shard entry {i}"
+            if e.index != i:
+                raise UserError(f"{where} is numbered {e.index}; entries must be 0, 1, 2, ... in order (one "
+                                f"was duplicated, dropped or reordered: the manifest was edited or damaged)")
+            for name in (*self._payload_files(i), e.rows_file):
+                if name in seen:
+                    raise UserError(f"{where} lists {name}, which shard {seen[name]} lists too; the manifest "
+                                    f"was edited or damaged")
+                seen[name] = i
+            if e.first_image != next_image:
+                raise UserError(f"{where} starts at image {e.first_image}, but the previous shard ends at "
+                                f"{next_image}; a shard entry is missing or repeated (the manifest was edited)")
+            next_image = e.first_image + e.num_images
+        if m.complete and m.num_images is not None and m.shards:
+            listed = sum(e.num_images for e in m.shards)
+            stored = listed - sum(len(e.skipped_images) for e in m.shards)
+            if m.num_images not in (listed, stored):
+                raise UserError(f"{self.flag} {manifest_path}: its shards cover {listed} images, but num_images "
+                                f"says {m.num_images}; the manifest was edited or damaged")
+
     def _payload_files(self, i: int) -> list[str]:
         return [self.manifest.shards[i].file or ""]
 
@@ -331,6 +360,13 @@ class ActivationStore:
             self._check_payload(i)
             self.shard_rows(i)
             self.shard_images(i)
+        recorded = self.manifest.image_ids_sha256
+        if recorded is not None and self.manifest.complete:
+            got = sha256_of_ints(self.image_ids())
+            if got != recorded:
+                raise UserError(f"{self.flag} {self.path}: the image ids its rows files hold hash to {got[:12]}..., "
+                                f"the manifest recorded {recorded[:12]}... (image_ids_sha256); shards were "
+                                f"swapped, copied or edited")
         return total
 
     def _check_payload(self, i: int) -> None:
