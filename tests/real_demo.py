@@ -6,7 +6,7 @@ digits (8 x 8, upscaled) and random crops of the photographs that ship in scikit
 scikit-learn and matplotlib, written as an iNat-style folder (``train/`` and ``val/``) so that
 every class has a taxonomy for ``saevlm hierarchy``:
 
-    digits: Symbol / Digit / Even|Odd / Small|Large / D<c> / D<c> / "D<c> <c>"
+    digits: Symbol / Digit / Even|Odd / Small|Large / D<c> / digit / "digit <c>"
     photos: Photo / Photo / Photo / Photo / <Name> / <Name> / "<Name> crop"
 
 Pipeline (each step is the ``saevlm`` command a researcher runs): extract (two blocks + the
@@ -59,7 +59,7 @@ def write_real_dataset(root: Path, digits_train: int, digits_val: int, crops_tra
         ims = [Image.fromarray((digits.images[i] / 16.0 * 255).astype(np.uint8)).resize((56, 56), Image.BILINEAR)
                .convert("RGB") for i in idx[:digits_train + digits_val]]
         folder = (f"_Symbol_Digit_{'Even' if c % 2 == 0 else 'Odd'}_{'Small' if c < 5 else 'Large'}"
-                  f"_D{c}_D{c}_{c}")
+                  f"_D{c}_digit_{c}")
         classes.append((folder, ims[:digits_train], ims[digits_train:]))
     for name, photo in real_photos().items():
         w, h = photo.size

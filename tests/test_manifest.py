@@ -130,3 +130,13 @@ def test_configs_default_to_the_cli_defaults():
     assert TrainConfig(activations_dir="x").hyperparameters()["decay_start"] == args.steps - 1
     ns = argparse.Namespace(**vars(command_args("extract", data_path="d", model_name="m", output_dir="o")))
     assert ExtractConfig.from_args(ns, "activations", "float32") == ExtractConfig()
+
+
+def test_model_labels_hide_machine_paths():
+    from saevlm.data.manifest import ModelInfo, display_name
+
+    assert ModelInfo(name="/root/.cache/saevlm-tests/dinov2-s14-focus-v1").label == "dinov2-s14-focus-v1"
+    assert ModelInfo(name="openai/clip-vit-large-patch14-336").label == "openai/clip-vit-large-patch14-336"
+    assert ModelInfo(name="clip-vit-base-patch32").label == "clip-vit-base-patch32"
+    assert ModelInfo(name=None, source="./models/tiny/").label == "tiny"
+    assert display_name("local-dir:/x/y/open-clip-b32") == "open-clip-b32"

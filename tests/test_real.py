@@ -158,6 +158,12 @@ def test_every_explorer_page_renders(real_run):
             assert target.exists(), (page, ref)
         if page in latent_pages:
             assert parser.top >= 2, page
+            text = page.read_text()
+            # labels are the taxonomy's species ("digit 4", "Chelsea crop"), not the folder names
+            assert "_Symbol_Digit_" not in text and "_Photo_Photo_" not in text, page
+            assert " crop" in text or "digit " in text, page
+        # no absolute path of this machine in a page's title
+        assert str(real_run["model"]) not in page.read_text(), page
     dom = dump_dom((root / "index.html").as_uri())
     assert "trainer_0" in dom and "trainer_1" in dom
     ms = _ms(real_run["codes"]["batch_top_k"])

@@ -88,6 +88,19 @@ class ModelInfo(_Section):
     name: str | None = None
     source: str | None = None
 
+    @property
+    def label(self) -> str:
+        """The name to show in titles and tables: a hub id or short name as it is, a local path
+        by its folder name (no absolute paths of the machine in pages)."""
+        return display_name(self.name or self.source or "?")
+
+
+def display_name(name: str) -> str:
+    """``/home/me/models/dinov2-s`` -> ``dinov2-s``; ``openai/clip-vit-base-patch32`` unchanged."""
+    if name.startswith(("/", "~", "./", "../", "local-dir:")):
+        return Path(name.split("local-dir:")[-1].rstrip("/")).name or name
+    return name
+
 
 @dataclass(frozen=True)
 class HookInfo(_Section):

@@ -53,7 +53,7 @@ class SAEView:
         where = {"post_projection": "projection", "post_mlp_residual": f"layer {hook.layer}"}.get(
             hook.attachment_point or "", hook.attachment_point or "?")
         arch = sae.arch if sae is not None else "?"
-        return f"{arch}, {self.num_latents} latents, {self.store.provenance.model.name} {where}"
+        return f"{arch}, {self.num_latents} latents, {self.store.provenance.model.label} {where}"
 
     @cached_property
     def group_sizes(self) -> list[int] | None:
@@ -359,6 +359,8 @@ class SAEView:
         if not f.is_file():
             return []
         c = json.loads(f.read_text())
+        if not c.get("names") and c.get("taxonomy"):  # iNat: the species ("Araneus diadematus"), not the folder
+            return [str(t[-1]) if t else str(x) for t, x in zip(c["taxonomy"], c.get("classes") or [])]
         return [str(x) for x in (c.get("names") or c.get("classes") or [])]
 
     @cached_property

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saevlm.data.manifest import ManifestError, Provenance
+from saevlm.data.manifest import ManifestError, Provenance, display_name
 
 
 @dataclass
@@ -153,14 +153,16 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
         sae = prov.sae
         if notes is not None and sae is not None and sae.path:
             _check_codes_fresh(notes, store, manifest, Path(sae.path))
-        model = prov.model.name or "?"
+        model = prov.model.label
+        emb_model = summary.get("embeddings_model")
+        emb_model = display_name(emb_model) if isinstance(emb_model, str) else emb_model
         if sae is not None and sae.dict_size and sae.activation_dim:
             expansion = int(round(sae.dict_size / sae.activation_dim))
             out.append(MSRecord("sae", model, layer_of(prov), sae.arch, expansion, sae.k, summary,
-                                ms_json, store, summary.get("embeddings_model"), sae.group_sizes))
+                                ms_json, store, emb_model, sae.group_sizes))
         else:
             out.append(MSRecord("raw", model, layer_of(prov), None, None, None, summary, ms_json, store,
-                                summary.get("embeddings_model")))
+                                emb_model))
     return out
 
 
