@@ -548,3 +548,42 @@ def test_verify_recomputes_the_image_id_hash(three_shard_store, tmp_path, capsys
     a.write_bytes(rb)
     b.write_bytes(ra)
     run_fails(capsys, tmp_path, ["inspect", three_shard_store, "--verify", "--no_progress"], "image_ids_sha256")
+
+
+# ----------------------------------------------------------------------------- weights tied to their run
+def test_an_ae_pt_from_another_run_is_refused(run_copy, capsys):
+    """Another run's ae.pt (same width, another store) put beside this run's config.json."""
+    w = run_copy / "world"
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "val", "--checkpoints_dir",
+                   run_copy / "other", "--expansion_factor", "2", "--k", "4", "--steps", "20", "--batch_size", "64",
+                   "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu", "--no_progress") == 0
+    assert json.loads((run_copy / "ck" / "trainer_0" / "weights.json").read_text())["files"]["ae.pt"]["crc32"]
+    shutil.copy(run_copy / "other" / "trainer_0" / "ae.pt", run_copy / "ck" / "trainer_0" / "ae.pt")
+    run_fails(capsys, run_copy, ["encode", "--sae_path", run_copy / "ck" / "trainer_0", "--activations_dir", w / "val",
+                                 "--output_dir", run_copy / "codes2", "--no_progress"],
+              "ae.pt: not the weights this trainer directory's run wrote", "weights.json")
+
+
+def test_a_full_disk_at_the_final_save_loses_no_training(run_copy, capsys, monkeypatch):
+    import saevlm.data.atomic as atomic
+
+    real = atomic.atomic_save_torch
+
+    def full_for_ae(path, obj):
+        if Path(path).name == "ae.pt":
+            raise atomic.UserError(f"{path}: the disk is full; free space or choose another output directory")
+        return real(path, obj)
+
+    monkeypatch.setattr(atomic, "atomic_save_torch", full_for_ae)
+    argv = ["train", "--layout", "trainers", "--activations_dir", run_copy / "world" / "train", "--checkpoints_dir",
+            run_copy / "ck3", "--expansion_factor", "2", "--k", "4", "--steps", "30", "--batch_size", "64",
+            "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu", "--no_progress"]
+    capsys.readouterr()
+    assert run_cli(*argv) == 2
+    one_line_error(capsys, "ae.pt", "disk is full")
+    import torch
+    assert torch.load(run_copy / "ck3" / "trainer_0" / "resume.pt", weights_only=False)["step"] == 30
+    monkeypatch.setattr(atomic, "atomic_save_torch", real)
+    assert run_cli(*argv) == 0  # the rerun writes the files from the resume point
+    assert (run_copy / "ck3" / "trainer_0" / "ae.pt").is_file()
+    assert "resuming 1 SAE(s) at step(s) [30]" in capsys.readouterr().err

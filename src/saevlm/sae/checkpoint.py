@@ -97,6 +97,51 @@ def _from_hub(spec: str) -> tuple[Path, Path | None]:
     return weights, cfg
 
 
+WEIGHTS_JSON = "weights.json"
+
+
+def record_weights(trainer_dir: Path, weights: Path) -> None:
+    """Record the size and CRC-32 of a weights file saevlm just wrote in ``<trainer_dir>/weights.json``,
+    so that an ``ae.pt`` replaced later (another layer's, of the same width) is not taken as the one
+    ``config.json`` describes."""
+    from saevlm.data.atomic import atomic_write_json, file_checksum
+
+    f = trainer_dir / WEIGHTS_JSON
+    try:
+        data = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    files = dict(data.get("files") or {})
+    files[weights.relative_to(trainer_dir).as_posix()] = file_checksum(weights)
+    atomic_write_json(f, {"about": "size and CRC-32 of the weights files this trainer directory's run wrote "
+                                   "(saevlm checks them on load)", "files": files})
+
+
+def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
+    """Refuse weights whose bytes differ from what the run that wrote ``config.json`` recorded."""
+    if cfg_path is None:
+        return
+    trainer_dir = cfg_path.parent
+    f = trainer_dir / WEIGHTS_JSON
+    if not f.is_file():
+        return  # not written by saevlm (the authors' checkpoints, an older saevlm)
+    try:
+        files = json.loads(f.read_text()).get("files") or {}
+        rel = weights.resolve().relative_to(trainer_dir.resolve()).as_posix()
+    except (OSError, json.JSONDecodeError, ValueError, AttributeError):
+        return
+    recorded = files.get(rel)
+    if not isinstance(recorded, dict):
+        return
+    from saevlm.data.atomic import file_checksum
+    got = file_checksum(weights)
+    if got["crc32"] != recorded.get("crc32") or got["bytes"] != recorded.get("bytes"):
+        raise UserError(f"--sae_path {weights}: not the weights this trainer directory's run wrote ({got['bytes']} "
+                        f"bytes, CRC-32 {got['crc32']}; {f.name} recorded {recorded.get('bytes')} bytes, CRC-32 "
+                        f"{recorded.get('crc32')}): the file was replaced or copied from another run, so "
+                        f"{cfg_path.name} does not describe it. Put the original back, or retrain")
+
+
 def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
     """Load any dictionary_learning checkpoint; the class comes from config.json (or, without
     one, from the state dict's keys)."""
@@ -113,6 +158,7 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
     cls_name = trainer_cfg.get("dict_class")
     if cls_name is None and trainer_cfg.get("trainer_class") in TRAINER_CLASS_TO_ARCH:
         cls_name = ARCHITECTURES[TRAINER_CLASS_TO_ARCH[trainer_cfg["trainer_class"]]][3]
+    check_recorded_weights(weights, cfg_path)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from saevlm.device import DEVICE_HELP
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
+from saevlm.sae.checkpoint import record_weights
 
 if TYPE_CHECKING:
     from saevlm.data.manifest import Provenance
@@ -558,6 +559,7 @@ class TrainingRun:
         weights = [_raw_weights(tr, self.norm_factor) for tr in self.trainers]
         for spec, w, ev in zip(self.specs, weights, self.evaluate(weights)):
             _save_torch_atomic(w, spec.directory / "checkpoints" / f"ae_{done}.pt")
+            record_weights(spec.directory, spec.directory / "checkpoints" / f"ae_{done}.pt")
             atomic_write_json(spec.directory / "checkpoints" / f"ae_{done}_eval.json",
                               {"step": done, "validation": self.val_note, **ev})
 
@@ -626,10 +628,13 @@ class TrainingRun:
 
         weights = [_raw_weights(tr, self.norm_factor) for tr in self.trainers]
         evals = self.evaluate(weights) if self.trainers else []
+        # the resume point first: if the final save fails (a full disk), a rerun finds the trained
+        # state and only writes the files, instead of starting again
+        self.write_resume_point(self.cfg.steps)
         for spec, w, ev in zip(self.specs, weights, evals):
             _save_torch_atomic(w, spec.directory / "ae.pt")
+            record_weights(spec.directory, spec.directory / "ae.pt")
             atomic_write_json(spec.directory / "eval.json", {"step": self.cfg.steps, "validation": self.val_note, **ev})
-        self.write_resume_point(self.cfg.steps)
         barrier(self.dist)  # every process has written its SAEs
         if not self.dist.is_main:
             return
