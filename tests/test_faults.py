@@ -587,3 +587,43 @@ def test_a_full_disk_at_the_final_save_loses_no_training(run_copy, capsys, monke
     assert run_cli(*argv) == 0  # the rerun writes the files from the resume point
     assert (run_copy / "ck3" / "trainer_0" / "ae.pt").is_file()
     assert "resuming 1 SAE(s) at step(s) [30]" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- said, not silent
+def test_gifs_and_empty_class_folders_are_reported(tmp_path, capsys):
+    from PIL import Image
+
+    from saevlm.data.images import open_dataset
+
+    from helpers import make_image_folder
+
+    root = make_image_folder(tmp_path / "d", num_classes=2, per_class=2)
+    Image.new("RGB", (8, 8)).save(root / "class_000" / "anim.gif")
+    (root / "class_zzz").mkdir()
+    images = open_dataset("imagefolder", root, None)
+    err = capsys.readouterr().err
+    assert "skipped 1 files" in err and "1 .gif" in err
+    assert "1 class folders hold no images (first: class_zzz)" in err
+    assert len(images) == 4 and images.classes[-1] == "class_zzz"
+
+
+def test_checkpoint_mistakes_are_one_clear_line(run_copy, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(run_copy)
+    # a typo inside a local path (ck/ exists here) is not sent to the hub
+    run_fails(capsys, run_copy, ["encode", "--sae_path", "ck/trainr_0/ae.pt", "--activations_dir", "world/val",
+                                 "--output_dir", "codes9", "--no_progress"],
+              "--sae_path ck/trainr_0/ae.pt: no such file or directory", "local path, not a hub repo")
+    bad = run_copy / "badsae"
+    bad.mkdir()
+    (bad / "ae.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    line = run_fails(capsys, run_copy, ["encode", "--sae_path", bad, "--activations_dir", "world/val",
+                                        "--output_dir", "codes9", "--no_progress"], "not a readable torch checkpoint")
+    assert len(line) < 500
+
+
+def test_validation_on_the_training_store_is_warned(run_copy, capsys):
+    w = run_copy / "world"
+    assert run_cli("train", "--activations_dir", w / "train", "--val_activations_dir", w / "train",
+                   "--checkpoints_dir", run_copy / "ck4", "--steps", "5", "--batch_size", "64", "--warmup_steps", "1",
+                   "--threshold_start_step", "2", "--device", "cpu", "--no_progress") == 0
+    assert "holds the same images as --activations_dir" in capsys.readouterr().err

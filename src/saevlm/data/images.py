@@ -113,13 +113,30 @@ def scan_class_folders(split_dir: Path, flag: str = "--data_path") -> tuple[list
         raise UserError(f"{flag} {split_dir}: no class folders found.{hint}")
     paths: list[str] = []
     labels: list[int] = []
+    empty: list[str] = []
+    skipped: dict[str, int] = {}
     for label, cls in enumerate(classes):
         class_dir = split_dir / cls
+        before = len(paths)
         for dirpath, _dirs, files in sorted(os.walk(class_dir, followlinks=True)):
             for fname in sorted(files):
                 if fname.lower().endswith(IMG_EXTENSIONS):
                     paths.append(os.path.relpath(os.path.join(dirpath, fname), split_dir))
                     labels.append(label)
+                elif not fname.startswith("."):
+                    ext = os.path.splitext(fname)[1].lower() or "(no extension)"
+                    skipped[ext] = skipped.get(ext, 0) + 1
+        if len(paths) == before:
+            empty.append(cls)
+    if paths and (empty or skipped):
+        import sys
+        if skipped:
+            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+            print(f"note: {flag} {split_dir}: skipped {sum(skipped.values())} files that are not images of the "
+                  f"supported kinds ({kinds}; supported: {', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
+        if empty:
+            print(f"note: {flag} {split_dir}: {len(empty)} class folders hold no images (first: {empty[0]}); "
+                  f"they keep their label index, as in torchvision's ImageFolder order", file=sys.stderr)
     if not paths:
         raise UserError(f"{flag} {split_dir}: {len(classes)} class folders but no images "
                         f"(extensions {', '.join(IMG_EXTENSIONS)})")

@@ -75,6 +75,10 @@ def resolve_checkpoint(path: str) -> tuple[Path, Path | None]:
                 return p, cand
         return p, None
     if not str(path).startswith(("/", ".", "~")) and str(path).count("/") >= 2:
+        first = Path(str(path).split("/")[0])
+        if first.is_dir():  # a local path with a typo in it, not a hub repo
+            raise UserError(f"--sae_path {path}: no such file or directory ({first}/ exists here, so this is "
+                            f"read as a local path, not a hub repo)")
         return _from_hub(str(path))
     raise UserError(f"--sae_path {path}: no such file or directory (expected a trainer directory "
                     f"holding ae.pt and config.json, or an .pt file)")
@@ -162,7 +166,8 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
-        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({err})") from None
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({first_line})") from None
     if cls_name is None:
         cls_name = _guess_class(state)
     if cls_name not in DICT_CLASS_TO_ARCH:

@@ -437,6 +437,13 @@ class TrainingRun:
                     (train_store.provenance.hook.to_json(), val.provenance.hook.to_json()))
             raise UserError(f"--val_activations_dir {val.path}: {diff.aspect} {b!r} differs from the "
                             f"training store's {a!r}")
+        same = val.path.resolve() == train_store.path.resolve() or (
+            val.manifest.content_sha256 is not None and val.manifest.content_sha256 == train_store.manifest.content_sha256
+            and val.manifest.image_ids_sha256 == train_store.manifest.image_ids_sha256)
+        if same:
+            print(f"warning: --val_activations_dir {val.path} holds the same images as --activations_dir; "
+                  f"R2, L0 and dead latents are then measured on training rows, not held-out ones", file=sys.stderr)
+            return val, "val (the training images: --val_activations_dir is the training store)"
         return val, "val"
 
     def _output_dir(self) -> Path:
