@@ -627,3 +627,33 @@ def test_validation_on_the_training_store_is_warned(run_copy, capsys):
                    "--checkpoints_dir", run_copy / "ck4", "--steps", "5", "--batch_size", "64", "--warmup_steps", "1",
                    "--threshold_start_step", "2", "--device", "cpu", "--no_progress") == 0
     assert "holds the same images as --activations_dir" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- stale derived results
+def test_results_from_before_a_re_encode_are_refused_or_flagged(run_copy, capsys):
+    """After `encode --overwrite` with another SAE, the old top images, MS and hierarchy are stale:
+    uniqueness / hierarchy / visualize refuse them, the explorer leaves them out with a note, and
+    the report warns, in a COPIED run directory too (run_copy is one)."""
+    from saevlm.explorer.app import Explorer
+
+    w, codes = run_copy / "world", run_copy / "codes"
+    assert run_cli("uniqueness", "--activations_dir", codes) == 0  # fresh: fine
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "val", "--checkpoints_dir",
+                   run_copy / "other", "--expansion_factor", "2", "--k", "4", "--steps", "20", "--batch_size", "64",
+                   "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("encode", "--sae_path", run_copy / "other" / "trainer_0", "--activations_dir", w / "val",
+                   "--output_dir", codes, "--overwrite", "--no_progress") == 0
+    run_fails(capsys, run_copy, ["uniqueness", "--activations_dir", codes], "top_images_16.npy: stale",
+              "saevlm top-images --activations_dir")
+    run_fails(capsys, run_copy, ["visualize", "--activations_dir", codes, "--output_dir", run_copy / "viz"],
+              "stale")
+    view = Explorer(run_copy, cache_dir=run_copy / ".cache", log=lambda *a: None).sae("codes")
+    assert view.top is None and view.ms == (None, None)
+    assert "top_images_16.json" in view.stale and any(k.endswith("ms.json") for k in view.stale)
+    capsys.readouterr()
+    assert run_cli("report", "--run_dir", run_copy) == 0
+    err = capsys.readouterr().err + (run_copy / "report.md").read_text()
+    assert "top_images_16.json: stale" in err and "ms.json: stale" in err
+    # refreshed: accepted again
+    assert run_cli("top-images", "--activations_dir", codes, "--device", "cpu", "--no_progress") == 0
+    assert run_cli("uniqueness", "--activations_dir", codes) == 0

@@ -360,6 +360,7 @@ class Manifest:
     created: str | None = None
     finished: str | None = None
     nnz: int | None = None
+    write_id: str | None = None  # random, new each time the store is (re-)written: tells versions apart
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     _REQUIRED: ClassVar[tuple] = (("complete", (bool,)), ("dim", (int,)), ("num_rows", (int,)),
@@ -406,6 +407,7 @@ class Manifest:
             kwargs = {k: m[k] for k in known if k in m}
             for key, types in (("kind", (str,)), ("images_per_shard", (int,)), ("num_images", (int,)),
                                ("image_ids_sha256", (str,)), ("content_sha256", (str,)), ("nnz", (int,)),
+                               ("write_id", (str,)),
                                ("files", (dict,)), ("file_checksums", (dict,)), ("skipped_images", (list,))):
                 _check(kwargs.get(key), types, key)
         except ManifestError as e:

@@ -62,18 +62,35 @@ class TopImagesStore:
         return np.load(self.path / "image_ids.npy")
 
 
-def load_top_images(directory, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``."""
+def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``.
+    With ``store`` (the store they should describe): refused when stale (computed from an earlier
+    version of it, ``top_images_<k>.json``) or of another size."""
     d = Path(directory)
     f = d / f"top_images_{k}.npy"
     if not f.is_file():
         raise UserError(f"--activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
                         f"--activations_dir {d} --k {k}` first")
-    return (np.load(f), np.load(d / f"top_images_{k}_kth_value.npy"),
-            np.load(d / f"top_images_{k}_values.npy"))
+    top = np.load(f)
+    if store is not None:
+        import json
+
+        from saevlm.metrics.results import check_fresh
+        refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
+        stamp = d / f"top_images_{k}.json"
+        if stamp.is_file():
+            try:
+                source = json.loads(stamp.read_text()).get("source")
+            except (OSError, ValueError, AttributeError):
+                raise UserError(f"{stamp}: not valid JSON; refresh it with `{refresh}`") from None
+            check_fresh(source, store, str(f), refresh)
+        if top.ndim != 2 or len(top) != store.num_neurons:
+            raise UserError(f"{f}: top images for {len(top)} neurons, but {store.path} has {store.num_neurons}; "
+                            f"refresh it with `{refresh}`")
+    return (top, np.load(d / f"top_images_{k}_kth_value.npy"), np.load(d / f"top_images_{k}_values.npy"))
 
 
-def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
+def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, store=None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Top images for an analysis command: saevlm's files in ``directory``, or the file given by
     the authors' ``--hai_indices_path``. A ``hai_indices_<k>.npy`` file is in the authors' order
@@ -82,7 +99,7 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
     and lists the same images."""
 
     if hai_indices_path is None:
-        return load_top_images(directory, k)
+        return load_top_images(directory, k, store)
     f = Path(hai_indices_path)
     if not f.is_file() and (Path(directory) / f.name).is_file():
         # the authors' path names the folder they passed as --activations_dir / --output_dir; saevlm
@@ -101,7 +118,7 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None
     ours = f.parent / f"top_images_{k}.npy"
     values = None
     if ours.is_file() and np.array_equal(np.load(ours), top):
-        _, kth, values = load_top_images(f.parent, k)
+        _, kth, values = load_top_images(f.parent, k, store if f.parent == Path(directory) else None)
     elif worst.is_file():
         kth = np.load(worst)
     else:

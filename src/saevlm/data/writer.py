@@ -256,6 +256,8 @@ class StoreWriter:
         self.manifest.update(extra or {})
         self.manifest["complete"] = True
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        import uuid
+        self.manifest["write_id"] = uuid.uuid4().hex  # derived results record it (metrics.results)
         atomic_write_json(self.path / MANIFEST, self.manifest)
         for f in self.path.glob("manifest.rank*.json"):
             f.unlink()

@@ -60,14 +60,53 @@ class SAEView:
         sae = self.store.provenance.sae
         return list(sae.group_sizes) if sae is not None and sae.group_sizes else None
 
+    # -- freshness: derived files computed from an earlier version of the store are not shown
+    @cached_property
+    def stale(self) -> dict[str, str]:
+        """derived file (relative to the store) -> why it does not describe the store now, with the
+        command that refreshes it. Stale files are left out of every column and page."""
+        from saevlm.metrics.results import source_of_ms, stale_reason
+
+        out: dict[str, str] = {}
+        rel = self.path
+        checks = [("top_images_16.json", lambda d: d.get("source"), f"saevlm top-images --activations_dir {rel}"),
+                  ("names.json", lambda d: d.get("source"), f"saevlm name --codes_dir {rel} ..."),
+                  ("fms/fms.json", lambda d: d.get("source"), f"saevlm fms --activations_dir {rel}"),
+                  ("hierarchy_16.json", lambda d: d.get("source"), f"saevlm hierarchy --activations_dir {rel}")]
+        for name, get, refresh in checks:
+            f = self.path / name
+            if not f.is_file():
+                continue
+            try:
+                data = json.loads(f.read_text())
+                reason = stale_reason(get(data) if isinstance(data, dict) else None, self.store)
+            except (OSError, ValueError):
+                reason = "not valid JSON"
+            if reason:
+                out[name] = f"{reason}; refresh: {refresh}"
+        for d in sorted(self.path.glob("ms*/")):
+            if (d / "scores.npy").is_file():
+                reason = stale_reason(source_of_ms(d), self.store)
+                if reason:
+                    out[f"{d.name}/ms.json"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
+        return out
+
+    def _fresh(self, name: str) -> bool:
+        return name not in self.stale
+
     # -- columns
     @cached_property
     def top(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(top-16 image ids [K, 16], their values [K, 16]) when top-images ran."""
+        """(top-16 image ids [K, 16], their values [K, 16]) when top-images ran (and are current)."""
         f = self.path / "top_images_16.npy"
-        if not f.is_file():
+        if not f.is_file() or not self._fresh("top_images_16.json"):
             return None
-        return np.load(f), np.load(self.path / "top_images_16_values.npy")
+        top, values = np.load(f), np.load(self.path / "top_images_16_values.npy")
+        if len(top) != self.num_latents:
+            self.stale["top_images_16.npy"] = (f"top images for {len(top)} latents, the store has {self.num_latents}; "
+                                               f"refresh: saevlm top-images --activations_dir {self.path}")
+            return None
+        return top, values
 
     @cached_property
     def ms(self) -> tuple[np.ndarray | None, str | None]:
@@ -77,14 +116,19 @@ class SAEView:
         except Exception:  # noqa: BLE001 - several ms folders: take the first
             d = next(iter(sorted(self.path.glob("ms*/scores.npy"))), None)
             d = d.parent if d else None
-        if d is None or not (d / "scores.npy").is_file():
+        if d is None or not (d / "scores.npy").is_file() or not self._fresh(f"{d.name}/ms.json"):
             return None, None
-        return np.load(d / "scores.npy"), d.name
+        scores = np.load(d / "scores.npy")
+        if scores.ndim != 1 or len(scores) != self.num_latents:
+            self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
+                                                  f"saevlm ms --activations_dir {self.path} --overwrite ...")
+            return None, None
+        return scores, d.name
 
     @cached_property
     def names(self) -> dict | None:
         f = self.path / "names.json"
-        if not f.is_file():
+        if not f.is_file() or not self._fresh("names.json"):
             return None
         try:
             return json.loads(f.read_text())
@@ -95,7 +139,7 @@ class SAEView:
     def fms(self) -> np.ndarray | None:
         """Per latent: the FMS of the concept it detects best (it is that concept's root latent)."""
         f = self.path / "fms" / "fms.json"
-        if not f.is_file():
+        if not f.is_file() or not self._fresh("fms/fms.json"):
             return None
         data = json.loads(f.read_text())
         out = np.full(self.num_latents, np.nan)

@@ -30,6 +30,7 @@ TABLE = """{% extends "base" %}
 {% block body %}
 <h1>{{ sae.title }}</h1>
 <p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
+{% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <form id="controls" onsubmit="return false">
 <label>search names <input id="q" type="search" placeholder="e.g. dog"></label>
 <label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
@@ -52,6 +53,7 @@ LATENT = """{% extends "base" %}
 {% block nav %} · <a href="../index.html">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
 {% block body %}
 <h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
+{% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
 <tr><th>MS</th><td>{{ fmt(ms) }}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
 <tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td>{{ fmt(depth) }}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
@@ -164,7 +166,7 @@ th{background:#f3f4f6;text-align:left}th a{color:#222;text-decoration:none}th a.
 .grid{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;text-align:center;font-size:12px}
 .noimg{width:112px;height:112px;background:#e5e7eb;display:flex;align-items:center;justify-content:center;color:#555}
 .noimg.small{width:80px;height:80px}
-.note{color:#6b7280;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}
+.note{color:#6b7280;font-size:13px}.stale{color:#b91c1c;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}
 .report table td{text-align:right}
 """
 

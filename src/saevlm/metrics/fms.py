@@ -162,7 +162,7 @@ def run(args) -> int:
 
     from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
     from saevlm.data.open import open_any_store as open_scored_store
-    from saevlm.metrics.results import check_one_row_per_image, find_ms_dir
+    from saevlm.metrics.results import check_one_row_per_image, find_ms_dir, source_stamp
 
     store = open_scored_store(args.activations_dir)
     check_one_row_per_image(store, "--activations_dir")
@@ -197,6 +197,7 @@ def run(args) -> int:
                                          "ms_source": str(ms_dir / "ms.json") if ms_dir else None,
                                          "activations_dir": str(store.path.resolve()),
                                          "codes_finished": store.manifest.finished,
+                                         "source": source_stamp(store),
                                          "definition": "Härle et al. 2025, arXiv 2506.19382"})
     print(f"FMS@{args.p} = {result['fms']:.4f} over {result['concepts']} concepts "
           f"(acc0 {result['mean_acc0']:.3f}, local {result['mean_local']:.3f}, global {result['mean_global']:.3f})"

@@ -100,7 +100,7 @@ def run(args) -> int:
     d = store.path
     from saevlm.data.atomic import ensure_writable_dir
     out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
-    top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path)
+    top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path, store)
     classes_f = d / "classes.json"
     labels_f = d / "labels.npy"
     if not classes_f.is_file() or not labels_f.is_file():
@@ -127,9 +127,11 @@ def run(args) -> int:
         raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(d, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
-    ms = load_ms_scores(ms_dir, len(top), "--ms_subdir") if ms_dir else None
+    ms = load_ms_scores(ms_dir, len(top), "--ms_subdir", store) if ms_dir else None
     table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
-    table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy)
+    from saevlm.metrics.results import source_stamp
+    table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,
+                 source=source_stamp(store))
     atomic_write_json(out / f"hierarchy_{args.k}.json", table)
     head = f"{'group':>5} {'size':>7} {'scored':>7} {'left out':>9} {'LCA (rounded mean)':>19} {'LCA (majority)':>15}"
     print(head + ("   MS mean / max / min" if ms is not None else ""))

@@ -36,7 +36,8 @@ def ms_inputs(acts, emb) -> dict:
     def ident(store) -> dict:
         m, prov = store.manifest, store.provenance
         return {"path": str(store.path.resolve()), "format": m.format, "content_sha256": m.content_sha256,
-                "image_ids_sha256": m.image_ids_sha256, "finished": m.finished, "model": prov.model.source,
+                "image_ids_sha256": m.image_ids_sha256, "finished": m.finished, "write_id": m.write_id,
+                "model": prov.model.source,
                 "sae": prov.sae.path if prov.sae is not None else None}
     return {"activations": ident(acts), "embeddings": ident(emb)}
 
@@ -45,9 +46,15 @@ def _same_inputs(old: dict | None, new: dict) -> bool:
     """The same stores, wherever they now lie (a copied or moved run keeps its results)."""
     import json
 
-    def strip(inputs):
-        return {k: {kk: vv for kk, vv in v.items() if kk != "path"} for k, v in (inputs or {}).items()}
-    return old is not None and strip(old) == strip(json.loads(json.dumps(new)))
+    def strip(inputs, keys=None):
+        return {k: {kk: vv for kk, vv in v.items() if kk != "path" and (keys is None or kk in keys.get(k, ()))}
+                for k, v in (inputs or {}).items()}
+    if old is None:
+        return False
+    new = json.loads(json.dumps(new))
+    # keys an older saevlm did not record (write_id) are compared only where both sides have them
+    both = {k: set(v) & set((old.get(k) or {})) for k, v in new.items()} if isinstance(old, dict) else {}
+    return strip(old, both) == strip(new, both) and set(old) == set(new)
 
 
 def check_embeddings_have_norm(emb, chunk_rows: int = 65536) -> None:

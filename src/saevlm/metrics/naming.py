@@ -111,11 +111,12 @@ def run(args: argparse.Namespace) -> int:
     from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images
+    from saevlm.metrics.results import source_stamp
 
     store = open_any_store(args.codes_dir, "--codes_dir", allow_top_images=True)
     out = Path(args.output) if args.output else store.path / "names.json"
     ensure_writable_dir(out.parent, "--output")
-    top, kth, values = load_top_images(store.path, args.k)
+    top, kth, values = load_top_images(store.path, args.k, store)
     emb = ActivationStore(args.embeddings_path, flag="--embeddings_path")
     diff = emb.provenance.compatible_with(store.provenance, aspects=("dataset",))
     if diff is not None:
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                             "image_embeddings": str(emb.path.resolve()),
                             "definition": "cosine of the mean unit CLIP image embedding of the top-k images with "
                                           "each word's text embedding; margin = first - second",
-                            "latents": latents})
+                            "source": source_stamp(store), "latents": latents})
     named = [r for r in latents if r["names"]]
     print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} near-dead) from "
           f"{len(words)} words; wrote {out}", file=sys.stderr)

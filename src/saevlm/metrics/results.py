@@ -42,13 +42,17 @@ def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = F
     return None
 
 
-def load_ms_scores(ms_dir, num_neurons: int, flag: str):
-    """scores.npy of an MS folder, checked against the number of neurons it should score."""
+def load_ms_scores(ms_dir, num_neurons: int, flag: str, store=None):
+    """scores.npy of an MS folder, checked against the number of neurons it should score (and,
+    with ``store``, refused when computed from an earlier version of that store)."""
     import numpy as np
 
     from saevlm.errors import UserError
 
     f = ms_dir / "scores.npy"
+    if store is not None:
+        check_fresh(source_of_ms(ms_dir), store, str(ms_dir / "ms.json"),
+                    f"saevlm ms --activations_dir {store.path} --embeddings_path ... --overwrite")
     try:
         scores = np.load(f)
     except (OSError, ValueError) as e:
@@ -67,3 +71,60 @@ def check_one_row_per_image(store, flag: str) -> None:
         raise UserError(f"{flag} {store.path}: {store.num_rows} rows for {n_img} images (token "
                         f"selection {store.provenance.tokens.selection!r}); this metric needs one row per image "
                         f"(extract with --cls_only or --mean_pool)")
+
+
+# -- derived results tied to the store they describe ------------------------------------------
+# Every derived result (top images, MS, FMS, names, hierarchy, uniqueness) records ``source``: the
+# identity of the store it was computed from. A store re-written later (``encode --overwrite``
+# with another SAE, a re-extraction) gets a new ``finished`` time and, for codes, another SAE, so
+# results from before are recognised as stale wherever the run directory now lies (copied or
+# moved runs keep their manifests, so paths are not compared).
+SOURCE_KEYS = ("format", "write_id", "finished", "content_sha256", "image_ids_sha256", "num_rows", "num_neurons",
+               "sae")
+
+
+def source_stamp(store) -> dict:
+    """What a derived result was computed from (see above)."""
+    m, prov = store.manifest, store.provenance
+    get = m.get if isinstance(m, dict) else lambda key: getattr(m, key, None)  # a top-images store's is a dict
+    return {"format": get("format"), "write_id": get("write_id"), "finished": get("finished"),
+            "content_sha256": get("content_sha256"),
+            "image_ids_sha256": get("image_ids_sha256"), "num_rows": int(store.num_rows),
+            "num_neurons": int(store.num_neurons), "sae": prov.sae.path if prov.sae is not None else None}
+
+
+def stale_reason(recorded: dict | None, store) -> str | None:
+    """Why a result stamped ``recorded`` does not describe ``store`` now (None: it does, or it is
+    an older result without a stamp, whose shapes the readers still check)."""
+    if not isinstance(recorded, dict):
+        return None
+    now = source_stamp(store)
+    for key in SOURCE_KEYS:
+        if key in recorded and recorded[key] is not None and now.get(key) is not None and recorded[key] != now[key]:
+            if key in ("finished", "write_id"):
+                return (f"computed from the version of the store finished at {recorded.get('finished')}; the "
+                        f"store was re-written since (finished at {now.get('finished')})")
+            return f"computed from a store whose {key} was {recorded[key]!r}; it is now {now[key]!r}"
+    return None
+
+
+def source_of_ms(ms_dir) -> dict | None:
+    """The activations' stamp an MS folder recorded (ms.json ``inputs.activations``)."""
+    import json
+
+    try:
+        data = json.loads((ms_dir / "ms.json").read_text())
+    except (OSError, ValueError):
+        return None
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    acts = inputs.get("activations") if isinstance(inputs, dict) else None
+    return acts if isinstance(acts, dict) else None
+
+
+def check_fresh(recorded: dict | None, store, what: str, refresh: str) -> None:
+    """Refuse a stale derived result, naming the file and the command that refreshes it."""
+    from saevlm.errors import UserError
+
+    reason = stale_reason(recorded, store)
+    if reason is not None:
+        raise UserError(f"{what}: stale, {reason}; refresh it with `{refresh}`")

@@ -201,7 +201,8 @@ def run(args) -> int:
                                        store.num_neurons, args.k, device)
     image_ids = store.image_ids()
     images = image_ids[rows]
-    files = write_top_images(out, args.k, images, values)
+    from saevlm.metrics.results import source_stamp
+    files = write_top_images(out, args.k, images, values, source=source_stamp(store))
     lock.release()
     near_dead = int((values[:, -1] == 0).sum())
     print(f"{store.num_neurons} neurons x top {args.k} images; {near_dead} with k-th value 0 (near-dead)")

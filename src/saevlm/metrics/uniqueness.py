@@ -91,10 +91,16 @@ def run(args) -> int:
 
     from saevlm.data.atomic import ensure_writable_dir
 
+    from saevlm.data.open import open_any_store
+
     d = Path(args.activations_dir)
-    top, kth, _ = load_top_images(d, args.k)
+    store = open_any_store(d, "--activations_dir", allow_top_images=True) if (d / "manifest.json").is_file() else None
+    top, kth, _ = load_top_images(d, args.k, store)
     out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
     stats = uniqueness_stats(top, kth, args.keep_near_dead)
+    if store is not None:
+        from saevlm.metrics.results import source_stamp
+        stats["source"] = source_stamp(store)
     atomic_write_json(out / f"uniqueness_{args.k}.json", stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "
           f"{stats['pairs']:,} pairs")

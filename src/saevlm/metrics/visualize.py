@@ -66,7 +66,7 @@ def run(args) -> int:
                         args.split, f"the store {store.path}")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=args.histogram_only)
-    ms = load_ms_scores(ms_dir, store.num_neurons, "--ms_subdir") if ms_dir else None
+    ms = load_ms_scores(ms_dir, store.num_neurons, "--ms_subdir", store) if ms_dir else None
     raw = None
     if args.raw_ms:
         rp = Path(args.raw_ms)
@@ -81,7 +81,7 @@ def run(args) -> int:
     if not args.histogram_only:
         from saevlm.data.topimages import load_top_images_for
         from saevlm.sae.archs import group_sizes
-        top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path)
+        top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path, store)
         if values is None:  # an authors' file: the k-th value is known, the others are not
             values = np.full(top.shape, np.nan, dtype=np.float32)
             values[:, -1] = kth

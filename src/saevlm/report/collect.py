@@ -131,8 +131,10 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
         summary = read_json(ms_json, notes)
         if summary is None:
             continue
+        # the store holding the ms folder first: in a copied or moved run the recorded path still
+        # names the original, which is not the store these scores now sit beside
         recorded = Path(summary.get("activations_dir") or ms_json.parent.parent)
-        store = recorded if (recorded / "manifest.json").is_file() else ms_json.parent.parent
+        store = ms_json.parent.parent if (ms_json.parent.parent / "manifest.json").is_file() else recorded
         manifest = read_json(store / "manifest.json", notes) if (store / "manifest.json").is_file() else None
         if manifest is None:
             if notes is not None:
@@ -143,10 +145,16 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
                 notes.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish or the file was "
                          f"removed); left out, rerun saevlm ms", damaged=True)
             continue
-        stamp = (summary.get("inputs") or {}).get("activations", {}).get("finished")
-        if notes is not None and stamp is not None and stamp != finished_at(manifest):
-            notes.warn(f"{ms_json}: stale, computed from {store} as finished at {stamp}, but the store was "
-                     f"rewritten at {finished_at(manifest)}; rerun saevlm ms")
+        if notes is not None:
+            from saevlm.data.open import open_any_store
+            from saevlm.errors import UserError
+            from saevlm.metrics.results import source_of_ms, stale_reason
+            try:
+                reason = stale_reason(source_of_ms(ms_json.parent), open_any_store(store, "store"))
+            except UserError:
+                reason = None
+            if reason:
+                notes.warn(f"{ms_json}: stale, {reason}; rerun saevlm ms")
         prov = _provenance(manifest, store / "manifest.json", notes)
         if prov is None:
             continue
@@ -211,15 +219,38 @@ def _results(run_dir: Path, pattern: str, required: str, notes: Notes) -> list[R
         data = read_json(f, notes)
         if data is not None and required in data:
             out.append(ResultFile(f, data))
+            _warn_if_stale(f, data, notes)
     return out
+
+
+def _warn_if_stale(f: Path, data: dict, notes: Notes | None) -> None:
+    """A result that records ``source`` (the stamp of the store it came from) but whose store, the
+    folder holding it (or its parent, for fms/), was re-written since: a warning naming both."""
+    from saevlm.data.open import open_any_store
+    from saevlm.errors import UserError
+    from saevlm.metrics.results import stale_reason
+
+    source = data.get("source") if isinstance(data, dict) else None
+    if notes is None or not isinstance(source, dict):
+        return
+    for d in (f.parent, f.parent.parent):
+        if (d / "manifest.json").is_file():
+            try:
+                reason = stale_reason(source, open_any_store(d, "store", allow_top_images=True))
+            except UserError:
+                return
+            if reason:
+                notes.warn(f"{f}: stale, {reason}; rerun the command that wrote it")
+            return
 
 
 def collect_fms(run_dir: Path, notes: Notes) -> list[ResultFile]:
     out = _results(run_dir, "fms.json", "fms", notes)
     for r in out:
-        store = Path(r.data.get("activations_dir") or r.path.parent.parent)
+        store = r.path.parent.parent if (r.path.parent.parent / "manifest.json").is_file() else \
+            Path(r.data.get("activations_dir") or r.path.parent.parent)
         manifest = read_json(store / "manifest.json") if (store / "manifest.json").is_file() else None
-        if manifest is not None and r.data.get("codes_finished") and \
+        if manifest is not None and r.data.get("codes_finished") and not r.data.get("source") and \
                 r.data["codes_finished"] != finished_at(manifest):
             notes.warn(f"{r.path}: stale, computed before {store} was rewritten; rerun saevlm fms")
         if r.data.get("ms_source") and not Path(r.data["ms_source"]).is_file():
@@ -239,6 +270,7 @@ def collect_run(run_dir: Path) -> RunResults:
     """Read every result under ``run_dir``."""
     notes = Notes()
     ms = collect_ms(run_dir, notes)
+    _results(run_dir, "top_images_*.json", "source", notes)  # only for their staleness warnings
     training, n_runs = collect_training(run_dir, notes)
     return RunResults(
         run_dir=run_dir, ms=ms, training=training, training_runs=n_runs,

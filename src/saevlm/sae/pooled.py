@@ -97,11 +97,14 @@ class RunningTopK:
         self.rows = torch.as_tensor(state["rows"], device=self.rows.device)
 
 
-def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.ndarray) -> list[str]:
+def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.ndarray,
+                     source: dict | None = None) -> list[str]:
     """saevlm's files (highest first) and the authors' ``find_hai_indices.py`` files:
     ``hai_indices_<k>.npy`` in THEIR order (``argsort(a)[-k:]``: the k-th highest first, the
-    highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value)."""
-    from saevlm.data.store import atomic_save_npy
+    highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
+    stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
+    so readers can tell a stale set."""
+    from saevlm.data.store import atomic_save_npy, atomic_write_json
 
     kth = values_k[:, -1].copy()
     files = {f"top_images_{k}.npy": image_ids_k, f"top_images_{k}_kth_value.npy": kth,
@@ -110,7 +113,11 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
              f"hai_indices_{k}_worst.npy": kth.astype(np.float64)}
     for name, arr in files.items():
         atomic_save_npy(out / name, arr)
-    return list(files)
+    names = list(files)
+    if source is not None:
+        atomic_write_json(out / f"top_images_{k}.json", {"k": k, "neurons": int(len(image_ids_k)), "source": source})
+        names.append(f"top_images_{k}.json")
+    return names
 
 
 def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, output_dir: Path,
