@@ -657,3 +657,49 @@ def test_results_from_before_a_re_encode_are_refused_or_flagged(run_copy, capsys
     # refreshed: accepted again
     assert run_cli("top-images", "--activations_dir", codes, "--device", "cpu", "--no_progress") == 0
     assert run_cli("uniqueness", "--activations_dir", codes) == 0
+
+
+# ----------------------------------------------------------------------------- pictures shown are the store's
+def test_visualize_and_explore_show_only_the_stores_own_pictures(tiny_clip_dir, tmp_path, capsys):
+    """Other pictures under the same file names: visualize refuses them before writing a figure,
+    the explorer shows none and says why; a moved dataset: the explorer says where it was and takes
+    --data_path, checked the same way."""
+    from PIL import Image
+
+    from helpers import make_image_folder, save_random_sae
+    from saevlm.explorer.app import Explorer
+
+    run = tmp_path / "run"
+    a = make_image_folder(run / "imgs", num_classes=2, per_class=8, size=32, seed=0)
+    common = ["--model_name", tiny_clip_dir, "--dataset_name", "imagefolder", "--batch_size", "4",
+              "--num_workers", "0", "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--layer", "1", "--cls_only", "--data_path", a, "--output_dir", run / "acts", *common) == 0
+    sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
+    codes = run / "codes"
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
+                   "--output_dir", codes, "--allow_mismatch", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", codes, "--k", "4", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", codes, "--no_progress") == 0
+    assert run_cli("visualize", "--activations_dir", codes, "--k", "4", "--neurons", "0", "1", "2",
+                   "--output_dir", tmp_path / "fig_ok") == 0
+    # the same names, other pictures (all of them repainted)
+    moved = tmp_path / "moved"
+    shutil.move(str(a), str(moved))
+    shutil.copytree(moved, a)
+    for f in a.rglob("*.png"):
+        Image.new("RGB", (32, 32), (250, 10, 10)).save(f)
+    run_fails(capsys, tmp_path, ["visualize", "--activations_dir", codes, "--k", "4", "--neurons", "0", "1", "2",
+                                 "--output_dir", tmp_path / "fig_bad"],
+              "is not the picture the store was made from", "other pictures under the same")
+    assert not (tmp_path / "fig_bad").exists()
+    page = Explorer(run, cache_dir=tmp_path / "c1", log=lambda *x: None).latent_page("codes", 0)
+    assert "is not the picture the store was made from" in page and "<img" not in page.split("Top")[1][:2000]
+    # the dataset moved away: said, with the way forward; --data_path brings the images back
+    shutil.rmtree(a)
+    page = Explorer(run, cache_dir=tmp_path / "c2", log=lambda *x: None).latent_page("codes", 0)
+    assert "no longer at" in page and "--data_path" in page
+    ex = Explorer(run, cache_dir=tmp_path / "c3", log=lambda *x: None, data_path=str(moved))
+    page = ex.latent_page("codes", 0)
+    assert "no images to show" not in page
+    top = np.load(codes / "top_images_16.npy")[0]
+    assert ex.thumbnail("codes", int(top[0]))[:2] == b"\xff\xd8"  # a JPEG

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latents", default="top:500",
                    help="with --static: which latents get pages: top:N by MS (default: %(default)s), all, "
                         "or ids like 3,17,42")
+    p.add_argument("--data_path", default=None,
+                   help="the dataset's folder, when it moved since extraction (checked against the stores' file "
+                        "lists and image content hashes)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from saevlm.explorer.app import Explorer
     from saevlm.explorer.server import serve
 
-    explorer = Explorer(args.run_dir, args.cache_dir)
+    explorer = Explorer(args.run_dir, args.cache_dir, data_path=args.data_path)
     if args.static:
         out = explorer.export(args.static, args.latents, progress=not args.no_progress)
         print(f"wrote {out.resolve()}/index.html ({len(explorer.index.saes)} SAE(s)); open it in a browser")

@@ -48,10 +48,11 @@ def histogram_svg(values: np.ndarray, bins: int = 30, width: int = 480, height: 
 class Explorer:
     """Pages of one run directory."""
 
-    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, log: Callable = print):
+    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, log: Callable = print,
+                 data_path: str | None = None):
         import jinja2
 
-        self.index = RunIndex(run_dir, cache_dir)
+        self.index = RunIndex(run_dir, cache_dir, data_path)
         self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
         self.run_name = self.index.run_dir.resolve().name
         self.log = log
@@ -137,13 +138,18 @@ class Explorer:
             ids, vals = view.top
             top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j]))]
         thumbs = view.images is not None
+        if thumbs and top and hasattr(view.images, "check"):
+            from saevlm.errors import UserError
+            try:  # the pictures must be the store's own (content hashes), before any is linked
+                view.images.check([i for _, i, _, _ in top])
+            except UserError as err:
+                view.images_note, thumbs = f"no images to show: {err}", False
         ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)),
                    ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
                    group=int(view.groups()[j]) if view.group_sizes else None,
                    depth=None if view.depth is None else float(view.depth[j]),
                    fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
-                   thumb_note="no images to show: the store's dataset is synthetic or no longer at the path "
-                              "it was extracted from")
+                   thumb_note=view.images_note or "no images to show")
         names = view.names["latents"][j] if view.names is not None else {}
         ctx.update(names=names.get("names") or [], margin=names.get("margin"), purity=names.get("purity"),
                    entropy=names.get("entropy_bits"), label=names.get("label"))
@@ -190,8 +196,14 @@ class Explorer:
         from PIL import Image
 
         from saevlm.data.atomic import atomic_write_bytes
+        from saevlm.errors import UserError
 
-        with Image.open(io.BytesIO(view.images.read_bytes(image_id))) as im:
+        try:
+            data = view.images.read_bytes(image_id)
+        except UserError as err:  # other pictures under the same names: never shown as this store's
+            view.images_note = f"no images to show: {err}"
+            raise KeyError(image_id) from None
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
             side = min(im.size)
             left, top = (im.width - side) // 2, (im.height - side) // 2

@@ -31,6 +31,7 @@ class SAEView:
     slug: str
     run_dir: Path
     cache_dir: Path
+    data_path: str | None = None  # explore --data_path: the dataset's folder when it moved
 
     @cached_property
     def store(self):
@@ -327,14 +328,29 @@ class SAEView:
 
     @cached_property
     def images(self):
-        """The store's dataset (for thumbnails), or None (synthetic, or moved away)."""
+        """The store's dataset (for thumbnails), or None (synthetic, moved away, or other pictures):
+        then ``images_note`` says why. Every image read is checked against the store's content hashes."""
         from saevlm.errors import UserError
         from saevlm.metrics.figures import open_store_images
 
-        try:
-            return open_store_images(self.store)
-        except UserError:
+        ds = self.store.provenance.dataset
+        if ds.name in (None, "synthetic"):
+            self.images_note = "no images to show: the store's dataset is synthetic"
             return None
+        recorded = str(ds.root or "")
+        try:
+            if self.data_path is not None:  # given explicitly: it wins, and is checked like any other
+                return open_store_images(self.store, self.data_path, "--data_path")
+            if recorded.startswith("hf:") or (recorded and Path(recorded).exists()):
+                return open_store_images(self.store, None, "the recorded dataset")
+        except UserError as err:
+            self.images_note = f"no images to show: {err}"
+            return None
+        self.images_note = (f"no images to show: the dataset is no longer at {recorded}, where it was extracted "
+                            f"from; pass explore --data_path <its new folder>")
+        return None
+
+    images_note: str = ""
 
     @cached_property
     def overlay_model(self) -> tuple[Any, str]:
@@ -416,7 +432,7 @@ class SAEView:
 class RunIndex:
     """Every SAE store under a run directory (found once, opened when first asked for)."""
 
-    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None):
+    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, data_path: str | None = None):
         from saevlm.errors import UserError
 
         self.run_dir = Path(run_dir)
@@ -437,7 +453,7 @@ class RunIndex:
                 continue
             rel = m.parent.relative_to(self.run_dir)
             slug = _slug(rel)
-            self.saes[slug] = SAEView(m.parent, slug, self.run_dir, self.cache_dir)
+            self.saes[slug] = SAEView(m.parent, slug, self.run_dir, self.cache_dir, data_path)
         if not self.saes:
             raise UserError(f"--run_dir {self.run_dir}: holds no SAE codes (saevlm encode, or extract "
                             f"--sae_path); nothing to explore")

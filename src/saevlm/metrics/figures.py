@@ -19,8 +19,39 @@ def group_of(neurons: np.ndarray, group_sizes: list[int] | None) -> np.ndarray:
     return np.searchsorted(np.cumsum(group_sizes), neurons, side="right")
 
 
-def open_store_images(store, data_path: str | None = None):
-    """The dataset of a store's provenance, verified to be the same image list."""
+class VerifiedImages:
+    """A store's dataset whose every read is checked against the content hash the store recorded
+    for that image, so other pictures under the same file names are never shown as its images."""
+
+    def __init__(self, images, hashes: dict[int, int], root, flag: str = "--data_path"):
+        self.images, self.hashes, self.root, self.flag = images, hashes, root, flag
+        self.verified: set[int] = set()
+
+    def __getattr__(self, name):
+        return getattr(self.images, name)
+
+    def read_bytes(self, index: int) -> bytes:
+        from saevlm.data.images import content_hash
+
+        data = self.images.read_bytes(index)
+        want = self.hashes.get(int(index))
+        if want is not None and data is not None and content_hash(data) != want:
+            name = self.images.name_of(int(index)) if hasattr(self.images, "name_of") else str(index)
+            raise UserError(f"{self.flag} {self.root}: image {index} ({name}) is not the picture the store was made "
+                            f"from (its content hash differs); the folder holds other pictures under the same "
+                            f"file names. Point {self.flag} at the original images")
+        self.verified.add(int(index))
+        return data
+
+    def check(self, indices) -> None:
+        """Verify these images now (before anything is written)."""
+        for i in sorted({int(i) for i in np.asarray(indices).ravel()} - self.verified):
+            self.read_bytes(i)
+
+
+def open_store_images(store, data_path: str | None = None, flag: str = "--data_path"):
+    """The dataset of a store's provenance, verified to be the same image list, with every image
+    read checked against the store's recorded content hashes (where recorded)."""
     from saevlm.data.images import open_dataset, select_indices
 
     ds = store.provenance.dataset
@@ -31,9 +62,12 @@ def open_store_images(store, data_path: str | None = None):
     images = open_dataset(ds.name, root, ds.split)
     selected = select_indices(len(images), ds.take_every or 1, ds.max_images)
     if images.paths_sha256(selected) != ds.paths_sha256:
-        raise UserError(f"--data_path {root}: its images differ from those the store was made from "
-                        f"(fingerprint mismatch); point --data_path at the same dataset")
-    return images
+        raise UserError(f"{flag} {root}: its images differ from those the store was made from "
+                        f"(fingerprint mismatch); point {flag} at the same dataset")
+    hashes = store.image_hashes() if hasattr(store, "image_hashes") else None
+    if hashes is None:
+        return images
+    return VerifiedImages(images, {int(i): int(h) for i, h in np.asarray(hashes)}, root, flag)
 
 
 def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160) -> None:

@@ -119,6 +119,8 @@ def run(args) -> int:
                 print(f"note: left out {dead} dead latent(s) of {len(top)} (never active on these images); "
                       f"name them with --neurons to draw them anyway", file=sys.stderr)
         images = open_store_images(store, args.data_path)
+        if hasattr(images, "check"):
+            images.check(top[np.asarray(neurons, dtype=np.int64)][:, :16])  # before any figure is written
         for neuron, g in zip(neurons, group_of(neurons, groups)):
             score = f"{ms[neuron]:.3f}" if ms is not None and not np.isnan(ms[neuron]) else "n/a"
             title = f"neuron {int(neuron)}  |  MS {score}" + (f"  |  group {int(g)}" if groups else "")
