@@ -428,7 +428,7 @@ def test_report_tells_the_truth(run_copy, capsys):
     assert md.index("**Warnings**") < md.index("## Monosemanticity Score")
     info = json.loads((run_copy / "codes" / "ms_synthetic" / "ms.json").read_text())
     n_scored = info["total"] - info["dead"]
-    assert f"(n={n_scored}/{info['total']})" in md
+    assert f"(n={n_scored}/{info['total']}; {info['scored_active_on_fewer_than_16']} rare)" in md
     assert f"{n_scored}/{info['total']} (dead {info['dead_constant']} + {info['dead_one_image']} one-image)" in md
     assert "## Feature Monosemanticity Score" in md and "## Uniqueness of top images" in md
     assert "unfinished" in md.split("## Reconstruction and sparsity")[1]
@@ -703,3 +703,21 @@ def test_visualize_and_explore_show_only_the_stores_own_pictures(tiny_clip_dir, 
     assert "no images to show" not in page
     top = np.load(codes / "top_images_16.npy")[0]
     assert ex.thumbnail("codes", int(top[0]))[:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_report_lists_unscored_codes_rare_latents_and_paper_values_only_where_they_belong(run_copy, capsys):
+    w = run_copy / "world"
+    assert run_cli("encode", "--sae_path", run_copy / "ck" / "trainer_0", "--activations_dir", w / "train",
+                   "--output_dir", run_copy / "codes_train", "--no_progress") == 0
+    assert run_cli("ms", *ms_argv(run_copy, run_copy / "codes", "--overwrite")[1:]) == 0  # records 'rare'
+    assert run_cli("report", "--run_dir", run_copy) == 0
+    md = (run_copy / "report.md").read_text()
+    assert "No MS yet" in md and "`codes_train`" in md
+    rare = json.loads(next((run_copy / "codes").glob("ms*/ms.json")).read_text())["scored_active_on_fewer_than_16"]
+    codes = np.load(run_copy / "codes" / "codes_00000.indices.npy")
+    counts = np.bincount(codes, minlength=128)
+    ms = np.load(next((run_copy / "codes").glob("ms*/scores.npy")))
+    assert rare == int(((counts < 16) & ~np.isnan(ms)).sum())  # recounted from the stored codes
+    assert f"; {rare} rare)" in md
+    # a synthetic world is not the paper's configuration: no "(paper in parentheses)" headings
+    assert "paper in parentheses" not in md and "Best neuron MS:" in md

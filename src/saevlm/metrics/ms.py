@@ -143,7 +143,12 @@ def run(args) -> int:
                 bar.update(len(a))
     scores_k = acc.scores()
     summary = summarize(scores_k)
-    record = {**summary, "scored": int(summary["total"] - summary["dead"]),
+    rare = None
+    if sparse:  # scored latents active on fewer than 16 images: their MS rests on few pairs
+        import numpy as np
+        active = acc.nnz.cpu().numpy()
+        rare = int(((active < 16) & ~np.isnan(scores_k)).sum())
+    record = {**summary, "scored": int(summary["total"] - summary["dead"]), "scored_active_on_fewer_than_16": rare,
               "dead_constant": acc.dead_constant, "dead_one_image": acc.dead_one_image,
               "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
               "activations_dir": str(acts.path.resolve()), "embeddings_path": str(emb.path.resolve()),

@@ -85,6 +85,7 @@ class RunResults:
     agreement: list[ResultFile]
     names: list[ResultFile]
     notes: Notes
+    unscored: list[Path] = field(default_factory=list)  # code stores with no MS yet
 
 
 def layer_of(prov: Provenance):
@@ -266,6 +267,22 @@ def collect_steering(run_dir: Path, notes: Notes) -> list[ResultFile]:
     return sorted(found, key=lambda r: str(r.path))
 
 
+def collect_unscored(run_dir: Path) -> list[Path]:
+    """Complete SAE code stores with no ``ms*/ms.json`` beside them (listed, never dropped)."""
+    out = []
+    for m in sorted(run_dir.rglob("manifest.json")):
+        if ".explorer_cache" in m.parts:
+            continue
+        try:
+            head = json.loads(m.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(head, dict) and head.get("format") == "saevlm-codes" and head.get("complete") \
+                and not any(m.parent.glob("ms*/ms.json")):
+            out.append(m.parent)
+    return out
+
+
 def collect_run(run_dir: Path) -> RunResults:
     """Read every result under ``run_dir``."""
     notes = Notes()
@@ -282,4 +299,4 @@ def collect_run(run_dir: Path) -> RunResults:
         agreement=_results(run_dir, "agreement*.json", "metrics", notes),
         names=[r for r in _results(run_dir, "names.json", "latents", notes)
                if r.data.get("format") == "saevlm-names"],
-        notes=notes)
+        notes=notes, unscored=collect_unscored(run_dir))

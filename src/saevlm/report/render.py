@@ -132,9 +132,12 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
                      "varies on one image only; their MS is undefined and left out of every mean):")
             rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
                                + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
-            rep.para("Best neuron MS (ours, paper in parentheses):")
+            rep.para("Best neuron MS (ours, paper in parentheses):" if matches_paper else "Best neuron MS:")
             rep.table(header, best_rows)
-            rep.para("Mean ± std MS (paper's last-layer means in parentheses):")
+            rep.para("Mean ± std MS (paper's last-layer means in parentheses; 'rare': scored latents active on "
+                     "fewer than 16 images, whose MS rests on few image pairs):" if matches_paper else
+                     "Mean ± std MS ('rare': scored latents active on fewer than 16 images, whose MS rests on "
+                     "few image pairs):")
             rep.table(header, mean_rows)
             rep.para("Worst neuron MS:")
             rep.table(header, worst_rows)
@@ -147,7 +150,9 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
     if pick is None:
         total = s.get("total")
         scored = s.get("scored", total - s["dead"] if total is not None and "dead" in s else None)
-        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))} (n={scored}/{total})"
+        rare = s.get("scored_active_on_fewer_than_16")
+        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))} (n={scored}/{total}" + \
+            (f"; {rare} rare)" if rare is not None else ")")
     else:
         text = _fmt(pick(s))
     if ref is not None:
@@ -197,9 +202,13 @@ def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
     if not results:
         return
     rep.heading("Matryoshka hierarchy")
+    # the paper's depths belong beside a tree like iNat's (7 levels) cut into its 5 groups only
+    inat_like = any(r.data.get("taxonomy_depth") == 7 and len(r.data.get("groups", [])) == len(paper.HIERARCHY_INAT)
+                    for r in results)
     rep.para("Mean lowest-common-ancestor depth of the 120 pairs of each neuron's top-16 images, per "
-             f"Matryoshka group (near-dead neurons left out). Paper (iNat, 5 groups): "
-             f"{' / '.join(map(str, paper.HIERARCHY_INAT))}.")
+             "Matryoshka group (near-dead neurons left out)." + (
+                 f" Paper (iNat, 7 levels, 5 groups): {' / '.join(map(str, paper.HIERARCHY_INAT))}." if inat_like
+                 else " (The paper's iNat depths are not shown: this taxonomy or grouping is another.)"))
     for r in results:
         rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
                  _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
@@ -373,6 +382,11 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     rep.heading(title, 1)
     title_len = (len(rep.md), len(rep.html))
     ms_tables(rep, results.ms)
+    if results.unscored:
+        if not results.ms:
+            rep.heading("Monosemanticity Score")
+        rep.para("No MS yet (run `saevlm ms --activations_dir <store> --embeddings_path <embeddings>`): " +
+                 ", ".join(f"`{p.relative_to(run_dir) if p.is_relative_to(run_dir) else p}`" for p in results.unscored))
     training_tables(rep, results.training)
     fms_tables(rep, results.fms)
     uniqueness_tables(rep, results.uniqueness)
