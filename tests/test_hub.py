@@ -225,3 +225,25 @@ def test_a_missing_shard_file_is_refused(hub_dir, tmp_path, tiny_clip_dir, capsy
     assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{half}", tmp_path / "out", "--layer", "1", "--cls_only")) == 2
     assert "is incomplete" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert len(open_dataset(f"hf:{half}", None, "validation")) == 10  # the complete split still opens
+
+
+def test_path_only_image_rows_are_read_from_their_files(image_folder, tmp_path, tiny_clip_dir):
+    """A local parquet written by datasets' own to_parquet from file paths holds
+    {"bytes": None, "path": ...} rows; they are read from the path, as datasets does."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    images = open_dataset("imagefolder", image_folder, None)
+    files = [str(image_folder / p) for p in images.paths]
+    ds = datasets.Dataset.from_dict({"image": files, "label": images.labels.tolist()})
+    ds = ds.cast_column("image", datasets.Image()).cast_column(
+        "label", datasets.ClassLabel(names=[f"c{i}" for i in range(len(images.classes))]))
+    root = tmp_path / "pathonly"
+    (root / "data").mkdir(parents=True)
+    ds.to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    col = pq.read_table(root / "data" / "train-00000-of-00001.parquet").column("image").combine_chunks()
+    assert all(b is None for b in col.field("bytes").to_pylist())  # the case under test: path-only rows
+    hub = open_dataset(f"hf:{root}", None, "train")
+    assert hub.read_bytes(3) == open(files[3], "rb").read()
+    assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{root}", tmp_path / "out", "--layer", "1", "--cls_only")) == 0
+    assert ActivationStore(tmp_path / "out" / "post_mlp_residual_1").num_rows == len(files)

@@ -312,9 +312,24 @@ class HubImageList:
                             f"command to resume") from None
         import pyarrow as pa
 
-        if pa.types.is_struct(column.type):
-            column = column.combine_chunks().field("bytes")
-        return column.to_pylist()
+        if not pa.types.is_struct(column.type):
+            return column.to_pylist()
+        column = column.combine_chunks()
+        data = column.field("bytes").to_pylist()
+        if column.type.get_field_index("path") < 0 or all(d is not None for d in data):
+            return data
+        # path-only rows ({"bytes": None, "path": ...}, as datasets' to_parquet writes images given by
+        # file path): read the file, as datasets does; a relative path is taken from the dataset folder
+        paths = column.field("path").to_pylist()
+        local = Path(self.spec).expanduser()
+        for i, (d, p) in enumerate(zip(data, paths)):
+            if d is None and p:
+                f = Path(p) if Path(p).is_absolute() or not local.is_dir() else local / p
+                try:
+                    data[i] = f.read_bytes()
+                except OSError:
+                    pass  # stays None: reported as an unreadable image, naming the row
+        return data
 
     def read_bytes(self, index: int) -> bytes | None:
         f, g, r = self.locate(index)
