@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from saevlm.threads import configure_threads
+    configure_threads()  # torch's CPU threads for this machine and its current load (saevlm/threads.py)
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except UserError as err:

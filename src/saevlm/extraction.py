@@ -372,6 +372,9 @@ def prepare_inputs(args: argparse.Namespace) -> RunInputs:
     if args.batch_size < 1:
         raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
     dist, device = init_distributed(args.device)
+    if device.type == "cpu" and args.num_workers > 0:
+        from saevlm.threads import configure_threads
+        configure_threads(workers=args.num_workers)  # leave the decoding workers their cores
     store_dtype = normalize_store_dtype(args.store_dtype, "--store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
