@@ -721,3 +721,19 @@ def test_report_lists_unscored_codes_rare_latents_and_paper_values_only_where_th
     assert f"; {rare} rare)" in md
     # a synthetic world is not the paper's configuration: no "(paper in parentheses)" headings
     assert "paper in parentheses" not in md and "Best neuron MS:" in md
+
+
+def test_a_run_resumes_after_its_data_moved_and_a_refusal_names_the_key(run_copy, capsys):
+    w = run_copy / "world"
+    argv = ["train", "--layout", "trainers", "--checkpoints_dir", run_copy / "ck5", "--expansion_factor", "2",
+            "--k", "4", "--steps", "30", "--batch_size", "64", "--warmup_steps", "2", "--threshold_start_step", "5",
+            "--device", "cpu", "--no_progress"]
+    assert run_cli(*argv, "--activations_dir", w / "train") == 0
+    shutil.move(str(w / "train"), str(run_copy / "moved_train"))  # the same data, elsewhere
+    capsys.readouterr()
+    assert run_cli(*argv, "--activations_dir", run_copy / "moved_train") == 0
+    assert "other settings" not in capsys.readouterr().err
+    bad = [a if a != "4" else "8" for a in map(str, argv)]
+    run_fails(capsys, run_copy, [*bad, "--activations_dir", run_copy / "moved_train"],
+              "holds a run with other settings: hyperparameters.k was 4, now 8", "pass the same flags")
+    run_fails(capsys, run_copy, [*argv, "--activations_dir", w / "val"], "holds a run with other settings")

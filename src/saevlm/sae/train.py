@@ -249,6 +249,46 @@ def _load_trainer_state(trainer, state: dict) -> None:
         setattr(trainer, k, v)
 
 
+def payload_fingerprint(store) -> str | None:
+    """SHA-256 over the CRC-32 of every shard file of a store (from its manifest): the same
+    activations give the same value wherever the store now lies. None without checksums."""
+    import hashlib
+
+    shards = store.manifest.shards
+    if not shards or not all(s.checksums for s in shards):
+        return None
+    h = hashlib.sha256()
+    for s in shards:
+        for name in sorted(s.checksums):
+            h.update(f"{name}:{s.checksums[name].get('crc32')}:{s.checksums[name].get('bytes')};".encode())
+    return h.hexdigest()
+
+
+def identity_difference(old: dict | None, new: dict) -> str | None:
+    """The first setting that differs between a recorded run and this one, in words; None when
+    it is the same run. Content decides, not paths: a training store that moved (same shard
+    checksums) is the same data."""
+    if not isinstance(old, dict):
+        return "run.json records no identity"
+    same_payload = old.get("activations_payload_sha256") is not None and \
+        old.get("activations_payload_sha256") == new.get("activations_payload_sha256")
+    for key in sorted(set(old) | set(new)):
+        if key in ("activations_dir", "activations_payload_sha256") or key == "activations_provenance" and same_payload:
+            continue
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+            return f"{key}.{sub} was {a.get(sub)!r}, now {b.get(sub)!r}"
+        if key == "trainers":
+            return f"the SAEs (--sae_model x --expansion_factor) were {[(t.get('arch'), t.get('expansion_factor')) for t in a or []]}, now {[(t.get('arch'), t.get('expansion_factor')) for t in b or []]}"
+        return f"{key} was {a!r}, now {b!r}"
+    if old.get("activations_payload_sha256") and new.get("activations_payload_sha256") and not same_payload:
+        return "the training activations differ (the shard checksums of --activations_dir are not the recorded ones)"
+    return None
+
+
 def _save_torch_atomic(obj, path: Path) -> None:
     from saevlm.data.atomic import atomic_save_torch
 
@@ -401,6 +441,7 @@ class TrainingRun:
             "activations_dir": str(self.train_store.path.resolve()),
             "activations_provenance": self.train_store.provenance.to_json(),
             "image_ids_sha256": self.train_store.manifest.image_ids_sha256,
+            "activations_payload_sha256": payload_fingerprint(self.train_store),
             "trainers": [{"dir": s.directory.name, "arch": s.arch, "expansion_factor": s.expansion_factor,
                           "dict_size": s.dict_size, "lr": s.lr} for s in self.all_specs],
             "hyperparameters": cfg.hyperparameters(),
@@ -479,9 +520,11 @@ class TrainingRun:
         except (OSError, ValueError, AssertionError):
             raise UserError(f"--checkpoints_dir {self.out}: its run.json is damaged; move the directory away or "
                             f"choose another --checkpoints_dir") from None
-        if old.get("identity") != json.loads(json.dumps(self.identity)):
-            raise UserError(f"--checkpoints_dir {self.out}: holds a run with other settings (see {self.run_json}); "
-                            f"use another directory")
+        diff = identity_difference(old.get("identity"), json.loads(json.dumps(self.identity)))
+        if diff is not None:
+            raise UserError(f"--checkpoints_dir {self.out}: holds a run with other settings: {diff} (see "
+                            f"{self.run_json}); pass the same flags and data to resume it, or use another "
+                            f"--checkpoints_dir")
         return bool(old.get("complete"))
 
     # -- resume
