@@ -737,3 +737,20 @@ def test_a_run_resumes_after_its_data_moved_and_a_refusal_names_the_key(run_copy
     run_fails(capsys, run_copy, [*bad, "--activations_dir", run_copy / "moved_train"],
               "holds a run with other settings: hyperparameters.k was 4, now 8", "pass the same flags")
     run_fails(capsys, run_copy, [*argv, "--activations_dir", w / "val"], "holds a run with other settings")
+
+
+def test_a_damaged_output_manifest_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch, image_folder):
+    import saevlm.models as models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(models, "load_encoder", no_model)
+    for argv, store in [(["extract", "--layer", "1", "last", "--cls_only", "--output_dir", tmp_path / "acts"],
+                         tmp_path / "acts" / "post_projection"),
+                        (["embed", "--embeddings_path", tmp_path / "emb"], tmp_path / "emb")]:
+        store.mkdir(parents=True)
+        (store / "manifest.json").write_text("{ not json")
+        run_fails(capsys, tmp_path, [*argv, "--model_name", "whatever", "--dataset_name", "imagefolder",
+                                     "--data_path", image_folder, "--num_workers", "0", "--device", "cpu"],
+                  "manifest.json is damaged", str(store))

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     check_not_own_input(args.embeddings_path, "--embeddings_path", [("--data_path", args.data_path)])
+    from saevlm.extraction import precheck_output_manifests
+    precheck_output_manifests([args.embeddings_path], "--embeddings_path", args.overwrite)
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.data_path),
                                                           ("--sae_path", args.sae_path)])
+    from saevlm.extraction import planned_store_dirs, precheck_output_manifests
+    precheck_output_manifests(planned_store_dirs(args.output_dir, args.layer, bool(args.sae_path)), "--output_dir",
+                              args.overwrite)
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)

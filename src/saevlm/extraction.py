@@ -9,6 +9,7 @@ fall on batch boundaries, so a resumed store is byte-identical to an uninterrupt
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -359,6 +360,40 @@ class RunInputs:
     selected: object
     encoder: object
     dist: object
+
+
+def precheck_output_manifests(store_dirs, flag: str, overwrite: bool) -> None:
+    """A damaged manifest in a store this command would write is refused BEFORE the model loads
+    (it used to surface only after 10-20 s of loading)."""
+    import json
+
+    if overwrite:
+        return
+    for d in store_dirs:
+        m = Path(d) / "manifest.json"
+        if not m.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(m.read_text()), dict)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{flag} {d}: its manifest.json is damaged ({str(e).splitlines()[0][:120]}); pass "
+                            f"--overwrite to replace the store") from None
+        if not ok:
+            raise UserError(f"{flag} {d}: its manifest.json is damaged (not a store manifest); pass --overwrite "
+                            f"to replace the store")
+
+
+def planned_store_dirs(output_dir, layers, codes: bool) -> list[Path]:
+    """The store folders ``extract`` will write for these --layer values, as far as they are known
+    without the model (non-negative blocks and 'last')."""
+    out, suffix = Path(output_dir), "_codes" if codes else ""
+    dirs = []
+    for raw in layers or []:
+        if str(raw).lower() in ("last", "proj", "projection"):
+            dirs.append(out / f"post_projection{suffix}")
+        elif str(raw).lstrip("+").isdigit():
+            dirs.append(out / f"post_mlp_residual_{int(raw)}{suffix}")
+    return dirs
 
 
 def prepare_inputs(args: argparse.Namespace) -> RunInputs:
