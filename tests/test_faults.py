@@ -754,3 +754,22 @@ def test_a_damaged_output_manifest_is_refused_before_the_model_loads(tmp_path, c
         run_fails(capsys, tmp_path, [*argv, "--model_name", "whatever", "--dataset_name", "imagefolder",
                                      "--data_path", image_folder, "--num_workers", "0", "--device", "cpu"],
                   "manifest.json is damaged", str(store))
+
+
+def test_explore_latent_ids_across_saes_of_different_widths(run_copy, capsys):
+    w = run_copy / "world"
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir",
+                   run_copy / "ck1x", "--expansion_factor", "1", "--k", "4", "--steps", "20", "--batch_size", "64",
+                   "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("encode", "--sae_path", run_copy / "ck1x" / "trainer_0", "--activations_dir", w / "val",
+                   "--output_dir", run_copy / "codes64", "--no_progress") == 0
+    capsys.readouterr()
+    assert run_cli("explore", "--run_dir", run_copy, "--static", run_copy / "site", "--latents", "3,100",
+                   "--no_progress") == 0
+    out = capsys.readouterr()
+    assert "codes64 has 64 latents; skipped 100" in out.err + out.out
+    assert (run_copy / "site" / "sae" / "codes" / "latent" / "100.html").is_file()
+    assert (run_copy / "site" / "sae" / "codes64" / "latent" / "3.html").is_file()
+    assert not (run_copy / "site" / "sae" / "codes64" / "latent" / "100.html").exists()
+    run_fails(capsys, run_copy, ["explore", "--run_dir", run_copy, "--static", run_copy / "site2", "--latents", "500",
+                                 "--no_progress"], "no SAE of the run has these latents", "codes64: 64")

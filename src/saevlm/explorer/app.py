@@ -227,6 +227,18 @@ class Explorer:
             _write_text(path, text)
 
         chosen = {slug: choose_latents(view, latents) for slug, view in self.index.saes.items()}  # flags first
+        if not any(len(c) for c in chosen.values()):
+            sizes = ", ".join(f"{slug}: {v.num_latents}" for slug, v in self.index.saes.items())
+            raise UserError(f"--latents {latents}: no SAE of the run has these latents (latents per SAE: {sizes})")
+        skipped: dict[str, list[int]] = {}
+        if not latents.startswith("top:") and latents != "all":
+            asked = sorted({int(x) for x in latents.split(",") if x.strip()})
+            for slug, c in chosen.items():
+                missing = [j for j in asked if j not in set(c.tolist())]
+                if missing:
+                    skipped[slug] = missing
+                    self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
+                             f"skipped {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
         out = ensure_writable_dir(Path(out), "--static")
         atomic_write_text(out / "static" / "explorer.js", SCRIPT)
         atomic_write_text(out / "static" / "style.css", STYLE)
@@ -235,7 +247,8 @@ class Explorer:
         for slug, subset in chosen.items():
             view, keep = self.index.saes[slug], kept[slug]
             d = out / "sae" / slug
-            note = f"{len(subset)} of {view.num_latents} latents exported ({latents})"
+            note = f"{len(subset)} of {view.num_latents} latents exported ({latents})" + (
+                f"; not in this SAE: {', '.join(map(str, skipped[slug][:5]))}" if slug in skipped else "")
             atomic_write_text(d / "index.html", self.table_page(slug, note))
             atomic_write_text(d / "latents.js", self.latents_js(slug, subset))
             images: set[int] = set()
@@ -281,6 +294,6 @@ def choose_latents(view: SAEView, spec: str) -> np.ndarray:
         ids = np.array(sorted({int(x) for x in spec.split(",") if x.strip()}), dtype=np.int64)
     except ValueError:
         raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
-    if len(ids) and (ids.min() < 0 or ids.max() >= K):
-        raise UserError(f"--latents {spec}: ids must lie in [0, {K})")
-    return ids
+    if len(ids) and ids.min() < 0:
+        raise UserError(f"--latents {spec}: ids must be 0 or more")
+    return ids[ids < K]  # ids beyond this SAE's size belong to wider SAEs of the run (export says so)
