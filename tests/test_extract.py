@@ -42,7 +42,7 @@ def _common(image_folder, batch_size=4):
 
 
 def _store_bytes(path: Path) -> dict:
-    """Every file of a store, with timestamps removed from the manifest (the writer's lock file,
+    """Every file of a store, with timestamps and the write id removed from the manifest (the writer's lock file,
     which names the last writer's pid, is not part of the store)."""
     out = {}
     for f in sorted(path.iterdir()):
@@ -50,7 +50,7 @@ def _store_bytes(path: Path) -> dict:
             continue
         if f.name == "manifest.json":
             m = json.loads(f.read_text())
-            m.pop("created"), m.pop("finished")
+            m.pop("created"), m.pop("finished"), m.pop("write_id", None)  # when and which write, not what
             out[f.name] = json.dumps(m, sort_keys=True).encode()
         else:
             out[f.name] = f.read_bytes()
