@@ -70,9 +70,13 @@ def hold_lock(directory: Path) -> subprocess.Popen:
     return holder
 
 
-def rewrite_manifest(store: Path, edit) -> None:
+def rewrite_manifest(store: Path, edit, keep_seal: bool = False) -> None:
+    """Edit a manifest by hand. The writer's seal is dropped (as an older saevlm wrote none), so
+    each test reaches the check it is about; ``keep_seal`` keeps it, to test the seal itself."""
     m = json.loads((store / "manifest.json").read_text())
     edit(m)
+    if not keep_seal:
+        m.pop("seal_sha256", None)
     (store / "manifest.json").write_text(json.dumps(m))
 
 
@@ -773,3 +777,17 @@ def test_explore_latent_ids_across_saes_of_different_widths(run_copy, capsys):
     assert not (run_copy / "site" / "sae" / "codes64" / "latent" / "100.html").exists()
     run_fails(capsys, run_copy, ["explore", "--run_dir", run_copy, "--static", run_copy / "site2", "--latents", "500",
                                  "--no_progress"], "no SAE of the run has these latents", "codes64: 64")
+
+
+def test_a_shard_copied_in_from_another_layers_store_with_its_checksum_is_refused(tmp_path, capsys, tiny_clip_dir,
+                                                                                   image_folder):
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "2", "--cls_only", "--shard_rows", "8",
+                   "--batch_size", "8", "--output_dir", tmp_path / "acts", "--dataset_name", "imagefolder",
+                   "--data_path", image_folder, "--num_workers", "0", "--device", "cpu", "--no_progress") == 0
+    l1, l2 = tmp_path / "acts" / "post_mlp_residual_1", tmp_path / "acts" / "post_mlp_residual_2"
+    shutil.copy(l2 / "acts_00001.npy", l1 / "acts_00001.npy")
+    other = json.loads((l2 / "manifest.json").read_text())["shards"][1]["checksums"]["acts_00001.npy"]
+    rewrite_manifest(l1, lambda m: m["shards"][1]["checksums"].update({"acts_00001.npy": other}), keep_seal=True)
+    for argv in (["inspect", l1, "--verify", "--no_progress"],
+                 ["top-images", "--activations_dir", l1, "--output_dir", tmp_path / "t", "--no_progress"]):
+        run_fails(capsys, tmp_path, argv, "seal_sha256 mismatch", "copied in from another store")

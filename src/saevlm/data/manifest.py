@@ -95,6 +95,31 @@ class ModelInfo(_Section):
         return display_name(self.name or self.source or "?")
 
 
+SEALED_KEYS = ("format", "dim", "dtype", "num_rows", "num_images", "shards", "provenance", "image_ids_sha256",
+               "content_sha256")
+
+
+def manifest_seal(m: dict) -> str:
+    """SHA-256 of a manifest's content keys (shards with their checksums, provenance, ...), written
+    by the store's writer when it finishes: a shard entry edited afterwards (a shard copied in from
+    another store together with its checksum) no longer matches."""
+    import hashlib
+    import json
+
+    body = {k: m.get(k) for k in SEALED_KEYS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_seal(m: dict, where: str) -> None:
+    """Refuse a manifest whose sealed content changed after its writer sealed it (unsealed ones,
+    from an older saevlm, pass)."""
+    seal = m.get("seal_sha256")
+    if seal is not None and manifest_seal(m) != seal:
+        raise UserError(f"{where}: its shard list or provenance changed after the store was written "
+                        f"(seal_sha256 mismatch): a shard entry was edited or copied in from another store. "
+                        f"Re-create the store (rerun its command with --overwrite)")
+
+
 def display_name(name: str) -> str:
     """``/home/me/models/dinov2-s`` -> ``dinov2-s``; ``openai/clip-vit-base-patch32`` unchanged."""
     if name.startswith(("/", "~", "./", "../", "local-dir:")):

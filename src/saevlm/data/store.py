@@ -212,8 +212,8 @@ class ActivationStore:
             what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"
             raise UserError(f"{flag} {self.path}: {what}; expected a saevlm store directory "
                             f"(written by `saevlm extract` / `saevlm embed`)")
-        self.manifest: Manifest = parse_manifest(read_manifest(manifest_path, flag), manifest_path, flag,
-                                                 self.FORMAT, self.PAYLOAD_KEYS)
+        raw_manifest = read_manifest(manifest_path, flag)
+        self.manifest: Manifest = parse_manifest(raw_manifest, manifest_path, flag, self.FORMAT, self.PAYLOAD_KEYS)
         m = self.manifest
         if not m.complete and not allow_incomplete:
             raise UserError(
@@ -241,6 +241,8 @@ class ActivationStore:
         if m.complete and offset != m.num_rows:
             raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
                             f"says {m.num_rows}; the manifest was edited or damaged")
+        from saevlm.data.manifest import check_seal
+        check_seal(raw_manifest, f"{flag} {manifest_path}")
         nonfinite = m.nonfinite_shards()
         if nonfinite and not allow_nonfinite:
             i = nonfinite[0]

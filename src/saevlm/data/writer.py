@@ -258,6 +258,8 @@ class StoreWriter:
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         import uuid
         self.manifest["write_id"] = uuid.uuid4().hex  # derived results record it (metrics.results)
+        from saevlm.data.manifest import manifest_seal
+        self.manifest["seal_sha256"] = manifest_seal(json.loads(json.dumps(self.manifest, default=str)))
         atomic_write_json(self.path / MANIFEST, self.manifest)
         for f in self.path.glob("manifest.rank*.json"):
             f.unlink()
