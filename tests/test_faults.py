@@ -791,3 +791,24 @@ def test_a_shard_copied_in_from_another_layers_store_with_its_checksum_is_refuse
     for argv in (["inspect", l1, "--verify", "--no_progress"],
                  ["top-images", "--activations_dir", l1, "--output_dir", tmp_path / "t", "--no_progress"]):
         run_fails(capsys, tmp_path, argv, "seal_sha256 mismatch", "copied in from another store")
+
+
+def test_visualize_does_not_blame_flags_that_were_not_passed(tmp_path, capsys, tiny_clip_dir):
+    from helpers import make_image_folder, save_random_sae
+
+    a = make_image_folder(tmp_path / "imgs", num_classes=2, per_class=8, size=32)
+    assert run_cli("extract", "--layer", "1", "--cls_only", "--model_name", tiny_clip_dir, "--dataset_name",
+                   "imagefolder", "--data_path", a, "--output_dir", tmp_path / "acts", "--batch_size", "4",
+                   "--num_workers", "0", "--device", "cpu", "--no_progress") == 0
+    sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
+    codes = tmp_path / "codes"
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", tmp_path / "acts" / "post_mlp_residual_1",
+                   "--output_dir", codes, "--allow_mismatch", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", codes, "--k", "4", "--no_progress") == 0
+    shutil.move(str(a), str(tmp_path / "elsewhere"))
+    line = run_fails(capsys, tmp_path, ["visualize", "--activations_dir", codes, "--k", "4", "--neurons", "0",
+                                        "--output_dir", tmp_path / "figs"],
+                     "the dataset it was extracted from", "pass --data_path with its new folder")
+    assert "--split" not in line.split("cannot be opened")[0]
+    assert run_cli("visualize", "--activations_dir", codes, "--k", "4", "--neurons", "0", "--output_dir",
+                   tmp_path / "figs", "--data_path", tmp_path / "elsewhere") == 0

@@ -39,7 +39,7 @@ class VerifiedImages:
             name = self.images.name_of(int(index)) if hasattr(self.images, "name_of") else str(index)
             raise UserError(f"{self.flag} {self.root}: image {index} ({name}) is not the picture the store was made "
                             f"from (its content hash differs); the folder holds other pictures under the same "
-                            f"file names. Point {self.flag} at the original images")
+                            f"file names. Pass --data_path with the original images")
         self.verified.add(int(index))
         return data
 
@@ -59,11 +59,20 @@ def open_store_images(store, data_path: str | None = None, flag: str = "--data_p
         raise UserError(f"{store.path}: a {ds.name or 'dataset-less'} store has no images to show "
                         f"(use --histogram_only)")
     root = data_path or ds.root
-    images = open_dataset(ds.name, root, ds.split)
+    if data_path is None:  # the user passed no dataset flag: never blame one they did not pass
+        flag = f"the dataset {store.path} was extracted from"
+        try:
+            images = open_dataset(ds.name, root, ds.split)
+        except UserError as err:
+            raise UserError(f"{store.path}: the dataset it was extracted from ({ds.name}, split {ds.split}, at "
+                            f"{root}) cannot be opened ({err}); if it moved, pass --data_path with its new "
+                            f"folder") from None
+    else:
+        images = open_dataset(ds.name, root, ds.split)
     selected = select_indices(len(images), ds.take_every or 1, ds.max_images)
     if images.paths_sha256(selected) != ds.paths_sha256:
         raise UserError(f"{flag} {root}: its images differ from those the store was made from "
-                        f"(fingerprint mismatch); point {flag} at the same dataset")
+                        f"(fingerprint mismatch); point --data_path at the same dataset")
     hashes = store.image_hashes() if hasattr(store, "image_hashes") else None
     if hashes is None:
         return images
