@@ -186,16 +186,25 @@ def test_table_pages_sorts_and_searches_in_the_browser(run_dir, server, tmp_path
         srv = make_server(Explorer(run_dir, tmp_path / "cache"), "127.0.0.1", 0)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{srv.server_address[1]}/sae/codes/index.html"
-        page1 = dump_dom(base)
-        assert len(parse(page1).rows) == 50 and "page 1 of 6" in page1 and f"{K} of {K} latents" in page1
+        # the default view: by MS, latents active on at least 16 images (said on the page)
         scores = np.load(next((run_dir / "codes").glob("ms_*/scores.npy")))
-        by_ms = parse(dump_dom(base + "#sort=ms&desc=1&per=100"))
+        active = json.loads(Explorer(run_dir, tmp_path / "cache2").latents_js("codes").split("=", 1)[1]
+                            .rstrip().rstrip(";"))["columns"]["active"]
+        default = dump_dom(base)
+        rows = parse(default).rows
+        eligible = [j for j in range(K) if active[j] >= 16 and np.isfinite(scores[j])]
+        assert "active on at least 16 images" in default and rows
+        assert [int(r[0]) for r in rows] == sorted(eligible, key=lambda j: (-round(float(scores[j]), 5), j))[:50]
+        assert all(int(r[3]) >= 16 for r in rows)
+        page1 = dump_dom(base + "#sort=id&desc=0&min_active=0")
+        assert len(parse(page1).rows) == 50 and "page 1 of 6" in page1 and f"{K} of {K} latents" in page1
+        by_ms = parse(dump_dom(base + "#sort=ms&desc=1&per=100&min_active=0"))
         shown = [float(r[2]) for r in by_ms.rows]
         assert len(shown) == 100 and shown == sorted(shown, reverse=True)
         best = np.sort(scores[np.isfinite(scores)])[::-1][:100]
         assert np.allclose(shown, best, atol=6e-4)
         assert [int(r[0]) for r in by_ms.rows][0] == int(np.nanargmax(scores))
-        found = parse(dump_dom(base + "#q=zebra"))
+        found = parse(dump_dom(base + "#q=zebra&min_active=0"))
         assert [r[0] for r in found.rows] == ["77"] and found.rows[0][1] == "zebra"
         srv.shutdown()
         srv.server_close()
@@ -207,7 +216,8 @@ def test_table_pages_sorts_and_searches_in_the_browser(run_dir, server, tmp_path
 
 
 def test_latent_page_shows_16_images_in_descending_activation(run_dir, server):
-    j = int(np.argmax(np.load(run_dir / "codes" / "top_images_16_values.npy")[:, 0]))
+    values = np.load(run_dir / "codes" / "top_images_16_values.npy")
+    j = int(np.argmax(((values > 0).sum(1) == 16) * values[:, 0]))  # the strongest latent with 16 active
     page = parse(dump_dom(f"{server}/sae/codes/latent/{j}.html"))
     assert len(page.figures) == 16 and page.figures == sorted(page.figures, reverse=True)
     assert page.figures[0] > 0
@@ -230,13 +240,14 @@ def test_static_export_opens_without_a_server(run_dir, tmp_path):
                    "--cache_dir", tmp_path / "cache", "--no_progress") == 0
     site = tmp_path / "site"
     assert len(list((site / "sae" / "codes" / "latent").glob("*.html"))) == 20
-    table = parse(dump_dom((site / "sae" / "codes" / "index.html").as_uri() + "#sort=ms&desc=1"))
+    table = parse(dump_dom((site / "sae" / "codes" / "index.html").as_uri() + "#sort=ms&desc=1&min_active=0"))
     assert len(table.rows) == 20
     shown = [float(r[2]) for r in table.rows]
     assert shown == sorted(shown, reverse=True)
     j = int(table.rows[0][0])
     page = parse(dump_dom((site / "sae" / "codes" / "latent" / f"{j}.html").as_uri()))
-    assert len(page.figures) == 16
+    values = np.load(run_dir / "codes" / "top_images_16_values.npy")[j]
+    assert len(page.figures) == int((values > 0).sum()) and all(v > 0 for v in page.figures)
     for src in (s for s in page.imgs if "thumb" in s):
         assert (site / "sae" / "codes" / "latent" / src).resolve().is_file()
     assert "sae/codes/index.html" in dump_dom((site / "index.html").as_uri())
@@ -399,3 +410,27 @@ def test_name_with_a_clip_model_for_the_text_side(tmp_path):
         assert [w for w, _ in rec["names"]] == [words[i] for i in np.argsort(-sims)[:3]]
         checked += 1
     assert checked > 10 and names["text_embeddings"] == str(clip) and names["template"] == "a photo of a {}"
+
+
+def test_latent_pages_show_only_activating_images(run_dir, tmp_path):
+    """Images where the latent is 0 are never shown as top images: every shown one carries its
+    activation (> 0), the page says on how many images the latent is active, and a latent active
+    on fewer than 16 shows only those."""
+    import re
+
+    from saevlm.explorer.app import Explorer
+
+    values = np.load(run_dir / "codes" / "top_images_16_values.npy")
+    n_active = (values > 0).sum(1)
+    padded = [j for j in range(K) if 0 < n_active[j] < 16]
+    assert padded, "the fixture has latents active on fewer than 16 images"
+    ex = Explorer(run_dir, tmp_path / "cache")
+    for j in padded[:5]:
+        page = ex.latent_page("codes", j)
+        acts = [float(v) for v in re.findall(r'data-activation="([^"]+)"', page)]
+        assert len(acts) == n_active[j] and all(a > 0 for a in acts)
+        np.testing.assert_allclose(acts, values[j][: n_active[j]], rtol=1e-5)
+        total = ActivationStore(run_dir / "world" / "val").num_rows if (run_dir / "world" / "val").is_dir() else None
+        m = re.search(r"active on (\d+) of (\d+) images", page)
+        assert m and int(m.group(1)) >= n_active[j] and (total is None or int(m.group(2)) == total)
+        assert "only images where it is active" in page

@@ -150,6 +150,9 @@ def test_every_explorer_page_renders(real_run):
     pages = sorted(root.rglob("*.html"))
     latent_pages = [p for p in pages if p.parent.name == "latent"]
     assert len(latent_pages) >= 50
+    values = {f"codes--{real_run['layer']}--{c.name}": np.load(c / "top_images_16_values.npy")
+              for c in real_run["codes"].values()}
+    shown_some = 0
     for page in pages:
         parser = _Pages()
         parser.feed(page.read_text())
@@ -157,13 +160,17 @@ def test_every_explorer_page_renders(real_run):
             target = (page.parent / ref.split("#")[0]).resolve()
             assert target.exists(), (page, ref)
         if page in latent_pages:
-            assert parser.top >= 2, page
+            # exactly the top images where the latent is active
+            v = values[page.parent.parent.name][int(page.stem)]
+            assert parser.top == int((v > 0).sum()), page
+            shown_some += parser.top >= 2
             text = page.read_text()
             # labels are the taxonomy's species ("digit 4", "Chelsea crop"), not the folder names
             assert "_Symbol_Digit_" not in text and "_Photo_Photo_" not in text, page
-            assert " crop" in text or "digit " in text, page
+            assert parser.top == 0 or " crop" in text or "digit " in text, page
         # no absolute path of this machine in a page's title
         assert str(real_run["model"]) not in page.read_text(), page
+    assert shown_some >= 50
     dom = dump_dom((root / "index.html").as_uri())
     assert "trainer_0" in dom and "trainer_1" in dom
     ms = _ms(real_run["codes"]["batch_top_k"])

@@ -21,8 +21,8 @@ from saevlm.errors import UserError
 from saevlm.explorer.index import RunIndex, SAEView
 from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
 
-TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("ms", "MS"), ("fms", "FMS"), ("freq", "frequency"),
-                 ("max", "max act."), ("group", "group"), ("depth", "depth"))
+TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("ms", "MS"), ("active", "active images"), ("fms", "FMS"),
+                 ("freq", "frequency"), ("max", "max act."), ("group", "group"), ("depth", "depth"))
 THUMB_PX = 112
 
 
@@ -136,7 +136,8 @@ class Explorer:
         top = []
         if view.top is not None:
             ids, vals = view.top
-            top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j]))]
+            # only images where the latent is active: the rest of a top-16 list is padding at 0
+            top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
         thumbs = view.images is not None
         if thumbs and top and hasattr(view.images, "check"):
             from saevlm.errors import UserError
@@ -144,7 +145,9 @@ class Explorer:
                 view.images.check([i for _, i, _, _ in top])
             except UserError as err:
                 view.images_note, thumbs = f"no images to show: {err}", False
-        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)),
+        active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
+        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active,
+                   num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
                    ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
                    group=int(view.groups()[j]) if view.group_sizes else None,
                    depth=None if view.depth is None else float(view.depth[j]),

@@ -23,6 +23,9 @@ def _slug(rel: Path) -> str:
     return "--".join(rel.parts) or "store"
 
 
+DEFAULT_MIN_ACTIVE = 16  # the table's default filter: an MS from fewer activating images rests on few pairs
+
+
 @dataclass
 class SAEView:
     """One SAE's latents: its store (codes or top images) and the results beside it."""
@@ -160,7 +163,7 @@ class SAEView:
     def stats(self) -> dict[str, np.ndarray]:
         """Activation frequency (share of rows where the latent is non-zero) and maximum, from the
         codes in one pass (cached); from the top images when only those exist."""
-        cache = self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}.npz"
+        cache = self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v2.npz"  # v2: + active counts
         if cache.is_file():
             with np.load(cache) as z:
                 return {k: z[k] for k in z.files}
@@ -174,10 +177,11 @@ class SAEView:
                 nz = vals != 0
                 count += np.bincount(idx[nz], minlength=K)
                 np.maximum.at(top, idx, vals)
-            out = {"freq": count / max(self.store.num_rows, 1), "max": top}
+            out = {"freq": count / max(self.store.num_rows, 1), "max": top, "active": count}
         else:
             values = self.top[1] if self.top is not None else np.full((K, 1), np.nan)
-            out = {"freq": np.full(K, np.nan), "max": values[:, 0].astype(np.float32)}
+            out = {"freq": np.full(K, np.nan), "max": values[:, 0].astype(np.float32),
+                   "active": np.full(K, -1, dtype=np.int64)}  # unknown: only the top images were stored
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_npz(cache, **out)
         return out
@@ -194,8 +198,14 @@ class SAEView:
         from saevlm.metrics.lca import lca_depths, level_codes
 
         labels = np.load(self.path / "labels.npy")
-        depths = lca_depths(labels[self.top[0]], level_codes(classes["taxonomy"]))
-        return depths.mean(axis=1)
+        depths = lca_depths(labels[self.top[0]], level_codes(classes["taxonomy"]))  # [K, pairs]
+        # only pairs of images where the latent is active (> 0): padding images say nothing about it
+        ids, values = self.top
+        active = values > 0
+        a, b = np.triu_indices(ids.shape[1], k=1)  # the pair order of lca_depths
+        pair_ok = active[:, a] & active[:, b]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(pair_ok.any(axis=1), (depths * pair_ok).sum(axis=1) / pair_ok.sum(axis=1), np.nan)
 
     def groups(self) -> np.ndarray:
         if not self.group_sizes:
@@ -224,10 +234,12 @@ class SAEView:
                 "columns": {"id": list(range(K)), "name": [self.name_of(j) for j in range(K)],
                             "ms": col(ms), "fms": col(self.fms), "freq": col(stats["freq"]),
                             "max": col(stats["max"]),
+                            "active": [None if v < 0 else int(v) for v in np.asarray(stats["active"]).tolist()],
                             "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth)},
                 "has": {"ms": ms is not None, "fms": self.fms is not None, "names": self.names is not None,
                         "depth": self.depth is not None, "groups": bool(self.group_sizes),
-                        "freq": self.is_codes}}
+                        "freq": self.is_codes, "active": self.is_codes},
+                "num_images": int(self.store.num_rows), "default_min_active": DEFAULT_MIN_ACTIVE}
 
     # -- per latent
     def column_values(self, j: int) -> tuple[np.ndarray, np.ndarray]:

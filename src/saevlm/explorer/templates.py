@@ -35,6 +35,7 @@ TABLE = """{% extends "base" %}
 <label>search names <input id="q" type="search" placeholder="e.g. dog"></label>
 <label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
 <label>group <select id="group"><option value="">all</option>{% for g in groups %}<option value="{{ g }}">{{ g }}</option>{% endfor %}</select></label>
+<label>active on &ge; <input id="min_active" type="number" min="0" step="1" style="width:5em"> images</label>
 <label><input id="alive" type="checkbox"> alive only</label>
 <label>rows <select id="per"><option>25</option><option selected>50</option><option>100</option><option>500</option></select></label>
 </form>
@@ -61,10 +62,12 @@ LATENT = """{% extends "base" %}
 {% if purity is not none %}<tr><th>top-image labels</th><td colspan="5">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits</td></tr>{% endif %}
 </table>
 <h2>Top {{ top|length }} images</h2>
-{% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}">
+<p class="meta" id="active">{% if active is not none %}active on {{ active }} of {{ num_images }} images{% else %}{{ top|length }} of the top {{ k_top }} images active{% endif %}{% if k_top and top|length < k_top %}; only images where it is active (&gt; 0) are shown{% endif %}</p>
+{% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
 {% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="112" height="112">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
 <figcaption>{{ "%.3f"|format(v) }}{% if lab %} · {{ lab }}{% endif %}</figcaption></figure>{% endfor %}</div>
 {% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
+{% elif k_top %}<p class="note">Never active on these images: no top images to show.</p>
 {% else %}<p class="note">No top images: run <code>saevlm top-images --activations_dir {{ rel }}</code>.</p>{% endif %}
 <h2>Non-zero activations</h2>
 {% if hist %}{{ hist|safe }}<p class="meta">{{ nonzero }} non-zero of {{ rows }} rows</p>{% else %}<p class="note">{{ hist_note }}</p>{% endif %}
@@ -89,15 +92,22 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
   const $ = (id) => document.getElementById(id);
   const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
   const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2};
+  // default view: by MS, latents active on at least N images (an MS from fewer rests on few pairs)
+  const hasActive = D.has && D.has.active, defMin = hasActive ? String(D.default_min_active || 0) : "";
+  const defSort = D.has && D.has.ms ? "ms" : "id";
   function state() {
     const p = new URLSearchParams(location.hash.slice(1));
-    return {sort: p.get("sort") || "id", desc: p.get("desc") === "1", page: Math.max(1, +(p.get("page") || 1)),
+    return {sort: p.get("sort") || defSort, desc: p.has("desc") ? p.get("desc") === "1" : defSort === "ms",
+            page: Math.max(1, +(p.get("page") || 1)),
             per: +(p.get("per") || 50), q: (p.get("q") || "").toLowerCase(), ms_min: p.get("ms_min") || "",
+            min_active: p.has("min_active") ? p.get("min_active") : defMin,
             group: p.get("group") || "", alive: p.get("alive") === "1"};
   }
   function setState(changes) {
     const s = Object.assign(state(), changes), p = new URLSearchParams();
     for (const [k, v] of Object.entries(s)) {
+      if (k === "desc") { p.set(k, v ? "1" : "0"); continue; }
+      if (k === "min_active") { if (v !== defMin) p.set(k, v); continue; }
       if (v !== "" && v !== false && !(k === "page" && v === 1)) p.set(k, v === true ? "1" : v);
     }
     location.hash = p.toString();
@@ -110,6 +120,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
       if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
       if (s.group !== "" && C.group[i] !== +s.group) continue;
       if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
+      if (s.min_active !== "" && C.active && C.active[i] !== null && C.active[i] < +s.min_active) continue;
       rows.push(i);
     }
     const col = C[s.sort] || C.id, dir = s.desc ? -1 : 1;
@@ -128,14 +139,15 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
       if (c === "name") return `<td class="name">${(C.name[i] || "").replace(/[&<>]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`;
       return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || 0)}</td>`;
     }).join("") + "</tr>").join("");
-    $("count").textContent = `${rows.length} of ${n} latents`;
+    $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && hasActive ?
+      ` (active on at least ${s.min_active} images; set 0 to see all)` : "");
     $("pageinfo").textContent = `page ${page} of ${pages}`;
     for (const a of document.querySelectorAll("th a[data-sort]")) {
       a.classList.toggle("sorted", a.dataset.sort === s.sort);
       a.textContent = a.textContent.replace(/ [▲▼]$/, "") + (a.dataset.sort === s.sort ? (s.desc ? " ▼" : " ▲") : "");
     }
     $("q").value = s.q; $("ms_min").value = s.ms_min; $("group").value = s.group;
-    $("alive").checked = s.alive; $("per").value = String(s.per);
+    $("alive").checked = s.alive; $("per").value = String(s.per); $("min_active").value = s.min_active;
   }
   for (const a of document.querySelectorAll("th a[data-sort]")) {
     a.addEventListener("click", (e) => {
@@ -148,6 +160,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
   $("ms_min").addEventListener("change", () => setState({ms_min: $("ms_min").value, page: 1}));
   $("group").addEventListener("change", () => setState({group: $("group").value, page: 1}));
   $("alive").addEventListener("change", () => setState({alive: $("alive").checked, page: 1}));
+  $("min_active").addEventListener("change", () => setState({min_active: $("min_active").value, page: 1}));
   $("per").addEventListener("change", () => setState({per: +$("per").value, page: 1}));
   $("prev").addEventListener("click", (e) => { e.preventDefault(); setState({page: Math.max(1, state().page - 1)}); });
   $("next").addEventListener("click", (e) => { e.preventDefault(); setState({page: state().page + 1}); });
