@@ -247,3 +247,18 @@ def test_path_only_image_rows_are_read_from_their_files(image_folder, tmp_path, 
     assert hub.read_bytes(3) == open(files[3], "rb").read()
     assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{root}", tmp_path / "out", "--layer", "1", "--cls_only")) == 0
     assert ActivationStore(tmp_path / "out" / "post_mlp_residual_1").num_rows == len(files)
+
+
+def test_a_text_file_named_parquet_exits_2_every_time(tmp_path, tiny_clip_dir):
+    """Once seen aborting with exit 134 after the right message (2 of 3 runs); each fresh process
+    must end with exit 2 and one line, never a signal."""
+    (tmp_path / "ds" / "data").mkdir(parents=True)
+    (tmp_path / "ds" / "data" / "train-00000-of-00001.parquet").write_text("not parquet at all\n")
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-m", "saevlm", "extract", "--model_name", str(tiny_clip_dir),
+                            "--dataset_name", f"hf:{tmp_path / 'ds'}", "--split", "train", "--layer", "1",
+                            "--cls_only", "--output_dir", str(tmp_path / "o"), "--device", "cpu"],
+                           env=ENV, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+        lines = [line for line in r.stderr.splitlines() if "error:" in line]
+        assert len(lines) == 1 and "not parquet" in lines[0] and "Traceback" not in r.stderr
