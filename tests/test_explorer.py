@@ -434,3 +434,94 @@ def test_latent_pages_show_only_activating_images(run_dir, tmp_path):
         m = re.search(r"active on (\d+) of (\d+) images", page)
         assert m and int(m.group(1)) >= n_active[j] and (total is None or int(m.group(2)) == total)
         assert "only images where it is active" in page
+
+
+def _request(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, bytes, dict]:
+    import urllib.error
+
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def test_server_is_safe_by_default_and_answers_with_error_pages(run_dir, tmp_path, capsys):
+    """Other Host headers and cross-site reads are refused; HEAD works; IPv6 loopback serves;
+    a damaged file gives an HTML error page naming it (the rest keeps working); absurd ids and
+    unlinked images are 404; a non-loopback --host warns."""
+    import socket
+
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server, serve
+
+    ex = Explorer(run_dir, tmp_path / "cache")
+    srv = make_server(ex, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert _request(base + "/")[0] == 200
+        status, body, _ = _request(base + "/", headers={"Host": "evil.example:80"})
+        assert status == 421 and b"evil.example" in body
+        js = base + "/sae/codes/latents.js"
+        assert _request(js, headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors",
+                                     "Sec-Fetch-Dest": "script"})[0] == 403
+        assert _request(js, headers={"Sec-Fetch-Site": "same-origin"})[0] == 200
+        assert _request(base + "/", headers={"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate",
+                                             "Sec-Fetch-Dest": "document"})[0] == 200  # a link to the run
+        status, body, headers = _request(base + "/", method="HEAD")
+        assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
+        status, body, _ = _request(base + "/sae/codes/latent/99999999.html")
+        assert status == 404 and b"<html" in body
+        values = np.load(run_dir / "codes" / "top_images_16_values.npy")
+        top = np.load(run_dir / "codes" / "top_images_16.npy")
+        linked = set(top[values > 0].tolist())
+        unlinked = next(i for i in range(10 ** 6) if i not in linked)
+        assert _request(base + f"/sae/codes/thumb/{unlinked}.jpg")[0] == 404
+        # a damaged classes.json: that page says so, with a status >= 400; the table still works
+        classes = run_dir / "codes" / "classes.json"
+        backup = classes.read_bytes()
+        classes.write_text("{ damaged")
+        try:
+            fresh = make_server(Explorer(run_dir, tmp_path / "cache2"), "127.0.0.1", 0)
+            threading.Thread(target=fresh.serve_forever, daemon=True).start()
+            b2 = f"http://127.0.0.1:{fresh.server_address[1]}"
+            j = int(np.argmax(values[:, 0]))
+            status, body, _ = _request(b2 + f"/sae/codes/latent/{j}.html")
+            assert status >= 400 and b"<html" in body and b"classes.json: not valid JSON (line 1)" in body
+            assert _request(b2 + "/sae/codes/index.html")[0] == 200
+            fresh.shutdown()
+            fresh.server_close()
+        finally:
+            classes.write_bytes(backup)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    if socket.has_ipv6:
+        v6 = make_server(ex, "::1", 0)
+        threading.Thread(target=v6.serve_forever, daemon=True).start()
+        try:
+            assert _request(f"http://[::1]:{v6.server_address[1]}/")[0] == 200
+        finally:
+            v6.shutdown()
+            v6.server_close()
+
+    class Stop:
+        server_address = ("0.0.0.0", 1)
+
+        def serve_forever(self):
+            raise KeyboardInterrupt
+
+        def server_close(self):
+            pass
+
+    import saevlm.explorer.server as server_mod
+    real = server_mod.make_server
+    server_mod.make_server = lambda *a: Stop()
+    try:
+        messages = []
+        serve(ex, "0.0.0.0", 0, log=messages.append)
+    finally:
+        server_mod.make_server = real
+    assert any("readable by anyone who can reach this machine" in m for m in messages)

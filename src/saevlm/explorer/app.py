@@ -53,6 +53,8 @@ class Explorer:
         import jinja2
 
         self.index = RunIndex(run_dir, cache_dir, data_path)
+        self._top_sets: dict[str, set[int]] = {}
+        self._linked: dict[str, set[int]] = {}  # other images rendered pages link (quantile images)
         self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
         self.run_name = self.index.run_dir.resolve().name
         self.log = log
@@ -60,6 +62,20 @@ class Explorer:
     def _render(self, name: str, levels: int, **context) -> str:
         return self.env.get_template(name).render(root="../" * levels, run_name=self.run_name, fmt=_fmt,
                                                   **context)
+
+    def links_image(self, slug: str, image_id: int, latent: int | None = None) -> bool:
+        """Whether a page links this image (of latent ``latent``, or of any latent): the server
+        makes thumbnails and overlays only for those, so a request cannot make it do other work."""
+        view = self.sae(slug)
+        if view.top is not None:
+            ids, values = view.top
+            if latent is not None:
+                return 0 <= latent < len(ids) and image_id in set(ids[latent][values[latent] > 0].tolist())
+            if slug not in self._top_sets:
+                self._top_sets[slug] = set(ids[values > 0].tolist())
+            if image_id in self._top_sets[slug]:
+                return True
+        return latent is None and image_id in self._linked.get(slug, set())
 
     def sae(self, slug: str) -> SAEView:
         view = self.index.get(slug)
@@ -162,6 +178,7 @@ class Explorer:
             ctx.update(hist=histogram_svg(nz) if len(nz) else None, nonzero=len(nz), rows=view.store.num_rows,
                        hist_note="never active on these images",
                        quantiles=view.quantile_images(rows[vals != 0], nz) if len(nz) > 4 else [])
+            self._linked.setdefault(slug, set()).update(int(img) for _, imgs in ctx["quantiles"] for img, _ in imgs)
         else:
             ctx.update(hist=None, quantiles=[], hist_note="only top images were stored (extract --top_k); the "
                                                           "histogram needs codes (saevlm encode)")

@@ -23,6 +23,19 @@ def _slug(rel: Path) -> str:
     return "--".join(rel.parts) or "store"
 
 
+def read_json_file(f: Path):
+    """A JSON file the pages need; a damaged one is a UserError naming it (an error page)."""
+    from saevlm.errors import UserError
+
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{f.name}: not valid JSON (line {e.lineno}); rewrite it with the command that made it") \
+            from None
+    except OSError as e:
+        raise UserError(f"{f.name}: unreadable ({e.strerror})") from None
+
+
 DEFAULT_MIN_ACTIVE = 16  # the table's default filter: an MS from fewer activating images rests on few pairs
 
 
@@ -145,7 +158,7 @@ class SAEView:
         f = self.path / "fms" / "fms.json"
         if not f.is_file() or not self._fresh("fms/fms.json"):
             return None
-        data = json.loads(f.read_text())
+        data = read_json_file(f)
         out = np.full(self.num_latents, np.nan)
         for c in data.get("per_concept", []):
             j = int(c.get("root", -1))
@@ -192,7 +205,7 @@ class SAEView:
         classes_f = self.path / "classes.json"
         if self.top is None or not classes_f.is_file():
             return None
-        classes = json.loads(classes_f.read_text())
+        classes = read_json_file(classes_f)
         if not classes.get("taxonomy"):
             return None
         from saevlm.metrics.lca import lca_depths, level_codes
@@ -430,7 +443,7 @@ class SAEView:
         f = self.path / "classes.json"
         if not f.is_file():
             return []
-        c = json.loads(f.read_text())
+        c = read_json_file(f)
         if not c.get("names") and c.get("taxonomy"):  # iNat: the species ("Araneus diadematus"), not the folder
             return [str(t[-1]) if t else str(x) for t, x in zip(c["taxonomy"], c.get("classes") or [])]
         return [str(x) for x in (c.get("names") or c.get("classes") or [])]
