@@ -525,3 +525,22 @@ def test_server_is_safe_by_default_and_answers_with_error_pages(run_dir, tmp_pat
     finally:
         server_mod.make_server = real
     assert any("readable by anyone who can reach this machine" in m for m in messages)
+
+
+def test_static_export_replaces_an_earlier_one_whole_and_refuses_other_folders(run_dir, tmp_path, capsys):
+    site = tmp_path / "site"
+    common = ["--cache_dir", tmp_path / "cache", "--no_progress"]
+    assert run_cli("explore", "--run_dir", run_dir, "--static", site, "--latents", "top:20", *common) == 0
+    assert len(list((site / "sae" / "codes" / "latent").glob("*.html"))) == 20
+    assert run_cli("explore", "--run_dir", run_dir, "--static", site, "--latents", "3", *common) == 0
+    assert [p.name for p in (site / "sae" / "codes" / "latent").glob("*.html")] == ["3.html"]  # no stale pages
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    capsys.readouterr()
+    assert run_cli("explore", "--run_dir", run_dir, "--static", run_dir, *common) == 2
+    assert "is (or holds) the run folder" in capsys.readouterr().err
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    assert run_cli("explore", "--run_dir", run_dir, "--static", other, *common) == 2
+    assert "not an earlier explorer export" in capsys.readouterr().err
+    assert (other / "notes.txt").read_text() == "keep me"

@@ -235,8 +235,48 @@ class Explorer:
         return buf.getvalue()
 
     # -- static export
+    EXPORT_MARK = ".saevlm-explorer-export"
+
     def export(self, out: str | Path, latents: str = "top:500", progress: bool = True) -> Path:
-        """Write every page for the chosen latents of every SAE into ``out`` (no server needed)."""
+        """Write every page for the chosen latents of every SAE as the folder ``out`` (no server
+        needed). The pages are written into a temporary folder beside it, which then replaces
+        ``out`` in one rename: no stale page of an earlier export is left, and an interrupted
+        export leaves the earlier one intact. ``out`` must not be (or hold) the run folder, and an
+        existing ``out`` must be an earlier export (so nothing else is ever replaced)."""
+        import os
+        import shutil
+
+        from saevlm.errors import UserError
+
+        final = Path(out).expanduser()
+        run = self.index.run_dir.resolve()
+        target = final.resolve()
+        if target == run or target in run.parents:
+            raise UserError(f"--static {out}: it is (or holds) the run folder {self.index.run_dir}; choose a "
+                            f"folder of its own (e.g. {self.index.run_dir}/explorer)")
+        if final.exists() and (not final.is_dir() or (any(final.iterdir())
+                                                      and not (final / self.EXPORT_MARK).is_file())):
+            raise UserError(f"--static {out}: exists and is not an earlier explorer export; choose a new or empty "
+                            f"folder (it would be replaced)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            self._export_into(tmp, latents, progress)
+            (tmp / self.EXPORT_MARK).write_text("written by saevlm explore --static; replaced as a whole\n")
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _export_into(self, out: Path, latents: str, progress: bool) -> Path:
         from tqdm import tqdm
 
         from saevlm.data.atomic import atomic_write_bytes, ensure_writable_dir
