@@ -812,3 +812,21 @@ def test_visualize_does_not_blame_flags_that_were_not_passed(tmp_path, capsys, t
     assert "--split" not in line.split("cannot be opened")[0]
     assert run_cli("visualize", "--activations_dir", codes, "--k", "4", "--neurons", "0", "--output_dir",
                    tmp_path / "figs", "--data_path", tmp_path / "elsewhere") == 0
+
+
+def test_explorer_shows_every_ms_it_has(run_copy, capsys):
+    """Two MS results (two embedders) beside a store: one column per embedder, named, never '-'."""
+    from saevlm.explorer.app import Explorer
+
+    assert run_cli(*ms_argv(run_copy, run_copy / "codes", "--output_subdir", "ms_second")) == 0
+    ex = Explorer(run_copy, cache_dir=run_copy / ".c", log=lambda *a: None)
+    table = ex.table_page("codes")
+    assert "MS (second)" in table and "MS (synthetic)" in table
+    data = json.loads(ex.latents_js("codes").split("=", 1)[1].rstrip().rstrip(";"))
+    first = np.load(run_copy / "codes" / "ms_synthetic" / "scores.npy")
+    assert data["columns"]["ms"] is not None and data["columns"]["ms1"] is not None
+    j = int(np.nanargmax(first))
+    assert abs(data["columns"]["ms"][j] - first[j]) < 1e-4
+    page = ex.latent_page("codes", j)
+    assert "(second)" in page and "(synthetic)" in page
+    assert ex.sae("codes").ms[0] is not None  # the run page's MS mean is not '-'

@@ -131,8 +131,13 @@ class Explorer:
     def table_page(self, slug: str, subset_note: str = "") -> str:
         view = self.sae(slug)
         groups = list(range(len(view.group_sizes))) if view.group_sizes else []
+        # one MS column per embedder (never "-" because there are two)
+        ms_cols = [(key, f"MS ({label})" if len(view.ms_sets) > 1 else "MS") for key, label, _ in view.ms_sets] \
+            or [("ms", "MS")]
+        columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + ms_cols + \
+            [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms")]
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
-                            columns=TABLE_COLUMNS, groups=groups, subset=subset_note)
+                            columns=columns, groups=groups, subset=subset_note)
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None) -> str:
@@ -162,7 +167,8 @@ class Explorer:
             except UserError as err:
                 view.images_note, thumbs = f"no images to show: {err}", False
         active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
-        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active,
+        ms_all = [(label, float(s[j])) for _, label, s in view.ms_sets]
+        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active, ms_all=ms_all,
                    num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
                    ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
                    group=int(view.groups()[j]) if view.group_sizes else None,

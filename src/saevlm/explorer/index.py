@@ -126,21 +126,31 @@ class SAEView:
         return top, values
 
     @cached_property
+    def ms_sets(self) -> list[tuple[str, str, np.ndarray]]:
+        """Every current MS result of this store, one per embedder: (table key, embedder, scores).
+        The first (DINOv2 first, the paper's E) is the key ``ms``, the others ``ms1``, ``ms2``, ..."""
+        dirs = sorted((d for d in self.path.glob("ms*/") if (d / "scores.npy").is_file()),
+                      key=lambda d: ("dino" not in d.name.lower(), d.name))
+        out = []
+        for d in dirs:
+            if not self._fresh(f"{d.name}/ms.json"):
+                continue
+            scores = np.load(d / "scores.npy")
+            if scores.ndim != 1 or len(scores) != self.num_latents:
+                self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
+                                                      f"saevlm ms --activations_dir {self.path} --overwrite ...")
+                continue
+            label = d.name[3:] if d.name.startswith("ms_") else d.name
+            out.append(("ms" if not out else f"ms{len(out)}", label, scores))
+        return out
+
+    @cached_property
     def ms(self) -> tuple[np.ndarray | None, str | None]:
-        from saevlm.metrics.results import find_ms_dir
-        try:
-            d = find_ms_dir(self.path, None, "--run_dir")
-        except Exception:  # noqa: BLE001 - several ms folders: take the first
-            d = next(iter(sorted(self.path.glob("ms*/scores.npy"))), None)
-            d = d.parent if d else None
-        if d is None or not (d / "scores.npy").is_file() or not self._fresh(f"{d.name}/ms.json"):
+        """The primary MS (see ms_sets), and its folder's embedder name."""
+        if not self.ms_sets:
             return None, None
-        scores = np.load(d / "scores.npy")
-        if scores.ndim != 1 or len(scores) != self.num_latents:
-            self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
-                                                  f"saevlm ms --activations_dir {self.path} --overwrite ...")
-            return None, None
-        return scores, d.name
+        _, label, scores = self.ms_sets[0]
+        return scores, label
 
     @cached_property
     def names(self) -> dict | None:
@@ -245,7 +255,8 @@ class SAEView:
 
         return {"slug": self.slug, "title": self.title, "num_latents": K,
                 "columns": {"id": list(range(K)), "name": [self.name_of(j) for j in range(K)],
-                            "ms": col(ms), "fms": col(self.fms), "freq": col(stats["freq"]),
+                            "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
+                            "fms": col(self.fms), "freq": col(stats["freq"]),
                             "max": col(stats["max"]),
                             "active": [None if v < 0 else int(v) for v in np.asarray(stats["active"]).tolist()],
                             "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth)},

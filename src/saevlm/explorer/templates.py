@@ -56,7 +56,7 @@ LATENT = """{% extends "base" %}
 <h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
-<tr><th>MS</th><td>{{ fmt(ms) }}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
+<tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
 <tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td>{{ fmt(depth) }}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
 {% if names %}<tr><th>names (CLIP)</th><td colspan="5">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}</td></tr>{% endif %}
 {% if purity is not none %}<tr><th>top-image labels</th><td colspan="5">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits</td></tr>{% endif %}
@@ -137,7 +137,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
     $("latents").tBodies[0].innerHTML = shown.map((i) => "<tr>" + cols.map((c) => {
       if (c === "id") return `<td><a href="latent/${C.id[i]}.html">${C.id[i]}</a></td>`;
       if (c === "name") return `<td class="name">${(C.name[i] || "").replace(/[&<>]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`;
-      return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || 0)}</td>`;
+      return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
     }).join("") + "</tr>").join("");
     $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && hasActive ?
       ` (active on at least ${s.min_active} images; set 0 to see all)` : "");
