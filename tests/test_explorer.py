@@ -544,3 +544,34 @@ def test_static_export_replaces_an_earlier_one_whole_and_refuses_other_folders(r
     assert run_cli("explore", "--run_dir", run_dir, "--static", other, *common) == 2
     assert "not an earlier explorer export" in capsys.readouterr().err
     assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_conveniences_prev_next_search_by_id_and_read_only_runs(run_dir, tmp_path, capsys, monkeypatch):
+    import os
+
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.index import default_cache_dir
+
+    ex = Explorer(run_dir, tmp_path / "cache")
+    page = ex.latent_page("codes", 5)
+    assert 'href="4.html" id="prevlatent"' in page and 'href="6.html" id="nextlatent"' in page
+    assert 'id="prevlatent"' not in ex.latent_page("codes", 0)
+    # in a static export the neighbours are the neighbouring EXPORTED latents
+    page = ex.latent_page("codes", 5, linked=lambda k: k in (2, 5, 9))
+    assert 'href="2.html" id="prevlatent"' in page and 'href="9.html" id="nextlatent"' in page
+    server_url = None
+    from saevlm.explorer.server import make_server
+    srv = make_server(ex, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        server_url = f"http://127.0.0.1:{srv.server_address[1]}/sae/codes/index.html"
+        found = parse(dump_dom(server_url + "#q=77&min_active=0"))
+        assert [r[0] for r in found.rows] == ["77"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    # a read-only run folder: a per-user cache, said once
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(os, "access", lambda p, mode: False)
+    d = default_cache_dir(run_dir)
+    assert str(d).startswith(str(tmp_path / "xdg")) and "read-only" in capsys.readouterr().err

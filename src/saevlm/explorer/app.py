@@ -168,7 +168,12 @@ class Explorer:
                 view.images_note, thumbs = f"no images to show: {err}", False
         active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
         ms_all = [(label, float(s[j])) for _, label, s in view.ms_sets]
+        # previous / next latent: the neighbouring ids (in a static export, the neighbouring exported ones)
+        ids = range(view.num_latents)
+        prev_j = next((k for k in reversed(ids[:j]) if linked is None or linked(k)), None) if j > 0 else None
+        next_j = next((k for k in ids[j + 1:] if linked is None or linked(k)), None)
         ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active, ms_all=ms_all,
+                   prev_j=prev_j, next_j=next_j,
                    num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
                    ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
                    group=int(view.groups()[j]) if view.group_sizes else None,

@@ -465,6 +465,22 @@ class SAEView:
         return np.load(f) if f.is_file() else None
 
 
+def default_cache_dir(run_dir: Path, log=None) -> Path:
+    """``<run_dir>/.explorer_cache``, or, when the run folder is read-only, a per-user folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``, ``saevlm/explorer/<hash of the run path>``), said once."""
+    import os
+    import sys
+
+    own = run_dir / ".explorer_cache"
+    if os.access(run_dir, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
+        return own
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    other = base / "saevlm" / "explorer" / hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    print(f"note: {run_dir} is read-only; the explorer caches thumbnails and statistics in {other} "
+          f"(--cache_dir to choose)", file=sys.stderr)
+    return other
+
+
 class RunIndex:
     """Every SAE store under a run directory (found once, opened when first asked for)."""
 
@@ -474,7 +490,7 @@ class RunIndex:
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir():
             raise UserError(f"--run_dir {self.run_dir}: no such directory")
-        self.cache_dir = Path(cache_dir) if cache_dir else self.run_dir / ".explorer_cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.run_dir)
         self.saes: dict[str, SAEView] = {}
         for m in sorted(self.run_dir.rglob("manifest.json")):
             if ".explorer_cache" in m.parts:

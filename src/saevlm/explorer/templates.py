@@ -32,7 +32,7 @@ TABLE = """{% extends "base" %}
 <p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <form id="controls" onsubmit="return false">
-<label>search names <input id="q" type="search" placeholder="e.g. dog"></label>
+<label>search names or id <input id="q" type="search" placeholder="e.g. dog, or 17"></label>
 <label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
 <label>group <select id="group"><option value="">all</option>{% for g in groups %}<option value="{{ g }}">{{ g }}</option>{% endfor %}</select></label>
 <label>active on &ge; <input id="min_active" type="number" min="0" step="1" style="width:5em"> images</label>
@@ -53,6 +53,7 @@ LATENT = """{% extends "base" %}
 {% block title %}latent {{ j }} · {{ sae.title }}{% endblock %}
 {% block nav %} · <a href="../index.html">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
 {% block body %}
+<p class="crumbs"><a href="../index.html">&larr; all latents</a>{% if prev_j is not none %} · <a href="{{ prev_j }}.html" id="prevlatent">&lsaquo; latent {{ prev_j }}</a>{% endif %}{% if next_j is not none %} · <a href="{{ next_j }}.html" id="nextlatent">latent {{ next_j }} &rsaquo;</a>{% endif %}</p>
 <h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
@@ -116,7 +117,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
     const s = state();
     let rows = [];
     for (let i = 0; i < n; i++) {
-      if (s.q && !(C.name[i] || "").toLowerCase().includes(s.q)) continue;
+      if (s.q && !((C.name[i] || "").toLowerCase().includes(s.q) || String(C.id[i]) === s.q.trim())) continue;
       if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
       if (s.group !== "" && C.group[i] !== +s.group) continue;
       if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
