@@ -48,6 +48,7 @@ class SAEView:
     run_dir: Path
     cache_dir: Path
     data_path: str | None = None  # explore --data_path: the dataset's folder when it moved
+    images_note: str = ""  # why no images are shown, when they are not
 
     @cached_property
     def store(self):
@@ -385,8 +386,6 @@ class SAEView:
         self.images_note = (f"no images to show: the dataset is no longer at {recorded}, where it was extracted "
                             f"from; pass explore --data_path <its new folder>")
         return None
-
-    images_note: str = ""
 
     @cached_property
     def overlay_model(self) -> tuple[Any, str]:

@@ -57,22 +57,21 @@ def _same_inputs(old: dict | None, new: dict) -> bool:
     return strip(old, both) == strip(new, both) and set(old) == set(new)
 
 
-def check_embeddings_have_norm(emb, chunk_rows: int = 65536) -> None:
+def check_embeddings_have_norm(emb, e, start: int) -> None:
     """Every embedding must have a non-zero norm (the cosine similarity of Eq. 5 divides by it):
-    refuse an all-zero row before any work, naming the image."""
+    refuse an all-zero row of the chunk ``e`` (rows ``start`` ...), naming the image. Checked on
+    the chunks the MS reads anyway; nothing is written before the end, so nothing is lost."""
     import numpy as np
 
     from saevlm.errors import UserError
 
-    for start in range(0, emb.num_rows, chunk_rows):
-        e = emb.read(start, min(start + chunk_rows, emb.num_rows))
-        zero = np.flatnonzero(~np.any(e != 0, axis=1))
-        if len(zero):
-            row = start + int(zero[0])
-            image = int(emb.image_ids()[row])
-            raise UserError(f"--embeddings_path {emb.path}: the embedding of image {image} (row {row}) is all zeros "
-                            f"({len(zero)} such rows in this chunk); its cosine similarity is undefined, so the "
-                            f"MS cannot use it. Re-embed the dataset, or check that image")
+    zero = np.flatnonzero(~np.any(e != 0, axis=1))
+    if len(zero):
+        row = start + int(zero[0])
+        image = int(emb.image_ids()[row])
+        raise UserError(f"--embeddings_path {emb.path}: the embedding of image {image} (row {row}) is all zeros "
+                        f"({len(zero)} such rows in this chunk); its cosine similarity is undefined, so the "
+                        f"MS cannot use it. Re-embed the dataset, or check that image")
 
 
 def run(args) -> int:
@@ -126,7 +125,6 @@ def run(args) -> int:
                             f"({(old_inputs or {}).get('activations', {}).get('path', old.get('activations_dir', '?'))} "
                             f"with {(old_inputs or {}).get('embeddings', {}).get('path', old.get('embeddings_path', '?'))}); "
                             f"pass --overwrite to replace them, or choose another --output_dir")
-    check_embeddings_have_norm(emb)
     sparse = isinstance(acts, CodeStore)
     acc = MSAccumulator(acts.num_neurons, emb.dim, device)
     with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS",
@@ -135,11 +133,14 @@ def run(args) -> int:
         for chunk in chunks:
             if sparse:
                 e = emb.read(chunk.start, chunk.start + chunk.num_rows)
+                check_embeddings_have_norm(emb, e, chunk.start)
                 acc.add_csr(chunk.indptr, chunk.indices, chunk.values, e)
                 bar.update(chunk.num_rows)
             else:
                 start, a = chunk
-                acc.add_dense(a, emb.read(start, start + len(a)))
+                e = emb.read(start, start + len(a))
+                check_embeddings_have_norm(emb, e, start)
+                acc.add_dense(a, e)
                 bar.update(len(a))
     scores_k = acc.scores()
     summary = summarize(scores_k)
