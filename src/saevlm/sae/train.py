@@ -282,7 +282,9 @@ def identity_difference(old: dict | None, new: dict) -> str | None:
             sub = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
             return f"{key}.{sub} was {a.get(sub)!r}, now {b.get(sub)!r}"
         if key == "trainers":
-            return f"the SAEs (--sae_model x --expansion_factor) were {[(t.get('arch'), t.get('expansion_factor')) for t in a or []]}, now {[(t.get('arch'), t.get('expansion_factor')) for t in b or []]}"
+            def combos(ts):
+                return [(t.get("arch"), t.get("expansion_factor")) for t in ts or []]
+            return f"the SAEs (--sae_model x --expansion_factor) were {combos(a)}, now {combos(b)}"
         return f"{key} was {a!r}, now {b!r}"
     if old.get("activations_payload_sha256") and new.get("activations_payload_sha256") and not same_payload:
         return "the training activations differ (the shard checksums of --activations_dir are not the recorded ones)"
