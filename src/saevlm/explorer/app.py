@@ -140,7 +140,10 @@ class Explorer:
                             columns=columns, groups=groups, subset=subset_note)
 
     # -- a latent
-    def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None) -> str:
+    def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
+                    neighbours: tuple[int | None, int | None] | None = None) -> str:
+        """``linked``: which latents have pages (a static export); ``neighbours``: the previous and
+        next of those, when the caller knows them (else found by scanning ids with ``linked``)."""
         view = self.sae(slug)
         if not 0 <= j < view.num_latents:
             raise KeyError(j)
@@ -170,8 +173,11 @@ class Explorer:
         ms_all = [(label, float(s[j])) for _, label, s in view.ms_sets]
         # previous / next latent: the neighbouring ids (in a static export, the neighbouring exported ones)
         ids = range(view.num_latents)
-        prev_j = next((k for k in reversed(ids[:j]) if linked is None or linked(k)), None) if j > 0 else None
-        next_j = next((k for k in ids[j + 1:] if linked is None or linked(k)), None)
+        if neighbours is not None:
+            prev_j, next_j = neighbours
+        else:
+            prev_j = next((k for k in reversed(ids[:j]) if linked is None or linked(k)), None) if j > 0 else None
+            next_j = next((k for k in ids[j + 1:] if linked is None or linked(k)), None)
         ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active, ms_all=ms_all,
                    prev_j=prev_j, next_j=next_j,
                    num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
@@ -323,9 +329,12 @@ class Explorer:
             atomic_write_text(d / "index.html", self.table_page(slug, note))
             atomic_write_text(d / "latents.js", self.latents_js(slug, subset))
             images: set[int] = set()
+            ordered = sorted(keep)  # previous / next exported latent, without a scan per page
+            neighbours_of = {k: (ordered[i - 1] if i else None, ordered[i + 1] if i + 1 < len(ordered) else None)
+                             for i, k in enumerate(ordered)}
             for j in tqdm(subset.tolist(), desc=f"export {slug}", unit="latent", disable=not progress,
                           file=sys.stderr):
-                page = self.latent_page(slug, j, linked=lambda k: k in keep)
+                page = self.latent_page(slug, j, linked=lambda k: k in keep, neighbours=neighbours_of[j])
                 atomic_write_text(d / "latent" / f"{j}.html", page)
                 images.update(int(x) for x in _thumb_ids(page))
             if view.images is not None:
