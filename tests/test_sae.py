@@ -128,24 +128,33 @@ def test_train_outputs_layout_eval_and_reload(world, tmp_path):
     assert (ck / "trainer_0" / "ae.pt").stat().st_mtime_ns == mtime
 
 
-def test_interrupted_training_resumes_to_the_same_end(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["sparse", "dictionary_learning"])
+def test_interrupted_training_resumes_to_the_same_end(world, tmp_path, monkeypatch, engine):
     args = ["--sae_model", "batch_top_k", "matryoshka_batch_top_k", "--expansion_factor", "2", "--k", "4",
             "--steps", "60", "--batch_size", "256", "--warmup_steps", "5", "--threshold_start_step", "10",
-            "--checkpoint_every", "20", "--log_steps", "30", "--seed", "3"]
+            "--checkpoint_every", "20", "--log_steps", "30", "--seed", "3", "--engine", engine]
     assert _train(world, tmp_path / "ref", *args) == 0
     from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer
-    real_update = BatchTopKTrainer.update
+
+    from saevlm.sae.sparse_engine import SparseEngine
+    owner = SparseEngine if engine == "sparse" else BatchTopKTrainer
+    real_update = owner.update
+    calls = []
 
     def dying_update(self, step, x):
+        calls.append(step)
         if step == 47:
             raise KeyboardInterrupt
         return real_update(self, step, x)
 
-    monkeypatch.setattr(BatchTopKTrainer, "update", dying_update)
+    monkeypatch.setattr(owner, "update", dying_update)
     assert _train(world, tmp_path / "run", *args) == 130
+    assert 47 in calls  # the update under test is the one that ran
     assert torch.load(tmp_path / "run" / "trainer_0" / "resume.pt", weights_only=False)["step"] == 40
-    monkeypatch.setattr(BatchTopKTrainer, "update", real_update)
+    monkeypatch.setattr(owner, "update", real_update)
     assert _train(world, tmp_path / "run", *args) == 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["engine"] == {"trainer_0": engine, "trainer_1": engine}
     for t in ("trainer_0", "trainer_1"):
         ref = torch.load(tmp_path / "ref" / t / "ae.pt")
         got = torch.load(tmp_path / "run" / t / "ae.pt")

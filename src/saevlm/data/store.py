@@ -486,6 +486,12 @@ class ActivationStore:
         sequence. Rows within a batch come back in storage order (cheaper reads; the order
         inside a batch does not matter to an optimiser step).
         """
+        for idx in self.random_batch_indices(batch_size, seed, start_step):
+            yield self.gather(idx)
+
+    def random_batch_indices(self, batch_size: int, seed: int = 0, start_step: int = 0) -> Iterator[np.ndarray]:
+        """The sorted row indices of each batch of :meth:`random_batches` (the same sequence, for
+        a copy of the store held elsewhere, e.g. on the GPU)."""
         if batch_size > self.num_rows:
             raise UserError(f"batch size {batch_size} exceeds the {self.num_rows} rows of {self.path}")
         per_epoch = self.num_rows // batch_size
@@ -494,8 +500,7 @@ class ActivationStore:
             epoch, within = divmod(step, per_epoch)
             perm = np.random.default_rng([seed, epoch]).permutation(self.num_rows)
             for b in range(within, per_epoch):
-                idx = np.sort(perm[b * batch_size:(b + 1) * batch_size])
-                yield self.gather(idx)
+                yield np.sort(perm[b * batch_size:(b + 1) * batch_size])
                 step += 1
 
 

@@ -102,6 +102,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--checkpoint_every", type=int, default=5000,
                    help="write resume state every this many steps (default: %(default)s)")
     r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+    r.add_argument("--engine", default="sparse", choices=["sparse", "dictionary_learning"],
+                   help="how each update is computed. sparse (default): dictionary_learning's update for "
+                        "top_k / batch_top_k / matryoshka_batch_top_k with sparse codes (one dense GEMM per "
+                        "step, the same numbers; docs/training.md); dictionary_learning: its trainer.update, "
+                        "dense. Other architectures always use dictionary_learning's")
+    r.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CUDA, fp32 matmuls in TF32 (default: on; recorded in run.json). No effect on CPU")
+    r.add_argument("--data_on_device", default="auto", choices=["auto", "yes", "no"],
+                   help="copy the whole training store to the GPU once and gather batches there. auto "
+                        "(default): on CUDA when it takes under half the free GPU memory")
     r.add_argument("--autocast", "--dtype", dest="autocast", default="none", choices=["none", "fp32", "bf16"],
                    help="mixed precision of the SAE forward on GPU: none (= fp32, default) | bf16 "
                         "(--dtype is the older name)")
@@ -305,7 +315,8 @@ def _raw_weights(trainer, norm_factor: float) -> dict:
     ae = copy.deepcopy(trainer.ae)
     if norm_factor != 1.0:
         ae.scale_biases(norm_factor)
-    return {k: v.detach().cpu() for k, v in ae.state_dict().items()}
+    # contiguous: the sparse engine stores some matrices latent-major in memory
+    return {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
 
 
 def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
@@ -353,6 +364,9 @@ class TrainConfig:
     checkpoint_every: int = 5000
     device: str = "auto"
     autocast: str = "none"
+    engine: str = "sparse"
+    tf32: bool = True
+    data_on_device: str = "auto"
     allow_nonfinite: bool = False
     wandb: bool = False
     wandb_project: str = "saevlm"
@@ -404,6 +418,14 @@ def train(cfg: TrainConfig) -> int:
     dist, device = init_distributed(cfg.device)
     if cfg.autocast == "bf16" and device.type != "cuda":
         raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
+    if cfg.data_on_device == "yes" and device.type != "cuda":
+        print(f"note: --data_on_device yes on {device}: the training store is read into memory once",
+              file=sys.stderr)
+    if device.type == "cuda":
+        import torch
+        # TF32 for fp32 matmuls (the encoder GEMM); --no-tf32 keeps full fp32
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
     job = TrainingRun(cfg, dist, device)
     if job.already_complete:
         print(f"{job.out}: training complete already, nothing to do")
@@ -457,6 +479,8 @@ class TrainingRun:
         # j % world_size, so one launcher keeps every GPU of a node busy
         self.specs = [sp for j, sp in enumerate(self.all_specs) if j % dist.world_size == dist.rank]
         self.trainers: list = []
+        self.updates: list = []  # one update(step, x) per trainer: the sparse engine's or the trainer's
+        self.engines: list[str] = []
         self.starts: list[int] = []
         self.norm_factor = 1.0
         self.start_step = 0
@@ -562,19 +586,56 @@ class TrainingRun:
             print(f"resuming {len(self.specs)} SAE(s) at step(s) {sorted(set(self.starts))} of {cfg.steps}",
                   file=sys.stderr)
         self.norm_factor = norm_factor if norm_factor is not None else _norm_factor(self.train_store)
+        self._choose_engines()
         if self.dist.is_main:
-            atomic_write_json(self.run_json, {"identity": self.identity, "complete": False,
-                                              "norm_factor": self.norm_factor, "validation": self.val_note})
-        for spec, tr in zip(self.specs, self.trainers):
+            atomic_write_json(self.run_json, self._run_record(complete=False))
+        for spec, tr, engine in zip(self.specs, self.trainers, self.engines):
             spec.directory.mkdir(parents=True, exist_ok=True)
             (spec.directory / "checkpoints").mkdir(exist_ok=True)
             config = {"trainer": {**tr.config, "norm_factor": self.norm_factor},
                       "buffer": {"activations_dir": str(self.train_store.path.resolve()),
                                  "batch_size": cfg.batch_size},
                       "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
+                                 "engine": engine,
                                  "provenance": self.train_store.provenance.to_json(),
                                  "image_ids_sha256": self.train_store.manifest.image_ids_sha256}}
             atomic_write_json(spec.directory / "config.json", config)
+
+    def _choose_engines(self) -> None:
+        """The update of each trainer: the sparse engine where it covers the architecture (after
+        the resume state is loaded: it re-lays the weights out in memory), else the trainer's."""
+        import torch
+
+        from saevlm.sae import sparse_engine
+
+        cfg = self.cfg
+        self.updates, self.engines = [], []
+        for spec, tr in zip(self.specs, self.trainers):
+            if self._engine_of(spec.arch) == "sparse":
+                matmul_dtype = torch.bfloat16 if cfg.autocast == "bf16" else None
+                self.updates.append(sparse_engine.SparseEngine(tr, spec.arch, matmul_dtype).update)
+                self.engines.append("sparse")
+            else:
+                if cfg.engine == "sparse":
+                    print(f"note: {spec.name}: the sparse engine covers {', '.join(sparse_engine.SPARSE_ARCHS)}; "
+                          f"{spec.arch} trains with dictionary_learning's update", file=sys.stderr)
+                self.updates.append(tr.update)
+                self.engines.append("dictionary_learning")
+
+    def _engine_of(self, arch: str) -> str:
+        from saevlm.sae.sparse_engine import covers
+
+        return "sparse" if self.cfg.engine == "sparse" and covers(arch) else "dictionary_learning"
+
+    def _run_record(self, complete: bool) -> dict:
+        """run.json: the identity a resume must match, plus how this process computes (engine and
+        precision may change between resumes: they compute the same update)."""
+        return {"identity": self.identity, "complete": complete, "norm_factor": self.norm_factor,
+                "validation": self.val_note,
+                "engine": {s.directory.name: self._engine_of(s.arch) for s in self.all_specs},
+                "precision": {"autocast": self.cfg.autocast,
+                              "tf32": bool(self.cfg.tf32) if self.device.type == "cuda" else None,
+                              "device": self.device.type}}
 
     # -- evaluation and saving
     def evaluate(self, weights_by_trainer: list[dict] | None = None) -> list[dict]:
@@ -623,6 +684,38 @@ class TrainingRun:
                                 "torch_rng": torch.get_rng_state()}, spec.directory / "resume.pt")
 
     # -- the loop
+    def _data_on_device(self) -> bool:
+        """Whether the whole training store is copied to the device once (--data_on_device)."""
+        cfg = self.cfg
+        if cfg.data_on_device != "auto":
+            return cfg.data_on_device == "yes"
+        if self.device.type != "cuda":
+            return False  # the memory-mapped reader already feeds a CPU step
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return self.train_store.num_rows * self.act_dim * 4 < free // 2
+
+    def _batches(self):
+        """The batches of every step from ``start_step``, on the device: the store's shuffled
+        sequence, gathered from memory-mapped shards or from one copy of the store on the device."""
+        import torch
+        from tqdm import tqdm
+
+        cfg, store = self.cfg, self.train_store
+        if not self._data_on_device():
+            for batch in store.random_batches(cfg.batch_size, seed=cfg.seed, start_step=self.start_step):
+                yield torch.from_numpy(batch).to(self.device, non_blocking=True)
+            return
+        data = torch.empty((store.num_rows, self.act_dim), dtype=torch.float32, device=self.device)
+        chunk = 65536
+        for start, rows in tqdm(store.iter_chunks(chunk), total=-(-store.num_rows // chunk), unit="chunk",
+                                desc=f"training store -> {self.device}", disable=cfg.no_progress or not self.dist.is_main,
+                                file=sys.stderr, dynamic_ncols=True):
+            data[start:start + len(rows)] = torch.from_numpy(rows).to(self.device)
+        for idx in store.random_batch_indices(cfg.batch_size, seed=cfg.seed, start_step=self.start_step):
+            yield data.index_select(0, torch.from_numpy(idx).to(self.device))
+
     def loop(self) -> None:
         """Steps ``start_step .. steps``: one shuffled batch per step shared by every SAE."""
         import torch
@@ -635,7 +728,7 @@ class TrainingRun:
             wandb_run = wandb.init(project=cfg.wandb_project, config=self.identity["hyperparameters"])
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.autocast == "bf16"
                     else torch.autocast("cpu", enabled=False))
-        batches = self.train_store.random_batches(cfg.batch_size, seed=cfg.seed, start_step=self.start_step)
+        batches = self._batches()
         rank_tag = f" [rank {dist.rank}]" if dist.world_size > 1 else ""
         bar = tqdm(total=cfg.steps, initial=self.start_step, unit="step",
                    disable=cfg.no_progress or not dist.is_main,
@@ -645,12 +738,12 @@ class TrainingRun:
             self.save_checkpoints(0)  # the authors' ae_0.pt: the initial weights
         with bar:
             for step in range(self.start_step, cfg.steps):
-                x = torch.from_numpy(next(batches)).to(self.device, non_blocking=True)
+                x = next(batches)
                 if self.norm_factor != 1.0:
                     x = x / self.norm_factor
                 with autocast:  # a resumed SAE that is already past this step skips it
-                    losses = [tr.update(step, x) if step >= self.starts[i] else float("nan")
-                              for i, tr in enumerate(self.trainers)]
+                    losses = [update(step, x) if step >= self.starts[i] else float("nan")
+                              for i, update in enumerate(self.updates)]
                 samples += len(x)
                 done = step + 1
                 if done in self.save_steps:
@@ -690,8 +783,7 @@ class TrainingRun:
         barrier(self.dist)  # every process has written its SAEs
         if not self.dist.is_main:
             return
-        atomic_write_json(self.run_json, {"identity": self.identity, "complete": True,
-                                          "norm_factor": self.norm_factor, "validation": self.val_note})
+        atomic_write_json(self.run_json, self._run_record(complete=True))
         print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
         for spec in self.all_specs:
             ev = json.loads((spec.directory / "eval.json").read_text())
