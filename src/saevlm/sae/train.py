@@ -759,9 +759,11 @@ class TrainingRun:
                     if wandb_run is not None:
                         stats = {f"{s.name}/{k}": v for s, ev in zip(self.specs, evals) for k, v in ev.items()
                                  if k in ("r2", "l0", "dead_fraction", "mse")}
-                        stats.update({f"{s.name}/loss": float(v) for s, v in zip(self.specs, losses)})
+                        stats.update({f"{s.name}/loss": float(v) for s, v in zip(self.specs, losses) if v is not None})
                         wandb_run.log(stats, step=done)
-                bar.set_postfix(loss=f"{float(losses[0]) if losses else float('nan'):.4g}", samples_s=f"{rate:,.0f}")
+                # StandardTrainer.update (ReLU/L1) returns None
+                first = float(losses[0]) if losses and losses[0] is not None else float("nan")
+                bar.set_postfix(loss=f"{first:.4g}", samples_s=f"{rate:,.0f}")
                 bar.update(1)
         if wandb_run is not None:
             wandb_run.finish()
