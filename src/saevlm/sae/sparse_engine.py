@@ -58,11 +58,16 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tupl
         return torch.sparse_csr_tensor(crow, cols, vals, shape, check_invariants=False)
 
 
-def spmm(rows, cols, vals, dense_kd: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """sum_j vals[e] * dense_kd[cols[e]] into output row rows[e]: (n_rows x d), entries sorted by row."""
+def spmm(rows, cols, vals, dense_kd: torch.Tensor, n_rows: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_e vals[e] * dense_kd[cols[e]] into output row rows[e]: (n_rows x d), entries sorted by
+    row; written into ``out`` when given (a buffer kept across steps: on CPU a fresh large tensor
+    costs more in page faults than the product itself)."""
+    if out is None:
+        out = dense_kd.new_empty(n_rows, dense_kd.shape[1])
     if rows.numel() == 0:
-        return dense_kd.new_zeros(n_rows, dense_kd.shape[1])
-    return _csr(rows, cols, vals, (n_rows, dense_kd.shape[0])) @ dense_kd
+        return out.zero_()
+    # beta=0: the old contents of out are ignored (NaN included)
+    return torch.addmm(out, _csr(rows, cols, vals, (n_rows, dense_kd.shape[0])), dense_kd, beta=0.0, out=out)
 
 
 def sddmm(rows, cols, a_nd: torch.Tensor, b_kd: torch.Tensor) -> torch.Tensor:
@@ -133,9 +138,12 @@ def batch_topk_entries(pre_bf: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
 def _entries_above(pre_bf: torch.Tensor, tau: float, strict: bool):
     """(rows, cols, values) of the entries of ``pre_bf`` above (or at) ``tau``, scanned in row chunks."""
     rows, cols, vals = [], [], []
+    mask = torch.empty((min(_SCAN_ROWS, pre_bf.shape[0]), pre_bf.shape[1]), dtype=torch.bool, device=pre_bf.device)
     for s in range(0, pre_bf.shape[0], _SCAN_ROWS):
         block = pre_bf[s:s + _SCAN_ROWS]
-        idx = torch.nonzero(block > tau if strict else block >= tau)
+        m = mask[: block.shape[0]]  # one mask buffer for every chunk (no fresh allocation per chunk)
+        (torch.gt if strict else torch.ge)(block, tau, out=m)
+        idx = torch.nonzero(m)
         rows.append(idx[:, 0] + s)
         cols.append(idx[:, 1])
         vals.append(block[idx[:, 0], idx[:, 1]])
@@ -207,6 +215,7 @@ class SparseEngine:
             raise ValueError(f"the sparse engine does not train {arch}")
         self.trainer, self.arch, self.matmul_dtype = trainer, arch, matmul_dtype
         self.fused_adam = fused_adam
+        self._buffers: dict[str, torch.Tensor] = {}
         relayout(trainer, arch)
 
     # the four parameters as latent-major (dict_size x d) views and the two bias vectors
@@ -223,6 +232,15 @@ class SparseEngine:
             return [0, ae.dict_size], [1.0]
         bounds = [int(b) for b in ae.group_indices[: ae.active_groups + 1]]
         return bounds, [float(w) for w in self.trainer.group_weights[: ae.active_groups]]
+
+    def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype=None) -> torch.Tensor:
+        """A tensor kept across steps (pre-activations, weight gradients), reallocated only when its
+        shape, dtype or device changes."""
+        dtype = dtype or like.dtype
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != like.device:
+            buf = self._buffers[name] = torch.empty(shape, dtype=dtype, device=like.device)
+        return buf
 
     def _init_b_dec(self, x: torch.Tensor) -> None:
         tr, ae = self.trainer, self.trainer.ae
@@ -249,12 +267,13 @@ class SparseEngine:
 
         # encoder: the one dense GEMM; relu in place
         xc = x - b_dec
-        if self.matmul_dtype is not None:
-            md = self.matmul_dtype
-            pre = torch.addmm(b_enc.to(md), xc.to(md), W_enc.to(md).t())
+        md = self.matmul_dtype or x.dtype
+        pre = self._buffer("pre", (B, F), x, md)
+        if md != x.dtype:
+            torch.mm(xc.to(md), W_enc.to(md).t(), out=pre)
         else:
-            pre = torch.addmm(b_enc, xc, W_enc.t())
-        pre.relu_()
+            torch.mm(xc, W_enc.t(), out=pre)
+        pre.add_(b_enc.to(md)).relu_()
 
         # sparse codes, the threshold and the dead-latent counter, by the trainer's own rules
         k = int(ae.k)
@@ -284,8 +303,11 @@ class SparseEngine:
         G = len(weights)
         group = torch.bucketize(cols, torch.tensor(bounds[1:-1], device=cols.device), right=True)
         srows = group * B + rows  # row of the stacked (G x B) partial reconstructions
-        order = torch.argsort(srows, stable=True)
-        srows, scols, svals, sbatch = srows[order], cols[order], vals[order], rows[order]
+        if G > 1:  # group-major, then by row
+            order = torch.argsort(srows, stable=True)
+            srows, scols, svals, sbatch = srows[order], cols[order], vals[order], rows[order]
+        else:  # already in (row, col) order
+            scols, svals, sbatch = cols, vals, rows
         partial_gbd = spmm(srows, scols, svals, W_dec, G * B).view(G, B, -1)
         recon = b_dec + partial_gbd.cumsum(0)  # x_reconstruct after each group
         err_gbd = x - recon
@@ -337,17 +359,20 @@ class SparseEngine:
             evals = torch.cat([evals, avals])
             ebatch = torch.cat([ebatch, arows])
             grad_nd = torch.cat([grad_nd, grad_aux])
-        dcode = sddmm(erows, ecols, grad_nd, W_dec)  # d loss / d code (= d pre: ReLU passes, code > 0)
+        # everything latent-major from here: entries sorted by latent
         by_latent = torch.argsort(ecols, stable=True)
-        lrows, lcols = ecols[by_latent], erows[by_latent]
-        g_W_dec = spmm(lrows, lcols, evals[by_latent], grad_nd, F)  # sum_e code * grad_out
-        g_W_enc = spmm(lrows, ebatch[by_latent], dcode[by_latent], xc, F)  # sum_e dcode * (x - b_dec)
-        g_b_enc = torch.zeros(F, device=x.device).index_add_(0, ecols, dcode)
+        lat, erows, evals, ebatch = ecols[by_latent], erows[by_latent], evals[by_latent], ebatch[by_latent]
+        dcode = sddmm(lat, erows, W_dec, grad_nd)  # d loss / d code (= d pre: ReLU passes, code > 0)
+        g_W_dec = spmm(lat, erows, evals, grad_nd, F, out=self._buffer("g_W_dec", (F, W_dec.shape[1]), W_dec))
+        g_W_enc = spmm(lat, ebatch, dcode, xc, F, out=self._buffer("g_W_enc", (F, W_dec.shape[1]), W_dec))
+        g_b_enc = torch.zeros(F, device=x.device).index_add_(0, lat, dcode)
         g_b_dec = grad_gbd[0].sum(0) - g_b_enc @ W_enc
 
-        # dictionary_learning's update after loss.backward()
-        normed = W_dec / (W_dec.norm(dim=1, keepdim=True) + 1e-6)
-        g_W_dec -= (g_W_dec * normed).sum(1, keepdim=True) * normed  # remove_gradient_parallel_...
+        # dictionary_learning's update after loss.backward(). remove_gradient_parallel_to_decoder_
+        # directions: g -= <g, w/(|w|+1e-6)> w/(|w|+1e-6), per latent, in place
+        rowdot = torch.bmm(g_W_dec.unsqueeze(1), W_dec.unsqueeze(2)).view(-1)
+        scale = rowdot / (W_dec.norm(dim=1) + 1e-6).pow(2)
+        g_W_dec.addcmul_(W_dec, scale.unsqueeze(1), value=-1.0)
         self._set_grads(g_W_enc, g_b_enc, g_W_dec, g_b_dec)
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
         self._adam_step()
@@ -358,19 +383,41 @@ class SparseEngine:
         return float(loss)
 
     def _adam_step(self) -> None:
-        """The trainer's Adam step, run by torch's fused kernel where the device has one: the same
-        update formula in one pass over each tensor (the step is memory-bound once the products are
-        sparse). The flag is set for this call only, so the saved optimiser state is unchanged."""
-        groups = self.trainer.optimizer.param_groups
-        before = [g.get("fused") for g in groups]
+        """The trainer's Adam step, by torch's fused kernel where the device has one: the same
+        elementwise update in one pass over each tensor (the step is memory-bound once the products
+        are sparse). The fused kernel copies a non-contiguous tensor, so a latent-major (transposed)
+        matrix steps through a contiguous alias of the same storage (its moments likewise); the
+        optimiser's parameters, state and flags are restored afterwards, so its saved state is the
+        trainer's own."""
+        opt = self.trainer.optimizer
+        swaps = []
         if self.fused_adam:
-            for g in groups:
-                g["fused"] = True
+            for group in opt.param_groups:
+                for i, p in enumerate(group["params"]):
+                    if p.dim() == 2 and not p.is_contiguous() and p.t().is_contiguous() and p.grad is not None:
+                        alias = torch.nn.Parameter(p.data.t())
+                        alias.grad = p.grad.t()
+                        state = opt.state.pop(p, None)
+                        if state:
+                            opt.state[alias] = {k: v.t() if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+                                                for k, v in state.items()}
+                        group["params"][i] = alias
+                        swaps.append((group, i, p, alias))
+        before = [g.get("fused") for g in opt.param_groups]
         try:
-            self.trainer.optimizer.step()
+            if self.fused_adam:
+                for g in opt.param_groups:
+                    g["fused"] = True
+            opt.step()
         finally:
-            for g, f in zip(groups, before):
+            for g, f in zip(opt.param_groups, before):
                 g["fused"] = f
+            for group, i, p, alias in swaps:
+                group["params"][i] = p
+                state = opt.state.pop(alias, None)
+                if state is not None:
+                    opt.state[p] = {k: v.t() if isinstance(v, torch.Tensor) and v.dim() == 2 else v
+                                    for k, v in state.items()}
 
     def _set_grads(self, g_W_enc, g_b_enc, g_W_dec, g_b_dec) -> None:
         """Gradients (latent-major) into ``.grad`` in each parameter's own shape and memory order."""
