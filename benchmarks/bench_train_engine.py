@@ -91,14 +91,16 @@ def child(arch: str, expansion: int, engine: str, steps: int) -> dict:
             out = func(*args, **(kwargs or {}))
             if getattr(func, "is_view", False):
                 return out
-            flat = [a for a in args if isinstance(a, torch.Tensor)]
-            flat += [a for a in (kwargs or {}).values() if isinstance(a, torch.Tensor)]
+            positional = [a for a in args if isinstance(a, torch.Tensor)]  # operands (not out=)
+            flat = positional + [a for a in (kwargs or {}).values() if isinstance(a, torch.Tensor)]
             outs = [o for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
             counts["bytes"] += sum(nbytes(t) for t in flat + outs)
             name = func.__name__.split(".")[0]
-            sparse = [t for t in flat if t.layout == torch.sparse_csr]
-            dense2 = [t for t in flat if t.layout == torch.strided and t.dim() == 2]
-            if sparse and dense2:  # CSR x dense or a sampled product: 2 x nnz x d
+            sparse = [t for t in positional if t.layout == torch.sparse_csr]
+            dense2 = [t for t in positional if t.layout == torch.strided and t.dim() == 2]
+            if sparse and name == "sparse_sampled_addmm":  # <a_row, b_col> per entry: 2 x nnz x inner
+                counts["flops"] += 2 * sparse[0].values().numel() * dense2[0].shape[1]
+            elif sparse and dense2:  # CSR (n x m) x dense (m x d): 2 x nnz x d
                 counts["flops"] += 2 * sparse[0].values().numel() * dense2[-1].shape[-1]
             elif name in ("mm", "addmm", "bmm", "baddbmm") and len(dense2) >= 2:
                 a, b = dense2[-2], dense2[-1]
