@@ -50,3 +50,12 @@ def run_cli(*argv):
     """Run the CLI in-process; returns its exit status."""
     from saevlm.cli import main
     return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The default synthetic world (``saevlm synthetic``), built once per test module
+    (test_manifest.py overrides it with a smaller one)."""
+    out = tmp_path_factory.mktemp("world")
+    assert run_cli("synthetic", "--output_dir", out) == 0
+    return out

@@ -13,13 +13,6 @@ from saevlm.sae.inference import encode_batch
 from saevlm.sae.checkpoint import load_sae
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    assert run_cli("synthetic", "--output_dir", out) == 0
-    return out
-
-
 def _train(world, out, *extra):
     return run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--val_activations_dir", world / "val",
                    "--checkpoints_dir", out, "--device", "cpu", "--no_progress", *extra)

@@ -161,13 +161,6 @@ def test_no_dense_batch_by_dict_tensor_beyond_the_pre_activations(arch, monkeypa
 
 # -- saevlm train --engine ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world")
-    assert run_cli("synthetic", "--output_dir", out) == 0
-    return out
-
-
 def _train(world, out, *extra):
     return run_cli("train", "--layout", "trainers", "--activations_dir", world / "train",
                    "--val_activations_dir", world / "val", "--checkpoints_dir", out, "--device", "cpu",
