@@ -24,6 +24,7 @@ from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
 TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("ms", "MS"), ("active", "active images"), ("fms", "FMS"),
                  ("freq", "frequency"), ("max", "max act."), ("group", "group"), ("depth", "depth"))
 THUMB_PX = 112
+LARGE_PX = 448  # a top image clicked to enlarge
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -32,7 +33,8 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def histogram_svg(values: np.ndarray, bins: int = 30, width: int = 480, height: int = 120) -> str:
+def histogram_svg(values: np.ndarray, bins: int = 30, width: int = 480, height: int = 120, xlabel: str = "",
+                  css_class: str = "hist") -> str:
     """An inline SVG histogram of ``values`` (no plotting library on the request path)."""
     counts, edges = np.histogram(values, bins=bins)
     top = max(int(counts.max()), 1)
@@ -41,8 +43,15 @@ def histogram_svg(values: np.ndarray, bins: int = 30, width: int = 480, height: 
                    f'height="{(height - 24) * c / top:.1f}" fill="#2563eb"><title>{edges[i]:.3g}–{edges[i + 1]:.3g}: '
                    f'{c}</title></rect>' for i, c in enumerate(counts))
     axis = (f'<text x="0" y="{height - 4}" font-size="11">{edges[0]:.3g}</text>'
+            f'<text x="{width / 2}" y="{height - 4}" font-size="11" text-anchor="middle">{html.escape(xlabel)}</text>'
             f'<text x="{width}" y="{height - 4}" font-size="11" text-anchor="end">{edges[-1]:.3g}</text>')
-    return f'<svg class="hist" width="{width}" height="{height}" role="img">{bars}{axis}</svg>'
+    return f'<svg class="{css_class}" width="{width}" height="{height}" role="img">{bars}{axis}</svg>'
+
+
+def gzip_bytes(body: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(body, compresslevel=6, mtime=0)
 
 
 class Explorer:
@@ -58,6 +67,7 @@ class Explorer:
         self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
         self.run_name = self.index.run_dir.resolve().name
         self.log = log
+        self._run_page: tuple[tuple, str] | None = None
 
     def _render(self, name: str, levels: int, **context) -> str:
         return self.env.get_template(name).render(root="../" * levels, run_name=self.run_name, fmt=_fmt,
@@ -84,6 +94,17 @@ class Explorer:
         return view
 
     # -- the run
+    def run_page_cached(self) -> str:
+        """The run page, made again only when a file of the run changed (the report's tables
+        read every result file: re-parsing them per view took over a second on a large run)."""
+        key = self.index.signature
+        cached = self._run_page
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        page = self.run_page()
+        self._run_page = (key, page)
+        return page
+
     def run_page(self, linked: Callable[[str, int], bool] | None = None) -> str:
         rows = []
         for slug, view in self.index.saes.items():
@@ -128,6 +149,25 @@ class Explorer:
             data["columns"] = {k: (None if v is None else [v[j] for j in keep]) for k, v in data["columns"].items()}
         return "window.SAEVLM_LATENTS = " + json.dumps(data, separators=(",", ":")) + ";\n"
 
+    def latents_js_gz(self, slug: str) -> tuple[bytes, bytes]:
+        """(the table data, the same gzip-compressed), made once per version of the SAE's files."""
+        view = self.sae(slug)
+        if "latents" not in view.page_cache:
+            body = self.latents_js(slug).encode()
+            view.page_cache["latents"] = (body, gzip_bytes(body))
+        return view.page_cache["latents"]
+
+    def frequency_histogram(self, view: SAEView) -> str | None:
+        """The SAE-wide histogram of log10 activation frequency of the latents that ever fire."""
+        if not view.is_codes:
+            return None
+        freq = np.asarray(view.stats["freq"], dtype=np.float64)
+        alive = freq[freq > 0]
+        if not len(alive):
+            return None
+        return histogram_svg(np.log10(alive), bins=40, width=640, xlabel="log10 activation frequency",
+                             css_class="freqhist")
+
     def table_page(self, slug: str, subset_note: str = "") -> str:
         view = self.sae(slug)
         groups = list(range(len(view.group_sizes))) if view.group_sizes else []
@@ -136,8 +176,11 @@ class Explorer:
             or [("ms", "MS")]
         columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + ms_cols + \
             [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms")]
+        freq_hist = self.frequency_histogram(view)
+        dead = int((np.asarray(view.stats["freq"]) == 0).sum()) if freq_hist is not None else 0
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
-                            columns=columns, groups=groups, subset=subset_note)
+                            columns=columns, groups=groups, subset=subset_note, freq_hist=freq_hist, dead=dead,
+                            num_images=int(view.store.num_rows))
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
@@ -188,7 +231,8 @@ class Explorer:
                    thumb_note=view.images_note or "no images to show")
         names = view.names["latents"][j] if view.names is not None else {}
         ctx.update(names=names.get("names") or [], margin=names.get("margin"), purity=names.get("purity"),
-                   entropy=names.get("entropy_bits"), label=names.get("label"))
+                   entropy=names.get("entropy_bits"), label=names.get("label"), names_n=names.get("n_active"),
+                   depth_n=len(top))
         if view.is_codes:
             rows, vals = view.column_values(j)
             nz = vals[vals != 0]
@@ -212,7 +256,7 @@ class Explorer:
     def overlay(self, slug: str, j: int, image_id: int) -> bytes:
         """The per-patch overlay of latent ``j`` on image ``image_id`` (cached)."""
         view = self.sae(slug)
-        cache = self.index.cache_dir / "overlays" / slug / str(j) / f"{image_id}.jpg"
+        cache = self.index.cache_dir / "overlays" / view.cache_name / str(j) / f"{image_id}.jpg"
         if cache.is_file():
             return cache.read_bytes()
         data = view.overlay(j, image_id, THUMB_PX)
@@ -224,8 +268,16 @@ class Explorer:
 
     def thumbnail(self, slug: str, image_id: int) -> bytes:
         """A JPEG thumbnail of dataset image ``image_id`` (made on first request, then cached)."""
+        return self._image_jpeg(slug, image_id, THUMB_PX, "thumbs")
+
+    def cached_image(self, slug: str, image_id: int, kind: str) -> bytes | None:
+        """A thumbnail (``thumbs``) or enlarged image (``large``) made before, or None."""
+        f = self.index.cache_dir / kind / self.sae(slug).cache_name / f"{image_id}.jpg"
+        return f.read_bytes() if f.is_file() else None
+
+    def _image_jpeg(self, slug: str, image_id: int, side: int, kind: str) -> bytes:
         view = self.sae(slug)
-        cache = self.index.cache_dir / "thumbs" / slug / f"{image_id}.jpg"
+        cache = self.index.cache_dir / kind / view.cache_name / f"{image_id}.jpg"
         if cache.is_file():
             return cache.read_bytes()
         if view.images is None:
@@ -242,14 +294,18 @@ class Explorer:
             raise KeyError(image_id) from None
         with Image.open(io.BytesIO(data)) as im:
             im = im.convert("RGB")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((THUMB_PX, THUMB_PX))
+            crop = min(im.size)
+            left, top = (im.width - crop) // 2, (im.height - crop) // 2
+            im = im.crop((left, top, left + crop, top + crop)).resize((side, side))
             buf = io.BytesIO()
             im.save(buf, format="JPEG", quality=85)
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache, buf.getvalue())
         return buf.getvalue()
+
+    def large_image(self, slug: str, image_id: int) -> bytes:
+        """A top image at LARGE_PX (clicked to enlarge): made on first request, then cached."""
+        return self._image_jpeg(slug, image_id, LARGE_PX, "large")
 
     # -- static export
     EXPORT_MARK = ".saevlm-explorer-export"
@@ -341,10 +397,16 @@ class Explorer:
                 (d / "thumb").mkdir(parents=True, exist_ok=True)
                 for img in sorted(images):
                     atomic_write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+                large = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0}
+                               if view.top is not None else set())
+                if large:
+                    (d / "image").mkdir(parents=True, exist_ok=True)
+                for img in large:  # the top images, enlarged on a click
+                    atomic_write_bytes(d / "image" / f"{img}.jpg", self.large_image(slug, img))
             if view.overlay_model[0] is not None and view.top is not None:
                 for j in subset.tolist():
                     (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
-                    for img in view.top[0][j].tolist():
+                    for img in view.top[0][j][view.top[1][j] > 0].tolist():  # the images the page links
                         atomic_write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
         return out
 

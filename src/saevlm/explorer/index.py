@@ -1,13 +1,20 @@
 """What the explorer shows, read lazily from a run directory: every SAE's latents (a code store or a
 top-images store), their columns, and per-latent details. Nothing is computed until a page asks
 for it; what is computed from codes (activation frequency and maximum) is cached under the cache
-directory, keyed by the store's content hash, so a second start is instant."""
+directory, keyed by the store's content hash, so a second start is instant.
+
+The index follows the run while it is served: ``RunIndex.refresh`` (at most once a second) finds
+stores added since, and replaces the view of any store whose files changed (re-encoded, new MS,
+new names), so nothing computed from an earlier version is shown as current."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+import threading
+import time
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -49,6 +56,12 @@ class SAEView:
     cache_dir: Path
     data_path: str | None = None  # explore --data_path: the dataset's folder when it moved
     images_note: str = ""  # why no images are shown, when they are not
+    signature: tuple = ()  # the files this view was read from (see store_signature): a change makes a new view
+    steering_files: tuple[Path, ...] = ()  # the run's steering_score.json files
+    # one page computation at a time per SAE (its lazy columns are shared); other SAEs, static
+    # files and cached pages are never held up by it
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    page_cache: dict = field(default_factory=dict, repr=False, compare=False)  # e.g. the table data, gzipped
 
     @cached_property
     def store(self):
@@ -107,7 +120,31 @@ class SAEView:
                 reason = stale_reason(source_of_ms(d), self.store)
                 if reason:
                     out[f"{d.name}/ms.json"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
+        for f, _, why in self._steering_results:
+            if why:
+                out[f.relative_to(self.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
+                                                               f"{self.store.provenance.sae.path} ...")
+        if "names.json" not in out and (self.path / "names.json").is_file():
+            reason = self._names_problem()
+            if reason:
+                out["names.json"] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
         return out
+
+    def _names_problem(self) -> str | None:
+        """Why names.json cannot be shown beside this store's latents (None: it can)."""
+        try:
+            data = json.loads((self.path / "names.json").read_text())
+        except (OSError, ValueError):
+            return "not valid JSON"
+        latents = data.get("latents") if isinstance(data, dict) else None
+        if not isinstance(latents, list):
+            return "no 'latents' list"
+        if len(latents) != self.num_latents:
+            return f"names for {len(latents)} latents, the store has {self.num_latents}"
+        if any(isinstance(r, dict) and r.get("names") and "n_active" not in r for r in latents[:50]):
+            return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
+                    "purity now use only activating images")
+        return None
 
     def _fresh(self, name: str) -> bool:
         return name not in self.stale
@@ -184,6 +221,12 @@ class SAEView:
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @cached_property
+    def cache_name(self) -> str:
+        """This version of the store's folder name in the cache: a re-written store (other images
+        under the same ids) never gets the thumbnails or overlays of the one before."""
+        return f"{self.slug}-{self._stats_key()}"
+
+    @cached_property
     def stats(self) -> dict[str, np.ndarray]:
         """Activation frequency (share of rows where the latent is non-zero) and maximum, from the
         codes in one pass (cached); from the top images when only those exist."""
@@ -254,8 +297,14 @@ class SAEView:
             a = np.asarray(a, dtype=np.float64)
             return [None if not np.isfinite(v) else round(float(v), 5) for v in a]
 
+        recs = self.names["latents"] if self.names is not None else None
         return {"slug": self.slug, "title": self.title, "num_latents": K,
                 "columns": {"id": list(range(K)), "name": [self.name_of(j) for j in range(K)],
+                            # the search reads all three CLIP names and the top images' majority label
+                            "names": None if recs is None else [" · ".join(str(w) for w, _ in r.get("names") or [])
+                                                                for r in recs],
+                            "label": None if recs is None else [str(r.get("label", "")) if r.get("names") else ""
+                                                                for r in recs],
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
                             "fms": col(self.fms), "freq": col(stats["freq"]),
                             "max": col(stats["max"]),
@@ -300,20 +349,18 @@ class SAEView:
 
     @cached_property
     def decoder(self) -> np.ndarray | None:
-        """Unit decoder directions [K, d] of the SAE (None when its checkpoint is not found)."""
+        """Unit decoder directions [K, d] of the SAE (None when its checkpoint is not found), read
+        from the weights alone (no dictionary_learning, no transformers: the first latent page
+        stays fast)."""
         sae = self.store.provenance.sae
         if sae is None or not sae.path or not Path(sae.path).exists():
             return None
-        from saevlm.sae.checkpoint import load_sae
+        from saevlm.sae.checkpoint import decoder_rows
 
         try:
-            ae = load_sae(sae.path).ae
+            w = decoder_rows(sae.path)
         except Exception:  # noqa: BLE001 - a moved or damaged checkpoint: the page says so
             return None
-        if hasattr(ae, "W_dec"):
-            w = ae.W_dec.detach().float().numpy()
-        else:
-            w = ae.decoder.weight.detach().float().numpy().T
         if w.shape[0] != self.num_latents:
             return None
         return w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
@@ -327,22 +374,55 @@ class SAEView:
         return [(int(b), float(cos[b])) for b in best]
 
     @cached_property
-    def steering(self) -> list[dict]:
-        """Steering results whose SAE is this store's SAE: per-neuron scores and answers."""
+    def _steering_results(self) -> list[tuple[Path, dict, str | None]]:
+        """(file, summary, why it is not shown or None) of every steering result made with this
+        store's SAE (by path)."""
         sae = self.store.provenance.sae
         if sae is None or not sae.path:
             return []
         mine = Path(sae.path).resolve()
         out = []
-        for f in sorted(self.run_dir.rglob("steering_score.json")):
+        for f in self.steering_files:
             try:
                 s = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            if not s.get("sae") or Path(s["sae"]).resolve() not in (mine, mine.parent):
+            if not isinstance(s, dict) or not s.get("sae") or Path(s["sae"]).resolve() not in (mine, mine.parent):
                 continue
-            out.append({"summary": s, "dir": f.parent})
+            out.append((f, s, self._steering_problem(s)))
         return out
+
+    @property
+    def steering(self) -> list[dict]:
+        """Current steering results of this SAE: per-neuron scores and answers. A result made with
+        other weights under the same path (its recorded size and CRC-32 differ) or for an SAE of
+        another width is left out and listed in ``stale``."""
+        return [{"summary": s, "dir": f.parent} for f, s, why in self._steering_results if why is None]
+
+    def _steering_problem(self, summary: dict) -> str | None:
+        recorded = summary.get("sae_weights")
+        if isinstance(recorded, dict) and self.sae_weights is not None and recorded != self.sae_weights:
+            return (f"made with other SAE weights ({recorded.get('bytes')} bytes, CRC-32 {recorded.get('crc32')}; the "
+                    f"checkpoint now has {self.sae_weights['bytes']} bytes, CRC-32 {self.sae_weights['crc32']})")
+        size = summary.get("sae_dict_size")
+        if isinstance(size, int) and size != self.num_latents:
+            return f"made with an SAE of {size} latents, this store has {self.num_latents}"
+        return None
+
+    @cached_property
+    def sae_weights(self) -> dict | None:
+        """Size and CRC-32 of the SAE's weights file now (what steering-score records)."""
+        sae = self.store.provenance.sae
+        if sae is None or not sae.path:
+            return None
+        from saevlm.data.atomic import file_checksum
+        from saevlm.sae.checkpoint import resolve_checkpoint
+
+        try:
+            weights, _ = resolve_checkpoint(sae.path)
+            return file_checksum(weights)
+        except Exception:  # noqa: BLE001 - a missing checkpoint: nothing to compare
+            return None
 
     def steering_for(self, j: int) -> list[dict]:
         import csv
@@ -480,8 +560,36 @@ def default_cache_dir(run_dir: Path, log=None) -> Path:
     return other
 
 
+def _stat_entries(folder: Path) -> list[tuple[str, int, int]]:
+    out = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_file():
+                    st = e.stat()
+                    out.append((e.name, st.st_mtime_ns, st.st_size))
+    except OSError:
+        pass
+    return sorted(out)
+
+
+def store_signature(store_dir: Path) -> tuple:
+    """What a view of ``store_dir`` was read from: name, mtime and size of the store's own files
+    and of its MS and FMS folders. Any re-write (encode --overwrite, a new MS, new names) changes it."""
+    parts = [("", tuple(_stat_entries(store_dir)))]
+    try:
+        subdirs = sorted(d for d in store_dir.iterdir() if d.is_dir() and (d.name.startswith("ms") or d.name == "fms"))
+    except OSError:
+        subdirs = []
+    parts += [(d.name, tuple(_stat_entries(d))) for d in subdirs]
+    return tuple(parts)
+
+
 class RunIndex:
-    """Every SAE store under a run directory (found once, opened when first asked for)."""
+    """Every SAE store under a run directory (found once, opened when first asked for), kept in
+    step with the folder by :meth:`refresh`."""
+
+    REFRESH_S = 1.0  # a served run is re-scanned at most this often
 
     def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, data_path: str | None = None):
         from saevlm.errors import UserError
@@ -490,25 +598,78 @@ class RunIndex:
         if not self.run_dir.is_dir():
             raise UserError(f"--run_dir {self.run_dir}: no such directory")
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.run_dir)
+        self.data_path = data_path
         self.saes: dict[str, SAEView] = {}
-        for m in sorted(self.run_dir.rglob("manifest.json")):
-            if ".explorer_cache" in m.parts:
-                continue
-            try:
-                head = json.loads(m.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if not isinstance(head, dict) or head.get("format") not in ("saevlm-codes", "saevlm-top-images"):
-                continue
-            if not head.get("complete"):
-                continue
-            rel = m.parent.relative_to(self.run_dir)
-            slug = _slug(rel)
-            self.saes[slug] = SAEView(m.parent, slug, self.run_dir, self.cache_dir, data_path)
+        self.signature: tuple = ()  # of the whole run: every view's, the result files' (the run page's key)
+        self._refresh_lock = threading.Lock()
+        self._scanned_at = 0.0
+        self.refresh(force=True)
         if not self.saes:
             raise UserError(f"--run_dir {self.run_dir}: holds no SAE codes (saevlm encode, or extract "
                             f"--sae_path); nothing to explore")
 
+    def _scan(self) -> tuple[list[Path], list[Path], list[tuple[str, int, int]]]:
+        """(complete SAE store folders, steering_score.json files, (result file, mtime, size)) under
+        the run, skipping hidden folders (the explorer's own cache among them)."""
+        stores, steering, results = [], [], []
+        for root, dirs, files in os.walk(self.run_dir):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            here = Path(root)
+            for name in files:
+                if not name.endswith((".json", ".csv")):
+                    continue
+                f = here / name
+                try:
+                    st = f.stat()
+                except OSError:
+                    continue
+                results.append((str(f.relative_to(self.run_dir)), st.st_mtime_ns, st.st_size))
+                if name == "steering_score.json":
+                    steering.append(f)
+            if "manifest.json" in files:
+                try:
+                    head = json.loads((here / "manifest.json").read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                if isinstance(head, dict) and head.get("format") in ("saevlm-codes", "saevlm-top-images") \
+                        and head.get("complete"):
+                    stores.append(here)
+        return sorted(stores), sorted(steering), sorted(results)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Find stores added or changed since the last scan (at most once per ``REFRESH_S``
+        unless forced); a changed store gets a new view. Returns whether anything changed."""
+        now = time.monotonic()
+        if not force and now - self._scanned_at < self.REFRESH_S:
+            return False
+        with self._refresh_lock:
+            if not force and time.monotonic() - self._scanned_at < self.REFRESH_S:
+                return False
+            stores, steering, results = self._scan()
+            steering_sig = tuple((str(f), *_stat_key(f)) for f in steering)
+            views: dict[str, SAEView] = {}
+            for d in stores:
+                slug = _slug(d.relative_to(self.run_dir))
+                sig = (store_signature(d), steering_sig)
+                old = self.saes.get(slug)
+                if old is not None and old.signature == sig and old.path == d:
+                    views[slug] = old
+                else:
+                    views[slug] = SAEView(d, slug, self.run_dir, self.cache_dir, self.data_path, signature=sig,
+                                          steering_files=tuple(steering))
+            signature = (tuple((slug, v.signature) for slug, v in views.items()), tuple(results))
+            changed = signature != self.signature
+            self.saes, self.signature = views, signature  # one assignment each: readers see old or new
+            self._scanned_at = time.monotonic()
+            return changed
+
     def get(self, slug: str) -> SAEView | None:
         return self.saes.get(slug)
 
+
+def _stat_key(f: Path) -> tuple[int, int]:
+    try:
+        st = f.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return 0, 0

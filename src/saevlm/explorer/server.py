@@ -1,10 +1,15 @@
 """Serving the explorer: the standard library's ``ThreadingHTTPServer``, one route per page
-kind, the same URL layout as a ``--static`` folder."""
+kind, the same URL layout as a ``--static`` folder.
+
+Concurrency: static files, the cached run page, the cached table data and thumbnails already on
+disk are served without any lock; a page that computes (a latent page, the first table data, a
+new thumbnail) holds only its own SAE's lock, so one slow first page never holds up another SAE or
+a style sheet. Responses carry an ETag (a 304 answers a matching If-None-Match) and text is sent
+gzip-compressed to clients that accept it."""
 
 from __future__ import annotations
 
 import re
-import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -21,11 +26,12 @@ ROUTES = [
     (re.compile(r"^/sae/([^/]+)/latents\.js$"), "latents"),
     (re.compile(r"^/sae/([^/]+)/latent/(\d+)\.html$"), "latent"),
     (re.compile(r"^/sae/([^/]+)/thumb/(\d+)\.jpg$"), "thumb"),
+    (re.compile(r"^/sae/([^/]+)/image/(\d+)\.jpg$"), "image"),
     (re.compile(r"^/sae/([^/]+)/overlay/(\d+)/(\d+)\.jpg$"), "overlay"),
 ]
 TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "script": "text/javascript",
          "latents": "text/javascript", "style": "text/css", "thumb": "image/jpeg",
-         "overlay": "image/jpeg"}
+         "image": "image/jpeg", "overlay": "image/jpeg"}
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -54,13 +60,18 @@ def error_page(status: int, title: str, detail: str) -> bytes:
 
 def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
     """A server for ``explorer`` (not started); ``server.server_address`` has the real port."""
+    import hashlib
     import socket
 
-    lock = threading.Lock()  # dynamic pages share lazily loaded state: one computation at a time
-    cached: dict[str, bytes] = {}
+    from saevlm.explorer.app import gzip_bytes
+
+    static = {"script": (SCRIPT.encode(), gzip_bytes(SCRIPT.encode())),
+              "style": (STYLE.encode(), gzip_bytes(STYLE.encode()))}
     hosts: dict[str, set[str] | None] = {}
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: a page's requests reuse one connection
+
         def log_message(self, fmt, *args):  # quiet: one line per error only
             pass
 
@@ -95,11 +106,9 @@ def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
             else:
                 return self._send(HTTPStatus.NOT_FOUND, error_page(404, "not found", path), "text/html", head)
             try:
-                if kind in STATIC_KINDS or (kind == "latents" and m.group(1) in cached):
-                    body = self._page(kind, m, cached)  # no lock: fixed or already computed
-                else:
-                    with lock:
-                        body = self._page(kind, m, cached)
+                if kind not in static:
+                    explorer.index.refresh()  # stores added or re-written while serving (at most once a second)
+                body, gz = self._page(kind, m)
             except KeyError:
                 return self._send(HTTPStatus.NOT_FOUND, error_page(404, "not found", f"{path}: no such latent, "
                                                                    f"image or SAE in this run"), "text/html", head)
@@ -110,39 +119,68 @@ def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
                 detail = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                 return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, error_page(500, "cannot build this page",
                                                                                detail), "text/html", head)
-            self._send(HTTPStatus.OK, body, TYPES[kind], head)
+            self._send(HTTPStatus.OK, body, TYPES[kind], head, gz=gz, validate=True)
 
-        def _page(self, kind: str, m, cached: dict) -> bytes:
-            if kind == "script":
-                return SCRIPT.encode()
-            if kind == "style":
-                return STYLE.encode()
+        def _page(self, kind: str, m) -> tuple[bytes, bytes | None]:
+            """(body, its gzip form or None); locks only what computes."""
+            if kind in static:
+                return static[kind]
             if kind == "run":
-                return explorer.run_page().encode()
+                return explorer.run_page_cached().encode(), None
             slug = m.group(1)
-            if kind == "table":
-                return explorer.table_page(slug).encode()
+            view = explorer.sae(slug)  # KeyError: 404
             if kind == "latents":
-                if slug not in cached:
-                    cached[slug] = explorer.latents_js(slug).encode()
-                return cached[slug]
-            if kind == "latent":
-                return explorer.latent_page(slug, int(m.group(2))).encode()
-            if kind == "overlay":
-                j, img = int(m.group(2)), int(m.group(3))
+                if "latents" in view.page_cache:
+                    return view.page_cache["latents"]
+                with view.lock:
+                    return explorer.latents_js_gz(slug)
+            if kind in ("thumb", "image"):
+                img = int(m.group(2))
+                cached = explorer.cached_image(slug, img, "thumbs" if kind == "thumb" else "large")
+                if cached is not None:
+                    return cached, None
+                with view.lock:
+                    if not explorer.links_image(slug, img):  # only images the pages link: bounded work
+                        raise KeyError(img)
+                    return (explorer.thumbnail(slug, img) if kind == "thumb" else
+                            explorer.large_image(slug, img)), None
+            with view.lock:
+                if kind == "table":
+                    return explorer.table_page(slug).encode(), None
+                if kind == "latent":
+                    return explorer.latent_page(slug, int(m.group(2))).encode(), None
+                j, img = int(m.group(2)), int(m.group(3))  # overlay
                 if not explorer.links_image(slug, img, j):  # only pairs the pages link: bounded work
                     raise KeyError(img)
-                return explorer.overlay(slug, j, img)
-            img = int(m.group(2))
-            if not explorer.links_image(slug, img):
-                raise KeyError(img)
-            return explorer.thumbnail(slug, img)
+                return explorer.overlay(slug, j, img), None
 
-        def _send(self, status, body: bytes, ctype: str, head: bool = False) -> None:
+        def _send(self, status, body: bytes, ctype: str, head: bool = False, gz: bytes | None = None,
+                  validate: bool = False) -> None:
+            etag = f'"{hashlib.blake2b(body, digest_size=12).hexdigest()}"' if validate else None
+            if etag is not None and etag in [t.strip() for t in (self.headers.get("If-None-Match") or "").split(",")]:
+                self.send_response(HTTPStatus.NOT_MODIFIED)
+                self.send_header("ETag", etag)
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            text = ctype.startswith("text")
+            accepts = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+            if text and accepts and len(body) > 1024:
+                body = gz if gz is not None else gzip_bytes(body)
+                encoded = True
+            else:
+                encoded = False
             self.send_response(status)
-            self.send_header("Content-Type", f"{ctype}; charset=utf-8" if ctype.startswith("text") else ctype)
+            self.send_header("Content-Type", f"{ctype}; charset=utf-8" if text else ctype)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-cache")
+            if encoded:
+                self.send_header("Content-Encoding", "gzip")
+            if text:
+                self.send_header("Vary", "Accept-Encoding")
+            if etag is not None:
+                self.send_header("ETag", etag)
+            self.send_header("Cache-Control", "no-cache")  # revalidate (ETag): a re-written run is never shown stale
             self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             if not head:

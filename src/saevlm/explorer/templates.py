@@ -31,8 +31,9 @@ TABLE = """{% extends "base" %}
 <h1>{{ sae.title }}</h1>
 <p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
+{% if freq_hist %}<div id="freqhist">{{ freq_hist|safe }}<p class="meta">activation frequency of the {{ sae.num_latents - dead }} latents active on at least one of {{ num_images }} images (log10; {{ dead }} never active)</p></div>{% endif %}
 <form id="controls" onsubmit="return false">
-<label>search names or id <input id="q" type="search" placeholder="e.g. dog, or 17"></label>
+<label>search id, names or label <input id="q" type="search" placeholder="e.g. dog, or 17"></label>
 <label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
 <label>group <select id="group"><option value="">all</option>{% for g in groups %}<option value="{{ g }}">{{ g }}</option>{% endfor %}</select></label>
 <label>active on &ge; <input id="min_active" type="number" min="0" step="1" style="width:5em"> images</label>
@@ -51,21 +52,21 @@ TABLE = """{% extends "base" %}
 
 LATENT = """{% extends "base" %}
 {% block title %}latent {{ j }} · {{ sae.title }}{% endblock %}
-{% block nav %} · <a href="../index.html">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
+{% block nav %} · <a href="../index.html" class="tablelink">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
 {% block body %}
-<p class="crumbs"><a href="../index.html">&larr; all latents</a>{% if prev_j is not none %} · <a href="{{ prev_j }}.html" id="prevlatent">&lsaquo; latent {{ prev_j }}</a>{% endif %}{% if next_j is not none %} · <a href="{{ next_j }}.html" id="nextlatent">latent {{ next_j }} &rsaquo;</a>{% endif %}</p>
+<p class="crumbs"><a href="../index.html" id="back" class="tablelink">&larr; all latents</a>{% if prev_j is not none %} · <a href="{{ prev_j }}.html" id="prevlatent">&lsaquo; latent {{ prev_j }}</a>{% endif %}{% if next_j is not none %} · <a href="{{ next_j }}.html" id="nextlatent">latent {{ next_j }} &rsaquo;</a>{% endif %}</p>
 <h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
 <tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
-<tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td>{{ fmt(depth) }}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
-{% if names %}<tr><th>names (CLIP)</th><td colspan="5">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}</td></tr>{% endif %}
-{% if purity is not none %}<tr><th>top-image labels</th><td colspan="5">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits</td></tr>{% endif %}
+<tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td id="depth">{{ fmt(depth) }}{% if depth is not none %} (pairs of its {{ depth_n }} activating top images){% endif %}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
+{% if names %}<tr><th>names (CLIP)</th><td colspan="5" id="names">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
+{% if purity is not none %}<tr><th>top-image labels</th><td colspan="5" id="purity">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits{% if names_n is not none %}, over the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 </table>
 <h2>Top {{ top|length }} images</h2>
 <p class="meta" id="active">{% if active is not none %}active on {{ active }} of {{ num_images }} images{% else %}{{ top|length }} of the top {{ k_top }} images active{% endif %}{% if k_top and top|length < k_top %}; only images where it is active (&gt; 0) are shown{% endif %}</p>
 {% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
-{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="112" height="112">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
+{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="click to enlarge">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
 <figcaption>{{ "%.3f"|format(v) }}{% if lab %} · {{ lab }}{% endif %}</figcaption></figure>{% endfor %}</div>
 {% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
 {% elif k_top %}<p class="note">Never active on these images: no top images to show.</p>
@@ -84,13 +85,18 @@ LATENT = """{% extends "base" %}
 <table><tr><th>image</th><th>answer</th><th>word</th><th>similarity</th></tr>{% for a in r.answers %}<tr><td>{{ a.image }}</td><td>{{ a.answer }}</td><td>{{ a.word }}</td><td>{{ a.similarity }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
 <h2>Token overlay</h2><p class="note">{{ overlay_note }}</p>
 {% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
+<div id="lightbox" hidden><img alt=""><p></p></div>
+<script src="{{ root }}static/explorer.js"></script>
 {% endblock %}
 """
 
-SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages), state in the URL's #hash
+SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; state in the URL's #hash) and
+// the latent pages (links back to the table as it was left, top images enlarged on a click)
 (function () {
-  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length;
   const $ = (id) => document.getElementById(id);
+  const esc = (t) => String(t).replace(/[&<>"]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[m]));
+  if (!window.SAEVLM_LATENTS) return latentPage();
+  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length;
   const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
   const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2};
   // default view: by MS, latents active on at least N images (an MS from fewer rests on few pairs)
@@ -113,11 +119,13 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
     }
     location.hash = p.toString();
   }
+  // search: the id, any of the three CLIP names, or the top images' majority label
+  const haystack = (i) => [C.names ? C.names[i] : C.name[i], C.label ? C.label[i] : ""].join(" | ").toLowerCase();
   function render() {
-    const s = state();
+    const s = state(), q = s.q.trim();
     let rows = [];
     for (let i = 0; i < n; i++) {
-      if (s.q && !((C.name[i] || "").toLowerCase().includes(s.q) || String(C.id[i]) === s.q.trim())) continue;
+      if (q && !(String(C.id[i]) === q || haystack(i).includes(q))) continue;
       if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
       if (s.group !== "" && C.group[i] !== +s.group) continue;
       if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
@@ -135,9 +143,13 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
     const pages = Math.max(1, Math.ceil(rows.length / s.per)), page = Math.min(s.page, pages);
     const shown = rows.slice((page - 1) * s.per, page * s.per);
     const cols = Array.from(document.querySelectorAll("th a[data-sort]")).map((a) => a.dataset.sort);
+    const back = "#t=" + encodeURIComponent(location.hash.slice(1));  // the latent page links back to this view
     $("latents").tBodies[0].innerHTML = shown.map((i) => "<tr>" + cols.map((c) => {
-      if (c === "id") return `<td><a href="latent/${C.id[i]}.html">${C.id[i]}</a></td>`;
-      if (c === "name") return `<td class="name">${(C.name[i] || "").replace(/[&<>]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;"}[m]))}</td>`;
+      if (c === "id") return `<td><a href="latent/${C.id[i]}.html${back}">${C.id[i]}</a></td>`;
+      if (c === "name") {
+        const full = C.names && C.names[i] ? C.names[i] : (C.name[i] || "");
+        return `<td class="name" title="${esc(full)}">${esc(C.name[i] || "")}</td>`;
+      }
       return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
     }).join("") + "</tr>").join("");
     $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && hasActive ?
@@ -167,6 +179,31 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages),
   $("next").addEventListener("click", (e) => { e.preventDefault(); setState({page: state().page + 1}); });
   window.addEventListener("hashchange", render);
   render();
+
+  function latentPage() {
+    // breadcrumbs keep the table's state: it arrives as #t=<the table's hash> and is passed on
+    const t = new URLSearchParams(location.hash.slice(1)).get("t");
+    if (t !== null) {
+      for (const a of document.querySelectorAll("a.tablelink")) a.href = a.getAttribute("href").split("#")[0] + "#" + t;
+      for (const id of ["prevlatent", "nextlatent"]) {
+        const a = $(id);
+        if (a) a.href = a.getAttribute("href").split("#")[0] + "#t=" + encodeURIComponent(t);
+      }
+    }
+    // a click on a top image shows it enlarged; a click or Escape closes it
+    const box = $("lightbox");
+    if (!box) return;
+    const close = () => { box.hidden = true; };
+    for (const img of document.querySelectorAll("img[data-large]")) {
+      img.addEventListener("click", () => {
+        box.querySelector("img").src = img.dataset.large;
+        box.querySelector("p").textContent = img.alt + " · " + (img.closest("figure").querySelector("figcaption") || {}).textContent;
+        box.hidden = false;
+      });
+    }
+    box.addEventListener("click", close);
+    document.addEventListener("keydown", (e) => { if (e.key === "Escape") close(); });
+  }
 })();
 """
 
@@ -175,7 +212,10 @@ nav{background:#1f2933;color:#ddd;padding:8px 16px;font-size:14px}nav a{color:#f
 main{max-width:1200px;margin:1em auto;padding:0 16px}
 table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}
 th{background:#f3f4f6;text-align:left}th a{color:#222;text-decoration:none}th a.sorted{color:#b45309}
-#latents td{text-align:right}#latents td.name{text-align:left}
+#latents td{text-align:right}#latents td.name{text-align:left;max-width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+img[data-large]{cursor:zoom-in}
+#lightbox{position:fixed;inset:0;background:rgba(0,0,0,.8);display:flex;flex-direction:column;align-items:center;justify-content:center;cursor:zoom-out;z-index:10}
+#lightbox[hidden]{display:none}#lightbox img{max-width:90vw;max-height:80vh}#lightbox p{color:#eee}
 #controls label{margin-right:1.2em;font-size:14px}
 .grid{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;text-align:center;font-size:12px}
 .noimg{width:112px;height:112px;background:#e5e7eb;display:flex;align-items:center;justify-content:center;color:#555}

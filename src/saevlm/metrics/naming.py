@@ -9,7 +9,12 @@ CLIP embedding of a latent's top images) read the other way: which word is close
 
 Where labels exist, the top images' label purity (share of the most common label) and the
 entropy of their labels (bits; 0 = all one class) are recorded too: the label-based view of
-monosemanticity of MedSAE-style analyses. Near-dead latents (top value 0) get no name.
+monosemanticity of MedSAE-style analyses.
+
+Only top images where the latent is active (value > 0) count: at the paper's x64 width a latent
+is active on about 15 images on average, so a top-16 list is often padded with images at 0, which
+say nothing about the latent. Each record says on how many images its name and purity rest
+(``n_active``); near-dead latents (top value 0) get no name.
 """
 
 from __future__ import annotations
@@ -44,11 +49,19 @@ def name_latents(mean_image_kd: np.ndarray, text_vd: np.ndarray, vocab: list[str
     return order, np.take_along_axis(sims_kv, order, axis=1)
 
 
-def label_purity(top_labels_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(majority label [K], purity [K], entropy in bits [K]) of each row of top-image labels."""
+def label_purity(top_labels_kn: np.ndarray, active_kn: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(majority label [K], purity [K], entropy in bits [K]) of each row of top-image labels,
+    over the entries where ``active_kn`` is True (all by default). A row with none: label -1,
+    purity and entropy NaN."""
+    labels_kn = np.asarray(top_labels_kn)
+    active_kn = np.ones(labels_kn.shape, dtype=bool) if active_kn is None else np.asarray(active_kn, dtype=bool)
     out_label, out_purity, out_entropy = [], [], []
-    for row in np.asarray(top_labels_kn):
-        values, counts = np.unique(row, return_counts=True)
+    for row, keep in zip(labels_kn, active_kn):
+        if not keep.any():
+            out_label.append(-1), out_purity.append(float("nan")), out_entropy.append(float("nan"))
+            continue
+        values, counts = np.unique(row[keep], return_counts=True)
         p = counts / counts.sum()
         out_label.append(int(values[np.argmax(counts)]))
         out_purity.append(float(p.max()))
@@ -56,18 +69,27 @@ def label_purity(top_labels_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return np.array(out_label), np.array(out_purity), np.array(out_entropy)
 
 
-def mean_top_embeddings(top_kn: np.ndarray, emb_store) -> np.ndarray:
-    """Mean unit-normalised embedding of each latent's top images (image ids -> embedding rows)."""
+def mean_top_embeddings(top_kn: np.ndarray, emb_store, active_kn: np.ndarray | None = None,
+                        chunk: int = 4096) -> np.ndarray:
+    """Mean unit-normalised embedding of each latent's top images (image ids -> embedding rows),
+    over the images where ``active_kn`` is True (all by default; a row with none gives zeros).
+    Latents are taken ``chunk`` at a time, so 65,536 latents x 16 images never sit in memory at once."""
     ids = emb_store.image_ids()
-    pos = np.searchsorted(ids, top_kn)
-    pos = np.clip(pos, 0, len(ids) - 1)
-    missing = ids[pos] != top_kn
+    top_kn = np.asarray(top_kn)
+    active_kn = np.ones(top_kn.shape, dtype=bool) if active_kn is None else np.asarray(active_kn, dtype=bool)
+    pos = np.clip(np.searchsorted(ids, top_kn), 0, len(ids) - 1)
+    missing = (ids[pos] != top_kn) & active_kn
     if missing.any():
         bad = int(top_kn[missing][0])
         raise UserError(f"--embeddings_path {emb_store.path}: has no embedding of image {bad} (a top image); "
                         f"embed the same images the codes were made from")
-    emb = _unit(emb_store.gather(pos.reshape(-1)).astype(np.float64)).reshape(*top_kn.shape, -1)
-    return emb.mean(axis=1)
+    out = np.zeros((len(top_kn), emb_store.dim), dtype=np.float64)
+    for a in range(0, len(top_kn), chunk):
+        p, keep = pos[a:a + chunk], active_kn[a:a + chunk]
+        emb = _unit(emb_store.gather(p.reshape(-1)).astype(np.float64)).reshape(*p.shape, -1)
+        n = keep.sum(axis=1, keepdims=True)
+        out[a:a + chunk] = (emb * keep[..., None]).sum(axis=1) / np.maximum(n, 1)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -138,25 +160,26 @@ def run(args: argparse.Namespace) -> int:
     if text.shape[1] != emb.dim:
         raise UserError(f"text embeddings have {text.shape[1]} dims, the image embeddings {emb.dim}: use the "
                         f"same CLIP model for both (--clip_model)")
-    alive = values[:, 0] > 0
-    mean = mean_top_embeddings(top, emb)
+    active = values > 0  # only images where the latent fires say what it detects
+    alive = active.any(axis=1)
+    mean = mean_top_embeddings(top, emb, active)
     idx, sims = name_latents(mean, text, words)
     labels_f = store.path / "labels.npy"
     purity = None
     if labels_f.is_file():
         labels = np.load(labels_f)
-        majority, purity, entropy = label_purity(labels[top])
+        majority, purity, entropy = label_purity(labels[top], active)
         classes = json.loads((store.path / "classes.json").read_text()) if (store.path / "classes.json").is_file() else {}
         class_names = classes.get("names") or classes.get("classes") or []
     latents = []
     for j in range(len(top)):
-        rec: dict = {"id": j}
+        rec: dict = {"id": j, "n_active": int(active[j].sum())}
         if alive[j]:
             rec["names"] = [[words[int(w)], round(float(s), 5)] for w, s in zip(idx[j], sims[j])]
             rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5) if sims.shape[1] > 1 else None
         else:
             rec["names"], rec["margin"] = [], None
-        if purity is not None:
+        if purity is not None and alive[j]:
             lab = int(majority[j])
             rec.update(purity=round(float(purity[j]), 4), entropy_bits=round(float(entropy[j]), 4),
                        label=class_names[lab] if 0 <= lab < len(class_names) else lab)
@@ -164,8 +187,9 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out, {"format": NAMES_FORMAT, "k": args.k, "template": args.template,
                             "vocab_source": vocab_source, "vocab_size": len(words), "text_embeddings": text_source,
                             "image_embeddings": str(emb.path.resolve()),
-                            "definition": "cosine of the mean unit CLIP image embedding of the top-k images with "
-                                          "each word's text embedding; margin = first - second",
+                            "definition": "cosine of the mean unit CLIP image embedding of the top-k images where "
+                                          "the latent is active (> 0) with each word's text embedding; margin = "
+                                          "first - second; purity and entropy over the same images (n_active)",
                             "source": source_stamp(store), "latents": latents})
     named = [r for r in latents if r["names"]]
     print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} near-dead) from "

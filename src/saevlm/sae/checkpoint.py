@@ -217,3 +217,28 @@ def _construct(arch: str, state: dict):
     if arch in ("batch_top_k", "top_k"):
         return cls(act_dim, dict_size, int(state["k"]))
     return cls(act_dim, dict_size)
+
+
+def decoder_rows(path: str | Path) -> "Any":
+    """The decoder directions [dict_size, activation_dim] (float32 NumPy) of a local checkpoint,
+    read from its weights alone: no SAE class is built, so neither dictionary_learning nor
+    transformers is imported (the explorer's nearest-latents list needs only these rows).
+    dictionary_learning stores them as ``decoder.weight`` [d, K] (ReLU, TopK, BatchTopK) or
+    ``W_dec`` [K, d] (Matryoshka, JumpReLU). The CRC recorded by the run is checked as in
+    :func:`load_sae`."""
+    import torch
+
+    weights, cfg_path = resolve_checkpoint(str(path))
+    check_recorded_weights(weights, cfg_path)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({first_line})") from None
+    if "W_dec" in state:
+        rows = state["W_dec"]
+    elif "decoder.weight" in state:
+        rows = state["decoder.weight"].T
+    else:
+        raise UserError(f"--sae_path {weights}: no decoder weights (W_dec or decoder.weight) in the checkpoint")
+    return rows.detach().float().contiguous().numpy()

@@ -155,11 +155,14 @@ def run(args) -> int:
             "all (neuron, image) pairs, unbiased"
     else:
         mean, std, std_over = float(vals.mean()), float(vals.std()), "per-neuron means, ddof 0"
+    from saevlm.data.atomic import file_checksum
     from saevlm.report.paper import STEERING
     summary = {"kind": "steering_score", "protocol": args.protocol, "mean": mean, "std": std,
                "std_over": std_over, "neurons": len(neurons), "images": len(images), "steered": args.steer,
                "alpha": args.alpha if args.steer else None, "layer": layer, "mode": args.mode,
                "zero_others": args.zero_others, "prompt": args.prompt, "sae": str(sae.path),
+               # which weights (the explorer leaves out a result whose SAE was retrained since)
+               "sae_weights": file_checksum(sae.path), "sae_dict_size": int(sae.dict_size),
                "llava_model": args.llava_model, "clip_model": args.clip_model,
                "processor_backend": args.processor_backend,
                "word_rule": "answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if authors
