@@ -74,25 +74,8 @@ def parse(html: str) -> Cells:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_clip_dir):
-    """A run: CLS activations of 24 images, a random 256-latent SAE, codes, MS, top images."""
-    from helpers import make_image_folder, save_random_sae
-
-    root = tmp_path_factory.mktemp("explore")
-    images = make_image_folder(root / "images", num_classes=4, per_class=8, class_names=CLASSES, size=48)
-    run = root / "run"
-    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
-              "--device", "cpu", "--no_progress"]
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only",
-                   "--output_dir", run / "acts", *common) == 0
-    assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", run / "emb", *common) == 0
-    sae = save_random_sae(root / "sae", dim=64, dict_size=K, k=16)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
-    assert run_cli("ms", "--activations_dir", run / "codes", "--embeddings_path", run / "emb", "--device", "cpu",
-                   "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--no_progress") == 0
-    return run
+def run_dir(explorer_run):
+    return explorer_run
 
 
 def test_name_latents_finds_the_planted_name():
