@@ -255,7 +255,7 @@ def test_the_run_is_followed_while_served(trust_run, tmp_path, explorer_run):
             assert "Pencils" not in page and 'class="name"' not in page and 'id="top"' not in page
             data = _get(served.base + "/sae/codes/latents.js")[1].decode()
             cols = json.loads(data.split("=", 1)[1].rstrip().rstrip(";"))["columns"]
-            assert cols["ms"] is None and cols["names"] is None and set(cols["name"]) == {""}
+            assert cols["ms"] is None and cols["name_ids"] is None and cols["label_id"] is None
             table = _get(served.base + "/sae/codes/index.html")[1].decode()
             assert "stale, not shown: <code>names.json</code>" in table
         finally:

@@ -108,11 +108,9 @@ class SAEView:
             f = self.path / name
             if not f.is_file():
                 continue
-            try:
-                data = json.loads(f.read_text())
-                reason = stale_reason(get(data) if isinstance(data, dict) else None, self.store)
-            except (OSError, ValueError):
-                reason = "not valid JSON"
+            data = self._json(name)
+            reason = "not valid JSON" if data is None else \
+                stale_reason(get(data) if isinstance(data, dict) else None, self.store)
             if reason:
                 out[name] = f"{reason}; refresh: {refresh}"
         for d in sorted(self.path.glob("ms*/")):
@@ -130,11 +128,21 @@ class SAEView:
                 out["names.json"] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
         return out
 
+    def _json(self, name: str):
+        """A JSON file of the store, parsed once per view (names.json of 65,536 latents is 10 MB);
+        None when unreadable or not JSON."""
+        cache = self.page_cache.setdefault("json", {})
+        if name not in cache:
+            try:
+                cache[name] = json.loads((self.path / name).read_text())
+            except (OSError, ValueError):
+                cache[name] = None
+        return cache[name]
+
     def _names_problem(self) -> str | None:
         """Why names.json cannot be shown beside this store's latents (None: it can)."""
-        try:
-            data = json.loads((self.path / "names.json").read_text())
-        except (OSError, ValueError):
+        data = self._json("names.json")
+        if data is None:
             return "not valid JSON"
         latents = data.get("latents") if isinstance(data, dict) else None
         if not isinstance(latents, list):
@@ -195,10 +203,8 @@ class SAEView:
         f = self.path / "names.json"
         if not f.is_file() or not self._fresh("names.json"):
             return None
-        try:
-            return json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        data = self._json("names.json")
+        return data if isinstance(data, dict) else None
 
     @cached_property
     def fms(self) -> np.ndarray | None:
@@ -294,17 +300,24 @@ class SAEView:
         def col(a):
             if a is None:
                 return None
-            a = np.asarray(a, dtype=np.float64)
-            return [None if not np.isfinite(v) else round(float(v), 5) for v in a]
+            a = np.round(np.asarray(a, dtype=np.float64), 5)
+            out = a.tolist()
+            for i in np.flatnonzero(~np.isfinite(a)).tolist():
+                out[i] = None
+            return out
 
-        recs = self.names["latents"] if self.names is not None else None
-        return {"slug": self.slug, "title": self.title, "num_latents": K,
-                "columns": {"id": list(range(K)), "name": [self.name_of(j) for j in range(K)],
-                            # the search reads all three CLIP names and the top images' majority label
-                            "names": None if recs is None else [" · ".join(str(w) for w, _ in r.get("names") or [])
-                                                                for r in recs],
-                            "label": None if recs is None else [str(r.get("label", "")) if r.get("names") else ""
-                                                                for r in recs],
+        # names and labels as ids into one word list (a vocabulary repeats: 65,536 latents share a
+        # few thousand words); the script rebuilds the name column and searches all three names
+        # and the top images' majority label
+        words: dict[str, int] = {}
+        name_ids = label_id = None
+        if self.names is not None:
+            recs = self.names["latents"]
+            name_ids = [[words.setdefault(str(w), len(words)) for w, _ in r.get("names") or []] for r in recs]
+            label_id = [words.setdefault(str(r["label"]), len(words)) if r.get("names") and r.get("label") is not None
+                        else None for r in recs]
+        return {"slug": self.slug, "title": self.title, "num_latents": K, "words": list(words),
+                "columns": {"id": list(range(K)), "name_ids": name_ids, "label_id": label_id,
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
                             "fms": col(self.fms), "freq": col(stats["freq"]),
                             "max": col(stats["max"]),

@@ -96,7 +96,10 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
   const $ = (id) => document.getElementById(id);
   const esc = (t) => String(t).replace(/[&<>"]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[m]));
   if (!window.SAEVLM_LATENTS) return latentPage();
-  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length;
+  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length, W = D.words || [];
+  // names and labels arrive as ids into the word list W
+  C.name = C.name_ids ? C.name_ids.map((a) => a.length ? W[a[0]] : "") : C.id.map(() => "");
+  const namesOf = (i) => C.name_ids ? C.name_ids[i].map((k) => W[k]).join(" · ") : "";
   const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
   const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2};
   // default view: by MS, latents active on at least N images (an MS from fewer rests on few pairs)
@@ -120,12 +123,17 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
     location.hash = p.toString();
   }
   // search: the id, any of the three CLIP names, or the top images' majority label
-  const haystack = (i) => [C.names ? C.names[i] : C.name[i], C.label ? C.label[i] : ""].join(" | ").toLowerCase();
+  function matcher(q) {
+    if (!q) return null;
+    const hit = W.map((w) => w.toLowerCase().includes(q));
+    return (i) => String(C.id[i]) === q || (C.name_ids !== null && C.name_ids !== undefined &&
+      C.name_ids[i].some((k) => hit[k])) || (C.label_id && C.label_id[i] !== null && hit[C.label_id[i]]);
+  }
   function render() {
-    const s = state(), q = s.q.trim();
+    const s = state(), q = s.q.trim(), match = matcher(q);
     let rows = [];
     for (let i = 0; i < n; i++) {
-      if (q && !(String(C.id[i]) === q || haystack(i).includes(q))) continue;
+      if (match && !match(i)) continue;
       if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
       if (s.group !== "" && C.group[i] !== +s.group) continue;
       if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
@@ -146,10 +154,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
     const back = "#t=" + encodeURIComponent(location.hash.slice(1));  // the latent page links back to this view
     $("latents").tBodies[0].innerHTML = shown.map((i) => "<tr>" + cols.map((c) => {
       if (c === "id") return `<td><a href="latent/${C.id[i]}.html${back}">${C.id[i]}</a></td>`;
-      if (c === "name") {
-        const full = C.names && C.names[i] ? C.names[i] : (C.name[i] || "");
-        return `<td class="name" title="${esc(full)}">${esc(C.name[i] || "")}</td>`;
-      }
+      if (c === "name") return `<td class="name" title="${esc(namesOf(i))}">${esc(C.name[i])}</td>`;
       return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
     }).join("") + "</tr>").join("");
     $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && hasActive ?
