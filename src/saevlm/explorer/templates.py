@@ -74,7 +74,7 @@ LATENT = """{% extends "base" %}
 <h2>Non-zero activations</h2>
 {% if hist %}{{ hist|safe }}<p class="meta">{{ nonzero }} non-zero of {{ rows }} rows</p>{% else %}<p class="note">{{ hist_note }}</p>{% endif %}
 {% if quantiles %}<h2>Where the concept fades</h2>
-{% for q, imgs in quantiles %}<div class="quant"><h3>near the {{ (q * 100)|int }}th percentile of its non-zero activations</h3><div class="grid">
+{% for q, imgs in quantiles %}<div class="quant"><h3>near the {{ (q * 100)|int }}th percentile of its {{ nonzero }} non-zero activations</h3><div class="grid">
 {% for img, v in imgs %}<figure class="q">{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="80" height="80">{% else %}<div class="noimg small">image {{ img }}</div>{% endif %}<figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}
 </div></div>{% endfor %}{% endif %}
 <h2>Nearest latents (decoder cosine)</h2>
