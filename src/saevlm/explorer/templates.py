@@ -157,7 +157,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
       if (c === "name") return `<td class="name" title="${esc(namesOf(i))}">${esc(C.name[i])}</td>`;
       return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
     }).join("") + "</tr>").join("");
-    $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && hasActive ?
+    $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && +s.min_active > 0 && hasActive ?
       ` (active on at least ${s.min_active} images; set 0 to see all)` : "");
     $("pageinfo").textContent = `page ${page} of ${pages}`;
     for (const a of document.querySelectorAll("th a[data-sort]")) {
