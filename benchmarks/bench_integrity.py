@@ -31,7 +31,7 @@ from bench_extract_multipoint import _write_section  # noqa: E402
 
 def write_store(path: Path, n: int, d: int, shard_rows: int, seed: int = 0) -> tuple[float, float]:
     """(seconds through StoreWriter, seconds of plain np.save of the same arrays)."""
-    from saevlm.data.store import StoreWriter
+    from saevlm.data.writer import StoreWriter
 
     rng = np.random.default_rng(seed)
     shards = [rng.standard_normal((min(shard_rows, n - a), d), dtype=np.float32) for a in range(0, n, shard_rows)]

@@ -80,7 +80,9 @@ def bench_a(n=2000, k=4096, d=768) -> list[str]:
 
 
 def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[Path, Path]:
-    from saevlm.data.store import StoreWriter, atomic_save_npy, atomic_write_json, sha256_of_ints
+    from saevlm.data.store import sha256_of_ints
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
+    from saevlm.data.writer import StoreWriter
     rng = np.random.default_rng(0)
     prov = {"model": {"name": "bench", "source": "bench"}, "hook": {"attachment_point": "x", "layer": -1},
             "tokens": {"selection": "pooled"},

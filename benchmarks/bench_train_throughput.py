@@ -47,7 +47,7 @@ class PartsDataset(torch.utils.data.Dataset):
 
 
 def make_store(path: Path, rows: int, dim: int, seed: int = 0) -> None:
-    from saevlm.data.store import StoreWriter
+    from saevlm.data.writer import StoreWriter
     rng = np.random.default_rng(seed)
     acts = (rng.standard_normal((rows, dim)) * rng.uniform(0.2, 2, dim)).astype(np.float32)
     w = StoreWriter(path, kind="activations", dim=dim, dtype="fp32", images_per_shard=65536,

@@ -28,13 +28,63 @@ def test_python_api_doc_example_runs(tmp_path, monkeypatch, capsys):
     assert "differs from the training split in: dataset paths_sha256:" in out
 
 
-def test_api_errors_are_the_cli_messages(tmp_path):
+def _cli_error(capsys, *argv) -> str:
+    from conftest import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own exit for a bad flag value
+        run_cli(*argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_api_errors_are_the_cli_messages(tmp_path, capsys):
+    """A config built in Python converts and checks its values exactly as the command line: the
+    same conversions, and the same message for a wrong type, an unknown choice or a missing field."""
+    from saevlm.metrics.top_images import TopImagesConfig
+    from saevlm.sae.train import TrainConfig
+
     with pytest.raises(UserError, match="no flag --activatons_dir"):
         api.run("train", activatons_dir="x")
-    with pytest.raises(UserError, match="--activations_dir is required"):
-        api.run("train", steps=3)
+    # conversions: "7" is 7 (never the string '7'), 7.0 is 7, a Path is its string
+    assert TopImagesConfig(activations_dir="x", k="7").k == 7
+    assert api.config("top-images", activations_dir=tmp_path, k=7.0).k == 7
+    assert api.config("top-images", activations_dir=tmp_path).activations_dir == str(tmp_path)
+    assert api.config("train", activations_dir="x", expansion_factor=2).expansion_factor == [2]
+    assert TrainConfig(activations_dir="x", group_fractions=["0.5", 0.5]).group_fractions == [0.5, 0.5]
+    cases = [  # (what Python is given, the same on the command line)
+        (lambda: TopImagesConfig(activations_dir="x", k="seven"), ["top-images", "--activations_dir", "x", "--k", "seven"]),
+        (lambda: api.config("train", activations_dir="x", sae_model=["nope"]),
+         ["train", "--activations_dir", "x", "--sae_model", "nope"]),
+        (lambda: api.run("train", steps=3), ["train", "--steps", "3"]),
+        (lambda: TrainConfig(activations_dir="x", steps="1e3"), ["train", "--activations_dir", "x", "--steps", "1e3"]),
+    ]
+    for build, argv in cases:
+        with pytest.raises(UserError) as err:
+            build()
+        cli = _cli_error(capsys, *argv)
+        assert cli.endswith(str(err.value)), (cli, str(err.value))
+    with pytest.raises(UserError, match="invalid int value: 7.5"):
+        TopImagesConfig(activations_dir="x", k=7.5)
+    with pytest.raises(UserError, match="invalid int value: True"):
+        TopImagesConfig(activations_dir="x", k=True)
     with pytest.raises(UserError, match="--lr -1"):
         api.run("train", activations_dir=tmp_path, lr=-1)
     args = api.command_args("train", activations_dir=tmp_path, expansion_factor=2)
     assert args.expansion_factor == [2] and args.k == 20 and args.activations_dir == str(tmp_path)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def test_help_is_generated_from_the_configs_and_fast():
+    """Each field's docstring is its --help text; --help imports no torch."""
+    import subprocess
+    import sys
+
+    from saevlm.commandline import field_docs
+    from saevlm.metrics.top_images import TopImagesConfig
+
+    doc = field_docs(TopImagesConfig)["k"]
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "saevlm", "top-images", "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert " ".join(doc.replace("%(default)s", "16").split()) in " ".join(r.stdout.split())
+    assert not re.search(r"\|\s+torch$", r.stderr, re.M), "--help imported torch"

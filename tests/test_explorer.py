@@ -8,7 +8,6 @@ import subprocess
 import threading
 import urllib.request
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -145,7 +145,8 @@ def test_without_checksum_verification_nan_values_are_still_refused(run_copy, ca
 
 
 def test_nonfinite_values_refused_at_write_and_read_unless_allowed(tmp_path, capsys):
-    from saevlm.data.store import ActivationStore, StoreWriter
+    from saevlm.data.store import ActivationStore
+    from saevlm.data.writer import StoreWriter
     from saevlm.errors import UserError
 
     acts = np.ones((10, 3), np.float32)

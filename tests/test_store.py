@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from saevlm.data.store import (ActivationStore, StoreWriter, decode_from_storage,
-                               encode_for_storage)
+from saevlm.data.store import ActivationStore, decode_from_storage, encode_for_storage
+from saevlm.data.writer import StoreWriter
 from saevlm.errors import UserError
 
 

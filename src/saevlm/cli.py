@@ -1,7 +1,8 @@
 """``python -m saevlm <command>``: the table of contents.
 
-Each command lives in its stage module (``add_arguments(parser)`` + ``run(args)``) and imports
-its heavy libraries inside ``run``, so ``--help`` stays fast.
+Each command lives in its stage module: a typed config (``CONFIG``, a frozen dataclass whose field
+docstrings are the ``--help``) and ``run(config)``, which imports its heavy libraries itself, so
+``--help`` stays fast. The flags are generated from the configs (saevlm/commandline.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def config_class(command: str):
+    """The config dataclass of ``command`` (its module's ``CONFIG``)."""
+    return importlib.import_module(COMMANDS[command][0]).CONFIG
+
+
 def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser of every command, with the paper's defaults from configs/paper.yaml;
     ``config`` = (command, path) also applies ``commands.<command>`` of that file."""
+    from saevlm.commandline import add_config_arguments
     from saevlm.config import apply_defaults, check_sections, load_config, paper_defaults
 
     parser = argparse.ArgumentParser(
@@ -51,7 +58,7 @@ def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentPars
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(sp)
+        add_config_arguments(sp, config_class(name))
         sp.add_argument("--config", default=None, metavar="FILE",
                         help="YAML file whose commands.%s section gives flag defaults (explicit flags win; "
                              "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
@@ -64,9 +71,8 @@ def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    from saevlm.errors import UserError
-
     from saevlm.config import config_path_in
+    from saevlm.errors import UserError
 
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if a in COMMANDS), None)
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from saevlm.threads import configure_threads
     configure_threads()  # torch's CPU threads for this machine and its current load (saevlm/threads.py)
     try:
-        return int(importlib.import_module(args._module).run(args) or 0)
+        from saevlm.commandline import config_from_namespace
+        cfg = config_from_namespace(config_class(args.command), args)
+        return int(importlib.import_module(args._module).run(cfg) or 0)
     except UserError as err:
         print(f"saevlm {args.command}: error: {err}", file=sys.stderr)
         return 2

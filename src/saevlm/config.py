@@ -49,6 +49,16 @@ def paper_defaults(command: str) -> dict:
     return dict(paper_config().get("commands", {}).get(command, {}))
 
 
+def paper_default(command: str, key: str) -> Any:
+    """A config field's default from configs/paper.yaml (``commands.<command>.<key>``): the one
+    place the paper's settings are written."""
+    values = paper_config().get("commands", {}).get(command, {})
+    if key not in values:
+        raise KeyError(f"configs/paper.yaml has no commands.{command}.{key}")
+    value = values[key]
+    return list(value) if isinstance(value, list) else value
+
+
 def paper_numbers() -> dict:
     return paper_config()["numbers"]
 
@@ -87,10 +97,11 @@ def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
     """One config value converted as the command line would convert it, but exactly: an int flag
     takes 20 or "20" (or 20.0), never 20.7 or a boolean."""
     flag = f"--{action.dest}"
-    if isinstance(value, bool) and action.type is not bool:
+    base = getattr(action.type, "base", action.type)  # a generated flag's converter names its type
+    if isinstance(value, bool) and base is not bool:
         raise UserError(f"{where}: {value!r} is a boolean, but {flag} takes a value (quote it if you mean "
                         f"the word)")
-    if action.type is int:
+    if base is int:
         if isinstance(value, float):
             if not value.is_integer():
                 raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
@@ -103,7 +114,7 @@ def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
         if isinstance(value, int):
             return value
         raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
-    if action.type is float:
+    if base is float:
         if isinstance(value, (int, float)):
             return float(value)
         try:
@@ -112,7 +123,7 @@ def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
             raise UserError(f"{where}: {value!r} is not a number") from None
     if value is None:
         return None
-    if action.type is None:
+    if action.type is None or base is str:
         return value if isinstance(value, str) else str(value)  # what argparse would have stored
     try:
         return action.type(value if isinstance(value, str) else str(value))

@@ -12,20 +12,34 @@ concepts do in real images; the Matryoshka groups are sized like the concept tre
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from saevlm.commandline import CommandConfig, opt
 
 FRACTIONS = ["0.05", "0.2", "0.75"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output_dir", default="runs/demo", help="where to write (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=2000, help="SAE training steps (default: %(default)s)")
-    p.add_argument("--expansion_factor", nargs="+", default=["1", "2", "4"],
-                   help="(default: 1 2 4)")
-    p.add_argument("--device", default="cpu", help="(default: %(default)s)")
+@dataclass(frozen=True, kw_only=True)
+class DemoConfig(CommandConfig):
+    """`saevlm demo`: the built-in default job: the MS experiment on the synthetic world."""
+
+    COMMAND: ClassVar[str] = "demo"
+
+    output_dir: str = opt('runs/demo')
+    """where to write (default: %(default)s)"""
+    steps: int = opt(2000)
+    """SAE training steps (default: %(default)s)"""
+    expansion_factor: list[str] = opt(['1', '2', '4'])
+    """(default: 1 2 4)"""
+    device: str = opt('cpu')
+    """(default: %(default)s)"""
+
+
+CONFIG = DemoConfig
 
 
 def _step(title: str, argv: list) -> None:
@@ -37,7 +51,7 @@ def _step(title: str, argv: list) -> None:
         raise SystemExit(rc)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: DemoConfig) -> int:
     import json
 
     t0 = time.time()

@@ -9,29 +9,37 @@ Embeddings are stored raw; the MS normalises them (cosine similarity).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from saevlm.extraction import ExtractConfig, add_common_arguments, extract_stores, prepare_inputs, report_stores
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embeddings_path", required=True,
-                   help="output store directory for the embeddings")
-    p.add_argument("--model_name", default="dinov2-base",
-                   help="similarity encoder: dinov2-base (default, pooler_output), "
-                        "clip-vit-base-patch32 (image_embeds), a hub id or a local directory")
-    p.add_argument("--store_dtype", "--dtype", dest="store_dtype", default="fp32",
-                   help="how embeddings are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the older name)")
-    add_common_arguments(p)
+from saevlm.commandline import CommandConfig, opt
+from saevlm.extraction import ExtractionSettings, ImageRunOptions, extract_stores, prepare_inputs, report_stores
 
 
-def run(args: argparse.Namespace) -> int:
-    from saevlm.models.base import POST_PROJECTION, TokenSelection
+@dataclass(frozen=True, kw_only=True)
+class EmbedConfig(CommandConfig, ImageRunOptions):
+    """`saevlm embed`: image embeddings (DINOv2 / CLIP) for the Monosemanticity Score."""
 
+    COMMAND: ClassVar[str] = "embed"
+
+    embeddings_path: str = opt()
+    """output store directory for the embeddings"""
+    model_name: str = opt('dinov2-base')
+    """similarity encoder: dinov2-base (default, pooler_output), clip-vit-base-patch32 (image_embeds), a
+    hub id or a local directory"""
+    store_dtype: str = opt('fp32', flags=('--store_dtype', '--dtype'))
+    """how embeddings are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the older name)"""
+
+
+CONFIG = EmbedConfig
+
+
+def run(args: EmbedConfig) -> int:
     from saevlm.data.atomic import check_not_own_input
+    from saevlm.models.base import POST_PROJECTION, TokenSelection
 
     t0 = time.time()
     check_not_own_input(args.embeddings_path, "--embeddings_path", [("--data_path", args.data_path)])
@@ -43,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     point = encoder.resolve(POST_PROJECTION, -1)
     print(f"embed: {args.model_name} on {images.name}/{images.split} ({len(selected)} images), "
           f"device: {device}", file=sys.stderr)
-    cfg = ExtractConfig.from_args(args, "embeddings", store_dtype)
+    cfg = ExtractionSettings.from_config(args, "embeddings", store_dtype)
     stores = extract_stores(encoder, images, selected, [point], TokenSelection("all"), cfg,
                             output_dirs={point: Path(args.embeddings_path)}, device=device,
                             log=lambda m: print(m, file=sys.stderr), dist=inputs.dist)

@@ -15,27 +15,40 @@ without a server. Names come from ``saevlm name``.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+from saevlm.commandline import CommandConfig, ProgressOption, opt
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run_dir", required=True, help="the experiment's output directory (OUT_DIR of the scripts)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s; 0 picks a free port)")
-    p.add_argument("--cache_dir", default=None, help="thumbnails and statistics (default: <run_dir>/.explorer_cache)")
-    p.add_argument("--static", default=None, metavar="DIR",
-                   help="write the pages into DIR (no server) instead of serving them")
-    p.add_argument("--latents", default="top:500",
-                   help="with --static: which latents get pages: top:N by MS (default: %(default)s), all, "
-                        "or ids like 3,17,42")
-    p.add_argument("--data_path", default=None,
-                   help="the dataset's folder, when it moved since extraction (checked against the stores' file "
-                        "lists and image content hashes)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+@dataclass(frozen=True, kw_only=True)
+class ExploreConfig(CommandConfig, ProgressOption):
+    """`saevlm explore`: browse, search and name every latent of a run in a web page."""
+
+    COMMAND: ClassVar[str] = "explore"
+
+    run_dir: str = opt()
+    """the experiment's output directory (OUT_DIR of the scripts)"""
+    host: str = opt('127.0.0.1')
+    """address to serve on (default: %(default)s, this machine only)"""
+    port: int = opt(8000)
+    """(default: %(default)s; 0 picks a free port)"""
+    cache_dir: str | None = opt(None)
+    """thumbnails and statistics (default: <run_dir>/.explorer_cache)"""
+    static: str | None = opt(None, metavar='DIR')
+    """write the pages into DIR (no server) instead of serving them"""
+    latents: str = opt('top:500')
+    """with --static: which latents get pages: top:N by MS (default: %(default)s), all, or ids like 3,17,42"""
+    data_path: str | None = opt(None)
+    """the dataset's folder, when it moved since extraction (checked against the stores' file lists and
+    image content hashes)"""
 
 
-def run(args: argparse.Namespace) -> int:
+CONFIG = ExploreConfig
+
+
+def run(args: ExploreConfig) -> int:
     from saevlm.errors import UserError
     from saevlm.explorer.app import Explorer
     from saevlm.explorer.server import serve

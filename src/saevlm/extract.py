@@ -9,60 +9,71 @@ skips finished stores (byte-identical result: shard boundaries fall on batch bou
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
-from saevlm.extraction import (DEFAULT_SHARD_ROWS, ExtractConfig, add_common_arguments, extract_stores,  # noqa: F401
-                               point_provenance, prepare_inputs, report_stores)
+from saevlm.extraction import (
+    ExtractionSettings,
+    ImageRunOptions,
+    extract_stores,
+    point_provenance,
+    prepare_inputs,
+    report_stores,
+)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    m = p.add_argument_group("model and hook points")
-    m.add_argument("--model_name", required=True,
-                   help="short name (clip-vit-large-patch14-336, siglip-so400m-patch14-384, "
-                        "clip-vit-base-patch32, dinov2-base), hub id, local directory, or "
-                        "open_clip:<arch>/<pretrained>")
-    m.add_argument("--attachment_point", nargs="+", default=["post_mlp_residual"],
-                   help="post_mlp_residual (block output) and/or post_projection (pooled, projected "
-                        "output); several may be given (default: post_mlp_residual)")
-    m.add_argument("--layer", nargs="+", default=None,
-                   help="block indices for post_mlp_residual (negative counts from the end); "
-                        "'last' adds post_projection. Several layers come from one forward pass. "
-                        "The authors' '--attachment_point post_projection --layer -1' works as is")
-    t = p.add_argument_group("token selection (block points; default: all tokens)")
-    t.add_argument("--cls_only", action="store_true", help="the CLS token only (the MS experiments); "
-                   "models without CLS (SigLIP) fall back to 2 random tokens")
-    t.add_argument("--mean_pool", action="store_true", help="mean over all tokens (CLS included)")
-    t.add_argument("--random_k", type=int, default=None,
-                   help="k random distinct tokens per image, seeded by (--seed, image index)")
-    t.add_argument("--seed", type=int, default=0, help="seed for --random_k (default: 0)")
-    a = p.add_argument_group("SAE codes instead of activations (the authors' flow)")
-    a.add_argument("--sae_path", default=None,
-                   help="encode the activations of the (single) requested point with this SAE and "
-                        "write a sparse code store <output_dir>/<point>_codes instead")
-    a.add_argument("--sae_model", default=None,
-                   help="expected SAE architecture (checked against the checkpoint's config; the "
-                        "authors' matroyshka_batch_top_k spelling is accepted)")
-    a.add_argument("--top_k", type=int, default=None,
-                   help="with --sae_path and --mean_pool: keep only a running top-k of images per latent "
-                        "(top_images_<k>.npy and the authors' hai_indices_<k>.npy) instead of a code store; "
-                        "at ImageNet-train size the pooled codes would not fit on disk (the paper's steering "
-                        "protocol uses 16)")
-    a.add_argument("--allow_mismatch", action="store_true",
-                   help="use an SAE trained on another model or hook point")
-    o = p.add_argument_group("output")
-    o.add_argument("--output_dir", required=True, help="one store per point is written under it")
-    o.add_argument("--store_dtype", "--dtype", dest="store_dtype", default="fp32",
-                   help="how activations are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the "
-                        "older name). The forward pass's precision is --autocast")
-    o.add_argument("--save_every", type=int, default=None,
-                   help="accepted for the authors' commands (their images per .pt part); saevlm's shards "
-                        "are sized by --shard_rows and the value changes nothing")
-    add_common_arguments(p)
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig(CommandConfig, ImageRunOptions):
+    """`saevlm extract`: activations of a vision encoder at hook points -> stores."""
+
+    COMMAND: ClassVar[str] = "extract"
+
+    model_name: str = opt(group='model and hook points')
+    """short name (clip-vit-large-patch14-336, siglip-so400m-patch14-384, clip-vit-base-patch32,
+    dinov2-base), hub id, local directory, or open_clip:<arch>/<pretrained>"""
+    attachment_point: list[str] = opt(['post_mlp_residual'], group='model and hook points')
+    """post_mlp_residual (block output) and/or post_projection (pooled, projected output); several may be
+    given (default: post_mlp_residual)"""
+    layer: list[str] | None = opt(None, group='model and hook points')
+    """block indices for post_mlp_residual (negative counts from the end); 'last' adds post_projection.
+    Several layers come from one forward pass. The authors' '--attachment_point post_projection --layer
+    -1' works as is"""
+    cls_only: bool = opt(False, group='token selection (block points; default: all tokens)')
+    """the CLS token only (the MS experiments); models without CLS (SigLIP) fall back to 2 random tokens"""
+    mean_pool: bool = opt(False, group='token selection (block points; default: all tokens)')
+    """mean over all tokens (CLS included)"""
+    random_k: int | None = opt(None, group='token selection (block points; default: all tokens)')
+    """k random distinct tokens per image, seeded by (--seed, image index)"""
+    seed: int = opt(0, group='token selection (block points; default: all tokens)')
+    """seed for --random_k (default: 0)"""
+    sae_path: str | None = opt(None, group="SAE codes instead of activations (the authors' flow)")
+    """encode the activations of the (single) requested point with this SAE and write a sparse code store
+    <output_dir>/<point>_codes instead"""
+    sae_model: str | None = opt(None, group="SAE codes instead of activations (the authors' flow)")
+    """expected SAE architecture (checked against the checkpoint's config; the authors'
+    matroyshka_batch_top_k spelling is accepted)"""
+    top_k: int | None = opt(None, group="SAE codes instead of activations (the authors' flow)")
+    """with --sae_path and --mean_pool: keep only a running top-k of images per latent (top_images_<k>.npy
+    and the authors' hai_indices_<k>.npy) instead of a code store; at ImageNet-train size the pooled
+    codes would not fit on disk (the paper's steering protocol uses 16)"""
+    allow_mismatch: bool = opt(False, group="SAE codes instead of activations (the authors' flow)")
+    """use an SAE trained on another model or hook point"""
+    output_dir: str = opt(group='output')
+    """one store per point is written under it"""
+    store_dtype: str = opt('fp32', flags=('--store_dtype', '--dtype'), group='output')
+    """how activations are stored: fp32 | fp16 | bf16 (default: fp32; --dtype is the older name). The
+    forward pass's precision is --autocast"""
+    save_every: int | None = opt(None, group='output')
+    """accepted for the authors' commands (their images per .pt part); saevlm's shards are sized by
+    --shard_rows and the value changes nothing"""
+
+
+CONFIG = ExtractConfig
 
 
 def parse_points(encoder, attachment_points: Sequence[str], layers: Sequence[str] | None):
@@ -97,10 +108,9 @@ def parse_points(encoder, attachment_points: Sequence[str], layers: Sequence[str
     return list(dict.fromkeys(points))
 
 
-def run(args: argparse.Namespace) -> int:
-    from saevlm.models.base import token_selection_from_flags
-
+def run(args: ExtractConfig) -> int:
     from saevlm.data.atomic import check_not_own_input
+    from saevlm.models.base import token_selection_from_flags
 
     t0 = time.time()
     check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.data_path),
@@ -148,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
           file=sys.stderr)
-    cfg = ExtractConfig.from_args(args, "activations", store_dtype)
+    cfg = ExtractionSettings.from_config(args, "activations", store_dtype)
     stores = extract_stores(encoder, images, selected, points, tokens, cfg, output_dirs=output_dirs,
                             device=device, log=lambda m: print(m, file=sys.stderr), sae=sae, dist=inputs.dist)
     if inputs.dist.is_main:

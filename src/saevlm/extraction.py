@@ -8,13 +8,13 @@ fall on batch boundaries, so a resumed store is byte-identical to an uninterrupt
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saevlm.device import AUTOCAST_CHOICES, DEVICE_HELP
+from saevlm.commandline import DeviceOption, ProgressOption, opt
+from saevlm.device import AUTOCAST_CHOICES
 from saevlm.errors import UserError
 
 if TYPE_CHECKING:
@@ -24,46 +24,43 @@ if TYPE_CHECKING:
 DEFAULT_SHARD_ROWS = 65536
 
 
-def add_common_arguments(p: argparse.ArgumentParser, *, default_batch_size: int = 64) -> None:
-    """Dataset, batching and device flags shared by ``extract`` and ``embed``."""
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset_name", default="imagefolder",
-                   help="imagenet | inat (iNaturalist 2021) | imagefolder (default: %(default)s), or "
-                        "hf:<repo id> to stream a Hugging Face dataset (e.g. hf:ILSVRC/imagenet-1k; log in "
-                        "and accept its license first) or hf:<dir> for a local copy in the hub's parquet layout")
-    g.add_argument("--data_path", default=None, help="dataset root (holding train/ val/ for "
-                   "imagenet and inat; for imagefolder the class folders, or their parent with --split); "
-                   "hf:<repo id> here streams that hub dataset whatever --dataset_name says")
-    g.add_argument("--split", default=None, help="split folder under --data_path: train, val, ... "
-                   "(required for imagenet and inat); for hub datasets a split name (val is taken as "
-                   "validation where the dataset calls it so)")
-    g.add_argument("--take_every", type=int, default=1,
-                   help="keep every n-th image of the split, in dataset order (default: 1)")
-    g.add_argument("--max_images", type=int, default=None,
-                   help="stop after this many selected images (quick runs)")
-    g.add_argument("--skip_bad_images", action="store_true",
-                   help="log and skip unreadable images (listed in the manifest) instead of stopping")
-    g.add_argument("--allow_nonfinite", action="store_true",
-                   help="write NaN / inf values (counted in the manifest; readers refuse them unless they "
-                        "pass --allow_nonfinite too) instead of stopping at the first shard holding any")
-    r = p.add_argument_group("run")
-    r.add_argument("--batch_size", type=int, default=default_batch_size,
-                   help="images per forward pass (default: %(default)s)")
-    r.add_argument("--num_workers", type=int, default=4, help="image-decoding worker processes "
-                   "(default: %(default)s; 0 decodes in the main process)")
-    r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    r.add_argument("--autocast", default="none", choices=AUTOCAST_CHOICES,
-                   help="mixed-precision forward on GPU (default: none = fp32)")
-    r.add_argument("--processor_backend", default="pil", choices=["pil", "torchvision"],
-                   help="image resizing of transformers models: pil (default; what the authors ran, "
-                        "transformers 4.46) or torchvision (transformers 5's default, about one grey level "
-                        "apart)")
-    r.add_argument("--shard_rows", type=int, default=DEFAULT_SHARD_ROWS,
-                   help="approximate rows per shard file (default: %(default)s)")
-    r.add_argument("--overwrite", action="store_true",
-                   help="replace existing stores written with other settings (default: refuse; "
-                        "a store with the same settings is resumed or skipped)")
-    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+@dataclass(frozen=True, kw_only=True)
+class ImageRunOptions(DeviceOption, ProgressOption):
+    """Dataset, batching and device options shared by ``extract`` and ``embed``."""
+
+    dataset_name: str = opt("imagefolder", group="data")
+    """imagenet | inat (iNaturalist 2021) | imagefolder (default: %(default)s), or hf:<repo id> to stream a
+    Hugging Face dataset (e.g. hf:ILSVRC/imagenet-1k; log in and accept its license first) or hf:<dir> for a
+    local copy in the hub's parquet layout"""
+    data_path: str | None = opt(None, group="data")
+    """dataset root (holding train/ val/ for imagenet and inat; for imagefolder the class folders, or their
+    parent with --split); hf:<repo id> here streams that hub dataset whatever --dataset_name says"""
+    split: str | None = opt(None, group="data")
+    """split folder under --data_path: train, val, ... (required for imagenet and inat); for hub datasets a
+    split name (val is taken as validation where the dataset calls it so)"""
+    take_every: int = opt(1, group="data")
+    """keep every n-th image of the split, in dataset order (default: 1)"""
+    max_images: int | None = opt(None, group="data")
+    """stop after this many selected images (quick runs)"""
+    skip_bad_images: bool = opt(False, group="data")
+    """log and skip unreadable images (listed in the manifest) instead of stopping"""
+    allow_nonfinite: bool = opt(False, group="data")
+    """write NaN / inf values (counted in the manifest; readers refuse them unless they pass
+    --allow_nonfinite too) instead of stopping at the first shard holding any"""
+    batch_size: int = opt(64, group="run")
+    """images per forward pass (default: %(default)s)"""
+    num_workers: int = opt(4, group="run")
+    """image-decoding worker processes (default: %(default)s; 0 decodes in the main process)"""
+    autocast: str = opt("none", choices=AUTOCAST_CHOICES, group="run")
+    """mixed-precision forward on GPU (default: none = fp32)"""
+    processor_backend: str = opt("pil", choices=["pil", "torchvision"], group="run")
+    """image resizing of transformers models: pil (default; what the authors ran, transformers 4.46) or
+    torchvision (transformers 5's default, about one grey level apart)"""
+    shard_rows: int = opt(DEFAULT_SHARD_ROWS, group="run")
+    """approximate rows per shard file (default: %(default)s)"""
+    overwrite: bool = opt(False, group="run")
+    """replace existing stores written with other settings (default: refuse; a store with the same settings
+    is resumed or skipped)"""
 
 
 @dataclass
@@ -81,9 +78,9 @@ class _PendingStore:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractionSettings:
     """How ``extract`` / ``embed`` write their stores: the run settings, typed (build it in
-    Python, or from the CLI flags with :meth:`from_args`). What is read (model, images, hook
+    Python, or from a command's config with :meth:`from_config`). What is read (model, images, hook
     points, token selection) is passed to :func:`extract_stores` beside it."""
 
     kind: str = "activations"  # activations | embeddings (codes: pass an SAE)
@@ -107,7 +104,7 @@ class ExtractConfig:
         object.__setattr__(self, "store_dtype", normalize_store_dtype(self.store_dtype, "store_dtype"))
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, kind: str, store_dtype: str) -> "ExtractConfig":
+    def from_config(cls, args: "ImageRunOptions", kind: str, store_dtype: str) -> "ExtractionSettings":
         return cls(kind=kind, batch_size=args.batch_size, num_workers=args.num_workers, store_dtype=store_dtype,
                    autocast=args.autocast, skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
                    overwrite=args.overwrite, progress=not args.no_progress, take_every=args.take_every,
@@ -129,13 +126,13 @@ class _WriterPlan:
     extra_files: dict
     extra_json: dict
     output_dirs: dict
-    cfg: ExtractConfig
+    cfg: ExtractionSettings
     sae: object
     device: object
     dist: object
 
 
-def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractConfig, *, output_dirs: dict,
+def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSettings, *, output_dirs: dict,
                    device, log=print, sae=None, dist=None) -> dict:
     """Write one store per point; returns ``{point: store_dir}``. See module docstring.
 
@@ -396,7 +393,7 @@ def planned_store_dirs(output_dir, layers, codes: bool) -> list[Path]:
     return dirs
 
 
-def prepare_inputs(args: argparse.Namespace) -> RunInputs:
+def prepare_inputs(args: ImageRunOptions) -> RunInputs:
     from saevlm.data.images import open_dataset, select_indices
     from saevlm.data.store import normalize_store_dtype
     from saevlm.distributed import init_distributed

@@ -7,23 +7,35 @@ stores, the CSR structure and latent-id range (docs/store-format.md, "Integrity"
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+from saevlm.commandline import CommandConfig, ProgressOption, opt
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", help="a store directory (activations, embeddings, SAE codes or top images)")
-    p.add_argument("--verify", action="store_true",
-                   help="read every file: checksums, non-finite values, code ranges (exit 2 on damage)")
-    p.add_argument("--allow_incomplete", action="store_true",
-                   help="also open a store whose writer has not finished")
-    p.add_argument("--allow_nonfinite", action="store_true",
-                   help="report NaN / inf values instead of failing on them")
-    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar for --verify")
+@dataclass(frozen=True, kw_only=True)
+class InspectConfig(CommandConfig, ProgressOption):
+    """`saevlm inspect`: print a store's manifest summary and check its files."""
+
+    COMMAND: ClassVar[str] = "inspect"
+
+    store: str = opt(positional=True)
+    """a store directory (activations, embeddings, SAE codes or top images)"""
+    verify: bool = opt(False)
+    """read every file: checksums, non-finite values, code ranges (exit 2 on damage)"""
+    allow_incomplete: bool = opt(False)
+    """also open a store whose writer has not finished"""
+    allow_nonfinite: bool = opt(False)
+    """report NaN / inf values instead of failing on them"""
+    json: bool = opt(False)
+    """print the whole manifest as JSON"""
 
 
-def run(args: argparse.Namespace) -> int:
+CONFIG = InspectConfig
+
+
+def run(args: InspectConfig) -> int:
     import sys
     import time
 

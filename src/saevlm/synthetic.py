@@ -23,16 +23,17 @@ Outputs under ``--output_dir``: stores ``train/``, ``val/`` (activations), ``emb
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.data.concepts import load_concepts  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
@@ -205,29 +206,44 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = WorldParams()
-    p.add_argument("--output_dir", required=True, help="where the world's stores and files go")
-    p.add_argument("--branching", type=int, nargs="+", default=list(d.branching),
-                   help="children per node, level by level (default: %(default)s -> 126 concepts)")
-    p.add_argument("--dim", type=int, default=d.dim, help="activation width d (default: %(default)s)")
-    p.add_argument("--embed_dim", type=int, default=d.embed_dim,
-                   help="width of the image-embedding stand-in (default: %(default)s)")
-    p.add_argument("--num_train", type=int, default=d.num_train, help="training samples (default: %(default)s)")
-    p.add_argument("--num_val", type=int, default=d.num_val, help="evaluation samples (default: %(default)s)")
-    p.add_argument("--zipf", type=float, default=d.zipf, help="Zipf exponent of leaf usage (default: %(default)s)")
-    p.add_argument("--extra_objects", type=float, default=d.extra_objects,
-                   help="mean number of extra objects per sample (Poisson; default: %(default)s)")
-    p.add_argument("--ancestor_scale", type=float, default=d.ancestor_scale,
-                   help="coefficient factor per level above the leaf (default: %(default)s)")
-    p.add_argument("--noise", type=float, default=d.noise, help="activation noise std (default: %(default)s)")
-    p.add_argument("--embed_noise", type=float, default=d.embed_noise,
-                   help="embedding noise std (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="replace a world written with other settings")
+@dataclass(frozen=True, kw_only=True)
+class SyntheticConfig(CommandConfig):
+    """`saevlm synthetic`: a synthetic ground-truth world of activations and embeddings."""
+
+    COMMAND: ClassVar[str] = "synthetic"
+
+    output_dir: str = opt()
+    """where the world's stores and files go"""
+    branching: list[int] = opt([6, 4, 4])
+    """children per node, level by level (default: %(default)s -> 126 concepts)"""
+    dim: int = opt(64)
+    """activation width d (default: %(default)s)"""
+    embed_dim: int = opt(32)
+    """width of the image-embedding stand-in (default: %(default)s)"""
+    num_train: int = opt(40000)
+    """training samples (default: %(default)s)"""
+    num_val: int = opt(8000)
+    """evaluation samples (default: %(default)s)"""
+    zipf: float = opt(1.1)
+    """Zipf exponent of leaf usage (default: %(default)s)"""
+    extra_objects: float = opt(0.3)
+    """mean number of extra objects per sample (Poisson; default: %(default)s)"""
+    ancestor_scale: float = opt(0.6)
+    """coefficient factor per level above the leaf (default: %(default)s)"""
+    noise: float = opt(0.05)
+    """activation noise std (default: %(default)s)"""
+    embed_noise: float = opt(0.05)
+    """embedding noise std (default: %(default)s)"""
+    seed: int = opt(0)
+    """(default: %(default)s)"""
+    overwrite: bool = opt(False)
+    """replace a world written with other settings"""
 
 
-def run(args: argparse.Namespace) -> int:
+CONFIG = SyntheticConfig
+
+
+def run(args: SyntheticConfig) -> int:
     for flag in ("num_train", "num_val"):
         if getattr(args, flag) < 2:
             raise UserError(f"--{flag} {getattr(args, flag)}: at least 2 samples expected")

@@ -4,35 +4,47 @@ with class_names.json beside the images."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.data.images import load_class_names
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset_name", default="imagenet", help="(default: %(default)s)")
-    root = p.add_mutually_exclusive_group(required=True)
-    root.add_argument("--data_path", help="dataset root")
-    root.add_argument("--imagenet_root", help="the authors' flag: the ImageNet root (saevlm reads its --split; "
-                                              "their script needed the train folder itself); implies --layout flat")
-    p.add_argument("--split", default="train", help="(default: %(default)s: the paper uses ImageNet train)")
-    p.add_argument("--output_dir", default="./images_imagenet",
-                   help="where the copies go (default: %(default)s, the authors')")
-    p.add_argument("--layout", default=None, choices=["flat", "folders"],
-                   help="flat: <wnid>_<file> as the authors' imagenet_subset.py (the default with "
-                        "--imagenet_root); folders: <wnid>/<file> (the default otherwise)")
-    p.add_argument("--class_names", default=None,
-                   help="JSON of class-name strings to store in class_names.json (see similarity-baseline)")
+@dataclass(frozen=True, kw_only=True)
+class MakeEvalFolderConfig(CommandConfig):
+    """`saevlm make-eval-folder`: first image of each class -> an eval folder."""
+
+    COMMAND: ClassVar[str] = "make-eval-folder"
+
+    dataset_name: str = opt('imagenet')
+    """(default: %(default)s)"""
+    data_path: str | None = opt(None, mutex='data_path+imagenet_root')
+    """dataset root"""
+    imagenet_root: str | None = opt(None, mutex='data_path+imagenet_root')
+    """the authors' flag: the ImageNet root (saevlm reads its --split; their script needed the train folder
+    itself); implies --layout flat"""
+    split: str = opt('train')
+    """(default: %(default)s: the paper uses ImageNet train)"""
+    output_dir: str = opt('./images_imagenet')
+    """where the copies go (default: %(default)s, the authors')"""
+    layout: str | None = opt(None, choices=['flat', 'folders'])
+    """flat: <wnid>_<file> as the authors' imagenet_subset.py (the default with --imagenet_root); folders:
+    <wnid>/<file> (the default otherwise)"""
+    class_names: str | None = opt(None)
+    """JSON of class-name strings to store in class_names.json (see similarity-baseline)"""
 
 
-def run(args) -> int:
+CONFIG = MakeEvalFolderConfig
+
+
+def run(args: MakeEvalFolderConfig) -> int:
     import shutil
 
-    from saevlm.data.images import open_dataset
-    from saevlm.data.store import atomic_write_json
-
     from saevlm.data.atomic import check_not_own_input
+    from saevlm.data.images import open_dataset
+    from saevlm.data.atomic import atomic_write_json
     check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
     images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)

@@ -40,9 +40,7 @@ _STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
 # ----------------------------------------------------------------------------- helpers
-# (atomic writing lives in saevlm.data.atomic; these names stay importable from here)
-from saevlm.data.atomic import (OutputLock, atomic_save_npy, atomic_write_bytes,  # noqa: E402,F401
-                                atomic_write_json, describe_os_error)
+from saevlm.data.atomic import describe_os_error  # noqa: E402 - atomic writing lives in saevlm.data.atomic
 
 
 def sha256_of_ints(values: np.ndarray) -> str:
@@ -558,12 +556,3 @@ def _image_path(dataset: DatasetInfo, index: int) -> str | None:
         return images.name_of(index)
     except Exception:  # noqa: BLE001 - best effort: the message names the index anyway
         return None
-
-
-def __getattr__(name: str):
-    """``StoreWriter`` lives in saevlm.data.writer (which imports this module); still importable
-    from here, lazily."""
-    if name == "StoreWriter":
-        from saevlm.data.writer import StoreWriter
-        return StoreWriter
-    raise AttributeError(name)

@@ -22,12 +22,14 @@ score file (``--scores NAME=PATH``: ``.npy`` indexed by neuron id, or a CSV with
 
 from __future__ import annotations
 
-import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, DeviceOption, opt
 from saevlm.errors import UserError
 
 BIN_WIDTH = 0.1
@@ -136,21 +138,30 @@ def load_score_file(spec: str) -> tuple[str, dict[int, float]]:
     return name, dict(zip(df.iloc[:, 0].astype(int), df.iloc[:, 1].astype(float)))
 
 
-def add_arguments(p) -> None:
-    from saevlm.device import DEVICE_HELP
-    p.add_argument("--benchmark", required=True, help="metric_benchmark.tar.gz or its extracted folder")
-    p.add_argument("--embeddings_path", nargs="*", default=[],
-                   help="embedding stores of the N images of activations.csv: MS is recomputed with each")
-    p.add_argument("--scores", nargs="*", default=[], metavar="NAME=PATH",
-                   help="other per-neuron scores to compare (.npy by neuron id, or CSV k,score)")
-    p.add_argument("--r_user_threshold", type=float, default=None,
-                   help="R_user above this means x was chosen (default: 0.5 for values in [0,1], else 0)")
-    p.add_argument("--output", default="agreement.json", help="JSON output (default: %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
+@dataclass(frozen=True, kw_only=True)
+class BenchmarkAgreementConfig(CommandConfig, DeviceOption):
+    """`saevlm benchmark-agreement`: agreement of MS (or any score) with the user study."""
+
+    COMMAND: ClassVar[str] = "benchmark-agreement"
+
+    benchmark: str = opt()
+    """metric_benchmark.tar.gz or its extracted folder"""
+    embeddings_path: list[str] = opt([], nargs="*")
+    """embedding stores of the N images of activations.csv: MS is recomputed with each"""
+    scores: list[str] = opt([], nargs="*", metavar='NAME=PATH')
+    """other per-neuron scores to compare (.npy by neuron id, or CSV k,score)"""
+    r_user_threshold: float | None = opt(None)
+    """R_user above this means x was chosen (default: 0.5 for values in [0,1], else 0)"""
+    output: str = opt('agreement.json')
+    """JSON output (default: %(default)s)"""
 
 
-def run(args) -> int:
-    from saevlm.data.store import ActivationStore, atomic_write_json
+CONFIG = BenchmarkAgreementConfig
+
+
+def run(args: BenchmarkAgreementConfig) -> int:
+    from saevlm.data.store import ActivationStore
+    from saevlm.data.atomic import atomic_write_json
     from saevlm.device import resolve_device
 
     archive = BenchmarkArchive(args.benchmark)

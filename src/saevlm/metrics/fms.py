@@ -18,9 +18,11 @@ tested against a brute-force split search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
 
 
@@ -137,34 +139,47 @@ def fms_scores(codes_nk: np.ndarray, labels_nc: np.ndarray, p: int = 1, n: int =
             "concepts": len(per), "per_concept": per}
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--activations_dir", required=True,
-                   help="activation or code store (one row per image) with labels.npy")
-    p.add_argument("--concepts", default=None,
-                   help="a synthetic world's concepts_<split>.npz: score every concept (multi-label) "
-                        "instead of the class labels")
-    p.add_argument("--p", type=int, default=1, help="roots removed for FMS_local@p (default: %(default)s)")
-    p.add_argument("--n", type=int, default=5, help="tree depths for FMS_global (default: %(default)s)")
-    p.add_argument("--max_positives", type=int, default=500,
-                   help="positives sampled per concept (default: %(default)s)")
-    p.add_argument("--max_concepts", type=int, default=None, help="score only the first concepts")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument("--output_dir", default=None,
-                   help="where fms.json goes (default: <activations_dir>/fms/)")
-    p.add_argument("--ms_subdir", default=None,
-                   help="MS folder whose mean is recorded beside the FMS (default: the store's single ms*/)")
-    p.add_argument("--output_subdir", default=None, help="the output as a folder name inside the store")
+@dataclass(frozen=True, kw_only=True)
+class FMSConfig(CommandConfig):
+    """`saevlm fms`: Feature Monosemanticity Score (Härle et al. 2025), label-based."""
+
+    COMMAND: ClassVar[str] = "fms"
+
+    activations_dir: str = opt()
+    """activation or code store (one row per image) with labels.npy"""
+    concepts: str | None = opt(None)
+    """a synthetic world's concepts_<split>.npz: score every concept (multi-label) instead of the class
+    labels"""
+    p: int = opt(1)
+    """roots removed for FMS_local@p (default: %(default)s)"""
+    n: int = opt(5)
+    """tree depths for FMS_global (default: %(default)s)"""
+    max_positives: int = opt(500)
+    """positives sampled per concept (default: %(default)s)"""
+    max_concepts: int | None = opt(None)
+    """score only the first concepts"""
+    seed: int = opt(0)
+    """(default: %(default)s)"""
+    output_dir: str | None = opt(None)
+    """where fms.json goes (default: <activations_dir>/fms/)"""
+    ms_subdir: str | None = opt(None)
+    """MS folder whose mean is recorded beside the FMS (default: the store's single ms*/)"""
+    output_subdir: str | None = opt(None)
+    """the output as a folder name inside the store"""
 
 
-def run(args) -> int:
+CONFIG = FMSConfig
+
+
+def run(args: FMSConfig) -> int:
     import json
     from pathlib import Path
 
     from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
-    from saevlm.data.open import open_any_store as open_scored_store
+    from saevlm.data.open import open_any_store
     from saevlm.metrics.results import check_one_row_per_image, find_ms_dir, source_stamp
 
-    store = open_scored_store(args.activations_dir)
+    store = open_any_store(args.activations_dir)
     check_one_row_per_image(store, "--activations_dir")
     out = Path(args.output_dir) if args.output_dir else store.path / (args.output_subdir or "fms")
     ensure_writable_dir(out, "--output_dir" if args.output_dir else "--output_subdir")

@@ -15,10 +15,13 @@ for ImageNet, WordNet hypernym paths through nltk (``--taxonomy wordnet``).
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, opt
+from saevlm.config import paper_default
 from saevlm.errors import UserError
 from saevlm.metrics.lca import lca_depths, level_codes, majority  # noqa: F401 (used below; importable from here)
 
@@ -64,37 +67,45 @@ def hierarchy_table(top_images_kn, kth_value_k, labels_of_image, taxonomy, group
             "per_neuron_mean_rounded": mean_rounded.tolist()}
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--activations_dir", required=True,
-                   help="code store with top_images_<k>.npy (saevlm top-images)")
-    p.add_argument("--k", type=int, default=16, help="(default: %(default)s: 120 pairs per neuron)")
-    p.add_argument("--group_fractions", type=float, nargs="+", default=None,
-                   help="Matryoshka group fractions (default: the SAE's own group sizes, from the store)")
-    p.add_argument("--taxonomy", default="classes", choices=["classes", "wordnet"],
-                   help="classes: the taxonomy in the store's classes.json (iNat, synthetic); wordnet: "
-                        "ImageNet wnids through nltk (default: %(default)s)")
-    p.add_argument("--ms_subdir", default=None,
-                   help="MS per group from <dir>/<ms_subdir>/scores.npy (default: the store's single ms*/ "
-                        "folder, if any)")
-    p.add_argument("--output_dir", default=None,
-                   help="where hierarchy_<k>.json goes (default: --activations_dir)")
-    a = p.add_argument_group("the authors' inat_depth.py flags")
-    a.add_argument("--hai_indices_path", default=None,
-                   help="top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' "
-                        "hai_indices_<k>.npy is read in their order")
-    a.add_argument("--data_path", default=None, help="checked: must hold the store's images")
-    a.add_argument("--split", default=None, help="checked: must be the store's split")
+@dataclass(frozen=True, kw_only=True)
+class HierarchyConfig(CommandConfig):
+    """`saevlm hierarchy`: Matryoshka groups vs taxonomy depth of top images."""
+
+    COMMAND: ClassVar[str] = "hierarchy"
+
+    activations_dir: str = opt()
+    """code store with top_images_<k>.npy (saevlm top-images)"""
+    k: int = opt(paper_default("hierarchy", "k"))
+    """(default: %(default)s: 120 pairs per neuron)"""
+    group_fractions: list[float] | None = opt(None)
+    """Matryoshka group fractions (default: the SAE's own group sizes, from the store)"""
+    taxonomy: str = opt('classes', choices=['classes', 'wordnet'])
+    """classes: the taxonomy in the store's classes.json (iNat, synthetic); wordnet: ImageNet wnids through
+    nltk (default: %(default)s)"""
+    ms_subdir: str | None = opt(None)
+    """MS per group from <dir>/<ms_subdir>/scores.npy (default: the store's single ms*/ folder, if any)"""
+    output_dir: str | None = opt(None)
+    """where hierarchy_<k>.json goes (default: --activations_dir)"""
+    hai_indices_path: str | None = opt(None, group="the authors' inat_depth.py flags")
+    """top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' hai_indices_<k>.npy
+    is read in their order"""
+    data_path: str | None = opt(None, group="the authors' inat_depth.py flags")
+    """checked: must hold the store's images"""
+    split: str | None = opt(None, group="the authors' inat_depth.py flags")
+    """checked: must be the store's split"""
 
 
-def run(args) -> int:
-    from saevlm.data.store import atomic_write_json
-    from saevlm.data.open import open_any_store as open_scored_store
+CONFIG = HierarchyConfig
+
+
+def run(args: HierarchyConfig) -> int:
+    from saevlm.data.images import check_dataset_flags
+    from saevlm.data.open import open_any_store
+    from saevlm.data.atomic import atomic_write_json
+    from saevlm.data.topimages import load_top_images_for
     from saevlm.sae.archs import group_sizes
 
-    from saevlm.data.images import check_dataset_flags
-    from saevlm.data.topimages import load_top_images_for
-
-    store = open_scored_store(args.activations_dir, allow_top_images=True)
+    store = open_any_store(args.activations_dir, allow_top_images=True)
     check_dataset_flags(store.provenance.dataset, None, args.data_path, args.split,
                         f"--activations_dir {store.path}")
     d = store.path

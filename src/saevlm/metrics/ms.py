@@ -3,32 +3,40 @@ in one streaming pass; the math is in :mod:`saevlm.metrics.monosemanticity`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
 from saevlm.metrics.monosemanticity import MSAccumulator, summarize  # noqa: F401 (re-exported)
 from saevlm.metrics.results import check_one_row_per_image, embedder_slug  # noqa: F401
 
 
 # ----------------------------------------------------------------------------- command
-def add_arguments(p) -> None:
-    from saevlm.device import DEVICE_HELP
+@dataclass(frozen=True, kw_only=True)
+class MSConfig(CommandConfig, DeviceOption, ProgressOption):
+    """`saevlm ms`: Monosemanticity Score of every neuron (exact, one streaming pass)."""
 
-    p.add_argument("--activations_dir", required=True,
-                   help="an activation store (raw neurons) or a code store (SAE latents), one row per image")
-    p.add_argument("--embeddings_path", required=True,
-                   help="the embedding store of the same images (saevlm embed: DINOv2 / CLIP)")
-    p.add_argument("--output_dir", default=None,
-                   help="where scores.npy, ms.json and metric_stats.txt go (default: "
-                        "<activations_dir>/ms_<embedder>/, e.g. ms_dinov2-base/, so that scores from "
-                        "another embedder are added, not replaced; the store's own files are never touched)")
-    p.add_argument("--output_subdir", default=None,
-                   help="the same, as a folder name inside --activations_dir (the authors' scripts)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace results in the output folder that were computed from other inputs")
-    p.add_argument("--allow_nonfinite", action="store_true",
-                   help="score stores holding NaN / inf (refused by default; scores then may be NaN)")
-    p.add_argument("--chunk_rows", type=int, default=8192,
-                   help="images per streamed chunk; bounds memory (default: %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    COMMAND: ClassVar[str] = "ms"
+
+    activations_dir: str = opt()
+    """an activation store (raw neurons) or a code store (SAE latents), one row per image"""
+    embeddings_path: str = opt()
+    """the embedding store of the same images (saevlm embed: DINOv2 / CLIP)"""
+    output_dir: str | None = opt(None)
+    """where scores.npy, ms.json and metric_stats.txt go (default: <activations_dir>/ms_<embedder>/, e.g.
+    ms_dinov2-base/, so that scores from another embedder are added, not replaced; the store's own files
+    are never touched)"""
+    output_subdir: str | None = opt(None)
+    """the same, as a folder name inside --activations_dir (the authors' scripts)"""
+    overwrite: bool = opt(False)
+    """replace results in the output folder that were computed from other inputs"""
+    allow_nonfinite: bool = opt(False)
+    """score stores holding NaN / inf (refused by default; scores then may be NaN)"""
+    chunk_rows: int = opt(8192)
+    """images per streamed chunk; bounds memory (default: %(default)s)"""
+
+
+CONFIG = MSConfig
 
 
 def ms_inputs(acts, emb) -> dict:
@@ -74,7 +82,7 @@ def check_embeddings_have_norm(emb, e, start: int) -> None:
                         f"MS cannot use it. Re-embed the dataset, or check that image")
 
 
-def run(args) -> int:
+def run(args: MSConfig) -> int:
     import json
     import sys
     import time

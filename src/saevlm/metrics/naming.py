@@ -19,13 +19,15 @@ say nothing about the latent. Each record says on how many images its name and p
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, DeviceOption, opt
 from saevlm.errors import UserError
 
 NAMES_FORMAT = "saevlm-names"
@@ -92,21 +94,31 @@ def mean_top_embeddings(top_kn: np.ndarray, emb_store, active_kn: np.ndarray | N
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codes_dir", required=True,
-                   help="code store (or top-images store) holding top_images_<k>.npy (saevlm top-images)")
-    p.add_argument("--embeddings_path", required=True,
-                   help="CLIP image embeddings of the same images (saevlm embed --model_name clip-vit-base-patch32)")
-    p.add_argument("--clip_model", default=None,
-                   help="CLIP model for the text side (default: the embeddings' model)")
-    p.add_argument("--vocab", default=None,
-                   help="text file, one word or phrase per line (default: the dataset's class names)")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="prompt per word (default: %(default)r)")
-    p.add_argument("--text_embeddings", default=None,
-                   help=".npy of unit text embeddings, one row per --vocab line, instead of a CLIP model")
-    p.add_argument("--k", type=int, default=16, help="top images per latent (default: %(default)s)")
-    p.add_argument("--output", default=None, help="default: <codes_dir>/names.json")
-    p.add_argument("--device", default="auto", help="(default: auto)")
+@dataclass(frozen=True, kw_only=True)
+class NameConfig(CommandConfig, DeviceOption):
+    """`saevlm name`: a CLIP name for every latent, and its top images' label purity."""
+
+    COMMAND: ClassVar[str] = "name"
+
+    codes_dir: str = opt()
+    """code store (or top-images store) holding top_images_<k>.npy (saevlm top-images)"""
+    embeddings_path: str = opt()
+    """CLIP image embeddings of the same images (saevlm embed --model_name clip-vit-base-patch32)"""
+    clip_model: str | None = opt(None)
+    """CLIP model for the text side (default: the embeddings' model)"""
+    vocab: str | None = opt(None)
+    """text file, one word or phrase per line (default: the dataset's class names)"""
+    template: str = opt('a photo of a {}')
+    """prompt per word (default: %(default)r)"""
+    text_embeddings: str | None = opt(None)
+    """.npy of unit text embeddings, one row per --vocab line, instead of a CLIP model"""
+    k: int = opt(16)
+    """top images per latent (default: %(default)s)"""
+    output: str | None = opt(None)
+    """default: <codes_dir>/names.json"""
+
+
+CONFIG = NameConfig
 
 
 def _vocabulary(args, store) -> tuple[list[str], str]:
@@ -128,7 +140,7 @@ def _vocabulary(args, store) -> tuple[list[str], str]:
     return words, "class names (classes.json, first synonym)"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: NameConfig) -> int:
     from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
     from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore

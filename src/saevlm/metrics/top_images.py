@@ -13,8 +13,14 @@ whole: a running top-k is merged chunk by chunk.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
+from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
+from saevlm.config import paper_default
 from saevlm.data.topimages import load_top_images, load_top_images_for  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
@@ -109,30 +115,39 @@ def pooled_chunks(store, how: str):
         start += n_img
 
 
-def add_arguments(p) -> None:
-    from saevlm.device import DEVICE_HELP
+@dataclass(frozen=True, kw_only=True)
+class TopImagesConfig(CommandConfig, DeviceOption, ProgressOption):
+    """`saevlm top-images`: the k highest-activating images of every neuron."""
 
-    p.add_argument("--activations_dir", required=True,
-                   help="activation store (raw neurons) or code store (SAE latents), one row per image")
-    p.add_argument("--k", type=int, default=16, help="images per neuron (default: %(default)s, the paper's grids)")
-    p.add_argument("--output_dir", default=None, help="default: the store directory itself")
-    p.add_argument("--chunk_rows", type=int, default=65536, help="rows per streamed chunk (default: %(default)s)")
-    p.add_argument("--pool", default=None, choices=["mean", "max"],
-                   help="stores with several rows per image (tokens): pool each image's rows first (the "
-                        "paper's steering SAE uses mean-pooled codes)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto; dense stores only)")
-    p.add_argument("--allow_nonfinite", action="store_true", help="rank stores holding NaN / inf (refused by default)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    a = p.add_argument_group("the authors' find_hai_indices.py flags (checked against the store)")
-    a.add_argument("--dataset_name", default=None, help="must be the store's dataset")
-    a.add_argument("--data_path", default=None, help="must hold the store's images")
-    a.add_argument("--split", default=None, help="must be the store's split")
-    a.add_argument("--chunk_size", type=int, default=None,
-                   help="their neurons/rows per chunk; saevlm streams by --chunk_rows, so this only "
-                        "sets --chunk_rows")
+    COMMAND: ClassVar[str] = "top-images"
+
+    activations_dir: str = opt()
+    """activation store (raw neurons) or code store (SAE latents), one row per image"""
+    k: int = opt(paper_default("top-images", "k"))
+    """images per neuron (default: %(default)s, the paper's grids)"""
+    output_dir: str | None = opt(None)
+    """default: the store directory itself"""
+    chunk_rows: int = opt(65536)
+    """rows per streamed chunk (default: %(default)s)"""
+    pool: str | None = opt(None, choices=['mean', 'max'])
+    """stores with several rows per image (tokens): pool each image's rows first (the paper's steering SAE
+    uses mean-pooled codes)"""
+    allow_nonfinite: bool = opt(False)
+    """rank stores holding NaN / inf (refused by default)"""
+    dataset_name: str | None = opt(None, group="the authors' find_hai_indices.py flags (checked against the store)")
+    """must be the store's dataset"""
+    data_path: str | None = opt(None, group="the authors' find_hai_indices.py flags (checked against the store)")
+    """must hold the store's images"""
+    split: str | None = opt(None, group="the authors' find_hai_indices.py flags (checked against the store)")
+    """must be the store's split"""
+    chunk_size: int | None = opt(None, group="the authors' find_hai_indices.py flags (checked against the store)")
+    """their neurons/rows per chunk; saevlm streams by --chunk_rows, so this only sets --chunk_rows"""
 
 
-def run(args) -> int:
+CONFIG = TopImagesConfig
+
+
+def run(args: TopImagesConfig) -> int:
     import sys
     import time
     from pathlib import Path
@@ -140,8 +155,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from saevlm.data.codes import CodeStore
+    from saevlm.data.open import open_any_store
     from saevlm.device import resolve_device
-    from saevlm.data.open import open_any_store as open_scored_store
     from saevlm.metrics.results import check_one_row_per_image
 
     t0 = time.time()
@@ -150,14 +165,14 @@ def run(args) -> int:
     if args.chunk_rows < 1:
         raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
     device = resolve_device(args.device)
-    store = open_scored_store(args.activations_dir, allow_top_images=True, allow_nonfinite=args.allow_nonfinite)
+    store = open_any_store(args.activations_dir, allow_top_images=True, allow_nonfinite=args.allow_nonfinite)
     from saevlm.data.images import check_dataset_flags
     check_dataset_flags(store.provenance.dataset, args.dataset_name, args.data_path, args.split,
                         f"--activations_dir {store.path}")
     if args.chunk_size is not None:
         if args.chunk_size < 1:
             raise UserError(f"--chunk_size {args.chunk_size}: expected a positive integer")
-        args.chunk_rows = args.chunk_size
+        args = dataclasses.replace(args, chunk_rows=args.chunk_size)  # their name for the same knob
     from saevlm.sae.pooled import TopImagesStore, write_top_images
     if isinstance(store, TopImagesStore):
         if store.k != args.k:

@@ -9,8 +9,13 @@ out by default: the paper's 75,368,503 pairs for 12,288 latents is 12,278 neuron
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 
+from saevlm.commandline import CommandConfig, opt
+from saevlm.config import paper_default
 from saevlm.errors import UserError
 
 THRESHOLDS = [round(0.1 * i, 1) for i in range(10)]
@@ -70,28 +75,35 @@ def uniqueness_stats(top_kn: np.ndarray, kth_value: np.ndarray | None = None,
             "most_similar": top, "least_similar": least, "k": int(top_kn.shape[1])}
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--activations_dir", required=True,
-                   help="the store whose top_images_<k>.npy (saevlm top-images) is analysed")
-    p.add_argument("--k", type=int, default=16, help="(default: %(default)s)")
-    p.add_argument("--output_dir", default=None,
-                   help="where uniqueness_<k>.json goes (default: --activations_dir)")
-    p.add_argument("--keep_near_dead", action="store_true",
-                   help="also include neurons whose k-th value is 0")
+@dataclass(frozen=True, kw_only=True)
+class UniquenessConfig(CommandConfig):
+    """`saevlm uniqueness`: Jaccard overlap of neurons' top-image sets."""
+
+    COMMAND: ClassVar[str] = "uniqueness"
+
+    activations_dir: str = opt()
+    """the store whose top_images_<k>.npy (saevlm top-images) is analysed"""
+    k: int = opt(paper_default("uniqueness", "k"))
+    """(default: %(default)s)"""
+    output_dir: str | None = opt(None)
+    """where uniqueness_<k>.json goes (default: --activations_dir)"""
+    keep_near_dead: bool = opt(False)
+    """also include neurons whose k-th value is 0"""
 
 
-def run(args) -> int:
+CONFIG = UniquenessConfig
+
+
+def run(args: UniquenessConfig) -> int:
     import time
     from pathlib import Path
 
-    from saevlm.data.store import atomic_write_json
+    from saevlm.data.atomic import atomic_write_json
 
     t0 = time.time()
-    from saevlm.data.topimages import load_top_images
-
     from saevlm.data.atomic import ensure_writable_dir
-
     from saevlm.data.open import open_any_store
+    from saevlm.data.topimages import load_top_images
 
     d = Path(args.activations_dir)
     store = open_any_store(d, "--activations_dir", allow_top_images=True) if (d / "manifest.json").is_file() else None

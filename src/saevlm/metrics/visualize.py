@@ -8,58 +8,75 @@ points to a moved copy). Histogram: MS of SAE latents against raw neurons.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from saevlm.data.atomic import atomic_savefig, atomic_write_json
+from saevlm.commandline import CommandConfig, opt
+from saevlm.data.atomic import atomic_write_json
 from saevlm.errors import UserError
 from saevlm.metrics.figures import group_of, open_store_images, save_grid, save_histogram  # noqa: F401
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--activations_dir", default=None,
-                   help="store with top_images_<k>.npy (saevlm top-images) and <ms_subdir>/scores.npy")
-    p.add_argument("--output_dir", default=None, help="default: <activations_dir>/figures")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--neurons", type=int, nargs="+", help="neurons to draw")
-    sel.add_argument("--per_group", type=int, default=None,
-                     help="the first n neurons of each Matryoshka group (default: 4, or the top-4 MS "
-                          "neurons without groups)")
-    p.add_argument("--k", type=int, default=16, help="top-k file to read (default: %(default)s; 16 are drawn)")
-    p.add_argument("--ms_subdir", default=None,
-                   help="the MS folder inside the store (default: its single ms*/ folder, e.g. ms_dinov2-base)")
-    p.add_argument("--raw_ms", default=None,
-                   help="scores.npy of raw neurons (or a raw store with <ms_subdir>/scores.npy) for the histogram")
-    p.add_argument("--data_path", default=None, help="dataset root, if it moved since extraction")
-    p.add_argument("--histogram_only", action="store_true", help="draw only the MS histogram")
-    a = p.add_argument_group("the authors' visualize_neurons.py flags (their --output_dir is the store "
-                             "directory: without --activations_dir, figures go to <output_dir>/tree/)")
-    a.add_argument("--top_k", type=int, default=None, help="same as --k")
-    a.add_argument("--hai_indices_path", default=None,
-                   help="top images to draw (an authors' hai_indices_<k>.npy is read in their order); its "
-                        "folder is the store when --activations_dir is not given")
-    a.add_argument("--group_fractions", type=float, nargs="+", default=None,
-                   help="Matryoshka groups as fractions (default: the SAE's own group sizes)")
-    a.add_argument("--dataset_name", default=None, help="checked: must be the store's dataset")
-    a.add_argument("--split", default=None, help="checked: must be the store's split")
-    a.add_argument("--visualization_size", type=int, default=160, help="pixels per grid cell (default: %(default)s)")
+@dataclass(frozen=True, kw_only=True)
+class VisualizeConfig(CommandConfig):
+    """`saevlm visualize`: PNG grids of neurons' top images and MS histograms."""
+
+    COMMAND: ClassVar[str] = "visualize"
+
+    activations_dir: str | None = opt(None)
+    """store with top_images_<k>.npy (saevlm top-images) and <ms_subdir>/scores.npy"""
+    output_dir: str | None = opt(None)
+    """default: <activations_dir>/figures"""
+    neurons: list[int] | None = opt(None, mutex='neurons+per_group')
+    """neurons to draw"""
+    per_group: int | None = opt(None, mutex='neurons+per_group')
+    """the first n neurons of each Matryoshka group (default: 4, or the top-4 MS neurons without groups)"""
+    k: int = opt(16)
+    """top-k file to read (default: %(default)s; 16 are drawn)"""
+    ms_subdir: str | None = opt(None)
+    """the MS folder inside the store (default: its single ms*/ folder, e.g. ms_dinov2-base)"""
+    raw_ms: str | None = opt(None)
+    """scores.npy of raw neurons (or a raw store with <ms_subdir>/scores.npy) for the histogram"""
+    data_path: str | None = opt(None)
+    """dataset root, if it moved since extraction"""
+    histogram_only: bool = opt(False)
+    """draw only the MS histogram"""
+    top_k: int | None = opt(None, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """same as --k"""
+    hai_indices_path: str | None = opt(None, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """top images to draw (an authors' hai_indices_<k>.npy is read in their order); its folder is the store
+    when --activations_dir is not given"""
+    group_fractions: list[float] | None = opt(None, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """Matryoshka groups as fractions (default: the SAE's own group sizes)"""
+    dataset_name: str | None = opt(None, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """checked: must be the store's dataset"""
+    split: str | None = opt(None, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """checked: must be the store's split"""
+    visualization_size: int = opt(160, group="the authors' visualize_neurons.py flags (their --output_dir is the store directory: without --activations_dir, figures go to <output_dir>/tree/)")
+    """pixels per grid cell (default: %(default)s)"""
 
 
-def run(args) -> int:
-    from saevlm.data.open import open_any_store as open_scored_store
+CONFIG = VisualizeConfig
+
+
+def run(args: VisualizeConfig) -> int:
+    from saevlm.data.open import open_any_store
 
     if args.top_k is not None:
-        args.k = args.top_k
+        args = dataclasses.replace(args, k=args.top_k)  # the authors' name for --k
     if args.activations_dir is None:  # the authors' form: the store is --output_dir / the hai file's folder
         if args.hai_indices_path is None and args.output_dir is None:
             raise UserError("--activations_dir: required (or the authors' --output_dir / --hai_indices_path)")
-        store = open_scored_store(Path(args.hai_indices_path).parent if args.hai_indices_path
+        store = open_any_store(Path(args.hai_indices_path).parent if args.hai_indices_path
                                   else args.output_dir, flag="--output_dir", allow_top_images=True)
         out = Path(args.output_dir) / "tree" if args.output_dir else store.path / "figures"
     else:
-        store = open_scored_store(args.activations_dir, allow_top_images=True)
+        store = open_any_store(args.activations_dir, allow_top_images=True)
         out = Path(args.output_dir) if args.output_dir else store.path / "figures"
     from saevlm.data.images import check_dataset_flags
     check_dataset_flags(store.provenance.dataset, args.dataset_name, args.data_path,

@@ -4,18 +4,33 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from typing import ClassVar
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.report.render import build_report  # noqa: F401 (the library function, importable from here)
 
 
-def add_arguments(p) -> None:
-    p.add_argument("--run_dir", required=True, help="the experiment's output directory (OUT_DIR of the scripts)")
-    p.add_argument("--output_dir", default=None, help="where report.md / report.html go (default: --run_dir)")
-    p.add_argument("--no_grids", action="store_true", help="skip top-image grids (faster)")
-    p.add_argument("--title", default="saevlm report", help="(default: %(default)s)")
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig(CommandConfig):
+    """`saevlm report`: gather a run directory into report.md / report.html."""
+
+    COMMAND: ClassVar[str] = "report"
+
+    run_dir: str = opt()
+    """the experiment's output directory (OUT_DIR of the scripts)"""
+    output_dir: str | None = opt(None)
+    """where report.md / report.html go (default: --run_dir)"""
+    no_grids: bool = opt(False)
+    """skip top-image grids (faster)"""
+    title: str = opt('saevlm report')
+    """(default: %(default)s)"""
 
 
-def run(args) -> int:
+CONFIG = ReportConfig
+
+
+def run(args: ReportConfig) -> int:
     md, page, damaged = build_report(args.run_dir, args.output_dir, not args.no_grids, args.title)
     print(f"wrote {md} and {page}")
     if damaged:

@@ -353,8 +353,8 @@ def _load_scores(rep: Report, rec: MSRecord):
 
 
 def _open(store: Path):
-    from saevlm.data.open import open_any_store as open_scored_store
-    return open_scored_store(store)
+    from saevlm.data.open import open_any_store
+    return open_any_store(store)
 
 
 CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"

@@ -7,41 +7,49 @@ store straight from images (the authors' flow); both routes share the encoder be
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
+from typing import ClassVar
 
-from saevlm.device import DEVICE_HELP
+from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
 from saevlm.errors import UserError
 from saevlm.sae.apply import check_sae_matches, code_provenance, dataset_files, make_encoder  # noqa: F401
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sae_path", required=True,
-                   help="trainer directory (ae.pt + config.json), an .pt file, or a hub path "
-                        "owner/repo/sub/dir when online")
-    p.add_argument("--activations_dir", required=True, help="activation store to encode")
-    p.add_argument("--output_dir", required=True, help="code store directory to write")
-    p.add_argument("--encode_rows", type=int, default=1024,
-                   help="rows per SAE forward (bounds memory for wide SAEs; default: %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    p.add_argument("--allow_mismatch", action="store_true",
-                   help="encode even when the SAE was trained on another model or hook point")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing code store")
-    p.add_argument("--allow_nonfinite", action="store_true",
-                   help="encode activations holding NaN / inf instead of refusing them")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+@dataclass(frozen=True, kw_only=True)
+class EncodeConfig(CommandConfig, DeviceOption, ProgressOption):
+    """`saevlm encode`: apply an SAE to an activation store -> sparse code store."""
+
+    COMMAND: ClassVar[str] = "encode"
+
+    sae_path: str = opt()
+    """trainer directory (ae.pt + config.json), an .pt file, or a hub path owner/repo/sub/dir when online"""
+    activations_dir: str = opt()
+    """activation store to encode"""
+    output_dir: str = opt()
+    """code store directory to write"""
+    encode_rows: int = opt(1024)
+    """rows per SAE forward (bounds memory for wide SAEs; default: %(default)s)"""
+    allow_mismatch: bool = opt(False)
+    """encode even when the SAE was trained on another model or hook point"""
+    overwrite: bool = opt(False)
+    """replace an existing code store"""
+    allow_nonfinite: bool = opt(False)
+    """encode activations holding NaN / inf instead of refusing them"""
 
 
-def run(args: argparse.Namespace) -> int:
+CONFIG = EncodeConfig
+
+
+def run(args: EncodeConfig) -> int:
     from tqdm import tqdm
 
+    from saevlm.data.atomic import check_not_own_input
     from saevlm.data.codes import CodeStore, CodeStoreWriter
     from saevlm.data.store import ActivationStore
     from saevlm.device import resolve_device
     from saevlm.sae.checkpoint import load_sae
-
-    from saevlm.data.atomic import check_not_own_input
 
     t0 = time.time()
     check_not_own_input(args.output_dir, "--output_dir", [("--activations_dir", args.activations_dir),

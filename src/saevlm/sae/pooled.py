@@ -104,7 +104,7 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
     stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
     so readers can tell a stale set."""
-    from saevlm.data.store import atomic_save_npy, atomic_write_json
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
 
     kth = values_k[:, -1].copy()
     files = {f"top_images_{k}.npy": image_ids_k, f"top_images_{k}_kth_value.npy": kth,
@@ -130,7 +130,7 @@ def extract_pooled_top_k(encoder, images, selected, point, sae, *, k: int, outpu
     import torch
     from tqdm import tqdm
 
-    from saevlm.data.store import atomic_save_npy, atomic_write_json
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
     from saevlm.device import autocast_context
     from saevlm.extraction import handle_bad_images
     from saevlm.sae.inference import encode_batch

@@ -26,9 +26,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from saevlm.device import DEVICE_HELP
+from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
+from saevlm.config import paper_default
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
 from saevlm.sae.checkpoint import record_weights
@@ -46,80 +47,114 @@ def _paper() -> dict:
 PAPER = _paper()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = p.add_argument_group("data")
-    d.add_argument("--activations_dir", required=True, help="training store (saevlm extract / synthetic)")
-    d.add_argument("--val_activations_dir", default=None,
-                   help="validation store (same model, hook and width); without it, validation "
-                        "uses the first --val_rows rows of the training store (flagged in the output)")
-    d.add_argument("--val_rows", type=int, default=100_000,
-                   help="rows of the validation store used by evaluations (default: %(default)s)")
-    d.add_argument("--checkpoints_dir", default="./output_dir",
-                   help="output root (default: %(default)s, as the authors' sae_train.py); see --layout")
-    s = p.add_argument_group("SAE (several values of --sae_model / --expansion_factor train together)")
-    s.add_argument("--sae_model", nargs="+", default=PAPER["sae_model"], choices=ARCH_CHOICES,
-                   metavar="ARCH", help=f"{' | '.join(ARCH_CHOICES)} (default: batch_top_k; "
-                                        f"matroyshka_batch_top_k is the authors' spelling of matryoshka_batch_top_k)")
-    s.add_argument("--expansion_factor", type=int, nargs="+", default=PAPER["expansion_factor"],
-                   help="dict_size = expansion x activation width (default: 16)")
-    s.add_argument("--k", type=int, default=PAPER["k"], help="active latents per input (default: %(default)s)")
-    s.add_argument("--group_fractions", type=float, nargs="+", default=PAPER["group_fractions"],
-                   help="Matryoshka group fractions, summing to 1 (default: the paper's MS setting)")
-    s.add_argument("--auxk_alpha", type=float, default=PAPER["auxk_alpha"], help="(default: %(default)s)")
-    s.add_argument("--threshold_beta", type=float, default=PAPER["threshold_beta"], help="(default: %(default)s)")
-    s.add_argument("--threshold_start_step", type=int, default=PAPER["threshold_start_step"],
-                   help="(default: %(default)s)")
-    s.add_argument("--l1_penalty", type=float, default=0.1, help="standard (ReLU/L1) only (default: %(default)s)")
-    s.add_argument("--sparsity_penalty", type=float, default=1.0, help="jumprelu only (default: %(default)s)")
-    s.add_argument("--bandwidth", type=float, default=0.001, help="jumprelu only (default: %(default)s)")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: the authors' rule 2e-4 / sqrt(dict_size / 2^14))")
-    o.add_argument("--batch_size", type=int, default=PAPER["batch_size"], help="(default: %(default)s)")
-    o.add_argument("--steps", type=int, default=PAPER["steps"], help="(default: %(default)s)")
-    o.add_argument("--warmup_steps", type=int, default=PAPER["warmup_steps"], help="(default: %(default)s)")
-    o.add_argument("--decay_start", type=int, default=None,
-                   help="step where the lr decay starts (default: steps - 1, i.e. the paper's 109,999 "
-                        "for 110,000 steps)")
-    o.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default: 0)")
-    o.add_argument("--no_normalize", action="store_true",
-                   help="do not scale inputs to unit mean squared norm (the paper scales them)")
-    r = p.add_argument_group("run")
-    r.add_argument("--save_steps", type=int, default=None, metavar="N",
-                   help="write checkpoints/ae_<step>.pt every N steps: at steps 0, N, 2N, ... below "
-                        "--steps, as the authors' sae_train.py (their scripts: 20000 -> ae_0 ... ae_100000; "
-                        "ae_<s> holds the weights after s updates)")
-    r.add_argument("--save_at", type=int, nargs="+", default=None, metavar="STEP",
-                   help="write ae_<step>.pt at exactly these steps instead (default, without "
-                        "--save_steps either: 100000 when training longer, the checkpoint the paper evaluates)")
-    r.add_argument("--layout", default="auto", choices=["auto", "authors", "trainers"],
-                   help="where each SAE goes. authors: <checkpoints_dir>/<activations_dir name>_<sae_model>_"
-                        "<k>_x<expansion>/trainer_0/ (the authors' sae_train.py; their later --sae_path "
-                        "values point there); trainers: <checkpoints_dir>/trainer_<i>/ for every SAE of "
-                        "a sweep. auto (default): authors for a single SAE, trainers for a sweep")
-    r.add_argument("--log_steps", type=int, default=1000,
-                   help="validate and log every this many steps (default: %(default)s)")
-    r.add_argument("--checkpoint_every", type=int, default=5000,
-                   help="write resume state every this many steps (default: %(default)s)")
-    r.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    r.add_argument("--engine", default="sparse", choices=["sparse", "dictionary_learning"],
-                   help="how each update is computed. sparse (default): dictionary_learning's update for "
-                        "top_k / batch_top_k / matryoshka_batch_top_k with sparse codes (one dense GEMM per "
-                        "step, the same numbers; docs/training.md); dictionary_learning: its trainer.update, "
-                        "dense. Other architectures always use dictionary_learning's")
-    r.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
-                   help="on CUDA, fp32 matmuls in TF32 (default: on; recorded in run.json). No effect on CPU")
-    r.add_argument("--data_on_device", default="auto", choices=["auto", "yes", "no"],
-                   help="copy the whole training store to the GPU once and gather batches there. auto "
-                        "(default): on CUDA when it takes under half the free GPU memory")
-    r.add_argument("--autocast", "--dtype", dest="autocast", default="none", choices=["none", "fp32", "bf16"],
-                   help="mixed precision of the SAE forward on GPU: none (= fp32, default) | bf16 "
-                        "(--dtype is the older name)")
-    r.add_argument("--allow_nonfinite", action="store_true",
-                   help="train on a store holding NaN / inf values (refused by default)")
-    r.add_argument("--wandb", action="store_true", help="log to Weights & Biases (off by default)")
-    r.add_argument("--wandb_project", default="saevlm", help="(default: %(default)s)")
-    r.add_argument("--no_progress", action="store_true", help="no progress bar")
+DATA, SAE, OPTIMISATION, RUN = ("data", "SAE (several values of --sae_model / --expansion_factor train together)",
+                                "optimisation", "run")  # --help sections
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
+    """`saevlm train`: train SAEs (dictionary_learning's classes) on a store. Build it in Python or
+    from the flags; the defaults are the paper's recipe (configs/paper.yaml, ``commands.train``)."""
+
+    COMMAND: ClassVar[str] = "train"
+
+    activations_dir: str = opt(group=DATA)
+    """training store (saevlm extract / synthetic)"""
+    val_activations_dir: str | None = opt(None, group=DATA)
+    """validation store (same model, hook and width); without it, validation uses the first --val_rows rows
+    of the training store (flagged in the output)"""
+    val_rows: int = opt(100000, group=DATA)
+    """rows of the validation store used by evaluations (default: %(default)s)"""
+    checkpoints_dir: str = opt('./output_dir', group=DATA)
+    """output root (default: %(default)s, as the authors' sae_train.py); see --layout"""
+    sae_model: list[str] = opt(paper_default("train", "sae_model"), choices=ARCH_CHOICES, group=SAE, metavar='ARCH')
+    """standard | top_k | batch_top_k | matryoshka_batch_top_k | jumprelu (default: batch_top_k;
+    matroyshka_batch_top_k is the authors' spelling of matryoshka_batch_top_k)"""
+    expansion_factor: list[int] = opt(paper_default("train", "expansion_factor"), group=SAE)
+    """dict_size = expansion x activation width (default: 16)"""
+    k: int = opt(paper_default("train", "k"), group=SAE)
+    """active latents per input (default: %(default)s)"""
+    group_fractions: list[float] = opt(paper_default("train", "group_fractions"), group=SAE)
+    """Matryoshka group fractions, summing to 1 (default: the paper's MS setting)"""
+    auxk_alpha: float = opt(paper_default("train", "auxk_alpha"), group=SAE)
+    """(default: %(default)s)"""
+    threshold_beta: float = opt(paper_default("train", "threshold_beta"), group=SAE)
+    """(default: %(default)s)"""
+    threshold_start_step: int = opt(paper_default("train", "threshold_start_step"), group=SAE)
+    """(default: %(default)s)"""
+    l1_penalty: float = opt(0.1, group=SAE)
+    """standard (ReLU/L1) only (default: %(default)s)"""
+    sparsity_penalty: float = opt(1.0, group=SAE)
+    """jumprelu only (default: %(default)s)"""
+    bandwidth: float = opt(0.001, group=SAE)
+    """jumprelu only (default: %(default)s)"""
+    lr: float | None = opt(None, group=OPTIMISATION)
+    """learning rate (default: the authors' rule 2e-4 / sqrt(dict_size / 2^14))"""
+    batch_size: int = opt(paper_default("train", "batch_size"), group=OPTIMISATION)
+    """(default: %(default)s)"""
+    steps: int = opt(paper_default("train", "steps"), group=OPTIMISATION)
+    """(default: %(default)s)"""
+    warmup_steps: int = opt(paper_default("train", "warmup_steps"), group=OPTIMISATION)
+    """(default: %(default)s)"""
+    decay_start: int | None = opt(None, group=OPTIMISATION)
+    """step where the lr decay starts (default: steps - 1, i.e. the paper's 109,999 for 110,000 steps)"""
+    seed: int = opt(0, group=OPTIMISATION)
+    """initialisation and batch order (default: 0)"""
+    no_normalize: bool = opt(False, group=OPTIMISATION)
+    """do not scale inputs to unit mean squared norm (the paper scales them)"""
+    save_steps: int | None = opt(None, group=RUN, metavar='N')
+    """write checkpoints/ae_<step>.pt every N steps: at steps 0, N, 2N, ... below --steps, as the authors'
+    sae_train.py (their scripts: 20000 -> ae_0 ... ae_100000; ae_<s> holds the weights after s updates)"""
+    save_at: list[int] | None = opt(None, group=RUN, metavar='STEP')
+    """write ae_<step>.pt at exactly these steps instead (default, without --save_steps either: 100000 when
+    training longer, the checkpoint the paper evaluates)"""
+    layout: str = opt('auto', choices=['auto', 'authors', 'trainers'], group=RUN)
+    """where each SAE goes. authors: <checkpoints_dir>/<activations_dir
+    name>_<sae_model>_<k>_x<expansion>/trainer_0/ (the authors' sae_train.py; their later --sae_path
+    values point there); trainers: <checkpoints_dir>/trainer_<i>/ for every SAE of a sweep. auto
+    (default): authors for a single SAE, trainers for a sweep"""
+    log_steps: int = opt(1000, group=RUN)
+    """validate and log every this many steps (default: %(default)s)"""
+    checkpoint_every: int = opt(5000, group=RUN)
+    """write resume state every this many steps (default: %(default)s)"""
+    engine: str = opt('sparse', choices=['sparse', 'dictionary_learning'], group=RUN)
+    """how each update is computed. sparse (default): dictionary_learning's update for top_k / batch_top_k
+    / matryoshka_batch_top_k with sparse codes (one dense GEMM per step, the same numbers;
+    docs/training.md); dictionary_learning: its trainer.update, dense. Other architectures always use
+    dictionary_learning's"""
+    tf32: bool = opt(True, action="optional", group=RUN)
+    """on CUDA, fp32 matmuls in TF32 (default: on; recorded in run.json). No effect on CPU"""
+    data_on_device: str = opt('auto', choices=['auto', 'yes', 'no'], group=RUN)
+    """copy the whole training store to the GPU once and gather batches there. auto (default): on CUDA when
+    it takes under half the free GPU memory"""
+    autocast: str = opt('none', flags=('--autocast', '--dtype'), choices=['none', 'fp32', 'bf16'], group=RUN)
+    """mixed precision of the SAE forward on GPU: none (= fp32, default) | bf16 (--dtype is the older name)"""
+    allow_nonfinite: bool = opt(False, group=RUN)
+    """train on a store holding NaN / inf values (refused by default)"""
+    wandb: bool = opt(False, group=RUN)
+    """log to Weights & Biases (off by default)"""
+    wandb_project: str = opt('saevlm', group=RUN)
+    """(default: %(default)s)"""
+
+    @property
+    def dtype(self) -> str:
+        """The name run.json has always recorded for --autocast: bf16 or fp32."""
+        return "bf16" if self.autocast == "bf16" else "fp32"
+
+    @property
+    def resolved_decay_start(self) -> int:
+        return self.decay_start if self.decay_start is not None else self.steps - 1
+
+    def hyperparameters(self) -> dict:
+        """What a resumed run must agree on (recorded in run.json's identity)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (
+            (k, getattr(self, k)) for k in (
+                "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
+                "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
+                "seed", "no_normalize", "dtype"))} | {"decay_start": self.resolved_decay_start}
+
+
+CONFIG = TrainConfig
 
 
 @dataclass
@@ -331,86 +366,15 @@ def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
     return math.sqrt(total / n)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``saevlm train`` takes, typed; build it in Python or from the CLI flags
-    (:meth:`from_args`). Defaults are the paper's recipe (configs/paper.yaml, ``commands.train``)."""
-
-    activations_dir: str
-    val_activations_dir: str | None = None
-    val_rows: int = 100_000
-    checkpoints_dir: str = "./output_dir"
-    sae_model: tuple[str, ...] = tuple(PAPER["sae_model"])
-    expansion_factor: tuple[int, ...] = tuple(PAPER["expansion_factor"])
-    k: int = PAPER["k"]
-    group_fractions: tuple[float, ...] = tuple(PAPER["group_fractions"])
-    auxk_alpha: float = PAPER["auxk_alpha"]
-    threshold_beta: float = PAPER["threshold_beta"]
-    threshold_start_step: int = PAPER["threshold_start_step"]
-    l1_penalty: float = 0.1
-    sparsity_penalty: float = 1.0
-    bandwidth: float = 0.001
-    lr: float | None = None
-    batch_size: int = PAPER["batch_size"]
-    steps: int = PAPER["steps"]
-    warmup_steps: int = PAPER["warmup_steps"]
-    decay_start: int | None = None
-    seed: int = 0
-    no_normalize: bool = False
-    save_steps: int | None = None
-    save_at: tuple[int, ...] | None = None
-    layout: str = "auto"
-    log_steps: int = 1000
-    checkpoint_every: int = 5000
-    device: str = "auto"
-    autocast: str = "none"
-    engine: str = "sparse"
-    tf32: bool = True
-    data_on_device: str = "auto"
-    allow_nonfinite: bool = False
-    wandb: bool = False
-    wandb_project: str = "saevlm"
-    no_progress: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
-        """The config of parsed ``saevlm train`` flags (``--config FILE`` already applied)."""
-        import dataclasses
-
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-        for key in ("sae_model", "expansion_factor", "group_fractions", "save_at"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-    @property
-    def dtype(self) -> str:
-        """The name run.json has always recorded for --autocast: bf16 or fp32."""
-        return "bf16" if self.autocast == "bf16" else "fp32"
-
-    @property
-    def resolved_decay_start(self) -> int:
-        return self.decay_start if self.decay_start is not None else self.steps - 1
-
-    def hyperparameters(self) -> dict:
-        """What a resumed run must agree on (recorded in run.json's identity)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (
-            (k, getattr(self, k)) for k in (
-                "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
-                "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
-                "seed", "no_normalize", "dtype"))} | {"decay_start": self.resolved_decay_start}
-
-
-def run(args: argparse.Namespace) -> int:
-    """``saevlm train`` from parsed flags."""
-    return train(TrainConfig.from_args(args))
+def run(args: TrainConfig) -> int:
+    """``saevlm train`` (its config: flags, ``--config FILE`` and the paper's defaults applied)."""
+    return train(args)
 
 
 def train(cfg: TrainConfig) -> int:
     """Train the SAEs ``cfg`` asks for (resuming an interrupted run); 0 when done."""
-    from saevlm.distributed import init_distributed
-
     from saevlm.data.atomic import check_not_own_input
+    from saevlm.distributed import init_distributed
 
     validate_hyperparameters(cfg)
     check_not_own_input(cfg.checkpoints_dir, "--checkpoints_dir", [("--activations_dir", cfg.activations_dir),

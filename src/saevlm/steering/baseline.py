@@ -8,16 +8,18 @@ an image's own name (see saevlm.steering.score for the protocols).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, DeviceOption, opt
 from saevlm.data.images import load_class_names
 from saevlm.errors import UserError
-from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images
+from saevlm.steering.clip import ClipEncoder, list_images
 
 WNID = re.compile(r"^n\d{8}$")
 
@@ -32,29 +34,38 @@ def eval_items(root: Path, flag: str = "--images") -> list[tuple[str, str, objec
     return out
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from saevlm.device import DEVICE_HELP
-    p.add_argument("--images", default="./images_imagenet",
-                   help="an evaluation folder (saevlm make-eval-folder) (default: %(default)s, the path the "
-                        "authors' similarity_baseline.py hard-codes)")
-    p.add_argument("--protocol", default="authors", choices=PROTOCOLS,
-                   help="authors: embed --class_names strings as they are, unbiased std, plain shuffle; "
-                        "saevlm: names from the folder's class_names.json, first synonym, a shuffle that never "
-                        "keeps an image's own name (default: %(default)s)")
-    p.add_argument("--class_names", default=None,
-                   help="JSON of class-name strings ({index: [wnid, name]} or {wnid: name}); required by the "
-                        "authors' protocol (their list of ImageNet names, e.g. 'great_white_shark')")
-    p.add_argument("--clip_model", "--model_name", dest="clip_model", default=DEFAULT_CLIP,
-                   help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="shuffle seed for the random-pairs bound (default: 0)")
-    p.add_argument("--output", default=None, help="JSON output (default: <images>/similarity_baseline.json)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    from saevlm.steering.options import add_processor_backend_argument
-    add_processor_backend_argument(p)
+@dataclass(frozen=True, kw_only=True)
+class SimilarityBaselineConfig(CommandConfig, DeviceOption):
+    """`saevlm similarity-baseline`: steering-score bounds: true / shuffled names."""
+
+    COMMAND: ClassVar[str] = "similarity-baseline"
+
+    images: str = opt('./images_imagenet')
+    """an evaluation folder (saevlm make-eval-folder) (default: %(default)s, the path the authors'
+    similarity_baseline.py hard-codes)"""
+    protocol: str = opt('authors', choices=['authors', 'saevlm'])
+    """authors: embed --class_names strings as they are, unbiased std, plain shuffle; saevlm: names from
+    the folder's class_names.json, first synonym, a shuffle that never keeps an image's own name
+    (default: %(default)s)"""
+    class_names: str | None = opt(None)
+    """JSON of class-name strings ({index: [wnid, name]} or {wnid: name}); required by the authors'
+    protocol (their list of ImageNet names, e.g. 'great_white_shark')"""
+    clip_model: str = opt('clip-vit-base-patch32', flags=('--clip_model', '--model_name'))
+    """(default: %(default)s)"""
+    seed: int = opt(0)
+    """shuffle seed for the random-pairs bound (default: 0)"""
+    output: str | None = opt(None)
+    """JSON output (default: <images>/similarity_baseline.json)"""
+    processor_backend: str = opt('pil', choices=['pil', 'torchvision'])
+    """image preprocessing of LLaVA and CLIP: pil (the authors' transformers-4.46 path, as extract uses) or
+    torchvision (transformers 5's default; moves similarities by about 1e-5) (default: %(default)s)"""
 
 
-def run(args) -> int:
-    from saevlm.data.store import atomic_write_json
+CONFIG = SimilarityBaselineConfig
+
+
+def run(args: SimilarityBaselineConfig) -> int:
+    from saevlm.data.atomic import atomic_write_json
     from saevlm.device import resolve_device
 
     root = Path(args.images)

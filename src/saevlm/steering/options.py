@@ -3,9 +3,9 @@ intervention layer and mode, and the authors' hard-coded qualitative setting."""
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
-from saevlm.device import DEVICE_HELP
+from saevlm.commandline import DeviceOption, opt
 from saevlm.errors import UserError
 
 DEFAULT_PROMPT = "What is shown in this image? Use exactly one word!"
@@ -19,33 +19,30 @@ AUTHORS_IMAGE = "https://img.freepik.com/free-photo/cement-texture_1194-5269.jpg
 QUALITATIVE_PROMPT = "Write me a short love poem"
 
 
-def add_model_arguments(p: argparse.ArgumentParser, *, sae_default: str | None = None,
-                        llava_flags: tuple[str, ...] = ("--llava_model",), max_new_tokens: int = 5) -> None:
-    p.add_argument("--sae_path", default=sae_default, required=sae_default is None,
-                   help="the steering SAE (trainer directory or .pt)" +
-                        (" (default: the authors' path, %(default)s)" if sae_default else ""))
-    p.add_argument(*llava_flags, dest="llava_model", default="llava-hf/llava-1.5-7b-hf",
-                   help="LLaVA-1.5 hub id or local directory (default: %(default)s)")
-    p.add_argument("--layer", type=int, default=None,
-                   help="vision block to intervene on (default: the SAE's own hook layer, else 22)")
-    p.add_argument("--mode", default="reconstruct", choices=["reconstruct", "error-preserving"],
-                   help="reconstruct: output = decode(clamped codes) (the paper); error-preserving: "
-                        "output + decode(clamped) - decode(codes) (default: %(default)s)")
-    p.add_argument("--zero_others", action="store_true",
-                   help="reconstruct mode: zero every other latent before clamping")
-    p.add_argument("--max_new_tokens", type=int, default=max_new_tokens, help="(default: %(default)s)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP + " (default: auto)")
-    add_processor_backend_argument(p)
-    p.add_argument("--model_dtype", "--dtype", dest="model_dtype", default="auto",
-                   help="LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 "
-                        "(--dtype is the older name)")
+@dataclass(frozen=True, kw_only=True)
+class SteeringModelOptions(DeviceOption):
+    """The SAE, LLaVA, the intervention block and mode: options shared by ``steer`` and
+    ``steering-score`` (each may redeclare a default)."""
 
-
-def add_processor_backend_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--processor_backend", default="pil", choices=["pil", "torchvision"],
-                   help="image preprocessing of LLaVA and CLIP: pil (the authors' transformers-4.46 path, as "
-                        "extract uses) or torchvision (transformers 5's default; moves similarities by "
-                        "about 1e-5) (default: %(default)s)")
+    sae_path: str = opt()
+    """the steering SAE (trainer directory or .pt)"""
+    llava_model: str = opt("llava-hf/llava-1.5-7b-hf")
+    """LLaVA-1.5 hub id or local directory (default: %(default)s)"""
+    layer: int | None = opt(None)
+    """vision block to intervene on (default: the SAE's own hook layer, else 22)"""
+    mode: str = opt("reconstruct", choices=["reconstruct", "error-preserving"])
+    """reconstruct: output = decode(clamped codes) (the paper); error-preserving: output + decode(clamped) -
+    decode(codes) (default: %(default)s)"""
+    zero_others: bool = opt(False)
+    """reconstruct mode: zero every other latent before clamping"""
+    max_new_tokens: int = opt(5)
+    """(default: %(default)s)"""
+    processor_backend: str = opt("pil", choices=["pil", "torchvision"])
+    """image preprocessing of LLaVA and CLIP: pil (the authors' transformers-4.46 path, as extract uses) or
+    torchvision (transformers 5's default; moves similarities by about 1e-5) (default: %(default)s)"""
+    model_dtype: str = opt("auto", flags=("--model_dtype", "--dtype"))
+    """LLaVA's weights and compute: auto (fp16 on GPU, fp32 on CPU) | fp16 | bf16 | fp32 (--dtype is the older
+    name)"""
 
 
 def resolve_layer(args, sae) -> int:

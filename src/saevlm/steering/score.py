@@ -28,13 +28,17 @@ import io
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
 from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images, neuron_image_embeddings  # noqa: F401
-from saevlm.steering.options import DEFAULT_PROMPT, add_model_arguments
+from saevlm.steering.options import DEFAULT_PROMPT, SteeringModelOptions
+
 
 def first_word(answer: str) -> str:
     """saevlm's rule: the first alphabetic word, lower-cased ("" when there is none)."""
@@ -48,37 +52,45 @@ def authors_word(decoded_sequence: str) -> str:
     return decoded_sequence.split("ASSISTANT: ")[-1].split(" ")[0]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
-    p.add_argument("--protocol", default="authors", choices=PROTOCOLS,
-                   help="authors: their word rule, raw-embedding target, std over all pairs (the paper's "
-                        "Table 3); saevlm: cleaned word, unit-normalised target, std over neurons "
-                        "(default: %(default)s)")
-    p.add_argument("--top_images", "--hai_indices_path", dest="top_images", required=True,
-                   help="top images of the steering SAE: top_images_16.npy or the authors' hai_indices_16.npy "
-                        "(saevlm extract --sae_path --mean_pool --top_k 16)")
-    p.add_argument("--clip_embeddings", "--embeddings_path", dest="clip_embeddings", required=True,
-                   help="CLIP ViT-B/32 embedding store of the images the top indices refer to (saevlm embed)")
-    p.add_argument("--model_name", "--clip_model", dest="clip_model", default=DEFAULT_CLIP,
-                   help="CLIP model for the text embeddings (the authors' --model_name; LLaVA is "
-                        "--llava_model) (default: %(default)s)")
-    p.add_argument("--images", "--images_path", dest="images", default="white",
-                   help="folder of images to steer, or 'white' (default)")
-    sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--neurons", "--neuron_prefix", dest="neurons", type=int, default=1000,
-                     help="the first N neurons (default: %(default)s)")
-    sel.add_argument("--neuron_list", type=int, nargs="+", help="these neurons")
-    p.add_argument("--alpha", type=float, default=100.0, help="clamp value (default: %(default)s)")
-    p.add_argument("--steer", dest="steer", action=argparse.BooleanOptionalAction, default=True,
-                   help="clamp the latent (default) or not (--no-steer / --no_steer: the unsteered reference)")
-    p.add_argument("--no_steer", dest="steer", action="store_false", help=argparse.SUPPRESS)
-    p.add_argument("--pre_zero", dest="zero_others", action=argparse.BooleanOptionalAction, default=False,
-                   help="zero every other latent before clamping (the authors' --pre_zero; default: off)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="(default: %(default)r)")
-    out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("--output_dir", help="labels.csv, scores.csv, steering_score.json go here")
-    out.add_argument("--output_path", help="the authors' form: outputs go to its directory part "
-                                           "(os.path.dirname, so './x/steering/' means './x/steering')")
+@dataclass(frozen=True, kw_only=True)
+class SteeringScoreConfig(CommandConfig, SteeringModelOptions):
+    """`saevlm steering-score`: steering score: CLIP similarity of steered answers."""
+
+    COMMAND: ClassVar[str] = "steering-score"
+
+    protocol: str = opt('authors', choices=['authors', 'saevlm'])
+    """authors: their word rule, raw-embedding target, std over all pairs (the paper's Table 3); saevlm:
+    cleaned word, unit-normalised target, std over neurons (default: %(default)s)"""
+    top_images: str = opt(flags=('--top_images', '--hai_indices_path'))
+    """top images of the steering SAE: top_images_16.npy or the authors' hai_indices_16.npy (saevlm extract
+    --sae_path --mean_pool --top_k 16)"""
+    clip_embeddings: str = opt(flags=('--clip_embeddings', '--embeddings_path'))
+    """CLIP ViT-B/32 embedding store of the images the top indices refer to (saevlm embed)"""
+    clip_model: str = opt('clip-vit-base-patch32', flags=('--model_name', '--clip_model'))
+    """CLIP model for the text embeddings (the authors' --model_name; LLaVA is --llava_model) (default:
+    %(default)s)"""
+    images: str = opt('white', flags=('--images', '--images_path'))
+    """folder of images to steer, or 'white' (default)"""
+    neurons: int = opt(1000, flags=('--neurons', '--neuron_prefix'), mutex='neurons+neuron_list')
+    """the first N neurons (default: %(default)s)"""
+    neuron_list: list[int] | None = opt(None, mutex='neurons+neuron_list')
+    """these neurons"""
+    alpha: float = opt(100.0)
+    """clamp value (default: %(default)s)"""
+    steer: bool = opt(True, action="optional", extra=((("--no_steer",), "store_false"),))
+    """clamp the latent (default) or not (--no-steer / --no_steer: the unsteered reference)"""
+    zero_others: bool = opt(False, extra=((("--pre_zero",), argparse.BooleanOptionalAction),))
+    """reconstruct mode: zero every other latent before clamping (the authors' --pre_zero / --no-pre_zero)"""
+    prompt: str = opt(DEFAULT_PROMPT)
+    """(default: %(default)r)"""
+    output_dir: str | None = opt(None, mutex='output_dir+output_path')
+    """labels.csv, scores.csv, steering_score.json go here"""
+    output_path: str | None = opt(None, mutex='output_dir+output_path')
+    """the authors' form: outputs go to its directory part (os.path.dirname, so './x/steering/' means
+    './x/steering')"""
+
+
+CONFIG = SteeringScoreConfig
 
 
 def output_dir_of(args) -> Path:
@@ -87,10 +99,11 @@ def output_dir_of(args) -> Path:
     return Path(os.path.dirname(args.output_path) or ".")
 
 
-def run(args) -> int:
+def run(args: SteeringScoreConfig) -> int:
     from tqdm import tqdm
 
-    from saevlm.data.store import ActivationStore, atomic_write_json
+    from saevlm.data.store import ActivationStore
+    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.topimages import load_top_images_for
     from saevlm.steering.intervention import sae_intervention
     from saevlm.steering.options import load_models

@@ -12,27 +12,46 @@ checkpoint path, latent 39, alpha 0 30 40 50, that prompt, 60 new tokens and the
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import ClassVar
 
-from saevlm.errors import UserError
-from saevlm.steering.options import (AUTHORS_IMAGE, AUTHORS_SAE_PATH, QUALITATIVE_PROMPT, add_model_arguments,
-                                     load_models, resolve_layer)  # noqa: F401
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    # defaults: the authors' steering_qualitative.py (the paper's "pencil" example, Fig. 5)
-    add_model_arguments(p, sae_default=AUTHORS_SAE_PATH, llava_flags=("--llava_model", "--model_name"),
-                        max_new_tokens=60)
-    p.add_argument("--neuron", type=int, nargs="+", default=[39],
-                   help="latent(s) to clamp (default: 39, the authors' pencil latent; its id changes "
-                        "with every retraining)")
-    p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 30.0, 40.0, 50.0],
-                   help="value(s) to clamp to; several give a sweep (default: 0 30 40 50)")
-    p.add_argument("--prompt", default=QUALITATIVE_PROMPT, help="(default: %(default)r)")
-    p.add_argument("--image", default=AUTHORS_IMAGE,
-                   help="image path or URL, or 'white' (default: the authors' texture photo, %(default)s)")
+from saevlm.commandline import CommandConfig, opt
+from saevlm.config import paper_default
+from saevlm.steering.options import (
+    AUTHORS_IMAGE,
+    AUTHORS_SAE_PATH,
+    QUALITATIVE_PROMPT,
+    SteeringModelOptions,
+    load_models,
+)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, kw_only=True)
+class SteerConfig(CommandConfig, SteeringModelOptions):
+    """`saevlm steer`: LLaVA's answer with SAE latents clamped in its vision tower."""
+
+    COMMAND: ClassVar[str] = "steer"
+
+    sae_path: str = opt(AUTHORS_SAE_PATH)
+    """the steering SAE (trainer directory or .pt) (default: the authors' path, %(default)s)"""
+    llava_model: str = opt("llava-hf/llava-1.5-7b-hf", flags=("--llava_model", "--model_name"))
+    """LLaVA-1.5 hub id or local directory (default: %(default)s)"""
+    max_new_tokens: int = opt(paper_default("steer", "max_new_tokens"))
+    """(default: %(default)s)"""
+    neuron: list[int] = opt(paper_default("steer", "neuron"))
+    """latent(s) to clamp (default: 39, the authors' pencil latent; its id changes with every retraining)"""
+    alpha: list[float] = opt(paper_default("steer", "alpha"))
+    """value(s) to clamp to; several give a sweep (default: 0 30 40 50)"""
+    prompt: str = opt(QUALITATIVE_PROMPT)
+    """(default: %(default)r)"""
+    image: str = opt(AUTHORS_IMAGE)
+    """image path or URL, or 'white' (default: the authors' texture photo, %(default)s)"""
+
+
+CONFIG = SteerConfig
+
+
+def run(args: SteerConfig) -> int:
     from saevlm.steering.intervention import sae_intervention
     from saevlm.steering.llava import load_image
 
