@@ -33,7 +33,8 @@ def reference_one_pass_per_point(model_dir: Path, images, batch_size: int, out: 
     """The authors' flow: for each point, a full pass over the data with output_hidden_states."""
     from transformers import CLIPVisionModelWithProjection
 
-    from saevlm.data.images import ImageDataset, collate_images
+    from saevlm.data.decode import collate_images
+    from saevlm.data.images import ImageDataset
     from saevlm.models import load_encoder
 
     model = CLIPVisionModelWithProjection.from_pretrained(model_dir).eval()

@@ -254,3 +254,60 @@ def test_threads_follow_the_machine_and_the_users_choice(monkeypatch):
         busy.kill()
         busy.wait()
     assert seen >= 1
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """saevlm module -> the saevlm modules it imports, at module level or inside functions
+    (``from pkg import name`` counts as ``pkg.name`` when that is a module, else ``pkg``)."""
+    import ast
+    from pathlib import Path
+
+    import saevlm
+
+    root = Path(saevlm.__file__).parent
+    mods = {}
+    for f in root.rglob("*.py"):
+        rel = f.relative_to(root.parent).with_suffix("")
+        mods[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        package = m if f.name == "__init__.py" else m.rpartition(".")[0]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != m:
+                    graph[m].add(t)
+    return graph
+
+
+def test_no_import_cycles_anywhere():
+    """No two saevlm modules import each other, directly or through others, counting imports
+    inside functions too (a lazy import still ties the two modules together)."""
+    graph = _import_graph()
+    assert "saevlm.extraction" in graph["saevlm.extract"] and len(graph) > 60  # the walk sees the package
+    cycles, state = [], {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

@@ -112,3 +112,77 @@ def test_train_sweep_split_over_two_ranks_equals_one_process(tmp_path):
     for t in ("trainer_0", "trainer_1", "trainer_2", "trainer_3"):
         a, b = torch.load(tmp_path / "one" / t / "ae.pt"), torch.load(tmp_path / "two" / t / "ae.pt")
         assert all(torch.equal(a[k], b[k]) for k in a), t
+
+
+def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_clip_dir, big_image_folder, tmp_path):
+    """``extract --sae_path --mean_pool --top_k`` is a writer kind of the extraction engine: two
+    torchrun ranks, and a run interrupted after its first shards and resumed, write the same
+    top-images files as one uninterrupted process; every file is checksummed in the manifest, and a
+    second writer is kept out by the store's lock."""
+    import numpy as np
+
+    from helpers import save_random_sae
+    from saevlm.data.atomic import file_checksum
+    from saevlm.data.topimages import TopImagesStore
+
+    sae = save_random_sae(tmp_path / "sae", 64, 96, k=6, layer=1)
+    common = ["extract", "--model_name", tiny_clip_dir, "--dataset_name", "imagefolder", "--data_path",
+              big_image_folder, "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--no_progress",
+              "--shard_rows", "8", "--layer", "1", "--mean_pool", "--sae_path", sae, "--allow_mismatch",
+              "--top_k", "5"]
+    r = _single([*common, "--output_dir", tmp_path / "one"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _torchrun([*common, "--output_dir", tmp_path / "two"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = (tmp_path / d / "post_mlp_residual_1_codes" for d in ("one", "two"))
+    files = ["top_images_5.npy", "top_images_5_values.npy", "top_images_5_kth_value.npy", "hai_indices_5.npy",
+             "hai_indices_5_worst.npy", "image_ids.npy"]
+    for name in files:
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    m = json.loads((one / "manifest.json").read_text())
+    assert m["complete"] and m["k"] == 5 and len(m["shards"]) == 60 // 8 + 1 == 8
+    for name in files[:5]:
+        assert m["file_checksums"][name] == file_checksum(one / name), name
+    for entry in m["shards"]:
+        for name, checksum in entry["checksums"].items():
+            assert file_checksum(one / name) == checksum, name
+    assert TopImagesStore(two).num_rows == 60 and TopImagesStore(two).k == 5
+    # brute force from the pooled code store of the same run
+    assert _single([c for c in common if c not in ("--top_k", "5")] + ["--output_dir", tmp_path / "codes"]).returncode == 0
+    from saevlm.data.codes import CodeStore
+    codes = CodeStore(tmp_path / "codes" / "post_mlp_residual_1_codes")
+    dense = codes.read(0, codes.num_rows)
+    vals = np.load(one / "top_images_5_values.npy")
+    np.testing.assert_allclose(vals, -np.sort(-dense, axis=0)[:5].T, atol=1e-6)
+
+    # interrupted after some shards (the process is killed), then resumed: the same files
+    three = tmp_path / "three" / "post_mlp_residual_1_codes"
+    p = subprocess.Popen([sys.executable, "-m", "saevlm", *map(str, common), "--output_dir", tmp_path / "three"],
+                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            done = json.loads((three / "manifest.json").read_text()).get("shards", [])
+        except (OSError, ValueError):
+            done = []
+        if len(done) >= 2:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = json.loads((three / "manifest.json").read_text())
+    assert not before["complete"] and 2 <= len(before["shards"]) < 8, len(before["shards"])
+    # while another process holds the store's lock, a second writer is refused and changes nothing
+    from saevlm.data.atomic import OutputLock
+    from saevlm.data.store import LOCK
+    held = OutputLock(three, "--output_dir", name=LOCK)
+    r = _single([*common, "--output_dir", tmp_path / "three"])
+    held.release()
+    assert r.returncode == 2 and "another saevlm process is writing there" in r.stderr
+    assert json.loads((three / "manifest.json").read_text()) == before
+    # the killed run's lock went with it: the rerun resumes
+    r = _single([*common, "--output_dir", tmp_path / "three"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming after" in r.stderr
+    for name in files:
+        assert (one / name).read_bytes() == (three / name).read_bytes(), name

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from saevlm.data.images import content_hash, open_dataset
+from saevlm.data.decode import content_hash
+from saevlm.data.images import open_dataset
 from saevlm.data.store import ActivationStore, check_same_images
 from saevlm.errors import UserError
 

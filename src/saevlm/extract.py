@@ -21,7 +21,6 @@ from saevlm.extraction import (
     ExtractionSettings,
     ImageRunOptions,
     extract_stores,
-    point_provenance,
     prepare_inputs,
     report_stores,
 )
@@ -142,9 +141,6 @@ def run(args: ExtractConfig) -> int:
     if args.save_every is not None:
         print(f"note: --save_every {args.save_every} (the authors' images per .pt part) is accepted and "
               f"changes nothing: shards are sized by --shard_rows", file=sys.stderr)
-    if args.top_k is not None and not (sae is not None and tokens.mode == "mean"):
-        raise UserError("--top_k: only with --sae_path and --mean_pool (a running top-k of images per "
-                        "latent of the mean-pooled codes); for other stores run `saevlm top-images`")
     out_root = Path(args.output_dir)
     suffix = "_codes" if sae is not None else ""
     output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
@@ -152,8 +148,6 @@ def run(args: ExtractConfig) -> int:
         check_not_own_input(out_dir, "--output_dir", [("--data_path", args.data_path), ("--sae_path", args.sae_path)])
     if inputs.dist.world_size > 1:
         print(f"rank {inputs.dist.rank}/{inputs.dist.world_size} on {device}", file=sys.stderr)
-    if args.top_k is not None:
-        return _run_pooled_top_k(args, inputs, points[0], tokens, sae, output_dirs[points[0]], t0)
     print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "
           f"({len(selected)} of {len(images)} images), points: "
           f"{', '.join(p.slug for p in points)}, tokens: {tokens.mode}, device: {device}",
@@ -162,37 +156,5 @@ def run(args: ExtractConfig) -> int:
     stores = extract_stores(encoder, images, selected, points, tokens, cfg, output_dirs=output_dirs,
                             device=device, log=lambda m: print(m, file=sys.stderr), sae=sae, dist=inputs.dist)
     if inputs.dist.is_main:
-        report_stores(stores, time.time() - t0, codes=sae is not None)
+        report_stores(stores, time.time() - t0, codes=sae is not None, top_k=args.top_k)
     return 0
-
-
-def _run_pooled_top_k(args, inputs, point, tokens, sae, out_dir: Path, t0: float) -> int:
-    """``--sae_path --mean_pool --top_k``: see :mod:`saevlm.sae.pooled`."""
-    from saevlm.models.base import POST_PROJECTION
-    from saevlm.sae.apply import check_sae_matches, code_provenance
-    from saevlm.sae.pooled import extract_pooled_top_k
-
-    if point.attachment_point == POST_PROJECTION:
-        raise UserError("--top_k: the projection has one pooled vector per image; --mean_pool --top_k "
-                        "applies to block outputs (token sequences)")
-    if inputs.dist.world_size > 1:
-        raise UserError("--top_k: runs in one process (the running top-k is not split across ranks); "
-                        "launch without torchrun")
-    enc = inputs.encoder
-    provenance = point_provenance(point, enc, tokens, None,
-                                  inputs.images.provenance(inputs.selected, args.take_every, args.max_images),
-                                  args.batch_size, args.autocast, sae)
-    check_sae_matches(sae, provenance, enc.output_dim(point), args.allow_mismatch,
-                      f"--model_name {enc.name} at {point.slug}")
-    out = extract_pooled_top_k(enc, inputs.images, inputs.selected, point, sae, k=args.top_k,
-                               output_dir=out_dir, provenance=code_provenance(provenance, sae),
-                               batch_size=args.batch_size, num_workers=args.num_workers,
-                               device=inputs.device, autocast=args.autocast,
-                               skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
-                               progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
-    print(f"wrote {out}: top_images_{args.top_k}.npy (+ _values, _kth_value) and hai_indices_{args.top_k}.npy "
-          f"for {sae.dict_size} latents over {len(inputs.selected)} images")
-    print(f"done in {time.time() - t0:.1f} s")
-    return 0
-
-

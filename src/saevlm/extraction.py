@@ -75,6 +75,7 @@ class _PendingStore:
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     pool_encode: object = None  # SAE codes mean-pooled over tokens: encode(rows) -> codes
+    top_k: object = None  # with a top-images writer: the running top-k of the current shard (RunningTopK)
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class ExtractionSettings:
     max_images: int | None = None
     allow_mismatch: bool = False
     allow_nonfinite: bool = False
+    top_k: int | None = None  # with an SAE and mean-pooled tokens: a top-images store of the k best images
 
     def __post_init__(self) -> None:
         from saevlm.data.store import normalize_store_dtype
@@ -109,7 +111,7 @@ class ExtractionSettings:
                    autocast=args.autocast, skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
                    overwrite=args.overwrite, progress=not args.no_progress, take_every=args.take_every,
                    max_images=args.max_images, allow_mismatch=getattr(args, "allow_mismatch", False),
-                   allow_nonfinite=args.allow_nonfinite)
+                   allow_nonfinite=args.allow_nonfinite, top_k=getattr(args, "top_k", None))
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _WriterPlan:
     sae: object
     device: object
     dist: object
+    selected: object  # the selected images' dataset indices, in order
 
 
 def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSettings, *, output_dirs: dict,
@@ -151,13 +154,20 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     from saevlm.data.codes import dense_to_csr
     from saevlm.device import autocast_context
     from saevlm.models.base import POST_PROJECTION
-    from saevlm.sae.pooled import mean_codes
+    from saevlm.data.topimages import TopImagesWriter
+    from saevlm.sae.pooled import RunningTopK, mean_codes
 
     if batch_size < 1:
         raise UserError(f"--batch_size {batch_size}: expected a positive integer")
     if shard_rows < 1:
         raise UserError(f"--shard_rows {shard_rows}: expected a positive integer")
     autocast_ctx = autocast_context(device, cfg.autocast)  # validates before any work
+    if cfg.top_k is not None:
+        if sae is None or tokens.mode != "mean" or any(p.attachment_point == POST_PROJECTION for p in points):
+            raise UserError("--top_k: only with --sae_path and --mean_pool at a block (a running top-k of images "
+                            "per latent of the mean-pooled codes); for other stores run `saevlm top-images`")
+        if not 1 <= cfg.top_k <= len(selected):
+            raise UserError(f"--top_k {cfg.top_k}: expected 1..{len(selected)} (the number of images)")
     encoder.to(device)
 
     num_tokens = None
@@ -172,7 +182,7 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
 
     plan = _WriterPlan(encoder, tokens, num_tokens, images.provenance(selected, cfg.take_every, cfg.max_images),
                        images_per_shard, len(selected), _software_versions(), {"labels.npy": images.labels},
-                       {"classes.json": images.classes_json()}, output_dirs, cfg, sae, device, dist)
+                       {"classes.json": images.classes_json()}, output_dirs, cfg, sae, device, dist, selected)
 
     def open_writers() -> dict:
         return {p: _open_writer(p, plan) for p in points}
@@ -201,6 +211,8 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
             pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
                                          else tokens, {i for i, _, _ in writer.shard_ranges()},
                                          pool_encode=pool_encode))
+            if isinstance(writer, TopImagesWriter):
+                pending[-1].top_k = RunningTopK(sae.dict_size, cfg.top_k, device=device)
 
         needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
         if needed:
@@ -226,7 +238,11 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
                             acts = out[s.point]
                             if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
                                 with torch.no_grad():
-                                    s.acts.append(dense_to_csr(mean_codes(acts.float(), s.pool_encode)))
+                                    pooled = mean_codes(acts.float(), s.pool_encode)
+                                if s.top_k is not None:  # rows: positions in the selected images
+                                    s.top_k.update_rows(np.searchsorted(selected, np.asarray(good)), pooled)
+                                else:
+                                    s.acts.append(dense_to_csr(pooled))
                                 img = torch.as_tensor(good, dtype=torch.int64)
                                 s.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
                                 continue
@@ -246,6 +262,12 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
                         images_n2 = np.asarray(shard_hashes, dtype=np.int64).reshape(-1, 2)
                         for s in active:
                             rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
+                            if s.top_k is not None:  # this shard's own top-k; merged when all are in
+                                s.writer.write_shard_top_k(idx, *s.top_k.partial(), rows_n2, first, stop - first,
+                                                           s.skipped, images_n2)
+                                s.top_k = RunningTopK(sae.dict_size, cfg.top_k, device=device)
+                                s.rows, s.skipped = [], []
+                                continue
                             if s.pool_encode is not None:
                                 s.writer.write_shard_codes(idx, s.acts, rows_n2, first, stop - first, s.skipped,
                                                            images_n2)
@@ -298,9 +320,13 @@ def _open_writer(point, plan: _WriterPlan):
         return StoreWriter(plan.output_dirs[point], kind=cfg.kind, dim=plan.encoder.output_dim(point),
                            dtype=cfg.store_dtype, provenance=provenance, **common)
     from saevlm.data.codes import CodeStoreWriter
+    from saevlm.data.topimages import TopImagesWriter
     from saevlm.sae.apply import check_sae_matches, code_provenance, make_encoder
     check_sae_matches(plan.sae, provenance, plan.encoder.output_dim(point), cfg.allow_mismatch,
                       f"--model_name {plan.encoder.name} at {point.slug}")
+    if cfg.top_k is not None:
+        return TopImagesWriter(plan.output_dirs[point], k=cfg.top_k, dim=plan.sae.dict_size, selected=plan.selected,
+                               provenance=code_provenance(provenance, plan.sae), **common)
     return CodeStoreWriter(plan.output_dirs[point], encode=make_encoder(plan.sae, plan.device),
                            input_dim=plan.encoder.output_dim(point), kind="codes", dim=plan.sae.dict_size,
                            dtype="fp32", provenance=code_provenance(provenance, plan.sae), **common)
@@ -414,11 +440,17 @@ def prepare_inputs(args: ImageRunOptions) -> RunInputs:
     return RunInputs(device, store_dtype, images, selected, encoder, dist)
 
 
-def report_stores(stores: dict, seconds: float, codes: bool = False) -> None:
+def report_stores(stores: dict, seconds: float, codes: bool = False, top_k: int | None = None) -> None:
     from saevlm.data.codes import CodeStore
     from saevlm.data.store import ActivationStore
 
     for point, path in stores.items():
+        if top_k is not None:
+            from saevlm.data.topimages import TopImagesStore
+            t = TopImagesStore(path)
+            print(f"wrote {path}: top_images_{top_k}.npy (+ _values, _kth_value) and hai_indices_{top_k}.npy "
+                  f"for {t.dim} latents over {t.num_rows} images")
+            continue
         s = CodeStore(path) if codes else ActivationStore(path)
         print(f"wrote {path}  ({s.num_rows} rows x {s.dim}, {s.dtype}, "
               f"{s.manifest.num_images} images)")

@@ -141,7 +141,7 @@ def generate(p: WorldParams) -> dict:
 
 def _sample_hashes(world_id: str, split: str, z: np.ndarray) -> np.ndarray:
     """(index, content hash) per sample, as extract records for images."""
-    from saevlm.data.images import content_hash
+    from saevlm.data.decode import content_hash
 
     prefix = f"{world_id}/{split}/".encode()
     hashes = [content_hash(prefix + np.ascontiguousarray(row).tobytes()) for row in z]

@@ -354,7 +354,7 @@ class HubImageList:
 
     def read_unit(self, unit: Unit, preprocess: Callable) -> list[tuple]:
         """Decoded items ``(index, pixels or None, error or None, content hash)`` of one unit."""
-        from saevlm.data.images import decode_image
+        from saevlm.data.decode import decode_image
 
         column = self._group_images(unit.file, unit.group)
         out = []
@@ -394,7 +394,7 @@ class HubImageList:
 
 def _split(b, m: int):
     """(first ``m`` images, the rest) of an ImageBatch (images in increasing index order)."""
-    from saevlm.data.images import ImageBatch
+    from saevlm.data.decode import ImageBatch
 
     last = b.hashes[m - 1][0]
     g = sum(1 for i in b.good if i <= last)
@@ -408,7 +408,7 @@ def _take(parts: list, m: int):
     """An ImageBatch of the first ``m`` images held by ``parts``, and the parts left."""
     import torch
 
-    from saevlm.data.images import ImageBatch
+    from saevlm.data.decode import ImageBatch
 
     taken = []
     while m > 0:
@@ -439,7 +439,7 @@ class _UnitDataset:
         return len(self.units)
 
     def __getitem__(self, u: int):
-        from saevlm.data.images import collate_images
+        from saevlm.data.decode import collate_images
 
         return collate_images(self.images.read_unit(self.units[u], self.preprocess))
 

@@ -21,10 +21,11 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from saevlm.data.decode import collate_images, decode_image
 from saevlm.errors import UserError
 
 if TYPE_CHECKING:
@@ -214,13 +215,6 @@ def select_indices(num_images: int, take_every: int, max_images: int | None) -> 
     return selected[:max_images] if max_images is not None else selected
 
 
-def content_hash(data: bytes) -> int:
-    """A 64-bit hash of an image file's bytes (BLAKE2b, as a signed int64 so it fits an int64 array;
-    never 0, which stands for "unreadable")."""
-    h = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-    return h or 1
-
-
 class ImageDataset:
     """A map-style dataset over selected images; a read error comes back as data, not an
     exception, so the main process can name the file and decide (stop or skip).
@@ -242,42 +236,6 @@ class ImageDataset:
         except Exception as err:  # noqa: BLE001 - reported with the image's path
             return index, None, f"{type(err).__name__}: {err}", 0
         return (index, *decode_image(data, self.preprocess))
-
-
-def decode_image(data: bytes, preprocess: Callable) -> tuple[Any, str | None, int]:
-    """(pixels or None, error or None, content hash) of one image file's bytes: the hash is
-    taken from the same bytes that are decoded."""
-    import io
-
-    from PIL import Image
-
-    digest = content_hash(data)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return preprocess(img.convert("RGB")), None, digest
-    except Exception as err:  # noqa: BLE001 - any decode failure is reported with its path
-        return None, f"{type(err).__name__}: {err}", digest
-
-
-class ImageBatch(NamedTuple):
-    """A collated batch: ``good`` dataset indices with their ``pixels``, ``bad`` (index, error)
-    pairs, and ``hashes`` (index, content hash) of every image of the batch in order. A
-    NamedTuple, so the DataLoader pins its pixels."""
-
-    good: list[int]
-    pixels: Any
-    bad: list[tuple[int, str]]
-    hashes: list[tuple[int, int]]
-
-
-def collate_images(batch) -> ImageBatch:
-    import torch
-
-    good = [(i, x) for i, x, err, _ in batch if err is None]
-    bad = [(i, err) for i, _, err, _ in batch if err is not None]
-    pixels = torch.stack([x for _, x in good]) if good else None
-    return ImageBatch([i for i, _ in good], pixels, bad, [(i, h) for i, _, _, h in batch])
 
 
 def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_path: str | None,

@@ -1,5 +1,13 @@
 """The top-images store: what ``extract --sae_path --mean_pool --top_k`` writes instead of codes
-(a manifest plus ``top_images_<k>.npy`` and friends, see :mod:`saevlm.sae.pooled`)."""
+(the steering protocol, :mod:`saevlm.sae.pooled`): a manifest plus ``top_images_<k>.npy``,
+``top_images_<k>_values.npy``, ``top_images_<k>_kth_value.npy`` and the authors'
+``hai_indices_<k>.npy`` / ``hai_indices_<k>_worst.npy``. At ImageNet-train size the pooled codes
+would be 1.28 M x 65,536 = 335 GB dense; the top-k holds 2 x k x 65,536 numbers.
+
+:class:`TopImagesWriter` is a kind of :class:`saevlm.data.writer.StoreWriter`: the extraction
+engine hands it each shard's own top-k, so the store has the same lock, per-file checksums,
+resume by shard and torchrun ranks as every other store; when all shards are in, the shards'
+top-k lists are merged into the files above."""
 
 from __future__ import annotations
 
@@ -9,12 +17,45 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saevlm.data.writer import StoreWriter
 from saevlm.errors import UserError
 
 if TYPE_CHECKING:
     from saevlm.data.manifest import Provenance
 
 TOP_IMAGES_FORMAT = "saevlm-top-images"
+
+
+def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.ndarray,
+                     source: dict | None = None) -> dict[str, dict]:
+    """saevlm's files (highest first) and the authors' ``find_hai_indices.py`` files:
+    ``hai_indices_<k>.npy`` in THEIR order (``argsort(a)[-k:]``: the k-th highest first, the
+    highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
+    stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
+    so readers can tell a stale set. Returns {file name: checksum} (size and CRC-32)."""
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
+
+    kth = values_k[:, -1].copy()
+    files = {f"top_images_{k}.npy": image_ids_k, f"top_images_{k}_kth_value.npy": kth,
+             f"top_images_{k}_values.npy": values_k,
+             f"hai_indices_{k}.npy": np.ascontiguousarray(image_ids_k[:, ::-1]),
+             f"hai_indices_{k}_worst.npy": kth.astype(np.float64)}
+    written = {name: atomic_save_npy(out / name, arr) for name, arr in files.items()}
+    if source is not None:
+        atomic_write_json(out / f"top_images_{k}.json", {"k": k, "neurons": int(len(image_ids_k)), "source": source})
+        written[f"top_images_{k}.json"] = {}
+    return written
+
+
+def merge_top_k(rows_list: list[np.ndarray], values_list: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of several top-k lists, per column: (rows [k, K], values [k, K]) ordered by value
+    descending, then lower row first (the order of ``RunningTopK`` and ``top-images``), so merging
+    the shards' lists gives exactly the top-k of the whole stream. Empty places: row -1, -inf."""
+    rows = np.concatenate(rows_list, axis=0)
+    values = np.concatenate(values_list, axis=0).astype(np.float32)
+    # lexsort: the last key is the primary one; -1 rows (empty places) carry -inf and sort last
+    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -values.astype(np.float64)), axis=0)[:k]
+    return np.take_along_axis(rows, order, 0), np.take_along_axis(values, order, 0)
 
 
 class TopImagesStore:
@@ -125,3 +166,57 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, 
         raise UserError(f"--hai_indices_path {f}: no {worst.name} beside it (the k-th values, which mark "
                         f"near-dead neurons)")
     return top, np.asarray(kth, dtype=np.float32), values
+
+
+class TopImagesWriter(StoreWriter):
+    """A top-images store written shard by shard (see the module docstring). Shard ``i`` holds the
+    top-k of its own images: ``toprows_XXXXX.npy`` (positions in the selected images) and
+    ``topvals_XXXXX.npy`` [k, K], beside the usual ``rows_`` and ``images_`` files; ``finalize``
+    merges every shard's lists into ``top_images_<k>.npy`` and the authors' files."""
+
+    SHARD_PREFIXES = ("toprows_", "topvals_", "rows_", "images_")
+    FORMAT = TOP_IMAGES_FORMAT
+
+    def __init__(self, path, *, k: int, dim: int, selected: np.ndarray, **common):
+        self.k = int(k)
+        self.selected = np.asarray(selected, dtype=np.int64)
+        # k is part of what the store is: another k is another store (refused, or --overwrite)
+        super().__init__(path, kind=f"top_images_{self.k}", dim=dim, dtype="fp32",
+                         extra_files={**(common.pop("extra_files", None) or {}), "image_ids.npy": self.selected},
+                         **common)
+
+    def write_shard_top_k(self, index: int, top_rows_kK: np.ndarray, top_values_kK: np.ndarray, rows_n2: np.ndarray,
+                          first_image: int, num_images: int, skipped=(), images_n2: np.ndarray | None = None) -> None:
+        """Shard ``index``'s top-k (rows are positions in the selected images, -1 where the shard
+        had fewer than k images), with the shard's row index and image hashes as any store."""
+        from saevlm.data.atomic import atomic_save_npy
+
+        if top_rows_kK.shape != (self.k, self.dim) or top_values_kK.shape != (self.k, self.dim):
+            raise RuntimeError(f"shard top-k shape {top_rows_kK.shape}, expected ({self.k}, {self.dim})")
+        checksums = {}
+        rows_f, vals_f = f"toprows_{index:05d}.npy", f"topvals_{index:05d}.npy"
+        checksums[rows_f] = atomic_save_npy(self.path / rows_f, np.ascontiguousarray(top_rows_kK, dtype=np.int64))
+        checksums[vals_f] = atomic_save_npy(self.path / vals_f, np.ascontiguousarray(top_values_kK, dtype=np.float32))
+        self._record_shard(index, {"file": vals_f, "top_rows_file": rows_f}, checksums, None, rows_n2,
+                           first_image, num_images, skipped, images_n2)
+
+    def finalize(self, extra: dict | None = None) -> None:
+        """Rank 0, once every shard is in: merge the shards' top-k into the store's files, then
+        mark it complete (as every store)."""
+        if self.rank != 0:
+            return super().finalize(extra)
+        self._load_done()
+        missing = [i for i in range(self.num_shards) if i not in self.done]
+        if missing:
+            return super().finalize(extra)  # says which shards are missing
+        entries = [self.done[i] for i in sorted(self.done)]
+        rows, values = merge_top_k([np.load(self.path / e["top_rows_file"]) for e in entries],
+                                   [np.load(self.path / e["file"]) for e in entries], self.k)
+        if (rows < 0).any():
+            raise UserError(f"{self.path}: fewer than k = {self.k} readable images for some latents; use a "
+                            f"smaller --top_k")
+        values = np.where(np.isfinite(values), values, 0).astype(np.float32)
+        written = write_top_images(self.path, self.k, self.selected[rows.T], np.ascontiguousarray(values.T))
+        self.manifest["file_checksums"].update(written)
+        self.manifest["files"].update({name.split(".")[0]: name for name in written})
+        super().finalize({"k": self.k, **(extra or {}), "num_images": int(len(self.selected))})

@@ -173,14 +173,25 @@ class StoreWriter:
             raise RuntimeError(f"shard shape {acts_nd.shape}, expected [rows, {self.input_dim}]")
         if len(rows_n2) != len(acts_nd):
             raise RuntimeError("rows index and activations differ in length")
+        rows_n2 = np.ascontiguousarray(rows_n2, dtype=np.int64)
+        payload, checksums, nonfinite = self._write_payload(index, acts_nd, rows_n2)
+        self._record_shard(index, payload, checksums, nonfinite, rows_n2, first_image, num_images, skipped, images_n2)
+
+    def _record_shard(self, index: int, payload: dict, checksums: dict, nonfinite: tuple | None, rows_n2: np.ndarray,
+                      first_image: int, num_images: int, skipped: Sequence[dict] = (),
+                      images_n2: np.ndarray | None = None) -> None:
+        """Write the shard's row index and image hashes beside its payload files, and record the
+        shard (its manifest entry, with every file's checksum) as done."""
+        if first_image != index * self.images_per_shard:
+            raise RuntimeError(f"shard {index} starts at image {first_image}, expected "
+                               f"{index * self.images_per_shard}")
         if images_n2 is not None and len(images_n2) != num_images:
             raise RuntimeError(f"{len(images_n2)} image hashes for {num_images} images")
         rows_n2 = np.ascontiguousarray(rows_n2, dtype=np.int64)
-        payload, checksums, nonfinite = self._write_payload(index, acts_nd, rows_n2)
         rows_file = f"rows_{index:05d}.npy"
         checksums[rows_file] = atomic_save_npy(self.path / rows_file, rows_n2)
         entry = {"index": int(index), **payload, "rows_file": rows_file,
-                 "num_rows": int(len(acts_nd)), "first_image": int(first_image),
+                 "num_rows": int(len(rows_n2)), "first_image": int(first_image),
                  "num_images": int(num_images), "skipped_images": list(skipped)}
         if images_n2 is not None:
             images_file = f"images_{index:05d}.npy"

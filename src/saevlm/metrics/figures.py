@@ -31,7 +31,7 @@ class VerifiedImages:
         return getattr(self.images, name)
 
     def read_bytes(self, index: int) -> bytes:
-        from saevlm.data.images import content_hash
+        from saevlm.data.decode import content_hash
 
         data = self.images.read_bytes(index)
         want = self.hashes.get(int(index))

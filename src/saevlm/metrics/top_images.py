@@ -173,7 +173,7 @@ def run(args: TopImagesConfig) -> int:
         if args.chunk_size < 1:
             raise UserError(f"--chunk_size {args.chunk_size}: expected a positive integer")
         args = dataclasses.replace(args, chunk_rows=args.chunk_size)  # their name for the same knob
-    from saevlm.sae.pooled import TopImagesStore, write_top_images
+    from saevlm.data.topimages import TopImagesStore, write_top_images
     if isinstance(store, TopImagesStore):
         if store.k != args.k:
             raise UserError(f"--activations_dir {store.path}: holds the top {store.k} images per latent "
