@@ -157,3 +157,46 @@ def test_model_labels_hide_machine_paths():
     assert ModelInfo(name="clip-vit-base-patch32").label == "clip-vit-base-patch32"
     assert ModelInfo(name=None, source="./models/tiny/").label == "tiny"
     assert display_name("local-dir:/x/y/open-clip-b32") == "open-clip-b32"
+
+
+def test_report_and_explorer_read_result_records_not_raw_keys():
+    """report/ and explorer/ read result files through the typed records of saevlm.data.artifacts:
+    no ``.get("key")`` on parsed JSON (HTTP headers and the environment aside), and no result file
+    name written as a literal outside that module."""
+    pattern = re.compile(r'\.get\("')
+    names = re.compile(r'"(names|classes|ms|run|eval|steering_score|similarity_baseline)\.json"|'
+                       r'"(labels|scores|image_ids)\.npy"|f"(top_images|hai_indices|hierarchy|uniqueness)_\{[^}]*\}(_\w+)?\.(npy|json)"')
+    offenders = []
+    for folder in ("report", "explorer"):
+        for f in sorted((ROOT / "src" / "saevlm" / folder).glob("*.py")):
+            if f.name == "templates.py":  # the page script's own URLSearchParams.get
+                continue
+            for no, line in enumerate(f.read_text().splitlines(), 1):
+                if pattern.search(line) and not re.search(r"headers\.get|environ\.get|hosts\.get", line):
+                    offenders.append(f"{f.relative_to(ROOT)}:{no}: {line.strip()}")
+    for f in sorted((ROOT / "src" / "saevlm").rglob("*.py")):
+        if f.name == "artifacts.py":
+            continue
+        for no, line in enumerate(f.read_text().splitlines(), 1):
+            if names.search(line):
+                offenders.append(f"{f.relative_to(ROOT)}:{no}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_result_records_round_trip_and_name_damage(tmp_path):
+    from saevlm.data import artifacts as A
+
+    names = {"format": "saevlm-names", "k": 16, "latents": [
+        {"id": 0, "names": [["otter", 0.3], ["violin", 0.2]], "margin": 0.1, "n_active": 5, "purity": 0.8,
+         "entropy_bits": 0.7, "label": "otter", "future_key": 1}], "new_top_level": {"x": 1}}
+    rec = A.NamesResult.from_json(names, "names.json")
+    assert rec.latents[0].names[1] == ("violin", 0.2) and rec.latents[0].purity == 0.8 and rec.from_activating_images
+    assert rec.to_json() == names  # unknown keys kept, nothing invented
+    (tmp_path / "names.json").write_text("{ damaged")
+    with pytest.raises(A.ResultError, match=r"names.json: not valid JSON \(line 1\)"):
+        A.NamesResult.from_file(tmp_path / "names.json")
+    with pytest.raises(A.ResultError, match="not a names result"):
+        A.NamesResult.from_json({"format": "saevlm-names"}, "names.json")
+    with pytest.raises(A.ResultError, match="damaged hierarchy group"):
+        A.HierarchyResult.from_json({"groups": [{"group": 0, "nope": 1, "size": "x", "left_out_near_dead": []}],
+                                     "taxonomy_depth": 7}, "h.json").groups[0].to_json()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, opt
+from saevlm.data import artifacts as A
 
 FRACTIONS = ["0.05", "0.2", "0.75"]
 
@@ -67,7 +68,7 @@ def run(args: DemoConfig) -> int:
            "--log_steps", max(args.steps // 2, 1), "--group_fractions", *FRACTIONS, *dev])
     _step("3/6 MS of the raw neurons", ["ms", "--activations_dir", world / "val", "--embeddings_path",
                                         world / "embeddings_val", "--no_progress", *dev])
-    trainers = json.loads((sae_dir / "run.json").read_text())["identity"]["trainers"]
+    trainers = json.loads((sae_dir / A.RUN_JSON).read_text())["identity"]["trainers"]
     for t in trainers:
         codes = out / "codes" / t["dir"]
         _step(f"4/6 encode + MS + top images, {t['arch']} x{t['expansion_factor']}",
@@ -79,10 +80,10 @@ def run(args: DemoConfig) -> int:
         if t["arch"] == "matryoshka_batch_top_k":
             _step("5/6 hierarchy", ["hierarchy", "--activations_dir", codes])
     _step("6/6 report", ["report", "--run_dir", out, "--title", "saevlm demo: synthetic world"])
-    raw = json.loads((world / "val" / "ms_synthetic" / "ms.json").read_text())
+    raw = json.loads((world / "val" / "ms_synthetic" / A.MS_JSON).read_text())
     print(f"\nMS mean: raw neurons {raw['mean']:.3f}", file=sys.stderr)
     for t in trainers:
-        m = json.loads((out / "codes" / t["dir"] / "ms_synthetic" / "ms.json").read_text())
+        m = json.loads((out / "codes" / t["dir"] / "ms_synthetic" / A.MS_JSON).read_text())
         print(f"MS mean: {t['arch']} x{t['expansion_factor']}: {m['mean']:.3f} "
               f"(best {m['top10'][0][1]:.3f})", file=sys.stderr)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")

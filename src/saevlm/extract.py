@@ -17,13 +17,7 @@ from typing import ClassVar, Sequence
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
-from saevlm.extraction import (
-    ExtractionSettings,
-    ImageRunOptions,
-    extract_stores,
-    prepare_inputs,
-    report_stores,
-)
+from saevlm.extraction import ExtractionSettings, ImageRunOptions, extract_stores, prepare_inputs, report_stores
 
 
 @dataclass(frozen=True, kw_only=True)

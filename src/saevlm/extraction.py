@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from saevlm.commandline import DeviceOption, ProgressOption, opt
+from saevlm.data import artifacts as A
 from saevlm.device import AUTOCAST_CHOICES
 from saevlm.errors import UserError
 
@@ -152,9 +153,9 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     from tqdm import tqdm
 
     from saevlm.data.codes import dense_to_csr
+    from saevlm.data.topimages import TopImagesWriter
     from saevlm.device import autocast_context
     from saevlm.models.base import POST_PROJECTION
-    from saevlm.data.topimages import TopImagesWriter
     from saevlm.sae.pooled import RunningTopK, mean_codes
 
     if batch_size < 1:
@@ -181,8 +182,8 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     images_per_shard = min(max(1, shard_rows // max(r, 1) // batch_size) * batch_size for r in rows_per_point)
 
     plan = _WriterPlan(encoder, tokens, num_tokens, images.provenance(selected, cfg.take_every, cfg.max_images),
-                       images_per_shard, len(selected), _software_versions(), {"labels.npy": images.labels},
-                       {"classes.json": images.classes_json()}, output_dirs, cfg, sae, device, dist, selected)
+                       images_per_shard, len(selected), _software_versions(), {A.LABELS: images.labels},
+                       {A.CLASSES: images.classes_json()}, output_dirs, cfg, sae, device, dist, selected)
 
     def open_writers() -> dict:
         return {p: _open_writer(p, plan) for p in points}

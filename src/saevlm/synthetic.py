@@ -34,6 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
+from saevlm.data import artifacts as A
 from saevlm.data.concepts import load_concepts  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
@@ -181,8 +182,8 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
             w = StoreWriter(out / name, kind=kind, dim=arr.shape[1], dtype="fp32",
                             images_per_shard=max(n, 1), num_images=n, provenance=prov,
                             software=software, overwrite=overwrite,
-                            extra_files={"labels.npy": data["labels"]},
-                            extra_json={"classes.json": classes}, flag="--output_dir")
+                            extra_files={A.LABELS: data["labels"]},
+                            extra_json={A.CLASSES: classes}, flag="--output_dir")
             if w.already_complete:
                 log(f"{out / name}: complete already, skipped")
                 continue

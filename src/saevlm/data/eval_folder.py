@@ -42,9 +42,8 @@ CONFIG = MakeEvalFolderConfig
 def run(args: MakeEvalFolderConfig) -> int:
     import shutil
 
-    from saevlm.data.atomic import check_not_own_input
+    from saevlm.data.atomic import atomic_write_json, check_not_own_input
     from saevlm.data.images import open_dataset
-    from saevlm.data.atomic import atomic_write_json
     check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
     images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)

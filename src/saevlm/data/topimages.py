@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from saevlm.data import artifacts as A
 from saevlm.data.writer import StoreWriter
 from saevlm.errors import UserError
 
@@ -36,14 +37,14 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     from saevlm.data.atomic import atomic_save_npy, atomic_write_json
 
     kth = values_k[:, -1].copy()
-    files = {f"top_images_{k}.npy": image_ids_k, f"top_images_{k}_kth_value.npy": kth,
-             f"top_images_{k}_values.npy": values_k,
-             f"hai_indices_{k}.npy": np.ascontiguousarray(image_ids_k[:, ::-1]),
-             f"hai_indices_{k}_worst.npy": kth.astype(np.float64)}
+    files = {A.top_images_npy(k): image_ids_k, A.top_images_kth_npy(k): kth,
+             A.top_images_values_npy(k): values_k,
+             A.hai_indices_npy(k): np.ascontiguousarray(image_ids_k[:, ::-1]),
+             A.hai_worst_npy(k): kth.astype(np.float64)}
     written = {name: atomic_save_npy(out / name, arr) for name, arr in files.items()}
     if source is not None:
-        atomic_write_json(out / f"top_images_{k}.json", {"k": k, "neurons": int(len(image_ids_k)), "source": source})
-        written[f"top_images_{k}.json"] = {}
+        atomic_write_json(out / A.top_images_json(k), {"k": k, "neurons": int(len(image_ids_k)), "source": source})
+        written[A.top_images_json(k)] = {}
     return written
 
 
@@ -100,7 +101,7 @@ class TopImagesStore:
                             f"--overwrite") from None
 
     def image_ids(self) -> np.ndarray:
-        return np.load(self.path / "image_ids.npy")
+        return np.load(self.path / A.IMAGE_IDS)
 
 
 def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,7 +109,7 @@ def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarr
     With ``store`` (the store they should describe): refused when stale (computed from an earlier
     version of it, ``top_images_<k>.json``) or of another size."""
     d = Path(directory)
-    f = d / f"top_images_{k}.npy"
+    f = d / A.top_images_npy(k)
     if not f.is_file():
         raise UserError(f"--activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
                         f"--activations_dir {d} --k {k}` first")
@@ -118,7 +119,7 @@ def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarr
 
         from saevlm.metrics.results import check_fresh
         refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
-        stamp = d / f"top_images_{k}.json"
+        stamp = d / A.top_images_json(k)
         if stamp.is_file():
             try:
                 source = json.loads(stamp.read_text()).get("source")
@@ -128,7 +129,7 @@ def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarr
         if top.ndim != 2 or len(top) != store.num_neurons:
             raise UserError(f"{f}: top images for {len(top)} neurons, but {store.path} has {store.num_neurons}; "
                             f"refresh it with `{refresh}`")
-    return (top, np.load(d / f"top_images_{k}_kth_value.npy"), np.load(d / f"top_images_{k}_values.npy"))
+    return (top, np.load(d / A.top_images_kth_npy(k)), np.load(d / A.top_images_values_npy(k)))
 
 
 def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, store=None
@@ -156,7 +157,7 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, 
     if authors_order:
         top = np.ascontiguousarray(top[:, ::-1])
     worst = f.with_name(f.name[:-4] + "_worst.npy")
-    ours = f.parent / f"top_images_{k}.npy"
+    ours = f.parent / A.top_images_npy(k)
     values = None
     if ours.is_file() and np.array_equal(np.load(ours), top):
         _, kth, values = load_top_images(f.parent, k, store if f.parent == Path(directory) else None)
@@ -182,7 +183,7 @@ class TopImagesWriter(StoreWriter):
         self.selected = np.asarray(selected, dtype=np.int64)
         # k is part of what the store is: another k is another store (refused, or --overwrite)
         super().__init__(path, kind=f"top_images_{self.k}", dim=dim, dtype="fp32",
-                         extra_files={**(common.pop("extra_files", None) or {}), "image_ids.npy": self.selected},
+                         extra_files={**(common.pop("extra_files", None) or {}), A.IMAGE_IDS: self.selected},
                          **common)
 
     def write_shard_top_k(self, index: int, top_rows_kK: np.ndarray, top_values_kK: np.ndarray, rows_n2: np.ndarray,

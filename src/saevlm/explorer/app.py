@@ -128,14 +128,7 @@ class Explorer:
         try:
             results = collect_run(self.index.run_dir)
             rep = build.Report(self.index.run_dir, notes=results.notes)
-            build.ms_tables(rep, results.ms)
-            build.training_tables(rep, results.training)
-            build.fms_tables(rep, results.fms)
-            build.uniqueness_tables(rep, results.uniqueness)
-            build.hierarchy_tables(rep, results.hierarchy)
-            build.steering_tables(rep, results.steering, results.baselines)
-            build.agreement_tables(rep, results.agreement)
-            build.names_tables(rep, results.names)
+            build.result_tables(rep, results)  # the report's own rendering of the same records
         except Exception as err:  # noqa: BLE001 - the explorer still opens without the tables
             return f"<p class='note'>report tables unavailable: {type(err).__name__}: {err}</p>"
         sources = "".join(f"<li><code>{html.escape(x)}</code></li>" for x in rep.sources)
@@ -229,10 +222,11 @@ class Explorer:
                    depth=None if view.depth is None else float(view.depth[j]),
                    fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
                    thumb_note=view.images_note or "no images to show")
-        names = view.names["latents"][j] if view.names is not None else {}
-        ctx.update(names=names.get("names") or [], margin=names.get("margin"), purity=names.get("purity"),
-                   entropy=names.get("entropy_bits"), label=names.get("label"), names_n=names.get("n_active"),
-                   depth_n=len(top))
+        from saevlm.data.artifacts import LatentName
+
+        named = view.names.latents[j] if view.names is not None else LatentName()
+        ctx.update(names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
+                   label=named.label, names_n=named.n_active, depth_n=len(top))
         if view.is_codes:
             rows, vals = view.column_values(j)
             nz = vals[vals != 0]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_save_npz
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
@@ -30,17 +31,7 @@ def _slug(rel: Path) -> str:
     return "--".join(rel.parts) or "store"
 
 
-def read_json_file(f: Path):
-    """A JSON file the pages need; a damaged one is a UserError naming it (an error page)."""
-    from saevlm.errors import UserError
-
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{f.name}: not valid JSON (line {e.lineno}); rewrite it with the command that made it") \
-            from None
-    except OSError as e:
-        raise UserError(f"{f.name}: unreadable ({e.strerror})") from None
+TOP_K = 16  # the top images the pages show (saevlm top-images --k 16, the paper's grids)
 
 
 DEFAULT_MIN_ACTIVE = 16  # the table's default filter: an MS from fewer activating images rests on few pairs
@@ -100,56 +91,57 @@ class SAEView:
 
         out: dict[str, str] = {}
         rel = self.path
-        checks = [("top_images_16.json", lambda d: d.get("source"), f"saevlm top-images --activations_dir {rel}"),
-                  ("names.json", lambda d: d.get("source"), f"saevlm name --codes_dir {rel} ..."),
-                  ("fms/fms.json", lambda d: d.get("source"), f"saevlm fms --activations_dir {rel}"),
-                  ("hierarchy_16.json", lambda d: d.get("source"), f"saevlm hierarchy --activations_dir {rel}")]
-        for name, get, refresh in checks:
-            f = self.path / name
-            if not f.is_file():
+        checks = [(A.top_images_json(TOP_K), A.TopImagesStamp, f"saevlm top-images --activations_dir {rel}"),
+                  (A.NAMES, A.NamesResult, f"saevlm name --codes_dir {rel} ..."),
+                  (A.FMS_JSON, A.FMSResult, f"saevlm fms --activations_dir {rel}"),
+                  (A.hierarchy_json(TOP_K), A.HierarchyResult, f"saevlm hierarchy --activations_dir {rel}")]
+        for name, kind, refresh in checks:
+            if not (self.path / name).is_file():
                 continue
-            data = self._json(name)
-            reason = "not valid JSON" if data is None else \
-                stale_reason(get(data) if isinstance(data, dict) else None, self.store)
+            try:
+                reason = stale_reason(self.record(name, kind).source, self.store)
+            except A.ResultError as err:
+                reason = str(err)
             if reason:
                 out[name] = f"{reason}; refresh: {refresh}"
-        for d in sorted(self.path.glob("ms*/")):
-            if (d / "scores.npy").is_file():
+        for d in sorted(self.path.glob(f"{A.MS_PREFIX}*/")):
+            if (d / A.MS_SCORES).is_file():
                 reason = stale_reason(source_of_ms(d), self.store)
                 if reason:
-                    out[f"{d.name}/ms.json"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
+                    out[f"{d.name}/{A.MS_JSON}"] = (f"{reason}; refresh: saevlm ms --activations_dir {rel} "
+                                                    f"--overwrite ...")
         for f, _, why in self._steering_results:
             if why:
                 out[f.relative_to(self.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
                                                                f"{self.store.provenance.sae.path} ...")
-        if "names.json" not in out and (self.path / "names.json").is_file():
+        if A.NAMES not in out and (self.path / A.NAMES).is_file():
             reason = self._names_problem()
             if reason:
-                out["names.json"] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
+                out[A.NAMES] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
         return out
 
-    def _json(self, name: str):
-        """A JSON file of the store, parsed once per view (names.json of 65,536 latents is 10 MB);
-        None when unreadable or not JSON."""
-        cache = self.page_cache.setdefault("json", {})
+    def record(self, name: str, kind: type):
+        """A result file of the store as its record (:mod:`saevlm.data.artifacts`), read once per
+        view (names.json of 65,536 latents is 10 MB); a damaged one raises ``ResultError``."""
+        cache = self.page_cache.setdefault("records", {})
         if name not in cache:
             try:
-                cache[name] = json.loads((self.path / name).read_text())
-            except (OSError, ValueError):
-                cache[name] = None
+                cache[name] = kind.from_file(self.path / name)
+            except A.ResultError as err:
+                cache[name] = err
+        if isinstance(cache[name], A.ResultError):
+            raise cache[name]
         return cache[name]
 
     def _names_problem(self) -> str | None:
         """Why names.json cannot be shown beside this store's latents (None: it can)."""
-        data = self._json("names.json")
-        if data is None:
-            return "not valid JSON"
-        latents = data.get("latents") if isinstance(data, dict) else None
-        if not isinstance(latents, list):
-            return "no 'latents' list"
-        if len(latents) != self.num_latents:
-            return f"names for {len(latents)} latents, the store has {self.num_latents}"
-        if any(isinstance(r, dict) and r.get("names") and "n_active" not in r for r in latents[:50]):
+        try:
+            names = self.record(A.NAMES, A.NamesResult)
+        except A.ResultError as err:
+            return str(err)
+        if len(names.latents) != self.num_latents:
+            return f"names for {len(names.latents)} latents, the store has {self.num_latents}"
+        if not names.from_activating_images:
             return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
                     "purity now use only activating images")
         return None
@@ -161,12 +153,12 @@ class SAEView:
     @cached_property
     def top(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(top-16 image ids [K, 16], their values [K, 16]) when top-images ran (and are current)."""
-        f = self.path / "top_images_16.npy"
-        if not f.is_file() or not self._fresh("top_images_16.json"):
+        f = self.path / A.top_images_npy(TOP_K)
+        if not f.is_file() or not self._fresh(A.top_images_json(TOP_K)):
             return None
-        top, values = np.load(f), np.load(self.path / "top_images_16_values.npy")
+        top, values = np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
         if len(top) != self.num_latents:
-            self.stale["top_images_16.npy"] = (f"top images for {len(top)} latents, the store has {self.num_latents}; "
+            self.stale[A.top_images_npy(TOP_K)] = (f"top images for {len(top)} latents, the store has {self.num_latents}; "
                                                f"refresh: saevlm top-images --activations_dir {self.path}")
             return None
         return top, values
@@ -175,13 +167,13 @@ class SAEView:
     def ms_sets(self) -> list[tuple[str, str, np.ndarray]]:
         """Every current MS result of this store, one per embedder: (table key, embedder, scores).
         The first (DINOv2 first, the paper's E) is the key ``ms``, the others ``ms1``, ``ms2``, ..."""
-        dirs = sorted((d for d in self.path.glob("ms*/") if (d / "scores.npy").is_file()),
+        dirs = sorted((d for d in self.path.glob("ms*/") if (d / A.MS_SCORES).is_file()),
                       key=lambda d: ("dino" not in d.name.lower(), d.name))
         out = []
         for d in dirs:
             if not self._fresh(f"{d.name}/ms.json"):
                 continue
-            scores = np.load(d / "scores.npy")
+            scores = np.load(d / A.MS_SCORES)
             if scores.ndim != 1 or len(scores) != self.num_latents:
                 self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
                                                       f"saevlm ms --activations_dir {self.path} --overwrite ...")
@@ -199,31 +191,26 @@ class SAEView:
         return scores, label
 
     @cached_property
-    def names(self) -> dict | None:
-        f = self.path / "names.json"
-        if not f.is_file() or not self._fresh("names.json"):
+    def names(self) -> A.NamesResult | None:
+        """names.json when it is current (see ``stale``)."""
+        if not (self.path / A.NAMES).is_file() or not self._fresh(A.NAMES):
             return None
-        data = self._json("names.json")
-        return data if isinstance(data, dict) else None
+        return self.record(A.NAMES, A.NamesResult)
 
     @cached_property
     def fms(self) -> np.ndarray | None:
         """Per latent: the FMS of the concept it detects best (it is that concept's root latent)."""
-        f = self.path / "fms" / "fms.json"
-        if not f.is_file() or not self._fresh("fms/fms.json"):
+        if not (self.path / A.FMS_JSON).is_file() or not self._fresh(A.FMS_JSON):
             return None
-        data = read_json_file(f)
         out = np.full(self.num_latents, np.nan)
-        for c in data.get("per_concept", []):
-            j = int(c.get("root", -1))
-            if 0 <= j < len(out):
-                out[j] = np.fmax(out[j], float(c["fms"]))
+        for c in self.record(A.FMS_JSON, A.FMSResult).per_concept:
+            if 0 <= c.root < len(out):
+                out[c.root] = np.fmax(out[c.root], float(c.fms))
         return out
 
     def _stats_key(self) -> str:
-        m = self.store.manifest
-        ident = json.dumps([str(self.path.resolve()), m.get("content_sha256") if isinstance(m, dict)
-                            else m.content_sha256, m.get("finished") if isinstance(m, dict) else m.finished])
+        head = A.StoreHead.from_file(self.path / A.MANIFEST)
+        ident = json.dumps([str(self.path.resolve()), head.content_sha256, head.finished])
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
     @cached_property
@@ -262,16 +249,12 @@ class SAEView:
     @cached_property
     def depth(self) -> np.ndarray | None:
         """Mean LCA depth of each latent's top-16 image pairs in the dataset's taxonomy."""
-        classes_f = self.path / "classes.json"
-        if self.top is None or not classes_f.is_file():
-            return None
-        classes = read_json_file(classes_f)
-        if not classes.get("taxonomy"):
+        if self.top is None or self.classes is None or not self.classes.taxonomy:
             return None
         from saevlm.metrics.lca import lca_depths, level_codes
 
-        labels = np.load(self.path / "labels.npy")
-        depths = lca_depths(labels[self.top[0]], level_codes(classes["taxonomy"]))  # [K, pairs]
+        labels = np.load(self.path / A.LABELS)
+        depths = lca_depths(labels[self.top[0]], level_codes([list(t) for t in self.classes.taxonomy]))  # [K, pairs]
         # only pairs of images where the latent is active (> 0): padding images say nothing about it
         ids, values = self.top
         active = values > 0
@@ -288,8 +271,7 @@ class SAEView:
     def name_of(self, j: int) -> str:
         if self.names is None:
             return ""
-        lat = self.names["latents"][j]
-        return lat["names"][0][0] if lat.get("names") else ""
+        return self.names.latents[j].name
 
     def table(self) -> dict[str, Any]:
         """Every latent's row, column by column (JSON-ready; NaN -> None)."""
@@ -312,10 +294,10 @@ class SAEView:
         words: dict[str, int] = {}
         name_ids = label_id = None
         if self.names is not None:
-            recs = self.names["latents"]
-            name_ids = [[words.setdefault(str(w), len(words)) for w, _ in r.get("names") or []] for r in recs]
-            label_id = [words.setdefault(str(r["label"]), len(words)) if r.get("names") and r.get("label") is not None
-                        else None for r in recs]
+            recs = self.names.latents
+            name_ids = [[words.setdefault(w, len(words)) for w, _ in r.names] for r in recs]
+            label_id = [words.setdefault(str(r.label), len(words)) if r.names and r.label is not None else None
+                        for r in recs]
         return {"slug": self.slug, "title": self.title, "num_latents": K, "words": list(words),
                 "columns": {"id": list(range(K)), "name_ids": name_ids, "label_id": label_id,
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
@@ -397,10 +379,10 @@ class SAEView:
         out = []
         for f in self.steering_files:
             try:
-                s = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError):
+                s = A.SteeringScore.from_file(f)
+            except A.ResultError:
                 continue
-            if not isinstance(s, dict) or not s.get("sae") or Path(s["sae"]).resolve() not in (mine, mine.parent):
+            if not s.sae or Path(s.sae).resolve() not in (mine, mine.parent):
                 continue
             out.append((f, s, self._steering_problem(s)))
         return out
@@ -412,12 +394,12 @@ class SAEView:
         another width is left out and listed in ``stale``."""
         return [{"summary": s, "dir": f.parent} for f, s, why in self._steering_results if why is None]
 
-    def _steering_problem(self, summary: dict) -> str | None:
-        recorded = summary.get("sae_weights")
+    def _steering_problem(self, summary: A.SteeringScore) -> str | None:
+        recorded = summary.sae_weights
         if isinstance(recorded, dict) and self.sae_weights is not None and recorded != self.sae_weights:
             return (f"made with other SAE weights ({recorded.get('bytes')} bytes, CRC-32 {recorded.get('crc32')}; the "
                     f"checkpoint now has {self.sae_weights['bytes']} bytes, CRC-32 {self.sae_weights['crc32']})")
-        size = summary.get("sae_dict_size")
+        size = summary.sae_dict_size
         if isinstance(size, int) and size != self.num_latents:
             return f"made with an SAE of {size} latents, this store has {self.num_latents}"
         return None
@@ -542,18 +524,18 @@ class SAEView:
         return buf.getvalue()
 
     @cached_property
+    def classes(self) -> A.Classes | None:
+        """classes.json (a damaged one raises ``ResultError``: the page says so)."""
+        return self.record(A.CLASSES, A.Classes) if (self.path / A.CLASSES).is_file() else None
+
+    @cached_property
     def class_names(self) -> list[str]:
-        f = self.path / "classes.json"
-        if not f.is_file():
-            return []
-        c = read_json_file(f)
-        if not c.get("names") and c.get("taxonomy"):  # iNat: the species ("Araneus diadematus"), not the folder
-            return [str(t[-1]) if t else str(x) for t, x in zip(c["taxonomy"], c.get("classes") or [])]
-        return [str(x) for x in (c.get("names") or c.get("classes") or [])]
+        """A label per class: the class name, for iNat the species ("Araneus diadematus"), not the folder."""
+        return self.classes.display_names() if self.classes is not None else []
 
     @cached_property
     def labels(self) -> np.ndarray | None:
-        f = self.path / "labels.npy"
+        f = self.path / A.LABELS
         return np.load(f) if f.is_file() else None
 
 
@@ -637,15 +619,14 @@ class RunIndex:
                 except OSError:
                     continue
                 results.append((str(f.relative_to(self.run_dir)), st.st_mtime_ns, st.st_size))
-                if name == "steering_score.json":
+                if name == A.STEERING_SCORE:
                     steering.append(f)
-            if "manifest.json" in files:
+            if A.MANIFEST in files:
                 try:
-                    head = json.loads((here / "manifest.json").read_text())
-                except (OSError, json.JSONDecodeError):
+                    head = A.StoreHead.from_file(here / A.MANIFEST)
+                except A.ResultError:
                     continue
-                if isinstance(head, dict) and head.get("format") in ("saevlm-codes", "saevlm-top-images") \
-                        and head.get("complete"):
+                if head.format in (A.StoreHead.CODES, A.StoreHead.TOP_IMAGES) and head.complete:
                     stores.append(here)
         return sorted(stores), sorted(steering), sorted(results)
 

@@ -160,8 +160,8 @@ CONFIG = BenchmarkAgreementConfig
 
 
 def run(args: BenchmarkAgreementConfig) -> int:
-    from saevlm.data.store import ActivationStore
     from saevlm.data.atomic import atomic_write_json
+    from saevlm.data.store import ActivationStore
     from saevlm.device import resolve_device
 
     archive = BenchmarkArchive(args.benchmark)

@@ -23,6 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 
 
@@ -193,12 +194,12 @@ def run(args: FMSConfig) -> int:
         labels_nc = z[ids] > 0
         names = None
     else:
-        labels_f = store.path / "labels.npy"
+        labels_f = store.path / A.LABELS
         if not labels_f.is_file():
             raise UserError(f"--activations_dir {store.path}: no labels.npy; FMS needs class labels")
         labels = np.load(labels_f)[ids]
-        classes = json.loads((store.path / "classes.json").read_text()).get("classes") \
-            if (store.path / "classes.json").is_file() else None
+        classes = json.loads((store.path / A.CLASSES).read_text()).get("classes") \
+            if (store.path / A.CLASSES).is_file() else None
         labels_nc = labels[:, None] == np.arange(labels.max() + 1)[None, :]
         names = classes
     if args.max_concepts:
@@ -206,10 +207,10 @@ def run(args: FMSConfig) -> int:
     result = fms_scores(codes, labels_nc, args.p, args.n, args.seed, args.max_positives, names)
     ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
     ms_mean = None
-    if ms_dir is not None and (ms_dir / "ms.json").is_file():
-        ms_mean = json.loads((ms_dir / "ms.json").read_text()).get("mean")
+    if ms_dir is not None and (ms_dir / A.MS_JSON).is_file():
+        ms_mean = json.loads((ms_dir / A.MS_JSON).read_text()).get("mean")
     atomic_write_json(out / "fms.json", {**result, "ms_mean": ms_mean,
-                                         "ms_source": str(ms_dir / "ms.json") if ms_dir else None,
+                                         "ms_source": str(ms_dir / A.MS_JSON) if ms_dir else None,
                                          "activations_dir": str(store.path.resolve()),
                                          "codes_finished": store.manifest.finished,
                                          "source": source_stamp(store),

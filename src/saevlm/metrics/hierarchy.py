@@ -22,6 +22,7 @@ import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.config import paper_default
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.metrics.lca import lca_depths, level_codes, majority  # noqa: F401 (used below; importable from here)
 
@@ -99,9 +100,9 @@ CONFIG = HierarchyConfig
 
 
 def run(args: HierarchyConfig) -> int:
+    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.images import check_dataset_flags
     from saevlm.data.open import open_any_store
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.topimages import load_top_images_for
     from saevlm.sae.archs import group_sizes
 
@@ -112,8 +113,8 @@ def run(args: HierarchyConfig) -> int:
     from saevlm.data.atomic import ensure_writable_dir
     out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
     top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path, store)
-    classes_f = d / "classes.json"
-    labels_f = d / "labels.npy"
+    classes_f = d / A.CLASSES
+    labels_f = d / A.LABELS
     if not classes_f.is_file() or not labels_f.is_file():
         raise UserError(f"--activations_dir {d}: no classes.json / labels.npy (written by extract, "
                         f"encode and synthetic); cannot tell the images' classes")
@@ -143,7 +144,7 @@ def run(args: HierarchyConfig) -> int:
     from saevlm.metrics.results import source_stamp
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,
                  source=source_stamp(store))
-    atomic_write_json(out / f"hierarchy_{args.k}.json", table)
+    atomic_write_json(out / A.hierarchy_json(args.k), table)
     head = f"{'group':>5} {'size':>7} {'scored':>7} {'left out':>9} {'LCA (rounded mean)':>19} {'LCA (majority)':>15}"
     print(head + ("   MS mean / max / min" if ms is not None else ""))
     for r in table["groups"]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
+from saevlm.data import artifacts as A
 from saevlm.metrics.monosemanticity import MSAccumulator, summarize  # noqa: F401 (re-exported)
 from saevlm.metrics.results import check_one_row_per_image, embedder_slug  # noqa: F401
 
@@ -120,7 +121,7 @@ def run(args: MSConfig) -> int:
     # Before any work: the output must be writable, ours alone, and not hold other inputs' results.
     lock = OutputLock(out, flag)
     inputs = ms_inputs(acts, emb)
-    old_f = out / "ms.json"
+    old_f = out / A.MS_JSON
     if old_f.is_file() and not args.overwrite:
         try:
             old = json.loads(old_f.read_text())
@@ -173,9 +174,9 @@ def run(args: MSConfig) -> int:
              "top10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["top10"]),
              "bottom10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["bottom10"])]
     # scores.npy first and ms.json last: ms.json marks a complete result
-    atomic_save_npy(out / "scores.npy", scores_k)
+    atomic_save_npy(out / A.MS_SCORES, scores_k)
     atomic_write_text(out / "metric_stats.txt", "\n".join(lines) + "\n")
-    atomic_write_json(out / "ms.json", record)
+    atomic_write_json(out / A.MS_JSON, record)
     lock.release()
     print("\n".join(lines))
     print(f"wrote {out}/scores.npy, ms.json, metric_stats.txt ({time.time() - t0:.1f} s)")

@@ -28,6 +28,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, DeviceOption, opt
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 
 NAMES_FORMAT = "saevlm-names"
@@ -130,7 +131,7 @@ def _vocabulary(args, store) -> tuple[list[str], str]:
         if not words:
             raise UserError(f"--vocab {args.vocab}: empty")
         return words, str(args.vocab)
-    classes_f = store.path / "classes.json"
+    classes_f = store.path / A.CLASSES
     if not classes_f.is_file():
         raise UserError(f"--codes_dir {store.path}: no classes.json to take a vocabulary from; pass --vocab FILE")
     classes = json.loads(classes_f.read_text())
@@ -148,7 +149,7 @@ def run(args: NameConfig) -> int:
     from saevlm.metrics.results import source_stamp
 
     store = open_any_store(args.codes_dir, "--codes_dir", allow_top_images=True)
-    out = Path(args.output) if args.output else store.path / "names.json"
+    out = Path(args.output) if args.output else store.path / A.NAMES
     ensure_writable_dir(out.parent, "--output")
     top, kth, values = load_top_images(store.path, args.k, store)
     emb = ActivationStore(args.embeddings_path, flag="--embeddings_path")
@@ -176,12 +177,12 @@ def run(args: NameConfig) -> int:
     alive = active.any(axis=1)
     mean = mean_top_embeddings(top, emb, active)
     idx, sims = name_latents(mean, text, words)
-    labels_f = store.path / "labels.npy"
+    labels_f = store.path / A.LABELS
     purity = None
     if labels_f.is_file():
         labels = np.load(labels_f)
         majority, purity, entropy = label_purity(labels[top], active)
-        classes = json.loads((store.path / "classes.json").read_text()) if (store.path / "classes.json").is_file() else {}
+        classes = json.loads((store.path / A.CLASSES).read_text()) if (store.path / A.CLASSES).is_file() else {}
         class_names = classes.get("names") or classes.get("classes") or []
     latents = []
     for j in range(len(top)):

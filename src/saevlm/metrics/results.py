@@ -4,6 +4,9 @@ rule of image-level metrics."""
 
 from __future__ import annotations
 
+from saevlm.data import artifacts as A
+
+
 def embedder_slug(emb_store) -> str:
     """A folder-safe name of the embedding model: ``dinov2-base``, ``clip-vit-base-patch32``."""
     import re
@@ -23,10 +26,10 @@ def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = F
     store_path = Path(store_path)
     if ms_subdir:
         d = Path(ms_subdir) if Path(ms_subdir).is_absolute() else store_path / ms_subdir
-        if required and not (d / "scores.npy").is_file():
+        if required and not (d / A.MS_SCORES).is_file():
             raise UserError(f"--ms_subdir {ms_subdir}: no scores.npy in {d}; run saevlm ms first")
-        return d if (d / "scores.npy").is_file() else None
-    found = sorted(d for d in store_path.glob("ms*") if (d / "scores.npy").is_file())
+        return d if (d / A.MS_SCORES).is_file() else None
+    found = sorted(d for d in store_path.glob("ms*") if (d / A.MS_SCORES).is_file())
     if len(found) == 1:
         return found[0]
     if len(found) > 1:
@@ -49,9 +52,9 @@ def load_ms_scores(ms_dir, num_neurons: int, flag: str, store=None):
 
     from saevlm.errors import UserError
 
-    f = ms_dir / "scores.npy"
+    f = ms_dir / A.MS_SCORES
     if store is not None:
-        check_fresh(source_of_ms(ms_dir), store, str(ms_dir / "ms.json"),
+        check_fresh(source_of_ms(ms_dir), store, str(ms_dir / A.MS_JSON),
                     f"saevlm ms --activations_dir {store.path} --embeddings_path ... --overwrite")
     try:
         scores = np.load(f)
@@ -113,7 +116,7 @@ def source_of_ms(ms_dir) -> dict | None:
     import json
 
     try:
-        data = json.loads((ms_dir / "ms.json").read_text())
+        data = json.loads((ms_dir / A.MS_JSON).read_text())
     except (OSError, ValueError):
         return None
     inputs = data.get("inputs") if isinstance(data, dict) else None

@@ -16,6 +16,7 @@ import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.config import paper_default
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 
 THRESHOLDS = [round(0.1 * i, 1) for i in range(10)]
@@ -113,7 +114,7 @@ def run(args: UniquenessConfig) -> int:
     if store is not None:
         from saevlm.metrics.results import source_stamp
         stats["source"] = source_stamp(store)
-    atomic_write_json(out / f"uniqueness_{args.k}.json", stats)
+    atomic_write_json(out / A.uniqueness_json(args.k), stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "
           f"{stats['pairs']:,} pairs")
     for t, c in stats["pairs_above"].items():

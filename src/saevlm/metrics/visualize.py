@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
+from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_write_json
 from saevlm.errors import UserError
 from saevlm.metrics.figures import group_of, open_store_images, save_grid, save_histogram  # noqa: F401
@@ -89,7 +90,7 @@ def run(args: VisualizeConfig) -> int:
         rp = Path(args.raw_ms)
         if rp.suffix != ".npy":
             found = find_ms_dir(rp, args.ms_subdir, "--raw_ms", required=True)
-            rp = found / "scores.npy"
+            rp = found / A.MS_SCORES
         if not rp.is_file():
             raise UserError(f"--raw_ms {args.raw_ms}: no scores file at {rp} (run saevlm ms on it)")
         raw = np.load(rp)

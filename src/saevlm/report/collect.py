@@ -3,8 +3,9 @@ every result file the commands write, found by scanning, read once, checked for 
 against the stores it came from, and returned as records. Rendering lives in
 :mod:`saevlm.report.render`; nothing here formats a table.
 
-Problems (unfinished runs, missing or damaged files, stale results) go to :class:`Notes`;
-``damaged`` ones make ``saevlm report`` exit non-zero after writing the report."""
+Each result is read into its typed record (:mod:`saevlm.data.artifacts`), whose file names are
+named there too. Problems (unfinished runs, missing or damaged files, stale results) go to
+:class:`Notes`; ``damaged`` ones make ``saevlm report`` exit non-zero after writing the report."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saevlm.data import artifacts as A
+from saevlm.data.artifacts import EvalResult, MSSummary, Record, ResultError, TrainRun
 from saevlm.data.manifest import ManifestError, Provenance, display_name
 
 
@@ -41,7 +44,7 @@ class MSRecord:
     arch: str | None
     expansion: int | None
     k: int | None
-    summary: dict
+    summary: MSSummary
     source: Path
     store: Path
     embeddings_model: str | None = None
@@ -57,16 +60,16 @@ class TrainedSAE:
     layer: object
     expansion: int
     model: str | None
-    evaluation: dict | None
+    evaluation: EvalResult | None
     source: Path
 
 
 @dataclass
 class ResultFile:
-    """A metric's JSON result (hierarchy, steering, FMS, uniqueness, agreement)."""
+    """A metric's JSON result (hierarchy, steering, FMS, uniqueness, agreement, names) as its record."""
 
     path: Path
-    data: dict
+    record: Record
 
 
 @dataclass
@@ -121,49 +124,63 @@ def read_json(path: Path, notes: Notes | None = None):
     return data
 
 
+def read_record(path: Path, kind: type, notes: Notes | None = None):
+    """A result file as its record (:mod:`saevlm.data.artifacts`), or None (with a warning) when
+    it is damaged."""
+    data = read_json(path, notes)
+    if data is None:
+        return None
+    try:
+        return kind.from_json(data, path)
+    except ResultError as e:
+        if notes is not None:
+            notes.warn(f"{e}, left out", damaged=True)
+        return None
+
+
 def finished_at(manifest: dict | None):
-    return (manifest or {}).get("finished")
+    return A.StoreHead.from_json(manifest).finished if A.StoreHead.matches(manifest) else None
 
 
 def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
     """Every ``ms*/ms.json`` under ``run_dir`` whose store is still there and whose scores exist."""
     out = []
-    for ms_json in sorted(run_dir.rglob("ms*/ms.json")):  # ms_<embedder>/ (or the older ms/) of a store
-        summary = read_json(ms_json, notes)
+    for ms_json in sorted(run_dir.rglob(f"{A.MS_PREFIX}*/{A.MS_JSON}")):  # ms_<embedder>/ (or the older ms/)
+        summary = read_record(ms_json, MSSummary, notes)
         if summary is None:
             continue
         # the store holding the ms folder first: in a copied or moved run the recorded path still
         # names the original, which is not the store these scores now sit beside
-        recorded = Path(summary.get("activations_dir") or ms_json.parent.parent)
-        store = ms_json.parent.parent if (ms_json.parent.parent / "manifest.json").is_file() else recorded
-        manifest = read_json(store / "manifest.json", notes) if (store / "manifest.json").is_file() else None
+        recorded = Path(summary.activations_dir or ms_json.parent.parent)
+        store = ms_json.parent.parent if (ms_json.parent.parent / A.MANIFEST).is_file() else recorded
+        manifest = read_json(store / A.MANIFEST, notes) if (store / A.MANIFEST).is_file() else None
         if manifest is None:
             if notes is not None:
                 notes.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
             continue
-        if not (ms_json.parent / "scores.npy").is_file():
+        if not (ms_json.parent / A.MS_SCORES).is_file():
             if notes is not None:
-                notes.warn(f"{ms_json}: its scores.npy is missing (the MS run did not finish or the file was "
+                notes.warn(f"{ms_json}: its {A.MS_SCORES} is missing (the MS run did not finish or the file was "
                          f"removed); left out, rerun saevlm ms", damaged=True)
             continue
         if notes is not None:
             from saevlm.data.open import open_any_store
             from saevlm.errors import UserError
-            from saevlm.metrics.results import source_of_ms, stale_reason
+            from saevlm.metrics.results import stale_reason
             try:
-                reason = stale_reason(source_of_ms(ms_json.parent), open_any_store(store, "store"))
+                reason = stale_reason(summary.activations_source, open_any_store(store, "store"))
             except UserError:
                 reason = None
             if reason:
                 notes.warn(f"{ms_json}: stale, {reason}; rerun saevlm ms")
-        prov = _provenance(manifest, store / "manifest.json", notes)
+        prov = _provenance(manifest, store / A.MANIFEST, notes)
         if prov is None:
             continue
         sae = prov.sae
         if notes is not None and sae is not None and sae.path:
             _check_codes_fresh(notes, store, manifest, Path(sae.path))
         model = prov.model.label
-        emb_model = summary.get("embeddings_model")
+        emb_model = summary.embeddings_model
         emb_model = display_name(emb_model) if isinstance(emb_model, str) else emb_model
         if sae is not None and sae.dict_size and sae.activation_dim:
             expansion = int(round(sae.dict_size / sae.activation_dim))
@@ -191,51 +208,60 @@ def _check_codes_fresh(notes: Notes, store: Path, manifest: dict, sae_path: Path
 
 def collect_training(run_dir: Path, notes: Notes) -> tuple[list[TrainedSAE], int]:
     """Every SAE of every ``run.json`` (unfinished ones included, flagged); and the run count."""
-    runs = sorted(run_dir.rglob("run.json"))
+    runs = sorted(run_dir.rglob(A.RUN_JSON))
     out = []
     for run_json in runs:
-        run = read_json(run_json, notes)
+        run = read_record(run_json, TrainRun, notes)
         if run is None:
             continue
-        ident = run.get("identity", {})
-        prov = _provenance({"provenance": ident.get("activations_provenance")}, run_json, notes) or Provenance()
-        if not run.get("complete"):
+        prov = _provenance({"provenance": run.activations_provenance}, run_json, notes) or Provenance()
+        if not run.complete:
             notes.warn(f"{run_json}: training unfinished (killed or still running); its SAEs have no final "
                        f"weights, rerun the same train command to resume")
-        for t in ident.get("trainers", []):
-            ev_f = run_json.parent / t["dir"] / "eval.json"
-            ev = read_json(ev_f, notes) if ev_f.is_file() else None
-            if ev is None and run.get("complete"):
+        try:
+            trainers = run.trainers
+        except ResultError as e:
+            notes.warn(f"{run_json}: {e}, left out", damaged=True)
+            continue
+        for t in trainers:
+            ev_f = run_json.parent / t.dir / A.EVAL_JSON
+            ev = read_record(ev_f, EvalResult, notes) if ev_f.is_file() else None
+            if ev is None and run.complete:
                 notes.warn(f"{ev_f}: missing evaluation of a finished SAE")
-            out.append(TrainedSAE(t["arch"], layer_of(prov), int(t["expansion_factor"]), prov.model.name, ev,
+            out.append(TrainedSAE(t.arch, layer_of(prov), int(t.expansion_factor), prov.model.name, ev,
                                   ev_f if ev is not None else run_json))
     return out, len(runs)
 
 
-def _results(run_dir: Path, pattern: str, required: str, notes: Notes) -> list[ResultFile]:
-    """The result files matching ``pattern`` that hold ``required`` (others are not results of
-    this kind, e.g. another command's summary.json)."""
+def _results(run_dir: Path, pattern: str, kind: type, notes: Notes) -> list[ResultFile]:
+    """The result files matching ``pattern`` that are results of ``kind`` (others are not, e.g.
+    another command's summary.json), as records."""
     out = []
     for f in sorted(run_dir.rglob(pattern)):
         data = read_json(f, notes)
-        if data is not None and required in data:
-            out.append(ResultFile(f, data))
-            _warn_if_stale(f, data, notes)
+        if data is None or not kind.matches(data):
+            continue
+        try:
+            record = kind.from_json(data, f)
+        except ResultError as e:
+            notes.warn(f"{e}, left out", damaged=True)
+            continue
+        out.append(ResultFile(f, record))
+        _warn_if_stale(f, getattr(record, "source", None), notes)
     return out
 
 
-def _warn_if_stale(f: Path, data: dict, notes: Notes | None) -> None:
+def _warn_if_stale(f: Path, source: dict | None, notes: Notes | None) -> None:
     """A result that records ``source`` (the stamp of the store it came from) but whose store, the
     folder holding it (or its parent, for fms/), was re-written since: a warning naming both."""
     from saevlm.data.open import open_any_store
     from saevlm.errors import UserError
     from saevlm.metrics.results import stale_reason
 
-    source = data.get("source") if isinstance(data, dict) else None
     if notes is None or not isinstance(source, dict):
         return
     for d in (f.parent, f.parent.parent):
-        if (d / "manifest.json").is_file():
+        if (d / A.MANIFEST).is_file():
             try:
                 reason = stale_reason(source, open_any_store(d, "store", allow_top_images=True))
             except UserError:
@@ -246,39 +272,40 @@ def _warn_if_stale(f: Path, data: dict, notes: Notes | None) -> None:
 
 
 def collect_fms(run_dir: Path, notes: Notes) -> list[ResultFile]:
-    out = _results(run_dir, "fms.json", "fms", notes)
+    out = _results(run_dir, Path(A.FMS_JSON).name, A.FMSResult, notes)
     for r in out:
-        store = r.path.parent.parent if (r.path.parent.parent / "manifest.json").is_file() else \
-            Path(r.data.get("activations_dir") or r.path.parent.parent)
-        manifest = read_json(store / "manifest.json") if (store / "manifest.json").is_file() else None
-        if manifest is not None and r.data.get("codes_finished") and not r.data.get("source") and \
-                r.data["codes_finished"] != finished_at(manifest):
+        rec: A.FMSResult = r.record
+        store = r.path.parent.parent if (r.path.parent.parent / A.MANIFEST).is_file() else \
+            Path(rec.activations_dir or r.path.parent.parent)
+        manifest = read_json(store / A.MANIFEST) if (store / A.MANIFEST).is_file() else None
+        if manifest is not None and rec.codes_finished and not rec.source and \
+                rec.codes_finished != finished_at(manifest):
             notes.warn(f"{r.path}: stale, computed before {store} was rewritten; rerun saevlm fms")
-        if r.data.get("ms_source") and not Path(r.data["ms_source"]).is_file():
-            notes.warn(f"{r.path}: the MS it records ({r.data['ms_source']}) is gone")
+        if rec.ms_source and not Path(rec.ms_source).is_file():
+            notes.warn(f"{r.path}: the MS it records ({rec.ms_source}) is gone")
     return out
 
 
 def collect_steering(run_dir: Path, notes: Notes) -> list[ResultFile]:
     """``steering_score.json`` (and ``summary.json`` of older saevlm versions, recognised by
     their ``steered`` key)."""
-    found = _results(run_dir, "steering_score.json", "steered", notes) + \
-        _results(run_dir, "summary.json", "steered", notes)
+    found = _results(run_dir, A.STEERING_SCORE, A.SteeringScore, notes) + \
+        _results(run_dir, "summary.json", A.SteeringScore, notes)
     return sorted(found, key=lambda r: str(r.path))
 
 
 def collect_unscored(run_dir: Path) -> list[Path]:
     """Complete SAE code stores with no ``ms*/ms.json`` beside them (listed, never dropped)."""
     out = []
-    for m in sorted(run_dir.rglob("manifest.json")):
-        if ".explorer_cache" in m.parts:
+    for m in sorted(run_dir.rglob(A.MANIFEST)):
+        if A.EXPLORER_CACHE in m.parts:
             continue
         try:
-            head = json.loads(m.read_text())
-        except (OSError, ValueError):
+            head = A.StoreHead.from_file(m)
+        except ResultError:
             continue
-        if isinstance(head, dict) and head.get("format") == "saevlm-codes" and head.get("complete") \
-                and not any(m.parent.glob("ms*/ms.json")):
+        if head.format == A.StoreHead.CODES and head.complete \
+                and not any(m.parent.glob(f"{A.MS_PREFIX}*/{A.MS_JSON}")):
             out.append(m.parent)
     return out
 
@@ -287,16 +314,16 @@ def collect_run(run_dir: Path) -> RunResults:
     """Read every result under ``run_dir``."""
     notes = Notes()
     ms = collect_ms(run_dir, notes)
-    _results(run_dir, "top_images_*.json", "source", notes)  # only for their staleness warnings
+    _results(run_dir, "top_images_*.json", A.TopImagesStamp, notes)  # only for their staleness warnings
     training, n_runs = collect_training(run_dir, notes)
     return RunResults(
         run_dir=run_dir, ms=ms, training=training, training_runs=n_runs,
-        hierarchy=_results(run_dir, "hierarchy_*.json", "groups", notes),
+        hierarchy=_results(run_dir, "hierarchy_*.json", A.HierarchyResult, notes),
         steering=collect_steering(run_dir, notes),
-        baselines=_results(run_dir, "similarity_baseline.json", "true_class_names", notes),
+        baselines=_results(run_dir, A.SIMILARITY_BASELINE, A.SimilarityBaseline, notes),
         fms=collect_fms(run_dir, notes),
-        uniqueness=_results(run_dir, "uniqueness_*.json", "pairs_above", notes),
-        agreement=_results(run_dir, "agreement*.json", "metrics", notes),
-        names=[r for r in _results(run_dir, "names.json", "latents", notes)
-               if r.data.get("format") == "saevlm-names"],
+        uniqueness=_results(run_dir, "uniqueness_*.json", A.UniquenessResult, notes),
+        agreement=_results(run_dir, A.AGREEMENT_GLOB, A.AgreementResult, notes),
+        names=[r for r in _results(run_dir, A.NAMES, A.NamesResult, notes)
+               if r.record.format == A.NamesResult.FORMAT],
         notes=notes, unscored=collect_unscored(run_dir))

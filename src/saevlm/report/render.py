@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.report import paper
 from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
@@ -112,19 +113,19 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
                 m = [str(layer)]
                 w = [str(layer)]
                 rr = raw.get(layer)
-                b.append(_cell(rep, rr, lambda s: s["top10"][0][1] if s["top10"] else None,
+                b.append(_cell(rep, rr, lambda s: s.top10[0][1] if s.top10 else None,
                                paper.NO_SAE_BEST if matches_paper and rr else None))
                 m.append(_cell(rep, rr, None))
-                w.append(_cell(rep, rr, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                w.append(_cell(rep, rr, lambda s: s.bottom10[0][1] if s.bottom10 else None))
                 for e in exps:
                     r = sae.get((layer, e))
                     ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
                         if matches_paper and r and r.k == 20 else None
-                    b.append(_cell(rep, r, lambda s: s["top10"][0][1] if s["top10"] else None, ref))
+                    b.append(_cell(rep, r, lambda s: s.top10[0][1] if s.top10 else None, ref))
                     mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
                         if matches_paper and r and r.k == 20 and arch in paper.MEAN_MS_LAST else None
                     m.append(_cell(rep, r, None, mean_ref))
-                    w.append(_cell(rep, r, lambda s: s["bottom10"][0][1] if s["bottom10"] else None))
+                    w.append(_cell(rep, r, lambda s: s.bottom10[0][1] if s.bottom10 else None))
                 best_rows.append(b)
                 mean_rows.append(m)
                 worst_rows.append(w)
@@ -148,10 +149,8 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
         return "–"
     s = rec.summary
     if pick is None:
-        total = s.get("total")
-        scored = s.get("scored", total - s["dead"] if total is not None and "dead" in s else None)
-        rare = s.get("scored_active_on_fewer_than_16")
-        text = f"{_fmt(s.get('mean'))} ± {_fmt(s.get('std'))} (n={scored}/{total}" + \
+        rare = s.scored_active_on_fewer_than_16
+        text = f"{_fmt(s.mean)} ± {_fmt(s.std)} (n={s.scored_count}/{s.total}" + \
             (f"; {rare} rare)" if rare is not None else ")")
     else:
         text = _fmt(pick(s))
@@ -164,10 +163,10 @@ def _count_cell(rep: Report, rec: MSRecord | None) -> str:
     if rec is None:
         return "–"
     s = rec.summary
-    total, dead = s.get("total"), s.get("dead")
+    total, dead = s.total, s.dead
     text = f"{total - dead}/{total}" if total is not None and dead is not None else "?"
-    if "dead_constant" in s:
-        text += f" (dead {s['dead_constant']} + {s['dead_one_image']} one-image)"
+    if s.dead_constant is not None:
+        text += f" (dead {s.dead_constant} + {s.dead_one_image} one-image)"
     elif dead:
         text += f" (dead {dead})"
     return f"{text} {rep.cite(rec.source)}"
@@ -184,9 +183,9 @@ def training_tables(rep: Report, saes: list[TrainedSAE]) -> None:
         ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t.arch, ())}}, "x", t.layer,
                                 t.expansion) if paper.R2_LAST.get(t.arch) else None
         ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(t.model) else ""
-        authors = f"{100 * ev['r2_authors']:.1f}{ref_s}" if "r2_authors" in ev else "-"
-        rows.append([name, str(t.layer), f"x{t.expansion}", authors, f"{100 * ev['r2']:.1f}", f"{ev['l0']:.1f}",
-                     f"{ev['dead_fraction']:.3f}", f"{ev['dense_fraction']:.3f}", rep.cite(t.source)])
+        authors = f"{100 * ev.r2_authors:.1f}{ref_s}" if ev.r2_authors is not None else "-"
+        rows.append([name, str(t.layer), f"x{t.expansion}", authors, f"{100 * ev.r2:.1f}", f"{ev.l0:.1f}",
+                     f"{ev.dead_fraction:.3f}", f"{ev.dense_fraction:.3f}", rep.cite(t.source)])
     if rows:
         rep.heading("Reconstruction and sparsity")
         rep.para("R² (%, fraction of variance explained) two ways: as the authors log it (per validation batch "
@@ -203,16 +202,16 @@ def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
         return
     rep.heading("Matryoshka hierarchy")
     # the paper's depths belong beside a tree like iNat's (7 levels) cut into its 5 groups only
-    inat_like = any(r.data.get("taxonomy_depth") == 7 and len(r.data.get("groups", [])) == len(paper.HIERARCHY_INAT)
+    inat_like = any(r.record.taxonomy_depth == 7 and len(r.record.groups) == len(paper.HIERARCHY_INAT)
                     for r in results)
     rep.para("Mean lowest-common-ancestor depth of the 120 pairs of each neuron's top-16 images, per "
              "Matryoshka group (near-dead neurons left out)." + (
                  f" Paper (iNat, 7 levels, 5 groups): {' / '.join(map(str, paper.HIERARCHY_INAT))}." if inat_like
                  else " (The paper's iNat depths are not shown: this taxonomy or grouping is another.)"))
     for r in results:
-        rows = [[str(g["group"]), str(g["size"]), f"{g['left_out_near_dead']:.0%}",
-                 _fmt(g["lca_depth_mean_rounded"]), _fmt(g["lca_depth_majority"]),
-                 _fmt(g.get("ms_mean")), rep.cite(r.path)] for g in r.data["groups"]]
+        rows = [[str(g.group), str(g.size), f"{g.left_out_near_dead:.0%}",
+                 _fmt(g.lca_depth_mean_rounded), _fmt(g.lca_depth_majority),
+                 _fmt(g.ms_mean), rep.cite(r.path)] for g in r.record.groups]
         rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
         rep.table(["group", "size", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
                    "MS mean", "source"], rows)
@@ -221,16 +220,16 @@ def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
 def steering_tables(rep: Report, scores: list[ResultFile], baselines: list[ResultFile]) -> None:
     rows = []
     for r in scores:
-        s = r.data
-        rows.append([str(r.path.parent.relative_to(rep.run_dir)), ("steered" if s["steered"] else "unsteered")
-                     + (f" ({s['protocol']} protocol)" if "protocol" in s else ""),
-                     str(s["neurons"]), str(s["images"]), f"{s['mean']:.3f} ± {s['std']:.3f}", rep.cite(r.path)])
+        s = r.record
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), ("steered" if s.steered else "unsteered")
+                     + (f" ({s.protocol} protocol)" if s.protocol is not None else ""),
+                     str(s.neurons), str(s.images), f"{s.mean:.3f} ± {s.std:.3f}", rep.cite(r.path)])
     for r in baselines:
-        b, where = r.data, str(r.path.parent.relative_to(rep.run_dir))
-        rows.append([where, "bound: true class names", "–", str(b["images"]),
-                     f"{b['true_class_names']['mean']:.3f}", rep.cite(r.path)])
-        rows.append([where, "bound: shuffled names", "–", str(b["images"]),
-                     f"{b['shuffled_class_names']['mean']:.3f}", rep.cite(r.path)])
+        b, where = r.record, str(r.path.parent.relative_to(rep.run_dir))
+        rows.append([where, "bound: true class names", "–", str(b.images),
+                     f"{b.true_class_names['mean']:.3f}", rep.cite(r.path)])
+        rows.append([where, "bound: shuffled names", "–", str(b.images),
+                     f"{b.shuffled_class_names['mean']:.3f}", rep.cite(r.path)])
     if rows:
         rep.heading("Steering LLaVA")
         rep.para("Paper (Table 3): steered " + paper.STEERING["steered_white"] + " (white image), "
@@ -241,9 +240,9 @@ def steering_tables(rep: Report, scores: list[ResultFile], baselines: list[Resul
 
 
 def fms_tables(rep: Report, results: list[ResultFile]) -> None:
-    rows = [[str(r.path.parent.relative_to(rep.run_dir)), f"{r.data['fms']:.3f}", f"{r.data['mean_acc0']:.3f}",
-             f"{r.data['mean_local']:.3f}", f"{r.data['mean_global']:.3f}", str(r.data["concepts"]),
-             _fmt(r.data.get("ms_mean"), 3), rep.cite(r.path)] for r in results]
+    rows = [[str(r.path.parent.relative_to(rep.run_dir)), f"{r.record.fms:.3f}", f"{r.record.mean_acc0:.3f}",
+             f"{r.record.mean_local:.3f}", f"{r.record.mean_global:.3f}", str(r.record.concepts),
+             _fmt(r.record.ms_mean, 3), rep.cite(r.path)] for r in results]
     if rows:
         rep.heading("Feature Monosemanticity Score (label-based)")
         rep.para("FMS@p (Härle et al. 2025): accuracy of the best single latent as a concept detector "
@@ -256,9 +255,9 @@ def uniqueness_tables(rep: Report, results: list[ResultFile]) -> None:
     rows = []
     header_t: list = []
     for r in results:
-        u, above = r.data, r.data["pairs_above"]
-        rows.append([str(r.path.parent.relative_to(rep.run_dir)), str(u.get("k")),
-                     f"{u['neurons']} (+{u['left_out_near_dead']} near-dead left out)", f"{u['pairs']:,}"]
+        u, above = r.record, r.record.pairs_above
+        rows.append([str(r.path.parent.relative_to(rep.run_dir)), str(u.k),
+                     f"{u.neurons} (+{u.left_out_near_dead} near-dead left out)", f"{u.pairs:,}"]
                     + [f"{above[t]:,}" for t in sorted(above)] + [rep.cite(r.path)])
         header_t = sorted(above)
     if rows:
@@ -270,13 +269,13 @@ def uniqueness_tables(rep: Report, results: list[ResultFile]) -> None:
 
 def agreement_tables(rep: Report, results: list[ResultFile]) -> None:
     for r in results:
-        a = r.data
+        a = r.record
         rep.heading("Agreement with the user study")
-        bins = next(iter(a["metrics"].values()))["bins"]
+        bins = next(iter(a.metrics.values()))["bins"]
         header = ["metric"] + [b["bin"] for b in bins] + ["bin mean", "weighted", "source"]
         rows = [["paper MS (DINOv2)"] + [f"{v:.2f}" for v in paper.AGREEMENT_DINO]
                 + [f"{paper.AGREEMENT_DINO_MEAN:.3f}", "–", ""]]
-        for name, m in a["metrics"].items():
+        for name, m in a.metrics.items():
             rows.append([name] + [f"{b['agreement']:.2f} (n={b['pairs']})" if b["agreement"] is not None else "–"
                                   for b in m["bins"]] + [_fmt(m["mean_over_bins"], 3), _fmt(m["pair_weighted"], 3),
                                                          rep.cite(r.path)])
@@ -286,19 +285,39 @@ def agreement_tables(rep: Report, results: list[ResultFile]) -> None:
 def names_tables(rep: Report, results: list[ResultFile]) -> None:
     """The latents CLIP names most confidently (``saevlm name``), per code store."""
     for r in results:
-        named = [x for x in r.data["latents"] if x.get("names")]
+        n = r.record
+        named = [x for x in n.latents if x.names]
         if not named:
             continue
         rep.heading(f"Latent names: {r.path.parent.relative_to(rep.run_dir)}", 3)
-        rep.para(f"{len(named)} of {len(r.data['latents'])} latents named from {r.data.get('vocab_size')} words "
-                 f"({r.data.get('vocab_source')}; '{r.data.get('template')}'), by the cosine of the mean CLIP "
-                 f"embedding of their top-{r.data.get('k')} images with each word; the 10 with the largest "
-                 f"margin over the second word:")
-        best = sorted(named, key=lambda x: -(x.get("margin") or 0))[:10]
+        rep.para(f"{len(named)} of {len(n.latents)} latents named from {n.vocab_size} words "
+                 f"({n.vocab_source}; '{n.template}'), by the cosine of the mean CLIP embedding of their "
+                 f"top-{n.k} images " + ("where they are active " if n.from_activating_images else "")
+                 + "with each word; the 10 with the largest margin over the second word:")
+        best = sorted(named, key=lambda x: -(x.margin or 0))[:10]
         rep.table(["latent", "name", "similarity", "margin", "2nd", "top-image label", "purity", "source"],
-                  [[str(x["id"]), x["names"][0][0], f"{x['names'][0][1]:.3f}", _fmt(x.get("margin"), 3),
-                    x["names"][1][0] if len(x["names"]) > 1 else "–", str(x.get("label", "–")),
-                    _fmt(x.get("purity")), rep.cite(r.path)] for x in best])
+                  [[str(x.id), x.names[0][0], f"{x.names[0][1]:.3f}", _fmt(x.margin, 3),
+                    x.names[1][0] if len(x.names) > 1 else "–", str("–" if x.label is None else x.label),
+                    _fmt(x.purity), rep.cite(r.path)] for x in best])
+
+
+def result_tables(rep: Report, results: RunResults) -> None:
+    """Every table of a run's results, in the report's order: what ``saevlm report`` writes and
+    the explorer's run page shows (one rendering for both)."""
+    run_dir = rep.run_dir
+    ms_tables(rep, results.ms)
+    if results.unscored:
+        if not results.ms:
+            rep.heading("Monosemanticity Score")
+        rep.para("No MS yet (run `saevlm ms --activations_dir <store> --embeddings_path <embeddings>`): " +
+                 ", ".join(f"`{p.relative_to(run_dir) if p.is_relative_to(run_dir) else p}`" for p in results.unscored))
+    training_tables(rep, results.training)
+    fms_tables(rep, results.fms)
+    uniqueness_tables(rep, results.uniqueness)
+    hierarchy_tables(rep, results.hierarchy)
+    steering_tables(rep, results.steering, results.baselines)
+    agreement_tables(rep, results.agreement)
+    names_tables(rep, results.names)
 
 
 def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) -> None:
@@ -345,7 +364,7 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
 
 def _load_scores(rep: Report, rec: MSRecord):
     try:
-        return np.load(rec.source.parent / "scores.npy")
+        return np.load(rec.source.parent / A.MS_SCORES)
     except (OSError, ValueError) as e:
         rep.warn(f"{rec.source.parent / 'scores.npy'}: unreadable ({type(e).__name__}); figure left out",
                  damaged=True)
@@ -381,19 +400,7 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     rep = Report(run_dir, notes=results.notes)
     rep.heading(title, 1)
     title_len = (len(rep.md), len(rep.html))
-    ms_tables(rep, results.ms)
-    if results.unscored:
-        if not results.ms:
-            rep.heading("Monosemanticity Score")
-        rep.para("No MS yet (run `saevlm ms --activations_dir <store> --embeddings_path <embeddings>`): " +
-                 ", ".join(f"`{p.relative_to(run_dir) if p.is_relative_to(run_dir) else p}`" for p in results.unscored))
-    training_tables(rep, results.training)
-    fms_tables(rep, results.fms)
-    uniqueness_tables(rep, results.uniqueness)
-    hierarchy_tables(rep, results.hierarchy)
-    steering_tables(rep, results.steering, results.baselines)
-    agreement_tables(rep, results.agreement)
-    names_tables(rep, results.names)
+    result_tables(rep, results)
     figures(rep, results.ms, out, grids)
     if rep.warnings:  # at the top, so nobody reads a table without them
         md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \

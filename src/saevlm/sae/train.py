@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
 from saevlm.config import paper_default
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
 from saevlm.sae.checkpoint import record_weights
@@ -437,7 +438,7 @@ class TrainingRun:
         # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
         self._lock = (OutputLock(self.out, "--checkpoints_dir") if dist.is_main
                       else ensure_writable_dir(self.out, "--checkpoints_dir"))
-        self.run_json = self.out / "run.json"
+        self.run_json = self.out / A.RUN_JSON
         self.already_complete = self._check_existing_run()
         # this process's share of a sweep (all of it without torchrun): SAE j goes to rank
         # j % world_size, so one launcher keeps every GPU of a node busy
@@ -745,14 +746,14 @@ class TrainingRun:
         for spec, w, ev in zip(self.specs, weights, evals):
             _save_torch_atomic(w, spec.directory / "ae.pt")
             record_weights(spec.directory, spec.directory / "ae.pt")
-            atomic_write_json(spec.directory / "eval.json", {"step": self.cfg.steps, "validation": self.val_note, **ev})
+            atomic_write_json(spec.directory / A.EVAL_JSON, {"step": self.cfg.steps, "validation": self.val_note, **ev})
         barrier(self.dist)  # every process has written its SAEs
         if not self.dist.is_main:
             return
         atomic_write_json(self.run_json, self._run_record(complete=True))
         print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
         for spec in self.all_specs:
-            ev = json.loads((spec.directory / "eval.json").read_text())
+            ev = json.loads((spec.directory / A.EVAL_JSON).read_text())
             print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
                   f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
         print(f"wrote {len(self.all_specs)} SAE(s) under {self.out.resolve()} (trainer_<i>/ae.pt, config.json, "

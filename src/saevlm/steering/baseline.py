@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, DeviceOption, opt
+from saevlm.data import artifacts as A
 from saevlm.data.images import load_class_names
 from saevlm.errors import UserError
 from saevlm.steering.clip import ClipEncoder, list_images
@@ -106,7 +107,7 @@ def run(args: SimilarityBaselineConfig) -> int:
            "processor_backend": args.processor_backend,
            "paper": {"true_class_names": paper_numbers()["steering"]["bound_true_names"],
                      "random_pairs": paper_numbers()["steering"]["bound_random_pairs"]}}  # configs/paper.yaml
-    out = Path(args.output) if args.output else root / "similarity_baseline.json"
+    out = Path(args.output) if args.output else root / A.SIMILARITY_BASELINE
     atomic_write_json(out, res)
     print(f"images vs true class names: {true.mean():.3f} +- {true.std(ddof=ddof):.3f}; vs shuffled names: "
           f"{rand.mean():.3f} +- {rand.std(ddof=ddof):.3f} ({len(items)} images, protocol {args.protocol})")

@@ -35,6 +35,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, opt
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images, neuron_image_embeddings  # noqa: F401
 from saevlm.steering.options import DEFAULT_PROMPT, SteeringModelOptions
@@ -102,8 +103,8 @@ def output_dir_of(args) -> Path:
 def run(args: SteeringScoreConfig) -> int:
     from tqdm import tqdm
 
-    from saevlm.data.store import ActivationStore
     from saevlm.data.atomic import atomic_write_json
+    from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images_for
     from saevlm.steering.intervention import sae_intervention
     from saevlm.steering.options import load_models
@@ -182,7 +183,7 @@ def run(args: SteeringScoreConfig) -> int:
                             else "first alphabetic word, lower-cased; '' -> 'nothing'",
                "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
                "paper": STEERING}
-    atomic_write_json(out / "steering_score.json", summary)
+    atomic_write_json(out / A.STEERING_SCORE, summary)
     print(f"steering score ({'unsteered' if not args.steer else f'alpha {args.alpha:g}'}, protocol {args.protocol}): "
           f"{mean:.3f} +- {std:.3f} over {len(neurons)} neurons x {len(images)} image(s)")
     print(f"wrote {out}/labels.csv, scores.csv, steering_score.json")

@@ -1,0 +1,493 @@
+"""Every file a run holds, named once, and a typed record for each JSON result.
+
+The names: a store folder holds ``manifest.json`` and its shards (docs/store-format.md), the
+dataset's ``labels.npy`` / ``classes.json``, and the results computed from it: ``ms_<embedder>/``
+(``ms.json``, ``scores.npy``), ``top_images_<k>.npy`` and friends, ``names.json``,
+``hierarchy_<k>.json``, ``uniqueness_<k>.json``, ``fms/fms.json``. A training run holds ``run.json``
+and ``trainer_<i>/`` (``ae.pt``, ``config.json``, ``eval.json``); a steering run
+``steering_score.json``, ``scores.csv`` and ``labels.csv``.
+
+The records (frozen dataclasses with ``from_json`` / ``to_json``, like :mod:`saevlm.data.manifest`)
+are what the report and the explorer read: ``NamesResult.from_file(path).latents[17].purity``, never
+a chain of ``.get("...")``. A record keeps the keys it does not name in ``extra`` (written back
+by ``to_json``), so files from newer or older saevlm versions still read. A damaged file is a
+:class:`ResultError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from saevlm.errors import UserError
+
+# -- stores
+MANIFEST = "manifest.json"
+LABELS = "labels.npy"
+CLASSES = "classes.json"
+IMAGE_IDS = "image_ids.npy"
+EXPLORER_CACHE = ".explorer_cache"
+
+# -- results beside a store
+MS_PREFIX = "ms"  # ms_<embedder>/ (or the older ms/)
+MS_JSON = "ms.json"
+MS_SCORES = "scores.npy"
+MS_STATS = "metric_stats.txt"
+NAMES = "names.json"
+FMS_JSON = "fms/fms.json"
+
+
+def ms_dir_name(embedder: str) -> str:
+    return f"{MS_PREFIX}_{embedder}"
+
+
+def top_images_npy(k: int) -> str:
+    return f"top_images_{k}.npy"
+
+
+def top_images_values_npy(k: int) -> str:
+    return f"top_images_{k}_values.npy"
+
+
+def top_images_kth_npy(k: int) -> str:
+    return f"top_images_{k}_kth_value.npy"
+
+
+def top_images_json(k: int) -> str:
+    return f"top_images_{k}.json"
+
+
+def hai_indices_npy(k: int) -> str:
+    """The authors' ``find_hai_indices.py`` name (their order: the highest last)."""
+    return f"hai_indices_{k}.npy"
+
+
+def hai_worst_npy(k: int) -> str:
+    return f"hai_indices_{k}_worst.npy"
+
+
+def hierarchy_json(k: int) -> str:
+    return f"hierarchy_{k}.json"
+
+
+def uniqueness_json(k: int) -> str:
+    return f"uniqueness_{k}.json"
+
+
+# -- training and steering runs
+RUN_JSON = "run.json"
+EVAL_JSON = "eval.json"
+STEERING_SCORE = "steering_score.json"
+STEERING_SCORES_CSV = "scores.csv"
+STEERING_LABELS_CSV = "labels.csv"
+SIMILARITY_BASELINE = "similarity_baseline.json"
+AGREEMENT_GLOB = "agreement*.json"
+
+
+# what a scalar field may hold in JSON (annotations are strings here: from __future__ import annotations)
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "int | None": (int,), "float": (int, float), "float | None": (int, float),
+    "str": (str,), "str | None": (str,), "bool": (bool,), "dict": (dict,), "dict | None": (dict,),
+    "str | int | None": (str, int)}
+
+
+class ResultError(UserError):
+    """A result file that cannot be read as its record (names the file and the key)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Base of the result records: fields from JSON keys of the same name; other keys in ``extra``."""
+
+    KIND: ClassVar[str] = "result"
+    REQUIRED: ClassVar[tuple[str, ...]] = ()  # keys without which the file is not this kind of result
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path = "result"):
+        if not isinstance(data, dict):
+            raise ResultError(f"{where}: not a {cls.KIND} (a JSON object expected)")
+        missing = [k for k in cls.REQUIRED if k not in data]
+        if missing:
+            raise ResultError(f"{where}: not a {cls.KIND} (no {missing[0]!r})")
+        names = {f.name for f in dataclasses.fields(cls) if f.name != "extra"}
+        values = {k: data[k] for k in names if k in data}
+        for key, value in values.items():
+            expected = _SCALARS.get(cls.__dataclass_fields__[key].type)
+            if expected is not None and value is not None and \
+                    (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
+                raise ResultError(f"{where}: damaged {cls.KIND} ({key!r} is {value!r}, expected "
+                                  f"{' or '.join(t.__name__ for t in expected)})")
+        try:
+            return cls(**cls._convert(values, where), extra={k: v for k, v in data.items() if k not in names})
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            raise ResultError(f"{where}: damaged {cls.KIND} ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        """Nested records built from their JSON (override)."""
+        return values
+
+    @classmethod
+    def matches(cls, data: Any) -> bool:
+        """Whether a parsed file is this kind of result (has every required key)."""
+        return isinstance(data, dict) and all(k in data for k in cls.REQUIRED)
+
+    @classmethod
+    def from_file(cls, path: str | Path):
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise ResultError(f"{path.name}: unreadable ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise ResultError(f"{path.name}: not valid JSON (line {e.lineno}); rewrite it with the command "
+                              f"that made it") from None
+        return cls.from_json(data, path)
+
+    def to_json(self) -> dict:
+        out = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            v = _plain(getattr(self, f.name))
+            if v is not None or f.name in self.REQUIRED:
+                out[f.name] = v
+        return out
+
+
+def _plain(v: Any) -> Any:
+    """A record's value as JSON has it: records as objects, tuples as lists."""
+    if isinstance(v, Record):
+        return v.to_json()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True)
+class StoreHead(Record):
+    """The first keys of a store's ``manifest.json``: what a scan of a run needs (which kind of
+    store, finished or not, which version), without reading its shard list into objects (the
+    full schema is :class:`saevlm.data.manifest.Manifest`)."""
+
+    KIND: ClassVar[str] = "store manifest"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("format",)
+    format: str = ""
+    complete: bool = False
+    finished: str | None = None
+    content_sha256: str | None = None
+    write_id: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    CODES: ClassVar[str] = "saevlm-codes"
+    TOP_IMAGES: ClassVar[str] = "saevlm-top-images"
+
+
+@dataclass(frozen=True)
+class MSSummary(Record):
+    """``ms_<embedder>/ms.json``: the MS of every neuron, summarised (``saevlm ms``)."""
+
+    KIND: ClassVar[str] = "MS result (ms.json)"
+    total: int | None = None
+    dead: int | None = None
+    scored: int | None = None
+    mean: float | None = None
+    std: float | None = None
+    scored_active_on_fewer_than_16: int | None = None
+    dead_constant: int | None = None
+    dead_one_image: int | None = None
+    top10: tuple = ()  # (neuron, MS) of the best ten
+    bottom10: tuple = ()
+    embeddings_model: str | None = None
+    activations_dir: str | None = None
+    inputs: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        for key in ("top10", "bottom10"):
+            values[key] = tuple(tuple(x) for x in values.get(key) or ())
+        return values
+
+    @property
+    def scored_count(self) -> int | None:
+        if self.scored is not None:
+            return self.scored
+        return self.total - self.dead if self.total is not None and self.dead is not None else None
+
+    @property
+    def activations_source(self) -> dict | None:
+        """The activations' stamp (metrics.results.source_stamp) these scores were computed from."""
+        acts = (self.inputs or {}).get("activations")
+        return acts if isinstance(acts, dict) else None
+
+
+@dataclass(frozen=True)
+class LatentName(Record):
+    """One latent of ``names.json``: its three best words with similarities, and the labels of its
+    top images where it is active (``n_active`` of them)."""
+
+    KIND: ClassVar[str] = "latent name"
+    id: int = -1
+    names: tuple[tuple[str, float], ...] = ()
+    margin: float | None = None
+    n_active: int | None = None
+    purity: float | None = None
+    entropy_bits: float | None = None
+    label: str | int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["names"] = tuple((str(w), float(s)) for w, s in values.get("names") or ())
+        return values
+
+    @property
+    def name(self) -> str:
+        return self.names[0][0] if self.names else ""
+
+
+@dataclass(frozen=True)
+class NamesResult(Record):
+    """``names.json`` (``saevlm name``)."""
+
+    KIND: ClassVar[str] = "names result (names.json)"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("latents",)
+    FORMAT: ClassVar[str] = "saevlm-names"
+    format: str | None = None
+    k: int | None = None
+    template: str | None = None
+    vocab_source: str | None = None
+    vocab_size: int | None = None
+    text_embeddings: str | None = None
+    image_embeddings: str | None = None
+    definition: str | None = None
+    source: dict | None = None
+    latents: tuple[LatentName, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["latents"] = tuple(LatentName.from_json(r, f"{where} latent {i}")
+                                  for i, r in enumerate(values.get("latents") or ()))
+        return values
+
+    @property
+    def from_activating_images(self) -> bool:
+        """Named from the top images where each latent is active (saevlm since the explorer's
+        second round); older files were named from padded top-k lists."""
+        return all(r.n_active is not None for r in self.latents if r.names)
+
+
+@dataclass(frozen=True)
+class SteeringScore(Record):
+    """``steering_score.json`` (``saevlm steering-score``; ``summary.json`` of older versions)."""
+
+    KIND: ClassVar[str] = "steering score"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("steered",)
+    steered: bool = True
+    protocol: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    neurons: int | None = None
+    images: int | None = None
+    alpha: float | None = None
+    sae: str | None = None
+    sae_weights: dict | None = None  # size and CRC-32 of the SAE's weights file
+    sae_dict_size: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SimilarityBaseline(Record):
+    """``similarity_baseline.json`` (``saevlm similarity-baseline``): the steering score's bounds."""
+
+    KIND: ClassVar[str] = "similarity baseline"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("true_class_names",)
+    images: int | None = None
+    true_class_names: dict = field(default_factory=dict)
+    shuffled_class_names: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConceptFMS(Record):
+    """One concept of ``fms.json``: its root latent (the best single detector) and FMS."""
+
+    KIND: ClassVar[str] = "concept FMS"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("fms",)
+    concept: str | int | None = None
+    root: int = -1
+    fms: float = float("nan")
+    acc0: float | None = None
+    positives: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FMSResult(Record):
+    """``fms/fms.json`` (``saevlm fms``)."""
+
+    KIND: ClassVar[str] = "FMS result (fms.json)"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("fms",)
+    fms: float = float("nan")
+    mean_acc0: float | None = None
+    mean_local: float | None = None
+    mean_global: float | None = None
+    concepts: int | None = None
+    ms_mean: float | None = None
+    per_concept: tuple[ConceptFMS, ...] = ()
+    codes_finished: str | None = None
+    ms_source: str | None = None
+    activations_dir: str | None = None
+    source: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["per_concept"] = tuple(ConceptFMS.from_json(c, f"{where} concept {i}")
+                                      for i, c in enumerate(values.get("per_concept") or ()))
+        return values
+
+
+@dataclass(frozen=True)
+class UniquenessResult(Record):
+    """``uniqueness_<k>.json`` (``saevlm uniqueness``)."""
+
+    KIND: ClassVar[str] = "uniqueness result"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("pairs_above",)
+    k: int | None = None
+    neurons: int = 0
+    left_out_near_dead: int = 0
+    pairs: int = 0
+    pairs_above: dict = field(default_factory=dict)
+    source: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HierarchyGroup(Record):
+    KIND: ClassVar[str] = "hierarchy group"
+    group: int = 0
+    size: int = 0
+    left_out_near_dead: float = 0.0
+    lca_depth_mean_rounded: float | None = None
+    lca_depth_majority: float | None = None
+    ms_mean: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HierarchyResult(Record):
+    """``hierarchy_<k>.json`` (``saevlm hierarchy``): LCA depth of top images per Matryoshka group."""
+
+    KIND: ClassVar[str] = "hierarchy result"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("groups",)
+    taxonomy_depth: int | None = None
+    groups: tuple[HierarchyGroup, ...] = ()
+    source: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["groups"] = tuple(HierarchyGroup.from_json(g, f"{where} group {i}")
+                                 for i, g in enumerate(values.get("groups") or ()))
+        return values
+
+
+@dataclass(frozen=True)
+class AgreementResult(Record):
+    """``agreement*.json`` (``saevlm benchmark-agreement``): per metric, agreement per bin."""
+
+    KIND: ClassVar[str] = "agreement result"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("metrics",)
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TopImagesStamp(Record):
+    """``top_images_<k>.json``: what the top images were computed from."""
+
+    KIND: ClassVar[str] = "top-images stamp"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("source",)
+    k: int | None = None
+    neurons: int | None = None
+    source: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainerEntry(Record):
+    KIND: ClassVar[str] = "trainer entry"
+    dir: str = ""
+    arch: str = ""
+    expansion_factor: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainRun(Record):
+    """``run.json`` of ``saevlm train``: what it trains (identity) and whether it finished."""
+
+    KIND: ClassVar[str] = "training run (run.json)"
+    complete: bool = False
+    identity: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def trainers(self) -> tuple[TrainerEntry, ...]:
+        return tuple(TrainerEntry.from_json(t, f"run.json trainer {i}")
+                     for i, t in enumerate(self.identity.get("trainers") or ()))
+
+    @property
+    def activations_provenance(self) -> dict | None:
+        return self.identity.get("activations_provenance")
+
+
+@dataclass(frozen=True)
+class EvalResult(Record):
+    """``trainer_<i>/eval.json``: reconstruction and sparsity on the validation rows."""
+
+    KIND: ClassVar[str] = "evaluation (eval.json)"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("r2",)
+    r2: float = float("nan")
+    r2_authors: float | None = None
+    l0: float = float("nan")
+    dead_fraction: float = float("nan")
+    dense_fraction: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Classes(Record):
+    """``classes.json`` beside a store: the dataset's class folders, their names, and for
+    iNat-style folders the taxonomy (one list of level names per class)."""
+
+    KIND: ClassVar[str] = "class list (classes.json)"
+    classes: tuple[str, ...] = ()
+    names: tuple[str, ...] | None = None
+    taxonomy: tuple[tuple[str, ...], ...] | None = None
+    taxonomy_levels: tuple[str, ...] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["classes"] = tuple(str(c) for c in values.get("classes") or ())
+        if values.get("names") is not None:
+            values["names"] = tuple(str(n) for n in values["names"])
+        if values.get("taxonomy") is not None:
+            values["taxonomy"] = tuple(tuple(str(x) for x in t) for t in values["taxonomy"])
+        return values
+
+    def display_names(self) -> list[str]:
+        """A label per class as people read it: the class name, for iNat the species (the last
+        taxonomy level, not the folder name), else the folder."""
+        if not self.names and self.taxonomy:
+            return [t[-1] if t else c for t, c in zip(self.taxonomy, self.classes)]
+        return list(self.names or self.classes)
