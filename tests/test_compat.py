@@ -311,3 +311,52 @@ def test_no_import_cycles_anywhere():
         if m not in state:
             visit(m, [m])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+LIBRARY_ROOMS = ("data", "models", "sae")
+
+
+def test_library_errors_name_fields_not_flags(capsys, image_folder):
+    """Library modules (data/, models/, sae/ but the train and encode commands) raise errors in
+    their own words: no message begins with a --flag and no function takes a ``flag`` argument;
+    the error carries the field, and the command line (saevlm.cli.flag_mapping, the one place that
+    knows both) names it by its flag."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import saevlm
+    from conftest import run_cli
+    from saevlm.cli import COMMANDS
+
+    root = Path(saevlm.__file__).parent
+    commands = {m for m, _ in COMMANDS.values()}
+    offenders = []
+    for room in LIBRARY_ROOMS:
+        for f in sorted((root / room).glob("*.py")):
+            module = "saevlm." + ".".join(f.relative_to(root).with_suffix("").parts)
+            if module in commands:
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    names = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                    offenders += [f"{module}.{node.name}(flag=...)" for n in names if n in ("flag", "out_flag")]
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "UserError" and node.args:
+                    first = node.args[0]
+                    text = first.value if isinstance(first, ast.Constant) else \
+                        first.values[0].value if isinstance(first, ast.JoinedStr) and first.values \
+                        and isinstance(first.values[0], ast.Constant) else ""
+                    if isinstance(text, str) and re.match(r"--\w", text):
+                        offenders.append(f"{module}:{node.lineno}: {text[:40]}")
+    assert not offenders, "\n".join(offenders)
+
+    from saevlm.data.images import select_indices
+    from saevlm.errors import UserError
+    try:
+        select_indices(10, 0, None)
+    except UserError as err:
+        assert str(err).startswith("take_every 0") and err.field == "take_every"
+    # through the command line: the same error names the flag
+    assert run_cli("extract", "--model_name", "x", "--output_dir", "o", "--take_every", "0",
+                   "--dataset_name", "imagefolder", "--data_path", image_folder) == 2
+    assert "error: --take_every 0: expected a positive integer" in capsys.readouterr().err

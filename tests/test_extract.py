@@ -109,7 +109,7 @@ def test_all_tokens_random_k_mean_and_take_every(tiny_clip_dir, image_folder, tm
 
 
 def test_interrupted_extract_resumes_byte_identical(tiny_clip_dir, big_image_folder, tmp_path, monkeypatch):
-    from saevlm.data import store as store_mod
+    from saevlm.data import writer as store_mod
 
     args = ["--model_name", tiny_clip_dir, "--layer", "0", "2", "last", "--random_k", "3",
             "--shard_rows", "12", *_common(big_image_folder, 4)]

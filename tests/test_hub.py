@@ -90,7 +90,7 @@ def test_embed_pairs_and_val_maps_to_validation(tiny_clip_dir, tiny_dinov2_dir, 
 
 def test_resume_after_a_kill_reads_only_unfinished_row_groups(tiny_clip_dir, hub_dir, tmp_path, monkeypatch):
     from saevlm.data import hub as hub_mod
-    from saevlm.data import store as store_mod
+    from saevlm.data import writer as store_mod
     from test_extract import _store_bytes
 
     args = _args(tiny_clip_dir, f"hf:{hub_dir}", tmp_path / "ref", "--layer", "1", "--cls_only", "--shard_rows", "8")
@@ -152,7 +152,7 @@ def test_a_corrupt_example_stops_with_its_row_or_is_skipped(tiny_clip_dir, big_i
 
 
 @pytest.mark.parametrize("spec, split, expected", [
-    ("{hub}", "test", r"--split test: hf:.* has no such split \(its splits: train, validation\)"),
+    ("{hub}", "test", r"^split test: hf:.* has no such split \(its splits: train, validation\)"),
     ("{missing}", "train", r"no such directory"),
     ("{noimage}", "train", r"no image column \(columns: text, label\)"),
     ("ILSVRC/imagenet-1k", "train", r"cannot reach the hub .*HF_HUB_OFFLINE.*huggingface-cli download"),

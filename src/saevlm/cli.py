@@ -42,6 +42,24 @@ def config_class(command: str):
     return importlib.import_module(COMMANDS[command][0]).CONFIG
 
 
+def flag_mapping(command: str):
+    """field -> the flag ``saevlm <command>`` spells it (None: not one of its flags): the one place
+    that knows both, used to say a library error (which names fields) in the command's flags."""
+    import dataclasses
+
+    from saevlm.commandline import flag_name
+
+    cls = config_class(command)
+    by_field = {f.name: flag_name(f) for f in dataclasses.fields(cls)}
+    aliases = {flag for f in dataclasses.fields(cls) for flag in f.metadata.get("flags") or ()}
+
+    def flag_of(field: str) -> str | None:
+        if field in by_field:
+            return by_field[field]
+        return f"--{field}" if f"--{field}" in aliases else None
+    return flag_of
+
+
 def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
     """The parser of every command, with the paper's defaults from configs/paper.yaml;
     ``config`` = (command, path) also applies ``commands.<command>`` of that file."""
@@ -97,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_namespace(config_class(args.command), args)
         return int(importlib.import_module(args._module).run(cfg) or 0)
     except UserError as err:
-        print(f"saevlm {args.command}: error: {err}", file=sys.stderr)
+        print(f"saevlm {args.command}: error: {err.with_flags(flag_mapping(args.command))}", file=sys.stderr)
         return 2
     except OSError as err:  # a file system failure outside the atomic writers (they raise UserError)
         from saevlm.data.atomic import describe_os_error

@@ -14,7 +14,7 @@ DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:<index>"
 AUTOCAST_CHOICES = ("none", "fp16", "bf16")
 
 
-def resolve_device(spec: str, flag: str = "--device") -> "torch.device":
+def resolve_device(spec: str, field: str = "device") -> "torch.device":
     """Turn a ``--device`` value into a ``torch.device``; asking for a missing GPU is a UserError."""
     import torch
 
@@ -26,32 +26,31 @@ def resolve_device(spec: str, flag: str = "--device") -> "torch.device":
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise UserError(
-                f"{flag} {spec}: CUDA was requested but torch sees no GPU on this machine "
+                f"{field} {spec}: CUDA was requested but torch sees no GPU on this machine "
                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). "
-                f"Use {flag} cpu or {flag} auto."
-            )
+                f"Use {field} cpu or {field} auto.", field=field, mentions=(field,))
         index = 0
         if ":" in spec:
             try:
                 index = int(spec.split(":", 1)[1])
             except ValueError:
-                raise UserError(f"{flag} {spec}: expected cuda:<integer index>") from None
+                raise UserError(f"{field} {spec}: expected cuda:<integer index>", field=field) from None
         count = torch.cuda.device_count()
         if index >= count:
-            raise UserError(f"{flag} {spec}: only {count} GPU(s) visible (indices 0..{count - 1})")
+            raise UserError(f"{field} {spec}: only {count} GPU(s) visible (indices 0..{count - 1})", field=field)
         return torch.device("cuda", index)
-    raise UserError(f"{flag} {spec!r}: expected {DEVICE_HELP}")
+    raise UserError(f"{field} {spec!r}: expected {DEVICE_HELP}", field=field)
 
 
-def autocast_context(device: "torch.device", autocast: str, flag: str = "--autocast"):
+def autocast_context(device: "torch.device", autocast: str, field: str = "autocast"):
     """A context manager running the model under fp16/bf16 autocast on GPU, or a no-op."""
     import torch
 
     if autocast in (None, "none"):
         return contextlib.nullcontext()
     if autocast not in AUTOCAST_CHOICES:
-        raise UserError(f"{flag} {autocast!r}: expected one of {', '.join(AUTOCAST_CHOICES)}")
+        raise UserError(f"{field} {autocast!r}: expected one of {', '.join(AUTOCAST_CHOICES)}", field=field)
     if device.type != "cuda":
-        raise UserError(f"{flag} {autocast}: mixed precision is for GPUs; the device is {device}")
+        raise UserError(f"{field} {autocast}: mixed precision is for GPUs; the device is {device}", field=field)
     dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
     return torch.autocast(device_type="cuda", dtype=dtype)

@@ -42,9 +42,9 @@ def run(args: EmbedConfig) -> int:
     from saevlm.models.base import POST_PROJECTION, TokenSelection
 
     t0 = time.time()
-    check_not_own_input(args.embeddings_path, "--embeddings_path", [("--data_path", args.data_path)])
+    check_not_own_input(args.embeddings_path, "embeddings_path", [("data_path", args.data_path)])
     from saevlm.extraction import precheck_output_manifests
-    precheck_output_manifests([args.embeddings_path], "--embeddings_path", args.overwrite)
+    precheck_output_manifests([args.embeddings_path], "embeddings_path", args.overwrite)
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)

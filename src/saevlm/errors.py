@@ -1,10 +1,35 @@
 """The one exception type for user mistakes.
 
-Commands raise :class:`UserError` for bad flags, missing files, mismatched inputs and the like;
-``saevlm.cli`` prints its message and exits with status 2, never a traceback.
+Library code raises :class:`UserError` for missing files, mismatched inputs, bad values and the
+like, in the library's own words: the message begins with the config field it concerns (or the
+file) and says what was expected and what was found, e.g. ``activations_dir runs/x: not a store``
+with ``field="activations_dir"``. The command layer (``saevlm.cli``), the one place that knows
+both fields and flags, names the field by its flag (``--activations_dir runs/x: not a store``),
+prints the line and exits with status 2, never a traceback.
 """
+
+from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem the user can fix: the message names the flag or file, what was expected and
-    what was found."""
+    """A problem the user can fix: the message names the field or file, what was expected and
+    what was found. ``field``: the config field the bad value came from, when known."""
+
+    def __init__(self, message: str = "", field: str | None = None, mentions: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.field = field
+        self.mentions = tuple(m for m in mentions if m)  # other fields the message names
+
+    def with_flags(self, flag_of) -> str:
+        """The message as the command line says it: the leading field and the fields it mentions
+        named by their flags (``flag_of(field)``: the flag, or None to keep the field's name)."""
+        import re
+
+        text = str(self)
+        if self.field and re.match(rf"{re.escape(self.field)}(?=[ :]|$)", text) and flag_of(self.field):
+            text = flag_of(self.field) + text[len(self.field):]
+        for name in self.mentions:
+            flag = flag_of(name)
+            if flag:
+                text = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, text)
+        return text

@@ -106,10 +106,10 @@ def run(args: ExtractConfig) -> int:
     from saevlm.models.base import token_selection_from_flags
 
     t0 = time.time()
-    check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.data_path),
-                                                          ("--sae_path", args.sae_path)])
+    check_not_own_input(args.output_dir, "output_dir", [("data_path", args.data_path),
+                                                          ("sae_path", args.sae_path)])
     from saevlm.extraction import planned_store_dirs, precheck_output_manifests
-    precheck_output_manifests(planned_store_dirs(args.output_dir, args.layer, bool(args.sae_path)), "--output_dir",
+    precheck_output_manifests(planned_store_dirs(args.output_dir, args.layer, bool(args.sae_path)), "output_dir",
                               args.overwrite)
     inputs = prepare_inputs(args)
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
@@ -139,7 +139,7 @@ def run(args: ExtractConfig) -> int:
     suffix = "_codes" if sae is not None else ""
     output_dirs = {p: out_root / f"{p.slug}{suffix}" for p in points}
     for out_dir in output_dirs.values():
-        check_not_own_input(out_dir, "--output_dir", [("--data_path", args.data_path), ("--sae_path", args.sae_path)])
+        check_not_own_input(out_dir, "output_dir", [("data_path", args.data_path), ("sae_path", args.sae_path)])
     if inputs.dist.world_size > 1:
         print(f"rank {inputs.dist.rank}/{inputs.dist.world_size} on {device}", file=sys.stderr)
     print(f"extract: {args.model_name} ({encoder.num_layers} blocks) on {images.name}/{images.split} "

@@ -159,16 +159,16 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     from saevlm.sae.pooled import RunningTopK, mean_codes
 
     if batch_size < 1:
-        raise UserError(f"--batch_size {batch_size}: expected a positive integer")
+        raise UserError(f"batch_size {batch_size}: expected a positive integer", field="batch_size")
     if shard_rows < 1:
-        raise UserError(f"--shard_rows {shard_rows}: expected a positive integer")
+        raise UserError(f"shard_rows {shard_rows}: expected a positive integer", field="shard_rows")
     autocast_ctx = autocast_context(device, cfg.autocast)  # validates before any work
     if cfg.top_k is not None:
         if sae is None or tokens.mode != "mean" or any(p.attachment_point == POST_PROJECTION for p in points):
-            raise UserError("--top_k: only with --sae_path and --mean_pool at a block (a running top-k of images "
-                            "per latent of the mean-pooled codes); for other stores run `saevlm top-images`")
+            raise UserError("top_k: only with --sae_path and --mean_pool at a block (a running top-k of images "
+                            "per latent of the mean-pooled codes); for other stores run `saevlm top-images`", field="top_k")
         if not 1 <= cfg.top_k <= len(selected):
-            raise UserError(f"--top_k {cfg.top_k}: expected 1..{len(selected)} (the number of images)")
+            raise UserError(f"top_k {cfg.top_k}: expected 1..{len(selected)} (the number of images)", field="top_k")
     encoder.to(device)
 
     num_tokens = None
@@ -386,7 +386,7 @@ class RunInputs:
     dist: object
 
 
-def precheck_output_manifests(store_dirs, flag: str, overwrite: bool) -> None:
+def precheck_output_manifests(store_dirs, field: str, overwrite: bool) -> None:
     """A damaged manifest in a store this command would write is refused BEFORE the model loads
     (it used to surface only after 10-20 s of loading)."""
     import json
@@ -400,11 +400,11 @@ def precheck_output_manifests(store_dirs, flag: str, overwrite: bool) -> None:
         try:
             ok = isinstance(json.loads(m.read_text()), dict)
         except (OSError, ValueError) as e:
-            raise UserError(f"{flag} {d}: its manifest.json is damaged ({str(e).splitlines()[0][:120]}); pass "
-                            f"--overwrite to replace the store") from None
+            raise UserError(f"{field} {d}: its manifest.json is damaged ({str(e).splitlines()[0][:120]}); pass "
+                            f"--overwrite to replace the store", field=field) from None
         if not ok:
-            raise UserError(f"{flag} {d}: its manifest.json is damaged (not a store manifest); pass --overwrite "
-                            f"to replace the store")
+            raise UserError(f"{field} {d}: its manifest.json is damaged (not a store manifest); pass --overwrite "
+                            f"to replace the store", field=field)
 
 
 def planned_store_dirs(output_dir, layers, codes: bool) -> list[Path]:
@@ -427,14 +427,14 @@ def prepare_inputs(args: ImageRunOptions) -> RunInputs:
     from saevlm.models import load_encoder
 
     if args.num_workers < 0:
-        raise UserError(f"--num_workers {args.num_workers}: expected 0 (decode in the main process) or more")
+        raise UserError(f"num_workers {args.num_workers}: expected 0 (decode in the main process) or more", field="num_workers")
     if args.batch_size < 1:
-        raise UserError(f"--batch_size {args.batch_size}: expected a positive integer")
+        raise UserError(f"batch_size {args.batch_size}: expected a positive integer", field="batch_size")
     dist, device = init_distributed(args.device)
     if device.type == "cpu" and args.num_workers > 0:
         from saevlm.threads import configure_threads
         configure_threads(workers=args.num_workers)  # leave the decoding workers their cores
-    store_dtype = normalize_store_dtype(args.store_dtype, "--store_dtype")
+    store_dtype = normalize_store_dtype(args.store_dtype, "store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
     encoder = load_encoder(args.model_name, processor_backend=args.processor_backend)

@@ -44,7 +44,7 @@ def run(args: InspectConfig) -> int:
     from saevlm.data.open import open_any_store
     from saevlm.data.topimages import TopImagesStore
 
-    store = open_any_store(args.store, flag="store", allow_incomplete=args.allow_incomplete,
+    store = open_any_store(args.store, field="store", allow_incomplete=args.allow_incomplete,
                            allow_nonfinite=args.allow_nonfinite, allow_top_images=True)
     if args.json:
         print(json.dumps(store.manifest if isinstance(store.manifest, dict) else store.manifest.to_json(), indent=1))

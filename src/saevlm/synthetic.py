@@ -183,7 +183,7 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
                             images_per_shard=max(n, 1), num_images=n, provenance=prov,
                             software=software, overwrite=overwrite,
                             extra_files={A.LABELS: data["labels"]},
-                            extra_json={A.CLASSES: classes}, flag="--output_dir")
+                            extra_json={A.CLASSES: classes}, field="output_dir")
             if w.already_complete:
                 log(f"{out / name}: complete already, skipped")
                 continue

@@ -150,7 +150,7 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
         _fsync_write(tmp, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kwargs))
 
 
-def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+def ensure_writable_dir(path: str | os.PathLike, field: str) -> Path:
     """Create ``path`` if needed and prove it writable BEFORE any work, so a read-only or full
     output is reported at once rather than after hours of computing."""
     path = Path(path)
@@ -163,7 +163,7 @@ def ensure_writable_dir(path: str | os.PathLike, flag: str) -> Path:
             os.fsync(f.fileno())
         os.unlink(probe)
     except OSError as err:
-        raise UserError(f"{flag} {path}: cannot write there ({describe_os_error(err)})") from None
+        raise UserError(f"{field} {path}: cannot write there ({describe_os_error(err)})", field=field) from None
     return path
 
 
@@ -175,12 +175,12 @@ class OutputLock:
 
     _held: dict[str, list] = {}  # resolved lock path -> [fd, holders] in this process
 
-    def __init__(self, directory: str | os.PathLike, flag: str, wait: bool = False, name: str = LOCK_NAME):
+    def __init__(self, directory: str | os.PathLike, field: str, wait: bool = False, name: str = LOCK_NAME):
         import fcntl
 
         self.directory = Path(directory)
         self.path = self.directory / name
-        ensure_writable_dir(self.directory, flag)
+        ensure_writable_dir(self.directory, field)
         self._key: str | None = str(self.path.resolve())
         if self._key in OutputLock._held:
             OutputLock._held[self._key][1] += 1
@@ -193,8 +193,8 @@ class OutputLock:
             if not wait:
                 os.close(fd)
                 self._key = None
-                raise UserError(f"{flag} {self.directory}: another saevlm process is writing there "
-                                f"({holder}); wait for it to finish, or use another output directory") from None
+                raise UserError(f"{field} {self.directory}: another saevlm process is writing there "
+                                f"({holder}); wait for it to finish, or use another output directory", field=field) from None
             print(f"waiting for {holder} to finish writing {self.directory} ...", flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
@@ -232,30 +232,31 @@ class OutputLock:
             pass
 
 
-def check_not_own_input(out: str | os.PathLike | None, out_flag: str,
+def check_not_own_input(out: str | os.PathLike | None, out_field: str,
                         inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
     """A command never writes over (or, with ``--overwrite``, deletes) its own input: refuse an
     output folder that IS an input. Checked before any work, whatever ``--overwrite`` says, and
-    the message suggests no destructive flag. (An output holding an input folder is fine: a
+    the message suggests no destructive field. (An output holding an input folder is fine: a
     store's writer only ever replaces the files directly inside its own folder.)"""
     if out is None:
         return
     o = Path(out).expanduser().resolve()
-    for flag, path in inputs:
+    for field, path in inputs:
         if path is None or str(path).startswith("hf:"):
             continue
         if Path(path).expanduser().resolve() == o:
-            raise UserError(f"{out_flag} {out}: it is the {flag} input itself; a command never writes over its "
-                            f"own input, so choose another {out_flag}")
+            raise UserError(f"{out_field} {out}: it is the {field} input itself; a command never writes over its "
+                            f"own input, so choose another {out_field}", field=out_field, mentions=(field, out_field))
 
 
 def check_distinct_inputs(inputs: list[tuple[str, str | os.PathLike | None]]) -> None:
     """Two inputs that must be different stores are not the same folder."""
     seen: dict[Path, str] = {}
-    for flag, path in inputs:
+    for field, path in inputs:
         if path is None:
             continue
         p = Path(path).expanduser().resolve()
         if p in seen:
-            raise UserError(f"{flag} {path}: the same folder as {seen[p]}; these must be different stores")
-        seen[p] = flag
+            raise UserError(f"{field} {path}: the same folder as {seen[p]}; these must be different stores",
+                            field=field, mentions=(seen[p],))
+        seen[p] = field

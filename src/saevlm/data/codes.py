@@ -181,9 +181,9 @@ class CodeStore(ActivationStore):
         if len(bad):
             row = int(np.searchsorted(indptr, int(bad[0]), side="right")) - 1
             img, tok = (int(v) for v in np.asarray(self.shard_rows(i)[row]))
-            raise UserError(f"{self.flag} {self.path}: shard {i} ({name}) holds {len(bad)} non-finite codes "
+            raise UserError(f"{self.field} {self.path}: shard {i} ({name}) holds {len(bad)} non-finite codes "
                             f"(NaN/inf), first at row {self.shards[i].row_start + row} (image {img}, "
-                            f"token {tok}); pass --allow_nonfinite to use them anyway")
+                            f"token {tok}); pass --allow_nonfinite to use them anyway", field=self.field)
 
     def iter_csr(self, chunk_rows: int = 65536) -> Iterator[CSRChunk]:
         """CSR chunks of at most ``chunk_rows`` rows, in row order (never crossing a shard)."""

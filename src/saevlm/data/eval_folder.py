@@ -44,7 +44,7 @@ def run(args: MakeEvalFolderConfig) -> int:
 
     from saevlm.data.atomic import atomic_write_json, check_not_own_input
     from saevlm.data.images import open_dataset
-    check_not_own_input(args.output_dir, "--output_dir", [("--data_path", args.imagenet_root or args.data_path)])
+    check_not_own_input(args.output_dir, "output_dir", [("data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
     images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
     out = Path(args.output_dir)

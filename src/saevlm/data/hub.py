@@ -51,7 +51,7 @@ def hub_spec(dataset_name: str | None, data_path: str | os.PathLike | None) -> s
             return spec
     if dataset_name == "hf":
         if not data_path:
-            raise UserError("--dataset_name hf: give the dataset as --data_path hf:<repo id or directory>")
+            raise UserError("dataset_name hf: give the dataset as --data_path hf:<repo id or directory>", field="dataset_name")
         return str(data_path)
     return None
 
@@ -89,17 +89,17 @@ def _hub_error(spec: str, err: Exception) -> UserError:
     page = f"https://huggingface.co/datasets/{spec}"
     low = text.lower()
     if "gated" in low or "401" in low or "403" in low or "authenticated" in low or "access to" in low:
-        return UserError(f"--dataset_name hf:{spec}: the dataset is gated; accept its license at {page} "
-                         f"and log in (`huggingface-cli login`, or set HF_TOKEN), then rerun")
+        return UserError(f"dataset_name hf:{spec}: the dataset is gated; accept its license at {page} "
+                         f"and log in (`huggingface-cli login`, or set HF_TOKEN), then rerun", field="dataset_name")
     if "offline" in low or isinstance(err, ConnectionError) or "couldn't reach" in low or "connection" in low:
-        return UserError(f"--dataset_name hf:{spec}: cannot reach the hub ({text.splitlines()[0][:160]}); "
+        return UserError(f"dataset_name hf:{spec}: cannot reach the hub ({text.splitlines()[0][:160]}); "
                          f"streaming needs the network (unset HF_HUB_OFFLINE), or download the dataset once "
                          f"(`huggingface-cli download --repo-type dataset {spec} --local-dir DIR`) and pass "
-                         f"hf:DIR")
+                         f"hf:DIR", field="dataset_name")
     if "doesn't exist" in low or "not found" in low or "notfound" in low:
-        return UserError(f"--dataset_name hf:{spec}: no such dataset on the hub (or it is private: log in "
-                         f"with `huggingface-cli login`); check the name at {page}")
-    return UserError(f"--dataset_name hf:{spec}: cannot open ({text.splitlines()[0][:200]})")
+        return UserError(f"dataset_name hf:{spec}: no such dataset on the hub (or it is private: log in "
+                         f"with `huggingface-cli login`); check the name at {page}", field="dataset_name")
+    return UserError(f"dataset_name hf:{spec}: cannot open ({text.splitlines()[0][:200]})", field="dataset_name")
 
 
 def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[str, list[str], str | None]:
@@ -109,35 +109,35 @@ def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[
     local = Path(spec).expanduser()
     is_local = local.exists() or spec.startswith(("/", ".", "~"))
     if is_local and not local.is_dir():
-        raise UserError(f"--dataset_name hf:{spec}: no such directory (a local dataset is a directory "
-                        f"of parquet files in the hub's layout, e.g. data/train-00000-of-00001.parquet)")
+        raise UserError(f"dataset_name hf:{spec}: no such directory (a local dataset is a directory "
+                        f"of parquet files in the hub's layout, e.g. data/train-00000-of-00001.parquet)", field="dataset_name")
     try:
         builder = datasets.load_dataset_builder(str(local) if is_local else spec, revision=revision)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - every hub failure becomes one actionable line
         if is_local:
-            raise UserError(f"--dataset_name hf:{spec}: not a dataset directory ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:200]})") from None
+            raise UserError(f"dataset_name hf:{spec}: not a dataset directory ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200]})", field="dataset_name") from None
         raise _hub_error(spec, err) from None
     data_files = builder.config.data_files or {}
     splits = sorted(data_files)
     chosen = split
     if split is None:
         if len(splits) != 1:
-            raise UserError(f"--split: required for hf:{spec} (its splits: {', '.join(splits) or 'none'})")
+            raise UserError(f"split: required for hf:{spec} (its splits: {', '.join(splits) or 'none'})", field="split")
         chosen = splits[0]
     elif split not in data_files and split == "val" and "validation" in data_files:
         print(f"note: --split val: hf:{spec} calls it 'validation'; using that", file=sys.stderr)
         chosen = "validation"
     if chosen not in data_files:
-        raise UserError(f"--split {split}: hf:{spec} has no such split (its splits: {', '.join(splits) or 'none'})")
+        raise UserError(f"split {split}: hf:{spec} has no such split (its splits: {', '.join(splits) or 'none'})", field="split")
     files = [str(f) for f in data_files[chosen]]
     if not all(f.endswith(".parquet") for f in files):
         if is_local or revision == PARQUET_REVISION:
-            raise UserError(f"--dataset_name hf:{spec}: split {chosen} is stored as "
+            raise UserError(f"dataset_name hf:{spec}: split {chosen} is stored as "
                             f"{Path(files[0]).suffix or 'non-parquet'} files; saevlm streams parquet "
-                            f"(convert with datasets' Dataset.to_parquet)")
+                            f"(convert with datasets' Dataset.to_parquet)", field="dataset_name")
         return _resolve_files(spec, chosen, PARQUET_REVISION)  # the hub's own parquet conversion
     check_sharded_file_set(spec, chosen, files)
     return chosen, files, revision
@@ -158,9 +158,9 @@ def check_sharded_file_set(spec: str, split: str, files: list[str]) -> None:
         missing = sorted(set(range(total)) - have)
         if missing:
             names = ", ".join(f"{stem}-{i:05d}-of-{total:05d}.parquet" for i in missing[:3])
-            raise UserError(f"--dataset_name hf:{spec}: split {split} is incomplete: {len(missing)} of its {total} "
+            raise UserError(f"dataset_name hf:{spec}: split {split} is incomplete: {len(missing)} of its {total} "
                             f"files are missing ({names}{', ...' if len(missing) > 3 else ''}); download them "
-                            f"again")
+                            f"again", field="dataset_name")
 
 
 class HubImageList:
@@ -199,7 +199,7 @@ class HubImageList:
             self.files.append(ParquetFileInfo(url, int(meta.num_rows), groups, first))
             first += int(meta.num_rows)
         if not self.files or first == 0:
-            raise UserError(f"--dataset_name {self.root}: split {self.split} holds no rows")
+            raise UserError(f"dataset_name {self.root}: split {self.split} holds no rows", field="dataset_name")
         self._num_rows = first
         self._starts = np.array([f.first_index for f in self.files] + [first], dtype=np.int64)
         self.labels = np.concatenate(labels) if labels else np.zeros(first, dtype=np.int64)
@@ -228,8 +228,8 @@ class HubImageList:
         if image_col is None:
             image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
         if image_col is None:
-            raise UserError(f"--dataset_name {self.root}: no image column (columns: {', '.join(columns)}); "
-                            f"saevlm needs one of datasets' Image type")
+            raise UserError(f"dataset_name {self.root}: no image column (columns: {', '.join(columns)}); "
+                            f"saevlm needs one of datasets' Image type", field="dataset_name")
         if label_col is None and "label" in columns:
             label_col = "label"
         return image_col, label_col, names
@@ -237,8 +237,8 @@ class HubImageList:
     def _read_error(self, url: str, err: Exception) -> UserError:
         if "://" in url:
             return _hub_error(self.spec, err)
-        return UserError(f"--dataset_name {self.root}: cannot read {url} ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}); the file is damaged or not parquet")
+        return UserError(f"dataset_name {self.root}: cannot read {url} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); the file is damaged or not parquet", field="dataset_name")
 
     # -- ImageList interface
     def __len__(self) -> int:

@@ -103,7 +103,7 @@ class ImageList:
         return out
 
 
-def scan_class_folders(split_dir: Path, flag: str = "--data_path") -> tuple[list[str], list[str], np.ndarray]:
+def scan_class_folders(split_dir: Path, field: str = "data_path") -> tuple[list[str], list[str], np.ndarray]:
     """torchvision ``ImageFolder`` order: sorted classes, then sorted paths inside each class."""
     classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
     if not classes:
@@ -111,7 +111,7 @@ def scan_class_folders(split_dir: Path, flag: str = "--data_path") -> tuple[list
         hint = (f" It holds {len(loose)} loose images: class folders are expected (for the raw "
                 f"ImageNet val set, sort it into <wnid>/ folders first, e.g. by instantiating "
                 f"torchvision.datasets.ImageNet(root, split='val') once).") if loose else ""
-        raise UserError(f"{flag} {split_dir}: no class folders found.{hint}")
+        raise UserError(f"{field} {split_dir}: no class folders found.{hint}", field=field)
     paths: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
@@ -133,14 +133,14 @@ def scan_class_folders(split_dir: Path, flag: str = "--data_path") -> tuple[list
         import sys
         if skipped:
             kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
-            print(f"note: {flag} {split_dir}: skipped {sum(skipped.values())} files that are not images of the "
+            print(f"note: {field} {split_dir}: skipped {sum(skipped.values())} files that are not images of the "
                   f"supported kinds ({kinds}; supported: {', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
         if empty:
-            print(f"note: {flag} {split_dir}: {len(empty)} class folders hold no images (first: {empty[0]}); "
+            print(f"note: {field} {split_dir}: {len(empty)} class folders hold no images (first: {empty[0]}); "
                   f"they keep their label index, as in torchvision's ImageFolder order", file=sys.stderr)
     if not paths:
-        raise UserError(f"{flag} {split_dir}: {len(classes)} class folders but no images "
-                        f"(extensions {', '.join(IMG_EXTENSIONS)})")
+        raise UserError(f"{field} {split_dir}: {len(classes)} class folders but no images "
+                        f"(extensions {', '.join(IMG_EXTENSIONS)})", field=field)
     return classes, paths, np.asarray(labels, dtype=np.int64)
 
 
@@ -166,9 +166,9 @@ def _imagenet_names(root: Path, classes: list[str]) -> list[str] | None:
 
 
 def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | None):
-    """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the flag.
+    """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the field.
 
-    ``hf:<repo id or directory>`` as either flag opens a hub dataset instead
+    ``hf:<repo id or directory>`` as either field opens a hub dataset instead
     (:class:`saevlm.data.hub.HubImageList`, same interface)."""
     from saevlm.data.hub import hub_spec
 
@@ -177,25 +177,25 @@ def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | No
         from saevlm.data.hub import open_hub_dataset
         return open_hub_dataset(spec, split)
     if name not in DATASETS:
-        raise UserError(f"--dataset_name {name!r}: unknown; expected one of {', '.join(DATASETS)}")
+        raise UserError(f"dataset_name {name!r}: unknown; expected one of {', '.join(DATASETS)}", field="dataset_name")
     if not data_path:
-        raise UserError("--data_path: required (the dataset's root directory)")
+        raise UserError("data_path: required (the dataset's root directory)", field="data_path")
     root = Path(data_path).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data_path {root}: no such directory")
+        raise UserError(f"data_path {root}: no such directory", field="data_path")
     if name == "imagefolder":
         split_dir = root / split if split else root
         if split and not split_dir.is_dir():
-            raise UserError(f"--split {split}: {split_dir} does not exist (omit --split to use "
-                            f"{root} itself)")
+            raise UserError(f"split {split}: {split_dir} does not exist (omit --split to use "
+                            f"{root} itself)", field="split")
     else:
         if not split:
-            raise UserError(f"--split: required for --dataset_name {name} (e.g. train or val)")
+            raise UserError(f"split: required for --dataset_name {name} (e.g. train or val)", field="split")
         split_dir = root / split
         if not split_dir.is_dir():
             found = sorted(e.name for e in os.scandir(root) if e.is_dir())
-            raise UserError(f"--split {split}: {split_dir} does not exist (folders in --data_path: "
-                            f"{', '.join(found) or 'none'})")
+            raise UserError(f"split {split}: {split_dir} does not exist (folders in --data_path: "
+                            f"{', '.join(found) or 'none'})", field="split")
     classes, paths, labels = scan_class_folders(split_dir)
     images = ImageList(name="inat" if name == "inat2021" else name, root=root, split=split,
                        split_dir=split_dir, paths=paths, labels=labels, classes=classes)
@@ -208,9 +208,9 @@ def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | No
 
 def select_indices(num_images: int, take_every: int, max_images: int | None) -> np.ndarray:
     if take_every < 1:
-        raise UserError(f"--take_every {take_every}: expected a positive integer")
+        raise UserError(f"take_every {take_every}: expected a positive integer", field="take_every")
     if max_images is not None and max_images < 1:
-        raise UserError(f"--max_images {max_images}: expected a positive integer")
+        raise UserError(f"max_images {max_images}: expected a positive integer", field="max_images")
     selected = np.arange(0, num_images, take_every, dtype=np.int64)
     return selected[:max_images] if max_images is not None else selected
 
@@ -249,27 +249,27 @@ def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_pat
 
         given = hub_spec(dataset_name, data_path)
         if given is not None and f"hf:{given}" != dataset.root:
-            raise UserError(f"--data_path hf:{given}: {what} was made from {dataset.root}")
+            raise UserError(f"data_path hf:{given}: {what} was made from {dataset.root}", field="data_path")
         if split is not None and split not in (dataset.split, "val" if dataset.split == "validation" else None):
-            raise UserError(f"--split {split}: {what} was made from the {dataset.split!r} split")
+            raise UserError(f"split {split}: {what} was made from the {dataset.split!r} split", field="split")
         return
     if dataset_name is not None:
         want = "inat" if dataset_name == "inat2021" else dataset_name
         have = dataset.name
         if want != have and not (want == "imagefolder" and have in ("imagenet", "inat")):
-            raise UserError(f"--dataset_name {dataset_name}: {what} was made from the {have!r} dataset")
+            raise UserError(f"dataset_name {dataset_name}: {what} was made from the {have!r} dataset", field="dataset_name")
     if split is not None and dataset.split not in (None, split):
-        raise UserError(f"--split {split}: {what} was made from the {dataset.split!r} split")
+        raise UserError(f"split {split}: {what} was made from the {dataset.split!r} split", field="split")
     if data_path is not None:
         root = Path(data_path).expanduser()
         if not root.is_dir():
-            raise UserError(f"--data_path {root}: no such directory")
+            raise UserError(f"data_path {root}: no such directory", field="data_path")
         if str(root.resolve()) != dataset.root:
             images = open_dataset(dataset.name or "imagefolder", root, split if split is not None else dataset.split)
             selected = select_indices(len(images), dataset.take_every or 1, dataset.max_images)
             if images.paths_sha256(selected) != dataset.paths_sha256:
-                raise UserError(f"--data_path {root}: its images differ from those {what} was made from "
-                                f"({dataset.root}, {dataset.num_selected} images)")
+                raise UserError(f"data_path {root}: its images differ from those {what} was made from "
+                                f"({dataset.root}, {dataset.num_selected} images)", field="data_path")
 
 
 def load_class_names(path: str) -> dict[str, str]:
@@ -281,9 +281,9 @@ def load_class_names(path: str) -> dict[str, str]:
     try:
         data = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"--class_names {f}: cannot read it as JSON ({e})") from None
+        raise UserError(f"class_names {f}: cannot read it as JSON ({e})", field="class_names") from None
     if not isinstance(data, dict) or not data:
-        raise UserError(f"--class_names {f}: expected a JSON object")
+        raise UserError(f"class_names {f}: expected a JSON object", field="class_names")
     first = next(iter(data.values()))
     if isinstance(first, list):
         return {str(v[0]): str(v[1]) for v in data.values()}

@@ -397,20 +397,20 @@ class Manifest:
         return self.dim
 
     @classmethod
-    def from_json(cls, m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str] = ("file",),
+    def from_json(cls, m: dict, path: Path, field: str, fmt: str, payload_keys: Sequence[str] = ("file",),
                   storage_dtypes: Mapping[str, str] | None = None) -> "Manifest":
         """Parse and check a manifest; a UserError naming ``path`` and the key otherwise.
 
         ``storage_dtypes``: store dtype -> the numpy dtype its values are stored as."""
         def bad(what: str) -> UserError:
-            return UserError(f"{flag} {path}: {what}; the manifest is damaged or was edited by hand "
-                             f"(re-create the store with --overwrite)")
+            return UserError(f"{field} {path}: {what}; the manifest is damaged or was edited by hand "
+                             f"(re-create the store with --overwrite)", field=field)
 
         if m.get("format") != fmt:
-            raise UserError(f"{flag} {path}: format is {m.get('format')!r}, expected {fmt!r}")
+            raise UserError(f"{field} {path}: format is {m.get('format')!r}, expected {fmt!r}", field=field)
         if m.get("schema_version") != SCHEMA_VERSION:
-            raise UserError(f"{flag} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
-                            f"{SCHEMA_VERSION}")
+            raise UserError(f"{field} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
+                            f"{SCHEMA_VERSION}", field=field)
         for key, types in cls._REQUIRED:
             if key not in m:
                 raise bad(f"no {key!r} key")

@@ -9,14 +9,14 @@ from pathlib import Path
 from saevlm.errors import UserError
 
 
-def open_any_store(path, flag: str = "--activations_dir", *, allow_top_images: bool = False,
+def open_any_store(path, field: str = "activations_dir", *, allow_top_images: bool = False,
                    allow_incomplete: bool = False, allow_nonfinite: bool = False):
     """An :class:`ActivationStore`, :class:`CodeStore` or (when allowed) :class:`TopImagesStore`."""
     from saevlm.data.codes import CODES_FORMAT, CodeStore
     from saevlm.data.store import MANIFEST, ActivationStore, resolve_store_path
     from saevlm.data.topimages import TOP_IMAGES_FORMAT, TopImagesStore
 
-    path = resolve_store_path(path, flag)
+    path = resolve_store_path(path, field)
     manifest = Path(path) / MANIFEST
     fmt = None
     if manifest.is_file():
@@ -27,8 +27,8 @@ def open_any_store(path, flag: str = "--activations_dir", *, allow_top_images: b
             fmt = None  # the store class below says what is wrong with it
     if fmt == TOP_IMAGES_FORMAT:
         if not allow_top_images:
-            raise UserError(f"{flag} {path}: holds only top images per latent (extract --top_k), "
-                            f"no activations or codes")
-        return TopImagesStore(path, flag=flag)
+            raise UserError(f"{field} {path}: holds only top images per latent (extract --top_k), "
+                            f"no activations or codes", field=field)
+        return TopImagesStore(path, field=field)
     cls = CodeStore if fmt == CODES_FORMAT else ActivationStore
-    return cls(path, flag=flag, allow_incomplete=allow_incomplete, allow_nonfinite=allow_nonfinite)
+    return cls(path, field=field, allow_incomplete=allow_incomplete, allow_nonfinite=allow_nonfinite)

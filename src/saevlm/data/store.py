@@ -47,11 +47,11 @@ def sha256_of_ints(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values, dtype="<i8").tobytes()).hexdigest()
 
 
-def normalize_store_dtype(name: str, flag: str = "--dtype") -> str:
+def normalize_store_dtype(name: str, field: str = "dtype") -> str:
     try:
         return STORE_DTYPES[name.lower()]
     except KeyError:
-        raise UserError(f"{flag} {name!r}: expected one of fp32, fp16, bf16") from None
+        raise UserError(f"{field} {name!r}: expected one of fp32, fp16, bf16", field=field) from None
 
 
 def encode_for_storage(acts: np.ndarray, dtype: str) -> np.ndarray:
@@ -104,29 +104,29 @@ def _count_nonfinite(values: np.ndarray, dtype: str, block_rows: int = 16384) ->
 
 
 # ----------------------------------------------------------------------------- manifest
-def read_manifest(path: Path, flag: str) -> dict:
+def read_manifest(path: Path, field: str) -> dict:
     """``manifest.json`` as a dict, or a UserError saying what is wrong with it."""
     try:
         text = path.read_text()
     except OSError as err:
-        raise UserError(f"{flag} {path}: cannot read ({describe_os_error(err)})") from None
+        raise UserError(f"{field} {path}: cannot read ({describe_os_error(err)})", field=field) from None
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"{flag} {path}: damaged, not valid JSON ({e}); re-create the store, e.g. "
-                        f"rerun its command with --overwrite") from None
+        raise UserError(f"{field} {path}: damaged, not valid JSON ({e}); re-create the store, e.g. "
+                        f"rerun its command with --overwrite", field=field) from None
     if not isinstance(manifest, dict):
-        raise UserError(f"{flag} {path}: damaged, expected a JSON object, found a "
-                        f"{type(manifest).__name__}; re-create the store with --overwrite")
+        raise UserError(f"{field} {path}: damaged, expected a JSON object, found a "
+                        f"{type(manifest).__name__}; re-create the store with --overwrite", field=field)
     return manifest
 
 
 STORAGE_DTYPE_NAMES = {k: np.dtype(v).name for k, v in _STORAGE.items()}
 
 
-def parse_manifest(m: dict, path: Path, flag: str, fmt: str, payload_keys: Sequence[str]) -> Manifest:
+def parse_manifest(m: dict, path: Path, field: str, fmt: str, payload_keys: Sequence[str]) -> Manifest:
     """The typed :class:`~saevlm.data.manifest.Manifest`, or one line naming the bad key."""
-    return Manifest.from_json(m, path, flag, fmt, payload_keys, STORAGE_DTYPE_NAMES)
+    return Manifest.from_json(m, path, field, fmt, payload_keys, STORAGE_DTYPE_NAMES)
 
 
 # ----------------------------------------------------------------------------- reader
@@ -140,7 +140,7 @@ class ShardInfo:
     row_start: int  # global row offset of this shard
 
 
-def resolve_store_path(path: str | os.PathLike, flag: str = "store") -> Path:
+def resolve_store_path(path: str | os.PathLike, field: str = "store") -> Path:
     """The store directory ``path`` names: itself when it holds a manifest, else its single child
     that does. The authors' ``--output_dir`` of save_activations.py IS the store; saevlm's extract
     writes ``<output_dir>/<point>/``, so their later ``--activations_dir <output_dir>`` lands here."""
@@ -149,11 +149,11 @@ def resolve_store_path(path: str | os.PathLike, flag: str = "store") -> Path:
         return p
     children = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST).is_file())
     if len(children) == 1:
-        print(f"note: {flag} {p}: using the store it holds, {children[0].name}/", file=sys.stderr)
+        print(f"note: {field} {p}: using the store it holds, {children[0].name}/", file=sys.stderr)
         return children[0]
     if len(children) > 1:
-        raise UserError(f"{flag} {p}: holds {len(children)} stores ({', '.join(c.name for c in children)}); "
-                        f"name one of them")
+        raise UserError(f"{field} {p}: holds {len(children)} stores ({', '.join(c.name for c in children)}); "
+                        f"name one of them", field=field)
     return p
 
 
@@ -200,23 +200,23 @@ class ActivationStore:
     FORMAT = FORMAT_NAME
     PAYLOAD_KEYS: tuple[str, ...] = ("file",)
 
-    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, flag: str = "store",
+    def __init__(self, path: str | os.PathLike, allow_incomplete: bool = False, field: str = "store",
                  allow_nonfinite: bool = False):
-        self.path = resolve_store_path(path, flag)
-        self.flag = flag
+        self.path = resolve_store_path(path, field)
+        self.field = field
         self.allow_nonfinite = allow_nonfinite
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             what = "does not exist" if not self.path.exists() else f"has no {MANIFEST}"
-            raise UserError(f"{flag} {self.path}: {what}; expected a saevlm store directory "
-                            f"(written by `saevlm extract` / `saevlm embed`)")
-        raw_manifest = read_manifest(manifest_path, flag)
-        self.manifest: Manifest = parse_manifest(raw_manifest, manifest_path, flag, self.FORMAT, self.PAYLOAD_KEYS)
+            raise UserError(f"{field} {self.path}: {what}; expected a saevlm store directory "
+                            f"(written by `saevlm extract` / `saevlm embed`)", field=field)
+        raw_manifest = read_manifest(manifest_path, field)
+        self.manifest: Manifest = parse_manifest(raw_manifest, manifest_path, field, self.FORMAT, self.PAYLOAD_KEYS)
         m = self.manifest
         if not m.complete and not allow_incomplete:
             raise UserError(
-                f"{flag} {self.path}: the store is incomplete (its writer stopped after "
-                f"{len(m.shards)} shard(s)). Rerun the same command to resume it.")
+                f"{field} {self.path}: the store is incomplete (its writer stopped after "
+                f"{len(m.shards)} shard(s)). Rerun the same command to resume it.", field=field)
         self.dtype: str = m.dtype
         self.dim: int = m.dim
         self.shards: list[ShardInfo] = []
@@ -231,23 +231,23 @@ class ActivationStore:
         self._verified: set[str] = set()
         self.has_checksums = all(s.has_checksums for s in m.shards)
         if m.shards and not self.has_checksums:
-            print(f"note: {flag} {self.path}: written without checksums (by an older saevlm); damage to its "
+            print(f"note: {field} {self.path}: written without checksums (by an older saevlm); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
         self._check_shard_list(manifest_path)
         for i in range(len(self.shards)):
             self._check_shard_files(i)  # names the shard whose row count disagrees, if one does
         if m.complete and offset != m.num_rows:
-            raise UserError(f"{flag} {manifest_path}: its shards list {offset} rows in all, but num_rows "
-                            f"says {m.num_rows}; the manifest was edited or damaged")
+            raise UserError(f"{field} {manifest_path}: its shards list {offset} rows in all, but num_rows "
+                            f"says {m.num_rows}; the manifest was edited or damaged", field=field)
         from saevlm.data.manifest import check_seal
-        check_seal(raw_manifest, f"{flag} {manifest_path}")
+        check_seal(raw_manifest, f"{field} {manifest_path}")
         nonfinite = m.nonfinite_shards()
         if nonfinite and not allow_nonfinite:
             i = nonfinite[0]
-            raise UserError(f"{flag} {self.path}: holds {sum(m.shards[j].nonfinite for j in nonfinite)} "
+            raise UserError(f"{field} {self.path}: holds {sum(m.shards[j].nonfinite for j in nonfinite)} "
                             f"non-finite values (NaN/inf), first in shard {i} ({self._payload_files(i)[0]}) "
                             f"at row {self.shards[i].row_start + (m.shards[i].first_nonfinite_row or 0)}; "
-                            f"pass --allow_nonfinite to use them anyway")
+                            f"pass --allow_nonfinite to use them anyway", field=field)
 
     # -- integrity
     def _check_shard_list(self, manifest_path: Path) -> None:
@@ -258,7 +258,7 @@ class ActivationStore:
         seen: dict[str, int] = {}
         next_image = m.shards[0].first_image if m.shards else 0
         for i, e in enumerate(m.shards):
-            where = f"{self.flag} {manifest_path}: shard entry {i}"
+            where = f"{self.field} {manifest_path}: shard entry {i}"
             if e.index != i:
                 raise UserError(f"{where} is numbered {e.index}; entries must be 0, 1, 2, ... in order (one "
                                 f"was duplicated, dropped or reordered: the manifest was edited or damaged)")
@@ -275,8 +275,8 @@ class ActivationStore:
             listed = sum(e.num_images for e in m.shards)
             stored = listed - sum(len(e.skipped_images) for e in m.shards)
             if m.num_images not in (listed, stored):
-                raise UserError(f"{self.flag} {manifest_path}: its shards cover {listed} images, but num_images "
-                                f"says {m.num_images}; the manifest was edited or damaged")
+                raise UserError(f"{self.field} {manifest_path}: its shards cover {listed} images, but num_images "
+                                f"says {m.num_images}; the manifest was edited or damaged", field=self.field)
 
     def _payload_files(self, i: int) -> list[str]:
         return [self.manifest.shards[i].file or ""]
@@ -291,8 +291,8 @@ class ActivationStore:
         return out
 
     def _damaged(self, i: int, name: str, what: str) -> UserError:
-        return UserError(f"{self.flag} {self.path}: shard {i} ({name}) {what}; the store is damaged, "
-                         f"re-create it (rerun its command with --overwrite)")
+        return UserError(f"{self.field} {self.path}: shard {i} ({name}) {what}; the store is damaged, "
+                         f"re-create it (rerun its command with --overwrite)", field=self.field)
 
     def _check_shard_files(self, i: int) -> None:
         """Existence, size, header, dtype and shape of shard ``i``'s files (cheap: stat + header)."""
@@ -343,9 +343,9 @@ class ActivationStore:
             first = int(bad_rows[0])
             img, tok = (int(v) for v in np.asarray(self.shard_rows(i)[first]))
             count = int(_count_nonfinite(values, self.dtype))
-            raise UserError(f"{self.flag} {self.path}: shard {i} ({name}) holds {count} non-finite values "
+            raise UserError(f"{self.field} {self.path}: shard {i} ({name}) holds {count} non-finite values "
                             f"(NaN/inf), first at row {self.shards[i].row_start + first} (image {img}, "
-                            f"token {tok}); pass --allow_nonfinite to use them anyway")
+                            f"token {tok}); pass --allow_nonfinite to use them anyway", field=self.field)
 
     def verify(self, progress: bool = False) -> int:
         """Check every shard now (checksums, values); returns the bytes checked."""
@@ -364,9 +364,9 @@ class ActivationStore:
         if recorded is not None and self.manifest.complete:
             got = sha256_of_ints(self.image_ids())
             if got != recorded:
-                raise UserError(f"{self.flag} {self.path}: the image ids its rows files hold hash to {got[:12]}..., "
+                raise UserError(f"{self.field} {self.path}: the image ids its rows files hold hash to {got[:12]}..., "
                                 f"the manifest recorded {recorded[:12]}... (image_ids_sha256); shards were "
-                                f"swapped, copied or edited")
+                                f"swapped, copied or edited", field=self.field)
         return total
 
     def _check_payload(self, i: int) -> None:

@@ -63,24 +63,24 @@ class TopImagesStore:
     """Top images per latent, no codes. Enough for ``visualize``, ``hierarchy``, ``uniqueness``
     and ``steering-score``."""
 
-    def __init__(self, path, flag: str = "--activations_dir"):
+    def __init__(self, path, field: str = "activations_dir"):
         self.path = Path(path)
         try:
             self.manifest = json.loads((self.path / "manifest.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{flag} {self.path}: unreadable manifest.json ({e})") from None
+            raise UserError(f"{field} {self.path}: unreadable manifest.json ({e})", field=field) from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != TOP_IMAGES_FORMAT:
-            raise UserError(f"{flag} {self.path}: not a top-images store")
+            raise UserError(f"{field} {self.path}: not a top-images store", field=field)
         if not self.manifest.get("complete"):
-            raise UserError(f"{flag} {self.path}: the extraction that writes it has not finished; "
-                            f"rerun the same extract command to resume it")
+            raise UserError(f"{field} {self.path}: the extraction that writes it has not finished; "
+                            f"rerun the same extract command to resume it", field=field)
         try:
             self.dim = int(self.manifest["dim"])
             self.num_rows = int(self.manifest["num_images"])
             self.k = int(self.manifest["k"])
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{flag} {self.path}/manifest.json: damaged ({type(e).__name__}: {e}); rerun "
-                            f"the extract command with --overwrite") from None
+            raise UserError(f"{field} {self.path}/manifest.json: damaged ({type(e).__name__}: {e}); rerun "
+                            f"the extract command with --overwrite", field=field) from None
 
     @property
     def dict_size(self) -> int:
@@ -111,8 +111,8 @@ def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarr
     d = Path(directory)
     f = d / A.top_images_npy(k)
     if not f.is_file():
-        raise UserError(f"--activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
-                        f"--activations_dir {d} --k {k}` first")
+        raise UserError(f"activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
+                        f"--activations_dir {d} --k {k}` first", field="activations_dir")
     top = np.load(f)
     if store is not None:
         import json
@@ -148,11 +148,11 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, 
         # wrote the file inside the store that folder holds
         f = Path(directory) / f.name
     if not f.is_file():
-        raise UserError(f"--hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
-                        f"authors' find_hai_indices.py)")
+        raise UserError(f"hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
+                        f"authors' find_hai_indices.py)", field="hai_indices_path")
     top = np.load(f)
     if top.ndim != 2 or top.shape[1] != k:
-        raise UserError(f"--hai_indices_path {f}: shape {top.shape}, expected [neurons, {k}] (--k {k})")
+        raise UserError(f"hai_indices_path {f}: shape {top.shape}, expected [neurons, {k}] (--k {k})", field="hai_indices_path")
     authors_order = f.name.startswith("hai_indices")
     if authors_order:
         top = np.ascontiguousarray(top[:, ::-1])
@@ -164,8 +164,8 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, 
     elif worst.is_file():
         kth = np.load(worst)
     else:
-        raise UserError(f"--hai_indices_path {f}: no {worst.name} beside it (the k-th values, which mark "
-                        f"near-dead neurons)")
+        raise UserError(f"hai_indices_path {f}: no {worst.name} beside it (the k-th values, which mark "
+                        f"near-dead neurons)", field="hai_indices_path")
     return top, np.asarray(kth, dtype=np.float32), values
 
 

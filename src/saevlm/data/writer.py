@@ -47,10 +47,10 @@ class StoreWriter:
     def __init__(self, path: str | os.PathLike, *, kind: str, dim: int, dtype: str,
                  images_per_shard: int, num_images: int, provenance: Provenance | dict, software: dict,
                  overwrite: bool = False, extra_files: dict[str, np.ndarray] | None = None,
-                 extra_json: dict[str, Any] | None = None, flag: str = "--output_dir",
+                 extra_json: dict[str, Any] | None = None, field: str = "output_dir",
                  rank: int = 0, world_size: int = 1, allow_nonfinite: bool = False):
         self.path = Path(path)
-        self.flag = flag
+        self.field = field
         self.format = self.FORMAT
         self.dtype = normalize_store_dtype(dtype)
         self.dim = int(dim)
@@ -63,7 +63,7 @@ class StoreWriter:
         self.already_complete = False
         # rank 0 holds the lock for a whole torchrun job: the other ranks open the store only after
         # rank 0 has, so a second job stops at its rank 0
-        self._lock = OutputLock(self.path, flag, name=LOCK) if self.rank == 0 else None
+        self._lock = OutputLock(self.path, field, name=LOCK) if self.rank == 0 else None
         # through JSON, so that it compares equal to what a resumed store's manifest reads back
         provenance = Provenance.from_json(_jsonable(provenance))
         self.provenance = provenance
@@ -75,17 +75,17 @@ class StoreWriter:
         if manifest_path.exists():
             old = self._read_own_manifest(manifest_path)
             if old.get("format") != self.FORMAT:
-                raise UserError(f"{flag} {self.path}: holds a {old.get('format')!r} store, not "
-                                f"{self.FORMAT!r}; use another directory or --overwrite")
+                raise UserError(f"{field} {self.path}: holds a {old.get('format')!r} store, not "
+                                f"{self.FORMAT!r}; use another directory or --overwrite", field=field)
             try:
-                old_identity = Manifest.from_json(old, manifest_path, flag, self.FORMAT, ()).identity()
+                old_identity = Manifest.from_json(old, manifest_path, field, self.FORMAT, ()).identity()
             except UserError as err:
                 raise UserError(f"{err}; or pass --overwrite to replace the store") from None
             if old_identity != identity:
                 diff = _first_difference(_jsonable(old_identity), _jsonable(identity))
                 raise UserError(
-                    f"{flag} {self.path}: a store written with different settings is already there "
-                    f"({diff}). Use another output directory, or pass --overwrite to replace it.")
+                    f"{field} {self.path}: a store written with different settings is already there "
+                    f"({diff}). Use another output directory, or pass --overwrite to replace it.", field=field)
             self.manifest = old
             self.already_complete = bool(old.get("complete"))
         elif self.rank != 0:
@@ -125,11 +125,11 @@ class StoreWriter:
         try:
             old = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged ({e}); pass --overwrite "
-                            f"to replace the store") from None
+            raise UserError(f"{self.field} {self.path}: its {MANIFEST} is damaged ({e}); pass --overwrite "
+                            f"to replace the store", field=self.field) from None
         if not isinstance(old, dict) or not isinstance(old.get("shards", []), list):
-            raise UserError(f"{self.flag} {self.path}: its {MANIFEST} is damaged (not a store manifest); "
-                            f"pass --overwrite to replace the store")
+            raise UserError(f"{self.field} {self.path}: its {MANIFEST} is damaged (not a store manifest); "
+                            f"pass --overwrite to replace the store", field=self.field)
         return old
 
     # -- state
@@ -215,9 +215,9 @@ class StoreWriter:
         first = int(bad[0])
         if not self.allow_nonfinite:
             img, tok = (int(v) for v in rows_n2[first]) if len(rows_n2) > first else (-1, -1)
-            raise UserError(f"{self.flag} {self.path}: shard {index} would hold {count} non-finite {what} "
+            raise UserError(f"{self.field} {self.path}: shard {index} would hold {count} non-finite {what} "
                             f"(NaN/inf), first at image {img}, token {tok}; nothing was written for it. "
-                            f"fp16 overflow? Try --autocast none, or pass --allow_nonfinite to keep them")
+                            f"fp16 overflow? Try --autocast none, or pass --allow_nonfinite to keep them", field=self.field)
         return count, first
 
     def _save_progress(self) -> None:

@@ -366,7 +366,7 @@ class Explorer:
                     skipped[slug] = missing
                     self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
                              f"skipped {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
-        out = ensure_writable_dir(Path(out), "--static")
+        out = ensure_writable_dir(Path(out), "static")
         atomic_write_text(out / "static" / "explorer.js", SCRIPT)
         atomic_write_text(out / "static" / "style.css", STYLE)
         kept = {slug: set(subset.tolist()) for slug, subset in chosen.items()}

@@ -57,7 +57,7 @@ class SAEView:
     @cached_property
     def store(self):
         from saevlm.data.open import open_any_store
-        return open_any_store(self.path, "--run_dir", allow_top_images=True)
+        return open_any_store(self.path, "run_dir", allow_top_images=True)
 
     @property
     def is_codes(self) -> bool:
@@ -452,7 +452,7 @@ class SAEView:
         recorded = str(ds.root or "")
         try:
             if self.data_path is not None:  # given explicitly: it wins, and is checked like any other
-                return open_store_images(self.store, self.data_path, "--data_path")
+                return open_store_images(self.store, self.data_path, "data_path")
             if recorded.startswith("hf:") or (recorded and Path(recorded).exists()):
                 return open_store_images(self.store, None, "the recorded dataset")
         except UserError as err:

@@ -179,7 +179,7 @@ def run(args: BenchmarkAgreementConfig) -> int:
             metrics[f"MS ({tag}, shipped)"] = (pairs[cx].to_numpy(float), pairs[cy].to_numpy(float))
     device = resolve_device(args.device)
     for path in args.embeddings_path:
-        store = ActivationStore(path, flag="--embeddings_path")
+        store = ActivationStore(path, field="embeddings_path")
         scores = ms_from_activations_csv(archive, store, device=device)
         name = f"MS (recomputed, {store.provenance.model.name or Path(path).name})"
         metrics[name] = _lookup(scores, kx, ky, name)

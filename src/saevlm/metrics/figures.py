@@ -23,8 +23,8 @@ class VerifiedImages:
     """A store's dataset whose every read is checked against the content hash the store recorded
     for that image, so other pictures under the same file names are never shown as its images."""
 
-    def __init__(self, images, hashes: dict[int, int], root, flag: str = "--data_path"):
-        self.images, self.hashes, self.root, self.flag = images, hashes, root, flag
+    def __init__(self, images, hashes: dict[int, int], root, field: str = "data_path"):
+        self.images, self.hashes, self.root, self.field = images, hashes, root, field
         self.verified: set[int] = set()
 
     def __getattr__(self, name):
@@ -37,9 +37,9 @@ class VerifiedImages:
         want = self.hashes.get(int(index))
         if want is not None and data is not None and content_hash(data) != want:
             name = self.images.name_of(int(index)) if hasattr(self.images, "name_of") else str(index)
-            raise UserError(f"{self.flag} {self.root}: image {index} ({name}) is not the picture the store was made "
+            raise UserError(f"{self.field} {self.root}: image {index} ({name}) is not the picture the store was made "
                             f"from (its content hash differs); the folder holds other pictures under the same "
-                            f"file names. Pass --data_path with the original images")
+                            f"file names. Pass --data_path with the original images", field=self.field)
         self.verified.add(int(index))
         return data
 
@@ -49,7 +49,7 @@ class VerifiedImages:
             self.read_bytes(i)
 
 
-def open_store_images(store, data_path: str | None = None, flag: str = "--data_path"):
+def open_store_images(store, data_path: str | None = None, field: str = "data_path"):
     """The dataset of a store's provenance, verified to be the same image list, with every image
     read checked against the store's recorded content hashes (where recorded)."""
     from saevlm.data.images import open_dataset, select_indices
@@ -59,8 +59,8 @@ def open_store_images(store, data_path: str | None = None, flag: str = "--data_p
         raise UserError(f"{store.path}: a {ds.name or 'dataset-less'} store has no images to show "
                         f"(use --histogram_only)")
     root = data_path or ds.root
-    if data_path is None:  # the user passed no dataset flag: never blame one they did not pass
-        flag = f"the dataset {store.path} was extracted from"
+    if data_path is None:  # the user passed no dataset field: never blame one they did not pass
+        field = f"the dataset {store.path} was extracted from"
         try:
             images = open_dataset(ds.name, root, ds.split)
         except UserError as err:
@@ -71,12 +71,12 @@ def open_store_images(store, data_path: str | None = None, flag: str = "--data_p
         images = open_dataset(ds.name, root, ds.split)
     selected = select_indices(len(images), ds.take_every or 1, ds.max_images)
     if images.paths_sha256(selected) != ds.paths_sha256:
-        raise UserError(f"{flag} {root}: its images differ from those the store was made from "
-                        f"(fingerprint mismatch); point --data_path at the same dataset")
+        raise UserError(f"{field} {root}: its images differ from those the store was made from "
+                        f"(fingerprint mismatch); point --data_path at the same dataset", field=field)
     hashes = store.image_hashes() if hasattr(store, "image_hashes") else None
     if hashes is None:
         return images
-    return VerifiedImages(images, {int(i): int(h) for i, h in np.asarray(hashes)}, root, flag)
+    return VerifiedImages(images, {int(i): int(h) for i, h in np.asarray(hashes)}, root, field)
 
 
 def save_grid(images, image_ids, values, title: str, path: Path, size: int = 160) -> None:

@@ -181,9 +181,9 @@ def run(args: FMSConfig) -> int:
     from saevlm.metrics.results import check_one_row_per_image, find_ms_dir, source_stamp
 
     store = open_any_store(args.activations_dir)
-    check_one_row_per_image(store, "--activations_dir")
+    check_one_row_per_image(store, "activations_dir")
     out = Path(args.output_dir) if args.output_dir else store.path / (args.output_subdir or "fms")
-    ensure_writable_dir(out, "--output_dir" if args.output_dir else "--output_subdir")
+    ensure_writable_dir(out, "output_dir" if args.output_dir else "output_subdir")
     codes = store.read(0, store.num_rows)
     ids = store.image_ids()
     if args.concepts:
@@ -205,7 +205,7 @@ def run(args: FMSConfig) -> int:
     if args.max_concepts:
         labels_nc = labels_nc[:, :args.max_concepts]
     result = fms_scores(codes, labels_nc, args.p, args.n, args.seed, args.max_positives, names)
-    ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
+    ms_dir = find_ms_dir(store.path, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
     ms_mean = None
     if ms_dir is not None and (ms_dir / A.MS_JSON).is_file():
         ms_mean = json.loads((ms_dir / A.MS_JSON).read_text()).get("mean")

@@ -111,7 +111,7 @@ def run(args: HierarchyConfig) -> int:
                         f"--activations_dir {store.path}")
     d = store.path
     from saevlm.data.atomic import ensure_writable_dir
-    out = ensure_writable_dir(args.output_dir or d, "--output_dir" if args.output_dir else "--activations_dir")
+    out = ensure_writable_dir(args.output_dir or d, "output_dir" if args.output_dir else "activations_dir")
     top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path, store)
     classes_f = d / A.CLASSES
     labels_f = d / A.LABELS
@@ -138,8 +138,8 @@ def run(args: HierarchyConfig) -> int:
     if sum(sizes) != len(top):
         raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
-    ms_dir = find_ms_dir(d, args.ms_subdir, "--activations_dir", required=bool(args.ms_subdir))
-    ms = load_ms_scores(ms_dir, len(top), "--ms_subdir", store) if ms_dir else None
+    ms_dir = find_ms_dir(d, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
+    ms = load_ms_scores(ms_dir, len(top), "ms_subdir", store) if ms_dir else None
     table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
     from saevlm.metrics.results import source_stamp
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,

@@ -104,12 +104,12 @@ def run(args: MSConfig) -> int:
         raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
     if args.output_dir and args.output_subdir:
         raise UserError("--output_dir and --output_subdir: give one (the folder, or its name inside the store)")
-    acts = open_any_store(args.activations_dir, "--activations_dir", allow_nonfinite=args.allow_nonfinite)
+    acts = open_any_store(args.activations_dir, "activations_dir", allow_nonfinite=args.allow_nonfinite)
     from saevlm.data.atomic import check_distinct_inputs
-    check_distinct_inputs([("--activations_dir", args.activations_dir), ("--embeddings_path", args.embeddings_path)])
-    emb = ActivationStore(args.embeddings_path, flag="--embeddings_path", allow_nonfinite=args.allow_nonfinite)
-    check_one_row_per_image(acts, "--activations_dir")
-    check_one_row_per_image(emb, "--embeddings_path")
+    check_distinct_inputs([("activations_dir", args.activations_dir), ("embeddings_path", args.embeddings_path)])
+    emb = ActivationStore(args.embeddings_path, field="embeddings_path", allow_nonfinite=args.allow_nonfinite)
+    check_one_row_per_image(acts, "activations_dir")
+    check_one_row_per_image(emb, "embeddings_path")
     check_same_images(acts, emb, what="--activations_dir / --embeddings_path")
     if acts.num_rows < 2:
         raise UserError(f"--activations_dir {acts.path}: the MS needs at least 2 images")

@@ -148,11 +148,11 @@ def run(args: NameConfig) -> int:
     from saevlm.data.topimages import load_top_images
     from saevlm.metrics.results import source_stamp
 
-    store = open_any_store(args.codes_dir, "--codes_dir", allow_top_images=True)
+    store = open_any_store(args.codes_dir, "codes_dir", allow_top_images=True)
     out = Path(args.output) if args.output else store.path / A.NAMES
-    ensure_writable_dir(out.parent, "--output")
+    ensure_writable_dir(out.parent, "output")
     top, kth, values = load_top_images(store.path, args.k, store)
-    emb = ActivationStore(args.embeddings_path, flag="--embeddings_path")
+    emb = ActivationStore(args.embeddings_path, field="embeddings_path")
     diff = emb.provenance.compatible_with(store.provenance, aspects=("dataset",))
     if diff is not None:
         raise UserError(f"--embeddings_path {emb.path}: embeds another image list than {store.path} "

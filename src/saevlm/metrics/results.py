@@ -16,7 +16,7 @@ def embedder_slug(emb_store) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "embeddings"
 
 
-def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = False):
+def find_ms_dir(store_path, ms_subdir: str | None, field: str, required: bool = False):
     """The folder holding a store's MS results: ``<store>/<ms_subdir>`` when named, else the single
     ``ms*/`` folder with a scores.npy (several: an error naming them, or None when not required)."""
     from pathlib import Path
@@ -27,7 +27,7 @@ def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = F
     if ms_subdir:
         d = Path(ms_subdir) if Path(ms_subdir).is_absolute() else store_path / ms_subdir
         if required and not (d / A.MS_SCORES).is_file():
-            raise UserError(f"--ms_subdir {ms_subdir}: no scores.npy in {d}; run saevlm ms first")
+            raise UserError(f"ms_subdir {ms_subdir}: no scores.npy in {d}; run saevlm ms first", field="ms_subdir")
         return d if (d / A.MS_SCORES).is_file() else None
     found = sorted(d for d in store_path.glob("ms*") if (d / A.MS_SCORES).is_file())
     if len(found) == 1:
@@ -35,17 +35,17 @@ def find_ms_dir(store_path, ms_subdir: str | None, flag: str, required: bool = F
     if len(found) > 1:
         names = ", ".join(d.name for d in found)
         if required:
-            raise UserError(f"{flag} {store_path}: holds MS results for several embedders ({names}); "
-                            f"choose one with --ms_subdir")
-        print(f"note: {flag} {store_path}: MS results for several embedders ({names}); pass --ms_subdir "
+            raise UserError(f"{field} {store_path}: holds MS results for several embedders ({names}); "
+                            f"choose one with --ms_subdir", field=field)
+        print(f"note: {field} {store_path}: MS results for several embedders ({names}); pass --ms_subdir "
               f"to use one", file=__import__("sys").stderr)
         return None
     if required:
-        raise UserError(f"{flag} {store_path}: no MS results (ms*/scores.npy); run saevlm ms first")
+        raise UserError(f"{field} {store_path}: no MS results (ms*/scores.npy); run saevlm ms first", field=field)
     return None
 
 
-def load_ms_scores(ms_dir, num_neurons: int, flag: str, store=None):
+def load_ms_scores(ms_dir, num_neurons: int, field: str, store=None):
     """scores.npy of an MS folder, checked against the number of neurons it should score (and,
     with ``store``, refused when computed from an earlier version of that store)."""
     import numpy as np
@@ -59,21 +59,21 @@ def load_ms_scores(ms_dir, num_neurons: int, flag: str, store=None):
     try:
         scores = np.load(f)
     except (OSError, ValueError) as e:
-        raise UserError(f"{flag} {f}: unreadable ({e}); rerun saevlm ms") from None
+        raise UserError(f"{field} {f}: unreadable ({e}); rerun saevlm ms", field=field) from None
     if scores.ndim != 1 or len(scores) != num_neurons:
-        raise UserError(f"{flag} {f}: {scores.shape} scores, expected one per neuron ({num_neurons}); "
-                        f"it belongs to another store, rerun saevlm ms")
+        raise UserError(f"{field} {f}: {scores.shape} scores, expected one per neuron ({num_neurons}); "
+                        f"it belongs to another store, rerun saevlm ms", field=field)
     return scores
 
 
-def check_one_row_per_image(store, flag: str) -> None:
+def check_one_row_per_image(store, field: str) -> None:
     from saevlm.errors import UserError
 
     n_img = int(store.manifest.num_images if store.manifest.num_images is not None else store.num_rows)
     if store.num_rows != n_img:
-        raise UserError(f"{flag} {store.path}: {store.num_rows} rows for {n_img} images (token "
+        raise UserError(f"{field} {store.path}: {store.num_rows} rows for {n_img} images (token "
                         f"selection {store.provenance.tokens.selection!r}); this metric needs one row per image "
-                        f"(extract with --cls_only or --mean_pool)")
+                        f"(extract with --cls_only or --mean_pool)", field=field)
 
 
 # -- derived results tied to the store they describe ------------------------------------------

@@ -187,12 +187,12 @@ def run(args: TopImagesConfig) -> int:
         raise UserError(f"--activations_dir {store.path}: {store.num_rows} rows for {n_images} images; "
                         f"pass --pool mean (or max) to rank images by their pooled codes")
     if not pooled:
-        check_one_row_per_image(store, "--activations_dir")
+        check_one_row_per_image(store, "activations_dir")
     if n_images < args.k:
         raise UserError(f"--k {args.k}: the store has only {n_images} images")
     from saevlm.data.atomic import OutputLock
     out = Path(args.output_dir) if args.output_dir else store.path
-    lock = OutputLock(out, "--output_dir", name=f".top_images_{args.k}.lock")  # writable, ours, before work
+    lock = OutputLock(out, "output_dir", name=f".top_images_{args.k}.lock")  # writable, ours, before work
     bar = tqdm(total=n_images, unit="img", disable=args.no_progress, desc="top-images",
                dynamic_ncols=True, file=sys.stderr)
 

@@ -74,7 +74,7 @@ def run(args: VisualizeConfig) -> int:
         if args.hai_indices_path is None and args.output_dir is None:
             raise UserError("--activations_dir: required (or the authors' --output_dir / --hai_indices_path)")
         store = open_any_store(Path(args.hai_indices_path).parent if args.hai_indices_path
-                                  else args.output_dir, flag="--output_dir", allow_top_images=True)
+                                  else args.output_dir, field="output_dir", allow_top_images=True)
         out = Path(args.output_dir) / "tree" if args.output_dir else store.path / "figures"
     else:
         store = open_any_store(args.activations_dir, allow_top_images=True)
@@ -83,13 +83,13 @@ def run(args: VisualizeConfig) -> int:
     check_dataset_flags(store.provenance.dataset, args.dataset_name, args.data_path,
                         args.split, f"the store {store.path}")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
-    ms_dir = find_ms_dir(store.path, args.ms_subdir, "--activations_dir", required=args.histogram_only)
-    ms = load_ms_scores(ms_dir, store.num_neurons, "--ms_subdir", store) if ms_dir else None
+    ms_dir = find_ms_dir(store.path, args.ms_subdir, "activations_dir", required=args.histogram_only)
+    ms = load_ms_scores(ms_dir, store.num_neurons, "ms_subdir", store) if ms_dir else None
     raw = None
     if args.raw_ms:
         rp = Path(args.raw_ms)
         if rp.suffix != ".npy":
-            found = find_ms_dir(rp, args.ms_subdir, "--raw_ms", required=True)
+            found = find_ms_dir(rp, args.ms_subdir, "raw_ms", required=True)
             rp = found / A.MS_SCORES
         if not rp.is_file():
             raise UserError(f"--raw_ms {args.raw_ms}: no scores file at {rp} (run saevlm ms on it)")

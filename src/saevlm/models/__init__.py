@@ -39,7 +39,7 @@ def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processo
     from saevlm.models.openclip import load_open_clip_encoder
 
     if not name:
-        raise UserError("--model_name: empty")
+        raise UserError("model_name: empty", field="model_name")
     if name.startswith(OPEN_CLIP_PREFIX):
         return load_open_clip_encoder(name, name[len(OPEN_CLIP_PREFIX):], warn)
     path = Path(name).expanduser()
@@ -48,14 +48,14 @@ def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processo
             return load_open_clip_encoder(name, f"local-dir:{path.resolve()}", warn)
         if (path / "config.json").is_file():
             return load_transformers_encoder(name, str(path.resolve()), warn, processor_backend)
-        raise UserError(f"--model_name {name}: the directory has neither config.json (transformers) "
-                        f"nor open_clip_config.json (open_clip)")
+        raise UserError(f"model_name {name}: the directory has neither config.json (transformers) "
+                        f"nor open_clip_config.json (open_clip)", field="model_name")
     if name in SHORT_NAMES:
         return load_transformers_encoder(name, SHORT_NAMES[name], warn, processor_backend)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         return load_transformers_encoder(name, name, warn, processor_backend)
     if path.suffix or name.startswith((".", "/", "~")):
-        raise UserError(f"--model_name {name}: no such directory")
-    raise UserError(f"--model_name {name}: unknown model. Use a short name "
+        raise UserError(f"model_name {name}: no such directory", field="model_name")
+    raise UserError(f"model_name {name}: unknown model. Use a short name "
                     f"({', '.join(SHORT_NAMES)}), a hub id (org/name), a local directory, or "
-                    f"open_clip:<arch>/<pretrained>")
+                    f"open_clip:<arch>/<pretrained>", field="model_name")

@@ -120,18 +120,18 @@ class VisionEncoder:
         """Validate a (point, layer) request; negative layers count from the end."""
         if attachment_point == POST_PROJECTION:
             if self.projection_module is None:
-                raise UserError(f"--attachment_point {POST_PROJECTION}: model {self.name} has no "
-                                f"pooled/projected output (e.g. SigLIP built without its head)")
+                raise UserError(f"attachment_point {POST_PROJECTION}: model {self.name} has no "
+                                f"pooled/projected output (e.g. SigLIP built without its head)", field="attachment_point")
             return HookPoint(POST_PROJECTION, -1)
         if attachment_point != POST_MLP_RESIDUAL:
-            raise UserError(f"--attachment_point {attachment_point!r}: unknown; expected one of "
-                            f"{', '.join(ATTACHMENT_POINTS)}")
+            raise UserError(f"attachment_point {attachment_point!r}: unknown; expected one of "
+                            f"{', '.join(ATTACHMENT_POINTS)}", field="attachment_point")
         n = self.num_layers
         if layer is None:
-            raise UserError(f"--layer is required for {POST_MLP_RESIDUAL}")
+            raise UserError(f"layer is required for {POST_MLP_RESIDUAL}", field="layer")
         if not -n <= layer < n:
-            raise UserError(f"--layer {layer}: out of range for {self.name}, which has {n} blocks "
-                            f"(valid: 0..{n - 1}, or -{n}..-1 counting from the end)")
+            raise UserError(f"layer {layer}: out of range for {self.name}, which has {n} blocks "
+                            f"(valid: 0..{n - 1}, or -{n}..-1 counting from the end)", field="layer")
         return HookPoint(POST_MLP_RESIDUAL, layer % n)
 
     def output_dim(self, point: HookPoint) -> int:
@@ -235,7 +235,7 @@ class TokenSelection:
             return rows, index
         if self.mode == "random_k":
             if self.k > t:
-                raise UserError(f"--random_k {self.k}: the layer has only {t} tokens per image")
+                raise UserError(f"random_k {self.k}: the layer has only {t} tokens per image", field="random_k")
             tok = torch.tensor([self.token_indices(int(i), t) for i in image_indices], dtype=torch.int64)
             rows = torch.gather(acts_btd, 1, tok.to(acts_btd.device)[..., None].expand(-1, -1, acts_btd.shape[2]))
             index = torch.stack([images.repeat_interleave(self.k), tok.reshape(-1)], 1)
@@ -252,7 +252,7 @@ def token_selection_from_flags(cls_only: bool, mean_pool: bool, random_k: int | 
         raise UserError(f"{' and '.join(chosen)}: choose at most one token selection")
     if random_k is not None:
         if random_k < 1:
-            raise UserError(f"--random_k {random_k}: expected a positive number of tokens per image")
+            raise UserError(f"random_k {random_k}: expected a positive number of tokens per image", field="random_k")
         return TokenSelection("random_k", random_k, seed)
     if mean_pool:
         return TokenSelection("mean")

@@ -59,7 +59,7 @@ def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
     from transformers import AutoImageProcessor, AutoProcessor
 
     if backend not in PROCESSOR_BACKENDS:
-        raise UserError(f"--processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}")
+        raise UserError(f"processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}", field="processor_backend")
     cls = AutoProcessor if multimodal else AutoImageProcessor
     if int(transformers.__version__.split(".")[0]) >= 5:
         return cls.from_pretrained(source, backend=backend)
@@ -87,7 +87,7 @@ def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], 
     processors resize with PIL); torchvision is transformers 5's default, about one grey level
     apart after resizing."""
     if backend not in PROCESSOR_BACKENDS:
-        raise UserError(f"--processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}")
+        raise UserError(f"processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}", field="processor_backend")
     try:
         return _auto_processor(source, backend), "preprocessor_config"
     except (OSError, ValueError):
@@ -142,8 +142,8 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
             from transformers import Dinov2Model
             model = Dinov2Model.from_pretrained(source)
         else:
-            raise UserError(f"--model_name {name}: model type {model_type!r} is not supported; "
-                            f"supported: CLIP, SigLIP, DINOv2 (transformers) and open_clip models")
+            raise UserError(f"model_name {name}: model type {model_type!r} is not supported; "
+                            f"supported: CLIP, SigLIP, DINOv2 (transformers) and open_clip models", field="model_name")
     except (OSError, ValueError) as err:
         raise hub_error(name, source, err) from None
     finally:

@@ -31,22 +31,22 @@ def load_open_clip_encoder(name: str, spec: str, warn: Callable[[str], None]) ->
         model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     except RuntimeError as err:
         if "Unknown model" in str(err) or "not found" in str(err).lower():
-            raise UserError(f"--model_name {name}: open_clip does not know {arch!r} ({err})") from None
-        raise UserError(f"--model_name {name}: open_clip could not create {spec!r}: {err}") from None
+            raise UserError(f"model_name {name}: open_clip does not know {arch!r} ({err})", field="model_name") from None
+        raise UserError(f"model_name {name}: open_clip could not create {spec!r}: {err}", field="model_name") from None
     except (OSError, ValueError) as err:
         raise UserError(
-            f"--model_name {name}: open_clip could not load {spec!r} ({type(err).__name__}: "
+            f"model_name {name}: open_clip could not load {spec!r} ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:300]}). Weights cannot be fetched offline: pass a local "
-            f"directory with open_clip_config.json and weights, or run with network access.") from None
+            f"directory with open_clip_config.json and weights, or run with network access.", field="model_name") from None
     if pretrained is None and not spec.startswith(("hf-hub:", "local-dir:")):
         warn(f"open_clip {arch}: no pretrained tag given, the weights are RANDOM "
              f"(use open_clip:{arch}/<tag>, e.g. /openai)")
     model.eval()
     found = get_attr_path(model, OPEN_CLIP_BLOCK_PATHS)
     if found is None:
-        raise UserError(f"--model_name {name}: no transformer blocks found in this open_clip model "
+        raise UserError(f"model_name {name}: no transformer blocks found in this open_clip model "
                         f"(looked at {', '.join(OPEN_CLIP_BLOCK_PATHS)}); convolutional towers have no "
-                        f"post_mlp_residual point")
+                        f"post_mlp_residual point", field="model_name")
     block_path, blocks = found
     visual = model.visual
     if hasattr(visual, "class_embedding"):

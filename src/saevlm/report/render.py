@@ -392,7 +392,7 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     if not run_dir.is_dir():
         raise UserError(f"--run_dir {run_dir}: no such directory")
     out = ensure_writable_dir(Path(output_dir) if output_dir else run_dir,
-                              "--output_dir" if output_dir else "--run_dir")
+                              "output_dir" if output_dir else "run_dir")
     results: RunResults = collect_run(run_dir)
     if not results.ms and not results.training_runs and not results.notes.warnings:
         raise UserError(f"--run_dir {run_dir}: found no results (no ms*/ms.json, no run.json); run the "

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from saevlm.data.manifest import Provenance
 
 
-def make_encoder(sae, device, flag: str = "--sae_path"):
+def make_encoder(sae, device, field: str = "sae_path"):
     """numpy float32 [n, d] -> dense torch codes [n, K] on CPU, at inference settings."""
     import torch
 
@@ -29,8 +29,8 @@ def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mism
     """Refuse an SAE whose width, or recorded model / hook, differs from the activations'
     (``width``: the activations' dimension)."""
     if width is not None and sae.activation_dim != width:
-        raise UserError(f"--sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, {what} "
-                        f"has {width}-d activations")
+        raise UserError(f"sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, {what} "
+                        f"has {width}-d activations", field="sae_path")
     trained_on = sae.trained_on
     if trained_on is None or allow_mismatch:
         return
@@ -39,8 +39,8 @@ def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mism
         a, b = trained_on.to_json()[diff.aspect], provenance.to_json()[diff.aspect]
         if diff.aspect == "model":
             a, b = diff.ours, diff.theirs
-        raise UserError(f"--sae_path {sae.path}: trained on {diff.aspect} {a!r}, but {what} is {diff.aspect} "
-                        f"{b!r}; pass --allow_mismatch to encode anyway")
+        raise UserError(f"sae_path {sae.path}: trained on {diff.aspect} {a!r}, but {what} is {diff.aspect} "
+                        f"{b!r}; pass --allow_mismatch to encode anyway", field="sae_path")
 
 
 def dataset_files(store) -> dict:

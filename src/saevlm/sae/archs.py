@@ -39,11 +39,11 @@ TRAINER_CLASS_TO_ARCH = {v[1]: k for k, v in ARCHITECTURES.items()} | {
 ARCH_CHOICES = list(ARCHITECTURES) + list(ARCH_ALIASES)
 
 
-def canonical_arch(name: str, flag: str = "--sae_model") -> str:
+def canonical_arch(name: str, field: str = "sae_model") -> str:
     """An architecture name as saevlm spells it (the authors' "matroyshka" spelling accepted)."""
     arch = ARCH_ALIASES.get(name, name)
     if arch not in ARCHITECTURES:
-        raise UserError(f"{flag} {name}: unknown architecture; expected one of {', '.join(ARCH_CHOICES)}")
+        raise UserError(f"{field} {name}: unknown architecture; expected one of {', '.join(ARCH_CHOICES)}", field=field)
     return arch
 
 

@@ -42,7 +42,7 @@ class LoadedSAE:
         try:
             return Provenance.of_sae_config(self.config)
         except ManifestError as e:
-            raise UserError(f"--sae_path {self.path}: {e}") from None
+            raise UserError(f"sae_path {self.path}: {e}", field="sae_path") from None
 
     def describe(self) -> dict:
         out = {"path": str(self.path), "arch": self.arch, "dict_class": self.dict_class,
@@ -66,7 +66,7 @@ def resolve_checkpoint(path: str) -> tuple[Path, Path | None]:
         if not weights.is_file():
             subdirs = sorted(d.name for d in p.iterdir() if (d / "ae.pt").is_file())
             hint = f" (trainer directories inside: {', '.join(subdirs)})" if subdirs else ""
-            raise UserError(f"--sae_path {p}: no ae.pt in this directory{hint}")
+            raise UserError(f"sae_path {p}: no ae.pt in this directory{hint}", field="sae_path")
         cfg = p / "config.json"
         return weights, cfg if cfg.is_file() else None
     if p.is_file():
@@ -77,11 +77,11 @@ def resolve_checkpoint(path: str) -> tuple[Path, Path | None]:
     if not str(path).startswith(("/", ".", "~")) and str(path).count("/") >= 2:
         first = Path(str(path).split("/")[0])
         if first.is_dir():  # a local path with a typo in it, not a hub repo
-            raise UserError(f"--sae_path {path}: no such file or directory ({first}/ exists here, so this is "
-                            f"read as a local path, not a hub repo)")
+            raise UserError(f"sae_path {path}: no such file or directory ({first}/ exists here, so this is "
+                            f"read as a local path, not a hub repo)", field="sae_path")
         return _from_hub(str(path))
-    raise UserError(f"--sae_path {path}: no such file or directory (expected a trainer directory "
-                    f"holding ae.pt and config.json, or an .pt file)")
+    raise UserError(f"sae_path {path}: no such file or directory (expected a trainer directory "
+                    f"holding ae.pt and config.json, or an .pt file)", field="sae_path")
 
 
 def _from_hub(spec: str) -> tuple[Path, Path | None]:
@@ -95,9 +95,9 @@ def _from_hub(spec: str) -> tuple[Path, Path | None]:
         weights = Path(hf_hub_download(repo, files[0]))
         cfg = Path(hf_hub_download(repo, files[1])) if files[1] else None
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one clear message
-        raise UserError(f"--sae_path {spec}: could not fetch {files[0]} from the hub repo {repo} "
+        raise UserError(f"sae_path {spec}: could not fetch {files[0]} from the hub repo {repo} "
                         f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Offline, download "
-                        f"the checkpoint directory once and pass its local path.") from None
+                        f"the checkpoint directory once and pass its local path.", field="sae_path") from None
     return weights, cfg
 
 
@@ -140,10 +140,10 @@ def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
     from saevlm.data.atomic import file_checksum
     got = file_checksum(weights)
     if got["crc32"] != recorded.get("crc32") or got["bytes"] != recorded.get("bytes"):
-        raise UserError(f"--sae_path {weights}: not the weights this trainer directory's run wrote ({got['bytes']} "
+        raise UserError(f"sae_path {weights}: not the weights this trainer directory's run wrote ({got['bytes']} "
                         f"bytes, CRC-32 {got['crc32']}; {f.name} recorded {recorded.get('bytes')} bytes, CRC-32 "
                         f"{recorded.get('crc32')}): the file was replaced or copied from another run, so "
-                        f"{cfg_path.name} does not describe it. Put the original back, or retrain")
+                        f"{cfg_path.name} does not describe it. Put the original back, or retrain", field="sae_path")
 
 
 def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
@@ -167,20 +167,20 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({first_line})") from None
+        raise UserError(f"sae_path {weights}: not a readable torch checkpoint ({first_line})", field="sae_path") from None
     if cls_name is None:
         cls_name = _guess_class(state)
     if cls_name not in DICT_CLASS_TO_ARCH:
-        raise UserError(f"--sae_path {path}: SAE class {cls_name!r} (from {cfg_path}) is not supported; "
-                        f"supported: {', '.join(DICT_CLASS_TO_ARCH)}")
+        raise UserError(f"sae_path {path}: SAE class {cls_name!r} (from {cfg_path}) is not supported; "
+                        f"supported: {', '.join(DICT_CLASS_TO_ARCH)}", field="sae_path")
     arch = DICT_CLASS_TO_ARCH[cls_name]
     cls_name = ARCHITECTURES[arch][3]  # the class that is built (an alias names the same class)
     ae = _construct(arch, state)
     try:
         ae.load_state_dict(state)
     except RuntimeError as err:
-        raise UserError(f"--sae_path {weights}: weights do not fit a {cls_name} "
-                        f"({str(err).splitlines()[0]})") from None
+        raise UserError(f"sae_path {weights}: weights do not fit a {cls_name} "
+                        f"({str(err).splitlines()[0]})", field="sae_path") from None
     ae.eval().to(device)
     act_dim, dict_size = _dims(arch, state)
     return LoadedSAE(ae, arch, cls_name, act_dim, dict_size, config, weights)
@@ -234,11 +234,11 @@ def decoder_rows(path: str | Path) -> "Any":
         state = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"--sae_path {weights}: not a readable torch checkpoint ({first_line})") from None
+        raise UserError(f"sae_path {weights}: not a readable torch checkpoint ({first_line})", field="sae_path") from None
     if "W_dec" in state:
         rows = state["W_dec"]
     elif "decoder.weight" in state:
         rows = state["decoder.weight"].T
     else:
-        raise UserError(f"--sae_path {weights}: no decoder weights (W_dec or decoder.weight) in the checkpoint")
+        raise UserError(f"sae_path {weights}: no decoder weights (W_dec or decoder.weight) in the checkpoint", field="sae_path")
     return rows.detach().float().contiguous().numpy()

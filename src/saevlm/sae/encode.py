@@ -52,10 +52,10 @@ def run(args: EncodeConfig) -> int:
     from saevlm.sae.checkpoint import load_sae
 
     t0 = time.time()
-    check_not_own_input(args.output_dir, "--output_dir", [("--activations_dir", args.activations_dir),
-                                                          ("--sae_path", args.sae_path)])
+    check_not_own_input(args.output_dir, "output_dir", [("activations_dir", args.activations_dir),
+                                                          ("sae_path", args.sae_path)])
     device = resolve_device(args.device)
-    store = ActivationStore(args.activations_dir, flag="--activations_dir", allow_nonfinite=args.allow_nonfinite)
+    store = ActivationStore(args.activations_dir, field="activations_dir", allow_nonfinite=args.allow_nonfinite)
     sae = load_sae(args.sae_path, device=device)
     check_sae_matches(sae, store.provenance, store.dim, args.allow_mismatch,
                       f"--activations_dir {store.path}")
@@ -70,7 +70,7 @@ def run(args: EncodeConfig) -> int:
                        else store.manifest.num_images),
         provenance=code_provenance(store.provenance, sae),
         software=dict(store.manifest.software), overwrite=args.overwrite,
-        flag="--output_dir", allow_nonfinite=args.allow_nonfinite, **dataset_files(store))
+        field="output_dir", allow_nonfinite=args.allow_nonfinite, **dataset_files(store))
     if writer.already_complete:
         print(f"{args.output_dir}: complete already, skipped", file=sys.stderr)
     else:

@@ -378,8 +378,8 @@ def train(cfg: TrainConfig) -> int:
     from saevlm.distributed import init_distributed
 
     validate_hyperparameters(cfg)
-    check_not_own_input(cfg.checkpoints_dir, "--checkpoints_dir", [("--activations_dir", cfg.activations_dir),
-                                                                   ("--val_activations_dir", cfg.val_activations_dir)])
+    check_not_own_input(cfg.checkpoints_dir, "checkpoints_dir", [("activations_dir", cfg.activations_dir),
+                                                                   ("val_activations_dir", cfg.val_activations_dir)])
     dist, device = init_distributed(cfg.device)
     if cfg.autocast == "bf16" and device.type != "cuda":
         raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
@@ -414,7 +414,7 @@ class TrainingRun:
         from saevlm.data.store import ActivationStore
 
         self.cfg, self.dist, self.device = cfg, dist, device
-        self.train_store = ActivationStore(cfg.activations_dir, flag="--activations_dir",
+        self.train_store = ActivationStore(cfg.activations_dir, field="activations_dir",
                                            allow_nonfinite=cfg.allow_nonfinite)
         self.act_dim = self.train_store.dim
         self.val_store, self.val_note = self._open_validation()
@@ -436,8 +436,8 @@ class TrainingRun:
             "hyperparameters": cfg.hyperparameters(),
         }
         # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
-        self._lock = (OutputLock(self.out, "--checkpoints_dir") if dist.is_main
-                      else ensure_writable_dir(self.out, "--checkpoints_dir"))
+        self._lock = (OutputLock(self.out, "checkpoints_dir") if dist.is_main
+                      else ensure_writable_dir(self.out, "checkpoints_dir"))
         self.run_json = self.out / A.RUN_JSON
         self.already_complete = self._check_existing_run()
         # this process's share of a sweep (all of it without torchrun): SAE j goes to rank
@@ -458,7 +458,7 @@ class TrainingRun:
         if not cfg.val_activations_dir:
             print("warning: no --val_activations_dir; evaluations use training rows", file=sys.stderr)
             return train_store, "train (no --val_activations_dir: validation on training rows)"
-        val = ActivationStore(cfg.val_activations_dir, flag="--val_activations_dir",
+        val = ActivationStore(cfg.val_activations_dir, field="val_activations_dir",
                               allow_nonfinite=cfg.allow_nonfinite)
         if val.dim != self.act_dim:
             raise UserError(f"--val_activations_dir {val.path}: width {val.dim}, but --activations_dir "

@@ -29,7 +29,7 @@ def eval_items(root: Path, flag: str = "--images") -> list[tuple[str, str, objec
     """(wnid, file name, image) of an eval folder: saevlm's ``<wnid>/<file>`` or the authors'
     flat ``<wnid>_<file>`` (their imagenet_subset.py; the class is ``name.split('_')[0]``)."""
     out = []
-    for name, im in list_images(str(root), flag=flag):
+    for name, im in list_images(str(root), field=flag.lstrip("-")):
         parts = Path(name).parts
         out.append((parts[0] if len(parts) > 1 else parts[0].split("_")[0], name, im))
     return out

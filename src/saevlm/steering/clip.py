@@ -51,7 +51,7 @@ class ClipEncoder:
         return (e / e.norm(dim=1, keepdim=True)).cpu().numpy()
 
 
-def list_images(spec: str, flag: str = "--images") -> list[tuple[str, object]]:
+def list_images(spec: str, field: str = "images") -> list[tuple[str, object]]:
     """(name, PIL image) for a folder (sorted, recursive) or 'white'."""
     from saevlm.data.images import IMG_EXTENSIONS
     from saevlm.steering.llava import load_image
@@ -60,11 +60,11 @@ def list_images(spec: str, flag: str = "--images") -> list[tuple[str, object]]:
         return [(spec, load_image(spec))]
     root = Path(spec)
     if not root.is_dir():
-        raise UserError(f"{flag} {spec}: not a directory (or 'white' for the paper's white image; the "
-                        f"authors' ./images/ folder holds only white.png)")
+        raise UserError(f"{field} {spec}: not a directory (or 'white' for the paper's white image; the "
+                        f"authors' ./images/ folder holds only white.png)", field=field)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
-        raise UserError(f"{flag} {spec}: no images inside")
+        raise UserError(f"{field} {spec}: no images inside", field=field)
     return [(str(f.relative_to(root)), load_image(str(f))) for f in files]
 
 
@@ -75,8 +75,8 @@ def neuron_image_embeddings(top_images: np.ndarray, store, normalise: bool = Tru
     row_of = {int(i): r for r, i in enumerate(ids)}
     missing = [int(i) for i in np.unique(top_images) if int(i) not in row_of]
     if missing:
-        raise UserError(f"--clip_embeddings {store.path}: no embedding for image {missing[0]} of the top "
-                        f"images ({len(missing)} missing); embed the dataset the top images index")
+        raise UserError(f"clip_embeddings {store.path}: no embedding for image {missing[0]} of the top "
+                        f"images ({len(missing)} missing); embed the dataset the top images index", field="clip_embeddings")
     emb = store.read(0, store.num_rows).astype(np.float64)
     if normalise:
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)

@@ -115,12 +115,12 @@ def run(args: SteeringScoreConfig) -> int:
     k = int(np.load(top_f, mmap_mode="r").shape[1])
     top = load_top_images_for(top_f.parent, k, str(top_f))[0] if top_f.name.startswith("hai_indices") \
         else np.load(top_f)
-    store = ActivationStore(args.clip_embeddings, flag="--clip_embeddings")
+    store = ActivationStore(args.clip_embeddings, field="clip_embeddings")
     neurons = list(args.neuron_list) if args.neuron_list else list(range(min(args.neurons, len(top))))
     bad = [n for n in neurons if not 0 <= n < len(top)]
     if bad:
         raise UserError(f"--neuron_list {bad[0]}: out of range (top images for {len(top)} neurons)")
-    images = list_images(args.images, flag="--images")
+    images = list_images(args.images, field="images")
     authors = args.protocol == "authors"
     llava, sae, layer = load_models(args)
     clip = ClipEncoder(args.clip_model, llava.device, args.processor_backend)
