@@ -115,7 +115,7 @@ def test_layer_resolution_and_errors(hf_encoder):
     n = hf_encoder.num_layers
     assert hf_encoder.resolve("post_mlp_residual", -1) == HookPoint("post_mlp_residual", n - 1)
     assert hf_encoder.resolve("post_mlp_residual", -n) == HookPoint("post_mlp_residual", 0)
-    with pytest.raises(UserError, match=r"--layer 4: out of range .* 4 blocks"):
+    with pytest.raises(UserError, match=r"^layer 4: out of range .* 4 blocks"):  # the field; the CLI says --layer
         hf_encoder.resolve("post_mlp_residual", n)
     with pytest.raises(UserError, match="out of range"):
         hf_encoder.resolve("post_mlp_residual", -n - 1)

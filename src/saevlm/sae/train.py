@@ -18,7 +18,6 @@ The SAE classes and trainers are dictionary_learning's; the loop is ours:
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
@@ -137,6 +136,10 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
     wandb_project: str = opt('saevlm', group=RUN)
     """(default: %(default)s)"""
 
+    def validate(self) -> None:
+        """Impossible hyperparameters are refused when the config is made (see validate_hyperparameters)."""
+        validate_hyperparameters(self)
+
     @property
     def dtype(self) -> str:
         """The name run.json has always recorded for --autocast: bf16 or fp32."""
@@ -185,7 +188,7 @@ def checkpoint_steps(steps: int, every: int | None, at: list[int] | None) -> lis
     return [100_000] if steps > 100_000 else []
 
 
-def validate_hyperparameters(args: argparse.Namespace) -> None:
+def validate_hyperparameters(args: TrainConfig) -> None:
     """Impossible values stop at once with the flag, what is allowed and what was given (before any
     data is read; the trainers would otherwise train a NaN SAE or crash deep inside torch)."""
     def finite(flag: str, value) -> None:
@@ -212,7 +215,7 @@ def validate_hyperparameters(args: argparse.Namespace) -> None:
         raise UserError(f"--bandwidth {args.bandwidth}: must be positive")
 
 
-def validate_args(args: argparse.Namespace, act_dim: int, train_rows: int) -> None:
+def validate_args(args: TrainConfig, act_dim: int, train_rows: int) -> None:
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: expected a positive number of steps")
     if not 0 <= args.warmup_steps < args.steps:
