@@ -362,3 +362,26 @@ def test_decoder_rows_of_every_architecture(arch, tmp_path):
     want = loaded.W_dec if hasattr(loaded, "W_dec") else loaded.decoder.weight.T
     assert rows.shape == (64, 16)
     np.testing.assert_array_equal(rows, want.detach().numpy())
+
+
+def test_error_pages_in_a_browser(trust_run, tmp_path):
+    """Item 4 as a browser shows it: a damaged file gives an HTML page naming the file and what is
+    wrong (status >= 400), an absurd id a 404 page, and the rest of the run keeps working."""
+    run = tmp_path / "run"
+    shutil.copytree(trust_run, run)
+    (run / "codes" / "classes.json").write_text("{ damaged")
+    served = Served(run, tmp_path / "cache")
+    values = np.load(run / "codes" / "top_images_16_values.npy")
+    j = int(np.argmax(values[:, 0]))
+    try:
+        with Browser() as b:
+            b.open(served.base + f"/sae/codes/latent/{j}.html")
+            assert b.js("document.title").startswith("500")
+            assert "classes.json: not valid JSON (line 1)" in b.js("document.body.textContent")
+            b.open(served.base + "/sae/codes/latent/99999999.html")
+            assert b.js("document.title").startswith("404")
+            b.open(served.base + "/sae/codes/index.html#min_active=0")
+            b.wait("document.querySelectorAll('#latents tbody tr').length > 0")  # the table still works
+        assert _get(served.base + f"/sae/codes/latent/{j}.html")[0] == 500
+    finally:
+        served.close()

@@ -249,7 +249,12 @@ class SAEView:
     @cached_property
     def depth(self) -> np.ndarray | None:
         """Mean LCA depth of each latent's top-16 image pairs in the dataset's taxonomy."""
-        if self.top is None or self.classes is None or not self.classes.taxonomy:
+        try:
+            classes = self.classes
+        except A.ResultError as err:  # the table still opens, without this column (the latent pages say why)
+            self.stale[A.CLASSES] = f"{err}; the hierarchy depth column is left out"
+            return None
+        if self.top is None or classes is None or not classes.taxonomy:
             return None
         from saevlm.metrics.lca import lca_depths, level_codes
 
