@@ -80,6 +80,20 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def as_bool(value: Any, where: str) -> bool:
+    """A config boolean: true/false, yes/no, on/off, 1/0 (YAML's own booleans included)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise UserError(f"{where}: {value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """What a field's annotation says about its values."""
@@ -124,7 +138,6 @@ def convert(kind: Kind, value: Any, flag: str) -> Any:
             return str(value)
         raise UserError(f"argument {flag}: invalid str value: {value!r}")
     if kind.base is bool:
-        from saevlm.config import as_bool
         return as_bool(value, f"argument {flag}")
     if isinstance(value, bool):
         raise UserError(f"argument {flag}: invalid {name} value: {value!r}")

@@ -17,6 +17,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from saevlm.commandline import Kind, as_bool, convert
 from saevlm.errors import UserError
 
 PAPER_CONFIG = Path(__file__).with_name("configs") / "paper.yaml"
@@ -64,7 +65,6 @@ def paper_numbers() -> dict:
 
 
 TOP_LEVEL_KEYS = ("commands", "numbers", "experiments")
-BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def check_sections(data: dict, commands: list[str] | tuple[str, ...], source: str) -> None:
@@ -82,17 +82,6 @@ def check_sections(data: dict, commands: list[str] | tuple[str, ...], source: st
             raise UserError(f"{source}: commands.{name}: no such command{hint} (commands: {', '.join(commands)})")
 
 
-def as_bool(value: Any, where: str) -> bool:
-    """A config boolean: true/false, yes/no, on/off, 1/0 (YAML's own booleans included)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
-        return BOOL_WORDS[value.strip().lower()]
-    raise UserError(f"{where}: {value!r} is not a boolean (use true/false, yes/no, on/off or 1/0)")
-
-
 def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
     """One config value converted as the command line would convert it, but exactly: an int flag
     takes 20 or "20" (or 20.0), never 20.7 or a boolean."""
@@ -101,26 +90,12 @@ def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
     if isinstance(value, bool) and base is not bool:
         raise UserError(f"{where}: {value!r} is a boolean, but {flag} takes a value (quote it if you mean "
                         f"the word)")
-    if base is int:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)") from None
-        if isinstance(value, int):
-            return value
-        raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)")
-    if base is float:
-        if isinstance(value, (int, float)):
-            return float(value)
+    if base in (int, float):  # the command line's own conversion (saevlm.commandline.convert), this file's words
         try:
-            return float(str(value).strip())
-        except ValueError:
-            raise UserError(f"{where}: {value!r} is not a number") from None
+            return convert(Kind(base, False, False), value, flag)
+        except UserError:
+            raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)" if base is int
+                            else f"{where}: {value!r} is not a number") from None
     if value is None:
         return None
     if action.type is None or base is str:
