@@ -35,7 +35,6 @@ TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "scrip
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-STATIC_KINDS = ("script", "style")
 
 
 def allowed_hosts(host: str, port: int) -> set[str] | None:
