@@ -216,6 +216,16 @@ class DeviceOption:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputOption:
+    """Where a command writes its results, for the commands that write them beside their input
+    unless told otherwise; each says where in ``OUTPUT_DEFAULT`` (filled into the help)."""
+
+    OUTPUT_DEFAULT: ClassVar[str] = "beside the input"
+    output_dir: str | None = opt(None)
+    """where the results go (default: {OUTPUT_DEFAULT})"""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ProgressOption:
     """Progress bars (tqdm, with rates) on long work."""
 
@@ -223,7 +233,7 @@ class ProgressOption:
     """no progress bar"""
 
 
-SHARED_LAST = ("device", "no_progress")  # listed after a command's own flags in --help
+SHARED_LAST = ("output_dir", "device", "no_progress")  # listed after a command's own flags in --help
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -244,6 +254,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             where = mutexes[meta["mutex"]]
         help_text = (meta.get("help") or docs.get(f.name) or "").replace("%", "%%").replace("%%(default)s",
                                                                                              "%(default)s")
+        help_text = help_text.replace("{OUTPUT_DEFAULT}", getattr(cls, "OUTPUT_DEFAULT", ""))
         kw: dict[str, Any] = {"help": help_text or None}
         if meta.get("positional"):
             where.add_argument(f.name, **kw)

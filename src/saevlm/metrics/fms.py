@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from saevlm.commandline import CommandConfig, opt
+from saevlm.commandline import CommandConfig, OutputOption, opt
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 
@@ -141,10 +141,11 @@ def fms_scores(codes_nk: np.ndarray, labels_nc: np.ndarray, p: int = 1, n: int =
 
 
 @dataclass(frozen=True, kw_only=True)
-class FMSConfig(CommandConfig):
+class FMSConfig(CommandConfig, OutputOption):
     """`saevlm fms`: Feature Monosemanticity Score (Härle et al. 2025), label-based."""
 
     COMMAND: ClassVar[str] = "fms"
+    OUTPUT_DEFAULT: ClassVar[str] = '<activations_dir>/fms/, for fms.json'
 
     activations_dir: str = opt()
     """activation or code store (one row per image) with labels.npy"""
@@ -161,8 +162,6 @@ class FMSConfig(CommandConfig):
     """score only the first concepts"""
     seed: int = opt(0)
     """(default: %(default)s)"""
-    output_dir: str | None = opt(None)
-    """where fms.json goes (default: <activations_dir>/fms/)"""
     ms_subdir: str | None = opt(None)
     """MS folder whose mean is recorded beside the FMS (default: the store's single ms*/)"""
     output_subdir: str | None = opt(None)

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from saevlm.commandline import CommandConfig, opt
+from saevlm.commandline import CommandConfig, OutputOption, opt
 from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
@@ -69,10 +69,11 @@ def hierarchy_table(top_images_kn, kth_value_k, labels_of_image, taxonomy, group
 
 
 @dataclass(frozen=True, kw_only=True)
-class HierarchyConfig(CommandConfig):
+class HierarchyConfig(CommandConfig, OutputOption):
     """`saevlm hierarchy`: Matryoshka groups vs taxonomy depth of top images."""
 
     COMMAND: ClassVar[str] = "hierarchy"
+    OUTPUT_DEFAULT: ClassVar[str] = '--activations_dir, for hierarchy_<k>.json'
 
     activations_dir: str = opt()
     """code store with top_images_<k>.npy (saevlm top-images)"""
@@ -85,8 +86,6 @@ class HierarchyConfig(CommandConfig):
     nltk (default: %(default)s)"""
     ms_subdir: str | None = opt(None)
     """MS per group from <dir>/<ms_subdir>/scores.npy (default: the store's single ms*/ folder, if any)"""
-    output_dir: str | None = opt(None)
-    """where hierarchy_<k>.json goes (default: --activations_dir)"""
     hai_indices_path: str | None = opt(None, group="the authors' inat_depth.py flags")
     """top images to use (default: <activations_dir>/top_images_<k>.npy); an authors' hai_indices_<k>.npy
     is read in their order"""

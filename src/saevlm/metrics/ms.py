@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
+from saevlm.commandline import CommandConfig, DeviceOption, OutputOption, ProgressOption, opt
 from saevlm.data import artifacts as A
 from saevlm.metrics.monosemanticity import MSAccumulator, summarize  # noqa: F401 (re-exported)
 from saevlm.metrics.results import check_one_row_per_image, embedder_slug  # noqa: F401
@@ -14,19 +14,16 @@ from saevlm.metrics.results import check_one_row_per_image, embedder_slug  # noq
 
 # ----------------------------------------------------------------------------- command
 @dataclass(frozen=True, kw_only=True)
-class MSConfig(CommandConfig, DeviceOption, ProgressOption):
+class MSConfig(CommandConfig, DeviceOption, ProgressOption, OutputOption):
     """`saevlm ms`: Monosemanticity Score of every neuron (exact, one streaming pass)."""
 
     COMMAND: ClassVar[str] = "ms"
+    OUTPUT_DEFAULT: ClassVar[str] = "<activations_dir>/ms_<embedder>/, e.g. ms_dinov2-base/, for scores.npy, ms.json and metric_stats.txt, so that scores from another embedder are added, not replaced; the store's own files are never touched"
 
     activations_dir: str = opt()
     """an activation store (raw neurons) or a code store (SAE latents), one row per image"""
     embeddings_path: str = opt()
     """the embedding store of the same images (saevlm embed: DINOv2 / CLIP)"""
-    output_dir: str | None = opt(None)
-    """where scores.npy, ms.json and metric_stats.txt go (default: <activations_dir>/ms_<embedder>/, e.g.
-    ms_dinov2-base/, so that scores from another embedder are added, not replaced; the store's own files
-    are never touched)"""
     output_subdir: str | None = opt(None)
     """the same, as a folder name inside --activations_dir (the authors' scripts)"""
     overwrite: bool = opt(False)

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
+from saevlm.commandline import CommandConfig, DeviceOption, OutputOption, ProgressOption, opt
 from saevlm.config import paper_default
 from saevlm.data.topimages import load_top_images, load_top_images_for  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
@@ -116,17 +116,16 @@ def pooled_chunks(store, how: str):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TopImagesConfig(CommandConfig, DeviceOption, ProgressOption):
+class TopImagesConfig(CommandConfig, DeviceOption, ProgressOption, OutputOption):
     """`saevlm top-images`: the k highest-activating images of every neuron."""
 
     COMMAND: ClassVar[str] = "top-images"
+    OUTPUT_DEFAULT: ClassVar[str] = "the store directory itself, for top_images_<k>.npy and the authors' hai_indices_<k>.npy"
 
     activations_dir: str = opt()
     """activation store (raw neurons) or code store (SAE latents), one row per image"""
     k: int = opt(paper_default("top-images", "k"))
     """images per neuron (default: %(default)s, the paper's grids)"""
-    output_dir: str | None = opt(None)
-    """default: the store directory itself"""
     chunk_rows: int = opt(65536)
     """rows per streamed chunk (default: %(default)s)"""
     pool: str | None = opt(None, choices=['mean', 'max'])

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from saevlm.commandline import CommandConfig, opt
+from saevlm.commandline import CommandConfig, OutputOption, opt
 from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
@@ -77,17 +77,16 @@ def uniqueness_stats(top_kn: np.ndarray, kth_value: np.ndarray | None = None,
 
 
 @dataclass(frozen=True, kw_only=True)
-class UniquenessConfig(CommandConfig):
+class UniquenessConfig(CommandConfig, OutputOption):
     """`saevlm uniqueness`: Jaccard overlap of neurons' top-image sets."""
 
     COMMAND: ClassVar[str] = "uniqueness"
+    OUTPUT_DEFAULT: ClassVar[str] = '--activations_dir, for uniqueness_<k>.json'
 
     activations_dir: str = opt()
     """the store whose top_images_<k>.npy (saevlm top-images) is analysed"""
     k: int = opt(paper_default("uniqueness", "k"))
     """(default: %(default)s)"""
-    output_dir: str | None = opt(None)
-    """where uniqueness_<k>.json goes (default: --activations_dir)"""
     keep_near_dead: bool = opt(False)
     """also include neurons whose k-th value is 0"""
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from saevlm.commandline import CommandConfig, opt
+from saevlm.commandline import CommandConfig, OutputOption, opt
 from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_write_json
 from saevlm.errors import UserError
@@ -24,15 +24,14 @@ from saevlm.metrics.figures import group_of, open_store_images, save_grid, save_
 
 
 @dataclass(frozen=True, kw_only=True)
-class VisualizeConfig(CommandConfig):
+class VisualizeConfig(CommandConfig, OutputOption):
     """`saevlm visualize`: PNG grids of neurons' top images and MS histograms."""
 
     COMMAND: ClassVar[str] = "visualize"
+    OUTPUT_DEFAULT: ClassVar[str] = '<activations_dir>/figures'
 
     activations_dir: str | None = opt(None)
     """store with top_images_<k>.npy (saevlm top-images) and <ms_subdir>/scores.npy"""
-    output_dir: str | None = opt(None)
-    """default: <activations_dir>/figures"""
     neurons: list[int] | None = opt(None, mutex='neurons+per_group')
     """neurons to draw"""
     per_group: int | None = opt(None, mutex='neurons+per_group')

@@ -7,20 +7,19 @@ import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
-from saevlm.commandline import CommandConfig, opt
+from saevlm.commandline import CommandConfig, OutputOption, opt
 from saevlm.report.render import build_report  # noqa: F401 (the library function, importable from here)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReportConfig(CommandConfig):
+class ReportConfig(CommandConfig, OutputOption):
     """`saevlm report`: gather a run directory into report.md / report.html."""
 
     COMMAND: ClassVar[str] = "report"
+    OUTPUT_DEFAULT: ClassVar[str] = '--run_dir, for report.md and report.html'
 
     run_dir: str = opt()
     """the experiment's output directory (OUT_DIR of the scripts)"""
-    output_dir: str | None = opt(None)
-    """where report.md / report.html go (default: --run_dir)"""
     no_grids: bool = opt(False)
     """skip top-image grids (faster)"""
     title: str = opt('saevlm report')
