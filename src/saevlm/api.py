@@ -15,7 +15,6 @@ it: ``k="7"`` becomes 7, ``k="seven"``, an unknown choice or a missing required 
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,22 @@ from saevlm.errors import UserError
 
 def config(command: str, config: str | Path | None = None, **flags: Any):
     """The config ``saevlm <command> [--config config] <flags>`` would run."""
-    from saevlm.cli import COMMANDS, build_parser, config_class
+    from saevlm.cli import COMMANDS, build_parser, config_class, config_file_values, subparser
     from saevlm.commandline import REQUIRED
 
     if command not in COMMANDS:
         raise UserError(f"{command!r}: unknown command; expected one of {', '.join(COMMANDS)}")
-    parser = build_parser((command, str(config)) if config else None)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    parser = build_parser()
+    sub = subparser(parser, command)
     cls = config_class(command)
     names = [f for f in cls.__dataclass_fields__]
     unknown = [k for k in flags if k not in names]
     if unknown:
         raise UserError(f"saevlm {command}: no flag --{unknown[0]} (its flags: {', '.join(sorted(names))})")
     defaults = {a.dest: (REQUIRED if a.required else a.default) for a in sub._actions if a.dest in names}
-    return cls(**{**defaults, **flags})
+    # as on the command line: the file's values over the paper's, the given fields over both
+    from_file = config_file_values(sub, command, str(config)) if config else {}
+    return cls(**{**defaults, **from_file, **flags})
 
 
 def command_args(command: str, config: str | Path | None = None, **flags: Any):

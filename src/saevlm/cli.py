@@ -61,10 +61,11 @@ def flag_mapping(command: str):
 
 
 def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, with the paper's defaults from configs/paper.yaml;
-    ``config`` = (command, path) also applies ``commands.<command>`` of that file."""
+    """The parser of every command, with the paper's defaults from configs/paper.yaml. With
+    ``config`` = (command, path), that file's ``commands.<command>`` values are the defaults of
+    its flags and those flags are no longer required (see :func:`config_file_values`)."""
     from saevlm.commandline import add_config_arguments
-    from saevlm.config import apply_defaults, check_sections, load_config, paper_defaults
+    from saevlm.config import apply_defaults, paper_defaults
 
     parser = argparse.ArgumentParser(
         prog="saevlm",
@@ -81,11 +82,57 @@ def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentPars
                         help="YAML file whose commands.%s section gives flag defaults (explicit flags win; "
                              "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
         apply_defaults(sp, paper_defaults(name), name, "configs/paper.yaml")
-        if config is not None and config[0] == name:
-            data = load_config(config[1])
-            check_sections(data, list(COMMANDS), f"--config {config[1]}")
-            apply_defaults(sp, data.get("commands", {}).get(name, {}) or {}, name, f"--config {config[1]}")
+        if config is not None and config[0] == name:  # the parsed namespace shows the file's values too
+            given = config_file_values(sp, name, config[1])
+            sp.set_defaults(**given)
+            for a in sp._actions:
+                if a.dest in given:
+                    a.required = False
     return parser
+
+
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+
+
+def config_file_values(sp: argparse.ArgumentParser, command: str, path: str) -> dict:
+    """``commands.<command>`` of a ``--config`` file as config field values, each converted as
+    the command line converts it (keys may be flag names: ``pre_zero``, ``no_steer``)."""
+    from saevlm.config import check_sections, config_values, load_config
+
+    data = load_config(path)
+    check_sections(data, list(COMMANDS), f"--config {path}")
+    return config_values(sp, data.get("commands", {}).get(command, {}) or {}, command, f"--config {path}")
+
+
+def explicit_fields(sp: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The fields ``argv`` sets on the command line (parsed again with every default suppressed)."""
+    import copy
+
+    quiet = copy.deepcopy(sp)
+    for a in quiet._actions:
+        a.default, a.required = argparse.SUPPRESS, False
+    quiet._defaults = {}
+    return set(vars(quiet.parse_known_args(argv)[0]))
+
+
+def command_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, raw: list[str], config: str | None):
+    """The config of a parsed command line: the paper's defaults and the flags; with ``--config
+    FILE``, the file's values replace the defaults (``dataclasses.replace``) and the flags given
+    on the command line replace those (explicit flags win)."""
+    import dataclasses
+
+    from saevlm.commandline import config_from_namespace
+
+    cls = config_class(ns.command)
+    if not config:
+        return config_from_namespace(cls, ns)
+    sp = subparser(parser, ns.command)
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
+    argv = raw[raw.index(ns.command) + 1:]
+    explicit = {k: values[k] for k in explicit_fields(sp, argv) if k in values}
+    from_file = cls(**{**values, **config_file_values(sp, ns.command, config)})
+    return dataclasses.replace(from_file, **explicit)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from saevlm.threads import configure_threads
     configure_threads()  # torch's CPU threads for this machine and its current load (saevlm/threads.py)
     try:
-        from saevlm.commandline import config_from_namespace
-        cfg = config_from_namespace(config_class(args.command), args)
+        cfg = command_config(parser, args, raw, config)
         return int(importlib.import_module(args._module).run(cfg) or 0)
     except UserError as err:
         print(f"saevlm {args.command}: error: {err.with_flags(flag_mapping(args.command))}", file=sys.stderr)

@@ -107,9 +107,20 @@ def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
 
 
 def apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any], command: str, source: str) -> None:
-    """Make ``values`` (flag name -> value) the defaults of ``parser``'s flags, each parsed with the
-    flag's own type: unknown names, non-booleans for switches, inexact numbers and values outside a
-    flag's choices are errors naming the file and key."""
+    """Make ``values`` (flag name -> value) the defaults of ``parser``'s flags (see
+    :func:`config_values`); a flag given a default here is no longer required."""
+    typed = config_values(parser, values, command, source)
+    parser.set_defaults(**typed)
+    for a in parser._actions:
+        if a.dest in typed:
+            a.required = False
+
+
+def config_values(parser: argparse.ArgumentParser, values: dict[str, Any], command: str, source: str) -> dict:
+    """``values`` (flag name -> value, from a YAML file) as config field values (destination ->
+    value), each parsed with the flag's own type: unknown names, non-booleans for switches, inexact
+    numbers and values outside a flag's choices are errors naming the file and key."""
+    out: dict[str, Any] = {}
     actions = {a.dest: a for a in parser._actions}
     # a key may also be a flag's own name (``pre_zero`` for ``--pre_zero``, whose destination is
     # zero_others); then a switch's value says whether the flag is given
@@ -140,8 +151,7 @@ def apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any], comm
                 value = (action.const if flag else not action.const) if as_flag else flag
             else:
                 value = action.const if flag else action.default
-            parser.set_defaults(**{dest: value})
-            action.required = False
+            out[dest] = value
             continue
         many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs >= 1)
         if many and not isinstance(value, list):
@@ -153,8 +163,8 @@ def apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any], comm
             for v in (value if many else [value]):
                 if v not in action.choices:
                     raise UserError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
-        parser.set_defaults(**{dest: value})
-        action.required = False  # a default now exists
+        out[dest] = value
+    return out
 
 
 def config_path_in(argv: list[str]) -> str | None:
