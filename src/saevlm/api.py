@@ -29,7 +29,7 @@ def config(command: str, config: str | Path | None = None, **flags: Any):
 
     if command not in COMMANDS:
         raise UserError(f"{command!r}: unknown command; expected one of {', '.join(COMMANDS)}")
-    parser = build_parser()
+    parser = build_parser(with_help=False)
     sub = subparser(parser, command)
     cls = config_class(command)
     names = [f for f in cls.__dataclass_fields__]

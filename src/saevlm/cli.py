@@ -60,7 +60,7 @@ def flag_mapping(command: str):
     return flag_of
 
 
-def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+def build_parser(config: tuple[str, str] | None = None, with_help: bool = True) -> argparse.ArgumentParser:
     """The parser of every command, with the paper's defaults from configs/paper.yaml. With
     ``config`` = (command, path), that file's ``commands.<command>`` values are the defaults of
     its flags and those flags are no longer required (see :func:`config_file_values`)."""
@@ -77,7 +77,7 @@ def build_parser(config: tuple[str, str] | None = None) -> argparse.ArgumentPars
     for name, (module, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         sp.set_defaults(_module=module)
-        add_config_arguments(sp, config_class(name))
+        add_config_arguments(sp, config_class(name), with_help)
         sp.add_argument("--config", default=None, metavar="FILE",
                         help="YAML file whose commands.%s section gives flag defaults (explicit flags win; "
                              "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
@@ -142,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in raw if a in COMMANDS), None)
     config = config_path_in(raw)
+    wants_help = command is None or any(a in ("-h", "--help") for a in raw)
     try:
-        parser = build_parser((command, config) if command and config else None)
+        parser = build_parser((command, config) if command and config else None, with_help=wants_help)
     except UserError as err:
         print(f"saevlm {command or ''}: error: {err}", file=sys.stderr)
         return 2

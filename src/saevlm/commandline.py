@@ -21,7 +21,6 @@ import ast
 import dataclasses
 import functools
 import inspect
-import textwrap
 import types
 import typing
 from typing import Any, ClassVar
@@ -62,6 +61,15 @@ def opt(default: Any = REQUIRED, *, flags: tuple[str, ...] = (), choices: tuple 
 
 
 @functools.lru_cache(maxsize=None)
+def _class_nodes(filename: str) -> dict[str, ast.ClassDef]:
+    """The class definitions of a source file, parsed once (inspect.getsource per class would
+    parse the module again for every class)."""
+    with open(filename, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {node.name: node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
+@functools.lru_cache(maxsize=None)
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings of ``cls`` and its bases: the string literal right under a field."""
     docs: dict[str, str] = {}
@@ -69,10 +77,10 @@ def field_docs(cls: type) -> dict[str, str]:
         if klass is object or not dataclasses.is_dataclass(klass):
             continue
         try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+            node = _class_nodes(inspect.getsourcefile(klass)).get(klass.__name__)
         except (OSError, TypeError, SyntaxError):
             continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        body = node.body if node is not None else []
         for stmt, nxt in zip(body, body[1:]):
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and \
                     isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
@@ -236,9 +244,11 @@ class ProgressOption:
 SHARED_LAST = ("output_dir", "device", "no_progress")  # listed after a command's own flags in --help
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """The flags of ``cls``'s fields on ``parser``: the one place saevlm writes ``add_argument``."""
-    docs, kinds = field_docs(cls), field_kinds(cls)
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: bool = True) -> None:
+    """The flags of ``cls``'s fields on ``parser``: the one place saevlm writes ``add_argument``.
+    ``with_help=False`` leaves the help texts out (they are read from the source; a command that
+    only runs needs none)."""
+    docs, kinds = (field_docs(cls) if with_help else {}), field_kinds(cls)
     groups: dict[str | None, Any] = {None: parser}
     mutexes: dict[str, Any] = {}
     own = [f for f in dataclasses.fields(cls) if f.name not in SHARED_LAST]
