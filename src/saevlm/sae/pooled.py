@@ -89,12 +89,3 @@ class RunningTopK:
         """(rows [k, K], values [k, K]) so far, empty places as row -1 and value -inf (a shard's
         list, merged with the others by :func:`saevlm.data.topimages.merge_top_k`)."""
         return self.rows.cpu().numpy(), self.values.cpu().numpy()
-
-    def state(self) -> dict:
-        return {"values": self.values.cpu().numpy(), "rows": self.rows.cpu().numpy()}
-
-    def load(self, state: dict) -> None:
-        import torch
-
-        self.values = torch.as_tensor(state["values"], device=self.values.device)
-        self.rows = torch.as_tensor(state["rows"], device=self.rows.device)
