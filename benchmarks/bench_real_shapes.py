@@ -147,9 +147,9 @@ def assert_steering_takes_effect(llava_dir: Path, sae_dir: Path, latents=(3, 11)
 
     from saevlm.sae.checkpoint import load_sae
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.llava import load_image, load_llava
+    from saevlm.steering.mllm import load_image, load_mllm
 
-    llava = load_llava(str(llava_dir), torch.device("cpu"), "fp32")
+    llava = load_mllm(str(llava_dir), torch.device("cpu"), "fp32")
     sae = load_sae(str(sae_dir))
     image = load_image("white", 336)
     prompt = "What is shown in this image?"

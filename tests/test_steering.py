@@ -7,7 +7,7 @@ from conftest import run_cli
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
-from saevlm.steering.llava import load_image, load_llava
+from saevlm.steering.mllm import load_image, load_mllm
 from helpers import save_identity_sae, save_random_sae, save_tiny_llava
 
 PROMPT = "What is shown in this image? Use exactly one word!"
@@ -15,7 +15,7 @@ PROMPT = "What is shown in this image? Use exactly one word!"
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
-    return load_llava(str(save_tiny_llava(tmp_path_factory.mktemp("llava") / "llava")))
+    return load_mllm(str(save_tiny_llava(tmp_path_factory.mktemp("llava") / "llava")))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_transformers_4x_tree_and_tuple_outputs(tmp_path):
     return tuples; the resolver finds them and the hook returns a tuple."""
     from types import SimpleNamespace
 
-    from saevlm.steering.llava import Llava
+    from saevlm.steering.mllm import MLLM as Llava
 
     class Block(torch.nn.Module):
         def forward(self, x):
@@ -219,7 +219,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
 
 def test_fp16_model_with_fp32_sae(tmp_path, image):
     """The SAE runs in fp32 beside an fp16 model; the block output keeps the model's dtype."""
-    ll = load_llava(str(save_tiny_llava(tmp_path / "l")), torch.device("cpu"), "fp16")
+    ll = load_mllm(str(save_tiny_llava(tmp_path / "l")), torch.device("cpu"), "fp16")
     sae = load_sae(str(save_identity_sae(tmp_path / "s", 64)))
     ref = ll.logits(PROMPT, image)
     assert ref.dtype == torch.float16
@@ -244,7 +244,7 @@ def test_authors_word_rule():
 def _read_block_setup(tmp_path):
     """A fresh tiny LLaVA after one unsteered forward (transformers 5 installs its hidden-state
     recording hooks then), a random SAE trained-on-layer = the block LLaVA reads, and that block."""
-    ll = load_llava(str(save_tiny_llava(tmp_path / "llava")))
+    ll = load_mllm(str(save_tiny_llava(tmp_path / "llava")))
     read = ll.last_read_block()
     sae = load_sae(str(save_random_sae(tmp_path / "sae", 64, 256, layer=read)))
     return ll, sae, read
@@ -297,7 +297,7 @@ def test_steer_command_alpha_sweep_at_the_read_block(tmp_path, capsys, monkeypat
     """`saevlm steer --alpha 0 30 40 50` at the block LLaVA reads: the logits behind every answer
     differ from the unsteered ones and from each other (recorded by wrapping Llava.prompt, so the
     command's own hook handling is what runs)."""
-    from saevlm.steering.llava import Llava
+    from saevlm.steering.mllm import MLLM as Llava
 
     model = save_tiny_llava(tmp_path / "llava")
     sae = save_random_sae(tmp_path / "sae", 64, 256, layer=2)
@@ -326,7 +326,7 @@ def _brute_force_steered_answers(llava_dir, sae_dir, layer, neurons, image, alph
     """One FRESH LLaVA per latent (its own first forward is steered), as if run one at a time."""
     out = {}
     for n in neurons:
-        ll = load_llava(str(llava_dir))
+        ll = load_mllm(str(llava_dir))
         sae = load_sae(str(sae_dir))
         with sae_intervention(ll, sae, layer, {n: alpha}):
             out[n] = ll.generate(PROMPT, image, max_new_tokens)
@@ -361,7 +361,7 @@ def test_steering_score_over_several_latents_equals_a_fresh_model_per_latent(tmp
 
     white = load_image("white", 32)
     expect = _brute_force_steered_answers(llava, sae, 2, neurons, white, 100.0)
-    plain = load_llava(str(llava)).generate(PROMPT, white, 5)
+    plain = load_mllm(str(llava)).generate(PROMPT, white, 5)
     # the brute force itself steers: most latents change the answer (else this test proves nothing)
     assert sum(expect[n][0] != plain[0] for n in neurons[1:]) >= 3
     enc = ClipEncoder(str(clip), torch.device("cpu"))
@@ -383,9 +383,9 @@ def test_steering_commands_use_the_pil_image_processor_by_default(tmp_path):
     from saevlm.steering.clip import ClipEncoder
     from helpers import save_tiny_clip_model
 
-    ll = load_llava(str(save_tiny_llava(tmp_path / "llava")))
+    ll = load_mllm(str(save_tiny_llava(tmp_path / "llava")))
     enc = ClipEncoder(str(save_tiny_clip_model(tmp_path / "clip")), torch.device("cpu"))
-    tv = load_llava(str(tmp_path / "llava"), processor_backend="torchvision")
+    tv = load_mllm(str(tmp_path / "llava"), processor_backend="torchvision")
     if int(transformers.__version__.split(".")[0]) >= 5:
         assert type(ll.processor.image_processor).__name__.endswith("Pil")
         assert type(enc.processor.image_processor).__name__.endswith("Pil")
@@ -393,4 +393,4 @@ def test_steering_commands_use_the_pil_image_processor_by_default(tmp_path):
     else:  # 4.x: the slow (PIL) processors have no "Fast" suffix
         assert not type(ll.processor.image_processor).__name__.endswith("Fast")
     with pytest.raises(UserError, match="^processor_backend .cv2.: expected one of pil, torchvision"):
-        load_llava(str(tmp_path / "llava"), processor_backend="cv2")
+        load_mllm(str(tmp_path / "llava"), processor_backend="cv2")

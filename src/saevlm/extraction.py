@@ -155,7 +155,7 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     from saevlm.data.codes import dense_to_csr
     from saevlm.data.topimages import TopImagesWriter
     from saevlm.device import autocast_context
-    from saevlm.models.base import POST_PROJECTION
+    from saevlm.models.base import POST_PROJECTION, pixels_to
     from saevlm.sae.pooled import RunningTopK, mean_codes
 
     if batch_size < 1:
@@ -232,14 +232,16 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
                     skipped = handle_bad_images(images, bad, cfg.skip_bad_images, log)
                     active = [s for s in pending if idx in s.todo]
                     if pixels is not None and active:
+                        pixels = pixels_to(pixels, device, non_blocking=True)
                         with autocast_ctx:
-                            out = encoder.capture(pixels.to(device, non_blocking=True),
-                                                  [s.point for s in active])
+                            out = encoder.capture(pixels, [s.point for s in active])
                         for s in active:
                             acts = out[s.point]
+                            # registers and padding (None when every token counts)
+                            valid = None if s.tokens is None else encoder.valid_tokens(pixels, acts.shape[1])
                             if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
                                 with torch.no_grad():
-                                    pooled = mean_codes(acts.float(), s.pool_encode)
+                                    pooled = mean_codes(acts.float(), s.pool_encode, valid_bt=valid)
                                 if s.top_k is not None:  # rows: positions in the selected images
                                     s.top_k.update_rows(np.searchsorted(selected, np.asarray(good)), pooled)
                                 else:
@@ -250,7 +252,7 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
                             if s.tokens is None:
                                 rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
                             else:
-                                acts, rows = s.tokens.select(acts, good)
+                                acts, rows = s.tokens.select(acts, good, valid)
                             s.acts.append(acts.float().cpu().numpy())
                             s.rows.append(rows.numpy())
                     for s in active:
@@ -299,7 +301,10 @@ def point_provenance(point, encoder, tokens, num_tokens, dataset: DatasetInfo, b
     if point.attachment_point == POST_PROJECTION:
         token_prov = {"selection": "pooled"}
     else:
-        token_prov = {**tokens.describe(), **({"tokens_per_image": num_tokens} if num_tokens else {}),
+        fixed = num_tokens and not encoder.variable_tokens
+        token_prov = {**tokens.describe(), **({"tokens_per_image": num_tokens} if fixed else {}),
+                      **({"excluded_tokens": encoder.info["excluded_tokens"]}
+                         if encoder.info.get("excluded_tokens") else {}),
                       **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}
                          if sae is not None and tokens.mode == "mean" else {})}
     return Provenance(model=ModelInfo.from_json(encoder.provenance()),
@@ -349,15 +354,19 @@ def handle_bad_images(images, bad, skip: bool, log) -> list[dict]:
 def _probe_num_tokens(encoder, images, selected, points, device) -> int:
     """Tokens per image at the block points, from one image (for sizing all-token shards)."""
     from saevlm.data.images import ImageDataset
-    from saevlm.models.base import POST_MLP_RESIDUAL
+    from saevlm.models.base import POST_MLP_RESIDUAL, batch_of_one, pixels_to
 
     ds = ImageDataset(images, selected[:1], encoder.preprocess)
     _, pixels, err, _ = ds[0]
     if err is not None:
         raise UserError(f"unreadable image {images.path(int(selected[0]))}: {err}")
     block = [p for p in points if p.attachment_point == POST_MLP_RESIDUAL][:1]
-    out = encoder.capture(pixels[None].to(device), block)
-    return int(out[block[0]].shape[1])
+    pixels = pixels_to(batch_of_one(pixels), device)
+    t = int(encoder.capture(pixels, block)[block[0]].shape[1])
+    valid = encoder.valid_tokens(pixels, t)
+    if valid is None or encoder.variable_tokens:  # NaFlex: at most t valid tokens per image
+        return t
+    return int(valid[0].sum())  # e.g. DINOv3: the register tokens are not stored
 
 
 def _software_versions() -> dict:

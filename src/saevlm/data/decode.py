@@ -43,9 +43,9 @@ class ImageBatch(NamedTuple):
 
 
 def collate_images(batch) -> ImageBatch:
-    import torch
+    from saevlm.models.base import stack_pixels
 
     good = [(i, x) for i, x, err, _ in batch if err is None]
     bad = [(i, err) for i, _, err, _ in batch if err is not None]
-    pixels = torch.stack([x for _, x in good]) if good else None
+    pixels = stack_pixels([x for _, x in good]) if good else None
     return ImageBatch([i for i, _ in good], pixels, bad, [(i, h) for i, _, _, h in batch])

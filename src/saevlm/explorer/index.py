@@ -501,6 +501,7 @@ class SAEView:
         import torch
         from PIL import Image
 
+        from saevlm.models.base import batch_of_one
         from saevlm.sae.inference import encode_batch
 
         model, _ = self.overlay_model
@@ -509,17 +510,29 @@ class SAEView:
         encoder, sae, point = model
         with Image.open(io.BytesIO(self.images.read_bytes(image_id))) as im:
             im = im.convert("RGB")
-            pixels = encoder.preprocess(im)
-            square = min(im.size)
-            left, top = (im.width - square) // 2, (im.height - square) // 2
-            base = im.crop((left, top, left + square, top + square)).resize((side, side))
+            batch = batch_of_one(encoder.preprocess(im))
+            shapes = batch.get("spatial_shapes") if isinstance(batch, dict) else None
+            if shapes is not None:  # NaFlex: the whole image, resized to its own patch grid
+                base = im.resize((side, side))
+            else:
+                square = min(im.size)
+                left, top = (im.width - square) // 2, (im.height - square) // 2
+                base = im.crop((left, top, left + square, top + square)).resize((side, side))
         with torch.no_grad():
-            acts = encoder.capture(pixels[None], [point])[point][0].float()
+            acts = encoder.capture(batch, [point])[point][0].float()
+            valid = encoder.valid_tokens(batch, acts.shape[0])
             a = encode_batch(sae, acts)[:, j].cpu().numpy()
-        if encoder.has_cls:
+        if valid is not None:  # registers and padding are not image patches
+            keep = valid[0].cpu().numpy().astype(bool)
+            keep[0] = keep[0] and not encoder.has_cls
+            a = a[keep]
+        elif encoder.has_cls:
             a = a[1:]
-        grid = int(np.sqrt(len(a)))
-        a = a[len(a) - grid * grid:].reshape(grid, grid)
+        if shapes is not None:
+            a = a.reshape(int(shapes[0][0]), int(shapes[0][1]))
+        else:
+            grid = int(np.sqrt(len(a)))
+            a = a[len(a) - grid * grid:].reshape(grid, grid)
         scale = float(self.stats["max"][j]) or float(a.max()) or 1.0
         heat = Image.fromarray((np.clip(a / scale, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
         red = Image.new("RGB", (side, side), (230, 20, 20))

@@ -49,6 +49,29 @@ class HookPoint:
         return f"{self.attachment_point}_{self.layer}"
 
 
+def pixels_to(pixels: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Move a batch of model inputs to ``device``: a pixel tensor, or a dict of tensors for models
+    that take more than pixels (SigLIP2 NaFlex: ``pixel_values``, ``pixel_attention_mask``,
+    ``spatial_shapes``)."""
+    if isinstance(pixels, dict):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in pixels.items()}
+    return pixels.to(device, non_blocking=non_blocking)
+
+
+def stack_pixels(items: Sequence[Any]) -> Any:
+    """Stack per-image inputs (tensors, or dicts of tensors with equal shapes) into a batch."""
+    if items and isinstance(items[0], dict):
+        return {k: torch.stack([x[k] for x in items]) for k in items[0]}
+    return torch.stack(list(items))
+
+
+def batch_of_one(pixels: Any) -> Any:
+    """One image's inputs as a batch of one."""
+    if isinstance(pixels, dict):
+        return {k: v[None] for k, v in pixels.items()}
+    return pixels[None]
+
+
 class _StopForward(Exception):
     """Raised by the deepest requested block's hook to end the forward pass early."""
 
@@ -77,9 +100,14 @@ class VisionEncoder:
     blocks: the encoder's transformer blocks, in order.
     projection_module: module whose forward output yields the pooled, projected embedding.
     projection_from_output: maps that module's output to ``[B, P]``.
-    run: calls the model on pixel values (the full forward used for ``post_projection``).
-    preprocess: PIL image -> ``[3, H, W]`` float tensor.
+    run: calls the model on a batch of inputs (the full forward used for ``post_projection``).
+    preprocess: PIL image -> ``[3, H, W]`` float tensor (or, for SigLIP2 NaFlex, a dict of the
+        tensors its forward takes for one image).
     has_cls: whether token 0 of a block's output is a CLS token.
+    token_mask: batch inputs and token count -> ``[B, T]`` bool, False for tokens that are not
+        image content and never enter a store, a mean pool or a random draw (DINOv3's register
+        tokens, SigLIP2 NaFlex padding); None when every token counts.
+    variable_tokens: whether the number of valid tokens differs between images (NaFlex).
     hidden_size, projection_dim: widths of block outputs and of the projection.
     info: extra provenance (class name, config summary).
     """
@@ -97,6 +125,8 @@ class VisionEncoder:
     hidden_size: int
     projection_dim: int | None
     info: dict = field(default_factory=dict)
+    token_mask: Callable[[Any, int], torch.Tensor] | None = None
+    variable_tokens: bool = False
 
     @property
     def num_layers(self) -> int:
@@ -111,6 +141,9 @@ class VisionEncoder:
         return self
 
     def provenance(self) -> dict:
+        if "block0_sha1" not in self.info:  # which weights: an SAE is refused on another tower
+            from saevlm.models.towers import block_fingerprint
+            self.info["block0_sha1"] = block_fingerprint(self.blocks[0])
         return {"name": self.name, "source": self.source, "backend": self.backend,
                 "num_layers": self.num_layers, "hidden_size": self.hidden_size,
                 "projection_dim": self.projection_dim, "has_cls": self.has_cls, **self.info}
@@ -134,12 +167,16 @@ class VisionEncoder:
                             f"(valid: 0..{n - 1}, or -{n}..-1 counting from the end)", field="layer")
         return HookPoint(POST_MLP_RESIDUAL, layer % n)
 
+    def valid_tokens(self, pixels: Any, num_tokens: int) -> torch.Tensor | None:
+        """``[B, T]`` bool of the tokens that count (see ``token_mask``), or None for all."""
+        return None if self.token_mask is None else self.token_mask(pixels, num_tokens)
+
     def output_dim(self, point: HookPoint) -> int:
         return self.projection_dim if point.attachment_point == POST_PROJECTION else self.hidden_size
 
     # ------------------------------------------------------------------ capture
     @torch.no_grad()
-    def capture(self, pixel_values: torch.Tensor, points: Sequence[HookPoint],
+    def capture(self, pixel_values: Any, points: Sequence[HookPoint],
                 stop_early: bool = True) -> dict[HookPoint, torch.Tensor]:
         """Run ONE forward pass and return every requested point's activations.
 
@@ -221,8 +258,15 @@ class TokenSelection:
             return [0]
         return [-1]
 
-    def select(self, acts_btd: torch.Tensor, image_indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(rows [R, D], index [R, 2])`` where index holds (image index, token index)."""
+    def select(self, acts_btd: torch.Tensor, image_indices: Sequence[int],
+               valid_bt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(rows [R, D], index [R, 2])`` where index holds (image index, token index).
+
+        With ``valid_bt`` (``[B, T]`` bool; see ``VisionEncoder.token_mask``) only valid tokens
+        are stored, averaged or drawn from; the token index stays the position in the model's
+        own sequence (``hidden_states[l + 1][:, index]``)."""
+        if valid_bt is not None:
+            return self._select_valid(acts_btd, image_indices, valid_bt)
         b, t, _ = acts_btd.shape
         images = torch.as_tensor(list(image_indices), dtype=torch.int64)
         if self.mode == "mean":
@@ -240,6 +284,37 @@ class TokenSelection:
             rows = torch.gather(acts_btd, 1, tok.to(acts_btd.device)[..., None].expand(-1, -1, acts_btd.shape[2]))
             index = torch.stack([images.repeat_interleave(self.k), tok.reshape(-1)], 1)
             return rows.reshape(b * self.k, -1), index
+        raise ValueError(self.mode)
+
+    def _select_valid(self, acts_btd: torch.Tensor, image_indices: Sequence[int],
+                      valid_bt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        valid_bt = valid_bt.to(acts_btd.device, torch.bool)
+        images = torch.as_tensor(list(image_indices), dtype=torch.int64)
+        if self.mode == "mean":  # the mean over valid tokens only (padding and registers never count)
+            weight = valid_bt.float()[..., None]
+            rows = (acts_btd.float() * weight).sum(1) / weight.sum(1).clamp_min(1.0)
+            return rows, torch.stack([images, torch.full_like(images, -1)], 1)
+        if self.mode == "cls":
+            if not bool(valid_bt[:, 0].all()):
+                raise ValueError("token 0 is not a valid token; a model without CLS cannot use mode 'cls'")
+            return acts_btd[:, 0], torch.stack([images, torch.zeros_like(images)], 1)
+        if self.mode == "all":
+            which = valid_bt.nonzero()  # row-major: image by image, tokens in order
+            rows = acts_btd[which[:, 0], which[:, 1]]
+            return rows, torch.stack([images[which[:, 0].cpu()], which[:, 1].cpu()], 1)
+        if self.mode == "random_k":
+            picks = []
+            for row, image in enumerate(images.tolist()):
+                positions = valid_bt[row].nonzero()[:, 0].cpu()
+                if self.k > len(positions):
+                    raise UserError(f"random_k {self.k}: image {image} has only {len(positions)} valid tokens",
+                                    field="random_k")
+                # the draw is over the image's valid tokens: the same image gives the same tokens
+                picks.append(positions[self.token_indices(image, len(positions))])
+            tok = torch.stack(picks)
+            rows = torch.gather(acts_btd, 1, tok.to(acts_btd.device)[..., None].expand(-1, -1, acts_btd.shape[2]))
+            index = torch.stack([images.repeat_interleave(self.k), tok.reshape(-1)], 1)
+            return rows.reshape(len(images) * self.k, -1), index
         raise ValueError(self.mode)
 
 

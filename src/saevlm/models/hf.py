@@ -1,5 +1,9 @@
-"""transformers backends: CLIP (``CLIPVisionModelWithProjection``), SigLIP (``SiglipVisionModel``)
-and DINOv2 (``Dinov2Model``).
+"""transformers backends, one entry per family in ``FAMILIES``: CLIP
+(``CLIPVisionModelWithProjection``), SigLIP (``SiglipVisionModel``; also fixed-size SigLIP2
+checkpoints, which are saved as SigLIP), SigLIP2 NaFlex (``Siglip2VisionModel``), DINOv2
+(``Dinov2Model``), DINOv3 (``DINOv3ViTModel``), AIMv2 (``Aimv2VisionModel``), ViT and ViT-MAE
+(``ViTModel`` / ``ViTMAEModel``: the WebSSL checkpoints), and the vision towers inside MLLMs
+(``saevlm.models.towers``).
 
 Module paths differ between transformers 4.x and 5.x (``CLIPVisionModel`` / ``SiglipVisionModel``
 lost ``.vision_model`` in 5.x; DINOv2 uses ``encoder.layer``), so blocks and heads are found by
@@ -9,16 +13,17 @@ trying the known paths in turn rather than by version checks.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from saevlm.errors import UserError
-from saevlm.models.base import VisionEncoder
+from saevlm.models.base import VisionEncoder, first_tensor
 
-BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer",
-               "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers")
+BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer", "model.layer", "layer",
+               "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers", "blocks")
 SIGLIP_HEAD_PATHS = ("vision_model.head", "head")
 
 
@@ -94,6 +99,18 @@ def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], 
         pass
     size = int(getattr(config, "image_size", 224))
     warn(f"{source}: no preprocessor_config.json; using {model_type} defaults at {size}px")
+    imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    if model_type.startswith("siglip2"):  # NaFlex: aspect ratio kept, up to num_patches patches
+        return _backend_class("Siglip2ImageProcessor", backend)(
+            patch_size=int(config.patch_size), max_num_patches=int(getattr(config, "num_patches", 256))), \
+            "built-from-config"
+    if model_type.startswith("dinov3"):  # a plain resize to the square, ImageNet statistics
+        return _backend_class("DINOv3ViTImageProcessor", backend)(
+            size={"height": size, "width": size}, **imagenet), "built-from-config"
+    if model_type in ("vit", "vit_mae"):
+        return _backend_class("BitImageProcessor", backend)(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **imagenet,
+            do_convert_rgb=True), "built-from-config"
     if model_type.startswith("siglip"):
         return _backend_class("SiglipImageProcessor", backend)(size={"height": size, "width": size}), \
             "built-from-config"
@@ -107,13 +124,107 @@ def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], 
 
 
 class _HFPreprocess:
-    """Picklable PIL -> tensor callable around a transformers image processor."""
+    """Picklable PIL -> tensor callable around a transformers image processor.
 
-    def __init__(self, processor: Any):
+    ``keys`` names the processor outputs the model takes; with more than one (SigLIP2 NaFlex:
+    pixel values, their attention mask and the patch grid) the result is a dict of tensors."""
+
+    def __init__(self, processor: Any, keys: tuple[str, ...] = ("pixel_values",)):
         self.processor = processor
+        self.keys = keys
 
-    def __call__(self, image) -> torch.Tensor:
-        return self.processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    def __call__(self, image):
+        out = self.processor(images=image.convert("RGB"), return_tensors="pt")
+        if self.keys == ("pixel_values",):
+            return out["pixel_values"][0]
+        return {k: out[k][0] for k in self.keys}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What saevlm needs to know about one transformers vision family.
+
+    ``projection``: how ``post_projection`` is read: ``"visual_projection"`` (CLIP image_embeds),
+    ``"head"`` (SigLIP / SigLIP2 / AIMv2 attention-pooling head = pooler_output),
+    ``"norm_cls"`` (the final norm's output at token 0 = pooler_output of DINOv2 / DINOv3 / ViT),
+    or None. ``registers``: the config attribute counting register tokens after CLS."""
+
+    label: str
+    class_name: str
+    since: str  # the transformers version that added the class (named when it is missing)
+    has_cls: bool
+    projection: str | None
+    norm_paths: tuple[str, ...] = ()
+    registers: str | None = None
+    naflex: bool = False
+    load_kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+FAMILIES: dict[str, Family] = {}
+for _types, _family in (
+    (("clip", "clip_vision_model"), Family("CLIP", "CLIPVisionModelWithProjection", "4.0", True, "visual_projection")),
+    (("siglip", "siglip_vision_model"), Family("SigLIP", "SiglipVisionModel", "4.37", False, "head")),
+    (("siglip2", "siglip2_vision_model"), Family("SigLIP2 NaFlex", "Siglip2VisionModel", "4.49", False, "head",
+                                                 naflex=True)),
+    (("dinov2",), Family("DINOv2", "Dinov2Model", "4.30", True, "norm_cls", ("layernorm",))),
+    (("dinov3_vit",), Family("DINOv3", "DINOv3ViTModel", "4.56", True, "norm_cls", ("norm",),
+                             registers="num_register_tokens")),
+    (("aimv2", "aimv2_vision_model"), Family("AIMv2", "Aimv2VisionModel", "4.54", False, "head")),
+    # WebSSL checkpoints: ViT (the MAE-pretrained encoders are published as plain ViTs) or ViT-MAE.
+    (("vit",), Family("ViT (WebSSL)", "ViTModel", "4.0", True, "norm_cls", ("layernorm",),
+                      load_kwargs=(("add_pooling_layer", False),))),
+    (("vit_mae",), Family("ViT-MAE (WebSSL)", "ViTMAEModel", "4.0", True, "norm_cls", ("layernorm",),
+                          load_kwargs=(("mask_ratio", 0.0),))),
+):
+    for _t in _types:
+        FAMILIES[_t] = _family
+
+SUPPORTED = ("CLIP, SigLIP, SigLIP2 (NaFlex and fixed-size), DINOv2, DINOv3, AIMv2, ViT / ViT-MAE (WebSSL), "
+             "the vision towers of LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL and Gemma-3 "
+             "(transformers), and open_clip models")
+
+
+def unsupported(name: str, model_type: str) -> UserError:
+    return UserError(f"model_name {name}: model type {model_type!r} is not supported; supported: {SUPPORTED}",
+                     field="model_name")
+
+
+def weights_error(name: str, source: str, cls: str, err: Exception) -> UserError:
+    """One line for a checkpoint whose weights do not fit the class (never a traceback)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if "size mismatch" in ln or "shape" in ln), lines[0] if lines else "")
+    return UserError(f"model_name {name}: the weights of {source} do not fit {cls} ({detail[:300]}); is it "
+                     f"the checkpoint you meant, and is its config.json the one saved with it?", field="model_name")
+
+
+def _model_class(name: str, family: Family):
+    import transformers
+
+    cls = getattr(transformers, family.class_name, None)
+    if cls is None:
+        raise UserError(f"model_name {name}: {family.label} needs transformers >= {family.since} "
+                        f"({family.class_name}); installed: {transformers.__version__}", field="model_name")
+    return cls
+
+
+def quiet_from_pretrained(name: str, source: str, cls, **kwargs):
+    """``cls.from_pretrained(source)`` with the report of skipped weights kept quiet (the text
+    tower of a full CLIP / SigLIP checkpoint is skipped by design), and one-line errors."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise hub_error(name, source, err) from None
+    except (ValueError, RuntimeError) as err:
+        text = str(err)
+        if "mismatch" in text or "ignore_mismatched_sizes" in text or "shape" in text:
+            raise weights_error(name, source, cls.__name__, err) from None
+        raise hub_error(name, source, err) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
@@ -123,63 +234,115 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
+        text = str(err)
+        if "model type" in text or "does not recognize this architecture" in text:
+            import json
+            from pathlib import Path
+
+            cfg_file = Path(source) / "config.json"
+            model_type = json.loads(cfg_file.read_text()).get("model_type", "?") if cfg_file.is_file() else "?"
+            raise unsupported(name, model_type) from None
         raise hub_error(name, source, err) from None
     model_type = config.model_type
-    from transformers.utils import logging as hf_logging
+    from saevlm.models import towers
 
-    # Loading the vision tower of a full CLIP / SigLIP checkpoint reports the text weights it
-    # skips as "unexpected"; that is by design here, so keep the report quiet.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        if model_type in ("clip", "clip_vision_model"):
-            from transformers import CLIPVisionModelWithProjection
-            model = CLIPVisionModelWithProjection.from_pretrained(source)
-        elif model_type in ("siglip", "siglip_vision_model", "siglip2", "siglip2_vision_model"):
-            from transformers import SiglipVisionModel
-            model = SiglipVisionModel.from_pretrained(source)
-        elif model_type == "dinov2":
-            from transformers import Dinov2Model
-            model = Dinov2Model.from_pretrained(source)
-        else:
-            raise UserError(f"model_name {name}: model type {model_type!r} is not supported; "
-                            f"supported: CLIP, SigLIP, DINOv2 (transformers) and open_clip models", field="model_name")
-    except (OSError, ValueError) as err:
-        raise hub_error(name, source, err) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    if model_type in towers.TOWERS:  # an MLLM: its vision tower, as the MLLM runs it
+        return towers.load_tower_encoder(name, source, config, warn, processor_backend)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise unsupported(name, model_type)
+    cls = _model_class(name, family)
+    model = quiet_from_pretrained(name, source, cls, **dict(family.load_kwargs))
     model.eval()
+    vcfg = getattr(config, "vision_config", config)
+    processor, processor_origin = _processor(source, vcfg, model_type, warn, processor_backend)
+    return encoder_from_model(name, source, model, family, model_type, processor, processor_origin,
+                              processor_backend)
+
+
+def encoder_from_model(name: str, source: str, model: nn.Module, family: Family, model_type: str,
+                       processor: Any, processor_origin: str, processor_backend: str) -> VisionEncoder:
+    """A :class:`VisionEncoder` around a loaded transformers vision model of ``family``."""
     found = get_attr_path(model, BLOCK_PATHS)
     if found is None:
         raise RuntimeError(f"{source}: no encoder blocks at any of {BLOCK_PATHS}")
     block_path, blocks = found
-    vcfg = getattr(config, "vision_config", config)
+    vcfg = model.config
     hidden = int(vcfg.hidden_size)
 
-    projection: nn.Module | None
-    projection_dim: int | None
-    has_cls = True
-    if model_type.startswith("clip"):
-        projection = model.visual_projection
+    projection: nn.Module | None = None
+    projection_dim: int | None = None
+    take: Callable[[Any], torch.Tensor] = lambda out: out  # noqa: E731
+    if family.projection == "visual_projection":
+        projection = model.visual_projection  # image_embeds = visual_projection(pooled)
         projection_dim = int(model.visual_projection.out_features)
-        take = lambda out: out  # noqa: E731 - image_embeds = visual_projection(pooled)
-    elif model_type.startswith("siglip"):
-        has_cls = False
+    elif family.projection == "head":
         head = get_attr_path(model, SIGLIP_HEAD_PATHS)
-        projection = head[1] if head else None  # pooler_output = head(post_layernorm(tokens))
+        projection = head[1] if head else None  # pooler_output = head(post-norm tokens)
         projection_dim = hidden if head else None
-        take = lambda out: out  # noqa: E731
-    else:  # dinov2: pooler_output = layernorm(sequence)[:, 0]
-        projection = model.layernorm
-        projection_dim = hidden
-        take = lambda out: out[:, 0]  # noqa: E731
-    processor, processor_origin = _processor(source, vcfg, model_type, warn, processor_backend)
+    elif family.projection == "norm_cls":
+        norm = get_attr_path(model, family.norm_paths)
+        projection = norm[1] if norm else None  # pooler_output = norm(sequence)[:, 0]
+        projection_dim = hidden if norm else None
+        take = lambda out: first_tensor(out)[:, 0]  # noqa: E731
+
+    registers = int(getattr(vcfg, family.registers, 0) or 0) if family.registers else 0
+    token_mask = None
+    excluded = ""
+    keys: tuple[str, ...] = ("pixel_values",)
+    if family.naflex:
+        keys = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
+        token_mask = _padding_mask
+        excluded = "padding tokens of the NaFlex patch sequence (pixel_attention_mask 0)"
+    elif registers:
+        token_mask = _RegisterMask(registers)
+        excluded = f"the {registers} register tokens (positions 1..{registers})"
+
+    if family.naflex:
+        run = lambda px: model(**px)  # noqa: E731
+    elif model_type == "vit_mae":
+        # ViT-MAE shuffles patches by argsort(noise) even with mask_ratio 0: a fixed increasing
+        # noise keeps every patch, in image order
+        run = lambda px: model(pixel_values=px, noise=_increasing_noise(px, model))  # noqa: E731
+    else:
+        run = lambda px: model(pixel_values=px)  # noqa: E731
     return VisionEncoder(
         name=name, source=source, backend="transformers", model=model, blocks=list(blocks),
         projection_module=projection, projection_from_output=take,
-        run=lambda px: model(pixel_values=px), preprocess=_HFPreprocess(processor),
-        has_cls=has_cls, hidden_size=hidden, projection_dim=projection_dim,
-        info={"class": type(model).__name__, "model_type": model_type, "block_path": block_path,
-              "image_size": int(getattr(vcfg, "image_size", 0)), "processor": processor_origin,
-              "processor_class": type(processor).__name__, "processor_backend": processor_backend},
+        run=run, preprocess=_HFPreprocess(processor, keys),
+        has_cls=family.has_cls, hidden_size=hidden, projection_dim=projection_dim,
+        token_mask=token_mask, variable_tokens=family.naflex,
+        info={"class": type(model).__name__, "model_type": model_type, "family": family.label,
+              "block_path": block_path, "image_size": int(getattr(vcfg, "image_size", 0) or 0),
+              "processor": processor_origin, "processor_class": type(processor).__name__,
+              "processor_backend": processor_backend,
+              **({"register_tokens": registers} if registers else {}),
+              **({"excluded_tokens": excluded} if excluded else {})},
     )
+
+
+def _padding_mask(pixels: Any, num_tokens: int) -> torch.Tensor:
+    """SigLIP2 NaFlex: the processor's pixel_attention_mask (1 = a real patch)."""
+    mask = pixels["pixel_attention_mask"].bool()
+    if mask.shape[1] != num_tokens:
+        raise RuntimeError(f"pixel_attention_mask has {mask.shape[1]} positions, the block {num_tokens} tokens")
+    return mask
+
+
+class _RegisterMask:
+    """DINOv3: tokens are [CLS, registers, patches]; the registers are not image content."""
+
+    def __init__(self, registers: int):
+        self.registers = registers
+
+    def __call__(self, pixels: Any, num_tokens: int) -> torch.Tensor:
+        batch = pixels.shape[0]
+        mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=pixels.device)
+        mask[:, 1:1 + self.registers] = False
+        return mask
+
+
+def _increasing_noise(pixels: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    cfg = model.config
+    n = (pixels.shape[-2] // cfg.patch_size) * (pixels.shape[-1] // cfg.patch_size)
+    return torch.arange(n, dtype=torch.float32, device=pixels.device).expand(pixels.shape[0], n)

@@ -19,25 +19,35 @@ import numpy as np
 from saevlm.errors import UserError
 
 
-def mean_codes(acts_btd, encode_rows, rows_per_forward: int = 4096):
+def mean_codes(acts_btd, encode_rows, rows_per_forward: int = 4096, valid_bt=None):
     """``mean_t encode(x_t)`` per image: acts [B, T, d] -> float32 codes [B, K] (torch).
 
     ``encode_rows`` maps a float32 [n, d] tensor to dense codes [n, K]; tokens are encoded in
     slices of ``rows_per_forward`` rows so that [rows, K] stays bounded (65,536 latents x 4096
-    rows = 1 GiB), and summed per image in float32 in token order.
+    rows = 1 GiB), and summed per image in float32 in token order. With ``valid_bt`` ([B, T]
+    bool) only the valid tokens are encoded and averaged (registers, NaFlex padding never count).
     """
     import torch
 
     b, t, d = acts_btd.shape
-    flat = acts_btd.reshape(b * t, d).float()
-    image_of_row = torch.arange(b, device=flat.device).repeat_interleave(t)
+    if valid_bt is not None:
+        which = valid_bt.to(acts_btd.device, torch.bool).nonzero()
+        flat = acts_btd[which[:, 0], which[:, 1]].float()
+        image_of_row = which[:, 0]
+        counts = valid_bt.to(torch.float32).sum(1).clamp_min(1.0)
+    else:
+        flat = acts_btd.reshape(b * t, d).float()
+        image_of_row = torch.arange(b, device=flat.device).repeat_interleave(t)
+        counts = None
     sums = None
-    for s in range(0, b * t, rows_per_forward):
+    for s in range(0, len(flat), rows_per_forward):
         codes = encode_rows(flat[s:s + rows_per_forward]).float()
         if sums is None:
             sums = torch.zeros(b, codes.shape[1], dtype=torch.float32, device=codes.device)
         sums.index_add_(0, image_of_row[s:s + rows_per_forward].to(codes.device), codes)
-    return sums / t
+    if sums is None:  # no valid token at all
+        raise ValueError("mean_codes: no token to encode")
+    return sums / t if counts is None else sums / counts.to(sums.device)[:, None]
 
 
 class RunningTopK:

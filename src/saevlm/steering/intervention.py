@@ -10,8 +10,13 @@ Two modes, both applied to every token of the block's output:
 The SAE runs in fp32 whatever the model's dtype; the result is cast back. The hook is a context
 manager: it is removed on exit and on exception. It always runs before any other forward hook on
 the block (transformers 5 records hidden states with hooks of its own), so what LLaVA reads is
-the steered output on every call. Blocks after the one LLaVA reads
-(``vision_feature_layer``) are refused, since a hook there cannot change generation.
+the steered output on every call. Blocks after the one the language model reads
+(``vision_feature_layer`` for the LLaVA family, the last block for Qwen2.5-VL and Gemma-3) are
+refused, since a hook there cannot change generation. So is an SAE trained on another tower's
+activations (its recorded block-0 weights fingerprint differs from this tower's).
+
+Every token of the block is steered: with LLaVA-NeXT / OneVision tiles that is every tile's tokens
+(each tile is one pass through the tower); with Qwen2.5-VL every patch before the 2 x 2 merger.
 """
 
 from __future__ import annotations
@@ -43,10 +48,34 @@ def _apply(sae, x, clamp: dict[int, float], mode: str, zero_others: bool):
     return out.to(dtype).reshape(shape)
 
 
+def check_tower(mllm, sae) -> None:
+    """Refuse an SAE whose training activations came from another vision tower than ``mllm``'s:
+    the block-0 weights fingerprint recorded at extraction (fp16-rounded, so an fp32 CLIP and
+    LLaVA's fp16 copy of it agree) must match; older SAEs without one must at least agree on
+    width and depth."""
+    trained_on = sae.trained_on
+    if trained_on is None:  # an SAE trained elsewhere (the authors' checkpoints): width only
+        return
+    extra = trained_on.model.extra
+    recorded = extra.get("block0_sha1")
+    source = trained_on.model.source or trained_on.model.name or "?"
+    if recorded is not None:
+        if recorded != mllm.tower_fingerprint:
+            raise UserError(f"--sae_path {sae.path}: trained on activations of {source}, whose vision blocks are "
+                            f"not {mllm.family.label}'s tower in {mllm.source} (block-0 weights differ). Extract "
+                            f"through this tower (saevlm extract --model_name {mllm.source}) and train on that")
+        return
+    depth = extra.get("num_layers")
+    if depth is not None and int(depth) != len(mllm.vision_blocks):
+        raise UserError(f"--sae_path {sae.path}: trained on {source}, a {depth}-block encoder; "
+                        f"{mllm.family.label}'s tower has {len(mllm.vision_blocks)} blocks")
+
+
 @contextlib.contextmanager
 def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = None,
                      mode: str = "reconstruct", zero_others: bool = False):
-    """Hook ``sae`` into vision block ``layer`` of ``llava`` for the duration of the block."""
+    """Hook ``sae`` into vision block ``layer`` of the MLLM ``llava`` (any supported family) for
+    the duration of the block."""
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     blocks = llava.vision_blocks
@@ -56,13 +85,14 @@ def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = No
     layer = layer % n
     last = llava.last_read_block()
     if layer > last:
-        raise UserError(f"--layer {layer}: LLaVA reads vision_feature_layer={llava.vision_feature_layer}, "
-                        f"the output of block {last}; a hook on block {layer} cannot change what it "
-                        f"generates. Use a block <= {last} (the paper steers block 22).")
-    width = int(getattr(llava.model.config.vision_config, "hidden_size", sae.activation_dim))
+        raise UserError(f"--layer {layer}: {llava.read_rule()}, the output of block {last}; a hook on block "
+                        f"{layer} cannot change what it generates. Use a block <= {last} (the paper steers "
+                        f"block 22 of LLaVA-1.5).")
+    width = llava.vision_width
     if sae.activation_dim != width:
         raise UserError(f"--sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, the vision "
                         f"tower is {width}-d")
+    check_tower(llava, sae)
     clamp = dict(clamp or {})
     for latent in clamp:
         if not 0 <= latent < sae.dict_size:

@@ -58,11 +58,11 @@ def resolve_layer(args, sae) -> int:
 def load_models(args):
     from saevlm.device import resolve_device
     from saevlm.sae.checkpoint import load_sae
-    from saevlm.steering.llava import load_llava
+    from saevlm.steering.mllm import load_mllm
 
     device = resolve_device(args.device)
     if args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
-    llava = load_llava(args.llava_model, device, args.model_dtype, args.processor_backend)
+    llava = load_mllm(args.llava_model, device, args.model_dtype, args.processor_backend)
     return llava, sae, resolve_layer(args, sae)

@@ -129,7 +129,7 @@ def run(args: SteeringScoreConfig) -> int:
     out = output_dir_of(args)
     out.mkdir(parents=True, exist_ok=True)
     labels: list[tuple[int, str, str, str]] = []  # neuron, image, answer, whole decoded sequence
-    size = int(getattr(llava.model.config.vision_config, "image_size", 336))
+    size = llava.image_size
     resized = [(name, im.resize((size, size)) if name in ("white", "black") else im) for name, im in images]
     with tqdm(total=len(neurons) * len(images) if args.steer else len(images), unit="answer",
               file=sys.stderr, dynamic_ncols=True, desc="steering-score") as bar:
@@ -145,7 +145,11 @@ def run(args: SteeringScoreConfig) -> int:
                     for name, im in resized:
                         labels.append((n, name, *llava.generate(args.prompt, im, args.max_new_tokens)))
                         bar.update(1)
-    words = [authors_word(full) if authors else first_word(answer) for _, _, answer, full in labels]
+    # the authors' rule reads LLaVA-1.5's decoded sequence after "ASSISTANT: "; other families'
+    # templates have no such marker, so it reads their answer (the new tokens) the same way
+    whole = llava.family.authors_word_rule
+    words = [(authors_word(full) if whole else answer.split(" ")[0]) if authors else first_word(answer)
+             for _, _, answer, full in labels]
     vocab = sorted(set(words))
     text = dict(zip(vocab, clip.text(vocab if authors else [w or "nothing" for w in vocab])))
     index = {n: i for i, n in enumerate(neurons)}
@@ -179,7 +183,9 @@ def run(args: SteeringScoreConfig) -> int:
                "sae_weights": file_checksum(sae.path), "sae_dict_size": int(sae.dict_size),
                "llava_model": args.llava_model, "clip_model": args.clip_model,
                "processor_backend": args.processor_backend,
-               "word_rule": "answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if authors
+               "mllm_family": llava.family.label,
+               "word_rule": ("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
+                             else "the new tokens' text .split(' ')[0], as is") if authors
                             else "first alphabetic word, lower-cased; '' -> 'nothing'",
                "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
                "paper": STEERING}

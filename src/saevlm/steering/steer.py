@@ -53,12 +53,12 @@ CONFIG = SteerConfig
 
 def run(args: SteerConfig) -> int:
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.llava import load_image
+    from saevlm.steering.mllm import load_image
 
     llava, sae, layer = load_models(args)
     with sae_intervention(llava, sae, layer, {}, args.mode, args.zero_others):
         pass  # validates block and SAE before the image is fetched
-    size = int(getattr(llava.model.config.vision_config, "image_size", 336))
+    size = llava.image_size
     image = load_image(args.image, size)
     print(f"prompt: {args.prompt!r}   image: {args.image}   block {layer}, mode {args.mode}")
     print(f"unsteered: {llava.prompt(args.prompt, image, args.max_new_tokens)}")

@@ -1,51 +1,77 @@
-"""LLaVA-1.5 wrapper: load a model and its processor, ask a question about an image.
+"""Multimodal LLMs to steer: load one, ask it about an image, find its vision tower.
 
-``llava-hf/llava-1.5-7b-hf`` (or a local directory), fp16 on GPU and fp32 on CPU by default.
-``prompt`` uses the processor's chat template (LLaVA-1.5: ``USER: <image>\\n... ASSISTANT:``)
-and returns only the assistant's answer.
+Supported (``saevlm.models.towers.TOWERS``): LLaVA-1.5 (the paper's), LLaVA-NeXT, LLaVA-OneVision,
+Qwen2.5-VL and Gemma-3, by hub id or local directory; fp16 on GPU and fp32 on CPU by default.
+``prompt`` renders the processor's own chat template (LLaVA-1.5 without one:
+``USER: <image>\\n... ASSISTANT:``) and returns only the assistant's answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from saevlm.errors import UserError
+from saevlm.models.towers import TOWERS, TowerFamily, blocks_of, read_block, supported_families, tower_of
 
 DEFAULT_LLAVA = "llava-hf/llava-1.5-7b-hf"
 LLAVA_15_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
-# transformers 5.x: model.model.vision_tower.encoder.layers; 4.x: ...vision_tower.vision_model.encoder.layers
-VISION_BLOCK_PATHS = ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers",
-                      "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers")
 
 
 @dataclass
-class Llava:
+class MLLM:
+    """A loaded multimodal LLM with its processor, and where its vision tower is."""
+
     model: Any
     processor: Any
     device: Any
     dtype: Any
     source: str
+    family: TowerFamily = TOWERS["llava"]
+
+    @property
+    def tower(self):
+        return tower_of(self.model, self.family)
 
     @property
     def vision_blocks(self):
-        from saevlm.models.hf import get_attr_path
-        found = get_attr_path(self.model, VISION_BLOCK_PATHS)
-        if found is None:
-            raise RuntimeError(f"no vision-tower blocks at any of {VISION_BLOCK_PATHS}")
-        return found[1]
+        return blocks_of(self.tower, self.family)
 
     @property
-    def vision_feature_layer(self) -> int:
-        v = getattr(self.model.config, "vision_feature_layer", -2)
-        return max(v) if isinstance(v, (list, tuple)) else int(v)
+    def vision_config(self):
+        return self.model.config.vision_config
+
+    @property
+    def vision_width(self) -> int:
+        return int(self.vision_config.hidden_size)
+
+    @property
+    def image_size(self) -> int:
+        """The tower's input size (the side of the plain 'white' image)."""
+        return int(getattr(self.vision_config, "image_size", 0) or 336)
+
+    @property
+    def vision_feature_layer(self) -> int | list[int] | None:
+        return getattr(self.model.config, "vision_feature_layer", None) if self.family.read != "last" else None
 
     def last_read_block(self) -> int:
-        """The deepest vision block whose output LLaVA reads (hidden_states[v] is block v - 1;
-        for v = -2 that is block L - 2). Later blocks do not affect generation."""
-        n = len(self.vision_blocks)
-        v = self.vision_feature_layer
-        return (v if v >= 0 else n + 1 + v) - 1
+        """The deepest vision block whose output the language model reads; later blocks do not
+        affect generation (LLaVA's vision_feature_layer -2 of 24 blocks: block 22; Qwen2.5-VL and
+        Gemma-3 read the last block)."""
+        return read_block(self.model.config, self.family, len(self.vision_blocks))
+
+    @cached_property
+    def tower_fingerprint(self) -> str:
+        """Block 0's weights, hashed as extraction records them (see ``check_tower``)."""
+        from saevlm.models.towers import block_fingerprint
+        return block_fingerprint(self.vision_blocks[0])
+
+    def read_rule(self) -> str:
+        """How the read block follows from the config, in words."""
+        if self.family.read == "last":
+            return f"{self.family.label} reads the tower's last block"
+        return f"{self.family.label} reads vision_feature_layer={self.vision_feature_layer}"
 
     def build_inputs(self, text: str, image):
         if getattr(self.processor, "chat_template", None):
@@ -80,27 +106,50 @@ class Llava:
             return self.model(**self.build_inputs(text, image)).logits
 
 
-def load_llava(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto",
-               processor_backend: str = "pil") -> Llava:
-    """LLaVA and its processor; the image processor in ``processor_backend`` (pil by default: the
-    authors' transformers-4.46 path, as ``extract`` uses; transformers 5 would pick torchvision)."""
-    import torch
-    from transformers import LlavaForConditionalGeneration
+def mllm_family(name: str, source: str) -> TowerFamily:
+    """The family of the MLLM at ``source`` (its config's model_type), or a one-line refusal."""
+    from transformers import AutoConfig
 
-    from saevlm.models.hf import auto_processor, hub_error
+    from saevlm.models.hf import hub_error
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise hub_error(name, source, err) from None
+    family = TOWERS.get(config.model_type)
+    if family is None:
+        raise UserError(f"llava_model {name}: model type {config.model_type!r} is not a supported MLLM; "
+                        f"supported: {supported_families()}", field="llava_model")
+    return family
+
+
+def load_mllm(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto",
+              processor_backend: str = "pil") -> MLLM:
+    """An MLLM of any supported family and its processor; the image processor in
+    ``processor_backend`` (pil by default: the authors' transformers-4.46 path, as ``extract``
+    uses; transformers 5 would pick torchvision)."""
+    import torch
+    import transformers
+
+    from saevlm.models.hf import auto_processor, hub_error, quiet_from_pretrained
 
     device = device or torch.device("cpu")
     torch_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
                    "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     if torch_dtype is None:
         raise UserError(f"--model_dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
+    family = mllm_family(name, name)
+    cls = getattr(transformers, family.model_class, None)
+    if cls is None:
+        raise UserError(f"llava_model {name}: {family.label} needs transformers >= {family.since}; installed: "
+                        f"{transformers.__version__}", field="llava_model")
+    model = quiet_from_pretrained(name, name, cls, dtype=torch_dtype)
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(name, dtype=torch_dtype)
         processor = auto_processor(name, processor_backend, multimodal=True)
     except (OSError, ValueError) as err:
         raise hub_error(name, name, err) from None
     model.to(device).eval()
-    return Llava(model, processor, device, torch_dtype, name)
+    return MLLM(model, processor, device, torch_dtype, name, family)
 
 
 def load_image(spec: str, size: int = 336):
