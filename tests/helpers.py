@@ -235,3 +235,55 @@ def make_image_folder(root: str | os.PathLike, num_classes: int = 4, per_class: 
             pixels = np.clip(base[None, None] * (0.5 + 0.5 * stripes[..., None]) + noise, 0, 255)
             Image.fromarray(pixels.astype(np.uint8)).save(root / cname / f"img_{j:04d}.png")
     return root
+
+
+# --- the other encoder families (issue "More models"): tiny random models with their processors ---
+TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4)
+
+
+def save_tiny_family(family: str, path: str | Path, seed: int = 0) -> Path:
+    """A tiny random encoder of ``family`` (aimv2, dinov3, siglip2, vit, vit_mae) saved with the
+    image processor its real checkpoints ship, so the loading code runs as on the hub."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if family == "aimv2":  # apple/aimv2-*: CLIP preprocessing, an attention-pooling head
+        model = T.Aimv2VisionModel(T.Aimv2VisionConfig(**TINY_VISION, image_size=IMAGE_SIZE, patch_size=8,
+                                                       use_head=True))
+        processor = T.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
+    elif family == "dinov3":  # CLS + 4 registers + patches
+        model = T.DINOv3ViTModel(T.DINOv3ViTConfig(**TINY_VISION, image_size=IMAGE_SIZE, patch_size=8,
+                                                   num_register_tokens=4))
+        processor = T.DINOv3ViTImageProcessor(size=square, **imagenet)
+    elif family == "siglip2":  # NaFlex: aspect ratio kept, at most 16 patches, the rest padding
+        model = T.Siglip2VisionModel(T.Siglip2VisionConfig(**TINY_VISION, patch_size=8, num_patches=16))
+        processor = T.Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
+    elif family == "vit":  # the WebSSL checkpoints' class
+        model = T.ViTModel(T.ViTConfig(**TINY_VISION, image_size=IMAGE_SIZE, patch_size=8), add_pooling_layer=False)
+        processor = T.BitImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square, **imagenet)
+    elif family == "vit_mae":
+        model = T.ViTMAEModel(T.ViTMAEConfig(**TINY_VISION, image_size=IMAGE_SIZE, patch_size=8))
+        processor = T.ViTImageProcessor(size=square, **imagenet)
+    else:
+        raise ValueError(family)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return Path(path)
+
+
+def make_mixed_aspect_folder(root: str | os.PathLike, sizes=((32, 32), (20, 48), (56, 24), (40, 40)),
+                             per_size: int = 2, seed: int = 0) -> Path:
+    """An ImageFolder of noise images of several aspect ratios (NaFlex gives them different
+    patch grids, so some carry padding tokens)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for c, (h, w) in enumerate(sizes):
+        (root / f"class_{c}").mkdir(parents=True, exist_ok=True)
+        for j in range(per_size):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"class_{c}" / f"{j}.png")
+    return root

@@ -22,7 +22,7 @@ from torch import nn
 from saevlm.errors import UserError
 from saevlm.models.base import VisionEncoder, first_tensor
 
-BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer", "model.layer", "layer",
+BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer", "model.layer", "layer", "layers",
                "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers", "blocks")
 SIGLIP_HEAD_PATHS = ("vision_model.head", "head")
 
@@ -221,10 +221,28 @@ def quiet_from_pretrained(name: str, source: str, cls, **kwargs):
     except (ValueError, RuntimeError) as err:
         text = str(err)
         if "mismatch" in text or "ignore_mismatched_sizes" in text or "shape" in text:
-            raise weights_error(name, source, cls.__name__, err) from None
+            raise weights_error(name, source, cls.__name__, _first_mismatch(source, cls, kwargs) or err) from None
         raise hub_error(name, source, err) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+
+
+def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
+    """The first weight whose shape differs, as transformers reports it when told to go on (its
+    own error only points at a log report that is kept quiet here)."""
+    try:
+        _, info = cls.from_pretrained(source, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+    mismatched = list(info.get("mismatched_keys") or [])
+    if not mismatched:
+        return None
+    first = mismatched[0]
+    if isinstance(first, (tuple, list)) and len(first) == 3:
+        key, theirs, ours = first
+        return ValueError(f"size mismatch for {key}: checkpoint {tuple(theirs)}, model {tuple(ours)}; "
+                          f"{len(mismatched)} weight(s) differ")
+    return ValueError(f"size mismatch for {first}; {len(mismatched)} weight(s) differ")
 
 
 def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
