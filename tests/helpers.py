@@ -97,23 +97,31 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 
 
-def tiny_tokenizer():
-    """A word-level tokenizer of 1000 ids built offline (id 999 = <image>)."""
+def tiny_tokenizer(extra: Sequence[str] = (), chat_template: str | None = None, named: dict | None = None):
+    """A word-level tokenizer of 1000 ids built offline (id 999 = <image>; ``extra`` special
+    tokens take ids 998, 997, ...; ``named`` gives some of them attribute names, e.g. Gemma-3's
+    ``boi_token``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "USER": 4, "ASSISTANT": 5, ":": 6}
     for w in TINY_WORDS:
         vocab.setdefault(w, len(vocab))
-    while len(vocab) < 999:
+    while len(vocab) < 999 - len(extra):
         vocab[f"w{len(vocab)}"] = len(vocab)
+    for i, token in enumerate(reversed(list(extra))):
+        vocab[token] = 999 - len(extra) + i
     vocab["<image>"] = 999
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     from tokenizers import decoders
     tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", additional_special_tokens=["<image>"])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>", additional_special_tokens=["<image>", *extra],
+                                  **({"extra_special_tokens": named} if named else {}))
+    if chat_template:
+        out.chat_template = chat_template
+    return out
 
 
 def save_tiny_llava(path: str | Path, seed: int = 0, vision_layers: int = 4) -> Path:
@@ -287,3 +295,93 @@ def make_mixed_aspect_folder(root: str | os.PathLike, sizes=((32, 32), (20, 48),
         for j in range(per_size):
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"class_{c}" / f"{j}.png")
     return root
+
+
+# --- MLLM families beyond LLaVA-1.5: tiny random models with their own processors and templates ---
+TINY_TEXT = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+PINPOINTS = [[32, 64], [64, 32], [64, 64]]
+QWEN_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for c in message['content'] %}"
+                 "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                 "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                 "{% endif %}")
+GEMMA_TEMPLATE = ("{% for message in messages %}<start_of_turn>{{ message['role'] }}\n{% for c in message['content'] %}"
+                  "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+MLLM_FAMILIES = ["llava_next", "llava_onevision", "qwen2_5_vl", "gemma3"]
+
+
+def _tiny_siglip_config(**kw):
+    from transformers import SiglipVisionConfig
+    return SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                              image_size=IMAGE_SIZE, patch_size=8, **kw)
+
+
+def save_tiny_mllm(family: str, path: str | Path, seed: int = 0) -> Path:
+    """A tiny random MLLM of ``family`` (see MLLM_FAMILIES, or ``llava``) with its processor:
+    LLaVA-NeXT (CLIP tower, anyres tiles of 32 px, vision_feature_layer -2), LLaVA-OneVision
+    (SigLIP tower, tiles, -1), Qwen2.5-VL (its windowed ViT, 8 px patches merged 2 x 2) and Gemma-3
+    (SigLIP tower, 16 patches pooled to 4 tokens), each 4 vision blocks wide 64."""
+    import torch
+    import transformers as T
+
+    if family == "llava":
+        return save_tiny_llava(path, seed)
+    torch.manual_seed(seed)
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if family == "llava_next":
+        cfg = T.LlavaNextConfig(vision_config=tiny_clip_config(), text_config=T.LlamaConfig(**TINY_TEXT),
+                                image_token_id=999, vision_feature_layer=-2, vision_feature_select_strategy="default",
+                                image_grid_pinpoints=PINPOINTS)
+        model = T.LlavaNextForConditionalGeneration(cfg)
+        processor = T.LlavaNextProcessor(
+            image_processor=T.LlavaNextImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size=square,
+                                                      image_grid_pinpoints=PINPOINTS),
+            tokenizer=tiny_tokenizer(), patch_size=8, vision_feature_select_strategy="default", image_token="<image>",
+            num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
+    elif family == "llava_onevision":
+        cfg = T.LlavaOnevisionConfig(vision_config=_tiny_siglip_config(), text_config=T.Qwen2Config(**TINY_TEXT),
+                                     image_token_id=999, vision_feature_layer=-1,
+                                     vision_feature_select_strategy="full", image_grid_pinpoints=PINPOINTS)
+        model = T.LlavaOnevisionForConditionalGeneration(cfg)
+        processor = T.LlavaOnevisionProcessor(
+            image_processor=T.LlavaOnevisionImageProcessor(size=square, image_grid_pinpoints=PINPOINTS),
+            video_processor=T.LlavaOnevisionVideoProcessor(), tokenizer=tiny_tokenizer(["<video>"]),
+            num_image_tokens=16, vision_feature_select_strategy="full", image_token="<image>", video_token="<video>",
+            chat_template=LLAVA_CHAT_TEMPLATE)
+    elif family == "qwen2_5_vl":
+        extra = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+        tok = tiny_tokenizer(extra)
+        ids = {t: tok.convert_tokens_to_ids(t) for t in extra}
+        text = {**TINY_TEXT, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
+                                                 "rope_theta": 10000.0}}
+        vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=8, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=32, out_hidden_size=64, fullatt_block_indexes=[1, 3])
+        cfg = T.Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                                 video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                                 vision_end_token_id=ids["<|vision_end|>"])
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg)
+        sizes = dict(patch_size=8, merge_size=2, temporal_patch_size=2)
+        processor = T.Qwen2_5_VLProcessor(
+            image_processor=T.Qwen2VLImageProcessor(**sizes, min_pixels=16 * 16, max_pixels=64 * 64),
+            video_processor=T.Qwen2VLVideoProcessor(**sizes), tokenizer=tok, chat_template=QWEN_TEMPLATE)
+    elif family == "gemma3":
+        extra = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
+        tok = tiny_tokenizer(extra, named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                           "image_token": "<image_soft_token>"})
+        ids = {t: tok.convert_tokens_to_ids(t) for t in extra}
+        text = T.Gemma3TextConfig(**TINY_TEXT, head_dim=16, sliding_window=32)
+        cfg = T.Gemma3Config(text_config=text, vision_config=_tiny_siglip_config(vision_use_head=False),
+                             mm_tokens_per_image=4, boi_token_index=ids["<start_of_image>"],
+                             eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"])
+        model = T.Gemma3ForConditionalGeneration(cfg)
+        with torch.no_grad():  # initialised to zeros, which would cut the image off from the language model
+            model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.5)
+        processor = T.Gemma3Processor(image_processor=T.Gemma3ImageProcessor(size=square), tokenizer=tok,
+                                      chat_template=GEMMA_TEMPLATE, image_seq_length=4)
+    else:
+        raise ValueError(family)
+    model.generation_config.pad_token_id = 3
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return Path(path)

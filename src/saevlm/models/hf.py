@@ -67,7 +67,16 @@ def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
         raise UserError(f"processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}", field="processor_backend")
     cls = AutoProcessor if multimodal else AutoImageProcessor
     if int(transformers.__version__.split(".")[0]) >= 5:
-        return cls.from_pretrained(source, backend=backend)
+        try:
+            return cls.from_pretrained(source, backend=backend)
+        except ImportError:
+            if not multimodal:
+                raise
+        # an MLLM with a video processor (OneVision, Qwen2.5-VL): video processors have no PIL
+        # backend, so the processor is loaded as it comes and its image processor replaced
+        processor = cls.from_pretrained(source)
+        processor.image_processor = AutoImageProcessor.from_pretrained(source, backend=backend)
+        return processor
     return cls.from_pretrained(source, use_fast=backend == "torchvision")
 
 
