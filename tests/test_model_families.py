@@ -64,7 +64,7 @@ def test_capture_equals_the_models_hidden_states_and_pooled_output(family, model
         assert max(counts) == 16 and min(counts) < 16 and not enc.has_cls and enc.variable_tokens
     else:
         assert valid is None
-    assert enc.provenance()["family"] and len(enc.provenance()["block0_sha1"]) == 16
+    assert enc.provenance()["family"] and len(enc.provenance()["block0_sample"]) == 64
 
 
 @pytest.mark.parametrize("family", ["dinov3", "siglip2", "vit_mae"])

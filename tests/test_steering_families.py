@@ -190,3 +190,50 @@ def test_steer_and_steering_score_commands_on_qwen(saved, tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "score" / "labels.csv")))
     # no "ASSISTANT: " in Qwen's template: the authors' rule reads the answer's first word
     assert [r["word"] for r in rows] == [r["answer"].split(" ")[0] for r in rows]
+
+
+def test_extract_from_the_qwen_tower_in_patch_order(saved, tmp_path):
+    """Qwen2.5-VL's ViT runs a batch as one windowed sequence; saevlm stores each image's tokens in
+    the processor's patch order. Independent check: the model's own merger, fed our last-block
+    tokens, gives exactly the model's own merged output (which the model restores to patch order
+    itself) -- a wrong window or image order would permute the rows."""
+    from helpers import make_mixed_aspect_folder
+    from saevlm.data.store import ActivationStore
+    from saevlm.models import load_encoder
+    from saevlm.models.base import stack_pixels
+
+    folder = make_mixed_aspect_folder(tmp_path / "imgs", sizes=((40, 64), (64, 40), (50, 50)), per_size=1)
+    assert run_cli("extract", "--model_name", saved["qwen2_5_vl"], "--dataset_name", "imagefolder", "--data_path",
+                   folder, "--layer", "3", "--output_dir", tmp_path / "acts", "--device", "cpu", "--num_workers", "0",
+                   "--batch_size", "3", "--no_progress") == 0
+    store = ActivationStore(tmp_path / "acts" / "post_mlp_residual_3")
+    enc = load_encoder(str(saved["qwen2_5_vl"]))
+    from PIL import Image
+    inputs = stack_pixels([enc.preprocess(Image.open(p)) for p in sorted(folder.rglob("*.png"))])
+    tokens = torch.as_tensor(store.read(0, store.num_rows))
+    assert store.num_rows == 3 * 64 and store.manifest.provenance.model.extra["mllm"] == "Qwen2.5-VL"
+    with torch.no_grad():
+        merged_ref = enc.run(inputs).pooler_output
+        merged = enc.model.merger(tokens)
+    torch.testing.assert_close(merged, merged_ref, atol=1e-5, rtol=0)
+    assert not torch.allclose(enc.model.merger(tokens.flip(0)), merged_ref, atol=1e-3)  # order matters
+
+
+def test_block_sample_survives_fp16_and_bf16_but_not_other_weights():
+    """An fp32 CLIP and an fp16 / bf16 copy of it (LLaVA's tower) are the same tower; a CLIP of
+    another seed is not."""
+    import copy
+
+    from transformers import CLIPVisionModel
+
+    from helpers import tiny_clip_config
+    from saevlm.models.base import block_sample, same_block
+
+    torch.manual_seed(0)
+    a = CLIPVisionModel(tiny_clip_config()).encoder.layers[0]
+    ref = block_sample(a)
+    for dtype in (torch.float16, torch.bfloat16):
+        assert same_block(ref, block_sample(copy.deepcopy(a).to(dtype)))
+    torch.manual_seed(1)
+    b = CLIPVisionModel(tiny_clip_config()).encoder.layers[0]
+    assert not same_block(ref, block_sample(b)) and not same_block(ref, ref[:10])

@@ -49,6 +49,41 @@ class HookPoint:
         return f"{self.attachment_point}_{self.layer}"
 
 
+def block_sample(block: Any, n: int = 64) -> list[float]:
+    """``n`` weights of a block at fixed, evenly spaced positions of its largest weight tensor:
+    tells whether an SAE's activations came from this very tower. Compared with a tolerance
+    (``same_block``), so an fp32 CLIP and the fp16 / bf16 copy of it inside LLaVA agree."""
+    import torch
+
+    name, weight = max(block.state_dict().items(), key=lambda kv: (kv[1].numel(), kv[0]))
+    flat = weight.detach().reshape(-1)
+    positions = torch.linspace(0, flat.numel() - 1, n).round().long().to(flat.device)
+    return [round(float(v), 6) for v in flat[positions].float().cpu()]
+
+
+def same_block(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Two ``block_sample`` lists from the same weights, up to bf16 rounding."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False
+    return bool(np.allclose(a, b, rtol=1e-2, atol=1e-3 * max(float(np.abs(a).max(initial=0.0)), 1e-12)))
+
+
+def get_attr_path(root: Any, paths: tuple[str, ...]) -> tuple[str, Any] | None:
+    """The first dotted attribute path that exists under ``root``: ``(path, object)``."""
+    for path in paths:
+        obj: Any = root
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return path, obj
+    return None
+
+
 def pixels_to(pixels: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """Move a batch of model inputs to ``device``: a pixel tensor, or a dict of tensors for models
     that take more than pixels (SigLIP2 NaFlex: ``pixel_values``, ``pixel_attention_mask``,
@@ -108,6 +143,9 @@ class VisionEncoder:
         image content and never enter a store, a mean pool or a random draw (DINOv3's register
         tokens, SigLIP2 NaFlex padding); None when every token counts.
     variable_tokens: whether the number of valid tokens differs between images (NaFlex).
+    block_output: maps a block's raw output and the batch inputs to ``[B, T, D]`` in the order of
+        the image's patches (Qwen2.5-VL's tower runs all images as one sequence, in windows); None
+        when blocks already give ``[B, T, D]``.
     hidden_size, projection_dim: widths of block outputs and of the projection.
     info: extra provenance (class name, config summary).
     """
@@ -127,6 +165,7 @@ class VisionEncoder:
     info: dict = field(default_factory=dict)
     token_mask: Callable[[Any, int], torch.Tensor] | None = None
     variable_tokens: bool = False
+    block_output: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -141,9 +180,8 @@ class VisionEncoder:
         return self
 
     def provenance(self) -> dict:
-        if "block0_sha1" not in self.info:  # which weights: an SAE is refused on another tower
-            from saevlm.models.towers import block_fingerprint
-            self.info["block0_sha1"] = block_fingerprint(self.blocks[0])
+        if "block0_sample" not in self.info:  # which weights: an SAE is refused on another tower
+            self.info["block0_sample"] = block_sample(self.blocks[0])
         return {"name": self.name, "source": self.source, "backend": self.backend,
                 "num_layers": self.num_layers, "hidden_size": self.hidden_size,
                 "projection_dim": self.projection_dim, "has_cls": self.has_cls, **self.info}
@@ -194,6 +232,8 @@ class VisionEncoder:
         def block_hook(layer: int, wanted: list[HookPoint]):
             def hook(_module, _inputs, output):
                 tensor = first_tensor(output)
+                if self.block_output is not None:
+                    tensor = self.block_output(tensor, pixel_values)
                 for p in wanted:
                     captured[p] = tensor.detach()
                 if layer == stop_after:

@@ -20,24 +20,11 @@ import torch
 from torch import nn
 
 from saevlm.errors import UserError
-from saevlm.models.base import VisionEncoder, first_tensor
+from saevlm.models.base import VisionEncoder, first_tensor, get_attr_path  # noqa: F401 - get_attr_path: open_clip's
 
 BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer", "model.layer", "layer", "layers",
                "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers", "blocks")
 SIGLIP_HEAD_PATHS = ("vision_model.head", "head")
-
-
-def get_attr_path(root: nn.Module, paths: tuple[str, ...]) -> tuple[str, Any] | None:
-    """The first dotted attribute path that exists under ``root``: ``(path, object)``."""
-    for path in paths:
-        obj: Any = root
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return path, obj
-    return None
 
 
 def hub_error(name: str, source: str, err: Exception) -> UserError:
@@ -254,12 +241,13 @@ def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
     return ValueError(f"size mismatch for {first}; {len(mismatched)} weight(s) differ")
 
 
-def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
-                              processor_backend: str = "pil") -> VisionEncoder:
+def load_config(name: str, source: str):
+    """The transformers config at ``source``; an unknown model type is one line naming the
+    supported families."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
         text = str(err)
         if "model type" in text or "does not recognize this architecture" in text:
@@ -270,11 +258,12 @@ def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None
             model_type = json.loads(cfg_file.read_text()).get("model_type", "?") if cfg_file.is_file() else "?"
             raise unsupported(name, model_type) from None
         raise hub_error(name, source, err) from None
-    model_type = config.model_type
-    from saevlm.models import towers
 
-    if model_type in towers.TOWERS:  # an MLLM: its vision tower, as the MLLM runs it
-        return towers.load_tower_encoder(name, source, config, warn, processor_backend)
+
+def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
+                              processor_backend: str = "pil", config: Any = None) -> VisionEncoder:
+    config = config if config is not None else load_config(name, source)
+    model_type = config.model_type
     family = FAMILIES.get(model_type)
     if family is None:
         raise unsupported(name, model_type)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from saevlm.errors import UserError
 from saevlm.models.base import VisionEncoder
-from saevlm.models.hf import get_attr_path
+from saevlm.models.base import get_attr_path
 
 OPEN_CLIP_BLOCK_PATHS = ("visual.transformer.resblocks", "visual.trunk.blocks")
 

@@ -24,7 +24,6 @@ are tried in turn.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -71,7 +70,7 @@ def supported_families() -> str:
 
 
 def get_path(root: Any, paths: tuple[str, ...]) -> Any | None:
-    from saevlm.models.hf import get_attr_path
+    from saevlm.models.base import get_attr_path
 
     found = get_attr_path(root, paths)
     return None if found is None else found[1]
@@ -100,18 +99,6 @@ def read_block(config: Any, family: TowerFamily, num_blocks: int) -> int:
     layers = v if isinstance(v, (list, tuple)) else [v]
     # hidden_states[i] is block i - 1's output; negative i counts from num_blocks + 1 states
     return max((int(i) if int(i) >= 0 else num_blocks + 1 + int(i)) - 1 for i in layers)
-
-
-def block_fingerprint(block: Any) -> str:
-    """A short hash of a block's weights rounded to fp16 (so an fp32 CLIP and the fp16 copy of it
-    inside LLaVA agree): tells whether an SAE's activations came from this very tower."""
-    import torch
-
-    h = hashlib.sha1()
-    for key, value in sorted(block.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------- the tower alone, for extract
@@ -175,9 +162,7 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
     family = TOWERS[config.model_type]
     vcfg = config.vision_config
     if config.model_type == "qwen2_5_vl":
-        raise UserError(f"model_name {name}: extraction from Qwen2.5-VL's vision tower is not supported (its "
-                        f"windowed ViT takes a patch grid per image, not a pixel batch); steering it is",
-                        field="model_name")
+        return _load_qwen_tower(name, source, config, family, processor_backend)
     tower_family = FAMILIES.get(vcfg.model_type)
     if tower_family is None or tower_family.label not in ("CLIP", "SigLIP"):
         raise UserError(f"model_name {name}: {family.label} with a {vcfg.model_type!r} tower is not supported",
@@ -186,18 +171,7 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
 
     cls = transformers.CLIPVisionModel if tower_family.label == "CLIP" else transformers.SiglipVisionModel
     model = cls(vcfg).eval()
-    wanted = model.state_dict()
-    weights = _tower_state_dict(name, source, family, wanted)
-    missing = [k for k in wanted if k not in weights and not k.endswith("position_ids")]
-    if missing:
-        raise weights_error(name, source, f"{cls.__name__} (the {family.label} tower)",
-                            ValueError(f"{len(missing)} tower weights not in the checkpoint, first: {missing[0]}"))
-    for key, value in weights.items():
-        if tuple(value.shape) != tuple(wanted[key].shape):
-            raise weights_error(name, source, cls.__name__, ValueError(
-                f"size mismatch for {key}: checkpoint {tuple(value.shape)}, model {tuple(wanted[key].shape)}"))
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(wanted[k].dtype) for k, v in weights.items()}, strict=False)
+    _load_tower_weights(name, source, family, model)
 
     from saevlm.models.hf import auto_processor
 
@@ -216,6 +190,110 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
     encoder.info.update({"mllm": family.label, "mllm_class": family.model_class,
                          "read_block": read_block(config, family, len(blocks))})
     return encoder
+
+
+def _load_tower_weights(name: str, source: str, family: TowerFamily, model: Any) -> None:
+    import torch
+
+    from saevlm.models.hf import weights_error
+
+    wanted = model.state_dict()
+    weights = _tower_state_dict(name, source, family, wanted)
+    cls = type(model).__name__
+    missing = [k for k in wanted if k not in weights and not k.endswith(("position_ids", "inv_freq"))]
+    if missing:
+        raise weights_error(name, source, f"{cls} (the {family.label} tower)",
+                            ValueError(f"{len(missing)} tower weights not in the checkpoint, first: {missing[0]}"))
+    for key, value in weights.items():
+        if tuple(value.shape) != tuple(wanted[key].shape):
+            raise weights_error(name, source, cls, ValueError(
+                f"size mismatch for {key}: checkpoint {tuple(value.shape)}, model {tuple(wanted[key].shape)}"))
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(wanted[k].dtype) for k, v in weights.items()}, strict=False)
+
+
+def _load_qwen_tower(name: str, source: str, config: Any, family: TowerFamily, processor_backend: str):
+    """Qwen2.5-VL's ViT as an encoder. It takes a patch grid per image and runs a batch as one
+    sequence in attention windows; for batching every image is resized to one square side (the
+    largest multiple of 28 px up to 448 that the processor keeps), and block outputs are put back
+    into the processor's patch order per image (``_QwenOrder``)."""
+    import transformers
+
+    from saevlm.models.base import VisionEncoder
+    from saevlm.models.hf import auto_processor, hub_error
+
+    try:
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    except ImportError:
+        raise UserError(f"model_name {name}: Qwen2.5-VL needs transformers >= {family.since}; installed: "
+                        f"{transformers.__version__}", field="model_name") from None
+    vcfg = config.vision_config
+    tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(vcfg).eval()
+    _load_tower_weights(name, source, family, tower)
+    try:
+        processor = auto_processor(source, processor_backend)
+    except (OSError, ValueError) as err:
+        raise hub_error(name, source, err) from None
+    factor = int(vcfg.patch_size) * int(vcfg.spatial_merge_size)
+    max_pixels = int(getattr(processor, "max_pixels", None) or (processor.size or {}).get("longest_edge", 448 * 448))
+    side = max(factor, min(448, int(max_pixels ** 0.5)) // factor * factor)
+    blocks = list(tower.blocks)
+    return VisionEncoder(
+        name=name, source=source, backend="transformers", model=tower, blocks=blocks, projection_module=None,
+        projection_from_output=lambda out: out, run=_QwenRun(tower), preprocess=_QwenPreprocess(processor, side),
+        has_cls=False, hidden_size=int(vcfg.hidden_size), projection_dim=None, block_output=_QwenOrder(tower),
+        info={"class": type(tower).__name__, "model_type": vcfg.model_type, "family": f"{family.label} tower",
+              "block_path": "blocks", "image_size": side, "processor": "preprocessor_config",
+              "processor_class": type(processor).__name__, "processor_backend": processor_backend,
+              "mllm": family.label, "mllm_class": family.model_class,
+              "read_block": read_block(config, family, len(blocks)),
+              "resize": f"every image resized to {side} x {side} px (one patch grid per batch)"})
+
+
+class _QwenPreprocess:
+    def __init__(self, processor: Any, side: int):
+        self.processor, self.side = processor, side
+
+    def __call__(self, image):
+        from PIL import Image
+
+        out = self.processor(images=image.convert("RGB").resize((self.side, self.side), Image.BICUBIC),
+                             return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"][0]}
+
+
+class _QwenRun:
+    def __init__(self, tower: Any):
+        self.tower = tower
+
+    def __call__(self, pixels: dict):
+        flat = pixels["pixel_values"].reshape(-1, pixels["pixel_values"].shape[-1])
+        return self.tower(flat, grid_thw=pixels["image_grid_thw"].reshape(-1, 3))
+
+
+class _QwenOrder:
+    """The tower's blocks see every image's patches as one sequence, regrouped into attention
+    windows by merge unit (2 x 2 patches); this undoes the windows (the model itself does the same
+    after its merger) and splits the sequence per image: ``[B, T, D]`` in the processor's order."""
+
+    def __init__(self, tower: Any):
+        self.tower = tower
+
+    def window_index(self, grid_thw):
+        if hasattr(self.tower, "get_window_index"):  # transformers 4.x
+            return self.tower.get_window_index(grid_thw)[0]
+        from transformers.vision_utils import get_vision_window_index
+        return get_vision_window_index(grid_thw, spatial_merge_size=self.tower.spatial_merge_size,
+                                       window_size=self.tower.window_size, patch_size=self.tower.patch_size)[0]
+
+    def __call__(self, out, pixels: dict):
+        import torch
+
+        grid = pixels["image_grid_thw"].reshape(-1, 3)
+        unit = int(self.tower.spatial_merge_size) ** 2
+        index = torch.as_tensor(self.window_index(grid), device=out.device)
+        units = out.reshape(-1, unit, out.shape[-1])[torch.argsort(index)]
+        return units.reshape(grid.shape[0], -1, out.shape[-1])
 
 
 class _BaseView:

@@ -13,7 +13,7 @@ the block (transformers 5 records hidden states with hooks of its own), so what 
 the steered output on every call. Blocks after the one the language model reads
 (``vision_feature_layer`` for the LLaVA family, the last block for Qwen2.5-VL and Gemma-3) are
 refused, since a hook there cannot change generation. So is an SAE trained on another tower's
-activations (its recorded block-0 weights fingerprint differs from this tower's).
+activations (its recorded sample of block-0 weights differs from this tower's).
 
 Every token of the block is steered: with LLaVA-NeXT / OneVision tiles that is every tile's tokens
 (each tile is one pass through the tower); with Qwen2.5-VL every patch before the 2 x 2 merger.
@@ -50,17 +50,18 @@ def _apply(sae, x, clamp: dict[int, float], mode: str, zero_others: bool):
 
 def check_tower(mllm, sae) -> None:
     """Refuse an SAE whose training activations came from another vision tower than ``mllm``'s:
-    the block-0 weights fingerprint recorded at extraction (fp16-rounded, so an fp32 CLIP and
-    LLaVA's fp16 copy of it agree) must match; older SAEs without one must at least agree on
-    width and depth."""
+    the sample of block-0 weights recorded at extraction must match up to bf16 rounding (so an fp32
+    CLIP and LLaVA's fp16 copy of it agree); older SAEs without one must at least agree on depth."""
+    from saevlm.models.base import same_block
+
     trained_on = sae.trained_on
     if trained_on is None:  # an SAE trained elsewhere (the authors' checkpoints): width only
         return
     extra = trained_on.model.extra
-    recorded = extra.get("block0_sha1")
+    recorded = extra.get("block0_sample")
     source = trained_on.model.source or trained_on.model.name or "?"
     if recorded is not None:
-        if recorded != mllm.tower_fingerprint:
+        if not same_block(recorded, mllm.tower_sample):
             raise UserError(f"--sae_path {sae.path}: trained on activations of {source}, whose vision blocks are "
                             f"not {mllm.family.label}'s tower in {mllm.source} (block-0 weights differ). Extract "
                             f"through this tower (saevlm extract --model_name {mllm.source}) and train on that")

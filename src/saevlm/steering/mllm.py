@@ -62,10 +62,10 @@ class MLLM:
         return read_block(self.model.config, self.family, len(self.vision_blocks))
 
     @cached_property
-    def tower_fingerprint(self) -> str:
-        """Block 0's weights, hashed as extraction records them (see ``check_tower``)."""
-        from saevlm.models.towers import block_fingerprint
-        return block_fingerprint(self.vision_blocks[0])
+    def tower_sample(self) -> list[float]:
+        """Block 0's weights, sampled as extraction records them (see ``check_tower``)."""
+        from saevlm.models.base import block_sample
+        return block_sample(self.vision_blocks[0])
 
     def read_rule(self) -> str:
         """How the read block follows from the config, in words."""
