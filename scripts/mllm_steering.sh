@@ -10,16 +10,25 @@
 #
 # PROTOCOL=authors (default; docs/reproduction.md) or saevlm; CLASS_NAMES: JSON of the authors'
 # ImageNet class-name strings for the bounds (without it the authors' bounds are skipped, saying so).
+# LLAVA_MODEL may be any supported MLLM (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL, Gemma-3;
+# docs/steering.md). For the paper's LLaVA-1.5 the activations come from CLIP ViT-L/14-336 (its tower)
+# at block 22; for any other MLLM, from the tower inside it (MODEL=LLAVA_MODEL) at the block its
+# language model reads (from its config), so the SAE sees what steering feeds it.
 # Overrides: MODEL (the tower to extract from), LLAVA_MODEL, CLIP_MODEL, STEER_LAYER, EXPANSION_FACTOR,
 # K, STEPS, BATCH_SIZE, SAVE_STEP, GROUP_FRACTIONS, WARMUP_STEPS, THRESHOLD_START_STEP, ALPHA,
 # NEURONS_WHITE, NEURONS_IMAGENET, DEVICE, EXTRACT_BATCH_SIZE, NUM_WORKERS, TAKE_EVERY, PYTHON.
 source "$(dirname "$0")/_common.sh"
 need_dataset IMAGENET_PATH train
 OUT_DIR=${OUT_DIR:-runs/steering}
-MODEL=${MODEL:-$(cfg experiments.models.clip)}
-LLAVA_MODEL=${LLAVA_MODEL:-$(cfg experiments.steering.llava_model)}
+PAPER_LLAVA=$(cfg experiments.steering.llava_model)
+LLAVA_MODEL=${LLAVA_MODEL:-$PAPER_LLAVA}
+if [ "$LLAVA_MODEL" = "$PAPER_LLAVA" ]; then
+  MODEL=${MODEL:-$(cfg experiments.models.clip)}; STEER_LAYER=${STEER_LAYER:-$(cfg experiments.steering.layer)}
+else  # another MLLM: its own tower, at the block its language model reads
+  MODEL=${MODEL:-$LLAVA_MODEL}
+  STEER_LAYER=${STEER_LAYER:-$("$PY" -m saevlm.models.towers "$LLAVA_MODEL")} || exit 2
+fi
 CLIP_MODEL=${CLIP_MODEL:-$(cfg experiments.steering.clip_model)}
-STEER_LAYER=${STEER_LAYER:-$(cfg experiments.steering.layer)}
 EXPANSION_FACTOR=${EXPANSION_FACTOR:-$(cfg experiments.steering.expansion_factor)}
 train_settings
 GROUP_FRACTIONS=${GROUP_FRACTIONS:-$(cfg commands.train.group_fractions)}
@@ -81,5 +90,5 @@ else
        "CLASS_NAMES=<json {index: [wnid, name]}> (or PROTOCOL=saevlm) and rerun" >&2
 fi
 say "report"
-saevlm report --run_dir "$OUT_DIR" --no_grids --title "Steering LLaVA: $LLAVA_MODEL"
+saevlm report --run_dir "$OUT_DIR" --no_grids --title "Steering through the vision tower: $LLAVA_MODEL"
 echo "done: $OUT_DIR/report.html"

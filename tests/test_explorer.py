@@ -337,9 +337,14 @@ def test_latent_page_shows_its_steering_answers(run_dir, tmp_path):
     try:
         ex = Explorer(run_dir, tmp_path / "cache")
         page = ex.latent_page("codes", 3)
-        assert "Steering LLaVA with this latent" in page and "score 0.613" in page and "Pencils" in page
+        assert "Steering an MLLM with this latent" in page and "score 0.613" in page and "Pencils" in page
+        assert "LLaVA-1.5 answers" in page  # a result without mllm_family: from before other families
         assert "Sky" not in page  # latent 9's answer belongs on latent 9's page
-        assert "Steering LLaVA" not in ex.latent_page("codes", 4)
+        assert "Steering an MLLM" not in ex.latent_page("codes", 4)
+        # a result of another family names it
+        summary = json.loads((steer / "steering_score.json").read_text())
+        (steer / "steering_score.json").write_text(json.dumps({**summary, "mllm_family": "Qwen2.5-VL"}))
+        assert "Qwen2.5-VL answers" in Explorer(run_dir, tmp_path / "cache2").latent_page("codes", 3)
     finally:
         shutil.rmtree(steer)
 

@@ -67,7 +67,7 @@ def test_capture_equals_the_models_hidden_states_and_pooled_output(family, model
     assert enc.provenance()["family"] and len(enc.provenance()["block0_sample"]) == 64
 
 
-@pytest.mark.parametrize("family", ["dinov3", "siglip2", "vit_mae"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_extract_stores_only_valid_tokens_equal_to_hidden_states(family, models, folder, tmp_path):
     """All tokens, mean pool, 2 random tokens (and CLS where there is one) through `saevlm extract`:
     every stored row is the model's hidden state at its (image, token); registers and padding

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
     "name": ("saevlm.metrics.naming", "a CLIP name for every latent, and its top images' label purity"),
-    "steer": ("saevlm.steering.steer", "LLaVA's answer with SAE latents clamped in its vision tower"),
+    "steer": ("saevlm.steering.steer", "an MLLM's answer with SAE latents clamped in its vision tower"),
     "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
     "similarity-baseline": ("saevlm.steering.baseline", "steering-score bounds: true / shuffled names"),
     "make-eval-folder": ("saevlm.data.eval_folder", "first image of each class -> an eval folder"),
@@ -70,7 +70,7 @@ def build_parser(config: tuple[str, str] | None = None, with_help: bool = True) 
     parser = argparse.ArgumentParser(
         prog="saevlm",
         description="Sparse autoencoders on vision-language models (Pach et al., NeurIPS 2025): "
-                    "extract activations, train SAEs, score monosemanticity, steer LLaVA.",
+                    "extract activations, train SAEs, score monosemanticity, steer LLaVA and other MLLMs.",
         epilog="Run `saevlm <command> --help` for a command's flags. Docs: docs/ in the repository.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="<command>")

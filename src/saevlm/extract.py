@@ -27,8 +27,10 @@ class ExtractConfig(CommandConfig, ImageRunOptions):
     COMMAND: ClassVar[str] = "extract"
 
     model_name: str = opt(group='model and hook points')
-    """short name (clip-vit-large-patch14-336, siglip-so400m-patch14-384, clip-vit-base-patch32,
-    dinov2-base), hub id, local directory, or open_clip:<arch>/<pretrained>"""
+    """short name (clip-vit-large-patch14-336, siglip-so400m-patch14-384, aimv2-large-patch14-224,
+    webssl-mae300m-full2b-224, dinov3-vitb16, siglip2-so400m-patch16-naflex, ...), hub id, local directory, or
+    open_clip:<arch>/<pretrained>. CLIP, SigLIP, SigLIP2, DINOv2, DINOv3, AIMv2 and ViT/ViT-MAE encoders; an MLLM
+    (LLaVA-1.5 / NeXT / OneVision, Qwen2.5-VL, Gemma-3) gives its vision tower, as steering will see it"""
     attachment_point: list[str] = opt(['post_mlp_residual'], group='model and hook points')
     """post_mlp_residual (block output) and/or post_projection (pooled, projected output); several may be
     given (default: post_mlp_residual)"""

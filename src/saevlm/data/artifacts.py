@@ -326,7 +326,14 @@ class SteeringScore(Record):
     sae: str | None = None
     sae_weights: dict | None = None  # size and CRC-32 of the SAE's weights file
     sae_dict_size: int | None = None
+    llava_model: str | None = None  # the MLLM that answered
+    mllm_family: str | None = None  # its family (LLaVA-1.5 when not recorded: older results)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def mllm(self) -> str:
+        """The family that answered, for headings (results before other families: LLaVA-1.5)."""
+        return self.mllm_family or "LLaVA-1.5"
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ LATENT = """{% extends "base" %}
 <h2>Nearest latents (decoder cosine)</h2>
 {% if nearest %}<ol class="nearest">{% for k, c, nm, linked in nearest %}<li>{% if linked %}<a href="{{ k }}.html">latent {{ k }}</a>{% else %}latent {{ k }}{% endif %}{% if nm %} ({{ nm }}){% endif %}: {{ "%.3f"|format(c) }}</li>{% endfor %}</ol>
 {% else %}<p class="note">{{ nearest_note }}</p>{% endif %}
-{% if steering %}<h2>Steering LLaVA with this latent</h2>
-{% for r in steering %}<p>{{ r.source }}: score {{ fmt(r.score, 3) }} (alpha {{ r.summary.alpha }}, protocol {{ r.summary.protocol }})</p>
+{% if steering %}<h2>Steering an MLLM with this latent</h2>
+{% for r in steering %}<p>{{ r.source }}: {{ r.summary.mllm }} answers, score {{ fmt(r.score, 3) }} (alpha {{ r.summary.alpha }}, protocol {{ r.summary.protocol }})</p>
 <table><tr><th>image</th><th>answer</th><th>word</th><th>similarity</th></tr>{% for a in r.answers %}<tr><td>{{ a.image }}</td><td>{{ a.answer }}</td><td>{{ a.word }}</td><td>{{ a.similarity }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
 <h2>Token overlay</h2><p class="note">{{ overlay_note }}</p>
 {% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}

@@ -1,4 +1,5 @@
-"""Model registry: names -> loaders.
+"""Model registry: names -> loaders (the families are listed in ``saevlm.models.hf.FAMILIES`` and,
+for the vision towers inside MLLMs, ``saevlm.models.towers.TOWERS``).
 
 ``load_encoder(name)`` accepts
 - a short name used by the authors' scripts (``clip-vit-large-patch14-336``, ...; see SHORT_NAMES),
@@ -25,6 +26,14 @@ SHORT_NAMES: dict[str, str] = {
     "dinov2-small": "facebook/dinov2-small",
     "dinov2-base": "facebook/dinov2-base",
     "dinov2-large": "facebook/dinov2-large",
+    # the paper's other encoders (arXiv 2504.02821, Sec. 4)
+    "aimv2-large-patch14-224": "apple/aimv2-large-patch14-224",
+    "webssl-mae300m-full2b-224": "facebook/webssl-mae300m-full2b-224",
+    # today's encoders
+    "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+    "dinov3-vitl16": "facebook/dinov3-vitl16-pretrain-lvd1689m",
+    "siglip2-so400m-patch16-naflex": "google/siglip2-so400m-patch16-naflex",
+    "siglip2-base-patch16-naflex": "google/siglip2-base-patch16-naflex",
 }
 OPEN_CLIP_PREFIX = "open_clip:"
 

@@ -306,3 +306,25 @@ class _BaseView:
     def __call__(self, image):
         pixels = self.inner(image)
         return pixels[0] if pixels.dim() == 4 else pixels
+
+
+def read_block_of(source: str) -> int:
+    """The block the language model of the MLLM at ``source`` reads, from its config alone."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    family = TOWERS.get(config.model_type)
+    if family is None:
+        raise UserError(f"{source}: model type {config.model_type!r} is not a supported MLLM; supported: "
+                        f"{supported_families()}")
+    return read_block(config, family, int(config.vision_config.num_hidden_layers))
+
+
+if __name__ == "__main__":  # scripts/mllm_steering.sh: the default steering block of an MLLM
+    import sys
+
+    try:
+        print(read_block_of(sys.argv[1]))
+    except (UserError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -27,9 +27,11 @@ class SteeringModelOptions(DeviceOption):
     sae_path: str = opt()
     """the steering SAE (trainer directory or .pt)"""
     llava_model: str = opt("llava-hf/llava-1.5-7b-hf")
-    """LLaVA-1.5 hub id or local directory (default: %(default)s)"""
+    """the MLLM: LLaVA-1.5 (the paper's), LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL or Gemma-3, hub id or local
+    directory (default: %(default)s)"""
     layer: int | None = opt(None)
-    """vision block to intervene on (default: the SAE's own hook layer, else 22)"""
+    """vision block to intervene on (default: the SAE's own hook layer, else 22); at most the block the language
+    model reads (LLaVA: vision_feature_layer; Qwen2.5-VL, Gemma-3: the last)"""
     mode: str = opt("reconstruct", choices=["reconstruct", "error-preserving"])
     """reconstruct: output = decode(clamped codes) (the paper); error-preserving: output + decode(clamped) -
     decode(codes) (default: %(default)s)"""

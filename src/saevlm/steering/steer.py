@@ -35,7 +35,8 @@ class SteerConfig(CommandConfig, SteeringModelOptions):
     sae_path: str = opt(AUTHORS_SAE_PATH)
     """the steering SAE (trainer directory or .pt) (default: the authors' path, %(default)s)"""
     llava_model: str = opt("llava-hf/llava-1.5-7b-hf", flags=("--llava_model", "--model_name"))
-    """LLaVA-1.5 hub id or local directory (default: %(default)s)"""
+    """the MLLM: LLaVA-1.5 (the paper's), LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL or Gemma-3, hub id or local
+    directory (default: %(default)s)"""
     max_new_tokens: int = opt(paper_default("steer", "max_new_tokens"))
     """(default: %(default)s)"""
     neuron: list[int] = opt(paper_default("steer", "neuron"))
