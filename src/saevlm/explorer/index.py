@@ -511,7 +511,7 @@ class SAEView:
         with Image.open(io.BytesIO(self.images.read_bytes(image_id))) as im:
             im = im.convert("RGB")
             batch = batch_of_one(encoder.preprocess(im))
-            shapes = batch.get("spatial_shapes") if isinstance(batch, dict) else None
+            shapes = batch["spatial_shapes"] if isinstance(batch, dict) and "spatial_shapes" in batch else None
             if shapes is not None:  # NaFlex: the whole image, resized to its own patch grid
                 base = im.resize((side, side))
             else:
