@@ -155,9 +155,7 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
     """The vision tower of an MLLM as a :class:`VisionEncoder`, with the MLLM's own image
     processor (for tiled models, the base view: the whole image at the tower's resolution), so
     an SAE trained on these activations sees what steering will feed it."""
-    import torch
-
-    from saevlm.models.hf import FAMILIES, Family, encoder_from_model, weights_error
+    from saevlm.models.hf import FAMILIES, Family, encoder_from_model
 
     family = TOWERS[config.model_type]
     vcfg = config.vision_config
