@@ -230,7 +230,7 @@ def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
         _, info = cls.from_pretrained(source, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None
-    mismatched = list(info.get("mismatched_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)  # a set: name the same one every time
     if not mismatched:
         return None
     first = mismatched[0]
