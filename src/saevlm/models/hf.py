@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from saevlm.errors import UserError
-from saevlm.models.base import VisionEncoder, first_tensor, get_attr_path  # noqa: F401 - get_attr_path: open_clip's
+from saevlm.models.base import VisionEncoder, first_tensor, get_attr_path
 
 BLOCK_PATHS = ("vision_model.encoder.layers", "encoder.layers", "encoder.layer", "model.layer", "layer", "layers",
                "vision_tower.vision_model.encoder.layers", "vision_tower.encoder.layers", "blocks")

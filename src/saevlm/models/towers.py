@@ -39,7 +39,6 @@ class TowerFamily:
     block_paths: tuple[str, ...]  # its blocks, relative to the tower
     read: str  # "vision_feature_layer" or "last"
     weight_prefixes: tuple[str, ...]  # the tower's key prefixes in a checkpoint
-    tokens: str  # what one image becomes in the tower, for docs and messages
     authors_word_rule: bool = False  # the decoded sequence holds "ASSISTANT: " (LLaVA-1.5's template)
 
 
@@ -49,19 +48,15 @@ _LLAVA_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
 TOWERS: dict[str, TowerFamily] = {
     "llava": TowerFamily("LLaVA-1.5", "LlavaForConditionalGeneration", "4.36", _LLAVA_TOWER, _SIGLIP_CLIP_BLOCKS,
-                         "vision_feature_layer", _LLAVA_PREFIXES, "one 336 px view (576 patches + CLS)",
-                         authors_word_rule=True),
+                         "vision_feature_layer", _LLAVA_PREFIXES, authors_word_rule=True),
     "llava_next": TowerFamily("LLaVA-NeXT", "LlavaNextForConditionalGeneration", "4.39", _LLAVA_TOWER,
-                              _SIGLIP_CLIP_BLOCKS, "vision_feature_layer", _LLAVA_PREFIXES,
-                              "anyres: a base view plus high-resolution tiles, each a full tower pass"),
+                              _SIGLIP_CLIP_BLOCKS, "vision_feature_layer", _LLAVA_PREFIXES),
     "llava_onevision": TowerFamily("LLaVA-OneVision", "LlavaOnevisionForConditionalGeneration", "4.45",
-                                   _LLAVA_TOWER, _SIGLIP_CLIP_BLOCKS, "vision_feature_layer", _LLAVA_PREFIXES,
-                                   "anyres-max: a base view plus tiles, each a full SigLIP pass"),
+                                   _LLAVA_TOWER, _SIGLIP_CLIP_BLOCKS, "vision_feature_layer", _LLAVA_PREFIXES),
     "qwen2_5_vl": TowerFamily("Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "4.49",
-                              ("model.visual", "visual"), ("blocks",), "last", ("model.visual.", "visual."),
-                              "native resolution: 14 px patches in windows, merged 2 x 2 after the last block"),
+                              ("model.visual", "visual"), ("blocks",), "last", ("model.visual.", "visual.")),
     "gemma3": TowerFamily("Gemma-3", "Gemma3ForConditionalGeneration", "4.50", _LLAVA_TOWER, _SIGLIP_CLIP_BLOCKS,
-                          "last", _LLAVA_PREFIXES, "one 896 px view (4096 patches, average-pooled to 256 tokens)"),
+                          "last", _LLAVA_PREFIXES),
 }
 
 
