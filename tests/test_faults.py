@@ -71,12 +71,15 @@ def hold_lock(directory: Path) -> subprocess.Popen:
 
 
 def rewrite_manifest(store: Path, edit, keep_seal: bool = False) -> None:
-    """Edit a manifest by hand. The writer's seal is dropped (as an older saevlm wrote none), so
-    each test reaches the check it is about; ``keep_seal`` keeps it, to test the seal itself."""
+    """Edit a manifest by hand. The seal is recomputed over the edit (as a forger who knows the
+    format would), so each test reaches the check it is about; ``keep_seal`` keeps the writer's
+    seal, to test the seal itself."""
+    from saevlm.data.manifest import manifest_seal
+
     m = json.loads((store / "manifest.json").read_text())
     edit(m)
-    if not keep_seal:
-        m.pop("seal_sha256", None)
+    if not keep_seal and "seal_sha256" in m:
+        m["seal_sha256"] = manifest_seal(m)
     (store / "manifest.json").write_text(json.dumps(m))
 
 

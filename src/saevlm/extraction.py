@@ -62,6 +62,9 @@ class ImageRunOptions(DeviceOption, ProgressOption):
     overwrite: bool = opt(False, group="run")
     """replace existing stores written with other settings (default: refuse; a store with the same settings
     is resumed or skipped)"""
+    allow_missing_weights: bool = opt(False, group="run")
+    """load a model whose checkpoint lacks weights its class expects (they stay randomly initialised;
+    recorded in the manifest as missing_weights). Default: refuse such a checkpoint"""
 
 
 @dataclass
@@ -446,7 +449,8 @@ def prepare_inputs(args: ImageRunOptions) -> RunInputs:
     store_dtype = normalize_store_dtype(args.store_dtype, "store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
-    encoder = load_encoder(args.model_name, processor_backend=args.processor_backend)
+    encoder = load_encoder(args.model_name, processor_backend=args.processor_backend,
+                           allow_missing_weights=args.allow_missing_weights)
     return RunInputs(device, store_dtype, images, selected, encoder, dist)
 
 

@@ -21,7 +21,12 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from saevlm.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2 (this saevlm): every finished store carries ``seal_sha256``, which also covers the
+# checksums of labels.npy / classes.json / image_ids.npy (``file_checksums``); one without it is
+# refused. Version 1 stores (written before the seal) are read without it, with a note.
+READABLE_SCHEMAS = (1, 2)
+SEALED_SINCE = 2
 
 # what each comparison aspect of two provenances looks at (see Provenance.compatible_with)
 ASPECTS = ("model", "hook", "tokens", "dataset")
@@ -97,27 +102,64 @@ class ModelInfo(_Section):
 
 SEALED_KEYS = ("format", "dim", "dtype", "num_rows", "num_images", "shards", "provenance", "image_ids_sha256",
                "content_sha256")
+# since schema version 2 the seal also covers the store's other files and its version
+SEALED_KEYS_V2 = SEALED_KEYS + ("schema_version", "files", "file_checksums", "write_id", "finished", "k")
 
 
 def manifest_seal(m: dict) -> str:
-    """SHA-256 of a manifest's content keys (shards with their checksums, provenance, ...), written
-    by the store's writer when it finishes: a shard entry edited afterwards (a shard copied in from
-    another store together with its checksum) no longer matches."""
+    """SHA-256 of a manifest's content keys (shards with their checksums, provenance, the
+    checksums of its labels and class list, ...), written by the store's writer when it finishes:
+    a shard entry edited afterwards (a shard copied in from another store together with its
+    checksum) no longer matches."""
     import hashlib
     import json
 
-    body = {k: m.get(k) for k in SEALED_KEYS}
+    keys = SEALED_KEYS_V2 if _schema(m) >= SEALED_SINCE else SEALED_KEYS
+    body = {k: m.get(k) for k in keys}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def _schema(m: dict) -> int:
+    v = m.get("schema_version")
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+_UNSEALED_NOTED: set[str] = set()
+
+
 def check_seal(m: dict, where: str) -> None:
-    """Refuse a manifest whose sealed content changed after its writer sealed it (unsealed ones,
-    from an older saevlm, pass)."""
+    """Refuse a manifest whose sealed content changed after its writer sealed it, and a finished
+    store of schema version 2 or later without its seal (deleting the seal must not turn the check
+    off). Unsealed stores of version 1, from an older saevlm, are read with a note."""
+    import sys
+
     seal = m.get("seal_sha256")
-    if seal is not None and manifest_seal(m) != seal:
-        raise UserError(f"{where}: its shard list or provenance changed after the store was written "
-                        f"(seal_sha256 mismatch): a shard entry was edited or copied in from another store. "
-                        f"Re-create the store (rerun its command with --overwrite)")
+    if seal is None:
+        if not m.get("complete"):
+            return  # the writer seals when it finishes
+        if _schema(m) >= SEALED_SINCE:
+            raise UserError(f"{where}: has no seal_sha256, which every finished store of schema version "
+                            f"{_schema(m)} carries: the key was deleted, so its shard list and checksums cannot be "
+                            f"trusted. Re-create the store (rerun its command with --overwrite)")
+        if where not in _UNSEALED_NOTED:
+            _UNSEALED_NOTED.add(where)
+            print(f"note: {where}: written before stores were sealed (schema_version {m.get('schema_version')}); "
+                  f"an edited shard list or checksum cannot be detected", file=sys.stderr)
+        return
+    if manifest_seal(m) != seal:
+        raise UserError(f"{where}: its shard list, checksums or provenance changed after the store was written "
+                        f"(seal_sha256 mismatch): a shard entry or file checksum was edited or copied in from "
+                        f"another store. Re-create the store (rerun its command with --overwrite)")
+
+
+def same_block(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Two ``block_sample`` lists from the same weights, up to bf16 rounding."""
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return False
+    return bool(np.allclose(a, b, rtol=1e-2, atol=1e-3 * max(float(np.abs(a).max(initial=0.0)), 1e-12)))
 
 
 def display_name(name: str) -> str:
@@ -271,7 +313,7 @@ class Provenance:
     def _aspect(self, aspect: str) -> dict[str, Any]:
         """The values that must agree for ``aspect`` (what makes two stores interchangeable)."""
         if aspect == "model":
-            return {"source": self.model.source}
+            return {"source": self.model.source}  # see _model_identity for what is compared
         if aspect == "hook":
             return {"attachment_point": self.hook.attachment_point, "layer": self.hook.layer}
         if aspect == "tokens":
@@ -280,12 +322,37 @@ class Provenance:
             return {"paths_sha256": self.dataset.paths_sha256, "split": self.dataset.split}
         raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS}")
 
+    def _model_difference(self, other: "Provenance") -> Difference | None:
+        """Models are the same when their weights are: ``weights_sha256`` (a hash of every weight,
+        recorded since the stores of format 2) when both record it, else the ``block0_sample``
+        both record (up to bf16 rounding), else the source they were loaded from. A copy of a
+        model folder is the same model; other weights saved under the same path are not."""
+        a, b = self.model.extra, other.model.extra
+        if a.get("weights_sha256") and b.get("weights_sha256"):
+            if a["weights_sha256"] != b["weights_sha256"]:
+                return Difference("model", "weights_sha256", f"{self.model.label} ({a['weights_sha256'][:12]}...)",
+                                  f"{other.model.label} ({b['weights_sha256'][:12]}...)")
+            return None
+        if isinstance(a.get("block0_sample"), list) and isinstance(b.get("block0_sample"), list):
+            if not same_block(a["block0_sample"], b["block0_sample"]):
+                return Difference("model", "block0_sample", f"{self.model.label} (its block-0 weights)",
+                                  f"{other.model.label} (other block-0 weights)")
+            return None
+        if self.model.source != other.model.source:
+            return Difference("model", "source", self.model.source, other.model.source)
+        return None
+
     def compatible_with(self, other: "Provenance", aspects: Sequence[str] = ASPECTS) -> Difference | None:
         """None when ``other`` agrees with this provenance on every aspect asked for, else the
         first :class:`Difference`. Aspects: ``model`` (the source the weights were loaded from),
         ``hook`` (attachment point and layer), ``tokens`` (selection) and ``dataset`` (the image
         list: split and ``paths_sha256``). Every stage that pairs or chains stores asks this."""
         for aspect in aspects:
+            if aspect == "model":
+                diff = self._model_difference(other)
+                if diff is not None:
+                    return diff
+                continue
             ours, theirs = self._aspect(aspect), other._aspect(aspect)
             for key in ours:
                 if ours[key] != theirs[key]:
@@ -408,9 +475,9 @@ class Manifest:
 
         if m.get("format") != fmt:
             raise UserError(f"{field} {path}: format is {m.get('format')!r}, expected {fmt!r}", field=field)
-        if m.get("schema_version") != SCHEMA_VERSION:
+        if m.get("schema_version") not in READABLE_SCHEMAS:
             raise UserError(f"{field} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
-                            f"{SCHEMA_VERSION}", field=field)
+                            f"{' and '.join(map(str, READABLE_SCHEMAS))}", field=field)
         for key, types in cls._REQUIRED:
             if key not in m:
                 raise bad(f"no {key!r} key")

@@ -360,6 +360,8 @@ class ActivationStore:
             self._check_payload(i)
             self.shard_rows(i)
             self.shard_images(i)
+        self.labels()  # checks classes.json too
+        self.classes()
         recorded = self.manifest.image_ids_sha256
         if recorded is not None and self.manifest.complete:
             got = sha256_of_ints(self.image_ids())
@@ -440,6 +442,22 @@ class ActivationStore:
             self._verify_file(i, self.shards[i].rows_file)
         return _image_ids_of(self.path, [s.rows_file for s in self.manifest.shards])
 
+    # -- the dataset's files beside the shards
+    @property
+    def dataset_files(self) -> "DatasetFiles":
+        """labels.npy / classes.json, checked as shards are (:class:`DatasetFiles`)."""
+        if not hasattr(self, "_dataset_files"):
+            m = self.manifest
+            self._dataset_files = DatasetFiles(self.path, m.files, m.file_checksums, m.schema_version,
+                                               self.provenance.dataset.num_images_in_split, self.field)
+        return self._dataset_files
+
+    def labels(self) -> np.ndarray | None:
+        return self.dataset_files.labels()
+
+    def classes(self) -> dict | None:
+        return self.dataset_files.classes()
+
     # -- float32 reads
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as a new float32 array."""
@@ -500,6 +518,104 @@ class ActivationStore:
             for b in range(within, per_epoch):
                 yield np.sort(perm[b * batch_size:(b + 1) * batch_size])
                 step += 1
+
+
+class DatasetFiles:
+    """The dataset's files a store holds beside its shards: ``labels.npy`` (one int64 class index
+    per image of the split, -1 = unlabelled) and ``classes.json``. Each is checked like a shard:
+    listed by the manifest, its size and CRC-32 as recorded (once per process); labels also for
+    dtype, shape and range against classes.json. A store of schema version 2 must have recorded a
+    checksum for every such file it holds, so one dropped in later is refused."""
+
+    def __init__(self, path: Path, files, file_checksums, schema_version: int, num_images_in_split: int | None,
+                 field: str):
+        self.path, self.files, self.checksums = Path(path), dict(files or {}), dict(file_checksums or {})
+        self.schema_version, self.num_images_in_split, self.field = schema_version, num_images_in_split, field
+        self._verified: set[str] = set()
+
+    def file(self, name: str) -> Path | None:
+        """``name`` checked like a shard: listed by the manifest, its size and CRC-32 as recorded.
+        None when the store has no such file. A store of schema version 2 must have recorded a
+        checksum for every such file it holds (one dropped in later is refused)."""
+        from saevlm.data.manifest import SEALED_SINCE
+
+        f = self.path / name
+        listed = name in self.files.values()
+        recorded = self.checksums.get(name)
+        new_format = self.schema_version >= SEALED_SINCE
+        if not f.is_file():
+            if listed:
+                raise UserError(f"{self.field} {self.path}: {name} is missing (the manifest lists it); the store "
+                                f"is damaged, re-create it (rerun its command with --overwrite)", field=self.field)
+            return None
+        if recorded is None:
+            if new_format:
+                raise UserError(f"{self.field} {f}: not written with this store (the manifest records no checksum "
+                                f"for it): it was copied in or the manifest edited; re-create the store (rerun "
+                                f"its command with --overwrite)", field=self.field)
+            return f
+        if name in self._verified:
+            return f
+        from saevlm.data.atomic import file_checksum
+
+        size = f.stat().st_size
+        if size != int(recorded.get("bytes", -1)):
+            raise UserError(f"{self.field} {f}: has {size} bytes, the manifest recorded {recorded.get('bytes')} "
+                            f"(replaced or truncated); re-create the store (rerun its command with --overwrite)",
+                            field=self.field)
+        if verify_enabled():
+            got = file_checksum(f)["crc32"]
+            if got != recorded.get("crc32"):
+                raise UserError(f"{self.field} {f}: has CRC-32 {got}, the manifest recorded {recorded.get('crc32')} "
+                                f"(its bytes changed after the store was written); re-create the store (rerun "
+                                f"its command with --overwrite)", field=self.field)
+        self._verified.add(name)
+        return f
+
+    def classes(self) -> dict | None:
+        """``classes.json`` (checked as above; a JSON object with a ``classes`` list), or None."""
+        from saevlm.data.artifacts import CLASSES
+
+        f = self.file(CLASSES)
+        if f is None:
+            return None
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.field} {f}: not valid JSON ({e})", field=self.field) from None
+        if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+            raise UserError(f"{self.field} {f}: expected a JSON object with a 'classes' list", field=self.field)
+        return data
+
+    def labels(self) -> np.ndarray | None:
+        """``labels.npy``: one int64 class index per image of the dataset split (-1 = unlabelled),
+        checked for its checksum, dtype, shape and range against classes.json; None when the store
+        has none."""
+        from saevlm.data.artifacts import LABELS
+
+        f = self.file(LABELS)
+        if f is None:
+            return None
+        try:
+            labels = np.load(f, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{self.field} {f}: not a NumPy array file ({str(e).splitlines()[0][:120]}); "
+                            f"expected one int64 class index per image", field=self.field) from None
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise UserError(f"{self.field} {f}: holds {labels.dtype} values of shape {labels.shape}, expected "
+                            f"one integer class index per image", field=self.field)
+        need = self.num_images_in_split
+        if need is not None and len(labels) != need:
+            raise UserError(f"{self.field} {f}: {len(labels)} labels, but the dataset split has {need} images",
+                            field=self.field)
+        classes = self.classes()
+        if len(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+            n_classes = len(classes["classes"]) if classes is not None else None
+            if lo < -1 or (n_classes is not None and hi >= n_classes):
+                raise UserError(f"{self.field} {f}: labels range over [{lo}, {hi}], but classes.json lists "
+                                f"{n_classes} classes (expected -1 .. {(n_classes or 0) - 1})", field=self.field)
+        return labels.astype(np.int64, copy=False)
 
 
 def _image_ids_of(path: Path, rows_files: Sequence[str]) -> np.ndarray:

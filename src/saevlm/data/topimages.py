@@ -103,6 +103,22 @@ class TopImagesStore:
     def image_ids(self) -> np.ndarray:
         return np.load(self.path / A.IMAGE_IDS)
 
+    @property
+    def dataset_files(self):
+        """labels.npy / classes.json, checked as in activation stores."""
+        from saevlm.data.store import DatasetFiles
+
+        m = self.manifest
+        version = m.get("schema_version") if isinstance(m.get("schema_version"), int) else 0
+        return DatasetFiles(self.path, m.get("files"), m.get("file_checksums"), version,
+                            self.provenance.dataset.num_images_in_split, "activations_dir")
+
+    def labels(self) -> np.ndarray | None:
+        return self.dataset_files.labels()
+
+    def classes(self) -> dict | None:
+        return self.dataset_files.classes()
+
 
 def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(top image ids [K, k], k-th values [K], all values [K, k]) written by ``saevlm top-images``.

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_json
+from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_json, file_checksum
 from saevlm.data.manifest import Manifest, Provenance
 from saevlm.data.store import (_STORAGE, FORMAT_NAME, LOCK, MANIFEST, SCHEMA_VERSION, _count_nonfinite,
                                _image_ids_of, _nonfinite_rows, encode_for_storage, normalize_store_dtype,
@@ -105,6 +105,7 @@ class StoreWriter:
                 self.manifest["files"][name.split(".")[0]] = name
             for name, obj in (extra_json or {}).items():
                 atomic_write_json(self.path / name, obj)
+                self.manifest["file_checksums"][name] = file_checksum(self.path / name)
                 self.manifest["files"][name.split(".")[0]] = name
             atomic_write_json(manifest_path, self.manifest)
         self.done: dict[int, dict] = {}

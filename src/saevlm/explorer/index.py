@@ -23,6 +23,7 @@ import numpy as np
 
 from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_save_npz
+from saevlm.errors import UserError
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
 
@@ -258,7 +259,9 @@ class SAEView:
             return None
         from saevlm.metrics.lca import lca_depths, level_codes
 
-        labels = np.load(self.path / A.LABELS)
+        labels = self.labels
+        if labels is None:
+            return None
         depths = lca_depths(labels[self.top[0]], level_codes([list(t) for t in self.classes.taxonomy]))  # [K, pairs]
         # only pairs of images where the latent is active (> 0): padding images say nothing about it
         ids, values = self.top
@@ -543,8 +546,15 @@ class SAEView:
 
     @cached_property
     def classes(self) -> A.Classes | None:
-        """classes.json (a damaged one raises ``ResultError``: the page says so)."""
-        return self.record(A.CLASSES, A.Classes) if (self.path / A.CLASSES).is_file() else None
+        """classes.json (a damaged one, or one the manifest did not record, raises ``ResultError``:
+        the page says so)."""
+        if not (self.path / A.CLASSES).is_file():
+            return None
+        try:
+            self.store.dataset_files.file(A.CLASSES)  # the checksum the store's manifest recorded
+        except UserError as err:
+            raise A.ResultError(str(err)) from None
+        return self.record(A.CLASSES, A.Classes)
 
     @cached_property
     def class_names(self) -> list[str]:
@@ -553,8 +563,13 @@ class SAEView:
 
     @cached_property
     def labels(self) -> np.ndarray | None:
-        f = self.path / A.LABELS
-        return np.load(f) if f.is_file() else None
+        """labels.npy, checked against the manifest and classes.json (damaged: listed in ``stale``,
+        no labels shown)."""
+        try:
+            return self.store.labels()
+        except UserError as err:
+            self.stale[A.LABELS] = f"{err}; no labels are shown"
+            return None
 
 
 def default_cache_dir(run_dir: Path, log=None) -> Path:

@@ -193,12 +193,12 @@ def run(args: FMSConfig) -> int:
         labels_nc = z[ids] > 0
         names = None
     else:
-        labels_f = store.path / A.LABELS
-        if not labels_f.is_file():
+        all_labels = store.labels()  # checksum, dtype, shape and range checked
+        if all_labels is None:
             raise UserError(f"--activations_dir {store.path}: no labels.npy; FMS needs class labels")
-        labels = np.load(labels_f)[ids]
-        classes = json.loads((store.path / A.CLASSES).read_text()).get("classes") \
-            if (store.path / A.CLASSES).is_file() else None
+        labels = all_labels[ids]
+        class_list = store.classes()
+        classes = class_list["classes"] if class_list is not None else None
         labels_nc = labels[:, None] == np.arange(labels.max() + 1)[None, :]
         names = classes
     if args.max_concepts:

@@ -113,11 +113,10 @@ def run(args: HierarchyConfig) -> int:
     out = ensure_writable_dir(args.output_dir or d, "output_dir" if args.output_dir else "activations_dir")
     top, kth, _ = load_top_images_for(d, args.k, args.hai_indices_path, store)
     classes_f = d / A.CLASSES
-    labels_f = d / A.LABELS
-    if not classes_f.is_file() or not labels_f.is_file():
+    classes, labels = store.classes(), store.labels()  # checksums, dtype, shape and range checked
+    if classes is None or labels is None:
         raise UserError(f"--activations_dir {d}: no classes.json / labels.npy (written by extract, "
                         f"encode and synthetic); cannot tell the images' classes")
-    classes = json.loads(classes_f.read_text())
     if args.taxonomy == "wordnet":
         taxonomy = wordnet_taxonomy(classes["classes"])
     elif "taxonomy" in classes:
@@ -139,7 +138,7 @@ def run(args: HierarchyConfig) -> int:
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(d, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
     ms = load_ms_scores(ms_dir, len(top), "ms_subdir", store) if ms_dir else None
-    table = hierarchy_table(top, kth, np.load(labels_f), taxonomy, sizes, ms)
+    table = hierarchy_table(top, kth, labels, taxonomy, sizes, ms)
     from saevlm.metrics.results import source_stamp
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,
                  source=source_stamp(store))

@@ -131,10 +131,9 @@ def _vocabulary(args, store) -> tuple[list[str], str]:
         if not words:
             raise UserError(f"--vocab {args.vocab}: empty")
         return words, str(args.vocab)
-    classes_f = store.path / A.CLASSES
-    if not classes_f.is_file():
+    classes = store.classes()  # checked against the manifest
+    if classes is None:
         raise UserError(f"--codes_dir {store.path}: no classes.json to take a vocabulary from; pass --vocab FILE")
-    classes = json.loads(classes_f.read_text())
     words = [str(n).split(",")[0].strip() for n in (classes.get("names") or classes.get("classes") or [])]
     if not words:
         raise UserError(f"--codes_dir {store.path}: classes.json lists no classes; pass --vocab FILE")
@@ -177,12 +176,11 @@ def run(args: NameConfig) -> int:
     alive = active.any(axis=1)
     mean = mean_top_embeddings(top, emb, active)
     idx, sims = name_latents(mean, text, words)
-    labels_f = store.path / A.LABELS
+    labels = store.labels()  # checksum, dtype, shape and range checked
     purity = None
-    if labels_f.is_file():
-        labels = np.load(labels_f)
+    if labels is not None:
         majority, purity, entropy = label_purity(labels[top], active)
-        classes = json.loads((store.path / A.CLASSES).read_text()) if (store.path / A.CLASSES).is_file() else {}
+        classes = store.classes() or {}
         class_names = classes.get("names") or classes.get("classes") or []
     latents = []
     for j in range(len(top)):

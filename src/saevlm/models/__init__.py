@@ -42,19 +42,23 @@ def _stderr_warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _load_transformers(name: str, source: str, warn: Callable[[str], None], processor_backend: str):
+def _load_transformers(name: str, source: str, warn: Callable[[str], None], processor_backend: str,
+                       allow_missing_weights: bool = False):
     """A transformers vision model, or the vision tower of a supported MLLM."""
     from saevlm.models.hf import load_config, load_transformers_encoder
     from saevlm.models.towers import TOWERS, load_tower_encoder
 
     config = load_config(name, source)
     if config.model_type in TOWERS:  # an MLLM: its vision tower, as the MLLM runs it
-        return load_tower_encoder(name, source, config, warn, processor_backend)
-    return load_transformers_encoder(name, source, warn, processor_backend, config=config)
+        return load_tower_encoder(name, source, config, warn, processor_backend, allow_missing_weights)
+    return load_transformers_encoder(name, source, warn, processor_backend, config=config,
+                                     allow_missing_weights=allow_missing_weights)
 
 
-def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processor_backend: str = "pil"):
-    """Load a vision encoder (eval mode, on CPU) by name; see the module docstring."""
+def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processor_backend: str = "pil",
+                 allow_missing_weights: bool = False):
+    """Load a vision encoder (eval mode, on CPU) by name; see the module docstring. Weights the
+    model's class expects but the checkpoint lacks are refused unless ``allow_missing_weights``."""
     from saevlm.models.openclip import load_open_clip_encoder
 
     if not name:
@@ -66,13 +70,13 @@ def load_encoder(name: str, warn: Callable[[str], None] = _stderr_warn, processo
         if (path / "open_clip_config.json").is_file():
             return load_open_clip_encoder(name, f"local-dir:{path.resolve()}", warn)
         if (path / "config.json").is_file():
-            return _load_transformers(name, str(path.resolve()), warn, processor_backend)
+            return _load_transformers(name, str(path.resolve()), warn, processor_backend, allow_missing_weights)
         raise UserError(f"model_name {name}: the directory has neither config.json (transformers) "
                         f"nor open_clip_config.json (open_clip)", field="model_name")
     if name in SHORT_NAMES:
-        return _load_transformers(name, SHORT_NAMES[name], warn, processor_backend)
+        return _load_transformers(name, SHORT_NAMES[name], warn, processor_backend, allow_missing_weights)
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
-        return _load_transformers(name, name, warn, processor_backend)
+        return _load_transformers(name, name, warn, processor_backend, allow_missing_weights)
     if path.suffix or name.startswith((".", "/", "~")):
         raise UserError(f"model_name {name}: no such directory", field="model_name")
     raise UserError(f"model_name {name}: unknown model. Use a short name "

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from saevlm.data.manifest import same_block  # noqa: F401 (re-exported: steering compares towers)
 from saevlm.errors import UserError
 
 POST_MLP_RESIDUAL = "post_mlp_residual"
@@ -61,14 +62,24 @@ def block_sample(block: Any, n: int = 64) -> list[float]:
     return [round(float(v), 6) for v in flat[positions].float().cpu()]
 
 
-def same_block(a: Sequence[float], b: Sequence[float]) -> bool:
-    """Two ``block_sample`` lists from the same weights, up to bf16 rounding."""
-    import numpy as np
+def weights_sha256(module: Any) -> str:
+    """SHA-256 over every tensor of ``module``'s state dict (names, dtypes, shapes, bytes, in name
+    order): the identity of a model, whatever folder or hub id it was loaded from. A copy of a
+    model folder hashes the same; other weights saved under the same path do not."""
+    import hashlib
 
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return False
-    return bool(np.allclose(a, b, rtol=1e-2, atol=1e-3 * max(float(np.abs(a).max(initial=0.0)), 1e-12)))
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            flat = t.reshape(-1)
+            # bytes of any dtype (bf16 has no NumPy twin): view as unsigned integers of the same width
+            as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+            digest.update(flat.view(as_int).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def get_attr_path(root: Any, paths: tuple[str, ...]) -> tuple[str, Any] | None:
@@ -182,6 +193,8 @@ class VisionEncoder:
     def provenance(self) -> dict:
         if "block0_sample" not in self.info:  # which weights: an SAE is refused on another tower
             self.info["block0_sample"] = block_sample(self.blocks[0])
+        if "weights_sha256" not in self.info:  # which model: stores pair by weights, not by path
+            self.info["weights_sha256"] = weights_sha256(self.model)
         return {"name": self.name, "source": self.source, "backend": self.backend,
                 "num_layers": self.num_layers, "hidden_size": self.hidden_size,
                 "projection_dim": self.projection_dim, "has_cls": self.has_cls, **self.info}

@@ -203,15 +203,56 @@ def _model_class(name: str, family: Family):
     return cls
 
 
-def quiet_from_pretrained(name: str, source: str, cls, **kwargs):
+# Parts of a checkpoint a vision class leaves out by design: the text tower and logit scale of a full
+# CLIP / SigLIP / AIMv2 checkpoint, the random pooler of a ViT loaded without it, ViT-MAE's decoder,
+# a classification head; buffers that newer transformers no longer save.
+SKIPPED_BY_DESIGN = ("text_model.", "text_projection", "logit_scale", "logit_bias", "pooler.", "decoder.",
+                     "classifier.")
+NOT_WEIGHTS = ("position_ids", "num_batches_tracked", "inv_freq")
+
+
+def loading_problems(info: dict, skipped_by_design: tuple[str, ...] = SKIPPED_BY_DESIGN) -> dict[str, list[str]]:
+    """What ``from_pretrained(..., output_loading_info=True)`` reports that makes a model not the
+    checkpoint's: weights the class expects but the checkpoint lacks (transformers initialises them
+    at random) and checkpoint weights the class does not use outside the parts skipped by design
+    (a checkpoint of another family: its names match nothing)."""
+    def names(key: str) -> list[str]:
+        return sorted(str(k) for k in (info.get(key) or ()) if not str(k).endswith(NOT_WEIGHTS))
+
+    missing = names("missing_keys")
+    unexpected = [k for k in names("unexpected_keys") if not k.startswith(skipped_by_design)]
+    return {k: v for k, v in (("missing", missing), ("unexpected", unexpected)) if v}
+
+
+def missing_weights_error(name: str, source: str, cls: str, problems: dict[str, list[str]],
+                          field: str = "model_name") -> UserError:
+    """One line: which weights the class did not get from the checkpoint (the first few, the count)."""
+    parts = []
+    for what, keys in problems.items():
+        label = {"missing": "not in the checkpoint (they would be random)",
+                 "unexpected": "in the checkpoint but unused by the class"}[what]
+        parts.append(f"{len(keys)} weight(s) {label}, first: {', '.join(keys[:3])}")
+    return UserError(f"{field} {name}: the weights of {source} are not a complete {cls}: {'; '.join(parts)}. "
+                     f"Is config.json the one saved with these weights? (--allow_missing_weights loads it anyway "
+                     f"and records the missing weights in the manifest)", field=field)
+
+
+def quiet_from_pretrained(name: str, source: str, cls, allow_missing: bool = False,
+                          skipped_by_design: tuple[str, ...] = SKIPPED_BY_DESIGN,
+                          loading_report: dict | None = None, field: str = "model_name", **kwargs):
     """``cls.from_pretrained(source)`` with the report of skipped weights kept quiet (the text
-    tower of a full CLIP / SigLIP checkpoint is skipped by design), and one-line errors."""
+    tower of a full CLIP / SigLIP checkpoint is skipped by design), and one-line errors.
+
+    Every weight the class expects must come from the checkpoint: a config of one family over the
+    weights of another loads with every weight random, and a checkpoint missing a block leaves that
+    block random, both without an error from transformers. Those are refused (one line naming the
+    first few and the count) unless ``allow_missing``; ``loading_report`` receives what was missing."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return cls.from_pretrained(source, **kwargs)
+        model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
     except OSError as err:
         raise hub_error(name, source, err) from None
     except (ValueError, RuntimeError) as err:
@@ -221,6 +262,12 @@ def quiet_from_pretrained(name: str, source: str, cls, **kwargs):
         raise hub_error(name, source, err) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    problems = loading_problems(info, skipped_by_design)
+    if problems and not allow_missing:
+        raise missing_weights_error(name, source, cls.__name__, problems, field)
+    if problems and loading_report is not None:
+        loading_report.update({what: {"count": len(keys), "first": keys[:10]} for what, keys in problems.items()})
+    return model
 
 
 def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
@@ -261,19 +308,28 @@ def load_config(name: str, source: str):
 
 
 def load_transformers_encoder(name: str, source: str, warn: Callable[[str], None],
-                              processor_backend: str = "pil", config: Any = None) -> VisionEncoder:
+                              processor_backend: str = "pil", config: Any = None,
+                              allow_missing_weights: bool = False) -> VisionEncoder:
     config = config if config is not None else load_config(name, source)
     model_type = config.model_type
     family = FAMILIES.get(model_type)
     if family is None:
         raise unsupported(name, model_type)
     cls = _model_class(name, family)
-    model = quiet_from_pretrained(name, source, cls, **dict(family.load_kwargs))
+    report: dict = {}
+    model = quiet_from_pretrained(name, source, cls, allow_missing_weights, loading_report=report,
+                                  **dict(family.load_kwargs))
     model.eval()
+    if report:
+        warn(f"{name}: loaded with --allow_missing_weights; " + "; ".join(
+            f"{r['count']} {what} weight(s), first {r['first'][0]}" for what, r in report.items()))
     vcfg = getattr(config, "vision_config", config)
     processor, processor_origin = _processor(source, vcfg, model_type, warn, processor_backend)
-    return encoder_from_model(name, source, model, family, model_type, processor, processor_origin,
-                              processor_backend)
+    encoder = encoder_from_model(name, source, model, family, model_type, processor, processor_origin,
+                                 processor_backend)
+    if report:
+        encoder.info["missing_weights"] = report  # recorded in every store's manifest
+    return encoder
 
 
 def encoder_from_model(name: str, source: str, model: nn.Module, family: Family, model_type: str,

@@ -146,7 +146,7 @@ def _tower_state_dict(name: str, source: str, family: TowerFamily, wanted: dict[
 
 
 def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str], None],
-                       processor_backend: str = "pil"):
+                       processor_backend: str = "pil", allow_missing_weights: bool = False):
     """The vision tower of an MLLM as a :class:`VisionEncoder`, with the MLLM's own image
     processor (for tiled models, the base view: the whole image at the tower's resolution), so
     an SAE trained on these activations sees what steering will feed it."""
@@ -164,7 +164,7 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
 
     cls = transformers.CLIPVisionModel if tower_family.label == "CLIP" else transformers.SiglipVisionModel
     model = cls(vcfg).eval()
-    _load_tower_weights(name, source, family, model)
+    missing = _load_tower_weights(name, source, family, model, allow_missing_weights)
 
     from saevlm.models.hf import auto_processor
 
@@ -182,10 +182,17 @@ def load_tower_encoder(name: str, source: str, config: Any, warn: Callable[[str]
     blocks = encoder.blocks
     encoder.info.update({"mllm": family.label, "mllm_class": family.model_class,
                          "read_block": read_block(config, family, len(blocks))})
+    if missing:
+        warn(f"{name}: loaded with --allow_missing_weights; {len(missing)} tower weight(s) not in the checkpoint, "
+             f"first {missing[0]}")
+        encoder.info["missing_weights"] = {"missing": {"count": len(missing), "first": missing[:10]}}
     return encoder
 
 
-def _load_tower_weights(name: str, source: str, family: TowerFamily, model: Any) -> None:
+def _load_tower_weights(name: str, source: str, family: TowerFamily, model: Any,
+                        allow_missing: bool = False) -> list[str]:
+    """Load the tower's weights from the MLLM checkpoint; returns the names of weights it lacked
+    (refused unless ``allow_missing``)."""
     import torch
 
     from saevlm.models.hf import weights_error
@@ -194,7 +201,7 @@ def _load_tower_weights(name: str, source: str, family: TowerFamily, model: Any)
     weights = _tower_state_dict(name, source, family, wanted)
     cls = type(model).__name__
     missing = [k for k in wanted if k not in weights and not k.endswith(("position_ids", "inv_freq"))]
-    if missing:
+    if missing and not allow_missing:
         raise weights_error(name, source, f"{cls} (the {family.label} tower)",
                             ValueError(f"{len(missing)} tower weights not in the checkpoint, first: {missing[0]}"))
     for key, value in weights.items():
@@ -203,6 +210,7 @@ def _load_tower_weights(name: str, source: str, family: TowerFamily, model: Any)
                 f"size mismatch for {key}: checkpoint {tuple(value.shape)}, model {tuple(wanted[key].shape)}"))
     with torch.no_grad():
         model.load_state_dict({k: v.to(wanted[k].dtype) for k, v in weights.items()}, strict=False)
+    return missing
 
 
 def _load_qwen_tower(name: str, source: str, config: Any, family: TowerFamily, processor_backend: str):

@@ -44,19 +44,16 @@ def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mism
 
 
 def dataset_files(store) -> dict:
-    """The source store's labels.npy / classes.json, to be copied beside the codes."""
-    import json
+    """The source store's labels.npy / classes.json (checked against its manifest: checksums,
+    label dtype, shape and range), to be copied beside the codes."""
+    from saevlm.data import artifacts as A
 
-    import numpy as np
-
-    files = store.manifest.files
     out: dict = {"extra_files": {}, "extra_json": {}}
-    for name in files.values():
-        path = store.path / name
-        if name.endswith(".npy") and path.is_file():
-            out["extra_files"][name] = np.load(path)
-        elif name.endswith(".json") and path.is_file():
-            out["extra_json"][name] = json.loads(path.read_text())
+    labels, classes = store.labels(), store.classes()
+    if labels is not None:
+        out["extra_files"][A.LABELS] = labels
+    if classes is not None:
+        out["extra_json"][A.CLASSES] = classes
     return out
 
 

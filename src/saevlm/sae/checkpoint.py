@@ -5,6 +5,7 @@ authors' released SAEs load unchanged; the class comes from config.json or the w
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,22 +122,56 @@ def record_weights(trainer_dir: Path, weights: Path) -> None:
                                    "(saevlm checks them on load)", "files": files})
 
 
+_NOTED_UNRECORDED: set[str] = set()
+
+
 def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
-    """Refuse weights whose bytes differ from what the run that wrote ``config.json`` recorded."""
+    """Refuse weights whose bytes differ from what the run that wrote ``config.json`` recorded.
+
+    A trainer directory whose config.json says its run records weights (``saevlm.weights_record``,
+    written since saevlm records them) must hold a readable ``weights.json`` listing this file:
+    deleting or damaging that record must not turn the check off. SAEs trained elsewhere (the
+    authors' checkpoints) have no such key and load as they are; ones from an older saevlm with a
+    note."""
     if cfg_path is None:
         return
     trainer_dir = cfg_path.parent
     f = trainer_dir / WEIGHTS_JSON
-    if not f.is_file():
-        return  # not written by saevlm (the authors' checkpoints, an older saevlm)
     try:
-        files = json.loads(f.read_text()).get("files") or {}
-        rel = weights.resolve().relative_to(trainer_dir.resolve()).as_posix()
-    except (OSError, json.JSONDecodeError, ValueError, AttributeError):
+        config = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        config = None  # load_sae names a damaged config.json
+    ours = config.get("saevlm") if isinstance(config, dict) else None
+    required = isinstance(ours, dict) and bool(ours.get("weights_record"))
+    rebuild = (f"train this SAE again (its train command with --overwrite), or put the original {f.name} "
+               f"back")
+    if not f.is_file():
+        if required:
+            raise UserError(f"sae_path {trainer_dir}: no {f.name}, which the run that wrote {cfg_path.name} "
+                            f"records the size and CRC-32 of its weights in: it was deleted, so {weights.name} "
+                            f"cannot be checked. {rebuild[0].upper() + rebuild[1:]}", field="sae_path")
+        if isinstance(ours, dict) and str(trainer_dir) not in _NOTED_UNRECORDED:
+            _NOTED_UNRECORDED.add(str(trainer_dir))
+            print(f"note: sae_path {trainer_dir}: trained by a saevlm that did not record its weights; a "
+                  f"replaced {weights.name} cannot be detected", file=sys.stderr)
         return
+    try:
+        data = json.loads(f.read_text())
+        files = data.get("files")
+        if not isinstance(files, dict):
+            raise ValueError("no 'files' object")
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"sae_path {f}: damaged ({type(err).__name__}: {str(err)[:120]}), so {weights.name} "
+                        f"cannot be checked; {rebuild}", field="sae_path") from None
+    try:
+        rel = weights.resolve().relative_to(trainer_dir.resolve()).as_posix()
+    except ValueError:
+        return  # weights outside the trainer directory: config.json does not describe them
     recorded = files.get(rel)
     if not isinstance(recorded, dict):
-        return
+        raise UserError(f"sae_path {weights}: not listed in {f} (it lists {', '.join(sorted(files)) or 'nothing'}): "
+                        f"the file was not written by this trainer directory's run, or the run stopped while "
+                        f"writing it; rerun its train command to finish it, or {rebuild}", field="sae_path")
     from saevlm.data.atomic import file_checksum
     got = file_checksum(weights)
     if got["crc32"] != recorded.get("crc32") or got["bytes"] != recorded.get("bytes"):

@@ -32,7 +32,7 @@ from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
-from saevlm.sae.checkpoint import record_weights
+from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
 
 if TYPE_CHECKING:
     from saevlm.data.manifest import Provenance
@@ -565,6 +565,9 @@ class TrainingRun:
                                  "batch_size": cfg.batch_size},
                       "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
                                  "engine": engine,
+                                 # its weights' sizes and CRC-32s are in weights.json (checked on load;
+                                 # without this key, an SAE from an older saevlm)
+                                 "weights_record": WEIGHTS_JSON,
                                  "provenance": self.train_store.provenance.to_json(),
                                  "image_ids_sha256": self.train_store.manifest.image_ids_sha256}}
             atomic_write_json(spec.directory / "config.json", config)

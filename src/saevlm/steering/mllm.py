@@ -143,7 +143,7 @@ def load_mllm(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto",
     if cls is None:
         raise UserError(f"llava_model {name}: {family.label} needs transformers >= {family.since}; installed: "
                         f"{transformers.__version__}", field="llava_model")
-    model = quiet_from_pretrained(name, name, cls, dtype=torch_dtype)
+    model = quiet_from_pretrained(name, name, cls, skipped_by_design=(), field="llava_model", dtype=torch_dtype)
     try:
         processor = auto_processor(name, processor_backend, multimodal=True)
     except (OSError, ValueError) as err:
