@@ -834,3 +834,274 @@ def test_explorer_shows_every_ms_it_has(run_copy, capsys):
     page = ex.latent_page("codes", j)
     assert "(second)" in page and "(synthetic)" in page
     assert ex.sae("codes").ms[0] is not None  # the run page's MS mean is not '-'
+
+
+# ----------------------------------------------------------------------------- round 3: silent gaps closed
+def _extract_argv(model: Path, images: Path, out: Path, *extra) -> list:
+    return ["extract", "--model_name", model, "--layer", "1", "--cls_only", "--data_path", images, "--output_dir",
+            out, "--device", "cpu", "--num_workers", "0", "--no_progress", *extra]
+
+
+def test_weights_of_another_family_or_a_missing_block_are_refused(tiny_clip_dir, tiny_dinov2_dir, image_folder,
+                                                                   tmp_path, capsys):
+    """S1: a CLIP config over DINOv2 weights loads every weight at random; S2: a CLIP checkpoint
+    without block 3 leaves that block random. Both are refused in one line; --allow_missing_weights
+    loads them and records what was missing in the manifest."""
+    import safetensors.torch as st
+
+    other = tmp_path / "clip-with-dino-weights"
+    shutil.copytree(tiny_clip_dir, other)
+    shutil.copy(tiny_dinov2_dir / "model.safetensors", other / "model.safetensors")
+    run_fails(capsys, tmp_path, _extract_argv(other, image_folder, tmp_path / "a"), "--model_name",
+              "not a complete CLIPVisionModelWithProjection", "not in the checkpoint", "--allow_missing_weights")
+    holed = tmp_path / "clip-without-block-3"
+    shutil.copytree(tiny_clip_dir, holed)
+    weights = st.load_file(holed / "model.safetensors")
+    gone = [k for k in weights if ".layers.3." in k]
+    assert gone
+    st.save_file({k: v for k, v in weights.items() if k not in gone}, holed / "model.safetensors",
+                 metadata={"format": "pt"})
+    line = run_fails(capsys, tmp_path, _extract_argv(holed, image_folder, tmp_path / "b"), "layers.3.")
+    assert f"{len(gone)} weight(s) not in the checkpoint" in line
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").rglob("manifest.json"))
+    assert run_cli(*_extract_argv(holed, image_folder, tmp_path / "b", "--allow_missing_weights")) == 0
+    m = json.loads(next((tmp_path / "b").rglob("manifest.json")).read_text())
+    assert m["provenance"]["model"]["missing_weights"]["missing"]["count"] == len(gone)
+
+
+def test_models_are_identified_by_their_weights_not_their_path(tiny_clip_dir, image_folder, tmp_path):
+    """A byte-identical copy of a model folder is the same model; other weights saved under the
+    same path are not (the check every stage that pairs stores asks)."""
+    from helpers import save_tiny_clip
+
+    from saevlm.data.store import ActivationStore
+
+    copy = tmp_path / "copy-of-clip"
+    shutil.copytree(tiny_clip_dir, copy)
+    assert run_cli(*_extract_argv(tiny_clip_dir, image_folder, tmp_path / "orig")) == 0
+    assert run_cli(*_extract_argv(copy, image_folder, tmp_path / "copy")) == 0
+    orig = ActivationStore(tmp_path / "orig" / "post_mlp_residual_1")
+    assert orig.provenance.compatible_with(ActivationStore(tmp_path / "copy" / "post_mlp_residual_1").provenance,
+                                           aspects=("model", "hook")) is None
+    save_tiny_clip(copy, seed=1)  # another model under the same path
+    assert run_cli(*_extract_argv(copy, image_folder, tmp_path / "other")) == 0
+    diff = orig.provenance.compatible_with(ActivationStore(tmp_path / "other" / "post_mlp_residual_1").provenance,
+                                           aspects=("model", "hook"))
+    assert diff is not None and diff.key == "weights_sha256"
+
+
+def test_labels_and_classes_are_checked_like_shards(run_copy, capsys):
+    """S3 / C8: labels.npy replaced by random bytes, edited labels, and labels outside classes.json's
+    range (with the checksum and seal forged to match) are refused by inspect --verify, fms and encode."""
+    val = run_copy / "world" / "val"
+    labels_f = val / "labels.npy"
+    original = labels_f.read_bytes()
+    fms = ["fms", "--activations_dir", run_copy / "codes"]
+    encode = ["encode", "--sae_path", run_copy / "ck" / "trainer_0", "--activations_dir", val, "--output_dir",
+              run_copy / "codes_again", "--no_progress"]
+    labels_f.write_bytes(np.random.default_rng(0).integers(0, 256, 100, dtype=np.uint8).tobytes())
+    run_fails(capsys, run_copy, ["inspect", val, "--verify", "--no_progress"], "labels.npy", "bytes")
+    run_fails(capsys, run_copy, encode, "labels.npy")
+    labels_f.write_bytes(original)
+    codes_labels = run_copy / "codes" / "labels.npy"
+    edited = np.load(codes_labels)
+    edited[:5] = (edited[:5] + 1) % (edited.max() + 1)
+    np.save(codes_labels, edited)  # same size, other labels: only the checksum can tell
+    run_fails(capsys, run_copy, fms, "labels.npy", "CRC-32")
+    out_of_range = np.load(labels_f)
+    out_of_range[3] = 10_000
+    np.save(labels_f, out_of_range)
+    rewrite_manifest(val, lambda m: m["file_checksums"].update({"labels.npy": file_checksum(labels_f)}))
+    run_fails(capsys, run_copy, ["inspect", val, "--verify", "--no_progress"], "labels.npy", "10000", "classes")
+    np.save(labels_f, np.load(labels_f).astype(np.float32))
+    rewrite_manifest(val, lambda m: m["file_checksums"].update({"labels.npy": file_checksum(labels_f)}))
+    run_fails(capsys, run_copy, encode, "labels.npy", "float32")
+
+
+def test_a_check_cannot_be_switched_off_by_deleting_its_evidence(run_copy, capsys):
+    """S4: a store without its seal, and an SAE folder without (or with a damaged) weights.json,
+    are refused, naming what is missing and how to rebuild it."""
+    val = run_copy / "world" / "val"
+    m = json.loads((val / "manifest.json").read_text())
+    assert m["schema_version"] == 2 and m["seal_sha256"]
+    del m["seal_sha256"]
+    (val / "manifest.json").write_text(json.dumps(m))
+    run_fails(capsys, run_copy, ms_argv(run_copy, val, "--overwrite"), "no seal_sha256", "--overwrite")
+    encode = ["encode", "--sae_path", run_copy / "ck" / "trainer_0", "--activations_dir", run_copy / "world" / "train",
+              "--output_dir", run_copy / "codes2", "--no_progress"]
+    weights_json = run_copy / "ck" / "trainer_0" / "weights.json"
+    saved = weights_json.read_bytes()
+    weights_json.unlink()
+    run_fails(capsys, run_copy, encode, "no weights.json", "Train this SAE again")
+    weights_json.write_text("{not json")
+    run_fails(capsys, run_copy, encode, "weights.json: damaged")
+    weights_json.write_bytes(saved)
+    # a version-1 store (before the seal) still opens, with a note
+    from saevlm.data.store import ActivationStore
+    m["schema_version"] = 1
+    (val / "manifest.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    ActivationStore(val)
+    assert "written before stores were sealed" in capsys.readouterr().err
+
+
+def test_top_images_and_scores_copied_in_from_another_sae_are_refused_or_flagged(run_copy, capsys):
+    """S5: top_images_16.npy / scores.npy whose JSON stamp is intact but whose bytes are another
+    result's (rows permuted here: what a copy from another SAE of the same width looks like)."""
+    codes = run_copy / "codes"
+    top_f = codes / "top_images_16.npy"
+    np.save(top_f, np.load(top_f)[::-1].copy())
+    run_fails(capsys, run_copy, ["uniqueness", "--activations_dir", codes],
+              "top_images_16.npy is not the file its JSON recorded")
+    run_fails(capsys, run_copy, ["visualize", "--activations_dir", codes, "--output_dir", run_copy / "viz"],
+              "top_images_16.npy is not the file its JSON recorded")
+    from saevlm.explorer.index import SAEView
+    view = SAEView(path=codes, slug="codes", run_dir=run_copy, cache_dir=run_copy.parent / "cache")
+    assert "not the file its JSON recorded" in view.stale["top_images_16.json"] and view.top is None
+    ms_dir = next(codes.glob("ms*/"))
+    scores = np.load(ms_dir / "scores.npy")
+    np.save(ms_dir / "scores.npy", scores[::-1].copy())
+    run_fails(capsys, run_copy, ["visualize", "--activations_dir", codes, "--output_dir", run_copy / "viz"],
+              "scores.npy is not the file its JSON recorded")
+
+
+def test_training_on_stores_that_cannot_train_is_one_line(tmp_path, capsys):
+    """C1-C3: an all-zero store, a store of NaN read with --allow_nonfinite, a one-row store and a
+    constant store: refused naming the store, both engines (before: dictionary_learning's
+    TypeError in update_threshold)."""
+    from saevlm.data.writer import StoreWriter
+
+    def write(name, acts):
+        n = len(acts)
+        w = StoreWriter(tmp_path / name, kind="activations", dim=acts.shape[1], dtype="fp32", images_per_shard=n,
+                        num_images=n, provenance={"dataset": {"paths_sha256": "x"}}, software={},
+                        allow_nonfinite=True)
+        w.write_shard(0, acts, np.stack([np.arange(n), -np.ones(n, np.int64)], 1), 0, n)
+        w.finalize()
+        return tmp_path / name
+
+    rng = np.random.default_rng(0)
+    nan = rng.standard_normal((300, 8)).astype(np.float32)
+    nan[7, 2] = np.nan
+    cases = [(write("zero", np.zeros((300, 8), np.float32)), [], "every activation of its 300 rows is 0"),
+             (write("nan", nan), ["--allow_nonfinite"], "NaN / inf"),
+             (write("one", rng.standard_normal((1, 8)).astype(np.float32)), [], "all the same vector"),
+             (write("const", np.ones((300, 8), np.float32)), [], "all the same vector")]
+    for store, extra, words in cases:
+        for engine in ("sparse", "dictionary_learning"):
+            run_fails(capsys, tmp_path, ["train", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck",
+                                         "--steps", "5", "--batch_size", "1", "--warmup_steps", "1",
+                                         "--expansion_factor", "2", "--k", "2", "--engine", engine, "--device", "cpu",
+                                         "--no_progress", *extra], str(store), words)
+
+
+@pytest.mark.parametrize("arch", ["batch_top_k", "matryoshka_batch_top_k", "top_k"])
+def test_a_batch_where_no_latent_fires_updates_the_threshold(arch):
+    """The root cause of C1-C3: dictionary_learning's update_threshold assigns a float to the
+    threshold buffer when no code is positive. Guarded: unset -> 0, set -> threshold * beta (the
+    library's own rule); batches where something fires go to the library unchanged."""
+    import torch
+
+    from saevlm.sae.train import TrainConfig, guard_threshold_update, _trainer_kwargs, SAESpec  # noqa: F401
+    from saevlm.sae.archs import trainer_class
+
+    kwargs = dict(steps=10, activation_dim=8, dict_size=16, k=2, layer=0, lm_name="x", device="cpu",
+                  warmup_steps=1)
+    if arch == "matryoshka_batch_top_k":
+        kwargs.update(group_fractions=[0.5, 0.5])
+    tr = trainer_class(arch)(**kwargs)
+    try:  # the library alone: a TypeError (BatchTopK, Matryoshka) or an infinite threshold (TopK)
+        tr.update_threshold(torch.zeros(4, 2))
+        assert not np.isfinite(float(tr.ae.threshold))
+    except TypeError:
+        pass
+    tr.ae.threshold.fill_(-1.0)
+    guard_threshold_update(tr)
+    tr.update_threshold(torch.zeros(4, 2))
+    assert float(tr.ae.threshold) == 0.0
+    tr.update_threshold(torch.tensor([[0.5, 2.0]]))
+    assert float(tr.ae.threshold) == pytest.approx((1 - tr.threshold_beta) * 0.5)
+    before = float(tr.ae.threshold)
+    tr.update_threshold(torch.zeros(3, 2))
+    assert float(tr.ae.threshold) == pytest.approx(before * tr.threshold_beta)
+
+
+def test_constant_validation_gives_undefined_r2_and_valid_json(tmp_path):
+    from saevlm.data.atomic import atomic_write_json
+    from saevlm.sae.evaluate import evaluate_sae
+
+    x = np.ones((50, 4), np.float32) * 3
+    ev = evaluate_sae(lambda v: v, lambda f: f * 0.5, [x], dict_size=4)
+    assert ev["r2"] is None
+    atomic_write_json(tmp_path / "e.json", {**ev, "nan": float("nan"), "inf": [float("inf")]})
+    text = (tmp_path / "e.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["nan"] is None
+
+
+def test_no_json_the_package_writes_holds_nan(finished_run):
+    """Every JSON file of a finished run parses as strict JSON (no NaN / Infinity tokens)."""
+    def refuse(token):
+        raise ValueError(f"non-JSON number {token}")
+
+    files = [f for f in finished_run.rglob("*.json")]
+    assert len(files) > 5
+    for f in files:
+        json.loads(f.read_text(), parse_constant=refuse)
+
+
+def test_crashes_of_round_3_are_one_line(run_copy, tiny_clip_dir, tiny_dinov2_dir, image_folder, tmp_path, capsys,
+                                         monkeypatch):
+    """C4 seeds, C5 a truncated model.safetensors, C6 a huge latent id, C7 naming with a DINOv2
+    store, C9 api.config with a ClassVar name, T4 a full disk inside torch.save."""
+    w = run_copy / "world"
+    for seed in ("-1", str(2 ** 70)):
+        run_fails(capsys, run_copy, ["train", "--activations_dir", w / "train", "--checkpoints_dir", run_copy / "s",
+                                     "--steps", "5", "--device", "cpu", "--no_progress", "--seed", seed],
+                  "--seed", "not a seed")
+        run_fails(capsys, tmp_path, _extract_argv(tiny_clip_dir, image_folder, tmp_path / "x", "--random_k", "2",
+                                                  "--seed", seed), "--seed")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_clip_dir, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    run_fails(capsys, tmp_path, _extract_argv(truncated, image_folder, tmp_path / "t"), "--model_name",
+              "damaged or truncated")
+    run_fails(capsys, run_copy, ["explore", "--run_dir", run_copy, "--static", run_copy / "site", "--latents",
+                                 str(2 ** 70)], "--latents", "no SAE of the run has these latents")
+    assert run_cli("embed", "--model_name", tiny_dinov2_dir, "--data_path", image_folder, "--embeddings_path",
+                   tmp_path / "emb", "--device", "cpu", "--num_workers", "0", "--no_progress") == 0
+    assert run_cli("extract", "--model_name", tiny_dinov2_dir, "--layer", "1", "--cls_only", "--data_path",
+                   image_folder, "--output_dir", tmp_path / "acts", "--device", "cpu", "--num_workers", "0",
+                   "--no_progress") == 0
+    acts = tmp_path / "acts" / "post_mlp_residual_1"
+    assert run_cli("top-images", "--activations_dir", acts, "--k", "4", "--device", "cpu", "--no_progress") == 0
+    run_fails(capsys, tmp_path, ["name", "--codes_dir", acts, "--embeddings_path", tmp_path / "emb", "--k", "4"],
+              "--embeddings_path", "text tower", "dinov2")
+    from saevlm import api
+    from saevlm.errors import UserError
+    with pytest.raises(UserError, match="no flag --COMMAND"):
+        api.config("top-images", activations_dir="x", COMMAND=3)
+    # T4: the disk fills while torch.save writes a checkpoint
+    import saevlm.data.atomic as atomic
+    real_fsync_write = atomic._fsync_write
+
+    def full_disk(tmp, write):
+        class Full:
+            def write(self, data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            def flush(self):
+                pass
+        if tmp.name.startswith(".ae.pt"):
+            with open(tmp, "wb"):
+                pass
+            return write(Full())
+        return real_fsync_write(tmp, write)
+    monkeypatch.setattr(atomic, "_fsync_write", full_disk)
+    capsys.readouterr()
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir",
+                   run_copy / "ck4", "--expansion_factor", "2", "--k", "4", "--steps", "10", "--batch_size", "64",
+                   "--warmup_steps", "2", "--device", "cpu", "--no_progress") == 2
+    one_line_error(capsys, "ae.pt", "disk is full")
+    assert not stray_tmp(run_copy)

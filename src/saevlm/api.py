@@ -15,6 +15,7 @@ it: ``k="7"`` becomes 7, ``k="seven"``, an unknown choice or a missing required 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ def config(command: str, config: str | Path | None = None, **flags: Any):
     parser = build_parser(with_help=False)
     sub = subparser(parser, command)
     cls = config_class(command)
-    names = [f for f in cls.__dataclass_fields__]
+    names = [f.name for f in dataclasses.fields(cls)]  # fields only: not the ClassVars (COMMAND, ...)
     unknown = [k for k in flags if k not in names]
     if unknown:
         raise UserError(f"saevlm {command}: no flag --{unknown[0]} (its flags: {', '.join(sorted(names))})")

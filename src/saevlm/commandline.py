@@ -208,6 +208,10 @@ class CommandConfig:
                     if v not in choices:
                         raise UserError(f"argument {flag}: invalid choice: {v!r} (choose from "
                                         f"{', '.join(map(repr, choices))})")
+            if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2 ** 32:
+                # numpy refuses negative seeds and torch / numpy overflow past 64 bits deep inside
+                raise UserError(f"argument {flag}: {value} is not a seed; expected an integer from 0 to "
+                                f"{2 ** 32 - 1}")
             object.__setattr__(self, f.name, value)
         self.validate()
 

@@ -81,8 +81,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN / inf float replaced by None: JSON has no such numbers (Python's
+    ``NaN`` token is not valid JSON and breaks other readers), so an undefined value is ``null``."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "dtype") and getattr(obj, "ndim", None) == 0:  # a NumPy scalar
+        return finite_json(obj.item())
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
+    """Write ``obj`` as JSON atomically; NaN / inf are written as null (:func:`finite_json`)."""
+    atomic_write_bytes(path, (json.dumps(finite_json(obj), indent=1, sort_keys=False, allow_nan=False)
+                              + "\n").encode())
 
 
 class _ChecksumWriter:
@@ -136,11 +154,39 @@ def atomic_save_npz(path: str | os.PathLike, **arrays) -> None:
         _fsync_write(tmp, lambda f: np.savez(f, **arrays))
 
 
+class _KeepWriteError:
+    """A file wrapper that remembers the first OSError its ``write`` raised: ``torch.save`` turns
+    it into a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically; a write that fails (a full disk) is a UserError naming the file."""
     import torch
 
+    def write(f) -> None:
+        w = _KeepWriteError(f)
+        try:
+            torch.save(obj, w)
+        except RuntimeError as err:
+            if w.error is not None:
+                raise w.error from None
+            raise OSError(errno.EIO, f"torch.save failed ({str(err).splitlines()[0][:160]})") from None
+
     with _atomic_target(Path(path)) as tmp:
-        _fsync_write(tmp, lambda f: torch.save(obj, f))
+        _fsync_write(tmp, write)
 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
@@ -163,7 +209,8 @@ def ensure_writable_dir(path: str | os.PathLike, field: str) -> Path:
             os.fsync(f.fileno())
         os.unlink(probe)
     except OSError as err:
-        raise UserError(f"{field} {path}: cannot write there ({describe_os_error(err)})", field=field) from None
+        _remove_quietly(path / f".saevlm-write-test-{os.getpid()}")  # a full disk leaves it empty
+        raise UserError(f"{field} {path}: cannot write there ({describe_os_error(err, path)})", field=field) from None
     return path
 
 

@@ -34,7 +34,7 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
     stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
     so readers can tell a stale set. Returns {file name: checksum} (size and CRC-32)."""
-    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
+    from saevlm.data.atomic import atomic_save_npy, atomic_write_json, file_checksum
 
     kth = values_k[:, -1].copy()
     files = {A.top_images_npy(k): image_ids_k, A.top_images_kth_npy(k): kth,
@@ -43,9 +43,16 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
              A.hai_worst_npy(k): kth.astype(np.float64)}
     written = {name: atomic_save_npy(out / name, arr) for name, arr in files.items()}
     if source is not None:
-        atomic_write_json(out / A.top_images_json(k), {"k": k, "neurons": int(len(image_ids_k)), "source": source})
-        written[A.top_images_json(k)] = {}
+        # the checksums let readers tell a top_images_<k>.npy copied in from another SAE's folder
+        atomic_write_json(out / A.top_images_json(k), {"k": k, "neurons": int(len(image_ids_k)), "source": source,
+                                                       "files": written})
+        written = {**written, A.top_images_json(k): file_checksum(out / A.top_images_json(k))}
     return written
+
+
+def top_images_files(k: int) -> list[str]:
+    """The .npy files saevlm's top images of size ``k`` are read from."""
+    return [A.top_images_npy(k), A.top_images_values_npy(k), A.top_images_kth_npy(k)]
 
 
 def merge_top_k(rows_list: list[np.ndarray], values_list: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,23 +136,56 @@ def load_top_images(directory, k: int, store=None) -> tuple[np.ndarray, np.ndarr
     if not f.is_file():
         raise UserError(f"activations_dir {d}: no top_images_{k}.npy; run `saevlm top-images "
                         f"--activations_dir {d} --k {k}` first", field="activations_dir")
-    top = np.load(f)
     if store is not None:
-        import json
-
-        from saevlm.metrics.results import check_fresh
+        check_top_images(d, k, store)
+    try:
+        top = np.load(f, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{f}: not a NumPy array file ({str(e).splitlines()[0][:120]})") from None
+    if store is not None:
         refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
-        stamp = d / A.top_images_json(k)
-        if stamp.is_file():
-            try:
-                source = json.loads(stamp.read_text()).get("source")
-            except (OSError, ValueError, AttributeError):
-                raise UserError(f"{stamp}: not valid JSON; refresh it with `{refresh}`") from None
-            check_fresh(source, store, str(f), refresh)
         if top.ndim != 2 or len(top) != store.num_neurons:
             raise UserError(f"{f}: top images for {len(top)} neurons, but {store.path} has {store.num_neurons}; "
                             f"refresh it with `{refresh}`")
     return (top, np.load(d / A.top_images_kth_npy(k)), np.load(d / A.top_images_values_npy(k)))
+
+
+def check_top_images(d: Path, k: int, store) -> None:
+    """Refuse top images that do not describe ``store``: computed from an earlier version of it
+    (``top_images_<k>.json``'s source stamp), or .npy files that are not the ones the stamp (or a
+    top-images store's manifest) recorded, e.g. copied in from another SAE's folder. A store of
+    schema version 2 must have the stamp."""
+    import json
+
+    from saevlm.metrics.results import check_fresh, files_reason, store_schema
+
+    refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
+    if isinstance(store, TopImagesStore) and Path(store.path) == d:
+        # written by extract --top_k: the store's own manifest lists their checksums (sealed)
+        reason = files_reason(d, store.manifest.get("file_checksums"), top_images_files(k)) \
+            if store_schema(store) >= 2 else None
+        if reason:
+            raise UserError(f"{d / 'manifest.json'}: {reason}; re-create the store with its extract command and "
+                            f"--overwrite")
+        return
+    stamp = d / A.top_images_json(k)
+    if not stamp.is_file():
+        if store_schema(store) >= 2:
+            raise UserError(f"{d / A.top_images_npy(k)}: no {stamp.name} beside it (it records which store and "
+                            f"which files the top images are); refresh it with `{refresh}`")
+        return
+    try:
+        data = json.loads(stamp.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        raise UserError(f"{stamp}: not valid JSON; refresh it with `{refresh}`") from None
+    check_fresh(data.get("source"), store, str(d / A.top_images_npy(k)), refresh)
+    if data.get("files") is None and store_schema(store) < 2:
+        return  # an older saevlm's top images: no checksums recorded
+    reason = files_reason(d, data.get("files"), top_images_files(k))
+    if reason:
+        raise UserError(f"{stamp}: {reason}; refresh it with `{refresh}`")
 
 
 def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, store=None

@@ -426,10 +426,10 @@ def choose_latents(view: SAEView, spec: str) -> np.ndarray:
         key = ms if ms is not None else view.stats["max"]
         order = np.argsort(-np.nan_to_num(np.asarray(key, dtype=np.float64), nan=-np.inf), kind="stable")
         return np.sort(order[:n])
-    try:
-        ids = np.array(sorted({int(x) for x in spec.split(",") if x.strip()}), dtype=np.int64)
-    except ValueError:
-        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
-    if len(ids) and ids.min() < 0:
+    words = [x.strip() for x in spec.split(",") if x.strip()]
+    if any(w.startswith("-") and w[1:].isascii() and w[1:].isdigit() for w in words):
         raise UserError(f"--latents {spec}: ids must be 0 or more")
-    return ids[ids < K]  # ids beyond this SAE's size belong to wider SAEs of the run (export says so)
+    if not all(w.isascii() and w.isdigit() for w in words):  # ASCII only: int() also reads other scripts' digits
+        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9")
+    # ids beyond this SAE's size (any size: Python ints) belong to wider SAEs of the run (export says so)
+    return np.array(sorted({int(w) for w in words if int(w) < K}), dtype=np.int64)

@@ -23,7 +23,9 @@ import numpy as np
 
 from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_save_npz
+from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
+from saevlm.metrics.results import files_reason, recorded_files, store_schema
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
 
@@ -103,11 +105,18 @@ class SAEView:
                 reason = stale_reason(self.record(name, kind).source, self.store)
             except A.ResultError as err:
                 reason = str(err)
+            if reason is None and kind is A.TopImagesStamp:
+                reason = self._files_reason(self.path / name, top_images_files(TOP_K))
             if reason:
                 out[name] = f"{reason}; refresh: {refresh}"
+        if (self.path / A.top_images_npy(TOP_K)).is_file() and not (self.path / A.top_images_json(TOP_K)).is_file() \
+                and store_schema(self.store) >= 2 and not isinstance(self.store, TopImagesStore):
+            out[A.top_images_npy(TOP_K)] = (f"no {A.top_images_json(TOP_K)} beside it (which store and files it "
+                                            f"is); refresh: saevlm top-images --activations_dir {rel}")
         for d in sorted(self.path.glob(f"{A.MS_PREFIX}*/")):
             if (d / A.MS_SCORES).is_file():
-                reason = stale_reason(source_of_ms(d), self.store)
+                reason = stale_reason(source_of_ms(d), self.store) or \
+                    self._files_reason(d / A.MS_JSON, [A.MS_SCORES])
                 if reason:
                     out[f"{d.name}/{A.MS_JSON}"] = (f"{reason}; refresh: saevlm ms --activations_dir {rel} "
                                                     f"--overwrite ...")
@@ -146,6 +155,14 @@ class SAEView:
             return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
                     "purity now use only activating images")
         return None
+
+    def _files_reason(self, json_path: Path, names: list[str]) -> str | None:
+        """Why the .npy files beside a result JSON are not the ones it recorded (see
+        metrics.results.files_reason); results of older stores without checksums pass."""
+        recorded = recorded_files(json_path)
+        if recorded is None and store_schema(self.store) < 2:
+            return None
+        return files_reason(json_path.parent, recorded, names)
 
     def _fresh(self, name: str) -> bool:
         return name not in self.stale

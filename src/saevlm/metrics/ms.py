@@ -171,8 +171,8 @@ def run(args: MSConfig) -> int:
              "top10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["top10"]),
              "bottom10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["bottom10"])]
     # scores.npy first and ms.json last: ms.json marks a complete result
-    atomic_save_npy(out / A.MS_SCORES, scores_k)
-    atomic_write_text(out / "metric_stats.txt", "\n".join(lines) + "\n")
+    record["files"] = {A.MS_SCORES: atomic_save_npy(out / A.MS_SCORES, scores_k)}  # checked by readers
+    atomic_write_text(out / A.MS_STATS, "\n".join(lines) + "\n")
     atomic_write_json(out / A.MS_JSON, record)
     lock.release()
     print("\n".join(lines))

@@ -167,7 +167,16 @@ def run(args: NameConfig) -> int:
         from saevlm.steering.clip import ClipEncoder
 
         clip_name = args.clip_model or emb.provenance.model.source or emb.provenance.model.name
-        text = ClipEncoder(clip_name, resolve_device(args.device)).text([args.template.format(w) for w in words])
+        try:
+            encoder = ClipEncoder(clip_name, resolve_device(args.device))
+        except UserError as err:
+            if args.clip_model:
+                raise
+            # without --clip_model the text tower is the embedder's own: say which store chose it
+            raise UserError(f"--embeddings_path {emb.path}: names are read with the text tower of the model that "
+                            f"embedded it, {clip_name}, which cannot give them ({str(err).split(': ', 1)[-1]})",
+                            field="embeddings_path") from None
+        text = encoder.text([args.template.format(w) for w in words])
         text_source = clip_name
     if text.shape[1] != emb.dim:
         raise UserError(f"text embeddings have {text.shape[1]} dims, the image embeddings {emb.dim}: use the "

@@ -54,8 +54,12 @@ def load_ms_scores(ms_dir, num_neurons: int, field: str, store=None):
 
     f = ms_dir / A.MS_SCORES
     if store is not None:
-        check_fresh(source_of_ms(ms_dir), store, str(ms_dir / A.MS_JSON),
-                    f"saevlm ms --activations_dir {store.path} --embeddings_path ... --overwrite")
+        refresh = f"saevlm ms --activations_dir {store.path} --embeddings_path ... --overwrite"
+        if not (ms_dir / A.MS_JSON).is_file() and store_schema(store) >= 2:
+            raise UserError(f"{field} {ms_dir}: no {A.MS_JSON} beside {A.MS_SCORES} (it records what the scores "
+                            f"were computed from); refresh it with `{refresh}`", field=field)
+        check_fresh(source_of_ms(ms_dir), store, str(ms_dir / A.MS_JSON), refresh)
+        check_result_files(ms_dir, ms_dir / A.MS_JSON, [A.MS_SCORES], store, refresh)
     try:
         scores = np.load(f)
     except (OSError, ValueError) as e:
@@ -131,3 +135,66 @@ def check_fresh(recorded: dict | None, store, what: str, refresh: str) -> None:
     reason = stale_reason(recorded, store)
     if reason is not None:
         raise UserError(f"{what}: stale, {reason}; refresh it with `{refresh}`")
+
+
+# -- the .npy files a result's JSON stamps ------------------------------------------------------
+# An MS folder's scores.npy and a store's top_images_<k>*.npy sit beside the JSON that records their
+# source; the JSON also records their sizes and CRC-32s (``files``), so an .npy copied in from
+# another SAE's folder (with the JSON left as it was) is recognised.
+
+def files_reason(directory, recorded: dict | None, names) -> str | None:
+    """Why the files ``names`` in ``directory`` are not the ones a result's JSON recorded
+    (``recorded``: file name -> {"bytes", "crc32"}), or None when they are."""
+    from pathlib import Path
+
+    from saevlm.data.atomic import file_checksum
+
+    if not isinstance(recorded, dict):
+        return "its JSON records no checksums of its .npy files"
+    for name in names:
+        f = Path(directory) / name
+        want = recorded.get(name)
+        if not f.is_file():
+            continue  # a missing file is named by its reader
+        if not isinstance(want, dict):
+            return f"{name} is not among the files its JSON recorded"
+        got = file_checksum(f)
+        if got["bytes"] != want.get("bytes") or got["crc32"] != want.get("crc32"):
+            return (f"{name} is not the file its JSON recorded ({got['bytes']} bytes, CRC-32 {got['crc32']}; "
+                    f"recorded {want.get('bytes')} bytes, CRC-32 {want.get('crc32')}): copied in from another "
+                    f"result or replaced")
+    return None
+
+
+def store_schema(store) -> int:
+    """The schema version of a store's manifest (typed or a raw dict)."""
+    m = store.manifest
+    v = m.get("schema_version") if isinstance(m, dict) else getattr(m, "schema_version", None)
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def recorded_files(json_path) -> dict | None:
+    """The ``files`` checksums a result JSON recorded (None: none, or unreadable)."""
+    import json
+
+    try:
+        data = json.loads(open(json_path).read())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    return files if isinstance(files, dict) else None
+
+
+def check_result_files(directory, json_path, names, store, refresh: str) -> None:
+    """Refuse .npy result files that are not the ones their JSON recorded. Results of stores of
+    schema version 2 must record them (a JSON without checksums is refused too); older results
+    are read as they are."""
+    from saevlm.data.manifest import SEALED_SINCE
+    from saevlm.errors import UserError
+
+    recorded = recorded_files(json_path)
+    if recorded is None and store_schema(store) < SEALED_SINCE:
+        return
+    reason = files_reason(directory, recorded, names)
+    if reason is not None:
+        raise UserError(f"{json_path}: {reason}; refresh it with `{refresh}`")

@@ -251,8 +251,13 @@ def quiet_from_pretrained(name: str, source: str, cls, allow_missing: bool = Fal
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    from safetensors import SafetensorError
+
     try:
         model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
+    except SafetensorError as err:  # a truncated or damaged weights file
+        raise UserError(f"{field} {name}: the weights file of {source} is damaged or truncated ({str(err)[:200]}); "
+                        f"download or save the model again", field=field) from None
     except OSError as err:
         raise hub_error(name, source, err) from None
     except (ValueError, RuntimeError) as err:

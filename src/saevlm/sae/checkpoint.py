@@ -143,7 +143,7 @@ def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
         config = None  # load_sae names a damaged config.json
     ours = config.get("saevlm") if isinstance(config, dict) else None
     required = isinstance(ours, dict) and bool(ours.get("weights_record"))
-    rebuild = (f"train this SAE again (its train command with --overwrite), or put the original {f.name} "
+    rebuild = (f"train this SAE again (delete its trainer directory, rerun its train command), or put the original {f.name} "
                f"back")
     if not f.is_file():
         if required:

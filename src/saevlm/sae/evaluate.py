@@ -86,7 +86,9 @@ def evaluate_sae(encode, decode, chunks: Iterable[np.ndarray], dict_size: int, d
         "rows": n,
         "mse": sse / (n * d),
         "l2_loss": sse / n,
-        "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+        # undefined (None, "undefined" in print) when the activations do not vary: sst is then 0 up
+        # to rounding, and 1 - sse / sst a meaningless huge number
+        "r2": 1.0 - sse / sst if sst > 1e-9 * max(sum_x2, 1e-300) else None,
         "l0": l0_total / n,
         "dead_fraction": float((freq == 0).mean()),
         "dense_fraction": float((freq > DENSE_FREQUENCY).mean()),

@@ -130,7 +130,8 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
     autocast: str = opt('none', flags=('--autocast', '--dtype'), choices=['none', 'fp32', 'bf16'], group=RUN)
     """mixed precision of the SAE forward on GPU: none (= fp32, default) | bf16 (--dtype is the older name)"""
     allow_nonfinite: bool = opt(False, group=RUN)
-    """train on a store holding NaN / inf values (refused by default)"""
+    """open a store that records NaN / inf values (refused by default); training itself still refuses
+    them when it meets them (the weights would become NaN)"""
     wandb: bool = opt(False, group=RUN)
     """log to Weights & Biases (off by default)"""
     wandb_project: str = opt('saevlm', group=RUN)
@@ -280,6 +281,38 @@ def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: Prove
     return {k: v for k, v in kwargs.items() if k in accepted}
 
 
+def guard_threshold_update(trainer) -> None:
+    """Make a trainer's threshold update survive a batch in which no latent fires.
+
+    dictionary_learning's ``update_threshold`` (BatchTopK, Matryoshka, TopK) sets the threshold
+    to the smallest positive code of the batch, or to the Python float 0.0 when there is none;
+    torch refuses a float as the ``threshold`` buffer (TypeError), so training stopped on an
+    all-zero batch, a batch of NaN rows or a one-row store. The same rule is applied here with the 0
+    as a tensor (unset threshold -> 0, else threshold * beta); batches where something fires go to
+    the library's own update unchanged. Both engines call ``trainer.update_threshold``."""
+    import torch
+
+    original = getattr(trainer, "update_threshold", None)
+    if original is None or getattr(original, "_saevlm_guarded", False):
+        return
+
+    def update_threshold(f):
+        with torch.no_grad():
+            fired = bool((f > 0).any())
+        if fired:
+            return original(f)
+        threshold = trainer.ae.threshold
+        with torch.no_grad():
+            if threshold < 0:
+                threshold.zero_()
+            else:
+                threshold.mul_(trainer.threshold_beta)
+
+    update_threshold._saevlm_guarded = True  # type: ignore[attr-defined]
+    trainer._update_threshold_guard = update_threshold  # "_": not part of the resume state
+    trainer.update_threshold = update_threshold
+
+
 def _trainer_state(trainer) -> dict:
     """Everything a trainer needs to continue exactly where it stopped."""
     import torch
@@ -358,15 +391,40 @@ def _raw_weights(trainer, norm_factor: float) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A number of eval.json for the table (null there: undefined)."""
+    return format(value, spec) if isinstance(value, (int, float)) and math.isfinite(value) else \
+        format("n/a", ">" + spec.split(".")[0])
+
+
+def _r2_text(r2: float | None, digits: int) -> str:
+    """R2 for print: "undefined" when the activations do not vary (evaluate gives None)."""
+    return "undefined" if r2 is None or not math.isfinite(r2) else f"{r2:.{digits}f}"
+
+
 def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
-    """sqrt(mean ||x||^2) over the training store (its first ``rows_limit`` rows)."""
-    total, n = 0.0, 0
+    """sqrt(mean ||x||^2) over the training store (its first ``rows_limit`` rows). A store whose
+    activations are all 0 (a hook that never fired, a zero-filled file) is refused: nothing can be
+    learned from it and the factor would divide by 0."""
+    total, n, sum_x = 0.0, 0, None
     for _, chunk in store.iter_chunks(65536):
-        chunk = chunk[: max(0, rows_limit - n)]
-        total += float((chunk.astype("float64") ** 2).sum())
+        chunk = chunk[: max(0, rows_limit - n)].astype("float64")
+        total += float((chunk ** 2).sum())
+        sum_x = chunk.sum(0) if sum_x is None else sum_x + chunk.sum(0)
         n += len(chunk)
         if n >= rows_limit:
             break
+    if not math.isfinite(total):
+        raise UserError(f"activations_dir {store.path}: holds NaN / inf values (read with --allow_nonfinite); an SAE "
+                        f"cannot be trained on them: every weight would become NaN. Extract the store again without "
+                        f"the non-finite rows (e.g. --autocast none)", field="activations_dir")
+    if not total > 0:
+        raise UserError(f"activations_dir {store.path}: every activation of its {n} rows is 0; an SAE cannot "
+                        f"be trained on it (was it extracted at the hook point you meant?)", field="activations_dir")
+    spread = total - float((sum_x ** 2).sum()) / n  # sum ||x - mean||^2
+    if n < 2 or spread <= 1e-9 * total:
+        raise UserError(f"activations_dir {store.path}: its {n} row(s) are all the same vector; an SAE cannot be "
+                        f"trained on activations that do not vary (R2 is undefined)", field="activations_dir")
     return math.sqrt(total / n)
 
 
@@ -535,6 +593,8 @@ class TrainingRun:
         self.trainers = [trainer_class(spec.arch)(**_trainer_kwargs(cfg, spec, self.act_dim, self.device,
                                                                     self.train_store.provenance, self.decay_start))
                          for spec in self.specs]
+        for tr in self.trainers:
+            guard_threshold_update(tr)
         self.starts = [0] * len(self.specs)
         norm_factor = 1.0 if cfg.no_normalize else None
         for i, (spec, tr) in enumerate(zip(self.specs, self.trainers)):
@@ -725,7 +785,7 @@ class TrainingRun:
                 if done % cfg.log_steps == 0 or done == cfg.steps:
                     evals = self.evaluate()
                     bar.write(f"step {done}{rank_tag}: " + "  ".join(
-                        f"{s.name}: R2 {ev['r2']:.3f} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
+                        f"{s.name}: R2 {_r2_text(ev['r2'], 3)} L0 {ev['l0']:.1f} dead {ev['dead_fraction']:.2f}"
                         for s, ev in zip(self.specs, evals)) + f"  ({rate:,.0f} samples/s)")
                     if wandb_run is not None:
                         stats = {f"{s.name}/{k}": v for s, ev in zip(self.specs, evals) for k, v in ev.items()
@@ -760,7 +820,7 @@ class TrainingRun:
         print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
         for spec in self.all_specs:
             ev = json.loads((spec.directory / A.EVAL_JSON).read_text())
-            print(f"{spec.name:<28} {spec.directory.name:<12} {ev['r2']:7.4f} {ev['l0']:7.2f} "
-                  f"{ev['dead_fraction']:6.3f} {ev['dense_fraction']:6.3f} {ev['mse']:10.4g}")
+            print(f"{spec.name:<28} {spec.directory.name:<12} {_r2_text(ev['r2'], 4):>7} {_num(ev['l0'], '7.2f')} "
+                  f"{_num(ev['dead_fraction'], '6.3f')} {_num(ev['dense_fraction'], '6.3f')} {_num(ev['mse'], '10.4g')}")
         print(f"wrote {len(self.all_specs)} SAE(s) under {self.out.resolve()} (trainer_<i>/ae.pt, config.json, "
               f"eval.json{', checkpoints/ae_<step>.pt' if self.save_steps else ''})")

@@ -16,16 +16,23 @@ DEFAULT_CLIP = "clip-vit-base-patch32"
 class ClipEncoder:
     """CLIP text and image embeddings (transformers ``CLIPModel``), unit-normalised."""
 
-    def __init__(self, name: str, device, processor_backend: str = "pil"):
+    def __init__(self, name: str, device, processor_backend: str = "pil", field: str = "clip_model"):
         import torch  # noqa: F401
         from transformers import CLIPModel
 
         from saevlm.models import SHORT_NAMES
-        from saevlm.models.hf import auto_processor, hub_error
+        from saevlm.models.hf import auto_processor, hub_error, load_config, quiet_from_pretrained
 
         source = SHORT_NAMES.get(name, name)
+        model_type = getattr(load_config(name, source), "model_type", None)
+        if model_type != "clip":  # before loading: CLIPModel over other weights would be random
+            raise UserError(f"{field} {name}: a CLIP model with its text tower is needed (model type 'clip'), "
+                            f"this is {model_type!r}"
+                            + (" (CLIP's vision tower alone)" if model_type == "clip_vision_model" else "")
+                            + "; pass --clip_model with a full CLIP (e.g. clip-vit-base-patch32) or "
+                              "--text_embeddings", field=field)
+        self.model = quiet_from_pretrained(name, source, CLIPModel, skipped_by_design=(), field=field).eval().to(device)
         try:
-            self.model = CLIPModel.from_pretrained(source).eval().to(device)
             self.processor = auto_processor(source, processor_backend, multimodal=True)
         except (OSError, ValueError) as err:
             raise hub_error(name, source, err) from None
