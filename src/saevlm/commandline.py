@@ -208,6 +208,11 @@ class CommandConfig:
                     if v not in choices:
                         raise UserError(f"argument {flag}: invalid choice: {v!r} (choose from "
                                         f"{', '.join(map(repr, choices))})")
+            if kind.base is float and value is not None:
+                import math
+                bad = [v for v in (value if kind.many else [value]) if not math.isfinite(v)]
+                if bad:  # nan / inf pass float() but mean nothing as a setting (--alpha nan steered to nothing)
+                    raise UserError(f"argument {flag}: {bad[0]!r} is not a finite number")
             if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2 ** 32:
                 # numpy refuses negative seeds and torch / numpy overflow past 64 bits deep inside
                 raise UserError(f"argument {flag}: {value} is not a seed; expected an integer from 0 to "
@@ -266,8 +271,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: 
             if meta["mutex"] not in mutexes:
                 mutexes[meta["mutex"]] = where.add_mutually_exclusive_group()
             where = mutexes[meta["mutex"]]
-        help_text = (meta.get("help") or docs.get(f.name) or "").replace("%", "%%").replace("%%(default)s",
-                                                                                             "%(default)s")
+        # a literal % is escaped for argparse; the %(default)s / %(default)r placeholders are kept
+        help_text = (meta.get("help") or docs.get(f.name) or "").replace("%", "%%") \
+            .replace("%%(default)s", "%(default)s").replace("%%(default)r", "%(default)r")
         help_text = help_text.replace("{OUTPUT_DEFAULT}", getattr(cls, "OUTPUT_DEFAULT", ""))
         kw: dict[str, Any] = {"help": help_text or None}
         if meta.get("positional"):

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.data import artifacts as A
+from saevlm.errors import UserError
 
 FRACTIONS = ["0.05", "0.2", "0.75"]
 
@@ -38,6 +39,20 @@ class DemoConfig(CommandConfig):
     """(default: 1 2 4)"""
     device: str = opt('cpu')
     """(default: %(default)s)"""
+
+    def validate(self) -> None:
+        """Before anything is written: the demo trains with 100 warm-up steps and the threshold from
+        step 200, so it needs more steps than that, and expansion factors are positive numbers."""
+        if self.steps <= 200:
+            raise UserError(f"steps {self.steps}: the demo needs more than 200 steps (it warms up for 100 and "
+                            f"starts the threshold at step 200)", field="steps")
+        for e in self.expansion_factor:
+            try:
+                ok = float(e) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UserError(f"expansion_factor {e!r}: expected a positive number", field="expansion_factor")
 
 
 CONFIG = DemoConfig

@@ -189,9 +189,25 @@ def atomic_save_torch(path: str | os.PathLike, obj: Any) -> None:
         _fsync_write(tmp, write)
 
 
+def remove_orphaned_temps(path: Path) -> None:
+    """Remove ``.<name>.tmp-<pid>`` files beside ``path`` left by a process that no longer runs (a
+    SIGKILLed report or visualize cannot clean up after itself; the next writer of the file does)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_quietly(tmp)
+        except OSError:
+            pass  # alive, another user's
+
+
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
     """``fig.savefig`` atomically (the format from ``path``'s suffix)."""
     path = Path(path)
+    remove_orphaned_temps(path)
     with _atomic_target(path) as tmp:
         _fsync_write(tmp, lambda f: fig.savefig(f, format=path.suffix.lstrip(".") or "png", **kwargs))
 

@@ -70,15 +70,28 @@ def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
 _auto_processor = auto_processor
 
 
-def _backend_class(name: str, backend: str):
-    """``CLIPImageProcessor`` etc. in the requested backend (5.x names the PIL ones ``...Pil``)."""
+def _backend_class(name: str, backend: str, warn: Callable[[str], None] | None = None):
+    """``CLIPImageProcessor`` etc. in the requested backend (5.x names the PIL ones ``...Pil``);
+    ``warn`` is told when the class has no such backend and its only one is used."""
     import transformers
 
     if backend == "pil" and hasattr(transformers, name + "Pil"):
         return getattr(transformers, name + "Pil")
     if backend == "torchvision" and hasattr(transformers, name + "Fast"):
         return getattr(transformers, name + "Fast")
-    return getattr(transformers, name)
+    cls = getattr(transformers, name)
+    if warn is not None:
+        _note_backend(cls, backend, warn)
+    return cls
+
+
+def _note_backend(processor: Any, backend: str, warn: Callable[[str], None]) -> None:
+    """Say so when the PIL backend was asked for but the processor class has only torchvision's
+    (transformers 5's DINOv3 processor): its resizing differs by about one grey level."""
+    cls = processor if isinstance(processor, type) else type(processor)
+    if backend == "pil" and any(k.__name__ == "TorchvisionBackend" for k in cls.__mro__):
+        warn(f"{cls.__name__} has no PIL backend in this transformers; images are resized with torchvision "
+             f"(recorded as processor_class in the manifest)")
 
 
 def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], None], backend: str = "pil"):
@@ -90,9 +103,15 @@ def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], 
     if backend not in PROCESSOR_BACKENDS:
         raise UserError(f"processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}", field="processor_backend")
     try:
-        return _auto_processor(source, backend), "preprocessor_config"
-    except (OSError, ValueError):
-        pass
+        processor = _auto_processor(source, backend)
+        _note_backend(processor, backend, warn)
+        return processor, "preprocessor_config"
+    except (OSError, ValueError) as err:
+        local = Path(source) / "preprocessor_config.json"
+        if local.is_file():  # there, but unreadable: not the same as absent
+            raise UserError(f"model_name {source}: {local.name} is damaged ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160]}); save the model's image processor again",
+                            field="model_name") from None
     size = int(getattr(config, "image_size", 224))
     warn(f"{source}: no preprocessor_config.json; using {model_type} defaults at {size}px")
     imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
@@ -101,7 +120,7 @@ def _processor(source: str, config: Any, model_type: str, warn: Callable[[str], 
             patch_size=int(config.patch_size), max_num_patches=int(getattr(config, "num_patches", 256))), \
             "built-from-config"
     if model_type.startswith("dinov3"):  # a plain resize to the square, ImageNet statistics
-        return _backend_class("DINOv3ViTImageProcessor", backend)(
+        return _backend_class("DINOv3ViTImageProcessor", backend, warn)(
             size={"height": size, "width": size}, **imagenet), "built-from-config"
     if model_type in ("vit", "vit_mae"):
         return _backend_class("BitImageProcessor", backend)(

@@ -22,6 +22,7 @@ Every token of the block is steered: with LLaVA-NeXT / OneVision tiles that is e
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 from saevlm.errors import UserError
@@ -48,6 +49,10 @@ def _apply(sae, x, clamp: dict[int, float], mode: str, zero_others: bool):
     return out.to(dtype).reshape(shape)
 
 
+def recorded_sample_missing(trained_on) -> bool:
+    return trained_on.model.extra.get("block0_sample") is None
+
+
 def check_tower(mllm, sae) -> None:
     """Refuse an SAE whose training activations came from another vision tower than ``mllm``'s:
     the sample of block-0 weights recorded at extraction must match up to bf16 rounding (so an fp32
@@ -56,7 +61,13 @@ def check_tower(mllm, sae) -> None:
 
     trained_on = sae.trained_on
     if trained_on is None:  # an SAE trained elsewhere (the authors' checkpoints): width only
+        print(f"note: --sae_path {sae.path}: records no provenance (trained outside saevlm), so it cannot be "
+              f"checked that its activations came from {mllm.family.label}'s tower in {mllm.source}; only its "
+              f"width ({sae.activation_dim}) was checked", file=sys.stderr)
         return
+    if recorded_sample_missing(trained_on):
+        print(f"note: --sae_path {sae.path}: its activations record no block-0 weights sample (an older saevlm); "
+              f"only the tower's depth is checked", file=sys.stderr)
     extra = trained_on.model.extra
     recorded = extra.get("block0_sample")
     source = trained_on.model.source or trained_on.model.name or "?"
