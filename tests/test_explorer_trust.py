@@ -377,7 +377,7 @@ def test_error_pages_in_a_browser(trust_run, tmp_path):
         with Browser() as b:
             b.open(served.base + f"/sae/codes/latent/{j}.html")
             assert b.js("document.title").startswith("500")
-            assert "classes.json: not valid JSON (line 1)" in b.js("document.body.textContent")
+            assert "classes.json: has 9 bytes, the manifest recorded" in b.js("document.body.textContent")
             b.open(served.base + "/sae/codes/latent/99999999.html")
             assert b.js("document.title").startswith("404")
             b.open(served.base + "/sae/codes/index.html#min_active=0")

@@ -103,7 +103,7 @@ class ModelInfo(_Section):
 SEALED_KEYS = ("format", "dim", "dtype", "num_rows", "num_images", "shards", "provenance", "image_ids_sha256",
                "content_sha256")
 # since schema version 2 the seal also covers the store's other files and its version
-SEALED_KEYS_V2 = SEALED_KEYS + ("schema_version", "files", "file_checksums", "write_id", "finished", "k")
+SEALED_KEYS_V2 = SEALED_KEYS + ("schema_version", "files", "file_checksums", "k")  # not write_id: reruns seal alike
 
 
 def manifest_seal(m: dict) -> str:

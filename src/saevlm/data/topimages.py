@@ -111,6 +111,11 @@ class TopImagesStore:
         return np.load(self.path / A.IMAGE_IDS)
 
     @property
+    def file_checksums(self) -> dict:
+        """{file: {bytes, crc32}} of the store's files (sealed with the manifest)."""
+        return dict(self.manifest.get("file_checksums") or {})
+
+    @property
     def dataset_files(self):
         """labels.npy / classes.json, checked as in activation stores."""
         from saevlm.data.store import DatasetFiles
@@ -162,8 +167,7 @@ def check_top_images(d: Path, k: int, store) -> None:
     refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
     if isinstance(store, TopImagesStore) and Path(store.path) == d:
         # written by extract --top_k: the store's own manifest lists their checksums (sealed)
-        reason = files_reason(d, store.manifest.get("file_checksums"), top_images_files(k)) \
-            if store_schema(store) >= 2 else None
+        reason = files_reason(d, store.file_checksums, top_images_files(k)) if store_schema(store) >= 2 else None
         if reason:
             raise UserError(f"{d / 'manifest.json'}: {reason}; re-create the store with its extract command and "
                             f"--overwrite")

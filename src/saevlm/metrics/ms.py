@@ -3,6 +3,7 @@ in one streaming pass; the math is in :mod:`saevlm.metrics.monosemanticity`."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,6 +36,21 @@ class MSConfig(CommandConfig, DeviceOption, ProgressOption, OutputOption):
 
 
 CONFIG = MSConfig
+
+
+def _embedder_note(acts, emb) -> str | None:
+    """What a reader of the MS should know about E: an activation store used as E (allowed: MonoLoss
+    scores with the SAE's own input), or E computed by the very encoder whose activations are scored
+    (which narrows the gap between raw neurons and SAE latents: the paper's E is another model)."""
+    kind = emb.manifest.kind
+    notes = []
+    if kind not in (None, "embeddings"):
+        notes.append(f"is a {kind} store (not written by saevlm embed); it is used as the embedder E")
+    if emb.provenance.compatible_with(acts.provenance, aspects=("model",)) is None:
+        notes.append(f"E comes from the same encoder as the scored activations ({acts.provenance.model.label}); "
+                     f"the paper embeds with another model (DINOv2 ViT-B), and a shared encoder narrows the gap "
+                     f"between raw neurons and SAE latents")
+    return "; ".join(notes) or None
 
 
 def ms_inputs(acts, emb) -> dict:
@@ -110,6 +126,9 @@ def run(args: MSConfig) -> int:
     check_same_images(acts, emb, what="--activations_dir / --embeddings_path")
     if acts.num_rows < 2:
         raise UserError(f"--activations_dir {acts.path}: the MS needs at least 2 images")
+    embedder_note = _embedder_note(acts, emb)
+    if embedder_note:
+        print(f"note: --embeddings_path {emb.path}: {embedder_note}", file=sys.stderr)
     if args.output_dir:
         out, flag = Path(args.output_dir), "--output_dir"
     else:
