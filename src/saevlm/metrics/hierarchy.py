@@ -14,7 +14,6 @@ for ImageNet, WordNet hypernym paths through nltk (``--taxonomy wordnet``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import ClassVar
 

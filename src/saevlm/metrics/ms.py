@@ -98,7 +98,6 @@ def check_embeddings_have_norm(emb, e, start: int) -> None:
 
 def run(args: MSConfig) -> int:
     import json
-    import sys
     import time
     from pathlib import Path
 

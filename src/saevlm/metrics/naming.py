@@ -19,7 +19,6 @@ say nothing about the latent. Each record says on how many images its name and p
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
