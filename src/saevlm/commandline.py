@@ -212,7 +212,7 @@ class CommandConfig:
                 import math
                 bad = [v for v in (value if kind.many else [value]) if not math.isfinite(v)]
                 if bad:  # nan / inf pass float() but mean nothing as a setting (--alpha nan steered to nothing)
-                    raise UserError(f"argument {flag}: {bad[0]!r} is not a finite number")
+                    raise UserError(f"{flag} {bad[0]!r}: expected a finite number")
             if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2 ** 32:
                 # numpy refuses negative seeds and torch / numpy overflow past 64 bits deep inside
                 raise UserError(f"argument {flag}: {value} is not a seed; expected an integer from 0 to "

@@ -45,9 +45,7 @@ def run(args: EmbedConfig) -> int:
     check_not_own_input(args.embeddings_path, "embeddings_path", [("data_path", args.data_path)])
     from saevlm.extraction import precheck_output_manifests
     precheck_output_manifests([args.embeddings_path], "embeddings_path", args.overwrite)
-    from saevlm.data.atomic import ensure_writable_dir
-    ensure_writable_dir(args.embeddings_path, "embeddings_path")  # before the model loads (minutes for a 7B tower)
-    inputs = prepare_inputs(args)
+    inputs = prepare_inputs(args, output=(args.embeddings_path, "embeddings_path"))
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)
     point = encoder.resolve(POST_PROJECTION, -1)

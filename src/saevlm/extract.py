@@ -113,9 +113,7 @@ def run(args: ExtractConfig) -> int:
     from saevlm.extraction import planned_store_dirs, precheck_output_manifests
     precheck_output_manifests(planned_store_dirs(args.output_dir, args.layer, bool(args.sae_path)), "output_dir",
                               args.overwrite)
-    from saevlm.data.atomic import ensure_writable_dir
-    ensure_writable_dir(args.output_dir, "output_dir")  # before the model loads (minutes for a 7B tower)
-    inputs = prepare_inputs(args)
+    inputs = prepare_inputs(args, output=(args.output_dir, "output_dir"))
     device, store_dtype, images, selected, encoder = (inputs.device, inputs.store_dtype, inputs.images,
                                                       inputs.selected, inputs.encoder)
     points = parse_points(encoder, args.attachment_point, args.layer)

@@ -432,7 +432,9 @@ def planned_store_dirs(output_dir, layers, codes: bool) -> list[Path]:
     return dirs
 
 
-def prepare_inputs(args: ImageRunOptions) -> RunInputs:
+def prepare_inputs(args: ImageRunOptions, output: tuple[str, str] | None = None) -> RunInputs:
+    """The dataset, the selected images and the model of a run. ``output`` (path, field): checked
+    writable once the dataset has been found and before the model loads (minutes for a 7B tower)."""
     from saevlm.data.images import open_dataset, select_indices
     from saevlm.data.store import normalize_store_dtype
     from saevlm.distributed import init_distributed
@@ -449,6 +451,9 @@ def prepare_inputs(args: ImageRunOptions) -> RunInputs:
     store_dtype = normalize_store_dtype(args.store_dtype, "store_dtype")
     images = open_dataset(args.dataset_name, args.data_path, args.split)
     selected = select_indices(len(images), args.take_every, args.max_images)
+    if output is not None:
+        from saevlm.data.atomic import ensure_writable_dir
+        ensure_writable_dir(output[0], output[1])
     encoder = load_encoder(args.model_name, processor_backend=args.processor_backend,
                            allow_missing_weights=args.allow_missing_weights)
     return RunInputs(device, store_dtype, images, selected, encoder, dist)
