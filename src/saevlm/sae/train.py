@@ -309,7 +309,6 @@ def guard_threshold_update(trainer) -> None:
                 threshold.mul_(trainer.threshold_beta)
 
     update_threshold._saevlm_guarded = True  # type: ignore[attr-defined]
-    trainer._update_threshold_guard = update_threshold  # "_": not part of the resume state
     trainer.update_threshold = update_threshold
 
 
