@@ -120,9 +120,9 @@ class TopImagesStore:
         """labels.npy / classes.json, checked as in activation stores."""
         from saevlm.data.store import DatasetFiles
 
-        m = self.manifest
-        version = m.get("schema_version") if isinstance(m.get("schema_version"), int) else 0
-        return DatasetFiles(self.path, m.get("files"), m.get("file_checksums"), version,
+        from saevlm.metrics.results import store_schema
+
+        return DatasetFiles(self.path, self.manifest.get("files"), self.file_checksums, store_schema(self),
                             self.provenance.dataset.num_images_in_split, "activations_dir")
 
     def labels(self) -> np.ndarray | None:
@@ -162,7 +162,7 @@ def check_top_images(d: Path, k: int, store) -> None:
     schema version 2 must have the stamp."""
     import json
 
-    from saevlm.metrics.results import check_fresh, files_reason, store_schema
+    from saevlm.metrics.results import check_fresh, files_reason, result_files_reason, store_schema
 
     refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
     if isinstance(store, TopImagesStore) and Path(store.path) == d:
@@ -185,9 +185,7 @@ def check_top_images(d: Path, k: int, store) -> None:
     except (OSError, ValueError):
         raise UserError(f"{stamp}: not valid JSON; refresh it with `{refresh}`") from None
     check_fresh(data.get("source"), store, str(d / A.top_images_npy(k)), refresh)
-    if data.get("files") is None and store_schema(store) < 2:
-        return  # an older saevlm's top images: no checksums recorded
-    reason = files_reason(d, data.get("files"), top_images_files(k))
+    reason = result_files_reason(d, data.get("files"), top_images_files(k), store)
     if reason:
         raise UserError(f"{stamp}: {reason}; refresh it with `{refresh}`")
 

@@ -25,7 +25,7 @@ from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_save_npz
 from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
-from saevlm.metrics.results import files_reason, recorded_files, store_schema
+from saevlm.metrics.results import recorded_files, result_files_reason, store_schema
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
 
@@ -159,10 +159,7 @@ class SAEView:
     def _files_reason(self, json_path: Path, names: list[str]) -> str | None:
         """Why the .npy files beside a result JSON are not the ones it recorded (see
         metrics.results.files_reason); results of older stores without checksums pass."""
-        recorded = recorded_files(json_path)
-        if recorded is None and store_schema(self.store) < 2:
-            return None
-        return files_reason(json_path.parent, recorded, names)
+        return result_files_reason(json_path.parent, recorded_files(json_path), names, self.store)
 
     def _fresh(self, name: str) -> bool:
         return name not in self.stale

@@ -185,16 +185,20 @@ def recorded_files(json_path) -> dict | None:
     return files if isinstance(files, dict) else None
 
 
-def check_result_files(directory, json_path, names, store, refresh: str) -> None:
-    """Refuse .npy result files that are not the ones their JSON recorded. Results of stores of
-    schema version 2 must record them (a JSON without checksums is refused too); older results
-    are read as they are."""
+def result_files_reason(directory, recorded: dict | None, names, store) -> str | None:
+    """:func:`files_reason`, except that results of stores older than schema version 2 that
+    recorded no checksums pass (an older saevlm wrote none); newer ones must have them."""
     from saevlm.data.manifest import SEALED_SINCE
+
+    if recorded is None and store_schema(store) < SEALED_SINCE:
+        return None
+    return files_reason(directory, recorded, names)
+
+
+def check_result_files(directory, json_path, names, store, refresh: str) -> None:
+    """Refuse .npy result files that are not the ones their JSON recorded (see above)."""
     from saevlm.errors import UserError
 
-    recorded = recorded_files(json_path)
-    if recorded is None and store_schema(store) < SEALED_SINCE:
-        return
-    reason = files_reason(directory, recorded, names)
+    reason = result_files_reason(directory, recorded_files(json_path), names, store)
     if reason is not None:
         raise UserError(f"{json_path}: {reason}; refresh it with `{refresh}`")
