@@ -10,7 +10,7 @@ every class has a taxonomy for ``saevlm hierarchy``:
     photos: Photo / Photo / Photo / Photo / <Name> / <Name> / "<Name> crop"
 
 Pipeline (each step is the ``saevlm`` command a researcher runs): extract (two blocks + the
-pooled output, CLS) for train and val -> embed val with the same model (E) -> MS of the raw
+pooled output, CLS) for train and val -> the pooled output of val as E (the same model) -> MS of the raw
 neurons -> train BatchTopK and Matryoshka SAEs on shared batches -> encode val -> MS, top images,
 hierarchy, name-free explorer export (``explore --static``) -> report.
 
@@ -106,9 +106,8 @@ def run_real_pipeline(out: Path, *, digits_train: int = 100, digits_val: int = 6
         acts[split] = out / "activations" / split
         _step(f"activations ({split})", ["extract", "--model_name", model, "--layer", *BLOCKS, "last", "--cls_only",
                                          "--split", split, "--output_dir", acts[split], *common])
-    emb = out / "embeddings" / "val"
-    _step("embeddings E (the same ViT)", ["embed", "--model_name", model, "--split", "val",
-                                          "--embeddings_path", emb, *common])
+    # E: the pooled output extracted above, the very vectors `saevlm embed` would compute again
+    emb = acts["val"] / "post_projection"
     layer = f"post_mlp_residual_{BLOCKS[-1]}"
     _step("MS of the raw neurons", ["ms", "--activations_dir", acts["val"] / layer, "--embeddings_path", emb,
                                     "--no_progress", "--device", "cpu"])

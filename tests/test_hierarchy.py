@@ -3,8 +3,6 @@
 import json
 
 import numpy as np
-import pytest
-import torch
 
 from conftest import run_cli
 from saevlm.metrics.hierarchy import hierarchy_table, lca_depths, level_codes, majority

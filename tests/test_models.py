@@ -1,7 +1,6 @@
 """Hook capture against each model's own outputs (``output_hidden_states``, ``image_embeds``,
 ``pooler_output``, open_clip's ``forward_intermediates``)."""
 
-import numpy as np
 import pytest
 import torch
 

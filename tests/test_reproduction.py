@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from authors_invocations import INVOCATIONS, SCRIPT_TO_COMMAND

@@ -54,7 +54,8 @@ def run(args: EmbedConfig) -> int:
     cfg = ExtractionSettings.from_config(args, "embeddings", store_dtype)
     stores = extract_stores(encoder, images, selected, [point], TokenSelection("all"), cfg,
                             output_dirs={point: Path(args.embeddings_path)}, device=device,
-                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist)
+                            log=lambda m: print(m, file=sys.stderr), dist=inputs.dist,
+                            output_field="embeddings_path")
     if inputs.dist.is_main:
         report_stores(stores, time.time() - t0)
     return 0

@@ -26,8 +26,11 @@ class UserError(Exception):
         import re
 
         text = str(self)
-        if self.field and re.match(rf"{re.escape(self.field)}(?=[ :]|$)", text) and flag_of(self.field):
-            text = flag_of(self.field) + text[len(self.field):]
+        # The leading field, given or not: a message that begins with one of the command's fields
+        # names it by its flag, so every refusal spells a flag one way (--activations_dir).
+        lead = self.field or (m.group(0) if (m := re.match(r"[a-z][a-z0-9_]*(?=[ :]|$)", text)) else None)
+        if lead and re.match(rf"{re.escape(lead)}(?=[ :]|$)", text) and flag_of(lead):
+            text = flag_of(lead) + text[len(lead):]
         for name in self.mentions:
             flag = flag_of(name)
             if flag:

@@ -137,10 +137,11 @@ class _WriterPlan:
     device: object
     dist: object
     selected: object  # the selected images' dataset indices, in order
+    output_field: str = "output_dir"  # the config field the output directories came from (for messages)
 
 
 def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSettings, *, output_dirs: dict,
-                   device, log=print, sae=None, dist=None) -> dict:
+                   device, log=print, sae=None, dist=None, output_field: str = "output_dir") -> dict:
     """Write one store per point; returns ``{point: store_dir}``. See module docstring.
 
     With ``sae`` (a LoadedSAE; exactly one point), the store is a sparse code store instead.
@@ -186,7 +187,8 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
 
     plan = _WriterPlan(encoder, tokens, num_tokens, images.provenance(selected, cfg.take_every, cfg.max_images),
                        images_per_shard, len(selected), _software_versions(), {A.LABELS: images.labels},
-                       {A.CLASSES: images.classes_json()}, output_dirs, cfg, sae, device, dist, selected)
+                       {A.CLASSES: images.classes_json()}, output_dirs, cfg, sae, device, dist, selected,
+                       output_field)
 
     def open_writers() -> dict:
         return {p: _open_writer(p, plan) for p in points}
@@ -324,7 +326,8 @@ def _open_writer(point, plan: _WriterPlan):
                                   cfg.batch_size, cfg.autocast, plan.sae)
     common = dict(images_per_shard=plan.images_per_shard, num_images=plan.num_images, software=plan.software,
                   overwrite=cfg.overwrite, extra_files=plan.extra_files, extra_json=plan.extra_json,
-                  rank=plan.dist.rank, world_size=plan.dist.world_size, allow_nonfinite=cfg.allow_nonfinite)
+                  rank=plan.dist.rank, world_size=plan.dist.world_size, allow_nonfinite=cfg.allow_nonfinite,
+                  field=plan.output_field)
     if plan.sae is None:
         return StoreWriter(plan.output_dirs[point], kind=cfg.kind, dim=plan.encoder.output_dim(point),
                            dtype=cfg.store_dtype, provenance=provenance, **common)

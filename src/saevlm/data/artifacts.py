@@ -215,6 +215,9 @@ class MSSummary(Record):
     dead_one_image: int | None = None
     top10: tuple = ()  # (neuron, MS) of the best ten
     bottom10: tuple = ()
+    # the best ten among latents active on >= 16 images (SAE codes only; the explorer's default filter)
+    top10_active_on_16_or_more: tuple | None = None
+    embedder_note: str | None = None  # what a reader should know about E (the same encoder, a store kind)
     embeddings_model: str | None = None
     activations_dir: str | None = None
     inputs: dict | None = None
@@ -224,6 +227,8 @@ class MSSummary(Record):
     def _convert(cls, values: dict, where) -> dict:
         for key in ("top10", "bottom10"):
             values[key] = tuple(tuple(x) for x in values.get(key) or ())
+        if values.get("top10_active_on_16_or_more") is not None:
+            values["top10_active_on_16_or_more"] = tuple(tuple(x) for x in values["top10_active_on_16_or_more"])
         return values
 
     @property
@@ -408,6 +413,7 @@ class HierarchyGroup(Record):
     KIND: ClassVar[str] = "hierarchy group"
     group: int = 0
     size: int = 0
+    neurons_scored: int | None = None  # the group's latents not left out (None: an older result)
     left_out_near_dead: float = 0.0
     lca_depth_mean_rounded: float | None = None
     lca_depth_majority: float | None = None

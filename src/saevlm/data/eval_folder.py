@@ -5,7 +5,6 @@ with class_names.json beside the images."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, opt
@@ -42,12 +41,12 @@ CONFIG = MakeEvalFolderConfig
 def run(args: MakeEvalFolderConfig) -> int:
     import shutil
 
-    from saevlm.data.atomic import atomic_write_json, check_not_own_input
+    from saevlm.data.atomic import atomic_write_json, check_not_own_input, ensure_writable_dir
     from saevlm.data.images import open_dataset
     check_not_own_input(args.output_dir, "output_dir", [("data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
     images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
-    out = Path(args.output_dir)
+    out = ensure_writable_dir(args.output_dir, "output_dir")  # a read-only output: one line, exit 2
     first: dict[int, int] = {}
     for i, label in enumerate(images.labels.tolist()):
         first.setdefault(label, i)

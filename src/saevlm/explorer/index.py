@@ -25,6 +25,7 @@ from saevlm.data import artifacts as A
 from saevlm.data.atomic import atomic_save_npz
 from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
+from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
 from saevlm.metrics.results import recorded_files, result_files_reason, store_schema
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
@@ -37,7 +38,7 @@ def _slug(rel: Path) -> str:
 TOP_K = 16  # the top images the pages show (saevlm top-images --k 16, the paper's grids)
 
 
-DEFAULT_MIN_ACTIVE = 16  # the table's default filter: an MS from fewer activating images rests on few pairs
+DEFAULT_MIN_ACTIVE = MIN_ACTIVE_IMAGES  # the table's default filter, the report's rule for its best latents
 
 
 @dataclass

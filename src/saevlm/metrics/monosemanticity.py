@@ -162,6 +162,17 @@ class MSAccumulator:
         return ms.cpu().numpy()
 
 
+# A latent active (> 0) on fewer images has an MS resting on few image pairs: the explorer's table
+# hides such latents by default and the report ranks the best latents among the others.
+MIN_ACTIVE_IMAGES = 16
+
+
+def best_active(scores_k: np.ndarray, active_k: np.ndarray, top: int = 10,
+                min_active: int = MIN_ACTIVE_IMAGES) -> list[list]:
+    """The ``top`` best [neuron, MS] among neurons active on at least ``min_active`` images."""
+    return summarize(np.where(np.asarray(active_k) >= min_active, scores_k, np.nan), top)["top10"]
+
+
 def summarize(scores_k: np.ndarray, top: int = 10) -> dict:
     """mean, std, dead, total, top10 / bottom10 ([neuron, score]) over the defined scores."""
     valid = np.flatnonzero(~np.isnan(scores_k))

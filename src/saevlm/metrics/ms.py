@@ -9,7 +9,12 @@ from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, DeviceOption, OutputOption, ProgressOption, opt
 from saevlm.data import artifacts as A
-from saevlm.metrics.monosemanticity import MSAccumulator, summarize  # noqa: F401 (re-exported)
+from saevlm.metrics.monosemanticity import (  # noqa: F401 (re-exported)
+    MIN_ACTIVE_IMAGES,
+    MSAccumulator,
+    best_active,
+    summarize,
+)
 from saevlm.metrics.results import check_one_row_per_image, embedder_slug  # noqa: F401
 
 
@@ -42,9 +47,15 @@ def _embedder_note(acts, emb) -> str | None:
     """What a reader of the MS should know about E: an activation store used as E (allowed: MonoLoss
     scores with the SAE's own input), or E computed by the very encoder whose activations are scored
     (which narrows the gap between raw neurons and SAE latents: the paper's E is another model)."""
+    from saevlm.models.base import POST_PROJECTION
+
     kind = emb.manifest.kind
     notes = []
-    if kind not in (None, "embeddings"):
+    hook = emb.provenance.hook
+    if kind == "activations" and hook is not None and hook.attachment_point == POST_PROJECTION:
+        notes.append("is the pooled-output store of saevlm extract (the vectors saevlm embed writes); it is "
+                     "used as the embedder E")
+    elif kind not in (None, "embeddings"):
         notes.append(f"is a {kind} store (not written by saevlm embed); it is used as the embedder E")
     if emb.provenance.compatible_with(acts.provenance, aspects=("model",)) is None:
         notes.append(f"E comes from the same encoder as the scored activations ({acts.provenance.model.label}); "
@@ -168,12 +179,14 @@ def run(args: MSConfig) -> int:
                 bar.update(len(a))
     scores_k = acc.scores()
     summary = summarize(scores_k)
-    rare = None
+    rare, best_active_k = None, None
     if sparse:  # scored latents active on fewer than 16 images: their MS rests on few pairs
         import numpy as np
         active = acc.nnz.cpu().numpy()
-        rare = int(((active < 16) & ~np.isnan(scores_k)).sum())
+        rare = int(((active < MIN_ACTIVE_IMAGES) & ~np.isnan(scores_k)).sum())
+        best_active_k = best_active(scores_k, active)
     record = {**summary, "scored": int(summary["total"] - summary["dead"]), "scored_active_on_fewer_than_16": rare,
+              "top10_active_on_16_or_more": best_active_k, "embedder_note": embedder_note,
               "dead_constant": acc.dead_constant, "dead_one_image": acc.dead_one_image,
               "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
               "activations_dir": str(acts.path.resolve()), "embeddings_path": str(emb.path.resolve()),

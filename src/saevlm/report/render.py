@@ -22,6 +22,7 @@ import numpy as np
 
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
+from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
 from saevlm.report import paper
 from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
 
@@ -107,9 +108,10 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
             rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
             sae = {(r.layer, r.expansion): r for r in recs if r.kind == "sae" and r.arch == arch}
             header = ["layer", "No SAE"] + [f"x{e}" for e in exps]
-            best_rows, mean_rows, worst_rows = [], [], []
+            best_rows, active_rows, mean_rows, worst_rows = [], [], [], []
             for layer in layers:
                 b = [str(layer)]
+                a = [str(layer), "–"]  # raw neurons take a value on every image: no active-images rule
                 m = [str(layer)]
                 w = [str(layer)]
                 rr = raw.get(layer)
@@ -122,18 +124,28 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
                     ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
                         if matches_paper and r and r.k == 20 else None
                     b.append(_cell(rep, r, lambda s: s.top10[0][1] if s.top10 else None, ref))
+                    a.append(_cell(rep, r, _best_active))
                     mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
                         if matches_paper and r and r.k == 20 and arch in paper.MEAN_MS_LAST else None
                     m.append(_cell(rep, r, None, mean_ref))
                     w.append(_cell(rep, r, lambda s: s.bottom10[0][1] if s.bottom10 else None))
                 best_rows.append(b)
+                active_rows.append(a)
                 mean_rows.append(m)
                 worst_rows.append(w)
             rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
                      "varies on one image only; their MS is undefined and left out of every mean):")
             rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
                                + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
-            rep.para("Best neuron MS (ours, paper in parentheses):" if matches_paper else "Best neuron MS:")
+            for warning in _dead_warnings(rep, [raw.get(layer) for layer in layers] + list(sae.values())):
+                rep.para(warning)
+            rep.para(f"Best latent MS among latents active (> 0) on at least {MIN_ACTIVE_IMAGES} images, the "
+                     f"rule of the explorer's table (a latent active on fewer images has an MS resting on "
+                     f"few image pairs; '–' where no latent qualifies or, for raw neurons, the rule does "
+                     f"not apply):")
+            rep.table(header, active_rows)
+            rep.para("Best MS over all scored neurons, the paper's definition (ours, paper in parentheses):"
+                     if matches_paper else "Best MS over all scored neurons (the paper's definition):")
             rep.table(header, best_rows)
             rep.para("Mean ± std MS (paper's last-layer means in parentheses; 'rare': scored latents active on "
                      "fewer than 16 images, whose MS rests on few image pairs):" if matches_paper else
@@ -142,6 +154,35 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
             rep.table(header, mean_rows)
             rep.para("Worst neuron MS:")
             rep.table(header, worst_rows)
+        notes = sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note})
+        for note in notes:
+            rep.para(f"Note on the embedder E ({emb}): {note}.")
+
+
+DEAD_WARNING_FRACTION = 0.5  # above it the report warns that its MS rows rest on few latents
+
+
+def _rel(rep: Report, path: Path) -> str:
+    path = Path(path)
+    return str(path.relative_to(rep.run_dir)) if path.is_relative_to(rep.run_dir) else str(path)
+
+
+def _best_active(s: A.MSSummary) -> float | None:
+    best = s.top10_active_on_16_or_more
+    return best[0][1] if best else None
+
+
+def _dead_warnings(rep: Report, records: list[MSRecord | None]) -> list[str]:
+    """One warning per MS result whose neurons are mostly dead (no defined MS on these images)."""
+    out = []
+    for r in records:
+        s = r.summary if r is not None else None
+        if s is None or not s.total or s.dead is None or s.dead / s.total <= DEAD_WARNING_FRACTION:
+            continue
+        out.append(f"Warning: {s.dead} of {s.total} neurons ({s.dead / s.total:.0%}) of {_rel(rep, r.store)} are dead "
+                   f"on these {s.extra.get('num_images', '?')} images; its MS rows rest on the "
+                   f"{s.total - s.dead} others. More images (or a longer training) make fewer dead latents.")
+    return out
 
 
 def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
@@ -183,8 +224,9 @@ def training_tables(rep: Report, saes: list[TrainedSAE]) -> None:
         ref = paper.paper_value({"x": {"last": paper.R2_LAST.get(t.arch, ())}}, "x", t.layer,
                                 t.expansion) if paper.R2_LAST.get(t.arch) else None
         ref_s = f" ({ref:.1f})" if ref is not None and paper.MODEL in str(t.model) else ""
-        authors = f"{100 * ev.r2_authors:.1f}{ref_s}" if ev.r2_authors is not None else "-"
-        rows.append([name, str(t.layer), f"x{t.expansion}", authors, f"{100 * ev.r2:.1f}", f"{ev.l0:.1f}",
+        authors = f"{100 * ev.r2_authors:.1f}{ref_s}" if ev.r2_authors is not None else "–"
+        pooled = f"{100 * ev.r2:.1f}" if ev.r2 is not None else "undefined (constant activations)"
+        rows.append([name, str(t.layer), f"x{t.expansion}", authors, pooled, f"{ev.l0:.1f}",
                      f"{ev.dead_fraction:.3f}", f"{ev.dense_fraction:.3f}", rep.cite(t.source)])
     if rows:
         rep.heading("Reconstruction and sparsity")
@@ -209,12 +251,27 @@ def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
                  f" Paper (iNat, 7 levels, 5 groups): {' / '.join(map(str, paper.HIERARCHY_INAT))}." if inat_like
                  else " (The paper's iNat depths are not shown: this taxonomy or grouping is another.)"))
     for r in results:
-        rows = [[str(g.group), str(g.size), f"{g.left_out_near_dead:.0%}",
+        rows = [[str(g.group), str(g.size), str(_group_used(g)), f"{g.left_out_near_dead:.0%}",
                  _fmt(g.lca_depth_mean_rounded), _fmt(g.lca_depth_majority),
                  _fmt(g.ms_mean), rep.cite(r.path)] for g in r.record.groups]
         rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
-        rep.table(["group", "size", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
+        rep.table(["group", "size", "latents used", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
                    "MS mean", "source"], rows)
+        small = [f"{g.group} ({_group_used(g)})" for g in r.record.groups if _group_used(g) < SMALL_GROUP]
+        if small:
+            rep.para(f"Warning: group{'s' if len(small) > 1 else ''} {', '.join(small)} rest on fewer than "
+                     f"{SMALL_GROUP} latents (latents used in parentheses); their depths and MS means are "
+                     f"noisy. A larger dictionary or more images give these groups more live latents.")
+
+
+SMALL_GROUP = 20  # a hierarchy group mean over fewer latents is warned as noisy
+
+
+def _group_used(g: A.HierarchyGroup) -> int:
+    """Latents of a group the hierarchy means rest on (not left out as near-dead)."""
+    if g.neurons_scored is not None:
+        return g.neurons_scored
+    return round(g.size * (1 - g.left_out_near_dead))
 
 
 def steering_tables(rep: Report, scores: list[ResultFile], baselines: list[ResultFile]) -> None:
