@@ -1105,3 +1105,192 @@ def test_crashes_of_round_3_are_one_line(run_copy, tiny_clip_dir, tiny_dinov2_di
                    "--warmup_steps", "2", "--device", "cpu", "--no_progress") == 2
     one_line_error(capsys, "ae.pt", "disk is full")
     assert not stray_tmp(run_copy)
+
+
+# ----------------------------------------------------------------------------- round 3: unclear messages
+def _dead_pid() -> int:
+    """The pid of a process that has exited (a SIGKILLed writer's leftovers carry such a pid)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_full_disk_names_the_path_and_leaves_no_probe(run_copy, capsys, monkeypatch):
+    """U1: the writability probe on a full disk printed `?` for the path and left a 0-byte
+    .saevlm-write-test-<pid> inside the code store (uniqueness writes there by default)."""
+    codes = run_copy / "codes"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    line = run_fails(capsys, run_copy, ["uniqueness", "--activations_dir", codes], "--activations_dir", str(codes),
+                     "disk is full")
+    assert "?" not in line and not list(codes.glob(".saevlm-write-test-*"))
+
+
+def test_figures_half_written_by_a_killed_run_are_removed(run_copy):
+    """U2: a SIGKILLed report left .png.tmp-<pid> files for ever; the next writer of the figure removes
+    them (only those of processes that no longer run)."""
+    figs = run_copy / "report_figures"
+    figs.mkdir()
+    orphan = figs / f".ms_hist_00.png.tmp-{_dead_pid()}"
+    orphan.write_bytes(b"half a png")
+    alive = figs / f".ms_hist_00.png.tmp-{os.getppid()}"  # a running process's: not ours to remove
+    alive.write_bytes(b"in progress")
+    assert run_cli("report", "--run_dir", run_copy) == 0
+    assert not orphan.exists() and alive.exists() and (figs / "ms_hist_00.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("command, flag", [("extract", "--output_dir"), ("embed", "--embeddings_path")])
+def test_an_unwritable_output_is_refused_before_the_model_loads(command, flag, tiny_clip_dir, image_folder, tmp_path,
+                                                                capsys, monkeypatch):
+    """U3: extract and embed loaded the model (minutes for a large one) before finding the output read-only."""
+    import saevlm.models
+
+    monkeypatch.setattr(saevlm.models, "load_encoder",
+                        lambda *a, **k: pytest.fail("the model loaded before the output was checked"))
+    out = tmp_path / "out"
+    out.mkdir()
+    _fail_writes_under(monkeypatch, out, errno.EROFS)
+    argv = [command, "--model_name", tiny_clip_dir, "--data_path", image_folder, flag, out, "--device", "cpu",
+            "--num_workers", "0", "--no_progress"] + (["--layer", "1"] if command == "extract" else [])
+    run_fails(capsys, tmp_path, argv, flag, str(out), "read-only")
+
+
+def test_embed_names_its_own_flag_and_make_eval_folder_exits_2(tiny_clip_dir, image_folder, tmp_path, capsys,
+                                                               monkeypatch):
+    """U4: embed's refusals of its output said output_dir for --embeddings_path; U5: make-eval-folder
+    exited 1 with an OSError line on a read-only output where every other command exits 2."""
+    emb = tmp_path / "emb"
+    base = ["embed", "--model_name", tiny_clip_dir, "--data_path", image_folder, "--embeddings_path", emb,
+            "--device", "cpu", "--num_workers", "0", "--no_progress"]
+    assert run_cli(*base) == 0
+    line = run_fails(capsys, tmp_path, [*base, "--store_dtype", "fp16"], "different settings")
+    assert line.startswith("saevlm embed: error: --embeddings_path") and "output_dir" not in line
+    out = tmp_path / "eval"
+    out.mkdir()
+    _fail_writes_under(monkeypatch, out, errno.EROFS)
+    run_fails(capsys, tmp_path, ["make-eval-folder", "--dataset_name", "imagefolder", "--data_path", image_folder,
+                                 "--output_dir", out], "--output_dir", str(out), "read-only")
+
+
+def test_a_damaged_preprocessor_config_is_not_called_missing(tiny_clip_dir, image_folder, tmp_path, capsys):
+    """U6: a broken preprocessor_config.json was reported as missing (and defaults were used)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_clip_dir, model)
+    (model / "preprocessor_config.json").write_text('{"image_mean": [0.5, ')
+    line = run_fails(capsys, tmp_path, _extract_argv(model, image_folder, tmp_path / "x"), "--model_name",
+                     "preprocessor_config.json is damaged")
+    assert "no preprocessor_config.json" not in line
+    assert not list((tmp_path / "x").rglob("manifest.json"))
+
+
+def test_steer_alpha_must_be_finite_and_an_sae_without_provenance_is_noted(tmp_path, capsys):
+    """U8: `steer --alpha nan` ran (an empty answer); U12: an SAE without provenance steered without
+    a word that its tower could not be checked."""
+    from helpers import save_random_sae, save_tiny_llava
+
+    model = save_tiny_llava(tmp_path / "llava")
+    sae = save_random_sae(tmp_path / "sae", 64, 128)  # a config without saevlm's provenance
+    base = ["steer", "--sae_path", sae, "--model_name", model, "--neuron", "3", "--layer", "1", "--image", "white",
+            "--device", "cpu", "--max_new_tokens", "2"]
+    for bad in ("nan", "inf"):
+        run_fails(capsys, tmp_path, [*base, "--alpha", "0", bad], "--alpha", bad, "finite")
+    capsys.readouterr()
+    assert run_cli(*base, "--alpha", "30") == 0
+    err = capsys.readouterr().err
+    assert f"note: --sae_path {sae}" in err and "records no provenance" in err
+
+
+def test_help_shows_defaults_not_placeholders(capsys):
+    """U10: `--prompt PROMPT (default: %(default)r)` was printed literally."""
+    from saevlm.cli import COMMANDS
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(command, "--help")
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "%(" not in text and "usage:" in text, command
+
+
+def test_demo_checks_its_settings_before_writing(tmp_path, capsys):
+    """U11: `demo --steps 0` was refused only after writing a 28-file world."""
+    for argv, flag in ((["--steps", "0"], "--steps"), (["--expansion_factor", "0"], "--expansion_factor")):
+        run_fails(capsys, tmp_path, ["demo", "--output_dir", tmp_path / "d", *argv], flag)
+        assert not (tmp_path / "d").exists()
+
+
+def test_dinov3_without_a_pil_backend_says_so(tmp_path, image_folder, capsys):
+    """U13: DINOv3's PIL backend silently fell back to torchvision (about one grey level apart)."""
+    from helpers import save_tiny_family
+
+    from saevlm.models.hf import _auto_processor
+
+    model = save_tiny_family("dinov3", tmp_path / "d3")
+    cls = type(_auto_processor(str(model), "pil"))
+    has_torchvision_only = any(k.__name__ == "TorchvisionBackend" for k in cls.__mro__)
+    assert run_cli(*_extract_argv(model, image_folder, tmp_path / "x")) == 0
+    err = capsys.readouterr().err
+    assert ("has no PIL backend" in err) == has_torchvision_only, err
+
+
+def test_every_refusal_spells_the_flag_with_dashes(run_copy, capsys):
+    """U14: refusals said `--activations_dir` in some messages and bare `activations_dir` in others
+    (those raised without naming their field). A message that begins with one of the command's
+    fields now always names it by its flag."""
+    import dataclasses
+
+    from saevlm.cli import config_class, flag_mapping
+    from saevlm.errors import UserError
+
+    assert UserError("activations_dir runs/x: not a store").with_flags(flag_mapping("ms")) \
+        == "--activations_dir runs/x: not a store"
+    assert UserError("a store holds activations_dir").with_flags(flag_mapping("ms")) == "a store holds activations_dir"
+    cases = [(["uniqueness", "--activations_dir", run_copy / "world" / "val", "--k", "4"], "uniqueness"),
+             (["train", "--activations_dir", run_copy / "nowhere", "--checkpoints_dir", run_copy / "c"], "train"),
+             (["top-images", "--activations_dir", run_copy / "codes", "--k", "100000"], "top-images"),
+             (ms_argv(run_copy, run_copy / "nowhere"), "ms"),
+             (["hierarchy", "--activations_dir", run_copy / "codes"], "hierarchy")]
+    for argv, command in cases:
+        capsys.readouterr()
+        assert run_cli(*argv) == 2
+        line = one_line_error(capsys)
+        first = line.split("error: ", 1)[1].split(" ")[0].rstrip(":")
+        fields = {f.name for f in dataclasses.fields(config_class(command))}
+        assert first not in fields, line
+
+
+def test_the_report_tells_the_truth_about_the_run(run_copy, capsys):
+    """Item 6: best latents under the explorer's active-images rule (said), the paper's unfiltered best
+    beside them, dead fractions warned, and a note when E is the scored encoder itself."""
+    from saevlm.data.codes import CodeStore
+
+    codes = run_copy / "codes"
+    store = CodeStore(codes)
+    active = np.zeros(store.num_neurons, np.int64)
+    for chunk in store.iter_csr(128):
+        np.add.at(active, chunk.indices[chunk.values > 0], 1)
+    ms_dir = next(codes.glob("ms_*"))
+    scores = np.load(ms_dir / "scores.npy")
+    ok = (active >= 16) & ~np.isnan(scores)
+    best_active, best_all = float(scores[ok].max()), float(np.nanmax(scores))
+    # E = a copy of the world's validation activations: the very encoder whose neurons are scored
+    shutil.copytree(run_copy / "world" / "val", run_copy / "val_as_e")
+    assert run_cli("ms", "--activations_dir", run_copy / "world" / "val", "--embeddings_path", run_copy / "val_as_e",
+                   "--output_subdir", "ms_self", "--device", "cpu", "--no_progress") == 0
+    assert "same encoder" in capsys.readouterr().err
+    assert run_cli("report", "--run_dir", run_copy) == 0
+    report = (run_copy / "report.md").read_text()
+    assert "active (> 0) on at least 16 images, the rule of the explorer's table" in report
+    assert f"| {best_active:.2f} [" in report.split("rule of the explorer's table")[1].split("\n\n")[1]
+    assert f"| {best_all:.2f} [" in report.split("the paper's definition")[1].split("\n\n")[1]
+    assert "Note on the embedder E" in report and "same encoder" in report
+    assert "Warning:" not in report.split("## Monosemanticity Score")[1].split("\n## ")[0]
+    # most latents dead: warned, with the numbers
+    record = json.loads((ms_dir / "ms.json").read_text())
+    record.update(dead=record["total"] - 3, scored=3)
+    (ms_dir / "ms.json").write_text(json.dumps(record))
+    assert run_cli("report", "--run_dir", run_copy) == 0
+    report = (run_copy / "report.md").read_text()
+    assert f"Warning: {record['total'] - 3} of {record['total']} neurons" in report and "codes are dead" in report

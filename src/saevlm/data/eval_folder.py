@@ -24,8 +24,9 @@ class MakeEvalFolderConfig(CommandConfig):
     imagenet_root: str | None = opt(None, mutex='data_path+imagenet_root')
     """the authors' flag: the ImageNet root (saevlm reads its --split; their script needed the train folder
     itself); implies --layout flat"""
-    split: str = opt('train')
-    """(default: %(default)s: the paper uses ImageNet train)"""
+    split: str | None = opt(None)
+    """split folder under the root (default: train, as the paper, which uses ImageNet train; for
+    --dataset_name imagefolder the root itself)"""
     output_dir: str = opt('./images_imagenet')
     """where the copies go (default: %(default)s, the authors')"""
     layout: str | None = opt(None, choices=['flat', 'folders'])
@@ -45,7 +46,8 @@ def run(args: MakeEvalFolderConfig) -> int:
     from saevlm.data.images import open_dataset
     check_not_own_input(args.output_dir, "output_dir", [("data_path", args.imagenet_root or args.data_path)])
     layout = args.layout or ("flat" if args.imagenet_root else "folders")
-    images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, args.split)
+    split = args.split or (None if args.dataset_name == "imagefolder" else "train")
+    images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, split)
     out = ensure_writable_dir(args.output_dir, "output_dir")  # a read-only output: one line, exit 2
     first: dict[int, int] = {}
     for i, label in enumerate(images.labels.tolist()):

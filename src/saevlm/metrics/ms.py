@@ -53,10 +53,9 @@ def _embedder_note(acts, emb) -> str | None:
     notes = []
     hook = emb.provenance.hook
     if kind == "activations" and hook is not None and hook.attachment_point == POST_PROJECTION:
-        notes.append("is the pooled-output store of saevlm extract (the vectors saevlm embed writes); it is "
-                     "used as the embedder E")
+        notes.append("E is the pooled-output store of saevlm extract (the vectors saevlm embed writes)")
     elif kind not in (None, "embeddings"):
-        notes.append(f"is a {kind} store (not written by saevlm embed); it is used as the embedder E")
+        notes.append(f"E is a {kind} store (not written by saevlm embed), used as the embedder")
     if emb.provenance.compatible_with(acts.provenance, aspects=("model",)) is None:
         notes.append(f"E comes from the same encoder as the scored activations ({acts.provenance.model.label}); "
                      f"the paper embeds with another model (DINOv2 ViT-B), and a shared encoder narrows the gap "

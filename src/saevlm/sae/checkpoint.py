@@ -152,7 +152,7 @@ def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
                             f"cannot be checked. {rebuild[0].upper() + rebuild[1:]}", field="sae_path")
         if isinstance(ours, dict) and str(trainer_dir) not in _NOTED_UNRECORDED:
             _NOTED_UNRECORDED.add(str(trainer_dir))
-            print(f"note: sae_path {trainer_dir}: trained by a saevlm that did not record its weights; a "
+            print(f"note: --sae_path {trainer_dir}: trained by a saevlm that did not record its weights; a "
                   f"replaced {weights.name} cannot be detected", file=sys.stderr)
         return
     try:
