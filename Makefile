@@ -18,10 +18,18 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-test: $(STAMP)
+# Test-only: SAELens and sparsify, which tests/test_interop.py checks import-sae / export-sae
+# against, installed without their own requirement lists into .test-libs/ (requirements-interop.txt).
+TESTLIBS := .test-libs
+$(TESTLIBS)/.installed: requirements-interop.txt $(STAMP)
+	rm -rf $(TESTLIBS)
+	$(PY) -m pip install --quiet --no-deps --target $(TESTLIBS) -r requirements-interop.txt
+	touch $@
+
+test: $(STAMP) $(TESTLIBS)/.installed
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) $(TESTLIBS)/.installed
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
@@ -36,4 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_extract_multipoint.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(TESTLIBS) runs .pytest_cache

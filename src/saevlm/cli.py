@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "steer": ("saevlm.steering.steer", "an MLLM's answer with SAE latents clamped in its vision tower"),
     "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
     "similarity-baseline": ("saevlm.steering.baseline", "steering-score bounds: true / shuffled names"),
+    "import-sae": ("saevlm.sae.import_sae", "an SAE from SAELens / sparsify / dictionary_learning -> a trainer folder"),
+    "export-sae": ("saevlm.sae.export_sae", "a saevlm SAE -> SAELens or sparsify files (and a model card)"),
     "make-eval-folder": ("saevlm.data.eval_folder", "first image of each class -> an eval folder"),
     "report": ("saevlm.report.build", "gather a run directory into report.md / report.html"),
     "explore": ("saevlm.explore", "browse, search and name every latent of a run in a web page"),

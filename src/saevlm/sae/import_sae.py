@@ -1,0 +1,200 @@
+"""``saevlm import-sae``: an SAE saved by another library -> a saevlm trainer folder.
+
+The source is read in its library's conventions (:mod:`saevlm.sae.interop`), every fold applied
+(input normalisation, centring, decoder-norm rescaling), and written as ``ae.pt`` + ``config.json``
+(+ ``weights.json``): the layout ``encode``, ``extract --sae_path``, ``ms``, ``top-images``,
+``explore`` and ``steer`` take as ``--sae_path``. What the checkpoint does not say (which model,
+hook and tokens it was trained on) is given with flags and recorded as the SAE's provenance, so the
+model and hook checks of every command apply to it as to an SAE trained here.
+
+    saevlm import-sae --sae_path runs/saelens_sae --output_dir runs/imported/trainer_0 \\
+        --model_name openai/clip-vit-large-patch14-336 --layer 22 --tokens cls
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from saevlm.commandline import CommandConfig, opt
+from saevlm.errors import UserError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImportSAEConfig(CommandConfig):
+    """`saevlm import-sae`: an SAE from another library -> a saevlm trainer folder."""
+
+    COMMAND: ClassVar[str] = "import-sae"
+
+    sae_path: str = opt()
+    """the source: a folder or file, or hf:<owner>/<repo>[/<subfolder>] (downloaded through huggingface_hub)"""
+    format: str = opt("auto", choices=["auto", "dictionary_learning", "saelens", "sparsify"])
+    """the source's library (default: %(default)s, from the files the folder holds)"""
+    output_dir: str = opt()
+    """the trainer folder to write (ae.pt, config.json, weights.json, imported.json)"""
+    model_name: str | None = opt(None, group="what the checkpoint does not say")
+    """the vision encoder the SAE was trained on (as extract takes it); loaded once to check the SAE's width
+    at the hook and recorded, so commands refuse stores of another model. Without it nothing is checked"""
+    layer: int | None = opt(None, group="what the checkpoint does not say")
+    """the block whose output the SAE reads (needed with --model_name at post_mlp_residual)"""
+    attachment_point: str = opt("post_mlp_residual", choices=["post_mlp_residual", "post_projection"],
+                                group="what the checkpoint does not say")
+    """(default: %(default)s)"""
+    tokens: str | None = opt(None, choices=["cls", "mean", "all", "patches"], group="what the checkpoint does not say")
+    """the tokens the SAE was trained on (recorded; patches = every token but CLS and registers)"""
+    input_norm: str = opt("none", group="what the checkpoint does not say")
+    """normalisation the source applied to its inputs outside the checkpoint, folded into the weights:
+    none, scalar:S (x / S) or stats:FILE (an .npz / .pt / .json holding mean [D] and std, a scalar or [D])
+    (default: %(default)s)"""
+    overwrite: bool = opt(False)
+    """replace an existing trainer folder at --output_dir"""
+
+
+CONFIG = ImportSAEConfig
+
+IMPORTED_JSON = "imported.json"
+
+
+def resolve_source(spec: str) -> Path:
+    """A local path as it is; ``hf:<owner>/<repo>[/<subfolder>]`` downloaded (cached) by huggingface_hub."""
+    if not spec.startswith("hf:"):
+        p = Path(spec).expanduser()
+        if not p.exists():
+            raise UserError(f"sae_path {spec}: no such file or directory (a hub repo is written "
+                            f"hf:<owner>/<repo>[/<subfolder>])", field="sae_path")
+        return p
+    parts = spec[3:].strip("/").split("/")
+    if len(parts) < 2:
+        raise UserError(f"sae_path {spec}: expected hf:<owner>/<repo>[/<subfolder>]", field="sae_path")
+    repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    from huggingface_hub import snapshot_download
+    try:
+        root = Path(snapshot_download(repo, allow_patterns=[f"{sub}/*"] if sub else None))
+    except Exception as err:  # noqa: BLE001 - any hub failure is one line
+        raise UserError(f"sae_path {spec}: could not download {repo} ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:160] if str(err) else ''}). Offline (HF_HUB_OFFLINE=1) only "
+                        f"what is already in the cache can be read: download it once online, or pass a local "
+                        f"folder", field="sae_path") from None
+    return root / sub if sub else root
+
+
+def source_record(path: Path) -> dict:
+    """Size and SHA-256 of every file of the source (what was imported, byte for byte)."""
+    import hashlib
+
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    out = {}
+    for f in files[:64]:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f.name if path.is_file() else f.relative_to(path).as_posix()] = {"bytes": f.stat().st_size,
+                                                                              "sha256": h.hexdigest()}
+    return out
+
+
+def provenance_for(args: ImportSAEConfig, input_dim: int) -> tuple[dict | None, str]:
+    """The provenance to record (None without --model_name) and a line saying what was checked."""
+    if args.model_name is None:
+        if args.layer is not None or args.tokens is not None:
+            raise UserError("model_name: required with --layer / --tokens (the hook and tokens are recorded "
+                            "together with the model they belong to)", field="model_name")
+        return None, "no --model_name: the SAE records no model, hook or tokens, so no command can check them"
+    from saevlm.models import load_encoder
+    from saevlm.models.base import POST_PROJECTION
+
+    if args.attachment_point != POST_PROJECTION and args.layer is None:
+        raise UserError(f"layer: required with --model_name at {args.attachment_point} (the block whose output "
+                        f"the SAE reads)", field="layer")
+    encoder = load_encoder(args.model_name)
+    point = encoder.resolve(args.attachment_point, args.layer if args.attachment_point != POST_PROJECTION else -1)
+    width = encoder.output_dim(point)
+    if width != input_dim:
+        raise UserError(f"sae_path {args.sae_path}: the SAE takes {input_dim}-d inputs, but {args.model_name} "
+                        f"has {width}-d activations at {point.slug}", field="sae_path")
+    tokens = {"selection": args.tokens} if args.tokens else {}
+    prov = {"model": encoder.provenance(), "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
+            "tokens": tokens, "dataset": {}}
+    return prov, f"checked: {input_dim}-d inputs = {encoder.name} at {point.slug}"
+
+
+def run(args: ImportSAEConfig) -> int:
+    import shutil
+    import tempfile
+
+    import torch
+
+    from saevlm.data.atomic import atomic_write_json, check_not_own_input, ensure_writable_dir
+    from saevlm.sae import interop
+    from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
+
+    check_not_own_input(args.output_dir, "output_dir", [("sae_path", None if args.sae_path.startswith("hf:")
+                                                          else args.sae_path)])
+    out = Path(args.output_dir)
+    if (out / "ae.pt").exists() and not args.overwrite:
+        raise UserError(f"output_dir {out}: already holds an SAE (ae.pt); pass --overwrite to replace it",
+                        field="output_dir")
+    mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
+    src = resolve_source(args.sae_path)
+    fmt = interop.detect_format(src) if args.format == "auto" else args.format
+    if fmt == "dictionary_learning" and src.is_dir() and not (src / "ae.pt").is_file():
+        raise UserError(f"sae_path {src}: no ae.pt (a dictionary_learning trainer folder)", field="sae_path")
+    if fmt != "dictionary_learning" and not src.is_dir():
+        raise UserError(f"sae_path {src}: a {fmt} SAE is a folder (cfg.json + weights), not a file", field="sae_path")
+    weights = interop.READERS[fmt](src)
+    weights.check_finite(str(src))
+    weights = interop.fold_input_norm(weights, mean, std)
+    d, f = weights.dims
+    provenance, checked = provenance_for(args, d)
+    dict_class, state = interop.dictionary_learning_state(weights)
+    trainer = {"dict_class": dict_class, "activation_dim": d, "dict_size": f}
+    if weights.k is not None:
+        trainer["k"] = int(weights.k)
+    if weights.group_sizes:
+        trainer["group_sizes"] = list(weights.group_sizes)
+    record = {"format": fmt, "source": args.sae_path, "files": source_record(src),
+              "arch": weights.arch, "activation": interop.ACTIVATIONS[weights.arch],
+              "folds": {"input_norm": norm_text, "centred_in_source": weights.centred},
+              "source_metadata": weights.metadata}
+    config = {"trainer": trainer,
+              "saevlm": {"arch": weights.arch, "weights_record": WEIGHTS_JSON, "imported": record,
+                         **({"provenance": provenance} if provenance is not None else {})}}
+    # Everything is written into a fresh folder beside the output and renamed into place at the end:
+    # an interrupted import leaves no half-written trainer folder.
+    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."), "output_dir")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
+    try:
+        from saevlm.data.atomic import atomic_save_torch
+        atomic_save_torch(tmp / "ae.pt", {k: v.contiguous() for k, v in state.items()})
+        record_weights(tmp, tmp / "ae.pt")
+        atomic_write_json(tmp / "config.json", config)
+        atomic_write_json(tmp / IMPORTED_JSON, record)
+        # the written SAE, loaded as every command loads it, gives the source's codes
+        from saevlm.sae.checkpoint import load_sae
+        from saevlm.sae.inference import encode_batch
+        loaded = load_sae(str(tmp))
+        x = torch.randn(64, d, generator=torch.Generator().manual_seed(0)) * weights.W_dec.norm(dim=1).mean() \
+            + weights.b_dec
+        with torch.no_grad():
+            got, want = encode_batch(loaded, x), weights.encode(x)
+        # (a code right at a threshold may flip by rounding; a wrong fold changes most of them)
+        off = float(((got - want).abs() > 1e-4 * (float(want.abs().max()) or 1.0)).float().mean())
+        if off > 0.01:
+            raise UserError(f"sae_path {src}: the written SAE does not reproduce the source's codes ({off:.1%} "
+                            f"differ); please report this", field="sae_path")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"import-sae: {fmt} {weights.arch} SAE, {d} -> {f} latents"
+          + (f", k {weights.k}" if weights.k is not None else "")
+          + (f", groups {weights.group_sizes}" if weights.group_sizes else "")
+          + f"; input normalisation folded: {norm_text}", file=sys.stderr)
+    print(f"import-sae: {checked}", file=sys.stderr)
+    print(f"wrote {out}/ae.pt, config.json, {WEIGHTS_JSON}, {IMPORTED_JSON} (use it as --sae_path {out})")
+    return 0

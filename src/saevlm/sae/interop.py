@@ -1,0 +1,409 @@
+"""SAEs in other libraries' formats: read them into one canonical form, write ours out in theirs.
+
+The canonical form (:class:`SAEWeights`) is the math every format shares, with each convention
+made explicit instead of implied by a class:
+
+    pre   = (x - c * b_dec) @ W_enc + b_enc          c = 1 if ``centred`` else 0
+    codes = act(pre)                                 act: see :data:`ACTIVATIONS`
+    x_hat = codes @ W_dec + b_dec
+
+with ``W_enc`` [D, F] and ``W_dec`` [F, D] whatever the file stores (``encoder.weight`` [F, D] in
+dictionary_learning and sparsify, ``W_enc`` [D, F] in SAELens). An input normalisation the format
+keeps outside the checkpoint (x' = (x - mean) / std) is folded in exactly by :func:`fold_input_norm`,
+so pre-activations, top-k choices and thresholds are unchanged; the result is written as a
+dictionary_learning checkpoint (``ae.pt`` + ``config.json``), the layout every saevlm command takes.
+
+Formats (each reader checks the conventions the library's own source uses; docs/import-export.md):
+
+========================  ==========================================  ===========================
+format                    files                                        centring
+========================  ==========================================  ===========================
+dictionary_learning       ``ae.pt`` (+ ``config.json``)                yes (``b_dec`` / ``bias``)
+saelens                   ``cfg.json`` + ``sae_weights.safetensors``   ``apply_b_dec_to_input``
+sparsify                  ``cfg.json`` + ``sae.safetensors``           yes (not for transcoders)
+========================  ==========================================  ===========================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saevlm.errors import UserError
+
+# arch -> how codes come from the pre-activations (all compare with ">", as every library here)
+ACTIVATIONS = {
+    "standard": "relu(pre)",
+    "top_k": "the k largest of relu(pre) per row, others 0",
+    "batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
+    "matryoshka_batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
+    "jumprelu": "relu(pre) where pre > threshold[f] (one per latent), else 0",
+}
+FORMATS = ("dictionary_learning", "saelens", "sparsify")
+
+
+@dataclass
+class SAEWeights:
+    """One SAE in the canonical form of the module docstring (float32 tensors)."""
+
+    arch: str
+    W_enc: torch.Tensor  # [D, F]
+    b_enc: torch.Tensor  # [F]
+    W_dec: torch.Tensor  # [F, D]
+    b_dec: torch.Tensor  # [D]
+    centred: bool
+    k: int | None = None
+    threshold: torch.Tensor | None = None  # [] (batch_top_k, matryoshka) or [F] (jumprelu)
+    group_sizes: list[int] | None = None
+    metadata: dict = field(default_factory=dict)  # what the source file says about itself
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return int(self.W_enc.shape[0]), int(self.W_enc.shape[1])
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        centre = self.b_dec if self.centred else torch.zeros_like(self.b_dec)
+        return (x - centre) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes by the canonical definition (a reference for tests and ``--check_activations``)."""
+        pre = self.pre_activations(x)
+        post = torch.relu(pre)
+        if self.arch == "standard":
+            return post
+        if self.arch == "top_k":
+            top = post.topk(int(self.k), dim=-1)
+            return torch.zeros_like(post).scatter_(-1, top.indices, top.values)
+        if self.arch in ("batch_top_k", "matryoshka_batch_top_k"):
+            return post * (post > self.threshold)
+        if self.arch == "jumprelu":
+            return post * (pre > self.threshold)
+        raise ValueError(self.arch)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return codes @ self.W_dec + self.b_dec
+
+    def check_finite(self, where: str) -> None:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            t = getattr(self, name)
+            if t is not None and not bool(torch.isfinite(t).all()):
+                raise UserError(f"sae_path {where}: {name} holds NaN / inf values; these weights cannot encode "
+                                f"anything", field="sae_path")
+
+
+def _as_vector(value, dim: int, what: str) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    if t.numel() == 1:
+        return t.expand(dim).clone()
+    if t.numel() != dim:
+        raise UserError(f"input_norm: the {what} has {t.numel()} values, the SAE takes {dim}-d inputs",
+                        field="input_norm")
+    return t
+
+
+def fold_input_norm(w: SAEWeights, mean=None, std=None) -> SAEWeights:
+    """The same SAE on raw inputs, where it was trained on x' = (x - mean) / std and reconstructs x'
+    (``mean`` [D] or None, ``std`` a scalar, [D] or None). Exact up to float rounding:
+
+        W_enc' = W_enc / std[:, None]      W_dec' = W_dec * std[None, :]      b_dec' = std * b_dec + mean
+        b_enc' = b_enc                                  (centred: the centre moves with b_dec')
+        b_enc' = b_enc - (mean / std) @ W_enc           (not centred)
+
+    so pre-activations, and with them top-k choices and thresholds, are those of the source."""
+    d, _ = w.dims
+    if mean is None and std is None:
+        return w
+    mean_d = _as_vector(0.0 if mean is None else mean, d, "mean")
+    std_d = _as_vector(1.0 if std is None else std, d, "std")
+    if not bool((std_d > 0).all()) or not bool(torch.isfinite(std_d).all()) or not bool(torch.isfinite(mean_d).all()):
+        raise UserError("input_norm: the std must be positive and finite, the mean finite", field="input_norm")
+    W_enc, b_enc, W_dec, b_dec = (t.double() for t in (w.W_enc, w.b_enc, w.W_dec, w.b_dec))
+    new_W_enc = W_enc / std_d[:, None]
+    new_b_enc = b_enc if w.centred else b_enc - (mean_d / std_d) @ W_enc
+    out = replace(w, W_enc=new_W_enc.float(), b_enc=new_b_enc.float(), W_dec=(W_dec * std_d[None, :]).float(),
+                  b_dec=(std_d * b_dec + mean_d).float())
+    return out
+
+
+def with_centring(w: SAEWeights, centred: bool) -> SAEWeights:
+    """The same SAE written with (or without) the input centring: pre-activations unchanged."""
+    if w.centred == centred:
+        return w
+    shift = (w.b_dec.double() @ w.W_enc.double()).float()
+    return replace(w, centred=centred, b_enc=w.b_enc - shift if centred is False else w.b_enc + shift)
+
+
+def read_input_norm(spec: str | None) -> tuple[Any, Any, str]:
+    """``--input_norm``: ``none``, ``scalar:S`` (x / S) or ``stats:FILE`` (an .npz / .pt / .json with
+    ``mean`` [D] and ``std`` (a scalar or [D])). Returns (mean, std, description)."""
+    if spec is None or spec == "none":
+        return None, None, "none"
+    kind, _, value = spec.partition(":")
+    if kind == "scalar":
+        try:
+            s = float(value)
+        except ValueError:
+            raise UserError(f"input_norm {spec}: expected scalar:S with a number S (inputs are divided by S)",
+                            field="input_norm") from None
+        return None, s, f"x / {s!r}"
+    if kind == "stats":
+        f = Path(value).expanduser()
+        if not f.is_file():
+            raise UserError(f"input_norm {spec}: no such file {f}", field="input_norm")
+        try:
+            if f.suffix == ".npz":
+                import numpy as np
+                with np.load(f) as z:
+                    stats = {k: z[k] for k in z.files}
+            elif f.suffix == ".json":
+                stats = json.loads(f.read_text())
+            else:
+                stats = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is one line
+            raise UserError(f"input_norm {spec}: unreadable ({type(err).__name__}: {str(err)[:120]})",
+                            field="input_norm") from None
+        if not isinstance(stats, dict) or "mean" not in stats:
+            keys = ", ".join(map(str, stats)) if isinstance(stats, dict) else type(stats).__name__
+            raise UserError(f"input_norm {spec}: expected keys mean and std (found {keys})", field="input_norm")
+        return stats["mean"], stats.get("std", 1.0), f"(x - mean) / std from {f.name}"
+    raise UserError(f"input_norm {spec}: expected none, scalar:S or stats:FILE", field="input_norm")
+
+
+# ----------------------------------------------------------------------------- reading
+def detect_format(path: Path) -> str:
+    """The format of a local SAE folder or file, from the files it holds."""
+    if path.is_file():
+        if path.suffix == ".pt":
+            return "dictionary_learning"
+        raise UserError(f"sae_path {path}: cannot tell the format of a {path.suffix or 'suffix-less'} file; pass "
+                        f"--format ({', '.join(FORMATS)})", field="sae_path")
+    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    found = [fmt for fmt, files in (("saelens", {"cfg.json", "sae_weights.safetensors"}),
+                                    ("sparsify", {"cfg.json", "sae.safetensors"}),
+                                    ("dictionary_learning", {"ae.pt"})) if files <= names]
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(sorted(names)[:8]) or "nothing"
+    if not found:
+        raise UserError(f"sae_path {path}: no known SAE layout (it holds {listing}); expected cfg.json + "
+                        f"sae_weights.safetensors (saelens), cfg.json + sae.safetensors (sparsify) or ae.pt "
+                        f"(dictionary_learning)", field="sae_path")
+    raise UserError(f"sae_path {path}: ambiguous layout (it holds {listing}): could be {' or '.join(found)}; pass "
+                    f"--format", field="sae_path")
+
+
+def _read_json(f: Path) -> dict:
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"sae_path {f}: unreadable ({type(err).__name__}: {str(err)[:120]})",
+                        field="sae_path") from None
+    if not isinstance(data, dict):
+        raise UserError(f"sae_path {f}: not a JSON object", field="sae_path")
+    return data
+
+
+def _read_safetensors(f: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not f.is_file():
+        raise UserError(f"sae_path {f}: no such file", field="sae_path")
+    try:
+        return {k: v.float() for k, v in load_file(str(f)).items()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"sae_path {f}: damaged or truncated safetensors file ({str(err)[:120]})",
+                        field="sae_path") from None
+
+
+def _need(state: dict, keys: tuple[str, ...], where: Path, fmt: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise UserError(f"sae_path {where}: not a {fmt} SAE (no {', '.join(missing)}; it holds "
+                        f"{', '.join(sorted(state)[:8])})", field="sae_path")
+
+
+def _shape(t: torch.Tensor, shape: tuple[int, ...], name: str, where: Path) -> None:
+    if tuple(t.shape) != shape:
+        raise UserError(f"sae_path {where}: {name} has shape {tuple(t.shape)}, expected {shape}", field="sae_path")
+
+
+SAELENS_ARCHS = ("standard", "topk", "jumprelu")
+
+
+def read_saelens(path: Path) -> SAEWeights:
+    """SAELens 6.x (``SAE.save_model`` / ``save_inference_model``): ``W_enc`` [D, F], ``W_dec`` [F, D];
+    ``apply_b_dec_to_input`` says whether ``b_dec`` is subtracted first; TopK's
+    ``rescale_acts_by_decoder_norm`` multiplies pre-activations by the decoder row norms (folded
+    here); BatchTopK and Matryoshka are saved as ``jumprelu`` with the threshold repeated per latent
+    (``k`` and cumulative ``matryoshka_widths`` in ``metadata.training_architecture_details``)."""
+    cfg = _read_json(path / "cfg.json")
+    arch = cfg.get("architecture", "standard")
+    if arch not in SAELENS_ARCHS:
+        raise UserError(f"sae_path {path}: SAELens architecture {arch!r} is not supported (supported: "
+                        f"{', '.join(SAELENS_ARCHS)}; a {arch} SAE has no equivalent among saevlm's)", field="sae_path")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        if norm == "expected_average_only_in":
+            raise UserError(f"sae_path {path}: trained on inputs scaled by a norm_scaling_factor that the "
+                            f"checkpoint does not hold (normalize_activations {norm!r}); pass --input_norm scalar:S "
+                            f"with S = 1 / norm_scaling_factor (SAELens lists the factor in pretrained_saes.yaml)",
+                            field="sae_path", mentions=("input_norm",))
+        raise UserError(f"sae_path {path}: normalize_activations {norm!r} normalises each input by its own "
+                        f"statistics, which no linear SAE can fold in; not supported", field="sae_path")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise UserError(f"sae_path {path}: reshape_activations {cfg['reshape_activations']!r} (attention heads) "
+                        f"is not a vision-tower hook; not supported", field="sae_path")
+    state = _read_safetensors(path / "sae_weights.safetensors")
+    _need(state, ("W_enc", "b_enc", "W_dec", "b_dec"), path, "SAELens")
+    d, f = int(cfg.get("d_in", state["W_enc"].shape[0])), int(cfg.get("d_sae", state["W_enc"].shape[1]))
+    _shape(state["W_enc"], (d, f), "W_enc", path)
+    _shape(state["W_dec"], (f, d), "W_dec", path)
+    _shape(state["b_enc"], (f,), "b_enc", path)
+    _shape(state["b_dec"], (d,), "b_dec", path)
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    w = SAEWeights("standard", state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"],
+                   centred=bool(cfg.get("apply_b_dec_to_input", True)), metadata=dict(meta))
+    if arch == "topk":
+        w.arch, w.k = "top_k", int(cfg["k"])
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            n = w.W_dec.norm(dim=-1)  # codes are pre * n: scale the encoder, un-scale the decoder
+            w.W_enc, w.b_enc, w.W_dec = w.W_enc * n[None, :], w.b_enc * n, w.W_dec / n[:, None]
+    elif arch == "jumprelu":
+        _need(state, ("threshold",), path, "SAELens JumpReLU")
+        thr = state["threshold"]
+        _shape(thr, (f,), "threshold", path)
+        w.arch, w.threshold = "jumprelu", thr
+        training = meta.get("training_architecture")
+        details = meta.get("training_architecture_details") or {}
+        if training in ("batchtopk", "matryoshka_batchtopk") and bool((thr == thr[0]).all()) and float(thr[0]) >= 0:
+            # one threshold for every latent: the BatchTopK SAE it was trained as (same codes: for a
+            # threshold >= 0, relu(pre) > t exactly where pre > t)
+            w.arch, w.threshold = "batch_top_k", thr[0].clone()
+            w.k = int(details["k"]) if details.get("k") is not None else None
+            widths = details.get("matryoshka_widths")
+            if training == "matryoshka_batchtopk" and widths:
+                w.arch = "matryoshka_batch_top_k"
+                w.group_sizes = [int(b) - int(a) for a, b in zip([0, *widths[:-1]], widths)]
+    return w
+
+
+def read_sparsify(path: Path) -> SAEWeights:
+    """sparsify (EleutherAI, PyPI ``eai-sparsify``): ``encoder.weight`` [F, D], ``encoder.bias``,
+    ``W_dec`` [F, D], ``b_dec``; codes = top-k of relu(encoder(x - b_dec)) per row."""
+    cfg = _read_json(path / "cfg.json")
+    if cfg.get("transcode") or cfg.get("skip_connection"):
+        raise UserError(f"sae_path {path}: a sparsify transcoder / skip-connection model maps one layer to "
+                        f"another; saevlm takes SAEs that reconstruct their input", field="sae_path")
+    if cfg.get("activation", "topk") != "topk":
+        raise UserError(f"sae_path {path}: sparsify activation {cfg.get('activation')!r} is not supported "
+                        f"(only topk)", field="sae_path")
+    state = _read_safetensors(path / "sae.safetensors")
+    _need(state, ("encoder.weight", "encoder.bias", "W_dec", "b_dec"), path, "sparsify")
+    f, d = state["encoder.weight"].shape
+    _shape(state["W_dec"], (f, d), "W_dec", path)
+    if "d_in" in cfg and int(cfg["d_in"]) != d:
+        raise UserError(f"sae_path {path}: cfg.json says d_in {cfg['d_in']}, the weights take {d}", field="sae_path")
+    return SAEWeights("top_k", state["encoder.weight"].T.contiguous(), state["encoder.bias"], state["W_dec"],
+                      state["b_dec"], centred=True, k=int(cfg["k"]), metadata={})
+
+
+def from_loaded(sae) -> SAEWeights:
+    """A dictionary_learning SAE loaded by :func:`saevlm.sae.checkpoint.load_sae` in canonical form."""
+    ae, arch = sae.ae, sae.arch
+    sd = {k: v.detach().float().cpu() for k, v in ae.state_dict().items()}
+    if arch in ("matryoshka_batch_top_k", "jumprelu"):
+        W_enc, b_enc, W_dec, b_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"]
+        centred = arch == "matryoshka_batch_top_k" or bool(getattr(ae, "apply_b_dec_to_input", False))
+    else:
+        W_enc, b_enc, W_dec = sd["encoder.weight"].T.contiguous(), sd["encoder.bias"], sd["decoder.weight"].T.contiguous()
+        b_dec, centred = (sd["bias"] if arch == "standard" else sd["b_dec"]), True
+    thr = sd.get("threshold")
+    if arch in ("batch_top_k", "matryoshka_batch_top_k"):
+        thr = thr.reshape(())
+        if float(thr) < 0:  # dictionary_learning's "no threshold yet" sentinel: inference uses the batch top-k
+            raise UserError(f"sae_path {sae.path}: its threshold is unset (-1: saved before the threshold was "
+                            f"learned); only a finished BatchTopK SAE can be exported", field="sae_path")
+    elif arch != "jumprelu":
+        thr = None
+    return SAEWeights(arch, W_enc, b_enc, W_dec, b_dec, centred, k=sae.k, threshold=thr,
+                      group_sizes=sae.group_sizes(), metadata={})
+
+
+def read_dictionary_learning(path: Path) -> SAEWeights:
+    from saevlm.sae.checkpoint import load_sae
+
+    return from_loaded(load_sae(str(path)))
+
+
+READERS = {"dictionary_learning": read_dictionary_learning, "saelens": read_saelens, "sparsify": read_sparsify}
+
+
+# ----------------------------------------------------------------------------- writing
+def dictionary_learning_state(w: SAEWeights) -> tuple[str, dict[str, torch.Tensor]]:
+    """(dict_class, state dict) of the dictionary_learning class saevlm loads for ``w.arch``."""
+    from saevlm.sae.archs import ARCHITECTURES
+
+    cls = ARCHITECTURES[w.arch][3]
+    d, f = w.dims
+    if w.arch == "jumprelu":  # dictionary_learning's JumpReLU does not centre its input
+        w = with_centring(w, False)
+        return cls, {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec,
+                     "threshold": w.threshold.reshape(f)}
+    w = with_centring(w, True)
+    if w.arch == "matryoshka_batch_top_k":
+        return cls, {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec,
+                     "k": torch.tensor(int(w.k)), "threshold": w.threshold.reshape(()),
+                     "group_sizes": torch.tensor(w.group_sizes)}
+    common = {"encoder.weight": w.W_enc.T.contiguous(), "encoder.bias": w.b_enc,
+              "decoder.weight": w.W_dec.T.contiguous()}
+    if w.arch == "standard":
+        return cls, {**common, "bias": w.b_dec}
+    if w.arch == "top_k":
+        return cls, {**common, "b_dec": w.b_dec, "k": torch.tensor(int(w.k)), "threshold": torch.tensor(-1.0)}
+    return cls, {**common, "b_dec": w.b_dec, "k": torch.tensor(int(w.k)), "threshold": w.threshold.reshape(())}
+
+
+def saelens_files(w: SAEWeights, metadata: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(cfg.json, tensors) as SAELens 6.x's ``save_model`` writes them. BatchTopK and Matryoshka become
+    ``jumprelu`` with the threshold repeated per latent, as SAELens saves its own."""
+    d, f = w.dims
+    cfg: dict[str, Any] = {"d_in": d, "d_sae": f, "dtype": "float32", "device": "cpu",
+                           "apply_b_dec_to_input": w.centred, "normalize_activations": "none",
+                           "reshape_activations": "none", "metadata": metadata}
+    tensors = {"W_enc": w.W_enc.contiguous(), "b_enc": w.b_enc.contiguous(), "W_dec": w.W_dec.contiguous(),
+               "b_dec": w.b_dec.contiguous()}
+    if w.arch == "standard":
+        cfg["architecture"] = "standard"
+    elif w.arch == "top_k":
+        cfg.update(architecture="topk", k=int(w.k), rescale_acts_by_decoder_norm=False)
+    else:
+        cfg["architecture"] = "jumprelu"
+        tensors["threshold"] = w.threshold.reshape(-1).expand(f).contiguous().clone()
+        if w.arch != "jumprelu":
+            details: dict[str, Any] = {"k": w.k}
+            if w.group_sizes:
+                import itertools
+                details["matryoshka_widths"] = list(itertools.accumulate(w.group_sizes))
+            cfg["metadata"] = {**metadata, "training_architecture": "matryoshka_batchtopk" if w.group_sizes
+                               else "batchtopk", "training_architecture_details": details}
+    return cfg, tensors
+
+
+def sparsify_files(w: SAEWeights, where: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(cfg.json, tensors) as sparsify's ``save_to_disk`` writes them: per-row TopK SAEs only."""
+    if w.arch != "top_k":
+        raise UserError(f"sae_path {where}: a {w.arch} SAE cannot be written for sparsify, whose SparseCoder "
+                        f"keeps exactly k latents per row and has no threshold inference; export it with "
+                        f"--format saelens", field="sae_path")
+    w = with_centring(w, True)
+    d, f = w.dims
+    cfg = {"activation": "topk", "expansion_factor": max(f // d, 1), "normalize_decoder": False,
+           "num_latents": f, "k": int(w.k), "multi_topk": False, "skip_connection": False, "transcode": False,
+           "d_in": d}
+    return cfg, {"encoder.weight": w.W_enc.T.contiguous(), "encoder.bias": w.b_enc.contiguous(),
+                 "W_dec": w.W_dec.contiguous(), "b_dec": w.b_dec.contiguous()}

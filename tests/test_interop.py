@@ -1,0 +1,401 @@
+"""import-sae / export-sae against the other libraries themselves (SAELens 6.x, sparsify).
+
+Each SAE is created and saved BY THE LIBRARY (random weights, non-zero biases, thresholds set),
+imported with ``saevlm import-sae``, loaded as every command loads an SAE (``load_sae``), and its
+codes compared with the library's own ``encode`` on the same inputs; exports are loaded back by the
+library. The libraries are test-only dependencies that ``make test`` installs into ``.test-libs/``
+(requirements-interop.txt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+
+TEST_LIBS = Path(__file__).resolve().parent.parent / ".test-libs"
+if TEST_LIBS.is_dir() and str(TEST_LIBS) not in sys.path:
+    sys.path.append(str(TEST_LIBS))  # last: never shadows the project's own packages
+
+
+def _library(name: str):
+    try:
+        return __import__(name)
+    except ImportError:
+        if os.environ.get("SAEVLM_REQUIRE_INTEROP"):
+            raise
+        pytest.skip(f"{name} is not installed: `make test` installs the test-only SAE libraries into .test-libs/ "
+                    f"(requirements-interop.txt)")
+
+
+@pytest.fixture(scope="module")
+def sae_lens():
+    return _library("sae_lens")
+
+
+@pytest.fixture(scope="module")
+def sparsify():
+    return _library("sparsify")
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random (non-zero biases), as a trained SAE's would be."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def inputs(d: int, n: int = 256, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)) * 2.0 + 0.5
+
+
+def ours(trainer: Path, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, reconstruction) of an imported SAE, loaded as every saevlm command loads it."""
+    from saevlm.sae.checkpoint import load_sae
+    from saevlm.sae.inference import encode_batch
+
+    sae = load_sae(str(trainer))
+    with torch.no_grad():
+        codes = encode_batch(sae, x)
+        return codes, sae.ae.decode(codes)
+
+
+def import_sae(src: Path, dst: Path, *extra) -> None:
+    assert run_cli("import-sae", "--sae_path", src, "--output_dir", dst, *extra) == 0
+
+
+def assert_codes_equal(got: torch.Tensor, want: torch.Tensor, atol: float = 1e-5) -> None:
+    assert got.shape == want.shape
+    assert (got != 0).sum() > 0, "no code is active: the comparison would prove nothing"
+    torch.testing.assert_close(got, want, atol=atol, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- SAELens -> saevlm
+def _saelens_sae(sae_lens, arch: str, d: int, f: int, seed: int, **cfg):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    cls, cfg_cls = {"standard": (StandardSAE, StandardSAEConfig), "topk": (TopKSAE, TopKSAEConfig),
+                    "jumprelu": (JumpReLUSAE, JumpReLUSAEConfig)}[arch]
+    sae = cls(cfg_cls(d_in=d, d_sae=f, **cfg))
+    randomize(sae, seed)
+    if arch == "jumprelu":
+        with torch.no_grad():
+            sae.threshold.copy_(torch.rand(f, generator=torch.Generator().manual_seed(seed + 7)) * 0.5)
+    return sae
+
+
+@pytest.mark.parametrize("arch, d, f, cfg", [
+    ("standard", 16, 48, {"apply_b_dec_to_input": True}),
+    ("standard", 16, 48, {"apply_b_dec_to_input": False}),
+    ("standard", 16, 16, {}),  # F = D: a wrong transpose would still have the right shapes
+    ("topk", 16, 48, {"k": 5}),
+    ("topk", 16, 16, {"k": 4, "rescale_acts_by_decoder_norm": True}),
+    ("jumprelu", 16, 48, {"apply_b_dec_to_input": True}),
+    ("jumprelu", 16, 48, {"apply_b_dec_to_input": False}),
+])
+def test_saelens_sae_imports_with_the_librarys_codes(sae_lens, tmp_path, arch, d, f, cfg):
+    sae = _saelens_sae(sae_lens, arch, d, f, seed=3, **cfg)
+    sae.save_model(tmp_path / "src")
+    import_sae(tmp_path / "src", tmp_path / "ours")
+    x = inputs(d)
+    with torch.no_grad():
+        want = sae.encode(x)
+        want_recon = sae.decode(want)
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want)
+    torch.testing.assert_close(recon, want_recon, atol=1e-4, rtol=1e-4)
+    record = json.loads((tmp_path / "ours" / "imported.json").read_text())
+    assert record["format"] == "saelens" and "sae_weights.safetensors" in record["files"]
+
+
+@pytest.mark.parametrize("matryoshka", [False, True])
+def test_saelens_batchtopk_and_matryoshka_come_back_as_ours(sae_lens, tmp_path, matryoshka):
+    """SAELens saves BatchTopK / Matryoshka as jumprelu with the threshold repeated per latent;
+    they import as saevlm's BatchTopK / Matryoshka (k, groups) with the same codes."""
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+
+    from saevlm.sae.checkpoint import load_sae
+
+    d, f = 12, 40
+    if matryoshka:
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=d, d_sae=f, k=6, matryoshka_widths=[4, 12, 40]))
+    else:
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d, d_sae=f, k=6))
+    randomize(sae, 5)
+    sae.topk_threshold = torch.tensor(0.4)
+    sae.save_inference_model(tmp_path / "src")
+    from sae_lens import SAE
+    lib = SAE.load_from_disk(tmp_path / "src")  # the file as SAELens itself reads it back
+    import_sae(tmp_path / "src", tmp_path / "ours")
+    loaded = load_sae(str(tmp_path / "ours"))
+    assert loaded.arch == ("matryoshka_batch_top_k" if matryoshka else "batch_top_k") and loaded.k == 6
+    assert loaded.group_sizes() == ([4, 8, 28] if matryoshka else None)
+    x = inputs(d)
+    with torch.no_grad():
+        want = lib.encode(x)
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want)
+    with torch.no_grad():
+        torch.testing.assert_close(recon, lib.decode(want), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("per_dim", [False, True])
+def test_an_input_normalisation_is_folded_exactly(sae_lens, tmp_path, per_dim):
+    """With --input_norm, saevlm's codes of raw x equal the library's codes of (x - mean) / std, and
+    its reconstruction is the library's mapped back (x_hat * std + mean)."""
+    d, f = 16, 48
+    sae = _saelens_sae(sae_lens, "topk", d, f, seed=9, k=6)
+    sae.save_model(tmp_path / "src")
+    g = torch.Generator().manual_seed(4)
+    mean = torch.randn(d, generator=g)
+    std = torch.rand(d, generator=g) * 3 + 0.5 if per_dim else torch.tensor(2.5)
+    np.savez(tmp_path / "stats.npz", mean=mean.numpy(), std=std.numpy())
+    import_sae(tmp_path / "src", tmp_path / "ours", "--input_norm", f"stats:{tmp_path / 'stats.npz'}")
+    x = inputs(d) * 3 + 1
+    with torch.no_grad():
+        want = sae.encode((x - mean) / std)
+        want_recon = sae.decode(want) * std + mean
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want, atol=1e-4)
+    torch.testing.assert_close(recon, want_recon, atol=1e-3, rtol=1e-4)
+
+
+def test_each_convention_flipped_gives_other_codes(sae_lens, tmp_path):
+    """The comparisons above can fail: each single convention flipped (orientation of an F = D SAE,
+    centring, normalisation, the threshold compared with > rather than >=) changes the codes."""
+    from dataclasses import replace
+
+    from saevlm.sae import interop
+
+    d = f = 16
+    sae = _saelens_sae(sae_lens, "jumprelu", d, f, seed=11, apply_b_dec_to_input=True)
+    sae.save_model(tmp_path / "src")
+    w = interop.read_saelens(tmp_path / "src")
+    x = inputs(d)
+    with torch.no_grad():
+        want = sae.encode(x)
+    assert_codes_equal(w.encode(x), want)
+    flips = {"orientation": replace(w, W_enc=w.W_enc.T.contiguous()),
+             "centring": replace(w, centred=False),
+             "normalisation": interop.fold_input_norm(w, None, 2.0)}
+    for name, flipped in flips.items():
+        assert not torch.allclose(flipped.encode(x), want, atol=1e-3), name
+    # threshold: exact arithmetic (integer weights and inputs), pre-activations equal to the threshold
+    eye = _saelens_sae(sae_lens, "jumprelu", 4, 4, seed=0, apply_b_dec_to_input=True)
+    with torch.no_grad():
+        eye.W_enc.copy_(torch.eye(4))
+        eye.W_dec.copy_(torch.eye(4))
+        eye.b_enc.zero_()
+        eye.b_dec.zero_()
+        eye.threshold.fill_(2.0)
+    eye.save_model(tmp_path / "eye")
+    import_sae(tmp_path / "eye", tmp_path / "eye_ours")
+    x = torch.tensor([[2.0, 3.0, 1.0, 2.0]])
+    codes, _ = ours(tmp_path / "eye_ours", x)
+    with torch.no_grad():
+        assert torch.equal(codes, eye.encode(x)) and torch.equal(codes, torch.tensor([[0.0, 3.0, 0.0, 0.0]]))
+
+
+# ----------------------------------------------------------------------------- sparsify -> saevlm
+@pytest.mark.parametrize("d, f, k", [(16, 48, 5), (16, 16, 3)])
+def test_sparsify_sae_imports_with_the_librarys_codes(sparsify, tmp_path, d, f, k):
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=f, k=k, normalize_decoder=False))
+    randomize(sae, 13)
+    sae.save_to_disk(tmp_path / "src")
+    import_sae(tmp_path / "src", tmp_path / "ours")
+    x = inputs(d)
+    with torch.no_grad():
+        out = sae.encode(x)
+        want = torch.zeros(len(x), f).scatter_(1, out.top_indices, out.top_acts)
+        want_recon = sae.decode(out.top_acts, out.top_indices)
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want)
+    torch.testing.assert_close(recon, want_recon, atol=1e-4, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- saevlm -> libraries
+def _our_sae(arch: str, d: int, f: int, path: Path, seed: int = 21) -> Path:
+    """A dictionary_learning SAE of ``arch`` with random weights, biases and threshold, saved as a
+    trainer folder."""
+    from saevlm.sae.archs import dict_class
+
+    cls = dict_class(arch)
+    ae = {"top_k": lambda: cls(d, f, 5), "batch_top_k": lambda: cls(d, f, 5),
+          "matryoshka_batch_top_k": lambda: cls(d, f, 5, [8, f - 8])}.get(arch, lambda: cls(d, f))()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in ae.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        if hasattr(ae, "threshold"):
+            ae.threshold.copy_(torch.rand(ae.threshold.shape, generator=g) * 0.3 + 0.05)
+    path.mkdir(parents=True)
+    torch.save(ae.state_dict(), path / "ae.pt")
+    (path / "config.json").write_text(json.dumps({"trainer": {"dict_class": type(ae).__name__,
+                                                              "activation_dim": d, "dict_size": f}}))
+    return path
+
+
+@pytest.mark.parametrize("arch", ["standard", "top_k", "batch_top_k", "matryoshka_batch_top_k", "jumprelu"])
+def test_export_to_saelens_loads_there_with_our_codes(sae_lens, tmp_path, arch):
+    from sae_lens import SAE
+
+    src = _our_sae(arch, 16, 40, tmp_path / "trainer_0")
+    assert run_cli("export-sae", "--sae_path", src, "--format", "saelens", "--output_dir", tmp_path / "out") == 0
+    lib = SAE.load_from_disk(tmp_path / "out")
+    x = inputs(16)
+    codes, recon = ours(src, x)
+    with torch.no_grad():
+        assert_codes_equal(lib.encode(x), codes)
+        torch.testing.assert_close(lib.decode(codes), recon, atol=1e-4, rtol=1e-4)
+    # and back: import of the export is the same SAE
+    import_sae(tmp_path / "out", tmp_path / "back")
+    assert_codes_equal(ours(tmp_path / "back", x)[0], codes)
+
+
+def test_export_to_sparsify_loads_there_and_batchtopk_is_refused(sparsify, tmp_path, capsys):
+    from sparsify import SparseCoder
+
+    src = _our_sae("top_k", 16, 40, tmp_path / "trainer_0")
+    assert run_cli("export-sae", "--sae_path", src, "--format", "sparsify", "--output_dir", tmp_path / "out") == 0
+    lib = SparseCoder.load_from_disk(tmp_path / "out")
+    x = inputs(16)
+    codes, recon = ours(src, x)
+    with torch.no_grad():
+        out = lib.encode(x)
+        assert_codes_equal(torch.zeros_like(codes).scatter_(1, out.top_indices, out.top_acts), codes)
+        torch.testing.assert_close(lib.decode(out.top_acts, out.top_indices), recon, atol=1e-4, rtol=1e-4)
+    bt = _our_sae("batch_top_k", 16, 40, tmp_path / "bt")
+    capsys.readouterr()
+    assert run_cli("export-sae", "--sae_path", bt, "--format", "sparsify", "--output_dir", tmp_path / "o2") == 2
+    err = capsys.readouterr().err
+    assert "no threshold inference" in err and "--format saelens" in err and not (tmp_path / "o2").exists()
+
+
+# ----------------------------------------------------------------------------- bad input
+class NotATensor:
+    """A pickled object inside an ae.pt: torch.load(weights_only=True) refuses it."""
+
+
+def _one_line(capsys, *words) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_bad_sources_are_one_line_and_leave_nothing(sae_lens, tmp_path, capsys):
+    """Unknown layout, a normalisation the checkpoint does not hold, a truncated file, NaN weights,
+    a pickle: exit 2, one line naming the file or flag, nothing written at --output_dir."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "out"
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "weights.bin").write_bytes(b"\0" * 10)
+    cases = [(odd, [], ("--sae_path", "no known SAE layout", "weights.bin"))]
+    scaled = _saelens_sae(sae_lens, "standard", 8, 24, seed=1, normalize_activations="expected_average_only_in")
+    scaled.save_model(tmp_path / "scaled")
+    cases.append((tmp_path / "scaled", [], ("--sae_path", "norm_scaling_factor", "--input_norm scalar:S")))
+    trunc = tmp_path / "trunc"
+    _saelens_sae(sae_lens, "standard", 8, 24, seed=1).save_model(trunc)
+    data = (trunc / "sae_weights.safetensors").read_bytes()
+    (trunc / "sae_weights.safetensors").write_bytes(data[: len(data) // 2])
+    cases.append((trunc, [], ("--sae_path", "sae_weights.safetensors", "damaged or truncated")))
+    nan = tmp_path / "nan"
+    _saelens_sae(sae_lens, "standard", 8, 24, seed=1).save_model(nan)
+    state = load_file(nan / "sae_weights.safetensors")
+    state["W_dec"][3, 2] = float("nan")
+    save_file(state, nan / "sae_weights.safetensors")
+    cases.append((nan, [], ("--sae_path", "W_dec holds NaN")))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save({"W_enc": torch.zeros(2, 2), "note": NotATensor()}, pickled / "ae.pt")
+    cases.append((pickled, [], ("--sae_path", "not a readable torch checkpoint")))
+    cases.append((tmp_path / "nan", ["--input_norm", "stats:missing.npz"], ("--input_norm", "no such file")))
+    for src, extra, words in cases:
+        capsys.readouterr()
+        assert run_cli("import-sae", "--sae_path", src, "--output_dir", out, *extra) == 2, src
+        _one_line(capsys, *words)
+        assert not out.exists() and not list(tmp_path.glob(".out.import-*"))
+
+
+def test_offline_hub_sources_say_what_to_do(tmp_path, capsys, monkeypatch):
+    """hf:<owner>/<repo>/<sub> reads the hub cache offline; an uncached repo is one line."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert run_cli("import-sae", "--sae_path", "hf:nobody/no-such-saes/layer_3", "--output_dir", tmp_path / "o") == 2
+    _one_line(capsys, "--sae_path hf:nobody/no-such-saes/layer_3", "HF_HUB_OFFLINE")
+    # the same repo in the hub cache's layout (refs/main -> snapshots/<commit>/) is found offline
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--nobody--no-such-saes"
+    _our_sae("top_k", 8, 16, repo / "snapshots" / commit / "layer_3")
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    import_sae("hf:nobody/no-such-saes/layer_3", tmp_path / "o")
+    x = inputs(8)
+    assert_codes_equal(ours(tmp_path / "o", x)[0], ours(repo / "snapshots" / commit / "layer_3", x)[0])
+
+
+def test_an_imported_sae_carries_its_model_and_hook_through_every_command(sae_lens, tiny_clip_dir, image_folder,
+                                                                          tmp_path, capsys):
+    """A SAELens SAE on the tiny CLIP's block 1: import with the model, hook and tokens -> extract ->
+    encode -> ms -> top-images -> explore; a store of another block is refused, a width that does
+    not fit the model is one line naming both."""
+    from saevlm.data.codes import CodeStore
+
+    d = 64  # the tiny CLIP's width
+    sae = _saelens_sae(sae_lens, "topk", d, 128, seed=2, k=8)
+    sae.save_model(tmp_path / "src")
+    common = ["--data_path", image_folder, "--device", "cpu", "--num_workers", "0", "--no_progress"]
+    import_sae(tmp_path / "src", tmp_path / "sae", "--model_name", tiny_clip_dir, "--layer", "1", "--tokens", "cls")
+    for layer in ("1", "2"):
+        assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", layer, "--cls_only", "--output_dir",
+                       tmp_path / "acts", *common) == 0
+    assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", tmp_path / "emb", *common) == 0
+    codes = tmp_path / "codes"
+    assert run_cli("encode", "--sae_path", tmp_path / "sae", "--activations_dir",
+                   tmp_path / "acts" / "post_mlp_residual_1", "--output_dir", codes, "--no_progress") == 0
+    # the stored codes are SAELens' codes of the stored activations
+    from saevlm.data.store import ActivationStore
+    acts = torch.as_tensor(np.concatenate([a for _, a in ActivationStore(tmp_path / "acts" / "post_mlp_residual_1")
+                                           .iter_chunks(1000)]))
+    dense = np.zeros((len(acts), 128), np.float32)
+    for chunk in CodeStore(codes).iter_csr(1000):
+        for r in range(chunk.num_rows):
+            lo, hi = chunk.indptr[r], chunk.indptr[r + 1]
+            dense[chunk.start + r, chunk.indices[lo:hi]] = chunk.values[lo:hi]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.as_tensor(dense), sae.encode(acts), atol=1e-5, rtol=1e-5)
+    assert run_cli("ms", "--activations_dir", codes, "--embeddings_path", tmp_path / "emb", "--device", "cpu",
+                   "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", codes, "--k", "4", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("explore", "--run_dir", tmp_path, "--static", tmp_path / "site", "--latents", "top:3",
+                   "--no_progress") == 0
+    capsys.readouterr()
+    assert run_cli("encode", "--sae_path", tmp_path / "sae", "--activations_dir",
+                   tmp_path / "acts" / "post_mlp_residual_2", "--output_dir", tmp_path / "c2", "--no_progress") == 2
+    _one_line(capsys, "--sae_path", "trained on hook")
+    narrow = _saelens_sae(sae_lens, "topk", 32, 64, seed=2, k=4)
+    narrow.save_model(tmp_path / "narrow")
+    assert run_cli("import-sae", "--sae_path", tmp_path / "narrow", "--output_dir", tmp_path / "n",
+                   "--model_name", tiny_clip_dir, "--layer", "1") == 2
+    _one_line(capsys, "32-d inputs", "64-d activations", "post_mlp_residual_1")
+    assert not (tmp_path / "n").exists()
