@@ -399,3 +399,169 @@ def test_an_imported_sae_carries_its_model_and_hook_through_every_command(sae_le
                    "--model_name", tiny_clip_dir, "--layer", "1") == 2
     _one_line(capsys, "32-d inputs", "64-d activations", "post_mlp_residual_1")
     assert not (tmp_path / "n").exists()
+
+
+# ----------------------------------------------------------------------------- saev -> saevlm
+def saev_dump(path: Path, state: dict, cfg: dict, schema: int | None = 5) -> Path:
+    """A checkpoint written exactly as saev's ``nn.modeling.dump`` writes one: a JSON header line
+    (schema, cfg with the activation as {"cls", "params"}), then ``torch.save`` of the state dict."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"schema": schema, "cfg": cfg, "commit": "unknown", "lib": "1.2.0"} if schema is not None else cfg
+    with open(path, "wb") as fd:
+        fd.write((json.dumps(header) + "\n").encode())
+        torch.save(state, fd)
+    return path
+
+
+def saev_encode(state: dict, kind: str, k: int, centred: bool, x: torch.Tensor) -> torch.Tensor:
+    """A port of saev's SparseAutoencoder.encode in eval mode (nn/modeling.py): pre-activations
+    x @ W_enc + b_enc (x - b_dec first before schema 2), then Relu, TopK (the k largest
+    pre-activations kept as they are) or BatchTopK (x where x > threshold, ReLU if it is not positive)."""
+    h = (x - state["b_dec"] if centred else x) @ state["W_enc"] + state["b_enc"]
+    if kind == "Relu":
+        return torch.relu(h)
+    if kind == "TopK":
+        idx = torch.topk(h, k, dim=-1).indices
+        return torch.zeros_like(h).scatter(-1, idx, 1.0) * h
+    thr = state["activation.threshold"]
+    return torch.where(h > thr, h, torch.zeros_like(h)) if thr > 0 else torch.where(h > 0, h, torch.zeros_like(h))
+
+
+def _saev_state(d: int, f: int, seed: int, threshold: float | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    state = {"W_enc": torch.randn(d, f, generator=g) * 0.3, "b_enc": torch.randn(f, generator=g) * 0.3,
+             "W_dec": torch.randn(f, d, generator=g) * 0.3, "b_dec": torch.randn(d, generator=g) * 0.3}
+    if threshold is not None:
+        state["activation.threshold"] = torch.tensor(threshold)
+    return state
+
+
+@pytest.mark.parametrize("kind, schema, d, f", [
+    ("Relu", 5, 16, 48), ("TopK", 5, 16, 48), ("BatchTopK", 5, 16, 16), ("Relu", None, 16, 48), ("TopK", 1, 16, 16),
+])
+def test_saev_checkpoints_import_with_saevs_codes(tmp_path, kind, schema, d, f):
+    """Schema 2+ does not centre; older checkpoints (no schema, schema 1) subtract b_dec first.
+    saev's TopK keeps negative pre-activations among its top k: saevlm's codes are their ReLU."""
+    state = _saev_state(d, f, 7, threshold=0.35 if kind == "BatchTopK" else None)
+    act = {"cls": kind, "params": {"top_k": 6} if kind != "Relu" else {}}
+    if schema is None:
+        cfg = {"d_vit": d, "exp_factor": f // d, "l1_coeff": 4e-4}
+    elif schema == 1:
+        cfg = {"d_vit": d, "exp_factor": f // d, "top_k": 6}
+    else:
+        cfg = {"d_model": d, "d_sae": f, "activation": act}
+    header_cls = {"cls": kind} if schema == 1 else {}
+    src = tmp_path / "layer_11" / "run1" / "sae.pt"
+    saev_dump(src, state, cfg, schema)
+    if header_cls:  # schema 1A names the activation at the top level
+        lines = src.read_bytes().split(b"\n", 1)
+        src.write_bytes(json.dumps({**json.loads(lines[0]), **header_cls}).encode() + b"\n" + lines[1])
+    import_sae(src, tmp_path / "ours", "--tokens", "patches")
+    x = inputs(d)
+    want = saev_encode(state, kind, 6, schema is None or schema < 2, x)
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, torch.relu(want))
+    torch.testing.assert_close(recon, torch.relu(want) @ state["W_dec"] + state["b_dec"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_saev_repo_is_picked_by_layer_and_l0_and_checked_by_sha256(tmp_path, capsys):
+    """A saev multi-checkpoint repo (layer_<N>/<run>/sae.pt + manifest.jsonl): --layer and --l0 pick
+    the checkpoint; one whose bytes differ from its row's SHA-256 is refused."""
+    import hashlib
+
+    repo = tmp_path / "SAE_DINOv3_ViT-S-16_IN1K"
+    rows = []
+    for layer, run, l0, seed in ((10, "aaa", 20.0, 1), (11, "bbb", 15.0, 2), (11, "ccc", 90.0, 3)):
+        f = saev_dump(repo / f"layer_{layer}" / run / "sae.pt", _saev_state(8, 32, seed),
+                      {"d_model": 8, "d_sae": 32, "activation": {"cls": "Relu", "params": {}}})
+        rows.append({"run_id": run, "layer": layer, "l0": l0, "mse": 0.1,
+                     "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "path": f"layer_{layer}/{run}/sae.pt"})
+    (repo / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    capsys.readouterr()
+    assert run_cli("import-sae", "--sae_path", repo, "--output_dir", tmp_path / "o", "--tokens", "patches") == 2
+    _one_line(capsys, "--layer", "--run_id", "3 checkpoints")
+    import_sae(repo, tmp_path / "o", "--tokens", "patches", "--layer", "11", "--l0", "80")
+    record = json.loads((tmp_path / "o" / "imported.json").read_text())
+    assert record["manifest_row"]["run_id"] == "ccc"
+    x = inputs(8)
+    assert_codes_equal(ours(tmp_path / "o", x)[0], saev_encode(_saev_state(8, 32, 3), "Relu", 0, False, x))
+    (repo / "layer_11" / "ccc" / "sae.pt").write_bytes((repo / "layer_11" / "bbb" / "sae.pt").read_bytes())
+    assert run_cli("import-sae", "--sae_path", repo, "--output_dir", tmp_path / "o2", "--tokens", "patches",
+                   "--run_id", "ccc") == 2
+    _one_line(capsys, "SHA-256")
+    assert run_cli("import-sae", "--sae_path", repo / "layer_10" / "aaa" / "sae.pt", "--output_dir",
+                   tmp_path / "o3") == 2
+    _one_line(capsys, "--tokens", "patches")
+
+
+# ----------------------------------------------------------------------------- visaebench -> saevlm
+@pytest.fixture(scope="module")
+def visaebench():
+    return _library("visaebench")
+
+
+def _visaebench_folder(path: Path, activation: str, d: int, f: int, seed: int, safetensors: bool = False) -> Path:
+    """A checkpoint folder in visaebench's upload format (config.json + sae.pt / model.safetensors)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {"encoder.weight": torch.randn(f, d, generator=g) * 0.3, "encoder.bias": torch.randn(f, generator=g) * 0.3,
+             "decoder.weight": torch.randn(f, d, generator=g) * 0.3, "decoder.bias": torch.randn(d, generator=g) * 0.3}
+    cfg = {"activation": activation, "input_dim": d, "hidden_dim": f, "k": 6}
+    if activation == "batchtopk":
+        cfg["threshold"] = 0.3
+    if activation == "jumprelu":
+        state["jump_thresholds"] = torch.rand(f, generator=g) * 0.4
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    if safetensors:
+        from safetensors.torch import save_file
+        save_file(state, str(path / "model.safetensors"))
+    else:
+        torch.save(state, path / "sae.pt")
+    return path
+
+
+@pytest.mark.parametrize("activation, d, f, safetensors", [
+    ("topk", 16, 48, False), ("batchtopk", 16, 48, True), ("batchtopk", 16, 16, False), ("jumprelu", 16, 48, False)])
+def test_visaebench_saes_import_with_visaebenchs_codes(visaebench, tmp_path, activation, d, f, safetensors):
+    """visaebench's own load_sae / GenericSAE on the same folder; its inputs are normalised by a mean
+    [D] and a scalar std that saevlm folds in (--input_norm)."""
+    from visaebench.hub import load_sae
+
+    src = _visaebench_folder(tmp_path / f"{activation}_3x_k6", activation, d, f, 17, safetensors)
+    lib = load_sae(str(src), device="cpu")
+    g = torch.Generator().manual_seed(5)
+    mean, std = torch.randn(d, generator=g), 1.7
+    np.savez(tmp_path / "stats.npz", mean=mean.numpy(), std=np.float32(std))
+    import_sae(src, tmp_path / "ours", "--tokens", "patches", "--input_norm", f"stats:{tmp_path / 'stats.npz'}")
+    x = inputs(d) * std + mean
+    with torch.no_grad():
+        want = lib.encode((x - mean) / std)
+        want_recon = lib.decode(want) * std + mean
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want, atol=1e-4)
+    torch.testing.assert_close(recon, want_recon, atol=1e-3, rtol=1e-4)
+
+
+def test_visaebench_needs_its_normalisation_said(visaebench, tmp_path, capsys):
+    src = _visaebench_folder(tmp_path / "batchtopk_8x_k6", "batchtopk", 8, 64, 1)
+    assert run_cli("import-sae", "--sae_path", src, "--output_dir", tmp_path / "o", "--tokens", "patches") == 2
+    _one_line(capsys, "--input_norm", "stats:FILE", "--input_norm none")
+    assert not (tmp_path / "o").exists()
+
+
+def test_visaebench_keeps_codes_equal_to_its_threshold(visaebench, tmp_path):
+    """visaebench's BatchTopK keeps codes >= threshold where SAELens and dictionary_learning keep > :
+    exact arithmetic (identity weights, integer inputs) puts codes exactly on the threshold."""
+    from visaebench.hub import load_sae
+
+    src = tmp_path / "batchtopk_1x_k2"
+    src.mkdir()
+    torch.save({"encoder.weight": torch.eye(4), "encoder.bias": torch.zeros(4), "decoder.weight": torch.eye(4)},
+               src / "sae.pt")
+    (src / "config.json").write_text(json.dumps({"activation": "batchtopk", "k": 2, "threshold": 2.0}))
+    import_sae(src, tmp_path / "ours", "--tokens", "patches", "--input_norm", "none")
+    x = torch.tensor([[2.0, 3.0, 1.0, 2.0]])
+    with torch.no_grad():
+        want = load_sae(str(src), device="cpu").encode(x)
+    codes, _ = ours(tmp_path / "ours", x)
+    assert torch.equal(codes, want) and torch.equal(codes, torch.tensor([[2.0, 3.0, 0.0, 2.0]]))

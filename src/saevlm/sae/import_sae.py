@@ -30,7 +30,7 @@ class ImportSAEConfig(CommandConfig):
 
     sae_path: str = opt()
     """the source: a folder or file, or hf:<owner>/<repo>[/<subfolder>] (downloaded through huggingface_hub)"""
-    format: str = opt("auto", choices=["auto", "dictionary_learning", "saelens", "sparsify"])
+    format: str = opt("auto", choices=["auto", "dictionary_learning", "saelens", "sparsify", "saev", "visaebench"])
     """the source's library (default: %(default)s, from the files the folder holds)"""
     output_dir: str = opt()
     """the trainer folder to write (ae.pt, config.json, weights.json, imported.json)"""
@@ -38,16 +38,21 @@ class ImportSAEConfig(CommandConfig):
     """the vision encoder the SAE was trained on (as extract takes it); loaded once to check the SAE's width
     at the hook and recorded, so commands refuse stores of another model. Without it nothing is checked"""
     layer: int | None = opt(None, group="what the checkpoint does not say")
-    """the block whose output the SAE reads (needed with --model_name at post_mlp_residual)"""
+    """the block whose output the SAE reads (needed with --model_name at post_mlp_residual; in a saev
+    multi-checkpoint repo it also picks the checkpoints of that layer)"""
+    l0: float | None = opt(None, group="picking one checkpoint of a saev repo (manifest.jsonl)")
+    """the checkpoint of --layer whose recorded L0 is nearest this"""
+    run_id: str | None = opt(None, group="picking one checkpoint of a saev repo (manifest.jsonl)")
+    """the checkpoint with this run_id"""
     attachment_point: str = opt("post_mlp_residual", choices=["post_mlp_residual", "post_projection"],
                                 group="what the checkpoint does not say")
     """(default: %(default)s)"""
     tokens: str | None = opt(None, choices=["cls", "mean", "all", "patches"], group="what the checkpoint does not say")
     """the tokens the SAE was trained on (recorded; patches = every token but CLS and registers)"""
-    input_norm: str = opt("none", group="what the checkpoint does not say")
+    input_norm: str | None = opt(None, group="what the checkpoint does not say")
     """normalisation the source applied to its inputs outside the checkpoint, folded into the weights:
-    none, scalar:S (x / S) or stats:FILE (an .npz / .pt / .json holding mean [D] and std, a scalar or [D])
-    (default: %(default)s)"""
+    none, scalar:S (x / S) or stats:FILE (an .npz / .pt / .json holding mean [D] and std, a scalar or [D]).
+    Required for visaebench (its mean and std come from its evaluation data); default: none"""
     overwrite: bool = opt(False)
     """replace an existing trainer folder at --output_dir"""
 
@@ -99,10 +104,9 @@ def source_record(path: Path) -> dict:
 def provenance_for(args: ImportSAEConfig, input_dim: int) -> tuple[dict | None, str]:
     """The provenance to record (None without --model_name) and a line saying what was checked."""
     if args.model_name is None:
-        if args.layer is not None or args.tokens is not None:
-            raise UserError("model_name: required with --layer / --tokens (the hook and tokens are recorded "
-                            "together with the model they belong to)", field="model_name")
-        return None, "no --model_name: the SAE records no model, hook or tokens, so no command can check them"
+        # (a hook recorded without its model would make every store look like another model's)
+        return None, ("no --model_name: the SAE records no model or hook, so no command can check that a store "
+                      "belongs to it" + (f"; its tokens ({args.tokens}) are recorded" if args.tokens else ""))
     from saevlm.models import load_encoder
     from saevlm.models.base import POST_PROJECTION
 
@@ -140,12 +144,31 @@ def run(args: ImportSAEConfig) -> int:
     mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
     src = resolve_source(args.sae_path)
     fmt = interop.detect_format(src) if args.format == "auto" else args.format
+    if fmt in interop.NEEDS_INPUT_NORM and args.input_norm is None:
+        raise UserError(f"input_norm: required for a {fmt} SAE, whose inputs were normalised by statistics kept "
+                        f"outside the checkpoint: pass --input_norm stats:FILE (mean [D], std) or, if its "
+                        f"inputs were raw, --input_norm none", field="input_norm")
+    if fmt in interop.NEEDS_TOKENS and args.tokens is None:
+        raise UserError(f"tokens: required for a {fmt} SAE (trained on patch tokens, usually without CLS): pass "
+                        f"--tokens patches (or the tokens it was trained on)", field="tokens")
+    picked = None
+    if fmt == "saev" and src.is_dir() and (src / "manifest.jsonl").is_file():
+        src, picked = interop.pick_saev_checkpoint(src, args.layer, args.l0, args.run_id)
+    elif args.l0 is not None or args.run_id is not None:
+        raise UserError("l0: only for a saev multi-checkpoint repo (manifest.jsonl)", field="l0")
     if fmt == "dictionary_learning" and src.is_dir() and not (src / "ae.pt").is_file():
         raise UserError(f"sae_path {src}: no ae.pt (a dictionary_learning trainer folder)", field="sae_path")
-    if fmt != "dictionary_learning" and not src.is_dir():
+    if fmt not in ("dictionary_learning", "saev") and not src.is_dir():
         raise UserError(f"sae_path {src}: a {fmt} SAE is a folder (cfg.json + weights), not a file", field="sae_path")
     weights = interop.READERS[fmt](src)
     weights.check_finite(str(src))
+    notes = []
+    if fmt == "saev" and weights.arch == "top_k":
+        notes.append("saev's TopK keeps the k largest pre-activations even when negative; saevlm's applies ReLU "
+                     "first, so these codes are ReLU of saev's (equal wherever the k-th largest is positive)")
+    if fmt == "saev" and weights.centred:
+        notes.append(f"saev checkpoint of schema {weights.metadata.get('saev_schema')}: its encoder subtracted "
+                     f"b_dec first (saev did until July 2025); folded as such")
     weights = interop.fold_input_norm(weights, mean, std)
     d, f = weights.dims
     provenance, checked = provenance_for(args, d)
@@ -155,10 +178,11 @@ def run(args: ImportSAEConfig) -> int:
         trainer["k"] = int(weights.k)
     if weights.group_sizes:
         trainer["group_sizes"] = list(weights.group_sizes)
-    record = {"format": fmt, "source": args.sae_path, "files": source_record(src),
+    record = {"format": fmt, "source": args.sae_path, "files": source_record(src), "tokens": args.tokens,
+              **({"manifest_row": picked} if picked else {}),
               "arch": weights.arch, "activation": interop.ACTIVATIONS[weights.arch],
               "folds": {"input_norm": norm_text, "centred_in_source": weights.centred},
-              "source_metadata": weights.metadata}
+              "source_metadata": weights.metadata, "notes": notes}
     config = {"trainer": trainer,
               "saevlm": {"arch": weights.arch, "weights_record": WEIGHTS_JSON, "imported": record,
                          **({"provenance": provenance} if provenance is not None else {})}}
@@ -196,5 +220,7 @@ def run(args: ImportSAEConfig) -> int:
           + (f", groups {weights.group_sizes}" if weights.group_sizes else "")
           + f"; input normalisation folded: {norm_text}", file=sys.stderr)
     print(f"import-sae: {checked}", file=sys.stderr)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {out}/ae.pt, config.json, {WEIGHTS_JSON}, {IMPORTED_JSON} (use it as --sae_path {out})")
     return 0

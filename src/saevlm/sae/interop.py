@@ -21,6 +21,9 @@ format                    files                                        centring
 dictionary_learning       ``ae.pt`` (+ ``config.json``)                yes (``b_dec`` / ``bias``)
 saelens                   ``cfg.json`` + ``sae_weights.safetensors``   ``apply_b_dec_to_input``
 sparsify                  ``cfg.json`` + ``sae.safetensors``           yes (not for transcoders)
+saev                      ``sae.pt``: one JSON line, then torch.save   schema < 2 only
+visaebench                ``sae.pt`` / ``model.safetensors`` +         no
+                          ``config.json``
 ========================  ==========================================  ===========================
 """
 
@@ -43,7 +46,11 @@ ACTIVATIONS = {
     "matryoshka_batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
     "jumprelu": "relu(pre) where pre > threshold[f] (one per latent), else 0",
 }
-FORMATS = ("dictionary_learning", "saelens", "sparsify")
+FORMATS = ("dictionary_learning", "saelens", "sparsify", "saev", "visaebench")
+# formats trained on patch tokens (not CLS) whose tokens must be said, and whose inputs were
+# normalised outside the checkpoint (visaebench: a mean [D] and a scalar std from its eval data)
+NEEDS_TOKENS = ("saev", "visaebench")
+NEEDS_INPUT_NORM = ("visaebench",)
 
 
 @dataclass
@@ -178,13 +185,18 @@ def detect_format(path: Path) -> str:
     """The format of a local SAE folder or file, from the files it holds."""
     if path.is_file():
         if path.suffix == ".pt":
-            return "dictionary_learning"
+            return "saev" if _has_json_header(path) else "dictionary_learning"
         raise UserError(f"sae_path {path}: cannot tell the format of a {path.suffix or 'suffix-less'} file; pass "
                         f"--format ({', '.join(FORMATS)})", field="sae_path")
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
     found = [fmt for fmt, files in (("saelens", {"cfg.json", "sae_weights.safetensors"}),
                                     ("sparsify", {"cfg.json", "sae.safetensors"}),
-                                    ("dictionary_learning", {"ae.pt"})) if files <= names]
+                                    ("dictionary_learning", {"ae.pt"}),
+                                    ("visaebench", {"config.json", "sae.pt"}),
+                                    ("visaebench", {"config.json", "model.safetensors"}),
+                                    ("saev", {"manifest.jsonl"})) if files <= names]
+    if not found and "sae.pt" in names:
+        found = ["saev"]  # saev's checkpoint alone: a JSON header line, then the weights
     if len(found) == 1:
         return found[0]
     listing = ", ".join(sorted(names)[:8]) or "nothing"
@@ -194,6 +206,15 @@ def detect_format(path: Path) -> str:
                         f"(dictionary_learning)", field="sae_path")
     raise UserError(f"sae_path {path}: ambiguous layout (it holds {listing}): could be {' or '.join(found)}; pass "
                     f"--format", field="sae_path")
+
+
+def _has_json_header(f: Path) -> bool:
+    """saev writes one JSON line before torch.save's bytes."""
+    try:
+        with open(f, "rb") as fh:
+            return fh.read(1) == b"{"
+    except OSError:
+        return False
 
 
 def _read_json(f: Path) -> dict:
@@ -280,11 +301,12 @@ def read_saelens(path: Path) -> SAEWeights:
         w.arch, w.threshold = "jumprelu", thr
         training = meta.get("training_architecture")
         details = meta.get("training_architecture_details") or {}
-        if training in ("batchtopk", "matryoshka_batchtopk") and bool((thr == thr[0]).all()) and float(thr[0]) >= 0:
+        if training in ("batchtopk", "matryoshka_batchtopk") and bool((thr == thr[0]).all()) and float(thr[0]) >= 0 \
+                and details.get("k") is not None:
             # one threshold for every latent: the BatchTopK SAE it was trained as (same codes: for a
             # threshold >= 0, relu(pre) > t exactly where pre > t)
             w.arch, w.threshold = "batch_top_k", thr[0].clone()
-            w.k = int(details["k"]) if details.get("k") is not None else None
+            w.k = int(details["k"])
             widths = details.get("matryoshka_widths")
             if training == "matryoshka_batchtopk" and widths:
                 w.arch = "matryoshka_batch_top_k"
@@ -310,6 +332,165 @@ def read_sparsify(path: Path) -> SAEWeights:
         raise UserError(f"sae_path {path}: cfg.json says d_in {cfg['d_in']}, the weights take {d}", field="sae_path")
     return SAEWeights("top_k", state["encoder.weight"].T.contiguous(), state["encoder.bias"], state["W_dec"],
                       state["b_dec"], centred=True, k=int(cfg["k"]), metadata={})
+
+
+def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id: str | None) -> tuple[Path, dict]:
+    """One checkpoint of a saev multi-checkpoint repo (``layer_<N>/<run>/sae.pt`` + ``manifest.jsonl``,
+    one row per checkpoint: run_id, layer, l0, mse, sha256, path): by ``run_id``, or by ``layer`` and
+    the L0 nearest ``l0``. The file's SHA-256 must match its row."""
+    import hashlib
+
+    rows = []
+    for i, line in enumerate((root / "manifest.jsonl").read_text().splitlines()):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"sae_path {root / 'manifest.jsonl'}: line {i + 1} is not JSON", field="sae_path") from None
+            if isinstance(row, dict) and row.get("path"):
+                rows.append(row)
+    if run_id is not None:
+        chosen = [r for r in rows if str(r.get("run_id")) == run_id]
+    else:
+        if layer is None:
+            layers = sorted({r.get("layer") for r in rows}, key=str)
+            raise UserError(f"sae_path {root}: a repo of {len(rows)} checkpoints (layers {layers}); pass --layer "
+                            f"(and --l0 for the sparsity) or --run_id to pick one", field="sae_path",
+                            mentions=("layer", "l0", "run_id"))
+        chosen = [r for r in rows if r.get("layer") == layer]
+        if chosen and l0 is not None:
+            chosen = [min(chosen, key=lambda r: abs(float(r.get("l0", 0)) - l0))]
+    if len(chosen) != 1:
+        what = f"run_id {run_id}" if run_id is not None else f"layer {layer}"
+        options = ", ".join(f"{r.get('run_id')} (layer {r.get('layer')}, L0 {r.get('l0')})"
+                            for r in (chosen or rows)[:8])
+        raise UserError(f"sae_path {root}: {'no' if not chosen else len(chosen)} checkpoint(s) for {what}; "
+                        f"{'pass --l0 to choose among' if chosen else 'the manifest lists'} {options}",
+                        field="sae_path", mentions=("l0",))
+    row = chosen[0]
+    f = root / row["path"]
+    if not f.is_file():
+        raise UserError(f"sae_path {f}: listed in manifest.jsonl but not there", field="sae_path")
+    if row.get("sha256"):
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != row["sha256"]:
+            raise UserError(f"sae_path {f}: its SHA-256 is not the one manifest.jsonl records (a damaged or "
+                            f"replaced checkpoint)", field="sae_path")
+    return f, row
+
+
+def read_saev(path: Path) -> SAEWeights:
+    """saev (OSU-NLP-Group) ``sae.pt``: a JSON header line (``schema``, ``cfg`` with ``activation``),
+    then ``torch.save`` of ``W_enc`` [D, F], ``b_enc``, ``W_dec`` [F, D], ``b_dec`` (+ BatchTopK's
+    ``activation.threshold``). Its ``encode`` is ``activation(x @ W_enc + b_enc)`` since schema 2;
+    checkpoints from before (no schema, schema 1: 2024 to July 2025) subtracted ``b_dec`` first.
+    Its TopK keeps the k largest pre-activations even when negative, where saevlm's applies ReLU
+    first: the codes are ReLU of saev's (the same wherever the k-th largest is positive)."""
+    import io
+
+    f = path / "sae.pt" if path.is_dir() else path
+    try:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.readline())
+            payload = fh.read()
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"sae_path {f}: not a saev checkpoint (a JSON header line, then the weights: "
+                        f"{type(err).__name__})", field="sae_path") from None
+    try:
+        state = {k: v.float() for k, v in torch.load(io.BytesIO(payload), map_location="cpu",
+                                                     weights_only=True).items()}
+    except Exception as err:  # noqa: BLE001 - any unreadable payload is one line
+        raise UserError(f"sae_path {f}: its weights are unreadable ({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})",
+                        field="sae_path") from None
+    _need(state, ("W_enc", "b_enc", "W_dec", "b_dec"), f, "saev")
+    schema = header.get("schema") if isinstance(header, dict) else None
+    cfg = header.get("cfg", header) if isinstance(header, dict) else {}
+    activation = cfg.get("activation")
+    if isinstance(activation, dict):
+        kind, params = activation.get("cls"), activation.get("params") or {}
+    else:  # schema 1A names the activation in "cls"; no schema: ReLU
+        kind, params = (header.get("cls") if header.get("cls") in ("Relu", "TopK", "BatchTopK") else "Relu"), cfg
+    d, f_ = state["W_enc"].shape
+    _shape(state["W_dec"], (f_, d), "W_dec", f)
+    w = SAEWeights("standard", state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"],
+                   centred=schema is None or int(schema) < 2,
+                   metadata={"saev_schema": schema, "saev_activation": kind, "lib": header.get("lib")})
+    if kind == "TopK":
+        w.arch, w.k = "top_k", int(params.get("top_k", 32))
+    elif kind == "BatchTopK":
+        thr = state.get("activation.threshold", torch.tensor(0.0)).reshape(())
+        # eval mode: x where x > threshold, and ReLU where the threshold is not positive
+        w.arch, w.k, w.threshold = "batch_top_k", int(params.get("top_k", 32)), torch.clamp(thr, min=0.0)
+    elif kind != "Relu":
+        raise UserError(f"sae_path {f}: saev activation {kind!r} is not supported (Relu, TopK, BatchTopK)",
+                        field="sae_path")
+    return w
+
+
+def read_visaebench(path: Path) -> SAEWeights:
+    """visaebench (``visaebench/<backbone>-saes``): ``config.json`` (activation topk / batchtopk / jumprelu,
+    input_dim, hidden_dim, k, threshold) + ``sae.pt`` or ``model.safetensors`` with ``encoder.weight``
+    [F, D], ``encoder.bias``, ``decoder.weight`` stored [F, D] (not torch's [D, F]) and an optional
+    ``decoder.bias``. Its ``encode`` is relu(x @ encoder.weight.T + encoder.bias), not centred; BatchTopK
+    keeps codes >= threshold (saevlm compares with >, so the threshold becomes the float just below);
+    inputs were normalised by a mean [D] and a scalar std kept outside the checkpoint (--input_norm)."""
+    cfg_file = next((path / n for n in ("config.json", "config.yaml", "config.yml") if (path / n).is_file()), None)
+    if cfg_file is None:
+        raise UserError(f"sae_path {path}: no config.json (a visaebench checkpoint folder)", field="sae_path")
+    if cfg_file.suffix == ".json":
+        cfg = _read_json(cfg_file)
+    else:
+        import yaml
+        cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    weights = next((path / n for n in ("sae.pt", "model.safetensors", "model.pt") if (path / n).is_file()), None)
+    if weights is None:
+        raise UserError(f"sae_path {path}: no sae.pt or model.safetensors", field="sae_path")
+    if weights.suffix == ".safetensors":
+        state = _read_safetensors(weights)
+    else:
+        try:
+            state = {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"sae_path {weights}: not a readable torch checkpoint "
+                            f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})",
+                            field="sae_path") from None
+    if "encoder.final_block.0.weight" in state:
+        raise UserError(f"sae_path {weights}: holds overcomplete's module weights (encoder.final_block...), not "
+                        f"visaebench's upload format; not supported", field="sae_path")
+    _need(state, ("encoder.weight", "encoder.bias", "decoder.weight"), weights, "visaebench")
+    f_, d = state["encoder.weight"].shape
+    _shape(state["decoder.weight"], (f_, d), "decoder.weight (stored [hidden, input])", weights)
+    b_dec = state.get("decoder.bias", torch.zeros(d))
+    kind = str(cfg.get("activation", cfg.get("sae_type", cfg.get("architecture", "topk")))).lower()
+    w = SAEWeights("standard", state["encoder.weight"].T.contiguous(), state["encoder.bias"], state["decoder.weight"],
+                   b_dec, centred=False, metadata={k: v for k, v in cfg.items() if isinstance(v, (str, int, float))})
+    if kind == "topk":
+        w.arch, w.k = "top_k", int(cfg["k"])
+    elif kind == "batchtopk":
+        thr = cfg.get("threshold")
+        if thr is None and "_running_threshold" in state:
+            thr = float(state["_running_threshold"])
+        t = torch.tensor(float(thr or 0.0), dtype=torch.float32)
+        # codes >= t  <=>  codes > the float32 just below t; for t <= 0 every ReLU output is kept,
+        # as with threshold 0 (a negative threshold would read as dictionary_learning's "unset")
+        t = torch.nextafter(t, torch.tensor(float("-inf"))) if float(t) > 0 else torch.tensor(0.0)
+        if cfg.get("k") is not None:
+            w.arch, w.k, w.threshold = "batch_top_k", int(cfg["k"]), t
+        else:  # no k recorded: the same codes as a JumpReLU with the threshold repeated
+            w.arch, w.threshold = "jumprelu", t.expand(f_).clone()
+    elif kind == "jumprelu":
+        thr = state.get("jump_thresholds", state.get("thresholds"))
+        if thr is None:
+            raise UserError(f"sae_path {weights}: a JumpReLU SAE without its thresholds (jump_thresholds)",
+                            field="sae_path")
+        w.arch, w.threshold = "jumprelu", thr.reshape(f_)
+    else:
+        raise UserError(f"sae_path {cfg_file}: visaebench activation {kind!r} is not supported (topk, batchtopk, "
+                        f"jumprelu)", field="sae_path")
+    return w
 
 
 def from_loaded(sae) -> SAEWeights:
@@ -340,7 +521,8 @@ def read_dictionary_learning(path: Path) -> SAEWeights:
     return from_loaded(load_sae(str(path)))
 
 
-READERS = {"dictionary_learning": read_dictionary_learning, "saelens": read_saelens, "sparsify": read_sparsify}
+READERS = {"dictionary_learning": read_dictionary_learning, "saelens": read_saelens, "sparsify": read_sparsify,
+           "saev": read_saev, "visaebench": read_visaebench}
 
 
 # ----------------------------------------------------------------------------- writing
