@@ -728,7 +728,7 @@ def test_report_lists_unscored_codes_rare_latents_and_paper_values_only_where_th
     assert rare == int(((counts < 16) & ~np.isnan(ms)).sum())  # recounted from the stored codes
     assert f"; {rare} rare)" in md
     # a synthetic world is not the paper's configuration: no "(paper in parentheses)" headings
-    assert "paper in parentheses" not in md and "Best neuron MS:" in md
+    assert "paper in parentheses" not in md and "Best MS over all scored neurons (the paper's definition):" in md
 
 
 def test_a_run_resumes_after_its_data_moved_and_a_refusal_names_the_key(run_copy, capsys):

@@ -565,3 +565,61 @@ def test_visaebench_keeps_codes_equal_to_its_threshold(visaebench, tmp_path):
         want = load_sae(str(src), device="cpu").encode(x)
     codes, _ = ours(tmp_path / "ours", x)
     assert torch.equal(codes, want) and torch.equal(codes, torch.tensor([[2.0, 3.0, 0.0, 2.0]]))
+
+
+# ----------------------------------------------------------------------------- a trained SAE, out and back
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A synthetic world and two TopK SAEs trained on it by saevlm, encoded and scored."""
+    root = tmp_path_factory.mktemp("interop") / "run"
+    w = root / "world"
+    assert run_cli("synthetic", "--output_dir", w, "--num_train", "3000", "--num_val", "400") == 0
+    assert run_cli("train", "--layout", "trainers", "--sae_model", "top_k", "--activations_dir", w / "train",
+                   "--checkpoints_dir", root / "sae", "--expansion_factor", "2", "4", "--k", "6", "--steps", "400",
+                   "--batch_size", "256", "--warmup_steps", "20", "--device", "cpu", "--no_progress") == 0
+    assert run_cli("encode", "--sae_path", root / "sae" / "trainer_0", "--activations_dir", w / "val",
+                   "--output_dir", root / "codes" / "trainer_0", "--no_progress") == 0
+    assert run_cli("ms", "--activations_dir", root / "codes" / "trainer_0", "--embeddings_path",
+                   w / "embeddings_val", "--device", "cpu", "--no_progress") == 0
+    return root
+
+
+def test_check_activations_tells_a_right_import_from_a_wrong_one(sparsify, trained_run, tmp_path, capsys):
+    """export (sparsify) -> import with --check_activations: the SAE's own R2 and L0 = k, no warning;
+    the same import with a normalisation it was not trained with is warned."""
+    sae = trained_run / "sae" / "trainer_0"
+    val = trained_run / "world" / "val"
+    assert run_cli("export-sae", "--sae_path", sae, "--format", "sparsify", "--output_dir", tmp_path / "sp") == 0
+    capsys.readouterr()
+    import_sae(tmp_path / "sp", tmp_path / "ok", "--check_activations", val)
+    err = capsys.readouterr().err
+    check = json.loads((tmp_path / "ok" / "imported.json").read_text())["check"]
+    assert check["l0"] == pytest.approx(6.0) and check["r2"] > 0.5 and "warning" not in err, err
+    from saevlm.sae.checkpoint import load_sae
+    from saevlm.sae.import_sae import check_on_activations
+    original = check_on_activations(load_sae(str(sae)), str(val), 4096, None)  # the SAE as trained, same rows
+    assert check["r2"] == pytest.approx(original["r2"], abs=1e-5) and check["rows"] == original["rows"]
+    import_sae(tmp_path / "sp", tmp_path / "bad", "--check_activations", val, "--input_norm", "scalar:50")
+    assert "warning: R2" in capsys.readouterr().err
+
+
+def test_export_a_run_with_a_model_card_and_manifest(sae_lens, trained_run, tmp_path):
+    """--hub_card on a run folder: one SAELens folder per SAE, README.md with the facts and metrics
+    that exist (eval.json, ms.json of the codes it encoded), manifest.jsonl with one row per SAE."""
+    from sae_lens import SAE
+
+    out = tmp_path / "release"
+    assert run_cli("export-sae", "--sae_path", trained_run / "sae", "--format", "saelens", "--output_dir", out,
+                   "--hub_card") == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["trainer_0", "trainer_1"] and [r["dict_size"] for r in rows] == [128, 256]
+    card = (out / "README.md").read_text()
+    ms = json.loads(next((trained_run / "codes" / "trainer_0").glob("ms_*/ms.json")).read_text())
+    ev = json.loads((trained_run / "sae" / "trainer_0" / "eval.json").read_text())
+    assert f"{ms['mean']:.3f} ({ms['embeddings_model']})" in card and f"{ev['l0']:.1f}" in card
+    assert "library_name: saelens" in card
+    for r in rows:
+        lib = SAE.load_from_disk(out / r["path"])
+        assert lib.cfg.metadata.saevlm["arch"] == "top_k" and lib.cfg.k == 6
+        import hashlib
+        assert hashlib.sha256((out / r["path"] / "sae_weights.safetensors").read_bytes()).hexdigest() == r["sha256"]

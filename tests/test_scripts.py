@@ -88,7 +88,7 @@ def test_monosemanticity_score_script(imagenet, tiny_clip_dir, tiny_dinov2_dir, 
             assert top.shape == (2 * width, 16) and top.max() < 32  # train has 32 images, val 20
             assert json.loads((tcodes / "uniqueness_16.json").read_text())["neurons"] <= 2 * width
     report = (out / "report.md").read_text()
-    assert "Best neuron MS" in report and "| 1 |" in report and "| last |" in report and "R² authors (%)" in report
+    assert "Best MS over all scored neurons" in report and "| 1 |" in report and "| last |" in report and "R² authors (%)" in report
     assert (out / "report.html").read_text().count("data:image/png;base64") >= 4  # histograms and grids
     # a rerun skips every finished step and leaves the outputs alone
     shard = out / "activations" / mt / "imagenet_train" / "post_mlp_residual_1" / "acts_00000.npy"

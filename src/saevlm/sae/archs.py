@@ -1,31 +1,78 @@
-"""The architecture table: each ``--sae_model`` name -> dictionary_learning's trainer and SAE
-classes (the reference implementation the paper used), the authors' spellings, and the recipe
-rules that depend only on the architecture (learning rate, Matryoshka group sizes).
+"""The architecture table: one :class:`ArchSpec` per ``--sae_model`` name, saying everything an
+architecture means to saevlm: dictionary_learning's trainer and SAE classes (the reference
+implementation the paper used), how its weights are laid out in a state dict, how codes come from
+pre-activations (ReLU, top-k per row, a threshold, per-latent thresholds), whether its encoder
+centres the input, whether saevlm's sparse engine trains it, and how it is written for SAELens and
+sparsify. Loading (checkpoint.py), inference (inference.py), import / export (interop.py) and the
+sparse engine read these fields instead of testing architecture names. Also here: the authors'
+spellings and the recipe rules that depend only on the architecture (learning rate, Matryoshka
+group sizes).
 
-Adding an architecture is one row in :data:`ARCHITECTURES` (docs/architecture.md)."""
+Adding an architecture is one row in :data:`ARCH_SPECS` (docs/architecture.md)."""
 
 from __future__ import annotations
 
 import importlib
 import math
+from dataclasses import dataclass
 
 from saevlm.errors import UserError
 
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What one SAE architecture is. Codes are ``act(pre)`` with
+    ``pre = (x - c * b_dec) @ W_enc + b_enc`` (c = 1 when ``centred``)."""
+
+    name: str
+    trainer: tuple[str, str]  # dictionary_learning module, trainer class
+    dictionary: tuple[str, str]  # dictionary_learning module, SAE class
+    # "linear": encoder.weight [F, D], encoder.bias, decoder.weight [D, F] (torch Linear layers);
+    # "matrix": W_enc [D, F], b_enc, W_dec [F, D]
+    layout: str
+    decoder_bias: str  # the state-dict key of b_dec
+    centred: bool  # the encoder subtracts b_dec first
+    # how codes come from pre-activations at inference: "relu"; "row_top_k" (the k largest of
+    # relu(pre) per row); "threshold" (relu(pre) > one learned threshold; the batch top-k before
+    # it is learned); "jump" (relu(pre) where pre > its latent's threshold)
+    activation: str
+    has_k: bool
+    grouped: bool  # Matryoshka groups (group_sizes in the state dict)
+    sparse_engine: bool  # trained by saevlm's sparse engine (else dictionary_learning's own update)
+    saelens: str  # the SAELens architecture it is written as (threshold ones as "jumprelu")
+
+    @property
+    def threshold_shape(self) -> str:
+        return {"threshold": "scalar", "jump": "per_latent"}.get(self.activation, "none")
+
+
+ARCH_SPECS: dict[str, ArchSpec] = {s.name: s for s in (
+    ArchSpec("standard", ("dictionary_learning.trainers.standard", "StandardTrainer"),
+             ("dictionary_learning.dictionary", "AutoEncoder"), "linear", "bias", True, "relu",
+             has_k=False, grouped=False, sparse_engine=False, saelens="standard"),
+    ArchSpec("top_k", ("dictionary_learning.trainers.top_k", "TopKTrainer"),
+             ("dictionary_learning.trainers.top_k", "AutoEncoderTopK"), "linear", "b_dec", True, "row_top_k",
+             has_k=True, grouped=False, sparse_engine=True, saelens="topk"),
+    ArchSpec("batch_top_k", ("dictionary_learning.trainers.batch_top_k", "BatchTopKTrainer"),
+             ("dictionary_learning.trainers.batch_top_k", "BatchTopKSAE"), "linear", "b_dec", True, "threshold",
+             has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu"),
+    ArchSpec("matryoshka_batch_top_k", ("dictionary_learning.trainers.matryoshka_batch_top_k",
+                                        "MatryoshkaBatchTopKTrainer"),
+             ("dictionary_learning.trainers.matryoshka_batch_top_k", "MatryoshkaBatchTopKSAE"), "matrix", "b_dec",
+             True, "threshold", has_k=True, grouped=True, sparse_engine=True, saelens="jumprelu"),
+    ArchSpec("jumprelu", ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer"),
+             ("dictionary_learning.dictionary", "JumpReluAutoEncoder"), "matrix", "b_dec", False, "jump",
+             has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu"),
+)}
 # --sae_model -> (trainer module, trainer class, dictionary module, dictionary class)
 ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {
-    "standard": ("dictionary_learning.trainers.standard", "StandardTrainer",
-                 "dictionary_learning.dictionary", "AutoEncoder"),
-    "top_k": ("dictionary_learning.trainers.top_k", "TopKTrainer",
-              "dictionary_learning.trainers.top_k", "AutoEncoderTopK"),
-    "batch_top_k": ("dictionary_learning.trainers.batch_top_k", "BatchTopKTrainer",
-                    "dictionary_learning.trainers.batch_top_k", "BatchTopKSAE"),
-    "matryoshka_batch_top_k": ("dictionary_learning.trainers.matryoshka_batch_top_k",
-                               "MatryoshkaBatchTopKTrainer",
-                               "dictionary_learning.trainers.matryoshka_batch_top_k",
-                               "MatryoshkaBatchTopKSAE"),
-    "jumprelu": ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer",
-                 "dictionary_learning.dictionary", "JumpReluAutoEncoder"),
-}
+    name: (*spec.trainer, *spec.dictionary) for name, spec in ARCH_SPECS.items()}
+
+
+def spec(arch: str) -> ArchSpec:
+    return ARCH_SPECS[arch]
+
+
 # The authors' vendored dictionary_learning spells Matryoshka "Matroyshka" (module
 # trainers/matroyshka_batch_top_k.py, classes MatroyshkaBatchTopKSAE / MatroyshkaBatchTopKTrainer,
 # and their scripts pass --sae_model matroyshka_batch_top_k). The classes are the same as

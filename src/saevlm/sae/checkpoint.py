@@ -12,7 +12,7 @@ from typing import Any
 
 from saevlm.data.manifest import ManifestError, Provenance
 from saevlm.errors import UserError
-from saevlm.sae.archs import ARCHITECTURES, DICT_CLASS_TO_ARCH, TRAINER_CLASS_TO_ARCH, dict_class
+from saevlm.sae.archs import ARCHITECTURES, DICT_CLASS_TO_ARCH, TRAINER_CLASS_TO_ARCH, dict_class, spec
 
 
 @dataclass
@@ -234,24 +234,24 @@ def _guess_class(state: dict) -> str:
 
 
 def _dims(arch: str, state: dict) -> tuple[int, int]:
-    if arch == "matryoshka_batch_top_k":
+    """(activation_dim, dict_size) from the state dict, by the architecture's weight layout."""
+    if spec(arch).layout == "matrix":
         d, n = state["W_enc"].shape
-        return int(d), int(n)
-    if arch == "jumprelu":
-        d, n = state["W_enc"].shape
-        return int(d), int(n)
-    n, d = state["encoder.weight"].shape
+    else:
+        n, d = state["encoder.weight"].shape
     return int(d), int(n)
 
 
 def _construct(arch: str, state: dict):
+    """The dictionary_learning module of ``arch`` sized for ``state`` (its k and groups from it)."""
     act_dim, dict_size = _dims(arch, state)
-    cls = dict_class(arch)
-    if arch == "matryoshka_batch_top_k":
-        return cls(act_dim, dict_size, int(state["k"]), [int(g) for g in state["group_sizes"].tolist()])
-    if arch in ("batch_top_k", "top_k"):
-        return cls(act_dim, dict_size, int(state["k"]))
-    return cls(act_dim, dict_size)
+    s = spec(arch)
+    args: list = [act_dim, dict_size]
+    if s.has_k:
+        args.append(int(state["k"]))
+    if s.grouped:
+        args.append([int(g) for g in state["group_sizes"].tolist()])
+    return dict_class(arch)(*args)
 
 
 def decoder_rows(path: str | Path) -> "Any":

@@ -53,6 +53,12 @@ class ImportSAEConfig(CommandConfig):
     """normalisation the source applied to its inputs outside the checkpoint, folded into the weights:
     none, scalar:S (x / S) or stats:FILE (an .npz / .pt / .json holding mean [D] and std, a scalar or [D]).
     Required for visaebench (its mean and std come from its evaluation data); default: none"""
+    check_activations: str | None = opt(None)
+    """an activation store of the hook the SAE reads: encode a sample of it and print R2, L0 and the dead
+    fraction, warning when R2 < 0.5 or L0 is far from the one the source records (the signature of a
+    wrong fold, hook or normalisation)"""
+    check_rows: int = opt(4096)
+    """rows of --check_activations to encode, spread over the store (default: %(default)s)"""
     overwrite: bool = opt(False)
     """replace an existing trainer folder at --output_dir"""
 
@@ -123,6 +129,40 @@ def provenance_for(args: ImportSAEConfig, input_dim: int) -> tuple[dict | None, 
     prov = {"model": encoder.provenance(), "hook": {"attachment_point": point.attachment_point, "layer": point.layer},
             "tokens": tokens, "dataset": {}}
     return prov, f"checked: {input_dim}-d inputs = {encoder.name} at {point.slug}"
+
+
+def check_on_activations(sae, store_path: str, rows: int, recorded_l0: float | None) -> dict:
+    """R2, L0 and dead fraction of ``sae`` on up to ``rows`` rows of a store (evenly spaced blocks),
+    with warnings for the signatures of a wrong import."""
+    import numpy as np
+    import torch
+
+    from saevlm.data.store import ActivationStore
+    from saevlm.sae.inference import encode_batch
+
+    store = ActivationStore(store_path, field="check_activations")
+    if store.dim != sae.activation_dim:
+        raise UserError(f"check_activations {store_path}: {store.dim}-d activations, the SAE takes "
+                        f"{sae.activation_dim}-d inputs", field="check_activations")
+    blocks = max(1, min(16, rows // 64))
+    size = max(1, min(rows, store.num_rows) // blocks)
+    starts = np.linspace(0, max(store.num_rows - size, 0), blocks).astype(int)
+    x = torch.as_tensor(np.concatenate([store.read(int(a), int(a) + size) for a in sorted(set(starts))]),
+                        dtype=torch.float32)
+    with torch.no_grad():
+        codes = encode_batch(sae, x)
+        recon = sae.ae.decode(codes)
+    sst = float(((x - x.mean(0)) ** 2).sum())
+    r2 = 1 - float(((x - recon) ** 2).sum()) / sst if sst > 0 else None
+    l0 = float((codes != 0).sum(1).float().mean())
+    dead = float(((codes != 0).sum(0) == 0).float().mean())
+    warnings = []
+    if r2 is not None and r2 < 0.5:
+        warnings.append(f"R2 {r2:.3f} < 0.5: a wrong hook, tokens or --input_norm give such reconstructions")
+    if recorded_l0 and l0 > 0 and abs(np.log(l0 / recorded_l0)) > np.log(2):
+        warnings.append(f"L0 {l0:.1f} is far from the {recorded_l0:g} the source records")
+    return {"store": str(Path(store_path).resolve()), "rows": int(len(x)), "r2": r2, "l0": l0,
+            "dead_fraction": dead, "recorded_l0": recorded_l0, "warnings": warnings}
 
 
 def run(args: ImportSAEConfig) -> int:
@@ -209,6 +249,16 @@ def run(args: ImportSAEConfig) -> int:
         if off > 0.01:
             raise UserError(f"sae_path {src}: the written SAE does not reproduce the source's codes ({off:.1%} "
                             f"differ); please report this", field="sae_path")
+        if args.check_activations:
+            recorded_l0 = (picked or {}).get("l0") or (weights.k if weights.arch == "top_k" else None)
+            record["check"] = check = check_on_activations(loaded, args.check_activations, args.check_rows,
+                                                           float(recorded_l0) if recorded_l0 else None)
+            atomic_write_json(tmp / IMPORTED_JSON, record)
+            r2_text = f"{check['r2']:.3f}" if check["r2"] is not None else "undefined (constant rows)"
+            print(f"import-sae: on {check['rows']} rows of {args.check_activations}: R2 {r2_text}, L0 "
+                  f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}", file=sys.stderr)
+            for warning in check["warnings"]:
+                print(f"warning: {warning}", file=sys.stderr)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -10,7 +10,9 @@ def encode_codes(ae: Any, arch: str, x):
 
     BatchTopK / Matryoshka use the learned global threshold (arXiv 2504.02821, Sec. 3); before
     it exists (threshold < 0, early checkpoints) the batch top-k is used instead."""
-    if arch in ("batch_top_k", "matryoshka_batch_top_k"):
+    from saevlm.sae.archs import spec
+
+    if spec(arch).activation == "threshold":
         return ae.encode(x, use_threshold=bool(ae.threshold >= 0))
     return ae.encode(x)
 

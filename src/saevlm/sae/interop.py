@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from saevlm.errors import UserError
+from saevlm.sae.archs import dict_class, spec
 
 # arch -> how codes come from the pre-activations (all compare with ">", as every library here)
 ACTIVATIONS = {
@@ -140,8 +141,8 @@ def with_centring(w: SAEWeights, centred: bool) -> SAEWeights:
     """The same SAE written with (or without) the input centring: pre-activations unchanged."""
     if w.centred == centred:
         return w
-    shift = (w.b_dec.double() @ w.W_enc.double()).float()
-    return replace(w, centred=centred, b_enc=w.b_enc - shift if centred is False else w.b_enc + shift)
+    shift = (w.b_dec.double() @ w.W_enc.double()).float()  # what centring takes from every pre-activation
+    return replace(w, centred=centred, b_enc=w.b_enc + shift if centred else w.b_enc - shift)
 
 
 def read_input_norm(spec: str | None) -> tuple[Any, Any, str]:
@@ -494,24 +495,24 @@ def read_visaebench(path: Path) -> SAEWeights:
 
 
 def from_loaded(sae) -> SAEWeights:
-    """A dictionary_learning SAE loaded by :func:`saevlm.sae.checkpoint.load_sae` in canonical form."""
-    ae, arch = sae.ae, sae.arch
+    """A dictionary_learning SAE loaded by :func:`saevlm.sae.checkpoint.load_sae` in canonical form,
+    read through its architecture's table row (weight layout, centring, threshold)."""
+    ae, s = sae.ae, spec(sae.arch)
     sd = {k: v.detach().float().cpu() for k, v in ae.state_dict().items()}
-    if arch in ("matryoshka_batch_top_k", "jumprelu"):
-        W_enc, b_enc, W_dec, b_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"], sd["b_dec"]
-        centred = arch == "matryoshka_batch_top_k" or bool(getattr(ae, "apply_b_dec_to_input", False))
+    if s.layout == "matrix":
+        W_enc, b_enc, W_dec = sd["W_enc"], sd["b_enc"], sd["W_dec"]
     else:
         W_enc, b_enc, W_dec = sd["encoder.weight"].T.contiguous(), sd["encoder.bias"], sd["decoder.weight"].T.contiguous()
-        b_dec, centred = (sd["bias"] if arch == "standard" else sd["b_dec"]), True
-    thr = sd.get("threshold")
-    if arch in ("batch_top_k", "matryoshka_batch_top_k"):
-        thr = thr.reshape(())
+    centred = s.centred or bool(getattr(ae, "apply_b_dec_to_input", False))
+    thr = None
+    if s.threshold_shape == "scalar":
+        thr = sd["threshold"].reshape(())
         if float(thr) < 0:  # dictionary_learning's "no threshold yet" sentinel: inference uses the batch top-k
             raise UserError(f"sae_path {sae.path}: its threshold is unset (-1: saved before the threshold was "
-                            f"learned); only a finished BatchTopK SAE can be exported", field="sae_path")
-    elif arch != "jumprelu":
-        thr = None
-    return SAEWeights(arch, W_enc, b_enc, W_dec, b_dec, centred, k=sae.k, threshold=thr,
+                            f"learned); only a finished {sae.arch} SAE can be exported", field="sae_path")
+    elif s.threshold_shape == "per_latent":
+        thr = sd["threshold"]
+    return SAEWeights(sae.arch, W_enc, b_enc, W_dec, sd[s.decoder_bias], centred, k=sae.k, threshold=thr,
                       group_sizes=sae.group_sizes(), metadata={})
 
 
@@ -527,46 +528,50 @@ READERS = {"dictionary_learning": read_dictionary_learning, "saelens": read_sael
 
 # ----------------------------------------------------------------------------- writing
 def dictionary_learning_state(w: SAEWeights) -> tuple[str, dict[str, torch.Tensor]]:
-    """(dict_class, state dict) of the dictionary_learning class saevlm loads for ``w.arch``."""
-    from saevlm.sae.archs import ARCHITECTURES
-
-    cls = ARCHITECTURES[w.arch][3]
+    """(dict_class, state dict) of the dictionary_learning class saevlm loads for ``w.arch``, laid
+    out as its table row says; buffers the canonical form has no value for keep the class's own."""
+    s = spec(w.arch)
     d, f = w.dims
-    if w.arch == "jumprelu":  # dictionary_learning's JumpReLU does not centre its input
-        w = with_centring(w, False)
-        return cls, {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec,
-                     "threshold": w.threshold.reshape(f)}
-    w = with_centring(w, True)
-    if w.arch == "matryoshka_batch_top_k":
-        return cls, {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec,
-                     "k": torch.tensor(int(w.k)), "threshold": w.threshold.reshape(()),
-                     "group_sizes": torch.tensor(w.group_sizes)}
-    common = {"encoder.weight": w.W_enc.T.contiguous(), "encoder.bias": w.b_enc,
-              "decoder.weight": w.W_dec.T.contiguous()}
-    if w.arch == "standard":
-        return cls, {**common, "bias": w.b_dec}
-    if w.arch == "top_k":
-        return cls, {**common, "b_dec": w.b_dec, "k": torch.tensor(int(w.k)), "threshold": torch.tensor(-1.0)}
-    return cls, {**common, "b_dec": w.b_dec, "k": torch.tensor(int(w.k)), "threshold": w.threshold.reshape(())}
+    if s.has_k and w.k is None:
+        raise UserError(f"sae_path: a {w.arch} SAE needs its k, which the source does not record", field="sae_path")
+    w = with_centring(w, s.centred)
+    args: list = [d, f] + ([int(w.k)] if s.has_k else []) + ([list(w.group_sizes)] if s.grouped else [])
+    state = dict(dict_class(w.arch)(*args).state_dict())
+    if s.layout == "matrix":
+        state.update(W_enc=w.W_enc, b_enc=w.b_enc, W_dec=w.W_dec)
+    else:
+        state.update({"encoder.weight": w.W_enc.T.contiguous(), "encoder.bias": w.b_enc,
+                      "decoder.weight": w.W_dec.T.contiguous()})
+    state[s.decoder_bias] = w.b_dec
+    if s.threshold_shape == "scalar":
+        state["threshold"] = w.threshold.reshape(()).clone()
+    elif s.threshold_shape == "per_latent":
+        state["threshold"] = w.threshold.reshape(f).clone()
+    return s.dictionary[1], {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+SAELENS_LAYOUT_VERSION = "6.0.0"
 
 
 def saelens_files(w: SAEWeights, metadata: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """(cfg.json, tensors) as SAELens 6.x's ``save_model`` writes them. BatchTopK and Matryoshka become
     ``jumprelu`` with the threshold repeated per latent, as SAELens saves its own."""
     d, f = w.dims
+    # sae_lens_version names the cfg.json layout (SAELens 6); without it SAELens reads the file as a
+    # pre-6.0 config and drops the metadata
+    metadata = {"sae_lens_version": SAELENS_LAYOUT_VERSION, **metadata}
     cfg: dict[str, Any] = {"d_in": d, "d_sae": f, "dtype": "float32", "device": "cpu",
                            "apply_b_dec_to_input": w.centred, "normalize_activations": "none",
                            "reshape_activations": "none", "metadata": metadata}
     tensors = {"W_enc": w.W_enc.contiguous(), "b_enc": w.b_enc.contiguous(), "W_dec": w.W_dec.contiguous(),
                "b_dec": w.b_dec.contiguous()}
-    if w.arch == "standard":
-        cfg["architecture"] = "standard"
-    elif w.arch == "top_k":
-        cfg.update(architecture="topk", k=int(w.k), rescale_acts_by_decoder_norm=False)
-    else:
-        cfg["architecture"] = "jumprelu"
+    s = spec(w.arch)
+    cfg["architecture"] = s.saelens
+    if s.saelens == "topk":
+        cfg.update(k=int(w.k), rescale_acts_by_decoder_norm=False)
+    elif s.saelens == "jumprelu":
         tensors["threshold"] = w.threshold.reshape(-1).expand(f).contiguous().clone()
-        if w.arch != "jumprelu":
+        if s.threshold_shape == "scalar":  # SAELens saves its own BatchTopK / Matryoshka so
             details: dict[str, Any] = {"k": w.k}
             if w.group_sizes:
                 import itertools
@@ -578,7 +583,7 @@ def saelens_files(w: SAEWeights, metadata: dict) -> tuple[dict, dict[str, torch.
 
 def sparsify_files(w: SAEWeights, where: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """(cfg.json, tensors) as sparsify's ``save_to_disk`` writes them: per-row TopK SAEs only."""
-    if w.arch != "top_k":
+    if spec(w.arch).activation != "row_top_k":
         raise UserError(f"sae_path {where}: a {w.arch} SAE cannot be written for sparsify, whose SparseCoder "
                         f"keeps exactly k latents per row and has no threshold inference; export it with "
                         f"--format saelens", field="sae_path")

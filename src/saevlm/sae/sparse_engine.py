@@ -34,7 +34,10 @@ from typing import Any
 
 import torch
 
-SPARSE_ARCHS = ("top_k", "batch_top_k", "matryoshka_batch_top_k")
+from saevlm.sae.archs import ARCH_SPECS, spec
+
+# the architectures whose table row says the sparse engine trains them
+SPARSE_ARCHS = tuple(name for name, s in ARCH_SPECS.items() if s.sparse_engine)
 
 # rows per chunk when the (rows x dict_size) pre-activations are scanned for candidates, so no
 # second dense batch x dict_size tensor (a comparison mask) exists at once
@@ -43,7 +46,7 @@ _SCAN_ROWS = 512
 
 def covers(arch: str) -> bool:
     """Whether the sparse engine trains ``arch`` (else dictionary_learning's update is used)."""
-    return arch in SPARSE_ARCHS
+    return arch in ARCH_SPECS and spec(arch).sparse_engine
 
 
 # -- sparse building blocks ---------------------------------------------------------------------
@@ -178,7 +181,7 @@ def _latent_major(t: torch.Tensor, latent_dim: int) -> torch.Tensor:
 
 def _latent_params(ae, arch: str) -> list[tuple[torch.nn.Parameter, int]]:
     """Each weight matrix with the axis that indexes latents."""
-    if arch == "matryoshka_batch_top_k":
+    if spec(arch).layout == "matrix":
         return [(ae.W_enc, 1), (ae.W_dec, 0)]
     return [(ae.encoder.weight, 0), (ae.decoder.weight, 1)]
 
@@ -214,6 +217,9 @@ class SparseEngine:
         if not covers(arch):
             raise ValueError(f"the sparse engine does not train {arch}")
         self.trainer, self.arch, self.matmul_dtype = trainer, arch, matmul_dtype
+        self.spec = spec(arch)
+        # per-row top-k (TopK) or a top-k over the whole batch (BatchTopK, Matryoshka)
+        self.per_row = self.spec.activation == "row_top_k"
         self.fused_adam = fused_adam
         self._buffers: dict[str, torch.Tensor] = {}
         relayout(trainer, arch)
@@ -221,14 +227,14 @@ class SparseEngine:
     # the four parameters as latent-major (dict_size x d) views and the two bias vectors
     def _weights(self):
         ae = self.trainer.ae
-        if self.arch == "matryoshka_batch_top_k":
+        if self.spec.layout == "matrix":
             return ae.W_enc.t(), ae.b_enc, ae.W_dec, ae.b_dec
         return ae.encoder.weight, ae.encoder.bias, ae.decoder.weight.t(), ae.b_dec
 
     def _groups(self) -> tuple[list[int], list[float]]:
         """Matryoshka's prefix boundaries (active groups) and loss weights; one group otherwise."""
         ae = self.trainer.ae
-        if self.arch != "matryoshka_batch_top_k":
+        if not self.spec.grouped:
             return [0, ae.dict_size], [1.0]
         bounds = [int(b) for b in ae.group_indices[: ae.active_groups + 1]]
         return bounds, [float(w) for w in self.trainer.group_weights[: ae.active_groups]]
@@ -244,7 +250,7 @@ class SparseEngine:
 
     def _init_b_dec(self, x: torch.Tensor) -> None:
         tr, ae = self.trainer, self.trainer.ae
-        if self.arch == "top_k":
+        if self.per_row:  # dictionary_learning's TopKTrainer has it as a module function
             from dictionary_learning.trainers.top_k import geometric_median
             median = geometric_median(x)
         else:
@@ -277,7 +283,7 @@ class SparseEngine:
 
         # sparse codes, the threshold and the dead-latent counter, by the trainer's own rules
         k = int(ae.k)
-        if self.arch == "top_k":
+        if self.per_row:
             rows, cols, vals = row_topk_entries(pre, k)
             fired_cols = cols
             if step > tr.threshold_start_step:
@@ -312,7 +318,7 @@ class SparseEngine:
         recon = b_dec + partial_gbd.cumsum(0)  # x_reconstruct after each group
         err_gbd = x - recon
         l2_g = err_gbd.pow(2).sum(-1).mean(-1)  # mean over the batch of ||x - x_hat_g||^2
-        if self.arch == "matryoshka_batch_top_k":
+        if self.spec.grouped:
             w = torch.tensor(weights, device=x.device)
             main_loss = (l2_g * w).mean()
             coef = w / G  # d main_loss / d l2_g
@@ -326,7 +332,7 @@ class SparseEngine:
 
         # AuxK over the dead latents (dictionary_learning's get_auxiliary_loss)
         aux_loss, aux = 0.0, None
-        if self.arch != "top_k" or tr.auxk_alpha > 0:
+        if not self.per_row or tr.auxk_alpha > 0:  # TopKTrainer weighs its AuxK loss by auxk_alpha
             dead = tr.num_tokens_since_fired >= tr.dead_feature_threshold
             tr.dead_features = int(dead.sum())
             if tr.dead_features > 0:
@@ -422,7 +428,7 @@ class SparseEngine:
     def _set_grads(self, g_W_enc, g_b_enc, g_W_dec, g_b_dec) -> None:
         """Gradients (latent-major) into ``.grad`` in each parameter's own shape and memory order."""
         ae = self.trainer.ae
-        if self.arch == "matryoshka_batch_top_k":
+        if self.spec.layout == "matrix":
             pairs = [(ae.W_enc, g_W_enc.t()), (ae.W_dec, g_W_dec), (ae.b_enc, g_b_enc)]
         else:
             pairs = [(ae.encoder.weight, g_W_enc), (ae.decoder.weight, g_W_dec.t()), (ae.encoder.bias, g_b_enc)]

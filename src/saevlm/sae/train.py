@@ -32,6 +32,7 @@ from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
+from saevlm.sae.archs import spec as spec_of
 from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
 
 if TYPE_CHECKING:
@@ -690,7 +691,7 @@ class TrainingRun:
             bs = self.cfg.batch_size
             chunks = (self.val_store.read(s, min(s + bs, val_rows)) for s in range(0, val_rows, bs))
             topk = ((lambda x, ae=ae: ae.encode(x, use_threshold=False))
-                    if arch in ("batch_top_k", "matryoshka_batch_top_k") else None)
+                    if spec_of(arch).activation == "threshold" else None)
             results.append(evaluate_sae(lambda x, ae=ae, arch=arch: encode_codes(ae, arch, x), ae.decode, chunks,
                                         self.specs[i].dict_size, device=self.device, scale=scale,
                                         batch_metrics=True, encode_batch_topk=topk))
