@@ -623,3 +623,109 @@ def test_export_a_run_with_a_model_card_and_manifest(sae_lens, trained_run, tmp_
         assert lib.cfg.metadata.saevlm["arch"] == "top_k" and lib.cfg.k == 6
         import hashlib
         assert hashlib.sha256((out / r["path"] / "sae_weights.safetensors").read_bytes()).hexdigest() == r["sha256"]
+
+
+# ----------------------------------------------------------------------------- a published SAE, end to end
+def _pooled_patch_codes(store_dir: Path, n_latents: int) -> np.ndarray:
+    from saevlm.data.codes import CodeStore
+
+    store = CodeStore(store_dir)
+    dense = np.zeros((store.num_rows, n_latents), np.float32)
+    for chunk in store.iter_csr(10_000):
+        for r in range(chunk.num_rows):
+            lo, hi = chunk.indptr[r], chunk.indptr[r + 1]
+            dense[chunk.start + r, chunk.indices[lo:hi]] = chunk.values[lo:hi]
+    return dense
+
+
+def _hidden_patches(model_dir: Path, folder: Path, layer: int) -> torch.Tensor:
+    """[images, patches, d]: the model's own hidden states after block ``layer``, CLS and registers
+    dropped (a reference independent of saevlm's token selection)."""
+    from saevlm.data.images import open_dataset
+    from saevlm.models import load_encoder
+    from saevlm.models.base import stack_pixels
+
+    enc = load_encoder(str(model_dir), warn=lambda m: None)
+    ds = open_dataset("imagefolder", folder, None)
+    from PIL import Image
+    pixels = stack_pixels([enc.preprocess(Image.open(ds.path(i)).convert("RGB")) for i in range(len(ds))])
+    with torch.no_grad():
+        hidden = enc.model(pixel_values=pixels, output_hidden_states=True).hidden_states[layer + 1]
+    valid = enc.valid_tokens(pixels, hidden.shape[1])
+    keep = torch.ones(hidden.shape[1], dtype=torch.bool) if valid is None else valid[0].clone()
+    keep[0] = False  # CLS
+    return hidden[:, keep]
+
+
+def _score_end_to_end(root: Path, sae: Path, model: Path, folder: Path, capsys) -> Path:
+    """extract mean-pooled patch codes -> embed -> ms -> top-images -> explore; returns the codes."""
+    common = ["--data_path", folder, "--dataset_name", "imagefolder", "--device", "cpu", "--num_workers", "0",
+              "--no_progress"]
+    codes = root / "codes"
+    assert run_cli("extract", "--model_name", model, "--layer", "2", "--mean_pool", "--patches_only", "--sae_path", sae,
+                   "--output_dir", codes, *common) == 0
+    codes = next(codes.glob("*_codes"))
+    assert run_cli("embed", "--model_name", model, "--embeddings_path", root / "emb", *common) == 0
+    assert run_cli("ms", "--activations_dir", codes, "--embeddings_path", root / "emb", "--device", "cpu",
+                   "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", codes, "--k", "4", "--device", "cpu", "--no_progress") == 0
+    capsys.readouterr()
+    assert run_cli("explore", "--run_dir", root, "--static", root / "site", "--latents", "top:3", "--no_progress") == 0
+    assert list((root / "site").rglob("latent/*.html"))
+    return codes
+
+
+def test_a_saev_dinov3_repo_scored_end_to_end(tmp_path, image_folder, capsys):
+    """A saev multi-checkpoint repo for a (tiny) DINOv3 -> import by layer and L0 with the model ->
+    extract mean-pooled patch codes (no CLS, no registers) -> embed -> ms -> top-images -> explore.
+    The stored codes are the mean over patches of saev's codes (ReLU'd) of the model's hidden states."""
+    import hashlib
+
+    from helpers import save_tiny_family
+
+    model = save_tiny_family("dinov3", tmp_path / "dinov3")
+    repo = tmp_path / "SAE_DINOv3_ViT-S-16_IN1K"
+    rows = []
+    for run, seed, l0 in (("r1", 1, 10.0), ("r2", 2, 40.0)):
+        state = _saev_state(64, 256, seed, threshold=0.2)
+        f = saev_dump(repo / "layer_2" / run / "sae.pt", state,
+                      {"d_model": 64, "d_sae": 256, "activation": {"cls": "BatchTopK", "params": {"top_k": 16}}})
+        rows.append({"run_id": run, "layer": 2, "l0": l0, "mse": 0.1, "path": f"layer_2/{run}/sae.pt",
+                     "sha256": hashlib.sha256(f.read_bytes()).hexdigest()})
+    (repo / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sae = tmp_path / "run" / "sae"
+    import_sae(repo, sae, "--layer", "2", "--l0", "35", "--model_name", model, "--tokens", "patches")
+    codes = _score_end_to_end(tmp_path / "run", sae, model, image_folder, capsys)
+    patches = _hidden_patches(model, image_folder, 2)
+    state = _saev_state(64, 256, 2, threshold=0.2)
+    want = saev_encode(state, "BatchTopK", 16, False, patches.reshape(-1, 64)).reshape(patches.shape[0], -1, 256)
+    got = _pooled_patch_codes(codes, 256)
+    assert (got > 0).sum(1).min() > 0, "an image without any active latent proves little"
+    np.testing.assert_allclose(got, want.mean(1).numpy(), atol=1e-5)
+    # the imported SAE knows its model: a store of another model's activations is refused
+    other = save_tiny_family("dinov3", tmp_path / "other", seed=1)
+    assert run_cli("extract", "--model_name", other, "--layer", "2", "--mean_pool", "--patches_only", "--sae_path",
+                   sae, "--output_dir", tmp_path / "o", "--data_path", image_folder, "--dataset_name", "imagefolder",
+                   "--device", "cpu", "--num_workers", "0", "--no_progress") == 2
+    _one_line(capsys, "--sae_path", "trained on model")
+
+
+def test_a_visaebench_repo_scored_end_to_end(visaebench, tmp_path, tiny_clip_dir, image_folder, capsys):
+    """A visaebench repo folder (batchtopk_4x_k8/ + its norm stats) for a (tiny) CLIP -> import with
+    --input_norm -> the same pipeline; codes are visaebench's own, of the normalised patch tokens."""
+    from visaebench.hub import load_sae
+
+    src = _visaebench_folder(tmp_path / "clip-vitb16-saes" / "batchtopk_4x_k8", "batchtopk", 64, 256, 23)
+    patches = _hidden_patches(tiny_clip_dir, image_folder, 2)
+    mean, std = patches.reshape(-1, 64).mean(0), float(patches.std())
+    torch.save({"mean": mean, "std": torch.tensor(std)}, tmp_path / "norm.pt")
+    sae = tmp_path / "run" / "sae"
+    import_sae(src, sae, "--model_name", tiny_clip_dir, "--layer", "2", "--tokens", "patches",
+               "--input_norm", f"stats:{tmp_path / 'norm.pt'}")
+    codes = _score_end_to_end(tmp_path / "run", sae, tiny_clip_dir, image_folder, capsys)
+    lib = load_sae(str(src), device="cpu")
+    with torch.no_grad():
+        want = lib.encode((patches.reshape(-1, 64) - mean) / std).reshape(patches.shape[0], -1, 256)
+    got = _pooled_patch_codes(codes, 256)
+    assert (got > 0).sum(1).min() > 0, "an image without any active latent proves little"
+    np.testing.assert_allclose(got, want.mean(1).numpy(), atol=1e-4)

@@ -81,11 +81,19 @@ def test_extract_stores_only_valid_tokens_equal_to_hidden_states(family, models,
     valid = torch.ones(ref.shape[:2], dtype=torch.bool) if valid is None else valid
     common = ["--model_name", models[family], "--dataset_name", "imagefolder", "--data_path", folder, "--layer", "2",
               "--batch_size", "3", "--num_workers", "0", "--device", "cpu", "--no_progress"]
-    modes = {"all": [], "mean": ["--mean_pool"], "random": ["--random_k", "2"], "cls": ["--cls_only"]}
+    modes = {"all": [], "mean": ["--mean_pool"], "random": ["--random_k", "2"], "cls": ["--cls_only"],
+             "patches": ["--patches_only"], "mean_patches": ["--mean_pool", "--patches_only"]}
     for mode, flags in modes.items():
         assert run_cli("extract", *common, *flags, "--output_dir", tmp_path / mode) == 0, mode
         store = ActivationStore(tmp_path / mode / "post_mlp_residual_2")
         rows, acts = store.row_index(), store.read(0, store.num_rows)
+        if mode == "mean_patches":  # the mean over patch tokens alone (no CLS, no registers)
+            w = valid.float()[..., None].clone()
+            if enc.has_cls:
+                w[:, 0] = 0
+            np.testing.assert_allclose(acts, ((ref * w).sum(1) / w.sum(1)).numpy(), atol=1e-5)
+            assert store.manifest.provenance.tokens.selection == ("mean_patches" if enc.has_cls else "mean")
+            continue
         if mode == "mean":
             w = valid.float()[..., None]
             expect = (ref * w).sum(1) / w.sum(1)
@@ -96,6 +104,13 @@ def test_extract_stores_only_valid_tokens_equal_to_hidden_states(family, models,
             np.testing.assert_allclose(acts[r], ref[i, t].numpy(), atol=1e-5)
         if mode == "all":
             assert len(rows) == int(valid.sum())
+        if mode == "patches":  # every valid token but CLS: what saev / visaebench SAEs read
+            assert len(rows) == int(valid.sum()) - (len(images) if enc.has_cls else 0)
+            assert (rows[:, 1] > 0).all() if enc.has_cls else True
+            prov = store.manifest.provenance.tokens
+            assert prov.selection == "patches"
+            if not enc.variable_tokens:
+                assert prov.tokens_per_image * len(images) == len(rows)
         if mode == "random" or (mode == "cls" and not enc.has_cls):  # no CLS: the 2-random-tokens convention
             assert len(rows) == 2 * len(images)
         if mode == "cls" and enc.has_cls:

@@ -44,6 +44,9 @@ class ExtractConfig(CommandConfig, ImageRunOptions):
     """mean over all tokens (CLS included)"""
     random_k: int | None = opt(None, group='token selection (block points; default: all tokens)')
     """k random distinct tokens per image, seeded by (--seed, image index)"""
+    patches_only: bool = opt(False, group='token selection (block points; default: all tokens)')
+    """every patch token: all tokens but CLS and register tokens (what saev's and visaebench's SAEs are
+    trained on; see saevlm import-sae); with --mean_pool, the mean over the patches alone"""
     seed: int = opt(0, group='token selection (block points; default: all tokens)')
     """seed for --random_k (default: 0)"""
     sae_path: str | None = opt(None, group="SAE codes instead of activations (the authors' flow)")
@@ -119,7 +122,8 @@ def run(args: ExtractConfig) -> int:
     points = parse_points(encoder, args.attachment_point, args.layer)
     tokens = token_selection_from_flags(args.cls_only, args.mean_pool, args.random_k, args.seed,
                                         encoder.has_cls, args.model_name,
-                                        lambda m: print(f"warning: {m}", file=sys.stderr))
+                                        lambda m: print(f"warning: {m}", file=sys.stderr),
+                                        patches_only=args.patches_only)
     sae = None
     if args.sae_path:
         from saevlm.sae.checkpoint import load_sae

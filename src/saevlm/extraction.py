@@ -176,7 +176,7 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     encoder.to(device)
 
     num_tokens = None
-    if tokens.mode == "all" and any(p.attachment_point != POST_PROJECTION for p in points):
+    if tokens.mode in ("all", "patches") and any(p.attachment_point != POST_PROJECTION for p in points):
         num_tokens = _probe_num_tokens(encoder, images, selected, points, device)
 
     # One shard size for every store of the run (the smallest), so that a shard index names the
@@ -245,8 +245,10 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
                             # registers and padding (None when every token counts)
                             valid = None if s.tokens is None else encoder.valid_tokens(pixels, acts.shape[1])
                             if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
+                                counted = s.tokens.counted(valid, acts.shape[0], acts.shape[1])
                                 with torch.no_grad():
-                                    pooled = mean_codes(acts.float(), s.pool_encode, valid_bt=valid)
+                                    pooled = mean_codes(acts.float(), s.pool_encode,
+                                                        valid_bt=None if counted is None else counted.to(acts.device))
                                 if s.top_k is not None:  # rows: positions in the selected images
                                     s.top_k.update_rows(np.searchsorted(selected, np.asarray(good)), pooled)
                                 else:
@@ -307,7 +309,7 @@ def point_provenance(point, encoder, tokens, num_tokens, dataset: DatasetInfo, b
         token_prov = {"selection": "pooled"}
     else:
         fixed = num_tokens and not encoder.variable_tokens
-        token_prov = {**tokens.describe(), **({"tokens_per_image": num_tokens} if fixed else {}),
+        token_prov = {**tokens.describe(), **({"tokens_per_image": tokens.rows_per_image(num_tokens)} if fixed else {}),
                       **({"excluded_tokens": encoder.info["excluded_tokens"]}
                          if encoder.info.get("excluded_tokens") else {}),
                       **({"codes": "mean_t encode(x_t): the SAE encodes every token, codes mean-pooled"}

@@ -282,22 +282,36 @@ class TokenSelection:
 
     ``mode`` is ``cls`` (token 0), ``mean`` (mean over all tokens), ``random_k`` (``k`` distinct
     tokens per image, drawn from ``numpy.random.default_rng([seed, image_index])`` so the draw
-    depends only on the image, not on batching or on which process handles it), or ``all``.
+    depends only on the image, not on batching or on which process handles it), ``all``, or
+    ``patches`` (every token but CLS, when ``skip_cls``, and registers: what saev's and
+    visaebench's SAEs are trained on).
     Pooled points (``post_projection``) always give one row per image.
     """
 
     mode: str = "all"
     k: int = 0
     seed: int = 0
+    skip_cls: bool = False  # patches: token 0 is a CLS token, not a patch
 
     def describe(self) -> dict:
-        out: dict = {"selection": self.mode}
+        # a mean over the patches alone is another selection than the mean over every token
+        out: dict = {"selection": "mean_patches" if self.mode == "mean" and self.skip_cls else self.mode}
         if self.mode == "random_k":
             out.update(k=self.k, seed=self.seed)
         return out
 
+    def counted(self, valid_bt: torch.Tensor | None, b: int, t: int) -> torch.Tensor | None:
+        """``[B, T]`` bool of the tokens this selection reads (valid tokens, less CLS when it skips
+        CLS), or None for every token."""
+        if not self.skip_cls:
+            return valid_bt
+        mask = torch.ones(b, t, dtype=torch.bool) if valid_bt is None else valid_bt.to(torch.bool).clone()
+        mask[:, 0] = False
+        return mask
+
     def rows_per_image(self, num_tokens: int) -> int:
-        return {"cls": 1, "mean": 1, "random_k": self.k, "all": num_tokens}[self.mode]
+        return {"cls": 1, "mean": 1, "random_k": self.k, "all": num_tokens,
+                "patches": num_tokens - int(self.skip_cls)}[self.mode]
 
     def token_indices(self, image_index: int, num_tokens: int) -> "list[int]":
         import numpy as np
@@ -307,6 +321,8 @@ class TokenSelection:
             return sorted(int(t) for t in rng.choice(num_tokens, size=self.k, replace=False))
         if self.mode == "all":
             return list(range(num_tokens))
+        if self.mode == "patches":
+            return list(range(int(self.skip_cls), num_tokens))
         if self.mode == "cls":
             return [0]
         return [-1]
@@ -318,6 +334,7 @@ class TokenSelection:
         With ``valid_bt`` (``[B, T]`` bool; see ``VisionEncoder.token_mask``) only valid tokens
         are stored, averaged or drawn from; the token index stays the position in the model's
         own sequence (``hidden_states[l + 1][:, index]``)."""
+        valid_bt = self.counted(valid_bt, acts_btd.shape[0], acts_btd.shape[1])
         if valid_bt is not None:
             return self._select_valid(acts_btd, image_indices, valid_bt)
         b, t, _ = acts_btd.shape
@@ -326,7 +343,7 @@ class TokenSelection:
             return acts_btd.float().mean(dim=1), torch.stack([images, torch.full_like(images, -1)], 1)
         if self.mode == "cls":
             return acts_btd[:, 0], torch.stack([images, torch.zeros_like(images)], 1)
-        if self.mode == "all":
+        if self.mode in ("all", "patches"):  # (patches without CLS went through the mask above)
             rows = acts_btd.reshape(b * t, -1)
             index = torch.stack([images.repeat_interleave(t), torch.arange(t).repeat(b)], 1)
             return rows, index
@@ -351,7 +368,7 @@ class TokenSelection:
             if not bool(valid_bt[:, 0].all()):
                 raise ValueError("token 0 is not a valid token; a model without CLS cannot use mode 'cls'")
             return acts_btd[:, 0], torch.stack([images, torch.zeros_like(images)], 1)
-        if self.mode == "all":
+        if self.mode in ("all", "patches"):
             which = valid_bt.nonzero()  # row-major: image by image, tokens in order
             rows = acts_btd[which[:, 0], which[:, 1]]
             return rows, torch.stack([images[which[:, 0].cpu()], which[:, 1].cpu()], 1)
@@ -372,10 +389,14 @@ class TokenSelection:
 
 
 def token_selection_from_flags(cls_only: bool, mean_pool: bool, random_k: int | None, seed: int,
-                               has_cls: bool, model_name: str, warn: Callable[[str], None]) -> TokenSelection:
-    """Map the authors' flags to a :class:`TokenSelection` (at most one of them may be set)."""
+                               has_cls: bool, model_name: str, warn: Callable[[str], None],
+                               patches_only: bool = False) -> TokenSelection:
+    """Map the authors' flags (and saevlm's --patches_only) to a :class:`TokenSelection` (at most
+    one of them may be set)."""
     chosen = [f for f, on in (("--cls_only", cls_only), ("--mean_pool", mean_pool),
-                              ("--random_k", random_k is not None)) if on]
+                              ("--random_k", random_k is not None), ("--patches_only", patches_only)) if on]
+    if mean_pool and patches_only and len(chosen) == 2:  # the mean over the patches alone
+        return TokenSelection("mean", skip_cls=has_cls)
     if len(chosen) > 1:
         raise UserError(f"{' and '.join(chosen)}: choose at most one token selection")
     if random_k is not None:
@@ -384,6 +405,8 @@ def token_selection_from_flags(cls_only: bool, mean_pool: bool, random_k: int | 
         return TokenSelection("random_k", random_k, seed)
     if mean_pool:
         return TokenSelection("mean")
+    if patches_only:
+        return TokenSelection("patches", skip_cls=has_cls)
     if cls_only:
         if not has_cls:
             # The authors' convention for models without a CLS token (SigLIP): 2 random tokens.

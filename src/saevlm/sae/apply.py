@@ -34,6 +34,10 @@ def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mism
     trained_on = sae.trained_on
     if trained_on is None or allow_mismatch:
         return
+    note = tokens_note(trained_on.tokens.selection, provenance.tokens.selection)
+    if note:
+        import sys
+        print(f"note: --sae_path {sae.path}: {note}", file=sys.stderr)
     diff = trained_on.compatible_with(provenance, aspects=("model", "hook"))
     if diff is not None:
         a, b = trained_on.to_json()[diff.aspect], provenance.to_json()[diff.aspect]
@@ -41,6 +45,20 @@ def check_sae_matches(sae, provenance: Provenance, width: int | None, allow_mism
             a, b = diff.ours, diff.theirs
         raise UserError(f"sae_path {sae.path}: trained on {diff.aspect} {a!r}, but {what} is {diff.aspect} "
                         f"{b!r}; pass --allow_mismatch to encode anyway", field="sae_path")
+
+
+# rows a token-level SAE was trained on -> the selections whose rows are of the same kind (the
+# mean-pooled codes of a selection encode its tokens one by one, as the authors' protocol does)
+_SAME_TOKENS = {"patches": ("patches", "mean_patches", "random_k"), "cls": ("cls",)}
+
+
+def tokens_note(trained: str | None, given: str | None) -> str | None:
+    """A note when an SAE meets tokens of another kind than it was trained on (a patch-token SAE
+    on CLS rows, a CLS SAE on patches): allowed, but its codes there are out of distribution."""
+    if not trained or not given or trained not in _SAME_TOKENS or given in _SAME_TOKENS[trained]:
+        return None
+    return (f"trained on {trained} tokens, given {given} rows (allowed; its codes on tokens it never saw "
+            f"are out of its training distribution)")
 
 
 def dataset_files(store) -> dict:
