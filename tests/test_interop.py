@@ -352,6 +352,19 @@ def test_offline_hub_sources_say_what_to_do(tmp_path, capsys, monkeypatch):
     import_sae("hf:nobody/no-such-saes/layer_3", tmp_path / "o")
     x = inputs(8)
     assert_codes_equal(ours(tmp_path / "o", x)[0], ours(repo / "snapshots" / commit / "layer_3", x)[0])
+    # a saev repo at its root: the manifest is read, then only the checkpoint it picks is fetched
+    import hashlib
+    saev_repo = tmp_path / "cache" / "models--osunlp--SAE_tiny"
+    snap = saev_repo / "snapshots" / commit
+    f = saev_dump(snap / "layer_5" / "run7" / "sae.pt", _saev_state(8, 24, 4),
+                  {"d_model": 8, "d_sae": 24, "activation": {"cls": "Relu", "params": {}}})
+    (snap / "manifest.jsonl").write_text(json.dumps({"run_id": "run7", "layer": 5, "l0": 12.0, "mse": 0.1,
+                                                     "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+                                                     "path": "layer_5/run7/sae.pt"}) + "\n")
+    (saev_repo / "refs").mkdir(parents=True)
+    (saev_repo / "refs" / "main").write_text(commit)
+    import_sae("hf:osunlp/SAE_tiny", tmp_path / "s", "--layer", "5", "--tokens", "patches")
+    assert_codes_equal(ours(tmp_path / "s", x)[0], saev_encode(_saev_state(8, 24, 4), "Relu", 0, False, x))
 
 
 def test_an_imported_sae_carries_its_model_and_hook_through_every_command(sae_lens, tiny_clip_dir, image_folder,
@@ -729,3 +742,68 @@ def test_a_visaebench_repo_scored_end_to_end(visaebench, tmp_path, tiny_clip_dir
     got = _pooled_patch_codes(codes, 256)
     assert (got > 0).sum(1).min() > 0, "an image without any active latent proves little"
     np.testing.assert_allclose(got, want.mean(1).numpy(), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- overcomplete -> saevlm
+@pytest.fixture(scope="module")
+def overcomplete_sae():
+    """overcomplete's own SAE classes. Its package __init__ imports its visualisation (OpenCV and
+    matplotlib's removed cm.get_cmap), so the package is entered below it: the classes and their
+    encode / decode are the library's, unchanged."""
+    import importlib.util
+    import types
+
+    if "overcomplete.sae" not in sys.modules:
+        spec = importlib.util.find_spec("overcomplete")
+        if spec is None:
+            _library("overcomplete")
+        pkg = types.ModuleType("overcomplete")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules.setdefault("overcomplete", pkg)
+    import overcomplete.sae
+    return overcomplete.sae
+
+
+@pytest.mark.parametrize("cls_name, extra", [
+    ("SAE", []), ("TopKSAE", ["--k", "5"]), ("BatchTopKSAE", ["--k", "5", "--threshold", "THR"]), ("JumpSAE", []),
+])
+def test_overcomplete_state_dicts_import_with_its_codes(overcomplete_sae, tmp_path, cls_name, extra):
+    d, f = 16, 48
+    cls = getattr(overcomplete_sae, cls_name)
+    sae = cls(d, f, **({"top_k": 5} if cls_name in ("TopKSAE", "BatchTopKSAE") else {}),
+              dictionary_params={"use_multiplier": True})
+    randomize(sae, 31)
+    if cls_name == "JumpSAE":
+        with torch.no_grad():
+            sae.thresholds.copy_(torch.log(torch.rand(f, generator=torch.Generator().manual_seed(2)) * 0.4 + 0.05))
+    x = inputs(d)
+    if cls_name == "BatchTopKSAE":  # its running threshold comes from training batches
+        sae.train()
+        sae.encode(x[:64])
+    sae.eval()
+    torch.save(sae.state_dict(), tmp_path / "sae.pt")
+    extra = [str(sae.running_threshold.item()) if a == "THR" else a for a in extra]
+    import_sae(tmp_path / "sae.pt", tmp_path / "ours", *(["--sae_class", cls_name] if cls_name != "JumpSAE" else []),
+               *extra)
+    with torch.no_grad():
+        _, want = sae.encode(x)
+        want_recon = sae.decode(want)
+    codes, recon = ours(tmp_path / "ours", x)
+    assert_codes_equal(codes, want)
+    torch.testing.assert_close(recon, want_recon, atol=1e-4, rtol=1e-4)
+
+
+def test_overcomplete_says_what_it_needs_and_refuses_nonlinear_encoders(overcomplete_sae, tmp_path, capsys):
+    sae = overcomplete_sae.TopKSAE(8, 24, top_k=3)
+    torch.save(sae.state_dict(), tmp_path / "topk.pt")
+    mlp = overcomplete_sae.TopKSAE(8, 24, top_k=3, encoder_module="mlp_ln_1")
+    torch.save(mlp.state_dict(), tmp_path / "mlp.pt")
+    for src, extra, words in ((tmp_path / "topk.pt", [], ("--sae_class", "JumpSAE")),
+                              (tmp_path / "topk.pt", ["--sae_class", "TopKSAE"], ("--k", "top_k")),
+                              (tmp_path / "topk.pt", ["--sae_class", "BatchTopKSAE", "--k", "3"],
+                               ("--threshold", "running_threshold")),
+                              (tmp_path / "mlp.pt", ["--sae_class", "TopKSAE", "--k", "3"], ("normalisation layer",))):
+        capsys.readouterr()
+        assert run_cli("import-sae", "--sae_path", src, "--output_dir", tmp_path / "o", *extra) == 2
+        _one_line(capsys, *words)
+        assert not (tmp_path / "o").exists()

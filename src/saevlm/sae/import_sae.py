@@ -30,7 +30,8 @@ class ImportSAEConfig(CommandConfig):
 
     sae_path: str = opt()
     """the source: a folder or file, or hf:<owner>/<repo>[/<subfolder>] (downloaded through huggingface_hub)"""
-    format: str = opt("auto", choices=["auto", "dictionary_learning", "saelens", "sparsify", "saev", "visaebench"])
+    format: str = opt("auto", choices=["auto", "dictionary_learning", "saelens", "sparsify", "saev", "visaebench",
+                                       "overcomplete"])
     """the source's library (default: %(default)s, from the files the folder holds)"""
     output_dir: str = opt()
     """the trainer folder to write (ae.pt, config.json, weights.json, imported.json)"""
@@ -53,6 +54,16 @@ class ImportSAEConfig(CommandConfig):
     """normalisation the source applied to its inputs outside the checkpoint, folded into the weights:
     none, scalar:S (x / S) or stats:FILE (an .npz / .pt / .json holding mean [D] and std, a scalar or [D]).
     Required for visaebench (its mean and std come from its evaluation data); default: none"""
+    sae_class: str | None = opt(None, choices=["SAE", "TopKSAE", "BatchTopKSAE", "JumpSAE"],
+                                group="overcomplete (its state dicts hold no configuration)")
+    """the overcomplete class the state dict belongs to (JumpSAE is told by its thresholds)"""
+    k: int | None = opt(None, group="overcomplete (its state dicts hold no configuration)")
+    """its top_k (TopKSAE, BatchTopKSAE)"""
+    threshold: float | None = opt(None, group="overcomplete (its state dicts hold no configuration)")
+    """BatchTopKSAE's running_threshold (an attribute, not in the state dict)"""
+    dictionary_normalization: str = opt("l2", choices=["l2", "max_l2", "l1", "max_l1", "identity"],
+                                        group="overcomplete (its state dicts hold no configuration)")
+    """the normalisation of its DictionaryLayer (default: %(default)s, overcomplete's)"""
     check_activations: str | None = opt(None)
     """an activation store of the hook the SAE reads: encode a sample of it and print R2, L0 and the dead
     fraction, warning when R2 < 0.5 or L0 is far from the one the source records (the signature of a
@@ -68,27 +79,37 @@ CONFIG = ImportSAEConfig
 IMPORTED_JSON = "imported.json"
 
 
-def resolve_source(spec: str) -> Path:
-    """A local path as it is; ``hf:<owner>/<repo>[/<subfolder>]`` downloaded (cached) by huggingface_hub."""
+def resolve_source(spec: str):
+    """(local folder or file, fetch) for ``--sae_path``: a local path as it is;
+    ``hf:<owner>/<repo>[/<subfolder>]`` through huggingface_hub's cache. At a repo's root only its
+    top-level files are downloaded (a saev repo's manifest.jsonl, not its dozens of checkpoints);
+    ``fetch(relative path)`` gives one more file of the source (the checkpoint a manifest picks)."""
     if not spec.startswith("hf:"):
         p = Path(spec).expanduser()
         if not p.exists():
             raise UserError(f"sae_path {spec}: no such file or directory (a hub repo is written "
                             f"hf:<owner>/<repo>[/<subfolder>])", field="sae_path")
-        return p
+        return p, lambda rel: p / rel
     parts = spec[3:].strip("/").split("/")
     if len(parts) < 2:
         raise UserError(f"sae_path {spec}: expected hf:<owner>/<repo>[/<subfolder>]", field="sae_path")
     repo, sub = "/".join(parts[:2]), "/".join(parts[2:])
-    from huggingface_hub import snapshot_download
-    try:
-        root = Path(snapshot_download(repo, allow_patterns=[f"{sub}/*"] if sub else None))
-    except Exception as err:  # noqa: BLE001 - any hub failure is one line
-        raise UserError(f"sae_path {spec}: could not download {repo} ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:160] if str(err) else ''}). Offline (HF_HUB_OFFLINE=1) only "
-                        f"what is already in the cache can be read: download it once online, or pass a local "
-                        f"folder", field="sae_path") from None
-    return root / sub if sub else root
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    def hub(call, what: str):
+        try:
+            return Path(call())
+        except Exception as err:  # noqa: BLE001 - any hub failure is one line
+            raise UserError(f"sae_path {spec}: could not download {what} of {repo} ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160] if str(err) else ''}). Offline (HF_HUB_OFFLINE=1) only "
+                            f"what is already in the cache can be read: download it once online, or pass a local "
+                            f"folder", field="sae_path") from None
+
+    if sub:
+        root = hub(lambda: snapshot_download(repo, allow_patterns=[f"{sub}/*"]), sub) / sub
+    else:  # top-level files only ("*/*" matches anything inside a folder)
+        root = hub(lambda: snapshot_download(repo, ignore_patterns=["*/*"]), "the top-level files")
+    return root, lambda rel: hub(lambda: hf_hub_download(repo, f"{sub}/{rel}" if sub else rel), rel)
 
 
 def source_record(path: Path) -> dict:
@@ -182,7 +203,7 @@ def run(args: ImportSAEConfig) -> int:
         raise UserError(f"output_dir {out}: already holds an SAE (ae.pt); pass --overwrite to replace it",
                         field="output_dir")
     mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
-    src = resolve_source(args.sae_path)
+    src, fetch = resolve_source(args.sae_path)
     fmt = interop.detect_format(src) if args.format == "auto" else args.format
     if fmt in interop.NEEDS_INPUT_NORM and args.input_norm is None:
         raise UserError(f"input_norm: required for a {fmt} SAE, whose inputs were normalised by statistics kept "
@@ -193,14 +214,22 @@ def run(args: ImportSAEConfig) -> int:
                         f"--tokens patches (or the tokens it was trained on)", field="tokens")
     picked = None
     if fmt == "saev" and src.is_dir() and (src / "manifest.jsonl").is_file():
-        src, picked = interop.pick_saev_checkpoint(src, args.layer, args.l0, args.run_id)
+        src, picked = interop.pick_saev_checkpoint(src, args.layer, args.l0, args.run_id, fetch)
     elif args.l0 is not None or args.run_id is not None:
         raise UserError("l0: only for a saev multi-checkpoint repo (manifest.jsonl)", field="l0")
     if fmt == "dictionary_learning" and src.is_dir() and not (src / "ae.pt").is_file():
         raise UserError(f"sae_path {src}: no ae.pt (a dictionary_learning trainer folder)", field="sae_path")
-    if fmt not in ("dictionary_learning", "saev") and not src.is_dir():
+    if fmt not in ("dictionary_learning", "saev", "overcomplete") and not src.is_dir():
         raise UserError(f"sae_path {src}: a {fmt} SAE is a folder (cfg.json + weights), not a file", field="sae_path")
-    weights = interop.READERS[fmt](src)
+    given = [flag for flag, value in (("--sae_class", args.sae_class), ("--k", args.k),
+                                      ("--threshold", args.threshold)) if value is not None]
+    if fmt == "overcomplete":
+        weights = interop.read_overcomplete(src, args.sae_class, args.k, args.threshold, args.dictionary_normalization)
+    elif given:
+        raise UserError(f"{given[0][2:]}: only for an overcomplete state dict; a {fmt} checkpoint says it itself",
+                        field=given[0][2:])
+    else:
+        weights = interop.READERS[fmt](src)
     weights.check_finite(str(src))
     notes = []
     if fmt == "saev" and weights.arch == "top_k":

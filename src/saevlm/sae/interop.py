@@ -22,6 +22,7 @@ dictionary_learning       ``ae.pt`` (+ ``config.json``)                yes (``b_
 saelens                   ``cfg.json`` + ``sae_weights.safetensors``   ``apply_b_dec_to_input``
 sparsify                  ``cfg.json`` + ``sae.safetensors``           yes (not for transcoders)
 saev                      ``sae.pt``: one JSON line, then torch.save   schema < 2 only
+overcomplete              a state dict (.pt / .safetensors) + flags    no
 visaebench                ``sae.pt`` / ``model.safetensors`` +         no
                           ``config.json``
 ========================  ==========================================  ===========================
@@ -47,7 +48,7 @@ ACTIVATIONS = {
     "matryoshka_batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
     "jumprelu": "relu(pre) where pre > threshold[f] (one per latent), else 0",
 }
-FORMATS = ("dictionary_learning", "saelens", "sparsify", "saev", "visaebench")
+FORMATS = ("dictionary_learning", "saelens", "sparsify", "saev", "visaebench", "overcomplete")
 # formats trained on patch tokens (not CLS) whose tokens must be said, and whose inputs were
 # normalised outside the checkpoint (visaebench: a mean [D] and a scalar std from its eval data)
 NEEDS_TOKENS = ("saev", "visaebench")
@@ -186,7 +187,11 @@ def detect_format(path: Path) -> str:
     """The format of a local SAE folder or file, from the files it holds."""
     if path.is_file():
         if path.suffix == ".pt":
-            return "saev" if _has_json_header(path) else "dictionary_learning"
+            if _has_json_header(path):
+                return "saev"
+            return "overcomplete" if "dictionary._weights" in _state_keys(path) else "dictionary_learning"
+        if path.suffix == ".safetensors":
+            return "overcomplete"
         raise UserError(f"sae_path {path}: cannot tell the format of a {path.suffix or 'suffix-less'} file; pass "
                         f"--format ({', '.join(FORMATS)})", field="sae_path")
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
@@ -207,6 +212,15 @@ def detect_format(path: Path) -> str:
                         f"(dictionary_learning)", field="sae_path")
     raise UserError(f"sae_path {path}: ambiguous layout (it holds {listing}): could be {' or '.join(found)}; pass "
                     f"--format", field="sae_path")
+
+
+def _state_keys(f: Path) -> set[str]:
+    """The keys of a torch state dict, without reading its tensors (memory-mapped)."""
+    try:
+        state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: the reader says so in its own words
+        return set()
+    return set(state) if isinstance(state, dict) else set()
 
 
 def _has_json_header(f: Path) -> bool:
@@ -335,7 +349,8 @@ def read_sparsify(path: Path) -> SAEWeights:
                       state["b_dec"], centred=True, k=int(cfg["k"]), metadata={})
 
 
-def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id: str | None) -> tuple[Path, dict]:
+def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id: str | None,
+                         fetch=None) -> tuple[Path, dict]:
     """One checkpoint of a saev multi-checkpoint repo (``layer_<N>/<run>/sae.pt`` + ``manifest.jsonl``,
     one row per checkpoint: run_id, layer, l0, mse, sha256, path): by ``run_id``, or by ``layer`` and
     the L0 nearest ``l0``. The file's SHA-256 must match its row."""
@@ -369,7 +384,7 @@ def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id
                         f"{'pass --l0 to choose among' if chosen else 'the manifest lists'} {options}",
                         field="sae_path", mentions=("l0",))
     row = chosen[0]
-    f = root / row["path"]
+    f = fetch(row["path"]) if fetch is not None else root / row["path"]  # (a hub repo: downloaded now)
     if not f.is_file():
         raise UserError(f"sae_path {f}: listed in manifest.jsonl but not there", field="sae_path")
     if row.get("sha256"):
@@ -491,6 +506,109 @@ def read_visaebench(path: Path) -> SAEWeights:
     else:
         raise UserError(f"sae_path {cfg_file}: visaebench activation {kind!r} is not supported (topk, batchtopk, "
                         f"jumprelu)", field="sae_path")
+    return w
+
+
+OVERCOMPLETE_CLASSES = ("SAE", "TopKSAE", "BatchTopKSAE", "JumpSAE")
+OVERCOMPLETE_NORMALIZATIONS = ("l2", "max_l2", "l1", "max_l1", "identity")
+
+
+def _overcomplete_dictionary(weights: torch.Tensor, multiplier: torch.Tensor, normalization: str) -> torch.Tensor:
+    """overcomplete's eval-mode dictionary: its normalisation of the stored rows times exp(multiplier)."""
+    w = weights.double()
+    if normalization == "l2":
+        w = w / (w.norm(p=2, dim=1, keepdim=True) + 1e-8)
+    elif normalization == "max_l2":
+        w = w / w.norm(p=2, dim=1, keepdim=True).amax(dim=0, keepdim=True)
+    elif normalization == "l1":
+        w = w / (w.norm(p=1, dim=1, keepdim=True) + 1e-8)
+    elif normalization == "max_l1":
+        w = w / w.norm(p=1, dim=1, keepdim=True).amax(dim=0, keepdim=True)
+    return (w * torch.exp(multiplier.double())).float()
+
+
+def read_overcomplete(path: Path, sae_class: str | None, k: int | None, threshold: float | None,
+                      normalization: str = "l2") -> SAEWeights:
+    """overcomplete (KempnerInstitute) modules saved as a state dict: ``encoder.final_block.0.weight``
+    [F, D] and ``.bias`` (the linear encoder; ReLU after it), ``dictionary._weights`` [F, D] and
+    ``dictionary.multiplier`` (the decoder is normalise(_weights) * exp(multiplier); no decoder bias),
+    JumpSAE's ``thresholds`` in log space. Nothing else is saved: the class, its ``top_k`` and
+    BatchTopK's ``running_threshold`` (a plain attribute, not in the state dict) are given with flags.
+    BatchTopK and JumpReLU keep codes >= their threshold (made > the float just below). Non-linear
+    encoders (hidden MLP blocks, a normalisation layer, attention, ResNet) are refused by name."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth", ".safetensors"))
+        if len(files) != 1:
+            raise UserError(f"sae_path {path}: expected one overcomplete state dict (.pt / .safetensors) in the "
+                            f"folder, found {len(files)}; pass the file", field="sae_path")
+        path = files[0]
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"sae_path {path}: not a readable torch state dict "
+                            f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}); "
+                            f"save it with torch.save(sae.state_dict(), path)", field="sae_path") from None
+        if not isinstance(state, dict):
+            raise UserError(f"sae_path {path}: holds a {type(state).__name__}, not a state dict; save it with "
+                            f"torch.save(sae.state_dict(), path)", field="sae_path")
+        state = {key: v.float() for key, v in state.items() if isinstance(v, torch.Tensor)}
+    encoder_keys = sorted(key for key in state if key.startswith("encoder."))
+    if any(key.startswith("encoder.mlp_blocks") for key in encoder_keys):
+        raise UserError(f"sae_path {path}: an overcomplete MLP encoder with hidden blocks is non-linear; saevlm "
+                        f"takes SAEs with a linear encoder", field="sae_path")
+    if any(key.startswith("encoder.final_block.") and not key.startswith("encoder.final_block.0.")
+           for key in encoder_keys):
+        raise UserError(f"sae_path {path}: its encoder has a normalisation layer (LayerNorm / BatchNorm) after the "
+                        f"linear one, which is not a linear SAE encoder; not supported", field="sae_path")
+    if encoder_keys and "encoder.final_block.0.weight" not in state:
+        raise UserError(f"sae_path {path}: a non-linear overcomplete encoder (attention or ResNet: "
+                        f"{', '.join(encoder_keys[:3])}); saevlm takes SAEs with a linear encoder", field="sae_path")
+    if "dictionary._weights" not in state and any(key.startswith("dictionary.") for key in state):
+        raise UserError(f"sae_path {path}: an archetypal dictionary (RelaxedArchetypalDictionary) is built from "
+                        f"data points at run time; not supported", field="sae_path")
+    _need(state, ("encoder.final_block.0.weight", "encoder.final_block.0.bias", "dictionary._weights"), path,
+          "overcomplete")
+    f_, d = state["encoder.final_block.0.weight"].shape
+    _shape(state["dictionary._weights"], (f_, d), "dictionary._weights", path)
+    if normalization not in OVERCOMPLETE_NORMALIZATIONS:
+        raise UserError(f"dictionary_normalization {normalization!r}: expected one of "
+                        f"{', '.join(OVERCOMPLETE_NORMALIZATIONS)}", field="dictionary_normalization")
+    if "thresholds" in state:
+        sae_class = sae_class or "JumpSAE"
+    if sae_class is None:
+        raise UserError(f"sae_class: required for an overcomplete state dict, which does not say its class: one "
+                        f"of {', '.join(OVERCOMPLETE_CLASSES[:3])} (JumpSAE is told by its thresholds)",
+                        field="sae_class", mentions=("k", "threshold"))
+    W_dec = _overcomplete_dictionary(state["dictionary._weights"], state.get("dictionary.multiplier", torch.tensor(0.0)),
+                                     normalization)
+    w = SAEWeights("standard", state["encoder.final_block.0.weight"].T.contiguous(), state["encoder.final_block.0.bias"],
+                   W_dec, torch.zeros(d), centred=False,
+                   metadata={"overcomplete_class": sae_class, "dictionary_normalization": normalization})
+    below = torch.tensor(float("-inf"))
+    if sae_class in ("TopKSAE", "BatchTopKSAE"):
+        if k is None:
+            raise UserError(f"k: required for an overcomplete {sae_class} (its top_k is not in the state dict)",
+                            field="k")
+        w.k = int(k)
+        w.arch = "top_k"
+    if sae_class == "BatchTopKSAE":
+        if threshold is None:
+            raise UserError("threshold: required for an overcomplete BatchTopKSAE: its running_threshold is a plain "
+                            "attribute, not in the state dict (read sae.running_threshold before saving)",
+                            field="threshold")
+        t = torch.tensor(float(threshold), dtype=torch.float32)
+        w.arch = "batch_top_k"
+        w.threshold = torch.nextafter(t, below) if float(t) > 0 else torch.tensor(0.0)
+    elif sae_class == "JumpSAE":
+        _need(state, ("thresholds",), path, "overcomplete JumpSAE")
+        w.arch = "jumprelu"  # kept where relu(pre) >= exp(thresholds) (> 0): pre > the float just below
+        w.threshold = torch.nextafter(torch.exp(state["thresholds"].reshape(f_)), below)
+    elif sae_class not in OVERCOMPLETE_CLASSES:
+        raise UserError(f"sae_class {sae_class!r}: expected one of {', '.join(OVERCOMPLETE_CLASSES)}",
+                        field="sae_class")
     return w
 
 
