@@ -100,6 +100,7 @@ def _saelens_sae(sae_lens, arch: str, d: int, f: int, seed: int, **cfg):
     ("topk", 16, 16, {"k": 4, "rescale_acts_by_decoder_norm": True}),
     ("jumprelu", 16, 48, {"apply_b_dec_to_input": True}),
     ("jumprelu", 16, 48, {"apply_b_dec_to_input": False}),
+    ("jumprelu", 16, 16, {"apply_b_dec_to_input": True}),
 ])
 def test_saelens_sae_imports_with_the_librarys_codes(sae_lens, tmp_path, arch, d, f, cfg):
     sae = _saelens_sae(sae_lens, arch, d, f, seed=3, **cfg)
@@ -250,11 +251,12 @@ def _our_sae(arch: str, d: int, f: int, path: Path, seed: int = 21) -> Path:
     return path
 
 
-@pytest.mark.parametrize("arch", ["standard", "top_k", "batch_top_k", "matryoshka_batch_top_k", "jumprelu"])
-def test_export_to_saelens_loads_there_with_our_codes(sae_lens, tmp_path, arch):
+@pytest.mark.parametrize("arch, f", [("standard", 40), ("top_k", 40), ("batch_top_k", 40), ("matryoshka_batch_top_k", 40),
+                                     ("jumprelu", 40), ("top_k", 16), ("jumprelu", 16)])
+def test_export_to_saelens_loads_there_with_our_codes(sae_lens, tmp_path, arch, f):
     from sae_lens import SAE
 
-    src = _our_sae(arch, 16, 40, tmp_path / "trainer_0")
+    src = _our_sae(arch, 16, f, tmp_path / "trainer_0")
     assert run_cli("export-sae", "--sae_path", src, "--format", "saelens", "--output_dir", tmp_path / "out") == 0
     lib = SAE.load_from_disk(tmp_path / "out")
     x = inputs(16)
@@ -767,8 +769,9 @@ def overcomplete_sae():
 @pytest.mark.parametrize("cls_name, extra", [
     ("SAE", []), ("TopKSAE", ["--k", "5"]), ("BatchTopKSAE", ["--k", "5", "--threshold", "THR"]), ("JumpSAE", []),
 ])
-def test_overcomplete_state_dicts_import_with_its_codes(overcomplete_sae, tmp_path, cls_name, extra):
-    d, f = 16, 48
+@pytest.mark.parametrize("f", [48, 16])
+def test_overcomplete_state_dicts_import_with_its_codes(overcomplete_sae, tmp_path, cls_name, extra, f):
+    d = 16
     cls = getattr(overcomplete_sae, cls_name)
     sae = cls(d, f, **({"top_k": 5} if cls_name in ("TopKSAE", "BatchTopKSAE") else {}),
               dictionary_params={"use_multiplier": True})

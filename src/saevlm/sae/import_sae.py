@@ -183,7 +183,8 @@ def check_on_activations(sae, store_path: str, rows: int, recorded_l0: float | N
     if recorded_l0 and l0 > 0 and abs(np.log(l0 / recorded_l0)) > np.log(2):
         warnings.append(f"L0 {l0:.1f} is far from the {recorded_l0:g} the source records")
     return {"store": str(Path(store_path).resolve()), "rows": int(len(x)), "r2": r2, "l0": l0,
-            "dead_fraction": dead, "recorded_l0": recorded_l0, "warnings": warnings}
+            "dead_fraction": dead, "recorded_l0": recorded_l0, "warnings": warnings,
+            "normalized_mse": None if r2 is None else 1 - r2}
 
 
 def run(args: ImportSAEConfig) -> int:
@@ -284,8 +285,10 @@ def run(args: ImportSAEConfig) -> int:
                                                            float(recorded_l0) if recorded_l0 else None)
             atomic_write_json(tmp / IMPORTED_JSON, record)
             r2_text = f"{check['r2']:.3f}" if check["r2"] is not None else "undefined (constant rows)"
+            recorded = "".join(f"; the source records {key} {(picked or {})[key]}" for key in ("l0", "mse")
+                               if (picked or {}).get(key) is not None)
             print(f"import-sae: on {check['rows']} rows of {args.check_activations}: R2 {r2_text}, L0 "
-                  f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}", file=sys.stderr)
+                  f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}{recorded}", file=sys.stderr)
             for warning in check["warnings"]:
                 print(f"warning: {warning}", file=sys.stderr)
         if out.exists():
