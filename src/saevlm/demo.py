@@ -70,6 +70,8 @@ def _step(title: str, argv: list) -> None:
 def run(args: DemoConfig) -> int:
     import json
 
+    from saevlm.sae.archs import spec
+
     t0 = time.time()
     out = Path(args.output_dir)
     world, sae_dir = out / "world", out / "sae"
@@ -92,7 +94,7 @@ def run(args: DemoConfig) -> int:
         _step("    MS", ["ms", "--activations_dir", codes, "--embeddings_path", world / "embeddings_val",
                          "--no_progress", *dev])
         _step("    top images", ["top-images", "--activations_dir", codes, "--no_progress", *dev])
-        if t["arch"] == "matryoshka_batch_top_k":
+        if spec(t["arch"]).grouped:
             _step("5/6 hierarchy", ["hierarchy", "--activations_dir", codes])
     _step("6/6 report", ["report", "--run_dir", out, "--title", "saevlm demo: synthetic world"])
     raw = json.loads((world / "val" / "ms_synthetic" / A.MS_JSON).read_text())

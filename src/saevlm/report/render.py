@@ -24,10 +24,11 @@ from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
 from saevlm.report import paper
+from saevlm.sae.archs import ARCH_SPECS
 from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
 
-ARCH_NAMES = {"batch_top_k": "BatchTopK", "matryoshka_batch_top_k": "Matryoshka BatchTopK",
-              "top_k": "TopK", "standard": "ReLU (L1)", "jumprelu": "JumpReLU"}
+# how tables name each architecture (its archs.ArchSpec label); an unknown name as it is
+ARCH_NAMES = {name: spec.label for name, spec in ARCH_SPECS.items()}
 
 
 @dataclass

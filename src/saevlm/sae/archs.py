@@ -40,6 +40,7 @@ class ArchSpec:
     grouped: bool  # Matryoshka groups (group_sizes in the state dict)
     sparse_engine: bool  # trained by saevlm's sparse engine (else dictionary_learning's own update)
     saelens: str  # the SAELens architecture it is written as (threshold ones as "jumprelu")
+    label: str = ""  # how tables name it
 
     @property
     def threshold_shape(self) -> str:
@@ -49,20 +50,21 @@ class ArchSpec:
 ARCH_SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     ArchSpec("standard", ("dictionary_learning.trainers.standard", "StandardTrainer"),
              ("dictionary_learning.dictionary", "AutoEncoder"), "linear", "bias", True, "relu",
-             has_k=False, grouped=False, sparse_engine=False, saelens="standard"),
+             has_k=False, grouped=False, sparse_engine=False, saelens="standard", label="ReLU (L1)"),
     ArchSpec("top_k", ("dictionary_learning.trainers.top_k", "TopKTrainer"),
              ("dictionary_learning.trainers.top_k", "AutoEncoderTopK"), "linear", "b_dec", True, "row_top_k",
-             has_k=True, grouped=False, sparse_engine=True, saelens="topk"),
+             has_k=True, grouped=False, sparse_engine=True, saelens="topk", label="TopK"),
     ArchSpec("batch_top_k", ("dictionary_learning.trainers.batch_top_k", "BatchTopKTrainer"),
              ("dictionary_learning.trainers.batch_top_k", "BatchTopKSAE"), "linear", "b_dec", True, "threshold",
-             has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu"),
+             has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu", label="BatchTopK"),
     ArchSpec("matryoshka_batch_top_k", ("dictionary_learning.trainers.matryoshka_batch_top_k",
                                         "MatryoshkaBatchTopKTrainer"),
              ("dictionary_learning.trainers.matryoshka_batch_top_k", "MatryoshkaBatchTopKSAE"), "matrix", "b_dec",
-             True, "threshold", has_k=True, grouped=True, sparse_engine=True, saelens="jumprelu"),
+             True, "threshold", has_k=True, grouped=True, sparse_engine=True, saelens="jumprelu",
+             label="Matryoshka BatchTopK"),
     ArchSpec("jumprelu", ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer"),
              ("dictionary_learning.dictionary", "JumpReluAutoEncoder"), "matrix", "b_dec", False, "jump",
-             has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu"),
+             has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu", label="JumpReLU"),
 )}
 # --sae_model -> (trainer module, trainer class, dictionary module, dictionary class)
 ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {

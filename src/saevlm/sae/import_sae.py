@@ -195,6 +195,7 @@ def run(args: ImportSAEConfig) -> int:
 
     from saevlm.data.atomic import atomic_write_json, check_not_own_input, ensure_writable_dir
     from saevlm.sae import interop
+    from saevlm.sae.archs import spec
     from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
 
     check_not_own_input(args.output_dir, "output_dir", [("sae_path", None if args.sae_path.startswith("hf:")
@@ -250,7 +251,7 @@ def run(args: ImportSAEConfig) -> int:
         trainer["group_sizes"] = list(weights.group_sizes)
     record = {"format": fmt, "source": args.sae_path, "files": source_record(src), "tokens": args.tokens,
               **({"manifest_row": picked} if picked else {}),
-              "arch": weights.arch, "activation": interop.ACTIVATIONS[weights.arch],
+              "arch": weights.arch, "activation": interop.ACTIVATIONS[spec(weights.arch).activation],
               "folds": {"input_norm": norm_text, "centred_in_source": weights.centred},
               "source_metadata": weights.metadata, "notes": notes}
     config = {"trainer": trainer,

@@ -40,13 +40,12 @@ import torch
 from saevlm.errors import UserError
 from saevlm.sae.archs import dict_class, spec
 
-# arch -> how codes come from the pre-activations (all compare with ">", as every library here)
+# an architecture's activation rule (archs.ArchSpec.activation) in words; every saevlm class compares with ">"
 ACTIVATIONS = {
-    "standard": "relu(pre)",
-    "top_k": "the k largest of relu(pre) per row, others 0",
-    "batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
-    "matryoshka_batch_top_k": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
-    "jumprelu": "relu(pre) where pre > threshold[f] (one per latent), else 0",
+    "relu": "relu(pre)",
+    "row_top_k": "the k largest of relu(pre) per row, others 0",
+    "threshold": "relu(pre) where relu(pre) > threshold (a scalar), else 0",
+    "jump": "relu(pre) where pre > threshold[f] (one per latent), else 0",
 }
 FORMATS = ("dictionary_learning", "saelens", "sparsify", "saev", "visaebench", "overcomplete")
 # formats trained on patch tokens (not CLS) whose tokens must be said, and whose inputs were
@@ -82,16 +81,17 @@ class SAEWeights:
         """Codes by the canonical definition (a reference for tests and ``--check_activations``)."""
         pre = self.pre_activations(x)
         post = torch.relu(pre)
-        if self.arch == "standard":
+        rule = spec(self.arch).activation
+        if rule == "relu":
             return post
-        if self.arch == "top_k":
+        if rule == "row_top_k":
             top = post.topk(int(self.k), dim=-1)
             return torch.zeros_like(post).scatter_(-1, top.indices, top.values)
-        if self.arch in ("batch_top_k", "matryoshka_batch_top_k"):
+        if rule == "threshold":
             return post * (post > self.threshold)
-        if self.arch == "jumprelu":
+        if rule == "jump":
             return post * (pre > self.threshold)
-        raise ValueError(self.arch)
+        raise ValueError(rule)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self.W_dec + self.b_dec

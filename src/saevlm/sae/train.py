@@ -235,10 +235,10 @@ def validate_args(args: TrainConfig, act_dim: int, train_rows: int) -> None:
     if args.k < 1:
         raise UserError(f"--k {args.k}: expected a positive integer")
     smallest = min(args.expansion_factor) * act_dim
-    if any(canonical_arch(a) != "standard" for a in args.sae_model) and args.k > smallest:
+    if any(spec_of(canonical_arch(a)).has_k for a in args.sae_model) and args.k > smallest:
         raise UserError(f"--k {args.k}: larger than the dictionary ({smallest} latents = expansion "
                         f"{min(args.expansion_factor)} x width {act_dim})")
-    if any(canonical_arch(a) == "matryoshka_batch_top_k" for a in args.sae_model):
+    if any(spec_of(canonical_arch(a)).grouped for a in args.sae_model):
         fr = args.group_fractions
         if any(f <= 0 for f in fr) or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
             raise UserError(f"--group_fractions {' '.join(map(str, fr))}: must be positive and sum to 1 "
