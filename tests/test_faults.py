@@ -1050,6 +1050,32 @@ def test_no_json_the_package_writes_holds_nan(finished_run):
         json.loads(f.read_text(), parse_constant=refuse)
 
 
+def test_training_validated_on_constant_rows_says_r2_is_undefined(run_copy, capsys):
+    """U7: validation rows that do not vary printed R2 -12778881477.3 and wrote NaN into eval.json
+    (not JSON); now R2 is undefined, said so, and eval.json is strict JSON."""
+    from saevlm.data.writer import StoreWriter
+
+    val = run_copy / "world" / "val"
+    manifest = json.loads((val / "manifest.json").read_text())
+    n, dim = 300, manifest["dim"]
+    w = StoreWriter(run_copy / "const", kind="activations", dim=dim, dtype="fp32", images_per_shard=n, num_images=n,
+                    provenance={**manifest["provenance"], "dataset": {"paths_sha256": "constant"}}, software={})
+    w.write_shard(0, np.full((n, dim), 0.7, np.float32), np.stack([np.arange(n), -np.ones(n, np.int64)], 1), 0, n)
+    w.finalize()
+    capsys.readouterr()
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", run_copy / "world" / "train",
+                   "--val_activations_dir", run_copy / "const", "--checkpoints_dir", run_copy / "ckc",
+                   "--expansion_factor", "2", "--k", "4", "--steps", "20", "--batch_size", "64", "--warmup_steps", "2",
+                   "--device", "cpu", "--no_progress") == 0
+    out = capsys.readouterr()
+    assert "undefined" in out.out + out.err and "-1" not in (out.out + out.err).split("R2", 1)[-1][:20]
+
+    def refuse(token):
+        raise ValueError(f"non-JSON number {token}")
+    record = json.loads((run_copy / "ckc" / "trainer_0" / "eval.json").read_text(), parse_constant=refuse)
+    assert record["r2"] is None
+
+
 def test_crashes_of_round_3_are_one_line(run_copy, tiny_clip_dir, tiny_dinov2_dir, image_folder, tmp_path, capsys,
                                          monkeypatch):
     """C4 seeds, C5 a truncated model.safetensors, C6 a huge latent id, C7 naming with a DINOv2
