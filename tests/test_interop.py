@@ -810,3 +810,21 @@ def test_overcomplete_says_what_it_needs_and_refuses_nonlinear_encoders(overcomp
         assert run_cli("import-sae", "--sae_path", src, "--output_dir", tmp_path / "o", *extra) == 2
         _one_line(capsys, *words)
         assert not (tmp_path / "o").exists()
+
+
+def test_outputs_never_replace_other_files(sae_lens, tmp_path, capsys):
+    """--output_dir holding other files is refused even with --overwrite (nothing there is removed);
+    an earlier import or export is replaced only with --overwrite."""
+    src = _our_sae("top_k", 8, 16, tmp_path / "trainer_0")
+    mine = tmp_path / "my_notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    for command, extra in (("import-sae", []), ("export-sae", ["--format", "saelens"])):
+        capsys.readouterr()
+        assert run_cli(command, "--sae_path", src, "--output_dir", mine, "--overwrite", *extra) == 2
+        _one_line(capsys, "--output_dir", "not empty")
+        assert (mine / "thesis.tex").read_text() == "precious" and len(list(mine.iterdir())) == 1
+    import_sae(src, tmp_path / "imp")
+    assert run_cli("import-sae", "--sae_path", src, "--output_dir", tmp_path / "imp") == 2
+    _one_line(capsys, "--overwrite")
+    import_sae(src, tmp_path / "imp", "--overwrite")

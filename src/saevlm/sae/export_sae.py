@@ -169,8 +169,16 @@ def run(args: ExportSAEConfig) -> int:
     src = Path(args.sae_path).expanduser()
     dirs = trainer_dirs(src)
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise UserError(f"output_dir {out}: not empty; pass --overwrite to replace its contents", field="output_dir")
+    if out.is_dir() and any(out.iterdir()):
+        # replaced only when it holds an earlier export and --overwrite says so: never other files
+        if not any((out / name).exists() for name in ("cfg.json", "manifest.jsonl", "README.md")):
+            raise UserError(f"output_dir {out}: not empty and not an earlier export; choose an empty or new folder",
+                            field="output_dir")
+        if not args.overwrite:
+            raise UserError(f"output_dir {out}: holds an earlier export; pass --overwrite to replace it",
+                            field="output_dir")
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out}: a file, not a folder", field="output_dir")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."), "output_dir")
     several = len(dirs) > 1 or dirs[0] != src
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))

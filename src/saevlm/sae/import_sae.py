@@ -201,9 +201,16 @@ def run(args: ImportSAEConfig) -> int:
     check_not_own_input(args.output_dir, "output_dir", [("sae_path", None if args.sae_path.startswith("hf:")
                                                           else args.sae_path)])
     out = Path(args.output_dir)
-    if (out / "ae.pt").exists() and not args.overwrite:
-        raise UserError(f"output_dir {out}: already holds an SAE (ae.pt); pass --overwrite to replace it",
-                        field="output_dir")
+    if out.is_dir() and any(out.iterdir()):
+        # replaced only when it is a trainer folder and --overwrite says so: never another folder's files
+        if not (out / "ae.pt").exists():
+            raise UserError(f"output_dir {out}: not empty and not a trainer folder (no ae.pt); choose an empty or "
+                            f"new folder", field="output_dir")
+        if not args.overwrite:
+            raise UserError(f"output_dir {out}: already holds an SAE (ae.pt); pass --overwrite to replace it",
+                            field="output_dir")
+    elif out.exists() and not out.is_dir():
+        raise UserError(f"output_dir {out}: a file, not a folder", field="output_dir")
     mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
     src, fetch = resolve_source(args.sae_path)
     fmt = interop.detect_format(src) if args.format == "auto" else args.format
