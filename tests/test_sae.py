@@ -266,3 +266,29 @@ def test_train_val_width_mismatch_and_sae_store_mismatch(world, tmp_path, capsys
     rc = run_cli("encode", "--sae_path", bad, "--activations_dir", world / "val", "--output_dir",
                  tmp_path / "c", "--no_progress")
     assert rc == 2 and "'GatedAutoEncoder' (from" in capsys.readouterr().err
+
+
+def test_each_architecture_row_lists_the_train_flags_its_trainer_reads(tmp_path, capsys):
+    """archs.ArchSpec.config_fields is true: changing each listed flag changes the trainer's
+    arguments, and a flag that no chosen architecture reads is noted."""
+    import dataclasses
+    from pathlib import Path
+
+    from saevlm.data.manifest import Provenance
+    from saevlm.sae.archs import ARCH_SPECS
+    from saevlm.sae.train import SAESpec, TrainConfig, _trainer_kwargs, unread_flags
+
+    prov = Provenance.from_json({"model": {"name": "m", "source": "m"},
+                                 "hook": {"attachment_point": "post_mlp_residual", "layer": 3}})
+    changed = {"k": 7, "auxk_alpha": 0.5, "threshold_beta": 0.5, "threshold_start_step": 11, "group_fractions": [0.5, 0.5],
+               "l1_penalty": 0.3, "sparsity_penalty": 0.3, "bandwidth": 0.01}
+    for arch, spec in ARCH_SPECS.items():
+        base = TrainConfig(activations_dir="a", checkpoints_dir="c", sae_model=[arch])
+        sae = SAESpec(arch, 2, 32, 1e-3, Path(tmp_path))
+        before = _trainer_kwargs(base, sae, 16, "cpu", prov, 99)
+        for field in spec.config_fields:
+            after = _trainer_kwargs(dataclasses.replace(base, **{field: changed[field]}), sae, 16, "cpu", prov, 99)
+            assert after != before, (arch, field)
+        assert unread_flags(base) == []
+    bt = TrainConfig(activations_dir="a", checkpoints_dir="c", sae_model=["batch_top_k"], group_fractions=[0.5, 0.5])
+    assert unread_flags(bt) == ["group_fractions"]

@@ -41,6 +41,9 @@ class ArchSpec:
     sparse_engine: bool  # trained by saevlm's sparse engine (else dictionary_learning's own update)
     saelens: str  # the SAELens architecture it is written as (threshold ones as "jumprelu")
     label: str = ""  # how tables name it
+    # the `train` flags (TrainConfig fields) its trainer reads beyond the shared ones (steps, lr,
+    # warm-up, decay, seed); `train` notes a flag given that no chosen architecture reads
+    config_fields: tuple[str, ...] = ()
 
     @property
     def threshold_shape(self) -> str:
@@ -50,21 +53,26 @@ class ArchSpec:
 ARCH_SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     ArchSpec("standard", ("dictionary_learning.trainers.standard", "StandardTrainer"),
              ("dictionary_learning.dictionary", "AutoEncoder"), "linear", "bias", True, "relu",
-             has_k=False, grouped=False, sparse_engine=False, saelens="standard", label="ReLU (L1)"),
+             has_k=False, grouped=False, sparse_engine=False, saelens="standard", label="ReLU (L1)",
+             config_fields=("l1_penalty",)),
     ArchSpec("top_k", ("dictionary_learning.trainers.top_k", "TopKTrainer"),
              ("dictionary_learning.trainers.top_k", "AutoEncoderTopK"), "linear", "b_dec", True, "row_top_k",
-             has_k=True, grouped=False, sparse_engine=True, saelens="topk", label="TopK"),
+             has_k=True, grouped=False, sparse_engine=True, saelens="topk", label="TopK",
+             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step")),
     ArchSpec("batch_top_k", ("dictionary_learning.trainers.batch_top_k", "BatchTopKTrainer"),
              ("dictionary_learning.trainers.batch_top_k", "BatchTopKSAE"), "linear", "b_dec", True, "threshold",
-             has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu", label="BatchTopK"),
+             has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu", label="BatchTopK",
+             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step")),
     ArchSpec("matryoshka_batch_top_k", ("dictionary_learning.trainers.matryoshka_batch_top_k",
                                         "MatryoshkaBatchTopKTrainer"),
              ("dictionary_learning.trainers.matryoshka_batch_top_k", "MatryoshkaBatchTopKSAE"), "matrix", "b_dec",
              True, "threshold", has_k=True, grouped=True, sparse_engine=True, saelens="jumprelu",
-             label="Matryoshka BatchTopK"),
+             label="Matryoshka BatchTopK",
+             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step", "group_fractions")),
     ArchSpec("jumprelu", ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer"),
              ("dictionary_learning.dictionary", "JumpReluAutoEncoder"), "matrix", "b_dec", False, "jump",
-             has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu", label="JumpReLU"),
+             has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu", label="JumpReLU",
+             config_fields=("k", "sparsity_penalty", "bandwidth")),
 )}
 # --sae_model -> (trainer module, trainer class, dictionary module, dictionary class)
 ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {

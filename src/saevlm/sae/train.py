@@ -31,7 +31,7 @@ from saevlm.commandline import CommandConfig, DeviceOption, ProgressOption, opt
 from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
-from saevlm.sae.archs import ARCH_CHOICES, canonical_arch
+from saevlm.sae.archs import ARCH_CHOICES, ARCH_SPECS, canonical_arch
 from saevlm.sae.archs import spec as spec_of
 from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
 
@@ -217,7 +217,27 @@ def validate_hyperparameters(args: TrainConfig) -> None:
         raise UserError(f"--bandwidth {args.bandwidth}: must be positive")
 
 
+def unread_flags(args: TrainConfig) -> list[str]:
+    """Architecture flags set away from their defaults that no chosen architecture reads (its
+    archs.ArchSpec.config_fields): e.g. --group_fractions for BatchTopK alone."""
+    import dataclasses
+
+    read = {f for a in args.sae_model for f in spec_of(canonical_arch(a)).config_fields}
+    by_arch = {f for s in ARCH_SPECS.values() for f in s.config_fields}
+    unread = []
+    for f in dataclasses.fields(args):
+        if f.name not in by_arch or f.name in read:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if getattr(args, f.name) != default:
+            unread.append(f.name)
+    return unread
+
+
 def validate_args(args: TrainConfig, act_dim: int, train_rows: int) -> None:
+    for name in unread_flags(args):
+        print(f"note: --{name} is not read by {', '.join(args.sae_model)} (the architectures that read it: "
+              f"{', '.join(a for a, s in ARCH_SPECS.items() if name in s.config_fields)})", file=sys.stderr)
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: expected a positive number of steps")
     if not 0 <= args.warmup_steps < args.steps:
