@@ -33,8 +33,8 @@ class ExportSAEConfig(CommandConfig):
 
     sae_path: str = opt()
     """a trainer folder (ae.pt + config.json), or a run folder of trainer_<i>/ folders (each exported)"""
-    format: str = opt(choices=["saelens", "sparsify"])
-    """the library to write for"""
+    format: str = opt("saelens", choices=["saelens", "sparsify"])
+    """the library to write for (default: %(default)s)"""
     output_dir: str = opt()
     """where the files go (a run folder: one sub-folder per SAE)"""
     hub_card: bool = opt(False)
@@ -85,29 +85,35 @@ def saevlm_facts(sae) -> dict[str, Any]:
 
 
 def evaluation(trainer_dir: Path) -> dict | None:
-    f = trainer_dir / "eval.json"
-    try:
-        data = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError):
+    """R2, L0 and dead fraction from the trainer's eval.json (None without one, or a damaged one)."""
+    from saevlm.data import artifacts as A
+
+    f = trainer_dir / A.EVAL_JSON
+    if not f.is_file():
         return None
-    return {k: data.get(k) for k in ("r2", "l0", "dead_fraction", "step", "validation", "rows")}
+    try:
+        ev = A.EvalResult.from_file(f)
+    except A.ResultError:
+        return None
+    return {"r2": ev.r2, "l0": ev.l0, "dead_fraction": ev.dead_fraction}
 
 
 def ms_results(trainer_dir: Path) -> list[dict]:
     """MS results (``ms.json``) of code stores encoded by this very SAE, found in its run folder."""
+    from saevlm.data import artifacts as A
+
     weights = str((trainer_dir / "ae.pt").resolve())
     out = []
     root = trainer_dir.resolve().parent.parent
-    for f in sorted(root.glob("**/ms*/ms.json"))[:200]:
+    for f in sorted(root.glob(f"**/ms*/{A.MS_JSON}"))[:200]:
         try:
-            data = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
+            ms = A.MSSummary.from_file(f)
+        except A.ResultError:
             continue
-        sae = data.get("sae") if isinstance(data, dict) else None
-        if isinstance(sae, dict) and sae.get("path") and str(Path(sae["path"]).resolve()) == weights:
-            out.append({"mean": data.get("mean"), "std": data.get("std"), "scored": data.get("scored"),
-                        "total": data.get("total"), "embeddings_model": data.get("embeddings_model"),
-                        "num_images": data.get("num_images")})
+        sae = ms.extra.get("sae")
+        if isinstance(sae, dict) and isinstance(sae.get("path"), str) and str(Path(sae["path"]).resolve()) == weights:
+            out.append({"mean": ms.mean, "std": ms.std, "scored": ms.scored_count, "total": ms.total,
+                        "embeddings_model": ms.embeddings_model})
     return out
 
 
