@@ -828,3 +828,24 @@ def test_outputs_never_replace_other_files(sae_lens, tmp_path, capsys):
     assert run_cli("import-sae", "--sae_path", src, "--output_dir", tmp_path / "imp") == 2
     _one_line(capsys, "--overwrite")
     import_sae(src, tmp_path / "imp", "--overwrite")
+
+
+def test_an_imported_sae_steers_an_mllm(sae_lens, tmp_path, capsys):
+    """A SAELens SAE imported with the MLLM's own vision tower as its model steers through `steer`
+    (its tower is checked by the block-0 weights recorded at import); the same SAE recorded on
+    another tower is refused."""
+    from helpers import save_tiny_llava
+
+    llava = save_tiny_llava(tmp_path / "llava")
+    other = save_tiny_llava(tmp_path / "llava2", seed=1)
+    _saelens_sae(sae_lens, "topk", 64, 128, seed=4, k=8).save_model(tmp_path / "src")
+    import_sae(tmp_path / "src", tmp_path / "sae", "--model_name", llava, "--layer", "1", "--tokens", "all")
+    import_sae(tmp_path / "src", tmp_path / "sae_other", "--model_name", other, "--layer", "1", "--tokens", "all")
+    capsys.readouterr()
+    assert run_cli("steer", "--sae_path", tmp_path / "sae", "--model_name", llava, "--neuron", "3", "--alpha", "0",
+                   "30", "--image", "white", "--device", "cpu", "--max_new_tokens", "2") == 0
+    out = capsys.readouterr()
+    assert "latent 3 = 30:" in out.out and "records no provenance" not in out.err
+    assert run_cli("steer", "--sae_path", tmp_path / "sae_other", "--model_name", llava, "--neuron", "3",
+                   "--image", "white", "--device", "cpu", "--max_new_tokens", "2") == 2
+    _one_line(capsys, "--sae_path", "block-0 weights differ")
