@@ -15,7 +15,6 @@ def _make_archive(tmp_path, world):
     from saevlm.data.store import ActivationStore
     rng = np.random.default_rng(0)
     emb = ActivationStore(world / "embeddings_val").read(0, 400)
-    z = np.load(world / "concepts_val.npz")
     from saevlm.synthetic import load_concepts
     concepts = load_concepts(world / "concepts_val.npz")[:400]
     # 40 "neurons": concept detectors (monosemantic) and random mixtures

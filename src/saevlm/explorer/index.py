@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from saevlm.data import artifacts as A
-from saevlm.data.atomic import atomic_save_npz
 from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
 from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
@@ -239,28 +238,27 @@ class SAEView:
     def stats(self) -> dict[str, np.ndarray]:
         """Activation frequency (share of rows where the latent is non-zero) and maximum, from the
         codes in one pass (cached); from the top images when only those exist."""
-        cache = self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v2.npz"  # v2: + active counts
-        if cache.is_file():
-            with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
-        K = self.num_latents
-        if self.is_codes:
-            count = np.zeros(K, dtype=np.int64)
-            top = np.zeros(K, dtype=np.float32)
-            for chunk in self.store.iter_csr(1 << 20):
-                idx = np.asarray(chunk.indices, dtype=np.int64)
-                vals = np.asarray(chunk.values, dtype=np.float32)
-                nz = vals != 0
-                count += np.bincount(idx[nz], minlength=K)
-                np.maximum.at(top, idx, vals)
-            out = {"freq": count / max(self.store.num_rows, 1), "max": top, "active": count}
-        else:
-            values = self.top[1] if self.top is not None else np.full((K, 1), np.nan)
-            out = {"freq": np.full(K, np.nan), "max": values[:, 0].astype(np.float32),
-                   "active": np.full(K, -1, dtype=np.int64)}  # unknown: only the top images were stored
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_npz(cache, **out)
-        return out
+        from saevlm.explorer.stats import basic_stats, cached
+
+        top_values = None if self.is_codes or self.top is None else self.top[1]
+        return cached(self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v2.npz",  # v2: + active counts
+                      lambda: basic_stats(self.store, self.num_latents, self.is_codes, top_values))
+
+    @cached_property
+    def related(self):
+        """Co-activation neighbours, near-duplicates and (Matryoshka) parents / children of every
+        latent (:mod:`saevlm.explorer.related`), computed once per version of the store and cached."""
+        from saevlm.explorer.related import Related
+        from saevlm.explorer.stats import cached, related_stats
+
+        if not self.is_codes and self.top is None:
+            return None
+        groups = self.groups() if self.group_sizes else None
+        arrays = cached(self.cache_dir / "related" / f"{self.slug}-{self._stats_key()}-v1.npz",
+                        lambda: related_stats(self.store, self.num_latents, self.is_codes,
+                                              self.row_images if self.is_codes else None, self.top,
+                                              groups).to_arrays())
+        return Related.from_arrays(arrays)
 
     @cached_property
     def depth(self) -> np.ndarray | None:
@@ -486,78 +484,31 @@ class SAEView:
         return None
 
     @cached_property
-    def overlay_model(self) -> tuple[Any, str]:
-        """((encoder, sae, hook point), "") when per-patch overlays can be drawn, else (None, why)."""
-        prov = self.store.provenance
-        tokens = prov.tokens.selection
-        if tokens in (None, "cls", "pooled") or prov.hook.attachment_point != "post_mlp_residual":
-            return None, (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
-                          f"per-patch activation.")
-        if self.images is None:
-            return None, "No overlay: the store's images are not available."
-        sae = prov.sae
-        if sae is None or not sae.path or not Path(sae.path).exists():
-            return None, "No overlay: the SAE checkpoint recorded in the codes' provenance was not found."
-        try:
-            from saevlm.models import load_encoder
-            from saevlm.sae.checkpoint import load_sae
+    def overlay_model(self):
+        """(:class:`saevlm.explorer.live.LiveModel`, "") when per-patch overlays can be drawn, else (None, why)."""
+        from saevlm.explorer.live import load_live_model
 
-            encoder = load_encoder(prov.model.source or prov.model.name or "", warn=lambda m: None)
-            point = encoder.resolve(prov.hook.attachment_point, prov.hook.layer)
-            loaded = load_sae(sae.path)
-        except Exception as err:  # noqa: BLE001 - a missing model skips overlays, never the page
-            return None, (f"No overlay: this SAE reads {tokens} tokens, and drawing its activation on the "
-                          f"patches needs the vision model {prov.model.source!r}, which could not be loaded "
-                          f"here ({type(err).__name__}: {str(err).splitlines()[0][:160]}).")
-        return (encoder, loaded, point), ""
+        prov = self.store.provenance
+        if prov.tokens.selection in (None, "cls", "pooled") or prov.hook.attachment_point != "post_mlp_residual":
+            return load_live_model(prov, False)  # says why, without opening the images
+        return load_live_model(prov, self.images is not None)
 
     def overlay(self, j: int, image_id: int, side: int = 112) -> bytes:
         """JPEG of image ``image_id`` with latent ``j``'s activation on each patch token in red
         (scaled by the latent's maximum activation, so images are comparable)."""
         import io
 
-        import torch
         from PIL import Image
 
-        from saevlm.models.base import batch_of_one
-        from saevlm.sae.inference import encode_batch
+        from saevlm.explorer.live import heatmap_jpeg
 
         model, _ = self.overlay_model
         if model is None:
             raise KeyError(image_id)
-        encoder, sae, point = model
         with Image.open(io.BytesIO(self.images.read_bytes(image_id))) as im:
-            im = im.convert("RGB")
-            batch = batch_of_one(encoder.preprocess(im))
-            shapes = batch["spatial_shapes"] if isinstance(batch, dict) and "spatial_shapes" in batch else None
-            if shapes is not None:  # NaFlex: the whole image, resized to its own patch grid
-                base = im.resize((side, side))
-            else:
-                square = min(im.size)
-                left, top = (im.width - square) // 2, (im.height - square) // 2
-                base = im.crop((left, top, left + square, top + square)).resize((side, side))
-        with torch.no_grad():
-            acts = encoder.capture(batch, [point])[point][0].float()
-            valid = encoder.valid_tokens(batch, acts.shape[0])
-            a = encode_batch(sae, acts)[:, j].cpu().numpy()
-        if valid is not None:  # registers and padding are not image patches
-            keep = valid[0].cpu().numpy().astype(bool)
-            keep[0] = keep[0] and not encoder.has_cls
-            a = a[keep]
-        elif encoder.has_cls:
-            a = a[1:]
-        if shapes is not None:
-            a = a.reshape(int(shapes[0][0]), int(shapes[0][1]))
-        else:
-            grid = int(np.sqrt(len(a)))
-            a = a[len(a) - grid * grid:].reshape(grid, grid)
-        scale = float(self.stats["max"][j]) or float(a.max()) or 1.0
-        heat = Image.fromarray((np.clip(a / scale, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
-        red = Image.new("RGB", (side, side), (230, 20, 20))
-        out = Image.composite(red, base, heat.point(lambda v: int(v * 0.75)))
-        buf = io.BytesIO()
-        out.save(buf, format="JPEG", quality=85)
-        return buf.getvalue()
+            base, codes = model.patch_codes(im, side)
+        a = codes[..., j]
+        return heatmap_jpeg(base, a, float(self.stats["max"][j]) or float(a.max()) or 1.0)
 
     @cached_property
     def classes(self) -> A.Classes | None:
