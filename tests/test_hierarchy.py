@@ -31,6 +31,15 @@ def test_hierarchy_table_groups_and_near_dead():
     assert g1["lca_depth_mean_rounded"] == 2.0 and g1["ms_mean"] == 0.9
 
 
+def _best_concepts(sae_dir, world):
+    """The planted concept each latent's decoder direction is closest to."""
+    from saevlm.sae.checkpoint import load_sae
+    ae = load_sae(str(sae_dir)).ae
+    w = ae.W_dec.detach().numpy() if hasattr(ae, "W_dec") else ae.decoder.weight.detach().numpy().T
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    return np.abs(w @ np.load(world / "directions.npy").T).argmax(1)
+
+
 def _best_concept_levels(sae_dir, world):
     from saevlm.sae.checkpoint import load_sae
     sae = load_sae(str(sae_dir))
@@ -80,3 +89,24 @@ def test_matryoshka_early_groups_hold_coarser_concepts(tmp_path, capsys):
     gl, lca = results["matryoshka"]
     assert gl[0] < gl[1] < gl[2] and gl[0] <= 1.5 and gl[2] >= 2.5, results
     assert lca[0] < lca[1] < lca[2] and lca[2] - lca[0] >= 0.4, results
+
+    # the explorer walks the planted hierarchy: a latent's first parent (the most co-active latent
+    # of a coarser group) stands for the planted parent of the concept the latent stands for
+    from saevlm.explorer.app import Explorer
+
+    view = Explorer(tmp_path / "codes_matryoshka", log=lambda *a: None).sae("store")
+    rel = view.related
+    concept = _best_concepts(tmp_path / "ck" / "trainer_0", w)
+    parent = np.array([c["parent"] for c in json.loads((w / "world.json").read_text())["concepts"]])
+    groups = view.groups()
+    # latents of finer groups that stand for a concept below the top level, and fire at all
+    asked = [j for j in range(view.num_latents) if groups[j] > 0 and parent[concept[j]] >= 0 and rel.active_k[j] > 0]
+    found = [j for j in asked if rel.parents_kp[j, 0] >= 0 and concept[rel.parents_kp[j, 0]] == parent[concept[j]]]
+    rate = len(found) / len(asked)
+    with capsys.disabled():
+        print(f"explorer parents = planted parents for {len(found)} of {len(asked)} latents ({rate:.0%})")
+    assert len(asked) >= 60 and rate >= 0.6, (len(found), len(asked))
+    page = Explorer(tmp_path / "codes_matryoshka", log=lambda *a: None).latent_page("store", found[0])
+    assert 'id="parents"' in page and f'href="{rel.parents_kp[found[0], 0]}.html"' in page
+    table = Explorer(tmp_path / "codes_matryoshka", log=lambda *a: None).table_page("store")
+    assert 'id="tree"' in table

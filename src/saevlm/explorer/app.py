@@ -161,7 +161,7 @@ class Explorer:
         return histogram_svg(np.log10(alive), bins=40, width=640, xlabel="log10 activation frequency",
                              css_class="freqhist")
 
-    def table_page(self, slug: str, subset_note: str = "") -> str:
+    def table_page(self, slug: str, subset_note: str = "", linked: Callable[[int], bool] | None = None) -> str:
         view = self.sae(slug)
         groups = list(range(len(view.group_sizes))) if view.group_sizes else []
         # one MS column per embedder (never "-" because there are two)
@@ -171,9 +171,19 @@ class Explorer:
             [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms")]
         freq_hist = self.frequency_histogram(view)
         dead = int((np.asarray(view.stats["freq"]) == 0).sum()) if freq_hist is not None else 0
+        dups, tree = None, None
+        rel = view.related
+        if rel is not None:
+            from saevlm.explorer.related import DUPLICATE_JACCARD
+
+            sizes = rel.cluster_sizes()
+            dups = {"clusters": int(len(sizes)), "latents": int(sizes.sum()), "largest": int(sizes.max(initial=0)),
+                    "threshold": DUPLICATE_JACCARD, "basis": rel.basis}
+            if view.group_sizes and rel.children_kc is not None:
+                tree = hierarchy_tree(view, rel, linked)
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
                             columns=columns, groups=groups, subset=subset_note, freq_hist=freq_hist, dead=dead,
-                            num_images=int(view.store.num_rows))
+                            num_images=int(view.store.num_rows), dups=dups, tree=tree)
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
@@ -220,6 +230,7 @@ class Explorer:
                    ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
                    group=int(view.groups()[j]) if view.group_sizes else None,
                    depth=None if view.depth is None else float(view.depth[j]),
+                   depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
                    fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
                    thumb_note=view.images_note or "no images to show")
         from saevlm.data.artifacts import LatentName
@@ -238,7 +249,15 @@ class Explorer:
             ctx.update(hist=None, quantiles=[], hist_note="only top images were stored (extract --top_k); the "
                                                           "histogram needs codes (saevlm encode)")
         nearest = view.nearest(j)
-        ctx["nearest"] = [(k, c, view.name_of(k), linked is None or linked(k)) for k, c in nearest] if nearest else None
+        alive = np.asarray(stats["active"]) != 0 if view.is_codes else None
+
+        def dead(k: int) -> bool:
+            return alive is not None and not bool(alive[k])
+
+        ctx["nearest"] = [(k, c, view.name_of(k), linked is None or linked(k), dead(k))
+                          for k, c in nearest] if nearest else None
+        ctx.update(self._related_context(view, j, linked))
+        ctx.update(self._calibration_context(view, j, ms))
         ctx["nearest_note"] = "the SAE checkpoint recorded in the codes' provenance was not found"
         ctx["steering"] = view.steering_for(j)
         model, why = view.overlay_model
@@ -246,6 +265,58 @@ class Explorer:
         ctx["overlay_note"] = why or (f"Latent {j}'s activation on each patch token of its top images (red: "
                                       f"up to its maximum activation), from the vision model and the SAE.")
         return self._render("latent", 3, **ctx)
+
+    @staticmethod
+    def _related_context(view: SAEView, j: int, linked: Callable[[int], bool] | None) -> dict:
+        """Co-activation neighbours, near-duplicates, and a Matryoshka latent's place in its hierarchy."""
+        from saevlm.explorer.related import DUPLICATE_JACCARD
+
+        rel = view.related
+        if rel is None:
+            return {"related": None, "related_note": "needs codes or top images (saevlm top-images)"}
+        groups = view.groups() if view.group_sizes else None
+
+        def entry(k: int, value: float, extra) -> dict:
+            return {"id": k, "name": view.name_of(k), "value": value, "extra": extra,
+                    "linked": linked is None or linked(k), "group": None if groups is None else int(groups[k])}
+
+        out = {"related": [entry(int(k), float(jv), int(sh)) for k, jv, sh in
+                           zip(rel.ids_kn[j], rel.jaccard_kn[j], rel.shared_kn[j]) if k >= 0],
+               "related_basis": rel.basis, "related_active": int(rel.active_k[j]), "dup_jaccard": DUPLICATE_JACCARD,
+               "cluster": None}
+        if rel.cluster_k[j] >= 0:
+            members = np.flatnonzero(rel.cluster_k == rel.cluster_k[j])
+            out["cluster"] = [int(k) for k in members if k != j]
+        if groups is not None and rel.parents_kp is not None:
+            out["parents"] = [entry(int(k), float(v), None) for k, v in zip(rel.parents_kp[j], rel.parent_share_kp[j])
+                              if k >= 0]
+            out["children"] = [entry(int(k), float(v), None) for k, v in zip(rel.children_kc[j], rel.child_share_kc[j])
+                               if k >= 0]
+            g = int(groups[j])
+            sizes = list(view.group_sizes)
+            out["group_info"] = {"group": g, "num_groups": len(sizes), "size": sizes[g],
+                                 "first": int(sum(sizes[:g])), "last": int(sum(sizes[:g + 1])) - 1,
+                                 "prefix": int(sum(sizes[:g + 1]))}
+        return out
+
+    @staticmethod
+    def _calibration_context(view: SAEView, j: int, ms) -> dict:
+        """Where this latent's MS stands within the SAE (percentile over latents with an MS, and
+        over those active on at least the table's default number of images)."""
+        from saevlm.explorer.index import DEFAULT_MIN_ACTIVE
+
+        if ms is None or not np.isfinite(ms[j]):
+            return {"ms_pct": None}
+        finite = ms[np.isfinite(ms)]
+        out = {"ms_pct": float((finite <= ms[j]).mean() * 100), "ms_n": int(len(finite)), "ms_pct_active": None,
+               "min_active": DEFAULT_MIN_ACTIVE}
+        active = np.asarray(view.stats["active"])
+        if view.is_codes:
+            ok = np.isfinite(ms) & (active >= DEFAULT_MIN_ACTIVE)
+            if ok.any() and active[j] >= DEFAULT_MIN_ACTIVE:
+                out["ms_pct_active"] = float((ms[ok] <= ms[j]).mean() * 100)
+                out["ms_n_active"] = int(ok.sum())
+        return out
 
     def overlay(self, slug: str, j: int, image_id: int) -> bytes:
         """The per-patch overlay of latent ``j`` on image ``image_id`` (cached)."""
@@ -376,7 +447,7 @@ class Explorer:
             d = out / "sae" / slug
             note = f"{len(subset)} of {view.num_latents} latents exported ({latents})" + (
                 f"; not in this SAE: {', '.join(map(str, skipped[slug][:5]))}" if slug in skipped else "")
-            atomic_write_text(d / "index.html", self.table_page(slug, note))
+            atomic_write_text(d / "index.html", self.table_page(slug, note, linked=lambda k: k in keep))
             atomic_write_text(d / "latents.js", self.latents_js(slug, subset))
             images: set[int] = set()
             ordered = sorted(keep)  # previous / next exported latent, without a scan per page
@@ -403,6 +474,34 @@ class Explorer:
                     for img in view.top[0][j][view.top[1][j] > 0].tolist():  # the images the page links
                         atomic_write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
         return out
+
+
+def hierarchy_tree(view: SAEView, rel, linked: Callable[[int], bool] | None = None, roots: int = 8,
+                   per_node: int = 3) -> list[dict]:
+    """The SAE page's tree: group 0's most active latents, each with its children in the next
+    finer groups (see related.py), to the last group. ``linked``: the latents that have pages."""
+    groups = view.groups()
+    active = rel.active_k
+
+    def ok(k: int) -> bool:
+        return linked is None or linked(k)
+
+    def node(k: int, share: float | None, depth: int, seen: set) -> dict:
+        seen.add(k)
+        kids = []
+        if depth < len(view.group_sizes) - 1:
+            for c, sh in zip(rel.children_kc[k], rel.child_share_kc[k]):
+                if c < 0 or len(kids) >= per_node:
+                    break
+                if int(groups[c]) == int(groups[k]) + 1 and c not in seen and ok(int(c)):
+                    kids.append(node(int(c), float(sh), depth + 1, seen))
+        return {"id": k, "name": view.name_of(k), "group": int(groups[k]), "active": int(active[k]), "share": share,
+                "children": kids}
+
+    first = np.flatnonzero((groups == 0) & (active > 0))
+    first = [int(k) for k in first[np.argsort(-active[first], kind="stable")] if ok(int(k))][:roots]
+    seen: set = set()
+    return [node(k, None, 0, seen) for k in first]
 
 
 def _thumb_ids(page: str) -> Iterable[str]:

@@ -12,11 +12,14 @@ active): the intersections are the non-zeros of B^T B, one sparse product, and |
 the co-activations (at k active latents per image, at most N k^2 products), not K^2. For stores
 that hold only top images, A_i is latent i's top-k set (the same formula on top-k sets).
 
-For a Matryoshka SAE the same product walks its hierarchy: latent i's **parents** are latents of
-coarser groups that fire wherever i fires, ranked by the share of i's images they are active on,
-C(i -> j) = |A_i ∩ A_j| / |A_i| (ties: higher Jaccard, so the most specific superset comes first:
-a parent before a grandparent); its **children** are latents of finer groups ranked by the share of
-their images that i covers, C(j -> i).
+For a Matryoshka SAE the same product walks its hierarchy. Latent i's **parents** are latents of
+coarser groups that fire on most of its images: those active on at least ``PARENT_COVER`` of them,
+C(i -> j) = |A_i ∩ A_j| / |A_i| >= 1/2, come first, ranked by Jaccard, so the most specific
+superset leads (a parent before a grandparent, which covers i as well but fires on far more
+images); the rest follow by C(i -> j). Its **children** are latents of finer groups ranked the
+same way with the roles swapped (C(j -> i), the share of the child's images that i covers).
+Ranking by cover alone put the grandparent first for most latents of the synthetic world (a finer
+latent absorbs part of its parent's images; tests/test_hierarchy.py gives the rate).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Iterable
 import numpy as np
 
 DUPLICATE_JACCARD = 0.8  # pairs at or above it are flagged as near-duplicates
+PARENT_COVER = 0.5  # a parent fires on at least this share of its child's images
 
 
 @dataclass
@@ -142,14 +146,16 @@ def related_latents(b_nk, n: int = 8, basis: str = "active images", groups_k: np
         share_i = shared / active[i]  # C(i -> j): the share of i's images where j fires too
         coarser = groups_k[j] < groups_k[i]
         pi, pj = i[coarser], j[coarser]
-        parents, (r, c, src) = _top_per_row(pi, pj, (pj, -jac[coarser], -share_i[coarser]), K, n_parents)
+        rank_p = np.where(share_i >= PARENT_COVER, 1.0 + jac, share_i)[coarser]
+        parents, (r, c, src) = _top_per_row(pi, pj, (pj, -rank_p), K, n_parents)
         parent_share = np.zeros((K, n_parents), np.float32)
         parent_share[r, c] = share_i[coarser][src]
         # children of i: finer latents j, by the share of j's images where i fires (C(j -> i))
         share_j = shared / active[j]
         finer = groups_k[j] > groups_k[i]
         ci, cj = i[finer], j[finer]
-        children, (r, c, src) = _top_per_row(ci, cj, (cj, -shared[finer], -share_j[finer]), K, n_children)
+        rank_c = np.where(share_j >= PARENT_COVER, 1.0 + jac, share_j)[finer]
+        children, (r, c, src) = _top_per_row(ci, cj, (cj, -shared[finer], -rank_c), K, n_children)
         child_share = np.zeros((K, n_children), np.float32)
         child_share[r, c] = share_j[finer][src]
         hierarchy = [parents, parent_share, children, child_share]

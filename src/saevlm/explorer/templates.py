@@ -32,6 +32,10 @@ TABLE = """{% extends "base" %}
 <p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 {% if freq_hist %}<div id="freqhist">{{ freq_hist|safe }}<p class="meta">activation frequency of the {{ sae.num_latents - dead }} latents active on at least one of {{ num_images }} images (log10; {{ dead }} never active)</p></div>{% endif %}
+{% if dups is not none %}<p class="meta" id="dups">{% if dups.clusters %}<strong class="dup">{{ dups.clusters }} near-duplicate cluster{{ "s" if dups.clusters != 1 }}</strong> ({{ dups.latents }} latents, largest {{ dups.largest }}): latents whose {{ dups.basis }} overlap with Jaccard &ge; {{ dups.threshold }}; each latent's page lists its cluster.{% else %}No near-duplicates: no two latents overlap on their {{ dups.basis }} with Jaccard &ge; {{ dups.threshold }}.{% endif %}</p>{% endif %}
+{% macro node(n) %}<li><a href="latent/{{ n.id }}.html">latent {{ n.id }}</a>{% if n.name %} (<bdi>{{ n.name }}</bdi>){% endif %}, group {{ n.group }}, active on {{ n.active }}{% if n.share is not none %}, covers {{ "%.0f"|format(n.share * 100) }} % of its images{% endif %}{% if n.children %}<ul>{% for c in n.children %}{{ node(c) }}{% endfor %}</ul>{% endif %}</li>{% endmacro %}
+{% if tree %}<details id="tree" open><summary>Hierarchy: the most active latents of group 0 and their children in finer groups</summary><ul class="tree">{% for n in tree %}{{ node(n) }}{% endfor %}</ul>
+<p class="meta">A child is a latent of a finer group ranked by the share of its images its parent is active on (co-activation over {{ dups.basis }}).</p></details>{% endif %}
 <form id="controls" onsubmit="return false">
 <label>search id, names or label <input id="q" type="search" placeholder="e.g. dog, or 17"></label>
 <label>MS &ge; <input id="ms_min" type="number" step="0.05" style="width:5em"></label>
@@ -58,8 +62,8 @@ LATENT = """{% extends "base" %}
 <h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
-<tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
-<tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td id="depth">{{ fmt(depth) }}{% if depth is not none %} (pairs of its {{ depth_n }} activating top images){% endif %}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
+<tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}{% if ms_pct is not none %}<br><span class="meta" id="mspct">percentile {{ "%.0f"|format(ms_pct) }} of {{ ms_n }} scored latents{% if ms_pct_active is not none %}; {{ "%.0f"|format(ms_pct_active) }} of the {{ ms_n_active }} active on &ge; {{ min_active }} images{% endif %}</span>{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
+<tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td id="depth">{{ fmt(depth) }}{% if depth is not none %} (pairs of its {{ depth_n }} activating top images){% if depth_max %}<br><span class="meta">taxonomy levels two images share, averaged: 0 = none (different at the top level), {{ depth_max }} = the same class</span>{% endif %}{% endif %}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
 {% if names %}<tr><th>names (CLIP)</th><td colspan="5" id="names">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 {% if purity is not none %}<tr><th>top-image labels</th><td colspan="5" id="purity">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits{% if names_n is not none %}, over the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 </table>
@@ -77,8 +81,23 @@ LATENT = """{% extends "base" %}
 {% for q, imgs in quantiles %}<div class="quant"><h3>near the {{ (q * 100)|int }}th percentile of its {{ nonzero }} non-zero activations</h3><div class="grid">
 {% for img, v in imgs %}<figure class="q">{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="80" height="80">{% else %}<div class="noimg small">image {{ img }}</div>{% endif %}<figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}
 </div></div>{% endfor %}{% endif %}
-<h2>Nearest latents (decoder cosine)</h2>
-{% if nearest %}<ol class="nearest">{% for k, c, nm, linked in nearest %}<li>{% if linked %}<a href="{{ k }}.html">latent {{ k }}</a>{% else %}latent {{ k }}{% endif %}{% if nm %} ({{ nm }}){% endif %}: {{ "%.3f"|format(c) }}</li>{% endfor %}</ol>
+{% macro lat(e) %}{% if e.linked %}<a href="{{ e.id }}.html">latent {{ e.id }}</a>{% else %}latent {{ e.id }}{% endif %}{% if e.name %} (<bdi>{{ e.name }}</bdi>){% endif %}{% endmacro %}
+{% if group_info %}<h2>In the hierarchy</h2>
+<p class="meta" id="groupinfo">Group {{ group_info.group }} of {{ group_info.num_groups }} (groups count from 0, the coarsest: the first {{ group_info.prefix }} latents alone must reconstruct the input, so early groups hold broad concepts); this group holds latents {{ group_info.first }}–{{ group_info.last }} ({{ group_info.size }} latents).</p>
+<h3>Parents (coarser groups)</h3>
+{% if parents %}<ol class="parents" id="parents">{% for e in parents %}<li>{{ lat(e) }}, group {{ e.group }}: active on {{ "%.0f"|format(e.value * 100) }} % of this latent's images</li>{% endfor %}</ol>
+{% else %}<p class="note">No latent of a coarser group fires on its images.</p>{% endif %}
+<h3>Children (finer groups)</h3>
+{% if children %}<ol class="children" id="children">{% for e in children %}<li>{{ lat(e) }}, group {{ e.group }}: this latent is active on {{ "%.0f"|format(e.value * 100) }} % of its images</li>{% endfor %}</ol>
+{% else %}<p class="note">No latent of a finer group fires on its images.</p>{% endif %}{% endif %}
+<h2>Fires on the same images</h2>
+{% if related is none %}<p class="note">Co-activation {{ related_note }}.</p>
+{% else %}<p class="meta">Latents ranked by the Jaccard overlap of the {{ related_basis }} they are active on (this latent: {{ related_active }}); &ge; {{ dup_jaccard }} is flagged as a near-duplicate.{% if cluster %} <strong class="dup" id="cluster">Near-duplicate cluster with {{ cluster|length }} other latent{{ "s" if cluster|length > 1 }}: {% for k in cluster[:20] %}{{ k }}{{ ", " if not loop.last }}{% endfor %}{% if cluster|length > 20 %} …{% endif %}.</strong>{% endif %}</p>
+{% if related %}<ol class="related" id="related">{% for e in related %}<li>{{ lat(e) }}: Jaccard {{ "%.2f"|format(e.value) }}, {{ e.extra }} shared{% if e.value >= dup_jaccard %} <strong class="dup">near-duplicate</strong>{% endif %}</li>{% endfor %}</ol>
+{% else %}<p class="note">No other latent is active on any of its images.</p>{% endif %}{% endif %}
+<h2>Similar decoder directions (cosine)</h2>
+{% if nearest %}<ol class="nearest" id="nearest">{% for k, c, nm, linked, dead in nearest %}<li>{% if linked %}<a href="{{ k }}.html">latent {{ k }}</a>{% else %}latent {{ k }}{% endif %}{% if nm %} (<bdi>{{ nm }}</bdi>){% endif %}: {{ "%.3f"|format(c) }}{% if dead %} <strong class="dead">dead (never active)</strong>{% endif %}</li>{% endfor %}</ol>
+<p class="meta">Directions it writes, not images it fires on: a latent can share every image with another at cosine near 0.</p>
 {% else %}<p class="note">{{ nearest_note }}</p>{% endif %}
 {% if steering %}<h2>Steering an MLLM with this latent</h2>
 {% for r in steering %}<p>{{ r.source }}: {{ r.summary.mllm }} answers, score {{ fmt(r.score, 3) }} (alpha {{ r.summary.alpha }}, protocol {{ r.summary.protocol }})</p>
@@ -225,7 +244,7 @@ img[data-large]{cursor:zoom-in}
 .grid{display:flex;flex-wrap:wrap;gap:6px}figure{margin:0;text-align:center;font-size:12px}
 .noimg{width:112px;height:112px;background:#e5e7eb;display:flex;align-items:center;justify-content:center;color:#555}
 .noimg.small{width:80px;height:80px}
-.note{color:#6b7280;font-size:13px}.stale{color:#b91c1c;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}
+.note{color:#6b7280;font-size:13px}.stale{color:#b91c1c;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}.dup{color:#b45309}.dead{color:#b91c1c}
 .report table td{text-align:right}
 """
 
