@@ -215,7 +215,7 @@ def test_latent_page_shows_16_images_in_descending_activation(run_dir, server):
     with urllib.request.urlopen(urljoin(f"{server}/sae/codes/latent/{j}.html", thumbs[0])) as r:
         assert Image.open(io.BytesIO(r.read())).size == (112, 112)
     html = urllib.request.urlopen(f"{server}/sae/codes/latent/{j}.html").read().decode()
-    assert "Nearest latents" in html and re.search(r'href="\d+\.html">latent \d+</a>', html)  # SAE found
+    assert "Similar decoder directions" in html and re.search(r'href="\d+\.html">latent \d+</a>', html)  # SAE found
     assert "<svg class=\"hist\"" in html  # the histogram of its non-zero activations
     run_page = dump_dom(f"{server}/index.html")
     assert 'href="sae/codes/index.html"' in run_page and "Monosemanticity Score" in run_page

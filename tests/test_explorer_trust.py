@@ -330,7 +330,7 @@ def test_decoder_rows_are_read_without_transformers(trust_run, tmp_path):
         "from saevlm.explorer.app import Explorer\n"
         f"ex = Explorer({str(trust_run)!r}, {str(tmp_path / 'cache')!r})\n"
         "page = ex.latent_page('codes', 3)\n"
-        "print(json.dumps({'nearest': 'Nearest latents' in page and 'href=\"' in page.split('Nearest latents')[1],\n"
+        "print(json.dumps({'nearest': 'Similar decoder directions' in page and 'href=\"' in page.split('Similar decoder directions')[1],\n"
         "                  'transformers': 'transformers' in sys.modules,\n"
         "                  'dictionary_learning': 'dictionary_learning' in sys.modules}))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
