@@ -236,7 +236,7 @@ def test_the_run_is_followed_while_served(trust_run, tmp_path, explorer_run):
         page = _get(served.base + "/sae/codes/latent/3.html")[1].decode()
         assert "Pencils" in page and "stale" not in page
         names_before = json.loads((run / "codes" / "names.json").read_text())["latents"][3]["names"][0][0]
-        assert f'<span class="name">{names_before}</span>' in page
+        assert f'<bdi class="name">{names_before}</bdi>' in page
 
         # the SAE retrained under the same path, and the codes re-encoded with it
         sae_dir = weights.parent

@@ -40,6 +40,9 @@ class ExploreConfig(CommandConfig, ProgressOption):
     """write the pages into DIR (no server) instead of serving them"""
     latents: str = opt('top:500')
     """with --static: which latents get pages: top:N by MS (default: %(default)s), all, or ids like 3,17,42"""
+    allowed_hosts: list[str] = opt([], nargs='*', metavar='NAME')
+    """with --host 0.0.0.0 (or another address): more Host names the server answers, e.g. the name
+    other machines reach it by (always answered: the loopback names, this machine's host name, --host)"""
     data_path: str | None = opt(None)
     """the dataset's folder, when it moved since extraction (checked against the stores' file lists and
     image content hashes)"""
@@ -60,5 +63,6 @@ def run(args: ExploreConfig) -> int:
         return 0
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port}: expected 0..65535")
-    serve(explorer, args.host, args.port, log=lambda m: print(m, file=sys.stderr, flush=True))
+    serve(explorer, args.host, args.port, log=lambda m: print(m, file=sys.stderr, flush=True),
+          allowed=tuple(args.allowed_hosts))
     return 0

@@ -21,8 +21,23 @@ from saevlm.errors import UserError
 from saevlm.explorer.index import RunIndex, SAEView
 from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
 
-TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("ms", "MS"), ("active", "active images"), ("fms", "FMS"),
-                 ("freq", "frequency"), ("max", "max act."), ("group", "group"), ("depth", "depth"))
+TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("label", "top-image label"), ("ms", "MS"),
+                 ("active", "active images"), ("fms", "FMS"), ("freq", "frequency"), ("max", "max act."),
+                 ("group", "group"), ("depth", "depth"))
+DEFINITIONS = {
+    "id": "the latent's index in the SAE (its encoder column and decoder row)",
+    "name": "names.json (saevlm name): the words nearest to the mean embedding of its activating top images",
+    "label": "the most common class among its activating top images, and its share of them (purity)",
+    "ms": "Monosemanticity Score (arXiv 2504.02821, Eq. 3): the activation-weighted mean pairwise similarity of "
+          "the images it fires on under the embedder E (1: all alike); an MS over few images rests on few pairs",
+    "active": "the images it is non-zero on",
+    "fms": "FMS (saevlm fms): how well it alone detects the concept it detects best (it is that concept's root)",
+    "freq": "the share of code rows (images, or tokens of token-level codes) where it is non-zero",
+    "max": "its largest activation over the store",
+    "group": "Matryoshka group, 0 = the coarsest (the first latents alone must reconstruct the input)",
+    "depth": "hierarchy depth: taxonomy levels its top images share pairwise, averaged (0 = none, the maximum "
+             "= the same class)",
+}
 THUMB_PX = 112
 LARGE_PX = 448  # a top image clicked to enlarge
 
@@ -68,6 +83,7 @@ class Explorer:
         self.run_name = self.index.run_dir.resolve().name
         self.log = log
         self._run_page: tuple[tuple, str] | None = None
+        self.serving = False  # set by the server: slow statistics are computed in the background
 
     def _render(self, name: str, levels: int, **context) -> str:
         return self.env.get_template(name).render(root="../" * levels, run_name=self.run_name, fmt=_fmt,
@@ -167,12 +183,14 @@ class Explorer:
         # one MS column per embedder (never "-" because there are two)
         ms_cols = [(key, f"MS ({label})" if len(view.ms_sets) > 1 else "MS") for key, label, _ in view.ms_sets] \
             or [("ms", "MS")]
-        columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + ms_cols + \
-            [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms")]
+        label = [c for c in TABLE_COLUMNS if c[0] == "label"] if view.top_labels is not None else []
+        columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + label + ms_cols + \
+            [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms", "label")]
+        definitions = {**DEFINITIONS, **{key: DEFINITIONS["ms"] + f" (embedder {lab})" for key, lab, _ in view.ms_sets}}
         freq_hist = self.frequency_histogram(view)
         dead = int((np.asarray(view.stats["freq"]) == 0).sum()) if freq_hist is not None else 0
         dups, tree = None, None
-        rel = view.related
+        rel, _ = view.related_now(wait=not self.serving)
         if rel is not None:
             from saevlm.explorer.related import DUPLICATE_JACCARD
 
@@ -183,7 +201,7 @@ class Explorer:
                 tree = hierarchy_tree(view, rel, linked)
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
                             columns=columns, groups=groups, subset=subset_note, freq_hist=freq_hist, dead=dead,
-                            num_images=int(view.store.num_rows), dups=dups, tree=tree)
+                            num_images=int(view.store.num_rows), dups=dups, tree=tree, definitions=definitions)
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
@@ -222,8 +240,14 @@ class Explorer:
         if neighbours is not None:
             prev_j, next_j = neighbours
         else:
-            prev_j = next((k for k in reversed(ids[:j]) if linked is None or linked(k)), None) if j > 0 else None
-            next_j = next((k for k in ids[j + 1:] if linked is None or linked(k)), None)
+            # dead latents are skipped (the table's order replaces these in the browser, see the script)
+            alive = np.asarray(stats["active"]) != 0
+
+            def ok(k: int) -> bool:
+                return bool(alive[k]) and (linked is None or linked(k))
+
+            prev_j = next((k for k in reversed(ids[:j]) if ok(k)), None) if j > 0 else None
+            next_j = next((k for k in ids[j + 1:] if ok(k)), None)
         ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active, ms_all=ms_all,
                    prev_j=prev_j, next_j=next_j,
                    num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
@@ -256,7 +280,7 @@ class Explorer:
 
         ctx["nearest"] = [(k, c, view.name_of(k), linked is None or linked(k), dead(k))
                           for k, c in nearest] if nearest else None
-        ctx.update(self._related_context(view, j, linked))
+        ctx.update(self._related_context(view, j, linked, wait=not self.serving))
         ctx.update(self._calibration_context(view, j, ms))
         ctx["nearest_note"] = "the SAE checkpoint recorded in the codes' provenance was not found"
         ctx["steering"] = view.steering_for(j)
@@ -267,13 +291,13 @@ class Explorer:
         return self._render("latent", 3, **ctx)
 
     @staticmethod
-    def _related_context(view: SAEView, j: int, linked: Callable[[int], bool] | None) -> dict:
+    def _related_context(view: SAEView, j: int, linked: Callable[[int], bool] | None, wait: bool = True) -> dict:
         """Co-activation neighbours, near-duplicates, and a Matryoshka latent's place in its hierarchy."""
         from saevlm.explorer.related import DUPLICATE_JACCARD
 
-        rel = view.related
+        rel, why = view.related_now(wait)
         if rel is None:
-            return {"related": None, "related_note": "needs codes or top images (saevlm top-images)"}
+            return {"related": None, "related_note": why or "needs codes or top images (saevlm top-images)"}
         groups = view.groups() if view.group_sizes else None
 
         def entry(k: int, value: float, extra) -> dict:

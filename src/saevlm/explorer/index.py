@@ -56,6 +56,10 @@ class SAEView:
     # files and cached pages are never held up by it
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     page_cache: dict = field(default_factory=dict, repr=False, compare=False)  # e.g. the table data, gzipped
+    # co-activation statistics computed in the background for the server (see related_now)
+    background: threading.Thread | None = field(default=None, repr=False, compare=False)
+    background_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    background_error: str = ""
 
     @cached_property
     def store(self):
@@ -171,10 +175,16 @@ class SAEView:
         f = self.path / A.top_images_npy(TOP_K)
         if not f.is_file() or not self._fresh(A.top_images_json(TOP_K)):
             return None
-        top, values = np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
-        if len(top) != self.num_latents:
-            self.stale[A.top_images_npy(TOP_K)] = (f"top images for {len(top)} latents, the store has {self.num_latents}; "
-                                               f"refresh: saevlm top-images --activations_dir {self.path}")
+        try:
+            top, values = np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
+        except (OSError, ValueError, EOFError) as err:  # not .npy arrays (damaged, or pickled data)
+            self.stale[A.top_images_npy(TOP_K)] = (f"cannot be read as arrays ({err}); refresh: saevlm top-images "
+                                                   f"--activations_dir {self.path}")
+            return None
+        if top.ndim != 2 or top.shape != values.shape or len(top) != self.num_latents:
+            self.stale[A.top_images_npy(TOP_K)] = (f"top images of shape {top.shape} (values {values.shape}), the "
+                                                   f"store has {self.num_latents} latents; "
+                                                   f"refresh: saevlm top-images --activations_dir {self.path}")
             return None
         return top, values
 
@@ -188,7 +198,12 @@ class SAEView:
         for d in dirs:
             if not self._fresh(f"{d.name}/ms.json"):
                 continue
-            scores = np.load(d / A.MS_SCORES)
+            try:
+                scores = np.load(d / A.MS_SCORES)
+            except (OSError, ValueError, EOFError) as err:  # not an .npy array (damaged, or pickled data)
+                self.stale[f"{d.name}/{A.MS_SCORES}"] = (f"cannot be read as an array ({err}); refresh: saevlm ms "
+                                                         f"--activations_dir {self.path} --overwrite ...")
+                continue
             if scores.ndim != 1 or len(scores) != self.num_latents:
                 self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
                                                       f"saevlm ms --activations_dir {self.path} --overwrite ...")
@@ -254,11 +269,34 @@ class SAEView:
         if not self.is_codes and self.top is None:
             return None
         groups = self.groups() if self.group_sizes else None
-        arrays = cached(self.cache_dir / "related" / f"{self.slug}-{self._stats_key()}-v1.npz",
-                        lambda: related_stats(self.store, self.num_latents, self.is_codes,
-                                              self.row_images if self.is_codes else None, self.top,
-                                              groups).to_arrays())
+        arrays = cached(self._related_cache, lambda: related_stats(self.store, self.num_latents, self.is_codes,
+                                                                   self.row_images if self.is_codes else None,
+                                                                   self.top, groups).to_arrays())
         return Related.from_arrays(arrays)
+
+    @property
+    def _related_cache(self) -> Path:
+        return self.cache_dir / "related" / f"{self.slug}-{self._stats_key()}-v1.npz"
+
+    def related_now(self, wait: bool = True):
+        """(``related``, "") when it is at hand; with ``wait=False`` (the server) a first request
+        starts computing it in a background thread and gets (None, why): a latent page never waits
+        for a pass over all codes (13 s at 65,536 latents x 50,000 images)."""
+        if wait or "related" in self.__dict__ or self._related_cache.is_file():
+            return self.related, ""
+        with self.background_lock:
+            if self.background_error:
+                return None, f"could not be computed: {self.background_error}"
+            if self.background is None or not self.background.is_alive():
+                def work():
+                    try:
+                        self.related  # noqa: B018 - computes and caches it
+                    except Exception as err:  # noqa: BLE001 - said on the page
+                        self.background_error = f"{type(err).__name__}: {err}"
+
+                self.background = threading.Thread(target=work, name=f"related-{self.slug}", daemon=True)
+                self.background.start()
+        return None, "is being computed from the codes, once for this SAE; reload this page in a few seconds"
 
     @cached_property
     def depth(self) -> np.ndarray | None:
@@ -283,6 +321,29 @@ class SAEView:
         pair_ok = active[:, a] & active[:, b]
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pair_ok.any(axis=1), (depths * pair_ok).sum(axis=1) / pair_ok.sum(axis=1), np.nan)
+
+    @cached_property
+    def top_labels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per latent, the majority class of its activating top images (-1: none) and its share of
+        them (purity; NaN: none), from labels.npy: the label column, with or without names.json."""
+        labels = self.labels
+        if self.top is None or labels is None:
+            return None
+        ids, values = self.top
+        K = len(ids)
+        ok = (values > 0) & (ids >= 0) & (ids < len(labels))
+        rows = np.repeat(np.arange(K), ids.shape[1]).reshape(ids.shape)[ok]
+        lab = np.asarray(labels, dtype=np.int64)[ids[ok]]
+        pairs, counts = np.unique(np.stack([rows, lab], 1), axis=0, return_counts=True)
+        # per latent, the most frequent label (ties: the lower class id)
+        order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))
+        pairs, counts = pairs[order], counts[order]
+        first = np.unique(pairs[:, 0], return_index=True)[1]
+        label_k = np.full(K, -1, np.int64)
+        purity_k = np.full(K, np.nan)
+        label_k[pairs[first, 0]] = pairs[first, 1]
+        purity_k[pairs[first, 0]] = counts[first] / np.bincount(rows, minlength=K)[pairs[first, 0]]
+        return label_k, purity_k
 
     def groups(self) -> np.ndarray:
         if not self.group_sizes:
@@ -319,16 +380,24 @@ class SAEView:
             name_ids = [[words.setdefault(w, len(words)) for w, _ in r.names] for r in recs]
             label_id = [words.setdefault(str(r.label), len(words)) if r.names and r.label is not None else None
                         for r in recs]
+        top_label = None
+        if self.top_labels is not None:
+            top_label = [None if v < 0 else int(v) for v in self.top_labels[0].tolist()]
+            if len(self.class_names) <= int(self.top_labels[0].max(initial=-1)):  # labels beyond classes.json
+                top_label = None
         return {"slug": self.slug, "title": self.title, "num_latents": K, "words": list(words),
                 "columns": {"id": list(range(K)), "name_ids": name_ids, "label_id": label_id,
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
                             "fms": col(self.fms), "freq": col(stats["freq"]),
                             "max": col(stats["max"]),
                             "active": [None if v < 0 else int(v) for v in np.asarray(stats["active"]).tolist()],
-                            "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth)},
+                            "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth),
+                            "top_label": top_label, "top_purity": col(None if self.top_labels is None
+                                                                      else self.top_labels[1])},
+                "classes": self.class_names if self.top_labels is not None else [],
                 "has": {"ms": ms is not None, "fms": self.fms is not None, "names": self.names is not None,
                         "depth": self.depth is not None, "groups": bool(self.group_sizes),
-                        "freq": self.is_codes, "active": self.is_codes},
+                        "freq": self.is_codes, "active": self.is_codes, "label": self.top_labels is not None},
                 "num_images": int(self.store.num_rows), "default_min_active": DEFAULT_MIN_ACTIVE}
 
     # -- per latent

@@ -18,16 +18,19 @@ from urllib.parse import unquote, urlsplit
 from saevlm.errors import UserError
 from saevlm.explorer.templates import SCRIPT, STYLE
 
+# an id is ASCII decimal without leading zeros and at most 12 digits: one URL per latent or image
+# (\d would take other scripts' digits, "007" would alias "7", and 5,000 digits would reach int())
+ID = r"0|[1-9][0-9]{0,11}"
 ROUTES = [
     (re.compile(r"^/(index\.html)?$"), "run"),
     (re.compile(r"^/static/explorer\.js$"), "script"),
     (re.compile(r"^/static/style\.css$"), "style"),
     (re.compile(r"^/sae/([^/]+)/(index\.html)?$"), "table"),
     (re.compile(r"^/sae/([^/]+)/latents\.js$"), "latents"),
-    (re.compile(r"^/sae/([^/]+)/latent/(\d+)\.html$"), "latent"),
-    (re.compile(r"^/sae/([^/]+)/thumb/(\d+)\.jpg$"), "thumb"),
-    (re.compile(r"^/sae/([^/]+)/image/(\d+)\.jpg$"), "image"),
-    (re.compile(r"^/sae/([^/]+)/overlay/(\d+)/(\d+)\.jpg$"), "overlay"),
+    (re.compile(rf"^/sae/([^/]+)/latent/({ID})\.html$"), "latent"),
+    (re.compile(rf"^/sae/([^/]+)/thumb/({ID})\.jpg$"), "thumb"),
+    (re.compile(rf"^/sae/([^/]+)/image/({ID})\.jpg$"), "image"),
+    (re.compile(rf"^/sae/([^/]+)/overlay/({ID})/({ID})\.jpg$"), "overlay"),
 ]
 TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "script": "text/javascript",
          "latents": "text/javascript", "style": "text/css", "thumb": "image/jpeg",
@@ -37,14 +40,21 @@ TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "scrip
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def allowed_hosts(host: str, port: int) -> set[str] | None:
-    """Host header values this server answers (None: any, when it listens on every address). A
-    request naming another host is refused: that is how a DNS-rebinding page would reach it."""
-    if host in ("0.0.0.0", "::", ""):
-        return None
-    names = {host, f"[{host}]" if ":" in host else host}
-    if host in LOOPBACK:
+def allowed_hosts(host: str, port: int, extra: tuple[str, ...] = ()) -> set[str]:
+    """Host header values this server answers. A request naming another host is refused: that is
+    how a DNS-rebinding page would reach it. Listening on every address (0.0.0.0) keeps the check:
+    the loopback names, this machine's host name, and ``--allowed_hosts`` are answered."""
+    import socket
+
+    names = {host, f"[{host}]" if ":" in host else host, *(h.strip().lower() for h in extra if h.strip())}
+    if host in LOOPBACK or host in ("0.0.0.0", "::", ""):
         names |= {"127.0.0.1", "localhost", "[::1]"}
+    if host in ("0.0.0.0", "::", ""):
+        names.discard(host)
+        names.discard(f"[{host}]")
+        for name in (socket.gethostname(), socket.getfqdn()):
+            if name:
+                names.add(name.lower())
     return {n for name in names for n in (name, f"{name}:{port}")}
 
 
@@ -57,16 +67,17 @@ def error_page(status: int, title: str, detail: str) -> bytes:
             f"<p><a href='/'>the run</a></p></body></html>").encode()
 
 
-def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
+def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -> ThreadingHTTPServer:
     """A server for ``explorer`` (not started); ``server.server_address`` has the real port."""
     import hashlib
     import socket
 
     from saevlm.explorer.app import gzip_bytes
 
+    explorer.serving = True
     static = {"script": (SCRIPT.encode(), gzip_bytes(SCRIPT.encode())),
               "style": (STYLE.encode(), gzip_bytes(STYLE.encode()))}
-    hosts: dict[str, set[str] | None] = {}
+    hosts: dict[str, set[str]] = {}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a page's requests reuse one connection
@@ -84,12 +95,17 @@ def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
             allowed = hosts.get("allowed")
             name = (self.headers.get("Host") or "").strip().lower()
             if allowed is not None and name not in allowed:
-                return HTTPStatus.MISDIRECTED_REQUEST, f"this server answers {sorted(allowed)[0]}, not {name!r}"
+                return HTTPStatus.MISDIRECTED_REQUEST, (f"this server answers {', '.join(sorted(allowed)[:4])}, not "
+                                                        f"{name!r} (explore --allowed_hosts adds names)")
             site = (self.headers.get("Sec-Fetch-Site") or "").lower()
             navigate = (self.headers.get("Sec-Fetch-Mode") or "").lower() == "navigate" and \
                 (self.headers.get("Sec-Fetch-Dest") or "document").lower() == "document"
-            if site == "cross-site" and not navigate:
-                return HTTPStatus.FORBIDDEN, "another site may not read this run (cross-site request refused)"
+            # "same-site" is another port (or subdomain) of the same host: a page served there may
+            # not read this run either; only this server's own pages (same-origin), a typed URL
+            # (none) and clients that send no such header (curl, older browsers) are answered
+            if site in ("cross-site", "same-site") and not navigate:
+                return HTTPStatus.FORBIDDEN, (f"another site or port may not read this run ({site} request "
+                                              f"refused)")
             return None
 
         def _handle(self, head: bool) -> None:
@@ -113,9 +129,11 @@ def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
                                                                    f"image or SAE in this run"), "text/html", head)
             except UserError as err:
                 return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, error_page(500, "cannot build this page",
-                                                                               str(err)), "text/html", head)
+                                                                               f"{path}: {err}"), "text/html", head)
             except Exception as err:  # noqa: BLE001 - any failure: an error page, the rest keeps working
-                detail = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                where = getattr(err, "filename", None)
+                detail = (f"{path}: {type(err).__name__}{f' reading {where}' if where else ''}: "
+                          f"{str(err).splitlines()[0][:300] if str(err) else ''}")
                 return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, error_page(500, "cannot build this page",
                                                                                detail), "text/html", head)
             self._send(HTTPStatus.OK, body, TYPES[kind], head, gz=gz, validate=True)
@@ -188,21 +206,22 @@ def make_server(explorer, host: str, port: int) -> ThreadingHTTPServer:
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
+        request_queue_size = 128  # the listen backlog (socketserver's default of 5 dropped a burst of 64)
 
     try:
         server = Server((host, port), Handler)
     except OSError as err:
         raise UserError(f"--port {port}: cannot serve on {host}:{port} ({err.strerror}); pick another "
                         f"--port (0 = any free one)") from None
-    hosts["allowed"] = allowed_hosts(host, server.server_address[1])
+    hosts["allowed"] = allowed_hosts(host, server.server_address[1], allowed)
     return server
 
 
-def serve(explorer, host: str, port: int, log: Callable = print) -> None:
+def serve(explorer, host: str, port: int, log: Callable = print, allowed: tuple[str, ...] = ()) -> None:
     if host not in LOOPBACK:
         log(f"warning: --host {host}: the run becomes readable by anyone who can reach this machine on the "
             f"network (the default, 127.0.0.1, keeps it to this machine)")
-    server = make_server(explorer, host, port)
+    server = make_server(explorer, host, port, allowed)
     h, p = server.server_address[:2]
     log(f"saevlm explore: {len(explorer.index.saes)} SAE(s) of {explorer.index.run_dir} at http://{h}:{p}/ "
         f"(Ctrl-C to stop)")

@@ -5,9 +5,9 @@ by ``saevlm explore --static``: ``index.html`` (the run), ``sae/<slug>/index.htm
 table), ``sae/<slug>/latent/<j>.html`` (a latent), ``sae/<slug>/thumb/<image>.jpg``."""
 
 BASE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{% block title %}saevlm explorer{% endblock %}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>{% block title %}saevlm explorer{% endblock %}</title>
 <link rel="stylesheet" href="{{ root }}static/style.css"></head>
-<body><nav><a href="{{ root }}index.html">saevlm explorer</a> · {{ run_name }}{% block nav %}{% endblock %}</nav>
+<body{% block bodyattrs %}{% endblock %}><nav><a href="{{ root }}index.html">saevlm explorer</a> · {{ run_name }}{% block nav %}{% endblock %}</nav>
 <main>{% block body %}{% endblock %}</main></body></html>
 """
 
@@ -46,8 +46,9 @@ TABLE = """{% extends "base" %}
 </form>
 <p id="count"></p>
 <table id="latents"><thead><tr>
-{% for c, label in columns %}<th><a href="#" data-sort="{{ c }}">{{ label }}</a></th>{% endfor %}
+{% for c, label in columns %}<th aria-sort="none" title="{{ definitions.get(c, '') }}"><a href="#" data-sort="{{ c }}">{{ label }}</a></th>{% endfor %}
 </tr></thead><tbody></tbody></table>
+<details id="legend"><summary>Column definitions</summary><dl>{% for c, label in columns %}<dt>{{ label }}</dt><dd>{{ definitions.get(c, '') }}</dd>{% endfor %}</dl></details>
 <p class="pager"><a href="#" id="prev">&larr; previous</a> <span id="pageinfo"></span> <a href="#" id="next">next &rarr;</a></p>
 <script src="latents.js"></script>
 <script src="{{ root }}static/explorer.js"></script>
@@ -55,23 +56,24 @@ TABLE = """{% extends "base" %}
 """
 
 LATENT = """{% extends "base" %}
+{% block bodyattrs %} data-latent="{{ j }}"{% endblock %}
 {% block title %}latent {{ j }} · {{ sae.title }}{% endblock %}
 {% block nav %} · <a href="../index.html" class="tablelink">{{ sae.title }}</a> · latent {{ j }}{% endblock %}
 {% block body %}
 <p class="crumbs"><a href="../index.html" id="back" class="tablelink">&larr; all latents</a>{% if prev_j is not none %} · <a href="{{ prev_j }}.html" id="prevlatent">&lsaquo; latent {{ prev_j }}</a>{% endif %}{% if next_j is not none %} · <a href="{{ next_j }}.html" id="nextlatent">latent {{ next_j }} &rsaquo;</a>{% endif %}</p>
-<h1>Latent {{ j }}{% if names %}: <span class="name">{{ names[0][0] }}</span>{% endif %}</h1>
+<h1>Latent {{ j }}{% if names %}: <bdi class="name">{{ names[0][0] }}</bdi>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
 <tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}{% if ms_pct is not none %}<br><span class="meta" id="mspct">percentile {{ "%.0f"|format(ms_pct) }} of {{ ms_n }} scored latents{% if ms_pct_active is not none %}; {{ "%.0f"|format(ms_pct_active) }} of the {{ ms_n_active }} active on &ge; {{ min_active }} images{% endif %}</span>{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
 <tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td id="depth">{{ fmt(depth) }}{% if depth is not none %} (pairs of its {{ depth_n }} activating top images){% if depth_max %}<br><span class="meta">taxonomy levels two images share, averaged: 0 = none (different at the top level), {{ depth_max }} = the same class</span>{% endif %}{% endif %}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
-{% if names %}<tr><th>names (CLIP)</th><td colspan="5" id="names">{% for w, s in names %}{{ w }} ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
-{% if purity is not none %}<tr><th>top-image labels</th><td colspan="5" id="purity">{{ label }}: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits{% if names_n is not none %}, over the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
+{% if names %}<tr><th>names (CLIP)</th><td colspan="5" id="names">{% for w, s in names %}<bdi>{{ w }}</bdi> ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
+{% if purity is not none %}<tr><th>top-image labels</th><td colspan="5" id="purity"><bdi>{{ label }}</bdi>: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits{% if names_n is not none %}, over the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 </table>
 <h2>Top {{ top|length }} images</h2>
 <p class="meta" id="active">{% if active is not none %}active on {{ active }} of {{ num_images }} images{% else %}{{ top|length }} of the top {{ k_top }} images active{% endif %}{% if k_top and top|length < k_top %}; only images where it is active (&gt; 0) are shown{% endif %}</p>
 {% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
-{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="click to enlarge">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
-<figcaption>{{ "%.3f"|format(v) }}{% if lab %} · {{ lab }}{% endif %}</figcaption></figure>{% endfor %}</div>
+{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}{% if lab %}: {{ lab }}{% endif %}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="enlarge (click, or Enter)" tabindex="0" role="button">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
+<figcaption>{{ "%.3f"|format(v) }}{% if lab %} · <bdi>{{ lab }}</bdi>{% endif %}</figcaption></figure>{% endfor %}</div>
 {% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
 {% elif k_top %}<p class="note">Never active on these images: no top images to show.</p>
 {% else %}<p class="note">No top images: run <code>saevlm top-images --activations_dir {{ rel }}</code>.</p>{% endif %}
@@ -104,7 +106,7 @@ LATENT = """{% extends "base" %}
 <table><tr><th>image</th><th>answer</th><th>word</th><th>similarity</th></tr>{% for a in r.answers %}<tr><td>{{ a.image }}</td><td>{{ a.answer }}</td><td>{{ a.word }}</td><td>{{ a.similarity }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
 <h2>Token overlay</h2><p class="note">{{ overlay_note }}</p>
 {% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
-<div id="lightbox" hidden><img alt=""><p></p></div>
+<div id="lightbox" hidden role="dialog" aria-label="enlarged image" tabindex="-1"><img alt=""><p></p></div>
 <script src="{{ root }}static/explorer.js"></script>
 {% endblock %}
 """
@@ -115,73 +117,27 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
   const $ = (id) => document.getElementById(id);
   const esc = (t) => String(t).replace(/[&<>"]/g, (m) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[m]));
   if (!window.SAEVLM_LATENTS) return latentPage();
-  const D = window.SAEVLM_LATENTS, C = D.columns, n = C.id.length, W = D.words || [];
-  // names and labels arrive as ids into the word list W
-  C.name = C.name_ids ? C.name_ids.map((a) => a.length ? W[a[0]] : "") : C.id.map(() => "");
-  const namesOf = (i) => C.name_ids ? C.name_ids[i].map((k) => W[k]).join(" · ") : "";
-  const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
-  const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2};
-  // default view: by MS, latents active on at least N images (an MS from fewer rests on few pairs)
-  const hasActive = D.has && D.has.active, defMin = hasActive ? String(D.default_min_active || 0) : "";
-  const defSort = D.has && D.has.ms ? "ms" : "id";
-  function state() {
-    const p = new URLSearchParams(location.hash.slice(1));
-    return {sort: p.get("sort") || defSort, desc: p.has("desc") ? p.get("desc") === "1" : defSort === "ms",
-            page: Math.max(1, +(p.get("page") || 1)),
-            per: +(p.get("per") || 50), q: (p.get("q") || "").toLowerCase(), ms_min: p.get("ms_min") || "",
-            min_active: p.has("min_active") ? p.get("min_active") : defMin,
-            group: p.get("group") || "", alive: p.get("alive") === "1"};
-  }
-  function setState(changes) {
-    const s = Object.assign(state(), changes), p = new URLSearchParams();
-    for (const [k, v] of Object.entries(s)) {
-      if (k === "desc") { p.set(k, v ? "1" : "0"); continue; }
-      if (k === "min_active") { if (v !== defMin) p.set(k, v); continue; }
-      if (v !== "" && v !== false && !(k === "page" && v === 1)) p.set(k, v === true ? "1" : v);
-    }
-    location.hash = p.toString();
-  }
-  // search: the id, any of the three CLIP names, or the top images' majority label
-  function matcher(q) {
-    if (!q) return null;
-    const hit = W.map((w) => w.toLowerCase().includes(q));
-    return (i) => String(C.id[i]) === q || (C.name_ids !== null && C.name_ids !== undefined &&
-      C.name_ids[i].some((k) => hit[k])) || (C.label_id && C.label_id[i] !== null && hit[C.label_id[i]]);
-  }
+  const D = window.SAEVLM_LATENTS;
+  const T = table(D);
   function render() {
-    const s = state(), q = s.q.trim(), match = matcher(q);
-    let rows = [];
-    for (let i = 0; i < n; i++) {
-      if (match && !match(i)) continue;
-      if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
-      if (s.group !== "" && C.group[i] !== +s.group) continue;
-      if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
-      if (s.min_active !== "" && C.active && C.active[i] !== null && C.active[i] < +s.min_active) continue;
-      rows.push(i);
-    }
-    const col = C[s.sort] || C.id, dir = s.desc ? -1 : 1;
-    rows.sort((a, b) => {
-      const x = col[a], y = col[b];
-      if (x === y) return C.id[a] - C.id[b];
-      if (x === null || x === undefined) return 1;
-      if (y === null || y === undefined) return -1;
-      return (x < y ? -1 : 1) * dir;
-    });
+    const s = T.state(location.hash.slice(1)), rows = T.rows(s), C = T.C, n = T.n;
     const pages = Math.max(1, Math.ceil(rows.length / s.per)), page = Math.min(s.page, pages);
     const shown = rows.slice((page - 1) * s.per, page * s.per);
     const cols = Array.from(document.querySelectorAll("th a[data-sort]")).map((a) => a.dataset.sort);
     const back = "#t=" + encodeURIComponent(location.hash.slice(1));  // the latent page links back to this view
     $("latents").tBodies[0].innerHTML = shown.map((i) => "<tr>" + cols.map((c) => {
       if (c === "id") return `<td><a href="latent/${C.id[i]}.html${back}">${C.id[i]}</a></td>`;
-      if (c === "name") return `<td class="name" title="${esc(namesOf(i))}">${esc(C.name[i])}</td>`;
-      return `<td>${fmt(C[c] ? C[c][i] : null, digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
+      if (c === "name") return `<td class="name" title="${esc(T.namesOf(i))}"><bdi>${esc(C.name[i])}</bdi></td>`;
+      if (c === "label") return `<td class="name"><bdi>${esc(T.labelOf(i))}</bdi></td>`;
+      return `<td>${T.fmt(C[c] ? C[c][i] : null, T.digits[c] || (/^ms\d+$/.test(c) ? 3 : 0))}</td>`;
     }).join("") + "</tr>").join("");
-    $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && +s.min_active > 0 && hasActive ?
+    $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && +s.min_active > 0 && T.hasActive ?
       ` (active on at least ${s.min_active} images; set 0 to see all)` : "");
     $("pageinfo").textContent = `page ${page} of ${pages}`;
     for (const a of document.querySelectorAll("th a[data-sort]")) {
       a.classList.toggle("sorted", a.dataset.sort === s.sort);
       a.textContent = a.textContent.replace(/ [▲▼]$/, "") + (a.dataset.sort === s.sort ? (s.desc ? " ▼" : " ▲") : "");
+      a.parentElement.setAttribute("aria-sort", a.dataset.sort === s.sort ? (s.desc ? "descending" : "ascending") : "none");
     }
     $("q").value = s.q; $("ms_min").value = s.ms_min; $("group").value = s.group;
     $("alive").checked = s.alive; $("per").value = String(s.per); $("min_active").value = s.min_active;
@@ -189,7 +145,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
   for (const a of document.querySelectorAll("th a[data-sort]")) {
     a.addEventListener("click", (e) => {
       e.preventDefault();
-      const s = state(), c = a.dataset.sort;
+      const s = T.state(location.hash.slice(1)), c = a.dataset.sort;
       setState({sort: c, desc: s.sort === c ? !s.desc : c !== "id" && c !== "name", page: 1});
     });
   }
@@ -199,13 +155,85 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
   $("alive").addEventListener("change", () => setState({alive: $("alive").checked, page: 1}));
   $("min_active").addEventListener("change", () => setState({min_active: $("min_active").value, page: 1}));
   $("per").addEventListener("change", () => setState({per: +$("per").value, page: 1}));
-  $("prev").addEventListener("click", (e) => { e.preventDefault(); setState({page: Math.max(1, state().page - 1)}); });
-  $("next").addEventListener("click", (e) => { e.preventDefault(); setState({page: state().page + 1}); });
+  $("prev").addEventListener("click", (e) => { e.preventDefault(); setState({page: Math.max(1, T.state(location.hash.slice(1)).page - 1)}); });
+  $("next").addEventListener("click", (e) => { e.preventDefault(); setState({page: T.state(location.hash.slice(1)).page + 1}); });
+  function setState(changes) {
+    const s = Object.assign(T.state(location.hash.slice(1)), changes);
+    location.hash = T.hashOf(s);
+  }
   window.addEventListener("hashchange", render);
   render();
 
+  // the table's data, state (validated: a hand-edited #hash never blocks the tab) and order; the
+  // latent pages use the same order for previous / next
+  function table(D) {
+    const C = D.columns, n = C.id.length, W = D.words || [];
+    C.name = C.name_ids ? C.name_ids.map((a) => a.length ? W[a[0]] : "") : C.id.map(() => "");
+    const namesOf = (i) => C.name_ids ? C.name_ids[i].map((k) => W[k]).join(" · ") : "";
+    const labelOf = (i) => C.top_label && C.top_label[i] !== null ? `${D.classes[C.top_label[i]]} (${C.top_purity[i].toFixed(2)})` : "";
+    C.label = C.top_purity || null;  // sorting the label column sorts by purity
+    const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
+    const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2, ms_pct: 0};
+    const hasActive = D.has && D.has.active, defMin = hasActive ? String(D.default_min_active || 0) : "";
+    const defSort = D.has && D.has.ms ? "ms" : "id";
+    const PER = [25, 50, 100, 500], groups = new Set((C.group || []).map(String));
+    const num = (v) => v !== null && v !== "" && isFinite(+v);
+    function state(hash) {
+      const p = new URLSearchParams(hash);
+      const sort = p.get("sort"), per = +p.get("per"), page = Math.floor(+p.get("page"));
+      const minA = p.get("min_active"), msMin = p.get("ms_min"), group = p.get("group");
+      return {sort: sort && Object.prototype.hasOwnProperty.call(C, sort) && C[sort] ? sort : defSort,
+              desc: p.has("desc") ? p.get("desc") === "1" : (sort || defSort) === "ms",
+              page: isFinite(page) && page >= 1 ? page : 1,
+              per: PER.includes(per) ? per : 50, q: (p.get("q") || "").slice(0, 200).toLowerCase(),
+              ms_min: num(msMin) ? msMin : "",
+              min_active: p.has("min_active") ? (minA === "" || (num(minA) && +minA >= 0) ? minA : defMin) : defMin,
+              group: group !== null && groups.has(group) ? group : "", alive: p.get("alive") === "1"};
+    }
+    function hashOf(s) {
+      const p = new URLSearchParams();
+      for (const [k, v] of Object.entries(s)) {
+        if (k === "desc") { p.set(k, v ? "1" : "0"); continue; }
+        if (k === "min_active") { if (v !== defMin) p.set(k, v); continue; }
+        if (v !== "" && v !== false && !(k === "page" && v === 1)) p.set(k, v === true ? "1" : v);
+      }
+      return p.toString();
+    }
+    // search: the id, any of the three names, or the top images' majority label
+    function matcher(q) {
+      if (!q) return null;
+      const hit = W.map((w) => w.toLowerCase().includes(q));
+      const cls = (D.classes || []).map((w) => String(w).toLowerCase().includes(q));
+      return (i) => String(C.id[i]) === q || (C.name_ids !== null && C.name_ids !== undefined &&
+        C.name_ids[i].some((k) => hit[k])) || (C.label_id && C.label_id[i] !== null && hit[C.label_id[i]]) ||
+        (C.top_label && C.top_label[i] !== null && cls[C.top_label[i]]);
+    }
+    function rows(s) {
+      const match = matcher(s.q.trim()), out = [];
+      for (let i = 0; i < n; i++) {
+        if (match && !match(i)) continue;
+        if (s.ms_min !== "" && !(C.ms && C.ms[i] !== null && C.ms[i] >= +s.ms_min)) continue;
+        if (s.group !== "" && C.group[i] !== +s.group) continue;
+        if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
+        if (s.min_active !== "" && C.active && C.active[i] !== null && C.active[i] < +s.min_active) continue;
+        out.push(i);
+      }
+      const col = C[s.sort] || C.id, dir = s.desc ? -1 : 1;
+      out.sort((a, b) => {
+        const x = col[a], y = col[b];
+        if (x === y) return C.id[a] - C.id[b];
+        if (x === null || x === undefined) return 1;
+        if (y === null || y === undefined) return -1;
+        return (x < y ? -1 : 1) * dir;
+      });
+      return out;
+    }
+    return {C, n, namesOf, labelOf, fmt, digits, hasActive, state, hashOf, rows};
+  }
+
   function latentPage() {
-    // breadcrumbs keep the table's state: it arrives as #t=<the table's hash> and is passed on
+    // breadcrumbs keep the table's state: it arrives as #t=<the table's hash> and is passed on;
+    // previous / next follow the table's order under that state (its data is loaded for it)
     const t = new URLSearchParams(location.hash.slice(1)).get("t");
     if (t !== null) {
       for (const a of document.querySelectorAll("a.tablelink")) a.href = a.getAttribute("href").split("#")[0] + "#" + t;
@@ -213,27 +241,51 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
         const a = $(id);
         if (a) a.href = a.getAttribute("href").split("#")[0] + "#t=" + encodeURIComponent(t);
       }
+      const me = +(document.body.dataset.latent || -1), tag = document.createElement("script");
+      tag.src = "../latents.js";
+      tag.onload = () => {
+        if (!window.SAEVLM_LATENTS) return;
+        const T = table(window.SAEVLM_LATENTS), order = T.rows(T.state(t)), at = order.indexOf(me);
+        if (at < 0) return;  // not in the table's current view: ids order stays
+        const crumbs = document.querySelector("p.crumbs");
+        for (const [id, k, text] of [["prevlatent", order[at - 1], "‹ latent "], ["nextlatent", order[at + 1], "latent "]]) {
+          let a = $(id);
+          if (k === undefined) { if (a) a.hidden = true; continue; }  // the first / last of the table's view
+          if (!a) { a = document.createElement("a"); a.id = id; crumbs.append(" · ", a); }
+          a.href = `${T.C.id[k]}.html#t=${encodeURIComponent(t)}`;
+          a.textContent = id === "prevlatent" ? text + T.C.id[k] : text + T.C.id[k] + " ›";
+          a.dataset.order = "table";
+        }
+      };
+      document.head.append(tag);
     }
     // a click on a top image shows it enlarged; a click or Escape closes it
     const box = $("lightbox");
     if (!box) return;
-    const close = () => { box.hidden = true; };
+    let opener = null;
+    const close = () => { if (!box.hidden) { box.hidden = true; if (opener) opener.focus(); } };
     for (const img of document.querySelectorAll("img[data-large]")) {
-      img.addEventListener("click", () => {
+      const open = () => {
+        opener = img;
         box.querySelector("img").src = img.dataset.large;
+        box.querySelector("img").alt = img.alt;
         box.querySelector("p").textContent = img.alt + " · " + (img.closest("figure").querySelector("figcaption") || {}).textContent;
         box.hidden = false;
-      });
+        box.focus();
+      };
+      img.addEventListener("click", open);
+      img.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
     }
     box.addEventListener("click", close);
-    document.addEventListener("keydown", (e) => { if (e.key === "Escape") close(); });
+    document.addEventListener("keydown", (e) => { if (e.key === "Escape" || (e.key === "Enter" && !box.hidden && document.activeElement === box)) close(); });
   }
 })();
 """
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:0;color:#222}
 nav{background:#1f2933;color:#ddd;padding:8px 16px;font-size:14px}nav a{color:#fff;text-decoration:none}
-main{max-width:1200px;margin:1em auto;padding:0 16px}
+main{max-width:1200px;margin:1em auto;padding:0 16px;overflow-wrap:anywhere}bdi{unicode-bidi:isolate}
+h1{overflow-wrap:anywhere}figcaption{max-width:112px;overflow-wrap:anywhere}img[tabindex]:focus{outline:3px solid #b45309}
 table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px}
 th{background:#f3f4f6;text-align:left}th a{color:#222;text-decoration:none}th a.sorted{color:#b45309}
 #latents td{text-align:right}#latents td.name{text-align:left;max-width:22em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
