@@ -122,3 +122,63 @@ def test_related_latents_of_token_codes_count_images_not_tokens():
     rel = related_latents(b)
     assert rel.active_k.tolist() == [1, 2] and rel.jaccard_kn[0, 0] == pytest.approx(0.5)
     assert rel.shared_kn[0, 0] == 1
+
+
+def test_ms_baseline_quantiles_hold_for_fresh_random_sets():
+    """The baseline's set score is the MS of a latent at 1 on the set and 0 elsewhere (brute force
+    over pairs, Eq. 5-9), and fresh random sets exceed its 95th percentile about 5 % of the time."""
+    from saevlm.explorer.stats import baseline_at, ms_baseline
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((5, 24))
+    e = centres[rng.integers(0, 5, 600)] + 0.8 * rng.standard_normal((600, 24))
+    u = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32)
+    base = ms_baseline(u, seed=0)
+    size, q50, q95 = baseline_at(base, 16)
+    assert size == 16 and q50 < q95
+
+    def brute(pick):  # the authors' definition with ã = 1 on the set: mean cosine over distinct pairs
+        s = [float(u[a] @ u[b]) for i, a in enumerate(pick) for b in pick[i + 1:]]
+        return sum(s) / len(s)
+
+    fresh = np.array([brute(list(rng.choice(600, 16, replace=False))) for _ in range(600)])
+    assert 0.02 <= (fresh > q95).mean() <= 0.09, (fresh > q95).mean()
+    assert 0.4 <= (fresh <= q50).mean() <= 0.6
+    # a set of one cluster is far above chance
+    one = np.flatnonzero(np.argmax(e @ centres.T, axis=1) == 0)[:16].tolist()
+    assert brute(one) > q95
+
+
+def test_ms_baseline_and_density_plot_on_the_pages(explorer_run, tmp_path):
+    """The latent page places its MS against random sets of its size; the SAE page's density plot
+    lists, on a click, exactly the latents of that cell (in the browser)."""
+    import re
+    import threading
+
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server
+    from test_explorer import dump_dom, parse
+
+    ex = Explorer(explorer_run, tmp_path / "cache")
+    view = ex.sae("codes")
+    ms, _ = view.ms
+    j = int(np.nanargmax(ms))
+    page = ex.latent_page("codes", j)
+    assert 'id="msbase"' in page and f"(it is active on {int(view.stats['active'][j])})" in page
+    table = ex.table_page("codes")
+    cell = re.search(r'<a href="#(f_lo=[^"]+)" class="cell"><rect[^>]*><title>(\d+) latents', table)
+    assert cell, "no density cell"
+    q, n = cell.group(1), int(cell.group(2))
+    params = dict(p.split("=") for p in q.split("&"))
+    freq, mean = np.asarray(view.stats["freq"]), np.asarray(view.stats["mean"])
+    expected = int(((freq >= float(params["f_lo"]) * 0.99999) & (freq <= float(params["f_hi"]) * 1.00001)
+                    & (mean >= float(params["a_lo"]) * 0.99999) & (mean <= float(params["a_hi"]) * 1.00001)).sum())
+    assert expected >= n >= 1
+    srv = make_server(ex, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        dom = dump_dom(f"http://127.0.0.1:{srv.server_address[1]}/sae/codes/index.html#{q}&per=500")
+        assert f"{expected} of {view.num_latents} latents" in dom and len(parse(dom).rows) == expected
+    finally:
+        srv.shutdown()
+        srv.server_close()

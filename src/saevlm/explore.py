@@ -39,7 +39,7 @@ class ExploreConfig(CommandConfig, ProgressOption):
     static: str | None = opt(None, metavar='DIR')
     """write the pages into DIR (no server) instead of serving them"""
     latents: str = opt('top:500')
-    """with --static: which latents get pages: top:N by MS (default: %(default)s), all, or ids like 3,17,42"""
+    """with --static: which latents get pages: top:N by MS as the table ranks them, latents active on >= 16 images first (default: %(default)s), all, or ids like 3,17,42"""
     allowed_hosts: list[str] = opt([], nargs='*', metavar='NAME')
     """with --host 0.0.0.0 (or another address): more Host names the server answers, e.g. the name
     other machines reach it by (always answered: the loopback names, this machine's host name, --host)"""

@@ -18,11 +18,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from saevlm.errors import UserError
-from saevlm.explorer.index import RunIndex, SAEView
+from saevlm.explorer.index import DEFAULT_MIN_ACTIVE, RunIndex, SAEView
 from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
 
 TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("label", "top-image label"), ("ms", "MS"),
-                 ("active", "active images"), ("fms", "FMS"), ("freq", "frequency"), ("max", "max act."),
+                 ("active", "active images"), ("fms", "FMS"), ("freq", "frequency"), ("mean", "mean act."), ("max", "max act."),
                  ("group", "group"), ("depth", "depth"))
 DEFINITIONS = {
     "id": "the latent's index in the SAE (its encoder column and decoder row)",
@@ -34,10 +34,15 @@ DEFINITIONS = {
     "fms": "FMS (saevlm fms): how well it alone detects the concept it detects best (it is that concept's root)",
     "freq": "the share of code rows (images, or tokens of token-level codes) where it is non-zero",
     "max": "its largest activation over the store",
+    "mean": "its mean activation over the rows where it is non-zero",
     "group": "Matryoshka group, 0 = the coarsest (the first latents alone must reconstruct the input)",
     "depth": "hierarchy depth: taxonomy levels its top images share pairwise, averaged (0 = none, the maximum "
              "= the same class)",
 }
+# a name is flagged weak when its first word barely beats the second (cosine margin) or when its
+# top images are mostly of other classes than the majority (purity): it may name a mixture
+WEAK_MARGIN = 0.01
+WEAK_PURITY = 0.5
 THUMB_PX = 112
 LARGE_PX = 448  # a top image clicked to enlarge
 
@@ -127,13 +132,15 @@ class Explorer:
             ms, _ = view.ms
             best = []
             if ms is not None:
-                order = np.argsort(-np.nan_to_num(ms, nan=-np.inf), kind="stable")[:10]
-                best = [(int(j), float(ms[j])) for j in order if np.isfinite(ms[j])
+                # the table's default rule: latents active on enough images to have an MS worth ranking
+                order = ranked_latents(view)
+                best = [(int(j), float(ms[j])) for j in order[:10] if np.isfinite(ms[j])
                         and (linked is None or linked(slug, int(j)))]
             rows.append({"slug": slug, "title": view.title, "rel": str(view.path.relative_to(self.index.run_dir)),
                          "num_latents": view.num_latents,
                          "ms_mean": _fmt(float(np.nanmean(ms))) if ms is not None and np.isfinite(ms).any() else "–",
-                         "named": view.names is not None, "best": best})
+                         "named": view.names is not None, "best": best,
+                         "rule": f"active on \u2265 {DEFAULT_MIN_ACTIVE} images" if view.is_codes else ""})
         return self._render("run", 0, saes=rows, report=self._report_html())
 
     def _report_html(self) -> str:
@@ -177,6 +184,43 @@ class Explorer:
         return histogram_svg(np.log10(alive), bins=40, width=640, xlabel="log10 activation frequency",
                              css_class="freqhist")
 
+    def density_plot(self, view: SAEView, bins: tuple[int, int] = (40, 24), width: int = 640, height: int = 260
+                     ) -> str | None:
+        """An SVG of the latents by log10 activation frequency (x) and log10 mean activation (y);
+        each cell is a link that filters the table to its latents (saev's notebook has this plot)."""
+        if not view.is_codes:
+            return None
+        freq = np.asarray(view.stats["freq"], dtype=np.float64)
+        mean = np.asarray(view.stats["mean"], dtype=np.float64)
+        ok = (freq > 0) & np.isfinite(mean) & (mean > 0)
+        if ok.sum() < 2:
+            return None
+        x, y = np.log10(freq[ok]), np.log10(mean[ok])
+        xe = np.linspace(x.min(), x.max() + 1e-9, bins[0] + 1)
+        ye = np.linspace(y.min(), y.max() + 1e-9, bins[1] + 1)
+        counts, _, _ = np.histogram2d(x, y, bins=(xe, ye))
+        pad_l, pad_b = 40, 30
+        cw, ch = (width - pad_l) / bins[0], (height - pad_b) / bins[1]
+        top = np.log1p(counts.max())
+        cells = []
+        for i, k in zip(*np.nonzero(counts)):
+            c = int(counts[i, k])
+            q = (f"f_lo={10 ** xe[i]:.4g}&f_hi={10 ** xe[i + 1]:.4g}&a_lo={10 ** ye[k]:.4g}&a_hi={10 ** ye[k + 1]:.4g}"
+                 f"&min_active=0")
+            cells.append(f'<a href="#{q}" class="cell"><rect x="{pad_l + i * cw:.1f}" '
+                         f'y="{height - pad_b - (k + 1) * ch:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                         f'fill="#2563eb" fill-opacity="{0.15 + 0.85 * np.log1p(c) / top:.2f}"><title>{c} latents: '
+                         f'frequency {10 ** xe[i]:.3g}–{10 ** xe[i + 1]:.3g}, mean activation {10 ** ye[k]:.3g}–'
+                         f'{10 ** ye[k + 1]:.3g} (click to list them)</title></rect></a>')
+        axes = (f'<text x="{pad_l}" y="{height - 8}" font-size="11">{xe[0]:.2f}</text>'
+                f'<text x="{(width + pad_l) / 2}" y="{height - 8}" font-size="11" text-anchor="middle">log10 activation '
+                f'frequency</text><text x="{width}" y="{height - 8}" font-size="11" text-anchor="end">{xe[-1]:.2f}</text>'
+                f'<text x="0" y="{height - pad_b}" font-size="11">{ye[0]:.2f}</text><text x="0" y="12" font-size="11">'
+                f'{ye[-1]:.2f}</text><text x="12" y="{(height - pad_b) / 2}" font-size="11" transform="rotate(-90 12 '
+                f'{(height - pad_b) / 2})" text-anchor="middle">log10 mean act.</text>')
+        return (f'<svg class="density" width="{width}" height="{height}" role="img" aria-label="latents by activation '
+                f'frequency and mean activation">{"".join(cells)}{axes}</svg>')
+
     def table_page(self, slug: str, subset_note: str = "", linked: Callable[[int], bool] | None = None) -> str:
         view = self.sae(slug)
         groups = list(range(len(view.group_sizes))) if view.group_sizes else []
@@ -201,7 +245,8 @@ class Explorer:
                 tree = hierarchy_tree(view, rel, linked)
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
                             columns=columns, groups=groups, subset=subset_note, freq_hist=freq_hist, dead=dead,
-                            num_images=int(view.store.num_rows), dups=dups, tree=tree, definitions=definitions)
+                            num_images=int(view.store.num_rows), dups=dups, tree=tree, definitions=definitions,
+                            density=self.density_plot(view))
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
@@ -260,8 +305,11 @@ class Explorer:
         from saevlm.data.artifacts import LatentName
 
         named = view.names.latents[j] if view.names is not None else LatentName()
+        weak = [why for why, bad in ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
+                                     (f"label purity under {WEAK_PURITY}", named.purity is not None
+                                      and named.purity < WEAK_PURITY)) if bad] if named.names else []
         ctx.update(names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
-                   label=named.label, names_n=named.n_active, depth_n=len(top))
+                   label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak)
         if view.is_codes:
             rows, vals = view.column_values(j)
             nz = vals[vals != 0]
@@ -327,8 +375,6 @@ class Explorer:
     def _calibration_context(view: SAEView, j: int, ms) -> dict:
         """Where this latent's MS stands within the SAE (percentile over latents with an MS, and
         over those active on at least the table's default number of images)."""
-        from saevlm.explorer.index import DEFAULT_MIN_ACTIVE
-
         if ms is None or not np.isfinite(ms[j]):
             return {"ms_pct": None}
         finite = ms[np.isfinite(ms)]
@@ -340,6 +386,15 @@ class Explorer:
             if ok.any() and active[j] >= DEFAULT_MIN_ACTIVE:
                 out["ms_pct_active"] = float((ms[ok] <= ms[j]).mean() * 100)
                 out["ms_n_active"] = int(ok.sum())
+        # against chance: random image sets of this latent's active size, under the same embedder
+        from saevlm.explorer.stats import baseline_at
+
+        n = int(active[j]) if view.is_codes else int((view.top[1][j] > 0).sum()) if view.top is not None else 0
+        base, why = view.ms_baseline
+        at = baseline_at(base, n) if base is not None else None
+        out["ms_base"] = None if at is None else {"size": at[0], "q50": at[1], "q95": at[2], "n": n,
+                                                  "above": bool(ms[j] > at[2]), "chance": bool(ms[j] <= at[1])}
+        out["ms_base_note"] = why
         return out
 
     def overlay(self, slug: str, j: int, image_id: int) -> bytes:
@@ -533,8 +588,21 @@ def _thumb_ids(page: str) -> Iterable[str]:
     return re.findall(r'src="\.\./thumb/(\d+)\.jpg"', page)
 
 
+def ranked_latents(view: SAEView) -> np.ndarray:
+    """Every latent, best first as the table's default view ranks them: by MS (by max activation
+    without MS), latents active on at least DEFAULT_MIN_ACTIVE images first (an MS over two images
+    rests on one pair), then the rest in the same order."""
+    ms, _ = view.ms
+    key = np.asarray(ms if ms is not None else view.stats["max"], dtype=np.float64)
+    order = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")
+    if view.is_codes:
+        enough = np.asarray(view.stats["active"])[order] >= DEFAULT_MIN_ACTIVE
+        order = np.concatenate([order[enough], order[~enough]])
+    return order
+
+
 def choose_latents(view: SAEView, spec: str) -> np.ndarray:
-    """``--latents``: ``all``, ``top:N`` (highest MS; by max activation without MS), or ``1,5,9``."""
+    """``--latents``: ``all``, ``top:N`` (the first N of :func:`ranked_latents`), or ``1,5,9``."""
     K = view.num_latents
     if spec == "all":
         return np.arange(K)
@@ -545,10 +613,7 @@ def choose_latents(view: SAEView, spec: str) -> np.ndarray:
             raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
         if n < 1:
             raise UserError(f"--latents {spec}: N must be a positive number of latents (e.g. top:500)")
-        ms, _ = view.ms
-        key = ms if ms is not None else view.stats["max"]
-        order = np.argsort(-np.nan_to_num(np.asarray(key, dtype=np.float64), nan=-np.inf), kind="stable")
-        return np.sort(order[:n])
+        return np.sort(ranked_latents(view)[:n])
     words = [x.strip() for x in spec.split(",") if x.strip()]
     if any(w.startswith("-") and w[1:].isascii() and w[1:].isdigit() for w in words):
         raise UserError(f"--latents {spec}: ids must be 0 or more")

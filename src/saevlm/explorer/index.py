@@ -221,6 +221,39 @@ class SAEView:
         return scores, label
 
     @cached_property
+    def ms_baseline(self) -> tuple[dict | None, str]:
+        """(the MS of random image sets per set size under the primary MS's embedder, "") or (None,
+        why): computed once per embeddings store (explorer/stats.py) and cached by its content hash."""
+        if not self.ms_sets:
+            return None, "no MS"
+        d = next(d for d in self.path.glob("ms*/") if (d.name[3:] if d.name.startswith("ms_") else d.name)
+                 == self.ms_sets[0][1])
+        try:
+            inputs = (json.loads((d / A.MS_JSON).read_text()).get("inputs") or {}).get("embeddings") or {}
+        except (OSError, ValueError, AttributeError):
+            return None, f"{d.name}/{A.MS_JSON} names no embeddings"
+        path, sha = inputs.get("path"), inputs.get("content_sha256")
+        if not path or not Path(path).is_dir():
+            return None, f"the embeddings it was computed with are not at {path!r}"
+        from saevlm.data.store import ActivationStore
+        from saevlm.explorer.stats import cached, ms_baseline
+
+        try:
+            store = ActivationStore(path)
+        except UserError as err:
+            return None, f"the embeddings at {path}: {err}"
+        if sha and store.manifest.content_sha256 != sha:
+            return None, f"the embeddings at {path} were re-written since the MS was computed"
+        key = (sha or hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest())[:16]
+
+        def compute():
+            e = store.read(0, store.num_rows).astype(np.float32)
+            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            return ms_baseline(e)
+
+        return cached(self.cache_dir / "baseline" / f"{key}-v1.npz", compute), ""
+
+    @cached_property
     def names(self) -> A.NamesResult | None:
         """names.json when it is current (see ``stale``)."""
         if not (self.path / A.NAMES).is_file() or not self._fresh(A.NAMES):
@@ -256,7 +289,7 @@ class SAEView:
         from saevlm.explorer.stats import basic_stats, cached
 
         top_values = None if self.is_codes or self.top is None else self.top[1]
-        return cached(self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v2.npz",  # v2: + active counts
+        return cached(self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v3.npz",  # v3: + mean
                       lambda: basic_stats(self.store, self.num_latents, self.is_codes, top_values))
 
     @cached_property
@@ -389,7 +422,7 @@ class SAEView:
                 "columns": {"id": list(range(K)), "name_ids": name_ids, "label_id": label_id,
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
                             "fms": col(self.fms), "freq": col(stats["freq"]),
-                            "max": col(stats["max"]),
+                            "max": col(stats["max"]), "mean": col(stats["mean"]),
                             "active": [None if v < 0 else int(v) for v in np.asarray(stats["active"]).tolist()],
                             "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth),
                             "top_label": top_label, "top_purity": col(None if self.top_labels is None

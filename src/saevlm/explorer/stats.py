@@ -34,21 +34,26 @@ def cached(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str
 
 
 def basic_stats(store, num_latents: int, is_codes: bool, top_values_kk: np.ndarray | None) -> dict[str, np.ndarray]:
-    """freq (share of code rows where active), max and active (images where active; -1: unknown)."""
+    """freq (share of code rows where active), max, mean (over the rows where active) and active
+    (rows where active; -1: unknown)."""
     K = num_latents
     if not is_codes:
         values = top_values_kk if top_values_kk is not None else np.full((K, 1), np.nan)
         return {"freq": np.full(K, np.nan), "max": values[:, 0].astype(np.float32),
-                "active": np.full(K, -1, dtype=np.int64)}  # unknown: only the top images were stored
+                "active": np.full(K, -1, dtype=np.int64), "mean": np.full(K, np.nan)}  # unknown: only the top images were stored
     count = np.zeros(K, dtype=np.int64)
+    total = np.zeros(K, dtype=np.float64)
     top = np.zeros(K, dtype=np.float32)
     for chunk in store.iter_csr(1 << 20):
         idx = np.asarray(chunk.indices, dtype=np.int64)
         vals = np.asarray(chunk.values, dtype=np.float32)
         nz = vals != 0
         count += np.bincount(idx[nz], minlength=K)
+        total += np.bincount(idx[nz], weights=vals[nz], minlength=K)
         np.maximum.at(top, idx, vals)
-    return {"freq": count / max(store.num_rows, 1), "max": top, "active": count}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return {"freq": count / max(store.num_rows, 1), "max": top, "active": count, "mean": mean}
 
 
 def related_stats(store, num_latents: int, is_codes: bool, row_images: np.ndarray | None,
@@ -66,3 +71,47 @@ def related_stats(store, num_latents: int, is_codes: bool, row_images: np.ndarra
     else:
         return None
     return related_latents(b, basis=basis, groups_k=groups_k)
+
+
+BASELINE_SETS = 200  # random image sets per size (fewer above 1,024 images, where the spread is small)
+
+
+def baseline_sizes(num_images: int) -> np.ndarray:
+    """Set sizes 2, 3, 4, 6, 8, 12, ... (about sqrt(2) apart) up to the number of images."""
+    sizes = {2}
+    s = 2.0
+    while s < num_images:
+        sizes.add(int(round(s)))
+        s *= np.sqrt(2)
+    sizes.add(num_images)
+    return np.array(sorted(x for x in sizes if 2 <= x <= num_images), dtype=np.int64)
+
+
+def ms_baseline(unit_nd: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """What a latent active on n random images, equally, scores under the same embedder: for each
+    size n, the median and 95th percentile of the MS of random image sets (Eq. 5-9 with ã = 1 on
+    the set: the mean cosine similarity of its distinct pairs, ((||Σ u||² - n) / (n² - n)).
+    ``unit_nd``: the unit-norm image embeddings. An MS above the 95th percentile of its size is
+    unlikely from an unrelated set of images; one below the median is no better than chance."""
+    rng = np.random.default_rng(seed)
+    N = len(unit_nd)
+    sizes = baseline_sizes(N)
+    q50, q95 = np.zeros(len(sizes)), np.zeros(len(sizes))
+    for i, n in enumerate(sizes):
+        sets = BASELINE_SETS if n <= 1024 else 50
+        scores = np.empty(sets)
+        for r in range(sets):
+            pick = rng.choice(N, size=int(n), replace=False)
+            v = unit_nd[pick].sum(axis=0, dtype=np.float64)
+            scores[r] = (float(v @ v) - n) / (n * n - n)
+        q50[i], q95[i] = np.quantile(scores, [0.5, 0.95])
+    return {"sizes": sizes, "q50": q50, "q95": q95}
+
+
+def baseline_at(baseline: dict[str, np.ndarray], n: int) -> tuple[int, float, float] | None:
+    """(the nearest computed size, its median, its 95th percentile) for a latent active on n images."""
+    sizes = baseline["sizes"]
+    if n < 2 or not len(sizes):
+        return None
+    i = int(np.argmin(np.abs(np.log(sizes) - np.log(n))))
+    return int(sizes[i]), float(baseline["q50"][i]), float(baseline["q95"][i])

@@ -18,7 +18,7 @@ RUN = """{% extends "base" %}
 <table class="saes"><tr><th>SAE</th><th>store</th><th>latents</th><th>MS mean</th><th>names</th><th>best latents by MS</th></tr>
 {% for s in saes %}<tr><td><a class="sae" href="sae/{{ s.slug }}/index.html">{{ s.title }}</a></td>
 <td><code>{{ s.rel }}</code></td><td>{{ s.num_latents }}</td><td>{{ s.ms_mean }}</td><td>{{ "yes" if s.named else "–" }}</td>
-<td>{% for j, v in s.best %}<a href="sae/{{ s.slug }}/latent/{{ j }}.html">{{ j }}</a> ({{ "%.2f"|format(v) }}){{ ", " if not loop.last }}{% endfor %}</td></tr>
+<td>{% if s.rule %}<span class="meta">{{ s.rule }}:</span> {% endif %}{% for j, v in s.best %}<a href="sae/{{ s.slug }}/latent/{{ j }}.html">{{ j }}</a> ({{ "%.2f"|format(v) }}){{ ", " if not loop.last }}{% endfor %}</td></tr>
 {% endfor %}</table>
 {% if report %}<h2>Report</h2><div class="report">{{ report|safe }}</div>{% endif %}
 {% endblock %}
@@ -32,6 +32,7 @@ TABLE = """{% extends "base" %}
 <p class="meta"><code>{{ rel }}</code>{% if subset %} · {{ subset }}{% endif %}</p>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 {% if freq_hist %}<div id="freqhist">{{ freq_hist|safe }}<p class="meta">activation frequency of the {{ sae.num_latents - dead }} latents active on at least one of {{ num_images }} images (log10; {{ dead }} never active)</p></div>{% endif %}
+{% if density %}<details id="density" open><summary>Latents by activation frequency and mean activation (click a cell to list its latents)</summary>{{ density|safe }}<p class="meta" id="densityfilter"></p></details>{% endif %}
 {% if dups is not none %}<p class="meta" id="dups">{% if dups.clusters %}<strong class="dup">{{ dups.clusters }} near-duplicate cluster{{ "s" if dups.clusters != 1 }}</strong> ({{ dups.latents }} latents, largest {{ dups.largest }}): latents whose {{ dups.basis }} overlap with Jaccard &ge; {{ dups.threshold }}; each latent's page lists its cluster.{% else %}No near-duplicates: no two latents overlap on their {{ dups.basis }} with Jaccard &ge; {{ dups.threshold }}.{% endif %}</p>{% endif %}
 {% macro node(n) %}<li><a href="latent/{{ n.id }}.html">latent {{ n.id }}</a>{% if n.name %} (<bdi>{{ n.name }}</bdi>){% endif %}, group {{ n.group }}, active on {{ n.active }}{% if n.share is not none %}, covers {{ "%.0f"|format(n.share * 100) }} % of its images{% endif %}{% if n.children %}<ul>{% for c in n.children %}{{ node(c) }}{% endfor %}</ul>{% endif %}</li>{% endmacro %}
 {% if tree %}<details id="tree" open><summary>Hierarchy: the most active latents of group 0 and their children in finer groups</summary><ul class="tree">{% for n in tree %}{{ node(n) }}{% endfor %}</ul>
@@ -64,9 +65,10 @@ LATENT = """{% extends "base" %}
 <h1>Latent {{ j }}{% if names %}: <bdi class="name">{{ names[0][0] }}</bdi>{% endif %}</h1>
 {% for f, why in sae.stale.items() %}<p class="stale">stale, not shown: <code>{{ f }}</code>: {{ why }}</p>{% endfor %}
 <table class="facts">
-<tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}{% if ms_pct is not none %}<br><span class="meta" id="mspct">percentile {{ "%.0f"|format(ms_pct) }} of {{ ms_n }} scored latents{% if ms_pct_active is not none %}; {{ "%.0f"|format(ms_pct_active) }} of the {{ ms_n_active }} active on &ge; {{ min_active }} images{% endif %}</span>{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
+<tr><th>MS</th><td>{% if ms_all|length > 1 %}{% for lab, v in ms_all %}{{ fmt(v) }} ({{ lab }}){{ "<br>"|safe if not loop.last }}{% endfor %}{% else %}{{ fmt(ms) }}{% endif %}{% if ms_pct is not none %}<br><span class="meta" id="mspct">percentile {{ "%.0f"|format(ms_pct) }} of {{ ms_n }} scored latents{% if ms_pct_active is not none %}; {{ "%.0f"|format(ms_pct_active) }} of the {{ ms_n_active }} active on &ge; {{ min_active }} images{% endif %}</span>
+{% if ms_base %}<br><span class="meta" id="msbase">random sets of {{ ms_base.size }} images (it is active on {{ ms_base.n }}) score {{ "%.3f"|format(ms_base.q50) }} (median), {{ "%.3f"|format(ms_base.q95) }} (95th percentile) under the same embedder: {% if ms_base.above %}<strong>above chance</strong>{% elif ms_base.chance %}<strong class="dead">no better than chance</strong>{% else %}within the range of chance{% endif %}</span>{% elif ms_base_note %}<br><span class="meta">no baseline: {{ ms_base_note }}</span>{% endif %}{% endif %}</td><th>activation frequency</th><td>{{ fmt(freq, 4) }}</td><th>max activation</th><td>{{ fmt(maxv) }}</td></tr>
 <tr><th>group</th><td>{{ group if group is not none else "–" }}</td><th>hierarchy depth</th><td id="depth">{{ fmt(depth) }}{% if depth is not none %} (pairs of its {{ depth_n }} activating top images){% if depth_max %}<br><span class="meta">taxonomy levels two images share, averaged: 0 = none (different at the top level), {{ depth_max }} = the same class</span>{% endif %}{% endif %}</td><th>FMS</th><td>{{ fmt(fms) }}</td></tr>
-{% if names %}<tr><th>names (CLIP)</th><td colspan="5" id="names">{% for w, s in names %}<bdi>{{ w }}</bdi> ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
+{% if names %}<tr><th>names (CLIP){% if weak %}<br><strong class="dup" id="weak">weak: {{ weak|join(", ") }}</strong>{% endif %}</th><td colspan="5" id="names">{% for w, s in names %}<bdi>{{ w }}</bdi> ({{ "%.3f"|format(s) }}){{ ", " if not loop.last }}{% endfor %}{% if margin is not none %}; margin {{ "%.3f"|format(margin) }}{% endif %}{% if names_n is not none %}; from the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 {% if purity is not none %}<tr><th>top-image labels</th><td colspan="5" id="purity"><bdi>{{ label }}</bdi>: purity {{ "%.2f"|format(purity) }}, entropy {{ "%.2f"|format(entropy) }} bits{% if names_n is not none %}, over the {{ names_n }} top images where it is active{% endif %}</td></tr>{% endif %}
 </table>
 <h2>Top {{ top|length }} images</h2>
@@ -134,6 +136,10 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
     $("count").textContent = `${rows.length} of ${n} latents` + (s.min_active !== "" && +s.min_active > 0 && T.hasActive ?
       ` (active on at least ${s.min_active} images; set 0 to see all)` : "");
     $("pageinfo").textContent = `page ${page} of ${pages}`;
+    if ($("densityfilter")) {
+      $("densityfilter").innerHTML = s.f_lo !== "" ? `showing the latents of one cell: frequency ${esc(s.f_lo)}–${esc(s.f_hi)}, mean activation ${esc(s.a_lo)}–${esc(s.a_hi)} · <a href="#" id="clearcell">clear</a>` : "";
+      if ($("clearcell")) $("clearcell").onclick = (e) => { e.preventDefault(); setState({f_lo: "", f_hi: "", a_lo: "", a_hi: "", page: 1}); };
+    }
     for (const a of document.querySelectorAll("th a[data-sort]")) {
       a.classList.toggle("sorted", a.dataset.sort === s.sort);
       a.textContent = a.textContent.replace(/ [▲▼]$/, "") + (a.dataset.sort === s.sort ? (s.desc ? " ▼" : " ▲") : "");
@@ -173,7 +179,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
     const labelOf = (i) => C.top_label && C.top_label[i] !== null ? `${D.classes[C.top_label[i]]} (${C.top_purity[i].toFixed(2)})` : "";
     C.label = C.top_purity || null;  // sorting the label column sorts by purity
     const fmt = (v, d) => v === null || v === undefined ? "–" : (typeof v === "number" ? v.toFixed(d) : v);
-    const digits = {ms: 3, fms: 3, freq: 4, max: 3, depth: 2, ms_pct: 0};
+    const digits = {ms: 3, fms: 3, freq: 4, max: 3, mean: 3, depth: 2, ms_pct: 0};
     const hasActive = D.has && D.has.active, defMin = hasActive ? String(D.default_min_active || 0) : "";
     const defSort = D.has && D.has.ms ? "ms" : "id";
     const PER = [25, 50, 100, 500], groups = new Set((C.group || []).map(String));
@@ -188,7 +194,9 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
               per: PER.includes(per) ? per : 50, q: (p.get("q") || "").slice(0, 200).toLowerCase(),
               ms_min: num(msMin) ? msMin : "",
               min_active: p.has("min_active") ? (minA === "" || (num(minA) && +minA >= 0) ? minA : defMin) : defMin,
-              group: group !== null && groups.has(group) ? group : "", alive: p.get("alive") === "1"};
+              group: group !== null && groups.has(group) ? group : "", alive: p.get("alive") === "1",
+              f_lo: num(p.get("f_lo")) ? p.get("f_lo") : "", f_hi: num(p.get("f_hi")) ? p.get("f_hi") : "",
+              a_lo: num(p.get("a_lo")) ? p.get("a_lo") : "", a_hi: num(p.get("a_hi")) ? p.get("a_hi") : ""};
     }
     function hashOf(s) {
       const p = new URLSearchParams();
@@ -216,6 +224,8 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
         if (s.group !== "" && C.group[i] !== +s.group) continue;
         if (s.alive && !(C.max[i] !== null && C.max[i] > 0)) continue;
         if (s.min_active !== "" && C.active && C.active[i] !== null && C.active[i] < +s.min_active) continue;
+        if (s.f_lo !== "" && !(C.freq && C.freq[i] !== null && C.freq[i] >= +s.f_lo * 0.99999 && C.freq[i] <= +s.f_hi * 1.00001)) continue;
+        if (s.a_lo !== "" && !(C.mean && C.mean[i] !== null && C.mean[i] >= +s.a_lo * 0.99999 && C.mean[i] <= +s.a_hi * 1.00001)) continue;
         out.push(i);
       }
       const col = C[s.sort] || C.id, dir = s.desc ? -1 : 1;
