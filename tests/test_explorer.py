@@ -312,7 +312,7 @@ def test_token_overlay_is_skipped_cleanly_without_the_model(token_run, tmp_path)
     try:
         ex = Explorer(run, tmp_path / "cache")
         page = ex.latent_page("codes", 0)
-        assert "needs the vision model" in page and "could not be loaded" in page and 'class="overlay"' not in page
+        assert "No overlay: this SAE reads" in page and "could not be loaded" in page and 'class="overlay"' not in page
         assert page.count('class="top"') == 16  # everything else is there
         assert run_cli("explore", "--run_dir", run, "--static", tmp_path / "site", "--latents", "top:3",
                        "--cache_dir", tmp_path / "cache2", "--no_progress") == 0

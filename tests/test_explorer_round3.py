@@ -5,8 +5,6 @@ damaged result files named, and markup in names, labels and class folders shown 
 import json
 import socket
 import threading
-import time
-import urllib.parse
 
 import numpy as np
 import pytest

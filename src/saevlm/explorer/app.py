@@ -84,6 +84,7 @@ class Explorer:
         self.index = RunIndex(run_dir, cache_dir, data_path)
         self._top_sets: dict[str, set[int]] = {}
         self._linked: dict[str, set[int]] = {}  # other images rendered pages link (quantile images)
+        self._overlay_pairs: dict[str, set[tuple[int, int]]] = {}  # (latent, image) overlays image pages link
         self.env = jinja2.Environment(loader=jinja2.DictLoader(TEMPLATES), autoescape=True)
         self.run_name = self.index.run_dir.resolve().name
         self.log = log
@@ -98,6 +99,14 @@ class Explorer:
         """Whether a page links this image (of latent ``latent``, or of any latent): the server
         makes thumbnails and overlays only for those, so a request cannot make it do other work."""
         view = self.sae(slug)
+        if latent is not None and (latent, image_id) in self._overlay_pairs.get(slug, set()):
+            return True  # an image page's heatmap
+        if latent is None and view.is_codes:
+            try:  # every image of the store has a page, with its picture
+                view.image_rows(image_id)
+                return True
+            except KeyError:
+                pass
         if view.top is not None:
             ids, values = view.top
             if latent is not None:
@@ -107,6 +116,9 @@ class Explorer:
             if image_id in self._top_sets[slug]:
                 return True
         return latent is None and image_id in self._linked.get(slug, set())
+
+    def sae_or_none(self, slug: str) -> SAEView | None:
+        return self.index.get(slug)
 
     def sae(self, slug: str) -> SAEView:
         view = self.index.get(slug)
@@ -301,6 +313,7 @@ class Explorer:
                    depth=None if view.depth is None else float(view.depth[j]),
                    depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
                    fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
+                   image_pages=view.is_codes,
                    thumb_note=view.images_note or "no images to show")
         from saevlm.data.artifacts import LatentName
 
@@ -396,6 +409,105 @@ class Explorer:
                                                   "above": bool(ms[j] > at[2]), "chance": bool(ms[j] <= at[1])}
         out["ms_base_note"] = why
         return out
+
+    # -- an image: which latents fire on it
+    IMAGE_LATENTS = 12  # the most active latents an image page lists
+
+    def image_entries(self, view: SAEView, codes_k: np.ndarray, linked: Callable[[int], bool] | None = None,
+                      exclude: int | None = None) -> list[dict]:
+        """The most active latents of one image: name, MS, activation, the image's rank among the
+        latent's non-zero activations (dataset images of one-row-per-image stores), its top images."""
+        from saevlm.explorer.stats import rank_in_column
+
+        ms, _ = view.ms
+        order = np.argsort(-codes_k, kind="stable")[:self.IMAGE_LATENTS]
+        out = []
+        for j in order.tolist():
+            v = float(codes_k[j])
+            if v <= 0:
+                break
+            rank = rank_in_column(view.columns, j, v) if view.columns is not None else None
+            tops = []
+            if view.top is not None:
+                ids, vals = view.top
+                tops = [int(i) for i, a in zip(ids[j], vals[j]) if a > 0 and int(i) != exclude][:4]
+            out.append({"id": j, "name": view.name_of(j), "value": v, "rank": rank,
+                        "ms": None if ms is None else float(ms[j]), "linked": linked is None or linked(j),
+                        "tops": tops})
+        return out
+
+    def image_page(self, slug: str, image_id: int, linked: Callable[[int], bool] | None = None,
+                   live: bool = True) -> str:
+        """Dataset image ``image_id``: its most active latents in this SAE (KeyError: not an image
+        of the store)."""
+        view = self.sae(slug)
+        codes = view.image_codes(image_id)
+        labels, names_cls = view.labels, view.class_names
+        label = ""
+        if labels is not None and image_id < len(labels):
+            lab = int(labels[image_id])
+            label = names_cls[lab] if 0 <= lab < len(names_cls) else str(lab)
+        entries = self.image_entries(view, codes, linked, exclude=image_id)
+        overlay = view.overlay_model[0] is not None
+        for e in entries:
+            self._overlay_pairs.setdefault(slug, set()).add((e["id"], image_id))
+            self._linked.setdefault(slug, set()).update(e["tops"])
+        thumbs = view.images is not None
+        return self._render("image", 3, sae=view, image_id=image_id, label=label, entries=entries, thumbs=thumbs,
+                            overlay=overlay, thumb_note=view.images_note, live=live and self.serving,
+                            live_note=self._live_note(view), uploaded=None, heatmaps={}, problem=None,
+                            one_row=view.one_row_per_image)
+
+    def live_form_page(self, slug: str) -> str:
+        """The upload form alone (GET of the live URL)."""
+        view = self.sae(slug)
+        return self._render("image", 2, sae=view, image_id=None, label="", entries=[], thumbs=False, overlay=False,
+                            thumb_note="", live=self.serving, live_note=self._live_note(view), uploaded=None,
+                            heatmaps={}, problem=None, one_row=view.one_row_per_image)
+
+    def _live_note(self, view: SAEView) -> str:
+        if not self.serving:
+            return "a static export: run saevlm explore on the run to try your own image"
+        return ""
+
+    def live_page(self, slug: str, data: bytes, filename: str = "") -> tuple[int, str]:
+        """(HTTP status, page) for an uploaded image: the run's model at the SAE's hook, the SAE,
+        the latents that fire, heatmaps for token-level SAEs. Bad images get a 4xx and one line."""
+        import base64
+
+        from saevlm.explorer.live import UploadError, heatmap_jpeg, open_upload
+
+        view = self.sae(slug)
+
+        def page(status: int, problem: str | None, **ctx) -> tuple[int, str]:
+            base = dict(sae=view, image_id=None, label=filename, entries=[], thumbs=view.images is not None,
+                        overlay=False, thumb_note=view.images_note, live=True, live_note="", uploaded=None,
+                        heatmaps={}, problem=problem, one_row=view.one_row_per_image)
+            base.update(ctx)
+            return status, self._render("image", 2, **base)
+
+        try:
+            image, notes = open_upload(data)
+        except UploadError as err:
+            return page(err.status, str(err))
+        model, why = view.live_model
+        if model is None:
+            return page(503, why)
+        with image:
+            shown, codes, patches = model.image_codes(image, LARGE_PX // 2)
+        entries = self.image_entries(view, codes)
+        heatmaps = {}
+        if patches is not None:
+            for e in entries:
+                a = patches[..., e["id"]]
+                jpeg = heatmap_jpeg(shown, a, float(view.stats["max"][e["id"]]) or float(a.max()) or 1.0)
+                heatmaps[e["id"]] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        buf = io.BytesIO()
+        shown.save(buf, format="JPEG", quality=85)
+        for e in entries:
+            self._linked.setdefault(slug, set()).update(e["tops"])
+        return page(200, None, entries=entries, heatmaps=heatmaps, notes=notes,
+                    uploaded="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
 
     def overlay(self, slug: str, j: int, image_id: int) -> bytes:
         """The per-patch overlay of latent ``j`` on image ``image_id`` (cached)."""

@@ -332,6 +332,48 @@ class SAEView:
         return None, "is being computed from the codes, once for this SAE; reload this page in a few seconds"
 
     @cached_property
+    def one_row_per_image(self) -> bool:
+        return bool(self.is_codes and len(np.unique(self.row_images)) == len(self.row_images))
+
+    @cached_property
+    def columns(self) -> dict[str, np.ndarray] | None:
+        """Each latent's non-zero activations sorted (explorer/stats.py), for an image's rank in a
+        latent's distribution; stores of one row per image only (cached)."""
+        from saevlm.explorer.stats import cached, latent_columns
+
+        if not self.one_row_per_image:
+            return None
+        return cached(self.cache_dir / "columns" / f"{self.slug}-{self._stats_key()}-v1.npz",
+                      lambda: latent_columns(self.store, self.num_latents))
+
+    def image_rows(self, image_id: int) -> np.ndarray:
+        """The code rows of dataset image ``image_id`` (KeyError: not an image of this store)."""
+        if not self.is_codes:
+            raise KeyError(image_id)
+        order = self.page_cache.get("row_order")
+        if order is None:
+            order = self.page_cache.setdefault("row_order", np.argsort(self.row_images, kind="stable"))
+        sorted_ids = self.row_images[order]
+        a, b = np.searchsorted(sorted_ids, image_id, side="left"), np.searchsorted(sorted_ids, image_id, side="right")
+        if a == b:
+            raise KeyError(image_id)
+        return np.sort(order[a:b])
+
+    def image_codes(self, image_id: int) -> np.ndarray:
+        """Image ``image_id``'s codes [K]: its row, or each latent's maximum over its token rows."""
+        rows = self.image_rows(image_id)
+        out = np.zeros(self.num_latents, np.float32)
+        starts = np.array([sh.row_start for sh in self.store.shards], dtype=np.int64)
+        for r in rows.tolist():
+            i = int(np.searchsorted(starts, r, side="right")) - 1
+            chunk = self.store.shard_csr(i)
+            local = r - chunk.start
+            lo, hi = int(chunk.indptr[local]), int(chunk.indptr[local + 1])
+            idx, vals = np.asarray(chunk.indices[lo:hi]), np.asarray(chunk.values[lo:hi], dtype=np.float32)
+            out[idx] = np.maximum(out[idx], vals) if len(rows) > 1 else vals
+        return out
+
+    @cached_property
     def depth(self) -> np.ndarray | None:
         """Mean LCA depth of each latent's top-16 image pairs in the dataset's taxonomy."""
         try:
@@ -586,14 +628,27 @@ class SAEView:
         return None
 
     @cached_property
-    def overlay_model(self):
-        """(:class:`saevlm.explorer.live.LiveModel`, "") when per-patch overlays can be drawn, else (None, why)."""
+    def live_model(self):
+        """(:class:`saevlm.explorer.live.LiveModel`, "") for images uploaded to the server (any
+        token selection), else (None, why)."""
         from saevlm.explorer.live import load_live_model
 
+        return load_live_model(self.store.provenance, True, patches=False)
+
+    @cached_property
+    def overlay_model(self):
+        """(:class:`saevlm.explorer.live.LiveModel`, "") when per-patch overlays can be drawn, else (None, why)."""
+        from saevlm.explorer.live import PER_IMAGE
+
         prov = self.store.provenance
-        if prov.tokens.selection in (None, "cls", "pooled") or prov.hook.attachment_point != "post_mlp_residual":
-            return load_live_model(prov, False)  # says why, without opening the images
-        return load_live_model(prov, self.images is not None)
+        tokens = prov.tokens.selection
+        if tokens in (None, *PER_IMAGE) or prov.hook.attachment_point != "post_mlp_residual":
+            return None, (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
+                          f"per-patch activation.")
+        if self.images is None:
+            return None, "No overlay: the store's images are not available."
+        model, why = self.live_model  # the same model serves overlays and uploads
+        return model, why.replace("No live images", "No overlay")
 
     def overlay(self, j: int, image_id: int, side: int = 112) -> bytes:
         """JPEG of image ``image_id`` with latent ``j``'s activation on each patch token in red

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 
+PER_IMAGE = ("cls", "mean", "mean_patches", "pooled")  # selections giving one row per image
+
+
 @dataclass
 class LiveModel:
     """The vision model, the SAE and the hook point the store's codes were read at."""
@@ -20,8 +23,36 @@ class LiveModel:
     encoder: Any
     sae: Any
     point: Any
+    selection: str = "all"  # the store's token selection (provenance.tokens.selection)
     # one forward pass at a time: the model is shared by every request of the server
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def image_codes(self, image, side: int) -> tuple[Any, np.ndarray, np.ndarray | None]:
+        """(the image as shown; its codes [K] as the store holds them for an image: the selected
+        row (CLS, mean) or, for token-level stores, each latent's maximum over the patches; the
+        patch codes [grid_h, grid_w, K] for token-level stores, else None)."""
+        import torch
+
+        from saevlm.models.base import TokenSelection, batch_of_one
+        from saevlm.sae.inference import encode_batch
+
+        if self.selection not in PER_IMAGE:
+            base, patches = self.patch_codes(image, side)
+            return base, patches.reshape(-1, patches.shape[-1]).max(axis=0), patches
+        encoder = self.encoder
+        im = image.convert("RGB")
+        batch = batch_of_one(encoder.preprocess(im))
+        square = min(im.size)
+        left, top = (im.width - square) // 2, (im.height - square) // 2
+        base = im.crop((left, top, left + square, top + square)).resize((side, side))
+        with self.lock, torch.no_grad():
+            acts = encoder.capture(batch, [self.point])[self.point].float()
+            if acts.ndim == 3:  # a block's [1, T, D]: the store's selection of it
+                mode = {"mean_patches": TokenSelection("mean", skip_cls=True)}.get(
+                    self.selection, TokenSelection("mean" if self.selection == "mean" else "cls"))
+                acts, _ = mode.select(acts, [0], encoder.valid_tokens(batch, acts.shape[1]))
+            codes = encode_batch(self.sae, acts).cpu().numpy()[0]
+        return base, codes, None
 
     def patch_codes(self, image, side: int):
         """(the image as shown, square ``side`` px; codes [grid_h, grid_w, K] of its patch tokens)."""
@@ -58,17 +89,23 @@ class LiveModel:
         return base, codes
 
 
-def load_live_model(provenance, images_available: bool) -> tuple[LiveModel | None, str]:
-    """(the model, "") when per-patch activations can be computed for this store, else (None, why)."""
+def load_live_model(provenance, images_available: bool, patches: bool = True) -> tuple[LiveModel | None, str]:
+    """(the model, "") when this store's codes can be computed for an image, else (None, why).
+    ``patches``: per-patch activations are wanted (token overlays), which one-row-per-image
+    stores do not have; ``images_available``: the store's own images are needed (overlays)."""
     tokens = provenance.tokens.selection
-    if tokens in (None, "cls", "pooled") or provenance.hook.attachment_point != "post_mlp_residual":
+    what = "No overlay" if patches else "No live images"
+    per_image = tokens in (None, *PER_IMAGE) or provenance.hook.attachment_point != "post_mlp_residual"
+    if patches and per_image:
         return None, (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
                       f"per-patch activation.")
-    if not images_available:
+    if patches and not images_available:
         return None, "No overlay: the store's images are not available."
+    if tokens is None and provenance.hook.attachment_point != "post_projection":
+        return None, "No live images: the codes' provenance does not say which tokens the SAE read."
     sae = provenance.sae
     if sae is None or not sae.path or not Path(sae.path).exists():
-        return None, "No overlay: the SAE checkpoint recorded in the codes' provenance was not found."
+        return None, f"{what}: the SAE checkpoint recorded in the codes' provenance was not found."
     try:
         from saevlm.models import load_encoder
         from saevlm.sae.checkpoint import load_sae
@@ -77,10 +114,9 @@ def load_live_model(provenance, images_available: bool) -> tuple[LiveModel | Non
         point = encoder.resolve(provenance.hook.attachment_point, provenance.hook.layer)
         loaded = load_sae(sae.path)
     except Exception as err:  # noqa: BLE001 - a missing model skips overlays, never the page
-        return None, (f"No overlay: this SAE reads {tokens} tokens, and drawing its activation on the "
-                      f"patches needs the vision model {provenance.model.source!r}, which could not be loaded "
-                      f"here ({type(err).__name__}: {str(err).splitlines()[0][:160]}).")
-    return LiveModel(encoder, loaded, point), ""
+        return None, (f"{what}: this SAE reads {tokens} tokens of the vision model {provenance.model.source!r}, "
+                      f"which could not be loaded here ({type(err).__name__}: {str(err).splitlines()[0][:160]}).")
+    return LiveModel(encoder, loaded, point, tokens or "pooled"), ""
 
 
 def heatmap_jpeg(base, a_hw: np.ndarray, scale: float) -> bytes:
@@ -94,3 +130,65 @@ def heatmap_jpeg(base, a_hw: np.ndarray, scale: float) -> bytes:
     buf = io.BytesIO()
     out.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
+
+
+# -- uploaded images ---------------------------------------------------------------------------
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+MAX_PIXELS = 25_000_000  # a decompression bomb declares far more; refused before any pixel is decoded
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+
+class UploadError(ValueError):
+    """An upload that is not a usable image: ``status`` is the HTTP status, the message one line."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def open_upload(data: bytes):
+    """(an RGB PIL image, notes) from uploaded bytes, or UploadError: not an image (415), too large
+    or a decompression bomb (413), animated (415), truncated or damaged (422). CMYK, 16-bit and
+    palette images are converted to 8-bit RGB, and a note says so."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UploadError(400, "no image was sent")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(413, f"{len(data):,} bytes; at most {MAX_UPLOAD_BYTES:,} are accepted")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UploadError(413, f"refused as a decompression bomb ({err})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise UploadError(415, f"not an image ({', '.join(FORMATS)} expected)") from None
+    try:
+        if im.format not in FORMATS:
+            raise UploadError(415, f"{im.format} images are not accepted ({', '.join(FORMATS)} expected)")
+        w, h = im.size
+        if w < 1 or h < 1 or w * h > MAX_PIXELS:
+            raise UploadError(413, f"{w} x {h} pixels; at most {MAX_PIXELS:,} pixels are accepted")
+        if getattr(im, "n_frames", 1) > 1:
+            raise UploadError(415, f"an animated image ({im.n_frames} frames); upload a single frame")
+        notes = []
+        try:
+            im.load()
+        except (OSError, ValueError, SyntaxError) as err:
+            raise UploadError(422, f"truncated or damaged {im.format} image ({err})") from None
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            a = np.asarray(im, dtype=np.float64)
+            top = float(a.max()) or 1.0
+            im = Image.fromarray((np.clip(a / top, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+            notes.append("a 16-bit (or float) image, scaled to 8 bits by its maximum")
+        elif im.mode != "RGB":
+            if im.mode == "CMYK":
+                notes.append("a CMYK image, converted to RGB")
+            im = im.convert("RGB")
+        return im, notes
+    except UploadError:
+        im.close()
+        raise

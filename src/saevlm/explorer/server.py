@@ -10,6 +10,7 @@ gzip-compressed to clients that accept it."""
 from __future__ import annotations
 
 import re
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -31,8 +32,10 @@ ROUTES = [
     (re.compile(rf"^/sae/([^/]+)/thumb/({ID})\.jpg$"), "thumb"),
     (re.compile(rf"^/sae/([^/]+)/image/({ID})\.jpg$"), "image"),
     (re.compile(rf"^/sae/([^/]+)/overlay/({ID})/({ID})\.jpg$"), "overlay"),
+    (re.compile(rf"^/sae/([^/]+)/img/({ID})\.html$"), "img"),
+    (re.compile(r"^/sae/([^/]+)/live$"), "live"),
 ]
-TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "script": "text/javascript",
+TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "img": "text/html", "live": "text/html", "script": "text/javascript",
          "latents": "text/javascript", "style": "text/css", "thumb": "image/jpeg",
          "image": "image/jpeg", "overlay": "image/jpeg"}
 
@@ -67,6 +70,25 @@ def error_page(status: int, title: str, detail: str) -> bytes:
             f"<p><a href='/'>the run</a></p></body></html>").encode()
 
 
+UPLOAD_TIMEOUT_S = 30  # an upload slower than this is cut off
+LIVE_QUEUE = 4  # uploads being processed or waiting for the model at once; more get 503
+
+
+def upload_bytes(content_type: str, body: bytes) -> tuple[bytes, str]:
+    """(the image's bytes, its file name) from a POST body: a multipart form (the page's form) or
+    the raw image."""
+    if not content_type.lower().startswith("multipart/form-data"):
+        return body, ""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    for part in msg.iter_parts() if msg.is_multipart() else ():
+        if part.get_param("name", header="content-disposition") == "image":
+            return part.get_payload(decode=True) or b"", part.get_filename() or ""
+    return b"", ""
+
+
 def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -> ThreadingHTTPServer:
     """A server for ``explorer`` (not started); ``server.server_address`` has the real port."""
     import hashlib
@@ -78,6 +100,7 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
     static = {"script": (SCRIPT.encode(), gzip_bytes(SCRIPT.encode())),
               "style": (STYLE.encode(), gzip_bytes(STYLE.encode()))}
     hosts: dict[str, set[str]] = {}
+    live_slots = threading.BoundedSemaphore(LIVE_QUEUE)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: a page's requests reuse one connection
@@ -91,7 +114,50 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
         def do_GET(self):  # noqa: N802 - the http.server API
             self._handle(head=False)
 
-        def _refused(self) -> tuple[int, str] | None:
+        def do_POST(self):  # noqa: N802 - the http.server API: an uploaded image (explorer/live.py)
+            from saevlm.explorer.live import MAX_UPLOAD_BYTES
+
+            refused = self._refused(post=True)
+            if refused is not None:
+                self.close_connection = True
+                status, why = refused
+                return self._send(status, error_page(status, "refused", why), "text/html")
+            path = unquote(urlsplit(self.path).path)
+            m = ROUTES[-1][0].match(path)
+            if not m or explorer.sae_or_none(m.group(1)) is None:
+                self.close_connection = True
+                return self._send(HTTPStatus.NOT_FOUND, error_page(404, "not found", path), "text/html")
+            try:
+                length = int(self.headers.get("Content-Length") or "")
+            except ValueError:
+                self.close_connection = True
+                return self._send(HTTPStatus.LENGTH_REQUIRED, error_page(411, "length required",
+                                                                        "send the image with a Content-Length"),
+                                  "text/html")
+            if length > MAX_UPLOAD_BYTES + 64 * 1024 or length < 0:
+                self.close_connection = True  # the body is not read
+                return self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error_page(
+                    413, "too large", f"{length:,} bytes; at most {MAX_UPLOAD_BYTES:,} are accepted"), "text/html")
+            self.connection.settimeout(UPLOAD_TIMEOUT_S)
+            try:
+                body = self.rfile.read(length)
+            except (TimeoutError, OSError):
+                self.close_connection = True
+                return self._send(HTTPStatus.REQUEST_TIMEOUT, error_page(408, "timeout", "the upload was too slow"),
+                                  "text/html")
+            data, filename = upload_bytes(self.headers.get("Content-Type") or "", body)
+            if not live_slots.acquire(blocking=False):
+                return self._send(HTTPStatus.SERVICE_UNAVAILABLE, error_page(
+                    503, "busy", f"{LIVE_QUEUE} images are being processed; try again in a moment"), "text/html")
+            try:
+                status, page = explorer.live_page(m.group(1), data, filename)
+            except Exception as err:  # noqa: BLE001 - the server keeps serving
+                status, page = 500, error_page(500, "cannot read this image", f"{type(err).__name__}: {err}").decode()
+            finally:
+                live_slots.release()
+            self._send(status, page.encode(), "text/html")
+
+        def _refused(self, post: bool = False) -> tuple[int, str] | None:
             allowed = hosts.get("allowed")
             name = (self.headers.get("Host") or "").strip().lower()
             if allowed is not None and name not in allowed:
@@ -103,9 +169,13 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
             # "same-site" is another port (or subdomain) of the same host: a page served there may
             # not read this run either; only this server's own pages (same-origin), a typed URL
             # (none) and clients that send no such header (curl, older browsers) are answered
-            if site in ("cross-site", "same-site") and not navigate:
-                return HTTPStatus.FORBIDDEN, (f"another site or port may not read this run ({site} request "
-                                              f"refused)")
+            if site in ("cross-site", "same-site") and (post or not navigate):
+                return HTTPStatus.FORBIDDEN, (f"another site or port may not {'send images to' if post else 'read'} "
+                                              f"this run ({site} request refused)")
+            if post:  # a form on another page may not make the server work (its Origin says where it is)
+                origin = (self.headers.get("Origin") or "").lower()
+                if origin and origin != "null" and urlsplit(origin).netloc not in (allowed or ()):
+                    return HTTPStatus.FORBIDDEN, f"an upload from {origin} is refused (not this server's page)"
             return None
 
         def _handle(self, head: bool) -> None:
@@ -161,6 +231,11 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
                         raise KeyError(img)
                     return (explorer.thumbnail(slug, img) if kind == "thumb" else
                             explorer.large_image(slug, img)), None
+            if kind == "live":
+                return explorer.live_form_page(slug).encode(), None
+            if kind == "img":
+                with view.lock:
+                    return explorer.image_page(slug, int(m.group(2))).encode(), None
             with view.lock:
                 if kind == "table":
                     return explorer.table_page(slug).encode(), None

@@ -115,3 +115,28 @@ def baseline_at(baseline: dict[str, np.ndarray], n: int) -> tuple[int, float, fl
         return None
     i = int(np.argmin(np.abs(np.log(sizes) - np.log(n))))
     return int(sizes[i]), float(baseline["q50"][i]), float(baseline["q95"][i])
+
+
+def latent_columns(store, num_latents: int) -> dict[str, np.ndarray]:
+    """Every latent's non-zero activations, sorted high to low (indptr [K + 1], values): the rank
+    of an image in a latent's distribution is one binary search. One row per image only."""
+    cols, vals = [], []
+    for chunk in store.iter_csr(1 << 20):
+        v = np.asarray(chunk.values, dtype=np.float32)
+        keep = v != 0
+        cols.append(np.asarray(chunk.indices, dtype=np.int64)[keep])
+        vals.append(v[keep])
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+    order = np.lexsort((-v, c))
+    indptr = np.zeros(num_latents + 1, np.int64)
+    np.cumsum(np.bincount(c, minlength=num_latents), out=indptr[1:])
+    return {"indptr": indptr, "values": v[order]}
+
+
+def rank_in_column(columns: dict[str, np.ndarray], j: int, value: float) -> tuple[int, int]:
+    """(rank of ``value`` among latent j's non-zero activations, 1 = highest; how many there are)."""
+    a, b = int(columns["indptr"][j]), int(columns["indptr"][j + 1])
+    desc = columns["values"][a:b]
+    above = int(np.searchsorted(-desc, -np.float32(value), side="left"))  # values strictly greater
+    return above + 1, b - a

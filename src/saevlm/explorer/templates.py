@@ -75,7 +75,7 @@ LATENT = """{% extends "base" %}
 <p class="meta" id="active">{% if active is not none %}active on {{ active }} of {{ num_images }} images{% else %}{{ top|length }} of the top {{ k_top }} images active{% endif %}{% if k_top and top|length < k_top %}; only images where it is active (&gt; 0) are shown{% endif %}</p>
 {% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
 {% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}{% if lab %}: {{ lab }}{% endif %}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="enlarge (click, or Enter)" tabindex="0" role="button">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
-<figcaption>{{ "%.3f"|format(v) }}{% if lab %} · <bdi>{{ lab }}</bdi>{% endif %}</figcaption></figure>{% endfor %}</div>
+<figcaption>{{ "%.3f"|format(v) }}{% if lab %} · <bdi>{{ lab }}</bdi>{% endif %}{% if image_pages %} · <a href="../img/{{ img }}.html" class="imagelink">latents</a>{% endif %}</figcaption></figure>{% endfor %}</div>
 {% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
 {% elif k_top %}<p class="note">Never active on these images: no top images to show.</p>
 {% else %}<p class="note">No top images: run <code>saevlm top-images --activations_dir {{ rel }}</code>.</p>{% endif %}
@@ -110,6 +110,35 @@ LATENT = """{% extends "base" %}
 {% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
 <div id="lightbox" hidden role="dialog" aria-label="enlarged image" tabindex="-1"><img alt=""><p></p></div>
 <script src="{{ root }}static/explorer.js"></script>
+{% endblock %}
+"""
+
+IMAGE = """{% extends "base" %}
+{% block title %}{% if image_id is not none %}image {{ image_id }}{% else %}your image{% endif %} · {{ sae.title }}{% endblock %}
+{% block nav %} · <a href="{{ root }}sae/{{ sae.slug }}/index.html">{{ sae.title }}</a> · {% if image_id is not none %}image {{ image_id }}{% else %}your image{% endif %}{% endblock %}
+{% block body %}
+<h1>{% if image_id is not none %}Image {{ image_id }}{% else %}Your image{% endif %}{% if label %}: <bdi>{{ label }}</bdi>{% endif %}</h1>
+{% if problem %}<p class="stale" id="problem" role="alert">{{ problem }}</p>{% endif %}
+{% for n in notes or [] %}<p class="note">{{ n }}</p>{% endfor %}
+<div class="imagehead">
+{% if uploaded %}<img src="{{ uploaded }}" alt="the uploaded image" width="224" height="224" id="uploaded">
+{% elif image_id is not none and thumbs %}<img src="../image/{{ image_id }}.jpg" alt="image {{ image_id }}{% if label %}: {{ label }}{% endif %}" width="224" height="224">
+{% elif image_id is not none %}<p class="note">{{ thumb_note or "no images to show" }}</p>{% endif %}
+</div>
+{% if image_id is not none or uploaded %}<h2>Latents that fire on it</h2>
+{% if entries %}<table class="imagelatents" id="imagelatents"><thead><tr><th>latent</th><th>name</th><th>MS</th><th>activation</th><th>{% if one_row %}rank among the images it fires on{% endif %}</th><th>{% if overlay or heatmaps %}where (patches){% endif %}</th><th>its top images</th></tr></thead><tbody>
+{% for e in entries %}<tr data-latent="{{ e.id }}"><td>{% if e.linked %}<a href="{{ root }}sae/{{ sae.slug }}/latent/{{ e.id }}.html">latent {{ e.id }}</a>{% else %}latent {{ e.id }}{% endif %}</td><td><bdi>{{ e.name }}</bdi></td><td>{{ fmt(e.ms) }}</td><td>{{ "%.3f"|format(e.value) }}</td>
+<td>{% if e.rank %}{{ e.rank[0] }} of {{ e.rank[1] }}{% endif %}</td>
+<td>{% if heatmaps.get(e.id) %}<img src="{{ heatmaps[e.id] }}" alt="latent {{ e.id }} on the uploaded image" width="112" height="112">{% elif overlay and image_id is not none %}<img src="../overlay/{{ e.id }}/{{ image_id }}.jpg" alt="latent {{ e.id }} on image {{ image_id }}" width="112" height="112">{% endif %}</td>
+<td class="tops">{% for i in e.tops %}{% if thumbs %}<a href="{{ root }}sae/{{ sae.slug }}/img/{{ i }}.html"><img src="{{ root }}sae/{{ sae.slug }}/thumb/{{ i }}.jpg" alt="image {{ i }}" width="56" height="56"></a>{% else %}<a href="{{ root }}sae/{{ sae.slug }}/img/{{ i }}.html">{{ i }}</a> {% endif %}{% endfor %}</td></tr>{% endfor %}
+</tbody></table>
+{% else %}<p class="note">No latent of this SAE fires on it.</p>{% endif %}{% endif %}
+<h2>Try your own image</h2>
+{% if live %}<form id="live" method="post" action="{{ root }}sae/{{ sae.slug }}/live" enctype="multipart/form-data">
+<label>an image (JPEG, PNG, WebP, GIF, BMP or TIFF; at most 16 MB and 25 megapixels) <input type="file" name="image" accept="image/*" required></label>
+<button type="submit">show its latents</button></form>
+<p class="meta">The server runs the run's vision model at this SAE's hook and the SAE on it (one image at a time); nothing is stored.</p>
+{% else %}<p class="note" id="livenote">{{ live_note }}</p>{% endif %}
 {% endblock %}
 """
 
@@ -307,7 +336,7 @@ img[data-large]{cursor:zoom-in}
 .noimg{width:112px;height:112px;background:#e5e7eb;display:flex;align-items:center;justify-content:center;color:#555}
 .noimg.small{width:80px;height:80px}
 .note{color:#6b7280;font-size:13px}.stale{color:#b91c1c;font-size:13px}.meta{color:#6b7280;font-size:13px}.name{color:#1d4ed8}.dup{color:#b45309}.dead{color:#b91c1c}
-.report table td{text-align:right}
+.report table td{text-align:right}.imagelatents td{vertical-align:middle}.tops img{margin-right:2px}
 """
 
-TEMPLATES = {"base": BASE, "run": RUN, "table": TABLE, "latent": LATENT}
+TEMPLATES = {"base": BASE, "run": RUN, "table": TABLE, "latent": LATENT, "image": IMAGE}
