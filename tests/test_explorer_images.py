@@ -280,3 +280,18 @@ def test_static_export_has_image_pages_whose_links_all_resolve(explorer_run, tmp
         p.feed(f.read_text())
         for ref in p.refs:
             assert (f.parent / ref).resolve().exists(), (f, ref)
+
+
+def test_latent_columns_give_each_latents_rows_and_values(explorer_run, tmp_path):
+    """The cached per-latent columns (the latent page's histogram and quantile images) hold
+    exactly the dense codes' non-zero rows and values of each latent."""
+    from saevlm.data.codes import CodeStore
+    from saevlm.explorer.app import Explorer
+
+    dense = CodeStore(explorer_run / "codes").read(0, 32)
+    view = Explorer(explorer_run, tmp_path / "cache").sae("codes")
+    assert view.columns is not None
+    for j in range(view.num_latents):
+        rows, vals = view.column_values(j)
+        want = np.flatnonzero(dense[:, j])
+        assert rows.tolist() == want.tolist() and np.allclose(vals, dense[want, j]), j

@@ -343,7 +343,7 @@ class SAEView:
 
         if not self.one_row_per_image:
             return None
-        return cached(self.cache_dir / "columns" / f"{self.slug}-{self._stats_key()}-v1.npz",
+        return cached(self.cache_dir / "columns" / f"{self.slug}-{self._stats_key()}-v2.npz",
                       lambda: latent_columns(self.store, self.num_latents))
 
     def image_rows(self, image_id: int) -> np.ndarray:
@@ -477,7 +477,13 @@ class SAEView:
 
     # -- per latent
     def column_values(self, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """(row ids, values) where latent ``j`` is non-zero, from the codes."""
+        """(row ids, values) where latent ``j`` is non-zero: a slice of ``columns`` (cached), or
+        for token-level stores a pass over the codes."""
+        if self.columns is not None:
+            a, b = int(self.columns["indptr"][j]), int(self.columns["indptr"][j + 1])
+            rows_s, vals_s = self.columns["rows"][a:b], self.columns["values"][a:b]
+            order = np.argsort(rows_s, kind="stable")  # row order, as the pass over the codes gives
+            return rows_s[order], vals_s[order]
         rows, vals = [], []
         for chunk in self.store.iter_csr(1 << 20):
             hit = np.flatnonzero(np.asarray(chunk.indices) == j)

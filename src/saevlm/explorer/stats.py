@@ -118,20 +118,24 @@ def baseline_at(baseline: dict[str, np.ndarray], n: int) -> tuple[int, float, fl
 
 
 def latent_columns(store, num_latents: int) -> dict[str, np.ndarray]:
-    """Every latent's non-zero activations, sorted high to low (indptr [K + 1], values): the rank
-    of an image in a latent's distribution is one binary search. One row per image only."""
-    cols, vals = [], []
+    """Every latent's non-zero activations, sorted high to low, with their rows (indptr [K + 1],
+    values, rows): the rank of an image in a latent's distribution is one binary search, and a
+    latent page's histogram and quantile images a slice, not a pass over all codes. One row per
+    image only (token-level stores would hold every token)."""
+    cols, vals, rows = [], [], []
     for chunk in store.iter_csr(1 << 20):
         v = np.asarray(chunk.values, dtype=np.float32)
         keep = v != 0
         cols.append(np.asarray(chunk.indices, dtype=np.int64)[keep])
         vals.append(v[keep])
+        rows.append((chunk.start + chunk.row_ids())[keep])
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
-    order = np.lexsort((-v, c))
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    order = np.lexsort((r, -v, c))
     indptr = np.zeros(num_latents + 1, np.int64)
     np.cumsum(np.bincount(c, minlength=num_latents), out=indptr[1:])
-    return {"indptr": indptr, "values": v[order]}
+    return {"indptr": indptr, "values": v[order], "rows": r[order].astype(np.int64)}
 
 
 def rank_in_column(columns: dict[str, np.ndarray], j: int, value: float) -> tuple[int, int]:

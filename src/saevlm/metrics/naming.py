@@ -133,10 +133,17 @@ def _vocabulary(args, store) -> tuple[list[str], str]:
     classes = store.classes()  # checked against the manifest
     if classes is None:
         raise UserError(f"--codes_dir {store.path}: no classes.json to take a vocabulary from; pass --vocab FILE")
-    words = [str(n).split(",")[0].strip() for n in (classes.get("names") or classes.get("classes") or [])]
+    words = [str(n).split(",")[0].strip() for n in _display_names(classes)]
     if not words:
         raise UserError(f"--codes_dir {store.path}: classes.json lists no classes; pass --vocab FILE")
-    return words, "class names (classes.json, first synonym)"
+    return words, "class names (classes.json, first synonym; for iNat the species)"
+
+
+def _display_names(classes: dict) -> list[str]:
+    """The class names people read (for iNat the species, not the folder: Classes.display_names)."""
+    from saevlm.data.artifacts import Classes
+
+    return Classes.from_json(classes, "classes.json").display_names()
 
 
 def run(args: NameConfig) -> int:
@@ -188,8 +195,8 @@ def run(args: NameConfig) -> int:
     purity = None
     if labels is not None:
         majority, purity, entropy = label_purity(labels[top], active)
-        classes = store.classes() or {}
-        class_names = classes.get("names") or classes.get("classes") or []
+        classes = store.classes()
+        class_names = _display_names(classes) if classes else []
     latents = []
     for j in range(len(top)):
         rec: dict = {"id": j, "n_active": int(active[j].sum())}
