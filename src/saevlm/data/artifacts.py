@@ -35,6 +35,9 @@ EXPLORER_CACHE = ".explorer_cache"
 MS_PREFIX = "ms"  # ms_<embedder>/ (or the older ms/)
 MS_JSON = "ms.json"
 MS_SCORES = "scores.npy"
+MS_SE = "scores_se.npy"  # per neuron: the jackknife standard error of its MS over images
+MS_CI95 = "scores_ci95.npy"  # per neuron: [low, high] of its 95 % interval
+MS_IMAGE_DELTAS = "image_deltas.npy"  # per image: change of the mean MS when it is left out (paired comparisons)
 MS_STATS = "metric_stats.txt"
 NAMES = "names.json"
 FMS_JSON = "fms/fms.json"
@@ -218,6 +221,7 @@ class MSSummary(Record):
     # the best ten among latents active on >= 16 images (SAE codes only; the explorer's default filter)
     top10_active_on_16_or_more: tuple | None = None
     embedder_note: str | None = None  # what a reader should know about E (the same encoder, a store kind)
+    uncertainty: dict | None = None  # the jackknife over images (ms --uncertainty): mean_ci95, wider_than_0.2, ...
     embeddings_model: str | None = None
     activations_dir: str | None = None
     inputs: dict | None = None

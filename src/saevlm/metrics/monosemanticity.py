@@ -134,6 +134,10 @@ class MSAccumulator:
 
     def scores(self) -> np.ndarray:
         """MS per neuron (float64, NaN where the score is undefined)."""
+        return self._finish()["ms"].cpu().numpy()
+
+    def _finish(self) -> dict:
+        """The closed form's terms per neuron (m, W = V - m U, num, den, ms as a tensor)."""
         import torch
 
         N = self.n
@@ -159,7 +163,139 @@ class MSAccumulator:
         self.dead_constant = int(constant.sum())
         self.dead_one_image = int((undefined & ~constant).sum())
         ms = torch.where(undefined, torch.full_like(ms, float("nan")), ms)
-        return ms.cpu().numpy()
+        return {"m": m, "W": W, "A": self.S1 - N * m, "num": num, "den": den, "ms": ms}
+
+    def jackknife(self) -> "MSJackknife":
+        """The second pass of the MS's uncertainty (see :class:`MSJackknife`): feed it the same
+        chunks again, in the same order."""
+        return MSJackknife(self)
+
+
+class MSJackknife:
+    """Standard errors of the MS over resampling of the images: the delete-one jackknife, exact
+    through the closed form, in one more streamed pass over the same chunks.
+
+    With ã_n = b_n - m (the shifted activations), W = Σ ã_n u_n and A = Σ ã_n, image n enters the
+    pair sums through g_n = ã_n (W·u_n - ã_n) and f_n = ã_n (A - ã_n) (Σ g_n = num, Σ f_n = den;
+    each pair is counted twice in both), so leaving image n out gives exactly
+
+        MS_(-n) = (num - 2 g_n) / (den - 2 f_n)
+
+    with the shift m and the min-max scale held fixed (the scale cancels in the ratio; m moves only
+    when image n is a neuron's unique minimum, which for sparse codes is never: their minimum is
+    the 0 of the images where they are off). Images where ã_n = 0 leave the MS unchanged, so for
+    SAE codes only the non-zeros are touched (N k d products, as in the first pass). Per neuron:
+
+        SE² = (N - 1) / N Σ_n (MS_(-n) - mean_n MS_(-n))²,   95 % interval: MS ± 1.96 SE.
+
+    A neuron whose score becomes undefined without one of its images (active on two images) gets
+    SE = inf. Per image, the change of the mean MS over the scored neurons when that image is left
+    out (``image_deltas``) gives the SAE-level interval and, for two SAEs scored on the same images,
+    the interval of their difference (paired: the same image left out of both).
+    """
+
+    def __init__(self, acc: MSAccumulator):
+        import torch
+
+        self.acc = acc
+        t = acc._finish()
+        self.m, self.W, self.A, self.num, self.den, self.ms = t["m"], t["W"], t["A"], t["num"], t["den"], t["ms"]
+        # sparse codes with negative values: the implicit zeros sit above the minimum and would move
+        # the score too; such neurons get no interval (SAE codes are never negative)
+        zeros = acc.n - acc.nnz
+        self.unsupported = (self.m != 0) & (zeros > 0) if acc.mode == "sparse" else torch.zeros_like(self.ms,
+                                                                                                      dtype=torch.bool)
+        self.scored = ~torch.isnan(self.ms)
+        self.n_scored = max(int(self.scored.sum()), 1)
+        f64 = dict(dtype=torch.float64, device=acc.device)
+        self.sum_d = torch.zeros(acc.num_neurons, **f64)  # Σ (MS_(-n) - MS) over the images that move it
+        self.sum_d2 = torch.zeros(acc.num_neurons, **f64)
+        self.undefined = torch.zeros(acc.num_neurons, dtype=torch.bool, device=acc.device)
+        self.deltas: list = []  # per image: change of the mean MS over scored neurons
+        self.n = 0
+
+    def _fold(self, cols, rows, at, wu, n: int) -> None:
+        """Entries (row, neuron) with shifted activation ``at`` and W_k·u_n = ``wu``."""
+        import torch
+
+        g = at * (wu - at)
+        f = at * (self.A[cols] - at)
+        den = self.den[cols] - 2 * f
+        ok = den > 0
+        r = (self.num[cols] - 2 * g) / torch.where(ok, den, torch.ones_like(den))
+        d = torch.where(ok, r - self.ms[cols], torch.zeros_like(r))
+        bad = ~ok & self.scored[cols]
+        if bool(bad.any()):
+            self.undefined[cols[bad]] = True
+        d = torch.where(self.scored[cols], d, torch.zeros_like(d))
+        self.sum_d.index_add_(0, cols, d)
+        self.sum_d2.index_add_(0, cols, d * d)
+        per_image = torch.zeros(n, dtype=torch.float64, device=d.device)
+        per_image.index_add_(0, rows, d)
+        self.deltas.append((per_image / self.n_scored).cpu().numpy())
+        self.n += n
+
+    def add_csr(self, indptr, indices, values, embeds_nd) -> None:
+        import torch
+
+        acc = self.acc
+        u = acc._unit(embeds_nd)
+        indptr = np.asarray(indptr, dtype=np.int64)
+        n = len(indptr) - 1
+        cols = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=acc.device)
+        vals = torch.as_tensor(np.array(values, dtype=np.float64), device=acc.device)
+        rows = torch.as_tensor(np.repeat(np.arange(n), np.diff(indptr)), device=acc.device)
+        at = vals - self.m[cols]
+        keep = (vals != 0) & (at != 0)
+        cols, rows, at = cols[keep], rows[keep], at[keep]
+        # W_k · u_n for every stored entry, in blocks (bounds the [nnz, d] temporary)
+        wu = torch.empty_like(at)
+        for a in range(0, len(at), 1 << 16):
+            b = min(a + (1 << 16), len(at))
+            wu[a:b] = (self.W[cols[a:b]] * u[rows[a:b]]).sum(1)
+        self._fold(cols, rows, at, wu, n)
+        # implicit zeros move a neuron only when its shift is not 0 (a neuron active on every image
+        # has no implicit zero: its entries are all stored)
+
+    def add_dense(self, acts_nk, embeds_nd) -> None:
+        import torch
+
+        acc = self.acc
+        u = acc._unit(embeds_nd)
+        a = torch.as_tensor(np.asarray(acts_nk), device=acc.device).to(torch.float64)
+        n, K = a.shape
+        at = a - acc.shift[None] - self.m[None]
+        wu = u @ self.W.T  # [n, K]
+        rows = torch.arange(n, device=a.device).repeat_interleave(K)
+        cols = torch.arange(K, device=a.device).repeat(n)
+        at, wu = at.reshape(-1), wu.reshape(-1)
+        keep = at != 0
+        self._fold(cols[keep], rows[keep], at[keep], wu[keep], n)
+
+    def result(self) -> dict[str, np.ndarray]:
+        """se [K] (inf: undefined without one of its images; NaN: the MS itself is undefined),
+        ci95 [K, 2] (clipped to [-1, 1]), image_deltas [N]."""
+        import torch
+
+        N = self.n
+        mean_d = self.sum_d / N
+        var = (N - 1) / N * torch.clamp(self.sum_d2 - N * mean_d * mean_d, min=0.0)
+        se = torch.sqrt(var)
+        se = torch.where(self.undefined, torch.full_like(se, float("inf")), se)
+        se = torch.where(self.scored & ~self.unsupported, se, torch.full_like(se, float("nan")))
+        se_np, ms_np = se.cpu().numpy(), self.ms.cpu().numpy()
+        with np.errstate(invalid="ignore"):
+            ci = np.stack([np.clip(ms_np - 1.96 * se_np, -1, 1), np.clip(ms_np + 1.96 * se_np, -1, 1)], 1)
+        deltas = np.concatenate(self.deltas) if self.deltas else np.zeros(0)
+        return {"se": se_np, "ci95": ci, "image_deltas": deltas}
+
+
+def jackknife_interval(deltas_n: np.ndarray) -> float:
+    """The jackknife standard error of a statistic from its delete-one changes (per image)."""
+    N = len(deltas_n)
+    if N < 2:
+        return float("nan")
+    return float(np.sqrt((N - 1) / N * ((deltas_n - deltas_n.mean()) ** 2).sum()))
 
 
 # A latent active (> 0) on fewer images has an MS resting on few image pairs: the explorer's table

@@ -38,6 +38,10 @@ class MSConfig(CommandConfig, DeviceOption, ProgressOption, OutputOption):
     """score stores holding NaN / inf (refused by default; scores then may be NaN)"""
     chunk_rows: int = opt(8192)
     """images per streamed chunk; bounds memory (default: %(default)s)"""
+    uncertainty: bool = opt(True, action="optional")
+    """a second pass for each neuron's standard error and 95 %% interval over resampling of the images
+    (the delete-one jackknife, exact through the closed form; scores_se.npy, scores_ci95.npy,
+    image_deltas.npy; --no-uncertainty skips it)"""
 
 
 CONFIG = MSConfig
@@ -178,6 +182,22 @@ def run(args: MSConfig) -> int:
                 bar.update(len(a))
     scores_k = acc.scores()
     summary = summarize(scores_k)
+    unc = None
+    if args.uncertainty:  # the second pass: the same chunks, in the same order
+        jk = acc.jackknife()
+        with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS intervals",
+                  dynamic_ncols=True, file=sys.stderr) as bar:
+            chunks = acts.iter_csr(args.chunk_rows) if sparse else acts.iter_chunks(args.chunk_rows)
+            for chunk in chunks:
+                if sparse:
+                    jk.add_csr(chunk.indptr, chunk.indices, chunk.values,
+                               emb.read(chunk.start, chunk.start + chunk.num_rows))
+                    bar.update(chunk.num_rows)
+                else:
+                    start, a = chunk
+                    jk.add_dense(a, emb.read(start, start + len(a)))
+                    bar.update(len(a))
+        unc = jk.result()
     rare, best_active_k = None, None
     if sparse:  # scored latents active on fewer than 16 images: their MS rests on few pairs
         import numpy as np
@@ -202,9 +222,32 @@ def run(args: MSConfig) -> int:
              "bottom10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["bottom10"])]
     # scores.npy first and ms.json last: ms.json marks a complete result
     record["files"] = {A.MS_SCORES: atomic_save_npy(out / A.MS_SCORES, scores_k)}  # checked by readers
+    if unc is not None:
+        import numpy as np
+
+        from saevlm.metrics.monosemanticity import jackknife_interval
+
+        se = unc["se"]
+        scored = ~np.isnan(scores_k)
+        width = unc["ci95"][:, 1] - unc["ci95"][:, 0]
+        mean_se = jackknife_interval(unc["image_deltas"])
+        record["uncertainty"] = {
+            "method": "delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
+            "median_se": float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
+            "wider_than_0.2": int((scored & ~(width <= 0.2)).sum()),
+            "undefined_without_one_image": int((scored & np.isinf(se)).sum()),
+            "mean_se": mean_se, "mean_ci95": [summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se],
+        }
+        for name, arr in ((A.MS_SE, se), (A.MS_CI95, unc["ci95"]), (A.MS_IMAGE_DELTAS, unc["image_deltas"])):
+            record["files"][name] = atomic_save_npy(out / name, arr)
+        u = record["uncertainty"]
+        lines.insert(2, f"mean over images: {summary['mean']:.4f} [{u['mean_ci95'][0]:.4f}, {u['mean_ci95'][1]:.4f}] "
+                        f"(95 %, jackknife over images); {u['wider_than_0.2']} scored neurons with a 95 % interval "
+                        f"wider than 0.2")
     atomic_write_text(out / A.MS_STATS, "\n".join(lines) + "\n")
     atomic_write_json(out / A.MS_JSON, record)
     lock.release()
     print("\n".join(lines))
-    print(f"wrote {out}/scores.npy, ms.json, metric_stats.txt ({time.time() - t0:.1f} s)")
+    extra = ", scores_se.npy, scores_ci95.npy, image_deltas.npy" if unc is not None else ""
+    print(f"wrote {out}/scores.npy{extra}, ms.json, metric_stats.txt ({time.time() - t0:.1f} s)")
     return 0
