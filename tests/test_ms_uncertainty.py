@@ -120,3 +120,53 @@ def test_ms_command_writes_intervals_without_moving_the_score(tmp_path):
     assert run_cli("ms", "--activations_dir", w / "val", "--embeddings_path", w / "embeddings_val", "--output_dir",
                    out2, "--no_progress", "--no-uncertainty") == 0
     assert not (out2 / "scores_se.npy").exists() and "uncertainty" not in json.loads((out2 / "ms.json").read_text())
+
+
+def test_report_gives_intervals_and_paired_differences(tmp_path):
+    """Two SAEs (x1, x2) and the raw neurons scored on the same 150 images: the report's mean MS
+    carries the jackknife interval, and 'x2 - x1' is paired over images; both equal literally
+    deleting each image and recomputing the means."""
+    import re
+
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.store import ActivationStore
+
+    run = tmp_path / "run"
+    w = run / "world"
+    assert run_cli("synthetic", "--output_dir", w, "--num_train", "1500", "--num_val", "150") == 0
+    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", run / "ck",
+                   "--expansion_factor", "1", "2", "--k", "4", "--steps", "60", "--batch_size", "128",
+                   "--warmup_steps", "5", "--threshold_start_step", "10", "--device", "cpu", "--no_progress") == 0
+    codes = {}
+    for t, x in (("trainer_0", 1), ("trainer_1", 2)):
+        codes[x] = run / f"codes_x{x}"
+        assert run_cli("encode", "--sae_path", run / "ck" / t, "--activations_dir", w / "val", "--output_dir",
+                       codes[x], "--no_progress") == 0
+    for store in (w / "val", codes[1], codes[2]):
+        assert run_cli("ms", "--activations_dir", store, "--embeddings_path", w / "embeddings_val", "--device",
+                       "cpu", "--no_progress") == 0
+    assert run_cli("report", "--run_dir", run, "--no_grids") == 0
+    text = (run / "report" / "report.md").read_text() if (run / "report" / "report.md").is_file() else \
+        next(run.rglob("report.md")).read_text()
+    e = ActivationStore(w / "embeddings_val").read(0, 150)
+    dense = {x: CodeStore(codes[x]).read(0, 150) for x in (1, 2)}
+
+    def mean_ms(a, e):
+        s = ms_brute_force(a, e)
+        return np.nanmean(s), ~np.isnan(s)
+
+    full = {x: mean_ms(dense[x], e) for x in (1, 2)}
+    reps = {x: [] for x in (1, 2)}
+    for n in range(150):
+        for x in (1, 2):
+            s = ms_brute_force(np.delete(dense[x], n, 0), np.delete(e, n, 0))[full[x][1]]
+            reps[x].append(np.nanmean(s))
+    diff_reps = np.array(reps[2]) - np.array(reps[1])
+    se = np.sqrt(149 / 150 * ((diff_reps - diff_reps.mean()) ** 2).sum())
+    diff = full[2][0] - full[1][0]
+    row = next(line for line in text.splitlines() if "x2 - x1" in line)
+    got = [float(v) for v in re.findall(r"[+-]\d\.\d{3}", row)[:3]]
+    assert got == pytest.approx([diff, diff - 1.96 * se, diff + 1.96 * se], abs=1.5e-3), (row, diff, se)
+    assert ("| yes |" in row) == (diff - 1.96 * se > 0 or diff + 1.96 * se < 0) or abs(abs(diff) - 1.96 * se) < 2e-3
+    # the mean cells carry an interval, not only ± std
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n=", text)

@@ -206,7 +206,6 @@ class MSJackknife:
         self.unsupported = (self.m != 0) & (zeros > 0) if acc.mode == "sparse" else torch.zeros_like(self.ms,
                                                                                                       dtype=torch.bool)
         self.scored = ~torch.isnan(self.ms)
-        self.n_scored = max(int(self.scored.sum()), 1)
         f64 = dict(dtype=torch.float64, device=acc.device)
         self.sum_d = torch.zeros(acc.num_neurons, **f64)  # Σ (MS_(-n) - MS) over the images that move it
         self.sum_d2 = torch.zeros(acc.num_neurons, **f64)
@@ -230,9 +229,16 @@ class MSJackknife:
         d = torch.where(self.scored[cols], d, torch.zeros_like(d))
         self.sum_d.index_add_(0, cols, d)
         self.sum_d2.index_add_(0, cols, d * d)
+        # per image: the defined changes, and the neurons its removal leaves undefined (the mean
+        # over scored neurons then runs over the others, as recomputing it literally would)
         per_image = torch.zeros(n, dtype=torch.float64, device=d.device)
         per_image.index_add_(0, rows, d)
-        self.deltas.append((per_image / self.n_scored).cpu().numpy())
+        lost = torch.zeros(n, dtype=torch.float64, device=d.device)
+        lost_ms = torch.zeros(n, dtype=torch.float64, device=d.device)
+        if bool(bad.any()):
+            lost.index_add_(0, rows[bad], torch.ones_like(d[bad]))
+            lost_ms.index_add_(0, rows[bad], self.ms[cols][bad])
+        self.deltas.append(torch.stack([per_image, lost, lost_ms], 1).cpu().numpy())
         self.n += n
 
     def add_csr(self, indptr, indices, values, embeds_nd) -> None:
@@ -286,7 +292,13 @@ class MSJackknife:
         se_np, ms_np = se.cpu().numpy(), self.ms.cpu().numpy()
         with np.errstate(invalid="ignore"):
             ci = np.stack([np.clip(ms_np - 1.96 * se_np, -1, 1), np.clip(ms_np + 1.96 * se_np, -1, 1)], 1)
-        deltas = np.concatenate(self.deltas) if self.deltas else np.zeros(0)
+        parts = np.concatenate(self.deltas) if self.deltas else np.zeros((0, 3))
+        scored = ~np.isnan(ms_np)
+        total, count = float(ms_np[scored].sum()), int(scored.sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            left = count - parts[:, 1]
+            deltas = np.where(left > 0, (total + parts[:, 0] - parts[:, 2]) / np.maximum(left, 1) - total / max(count, 1),
+                              0.0)
         return {"se": se_np, "ci95": ci, "image_deltas": deltas}
 
 

@@ -148,16 +148,83 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
             rep.para("Best MS over all scored neurons, the paper's definition (ours, paper in parentheses):"
                      if matches_paper else "Best MS over all scored neurons (the paper's definition):")
             rep.table(header, best_rows)
-            rep.para("Mean ± std MS (paper's last-layer means in parentheses; 'rare': scored latents active on "
-                     "fewer than 16 images, whose MS rests on few image pairs):" if matches_paper else
-                     "Mean ± std MS ('rare': scored latents active on fewer than 16 images, whose MS rests on "
-                     "few image pairs):")
+            mean_text = ("Mean MS over scored latents with its 95 % interval over images [low, high] (the "
+                         "delete-one jackknife of `saevlm ms`; ± std over latents where no interval was computed); "
+                         "'rare': scored latents active on fewer than 16 images, whose MS rests on few image "
+                         "pairs; 'wide': latents whose own 95 % interval is wider than 0.2. The mean is the "
+                         "authors' (over every scored latent)")
+            rep.para(mean_text + (" (paper's last-layer means in parentheses):" if matches_paper else ":"))
             rep.table(header, mean_rows)
+            paired_differences(rep, raw, sae, layers, exps, arch)
             rep.para("Worst neuron MS:")
             rep.table(header, worst_rows)
         notes = sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note})
         for note in notes:
             rep.para(f"Note on the embedder E ({emb}): {note}.")
+
+
+def _deltas(rec: MSRecord | None) -> np.ndarray | None:
+    """The per-image jackknife changes of a result's mean MS (image_deltas.npy), when recorded."""
+    if rec is None or not (rec.summary.uncertainty or {}).get("mean_ci95"):
+        return None
+    f = Path(rec.source).parent / A.MS_IMAGE_DELTAS
+    try:
+        return np.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _same_images(a: MSRecord, b: MSRecord) -> bool:
+    """Scored on the same images in the same order, with the same embeddings."""
+    ia, ib = a.summary.inputs or {}, b.summary.inputs or {}
+    try:
+        return (ia["activations"]["image_ids_sha256"] == ib["activations"]["image_ids_sha256"]
+                and ia["embeddings"]["content_sha256"] == ib["embeddings"]["content_sha256"])
+    except (KeyError, TypeError):
+        return False
+
+
+def paired_difference(a: MSRecord, b: MSRecord) -> tuple[float, float, float] | None:
+    """(mean MS of a - mean MS of b, 95 % low, high): paired over images, the same image left out of
+    both (the jackknife of the difference); None unless both were scored on the same images with
+    intervals."""
+    da, db = _deltas(a), _deltas(b)
+    if da is None or db is None or len(da) != len(db) or not _same_images(a, b):
+        return None
+    from saevlm.metrics.monosemanticity import jackknife_interval
+
+    diff = float(a.summary.mean - b.summary.mean)
+    se = jackknife_interval(da - db)
+    return diff, diff - 1.96 * se, diff + 1.96 * se
+
+
+def paired_differences(rep: Report, raw: dict, sae: dict, layers: list, exps: list, arch: str) -> None:
+    """Which differences of the table hold: each expansion factor against the next smaller one,
+    and each SAE against the raw neurons of its layer, paired over the same images."""
+    rows = []
+    for layer in layers:
+        pairs = [((layer, b), (layer, a), f"x{b} - x{a}") for a, b in zip(exps, exps[1:])]
+        for first, second, label in pairs:
+            ra, rb = sae.get(first), sae.get(second)
+            if ra is None or rb is None:
+                continue
+            d = paired_difference(ra, rb)
+            if d is not None:
+                rows.append([str(layer), label, f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]",
+                             "yes" if d[1] > 0 or d[2] < 0 else "no", f"{rep.cite(ra.source)} {rep.cite(rb.source)}"])
+        for e in exps:
+            ra, rb = sae.get((layer, e)), raw.get(layer)
+            if ra is None or rb is None:
+                continue
+            d = paired_difference(ra, rb)
+            if d is not None:
+                rows.append([str(layer), f"x{e} - no SAE", f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]",
+                             "yes" if d[1] > 0 or d[2] < 0 else "no", f"{rep.cite(ra.source)} {rep.cite(rb.source)}"])
+    if rows:
+        rep.para(f"Differences of mean MS ({ARCH_NAMES.get(arch, arch)}), paired over the same images (95 % "
+                 f"interval: the delete-one jackknife of the difference); 'holds' where the interval excludes 0. "
+                 f"Over images only: another training seed can move a mean further, which these intervals do not include.")
+        rep.table(["layer", "difference", "mean MS difference [95 %]", "holds", "sources"], rows)
 
 
 DEAD_WARNING_FRACTION = 0.5  # above it the report warns that its MS rows rest on few latents
@@ -192,8 +259,14 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
     s = rec.summary
     if pick is None:
         rare = s.scored_active_on_fewer_than_16
-        text = f"{_fmt(s.mean)} ± {_fmt(s.std)} (n={s.scored_count}/{s.total}" + \
-            (f"; {rare} rare)" if rare is not None else ")")
+        u = s.uncertainty or {}
+        lo_hi = u.get("mean_ci95")
+        # the interval over images (ms --uncertainty) says how sure the mean is; the std over
+        # latents says how much latents differ
+        head = (f"{_fmt(s.mean, 3)} [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]" if lo_hi
+                else f"{_fmt(s.mean)} ± {_fmt(s.std)}")
+        text = f"{head} (n={s.scored_count}/{s.total}" + (f"; {rare} rare" if rare is not None else "") + \
+            (f"; {u['wider_than_0.2']} wide" if lo_hi and u.get("wider_than_0.2") is not None else "") + ")"
     else:
         text = _fmt(pick(s))
     if ref is not None:
