@@ -165,6 +165,9 @@ def test_ms_baseline_and_density_plot_on_the_pages(explorer_run, tmp_path):
     j = int(np.nanargmax(ms))
     page = ex.latent_page("codes", j)
     assert 'id="msbase"' in page and f"(it is active on {int(view.stats['active'][j])})" in page
+    # its own 95 % interval over images (ms writes scores_ci95.npy)
+    ci = np.load(next((explorer_run / "codes").glob("ms_*/scores_ci95.npy")))[j]
+    assert f"95 % interval over images [{ci[0]:.3f}, {ci[1]:.3f}]" in page
     table = ex.table_page("codes")
     cell = re.search(r'<a href="#(f_lo=[^"]+)" class="cell"><rect[^>]*><title>(\d+) latents', table)
     assert cell, "no density cell"

@@ -396,7 +396,8 @@ class Explorer:
             return {"ms_pct": None}
         finite = ms[np.isfinite(ms)]
         out = {"ms_pct": float((finite <= ms[j]).mean() * 100), "ms_n": int(len(finite)), "ms_pct_active": None,
-               "min_active": DEFAULT_MIN_ACTIVE}
+               "min_active": DEFAULT_MIN_ACTIVE,
+               "ms_ci": None if view.ms_ci is None else [float(x) for x in view.ms_ci[j]]}
         active = np.asarray(view.stats["active"])
         if view.is_codes:
             ok = np.isfinite(ms) & (active >= DEFAULT_MIN_ACTIVE)

@@ -221,6 +221,22 @@ class SAEView:
         return scores, label
 
     @cached_property
+    def ms_ci(self) -> np.ndarray | None:
+        """[K, 2] 95 % intervals of the primary MS over images (ms --uncertainty), when written."""
+        if not self.ms_sets:
+            return None
+        d = next(d for d in self.path.glob("ms*/") if (d.name[3:] if d.name.startswith("ms_") else d.name)
+                 == self.ms_sets[0][1])
+        f = d / A.MS_CI95
+        if not f.is_file() or self._files_reason(d / A.MS_JSON, [A.MS_CI95]):
+            return None
+        try:
+            ci = np.load(f)
+        except (OSError, ValueError):
+            return None
+        return ci if ci.shape == (self.num_latents, 2) else None
+
+    @cached_property
     def ms_baseline(self) -> tuple[dict | None, str]:
         """(the MS of random image sets per set size under the primary MS's embedder, "") or (None,
         why): computed once per embeddings store (explorer/stats.py) and cached by its content hash."""
