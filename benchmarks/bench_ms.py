@@ -80,8 +80,6 @@ def bench_a(n=2000, k=4096, d=768) -> list[str]:
 
 
 def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[Path, Path]:
-    from saevlm.data.store import sha256_of_ints
-    from saevlm.data.atomic import atomic_save_npy, atomic_write_json
     from saevlm.data.writer import StoreWriter
     rng = np.random.default_rng(0)
     prov = {"model": {"name": "bench", "source": "bench"}, "hook": {"attachment_point": "x", "layer": -1},
@@ -93,29 +91,24 @@ def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[P
         emb.write_shard(i, (rng.standard_normal((b - a, d)) + 0.2).astype(np.float32),
                         np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
     emb.finalize()
-    # the code store, written by hand from docs/codes-format.md
+    # the code store, through the package's own writer (a hand-written manifest goes stale when
+    # the format grows)
+    from saevlm.data.codes import CodeStoreWriter
+
     codes = tmp / "codes"
-    codes.mkdir()
-    shards, per = [], 16384
-    # Zipf-like latent usage, as in trained SAEs
-    p = 1.0 / np.arange(1, latents + 1) ** 0.8
-    p /= p.sum()
-    for i, a in enumerate(range(0, n, per)):
-        b = min(a + per, n)
-        idx = np.sort(np.stack([rng.choice(latents, k, replace=False, p=p) for _ in range(b - a)]), 1)
-        base = f"codes_{i:05d}"
-        atomic_save_npy(codes / f"{base}.indptr.npy", np.arange(0, (b - a) * k + 1, k, dtype=np.int64))
-        atomic_save_npy(codes / f"{base}.indices.npy", idx.reshape(-1).astype(np.int32))
-        atomic_save_npy(codes / f"{base}.values.npy", rng.exponential(1.0, (b - a) * k).astype(np.float32))
-        atomic_save_npy(codes / f"rows_{i:05d}.npy", np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1))
-        shards.append({"indptr": f"{base}.indptr.npy", "indices": f"{base}.indices.npy",
-                       "values": f"{base}.values.npy", "nnz": (b - a) * k, "rows_file": f"rows_{i:05d}.npy",
-                       "num_rows": b - a, "first_image": a, "num_images": b - a})
-    atomic_write_json(codes / "manifest.json", {
-        "format": "saevlm-codes", "schema_version": 1, "complete": True, "kind": "codes", "dim": latents,
-        "dtype": "float32", "storage_dtype": "float32", "images_per_shard": per, "num_rows": n,
-        "num_images": n, "nnz": n * k, "shards": shards, "skipped_images": [], "files": {},
-        "image_ids_sha256": sha256_of_ints(np.arange(n)), "provenance": prov, "software": {}})
+    per = 16384
+    w = CodeStoreWriter(codes, encode=None, input_dim=d, kind="codes", dim=latents, dtype="fp32",
+                        images_per_shard=per, num_images=n, provenance=prov, software={})
+    # Zipf-like latent usage, as in trained SAEs (k distinct latents per image: Gumbel top-k)
+    logp = np.log(1.0 / np.arange(1, latents + 1) ** 0.8)
+    for i, a, b in w.shard_ranges():
+        idx = np.concatenate([np.sort(np.argpartition(-(logp + rng.gumbel(size=(min(1000, b - r), latents))), k,
+                                                      axis=1)[:, :k], axis=1)
+                              for r in range(a, b, 1000)])
+        w.write_shard_codes(i, [(np.arange(0, (b - a) * k + 1, k, dtype=np.int64), idx.reshape(-1).astype(np.int32),
+                                 rng.exponential(1.0, (b - a) * k).astype(np.float32))],
+                            np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
+    w.finalize()
     return codes, tmp / "emb"
 
 
