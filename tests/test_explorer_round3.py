@@ -144,3 +144,70 @@ def test_markup_in_names_labels_and_class_folders_is_text(tmp_path, tiny_clip_di
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_keyboard_long_names_aria_and_images_removed_while_serving(tmp_path, tiny_clip_dir):
+    """In Chromium: lang and viewport set, the sorted header carries aria-sort, a 5,000-character
+    name does not widen the page, a thumbnail opens and closes from the keyboard; an image file
+    removed while serving shows as a placeholder with a note."""
+    from cdp import Browser
+    from helpers import make_image_folder, save_random_sae
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server
+
+    images = make_image_folder(tmp_path / "images", num_classes=4, per_class=6, size=40,
+                               class_names=["a", "b", "c", "d" * 200])
+    run = tmp_path / "run"
+    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
+              "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only", "--output_dir",
+                   run / "acts", *common) == 0
+    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=32, k=8)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
+                   "--output_dir", run / "codes", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--no_progress") == 0
+    names = {"format": "saevlm-names", "from_activating_images": True,
+             "latents": [{"id": j, "names": [["w" * 5000 if j % 2 else "short", 0.3]], "margin": 0.1,
+                          "n_active": 4} for j in range(32)]}
+    (run / "codes" / "names.json").write_text(json.dumps(names))
+    values = np.load(run / "codes" / "top_images_16_values.npy")
+    top = np.load(run / "codes" / "top_images_16.npy")
+    j = int(next(k for k in np.argsort(-values[:, 0]) if k % 2 and (values[k] > 0).sum() >= 3))
+    srv = make_server(Explorer(run, tmp_path / "cache"), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}/sae/codes/"
+    try:
+        with Browser(width=1000, height=800) as b:
+            b.open(base + "index.html#min_active=0&sort=id&desc=0")
+            b.wait("document.querySelectorAll('#latents tbody tr').length > 0")
+            assert b.js("document.documentElement.lang") == "en"
+            assert b.js("!!document.querySelector('meta[name=viewport]')")
+            assert b.js("document.querySelector('th a[data-sort=id]').parentElement.getAttribute('aria-sort')") \
+                == "ascending"
+            assert b.js("document.querySelector('th a[data-sort=ms]').parentElement.getAttribute('aria-sort')") == "none"
+            assert b.js("document.documentElement.scrollWidth") <= 1000 + 1
+            b.open(base + f"latent/{j}.html")
+            assert b.js("document.documentElement.scrollWidth") <= 1000 + 1  # the long name wraps
+            b.js("document.querySelector('img[data-large]').focus()")
+            b.call("Input.dispatchKeyEvent", session=True, type="keyDown", key="Enter", code="Enter",
+                   windowsVirtualKeyCode=13)
+            b.wait("!document.getElementById('lightbox').hidden", timeout=10)
+            b.call("Input.dispatchKeyEvent", session=True, type="keyDown", key="Escape", code="Escape",
+                   windowsVirtualKeyCode=27)
+            b.wait("document.getElementById('lightbox').hidden", timeout=10)
+            assert b.js("document.activeElement.matches('img[data-large]')")  # focus back on the thumbnail
+        # a top image file removed while serving (its thumbnail never made): a placeholder and a note
+        from saevlm.data.images import open_dataset
+
+        ds = open_dataset("imagefolder", str(images), None)
+        shown = [int(i) for i, v in zip(top[j], values[j]) if v > 0]
+        gone = shown[-1]
+        for f in (tmp_path / "cache").rglob(f"thumbs/*/{gone}.jpg"):
+            f.unlink()
+        ds.path(gone).unlink()
+        status, body, _ = _request(base + f"latent/{j}.html")
+        page = body.decode()
+        assert status == 200 and 'id="missingimages"' in page and f"image {gone} (missing)" in page
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -285,12 +285,15 @@ class Explorer:
             # only images where the latent is active: the rest of a top-16 list is padding at 0
             top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
         thumbs = view.images is not None
+        # files removed from the dataset folder since the server started: placeholders, said on the page
+        missing = self.missing_images(slug, [i for _, i, _, _ in top]) if thumbs else set()
         if thumbs and top and hasattr(view.images, "check"):
             from saevlm.errors import UserError
             try:  # the pictures must be the store's own (content hashes), before any is linked
-                view.images.check([i for _, i, _, _ in top])
+                view.images.check([i for _, i, _, _ in top if i not in missing])
             except UserError as err:
                 view.images_note, thumbs = f"no images to show: {err}", False
+        top = [(r, i, v, lab, i in missing) for r, i, v, lab in top]
         active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
         ms_all = [(label, float(s[j])) for _, label, s in view.ms_sets]
         # previous / next latent: the neighbouring ids (in a static export, the neighbouring exported ones)
@@ -313,7 +316,7 @@ class Explorer:
                    group=int(view.groups()[j]) if view.group_sizes else None,
                    depth=None if view.depth is None else float(view.depth[j]),
                    depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
-                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs,
+                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs, missing=len(missing),
                    image_pages=view.is_codes,
                    thumb_note=view.images_note or "no images to show")
         from saevlm.data.artifacts import LatentName
@@ -417,6 +420,24 @@ class Explorer:
 
     # -- an image: which latents fire on it
     IMAGE_LATENTS = 12  # the most active latents an image page lists
+
+    def missing_images(self, slug: str, image_ids) -> set[int]:
+        """Images of the store whose file is gone from the dataset folder since the server started
+        (and whose thumbnail was never cached): the page shows a placeholder and says so."""
+        view = self.sae(slug)
+        images = view.images
+        if images is None or not hasattr(images, "path"):
+            return set()
+        gone = set()
+        for i in image_ids:
+            if (self.index.cache_dir / "thumbs" / view.cache_name / f"{int(i)}.jpg").is_file():
+                continue
+            try:
+                if not images.path(int(i)).is_file():
+                    gone.add(int(i))
+            except (IndexError, OSError, AttributeError):
+                gone.add(int(i))
+        return gone
 
     def image_entries(self, view: SAEView, codes_k: np.ndarray, linked: Callable[[int], bool] | None = None,
                       exclude: int | None = None, image_linked: Callable[[int], bool] | None = None) -> list[dict]:

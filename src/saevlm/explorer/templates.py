@@ -73,8 +73,8 @@ LATENT = """{% extends "base" %}
 </table>
 <h2>Top {{ top|length }} images</h2>
 <p class="meta" id="active">{% if active is not none %}active on {{ active }} of {{ num_images }} images{% else %}{{ top|length }} of the top {{ k_top }} images active{% endif %}{% if k_top and top|length < k_top %}; only images where it is active (&gt; 0) are shown{% endif %}</p>
-{% if top %}<div class="grid" id="top">{% for rank, img, v, lab in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
-{% if thumbs %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}{% if lab %}: {{ lab }}{% endif %}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="enlarge (click, or Enter)" tabindex="0" role="button">{% else %}<div class="noimg">image {{ img }}</div>{% endif %}
+{% if top %}{% if missing %}<p class="stale" id="missingimages">{{ missing }} of these images {{ "is" if missing == 1 else "are" }} no longer in the dataset folder (removed since extraction): shown as placeholders.</p>{% endif %}<div class="grid" id="top">{% for rank, img, v, lab, gone in top %}<figure class="top" data-rank="{{ rank }}" data-value="{{ "%.6g"|format(v) }}" data-activation="{{ "%.6g"|format(v) }}">
+{% if thumbs and not gone %}<img src="../thumb/{{ img }}.jpg" alt="image {{ img }}{% if lab %}: {{ lab }}{% endif %}" width="112" height="112" data-large="../image/{{ img }}.jpg" title="enlarge (click, or Enter)" tabindex="0" role="button">{% else %}<div class="noimg">image {{ img }}{% if gone %} (missing){% endif %}</div>{% endif %}
 <figcaption>{{ "%.3f"|format(v) }}{% if lab %} · <bdi>{{ lab }}</bdi>{% endif %}{% if image_pages %} · <a href="../img/{{ img }}.html" class="imagelink">latents</a>{% endif %}</figcaption></figure>{% endfor %}</div>
 {% if not thumbs %}<p class="note">{{ thumb_note }}</p>{% endif %}
 {% elif k_top %}<p class="note">Never active on these images: no top images to show.</p>
@@ -107,7 +107,7 @@ LATENT = """{% extends "base" %}
 {% for r in steering %}<p>{{ r.source }}: {{ r.summary.mllm }} answers, score {{ fmt(r.score, 3) }} (alpha {{ r.summary.alpha }}, protocol {{ r.summary.protocol }})</p>
 <table><tr><th>image</th><th>answer</th><th>word</th><th>similarity</th></tr>{% for a in r.answers %}<tr><td>{{ a.image }}</td><td>{{ a.answer }}</td><td>{{ a.word }}</td><td>{{ a.similarity }}</td></tr>{% endfor %}</table>{% endfor %}{% endif %}
 <h2>Token overlay</h2><p class="note">{{ overlay_note }}</p>
-{% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
+{% if overlay %}<div class="grid" id="overlay">{% for rank, img, v, lab, gone in top %}<figure class="overlay"><img src="../overlay/{{ j }}/{{ img }}.jpg" alt="latent {{ j }} on image {{ img }}" width="112" height="112"><figcaption>{{ "%.3f"|format(v) }}</figcaption></figure>{% endfor %}</div>{% endif %}
 <div id="lightbox" hidden role="dialog" aria-label="enlarged image" tabindex="-1"><img alt=""><p></p></div>
 <script src="{{ root }}static/explorer.js"></script>
 {% endblock %}
@@ -313,7 +313,7 @@ SCRIPT = r"""// saevlm explorer: the latent table (sort, filter, search, pages; 
         box.focus();
       };
       img.addEventListener("click", open);
-      img.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
+      img.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); e.stopPropagation(); open(); } });
     }
     box.addEventListener("click", close);
     document.addEventListener("keydown", (e) => { if (e.key === "Escape" || (e.key === "Enter" && !box.hidden && document.activeElement === box)) close(); });
