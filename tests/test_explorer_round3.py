@@ -211,3 +211,28 @@ def test_keyboard_long_names_aria_and_images_removed_while_serving(tmp_path, tin
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_run_page_and_static_top_rank_latents_active_on_16_images_first(explorer_run, tmp_path):
+    """The run page's best latents and --static --latents top:N follow the table's default rule:
+    by MS among latents active on at least 16 images, the others after them."""
+    import re
+
+    from saevlm.data.codes import CodeStore
+    from saevlm.explorer.app import Explorer, choose_latents
+
+    dense = CodeStore(explorer_run / "codes").read(0, 32)
+    active = (dense > 0).sum(0)
+    ms = np.load(next((explorer_run / "codes").glob("ms_*/scores.npy")))
+    ok = np.isfinite(ms) & (active >= 16)
+    expected = sorted(np.flatnonzero(ok), key=lambda j: (-ms[j], j))
+    assert (np.isfinite(ms) & (active < 16)).any() and len(expected) >= 10  # the rule matters here
+    ex = Explorer(explorer_run, tmp_path / "cache")
+    page = ex.run_page()
+    best = [int(x) for x in re.findall(r'href="sae/codes/latent/(\d+)\.html"', page)]
+    assert best == expected[:10]
+    chosen = choose_latents(ex.sae("codes"), f"top:{len(expected) + 3}")
+    assert set(expected) <= set(chosen.tolist()) and len(chosen) == len(expected) + 3
+    # alt text of a top image names its label
+    lat = ex.latent_page("codes", expected[0])
+    assert re.search(r'alt="image \d+: (otter|pencil|violin|lighthouse)"', lat)
