@@ -436,7 +436,10 @@ def test_report_tells_the_truth(run_copy, capsys):
     assert md.index("**Warnings**") < md.index("## Monosemanticity Score")
     info = json.loads((run_copy / "codes" / "ms_synthetic" / "ms.json").read_text())
     n_scored = info["total"] - info["dead"]
-    assert f"(n={n_scored}/{info['total']}; {info['scored_active_on_fewer_than_16']} rare)" in md
+    wide = info["uncertainty"]["wider_than_0.2"]
+    assert f"(n={n_scored}/{info['total']}; {info['scored_active_on_fewer_than_16']} rare; {wide} wide)" in md
+    lo, hi = info["uncertainty"]["mean_ci95"]
+    assert f"{info['mean']:.3f} [{lo:.3f}, {hi:.3f}]" in md  # the mean with its interval over images
     assert f"{n_scored}/{info['total']} (dead {info['dead_constant']} + {info['dead_one_image']} one-image)" in md
     assert "## Feature Monosemanticity Score" in md and "## Uniqueness of top images" in md
     assert "unfinished" in md.split("## Reconstruction and sparsity")[1]
@@ -726,7 +729,7 @@ def test_report_lists_unscored_codes_rare_latents_and_paper_values_only_where_th
     counts = np.bincount(codes, minlength=128)
     ms = np.load(next((run_copy / "codes").glob("ms*/scores.npy")))
     assert rare == int(((counts < 16) & ~np.isnan(ms)).sum())  # recounted from the stored codes
-    assert f"; {rare} rare)" in md
+    assert f"; {rare} rare;" in md
     # a synthetic world is not the paper's configuration: no "(paper in parentheses)" headings
     assert "paper in parentheses" not in md and "Best MS over all scored neurons (the paper's definition):" in md
 
