@@ -338,6 +338,10 @@ class SAEView:
                 return None, f"could not be computed: {self.background_error}"
             if self.background is None or not self.background.is_alive():
                 def work():
+                    try:  # lowest CPU priority (Linux: per thread): requests come first
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                    except (AttributeError, OSError):
+                        pass
                     try:
                         self.related  # noqa: B018 - computes and caches it
                     except Exception as err:  # noqa: BLE001 - said on the page
