@@ -545,7 +545,7 @@ def test_conveniences_prev_next_search_by_id_and_read_only_runs(run_dir, tmp_pat
     import os
 
     from saevlm.explorer.app import Explorer
-    from saevlm.explorer.index import default_cache_dir
+    from saevlm.explorer.catalog import default_cache_dir
 
     ex = Explorer(run_dir, tmp_path / "cache")
     # previous / next in id order skip dead latents (the fixture's random SAE has many)

@@ -19,7 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from saevlm.errors import UserError
-from saevlm.explorer.index import DEFAULT_MIN_ACTIVE, RunIndex, SAEView
+from saevlm.explorer.catalog import RunIndex
+from saevlm.explorer.index import DEFAULT_MIN_ACTIVE, SAEView
 from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
 
 TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("label", "top-image label"), ("ms", "MS"),

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,16 +21,10 @@ from typing import Any
 import numpy as np
 
 from saevlm.data import artifacts as A
-from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
 from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
-from saevlm.metrics.results import recorded_files, result_files_reason, store_schema
 
 COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
-
-
-def _slug(rel: Path) -> str:
-    return "--".join(rel.parts) or "store"
 
 
 TOP_K = 16  # the top images the pages show (saevlm top-images --k 16, the paper's grids)
@@ -89,50 +82,14 @@ class SAEView:
         sae = self.store.provenance.sae
         return list(sae.group_sizes) if sae is not None and sae.group_sizes else None
 
-    # -- freshness: derived files computed from an earlier version of the store are not shown
+    # -- freshness: decided in one place (explorer/freshness.py), never changed by a reader
     @cached_property
     def stale(self) -> dict[str, str]:
-        """derived file (relative to the store) -> why it does not describe the store now, with the
-        command that refreshes it. Stale files are left out of every column and page."""
-        from saevlm.metrics.results import source_of_ms, stale_reason
+        """derived file (relative to the store) -> why it is not shown (computed from an earlier
+        version of the store, damaged, or not readable), with the command that refreshes it."""
+        from saevlm.explorer.freshness import stale_files
 
-        out: dict[str, str] = {}
-        rel = self.path
-        checks = [(A.top_images_json(TOP_K), A.TopImagesStamp, f"saevlm top-images --activations_dir {rel}"),
-                  (A.NAMES, A.NamesResult, f"saevlm name --codes_dir {rel} ..."),
-                  (A.FMS_JSON, A.FMSResult, f"saevlm fms --activations_dir {rel}"),
-                  (A.hierarchy_json(TOP_K), A.HierarchyResult, f"saevlm hierarchy --activations_dir {rel}")]
-        for name, kind, refresh in checks:
-            if not (self.path / name).is_file():
-                continue
-            try:
-                reason = stale_reason(self.record(name, kind).source, self.store)
-            except A.ResultError as err:
-                reason = str(err)
-            if reason is None and kind is A.TopImagesStamp:
-                reason = self._files_reason(self.path / name, top_images_files(TOP_K))
-            if reason:
-                out[name] = f"{reason}; refresh: {refresh}"
-        if (self.path / A.top_images_npy(TOP_K)).is_file() and not (self.path / A.top_images_json(TOP_K)).is_file() \
-                and store_schema(self.store) >= 2 and not isinstance(self.store, TopImagesStore):
-            out[A.top_images_npy(TOP_K)] = (f"no {A.top_images_json(TOP_K)} beside it (which store and files it "
-                                            f"is); refresh: saevlm top-images --activations_dir {rel}")
-        for d in sorted(self.path.glob(f"{A.MS_PREFIX}*/")):
-            if (d / A.MS_SCORES).is_file():
-                reason = stale_reason(source_of_ms(d), self.store) or \
-                    self._files_reason(d / A.MS_JSON, [A.MS_SCORES])
-                if reason:
-                    out[f"{d.name}/{A.MS_JSON}"] = (f"{reason}; refresh: saevlm ms --activations_dir {rel} "
-                                                    f"--overwrite ...")
-        for f, _, why in self._steering_results:
-            if why:
-                out[f.relative_to(self.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
-                                                               f"{self.store.provenance.sae.path} ...")
-        if A.NAMES not in out and (self.path / A.NAMES).is_file():
-            reason = self._names_problem()
-            if reason:
-                out[A.NAMES] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
-        return out
+        return stale_files(self)
 
     def record(self, name: str, kind: type):
         """A result file of the store as its record (:mod:`saevlm.data.artifacts`), read once per
@@ -147,23 +104,10 @@ class SAEView:
             raise cache[name]
         return cache[name]
 
-    def _names_problem(self) -> str | None:
-        """Why names.json cannot be shown beside this store's latents (None: it can)."""
-        try:
-            names = self.record(A.NAMES, A.NamesResult)
-        except A.ResultError as err:
-            return str(err)
-        if len(names.latents) != self.num_latents:
-            return f"names for {len(names.latents)} latents, the store has {self.num_latents}"
-        if not names.from_activating_images:
-            return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
-                    "purity now use only activating images")
-        return None
-
     def _files_reason(self, json_path: Path, names: list[str]) -> str | None:
-        """Why the .npy files beside a result JSON are not the ones it recorded (see
-        metrics.results.files_reason); results of older stores without checksums pass."""
-        return result_files_reason(json_path.parent, recorded_files(json_path), names, self.store)
+        from saevlm.explorer.freshness import files_reason
+
+        return files_reason(self, json_path, names)
 
     def _fresh(self, name: str) -> bool:
         return name not in self.stale
@@ -173,20 +117,10 @@ class SAEView:
     def top(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(top-16 image ids [K, 16], their values [K, 16]) when top-images ran (and are current)."""
         f = self.path / A.top_images_npy(TOP_K)
-        if not f.is_file() or not self._fresh(A.top_images_json(TOP_K)):
+        if not f.is_file() or not self._fresh(A.top_images_json(TOP_K)) or not self._fresh(A.top_images_npy(TOP_K)):
             return None
-        try:
-            top, values = np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
-        except (OSError, ValueError, EOFError) as err:  # not .npy arrays (damaged, or pickled data)
-            self.stale[A.top_images_npy(TOP_K)] = (f"cannot be read as arrays ({err}); refresh: saevlm top-images "
-                                                   f"--activations_dir {self.path}")
-            return None
-        if top.ndim != 2 or top.shape != values.shape or len(top) != self.num_latents:
-            self.stale[A.top_images_npy(TOP_K)] = (f"top images of shape {top.shape} (values {values.shape}), the "
-                                                   f"store has {self.num_latents} latents; "
-                                                   f"refresh: saevlm top-images --activations_dir {self.path}")
-            return None
-        return top, values
+        # readable and of this store's shape: checked with the rest of the freshness (stale_files)
+        return np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
 
     @cached_property
     def ms_sets(self) -> list[tuple[str, str, np.ndarray]]:
@@ -198,16 +132,9 @@ class SAEView:
         for d in dirs:
             if not self._fresh(f"{d.name}/ms.json"):
                 continue
-            try:
-                scores = np.load(d / A.MS_SCORES)
-            except (OSError, ValueError, EOFError) as err:  # not an .npy array (damaged, or pickled data)
-                self.stale[f"{d.name}/{A.MS_SCORES}"] = (f"cannot be read as an array ({err}); refresh: saevlm ms "
-                                                         f"--activations_dir {self.path} --overwrite ...")
+            if not self._fresh(f"{d.name}/{A.MS_SCORES}"):  # damaged, or for another width (stale_files)
                 continue
-            if scores.ndim != 1 or len(scores) != self.num_latents:
-                self.stale[f"{d.name}/scores.npy"] = (f"{scores.shape} scores for {self.num_latents} latents; refresh: "
-                                                      f"saevlm ms --activations_dir {self.path} --overwrite ...")
-                continue
+            scores = np.load(d / A.MS_SCORES)
             label = d.name[3:] if d.name.startswith("ms_") else d.name
             out.append(("ms" if not out else f"ms{len(out)}", label, scores))
         return out
@@ -396,11 +323,9 @@ class SAEView:
     @cached_property
     def depth(self) -> np.ndarray | None:
         """Mean LCA depth of each latent's top-16 image pairs in the dataset's taxonomy."""
-        try:
-            classes = self.classes
-        except A.ResultError as err:  # the table still opens, without this column (the latent pages say why)
-            self.stale[A.CLASSES] = f"{err}; the hierarchy depth column is left out"
+        if not self._fresh(A.CLASSES):  # damaged or unrecorded (stale_files): the table opens without it
             return None
+        classes = self.classes
         if self.top is None or classes is None or not classes.taxonomy:
             return None
         from saevlm.metrics.lca import lca_depths, level_codes
@@ -699,6 +624,8 @@ class SAEView:
         the page says so)."""
         if not (self.path / A.CLASSES).is_file():
             return None
+        if not self._fresh(A.CLASSES):
+            raise A.ResultError(self.stale[A.CLASSES])
         try:
             self.store.dataset_files.file(A.CLASSES)  # the checksum the store's manifest recorded
         except UserError as err:
@@ -714,138 +641,6 @@ class SAEView:
     def labels(self) -> np.ndarray | None:
         """labels.npy, checked against the manifest and classes.json (damaged: listed in ``stale``,
         no labels shown)."""
-        try:
-            return self.store.labels()
-        except UserError as err:
-            self.stale[A.LABELS] = f"{err}; no labels are shown"
+        if not self._fresh(A.LABELS) or not self._fresh(A.CLASSES):  # damaged (stale_files)
             return None
-
-
-def default_cache_dir(run_dir: Path, log=None) -> Path:
-    """``<run_dir>/.explorer_cache``, or, when the run folder is read-only, a per-user folder
-    (``$XDG_CACHE_HOME`` or ``~/.cache``, ``saevlm/explorer/<hash of the run path>``), said once."""
-    import os
-    import sys
-
-    own = run_dir / ".explorer_cache"
-    if os.access(run_dir, os.W_OK) and (not own.exists() or os.access(own, os.W_OK)):
-        return own
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    other = base / "saevlm" / "explorer" / hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
-    print(f"note: {run_dir} is read-only; the explorer caches thumbnails and statistics in {other} "
-          f"(--cache_dir to choose)", file=sys.stderr)
-    return other
-
-
-def _stat_entries(folder: Path) -> list[tuple[str, int, int]]:
-    out = []
-    try:
-        with os.scandir(folder) as it:
-            for e in it:
-                if e.is_file():
-                    st = e.stat()
-                    out.append((e.name, st.st_mtime_ns, st.st_size))
-    except OSError:
-        pass
-    return sorted(out)
-
-
-def store_signature(store_dir: Path) -> tuple:
-    """What a view of ``store_dir`` was read from: name, mtime and size of the store's own files
-    and of its MS and FMS folders. Any re-write (encode --overwrite, a new MS, new names) changes it."""
-    parts = [("", tuple(_stat_entries(store_dir)))]
-    try:
-        subdirs = sorted(d for d in store_dir.iterdir() if d.is_dir() and (d.name.startswith("ms") or d.name == "fms"))
-    except OSError:
-        subdirs = []
-    parts += [(d.name, tuple(_stat_entries(d))) for d in subdirs]
-    return tuple(parts)
-
-
-class RunIndex:
-    """Every SAE store under a run directory (found once, opened when first asked for), kept in
-    step with the folder by :meth:`refresh`."""
-
-    REFRESH_S = 1.0  # a served run is re-scanned at most this often
-
-    def __init__(self, run_dir: str | Path, cache_dir: str | Path | None = None, data_path: str | None = None):
-        from saevlm.errors import UserError
-
-        self.run_dir = Path(run_dir)
-        if not self.run_dir.is_dir():
-            raise UserError(f"--run_dir {self.run_dir}: no such directory")
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.run_dir)
-        self.data_path = data_path
-        self.saes: dict[str, SAEView] = {}
-        self.signature: tuple = ()  # of the whole run: every view's, the result files' (the run page's key)
-        self._refresh_lock = threading.Lock()
-        self._scanned_at = 0.0
-        self.refresh(force=True)
-        if not self.saes:
-            raise UserError(f"--run_dir {self.run_dir}: holds no SAE codes (saevlm encode, or extract "
-                            f"--sae_path); nothing to explore")
-
-    def _scan(self) -> tuple[list[Path], list[Path], list[tuple[str, int, int]]]:
-        """(complete SAE store folders, steering_score.json files, (result file, mtime, size)) under
-        the run, skipping hidden folders (the explorer's own cache among them)."""
-        stores, steering, results = [], [], []
-        for root, dirs, files in os.walk(self.run_dir):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            here = Path(root)
-            for name in files:
-                if not name.endswith((".json", ".csv")):
-                    continue
-                f = here / name
-                try:
-                    st = f.stat()
-                except OSError:
-                    continue
-                results.append((str(f.relative_to(self.run_dir)), st.st_mtime_ns, st.st_size))
-                if name == A.STEERING_SCORE:
-                    steering.append(f)
-            if A.MANIFEST in files:
-                try:
-                    head = A.StoreHead.from_file(here / A.MANIFEST)
-                except A.ResultError:
-                    continue
-                if head.format in (A.StoreHead.CODES, A.StoreHead.TOP_IMAGES) and head.complete:
-                    stores.append(here)
-        return sorted(stores), sorted(steering), sorted(results)
-
-    def refresh(self, force: bool = False) -> bool:
-        """Find stores added or changed since the last scan (at most once per ``REFRESH_S``
-        unless forced); a changed store gets a new view. Returns whether anything changed."""
-        now = time.monotonic()
-        if not force and now - self._scanned_at < self.REFRESH_S:
-            return False
-        with self._refresh_lock:
-            if not force and time.monotonic() - self._scanned_at < self.REFRESH_S:
-                return False
-            stores, steering, results = self._scan()
-            steering_sig = tuple((str(f), *_stat_key(f)) for f in steering)
-            views: dict[str, SAEView] = {}
-            for d in stores:
-                slug = _slug(d.relative_to(self.run_dir))
-                sig = (store_signature(d), steering_sig)
-                old = self.saes.get(slug)
-                if old is not None and old.signature == sig and old.path == d:
-                    views[slug] = old
-                else:
-                    views[slug] = SAEView(d, slug, self.run_dir, self.cache_dir, self.data_path, signature=sig,
-                                          steering_files=tuple(steering))
-            signature = (tuple((slug, v.signature) for slug, v in views.items()), tuple(results))
-            changed = signature != self.signature
-            self.saes, self.signature = views, signature  # one assignment each: readers see old or new
-            self._scanned_at = time.monotonic()
-            return changed
-
-    def get(self, slug: str) -> SAEView | None:
-        return self.saes.get(slug)
-
-
-def _stat_key(f: Path) -> tuple[int, int]:
-    try:
-        st = f.stat()
-        return st.st_mtime_ns, st.st_size
-    except OSError:
-        return 0, 0
+        return self.store.labels()

@@ -1,0 +1,118 @@
+"""Which result files of a store the explorer shows: every file computed from an earlier version
+of the store, damaged, or not readable as what it claims to be is named here, once per view of the
+store, with why and the command that refreshes it. Readers (the columns and pages of
+:class:`~saevlm.explorer.index.SAEView`) only ask whether a file is fresh; none of them changes
+the verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from saevlm.data import artifacts as A
+from saevlm.data.topimages import TopImagesStore, top_images_files
+from saevlm.errors import UserError
+from saevlm.metrics.results import recorded_files, result_files_reason, store_schema
+
+TOP_K = 16  # the top images the pages show
+
+
+def files_reason(view, json_path: Path, names: list[str]) -> str | None:
+    """Why the .npy files beside a result JSON are not the ones it recorded (see
+    metrics.results.files_reason); results of older stores without checksums pass."""
+    return result_files_reason(json_path.parent, recorded_files(json_path), names, view.store)
+
+
+def names_problem(view) -> str | None:
+    """Why names.json cannot be shown beside this store's latents (None: it can)."""
+    try:
+        names = view.record(A.NAMES, A.NamesResult)
+    except A.ResultError as err:
+        return str(err)
+    if len(names.latents) != view.num_latents:
+        return f"names for {len(names.latents)} latents, the store has {view.num_latents}"
+    if not names.from_activating_images:
+        return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
+                "purity now use only activating images")
+    return None
+
+
+def _array_problem(path: Path, shape_ok) -> str | None:
+    try:
+        a = np.load(path)
+    except (OSError, ValueError, EOFError) as err:  # not an .npy array (damaged, or pickled data)
+        return f"cannot be read as an array ({err})"
+    return shape_ok(a)
+
+
+def stale_files(view) -> dict[str, str]:
+    """derived file (relative to the store) -> why it is not shown, with the refreshing command."""
+    from saevlm.metrics.results import source_of_ms, stale_reason
+
+    out: dict[str, str] = {}
+    rel, store, K = view.path, view.store, view.num_latents
+    checks = [(A.top_images_json(TOP_K), A.TopImagesStamp, f"saevlm top-images --activations_dir {rel}"),
+              (A.NAMES, A.NamesResult, f"saevlm name --codes_dir {rel} ..."),
+              (A.FMS_JSON, A.FMSResult, f"saevlm fms --activations_dir {rel}"),
+              (A.hierarchy_json(TOP_K), A.HierarchyResult, f"saevlm hierarchy --activations_dir {rel}")]
+    for name, kind, refresh in checks:
+        if not (view.path / name).is_file():
+            continue
+        try:
+            reason = stale_reason(view.record(name, kind).source, store)
+        except A.ResultError as err:
+            reason = str(err)
+        if reason is None and kind is A.TopImagesStamp:
+            reason = files_reason(view, view.path / name, top_images_files(TOP_K))
+        if reason:
+            out[name] = f"{reason}; refresh: {refresh}"
+    top_npy = A.top_images_npy(TOP_K)
+    if (view.path / top_npy).is_file() and not (view.path / A.top_images_json(TOP_K)).is_file() \
+            and store_schema(store) >= 2 and not isinstance(store, TopImagesStore):
+        out[top_npy] = (f"no {A.top_images_json(TOP_K)} beside it (which store and files it is); refresh: saevlm "
+                        f"top-images --activations_dir {rel}")
+    if (view.path / top_npy).is_file() and top_npy not in out and A.top_images_json(TOP_K) not in out:
+        values_npy = view.path / A.top_images_values_npy(TOP_K)
+
+        def top_shape(top):
+            values = np.load(values_npy)
+            if top.ndim != 2 or top.shape != values.shape or len(top) != K:
+                return f"top images of shape {top.shape} (values {values.shape}), the store has {K} latents"
+            return None
+
+        reason = _array_problem(view.path / top_npy, lambda a: _array_problem(values_npy, lambda v: top_shape(a)))
+        if reason:
+            out[top_npy] = f"{reason}; refresh: saevlm top-images --activations_dir {rel}"
+    for d in sorted(view.path.glob(f"{A.MS_PREFIX}*/")):
+        if not (d / A.MS_SCORES).is_file():
+            continue
+        reason = stale_reason(source_of_ms(d), store) or files_reason(view, d / A.MS_JSON, [A.MS_SCORES])
+        if reason:
+            out[f"{d.name}/{A.MS_JSON}"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
+            continue
+        reason = _array_problem(d / A.MS_SCORES, lambda a: None if a.ndim == 1 and len(a) == K else
+                                f"{a.shape} scores for {K} latents")
+        if reason:
+            out[f"{d.name}/{A.MS_SCORES}"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
+    for f, _, why in view._steering_results:
+        if why:
+            out[f.relative_to(view.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
+                                                           f"{store.provenance.sae.path} ...")
+    if A.NAMES not in out and (view.path / A.NAMES).is_file():
+        reason = names_problem(view)
+        if reason:
+            out[A.NAMES] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
+    # the dataset's files beside the store: checked against the manifest before any page reads them
+    if (view.path / A.CLASSES).is_file():
+        try:
+            store.dataset_files.file(A.CLASSES)
+            view.record(A.CLASSES, A.Classes)
+        except (UserError, A.ResultError) as err:
+            out[A.CLASSES] = f"{err}; the class names and the hierarchy depth column are left out"
+    if A.CLASSES not in out:
+        try:
+            store.labels()
+        except UserError as err:
+            out[A.LABELS] = f"{err}; no labels are shown"
+    return out
