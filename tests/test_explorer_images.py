@@ -295,3 +295,35 @@ def test_latent_columns_give_each_latents_rows_and_values(explorer_run, tmp_path
         rows, vals = view.column_values(j)
         want = np.flatnonzero(dense[:, j])
         assert rows.tolist() == want.tolist() and np.allclose(vals, dense[want, j]), j
+
+
+def test_token_store_latent_pages_read_cached_columns_not_the_codes(tmp_path, tiny_clip_dir):
+    """A token-level store: a latent's non-zero rows and values come from the cached columns and
+    equal the dense codes (no pass over all codes per page); image pages give no rank (rows are
+    tokens)."""
+    from helpers import make_image_folder, save_random_sae
+
+    from saevlm.data.codes import CodeStore
+    from saevlm.explorer.app import Explorer
+
+    images = make_image_folder(tmp_path / "images", num_classes=2, per_class=3, size=48)
+    run = tmp_path / "run"
+    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--output_dir", run / "acts",
+                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers",
+                   "0", "--device", "cpu", "--no_progress") == 0
+    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=48, k=6, seed=3)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
+                   "--output_dir", run / "codes", "--no_progress") == 0
+    codes = CodeStore(run / "codes")
+    dense = codes.read(0, codes.num_rows)
+    ex = Explorer(run, tmp_path / "cache")
+    view = ex.sae("codes")
+    assert view.columns is not None and not view.one_row_per_image
+    view.store.iter_csr = None  # a pass over the codes would now fail
+    for j in range(view.num_latents):
+        rows, vals = view.column_values(j)
+        want = np.flatnonzero(dense[:, j])
+        assert rows.tolist() == want.tolist() and np.allclose(vals, dense[want, j]), j
+    page = ex.image_page("codes", 2)
+    table = page.split('id="imagelatents"')[1].split("</table>")[0]
+    assert "rank among" not in table and not re.search(r"<td>\d+ of \d+</td>", table)

@@ -453,7 +453,7 @@ class Explorer:
             v = float(codes_k[j])
             if v <= 0:
                 break
-            rank = rank_in_column(view.columns, j, v) if view.columns is not None else None
+            rank = rank_in_column(view.columns, j, v) if view.columns is not None and view.one_row_per_image else None
             tops = []
             if view.top is not None:
                 ids, vals = view.top

@@ -30,6 +30,8 @@ COLUMNS = ("id", "name", "ms", "fms", "freq", "max", "group", "depth")
 TOP_K = 16  # the top images the pages show (saevlm top-images --k 16, the paper's grids)
 
 
+COLUMNS_MAX_NNZ = 40_000_000  # stored values up to which per-latent columns are cached (480 MB)
+
 DEFAULT_MIN_ACTIVE = MIN_ACTIVE_IMAGES  # the table's default filter, the report's rule for its best latents
 
 
@@ -284,11 +286,14 @@ class SAEView:
 
     @cached_property
     def columns(self) -> dict[str, np.ndarray] | None:
-        """Each latent's non-zero activations sorted (explorer/stats.py), for an image's rank in a
-        latent's distribution; stores of one row per image only (cached)."""
+        """Each latent's non-zero activations sorted with their rows (explorer/stats.py, cached): a
+        latent page's histogram and quantile images, and an image's rank in a latent's distribution
+        (one-row-per-image stores)."""
         from saevlm.explorer.stats import cached, latent_columns
 
-        if not self.one_row_per_image:
+        # token-level stores too, up to COLUMNS_MAX_NNZ stored values (12 bytes each); above it a
+        # latent page reads its column with a pass over the codes
+        if not self.is_codes or int(self.store.nnz) > COLUMNS_MAX_NNZ:
             return None
         return cached(self.cache_dir / "columns" / f"{self.slug}-{self._stats_key()}-v2.npz",
                       lambda: latent_columns(self.store, self.num_latents))

@@ -120,8 +120,8 @@ def baseline_at(baseline: dict[str, np.ndarray], n: int) -> tuple[int, float, fl
 def latent_columns(store, num_latents: int) -> dict[str, np.ndarray]:
     """Every latent's non-zero activations, sorted high to low, with their rows (indptr [K + 1],
     values, rows): the rank of an image in a latent's distribution is one binary search, and a
-    latent page's histogram and quantile images a slice, not a pass over all codes. One row per
-    image only (token-level stores would hold every token)."""
+    latent page's histogram and quantile images a slice, not a pass over all codes. For
+    token-level stores the rows are tokens (the rank of an image is then not defined by it)."""
     cols, vals, rows = [], [], []
     for chunk in store.iter_csr(1 << 20):
         v = np.asarray(chunk.values, dtype=np.float32)
