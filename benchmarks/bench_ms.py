@@ -138,7 +138,7 @@ def bench_b() -> list[str]:
             f"| MS only (`--no-uncertainty`) | {plain:.1f} s | {plain_gb:.2f} GiB | 1.00x | < 30 s |",
             f"| MS + per-latent 95 % intervals (default; jackknife, second pass) | {both:.1f} s | {both_gb:.2f} GiB | "
             f"{both / plain:.2f}x | <= 3x |", "",
-            f"Dead latents: {info['dead']}; scored latents with an interval wider than 0.2: {unc['wider_than_0.2']}. "
+            f"Dead latents: {info['dead']}; scored latents with an interval wider than 0.2: {unc['wide_intervals']}. "
             "The authors' pairwise loop at this size is 1.25e9 image pairs x 65,536 latents; at the "
             "rate measured in (a) it would take days on this machine."]
 

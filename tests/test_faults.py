@@ -436,7 +436,7 @@ def test_report_tells_the_truth(run_copy, capsys):
     assert md.index("**Warnings**") < md.index("## Monosemanticity Score")
     info = json.loads((run_copy / "codes" / "ms_synthetic" / "ms.json").read_text())
     n_scored = info["total"] - info["dead"]
-    wide = info["uncertainty"]["wider_than_0.2"]
+    wide = info["uncertainty"]["wide_intervals"]
     assert f"(n={n_scored}/{info['total']}; {info['scored_active_on_fewer_than_16']} rare; {wide} wide)" in md
     lo, hi = info["uncertainty"]["mean_ci95"]
     assert f"{info['mean']:.3f} [{lo:.3f}, {hi:.3f}]" in md  # the mean with its interval over images

@@ -204,6 +204,20 @@ class StoreHead(Record):
 
 
 @dataclass(frozen=True)
+class MSUncertainty(Record):
+    """``ms.json``'s ``uncertainty``: the delete-one jackknife over images (``ms --uncertainty``)."""
+
+    KIND: ClassVar[str] = "MS uncertainty (ms.json)"
+    method: str | None = None
+    median_se: float | None = None
+    wide_intervals: int | None = None  # scored neurons whose 95 % interval is wider than 0.2
+    undefined_without_one_image: int | None = None
+    mean_se: float | None = None  # of the mean MS over scored neurons
+    mean_ci95: tuple | None = None  # [low, high]
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MSSummary(Record):
     """``ms_<embedder>/ms.json``: the MS of every neuron, summarised (``saevlm ms``)."""
 
@@ -221,7 +235,7 @@ class MSSummary(Record):
     # the best ten among latents active on >= 16 images (SAE codes only; the explorer's default filter)
     top10_active_on_16_or_more: tuple | None = None
     embedder_note: str | None = None  # what a reader should know about E (the same encoder, a store kind)
-    uncertainty: dict | None = None  # the jackknife over images (ms --uncertainty): mean_ci95, wider_than_0.2, ...
+    uncertainty: MSUncertainty | None = None  # the jackknife over images (ms --uncertainty)
     embeddings_model: str | None = None
     activations_dir: str | None = None
     inputs: dict | None = None
@@ -231,6 +245,8 @@ class MSSummary(Record):
     def _convert(cls, values: dict, where) -> dict:
         for key in ("top10", "bottom10"):
             values[key] = tuple(tuple(x) for x in values.get(key) or ())
+        if isinstance(values.get("uncertainty"), dict):
+            values["uncertainty"] = MSUncertainty.from_json(values["uncertainty"], f"{where} uncertainty")
         if values.get("top10_active_on_16_or_more") is not None:
             values["top10_active_on_16_or_more"] = tuple(tuple(x) for x in values["top10_active_on_16_or_more"])
         return values

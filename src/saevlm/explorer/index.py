@@ -174,10 +174,10 @@ class SAEView:
         d = next(d for d in self.path.glob("ms*/") if (d.name[3:] if d.name.startswith("ms_") else d.name)
                  == self.ms_sets[0][1])
         try:
-            inputs = (json.loads((d / A.MS_JSON).read_text()).get("inputs") or {}).get("embeddings") or {}
-        except (OSError, ValueError, AttributeError):
+            embeddings = self.record(f"{d.name}/{A.MS_JSON}", A.MSSummary).inputs["embeddings"]
+            path, sha = embeddings["path"], embeddings["content_sha256"]
+        except (A.ResultError, KeyError, TypeError):
             return None, f"{d.name}/{A.MS_JSON} names no embeddings"
-        path, sha = inputs.get("path"), inputs.get("content_sha256")
         if not path or not Path(path).is_dir():
             return None, f"the embeddings it was computed with are not at {path!r}"
         from saevlm.data.store import ActivationStore
@@ -302,9 +302,9 @@ class SAEView:
         """The code rows of dataset image ``image_id`` (KeyError: not an image of this store)."""
         if not self.is_codes:
             raise KeyError(image_id)
-        order = self.page_cache.get("row_order")
-        if order is None:
-            order = self.page_cache.setdefault("row_order", np.argsort(self.row_images, kind="stable"))
+        if "row_order" not in self.page_cache:
+            self.page_cache["row_order"] = np.argsort(self.row_images, kind="stable")
+        order = self.page_cache["row_order"]
         sorted_ids = self.row_images[order]
         a, b = np.searchsorted(sorted_ids, image_id, side="left"), np.searchsorted(sorted_ids, image_id, side="right")
         if a == b:

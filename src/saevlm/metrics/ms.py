@@ -234,7 +234,7 @@ def run(args: MSConfig) -> int:
         record["uncertainty"] = {
             "method": "delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
             "median_se": float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
-            "wider_than_0.2": int((scored & ~(width <= 0.2)).sum()),
+            "wide_intervals": int((scored & ~(width <= 0.2)).sum()),
             "undefined_without_one_image": int((scored & np.isinf(se)).sum()),
             "mean_se": mean_se, "mean_ci95": [summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se],
         }
@@ -242,7 +242,7 @@ def run(args: MSConfig) -> int:
             record["files"][name] = atomic_save_npy(out / name, arr)
         u = record["uncertainty"]
         lines.insert(2, f"mean over images: {summary['mean']:.4f} [{u['mean_ci95'][0]:.4f}, {u['mean_ci95'][1]:.4f}] "
-                        f"(95 %, jackknife over images); {u['wider_than_0.2']} scored neurons with a 95 % interval "
+                        f"(95 %, jackknife over images); {u['wide_intervals']} scored neurons with a 95 % interval "
                         f"wider than 0.2")
     atomic_write_text(out / A.MS_STATS, "\n".join(lines) + "\n")
     atomic_write_json(out / A.MS_JSON, record)

@@ -141,9 +141,9 @@ def _vocabulary(args, store) -> tuple[list[str], str]:
 
 def _display_names(classes: dict) -> list[str]:
     """The class names people read (for iNat the species, not the folder: Classes.display_names)."""
-    from saevlm.data.artifacts import Classes
+    from saevlm.data.artifacts import CLASSES, Classes
 
-    return Classes.from_json(classes, "classes.json").display_names()
+    return Classes.from_json(classes, CLASSES).display_names()
 
 
 def run(args: NameConfig) -> int:

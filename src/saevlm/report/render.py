@@ -165,7 +165,7 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
 
 def _deltas(rec: MSRecord | None) -> np.ndarray | None:
     """The per-image jackknife changes of a result's mean MS (image_deltas.npy), when recorded."""
-    if rec is None or not (rec.summary.uncertainty or {}).get("mean_ci95"):
+    if rec is None or rec.summary.uncertainty is None or not rec.summary.uncertainty.mean_ci95:
         return None
     f = Path(rec.source).parent / A.MS_IMAGE_DELTAS
     try:
@@ -259,14 +259,14 @@ def _cell(rep: Report, rec: MSRecord | None, pick, ref=None) -> str:
     s = rec.summary
     if pick is None:
         rare = s.scored_active_on_fewer_than_16
-        u = s.uncertainty or {}
-        lo_hi = u.get("mean_ci95")
+        u = s.uncertainty
+        lo_hi = u.mean_ci95 if u is not None else None
         # the interval over images (ms --uncertainty) says how sure the mean is; the std over
         # latents says how much latents differ
         head = (f"{_fmt(s.mean, 3)} [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]" if lo_hi
                 else f"{_fmt(s.mean)} ± {_fmt(s.std)}")
         text = f"{head} (n={s.scored_count}/{s.total}" + (f"; {rare} rare" if rare is not None else "") + \
-            (f"; {u['wider_than_0.2']} wide" if lo_hi and u.get("wider_than_0.2") is not None else "") + ")"
+            (f"; {u.wide_intervals} wide" if lo_hi and u.wide_intervals is not None else "") + ")"
     else:
         text = _fmt(pick(s))
     if ref is not None:
