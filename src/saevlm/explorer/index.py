@@ -259,7 +259,7 @@ class SAEView:
     def related_now(self, wait: bool = True):
         """(``related``, "") when it is at hand; with ``wait=False`` (the server) a first request
         starts computing it in a background thread and gets (None, why): a latent page never waits
-        for a pass over all codes (13 s at 65,536 latents x 50,000 images)."""
+        for a pass over all codes (8.7 s at 65,536 latents x 50,000 images, benchmarks/README.md)."""
         if wait or "related" in self.__dict__ or self._related_cache.is_file():
             return self.related, ""
         with self.background_lock:
