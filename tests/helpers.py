@@ -385,3 +385,28 @@ def save_tiny_mllm(family: str, path: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return Path(path)
+
+
+def make_small_run(root: str | Path, model: str | Path, class_names: Sequence[str] | None = None,
+                   num_classes: int = 4, per_class: int = 6, size: int = 40, all_tokens: bool = False, dict_size: int = 32, k: int = 8,
+                   seed: int = 0, top_images: bool = True) -> Path:
+    """A run folder for the explorer's tests: an image folder, block-1 activations (CLS, or every
+    token), a random BatchTopK SAE's codes under ``run/codes`` and, by default, their top-16
+    images. Returns ``root / "run"`` (the images are in ``root / "images"``)."""
+    from saevlm.cli import main
+
+    root = Path(root)
+    images = make_image_folder(root / "images", num_classes=len(class_names) if class_names else num_classes,
+                               per_class=per_class, size=size, class_names=class_names)
+    run = root / "run"
+    argv = ["extract", "--model_name", str(model), "--layer", "1", "--output_dir", str(run / "acts"),
+            "--dataset_name", "imagefolder", "--data_path", str(images), "--batch_size", "8", "--num_workers", "0",
+            "--device", "cpu", "--no_progress"]
+    assert main(argv + ([] if all_tokens else ["--cls_only"])) == 0
+    sae = save_random_sae(root / "sae", dim=64, dict_size=dict_size, k=k, seed=seed)
+    assert main(["encode", "--sae_path", str(sae), "--activations_dir", str(run / "acts" / "post_mlp_residual_1"),
+                 "--output_dir", str(run / "codes"), "--no_progress"]) == 0
+    if top_images:
+        assert main(["top-images", "--activations_dir", str(run / "codes"), "--k", "16", "--no_progress"]
+                    + (["--pool", "max"] if all_tokens else [])) == 0
+    return run

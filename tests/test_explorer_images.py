@@ -180,18 +180,11 @@ def test_live_box_says_why_when_the_model_cannot_be_loaded(tmp_path, tiny_clip_d
     """A run whose model folder is gone: the upload gets 503 naming the model; pages still work."""
     import shutil
 
-    from helpers import make_image_folder, save_random_sae
+    from helpers import make_small_run
 
     model = tmp_path / "model"
     shutil.copytree(tiny_clip_dir, model)
-    images = make_image_folder(tmp_path / "images", num_classes=2, per_class=4, size=40)
-    run = tmp_path / "run"
-    assert run_cli("extract", "--model_name", model, "--layer", "1", "--cls_only", "--output_dir", run / "acts",
-                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers",
-                   "0", "--device", "cpu", "--no_progress") == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=32, k=8)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
+    run = make_small_run(tmp_path, model, num_classes=2, per_class=4, top_images=False)
     shutil.rmtree(model)
     base = server_of(run)
     body, ctype = _multipart(_png())
@@ -213,18 +206,13 @@ def test_upload_form_in_chromium_shows_heatmaps_for_a_token_sae(tmp_path, tiny_c
     answers with the image's latents and one heatmap per latent, the same latents as the stored
     codes' maximum over that image's patch tokens."""
     from cdp import Browser
-    from helpers import make_image_folder, save_random_sae
+    from helpers import make_small_run
 
     from saevlm.data.codes import CodeStore
 
-    images = make_image_folder(tmp_path / "images", num_classes=2, per_class=3, size=48)
-    run = tmp_path / "run"
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--output_dir", run / "acts",
-                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers",
-                   "0", "--device", "cpu", "--no_progress") == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=48, k=6, seed=3)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
+    run = make_small_run(tmp_path, tiny_clip_dir, num_classes=2, per_class=3, size=48, all_tokens=True,
+                         dict_size=48, k=6, seed=3, top_images=False)
+    images = tmp_path / "images"
     codes = CodeStore(run / "codes")
     rows = codes.row_index()
     dense = codes.read(0, codes.num_rows)
@@ -301,19 +289,13 @@ def test_token_store_latent_pages_read_cached_columns_not_the_codes(tmp_path, ti
     """A token-level store: a latent's non-zero rows and values come from the cached columns and
     equal the dense codes (no pass over all codes per page); image pages give no rank (rows are
     tokens)."""
-    from helpers import make_image_folder, save_random_sae
+    from helpers import make_small_run
 
     from saevlm.data.codes import CodeStore
     from saevlm.explorer.app import Explorer
 
-    images = make_image_folder(tmp_path / "images", num_classes=2, per_class=3, size=48)
-    run = tmp_path / "run"
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--output_dir", run / "acts",
-                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers",
-                   "0", "--device", "cpu", "--no_progress") == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=48, k=6, seed=3)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
+    run = make_small_run(tmp_path, tiny_clip_dir, num_classes=2, per_class=3, size=48, all_tokens=True,
+                         dict_size=48, k=6, seed=3, top_images=False)
     codes = CodeStore(run / "codes")
     dense = codes.read(0, codes.num_rows)
     ex = Explorer(run, tmp_path / "cache")

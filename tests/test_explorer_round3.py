@@ -9,7 +9,6 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from test_explorer import _request, dump_dom, parse
 
 
@@ -103,20 +102,11 @@ def test_damaged_result_files_are_named_not_500(run_dir_copy, served):
 def test_markup_in_names_labels_and_class_folders_is_text(tmp_path, tiny_clip_dir):
     """Names, labels and class folders holding markup (and right-to-left text) are shown as text on
     every page and in the browser's table: no element is made from them."""
-    from helpers import make_image_folder, save_random_sae
+    from helpers import make_small_run
 
     evil = ['<img src=x onerror="document.title=\'pwned\'">', "a</bdi><script>document.title='pwned'</script>",
             "\u202eeman lavil", "x" * 200]
-    images = make_image_folder(tmp_path / "images", num_classes=4, per_class=6, size=40, class_names=evil)
-    run = tmp_path / "run"
-    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
-              "--device", "cpu", "--no_progress"]
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only", "--output_dir",
-                   run / "acts", *common) == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=32, k=8)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--no_progress") == 0
+    run = make_small_run(tmp_path, tiny_clip_dir, class_names=evil)
     names = {"format": "saevlm-names", "from_activating_images": True,
              "latents": [{"id": j, "names": [[evil[j % 4], 0.3]], "margin": 0.1, "n_active": 4, "label": evil[j % 4],
                           "purity": 0.5, "entropy_bits": 1.0} for j in range(32)]}
@@ -151,21 +141,12 @@ def test_keyboard_long_names_aria_and_images_removed_while_serving(tmp_path, tin
     name does not widen the page, a thumbnail opens and closes from the keyboard; an image file
     removed while serving shows as a placeholder with a note."""
     from cdp import Browser
-    from helpers import make_image_folder, save_random_sae
+    from helpers import make_small_run
     from saevlm.explorer.app import Explorer
     from saevlm.explorer.server import make_server
 
-    images = make_image_folder(tmp_path / "images", num_classes=4, per_class=6, size=40,
-                               class_names=["a", "b", "c", "d" * 200])
-    run = tmp_path / "run"
-    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
-              "--device", "cpu", "--no_progress"]
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "1", "--cls_only", "--output_dir",
-                   run / "acts", *common) == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=32, k=8)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--no_progress") == 0
+    run = make_small_run(tmp_path, tiny_clip_dir, class_names=["a", "b", "c", "d" * 200])
+    images = tmp_path / "images"
     names = {"format": "saevlm-names", "from_activating_images": True,
              "latents": [{"id": j, "names": [["w" * 5000 if j % 2 else "short", 0.3]], "margin": 0.1,
                           "n_active": 4} for j in range(32)]}

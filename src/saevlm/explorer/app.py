@@ -272,19 +272,11 @@ class Explorer:
             raise KeyError(j)
         ms, _ = view.ms
         stats = view.stats
-        labels, names_cls = view.labels, view.class_names
-
-        def label_of(img: int) -> str:
-            if labels is None or img >= len(labels):
-                return ""
-            lab = int(labels[img])
-            return names_cls[lab] if 0 <= lab < len(names_cls) else str(lab)
-
         top = []
         if view.top is not None:
             ids, vals = view.top
             # only images where the latent is active: the rest of a top-16 list is padding at 0
-            top = [(r, int(i), float(v), label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
+            top = [(r, int(i), float(v), view.label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
         thumbs = view.images is not None
         # files removed from the dataset folder since the server started: placeholders, said on the page
         missing = self.missing_images(slug, [i for _, i, _, _ in top]) if thumbs else set()
@@ -471,11 +463,7 @@ class Explorer:
         (latent, image) overlays it wrote."""
         view = self.sae(slug)
         codes = view.image_codes(image_id)
-        labels, names_cls = view.labels, view.class_names
-        label = ""
-        if labels is not None and image_id < len(labels):
-            lab = int(labels[image_id])
-            label = names_cls[lab] if 0 <= lab < len(names_cls) else str(lab)
+        label = view.label_of(image_id)
         entries = self.image_entries(view, codes, linked, exclude=image_id, image_linked=image_linked)
         overlay = view.overlay_model[0] is not None
         for e in entries:
@@ -505,7 +493,7 @@ class Explorer:
         the latents that fire, heatmaps for token-level SAEs. Bad images get a 4xx and one line."""
         import base64
 
-        from saevlm.explorer.live import UploadError, heatmap_jpeg, open_upload
+        from saevlm.explorer.live import UploadError, open_upload
 
         view = self.sae(slug)
 
@@ -529,8 +517,7 @@ class Explorer:
         heatmaps = {}
         if patches is not None:
             for e in entries:
-                a = patches[..., e["id"]]
-                jpeg = heatmap_jpeg(shown, a, float(view.stats["max"][e["id"]]) or float(a.max()) or 1.0)
+                jpeg = view.heatmap(shown, patches[..., e["id"]], e["id"])
                 heatmaps[e["id"]] = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
         buf = io.BytesIO()
         shown.save(buf, format="JPEG", quality=85)

@@ -125,21 +125,19 @@ class SAEView:
         return np.load(f), np.load(self.path / A.top_images_values_npy(TOP_K))
 
     @cached_property
+    def ms_dirs(self) -> list[Path]:
+        """The folders of every current MS result, DINOv2 first (the paper's E)."""
+        dirs = sorted((d for d in self.path.glob("ms*/") if (d / A.MS_SCORES).is_file()),
+                      key=lambda d: ("dino" not in d.name.lower(), d.name))
+        # stale, damaged, or for another width (stale_files): left out
+        return [d for d in dirs if self._fresh(f"{d.name}/{A.MS_JSON}") and self._fresh(f"{d.name}/{A.MS_SCORES}")]
+
+    @cached_property
     def ms_sets(self) -> list[tuple[str, str, np.ndarray]]:
         """Every current MS result of this store, one per embedder: (table key, embedder, scores).
         The first (DINOv2 first, the paper's E) is the key ``ms``, the others ``ms1``, ``ms2``, ..."""
-        dirs = sorted((d for d in self.path.glob("ms*/") if (d / A.MS_SCORES).is_file()),
-                      key=lambda d: ("dino" not in d.name.lower(), d.name))
-        out = []
-        for d in dirs:
-            if not self._fresh(f"{d.name}/ms.json"):
-                continue
-            if not self._fresh(f"{d.name}/{A.MS_SCORES}"):  # damaged, or for another width (stale_files)
-                continue
-            scores = np.load(d / A.MS_SCORES)
-            label = d.name[3:] if d.name.startswith("ms_") else d.name
-            out.append(("ms" if not out else f"ms{len(out)}", label, scores))
-        return out
+        return [("ms" if not i else f"ms{i}", d.name[3:] if d.name.startswith("ms_") else d.name,
+                 np.load(d / A.MS_SCORES)) for i, d in enumerate(self.ms_dirs)]
 
     @cached_property
     def ms(self) -> tuple[np.ndarray | None, str | None]:
@@ -150,12 +148,16 @@ class SAEView:
         return scores, label
 
     @cached_property
+    def ms_dir(self) -> Path | None:
+        """The folder of the primary MS (see ms_sets)."""
+        return self.ms_dirs[0] if self.ms_dirs else None
+
+    @cached_property
     def ms_ci(self) -> np.ndarray | None:
         """[K, 2] 95 % intervals of the primary MS over images (ms --uncertainty), when written."""
-        if not self.ms_sets:
+        d = self.ms_dir
+        if d is None:
             return None
-        d = next(d for d in self.path.glob("ms*/") if (d.name[3:] if d.name.startswith("ms_") else d.name)
-                 == self.ms_sets[0][1])
         f = d / A.MS_CI95
         if not f.is_file() or self._files_reason(d / A.MS_JSON, [A.MS_CI95]):
             return None
@@ -169,10 +171,9 @@ class SAEView:
     def ms_baseline(self) -> tuple[dict | None, str]:
         """(the MS of random image sets per set size under the primary MS's embedder, "") or (None,
         why): computed once per embeddings store (explorer/stats.py) and cached by its content hash."""
-        if not self.ms_sets:
+        d = self.ms_dir
+        if d is None:
             return None, "no MS"
-        d = next(d for d in self.path.glob("ms*/") if (d.name[3:] if d.name.startswith("ms_") else d.name)
-                 == self.ms_sets[0][1])
         try:
             embeddings = self.record(f"{d.name}/{A.MS_JSON}", A.MSSummary).inputs["embeddings"]
             path, sha = embeddings["path"], embeddings["content_sha256"]
@@ -234,7 +235,7 @@ class SAEView:
         from saevlm.explorer.stats import basic_stats, cached
 
         top_values = None if self.is_codes or self.top is None else self.top[1]
-        return cached(self.cache_dir / "stats" / f"{self.slug}-{self._stats_key()}-v3.npz",  # v3: + mean
+        return cached(self.cache_dir / "stats" / f"{self.cache_name}-v3.npz",  # v3: + mean
                       lambda: basic_stats(self.store, self.num_latents, self.is_codes, top_values))
 
     @cached_property
@@ -254,7 +255,7 @@ class SAEView:
 
     @property
     def _related_cache(self) -> Path:
-        return self.cache_dir / "related" / f"{self.slug}-{self._stats_key()}-v1.npz"
+        return self.cache_dir / "related" / f"{self.cache_name}-v1.npz"
 
     def related_now(self, wait: bool = True):
         """(``related``, "") when it is at hand; with ``wait=False`` (the server) a first request
@@ -295,17 +296,17 @@ class SAEView:
         # latent page reads its column with a pass over the codes
         if not self.is_codes or int(self.store.nnz) > COLUMNS_MAX_NNZ:
             return None
-        return cached(self.cache_dir / "columns" / f"{self.slug}-{self._stats_key()}-v2.npz",
+        return cached(self.cache_dir / "columns" / f"{self.cache_name}-v2.npz",
                       lambda: latent_columns(self.store, self.num_latents))
 
     def image_rows(self, image_id: int) -> np.ndarray:
         """The code rows of dataset image ``image_id`` (KeyError: not an image of this store)."""
         if not self.is_codes:
             raise KeyError(image_id)
-        if "row_order" not in self.page_cache:
-            self.page_cache["row_order"] = np.argsort(self.row_images, kind="stable")
-        order = self.page_cache["row_order"]
-        sorted_ids = self.row_images[order]
+        if "row_order" not in self.page_cache:  # once per view: rows by image, and their image ids
+            order = np.argsort(self.row_images, kind="stable")
+            self.page_cache["row_order"] = (order, self.row_images[order])
+        order, sorted_ids = self.page_cache["row_order"]
         a, b = np.searchsorted(sorted_ids, image_id, side="left"), np.searchsorted(sorted_ids, image_id, side="right")
         if a == b:
             raise KeyError(image_id)
@@ -351,24 +352,30 @@ class SAEView:
     def top_labels(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per latent, the majority class of its activating top images (-1: none) and its share of
         them (purity; NaN: none), from labels.npy: the label column, with or without names.json."""
+        from saevlm.metrics.naming import label_purity
+
         labels = self.labels
         if self.top is None or labels is None:
             return None
         ids, values = self.top
-        K = len(ids)
         ok = (values > 0) & (ids >= 0) & (ids < len(labels))
-        rows = np.repeat(np.arange(K), ids.shape[1]).reshape(ids.shape)[ok]
-        lab = np.asarray(labels, dtype=np.int64)[ids[ok]]
-        pairs, counts = np.unique(np.stack([rows, lab], 1), axis=0, return_counts=True)
-        # per latent, the most frequent label (ties: the lower class id)
-        order = np.lexsort((pairs[:, 1], -counts, pairs[:, 0]))
-        pairs, counts = pairs[order], counts[order]
-        first = np.unique(pairs[:, 0], return_index=True)[1]
-        label_k = np.full(K, -1, np.int64)
-        purity_k = np.full(K, np.nan)
-        label_k[pairs[first, 0]] = pairs[first, 1]
-        purity_k[pairs[first, 0]] = counts[first] / np.bincount(rows, minlength=K)[pairs[first, 0]]
+        label_k, purity_k, _ = label_purity(np.asarray(labels)[np.where(ok, ids, 0)], ok)
         return label_k, purity_k
+
+    def label_of(self, image_id: int) -> str:
+        """Image ``image_id``'s class as people read it ("" without labels)."""
+        labels, names = self.labels, self.class_names
+        if labels is None or not 0 <= image_id < len(labels):
+            return ""
+        lab = int(labels[image_id])
+        return names[lab] if 0 <= lab < len(names) else str(lab)
+
+    def heatmap(self, base, a_hw: np.ndarray, j: int) -> bytes:
+        """``base`` with latent ``j``'s activation per patch in red, full red at the latent's
+        maximum over the store (so images are comparable)."""
+        from saevlm.explorer.live import heatmap_jpeg
+
+        return heatmap_jpeg(base, a_hw, float(self.stats["max"][j]) or float(a_hw.max()) or 1.0)
 
     def groups(self) -> np.ndarray:
         if not self.group_sizes:
@@ -613,15 +620,12 @@ class SAEView:
 
         from PIL import Image
 
-        from saevlm.explorer.live import heatmap_jpeg
-
         model, _ = self.overlay_model
         if model is None:
             raise KeyError(image_id)
         with Image.open(io.BytesIO(self.images.read_bytes(image_id))) as im:
             base, codes = model.patch_codes(im, side)
-        a = codes[..., j]
-        return heatmap_jpeg(base, a, float(self.stats["max"][j]) or float(a.max()) or 1.0)
+        return self.heatmap(base, codes[..., j], j)
 
     @cached_property
     def classes(self) -> A.Classes | None:
