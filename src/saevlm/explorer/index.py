@@ -249,7 +249,8 @@ class SAEView:
             return None
         groups = self.groups() if self.group_sizes else None
         arrays = cached(self._related_cache, lambda: related_stats(self.store, self.num_latents, self.is_codes,
-                                                                   self.row_images if self.is_codes else None,
+                                                                   None if not self.is_codes or self.one_row_per_image
+                                                                   else self.row_images,
                                                                    self.top, groups).to_arrays())
         return Related.from_arrays(arrays)
 

@@ -16,6 +16,13 @@ import numpy as np
 PER_IMAGE = ("cls", "mean", "mean_patches", "pooled")  # selections giving one row per image
 
 
+def shown_square(im, side: int):
+    """The centre square of ``im`` (what a square-cropping processor shows the model), at ``side`` px."""
+    square = min(im.size)
+    left, top = (im.width - square) // 2, (im.height - square) // 2
+    return im.crop((left, top, left + square, top + square)).resize((side, side))
+
+
 @dataclass
 class LiveModel:
     """The vision model, the SAE and the hook point the store's codes were read at."""
@@ -42,9 +49,7 @@ class LiveModel:
         encoder = self.encoder
         im = image.convert("RGB")
         batch = batch_of_one(encoder.preprocess(im))
-        square = min(im.size)
-        left, top = (im.width - square) // 2, (im.height - square) // 2
-        base = im.crop((left, top, left + square, top + square)).resize((side, side))
+        base = shown_square(im, side)
         with self.lock, torch.no_grad():
             acts = encoder.capture(batch, [self.point])[self.point].float()
             if acts.ndim == 3:  # a block's [1, T, D]: the store's selection of it
@@ -65,12 +70,8 @@ class LiveModel:
         im = image.convert("RGB")
         batch = batch_of_one(encoder.preprocess(im))
         shapes = batch["spatial_shapes"] if isinstance(batch, dict) and "spatial_shapes" in batch else None
-        if shapes is not None:  # NaFlex: the whole image, resized to its own patch grid
-            base = im.resize((side, side))
-        else:
-            square = min(im.size)
-            left, top = (im.width - square) // 2, (im.height - square) // 2
-            base = im.crop((left, top, left + square, top + square)).resize((side, side))
+        # NaFlex: the whole image, resized to its own patch grid; else the centre square the model saw
+        base = im.resize((side, side)) if shapes is not None else shown_square(im, side)
         with self.lock, torch.no_grad():
             acts = encoder.capture(batch, [self.point])[self.point][0].float()
             valid = encoder.valid_tokens(batch, acts.shape[0])

@@ -22,6 +22,7 @@ from saevlm.explorer.templates import SCRIPT, STYLE
 # an id is ASCII decimal without leading zeros and at most 12 digits: one URL per latent or image
 # (\d would take other scripts' digits, "007" would alias "7", and 5,000 digits would reach int())
 ID = r"0|[1-9][0-9]{0,11}"
+LIVE = re.compile(r"^/sae/([^/]+)/live$")  # GET: the upload form; POST: an uploaded image
 ROUTES = [
     (re.compile(r"^/(index\.html)?$"), "run"),
     (re.compile(r"^/static/explorer\.js$"), "script"),
@@ -33,9 +34,10 @@ ROUTES = [
     (re.compile(rf"^/sae/([^/]+)/image/({ID})\.jpg$"), "image"),
     (re.compile(rf"^/sae/([^/]+)/overlay/({ID})/({ID})\.jpg$"), "overlay"),
     (re.compile(rf"^/sae/([^/]+)/img/({ID})\.html$"), "img"),
-    (re.compile(r"^/sae/([^/]+)/live$"), "live"),
+    (LIVE, "live"),
 ]
-TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "img": "text/html", "live": "text/html", "script": "text/javascript",
+TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "img": "text/html", "live": "text/html",
+         "script": "text/javascript",
          "latents": "text/javascript", "style": "text/css", "thumb": "image/jpeg",
          "image": "image/jpeg", "overlay": "image/jpeg"}
 
@@ -123,7 +125,7 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
                 status, why = refused
                 return self._send(status, error_page(status, "refused", why), "text/html")
             path = unquote(urlsplit(self.path).path)
-            m = ROUTES[-1][0].match(path)
+            m = LIVE.match(path)
             if not m or explorer.sae_or_none(m.group(1)) is None:
                 self.close_connection = True
                 return self._send(HTTPStatus.NOT_FOUND, error_page(404, "not found", path), "text/html")

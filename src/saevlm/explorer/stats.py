@@ -56,13 +56,12 @@ def basic_stats(store, num_latents: int, is_codes: bool, top_values_kk: np.ndarr
     return {"freq": count / max(store.num_rows, 1), "max": top, "active": count, "mean": mean}
 
 
-def related_stats(store, num_latents: int, is_codes: bool, row_images: np.ndarray | None,
+def related_stats(store, num_latents: int, is_codes: bool, row_images: np.ndarray | None,  # None: a row per image
                   top: tuple[np.ndarray, np.ndarray] | None, groups_k: np.ndarray | None) -> Related | None:
     """Co-activation over the images each latent is active on (codes), or over its top images
     (a top-images store); None when neither is there."""
     if is_codes:
-        per_image = row_images is not None and len(row_images) and len(np.unique(row_images)) != len(row_images)
-        b = activity_matrix(store.iter_csr(1 << 20), num_latents, row_images if per_image else None)
+        b = activity_matrix(store.iter_csr(1 << 20), num_latents, row_images)
         basis = "active images"
     elif top is not None:
         ids, values = top
