@@ -353,7 +353,7 @@ class SAEView:
     def top_labels(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Per latent, the majority class of its activating top images (-1: none) and its share of
         them (purity; NaN: none), from labels.npy: the label column, with or without names.json."""
-        from saevlm.metrics.naming import label_purity
+        from saevlm.metrics.labels import label_purity
 
         labels = self.labels
         if self.top is None or labels is None:
