@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup test test-all demo demo-real bench clean
+.PHONY: setup test test-all test-tf4 demo demo-real bench clean
 
 # One pip resolve of requirements.txt (torch and torchvision pinned there, so nothing upgrades
 # torch to another CUDA build), then the package itself in editable mode without dependencies.
@@ -29,6 +29,19 @@ $(TESTLIBS)/.installed: requirements-interop.txt $(STAMP)
 test: $(STAMP) $(TESTLIBS)/.installed
 	$(PY) -m pytest -q
 
+# The tests that touch model code again, with transformers 4.57 (requirements-tf4.txt) in front of
+# the main environment's 5.x: extraction for every family, steering for every MLLM family.
+TF4 := .tf4-libs
+TF4_TESTS := tests/test_models.py tests/test_model_families.py tests/test_extract.py tests/test_steering.py \
+             tests/test_steering_families.py tests/test_real.py
+$(TF4)/.installed: requirements-tf4.txt $(STAMP)
+	rm -rf $(TF4)
+	$(PY) -m pip install --quiet --no-deps --target $(TF4) -r requirements-tf4.txt
+	touch $@
+
+test-tf4: $(STAMP) $(TF4)/.installed
+	PYTHONPATH=$(TF4) SAEVLM_EXPECT_TRANSFORMERS=4.57.6 $(PY) -m pytest -q $(TF4_TESTS)
+
 test-all: $(STAMP) $(TESTLIBS)/.installed
 	$(PY) -m pytest -q -m "slow or not slow"
 
@@ -44,4 +57,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_extract_multipoint.py
 
 clean:
-	rm -rf $(VENV) $(TESTLIBS) runs .pytest_cache
+	rm -rf $(VENV) $(TESTLIBS) $(TF4) runs .pytest_cache

@@ -13,6 +13,20 @@ import saevlm  # noqa: E402,F401  (installs the torchvision fix before anything 
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped, with the reason shown, where torch sees no GPU."""
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU (torch {torch.__version__} sees none); "
+                                   "benchmarks/gpu_check.py runs these on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
     from helpers import save_tiny_clip

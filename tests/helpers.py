@@ -6,6 +6,7 @@ loading code (``saevlm.models.load_encoder``) runs on it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -97,10 +98,12 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
 
 
-def tiny_tokenizer(extra: Sequence[str] = (), chat_template: str | None = None, named: dict | None = None):
+def tiny_tokenizer(extra: Sequence[str] = (), chat_template: str | None = None, named: dict | None = None,
+                   tokenizer_class: str = "PreTrainedTokenizerFast"):
     """A word-level tokenizer of 1000 ids built offline (id 999 = <image>; ``extra`` special
     tokens take ids 998, 997, ...; ``named`` gives some of them attribute names, e.g. Gemma-3's
-    ``boi_token``)."""
+    ``boi_token``). ``tokenizer_class``: the family's fast tokenizer class, which transformers 4.x
+    processors insist on (Qwen2TokenizerFast, GemmaTokenizerFast); 5.x accepts any."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -116,9 +119,15 @@ def tiny_tokenizer(extra: Sequence[str] = (), chat_template: str | None = None, 
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     from tokenizers import decoders
     tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>", additional_special_tokens=["<image>", *extra],
-                                  **({"extra_special_tokens": named} if named else {}))
+    import transformers
+    cls = PreTrainedTokenizerFast
+    if transformers.__version__.startswith("4."):
+        cls = getattr(transformers, tokenizer_class)
+    out = cls(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+              pad_token="<pad>", additional_special_tokens=["<image>", *extra],
+              # as the families' real tokenizers: no token_type_ids (generate in 4.x refuses them)
+              model_input_names=["input_ids", "attention_mask"],
+              **({"extra_special_tokens": named} if named else {}))
     if chat_template:
         out.chat_template = chat_template
     return out
@@ -205,7 +214,15 @@ def clip_tokenizer():
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges)
+    vocab = {v: i for i, v in enumerate(vocab)}
+    import transformers
+    if transformers.__version__.startswith("4."):  # 4.x reads the vocabulary and merges from files
+        import tempfile
+        folder = Path(tempfile.mkdtemp(prefix="clip-bpe-"))
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+        return CLIPTokenizer(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+    return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
 def save_tiny_clip_model(path: str | Path, seed: int = 0) -> Path:
@@ -265,7 +282,9 @@ def save_tiny_family(family: str, path: str | Path, seed: int = 0) -> Path:
     elif family == "dinov3":  # CLS + 4 registers + patches
         model = T.DINOv3ViTModel(T.DINOv3ViTConfig(**TINY_VISION, image_size=IMAGE_SIZE, patch_size=8,
                                                    num_register_tokens=4))
-        processor = T.DINOv3ViTImageProcessor(size=square, **imagenet)
+        # transformers 4.x has only the torchvision ("Fast") form of DINOv3's processor
+        processor = getattr(T, "DINOv3ViTImageProcessor", None) or T.DINOv3ViTImageProcessorFast
+        processor = processor(size=square, **imagenet)
     elif family == "siglip2":  # NaFlex: aspect ratio kept, at most 16 patches, the rest padding
         model = T.Siglip2VisionModel(T.Siglip2VisionConfig(**TINY_VISION, patch_size=8, num_patches=16))
         processor = T.Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
@@ -351,10 +370,12 @@ def save_tiny_mllm(family: str, path: str | Path, seed: int = 0) -> Path:
             chat_template=LLAVA_CHAT_TEMPLATE)
     elif family == "qwen2_5_vl":
         extra = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
-        tok = tiny_tokenizer(extra)
+        tok = tiny_tokenizer(extra, tokenizer_class="Qwen2TokenizerFast")
         ids = {t: tok.convert_tokens_to_ids(t) for t in extra}
         text = {**TINY_TEXT, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3],
                                                  "rope_theta": 10000.0}}
+        if T.__version__.startswith("4."):  # 4.x spells the multimodal RoPE rope_scaling
+            text = {**TINY_TEXT, "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}, "rope_theta": 10000.0}
         vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, patch_size=8, spatial_merge_size=2,
                       temporal_patch_size=2, window_size=32, out_hidden_size=64, fullatt_block_indexes=[1, 3])
         cfg = T.Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
@@ -368,7 +389,8 @@ def save_tiny_mllm(family: str, path: str | Path, seed: int = 0) -> Path:
     elif family == "gemma3":
         extra = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
         tok = tiny_tokenizer(extra, named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                           "image_token": "<image_soft_token>"})
+                                           "image_token": "<image_soft_token>"},
+                             tokenizer_class="GemmaTokenizerFast")
         ids = {t: tok.convert_tokens_to_ids(t) for t in extra}
         text = T.Gemma3TextConfig(**TINY_TEXT, head_dim=16, sliding_window=32)
         cfg = T.Gemma3Config(text_config=text, vision_config=_tiny_siglip_config(vision_use_head=False),

@@ -11,6 +11,20 @@ from saevlm.models.base import HookPoint, TokenSelection
 ATOL = 1e-5
 
 
+def test_transformers_is_the_version_this_run_is_for():
+    """`make test-tf4` sets SAEVLM_EXPECT_TRANSFORMERS: these tests must really run on that
+    version (a path mistake would silently test 5.x twice)."""
+    import os
+
+    import transformers
+
+    expected = os.environ.get("SAEVLM_EXPECT_TRANSFORMERS")
+    if expected:
+        assert transformers.__version__ == expected
+    else:
+        assert transformers.__version__.split(".")[0] in ("4", "5")
+
+
 def _pixels(encoder, image_folder, n=5):
     from PIL import Image
     files = sorted(image_folder.rglob("*.png"))[:n]

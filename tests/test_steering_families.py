@@ -213,7 +213,8 @@ def test_extract_from_the_qwen_tower_in_patch_order(saved, tmp_path):
     tokens = torch.as_tensor(store.read(0, store.num_rows))
     assert store.num_rows == 3 * 64 and store.manifest.provenance.model.extra["mllm"] == "Qwen2.5-VL"
     with torch.no_grad():
-        merged_ref = enc.run(inputs).pooler_output
+        out = enc.run(inputs)
+        merged_ref = getattr(out, "pooler_output", out)  # 4.x returns the merged tokens as a Tensor
         merged = enc.model.merger(tokens)
     torch.testing.assert_close(merged, merged_ref, atol=1e-5, rtol=0)
     assert not torch.allclose(enc.model.merger(tokens.flip(0)), merged_ref, atol=1e-3)  # order matters
@@ -229,11 +230,14 @@ def test_block_sample_survives_fp16_and_bf16_but_not_other_weights():
     from helpers import tiny_clip_config
     from saevlm.models.base import block_sample, same_block
 
+    def vision_blocks(model):  # 5.x: model.encoder; 4.x: model.vision_model.encoder
+        return getattr(model, "vision_model", model).encoder.layers
+
     torch.manual_seed(0)
-    a = CLIPVisionModel(tiny_clip_config()).encoder.layers[0]
+    a = vision_blocks(CLIPVisionModel(tiny_clip_config()))[0]
     ref = block_sample(a)
     for dtype in (torch.float16, torch.bfloat16):
         assert same_block(ref, block_sample(copy.deepcopy(a).to(dtype)))
     torch.manual_seed(1)
-    b = CLIPVisionModel(tiny_clip_config()).encoder.layers[0]
+    b = vision_blocks(CLIPVisionModel(tiny_clip_config()))[0]
     assert not same_block(ref, block_sample(b)) and not same_block(ref, ref[:10])

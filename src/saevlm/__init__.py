@@ -6,8 +6,9 @@ torchvision import fix of :mod:`saevlm._compat`, which must run before anything 
 torchvision.
 """
 
-from saevlm._compat import install_torchvision_fix
+from saevlm._compat import install_torchvision_fix, install_transformers_gate
 
 __version__ = "0.1.0"
 
 install_torchvision_fix()
+install_transformers_gate()

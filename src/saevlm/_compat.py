@@ -1,4 +1,6 @@
-"""Import fix for a CPU-only torch next to a CUDA-only torchvision wheel.
+"""Import-time guards: the torchvision fix below, and the supported range of transformers.
+
+The torchvision fix: a CPU-only torch next to a CUDA-only torchvision wheel.
 
 The only torchvision 0.28.0 wheel on some registries is a CUDA build. With a CPU torch its C++
 ops do not load, and ``torchvision/_meta_registrations.py`` then fails at import with
@@ -58,3 +60,49 @@ def install_torchvision_fix() -> None:
     if any(isinstance(f, _TorchvisionFixFinder) for f in sys.meta_path):
         return
     sys.meta_path.insert(0, _TorchvisionFixFinder())
+
+
+# ---------------------------------------------------------------------------- transformers range
+# Tested: 4.57 (make test-tf4) and 5.x (requirements.txt pins 5.23; the GPU image has 5.17).
+# Older 4.x lack the module paths and output records the towers and hooks rely on.
+TRANSFORMERS_RANGE = ("4.57", "6")  # lowest supported, first unsupported major
+
+
+def _release(version: str) -> tuple[int, ...]:
+    import re
+
+    return tuple(int(p) for p in re.findall(r"\d+", version.split("+")[0])[:2])
+
+
+def check_transformers_version(version: str) -> None:
+    """A one-line UserError when ``version`` lies outside :data:`TRANSFORMERS_RANGE`."""
+    from saevlm.errors import UserError
+
+    low, high = TRANSFORMERS_RANGE
+    if not _release(low) <= _release(version) < _release(high):
+        raise UserError(f"transformers {version} is not supported: saevlm needs transformers >= {low} and "
+                        f"< {high} (pip install 'transformers>={low},<{high}'; docs/install.md)")
+
+
+class _TransformersGate(importlib.abc.MetaPathFinder):
+    """Checks the installed transformers' version (its metadata, without importing it) the
+    first time anything imports transformers: an unsupported one fails there, in one line."""
+
+    def find_spec(self, fullname, path, target=None):  # noqa: D401 - importlib API
+        if fullname == "transformers":
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                installed = version("transformers")
+            except PackageNotFoundError:
+                return None  # not installed: the import fails as it would anyway
+            check_transformers_version(installed)
+        return None
+
+
+def install_transformers_gate() -> None:
+    """Install the version check; a no-op once transformers is imported or the gate is in place."""
+    if "transformers" in sys.modules or any(isinstance(f, _TransformersGate) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TransformersGate())

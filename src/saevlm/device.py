@@ -52,5 +52,34 @@ def autocast_context(device: "torch.device", autocast: str, field: str = "autoca
         raise UserError(f"{field} {autocast!r}: expected one of {', '.join(AUTOCAST_CHOICES)}", field=field)
     if device.type != "cuda":
         raise UserError(f"{field} {autocast}: mixed precision is for GPUs; the device is {device}", field=field)
+    if autocast == "bf16":
+        check_bf16(device, field)
     dtype = torch.float16 if autocast == "fp16" else torch.bfloat16
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def check_bf16(device: "torch.device", field: str = "autocast") -> None:
+    """bf16 on a GPU that has no bf16 arithmetic (before Ampere) is a UserError, said before any work."""
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise UserError(f"{field} bf16: {name} has no bf16 arithmetic (it needs compute capability 8.0 or newer); "
+                        f"use {field} fp16 or none", field=field)
+
+
+def check_fits_on_device(device: "torch.device", nbytes: int, what: str, field: str) -> None:
+    """Copying ``nbytes`` to the GPU must leave room to compute: more than 90 % of its free memory
+    is a UserError naming both sizes."""
+    import torch
+
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    if nbytes > 0.9 * free:
+        raise UserError(f"{field} yes: {what} takes {_size(nbytes)}, and {device} has {_size(free)} free of "
+                        f"{_size(total)}; use {field} no (or auto)", field=field, mentions=(field,))
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"

@@ -65,7 +65,27 @@ def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
         processor = cls.from_pretrained(source)
         processor.image_processor = AutoImageProcessor.from_pretrained(source, backend=backend)
         return processor
-    return cls.from_pretrained(source, use_fast=backend == "torchvision")
+    # 4.x: use_fast picks the image processor's backend, but AutoProcessor passes it on to the
+    # tokenizer too (a slow tokenizer, which Qwen2.5-VL cannot build from tokenizer.json): an MLLM's
+    # processor is loaded as it comes and its image processor replaced
+    image_processor = _image_processor_4x(source, backend)
+    if not multimodal:
+        return image_processor
+    processor = cls.from_pretrained(source)
+    processor.image_processor = image_processor
+    return processor
+
+
+def _image_processor_4x(source: str, backend: str):
+    from transformers import AutoImageProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(source, use_fast=backend == "torchvision")
+    except ValueError as err:
+        if "does not have a slow version" not in str(err):
+            raise
+        # a processor that exists only in its torchvision form (DINOv3's); _note_backend says so
+        return AutoImageProcessor.from_pretrained(source, use_fast=True)
 
 
 _auto_processor = auto_processor
@@ -80,7 +100,8 @@ def _backend_class(name: str, backend: str, warn: Callable[[str], None] | None =
         return getattr(transformers, name + "Pil")
     if backend == "torchvision" and hasattr(transformers, name + "Fast"):
         return getattr(transformers, name + "Fast")
-    cls = getattr(transformers, name)
+    # transformers 4.x ships some processors (DINOv3's) only in their torchvision ("Fast") form
+    cls = getattr(transformers, name) if hasattr(transformers, name) else getattr(transformers, name + "Fast")
     if warn is not None:
         _note_backend(cls, backend, warn)
     return cls
@@ -90,7 +111,8 @@ def _note_backend(processor: Any, backend: str, warn: Callable[[str], None]) -> 
     """Say so when the PIL backend was asked for but the processor class has only torchvision's
     (transformers 5's DINOv3 processor): its resizing differs by about one grey level."""
     cls = processor if isinstance(processor, type) else type(processor)
-    if backend == "pil" and any(k.__name__ == "TorchvisionBackend" for k in cls.__mro__):
+    # 5.x: a TorchvisionBackend class; 4.x: a BaseImageProcessorFast one
+    if backend == "pil" and any(k.__name__ in ("TorchvisionBackend", "BaseImageProcessorFast") for k in cls.__mro__):
         warn(f"{cls.__name__} has no PIL backend in this transformers; images are resized with torchvision "
              f"(recorded as processor_class in the manifest)")
 
@@ -299,18 +321,39 @@ def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
     """The first weight whose shape differs, as transformers reports it when told to go on (its
     own error only points at a log report that is kept quiet here)."""
     try:
-        _, info = cls.from_pretrained(source, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+        model, info = cls.from_pretrained(source, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None
     mismatched = sorted(info.get("mismatched_keys") or [], key=str)  # a set: name the same one every time
     if not mismatched:
         return None
     first = mismatched[0]
+    if isinstance(first, str):  # transformers 4.x lists the keys alone: the shapes from the files
+        shapes = _checkpoint_shape(source, first), tuple(model.state_dict().get(first, _NO_TENSOR).shape)
+        first = (first, *shapes) if shapes[0] is not None and shapes[1] else first
     if isinstance(first, (tuple, list)) and len(first) == 3:
         key, theirs, ours = first
         return ValueError(f"size mismatch for {key}: checkpoint {tuple(theirs)}, model {tuple(ours)}; "
                           f"{len(mismatched)} weight(s) differ")
     return ValueError(f"size mismatch for {first}; {len(mismatched)} weight(s) differ")
+
+
+class _NoTensor:
+    shape = ()
+
+
+_NO_TENSOR = _NoTensor()
+
+
+def _checkpoint_shape(source: str, key: str) -> tuple[int, ...] | None:
+    """The shape of weight ``key`` in a local checkpoint's safetensors files (None if not found)."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []:
+        with safe_open(str(f), "pt") as st:
+            if key in st.keys():
+                return tuple(st.get_slice(key).get_shape())
+    return None
 
 
 def load_config(name: str, source: str):

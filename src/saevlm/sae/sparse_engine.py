@@ -133,9 +133,8 @@ def batch_topk_entries(pre_bf: torch.Tensor, n: int) -> tuple[torch.Tensor, torc
         flat = flat[order]
         return flat // F, flat % F, top.values[keep][order]
     top = vals.topk(n, sorted=False).indices.sort().values  # back to (row, col) order
-    rows, cols, vals = rows[top], cols[top], vals[top]
-    keep = vals > 0
-    return rows[keep], cols[keep], vals[keep]
+    # every candidate is >= tau > 0: no zero to drop (a boolean mask would cost a device sync)
+    return rows[top], cols[top], vals[top]
 
 
 def _entries_above(pre_bf: torch.Tensor, tau: float, strict: bool):
@@ -222,6 +221,8 @@ class SparseEngine:
         self.per_row = self.spec.activation == "row_top_k"
         self.fused_adam = fused_adam
         self._buffers: dict[str, torch.Tensor] = {}
+        self._k = int(trainer.ae.k)  # a buffer on the device; read once, not once per step
+        self._group_cache: dict[int, tuple[list[int], list[float]]] = {}
         relayout(trainer, arch)
 
     # the four parameters as latent-major (dict_size x d) views and the two bias vectors
@@ -236,8 +237,11 @@ class SparseEngine:
         ae = self.trainer.ae
         if not self.spec.grouped:
             return [0, ae.dict_size], [1.0]
-        bounds = [int(b) for b in ae.group_indices[: ae.active_groups + 1]]
-        return bounds, [float(w) for w in self.trainer.group_weights[: ae.active_groups]]
+        active = int(ae.active_groups)
+        if active not in self._group_cache:  # read from the device once per number of active groups
+            self._group_cache[active] = ([int(b) for b in ae.group_indices[: active + 1]],
+                                         [float(w) for w in self.trainer.group_weights[: active]])
+        return self._group_cache[active]
 
     def _buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype=None) -> torch.Tensor:
         """A tensor kept across steps (pre-activations, weight gradients), reallocated only when its
@@ -257,13 +261,15 @@ class SparseEngine:
             median = tr.geometric_median(x)
         ae.b_dec.data = median.to(ae.b_dec.dtype)
 
-    def update(self, step: int, x: torch.Tensor) -> float:
-        """One optimiser step on batch ``x`` (already normalised); returns the loss, as ``update``."""
+    def update(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on batch ``x`` (already normalised); returns the loss as a 0-d tensor
+        on the device (``float()`` it to read it: dictionary_learning's ``update`` returns a float,
+        which forces a host-device synchronisation every step)."""
         device_type = x.device.type
         with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
             return self._update(step, x)
 
-    def _update(self, step: int, x: torch.Tensor) -> float:
+    def _update(self, step: int, x: torch.Tensor) -> torch.Tensor:
         tr, ae = self.trainer, self.trainer.ae
         if step == 0:
             self._init_b_dec(x)
@@ -282,7 +288,7 @@ class SparseEngine:
         pre.add_(b_enc.to(md)).relu_()
 
         # sparse codes, the threshold and the dead-latent counter, by the trainer's own rules
-        k = int(ae.k)
+        k = self._k
         if self.per_row:
             rows, cols, vals = row_topk_entries(pre, k)
             fired_cols = cols
@@ -299,8 +305,10 @@ class SparseEngine:
             if step > tr.threshold_start_step:
                 tr.update_threshold(vals.float())
             tr.effective_l0 = tr.k
-        keep = vals > 0
-        rows, cols, vals = rows[keep], cols[keep], vals[keep].float()
+        if self.per_row:  # a row's top-k can hold zeros; the batch top-k holds positive values only
+            keep = vals > 0
+            rows, cols, vals = rows[keep], cols[keep], vals[keep]
+        vals = vals.float()
         tr.num_tokens_since_fired += B
         tr.num_tokens_since_fired[fired_cols] = 0
 
@@ -346,11 +354,11 @@ class SparseEngine:
                 denom = (residual - residual.mean(0)).pow(2).sum(-1).mean()
                 tr.pre_norm_auxk_loss = l2_aux
                 ratio = l2_aux / denom
-                if torch.isfinite(ratio):
-                    aux_loss = ratio
-                    aux = (arows, acols, avals, (-2.0 * tr.auxk_alpha / (B * denom)) * diff)
-                else:
-                    aux_loss = torch.zeros((), device=x.device)  # nan_to_num(0.0)
+                # nan_to_num(0.0) of a non-finite ratio, its gradient zeroed, without a host sync
+                finite = torch.isfinite(ratio)
+                aux_loss = torch.where(finite, ratio, torch.zeros((), device=x.device))
+                aux = (arows, acols, avals,
+                       torch.where(finite, -2.0 * tr.auxk_alpha / (B * denom), 0.0) * diff)
             else:
                 tr.pre_norm_auxk_loss = -1
         loss = main_loss + tr.auxk_alpha * aux_loss
@@ -386,7 +394,7 @@ class SparseEngine:
         tr.scheduler.step()
         W_dec = self._weights()[2]
         W_dec /= W_dec.norm(dim=1, keepdim=True) + torch.finfo(W_dec.dtype).eps  # set_decoder_norm_to_unit_norm
-        return float(loss)
+        return loss.detach()
 
     def _adam_step(self) -> None:
         """The trainer's Adam step, by torch's fused kernel where the device has one: the same

@@ -448,6 +448,15 @@ def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
     return math.sqrt(total / n)
 
 
+POSTFIX_EVERY = 25  # steps between two readings of the loss for the progress bar
+
+
+def _oom_errors() -> tuple[type[BaseException], ...]:
+    import torch
+
+    return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
 def run(args: TrainConfig) -> int:
     """``saevlm train`` (its config: flags, ``--config FILE`` and the paper's defaults applied)."""
     return train(args)
@@ -464,6 +473,9 @@ def train(cfg: TrainConfig) -> int:
     dist, device = init_distributed(cfg.device)
     if cfg.autocast == "bf16" and device.type != "cuda":
         raise UserError(f"--autocast bf16: autocast is for GPUs; the device is {device}")
+    if cfg.autocast == "bf16":
+        from saevlm.device import check_bf16
+        check_bf16(device, "autocast")
     if cfg.data_on_device == "yes" and device.type != "cuda":
         print(f"note: --data_on_device yes on {device}: the training store is read into memory once",
               file=sys.stderr)
@@ -500,6 +512,11 @@ class TrainingRun:
         self.act_dim = self.train_store.dim
         self.val_store, self.val_note = self._open_validation()
         validate_args(cfg, self.act_dim, self.train_store.num_rows)
+        if cfg.data_on_device == "yes":  # before any work: the copy must leave room to train
+            from saevlm.device import check_fits_on_device
+            check_fits_on_device(device, self.train_store.num_rows * self.act_dim * 4,
+                                 f"the training store ({self.train_store.num_rows:,} rows x {self.act_dim}, fp32)",
+                                 "data_on_device")
         self.decay_start = cfg.resolved_decay_start
         if self.decay_start <= cfg.warmup_steps:
             raise UserError(f"--steps {cfg.steps} with --warmup_steps {cfg.warmup_steps}: the default "
@@ -630,6 +647,7 @@ class TrainingRun:
                 self.starts[i] = int(st["step"])
                 norm_factor = float(st["norm_factor"])
         self.start_step = min(self.starts) if self.starts else cfg.steps
+        self.last_resume_point = self.start_step
         if any(self.starts):
             print(f"resuming {len(self.specs)} SAE(s) at step(s) {sorted(set(self.starts))} of {cfg.steps}",
                   file=sys.stderr)
@@ -755,8 +773,10 @@ class TrainingRun:
 
         cfg, store = self.cfg, self.train_store
         if not self._data_on_device():
+            pin = self.device.type == "cuda"  # page-locked: the copy overlaps the previous step
             for batch in store.random_batches(cfg.batch_size, seed=cfg.seed, start_step=self.start_step):
-                yield torch.from_numpy(batch).to(self.device, non_blocking=True)
+                host = torch.from_numpy(batch)
+                yield (host.pin_memory() if pin else host).to(self.device, non_blocking=True)
             return
         data = torch.empty((store.num_rows, self.act_dim), dtype=torch.float32, device=self.device)
         chunk = 65536
@@ -792,15 +812,19 @@ class TrainingRun:
                 x = next(batches)
                 if self.norm_factor != 1.0:
                     x = x / self.norm_factor
-                with autocast:  # a resumed SAE that is already past this step skips it
-                    losses = [update(step, x) if step >= self.starts[i] else float("nan")
-                              for i, update in enumerate(self.updates)]
+                try:
+                    with autocast:  # a resumed SAE that is already past this step skips it
+                        losses = [update(step, x) if step >= self.starts[i] else float("nan")
+                                  for i, update in enumerate(self.updates)]
+                except _oom_errors():
+                    raise self._out_of_memory(step) from None
                 samples += len(x)
                 done = step + 1
                 if done in self.save_steps:
                     self.save_checkpoints(done)
                 if done % cfg.checkpoint_every == 0 or done in self.save_steps:
                     self.write_resume_point(done)
+                    self.last_resume_point = done
                 rate = samples / max(time.time() - t0, 1e-9)
                 if done % cfg.log_steps == 0 or done == cfg.steps:
                     evals = self.evaluate()
@@ -812,12 +836,26 @@ class TrainingRun:
                                  if k in ("r2", "l0", "dead_fraction", "mse")}
                         stats.update({f"{s.name}/loss": float(v) for s, v in zip(self.specs, losses) if v is not None})
                         wandb_run.log(stats, step=done)
-                # StandardTrainer.update (ReLU/L1) returns None
-                first = float(losses[0]) if losses and losses[0] is not None else float("nan")
-                bar.set_postfix(loss=f"{first:.4g}", samples_s=f"{rate:,.0f}")
+                if done % POSTFIX_EVERY == 0 or done == cfg.steps:
+                    # read the loss now and then: float() of the sparse engine's device tensor waits
+                    # for the GPU; StandardTrainer.update (ReLU/L1) returns None
+                    first = float(losses[0]) if losses and losses[0] is not None else float("nan")
+                    bar.set_postfix(loss=f"{first:.4g}", samples_s=f"{rate:,.0f}")
                 bar.update(1)
         if wandb_run is not None:
             wandb_run.finish()
+
+    def _out_of_memory(self, step: int) -> UserError:
+        """The one line for a device out-of-memory during a step: the batch, the SAEs, and where
+        a rerun of the same command resumes."""
+        saes = ", ".join(f"{s.name} ({s.dict_size:,} latents)" for s in self.specs)
+        last = self.last_resume_point
+        resume = (f"rerun the same command to resume from step {last}" if last else
+                  "no resume point was written yet, so a rerun starts at step 0")
+        return UserError(f"--batch_size {self.cfg.batch_size}: training ran out of {self.device} memory at step "
+                         f"{step} with {len(self.specs)} SAE(s) on it: {saes}; free memory on the device and "
+                         f"{resume}, or train fewer SAEs per run or use a smaller --batch_size (a new "
+                         f"--checkpoints_dir)", field="batch_size")
 
     def finish(self) -> None:
         """Final weights (for raw activations) and eval.json per SAE; run.json marked complete."""

@@ -88,6 +88,8 @@ def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = No
                      mode: str = "reconstruct", zero_others: bool = False):
     """Hook ``sae`` into vision block ``layer`` of the MLLM ``llava`` (any supported family) for
     the duration of the block."""
+    import torch
+
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
     blocks = llava.vision_blocks
@@ -111,11 +113,19 @@ def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = No
             raise UserError(f"--neuron {latent}: out of range (the SAE has {sae.dict_size} latents)")
     sae.ae.to(llava.device).float()
 
+    def steer(hidden):
+        steered = _apply(sae, hidden, clamp, mode, zero_others)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            return steered
+        # in place: transformers 4.x records hidden states by wrapping the block's forward, so the
+        # tensor it keeps (and LLaVA reads) is this very output object, captured before any hook
+        return hidden.copy_(steered)
+
     def hook(_module, _inputs, output: Any):
         # transformers 5.x blocks return a Tensor, 4.x a tuple: return the structure we were given
         if isinstance(output, tuple):
-            return (_apply(sae, output[0], clamp, mode, zero_others),) + tuple(output[1:])
-        return _apply(sae, output, clamp, mode, zero_others)
+            return (steer(output[0]),) + tuple(output[1:])
+        return steer(output)
 
     block = blocks[layer]
     # Our hook must run FIRST among the block's forward hooks: transformers 5 records LLaVA's
