@@ -62,11 +62,8 @@ def clip_l_config():
 
 def save_models(root: Path) -> dict:
     import torch
-    from transformers import (CLIPImageProcessor, CLIPVisionModelWithProjection, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, SiglipImageProcessor,
+    from transformers import (CLIPImageProcessor, CLIPVisionModelWithProjection, SiglipImageProcessor,
                               SiglipVisionConfig, SiglipVisionModel)
-
-    from helpers import LLAVA_CHAT_TEMPLATE, tiny_tokenizer
 
     torch.manual_seed(0)
     out = {}
@@ -79,7 +76,18 @@ def save_models(root: Path) -> dict:
                                          num_attention_heads=16, image_size=384, patch_size=14)).save_pretrained(sig)
     SiglipImageProcessor(size={"height": 384, "width": 384}).save_pretrained(sig)
     out["siglip"] = sig
-    llava = root / "llava-1.5-shape"
+    out["llava"] = save_llava_shape(root / "llava-1.5-shape")
+    return out
+
+
+def save_llava_shape(llava: Path) -> Path:
+    """LLaVA-1.5's real vision tower (CLIP-L/336) and projector with a 4096-wide Llama cut to 2
+    layers, fp16, random weights, with its processor."""
+    from transformers import (CLIPImageProcessor, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor)
+
+    from helpers import LLAVA_CHAT_TEMPLATE, tiny_tokenizer
+
     cfg = LlavaConfig(vision_config=clip_l_config(),
                       text_config=LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008,
                                               num_hidden_layers=2, num_attention_heads=32, num_key_value_heads=32),
@@ -93,8 +101,7 @@ def save_models(root: Path) -> dict:
                    tokenizer=tiny_tokenizer(), patch_size=14, vision_feature_select_strategy="default",
                    image_token="<image>", num_additional_image_tokens=1,
                    chat_template=LLAVA_CHAT_TEMPLATE).save_pretrained(llava)
-    out["llava"] = llava
-    return out
+    return llava
 
 
 def save_sae(path: Path, dim: int = 1024, expansion: int = 64) -> Path:
