@@ -277,11 +277,20 @@ class LatentName(Record):
     purity: float | None = None
     entropy_bits: float | None = None
     label: str | int | None = None
+    # the detection score (AUROC) of the name on held-out images, of a random other latent's name
+    # (the baseline), that latent, and [positive, negative] images (saevlm name; absent: unscored)
+    detection: float | None = None
+    detection_baseline: float | None = None
+    detection_baseline_of: int | None = None
+    detection_n: tuple[int, ...] | None = None
+    detection_se: float | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def _convert(cls, values: dict, where) -> dict:
         values["names"] = tuple((str(w), float(s)) for w, s in values.get("names") or ())
+        if values.get("detection_n") is not None:
+            values["detection_n"] = tuple(int(v) for v in values["detection_n"])
         return values
 
     @property
@@ -321,7 +330,11 @@ class NamesResult(Record):
                 latents.append(LatentName(
                     id=r["id"], names=tuple((str(w), float(x)) for w, x in r.get("names") or ()),
                     margin=r.get("margin"), n_active=r.get("n_active"), purity=r.get("purity"),
-                    entropy_bits=r.get("entropy_bits"), label=r.get("label"),
+                    entropy_bits=r.get("entropy_bits"), label=r.get("label"), detection=r.get("detection"),
+                    detection_baseline=r.get("detection_baseline"),
+                    detection_baseline_of=r.get("detection_baseline_of"),
+                    detection_n=None if r.get("detection_n") is None else tuple(int(v) for v in r["detection_n"]),
+                    detection_se=r.get("detection_se"),
                     extra={} if r.keys() <= known else {k: v for k, v in r.items() if k not in known}))
             except (TypeError, ValueError):
                 latents.append(LatentName.from_json(r, f"{where} latent {i}"))

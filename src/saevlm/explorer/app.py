@@ -45,6 +45,9 @@ DEFINITIONS = {
 # top images are mostly of other classes than the majority (purity): it may name a mixture
 WEAK_MARGIN = 0.01
 WEAK_PURITY = 0.5
+# ... or when its text picks the latent's held-out images no better than a random other name does:
+# within WEAK_DETECTION of that baseline, or within two standard errors of it (sampled images)
+WEAK_DETECTION = 0.1
 THUMB_PX = 112
 LARGE_PX = 448  # a top image clicked to enlarge
 
@@ -317,12 +320,19 @@ class Explorer:
         named = view.names.latents[j] if view.names is not None else LatentName()
         weak = [why for why, bad in ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
                                      (f"label purity under {WEAK_PURITY}", named.purity is not None
-                                      and named.purity < WEAK_PURITY)) if bad] if named.names else []
+                                      and named.purity < WEAK_PURITY),
+                                     ("detection AUROC near the baseline", named.detection is not None
+                                      and named.detection_baseline is not None
+                                      and named.detection - named.detection_baseline
+                                      < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0))))
+                if bad] if named.names else []
         names_source = "CLIP"
         if view.names is not None and view.names.text_embeddings:
             names_source = f"nearest of the text embeddings in {Path(view.names.text_embeddings).name}, not CLIP text"
         ctx.update(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
-                   label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak)
+                   label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak,
+                   detection=named.detection, detection_baseline=named.detection_baseline,
+                   detection_n=named.detection_n)
         if view.is_codes:
             rows, vals = view.column_values(j)
             nz = vals[vals != 0]

@@ -55,6 +55,109 @@ def name_latents(mean_image_kd: np.ndarray, text_vd: np.ndarray, vocab: list[str
 
 
 
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Area under the ROC curve of scores ``pos`` (should be high) against ``neg``: the share of
+    (positive, negative) pairs ordered right, ties counting one half (Mann-Whitney U / (P x Q))."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    both = np.concatenate([pos, neg])
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    # the average rank (1-based) of each distinct value, for ties
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    rank_sum = avg_rank[inverse[: len(pos)]].sum()
+    return float((rank_sum - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg)))
+
+
+def auroc_se(a: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC ``a`` from ``n_pos`` positives and ``n_neg`` negatives (Hanley &
+    McNeil 1982, exponential approximation): how far a sampled score may be from the exact one."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / max(n_pos * n_neg, 1)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+@dataclass
+class Detection:
+    """Per latent: AUROC of its name, of a random other latent's name (the baseline), the latent
+    whose name was the baseline, and the numbers of positive / negative images (NaN / -1 / 0: none)."""
+
+    auroc: np.ndarray
+    baseline: np.ndarray
+    baseline_of: np.ndarray
+    n_positive: np.ndarray
+    n_negative: np.ndarray
+
+
+def detection_scores(codes, emb_store, top_kn: np.ndarray, active_kn: np.ndarray, text_kd: np.ndarray,
+                     named_k: np.ndarray, n_positive: int = 32, n_negative: int = 256, seed: int = 0,
+                     progress: bool = False) -> Detection:
+    """How well each latent's name picks its images (the detection score of issue "names with scores").
+
+    For latent j with name text embedding ``text_kd[j]`` (unit): positives are up to ``n_positive``
+    of its held-out activating images (code > 0, not among the top images its name was read from),
+    negatives up to ``n_negative`` random images of the same store where it is not active; each
+    image scores the cosine of its unit CLIP embedding with the text, and the AUROC says how well
+    that separates the two. The baseline is the same AUROC, on the same images, of a random other
+    named latent's text. A code store with one row per image is needed (names are per image)."""
+    from tqdm import tqdm
+
+    N, K = codes.num_rows, len(top_kn)
+    row_ids = codes.image_ids()
+    if len(row_ids) != N:
+        raise UserError(f"codes_dir {codes.path}: {N} rows for {len(row_ids)} images; the detection score needs one "
+                        f"row per image (pooled or CLS codes)", field="codes_dir")
+    # every active (latent, row) pair, sorted by latent then row, as one int64 key
+    keys = []
+    for ch in codes.iter_csr():
+        rows = np.repeat(np.arange(ch.start, ch.start + ch.num_rows, dtype=np.int64), np.diff(ch.indptr))
+        keep = ch.values > 0
+        keys.append(ch.indices[keep].astype(np.int64) * N + rows[keep])
+    active_keys = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+    bounds = np.searchsorted(active_keys, np.arange(K + 1, dtype=np.int64) * N)
+    # the top images the names were read from, as keys of the same kind
+    order = np.argsort(row_ids, kind="stable")
+    top_rows = order[np.clip(np.searchsorted(row_ids[order], top_kn), 0, N - 1)]
+    top_keys = np.sort((np.arange(K, dtype=np.int64)[:, None] * N + top_rows)[np.asarray(active_kn, bool)])
+    # unit embeddings in code-row order
+    emb_ids = emb_store.image_ids()
+    pos_in_emb = np.clip(np.searchsorted(emb_ids, row_ids), 0, len(emb_ids) - 1)
+    if not np.array_equal(emb_ids[pos_in_emb], row_ids):
+        raise UserError(f"embeddings_path {emb_store.path}: lacks embeddings of images in {codes.path}; embed the "
+                        f"images the codes were made from", field="embeddings_path")
+    emb_nd = _unit(emb_store.gather(pos_in_emb).astype(np.float32))
+    text = _unit(np.asarray(text_kd, dtype=np.float32))
+
+    def member(sorted_keys: np.ndarray, q: np.ndarray) -> np.ndarray:
+        at = np.clip(np.searchsorted(sorted_keys, q), 0, max(len(sorted_keys) - 1, 0))
+        return (sorted_keys[at] == q) if len(sorted_keys) else np.zeros(len(q), bool)
+
+    rng = np.random.default_rng(seed)
+    named = np.flatnonzero(named_k)
+    # the baseline: a random other named latent whose name is another text (a latent named like j
+    # would score as j does); -1 where every named latent has the same name
+    other = np.full(K, -1, dtype=np.int64)
+    for j in named:
+        for c in named[rng.integers(0, len(named), size=16)]:
+            if c != j and not np.array_equal(text[c], text[j]):
+                other[j] = c
+                break
+    out = Detection(np.full(K, np.nan), np.full(K, np.nan), other, np.zeros(K, np.int64), np.zeros(K, np.int64))
+    for j in tqdm(named, desc="detection score", unit="latent", disable=not progress, file=sys.stderr,
+                  dynamic_ncols=True):
+        act_keys = active_keys[bounds[j]:bounds[j + 1]]
+        held = act_keys[~member(top_keys, act_keys)] - j * N
+        cand = rng.choice(N, size=min(N, 2 * n_negative + 16), replace=False)
+        neg = cand[~member(act_keys, j * N + cand)][:n_negative]
+        if len(held) == 0 or len(neg) == 0:
+            continue
+        pos = rng.choice(held, size=min(n_positive, len(held)), replace=False)
+        e_pos, e_neg = emb_nd[pos], emb_nd[neg]
+        out.auroc[j] = auroc(e_pos @ text[j], e_neg @ text[j])
+        if other[j] >= 0:
+            out.baseline[j] = auroc(e_pos @ text[other[j]], e_neg @ text[other[j]])
+        out.n_positive[j], out.n_negative[j] = len(pos), len(neg)
+    return out
+
+
 def mean_top_embeddings(top_kn: np.ndarray, emb_store, active_kn: np.ndarray | None = None,
                         chunk: int = 4096) -> np.ndarray:
     """Mean unit-normalised embedding of each latent's top images (image ids -> embedding rows),
@@ -100,6 +203,14 @@ class NameConfig(CommandConfig, DeviceOption):
     """top images per latent (default: %(default)s)"""
     output: str | None = opt(None)
     """default: <codes_dir>/names.json"""
+    no_score: bool = opt(False)
+    """skip the detection score (AUROC of each name on held-out images vs a random other name)"""
+    score_positives: int = opt(32)
+    """held-out activating images per latent for the detection score (default: %(default)s)"""
+    score_negatives: int = opt(256)
+    """random images where the latent is silent, per latent, for the detection score (default: %(default)s)"""
+    no_progress: bool = opt(False)
+    """no progress bar"""
 
 
 CONFIG = NameConfig
@@ -181,6 +292,16 @@ def run(args: NameConfig) -> int:
         majority, purity, entropy = label_purity(labels[top], active)
         classes = store.classes()
         class_names = _display_names(classes) if classes else []
+    detection = None
+    if not args.no_score:
+        from saevlm.data.codes import CodeStore
+
+        if not isinstance(store, CodeStore):
+            print(f"note: --codes_dir {store.path} is not a code store: names are not scored (the detection score "
+                  f"needs every image's codes)", file=sys.stderr)
+        else:
+            detection = detection_scores(store, emb, top, active, text[idx[:, 0]], alive, args.score_positives,
+                                         args.score_negatives, progress=not args.no_progress)
     latents = []
     for j in range(len(top)):
         rec: dict = {"id": j, "n_active": int(active[j].sum())}
@@ -189,6 +310,16 @@ def run(args: NameConfig) -> int:
             rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5) if sims.shape[1] > 1 else None
         else:
             rec["names"], rec["margin"] = [], None
+        if detection is not None and alive[j] and detection.n_positive[j] > 0:
+            rec["detection"] = round(float(detection.auroc[j]), 4)
+            base = detection.baseline[j]
+            rec["detection_baseline"] = None if np.isnan(base) else round(float(base), 4)
+            rec["detection_baseline_of"] = int(detection.baseline_of[j])
+            rec["detection_n"] = [int(detection.n_positive[j]), int(detection.n_negative[j])]
+            # the standard error of detection - baseline (both sampled; their correlation ignored)
+            n_pos, n_neg = rec["detection_n"]
+            rec["detection_se"] = None if np.isnan(base) else round(float(np.hypot(
+                auroc_se(float(detection.auroc[j]), n_pos, n_neg), auroc_se(float(base), n_pos, n_neg))), 4)
         if purity is not None and alive[j]:
             lab = int(majority[j])
             rec.update(purity=round(float(purity[j]), 4), entropy_bits=round(float(entropy[j]), 4),
@@ -199,7 +330,14 @@ def run(args: NameConfig) -> int:
                             "image_embeddings": str(emb.path.resolve()),
                             "definition": "cosine of the mean unit CLIP image embedding of the top-k images where "
                                           "the latent is active (> 0) with each word's text embedding; margin = "
-                                          "first - second; purity and entropy over the same images (n_active)",
+                                          "first - second; purity and entropy over the same images (n_active); "
+                                          "detection = AUROC of the cosine of the name's text with the unit CLIP "
+                                          "embeddings of held-out activating images (not among the top-k) against "
+                                          "random images where the latent is silent (detection_n = [positives, "
+                                          "negatives]); detection_baseline = the same with the name of latent "
+                                          "detection_baseline_of; detection_se = the standard error of their "
+                                          "difference (Hanley-McNeil)",
+                            "detection_seed": 0 if detection is not None else None,
                             "source": source_stamp(store), "latents": latents})
     named = [r for r in latents if r["names"]]
     print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} near-dead) from "

@@ -318,7 +318,8 @@ def read_block_of(source: str) -> int:
     if family is None:
         raise UserError(f"{source}: model type {config.model_type!r} is not a supported MLLM; supported: "
                         f"{supported_families()}")
-    return read_block(config, family, int(config.vision_config.num_hidden_layers))
+    vision = config.vision_config  # Qwen2.5-VL's vision config counts its blocks as depth (4.x: only so)
+    return read_block(config, family, int(getattr(vision, "num_hidden_layers", None) or vision.depth))
 
 
 if __name__ == "__main__":  # scripts/mllm_steering.sh: the default steering block of an MLLM
