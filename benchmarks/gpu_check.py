@@ -75,10 +75,6 @@ def _peak_gib(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _fmt(v, spec=".2f", none="-") -> str:
-    return none if v is None else format(v, spec)
-
-
 # ------------------------------------------------------------------------------------ 1 extract
 def part_extract(work: Path, device, quick: bool) -> dict:
     import numpy as np

@@ -145,9 +145,11 @@ def detection_scores(codes, emb_store, top_kn: np.ndarray, active_kn: np.ndarray
                   dynamic_ncols=True):
         act_keys = active_keys[bounds[j]:bounds[j + 1]]
         held = act_keys[~member(top_keys, act_keys)] - j * N
+        if len(held) == 0:  # active on its top images alone (most latents at x64): nothing held out
+            continue
         cand = rng.choice(N, size=min(N, 2 * n_negative + 16), replace=False)
         neg = cand[~member(act_keys, j * N + cand)][:n_negative]
-        if len(held) == 0 or len(neg) == 0:
+        if len(neg) == 0:
             continue
         pos = rng.choice(held, size=min(n_positive, len(held)), replace=False)
         e_pos, e_neg = emb_nd[pos], emb_nd[neg]

@@ -46,39 +46,30 @@ def auto_processor(source: str, backend: str = "pil", multimodal: bool = False):
     """``AutoImageProcessor`` (or ``AutoProcessor`` with ``multimodal``, e.g. LLaVA's or CLIP's
     text + image processor) with the image backend ``backend``.
 
-    transformers 5 picks an image-processor backend with ``backend=``; 4.x with ``use_fast`` (the
-    slow processors are the PIL / numpy ones). ``pil`` is the path the authors ran (4.46)."""
-    import transformers
-    from transformers import AutoImageProcessor, AutoProcessor
+    A multimodal processor is loaded as it comes and its image processor replaced by the one of
+    ``backend``: video processors have no PIL backend (OneVision, Qwen2.5-VL on 5.x), and 4.x's
+    ``use_fast`` would reach the tokenizer too (a slow one, which Qwen2.5-VL cannot build from
+    tokenizer.json). ``pil`` is the path the authors ran (4.46)."""
+    from transformers import AutoProcessor
 
     if backend not in PROCESSOR_BACKENDS:
         raise UserError(f"processor_backend {backend!r}: expected one of {', '.join(PROCESSOR_BACKENDS)}", field="processor_backend")
-    cls = AutoProcessor if multimodal else AutoImageProcessor
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        try:
-            return cls.from_pretrained(source, backend=backend)
-        except ImportError:
-            if not multimodal:
-                raise
-        # an MLLM with a video processor (OneVision, Qwen2.5-VL): video processors have no PIL
-        # backend, so the processor is loaded as it comes and its image processor replaced
-        processor = cls.from_pretrained(source)
-        processor.image_processor = AutoImageProcessor.from_pretrained(source, backend=backend)
-        return processor
-    # 4.x: use_fast picks the image processor's backend, but AutoProcessor passes it on to the
-    # tokenizer too (a slow tokenizer, which Qwen2.5-VL cannot build from tokenizer.json): an MLLM's
-    # processor is loaded as it comes and its image processor replaced
-    image_processor = _image_processor_4x(source, backend)
+    image_processor = _image_processor(source, backend)
     if not multimodal:
         return image_processor
-    processor = cls.from_pretrained(source)
+    processor = AutoProcessor.from_pretrained(source)
     processor.image_processor = image_processor
     return processor
 
 
-def _image_processor_4x(source: str, backend: str):
+def _image_processor(source: str, backend: str):
+    """The checkpoint's image processor in ``backend``: 5.x picks it with ``backend=``, 4.x with
+    ``use_fast`` (its slow processors are the PIL / numpy ones)."""
+    import transformers
     from transformers import AutoImageProcessor
 
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return AutoImageProcessor.from_pretrained(source, backend=backend)
     try:
         return AutoImageProcessor.from_pretrained(source, use_fast=backend == "torchvision")
     except ValueError as err:
@@ -329,20 +320,14 @@ def _first_mismatch(source: str, cls, kwargs: dict) -> Exception | None:
         return None
     first = mismatched[0]
     if isinstance(first, str):  # transformers 4.x lists the keys alone: the shapes from the files
-        shapes = _checkpoint_shape(source, first), tuple(model.state_dict().get(first, _NO_TENSOR).shape)
-        first = (first, *shapes) if shapes[0] is not None and shapes[1] else first
+        theirs, ours = _checkpoint_shape(source, first), model.state_dict().get(first)
+        if theirs is not None and ours is not None:
+            first = (first, theirs, tuple(ours.shape))
     if isinstance(first, (tuple, list)) and len(first) == 3:
         key, theirs, ours = first
         return ValueError(f"size mismatch for {key}: checkpoint {tuple(theirs)}, model {tuple(ours)}; "
                           f"{len(mismatched)} weight(s) differ")
     return ValueError(f"size mismatch for {first}; {len(mismatched)} weight(s) differ")
-
-
-class _NoTensor:
-    shape = ()
-
-
-_NO_TENSOR = _NoTensor()
 
 
 def _checkpoint_shape(source: str, key: str) -> tuple[int, ...] | None:

@@ -451,12 +451,6 @@ def _norm_factor(store, rows_limit: int = 2_000_000) -> float:
 POSTFIX_EVERY = 25  # steps between two readings of the loss for the progress bar
 
 
-def _oom_errors() -> tuple[type[BaseException], ...]:
-    import torch
-
-    return tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
-
-
 def run(args: TrainConfig) -> int:
     """``saevlm train`` (its config: flags, ``--config FILE`` and the paper's defaults applied)."""
     return train(args)
@@ -816,7 +810,7 @@ class TrainingRun:
                     with autocast:  # a resumed SAE that is already past this step skips it
                         losses = [update(step, x) if step >= self.starts[i] else float("nan")
                                   for i, update in enumerate(self.updates)]
-                except _oom_errors():
+                except torch.OutOfMemoryError:  # torch.cuda's is the same class
                     raise self._out_of_memory(step) from None
                 samples += len(x)
                 done = step + 1
