@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark-agreement": ("saevlm.metrics.agreement", "agreement of MS (or any score) with the user study"),
     "fms": ("saevlm.metrics.fms", "Feature Monosemanticity Score (Härle et al. 2025), label-based"),
     "name": ("saevlm.metrics.naming", "a CLIP name for every latent, and its top images' label purity"),
+    "stability": ("saevlm.metrics.stability", "match the latents of SAEs trained with different seeds"),
     "steer": ("saevlm.steering.steer", "an MLLM's answer with SAE latents clamped in its vision tower"),
     "steering-score": ("saevlm.steering.score", "steering score: CLIP similarity of steered answers"),
     "similarity-baseline": ("saevlm.steering.baseline", "steering-score bounds: true / shuffled names"),

@@ -40,6 +40,7 @@ MS_CI95 = "scores_ci95.npy"  # per neuron: [low, high] of its 95 % interval
 MS_IMAGE_DELTAS = "image_deltas.npy"  # per image: change of the mean MS when it is left out (paired comparisons)
 MS_STATS = "metric_stats.txt"
 NAMES = "names.json"
+STABILITY = "stability.json"  # saevlm stability: latents of seed-SAEs matched
 FMS_JSON = "fms/fms.json"
 
 
@@ -480,6 +481,61 @@ class AgreementResult(Record):
     REQUIRED: ClassVar[tuple[str, ...]] = ("metrics",)
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StabilitySAE(Record):
+    """One SAE of ``stability.json``."""
+
+    KIND: ClassVar[str] = "stability SAE"
+    path: str | None = None
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StabilityPair(Record):
+    """One pair of SAEs of ``stability.json``: shares and correlations of their matched latents."""
+
+    KIND: ClassVar[str] = "stability pair"
+    a: int = -1
+    b: int = -1
+    matched_share: float | None = None
+    median_cosine: float | None = None
+    unplaced: int | None = None
+    coactivation_agreement: float | None = None
+    ms_pearson: float | None = None
+    ms_spearman: float | None = None
+    ms_pairs: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StabilityResult(Record):
+    """``stability.json`` (``saevlm stability``): latents of seed-SAEs matched, per pair."""
+
+    KIND: ClassVar[str] = "stability result (stability.json)"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("pairs", "saes")
+    FORMAT: ClassVar[str] = "saevlm-stability"
+    format: str | None = None
+    saes: tuple[StabilitySAE, ...] = ()
+    dict_size: int | None = None
+    threshold: float | None = None
+    candidates: int | None = None
+    pairs: tuple[StabilityPair, ...] = ()
+    mean_ms: tuple[float, ...] | None = None
+    mean_ms_seed_std: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def _convert(cls, values: dict, where) -> dict:
+        values["saes"] = tuple(StabilitySAE.from_json(x, f"{where} sae {i}")
+                               for i, x in enumerate(values.get("saes") or ()))
+        values["pairs"] = tuple(StabilityPair.from_json(x, f"{where} pair {i}")
+                                for i, x in enumerate(values.get("pairs") or ()))
+        if values.get("mean_ms") is not None:
+            values["mean_ms"] = tuple(float(v) for v in values["mean_ms"])
+        return values
 
 
 @dataclass(frozen=True)

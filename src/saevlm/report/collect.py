@@ -88,6 +88,7 @@ class RunResults:
     agreement: list[ResultFile]
     names: list[ResultFile]
     notes: Notes
+    stability: list[ResultFile] = field(default_factory=list)  # stability.json (seed-SAEs matched)
     unscored: list[Path] = field(default_factory=list)  # code stores with no MS yet
 
 
@@ -326,4 +327,6 @@ def collect_run(run_dir: Path) -> RunResults:
         agreement=_results(run_dir, A.AGREEMENT_GLOB, A.AgreementResult, notes),
         names=[r for r in _results(run_dir, A.NAMES, A.NamesResult, notes)
                if r.record.format == A.NamesResult.FORMAT],
-        notes=notes, unscored=collect_unscored(run_dir))
+        notes=notes, unscored=collect_unscored(run_dir),
+        stability=[r for r in _results(run_dir, A.STABILITY, A.StabilityResult, notes)
+                   if r.record.format == A.StabilityResult.FORMAT])

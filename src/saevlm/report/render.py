@@ -432,6 +432,28 @@ def names_tables(rep: Report, results: list[ResultFile]) -> None:
                     _fmt(x.purity), rep.cite(r.path)] for x in best])
 
 
+def stability_tables(rep: Report, results: list[ResultFile]) -> None:
+    """Seed stability (``saevlm stability``): latents matched across seeds, and the seed spread of
+    the mean MS, the number to set beside the differences between SAEs above."""
+    for r in results:
+        s = r.record
+        seeds = ["?" if x.seed is None else str(x.seed) for x in s.saes]
+        rep.heading("Seed stability", 3)
+        text = (f"{len(s.saes)} SAEs of {s.dict_size:,} latents (seeds {', '.join(seeds)}), matched one to one by "
+                f"decoder cosine (an assignment over each latent's {s.candidates} nearest partners); a pair counts "
+                f"as the same latent at cosine >= {s.threshold:g}.")
+        if s.mean_ms_seed_std is not None:
+            text += (f" Mean MS per seed: {', '.join(f'{m:.3f}' for m in s.mean_ms or ())}; seed spread (std) "
+                     f"**{s.mean_ms_seed_std:.3f}**: a difference between SAEs smaller than about twice this may be "
+                     f"seed noise, whatever its interval over images.")
+        rep.para(text)
+        rep.table(["pair", "matched", "median cosine", "co-activation agrees", "MS r (matched)", "source"],
+                  [[f"{p.a} vs {p.b}", _fmt(None if p.matched_share is None else 100 * p.matched_share, 1) + " %",
+                    _fmt(p.median_cosine, 3),
+                    "–" if p.coactivation_agreement is None else f"{100 * p.coactivation_agreement:.1f} %",
+                    _fmt(p.ms_pearson, 3), rep.cite(r.path)] for p in s.pairs])
+
+
 def result_tables(rep: Report, results: RunResults) -> None:
     """Every table of a run's results, in the report's order: what ``saevlm report`` writes and
     the explorer's run page shows (one rendering for both)."""
@@ -443,6 +465,7 @@ def result_tables(rep: Report, results: RunResults) -> None:
         rep.para("No MS yet (run `saevlm ms --activations_dir <store> --embeddings_path <embeddings>`): " +
                  ", ".join(f"`{p.relative_to(run_dir) if p.is_relative_to(run_dir) else p}`" for p in results.unscored))
     training_tables(rep, results.training)
+    stability_tables(rep, results.stability)
     fms_tables(rep, results.fms)
     uniqueness_tables(rep, results.uniqueness)
     hierarchy_tables(rep, results.hierarchy)

@@ -99,8 +99,10 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
     """(default: %(default)s)"""
     decay_start: int | None = opt(None, group=OPTIMISATION)
     """step where the lr decay starts (default: steps - 1, i.e. the paper's 109,999 for 110,000 steps)"""
-    seed: int = opt(0, group=OPTIMISATION)
-    """initialisation and batch order (default: 0)"""
+    seed: list[int] = opt([0], group=OPTIMISATION)
+    """initialisation and batch order (default: 0). Several seeds train one SAE per seed (and per
+    architecture and expansion) in the same data pass: the batch order is the first seed's, the
+    initialisation each SAE's own (compare them with saevlm stability)"""
     no_normalize: bool = opt(False, group=OPTIMISATION)
     """do not scale inputs to unit mean squared norm (the paper scales them)"""
     save_steps: int | None = opt(None, group=RUN, metavar='N')
@@ -148,16 +150,24 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
         return "bf16" if self.autocast == "bf16" else "fp32"
 
     @property
+    def data_seed(self) -> int:
+        """The seed of the batch order (the first --seed: every SAE of a run sees the same batches)."""
+        return self.seed[0]
+
+    @property
     def resolved_decay_start(self) -> int:
         return self.decay_start if self.decay_start is not None else self.steps - 1
 
     def hyperparameters(self) -> dict:
         """What a resumed run must agree on (recorded in run.json's identity)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (
+        values = {k: (list(v) if isinstance(v, tuple) else v) for k, v in (
             (k, getattr(self, k)) for k in (
                 "k", "group_fractions", "auxk_alpha", "threshold_beta", "threshold_start_step",
                 "l1_penalty", "sparsity_penalty", "bandwidth", "batch_size", "steps", "warmup_steps",
                 "seed", "no_normalize", "dtype"))} | {"decay_start": self.resolved_decay_start}
+        # one seed is recorded as the number it always was, so that older runs still resume
+        values["seed"] = self.seed[0] if len(self.seed) == 1 else list(self.seed)
+        return values
 
 
 CONFIG = TrainConfig
@@ -170,10 +180,12 @@ class SAESpec:
     dict_size: int
     lr: float
     directory: Path
+    seed: int = 0
+    seed_in_name: bool = False  # several --seed values: the seed tells the SAEs apart
 
     @property
     def name(self) -> str:
-        return f"{self.arch}_x{self.expansion_factor}"
+        return f"{self.arch}_x{self.expansion_factor}" + (f"_seed{self.seed}" if self.seed_in_name else "")
 
 
 def checkpoint_steps(steps: int, every: int | None, at: list[int] | None) -> list[int]:
@@ -201,6 +213,8 @@ def validate_hyperparameters(args: TrainConfig) -> None:
         finite(flag, getattr(args, flag))
     for f in args.group_fractions:
         finite("group_fractions", f)
+    if len(set(args.seed)) != len(args.seed):
+        raise UserError(f"--seed {' '.join(map(str, args.seed))}: each seed once (one SAE per seed)")
     if args.lr is not None and args.lr <= 0:
         raise UserError(f"--lr {args.lr}: the learning rate must be positive (default: the authors' rule "
                         f"2e-4 / sqrt(dict_size / 2^14))")
@@ -290,7 +304,7 @@ def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: Prove
         layer=hook.layer if hook.layer is not None else -1, lm_name=store_prov.model.name or "unknown",
         lr=spec.lr, auxk_alpha=args.auxk_alpha, warmup_steps=args.warmup_steps,
         decay_start=decay_start, threshold_beta=args.threshold_beta,
-        threshold_start_step=args.threshold_start_step, seed=args.seed, device=str(device),
+        threshold_start_step=args.threshold_start_step, seed=spec.seed, device=str(device),
         wandb_name=spec.name, submodule_name=hook.attachment_point,
         group_fractions=list(args.group_fractions), l1_penalty=args.l1_penalty,
         sparsity_penalty=args.sparsity_penalty, bandwidth=args.bandwidth, target_l0=float(args.k),
@@ -524,7 +538,8 @@ class TrainingRun:
             "image_ids_sha256": self.train_store.manifest.image_ids_sha256,
             "activations_payload_sha256": payload_fingerprint(self.train_store),
             "trainers": [{"dir": s.directory.name, "arch": s.arch, "expansion_factor": s.expansion_factor,
-                          "dict_size": s.dict_size, "lr": s.lr} for s in self.all_specs],
+                          "dict_size": s.dict_size, "lr": s.lr, **({"seed": s.seed} if s.seed_in_name else {})}
+                         for s in self.all_specs],
             "hyperparameters": cfg.hyperparameters(),
         }
         # one training run per directory at a time (rank 0 holds the lock for a torchrun job)
@@ -570,9 +585,14 @@ class TrainingRun:
             return val, "val (the training images: --val_activations_dir is the training store)"
         return val, "val"
 
+    def _combos(self) -> list[tuple[str, int, int]]:
+        """(architecture, expansion, seed) of every SAE of the run, in trainer order."""
+        cfg = self.cfg
+        return [(name, e, seed) for name in cfg.sae_model for e in cfg.expansion_factor for seed in cfg.seed]
+
     def _output_dir(self) -> Path:
         cfg = self.cfg
-        combos = [(name, e) for name in cfg.sae_model for e in cfg.expansion_factor]
+        combos = self._combos()
         layout = cfg.layout if cfg.layout != "auto" else ("authors" if len(combos) == 1 else "trainers")
         out = Path(cfg.checkpoints_dir)
         if layout == "authors":
@@ -580,7 +600,7 @@ class TrainingRun:
                 raise UserError(f"--layout authors: holds one SAE per directory, but {len(combos)} were "
                                 f"requested; use --layout trainers for a sweep")
             # the authors' sae_train.py: save_dir = checkpoints_dir / f"{store name}_{sae_model}_{k}_x{E}"
-            name, e = combos[0]
+            name, e, _ = combos[0]
             out = out / f"{Path(cfg.activations_dir).name}_{name}_{cfg.k}_x{e}"  # the name as given
         return out
 
@@ -588,10 +608,10 @@ class TrainingRun:
         from saevlm.sae.archs import default_lr
 
         cfg = self.cfg
-        combos = [(name, e) for name in cfg.sae_model for e in cfg.expansion_factor]
         return [SAESpec(canonical_arch(name), e, e * self.act_dim,
-                        cfg.lr if cfg.lr is not None else default_lr(e * self.act_dim), self.out / f"trainer_{i}")
-                for i, (name, e) in enumerate(combos)]
+                        cfg.lr if cfg.lr is not None else default_lr(e * self.act_dim), self.out / f"trainer_{i}",
+                        seed=seed, seed_in_name=len(cfg.seed) > 1)
+                for i, (name, e, seed) in enumerate(self._combos())]
 
     def _check_existing_run(self) -> bool:
         """True when run.json says this very run is complete; refuse a run with other settings."""
@@ -620,7 +640,7 @@ class TrainingRun:
         from saevlm.sae.archs import trainer_class
 
         cfg = self.cfg
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.data_seed)
         self.trainers = [trainer_class(spec.arch)(**_trainer_kwargs(cfg, spec, self.act_dim, self.device,
                                                                     self.train_store.provenance, self.decay_start))
                          for spec in self.specs]
@@ -655,7 +675,7 @@ class TrainingRun:
             config = {"trainer": {**tr.config, "norm_factor": self.norm_factor},
                       "buffer": {"activations_dir": str(self.train_store.path.resolve()),
                                  "batch_size": cfg.batch_size},
-                      "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor,
+                      "saevlm": {"arch": spec.arch, "expansion_factor": spec.expansion_factor, "seed": spec.seed,
                                  "engine": engine,
                                  # its weights' sizes and CRC-32s are in weights.json (checked on load;
                                  # without this key, an SAE from an older saevlm)
@@ -768,7 +788,7 @@ class TrainingRun:
         cfg, store = self.cfg, self.train_store
         if not self._data_on_device():
             pin = self.device.type == "cuda"  # page-locked: the copy overlaps the previous step
-            for batch in store.random_batches(cfg.batch_size, seed=cfg.seed, start_step=self.start_step):
+            for batch in store.random_batches(cfg.batch_size, seed=cfg.data_seed, start_step=self.start_step):
                 host = torch.from_numpy(batch)
                 yield (host.pin_memory() if pin else host).to(self.device, non_blocking=True)
             return
@@ -778,7 +798,7 @@ class TrainingRun:
                                 desc=f"training store -> {self.device}", disable=cfg.no_progress or not self.dist.is_main,
                                 file=sys.stderr, dynamic_ncols=True):
             data[start:start + len(rows)] = torch.from_numpy(rows).to(self.device)
-        for idx in store.random_batch_indices(cfg.batch_size, seed=cfg.seed, start_step=self.start_step):
+        for idx in store.random_batch_indices(cfg.batch_size, seed=cfg.data_seed, start_step=self.start_step):
             yield data.index_select(0, torch.from_numpy(idx).to(self.device))
 
     def loop(self) -> None:
