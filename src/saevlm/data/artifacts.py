@@ -308,6 +308,11 @@ class NamesResult(Record):
     FORMAT: ClassVar[str] = "saevlm-names"
     format: str | None = None
     k: int | None = None
+    # who wrote the names: clip (nearest vocabulary word; older files say nothing), mllm, given
+    explainer: str | None = None
+    mllm_model: str | None = None
+    prompt: str | None = None
+    names_file: str | None = None
     template: str | None = None
     vocab_source: str | None = None
     vocab_size: int | None = None

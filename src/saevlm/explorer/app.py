@@ -327,7 +327,11 @@ class Explorer:
                                       < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0))))
                 if bad] if named.names else []
         names_source = "CLIP"
-        if view.names is not None and view.names.text_embeddings:
+        if view.names is not None and view.names.explainer == "mllm":
+            names_source = f"written by {view.names.mllm_model} from the top images"
+        elif view.names is not None and view.names.explainer == "given":
+            names_source = f"from {Path(view.names.names_file or '').name}"
+        elif view.names is not None and view.names.text_embeddings:
             names_source = f"nearest of the text embeddings in {Path(view.names.text_embeddings).name}, not CLIP text"
         ctx.update(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
                    label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak,

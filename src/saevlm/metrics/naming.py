@@ -34,6 +34,10 @@ from saevlm.errors import UserError
 
 NAMES_FORMAT = "saevlm-names"
 DEFAULT_TEMPLATE = "a photo of a {}"
+EXPLAINERS = ("clip", "mllm", "given")
+# the fixed prompt an MLLM explainer gets with a grid of a latent's top images (recorded in names.json)
+MLLM_PROMPT = ("The images in this grid all strongly activate the same feature of a vision model. "
+               "In at most five words, what do they have in common?")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -213,6 +217,22 @@ class NameConfig(CommandConfig, DeviceOption):
     """random images where the latent is silent, per latent, for the detection score (default: %(default)s)"""
     no_progress: bool = opt(False)
     """no progress bar"""
+    explainer: str = opt("clip", choices=list(EXPLAINERS))
+    """who writes the names. clip (default): the nearest --vocab word to the mean CLIP embedding of the top
+    images; mllm: --mllm_model describes a grid of each latent's top images (as MedSAE); given: --names_file"""
+    mllm_model: str | None = opt(None)
+    """--explainer mllm: the MLLM (any family steer supports: LLaVA-1.5 / NeXT / OneVision, Qwen2.5-VL,
+    Gemma-3 such as MedGemma; a hub id or a local folder)"""
+    prompt: str = opt(MLLM_PROMPT)
+    """--explainer mllm: the question asked with each grid (default: a fixed prompt, recorded)"""
+    max_new_tokens: int = opt(16)
+    """--explainer mllm: tokens per description (greedy decoding; default: %(default)s)"""
+    model_dtype: str = opt("auto", choices=["auto", "fp16", "bf16", "fp32"])
+    """--explainer mllm: the MLLM's weights (auto: fp16 on GPU, fp32 on CPU)"""
+    data_path: str | None = opt(None)
+    """--explainer mllm: where the store's images are now (default: where they were extracted from)"""
+    names_file: str | None = opt(None)
+    """--explainer given: JSON object {"<latent id>": "name", ...} of your own names, to score and show"""
 
 
 CONFIG = NameConfig
@@ -259,12 +279,27 @@ def run(args: NameConfig) -> int:
     if diff is not None:
         raise UserError(f"--embeddings_path {emb.path}: embeds another image list than {store.path} "
                         f"(dataset {diff.key}: {diff.ours!r} vs {diff.theirs!r})")
-    words, vocab_source = _vocabulary(args, store)
+    active = values > 0  # only images where the latent fires say what it detects
+    alive = active.any(axis=1)
+    if args.explainer == "clip":
+        words, vocab_source = _vocabulary(args, store)
+    else:
+        words, vocab_source = [], None
+        if args.text_embeddings:
+            raise UserError(f"--text_embeddings: scores words of a vocabulary, but --explainer {args.explainer} "
+                            f"writes free text, which only a CLIP text tower embeds (--clip_model)",
+                            field="text_embeddings")
+    descriptions: dict[int, str] = {}
+    if args.explainer == "given":
+        descriptions = _given_names(args.names_file, len(top))
+    elif args.explainer == "mllm":
+        check_mllm(args)  # one line before any work (not an MLLM, offline without its weights)
     if args.text_embeddings:
         text = np.load(args.text_embeddings)
         if text.shape[0] != len(words):
             raise UserError(f"--text_embeddings {args.text_embeddings}: {text.shape[0]} rows for {len(words)} words")
         text_source = str(args.text_embeddings)
+        encoder = None
     else:
         from saevlm.device import resolve_device
         from saevlm.steering.clip import ClipEncoder
@@ -279,15 +314,24 @@ def run(args: NameConfig) -> int:
             raise UserError(f"--embeddings_path {emb.path}: names are read with the text tower of the model that "
                             f"embedded it, {clip_name}, which cannot give them ({str(err).split(': ', 1)[-1]})",
                             field="embeddings_path") from None
-        text = encoder.text([args.template.format(w) for w in words])
+        text = encoder.text([args.template.format(w) for w in words]) if words else np.zeros((0, emb.dim))
         text_source = clip_name
     if text.shape[1] != emb.dim:
         raise UserError(f"text embeddings have {text.shape[1]} dims, the image embeddings {emb.dim}: use the "
                         f"same CLIP model for both (--clip_model)")
-    active = values > 0  # only images where the latent fires say what it detects
-    alive = active.any(axis=1)
     mean = mean_top_embeddings(top, emb, active)
-    idx, sims = name_latents(mean, text, words)
+    if args.explainer == "mllm":
+        descriptions = mllm_descriptions(args, store, top, active, out)
+    if args.explainer == "clip":
+        idx, sims = name_latents(mean, text, words)
+        name_text = text[idx[:, 0]]
+    else:  # free text: each latent's own name, embedded by the CLIP text tower
+        alive &= np.array([j in descriptions for j in range(len(top))], dtype=bool)
+        ids = [j for j in range(len(top)) if alive[j]]
+        name_text = np.zeros((len(top), emb.dim))
+        if ids:
+            name_text[ids] = encoder.text([descriptions[j] for j in ids])
+        sims = np.einsum("kd,kd->k", _unit(mean), name_text)[:, None]
     labels = store.labels()  # checksum, dtype, shape and range checked
     purity = None
     if labels is not None:
@@ -302,14 +346,16 @@ def run(args: NameConfig) -> int:
             print(f"note: --codes_dir {store.path} is not a code store: names are not scored (the detection score "
                   f"needs every image's codes)", file=sys.stderr)
         else:
-            detection = detection_scores(store, emb, top, active, text[idx[:, 0]], alive, args.score_positives,
+            detection = detection_scores(store, emb, top, active, name_text, alive, args.score_positives,
                                          args.score_negatives, progress=not args.no_progress)
     latents = []
     for j in range(len(top)):
         rec: dict = {"id": j, "n_active": int(active[j].sum())}
-        if alive[j]:
+        if alive[j] and args.explainer == "clip":
             rec["names"] = [[words[int(w)], round(float(s), 5)] for w, s in zip(idx[j], sims[j])]
             rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5) if sims.shape[1] > 1 else None
+        elif alive[j]:
+            rec["names"], rec["margin"] = [[descriptions[j], round(float(sims[j, 0]), 5)]], None
         else:
             rec["names"], rec["margin"] = [], None
         if detection is not None and alive[j] and detection.n_positive[j] > 0:
@@ -327,12 +373,21 @@ def run(args: NameConfig) -> int:
             rec.update(purity=round(float(purity[j]), 4), entropy_bits=round(float(entropy[j]), 4),
                        label=class_names[lab] if 0 <= lab < len(class_names) else lab)
         latents.append(rec)
-    atomic_write_json(out, {"format": NAMES_FORMAT, "k": args.k, "template": args.template,
+    explainer = {"explainer": args.explainer}
+    if args.explainer == "mllm":
+        explainer.update(mllm_model=args.mllm_model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                         decoding="greedy", seed=0)
+    elif args.explainer == "given":
+        explainer.update(names_file=str(Path(args.names_file).resolve()))
+    atomic_write_json(out, {"format": NAMES_FORMAT, "k": args.k, **explainer,
+                            "template": args.template if args.explainer == "clip" else None,
                             "vocab_source": vocab_source, "vocab_size": len(words), "text_embeddings": text_source,
                             "image_embeddings": str(emb.path.resolve()),
                             "definition": "cosine of the mean unit CLIP image embedding of the top-k images where "
-                                          "the latent is active (> 0) with each word's text embedding; margin = "
-                                          "first - second; purity and entropy over the same images (n_active); "
+                                          "the latent is active (> 0) with each name's text embedding (clip: every "
+                                          "word of the vocabulary, the best three kept; mllm / given: the latent's "
+                                          "own text); margin = first - second; purity and entropy over the same "
+                                          "images (n_active); "
                                           "detection = AUROC of the cosine of the name's text with the unit CLIP "
                                           "embeddings of held-out activating images (not among the top-k) against "
                                           "random images where the latent is silent (detection_n = [positives, "
@@ -342,8 +397,122 @@ def run(args: NameConfig) -> int:
                             "detection_seed": 0 if detection is not None else None,
                             "source": source_stamp(store), "latents": latents})
     named = [r for r in latents if r["names"]]
-    print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} near-dead) from "
-          f"{len(words)} words; wrote {out}", file=sys.stderr)
-    for r in sorted(named, key=lambda r: -(r["margin"] or 0))[:5]:
-        print(f"  latent {r['id']}: {r['names'][0][0]} ({r['names'][0][1]:.3f}, margin {r['margin']:.3f})")
+    source = f"{len(words)} words" if args.explainer == "clip" else \
+        (args.mllm_model if args.explainer == "mllm" else args.names_file)
+    print(f"named {len(named)} of {len(latents)} latents ({len(latents) - len(named)} unnamed) from "
+          f"{source}; wrote {out}", file=sys.stderr)
+    for r in sorted(named, key=lambda r: -(r["margin"] or r.get("detection") or 0))[:5]:
+        print(f"  latent {r['id']}: {r['names'][0][0]} ({r['names'][0][1]:.3f})")
     return 0
+
+
+def _given_names(path: str | None, num_latents: int) -> dict[int, str]:
+    """``--names_file``: a JSON object of latent id -> name (your own, or another tool's)."""
+    import json
+
+    if not path:
+        raise UserError("explainer given: needs --names_file FILE (a JSON object {\"<latent id>\": \"name\"})",
+                        field="explainer", mentions=("names_file",))
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"names_file {path}: not a readable JSON file ({e})", field="names_file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"names_file {path}: expected a JSON object {{\"<latent id>\": \"name\"}}, found "
+                        f"{type(data).__name__}", field="names_file")
+    out = {}
+    for key, name in data.items():
+        if not (str(key).isdigit() and 0 <= int(key) < num_latents) or not isinstance(name, str) or not name.strip():
+            raise UserError(f"names_file {path}: entry {key!r}: expected a latent id in [0, {num_latents}) and a "
+                            f"non-empty name", field="names_file")
+        out[int(key)] = name.strip()
+    return out
+
+
+def check_mllm(args) -> None:
+    """--explainer mllm: the model is one of the supported MLLM families, readable now (locally or
+    from the hub), said in one line before any image is read."""
+    if not args.mllm_model:
+        raise UserError("explainer mllm: needs --mllm_model (an MLLM steer supports, e.g. "
+                        "llava-hf/llava-1.5-7b-hf or google/medgemma-4b-it)", field="explainer", mentions=("mllm_model",))
+    from saevlm.steering.mllm import mllm_family
+
+    try:
+        mllm_family(args.mllm_model, args.mllm_model)
+    except UserError as err:
+        raise UserError(f"mllm_model {args.mllm_model}: {str(err).split(': ', 1)[-1]}", field="mllm_model") from None
+
+
+def _grid(images, ids: list[int], cell: int = 112):
+    """The images ``ids`` side by side in a square grid (4 x 4 for 16), each centre-cropped to ``cell``."""
+    import io
+    import math
+
+    from PIL import Image, ImageOps
+
+    side = max(1, math.ceil(math.sqrt(len(ids))))
+    grid = Image.new("RGB", (side * cell, side * cell), (255, 255, 255))
+    for n, i in enumerate(ids):
+        with Image.open(io.BytesIO(images.read_bytes(int(i)))) as im:
+            tile = ImageOps.fit(im.convert("RGB"), (cell, cell))
+        grid.paste(tile, ((n % side) * cell, (n // side) * cell))
+    return grid
+
+
+def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Path) -> dict[int, str]:
+    """Each active latent's description by the MLLM, from a grid of its top images where it is
+    active and the fixed prompt, greedy. Every answer is appended to ``<names>.mllm.jsonl`` as it
+    comes, so an interrupted run resumes at the next latent (a file written for another model,
+    prompt or top-image list is set aside, not reused)."""
+    import hashlib
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from saevlm.device import resolve_device
+    from saevlm.metrics.figures import open_store_images
+    from saevlm.steering.mllm import load_mllm
+
+    header = {"mllm_model": args.mllm_model, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
+              "k": args.k, "top_images_sha256": hashlib.sha256(np.ascontiguousarray(top).tobytes()
+                                                               + np.ascontiguousarray(active).tobytes()).hexdigest()}
+    partial = out.with_suffix(".mllm.jsonl")
+    done: dict[int, str] = {}
+    if partial.is_file():
+        lines = partial.read_text().splitlines()
+        try:
+            same = bool(lines) and json.loads(lines[0]) == header
+        except ValueError:
+            same = False
+        if same:
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                    done[int(rec["id"])] = str(rec["text"])
+                except (ValueError, KeyError, TypeError):
+                    break  # a line cut off by the interruption: that latent is asked again
+        else:
+            partial.rename(partial.with_suffix(".jsonl.old"))
+            print(f"note: {partial} was written for another model, prompt or top-image list; kept as "
+                  f"{partial.with_suffix('.jsonl.old').name}, starting again", file=sys.stderr)
+    todo = [j for j in range(len(top)) if active[j].any() and j not in done]
+    if done:
+        print(f"resuming: {len(done)} latent(s) already described in {partial}", file=sys.stderr)
+    if not todo:
+        return done
+    images = open_store_images(store, args.data_path)
+    mllm = load_mllm(args.mllm_model, resolve_device(args.device), args.model_dtype)
+    torch.manual_seed(0)
+    mode = "a" if done else "w"
+    with open(partial, mode, encoding="utf-8") as f:
+        if not done:
+            f.write(json.dumps(header) + "\n")
+        for j in tqdm(todo, desc=f"describe with {Path(args.mllm_model).name}", unit="latent",
+                      disable=args.no_progress, file=sys.stderr, dynamic_ncols=True):
+            grid = _grid(images, [int(i) for i in top[j][active[j]]])
+            text = " ".join(mllm.prompt(args.prompt, grid, args.max_new_tokens).split()) or "(no answer)"
+            done[j] = text
+            f.write(json.dumps({"id": j, "text": text}) + "\n")
+            f.flush()
+    return done

@@ -421,15 +421,28 @@ def names_tables(rep: Report, results: list[ResultFile]) -> None:
         if not named:
             continue
         rep.heading(f"Latent names: {r.path.parent.relative_to(rep.run_dir)}", 3)
-        rep.para(f"{len(named)} of {len(n.latents)} latents named from {n.vocab_size} words "
-                 f"({n.vocab_source}; '{n.template}'), by the cosine of the mean CLIP embedding of their "
-                 f"top-{n.k} images " + ("where they are active " if n.from_activating_images else "")
-                 + "with each word; the 10 with the largest margin over the second word:")
-        best = sorted(named, key=lambda x: -(x.margin or 0))[:10]
-        rep.table(["latent", "name", "similarity", "margin", "2nd", "top-image label", "purity", "source"],
+        where = "where they are active " if n.from_activating_images else ""
+        scored = [x for x in named if x.detection is not None]
+        score_note = (f" Detection score (AUROC of the name's text on held-out activating vs random silent images): "
+                      f"median {np.median([x.detection for x in scored]):.3f} over {len(scored)} scored names, a "
+                      f"random other name's {np.median([x.detection_baseline for x in scored if x.detection_baseline is not None] or [np.nan]):.3f}."
+                      if scored else "")
+        if n.explainer in ("mllm", "given"):
+            by = f"written by {n.mllm_model} from a grid of their top-{n.k} images {where}" if n.explainer == "mllm" \
+                else f"given in {Path(n.names_file or '').name}"
+            rep.para(f"{len(named)} of {len(n.latents)} latents named, {by}; similarity: the cosine of the name's CLIP "
+                     f"text with the mean CLIP embedding of those images.{score_note} The 10 best detected:")
+            best = sorted(named, key=lambda x: -(x.detection if x.detection is not None else -1))[:10]
+        else:
+            rep.para(f"{len(named)} of {len(n.latents)} latents named from {n.vocab_size} words "
+                     f"({n.vocab_source}; '{n.template}'), by the cosine of the mean CLIP embedding of their "
+                     f"top-{n.k} images {where}with each word.{score_note} The 10 with the largest margin over the "
+                     f"second word:")
+            best = sorted(named, key=lambda x: -(x.margin or 0))[:10]
+        rep.table(["latent", "name", "similarity", "margin", "2nd", "detection", "top-image label", "purity", "source"],
                   [[str(x.id), x.names[0][0], f"{x.names[0][1]:.3f}", _fmt(x.margin, 3),
-                    x.names[1][0] if len(x.names) > 1 else "–", str("–" if x.label is None else x.label),
-                    _fmt(x.purity), rep.cite(r.path)] for x in best])
+                    x.names[1][0] if len(x.names) > 1 else "–", _fmt(x.detection, 3),
+                    str("–" if x.label is None else x.label), _fmt(x.purity), rep.cite(r.path)] for x in best])
 
 
 def stability_tables(rep: Report, results: list[ResultFile]) -> None:

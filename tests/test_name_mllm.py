@@ -1,0 +1,125 @@
+"""Names written by an MLLM (issue: names with scores, item 4) and names given by the user, each
+scored like CLIP-word names: the plumbing on tiny random MLLMs of every family steering supports,
+the resume per latent, and the one-line refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from helpers import MLLM_FAMILIES, save_tiny_mllm
+
+
+@pytest.fixture(scope="module")
+def clip_run(tmp_path_factory):
+    """24 images, a tiny CLIP (text + vision) that extracts and embeds them, a random SAE's codes
+    and their top-16 images."""
+    from helpers import make_image_folder, save_random_sae, save_tiny_clip_model
+
+    root = tmp_path_factory.mktemp("mllm_names")
+    images = make_image_folder(root / "images", num_classes=4, per_class=6)
+    clip = save_tiny_clip_model(root / "clipmodel")
+    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
+              "--device", "cpu", "--no_progress"]
+    assert run_cli("extract", "--model_name", clip, "--layer", "1", "--cls_only", "--output_dir", root / "a",
+                   *common) == 0
+    assert run_cli("embed", "--model_name", clip, "--embeddings_path", root / "emb", *common) == 0
+    sae = save_random_sae(root / "sae", dim=64, dict_size=24, k=6)
+    assert run_cli("encode", "--sae_path", sae, "--activations_dir", root / "a" / "post_mlp_residual_1",
+                   "--output_dir", root / "codes", "--no_progress") == 0
+    assert run_cli("top-images", "--activations_dir", root / "codes", "--k", "16", "--no_progress") == 0
+    return root, clip
+
+
+def _name(root, out, *extra):
+    return run_cli("name", "--codes_dir", root / "codes", "--embeddings_path", root / "emb", "--device", "cpu",
+                   "--output", out, "--no_progress", *extra)
+
+
+def test_names_from_an_mllm(clip_run, tmp_path, monkeypatch):
+    """LLaVA-1.5 (tiny, random) describes each active latent's grid: every stored name is what
+    the model answers when called directly on the same grid and prompt; similarity is the cosine of
+    the name's CLIP text with the latent's mean image embedding; an interrupted run resumes at the
+    next latent (the model is asked only about the latents not yet described)."""
+    from saevlm.data.store import ActivationStore
+    from saevlm.metrics import naming
+    from saevlm.metrics.figures import open_store_images
+    from saevlm.steering.clip import ClipEncoder
+    from saevlm.steering.mllm import MLLM, load_mllm
+
+    root, clip = clip_run
+    llava = save_tiny_mllm("llava", tmp_path / "llava")
+    args = ["--explainer", "mllm", "--mllm_model", llava, "--max_new_tokens", "3"]
+    assert _name(root, tmp_path / "names.json", *args) == 0
+    names = json.loads((tmp_path / "names.json").read_text())
+    assert names["explainer"] == "mllm" and names["mllm_model"] == str(llava) and names["prompt"] == naming.MLLM_PROMPT
+    top = np.load(root / "codes" / "top_images_16.npy")
+    values = np.load(root / "codes" / "top_images_16_values.npy")
+    from saevlm.data.open import open_any_store
+    images = open_store_images(open_any_store(root / "codes", "codes_dir"))
+    model = load_mllm(str(llava))
+    encoder = ClipEncoder(str(clip), "cpu")
+    emb = ActivationStore(root / "emb").read(0, 24)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    named = [r for r in names["latents"] if r["names"]]
+    assert len(named) == int((values[:, 0] > 0).sum()) > 5
+    for rec in named[:3]:
+        j = rec["id"]
+        grid = naming._grid(images, [int(i) for i in top[j][values[j] > 0]])
+        direct = " ".join(model.prompt(naming.MLLM_PROMPT, grid, 3).split())
+        assert rec["names"][0][0] == direct and rec["margin"] is None
+        m = emb[top[j][values[j] > 0]].mean(0)
+        t = encoder.text([direct])[0]
+        assert rec["names"][0][1] == pytest.approx(float(t @ (m / np.linalg.norm(m))), abs=1e-4)
+    # resume: the answers file cut after two latents; only the others are asked again
+    partial = tmp_path / "names.mllm.jsonl"
+    lines = partial.read_text().splitlines()
+    partial.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # header, 2 latents, a cut-off line
+    asked = []
+    real_prompt = MLLM.prompt
+    monkeypatch.setattr(MLLM, "prompt", lambda self, *a, **k: asked.append(1) or real_prompt(self, *a, **k))
+    (tmp_path / "names.json").unlink()
+    assert _name(root, tmp_path / "names.json", *args) == 0
+    assert len(asked) == len(named) - 2
+    again = json.loads((tmp_path / "names.json").read_text())
+    assert [r["names"] for r in again["latents"]] == [r["names"] for r in names["latents"]]
+
+
+@pytest.mark.parametrize("family", MLLM_FAMILIES)
+def test_every_mllm_family_can_name(clip_run, tmp_path, family):
+    root, _ = clip_run
+    model = save_tiny_mllm(family, tmp_path / family)
+    assert _name(root, tmp_path / "names.json", "--explainer", "mllm", "--mllm_model", model,
+                 "--max_new_tokens", "2") == 0
+    names = json.loads((tmp_path / "names.json").read_text())
+    named = [r for r in names["latents"] if r["names"]]
+    assert named and all(isinstance(r["names"][0][0], str) and r["names"][0][0] for r in named)
+
+
+def test_given_names_are_scored(clip_run, tmp_path):
+    root, _ = clip_run
+    (tmp_path / "mine.json").write_text(json.dumps({"0": "a striped pattern", "3": "red things"}))
+    assert _name(root, tmp_path / "names.json", "--explainer", "given", "--names_file", tmp_path / "mine.json",
+                 "--score_positives", "100000", "--score_negatives", "100000") == 0
+    names = json.loads((tmp_path / "names.json").read_text())
+    by_id = {r["id"]: r for r in names["latents"]}
+    values = np.load(root / "codes" / "top_images_16_values.npy")
+    for j, text in ((0, "a striped pattern"), (3, "red things")):
+        if values[j, 0] > 0:
+            assert by_id[j]["names"][0][0] == text
+    assert all(not r["names"] for r in names["latents"] if r["id"] not in (0, 3))
+    assert names["explainer"] == "given"
+
+
+def test_mllm_refusals_are_one_line_before_any_work(clip_run, tmp_path, capsys):
+    root, clip = clip_run
+    assert _name(root, tmp_path / "n.json", "--explainer", "mllm") == 2
+    assert "--explainer mllm: needs --mllm_model" in capsys.readouterr().err
+    assert _name(root, tmp_path / "n.json", "--explainer", "mllm", "--mllm_model", clip) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("saevlm name: error: --mllm_model") and "is not a supported MLLM" in err, err
+    assert _name(root, tmp_path / "n.json", "--explainer", "mllm", "--mllm_model", "nobody/no-such-mllm") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("saevlm name: error: --mllm_model") and "Traceback" not in err, err
+    assert not (tmp_path / "n.json").exists() and not (tmp_path / "n.mllm.jsonl").exists()
