@@ -241,3 +241,19 @@ def test_block_sample_survives_fp16_and_bf16_but_not_other_weights():
     torch.manual_seed(1)
     b = vision_blocks(CLIPVisionModel(tiny_clip_config()))[0]
     assert not same_block(ref, block_sample(b)) and not same_block(ref, ref[:10])
+
+
+@pytest.mark.parametrize("family", ["llava", *MLLM_FAMILIES])
+def test_default_steering_block_is_the_block_each_mllm_reads(family, saved, tmp_path):
+    """An SAE that records no hook layer is steered at the block the MLLM reads (22 for
+    LLaVA-1.5; the last block for Qwen2.5-VL and Gemma-3), not at a fixed 22."""
+    from types import SimpleNamespace
+
+    from helpers import save_tiny_mllm
+    from saevlm.steering.options import resolve_layer
+
+    path = saved[family] if family in saved else save_tiny_mllm(family, tmp_path / family)
+    mllm = load_mllm(str(path))
+    sae = load_sae(str(save_random_sae(tmp_path / "sae", 64, 128)))  # no provenance: no hook layer
+    assert resolve_layer(SimpleNamespace(layer=None), sae, mllm) == mllm.last_read_block() == READ_BLOCK.get(family, 2)
+    assert resolve_layer(SimpleNamespace(layer=1), sae, mllm) == 1

@@ -432,9 +432,11 @@ def _given_names(path: str | None, num_latents: int) -> dict[int, str]:
 def check_mllm(args) -> None:
     """--explainer mllm: the model is one of the supported MLLM families, readable now (locally or
     from the hub), said in one line before any image is read."""
+    from saevlm.models.towers import DEFAULT_MLLM
+
     if not args.mllm_model:
         raise UserError("explainer mllm: needs --mllm_model (an MLLM steer supports, e.g. "
-                        "llava-hf/llava-1.5-7b-hf or google/medgemma-4b-it)", field="explainer", mentions=("mllm_model",))
+                        f"{DEFAULT_MLLM} or google/medgemma-4b-it)", field="explainer", mentions=("mllm_model",))
     from saevlm.steering.mllm import mllm_family
 
     try:

@@ -42,6 +42,9 @@ class TowerFamily:
     authors_word_rule: bool = False  # the decoded sequence holds "ASSISTANT: " (LLaVA-1.5's template)
 
 
+# the MLLM steering defaults to: the paper's LLaVA-1.5 (arXiv 2504.02821, Sec. 4.3)
+DEFAULT_MLLM = "llava-hf/llava-1.5-7b-hf"
+
 _LLAVA_TOWER = ("model.vision_tower", "vision_tower")
 _SIGLIP_CLIP_BLOCKS = ("encoder.layers", "vision_model.encoder.layers")
 _LLAVA_PREFIXES = ("model.vision_tower.", "vision_tower.")

@@ -13,9 +13,9 @@ from functools import cached_property
 from typing import Any
 
 from saevlm.errors import UserError
-from saevlm.models.towers import TOWERS, TowerFamily, blocks_of, read_block, supported_families, tower_of
+from saevlm.models.towers import (DEFAULT_MLLM, TOWERS, TowerFamily, blocks_of, read_block, supported_families,
+                                  tower_of)
 
-DEFAULT_LLAVA = "llava-hf/llava-1.5-7b-hf"
 LLAVA_15_TEMPLATE = "USER: <image>\n{text} ASSISTANT:"
 
 
@@ -123,7 +123,7 @@ def mllm_family(name: str, source: str) -> TowerFamily:
     return family
 
 
-def load_mllm(name: str = DEFAULT_LLAVA, device=None, dtype: str = "auto",
+def load_mllm(name: str = DEFAULT_MLLM, device=None, dtype: str = "auto",
               processor_backend: str = "pil") -> MLLM:
     """An MLLM of any supported family and its processor; the image processor in
     ``processor_backend`` (pil by default: the authors' transformers-4.46 path, as ``extract``

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from saevlm.commandline import DeviceOption, opt
 from saevlm.errors import UserError
+from saevlm.models.towers import DEFAULT_MLLM
 
 DEFAULT_PROMPT = "What is shown in this image? Use exactly one word!"
 
@@ -26,11 +27,12 @@ class SteeringModelOptions(DeviceOption):
 
     sae_path: str = opt()
     """the steering SAE (trainer directory or .pt)"""
-    llava_model: str = opt("llava-hf/llava-1.5-7b-hf")
+    llava_model: str = opt(DEFAULT_MLLM)
     """the MLLM: LLaVA-1.5 (the paper's), LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL or Gemma-3, hub id or local
     directory (default: %(default)s)"""
     layer: int | None = opt(None)
-    """vision block to intervene on (default: the SAE's own hook layer, else 22); at most the block the language
+    """vision block to intervene on (default: the SAE's own hook layer, else the block the MLLM reads: 22 for
+    LLaVA-1.5); at most the block the language
     model reads (LLaVA: vision_feature_layer; Qwen2.5-VL, Gemma-3: the last)"""
     mode: str = opt("reconstruct", choices=["reconstruct", "error-preserving"])
     """reconstruct: output = decode(clamped codes) (the paper); error-preserving: output + decode(clamped) -
@@ -47,14 +49,14 @@ class SteeringModelOptions(DeviceOption):
     name)"""
 
 
-def resolve_layer(args, sae) -> int:
+def resolve_layer(args, sae, mllm) -> int:
     if args.layer is not None:
         return args.layer
     trained_on = sae.trained_on
     if trained_on is not None and trained_on.hook.attachment_point == "post_mlp_residual" \
             and trained_on.hook.layer is not None:
         return int(trained_on.hook.layer)
-    return 22
+    return mllm.last_read_block()  # the deepest block whose output the language model reads
 
 
 def load_models(args):
@@ -67,4 +69,4 @@ def load_models(args):
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
     llava = load_mllm(args.llava_model, device, args.model_dtype, args.processor_backend)
-    return llava, sae, resolve_layer(args, sae)
+    return llava, sae, resolve_layer(args, sae, llava)

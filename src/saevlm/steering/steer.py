@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.config import paper_default
+from saevlm.models.towers import DEFAULT_MLLM
 from saevlm.steering.options import (
     AUTHORS_IMAGE,
     AUTHORS_SAE_PATH,
@@ -34,7 +35,7 @@ class SteerConfig(CommandConfig, SteeringModelOptions):
 
     sae_path: str = opt(AUTHORS_SAE_PATH)
     """the steering SAE (trainer directory or .pt) (default: the authors' path, %(default)s)"""
-    llava_model: str = opt("llava-hf/llava-1.5-7b-hf", flags=("--llava_model", "--model_name"))
+    llava_model: str = opt(DEFAULT_MLLM, flags=("--llava_model", "--model_name"))
     """the MLLM: LLaVA-1.5 (the paper's), LLaVA-NeXT, LLaVA-OneVision, Qwen2.5-VL or Gemma-3, hub id or local
     directory (default: %(default)s)"""
     max_new_tokens: int = opt(paper_default("steer", "max_new_tokens"))
