@@ -83,10 +83,13 @@ def bench_detection() -> str:
         codes, emb = CodeStore(codes_dir), ActivationStore(emb_dir)
         K = codes.dict_size
         # top-16 of every latent from its codes (any 16 active images will do for the timing)
-        chunk = next(codes.iter_csr(chunk_rows=codes.num_rows))
-        rows = np.repeat(np.arange(codes.num_rows), np.diff(chunk.indptr))
-        order = np.argsort(chunk.indices, kind="stable")
-        lat, img = chunk.indices[order], codes.image_ids()[rows[order]]
+        rows, cols = [], []
+        for chunk in codes.iter_csr():
+            rows.append(chunk.start + np.repeat(np.arange(chunk.num_rows), np.diff(chunk.indptr)))
+            cols.append(np.asarray(chunk.indices))
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        order = np.argsort(cols, kind="stable")
+        lat, img = cols[order], codes.image_ids()[rows[order]]
         starts = np.searchsorted(lat, np.arange(K))
         counts = np.diff(np.append(starts, len(lat)))
         pos = starts[:, None] + np.arange(16)[None, :]
@@ -110,6 +113,7 @@ def main() -> None:
              "(`python benchmarks/bench_stability_names.py --write-readme`).", "",
              "| latents x dims | matching | wall | speed-up | agreement |", "|---|---|---|---|---|"]
     lines += bench_matching()
+    print("\n".join(lines), flush=True)
     lines += ["", bench_detection()]
     text = "\n".join(lines)
     print(text)
