@@ -100,7 +100,7 @@ class MSAccumulator:
         self.bmin = torch.minimum(self.bmin, cmin)
         self.bmax = torch.maximum(self.bmax, cmax)
 
-    def add_csr(self, indptr, indices, values, embeds_nd, rows_per_block: int = 256) -> None:
+    def add_csr(self, indptr, indices, values, embeds_nd, rows_per_block: int = 128) -> None:
         """A CSR chunk of codes [n, K] with its embeddings [n, d]; only non-zeros are touched."""
         import torch
 
@@ -108,29 +108,35 @@ class MSAccumulator:
         u = self._unit(embeds_nd)
         indptr = np.asarray(indptr, dtype=np.int64)
         n = len(indptr) - 1
-        # blocks of rows bound the [nnz, d] temporary: at 256 rows x k = 20 it is 30 MB; 2048 rows
-        # (250 MB per block) spent most of the time in page faults (bench_ms: 2.5x slower)
-        for r0 in range(0, n, rows_per_block):
-            r1 = min(r0 + rows_per_block, n)
-            lo, hi = int(indptr[r0]), int(indptr[r1])
-            if hi == lo:
-                continue
-            cols = torch.as_tensor(np.asarray(indices[lo:hi], dtype=np.int64), device=self.device)
-            vals = torch.as_tensor(np.array(values[lo:hi], dtype=np.float64), device=self.device)
-            rows = torch.as_tensor(np.repeat(np.arange(r0, r1), np.diff(indptr[r0:r1 + 1])), device=self.device)
-            keep = vals != 0  # explicit zeros are zeros
-            cols, vals, rows = cols[keep], vals[keep], rows[keep]
-            self.S1.index_add_(0, cols, vals)
-            self.S2.index_add_(0, cols, vals * vals)
-            self.V.index_add_(0, cols, vals[:, None] * u[rows])
-            self.nnz.index_add_(0, cols, torch.ones_like(cols))
-            # min / max / count-at-min over the stored values (zeros are added in scores())
-            big = torch.full((self.num_neurons,), float("inf"), dtype=torch.float64, device=self.device)
-            cmin = big.scatter_reduce(0, cols, vals, reduce="amin")
-            cmax = (-big).scatter_reduce(0, cols, vals, reduce="amax")
-            at = torch.zeros(self.num_neurons, dtype=torch.int64, device=self.device)
-            at.index_add_(0, cols, (vals == cmin[cols]).to(torch.int64))
-            self._merge_min_max(cmin, cmax, at)
+        lo, hi = int(indptr[0]), int(indptr[n])
+        vals_np = np.asarray(values[lo:hi], dtype=np.float64)
+        keep = vals_np != 0  # explicit zeros are zeros
+        starts = np.concatenate([[0], np.cumsum(keep)])  # kept entries before each stored one
+        cols = torch.as_tensor(np.asarray(indices[lo:hi], dtype=np.int64)[keep], device=self.device)
+        vals = torch.as_tensor(vals_np[keep], device=self.device)
+        rows = torch.as_tensor(np.repeat(np.arange(n), np.diff(indptr))[keep], device=self.device)
+        # per-latent sums, counts, min / max / count-at-min: once per chunk, over K (zeros are
+        # added in scores())
+        self.S1.index_add_(0, cols, vals)
+        self.S2.index_add_(0, cols, vals * vals)
+        self.nnz.index_add_(0, cols, torch.ones_like(cols))
+        big = torch.full((self.num_neurons,), float("inf"), dtype=torch.float64, device=self.device)
+        cmin = big.scatter_reduce(0, cols, vals, reduce="amin")
+        cmax = (-big).scatter_reduce(0, cols, vals, reduce="amax")
+        at = torch.zeros(self.num_neurons, dtype=torch.int64, device=self.device)
+        at.index_add_(0, cols, (vals == cmin[cols]).to(torch.int64))
+        self._merge_min_max(cmin, cmax, at)
+        # V += codes^T u, in blocks of rows through one reused [nnz, d] buffer (a fresh temporary
+        # per block above ~32 MB is a fresh mmap, and its page faults cost more than the math)
+        bounds = [(int(starts[indptr[r0] - lo]), int(starts[indptr[min(r0 + rows_per_block, n)] - lo]))
+                  for r0 in range(0, n, rows_per_block)]
+        width = max((b - a for a, b in bounds), default=0)
+        buf = torch.empty((width, u.shape[1]), dtype=torch.float64, device=self.device)
+        for a, b in bounds:
+            if b > a:
+                block = torch.index_select(u, 0, rows[a:b], out=buf[:b - a])
+                block.mul_(vals[a:b, None])
+                self.V.index_add_(0, cols[a:b], block)
         self.U += u.sum(0)
         self.n += n
 
@@ -138,8 +144,9 @@ class MSAccumulator:
         """MS per neuron (float64, NaN where the score is undefined)."""
         return self._finish()["ms"].cpu().numpy()
 
-    def _finish(self) -> dict:
-        """The closed form's terms per neuron (m, W = V - m U, num, den, ms as a tensor)."""
+    def _finish(self, keep_W: bool = False) -> dict:
+        """The closed form's terms per neuron (m, num, den, ms as tensors; W = V - m U with
+        ``keep_W``, which the jackknife reads: [K, d] in float64, 400 MB at 65,536 x 768)."""
         import torch
 
         N = self.n
@@ -155,8 +162,15 @@ class MSAccumulator:
             bmax = torch.where(has_zero, torch.maximum(bmax, z), bmax)
         m = bmin
         Q = self.S2 - 2 * m * self.S1 + N * m * m
-        W = self.V - m[:, None] * self.U[None, :]
-        num = (W * W).sum(1) - Q
+        if keep_W:
+            W = self.V - m[:, None] * self.U[None, :]
+            w_sq = (W * W).sum(1)
+        else:  # the same arithmetic, row block by row block: no [K, d] temporaries
+            W, w_sq = None, torch.empty_like(m)
+            for r0 in range(0, len(m), 4096):
+                w = self.V[r0:r0 + 4096] - m[r0:r0 + 4096, None] * self.U[None, :]
+                w_sq[r0:r0 + 4096] = (w * w).sum(1)
+        num = w_sq - Q
         den = (self.S1 - N * m) ** 2 - Q
         ms = num / den
         constant = bmax == bmin
@@ -200,7 +214,7 @@ class MSJackknife:
         import torch
 
         self.acc = acc
-        t = acc._finish()
+        t = acc._finish(keep_W=True)
         self.m, self.W, self.A, self.num, self.den, self.ms = t["m"], t["W"], t["A"], t["num"], t["den"], t["ms"]
         # sparse codes with negative values: the implicit zeros sit above the minimum and would move
         # the score too; such neurons get no interval (SAE codes are never negative)
