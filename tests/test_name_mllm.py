@@ -123,3 +123,39 @@ def test_mllm_refusals_are_one_line_before_any_work(clip_run, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("saevlm name: error: --mllm_model") and "Traceback" not in err, err
     assert not (tmp_path / "n.json").exists() and not (tmp_path / "n.mllm.jsonl").exists()
+
+
+def test_token_level_stores_show_the_mllm_the_heatmap(tmp_path, tiny_clip_dir, monkeypatch):
+    """Codes of every token: each grid tile is the explorer's overlay (the latent's activation per
+    patch in red), not the plain image; the MLLM is shown exactly those tiles."""
+    from helpers import make_small_run, save_tiny_clip_model
+    from saevlm.data.open import open_any_store
+    from saevlm.metrics import naming
+    from saevlm.metrics.figures import open_store_images
+    from saevlm.steering.mllm import MLLM
+
+    run = make_small_run(tmp_path, tiny_clip_dir, all_tokens=True)
+    clip = save_tiny_clip_model(tmp_path / "clipmodel")
+    images_dir = tmp_path / "images"
+    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "emb", "--dataset_name",
+                   "imagefolder", "--data_path", images_dir, "--num_workers", "0", "--device", "cpu",
+                   "--no_progress") == 0
+    shown = []
+    real_prompt = MLLM.prompt
+    monkeypatch.setattr(MLLM, "prompt", lambda self, q, image, n: shown.append(image) or real_prompt(self, q, image, n))
+    llava = save_tiny_mllm("llava", tmp_path / "llava")
+    assert run_cli("name", "--codes_dir", run / "codes", "--embeddings_path", tmp_path / "emb", "--device", "cpu",
+                   "--no_progress", "--no_score", "--explainer", "mllm", "--mllm_model", llava,
+                   "--max_new_tokens", "2") == 0
+    store = open_any_store(run / "codes", "codes_dir")
+    top = np.load(run / "codes" / "top_images_16.npy")
+    values = np.load(run / "codes" / "top_images_16_values.npy")
+    first = int(np.flatnonzero(values[:, 0] > 0)[0])
+    ids = [int(i) for i in top[first][values[first] > 0]]
+    tiles, why = naming.heatmap_tiles(store, None, tmp_path / "cache")
+    assert tiles is not None, why
+    expected = naming._grid(None, ids, tile=lambda i: tiles(first, i))
+    plain = naming._grid(open_store_images(store), ids)
+    got = shown[0]
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert not np.array_equal(np.asarray(got), np.asarray(plain))

@@ -445,8 +445,9 @@ def check_mllm(args) -> None:
         raise UserError(f"mllm_model {args.mllm_model}: {str(err).split(': ', 1)[-1]}", field="mllm_model") from None
 
 
-def _grid(images, ids: list[int], cell: int = 112):
-    """The images ``ids`` side by side in a square grid (4 x 4 for 16), each centre-cropped to ``cell``."""
+def _grid(images, ids: list[int], cell: int = 112, tile=None):
+    """The images ``ids`` side by side in a square grid (4 x 4 for 16), each centre-cropped to
+    ``cell``; ``tile(image_id)``, when given, draws a tile instead (JPEG bytes: the heatmap)."""
     import io
     import math
 
@@ -455,10 +456,23 @@ def _grid(images, ids: list[int], cell: int = 112):
     side = max(1, math.ceil(math.sqrt(len(ids))))
     grid = Image.new("RGB", (side * cell, side * cell), (255, 255, 255))
     for n, i in enumerate(ids):
-        with Image.open(io.BytesIO(images.read_bytes(int(i)))) as im:
-            tile = ImageOps.fit(im.convert("RGB"), (cell, cell))
-        grid.paste(tile, ((n % side) * cell, (n // side) * cell))
+        data = tile(int(i)) if tile is not None else images.read_bytes(int(i))
+        with Image.open(io.BytesIO(data)) as im:
+            piece = ImageOps.fit(im.convert("RGB"), (cell, cell))
+        grid.paste(piece, ((n % side) * cell, (n // side) * cell))
     return grid
+
+
+def heatmap_tiles(store, data_path: str | None, cache_dir: Path):
+    """For a token-level store: ``tile(j, image_id)`` giving the image with latent j's activation on
+    each patch in red (the explorer's overlay: the run's model re-reads the image), else None."""
+    from saevlm.explorer.index import SAEView
+
+    view = SAEView(store.path, "name", store.path.parent, cache_dir, data_path)
+    model, why = view.overlay_model
+    if model is None:
+        return None, why
+    return (lambda j, image_id: view.overlay(j, image_id, 112)), ""
 
 
 def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Path) -> dict[int, str]:
@@ -477,6 +491,7 @@ def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Pat
     from saevlm.steering.mllm import load_mllm
 
     header = {"mllm_model": args.mllm_model, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
+              "tokens": store.provenance.tokens.selection,
               "k": args.k, "top_images_sha256": hashlib.sha256(np.ascontiguousarray(top).tobytes()
                                                                + np.ascontiguousarray(active).tobytes()).hexdigest()}
     partial = out.with_suffix(".mllm.jsonl")
@@ -504,15 +519,22 @@ def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Pat
     if not todo:
         return done
     images = open_store_images(store, args.data_path)
+    import tempfile
+
+    cache = tempfile.TemporaryDirectory(prefix="saevlm-name-")  # the overlays' per-latent maxima
+    tiles, why = heatmap_tiles(store, args.data_path, Path(cache.name))
+    if tiles is None:
+        print(f"note: plain top images for the MLLM, no heatmap: {why}", file=sys.stderr)
     mllm = load_mllm(args.mllm_model, resolve_device(args.device), args.model_dtype)
     torch.manual_seed(0)
     mode = "a" if done else "w"
-    with open(partial, mode, encoding="utf-8") as f:
+    with cache, open(partial, mode, encoding="utf-8") as f:
         if not done:
             f.write(json.dumps(header) + "\n")
         for j in tqdm(todo, desc=f"describe with {Path(args.mllm_model).name}", unit="latent",
                       disable=args.no_progress, file=sys.stderr, dynamic_ncols=True):
-            grid = _grid(images, [int(i) for i in top[j][active[j]]])
+            grid = _grid(images, [int(i) for i in top[j][active[j]]],
+                         tile=None if tiles is None else (lambda i, j=j: tiles(j, i)))
             text = " ".join(mllm.prompt(args.prompt, grid, args.max_new_tokens).split()) or "(no answer)"
             done[j] = text
             f.write(json.dumps({"id": j, "text": text}) + "\n")
