@@ -213,10 +213,11 @@ class CommandConfig:
                 bad = [v for v in (value if kind.many else [value]) if not math.isfinite(v)]
                 if bad:  # nan / inf pass float() but mean nothing as a setting (--alpha nan steered to nothing)
                     raise UserError(f"{flag} {bad[0]!r}: expected a finite number")
-            if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2 ** 32:
-                # numpy refuses negative seeds and torch / numpy overflow past 64 bits deep inside
-                raise UserError(f"argument {flag}: {value} is not a seed; expected an integer from 0 to "
-                                f"{2 ** 32 - 1}")
+            for seed in ((value if kind.many else [value]) if f.name == "seed" and value is not None else ()):
+                if isinstance(seed, int) and not 0 <= seed < 2 ** 32:
+                    # numpy refuses negative seeds and torch / numpy overflow past 64 bits deep inside
+                    raise UserError(f"argument {flag}: {seed} is not a seed; expected an integer from 0 to "
+                                    f"{2 ** 32 - 1}")
             object.__setattr__(self, f.name, value)
         self.validate()
 
