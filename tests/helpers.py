@@ -432,3 +432,26 @@ def make_small_run(root: str | Path, model: str | Path, class_names: Sequence[st
         assert main(["top-images", "--activations_dir", str(run / "codes"), "--k", "16", "--no_progress"]
                     + (["--pool", "max"] if all_tokens else [])) == 0
     return run
+
+
+def make_clip_named_run(root: str | Path, dict_size: int = 64, k: int = 8,
+                        class_names: Sequence[str] | None = None) -> Path:
+    """What `saevlm name` reads with a CLIP text side: 24 images of 4 classes, a tiny CLIPModel
+    (text + vision, saved at ``root/clipmodel``) that extracts block 1 (CLS) and embeds them
+    (``root/emb``), a random BatchTopK SAE's codes (``root/codes``) and their top-16 images.
+    Returns the CLIP model's folder."""
+    from saevlm.cli import main
+
+    root = Path(root)
+    images = make_image_folder(root / "images", num_classes=4, per_class=6, class_names=class_names)
+    clip = save_tiny_clip_model(root / "clipmodel")
+    common = ["--dataset_name", "imagefolder", "--data_path", str(images), "--batch_size", "8", "--num_workers",
+              "0", "--device", "cpu", "--no_progress"]
+    assert main(["extract", "--model_name", str(clip), "--layer", "1", "--cls_only", "--output_dir",
+                 str(root / "a"), *common]) == 0
+    assert main(["embed", "--model_name", str(clip), "--embeddings_path", str(root / "emb"), *common]) == 0
+    sae = save_random_sae(root / "sae", dim=64, dict_size=dict_size, k=k)
+    assert main(["encode", "--sae_path", str(sae), "--activations_dir", str(root / "a" / "post_mlp_residual_1"),
+                 "--output_dir", str(root / "codes"), "--no_progress"]) == 0
+    assert main(["top-images", "--activations_dir", str(root / "codes"), "--k", "16", "--no_progress"]) == 0
+    return clip

@@ -371,20 +371,10 @@ def test_a_top_images_store_is_explored_too(token_run, tmp_path):
 
 def test_name_with_a_clip_model_for_the_text_side(tmp_path):
     """The default text side: the embeddings' own CLIP model, prompts "a photo of a {}"."""
-    from helpers import make_image_folder, save_random_sae, save_tiny_clip_model
+    from helpers import make_clip_named_run
     from saevlm.steering.clip import ClipEncoder
 
-    images = make_image_folder(tmp_path / "images", num_classes=4, per_class=6, class_names=CLASSES)
-    clip = save_tiny_clip_model(tmp_path / "clipmodel")
-    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
-              "--device", "cpu", "--no_progress"]
-    assert run_cli("extract", "--model_name", clip, "--layer", "1", "--cls_only", "--output_dir", tmp_path / "a",
-                   *common) == 0
-    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "emb", *common) == 0
-    sae = save_random_sae(tmp_path / "sae", dim=64, dict_size=64, k=8)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", tmp_path / "a" / "post_mlp_residual_1",
-                   "--output_dir", tmp_path / "codes", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", tmp_path / "codes", "--k", "16", "--no_progress") == 0
+    clip = make_clip_named_run(tmp_path, class_names=CLASSES)
     assert run_cli("name", "--codes_dir", tmp_path / "codes", "--embeddings_path", tmp_path / "emb",
                    "--device", "cpu") == 0
     names = json.loads((tmp_path / "codes" / "names.json").read_text())

@@ -15,20 +15,10 @@ from helpers import MLLM_FAMILIES, save_tiny_mllm
 def clip_run(tmp_path_factory):
     """24 images, a tiny CLIP (text + vision) that extracts and embeds them, a random SAE's codes
     and their top-16 images."""
-    from helpers import make_image_folder, save_random_sae, save_tiny_clip_model
+    from helpers import make_clip_named_run
 
     root = tmp_path_factory.mktemp("mllm_names")
-    images = make_image_folder(root / "images", num_classes=4, per_class=6)
-    clip = save_tiny_clip_model(root / "clipmodel")
-    common = ["--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "8", "--num_workers", "0",
-              "--device", "cpu", "--no_progress"]
-    assert run_cli("extract", "--model_name", clip, "--layer", "1", "--cls_only", "--output_dir", root / "a",
-                   *common) == 0
-    assert run_cli("embed", "--model_name", clip, "--embeddings_path", root / "emb", *common) == 0
-    sae = save_random_sae(root / "sae", dim=64, dict_size=24, k=6)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", root / "a" / "post_mlp_residual_1",
-                   "--output_dir", root / "codes", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", root / "codes", "--k", "16", "--no_progress") == 0
+    clip = make_clip_named_run(root, dict_size=24, k=6)
     return root, clip
 
 
