@@ -33,6 +33,7 @@ test: $(STAMP) $(TESTLIBS)/.installed
 # the main environment's 5.x: extraction for every family, steering for every MLLM family.
 TF4 := .tf4-libs
 TF4_TESTS := tests/test_models.py tests/test_model_families.py tests/test_extract.py tests/test_steering.py \
+             tests/test_name_mllm.py \
              tests/test_steering_families.py tests/test_real.py
 $(TF4)/.installed: requirements-tf4.txt $(STAMP)
 	rm -rf $(TF4)

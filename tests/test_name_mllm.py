@@ -67,10 +67,11 @@ def test_names_from_an_mllm(clip_run, tmp_path, monkeypatch):
     lines = partial.read_text().splitlines()
     partial.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # header, 2 latents, a cut-off line
     asked = []
-    real_prompt = MLLM.prompt
-    monkeypatch.setattr(MLLM, "prompt", lambda self, *a, **k: asked.append(1) or real_prompt(self, *a, **k))
+    real_batch = MLLM.prompt_batch
+    monkeypatch.setattr(MLLM, "prompt_batch",
+                        lambda self, q, grids, n: asked.extend(grids) or real_batch(self, q, grids, n))
     (tmp_path / "names.json").unlink()
-    assert _name(root, tmp_path / "names.json", *args) == 0
+    assert _name(root, tmp_path / "names.json", *args, "--mllm_batch_size", "3") == 0
     assert len(asked) == len(named) - 2
     again = json.loads((tmp_path / "names.json").read_text())
     assert [r["names"] for r in again["latents"]] == [r["names"] for r in names["latents"]]
@@ -78,13 +79,27 @@ def test_names_from_an_mllm(clip_run, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("family", MLLM_FAMILIES)
 def test_every_mllm_family_can_name(clip_run, tmp_path, family):
+    """Each family names every active latent, in batches of 4 grids of different sizes (so prompts
+    of different token counts are padded together), and each batched answer is the answer the
+    model gives that grid alone."""
+    from saevlm.data.open import open_any_store
+    from saevlm.metrics import naming
+    from saevlm.metrics.figures import open_store_images
+    from saevlm.steering.mllm import load_mllm
+
     root, _ = clip_run
     model = save_tiny_mllm(family, tmp_path / family)
     assert _name(root, tmp_path / "names.json", "--explainer", "mllm", "--mllm_model", model,
-                 "--max_new_tokens", "2") == 0
+                 "--max_new_tokens", "3", "--mllm_batch_size", "4") == 0
     names = json.loads((tmp_path / "names.json").read_text())
     named = [r for r in names["latents"] if r["names"]]
     assert named and all(isinstance(r["names"][0][0], str) and r["names"][0][0] for r in named)
+    images = open_store_images(open_any_store(root / "codes", "codes_dir"))
+    top = np.load(root / "codes" / "top_images_16.npy")
+    grids = [naming._grid(images, [int(i) for i in top[0][:n]]) for n in (16, 4, 9)]  # 448, 224, 336 px
+    mllm = load_mllm(str(model))
+    alone = [mllm.prompt(naming.MLLM_PROMPT, g, 3) for g in grids]
+    assert mllm.prompt_batch(naming.MLLM_PROMPT, grids, 3) == alone
 
 
 def test_given_names_are_scored(clip_run, tmp_path):
@@ -104,6 +119,10 @@ def test_given_names_are_scored(clip_run, tmp_path):
 
 def test_mllm_refusals_are_one_line_before_any_work(clip_run, tmp_path, capsys):
     root, clip = clip_run
+    assert _name(root, tmp_path / "n.json", "--explainer", "mllm") == 2
+    assert "--explainer mllm: needs --mllm_model" in capsys.readouterr().err
+    assert _name(root, tmp_path / "n.json", "--explainer", "mllm", "--mllm_model", clip, "--mllm_batch_size", "0") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("saevlm name: error: --mllm_batch_size 0")
     assert _name(root, tmp_path / "n.json", "--explainer", "mllm") == 2
     assert "--explainer mllm: needs --mllm_model" in capsys.readouterr().err
     assert _name(root, tmp_path / "n.json", "--explainer", "mllm", "--mllm_model", clip) == 2
@@ -131,8 +150,8 @@ def test_token_level_stores_show_the_mllm_the_heatmap(tmp_path, tiny_clip_dir, m
                    "imagefolder", "--data_path", images_dir, "--num_workers", "0", "--device", "cpu",
                    "--no_progress") == 0
     shown = []
-    real_prompt = MLLM.prompt
-    monkeypatch.setattr(MLLM, "prompt", lambda self, q, image, n: shown.append(image) or real_prompt(self, q, image, n))
+    real_batch = MLLM.prompt_batch
+    monkeypatch.setattr(MLLM, "prompt_batch", lambda self, q, grids, n: shown.extend(grids) or real_batch(self, q, grids, n))
     llava = save_tiny_mllm("llava", tmp_path / "llava")
     assert run_cli("name", "--codes_dir", run / "codes", "--embeddings_path", tmp_path / "emb", "--device", "cpu",
                    "--no_progress", "--no_score", "--explainer", "mllm", "--mllm_model", llava,

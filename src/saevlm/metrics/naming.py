@@ -227,6 +227,9 @@ class NameConfig(CommandConfig, DeviceOption):
     """--explainer mllm: the question asked with each grid (default: a fixed prompt, recorded)"""
     max_new_tokens: int = opt(16)
     """--explainer mllm: tokens per description (greedy decoding; default: %(default)s)"""
+    mllm_batch_size: int = opt(8)
+    """--explainer mllm: latents described per generate call (default: %(default)s; each answer is the one
+    the MLLM gives that grid alone, and a resumed run loses at most one batch)"""
     model_dtype: str = opt("auto", choices=["auto", "fp16", "bf16", "fp32"])
     """--explainer mllm: the MLLM's weights (auto: fp16 on GPU, fp32 on CPU)"""
     data_path: str | None = opt(None)
@@ -434,6 +437,9 @@ def check_mllm(args) -> None:
     from the hub), said in one line before any image is read."""
     from saevlm.models.towers import DEFAULT_MLLM
 
+    if args.mllm_batch_size < 1:
+        raise UserError(f"mllm_batch_size {args.mllm_batch_size}: expected a positive number of latents per "
+                        f"generate call", field="mllm_batch_size")
     if not args.mllm_model:
         raise UserError("explainer mllm: needs --mllm_model (an MLLM steer supports, e.g. "
                         f"{DEFAULT_MLLM} or google/medgemma-4b-it)", field="explainer", mentions=("mllm_model",))
@@ -531,12 +537,16 @@ def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Pat
     with cache, open(partial, mode, encoding="utf-8") as f:
         if not done:
             f.write(json.dumps(header) + "\n")
-        for j in tqdm(todo, desc=f"describe with {Path(args.mllm_model).name}", unit="latent",
-                      disable=args.no_progress, file=sys.stderr, dynamic_ncols=True):
-            grid = _grid(images, [int(i) for i in top[j][active[j]]],
-                         tile=None if tiles is None else (lambda i, j=j: tiles(j, i)))
-            text = " ".join(mllm.prompt(args.prompt, grid, args.max_new_tokens).split()) or "(no answer)"
-            done[j] = text
-            f.write(json.dumps({"id": j, "text": text}) + "\n")
-            f.flush()
+        bar = tqdm(total=len(todo), desc=f"describe with {Path(args.mllm_model).name}", unit="latent",
+                   disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+        for start in range(0, len(todo), args.mllm_batch_size):
+            batch = todo[start:start + args.mllm_batch_size]
+            grids = [_grid(images, [int(i) for i in top[j][active[j]]],
+                           tile=None if tiles is None else (lambda i, j=j: tiles(j, i))) for j in batch]
+            for j, answer in zip(batch, mllm.prompt_batch(args.prompt, grids, args.max_new_tokens)):
+                done[j] = " ".join(answer.split()) or "(no answer)"
+                f.write(json.dumps({"id": j, "text": done[j]}) + "\n")
+            f.flush()  # a batch's answers are kept before the next batch is asked
+            bar.update(len(batch))
+        bar.close()
     return done

@@ -73,19 +73,50 @@ class MLLM:
             return f"{self.family.label} reads the tower's last block"
         return f"{self.family.label} reads vision_feature_layer={self.vision_feature_layer}"
 
-    def build_inputs(self, text: str, image):
+    def chat_prompt(self, text: str) -> str:
+        """``text`` after one image, in the processor's chat template (LLaVA-1.5's without one)."""
         if getattr(self.processor, "chat_template", None):
             conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-            prompt = self.processor.apply_chat_template(conversation, add_generation_prompt=True)
-        else:
-            prompt = LLAVA_15_TEMPLATE.format(text=text)
-        inputs = self.processor(images=image, text=prompt, return_tensors="pt")
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return LLAVA_15_TEMPLATE.format(text=text)
+
+    def build_inputs(self, text: str, image):
+        inputs = self.processor(images=image, text=self.chat_prompt(text), return_tensors="pt")
         return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                 for k, v in inputs.items()}
 
     def prompt(self, text: str, image, max_new_tokens: int = 5) -> str:
         """Greedy answer to ``text`` about ``image`` (a PIL image): the assistant's words only."""
         return self.generate(text, image, max_new_tokens)[0]
+
+    def prompt_batch(self, text: str, images: list, max_new_tokens: int = 5) -> list[str]:
+        """Greedy answers to the one ``text`` about each of ``images``, in one ``generate`` call.
+
+        Prompts whose image yields a different number of image tokens (LLaVA-NeXT tiles, Qwen2.5-VL
+        at another size) are padded on the left, with the attention mask, so every answer starts
+        right after its own prompt; each answer is the one ``prompt`` gives for that image alone
+        (tested per family)."""
+        import torch
+
+        if len(images) == 1:
+            return [self.prompt(text, images[0], max_new_tokens)]
+        tok = self.processor.tokenizer
+        side = tok.padding_side
+        tok.padding_side = "left"  # generation appends on the right: pads must come first
+        try:
+            prompt = self.chat_prompt(text)
+            # Gemma-3's processor wants one list of images per text; the others take a flat list
+            batch_images = [[im] for im in images] if self.family is TOWERS["gemma3"] else list(images)
+            inputs = self.processor(images=batch_images, text=[prompt] * len(images), return_tensors="pt",
+                                    padding=True)
+        finally:
+            tok.padding_side = side
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in inputs.items()}
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
     def generate(self, text: str, image, max_new_tokens: int = 5) -> tuple[str, str]:
         """(the new tokens decoded and stripped, the whole sequence decoded with special tokens
