@@ -18,7 +18,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Test-only: SAELens and sparsify, which tests/test_interop.py checks import-sae / export-sae
+# Test-only: SAELens and sparsify, which tests/sae/test_interop.py checks import-sae / export-sae
 # against, installed without their own requirement lists into .test-libs/ (requirements-interop.txt).
 TESTLIBS := .test-libs
 $(TESTLIBS)/.installed: requirements-interop.txt $(STAMP)
@@ -26,25 +26,30 @@ $(TESTLIBS)/.installed: requirements-interop.txt $(STAMP)
 	$(PY) -m pip install --quiet --no-deps --target $(TESTLIBS) -r requirements-interop.txt
 	touch $@
 
+# Two worker processes (pytest-xdist), each test file on one worker so that its module fixtures
+# are built once; TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP) $(TESTLIBS)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # The tests that touch model code again, with transformers 4.57 (requirements-tf4.txt) in front of
 # the main environment's 5.x: extraction for every family, steering for every MLLM family.
 TF4 := .tf4-libs
-TF4_TESTS := tests/test_models.py tests/test_model_families.py tests/test_extract.py tests/test_steering.py \
-             tests/test_name_mllm.py \
-             tests/test_steering_families.py tests/test_real.py
+TF4_TESTS := tests/models/test_models.py tests/models/test_model_families.py tests/extraction/test_extract.py tests/steering/test_steering.py \
+             tests/metrics/test_name_mllm.py \
+             tests/steering/test_steering_families.py tests/real/test_real.py
 $(TF4)/.installed: requirements-tf4.txt $(STAMP)
 	rm -rf $(TF4)
 	$(PY) -m pip install --quiet --no-deps --target $(TF4) -r requirements-tf4.txt
 	touch $@
 
 test-tf4: $(STAMP) $(TF4)/.installed
-	PYTHONPATH=$(TF4) SAEVLM_EXPECT_TRANSFORMERS=4.57.6 $(PY) -m pytest -q $(TF4_TESTS)
+	PYTHONPATH=$(TF4) SAEVLM_EXPECT_TRANSFORMERS=4.57.6 $(PY) -m pytest -q $(XDIST) $(TF4_TESTS)
 
 test-all: $(STAMP) $(TESTLIBS)/.installed
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q $(XDIST) -m "slow or not slow"
 
 demo: $(STAMP)
 	$(PY) -m saevlm demo

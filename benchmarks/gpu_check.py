@@ -16,7 +16,7 @@ It runs every GPU path a user takes first and writes one JSON and one markdown t
 5. tests: the ``cuda``-marked tests (the sparse engine on CUDA against dictionary_learning's
    update and its CPU result, autocast extraction, data on device, pinned batches, sync count).
 
-``--quick --device cpu`` runs every part at tiny shapes (tests/test_gpu_check.py runs it in the
+``--quick --device cpu`` runs every part at tiny shapes (tests/device/test_gpu_check.py runs it in the
 suite, so this script cannot rot). On a bare GPU machine (docs/install.md):
 
     bash scripts/device_wheels.sh            # here: the wheels the device image lacks -> .whl/
@@ -271,7 +271,7 @@ def part_tests(device) -> dict:
     if device.type != "cuda":
         return {"skipped": "no GPU: the cuda-marked tests run only on one"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                        "tests/test_gpu_paths.py"], cwd=ROOT, capture_output=True, text=True,
+                        "tests/device/test_gpu_paths.py"], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")})
     summary = (r.stdout.strip().splitlines() or [""])[-1]
     return {"returncode": r.returncode, "summary": summary, "failures": r.stdout[-4000:] if r.returncode else ""}

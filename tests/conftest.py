@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import saevlm  # noqa: E402,F401  (installs the torchvision fix before anything imports torchvision)
 import pytest  # noqa: E402
 
+from helpers import run_cli  # noqa: E402
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` are skipped, with the reason shown, where torch sees no GPU."""
@@ -58,12 +60,6 @@ def big_image_folder(tmp_path_factory):
     from helpers import make_image_folder
     return make_image_folder(tmp_path_factory.mktemp("data") / "images60", num_classes=5,
                              per_class=12, size=36, seed=1)
-
-
-def run_cli(*argv):
-    """Run the CLI in-process; returns its exit status."""
-    from saevlm.cli import main
-    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+# the repository (tests/ is directly under it) and the committed fixture stores
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
 IMAGE_SIZE = 32
 
 
@@ -455,3 +459,65 @@ def make_clip_named_run(root: str | Path, dict_size: int = 64, k: int = 8,
                  "--output_dir", str(root / "codes"), "--no_progress"]) == 0
     assert main(["top-images", "--activations_dir", str(root / "codes"), "--k", "16", "--no_progress"]) == 0
     return clip
+
+
+# the experiment scripts' reduced training configuration (tests/cli/test_script_*.py)
+SCRIPT_TRAIN = {"K": "4", "STEPS": "30", "BATCH_SIZE": "16", "WARMUP_STEPS": "2", "THRESHOLD_START_STEP": "5",
+                "SAVE_STEP": "20", "DEVICE": "cpu", "EXTRACT_BATCH_SIZE": "8", "NUM_WORKERS": "0"}
+
+
+def run_script(script: str, env: dict, expect_ok: bool = True):
+    """``bash scripts/<script>`` as users run it, with ``env`` added to the environment (offline)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(["bash", str(REPO / "scripts" / script)], env={**os.environ, "HF_HUB_OFFLINE": "1",
+                       "PYTHON": sys.executable, **{k: str(v) for k, v in env.items()}},
+                       capture_output=True, text=True, timeout=1200)
+    if expect_ok:
+        assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def run_cli(*argv) -> int:
+    """Run the CLI in-process; returns its exit status."""
+    from saevlm.cli import main
+    return main([str(a) for a in argv])
+
+
+# ---- the sparse engine against dictionary_learning's trainers (tests/sae/test_sparse_engine.py, tests/device)
+ENGINE_ARCHS = ["batch_top_k", "matryoshka_batch_top_k", "top_k"]
+
+
+def engine_trainer(arch, D=48, F=384, k=6, seed=0, **extra):
+    """dictionary_learning's trainer of ``arch`` at a small shape, seeded."""
+    import torch
+
+    from saevlm.sae.archs import trainer_class
+
+    kw = dict(steps=200, activation_dim=D, dict_size=F, k=k, layer=0, lm_name="test", lr=2e-3, warmup_steps=2,
+              decay_start=150, threshold_start_step=1, seed=seed, device="cpu", auxk_alpha=1 / 32) | extra
+    if arch == "matryoshka_batch_top_k":
+        kw.setdefault("group_fractions", [0.25, 0.25, 0.5])
+    torch.manual_seed(seed)
+    return trainer_class(arch)(**kw)
+
+
+def engine_batches(n, B=192, D=48, seed=1):
+    """``n`` correlated batches (B x D), the same for every call with the same seed."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(D, D, generator=g)
+    return [(torch.randn(B, D, generator=g) @ basis) * 0.3 + 1.0 for _ in range(n)]
+
+
+def rel_diff(a, b):
+    """||a - b|| / ||b|| in float64."""
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / max(float(b.norm()), 1e-30))
+
+
+def kill_a_third(trainer, F):
+    """Make a third of the latents dead (their counters past the 10M-token window), so AuxK runs."""
+    trainer.num_tokens_since_fired[: F // 3] = trainer.dead_feature_threshold + 1

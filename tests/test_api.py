@@ -2,14 +2,14 @@
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from saevlm import api
 from saevlm.errors import UserError
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
+DOC = REPO / "docs" / "python-api.md"
 
 
 def test_python_api_doc_example_runs(tmp_path, monkeypatch, capsys):
@@ -29,7 +29,7 @@ def test_python_api_doc_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def _cli_error(capsys, *argv) -> str:
-    from conftest import run_cli
+    from helpers import run_cli
 
     with pytest.raises(SystemExit) as exit_info:  # argparse's own exit for a bad flag value
         run_cli(*argv)

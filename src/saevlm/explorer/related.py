@@ -19,7 +19,7 @@ superset leads (a parent before a grandparent, which covers i as well but fires 
 images); the rest follow by C(i -> j). Its **children** are latents of finer groups ranked the
 same way with the roles swapped (C(j -> i), the share of the child's images that i covers).
 Ranking by cover alone put the grandparent first for most latents of the synthetic world (a finer
-latent absorbs part of its parent's images; tests/test_hierarchy.py gives the rate).
+latent absorbs part of its parent's images; tests/metrics/test_hierarchy.py gives the rate).
 """
 
 from __future__ import annotations
