@@ -15,8 +15,22 @@ import pytest  # noqa: E402
 from helpers import run_cli  # noqa: E402
 
 
+# Files that take minutes (a real ViT on real images; the experiment scripts, dozens of processes;
+# torchrun): collected first, so that with two workers (make test: -n 2 --dist loadfile) they start
+# at once, side by side, and the short files fill in around them instead of waiting behind them.
+LONG_FIRST = ("real/test_real.py", "cli/test_script_ms.py", "cli/test_script_ms_hub.py",
+              "cli/test_script_steering.py", "extraction/test_distributed.py", "cli/test_script_hierarchy.py")
+
+
+def _long_first(item) -> int:
+    path = item.nodeid.split("::")[0].removeprefix("tests/")
+    return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` are skipped, with the reason shown, where torch sees no GPU."""
+    """The long files first (a stable sort: the rest keep their order); tests marked ``cuda`` are
+    skipped, with the reason shown, where torch sees no GPU."""
+    items.sort(key=_long_first)
     if not any(item.get_closest_marker("cuda") for item in items):
         return
     import torch
