@@ -521,3 +521,23 @@ def rel_diff(a, b):
 def kill_a_third(trainer, F):
     """Make a third of the latents dead (their counters past the 10M-token window), so AuxK runs."""
     trainer.num_tokens_since_fired[: F // 3] = trainer.dead_feature_threshold + 1
+
+
+def assert_results_read_back(root: str | Path, expect: int = 1) -> list[Path]:
+    """Every JSON result under ``root`` (by its catalog name, ``artifacts.record_for``) reads as
+    its record with no key the record does not declare, here or in a nested record (writer and
+    reader agree on every key), and the record written back reads as the same record; at least
+    ``expect`` of them. Returns the files checked."""
+    from saevlm.data import artifacts as A
+
+    checked = []
+    for path in sorted(Path(root).rglob("*.json")):
+        cls = A.record_for(path)
+        if cls is None:
+            continue
+        rec = cls.from_file(path)
+        assert rec.unknown_keys() == [], f"{path}: keys no {cls.__name__} field declares: {rec.unknown_keys()}"
+        assert cls.from_json(rec.to_json(), path).to_json() == rec.to_json(), path
+        checked.append(path)
+    assert len(checked) >= expect, (root, checked)
+    return checked

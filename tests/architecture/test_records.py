@@ -1,13 +1,17 @@
-"""Stages read provenance and results only through the typed records (docs/architecture.md)."""
+"""Stages read provenance and results only through the typed records (docs/architecture.md), and
+the records check what they read by the fields' real types. That writers and readers agree on every
+key is checked where each result is written: ``helpers.assert_results_read_back`` on the files of a
+real run (tests/cli/test_demo.py, tests/metrics, tests/steering)."""
 
+import dataclasses
 import re
+import typing
+from typing import ClassVar, Optional
 
+import pytest
 
-from helpers import REPO
-
-
-ROOT = REPO
-
+from helpers import REPO as ROOT
+from saevlm.data import artifacts as A
 
 
 def test_stages_read_provenance_only_through_the_typed_objects():
@@ -22,7 +26,6 @@ def test_stages_read_provenance_only_through_the_typed_objects():
             if pattern.search(line) and "self.manifest.get" not in line:  # TopImagesStore: its own JSON
                 offenders.append(f"{f.relative_to(ROOT)}:{no}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
-
 
 
 def test_report_and_explorer_read_result_records_not_raw_keys():
@@ -47,3 +50,37 @@ def test_report_and_explorer_read_result_records_not_raw_keys():
             if names.search(line):
                 offenders.append(f"{f.relative_to(ROOT)}:{no}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spelled(A.Record):
+    """A record whose annotations are real types spelled three ways (this module has no
+    ``from __future__ import annotations``): the check must not depend on how a type is written."""
+
+    KIND: ClassVar[str] = "test record"
+    count: Optional[int] = None  # noqa: UP045 - the older spelling on purpose
+    share: typing.Union[float, None] = None  # noqa: UP007
+    label: "str | None" = None
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+@pytest.mark.parametrize("key,value", [("count", "3"), ("count", True), ("count", 2.5), ("share", "0.5"),
+                                       ("label", 7)])
+def test_record_fields_are_checked_by_their_real_types(key, value):
+    with pytest.raises(A.ResultError, match=f"damaged test record \\('{key}'"):
+        _Spelled.from_json({key: value}, "x.json")
+    ok = _Spelled.from_json({"count": 3, "share": 1, "label": "a", "new": 1}, "x.json")
+    assert (ok.count, ok.share, ok.label, ok.unknown_keys()) == (3, 1, "a", ["new"])
+
+
+def test_every_result_record_has_its_file_name_in_the_catalog():
+    """Each record of a whole JSON result is what ``record_for`` reads its catalog name with, so
+    the read-back check above reaches it; the nested ones (a latent, a group, a pair) are not files."""
+    nested = {A.MSUncertainty, A.LatentName, A.ConceptFMS, A.HierarchyGroup, A.StabilitySAE, A.StabilityPair,
+              A.TrainerEntry, A.StoreHead}
+    records = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record) and c is not A.Record}
+    names = {A.MS_JSON, A.NAMES, A.STEERING_SCORE, A.SIMILARITY_BASELINE, A.FMS_JSON, A.RUN_JSON, A.EVAL_JSON,
+             A.STABILITY, A.CLASSES, A.hierarchy_json(16), A.uniqueness_json(16), A.top_images_json(16),
+             "agreement.json"}
+    assert {A.record_for(n) for n in names} == records - nested
+    assert A.record_for(A.top_images_npy(16)) is None and A.record_for("manifest.json") is None

@@ -3,7 +3,7 @@ latents far above raw neurons, as in the paper."""
 
 import json
 
-from helpers import run_cli
+from helpers import assert_results_read_back, run_cli
 
 
 def test_demo_end_to_end(tmp_path, capsys):
@@ -14,6 +14,10 @@ def test_demo_end_to_end(tmp_path, capsys):
     for t in ("trainer_0", "trainer_1", "trainer_2", "trainer_3"):
         sae = json.loads((tmp_path / "d" / "codes" / t / "ms_synthetic" / "ms.json").read_text())
         assert sae["mean"] > raw["mean"] + 0.15, (t, sae["mean"], raw["mean"])
+    # ms.json x 5, top_images_16.json x 4, hierarchy_16.json x 2, run.json, eval.json x 4, classes.json: writer
+    # and reader agree on every key
+    checked = {p.name for p in assert_results_read_back(tmp_path / "d", expect=17)}
+    assert {"ms.json", "top_images_16.json", "hierarchy_16.json", "run.json", "eval.json"} <= checked
     report = (tmp_path / "d" / "report.md").read_text()
     assert "Monosemanticity Score" in report and "Matryoshka hierarchy" in report and "Sources" in report
     # the demo ends with the command that opens its run in the explorer, and that command works

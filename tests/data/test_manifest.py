@@ -126,7 +126,7 @@ def test_result_records_round_trip_and_name_damage(tmp_path):
         {"id": 0, "names": [["otter", 0.3], ["violin", 0.2]], "margin": 0.1, "n_active": 5, "purity": 0.8,
          "entropy_bits": 0.7, "label": "otter", "future_key": 1}], "new_top_level": {"x": 1}}
     rec = A.NamesResult.from_json(names, "names.json")
-    assert rec.latents[0].names[1] == ("violin", 0.2) and rec.latents[0].purity == 0.8 and rec.from_activating_images
+    assert rec.latents[0].names[1] == ("violin", 0.2) and rec.latents[0].purity == 0.8 and rec.named_where_active
     assert rec.to_json() == names  # unknown keys kept, nothing invented
     (tmp_path / "names.json").write_text("{ damaged")
     with pytest.raises(A.ResultError, match=r"names.json: not valid JSON \(line 1\)"):

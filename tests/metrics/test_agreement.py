@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pandas as pd
 
-from helpers import run_cli
+from helpers import assert_results_read_back, run_cli
 from saevlm.metrics.agreement import agreement_table
 from saevlm.metrics.ms import MSAccumulator
 
@@ -67,6 +67,7 @@ def test_benchmark_agreement_command(tmp_path):
                        world / "embeddings_val", "--scores", f"truth={tmp_path / 'true.npy'}",
                        "--output", out, "--device", "cpu") == 0
         res = json.loads(out.read_text())
+        assert out in assert_results_read_back(tmp_path, expect=5)  # and the world's classes.json x 4
         assert set(res["metrics"]) == {"MS (dino, shipped)", "MS (clip, shipped)",
                                        "MS (recomputed, synthetic)", "truth"}
         chose_x = pairs["R_user"].to_numpy() > 0.5

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from helpers import run_cli
+from helpers import assert_results_read_back, run_cli
 from saevlm.metrics.fms import _gini_best_splits, concept_fms, fit_tree
 
 
@@ -66,6 +66,7 @@ def test_fms_sae_latents_above_raw_neurons(tmp_path):
         assert run_cli("fms", "--activations_dir", store, "--concepts", w / "concepts_val.npz",
                        "--max_positives", "200") == 0
         scores[name] = json.loads((store / "fms" / "fms.json").read_text())
+        assert_results_read_back(store / "fms")
     assert scores["sae"]["concepts"] == 126
     assert scores["sae"]["fms"] > scores["raw"]["fms"] + 0.05, (scores["sae"]["fms"], scores["raw"]["fms"])
     assert scores["sae"]["mean_acc0"] > scores["raw"]["mean_acc0"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import MLLM_FAMILIES, run_cli, save_tiny_mllm
+from helpers import MLLM_FAMILIES, assert_results_read_back, run_cli, save_tiny_mllm
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def test_names_from_an_mllm(clip_run, tmp_path, monkeypatch):
     args = ["--explainer", "mllm", "--mllm_model", llava, "--max_new_tokens", "3"]
     assert _name(root, tmp_path / "names.json", *args) == 0
     names = json.loads((tmp_path / "names.json").read_text())
+    assert assert_results_read_back(tmp_path) == [tmp_path / "names.json"]
     assert names["explainer"] == "mllm" and names["mllm_model"] == str(llava) and names["prompt"] == naming.MLLM_PROMPT
     top = np.load(root / "codes" / "top_images_16.npy")
     values = np.load(root / "codes" / "top_images_16_values.npy")

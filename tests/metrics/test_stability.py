@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import assert_results_read_back, run_cli
 
 TRAIN = ["--sae_model", "batch_top_k", "--expansion_factor", "2", "--k", "4", "--steps", "40", "--batch_size", "256",
          "--warmup_steps", "5", "--threshold_start_step", "10", "--log_steps", "40", "--checkpoint_every", "20"]
@@ -62,6 +62,7 @@ def test_several_seeds_train_in_one_pass(world, tmp_path):
     # stability on the two trained SAEs: the command runs and reports a share in [0, 1]
     assert run_cli("stability", "--sae_path", tmp_path / "two" / "trainer_0", tmp_path / "two" / "trainer_1") == 0
     res = json.loads((tmp_path / "two" / "stability.json").read_text())
+    assert tmp_path / "two" / "stability.json" in assert_results_read_back(tmp_path / "two", expect=4)
     assert res["saes"][1]["seed"] == 1 and 0 <= res["pairs"][0]["matched_share"] <= 1
     # the report shows it (a typed record), with the matched share as written
     assert run_cli("report", "--run_dir", tmp_path / "two", "--no_grids", "--output_dir", tmp_path / "rep") == 0

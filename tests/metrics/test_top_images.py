@@ -5,7 +5,7 @@ from itertools import combinations
 
 import numpy as np
 
-from helpers import run_cli
+from helpers import assert_results_read_back, run_cli
 from saevlm.data.codes import CSRChunk, dense_to_csr
 from saevlm.metrics.top_images import top_k_csr, top_k_dense
 from saevlm.metrics.uniqueness import uniqueness_stats
@@ -88,6 +88,7 @@ def test_commands_on_synthetic_world(tmp_path):
     assert run_cli("uniqueness", "--activations_dir", w / "val", "--k", "16") == 0
     stats = json.loads((w / "val" / "uniqueness_16.json").read_text())
     assert stats["pairs"] == 64 * 63 // 2
+    assert {"top_images_16.json", "uniqueness_16.json"} <= {p.name for p in assert_results_read_back(w / "val")}
     assert run_cli("uniqueness", "--activations_dir", w / "train", "--k", "16") == 2
 
 

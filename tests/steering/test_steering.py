@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import run_cli, save_identity_sae, save_random_sae, save_tiny_llava
+from helpers import assert_results_read_back, run_cli, save_identity_sae, save_random_sae, save_tiny_llava
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
@@ -190,6 +190,8 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
                    "--steer", "--alpha", "50", "--output_path", f"{tmp_path / 'auth'}/", "--device", "cpu") == 0
     arows = list(csv.DictReader(open(tmp_path / "auth" / "labels.csv")))
     asum = json.loads((tmp_path / "auth" / "steering_score.json").read_text())
+    for run in ("steered", "plain", "auth"):
+        assert [p.name for p in assert_results_read_back(tmp_path / run)] == ["steering_score.json"]
     assert asum["protocol"] == "authors" and len(arows) == 2 * 4
     sims = np.array([float(r["similarity"]) for r in arows])
     assert abs(asum["std"] - sims.std(ddof=1)) < 1e-6 and abs(asum["mean"] - sims.mean()) < 1e-6
@@ -209,6 +211,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
     bounds = json.loads((tmp_path / "eval" / "similarity_baseline.json").read_text())
     assert bounds["images"] == 4 and -1 <= bounds["shuffled_class_names"]["mean"] <= 1
     assert bounds["protocol"] == "authors"
+    assert [p.name for p in assert_results_read_back(tmp_path / "eval")] == ["similarity_baseline.json"]
     img = enc.images([__import__("PIL.Image").Image.open(f).convert("RGB")
                       for f in sorted((tmp_path / "eval").rglob("*.png"))])
     true = (img * enc.text([f"thing_{i}" for i in range(4)])).sum(1)

@@ -48,20 +48,25 @@ def ms_dir_name(embedder: str) -> str:
     return f"{MS_PREFIX}_{embedder}"
 
 
+TOP_IMAGES_PREFIX = "top_images_"
+HIERARCHY_PREFIX = "hierarchy_"
+UNIQUENESS_PREFIX = "uniqueness_"
+
+
 def top_images_npy(k: int) -> str:
-    return f"top_images_{k}.npy"
+    return f"{TOP_IMAGES_PREFIX}{k}.npy"
 
 
 def top_images_values_npy(k: int) -> str:
-    return f"top_images_{k}_values.npy"
+    return f"{TOP_IMAGES_PREFIX}{k}_values.npy"
 
 
 def top_images_kth_npy(k: int) -> str:
-    return f"top_images_{k}_kth_value.npy"
+    return f"{TOP_IMAGES_PREFIX}{k}_kth_value.npy"
 
 
 def top_images_json(k: int) -> str:
-    return f"top_images_{k}.json"
+    return f"{TOP_IMAGES_PREFIX}{k}.json"
 
 
 def hai_indices_npy(k: int) -> str:
@@ -74,11 +79,11 @@ def hai_worst_npy(k: int) -> str:
 
 
 def hierarchy_json(k: int) -> str:
-    return f"hierarchy_{k}.json"
+    return f"{HIERARCHY_PREFIX}{k}.json"
 
 
 def uniqueness_json(k: int) -> str:
-    return f"uniqueness_{k}.json"
+    return f"{UNIQUENESS_PREFIX}{k}.json"
 
 
 # -- training and steering runs
@@ -91,11 +96,19 @@ SIMILARITY_BASELINE = "similarity_baseline.json"
 AGREEMENT_GLOB = "agreement*.json"
 
 
-# what a scalar field may hold in JSON (annotations are strings here: from __future__ import annotations)
-_SCALARS: dict[str, tuple[type, ...]] = {
-    "int": (int,), "int | None": (int,), "float": (int, float), "float | None": (int, float),
-    "str": (str,), "str | None": (str,), "bool": (bool,), "dict": (dict,), "dict | None": (dict,),
-    "str | int | None": (str, int)}
+def _json_types(hint: Any) -> tuple[type, ...] | None:
+    """The JSON types a field of type ``hint`` (the resolved annotation, not its string) may hold:
+    ``int`` an int, ``float`` an int or a float, ``str``, ``bool`` and ``dict`` themselves, a union
+    any of its members (None aside); None where the field is not a scalar (tuples, records)."""
+    import types
+    import typing
+
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [_json_types(a) for a in typing.get_args(hint) if a is not type(None)]
+        if not members or any(m is None for m in members):
+            return None
+        return tuple(dict.fromkeys(t for m in members for t in m))
+    return {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}.get(hint)
 
 
 class ResultError(UserError):
@@ -108,6 +121,7 @@ class Record:
 
     KIND: ClassVar[str] = "result"
     REQUIRED: ClassVar[tuple[str, ...]] = ()  # keys without which the file is not this kind of result
+    KEYS: ClassVar[dict[str, str]] = {}  # field -> its JSON key, where the key is not a Python name
 
     @classmethod
     def from_json(cls, data: Any, where: str | Path = "result"):
@@ -117,6 +131,8 @@ class Record:
         if missing:
             raise ResultError(f"{where}: not a {cls.KIND} (no {missing[0]!r})")
         names, scalars = cls._spec()
+        if cls.KEYS:
+            data = {cls._FIELD_OF.get(k, k): v for k, v in data.items()}
         values = {k: v for k, v in data.items() if k in names}
         for key, value in values.items():
             expected = scalars.get(key)
@@ -129,6 +145,10 @@ class Record:
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise ResultError(f"{where}: damaged {cls.KIND} ({type(err).__name__}: {err})") from None
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls._FIELD_OF = {key: name for name, key in cls.KEYS.items()}
+
     @classmethod
     def _convert(cls, values: dict, where) -> dict:
         """Nested records built from their JSON (override)."""
@@ -140,9 +160,12 @@ class Record:
         names.json has 65,536 latent records)."""
         spec = cls.__dict__.get("_spec_cache")
         if spec is None:
+            import typing
+
             names = frozenset(f.name for f in dataclasses.fields(cls) if f.name != "extra")
-            spec = (names, {n: _SCALARS[cls.__dataclass_fields__[n].type] for n in names
-                            if cls.__dataclass_fields__[n].type in _SCALARS})
+            hints = typing.get_type_hints(cls)  # the real types (annotations are strings in this module)
+            allowed = {n: _json_types(hints[n]) for n in names}
+            spec = (names, {n: a for n, a in allowed.items() if a is not None})
             type.__setattr__(cls, "_spec_cache", spec)
         return spec
 
@@ -170,8 +193,26 @@ class Record:
                 continue
             v = _plain(getattr(self, f.name))
             if v is not None or f.name in self.REQUIRED:
-                out[f.name] = v
+                out[self.KEYS.get(f.name, f.name)] = v
         return out
+
+    def write(self, path: str | Path) -> None:
+        """The record as its JSON file, written atomically (the one way a result file is written)."""
+        from saevlm.data.atomic import atomic_write_json
+
+        atomic_write_json(path, self.to_json())
+
+    def unknown_keys(self) -> list[str]:
+        """Keys of the file this record was read from that no record field declares, here and in
+        the records nested in it ("groups[0].ms_max"): empty when writer and reader agree."""
+        found = [k for k in self.extra]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            items = [(f.name, v)] if isinstance(v, Record) else \
+                [(f"{f.name}[{i}]", x) for i, x in enumerate(v) if isinstance(x, Record)] \
+                if isinstance(v, (tuple, list)) else []
+            found += [f"{where}.{k}" for where, rec in items for k in rec.unknown_keys()]
+        return found
 
 
 def _plain(v: Any) -> Any:
@@ -240,6 +281,14 @@ class MSSummary(Record):
     embeddings_model: str | None = None
     activations_dir: str | None = None
     inputs: dict | None = None
+    kind: str | None = None  # "sae latents" or "raw neurons"
+    definition: str | None = None  # the equations computed
+    num_images: int | None = None
+    embeddings_path: str | None = None
+    model: str | None = None  # the scored store's model, as its provenance names it
+    hook: dict | None = None  # its block and attachment point
+    sae: dict | None = None  # the SAE the codes came from (None: raw neurons)
+    files: dict | None = None  # size and CRC-32 of each .npy written beside it
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -321,6 +370,12 @@ class NamesResult(Record):
     definition: str | None = None
     source: dict | None = None
     latents: tuple[LatentName, ...] = ()
+    # the MLLM explainer's decoding: tokens, "greedy", the torch seed
+    max_new_tokens: int | None = None
+    decoding: str | None = None
+    seed: int | None = None
+    detection_seed: int | None = None  # the random images and baseline names of the detection score
+    from_activating_images: bool | None = None  # absent in older files: see named_where_active
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -348,9 +403,11 @@ class NamesResult(Record):
         return values
 
     @property
-    def from_activating_images(self) -> bool:
+    def named_where_active(self) -> bool:
         """Named from the top images where each latent is active (saevlm since the explorer's
-        second round); older files were named from padded top-k lists."""
+        second round, which says so); older files were named from padded top-k lists."""
+        if self.from_activating_images is not None:
+            return self.from_activating_images
         return all(r.n_active is not None for r in self.latents if r.names)
 
 
@@ -372,6 +429,17 @@ class SteeringScore(Record):
     sae_dict_size: int | None = None
     llava_model: str | None = None  # the MLLM that answered
     mllm_family: str | None = None  # its family (LLaVA-1.5 when not recorded: older results)
+    kind: str | None = None
+    layer: int | None = None  # the vision block steered
+    mode: str | None = None  # reconstruct or add
+    zero_others: bool | None = None
+    prompt: str | None = None
+    word_rule: str | None = None  # how the answer's word is read
+    target: str | None = None  # what the answer is compared with
+    std_over: str | None = None
+    clip_model: str | None = None
+    processor_backend: str | None = None
+    paper: dict | None = None  # the paper's numbers for the same protocol
     extra: dict = field(default_factory=dict)
 
     @property
@@ -389,6 +457,11 @@ class SimilarityBaseline(Record):
     images: int | None = None
     true_class_names: dict = field(default_factory=dict)
     shuffled_class_names: dict = field(default_factory=dict)
+    kind: str | None = None
+    protocol: str | None = None
+    clip_model: str | None = None
+    processor_backend: str | None = None
+    paper: dict | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -398,11 +471,16 @@ class ConceptFMS(Record):
 
     KIND: ClassVar[str] = "concept FMS"
     REQUIRED: ClassVar[tuple[str, ...]] = ("fms",)
+    KEYS: ClassVar[dict[str, str]] = {"global_": "global"}
     concept: str | int | None = None
     root: int = -1
     fms: float = float("nan")
     acc0: float | None = None
     positives: int | None = None
+    acc_1: float | None = None  # accuracy of the best two latents together
+    acc_cum: tuple | None = None  # accuracy of the best 1, 2, ... latents
+    local: float | None = None
+    global_: float | None = None  # "global" in the file
     extra: dict = field(default_factory=dict)
 
 
@@ -423,6 +501,9 @@ class FMSResult(Record):
     ms_source: str | None = None
     activations_dir: str | None = None
     source: dict | None = None
+    definition: str | None = None
+    p: int | None = None  # latents in the local score
+    n: int | None = None  # latents in the cumulative accuracy
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -444,6 +525,8 @@ class UniquenessResult(Record):
     pairs: int = 0
     pairs_above: dict = field(default_factory=dict)
     source: dict | None = None
+    most_similar: tuple | None = None  # [latent, latent, overlap] of the most overlapping pairs
+    least_similar: tuple | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -457,6 +540,8 @@ class HierarchyGroup(Record):
     lca_depth_mean_rounded: float | None = None
     lca_depth_majority: float | None = None
     ms_mean: float | None = None
+    ms_min: float | None = None
+    ms_max: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -469,6 +554,11 @@ class HierarchyResult(Record):
     taxonomy_depth: int | None = None
     groups: tuple[HierarchyGroup, ...] = ()
     source: dict | None = None
+    k: int | None = None
+    group_sizes: tuple | None = None
+    taxonomy_source: str | None = None
+    pairs_per_neuron: int | None = None
+    per_neuron_mean_rounded: tuple | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -485,6 +575,10 @@ class AgreementResult(Record):
     KIND: ClassVar[str] = "agreement result"
     REQUIRED: ClassVar[tuple[str, ...]] = ("metrics",)
     metrics: dict = field(default_factory=dict)
+    benchmark: str | None = None
+    pairs: int | None = None
+    r_user_rule: str | None = None
+    paper_ms_dino: dict | None = None  # the paper's agreement per bin for MS with DINOv2
     extra: dict = field(default_factory=dict)
 
 
@@ -552,6 +646,7 @@ class TopImagesStamp(Record):
     k: int | None = None
     neurons: int | None = None
     source: dict | None = None
+    files: dict | None = None  # size and CRC-32 of each .npy written beside it
     extra: dict = field(default_factory=dict)
 
 
@@ -571,6 +666,10 @@ class TrainRun(Record):
     KIND: ClassVar[str] = "training run (run.json)"
     complete: bool = False
     identity: dict = field(default_factory=dict)
+    norm_factor: float | None = None
+    validation: str | None = None  # where the evaluation rows came from
+    engine: dict | None = None  # per trainer: sparse or dictionary_learning
+    precision: dict | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -594,6 +693,14 @@ class EvalResult(Record):
     l0: float = float("nan")
     dead_fraction: float = float("nan")
     dense_fraction: float = float("nan")
+    r2_authors_no_threshold: float | None = None
+    r2_authors_batches: int | None = None
+    step: int | None = None
+    validation: str | None = None
+    rows: int | None = None
+    mse: float | None = None
+    l2_loss: float | None = None
+    dict_size: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -624,3 +731,26 @@ class Classes(Record):
         if not self.names and self.taxonomy:
             return [t[-1] if t else c for t, c in zip(self.taxonomy, self.classes)]
         return list(self.names or self.classes)
+
+
+# the record of each JSON result, by its file name in the catalog above (names with a k or a suffix
+# by their prefix): what a reader reads it with, and what tests read every written result back with
+_RECORD_OF_NAME: dict[str, type[Record]] = {
+    MS_JSON: MSSummary, NAMES: NamesResult, STEERING_SCORE: SteeringScore, SIMILARITY_BASELINE: SimilarityBaseline,
+    Path(FMS_JSON).name: FMSResult, RUN_JSON: TrainRun, EVAL_JSON: EvalResult, STABILITY: StabilityResult,
+    CLASSES: Classes}
+_RECORD_OF_PREFIX: dict[str, type[Record]] = {
+    HIERARCHY_PREFIX: HierarchyResult, UNIQUENESS_PREFIX: UniquenessResult, TOP_IMAGES_PREFIX: TopImagesStamp,
+    AGREEMENT_GLOB.split("*")[0]: AgreementResult}
+
+
+def record_for(path: str | Path) -> type[Record] | None:
+    """The record class a result file of this name is read with, or None (not a JSON result)."""
+    name = Path(path).name
+    if name in _RECORD_OF_NAME:
+        return _RECORD_OF_NAME[name]
+    if name.endswith(".json"):
+        for prefix, cls in _RECORD_OF_PREFIX.items():
+            if name.startswith(prefix):
+                return cls
+    return None

@@ -32,7 +32,7 @@ def names_problem(view) -> str | None:
         return str(err)
     if len(names.latents) != view.num_latents:
         return f"names for {len(names.latents)} latents, the store has {view.num_latents}"
-    if not names.from_activating_images:
+    if not names.named_where_active:
         return ("named from all top images, including ones where the latent is 0 (an older saevlm); names and "
                 "purity now use only activating images")
     return None

@@ -248,7 +248,7 @@ def _dead_warnings(rep: Report, records: list[MSRecord | None]) -> list[str]:
         if s is None or not s.total or s.dead is None or s.dead / s.total <= DEAD_WARNING_FRACTION:
             continue
         out.append(f"Warning: {s.dead} of {s.total} neurons ({s.dead / s.total:.0%}) of {_rel(rep, r.store)} are dead "
-                   f"on these {s.extra.get('num_images', '?')} images; its MS rows rest on the "
+                   f"on these {s.num_images if s.num_images is not None else '?'} images; its MS rows rest on the "
                    f"{s.total - s.dead} others. More images (or a longer training) make fewer dead latents.")
     return out
 
@@ -421,7 +421,7 @@ def names_tables(rep: Report, results: list[ResultFile]) -> None:
         if not named:
             continue
         rep.heading(f"Latent names: {r.path.parent.relative_to(rep.run_dir)}", 3)
-        where = "where they are active " if n.from_activating_images else ""
+        where = "where they are active " if n.named_where_active else ""
         scored = [x for x in named if x.detection is not None]
         score_note = (f" Detection score (AUROC of the name's text on held-out activating vs random silent images): "
                       f"median {np.median([x.detection for x in scored]):.3f} over {len(scored)} scored names, a "

@@ -110,7 +110,7 @@ def ms_results(trainer_dir: Path) -> list[dict]:
             ms = A.MSSummary.from_file(f)
         except A.ResultError:
             continue
-        sae = ms.extra.get("sae")
+        sae = ms.sae
         if isinstance(sae, dict) and isinstance(sae.get("path"), str) and str(Path(sae["path"]).resolve()) == weights:
             out.append({"mean": ms.mean, "std": ms.std, "scored": ms.scored_count, "total": ms.total,
                         "embeddings_model": ms.embeddings_model})

@@ -103,7 +103,6 @@ def output_dir_of(args) -> Path:
 def run(args: SteeringScoreConfig) -> int:
     from tqdm import tqdm
 
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images_for
     from saevlm.steering.intervention import sae_intervention
@@ -162,10 +161,10 @@ def run(args: SteeringScoreConfig) -> int:
         w.writerow(header)
         w.writerows(rows)
         return buf.getvalue()
-    atomic_write_text(out / "labels.csv", csv_text(["neuron", "image", "answer", "word", "similarity"], (
+    atomic_write_text(out / A.STEERING_LABELS_CSV, csv_text(["neuron", "image", "answer", "word", "similarity"], (
         [n, name, answer, word, f"{s:.6f}"] for (n, name, answer, _), word, s in zip(labels, words, sims))))
     per_neuron = {n: float(np.mean(sims[[i for i, lab in enumerate(labels) if lab[0] == n]])) for n in neurons}
-    atomic_write_text(out / "scores.csv", csv_text(["neuron", "score"],
+    atomic_write_text(out / A.STEERING_SCORES_CSV, csv_text(["neuron", "score"],
                                                    ([n, f"{s:.6f}"] for n, s in per_neuron.items())))
     vals = np.array(list(per_neuron.values()))
     if authors:  # torch.std over all (neuron, image) pairs: unbiased
@@ -175,21 +174,18 @@ def run(args: SteeringScoreConfig) -> int:
         mean, std, std_over = float(vals.mean()), float(vals.std()), "per-neuron means, ddof 0"
     from saevlm.data.atomic import file_checksum
     from saevlm.report.paper import STEERING
-    summary = {"kind": "steering_score", "protocol": args.protocol, "mean": mean, "std": std,
-               "std_over": std_over, "neurons": len(neurons), "images": len(images), "steered": args.steer,
-               "alpha": args.alpha if args.steer else None, "layer": layer, "mode": args.mode,
-               "zero_others": args.zero_others, "prompt": args.prompt, "sae": str(sae.path),
-               # which weights (the explorer leaves out a result whose SAE was retrained since)
-               "sae_weights": file_checksum(sae.path), "sae_dict_size": int(sae.dict_size),
-               "llava_model": args.llava_model, "clip_model": args.clip_model,
-               "processor_backend": args.processor_backend,
-               "mllm_family": llava.family.label,
-               "word_rule": ("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
-                             else "the new tokens' text .split(' ')[0], as is") if authors
-                            else "first alphabetic word, lower-cased; '' -> 'nothing'",
-               "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
-               "paper": STEERING}
-    atomic_write_json(out / A.STEERING_SCORE, summary)
+    A.SteeringScore(
+        kind="steering_score", protocol=args.protocol, mean=mean, std=std, std_over=std_over, neurons=len(neurons),
+        images=len(images), steered=args.steer, alpha=args.alpha if args.steer else None, layer=layer,
+        mode=args.mode, zero_others=args.zero_others, prompt=args.prompt, sae=str(sae.path),
+        # which weights (the explorer leaves out a result whose SAE was retrained since)
+        sae_weights=file_checksum(sae.path), sae_dict_size=int(sae.dict_size), llava_model=args.llava_model,
+        clip_model=args.clip_model, processor_backend=args.processor_backend, mllm_family=llava.family.label,
+        word_rule=("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
+                   else "the new tokens' text .split(' ')[0], as is") if authors
+        else "first alphabetic word, lower-cased; '' -> 'nothing'",
+        target="mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
+        paper=STEERING).write(out / A.STEERING_SCORE)
     print(f"steering score ({'unsteered' if not args.steer else f'alpha {args.alpha:g}'}, protocol {args.protocol}): "
           f"{mean:.3f} +- {std:.3f} over {len(neurons)} neurons x {len(images)} image(s)")
     print(f"wrote {out}/labels.csv, scores.csv, steering_score.json")
