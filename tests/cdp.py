@@ -125,3 +125,11 @@ class Browser:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def dump_dom(url: str) -> str:
+    """The page as Chromium renders it, after its scripts ran."""
+    r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                        "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout

@@ -541,3 +541,54 @@ def assert_results_read_back(root: str | Path, expect: int = 1) -> list[Path]:
         checked.append(path)
     assert len(checked) >= expect, (root, checked)
     return checked
+
+
+# ---- whole stores compared byte for byte; saevlm in a process of its own, or in two under torchrun
+def store_bytes(path: Path) -> dict:
+    """Every file of a store, with timestamps and the write id removed from the manifest (the writer's lock file,
+    which names the last writer's pid, is not part of the store)."""
+    out = {}
+    for f in sorted(path.iterdir()):
+        if f.name == ".saevlm.lock":
+            continue
+        if f.name == "manifest.json":
+            m = json.loads(f.read_text())
+            m.pop("created"), m.pop("finished"), m.pop("write_id", None)  # when and which write, not what
+            out[f.name] = json.dumps(m, sort_keys=True).encode()
+        else:
+            out[f.name] = f.read_bytes()
+    return out
+
+
+# the child processes' environment: offline, one thread each (two ranks share two cores)
+SUBPROCESS_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def saevlm_torchrun(args, nproc=2, wait=True):
+    """``python -m torch.distributed.run --nproc_per_node=nproc -m saevlm *args``: its completed
+    process, or (``wait=False``) the running one."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={free_port()}", "--master_addr=127.0.0.1", "-m", "saevlm", *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
+
+
+def saevlm_single(args):
+    """``python -m saevlm *args`` in a process of its own, completed."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "saevlm", *map(str, args)], env=SUBPROCESS_ENV,
+                          capture_output=True, text=True, timeout=600)

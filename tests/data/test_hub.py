@@ -91,7 +91,7 @@ def test_embed_pairs_and_val_maps_to_validation(tiny_clip_dir, tiny_dinov2_dir, 
 def test_resume_after_a_kill_reads_only_unfinished_row_groups(tiny_clip_dir, hub_dir, tmp_path, monkeypatch):
     from saevlm.data import hub as hub_mod
     from saevlm.data import writer as store_mod
-    from test_extract import _store_bytes
+    from helpers import store_bytes
 
     args = _args(tiny_clip_dir, f"hf:{hub_dir}", tmp_path / "ref", "--layer", "1", "--cls_only", "--shard_rows", "8")
     assert run_cli("extract", *args) == 0
@@ -119,22 +119,22 @@ def test_resume_after_a_kill_reads_only_unfinished_row_groups(tiny_clip_dir, hub
     # images 32..59 were left: file 0 holds images 0..29, so only file 1's row groups (rows 2..29
     # of it, groups of 5 rows) are read, each once
     assert sorted(groups_read) == [(1, g) for g in range(6)]
-    assert _store_bytes(tmp_path / "ref" / "post_mlp_residual_1") == _store_bytes(tmp_path / "run" / "post_mlp_residual_1")
+    assert store_bytes(tmp_path / "ref" / "post_mlp_residual_1") == store_bytes(tmp_path / "run" / "post_mlp_residual_1")
 
 
 def test_two_ranks_equal_one_process(tiny_clip_dir, hub_dir, tmp_path):
-    from test_distributed import _single, _torchrun
-    from test_extract import _store_bytes
+    from helpers import saevlm_single, saevlm_torchrun
+    from helpers import store_bytes
 
     extract = ["extract", "--layer", "1", "last", "--random_k", "3", "--model_name", tiny_clip_dir,
                "--dataset_name", f"hf:{hub_dir}", "--split", "train", "--batch_size", "4", "--num_workers", "0",
                "--device", "cpu", "--no_progress", "--shard_rows", "24"]
-    r = _single([*extract, "--output_dir", tmp_path / "one"])
+    r = saevlm_single([*extract, "--output_dir", tmp_path / "one"])
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _torchrun([*extract, "--output_dir", tmp_path / "two"])
+    r = saevlm_torchrun([*extract, "--output_dir", tmp_path / "two"])
     assert r.returncode == 0, r.stderr[-3000:]
     for slug in ("post_mlp_residual_1", "post_projection"):
-        assert _store_bytes(tmp_path / "one" / slug) == _store_bytes(tmp_path / "two" / slug), slug
+        assert store_bytes(tmp_path / "one" / slug) == store_bytes(tmp_path / "two" / slug), slug
         assert len(ActivationStore(tmp_path / "two" / slug).shards) >= 4
 
 

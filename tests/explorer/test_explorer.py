@@ -4,7 +4,6 @@
 import json
 import re
 import shutil
-import subprocess
 import threading
 import urllib.request
 from html.parser import HTMLParser
@@ -12,25 +11,12 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
+from cdp import dump_dom
 from helpers import run_cli
 from saevlm.data.store import ActivationStore
 
 CLASSES = ["otter", "pencil", "violin", "lighthouse"]
 K = 256  # latents: 6 pages of 50 rows
-
-
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    assert exe, "the browser tests need Chromium: apt-get install chromium (.ci/run installs it)"
-    return exe
-
-
-def dump_dom(url: str) -> str:
-    """The page as Chromium renders it, after its scripts ran."""
-    r = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                        "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
 
 
 class Cells(HTMLParser):

@@ -157,7 +157,8 @@ def test_ms_baseline_and_density_plot_on_the_pages(explorer_run, tmp_path):
 
     from saevlm.explorer.app import Explorer
     from saevlm.explorer.server import make_server
-    from test_explorer import dump_dom, parse
+    from cdp import dump_dom
+    from test_explorer import parse
 
     ex = Explorer(explorer_run, tmp_path / "cache")
     view = ex.sae("codes")

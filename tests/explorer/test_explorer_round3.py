@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from test_explorer import _request, dump_dom, parse
+from cdp import dump_dom
+from test_explorer import _request, parse
 
 
 @pytest.fixture()

@@ -3,57 +3,37 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from test_extract import _store_bytes
+from helpers import SUBPROCESS_ENV, saevlm_single, saevlm_torchrun, store_bytes
 from saevlm.data.store import ActivationStore
 
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _torchrun(args, nproc=2, wait=True):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_port()}", "--master_addr=127.0.0.1", "-m", "saevlm", *map(str, args)]
-    if not wait:
-        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-
-
-def _single(args):
-    return subprocess.run([sys.executable, "-m", "saevlm", *map(str, args)], env=ENV, capture_output=True,
-                          text=True, timeout=600)
 
 
 def test_two_rank_extract_and_embed_equal_one_process(tiny_clip_dir, big_image_folder, tmp_path):
     common = ["--model_name", tiny_clip_dir, "--dataset_name", "imagefolder", "--data_path", big_image_folder,
               "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--no_progress", "--shard_rows", "24"]
     extract = ["extract", "--layer", "1", "3", "last", "--random_k", "3", *common]
-    r = _single([*extract, "--output_dir", tmp_path / "one"])
+    r = saevlm_single([*extract, "--output_dir", tmp_path / "one"])
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _torchrun([*extract, "--output_dir", tmp_path / "two"])
+    r = saevlm_torchrun([*extract, "--output_dir", tmp_path / "two"])
     assert r.returncode == 0, r.stderr[-3000:]
     for slug in ("post_mlp_residual_1", "post_mlp_residual_3", "post_projection"):
-        one, two = _store_bytes(tmp_path / "one" / slug), _store_bytes(tmp_path / "two" / slug)
+        one, two = store_bytes(tmp_path / "one" / slug), store_bytes(tmp_path / "two" / slug)
         assert list(one) == list(two), slug
         for name in one:
             assert one[name] == two[name], f"{slug}/{name}"
         assert len(ActivationStore(tmp_path / "two" / slug).shards) >= 4  # both ranks wrote shards
         assert not list((tmp_path / "two" / slug).glob("manifest.rank*.json"))
-    r1 = _single(["embed", "--embeddings_path", tmp_path / "e1", *common])
-    r2 = _torchrun(["embed", "--embeddings_path", tmp_path / "e2", *common])
+    r1 = saevlm_single(["embed", "--embeddings_path", tmp_path / "e1", *common])
+    r2 = saevlm_torchrun(["embed", "--embeddings_path", tmp_path / "e2", *common])
     assert r1.returncode == 0 and r2.returncode == 0, r2.stderr[-3000:]
-    assert _store_bytes(tmp_path / "e1") == _store_bytes(tmp_path / "e2")
+    assert store_bytes(tmp_path / "e1") == store_bytes(tmp_path / "e2")
 
 
 def test_killed_rank_leaves_store_incomplete_and_rerun_completes(tmp_path, big_image_folder):
@@ -63,9 +43,9 @@ def test_killed_rank_leaves_store_incomplete_and_rerun_completes(tmp_path, big_i
     args = ["extract", "--model_name", model, "--layer", "1", "4", "--cls_only", "--dataset_name", "imagefolder",
             "--data_path", big_image_folder, "--batch_size", "2", "--num_workers", "0", "--device", "cpu",
             "--no_progress", "--shard_rows", "2"]
-    r = _single([*args, "--output_dir", tmp_path / "ref"])
+    r = saevlm_single([*args, "--output_dir", tmp_path / "ref"])
     assert r.returncode == 0, r.stderr[-3000:]
-    proc = _torchrun([*args, "--output_dir", tmp_path / "run"], wait=False)
+    proc = saevlm_torchrun([*args, "--output_dir", tmp_path / "run"], wait=False)
     rank1 = tmp_path / "run" / "post_mlp_residual_4" / "manifest.rank1.json"
     killed = False
     deadline = time.time() + 300
@@ -87,10 +67,10 @@ def test_killed_rank_leaves_store_incomplete_and_rerun_completes(tmp_path, big_i
     assert manifest["complete"] is False
     with pytest.raises(Exception, match="incomplete"):
         ActivationStore(tmp_path / "run" / "post_mlp_residual_4")
-    r = _torchrun([*args, "--output_dir", tmp_path / "run"])
+    r = saevlm_torchrun([*args, "--output_dir", tmp_path / "run"])
     assert r.returncode == 0, r.stderr[-3000:]
     for slug in ("post_mlp_residual_1", "post_mlp_residual_4"):
-        assert _store_bytes(tmp_path / "ref" / slug) == _store_bytes(tmp_path / "run" / slug)
+        assert store_bytes(tmp_path / "ref" / slug) == store_bytes(tmp_path / "run" / slug)
 
 
 def test_train_sweep_split_over_two_ranks_equals_one_process(tmp_path):
@@ -98,14 +78,14 @@ def test_train_sweep_split_over_two_ranks_equals_one_process(tmp_path):
     the SAEs equal those of a single-process run; a rerun after completion does nothing."""
     import torch
 
-    assert _single(["synthetic", "--output_dir", tmp_path / "w", "--num_train", "3000", "--num_val", "500"]).returncode == 0
+    assert saevlm_single(["synthetic", "--output_dir", tmp_path / "w", "--num_train", "3000", "--num_val", "500"]).returncode == 0
     args = ["train", "--activations_dir", tmp_path / "w" / "train", "--val_activations_dir", tmp_path / "w" / "val",
             "--sae_model", "batch_top_k", "matryoshka_batch_top_k", "--expansion_factor", "1", "2", "--k", "4",
             "--steps", "40", "--batch_size", "256", "--warmup_steps", "5", "--threshold_start_step", "10",
             "--checkpoint_every", "20", "--device", "cpu", "--no_progress"]
-    r = _single([*args, "--checkpoints_dir", tmp_path / "one"])
+    r = saevlm_single([*args, "--checkpoints_dir", tmp_path / "one"])
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _torchrun([*args, "--checkpoints_dir", tmp_path / "two"])
+    r = saevlm_torchrun([*args, "--checkpoints_dir", tmp_path / "two"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 4 SAE(s)" in r.stdout
     assert json.loads((tmp_path / "two" / "run.json").read_text())["complete"]
@@ -130,9 +110,9 @@ def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_c
               big_image_folder, "--batch_size", "4", "--num_workers", "0", "--device", "cpu", "--no_progress",
               "--shard_rows", "8", "--layer", "1", "--mean_pool", "--sae_path", sae, "--allow_mismatch",
               "--top_k", "5"]
-    r = _single([*common, "--output_dir", tmp_path / "one"])
+    r = saevlm_single([*common, "--output_dir", tmp_path / "one"])
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _torchrun([*common, "--output_dir", tmp_path / "two"])
+    r = saevlm_torchrun([*common, "--output_dir", tmp_path / "two"])
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = (tmp_path / d / "post_mlp_residual_1_codes" for d in ("one", "two"))
     files = ["top_images_5.npy", "top_images_5_values.npy", "top_images_5_kth_value.npy", "hai_indices_5.npy",
@@ -148,7 +128,7 @@ def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_c
             assert file_checksum(one / name) == checksum, name
     assert TopImagesStore(two).num_rows == 60 and TopImagesStore(two).k == 5
     # brute force from the pooled code store of the same run
-    assert _single([c for c in common if c not in ("--top_k", "5")] + ["--output_dir", tmp_path / "codes"]).returncode == 0
+    assert saevlm_single([c for c in common if c not in ("--top_k", "5")] + ["--output_dir", tmp_path / "codes"]).returncode == 0
     from saevlm.data.codes import CodeStore
     codes = CodeStore(tmp_path / "codes" / "post_mlp_residual_1_codes")
     dense = codes.read(0, codes.num_rows)
@@ -164,7 +144,7 @@ def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_c
            "    if g.n == 2: os._exit(9)\n"
            "W.write_shard_top_k = g; from saevlm.cli import main; sys.exit(main(sys.argv[1:]))")
     p = subprocess.run([sys.executable, "-c", die, *map(str, common), "--output_dir", tmp_path / "three"],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+                       env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 9, p.stderr[-3000:]
     before = json.loads((three / "manifest.json").read_text())
     assert not before["complete"] and 2 <= len(before["shards"]) < 8, len(before["shards"])
@@ -172,12 +152,12 @@ def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_c
     from saevlm.data.atomic import OutputLock
     from saevlm.data.store import LOCK
     held = OutputLock(three, "--output_dir", name=LOCK)
-    r = _single([*common, "--output_dir", tmp_path / "three"])
+    r = saevlm_single([*common, "--output_dir", tmp_path / "three"])
     held.release()
     assert r.returncode == 2 and "another saevlm process is writing there" in r.stderr
     assert json.loads((three / "manifest.json").read_text()) == before
     # the killed run's lock went with it: the rerun resumes
-    r = _single([*common, "--output_dir", tmp_path / "three"])
+    r = saevlm_single([*common, "--output_dir", tmp_path / "three"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming after" in r.stderr
     for name in files:

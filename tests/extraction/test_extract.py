@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import run_cli, store_bytes
 from saevlm.data.images import open_dataset
 from saevlm.data.store import ActivationStore, check_same_images
 from saevlm.errors import UserError
@@ -40,21 +39,6 @@ def _common(image_folder, batch_size=4):
     return ["--dataset_name", "imagefolder", "--data_path", image_folder, "--batch_size", batch_size,
             "--num_workers", "0", "--device", "cpu", "--no_progress"]
 
-
-def _store_bytes(path: Path) -> dict:
-    """Every file of a store, with timestamps and the write id removed from the manifest (the writer's lock file,
-    which names the last writer's pid, is not part of the store)."""
-    out = {}
-    for f in sorted(path.iterdir()):
-        if f.name == ".saevlm.lock":
-            continue
-        if f.name == "manifest.json":
-            m = json.loads(f.read_text())
-            m.pop("created"), m.pop("finished"), m.pop("write_id", None)  # when and which write, not what
-            out[f.name] = json.dumps(m, sort_keys=True).encode()
-        else:
-            out[f.name] = f.read_bytes()
-    return out
 
 
 def test_extract_several_points_matches_transformers(tiny_clip_dir, image_folder, tmp_path):
@@ -135,7 +119,7 @@ def test_interrupted_extract_resumes_byte_identical(tiny_clip_dir, big_image_fol
     (partial / "acts_00099.npy").write_bytes(b"junk")
     assert run_cli("extract", *args, "--output_dir", tmp_path / "run") == 0
     for slug in ("post_mlp_residual_0", "post_mlp_residual_2", "post_projection"):
-        ref, got = _store_bytes(tmp_path / "ref" / slug), _store_bytes(tmp_path / "run" / slug)
+        ref, got = store_bytes(tmp_path / "ref" / slug), store_bytes(tmp_path / "run" / slug)
         assert list(ref) == list(got)
         for name in ref:
             assert ref[name] == got[name], f"{slug}/{name} differs after resume"
@@ -172,7 +156,7 @@ def test_sigkilled_extract_resumes_byte_identical(tmp_path, big_image_folder):
     assert killed_mid_run, "the run finished before it could be killed; make it longer"
     subprocess.run(cmd + ["--output_dir", str(tmp_path / "run")], check=True, env=env, capture_output=True)
     for slug in ("post_mlp_residual_1", "post_mlp_residual_4"):
-        assert _store_bytes(tmp_path / "ref" / slug) == _store_bytes(tmp_path / "run" / slug)
+        assert store_bytes(tmp_path / "ref" / slug) == store_bytes(tmp_path / "run" / slug)
 
 
 def test_complete_store_is_skipped_and_other_settings_refused(tiny_clip_dir, image_folder, tmp_path, capsys):

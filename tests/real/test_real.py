@@ -144,7 +144,7 @@ class _Pages(HTMLParser):
 def test_every_explorer_page_renders(real_run):
     """Every exported page parses, every image and local link it names exists, latent pages show
     their top images; the index and one latent page also in headless Chromium."""
-    from test_explorer import dump_dom
+    from cdp import dump_dom
 
     root = real_run["explorer"]
     pages = sorted(root.rglob("*.html"))

@@ -197,10 +197,21 @@ class Record:
         return out
 
     def write(self, path: str | Path) -> None:
-        """The record as its JSON file, written atomically (the one way a result file is written)."""
+        """The record as its JSON file, written atomically (the one way a result file is written).
+        A key that no field declares is a writer's mistake, refused here rather than kept silently
+        where readers would never look for it."""
         from saevlm.data.atomic import atomic_write_json
 
+        unknown = self.unknown_keys()
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: keys no field declares: {unknown} (declare them in "
+                            f"saevlm/data/artifacts.py)")
         atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def write_json(cls, path: str | Path, data: dict) -> None:
+        """``data`` built into this record (its fields' types checked) and written as it."""
+        cls.from_json(data, Path(path).name).write(path)
 
     def unknown_keys(self) -> list[str]:
         """Keys of the file this record was read from that no record field declares, here and in

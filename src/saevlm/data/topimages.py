@@ -34,7 +34,7 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
     stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
     so readers can tell a stale set. Returns {file name: checksum} (size and CRC-32)."""
-    from saevlm.data.atomic import atomic_save_npy, atomic_write_json, file_checksum
+    from saevlm.data.atomic import atomic_save_npy, file_checksum
 
     kth = values_k[:, -1].copy()
     files = {A.top_images_npy(k): image_ids_k, A.top_images_kth_npy(k): kth,
@@ -44,8 +44,8 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     written = {name: atomic_save_npy(out / name, arr) for name, arr in files.items()}
     if source is not None:
         # the checksums let readers tell a top_images_<k>.npy copied in from another SAE's folder
-        atomic_write_json(out / A.top_images_json(k), {"k": k, "neurons": int(len(image_ids_k)), "source": source,
-                                                       "files": written})
+        A.TopImagesStamp(k=k, neurons=int(len(image_ids_k)), source=source, files=written).write(
+            out / A.top_images_json(k))
         written = {**written, A.top_images_json(k): file_checksum(out / A.top_images_json(k))}
     return written
 

@@ -30,6 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from saevlm.commandline import CommandConfig, DeviceOption, opt
+from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 
 BIN_WIDTH = 0.1
@@ -160,7 +161,6 @@ CONFIG = BenchmarkAgreementConfig
 
 
 def run(args: BenchmarkAgreementConfig) -> int:
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.store import ActivationStore
     from saevlm.device import resolve_device
 
@@ -192,7 +192,7 @@ def run(args: BenchmarkAgreementConfig) -> int:
     results = {name: agreement_table(mx, my, chose_x) for name, (mx, my) in metrics.items()}
     out = {"benchmark": str(Path(args.benchmark).resolve()), "r_user_rule": rule,
            "pairs": int(len(pairs)), "metrics": results, "paper_ms_dino": PAPER_MS_DINO}
-    atomic_write_json(Path(args.output), out)
+    A.AgreementResult.write_json(Path(args.output), out)
     print(f"{len(pairs)} pairs; {rule}")
     header = "metric".ljust(34) + "".join(f"{r['bin']:>10}" for r in next(iter(results.values()))["bins"])
     print(header + f"{'bin mean':>10}{'weighted':>10}")

@@ -172,10 +172,9 @@ CONFIG = FMSConfig
 
 
 def run(args: FMSConfig) -> int:
-    import json
     from pathlib import Path
 
-    from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
+    from saevlm.data.atomic import ensure_writable_dir
     from saevlm.data.open import open_any_store
     from saevlm.metrics.results import check_one_row_per_image, find_ms_dir, source_stamp
 
@@ -207,8 +206,8 @@ def run(args: FMSConfig) -> int:
     ms_dir = find_ms_dir(store.path, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
     ms_mean = None
     if ms_dir is not None and (ms_dir / A.MS_JSON).is_file():
-        ms_mean = json.loads((ms_dir / A.MS_JSON).read_text()).get("mean")
-    atomic_write_json(out / "fms.json", {**result, "ms_mean": ms_mean,
+        ms_mean = A.MSSummary.from_file(ms_dir / A.MS_JSON).mean
+    A.FMSResult.write_json(out / Path(A.FMS_JSON).name, {**result, "ms_mean": ms_mean,
                                          "ms_source": str(ms_dir / A.MS_JSON) if ms_dir else None,
                                          "activations_dir": str(store.path.resolve()),
                                          "codes_finished": store.manifest.finished,

@@ -98,7 +98,6 @@ CONFIG = HierarchyConfig
 
 
 def run(args: HierarchyConfig) -> int:
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.data.images import check_dataset_flags
     from saevlm.data.open import open_any_store
     from saevlm.data.topimages import load_top_images_for
@@ -141,7 +140,7 @@ def run(args: HierarchyConfig) -> int:
     from saevlm.metrics.results import source_stamp
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,
                  source=source_stamp(store))
-    atomic_write_json(out / A.hierarchy_json(args.k), table)
+    A.HierarchyResult.write_json(out / A.hierarchy_json(args.k), table)
     head = f"{'group':>5} {'size':>7} {'scored':>7} {'left out':>9} {'LCA (rounded mean)':>19} {'LCA (majority)':>15}"
     print(head + ("   MS mean / max / min" if ms is not None else ""))
     for r in table["groups"]:

@@ -267,7 +267,7 @@ def _display_names(classes: dict) -> list[str]:
 
 
 def run(args: NameConfig) -> int:
-    from saevlm.data.atomic import atomic_write_json, ensure_writable_dir
+    from saevlm.data.atomic import ensure_writable_dir
     from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images
@@ -382,7 +382,7 @@ def run(args: NameConfig) -> int:
                          decoding="greedy", seed=0)
     elif args.explainer == "given":
         explainer.update(names_file=str(Path(args.names_file).resolve()))
-    atomic_write_json(out, {"format": NAMES_FORMAT, "k": args.k, **explainer,
+    A.NamesResult.write_json(out, {"format": NAMES_FORMAT, "k": args.k, **explainer,
                             "template": args.template if args.explainer == "clip" else None,
                             "vocab_source": vocab_source, "vocab_size": len(words), "text_embeddings": text_source,
                             "image_embeddings": str(emb.path.resolve()),

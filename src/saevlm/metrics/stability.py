@@ -152,7 +152,6 @@ def _seed_of(config: dict) -> int | None:
 
 
 def run(args: StabilityConfig) -> int:
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.sae.checkpoint import decoder_rows, load_sae
 
     paths = list(args.sae_path)
@@ -212,7 +211,7 @@ def run(args: StabilityConfig) -> int:
     target = Path(args.output) if args.output else Path(paths[0]).resolve().parent / A.STABILITY
     if target.suffix != ".json" and target.is_dir():
         target = target / A.STABILITY
-    atomic_write_json(target, out)
+    A.StabilityResult.write_json(target, out)
     for rec in pairs:
         line = (f"SAE {rec['a']} vs {rec['b']}: {100 * rec['matched_share']:.1f} % of latents matched at decoder "
                 f"cosine >= {args.threshold:g} (median {rec['median_cosine']:.3f})")

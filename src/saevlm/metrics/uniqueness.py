@@ -98,7 +98,6 @@ def run(args: UniquenessConfig) -> int:
     import time
     from pathlib import Path
 
-    from saevlm.data.atomic import atomic_write_json
 
     t0 = time.time()
     from saevlm.data.atomic import ensure_writable_dir
@@ -113,7 +112,7 @@ def run(args: UniquenessConfig) -> int:
     if store is not None:
         from saevlm.metrics.results import source_stamp
         stats["source"] = source_stamp(store)
-    atomic_write_json(out / A.uniqueness_json(args.k), stats)
+    A.UniquenessResult.write_json(out / A.uniqueness_json(args.k), stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "
           f"{stats['pairs']:,} pairs")
     for t, c in stats["pairs_above"].items():

@@ -66,7 +66,6 @@ CONFIG = SimilarityBaselineConfig
 
 
 def run(args: SimilarityBaselineConfig) -> int:
-    from saevlm.data.atomic import atomic_write_json
     from saevlm.device import resolve_device
 
     root = Path(args.images)
@@ -108,7 +107,7 @@ def run(args: SimilarityBaselineConfig) -> int:
            "paper": {"true_class_names": paper_numbers()["steering"]["bound_true_names"],
                      "random_pairs": paper_numbers()["steering"]["bound_random_pairs"]}}  # configs/paper.yaml
     out = Path(args.output) if args.output else root / A.SIMILARITY_BASELINE
-    atomic_write_json(out, res)
+    A.SimilarityBaseline.write_json(out, res)
     print(f"images vs true class names: {true.mean():.3f} +- {true.std(ddof=ddof):.3f}; vs shuffled names: "
           f"{rand.mean():.3f} +- {rand.std(ddof=ddof):.3f} ({len(items)} images, protocol {args.protocol})")
     print(f"wrote {out}")
