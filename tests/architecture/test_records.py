@@ -84,3 +84,18 @@ def test_every_result_record_has_its_file_name_in_the_catalog():
              "agreement.json"}
     assert {A.record_for(n) for n in names} == records - nested
     assert A.record_for(A.top_images_npy(16)) is None and A.record_for("manifest.json") is None
+
+
+def test_a_writer_cannot_write_a_key_its_record_does_not_declare(tmp_path):
+    """Record.write_json reads the data as readers will: an undeclared key or a wrongly typed value
+    is refused and nothing is written; what passes is written exactly as given (None values kept)."""
+    with pytest.raises(TypeError, match=r"MSSummary: keys no field declares: \['mean_ms'\]"):
+        A.MSSummary.write_json(tmp_path / "ms.json", {"total": 4, "dead": 0, "mean_ms": 0.5})
+    with pytest.raises(TypeError, match=r"HierarchyResult: keys no field declares: \['groups\[0\].lca'\]"):
+        A.HierarchyResult.write_json(tmp_path / "h.json", {"groups": [{"group": 0, "size": 4, "lca": 2.0}]})
+    with pytest.raises(A.ResultError, match="'dead' is '0'"):
+        A.MSSummary.write_json(tmp_path / "ms.json", {"total": 4, "dead": "0"})
+    assert not list(tmp_path.iterdir())
+    A.MSSummary.write_json(tmp_path / "ms.json", {"total": 4, "dead": 0, "sae": None})
+    import json
+    assert json.loads((tmp_path / "ms.json").read_text()) == {"total": 4, "dead": 0, "sae": None}

@@ -196,22 +196,20 @@ class Record:
                 out[self.KEYS.get(f.name, f.name)] = v
         return out
 
-    def write(self, path: str | Path) -> None:
-        """The record as its JSON file, written atomically (the one way a result file is written).
-        A key that no field declares is a writer's mistake, refused here rather than kept silently
-        where readers would never look for it."""
-        from saevlm.data.atomic import atomic_write_json
-
-        unknown = self.unknown_keys()
-        if unknown:
-            raise TypeError(f"{type(self).__name__}: keys no field declares: {unknown} (declare them in "
-                            f"saevlm/data/artifacts.py)")
-        atomic_write_json(path, self.to_json())
-
     @classmethod
     def write_json(cls, path: str | Path, data: dict) -> None:
-        """``data`` built into this record (its fields' types checked) and written as it."""
-        cls.from_json(data, Path(path).name).write(path)
+        """The one way a result file is written: ``data`` is first read as this record, exactly as
+        a reader will read it (every value's type checked against its field), and a key that no
+        field declares is refused, a writer's mistake that readers would never see; then ``data``
+        is written as given (atomically), so the file keeps the keys it always had, None values
+        included."""
+        from saevlm.data.atomic import atomic_write_json
+
+        unknown = cls.from_json(data, Path(path).name).unknown_keys()
+        if unknown:
+            raise TypeError(f"{cls.__name__}: keys no field declares: {unknown} (declare them in "
+                            f"saevlm/data/artifacts.py)")
+        atomic_write_json(path, data)
 
     def unknown_keys(self) -> list[str]:
         """Keys of the file this record was read from that no record field declares, here and in

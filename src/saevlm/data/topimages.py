@@ -44,8 +44,8 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     written = {name: atomic_save_npy(out / name, arr) for name, arr in files.items()}
     if source is not None:
         # the checksums let readers tell a top_images_<k>.npy copied in from another SAE's folder
-        A.TopImagesStamp(k=k, neurons=int(len(image_ids_k)), source=source, files=written).write(
-            out / A.top_images_json(k))
+        A.TopImagesStamp.write_json(out / A.top_images_json(k), {"k": k, "neurons": int(len(image_ids_k)),
+                                                                 "source": source, "files": written})
         written = {**written, A.top_images_json(k): file_checksum(out / A.top_images_json(k))}
     return written
 

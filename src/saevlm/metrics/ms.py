@@ -3,7 +3,6 @@ in one streaming pass; the math is in :mod:`saevlm.metrics.monosemanticity`."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -205,26 +204,24 @@ def run(args: MSConfig) -> int:
         active = acc.nnz.cpu().numpy()
         rare = int(((active < MIN_ACTIVE_IMAGES) & ~np.isnan(scores_k)).sum())
         best_active_k = best_active(scores_k, active)
-    record = A.MSSummary(
-        total=summary["total"], dead=summary["dead"], scored=int(summary["total"] - summary["dead"]),
-        mean=summary["mean"], std=summary["std"], scored_active_on_fewer_than_16=rare,
-        dead_constant=acc.dead_constant, dead_one_image=acc.dead_one_image, top10=summary["top10"],
-        bottom10=summary["bottom10"], top10_active_on_16_or_more=best_active_k, embedder_note=embedder_note,
-        embeddings_model=emb.provenance.model.name, activations_dir=str(acts.path.resolve()), inputs=inputs,
-        kind="sae latents" if sparse else "raw neurons",
-        definition="arXiv 2504.02821 Eq. 5-9: per-neuron min-max, pairs n<m, NaN = dead; std unbiased",
-        num_images=acts.num_rows, embeddings_path=str(emb.path.resolve()), model=acts.provenance.model.name,
-        hook=acts.provenance.hook.to_json(),
-        sae=acts.provenance.sae.to_json() if acts.provenance.sae is not None else None)
-    lines = [f"MS over {acts.num_rows} images, embeddings {record.embeddings_model}",
-             f"mean {summary['mean']:.4f} +- {summary['std']:.4f} over {record.scored} scored neurons "
+    record = {**summary, "scored": int(summary["total"] - summary["dead"]), "scored_active_on_fewer_than_16": rare,
+              "top10_active_on_16_or_more": best_active_k, "embedder_note": embedder_note,
+              "dead_constant": acc.dead_constant, "dead_one_image": acc.dead_one_image,
+              "num_images": acts.num_rows, "kind": "sae latents" if sparse else "raw neurons",
+              "activations_dir": str(acts.path.resolve()), "embeddings_path": str(emb.path.resolve()),
+              "embeddings_model": emb.provenance.model.name,
+              "sae": acts.provenance.sae.to_json() if acts.provenance.sae is not None else None,
+              "hook": acts.provenance.hook.to_json(), "model": acts.provenance.model.name, "inputs": inputs,
+              "definition": "arXiv 2504.02821 Eq. 5-9: per-neuron min-max, pairs n<m, NaN = dead; std unbiased"}
+    lines = [f"MS over {acts.num_rows} images, embeddings {record['embeddings_model']}",
+             f"mean {summary['mean']:.4f} +- {summary['std']:.4f} over {record['scored']} scored neurons "
              f"of {summary['total']}",
              f"dead {summary['dead']} of {summary['total']} ({acc.dead_constant} never vary, "
              f"{acc.dead_one_image} vary on one image only)",
              "top10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["top10"]),
              "bottom10 " + " ".join(f"{i}:{s:.4f}" for i, s in summary["bottom10"])]
     # scores.npy first and ms.json last: ms.json marks a complete result
-    files = {A.MS_SCORES: atomic_save_npy(out / A.MS_SCORES, scores_k)}  # checked by readers
+    record["files"] = {A.MS_SCORES: atomic_save_npy(out / A.MS_SCORES, scores_k)}  # checked by readers
     if unc is not None:
         import numpy as np
 
@@ -234,20 +231,21 @@ def run(args: MSConfig) -> int:
         scored = ~np.isnan(scores_k)
         width = unc["ci95"][:, 1] - unc["ci95"][:, 0]
         mean_se = jackknife_interval(unc["image_deltas"])
-        u = A.MSUncertainty(
-            method="delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
-            median_se=float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
-            wide_intervals=int((scored & ~(width <= 0.2)).sum()),
-            undefined_without_one_image=int((scored & np.isinf(se)).sum()),
-            mean_se=mean_se, mean_ci95=(summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se))
-        record = dataclasses.replace(record, uncertainty=u)
+        record["uncertainty"] = {
+            "method": "delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
+            "median_se": float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
+            "wide_intervals": int((scored & ~(width <= 0.2)).sum()),
+            "undefined_without_one_image": int((scored & np.isinf(se)).sum()),
+            "mean_se": mean_se, "mean_ci95": [summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se],
+        }
         for name, arr in ((A.MS_SE, se), (A.MS_CI95, unc["ci95"]), (A.MS_IMAGE_DELTAS, unc["image_deltas"])):
-            files[name] = atomic_save_npy(out / name, arr)
-        lines.insert(2, f"mean over images: {summary['mean']:.4f} [{u.mean_ci95[0]:.4f}, {u.mean_ci95[1]:.4f}] "
-                        f"(95 %, jackknife over images); {u.wide_intervals} scored neurons with a 95 % interval "
+            record["files"][name] = atomic_save_npy(out / name, arr)
+        u = record["uncertainty"]
+        lines.insert(2, f"mean over images: {summary['mean']:.4f} [{u['mean_ci95'][0]:.4f}, {u['mean_ci95'][1]:.4f}] "
+                        f"(95 %, jackknife over images); {u['wide_intervals']} scored neurons with a 95 % interval "
                         f"wider than 0.2")
     atomic_write_text(out / A.MS_STATS, "\n".join(lines) + "\n")
-    dataclasses.replace(record, files=files).write(out / A.MS_JSON)
+    A.MSSummary.write_json(out / A.MS_JSON, record)
     lock.release()
     print("\n".join(lines))
     extra = ", scores_se.npy, scores_ci95.npy, image_deltas.npy" if unc is not None else ""

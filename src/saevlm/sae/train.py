@@ -668,7 +668,7 @@ class TrainingRun:
         self.norm_factor = norm_factor if norm_factor is not None else _norm_factor(self.train_store)
         self._choose_engines()
         if self.dist.is_main:
-            atomic_write_json(self.run_json, self._run_record(complete=False))
+            A.TrainRun.write_json(self.run_json, self._run_record(complete=False))
         for spec, tr, engine in zip(self.specs, self.trainers, self.engines):
             spec.directory.mkdir(parents=True, exist_ok=True)
             (spec.directory / "checkpoints").mkdir(exist_ok=True)
@@ -873,7 +873,6 @@ class TrainingRun:
 
     def finish(self) -> None:
         """Final weights (for raw activations) and eval.json per SAE; run.json marked complete."""
-        from saevlm.data.atomic import atomic_write_json
         from saevlm.distributed import barrier
 
         weights = [_raw_weights(tr, self.norm_factor) for tr in self.trainers]
@@ -884,11 +883,12 @@ class TrainingRun:
         for spec, w, ev in zip(self.specs, weights, evals):
             _save_torch_atomic(w, spec.directory / "ae.pt")
             record_weights(spec.directory, spec.directory / "ae.pt")
-            atomic_write_json(spec.directory / A.EVAL_JSON, {"step": self.cfg.steps, "validation": self.val_note, **ev})
+            A.EvalResult.write_json(spec.directory / A.EVAL_JSON, {"step": self.cfg.steps, "validation": self.val_note,
+                                                                  **ev})
         barrier(self.dist)  # every process has written its SAEs
         if not self.dist.is_main:
             return
-        atomic_write_json(self.run_json, self._run_record(complete=True))
+        A.TrainRun.write_json(self.run_json, self._run_record(complete=True))
         print(f"{'SAE':<28} {'dir':<12} {'R2':>7} {'L0':>7} {'dead':>6} {'dense':>6} {'MSE':>10}")
         for spec in self.all_specs:
             ev = json.loads((spec.directory / A.EVAL_JSON).read_text())

@@ -174,18 +174,21 @@ def run(args: SteeringScoreConfig) -> int:
         mean, std, std_over = float(vals.mean()), float(vals.std()), "per-neuron means, ddof 0"
     from saevlm.data.atomic import file_checksum
     from saevlm.report.paper import STEERING
-    A.SteeringScore(
-        kind="steering_score", protocol=args.protocol, mean=mean, std=std, std_over=std_over, neurons=len(neurons),
-        images=len(images), steered=args.steer, alpha=args.alpha if args.steer else None, layer=layer,
-        mode=args.mode, zero_others=args.zero_others, prompt=args.prompt, sae=str(sae.path),
-        # which weights (the explorer leaves out a result whose SAE was retrained since)
-        sae_weights=file_checksum(sae.path), sae_dict_size=int(sae.dict_size), llava_model=args.llava_model,
-        clip_model=args.clip_model, processor_backend=args.processor_backend, mllm_family=llava.family.label,
-        word_rule=("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
-                   else "the new tokens' text .split(' ')[0], as is") if authors
-        else "first alphabetic word, lower-cased; '' -> 'nothing'",
-        target="mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
-        paper=STEERING).write(out / A.STEERING_SCORE)
+    summary = {"kind": "steering_score", "protocol": args.protocol, "mean": mean, "std": std,
+               "std_over": std_over, "neurons": len(neurons), "images": len(images), "steered": args.steer,
+               "alpha": args.alpha if args.steer else None, "layer": layer, "mode": args.mode,
+               "zero_others": args.zero_others, "prompt": args.prompt, "sae": str(sae.path),
+               # which weights (the explorer leaves out a result whose SAE was retrained since)
+               "sae_weights": file_checksum(sae.path), "sae_dict_size": int(sae.dict_size),
+               "llava_model": args.llava_model, "clip_model": args.clip_model,
+               "processor_backend": args.processor_backend,
+               "mllm_family": llava.family.label,
+               "word_rule": ("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
+                             else "the new tokens' text .split(' ')[0], as is") if authors
+                            else "first alphabetic word, lower-cased; '' -> 'nothing'",
+               "target": "mean of raw image embeddings" if authors else "mean of unit-normalised image embeddings",
+               "paper": STEERING}
+    A.SteeringScore.write_json(out / A.STEERING_SCORE, summary)
     print(f"steering score ({'unsteered' if not args.steer else f'alpha {args.alpha:g}'}, protocol {args.protocol}): "
           f"{mean:.3f} +- {std:.3f} over {len(neurons)} neurons x {len(images)} image(s)")
     print(f"wrote {out}/labels.csv, scores.csv, steering_score.json")
