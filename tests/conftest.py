@@ -8,6 +8,10 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one torch thread each (and in every process they start), so
+    # neither oversubscribes the cores when the other starts working (saevlm.threads reads this)
+    os.environ.setdefault("SAEVLM_THREADS", "1")
 
 import saevlm  # noqa: E402,F401  (installs the torchvision fix before anything imports torchvision)
 import pytest  # noqa: E402
