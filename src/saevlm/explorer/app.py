@@ -22,6 +22,7 @@ from saevlm.errors import UserError
 from saevlm.explorer.catalog import RunIndex
 from saevlm.explorer.index import DEFAULT_MIN_ACTIVE, SAEView
 from saevlm.explorer.templates import SCRIPT, STYLE, TEMPLATES
+from saevlm.sae.archs import group_bounds
 
 TABLE_COLUMNS = (("id", "latent"), ("name", "name"), ("label", "top-image label"), ("ms", "MS"),
                  ("active", "active images"), ("fms", "FMS"), ("freq", "frequency"), ("mean", "mean act."), ("max", "max act."),
@@ -393,9 +394,9 @@ class Explorer:
                                if k >= 0]
             g = int(groups[j])
             sizes = list(view.group_sizes)
-            out["group_info"] = {"group": g, "num_groups": len(sizes), "size": sizes[g],
-                                 "first": int(sum(sizes[:g])), "last": int(sum(sizes[:g + 1])) - 1,
-                                 "prefix": int(sum(sizes[:g + 1]))}
+            bounds = group_bounds(sizes)
+            out["group_info"] = {"group": g, "num_groups": len(sizes), "size": sizes[g], "first": bounds[g],
+                                 "last": bounds[g + 1] - 1, "prefix": bounds[g + 1]}
         return out
 
     @staticmethod

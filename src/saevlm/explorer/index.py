@@ -379,9 +379,9 @@ class SAEView:
         return heatmap_jpeg(base, a_hw, float(self.stats["max"][j]) or float(a_hw.max()) or 1.0)
 
     def groups(self) -> np.ndarray:
-        if not self.group_sizes:
-            return np.zeros(self.num_latents, dtype=np.int64)
-        return np.repeat(np.arange(len(self.group_sizes)), self.group_sizes)
+        from saevlm.sae.archs import group_of_latents
+
+        return group_of_latents(self.group_sizes, self.num_latents)
 
     def name_of(self, j: int) -> str:
         if self.names is None:

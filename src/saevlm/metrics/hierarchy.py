@@ -24,6 +24,7 @@ from saevlm.config import paper_default
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.metrics.lca import lca_depths, level_codes, majority  # noqa: F401 (used below; importable from here)
+from saevlm.sae.archs import group_bounds, resolve_group_sizes
 
 
 def wordnet_taxonomy(wnids: list[str]) -> list[list[str]]:
@@ -48,7 +49,7 @@ def hierarchy_table(top_images_kn, kth_value_k, labels_of_image, taxonomy, group
     depths = lca_depths(labels, codes)
     mean_rounded = np.round(depths.mean(1))
     major = majority(depths)
-    bounds = np.concatenate([[0], np.cumsum(group_sizes_g)])
+    bounds = group_bounds(group_sizes_g)
     groups = []
     for g in range(len(group_sizes_g)):
         sl = np.arange(bounds[g], bounds[g + 1])
@@ -101,7 +102,6 @@ def run(args: HierarchyConfig) -> int:
     from saevlm.data.images import check_dataset_flags
     from saevlm.data.open import open_any_store
     from saevlm.data.topimages import load_top_images_for
-    from saevlm.sae.archs import group_sizes
 
     store = open_any_store(args.activations_dir, allow_top_images=True)
     check_dataset_flags(store.provenance.dataset, None, args.data_path, args.split,
@@ -122,17 +122,10 @@ def run(args: HierarchyConfig) -> int:
     else:
         raise UserError(f"{classes_f}: no taxonomy (not an iNat or synthetic dataset); for ImageNet use "
                         f"--taxonomy wordnet")
-    if args.group_fractions:
-        if abs(sum(args.group_fractions) - 1) > 1e-6:
-            raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
-        sizes = group_sizes(args.group_fractions, len(top))
-    else:
-        sae = store.provenance.sae
-        sizes = list(sae.group_sizes) if sae is not None and sae.group_sizes else None
-        if not sizes:
-            raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
-    if sum(sizes) != len(top):
-        raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {len(top)} neurons")
+    sae = store.provenance.sae
+    sizes = resolve_group_sizes(args.group_fractions, sae.group_sizes if sae is not None else None, len(top))
+    if not sizes:
+        raise UserError(f"--activations_dir {d}: the SAE has no Matryoshka groups; pass --group_fractions")
     from saevlm.metrics.results import find_ms_dir, load_ms_scores
     ms_dir = find_ms_dir(d, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
     ms = load_ms_scores(ms_dir, len(top), "ms_subdir", store) if ms_dir else None

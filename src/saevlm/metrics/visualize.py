@@ -97,17 +97,13 @@ def run(args: VisualizeConfig) -> int:
     grids = []
     if not args.histogram_only:
         from saevlm.data.topimages import load_top_images_for
-        from saevlm.sae.archs import group_sizes
+        from saevlm.sae.archs import group_bounds, resolve_group_sizes
         top, kth, values = load_top_images_for(store.path, args.k, args.hai_indices_path, store)
         if values is None:  # an authors' file: the k-th value is known, the others are not
             values = np.full(top.shape, np.nan, dtype=np.float32)
             values[:, -1] = kth
         sae = store.provenance.sae
-        groups = list(sae.group_sizes) if sae is not None and sae.group_sizes else None
-        if args.group_fractions:
-            if abs(sum(args.group_fractions) - 1) > 1e-6:
-                raise UserError(f"--group_fractions: must sum to 1 (they sum to {sum(args.group_fractions):.6g})")
-            groups = group_sizes(args.group_fractions, len(top))
+        groups = resolve_group_sizes(args.group_fractions, sae.group_sizes if sae is not None else None, len(top))
         # a latent is dead here when even its best image does not activate it: its "top" images
         # would be the first images in dataset order, which say nothing about it
         # (SAE codes are >= 0, so "best value 0" means never active; raw neurons are never dead here)
@@ -124,7 +120,7 @@ def run(args: VisualizeConfig) -> int:
                 raise UserError(f"--neurons {bad[0]}: out of range (0..{len(top) - 1})")
         elif groups:
             n = args.per_group or 4
-            starts = np.concatenate([[0], np.cumsum(groups)[:-1]])
+            starts = group_bounds(groups)[:-1]
             neurons = np.concatenate([np.flatnonzero(alive[s:s + g])[:n] + s for s, g in zip(starts, groups)])
         else:
             n = args.per_group or 4

@@ -124,3 +124,44 @@ def group_sizes(fractions: list[float], dict_size: int) -> list[int]:
     which takes the rest."""
     sizes = [int(f * dict_size) for f in fractions[:-1]]
     return sizes + [dict_size - sum(sizes)]
+
+
+# Matryoshka groups in one place: sizes (what a checkpoint stores), bounds (where each group starts
+# and ends; the prefix widths SAELens calls matryoshka_widths are bounds[1:]) and a latent's group.
+def group_bounds(sizes: list[int]) -> list[int]:
+    """[0, s0, s0 + s1, ..., F]: group g holds latents bounds[g] to bounds[g + 1] - 1."""
+    import itertools
+
+    return [0, *itertools.accumulate(int(s) for s in sizes)]
+
+
+def sizes_of_bounds(bounds: list[int]) -> list[int]:
+    """The group sizes of ``bounds`` (or of prefix widths, with the 0 put in front)."""
+    bounds = [int(b) for b in bounds]
+    if bounds and bounds[0] != 0:
+        bounds = [0, *bounds]
+    return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def group_of_latents(sizes: list[int] | None, num_latents: int):
+    """The group of each latent (int64 array; all 0 without groups)."""
+    import numpy as np
+
+    if not sizes:
+        return np.zeros(num_latents, dtype=np.int64)
+    return np.repeat(np.arange(len(sizes)), [int(s) for s in sizes])
+
+
+def resolve_group_sizes(fractions: list[float] | None, sae_sizes, num_latents: int) -> list[int] | None:
+    """The Matryoshka groups of a store's latents: ``--group_fractions`` when given (they must sum
+    to 1), else the SAE's own (its provenance), else None; either way they must cover every latent."""
+    if fractions:
+        if abs(sum(fractions) - 1) > 1e-6:
+            raise UserError(f"group_fractions: must sum to 1 (they sum to {sum(fractions):.6g})",
+                            field="group_fractions")
+        sizes = group_sizes(list(fractions), num_latents)
+    else:
+        sizes = [int(s) for s in sae_sizes] if sae_sizes else None
+    if sizes and sum(sizes) != num_latents:
+        raise UserError(f"group sizes {sizes} sum to {sum(sizes)}, but there are {num_latents} neurons")
+    return sizes

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from saevlm.errors import UserError
-from saevlm.sae.archs import dict_class, spec
+from saevlm.sae.archs import dict_class, group_bounds, sizes_of_bounds, spec
 
 # an architecture's activation rule (archs.ArchSpec.activation) in words; every saevlm class compares with ">"
 ACTIVATIONS = {
@@ -325,7 +325,7 @@ def read_saelens(path: Path) -> SAEWeights:
             widths = details.get("matryoshka_widths")
             if training == "matryoshka_batchtopk" and widths:
                 w.arch = "matryoshka_batch_top_k"
-                w.group_sizes = [int(b) - int(a) for a, b in zip([0, *widths[:-1]], widths)]
+                w.group_sizes = sizes_of_bounds(widths)
     return w
 
 
@@ -692,8 +692,7 @@ def saelens_files(w: SAEWeights, metadata: dict) -> tuple[dict, dict[str, torch.
         if s.threshold_shape == "scalar":  # SAELens saves its own BatchTopK / Matryoshka so
             details: dict[str, Any] = {"k": w.k}
             if w.group_sizes:
-                import itertools
-                details["matryoshka_widths"] = list(itertools.accumulate(w.group_sizes))
+                details["matryoshka_widths"] = group_bounds(w.group_sizes)[1:]
             cfg["metadata"] = {**metadata, "training_architecture": "matryoshka_batchtopk" if w.group_sizes
                                else "batchtopk", "training_architecture_details": details}
     return cfg, tensors

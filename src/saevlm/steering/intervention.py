@@ -84,34 +84,34 @@ def check_tower(mllm, sae) -> None:
 
 
 @contextlib.contextmanager
-def sae_intervention(llava, sae, layer: int, clamp: dict[int, float] | None = None,
+def sae_intervention(mllm, sae, layer: int, clamp: dict[int, float] | None = None,
                      mode: str = "reconstruct", zero_others: bool = False):
-    """Hook ``sae`` into vision block ``layer`` of the MLLM ``llava`` (any supported family) for
+    """Hook ``sae`` into vision block ``layer`` of the MLLM ``mllm`` (any supported family) for
     the duration of the block."""
     import torch
 
     if mode not in MODES:
         raise UserError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
-    blocks = llava.vision_blocks
+    blocks = mllm.vision_blocks
     n = len(blocks)
     if not -n <= layer < n:
         raise UserError(f"--layer {layer}: the vision tower has {n} blocks")
     layer = layer % n
-    last = llava.last_read_block()
+    last = mllm.last_read_block()
     if layer > last:
-        raise UserError(f"--layer {layer}: {llava.read_rule()}, the output of block {last}; a hook on block "
+        raise UserError(f"--layer {layer}: {mllm.read_rule()}, the output of block {last}; a hook on block "
                         f"{layer} cannot change what it generates. Use a block <= {last} (the paper steers "
                         f"block 22 of LLaVA-1.5).")
-    width = llava.vision_width
+    width = mllm.vision_width
     if sae.activation_dim != width:
         raise UserError(f"--sae_path {sae.path}: the SAE takes {sae.activation_dim}-d inputs, the vision "
                         f"tower is {width}-d")
-    check_tower(llava, sae)
+    check_tower(mllm, sae)
     clamp = dict(clamp or {})
     for latent in clamp:
         if not 0 <= latent < sae.dict_size:
             raise UserError(f"--neuron {latent}: out of range (the SAE has {sae.dict_size} latents)")
-    sae.ae.to(llava.device).float()
+    sae.ae.to(mllm.device).float()
 
     def steer(hidden):
         steered = _apply(sae, hidden, clamp, mode, zero_others)

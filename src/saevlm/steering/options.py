@@ -68,5 +68,5 @@ def load_models(args):
     if args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens {args.max_new_tokens}: expected a positive integer")
     sae = load_sae(args.sae_path, device=device)
-    llava = load_mllm(args.llava_model, device, args.model_dtype, args.processor_backend)
-    return llava, sae, resolve_layer(args, sae, llava)
+    mllm = load_mllm(args.llava_model, device, args.model_dtype, args.processor_backend)
+    return mllm, sae, resolve_layer(args, sae, mllm)

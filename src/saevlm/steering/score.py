@@ -121,32 +121,32 @@ def run(args: SteeringScoreConfig) -> int:
         raise UserError(f"--neuron_list {bad[0]}: out of range (top images for {len(top)} neurons)")
     images = list_images(args.images, field="images")
     authors = args.protocol == "authors"
-    llava, sae, layer = load_models(args)
-    clip = ClipEncoder(args.clip_model, llava.device, args.processor_backend)
+    mllm, sae, layer = load_models(args)
+    clip = ClipEncoder(args.clip_model, mllm.device, args.processor_backend)
     target = neuron_image_embeddings(top[neurons], store, normalise=not authors)
     target_unit = target / np.linalg.norm(target, axis=1, keepdims=True)
     out = output_dir_of(args)
     out.mkdir(parents=True, exist_ok=True)
     labels: list[tuple[int, str, str, str]] = []  # neuron, image, answer, whole decoded sequence
-    size = llava.image_size
+    size = mllm.image_size
     resized = [(name, im.resize((size, size)) if name in ("white", "black") else im) for name, im in images]
     with tqdm(total=len(neurons) * len(images) if args.steer else len(images), unit="answer",
               file=sys.stderr, dynamic_ncols=True, desc="steering-score") as bar:
         if not args.steer:
             answers = {}
             for name, im in resized:
-                answers[name] = llava.generate(args.prompt, im, args.max_new_tokens)
+                answers[name] = mllm.generate(args.prompt, im, args.max_new_tokens)
                 bar.update(1)
             labels = [(n, name, *answers[name]) for n in neurons for name, _ in resized]
         else:
             for n in neurons:
-                with sae_intervention(llava, sae, layer, {n: args.alpha}, args.mode, args.zero_others):
+                with sae_intervention(mllm, sae, layer, {n: args.alpha}, args.mode, args.zero_others):
                     for name, im in resized:
-                        labels.append((n, name, *llava.generate(args.prompt, im, args.max_new_tokens)))
+                        labels.append((n, name, *mllm.generate(args.prompt, im, args.max_new_tokens)))
                         bar.update(1)
     # the authors' rule reads LLaVA-1.5's decoded sequence after "ASSISTANT: "; other families'
     # templates have no such marker, so it reads their answer (the new tokens) the same way
-    whole = llava.family.authors_word_rule
+    whole = mllm.family.authors_word_rule
     words = [(authors_word(full) if whole else answer.split(" ")[0]) if authors else first_word(answer)
              for _, _, answer, full in labels]
     vocab = sorted(set(words))
@@ -182,7 +182,7 @@ def run(args: SteeringScoreConfig) -> int:
                "sae_weights": file_checksum(sae.path), "sae_dict_size": int(sae.dict_size),
                "llava_model": args.llava_model, "clip_model": args.clip_model,
                "processor_backend": args.processor_backend,
-               "mllm_family": llava.family.label,
+               "mllm_family": mllm.family.label,
                "word_rule": ("answer.split('ASSISTANT: ')[-1].split(' ')[0], as is" if whole
                              else "the new tokens' text .split(' ')[0], as is") if authors
                             else "first alphabetic word, lower-cased; '' -> 'nothing'",

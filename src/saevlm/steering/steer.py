@@ -57,16 +57,16 @@ def run(args: SteerConfig) -> int:
     from saevlm.steering.intervention import sae_intervention
     from saevlm.steering.mllm import load_image
 
-    llava, sae, layer = load_models(args)
-    with sae_intervention(llava, sae, layer, {}, args.mode, args.zero_others):
+    mllm, sae, layer = load_models(args)
+    with sae_intervention(mllm, sae, layer, {}, args.mode, args.zero_others):
         pass  # validates block and SAE before the image is fetched
-    size = llava.image_size
+    size = mllm.image_size
     image = load_image(args.image, size)
     print(f"prompt: {args.prompt!r}   image: {args.image}   block {layer}, mode {args.mode}")
-    print(f"unsteered: {llava.prompt(args.prompt, image, args.max_new_tokens)}")
+    print(f"unsteered: {mllm.prompt(args.prompt, image, args.max_new_tokens)}")
     for alpha in args.alpha:
         clamp = {n: alpha for n in args.neuron}
-        with sae_intervention(llava, sae, layer, clamp, args.mode, args.zero_others):
-            answer = llava.prompt(args.prompt, image, args.max_new_tokens)
+        with sae_intervention(mllm, sae, layer, clamp, args.mode, args.zero_others):
+            answer = mllm.prompt(args.prompt, image, args.max_new_tokens)
         print(f"latent {' '.join(map(str, args.neuron))} = {alpha:g}: {answer}")
     return 0
