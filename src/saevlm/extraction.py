@@ -68,18 +68,172 @@ class ImageRunOptions(DeviceOption, ProgressOption):
 
 
 @dataclass
-class _PendingStore:
-    """A store being written: its writer and the rows buffered for its current shard."""
+class _StoreShard:
+    """A store being written, and what its current shard has gathered so far. One subclass per
+    store kind (``_SHARD_OF_KIND``), each with the same two methods: ``add`` one batch's captured
+    activations, ``write`` the finished shard through the store's writer (and start the next)."""
 
     point: object
     writer: object
-    tokens: object
-    todo: set
-    acts: list = field(default_factory=list)
+    tokens: object  # the token selection at a block; None at the pooled output
+    todo: set  # the shards this process still writes
     rows: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
-    pool_encode: object = None  # SAE codes mean-pooled over tokens: encode(rows) -> codes
-    top_k: object = None  # with a top-images writer: the running top-k of the current shard (RunningTopK)
+
+    def add(self, acts, good: list, valid) -> None:
+        raise NotImplementedError
+
+    def write(self, idx: int, first: int, count: int, images_n2) -> None:
+        raise NotImplementedError
+
+    def _image_rows(self, good: list) -> None:
+        import torch
+
+        img = torch.as_tensor(good, dtype=torch.int64)
+        self.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
+
+    def _rows_n2(self):
+        import numpy as np
+
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, 2), np.int64)
+
+
+@dataclass
+class _DenseShard(_StoreShard):
+    """Activations (or embeddings) as rows: the selected tokens of each image, or its pooled output;
+    a code store's writer encodes them with the SAE as it writes."""
+
+    acts: list = field(default_factory=list)
+
+    def add(self, acts, good, valid) -> None:
+        import torch
+
+        if self.tokens is None:
+            rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
+        else:
+            acts, rows = self.tokens.select(acts, good, valid)
+        self.acts.append(acts.float().cpu().numpy())
+        self.rows.append(rows.numpy())
+
+    def write(self, idx, first, count, images_n2) -> None:
+        import numpy as np
+
+        acts_nd = np.concatenate(self.acts) if self.acts else np.zeros((0, self.writer.input_dim), np.float32)
+        self.writer.write_shard(idx, acts_nd, self._rows_n2(), first, count, self.skipped, images_n2)
+        self.acts, self.rows, self.skipped = [], [], []
+
+
+@dataclass
+class _PooledCodesShard(_StoreShard):
+    """SAE codes of every counted token, mean-pooled per image (mean_t encode(x_t), the authors'
+    steering protocol), one sparse row per image."""
+
+    encode: object = None  # rows -> codes
+    acts: list = field(default_factory=list)
+
+    def pooled(self, acts, valid):
+        import torch
+
+        from saevlm.sae.pooled import mean_codes
+
+        counted = self.tokens.counted(valid, acts.shape[0], acts.shape[1])
+        with torch.no_grad():
+            return mean_codes(acts.float(), self.encode, valid_bt=None if counted is None else counted.to(acts.device))
+
+    def add(self, acts, good, valid) -> None:
+        from saevlm.data.codes import dense_to_csr
+
+        self.acts.append(dense_to_csr(self.pooled(acts, valid)))
+        self._image_rows(good)
+
+    def write(self, idx, first, count, images_n2) -> None:
+        self.writer.write_shard_codes(idx, self.acts, self._rows_n2(), first, count, self.skipped, images_n2)
+        self.acts, self.rows, self.skipped = [], [], []
+
+
+@dataclass
+class _PooledTopKShard(_PooledCodesShard):
+    """The running top-k images per latent of the mean-pooled codes (a top-images store): each
+    shard's own top-k is written, and merged when all shards are in."""
+
+    selected: object = None  # the selected images' dataset indices (a batch's rows are positions in it)
+    new_top_k: object = None  # () -> an empty RunningTopK
+    top_k: object = None
+
+    def add(self, acts, good, valid) -> None:
+        import numpy as np
+
+        if self.top_k is None:
+            self.top_k = self.new_top_k()
+        self.top_k.update_rows(np.searchsorted(self.selected, np.asarray(good)), self.pooled(acts, valid))
+        self._image_rows(good)
+
+    def write(self, idx, first, count, images_n2) -> None:
+        if self.top_k is None:
+            self.top_k = self.new_top_k()
+        self.writer.write_shard_top_k(idx, *self.top_k.partial(), self._rows_n2(), first, count, self.skipped,
+                                      images_n2)
+        self.top_k, self.rows, self.skipped = None, [], []
+
+
+# the kind of store a point writes: activations (or embeddings) without an SAE; with one, a code store
+# of token rows (the writer encodes), of mean-pooled token codes, or their running top-k of images
+_SHARD_OF_KIND = {"activations": _DenseShard, "codes": _DenseShard, "pooled_codes": _PooledCodesShard,
+                  "pooled_top_k": _PooledTopKShard}
+
+
+def _check_settings(cfg: ExtractionSettings, sae, tokens, points, num_images: int) -> None:
+    """The settings that cannot work, refused before any model or image is read."""
+    from saevlm.models.base import POST_PROJECTION
+
+    if cfg.batch_size < 1:
+        raise UserError(f"batch_size {cfg.batch_size}: expected a positive integer", field="batch_size")
+    if cfg.shard_rows < 1:
+        raise UserError(f"shard_rows {cfg.shard_rows}: expected a positive integer", field="shard_rows")
+    if cfg.top_k is not None:
+        if sae is None or tokens.mode != "mean" or any(p.attachment_point == POST_PROJECTION for p in points):
+            raise UserError("top_k: only with --sae_path and --mean_pool at a block (a running top-k of images "
+                            "per latent of the mean-pooled codes); for other stores run `saevlm top-images`", field="top_k")
+        if not 1 <= cfg.top_k <= num_images:
+            raise UserError(f"top_k {cfg.top_k}: expected 1..{num_images} (the number of images)", field="top_k")
+
+
+def _pending_stores(points, writers: dict, plan, log) -> list[_StoreShard]:
+    """A shard buffer of its store's kind for every store not complete yet (said when resumed)."""
+    from saevlm.models.base import POST_PROJECTION
+
+    pending: list[_StoreShard] = []
+    for point in points:
+        writer = writers[point]
+        if writer.already_complete:
+            if plan.dist.is_main:
+                log(f"{plan.output_dirs[point]}: complete already, skipped")
+            continue
+        if writer.images_done and plan.dist.is_main:
+            log(f"{plan.output_dirs[point]}: resuming after {writer.images_done}/{plan.num_images} images")
+        kind, sae, extra = _store_kind(point, plan), plan.sae, {}
+        if kind in ("pooled_codes", "pooled_top_k"):
+            from saevlm.sae.inference import encode_batch
+            extra["encode"] = lambda x: encode_batch(sae, x)
+        if kind == "pooled_top_k":
+            from saevlm.sae.pooled import RunningTopK
+            extra.update(selected=plan.selected,
+                         new_top_k=lambda: RunningTopK(sae.dict_size, plan.cfg.top_k, device=plan.device))
+        tokens = None if point.attachment_point == POST_PROJECTION else plan.tokens
+        pending.append(_SHARD_OF_KIND[kind](point, writer, tokens, {i for i, _, _ in writer.shard_ranges()}, **extra))
+    return pending
+
+
+def _store_kind(point, plan) -> str:
+    from saevlm.models.base import POST_PROJECTION
+
+    if plan.sae is None:
+        return "activations"
+    if plan.cfg.top_k is not None:
+        return "pooled_top_k"  # checked: only at a block with --mean_pool
+    if plan.tokens.mode == "mean" and point.attachment_point != POST_PROJECTION:
+        return "pooled_codes"
+    return "codes"
 
 
 @dataclass(frozen=True)
@@ -152,27 +306,12 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     from saevlm.distributed import Dist, barrier
 
     dist = dist or Dist()
-    import numpy as np
-    import torch
-    from tqdm import tqdm
 
-    from saevlm.data.codes import dense_to_csr
-    from saevlm.data.topimages import TopImagesWriter
     from saevlm.device import autocast_context
-    from saevlm.models.base import POST_PROJECTION, pixels_to
-    from saevlm.sae.pooled import RunningTopK, mean_codes
+    from saevlm.models.base import POST_PROJECTION
 
-    if batch_size < 1:
-        raise UserError(f"batch_size {batch_size}: expected a positive integer", field="batch_size")
-    if shard_rows < 1:
-        raise UserError(f"shard_rows {shard_rows}: expected a positive integer", field="shard_rows")
+    _check_settings(cfg, sae, tokens, points, len(selected))
     autocast_ctx = autocast_context(device, cfg.autocast)  # validates before any work
-    if cfg.top_k is not None:
-        if sae is None or tokens.mode != "mean" or any(p.attachment_point == POST_PROJECTION for p in points):
-            raise UserError("top_k: only with --sae_path and --mean_pool at a block (a running top-k of images "
-                            "per latent of the mean-pooled codes); for other stores run `saevlm top-images`", field="top_k")
-        if not 1 <= cfg.top_k <= len(selected):
-            raise UserError(f"top_k {cfg.top_k}: expected 1..{len(selected)} (the number of images)", field="top_k")
     encoder.to(device)
 
     num_tokens = None
@@ -199,95 +338,9 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
     if not dist.is_main:
         writers = open_writers()
     try:
-        pending: list[_PendingStore] = []
-        for point in points:
-            writer = writers[point]
-            if writer.already_complete:
-                if dist.is_main:
-                    log(f"{output_dirs[point]}: complete already, skipped")
-                continue
-            if writer.images_done and dist.is_main:
-                log(f"{output_dirs[point]}: resuming after {writer.images_done}/{len(selected)} images")
-            pooled_codes = (sae is not None and tokens.mode == "mean"
-                            and point.attachment_point != POST_PROJECTION)
-            pool_encode = None
-            if pooled_codes:
-                from saevlm.sae.inference import encode_batch
-                pool_encode = lambda x: encode_batch(sae, x)  # noqa: E731
-            pending.append(_PendingStore(point, writer, None if point.attachment_point == POST_PROJECTION
-                                         else tokens, {i for i, _, _ in writer.shard_ranges()},
-                                         pool_encode=pool_encode))
-            if isinstance(writer, TopImagesWriter):
-                pending[-1].top_k = RunningTopK(sae.dict_size, cfg.top_k, device=device)
+        pending = _pending_stores(points, writers, plan, log)
 
-        needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
-        if needed:
-            positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
-            loader = images.batches(selected[positions], encoder.preprocess, batch_size, cfg.num_workers,
-                                    pin_memory=device.type == "cuda")
-            desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
-            bar = tqdm(total=len(positions), unit="img", disable=not cfg.progress or not dist.is_main,
-                       desc=desc, dynamic_ncols=True, file=sys.stderr)
-            shard_no, consumed, shard_hashes = 0, 0, []
-            with bar:
-                for good, pixels, bad, hashes in loader:
-                    idx, first, stop = needed[shard_no]
-                    n_in_batch = len(good) + len(bad)
-                    shard_hashes.extend(hashes)
-                    skipped = handle_bad_images(images, bad, cfg.skip_bad_images, log)
-                    active = [s for s in pending if idx in s.todo]
-                    if pixels is not None and active:
-                        pixels = pixels_to(pixels, device, non_blocking=True)
-                        with autocast_ctx:
-                            out = encoder.capture(pixels, [s.point for s in active])
-                        for s in active:
-                            acts = out[s.point]
-                            # registers and padding (None when every token counts)
-                            valid = None if s.tokens is None else encoder.valid_tokens(pixels, acts.shape[1])
-                            if s.pool_encode is not None:  # mean_t encode(x_t), the authors' protocol
-                                counted = s.tokens.counted(valid, acts.shape[0], acts.shape[1])
-                                with torch.no_grad():
-                                    pooled = mean_codes(acts.float(), s.pool_encode,
-                                                        valid_bt=None if counted is None else counted.to(acts.device))
-                                if s.top_k is not None:  # rows: positions in the selected images
-                                    s.top_k.update_rows(np.searchsorted(selected, np.asarray(good)), pooled)
-                                else:
-                                    s.acts.append(dense_to_csr(pooled))
-                                img = torch.as_tensor(good, dtype=torch.int64)
-                                s.rows.append(torch.stack([img, torch.full_like(img, -1)], 1).numpy())
-                                continue
-                            if s.tokens is None:
-                                rows = torch.stack([torch.as_tensor(good), torch.full((len(good),), -1)], 1)
-                            else:
-                                acts, rows = s.tokens.select(acts, good, valid)
-                            s.acts.append(acts.float().cpu().numpy())
-                            s.rows.append(rows.numpy())
-                    for s in active:
-                        s.skipped.extend(skipped)
-                    consumed += n_in_batch
-                    bar.update(n_in_batch)
-                    if consumed > stop - first:
-                        raise RuntimeError("a batch crossed a shard boundary")
-                    if consumed == stop - first:
-                        images_n2 = np.asarray(shard_hashes, dtype=np.int64).reshape(-1, 2)
-                        for s in active:
-                            rows_n2 = np.concatenate(s.rows) if s.rows else np.zeros((0, 2), np.int64)
-                            if s.top_k is not None:  # this shard's own top-k; merged when all are in
-                                s.writer.write_shard_top_k(idx, *s.top_k.partial(), rows_n2, first, stop - first,
-                                                           s.skipped, images_n2)
-                                s.top_k = RunningTopK(sae.dict_size, cfg.top_k, device=device)
-                                s.rows, s.skipped = [], []
-                                continue
-                            if s.pool_encode is not None:
-                                s.writer.write_shard_codes(idx, s.acts, rows_n2, first, stop - first, s.skipped,
-                                                           images_n2)
-                                s.acts, s.rows, s.skipped = [], [], []
-                                continue
-                            acts_nd = (np.concatenate(s.acts) if s.acts
-                                       else np.zeros((0, s.writer.input_dim), np.float32))
-                            s.writer.write_shard(idx, acts_nd, rows_n2, first, stop - first, s.skipped, images_n2)
-                            s.acts, s.rows, s.skipped = [], [], []
-                        shard_no, consumed, shard_hashes = shard_no + 1, 0, []
+        _write_shards(pending, images, encoder, plan, autocast_ctx, log)
         barrier(dist)
         if dist.is_main:
             for s in pending:
@@ -297,6 +350,53 @@ def extract_stores(encoder, images, selected, points, tokens, cfg: ExtractionSet
         for w in writers.values():
             w.close()
     return {p: output_dirs[p] for p in points}
+
+
+def _write_shards(pending: list[_StoreShard], images, encoder, plan, autocast_ctx, log) -> None:
+    """Every shard this process still owes its stores: the images read once, each batch captured
+    at all the points whose stores need that shard, each finished shard written by every store."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from saevlm.models.base import pixels_to
+
+    cfg, device, dist, selected = plan.cfg, plan.device, plan.dist, plan.selected
+    needed = sorted({r for s in pending for r in s.writer.shard_ranges()})
+    if needed:
+        positions = np.concatenate([np.arange(first, stop) for _, first, stop in needed])
+        loader = images.batches(selected[positions], encoder.preprocess, cfg.batch_size, cfg.num_workers,
+                                pin_memory=device.type == "cuda")
+        desc = f"extract {len(pending)} point(s)" + (f" [rank {dist.rank}]" if dist.world_size > 1 else "")
+        bar = tqdm(total=len(positions), unit="img", disable=not cfg.progress or not dist.is_main,
+                   desc=desc, dynamic_ncols=True, file=sys.stderr)
+        shard_no, consumed, shard_hashes = 0, 0, []
+        with bar:
+            for good, pixels, bad, hashes in loader:
+                idx, first, stop = needed[shard_no]
+                n_in_batch = len(good) + len(bad)
+                shard_hashes.extend(hashes)
+                skipped = handle_bad_images(images, bad, cfg.skip_bad_images, log)
+                active = [s for s in pending if idx in s.todo]
+                if pixels is not None and active:
+                    pixels = pixels_to(pixels, device, non_blocking=True)
+                    with autocast_ctx:
+                        out = encoder.capture(pixels, [s.point for s in active])
+                    for s in active:
+                        acts = out[s.point]
+                        # registers and padding (None when every token counts)
+                        valid = None if s.tokens is None else encoder.valid_tokens(pixels, acts.shape[1])
+                        s.add(acts, good, valid)
+                for s in active:
+                    s.skipped.extend(skipped)
+                consumed += n_in_batch
+                bar.update(n_in_batch)
+                if consumed > stop - first:
+                    raise RuntimeError("a batch crossed a shard boundary")
+                if consumed == stop - first:
+                    images_n2 = np.asarray(shard_hashes, dtype=np.int64).reshape(-1, 2)
+                    for s in active:
+                        s.write(idx, first, stop - first, images_n2)
+                    shard_no, consumed, shard_hashes = shard_no + 1, 0, []
 
 
 def point_provenance(point, encoder, tokens, num_tokens, dataset: DatasetInfo, batch_size: int, autocast: str,
@@ -330,7 +430,8 @@ def _open_writer(point, plan: _WriterPlan):
                   overwrite=cfg.overwrite, extra_files=plan.extra_files, extra_json=plan.extra_json,
                   rank=plan.dist.rank, world_size=plan.dist.world_size, allow_nonfinite=cfg.allow_nonfinite,
                   field=plan.output_field)
-    if plan.sae is None:
+    kind = _store_kind(point, plan)
+    if kind == "activations":
         return StoreWriter(plan.output_dirs[point], kind=cfg.kind, dim=plan.encoder.output_dim(point),
                            dtype=cfg.store_dtype, provenance=provenance, **common)
     from saevlm.data.codes import CodeStoreWriter
@@ -338,7 +439,7 @@ def _open_writer(point, plan: _WriterPlan):
     from saevlm.sae.apply import check_sae_matches, code_provenance, make_encoder
     check_sae_matches(plan.sae, provenance, plan.encoder.output_dim(point), cfg.allow_mismatch,
                       f"--model_name {plan.encoder.name} at {point.slug}")
-    if cfg.top_k is not None:
+    if kind == "pooled_top_k":
         return TopImagesWriter(plan.output_dirs[point], k=cfg.top_k, dim=plan.sae.dict_size, selected=plan.selected,
                                provenance=code_provenance(provenance, plan.sae), **common)
     return CodeStoreWriter(plan.output_dirs[point], encode=make_encoder(plan.sae, plan.device),
