@@ -592,3 +592,13 @@ def saevlm_single(args):
 
     return subprocess.run([sys.executable, "-m", "saevlm", *map(str, args)], env=SUBPROCESS_ENV,
                           capture_output=True, text=True, timeout=600)
+
+
+def run_python(code: str):
+    """``code`` (dedented) in a fresh ``python -c`` offline: the completed process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)

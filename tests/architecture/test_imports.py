@@ -1,6 +1,6 @@
-"""The package's import rules (docs/architecture.md), read from the import graph: commands never import each other, library modules never import commands, no cycles, and library errors name config fields."""
-
-
+"""The package's import rules (docs/architecture.md), read from the import graph: commands never
+import each other, library modules never import commands, no cycles, and library errors name
+config fields."""
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -41,7 +41,6 @@ def _import_graph() -> dict[str, set[str]]:
 LIBRARY_ROOMS = ("data", "models", "sae")
 
 
-
 def test_command_modules_never_import_each_other():
     """Each command module is thin and imports only downward (library modules), never another
     command's module: shared code lives in data/, sae/, metrics/ library modules."""
@@ -59,7 +58,6 @@ def test_command_modules_never_import_each_other():
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{module} imports {n}" for n in names if n in commands and n != module]
     assert not offenders, offenders
-
 
 
 def test_library_modules_never_import_command_modules():
@@ -88,7 +86,6 @@ def test_library_modules_never_import_command_modules():
     assert not offenders, offenders
 
 
-
 def test_no_import_cycles_anywhere():
     """No two saevlm modules import each other, directly or through others, counting imports
     inside functions too (a lazy import still ties the two modules together)."""
@@ -109,7 +106,6 @@ def test_no_import_cycles_anywhere():
         if m not in state:
             visit(m, [m])
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
-
 
 
 def test_library_errors_name_fields_not_flags(capsys, image_folder):

@@ -3,9 +3,6 @@
 import argparse
 
 
-
-
-
 def test_configs_default_to_the_cli_defaults():
     """Every command's config built in Python with only its required fields is what the CLI runs
     with only those flags (the same defaults, from the same declarations and configs/paper.yaml)."""

@@ -1,22 +1,12 @@
 """--config files and configs/paper.yaml as flag defaults; --help fast and without torch."""
 
-import subprocess
-import sys
-import textwrap
 
 import pytest
-from helpers import REPO
-
-
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-                          timeout=300)
-
+from helpers import REPO, run_python
 
 
 def test_help_is_fast_and_imports_no_torch():
-    r = _python("""
+    r = run_python("""
         import sys
         from saevlm.cli import build_parser
         build_parser()
@@ -24,7 +14,6 @@ def test_help_is_fast_and_imports_no_torch():
     """)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
-
 
 
 def test_config_file_sets_flag_defaults_and_explicit_flags_win(tmp_path, capsys):
@@ -53,7 +42,6 @@ def test_config_file_sets_flag_defaults_and_explicit_flags_win(tmp_path, capsys)
     assert "not valid YAML" in capsys.readouterr().err
 
 
-
 def test_report_and_steering_numbers_come_from_the_config():
     import yaml
 
@@ -63,7 +51,6 @@ def test_report_and_steering_numbers_come_from_the_config():
     assert paper.paper_value(paper.BEST_MS, "matryoshka_batch_top_k", "last", 64) == \
         numbers["best_ms"]["matryoshka_batch_top_k"]["last"][-1]
     assert paper.STEERING["bound_true_names"] == str(numbers["steering"]["bound_true_names"])
-
 
 
 @pytest.mark.parametrize("word,expect", [("false", False), ("no", False), ("off", False), ("0", False),
@@ -92,7 +79,6 @@ def test_config_booleans_mean_what_they_say(tmp_path, word, expect):
     assert train.no_normalize is True
 
 
-
 @pytest.mark.parametrize("body,message", [
     ("commands:\n  train:\n    no_normalize: maybe\n", "commands.train.no_normalize: 'maybe' is not a boolean"),
     ("commands:\n  train:\n    steps: 20.7\n", "commands.train.steps: 20.7 is not an integer"),
@@ -111,7 +97,6 @@ def test_config_values_are_parsed_exactly_and_unknown_sections_are_errors(tmp_pa
     assert message in err and str(cfg) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-
 def test_config_numbers_that_are_exact_are_taken(tmp_path):
     from saevlm.cli import build_parser
 
@@ -119,7 +104,6 @@ def test_config_numbers_that_are_exact_are_taken(tmp_path):
     cfg.write_text("commands:\n  train:\n    steps: 20.0\n    k: '7'\n    lr: 1\n")
     args = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--config", str(cfg)])
     assert (args.steps, args.k) == (20, 7) and args.lr == 1.0 and isinstance(args.lr, float)
-
 
 
 def test_config_keys_may_be_flag_names(tmp_path):

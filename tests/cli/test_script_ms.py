@@ -1,4 +1,5 @@
-"""scripts/monosemanticity_score.sh end to end (reduced configuration, tiny random models), and every script's refusal of a missing dataset."""
+"""scripts/monosemanticity_score.sh end to end (reduced configuration, tiny random models), and
+every script's refusal of a missing dataset."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,6 @@
-"""The typed manifest, provenance and result records (saevlm.data.manifest, saevlm.data.artifacts): exact round trips of what the writers produce, old stores still read, one compatibility check, damaged keys named."""
+"""The typed manifest, provenance and result records (saevlm.data.manifest, saevlm.data.artifacts):
+exact round trips of what the writers produce, old stores still read, one compatibility check,
+damaged keys named."""
 
 import json
 from pathlib import Path
@@ -27,7 +29,6 @@ def _parse(raw: dict, path: Path, fmt: str = "saevlm-activations", payload=("fil
     return Manifest.from_json(raw, path, "store", fmt, payload, STORAGE_DTYPE_NAMES)
 
 
-
 def test_manifest_written_today_round_trips_exactly(world):
     for name in ("train", "val", "embeddings_val"):
         path = world / name / "manifest.json"
@@ -37,7 +38,6 @@ def test_manifest_written_today_round_trips_exactly(world):
         assert Provenance.from_json(raw["provenance"]).to_json() == raw["provenance"]
         assert m.provenance.dataset.split == raw["provenance"]["dataset"]["split"]
         assert m.shards[0].checksums == raw["shards"][0]["checksums"]
-
 
 
 def test_fixture_stores_of_the_first_schema_still_parse_and_keep_their_keys():
@@ -60,7 +60,6 @@ def test_fixture_stores_of_the_first_schema_still_parse_and_keep_their_keys():
     assert codes.dict_size == 8 and codes.provenance.sae.dict_size == 8
 
 
-
 def test_unknown_keys_are_kept():
     prov = Provenance.from_json({"model": {"name": "m", "source": "s", "future_key": [1, 2]},
                                  "hook": {"attachment_point": "post_mlp_residual", "layer": 3},
@@ -69,7 +68,6 @@ def test_unknown_keys_are_kept():
     assert prov.model.extra == {"future_key": [1, 2]}
     assert prov.to_json()["model"]["future_key"] == [1, 2]
     assert prov.to_json()["later_section"] == {"x": 1}
-
 
 
 def test_compatible_with_names_the_first_difference():
@@ -94,7 +92,6 @@ def test_compatible_with_names_the_first_difference():
                                  aspects=[x for x in ("model", "hook", "tokens", "dataset") if x != section]) is None
 
 
-
 def test_a_wrongly_typed_provenance_key_is_named(tmp_path, world):
     import shutil
 
@@ -107,7 +104,6 @@ def test_a_wrongly_typed_provenance_key_is_named(tmp_path, world):
         ActivationStore(store)
 
 
-
 def test_model_labels_hide_machine_paths():
     from saevlm.data.manifest import ModelInfo, display_name
 
@@ -116,7 +112,6 @@ def test_model_labels_hide_machine_paths():
     assert ModelInfo(name="clip-vit-base-patch32").label == "clip-vit-base-patch32"
     assert ModelInfo(name=None, source="./models/tiny/").label == "tiny"
     assert display_name("local-dir:/x/y/open-clip-b32") == "open-clip-b32"
-
 
 
 def test_result_records_round_trip_and_name_damage(tmp_path):

@@ -1,22 +1,17 @@
-"""The CPU-torch / CUDA-torchvision import fix (ENVIRONMENT.md) and the supported transformers range, checked at import."""
+"""The CPU-torch / CUDA-torchvision import fix (ENVIRONMENT.md) and the supported transformers
+range, checked at import."""
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
-                          timeout=300)
-
+from helpers import run_python
 
 
 def test_stack_imports_after_saevlm():
     """transformers model classes, open_clip, dictionary_learning and torchvision all import."""
-    r = _python("""
+    r = run_python("""
         import saevlm
         import torchvision, torchvision.transforms.v2
         from transformers import CLIPVisionModelWithProjection, SiglipVisionModel, Dinov2Model
@@ -33,10 +28,9 @@ def test_stack_imports_after_saevlm():
     assert (has_ops == "True") == (applied == "False")
 
 
-
 def test_fix_does_nothing_when_ops_load():
     """With a torchvision whose ops load, no schema is declared."""
-    r = _python("""
+    r = run_python("""
         import sys, types
         ext = types.ModuleType("torchvision.extension"); ext._has_ops = lambda: True
         sys.modules["torchvision.extension"] = ext
@@ -48,9 +42,8 @@ def test_fix_does_nothing_when_ops_load():
     assert r.stdout.split() == ["False", "True"]
 
 
-
 def test_fix_declares_schemas_when_ops_missing():
-    r = _python("""
+    r = run_python("""
         import sys, types
         ext = types.ModuleType("torchvision.extension"); ext._has_ops = lambda: False
         sys.modules["torchvision.extension"] = ext
@@ -63,7 +56,6 @@ def test_fix_declares_schemas_when_ops_missing():
     assert r.stdout.split() == ["True", "True"]
 
 
-
 def test_transformers_range_is_checked():
     """The supported range (docs/install.md): 4.57 up to, not including, 6."""
     from saevlm._compat import check_transformers_version
@@ -74,7 +66,6 @@ def test_transformers_range_is_checked():
     for bad in ("4.46.3", "4.56.2", "3.5.1", "6.0.0"):
         with pytest.raises(UserError, match=rf"transformers {bad} is not supported"):
             check_transformers_version(bad)
-
 
 
 def test_an_unsupported_transformers_fails_at_import_in_one_line(tmp_path):

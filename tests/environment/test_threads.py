@@ -3,8 +3,6 @@
 import sys
 
 
-
-
 def test_threads_follow_the_machine_and_the_users_choice(monkeypatch):
     """saevlm's torch threads: the usable CPUs less the other running jobs less decoding workers;
     OMP_NUM_THREADS / SAEVLM_THREADS chosen by the user win."""

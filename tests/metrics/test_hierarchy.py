@@ -1,4 +1,5 @@
-"""Matryoshka hierarchy: LCA depths against a direct computation, and the paper's claim in miniature."""
+"""Matryoshka hierarchy: LCA depths against a direct computation, and the paper's claim in
+miniature."""
 
 import json
 
