@@ -218,3 +218,21 @@ def test_run_page_and_static_top_rank_latents_active_on_16_images_first(explorer
     # alt text of a top image names its label
     lat = ex.latent_page("codes", expected[0])
     assert re.search(r'alt="image \d+: (otter|pencil|violin|lighthouse)"', lat)
+
+
+def test_a_connection_closed_by_the_browser_prints_no_traceback(run_dir_copy, tmp_path, capsys):
+    """A client gone mid-response (ConnectionResetError, BrokenPipeError) is not reported; any
+    other error in a handler still is, with its traceback."""
+    from saevlm.explorer.app import Explorer
+    from saevlm.explorer.server import make_server
+
+    srv = make_server(Explorer(run_dir_copy, tmp_path / "cache"), "127.0.0.1", 0)
+    srv.server_close()  # never served: only its error handler is called
+    for err in (ConnectionResetError(104, "Connection reset by peer"), BrokenPipeError(32, "Broken pipe"),
+                ValueError("a real bug")):
+        try:
+            raise err
+        except Exception:
+            srv.handle_error(None, ("127.0.0.1", 1))
+        printed = capsys.readouterr().err
+        assert ("Traceback" in printed and "a real bug" in printed) if isinstance(err, ValueError) else printed == ""

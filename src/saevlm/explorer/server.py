@@ -10,6 +10,7 @@ gzip-compressed to clients that accept it."""
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -284,6 +285,13 @@ def make_server(explorer, host: str, port: int, allowed: tuple[str, ...] = ()) -
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         daemon_threads = True
         request_queue_size = 128  # the listen backlog (socketserver's default of 5 dropped a burst of 64)
+
+        def handle_error(self, request, client_address):
+            # a browser that closes the connection while a page or image is sent (a link followed,
+            # a tab closed) is not a server error: no traceback on the console for it
+            if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                return
+            super().handle_error(request, client_address)
 
     try:
         server = Server((host, port), Handler)
