@@ -93,13 +93,11 @@ def test_help_is_generated_from_the_configs_and_fast():
 def test_config_file_then_explicit_fields(tmp_path, capsys):
     """``--config FILE`` (and ``api.config(config=FILE)``): the file's values replace the paper's,
     fields given explicitly replace the file's, even when equal to the paper's default."""
-    from saevlm.cli import build_parser, command_config
+    from saevlm.cli import parse_command_line
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("commands:\n  train:\n    k: 7\n    steps: 123\n    activations_dir: from_file\n")
     assert api.config("train", config=cfg).k == 7 and api.config("train", config=cfg).activations_dir == "from_file"
     assert api.config("train", config=cfg, k=20).k == 20
-    raw = ["train", "--k", "20", "--config", str(cfg)]
-    parser = build_parser(("train", str(cfg)))
-    made = command_config(parser, parser.parse_args(raw), raw, str(cfg))
+    made = parse_command_line(["train", "--k", "20", "--config", str(cfg)])
     assert (made.k, made.steps, made.activations_dir) == (20, 123, "from_file")

@@ -25,22 +25,16 @@ from saevlm.errors import UserError
 
 def config(command: str, config: str | Path | None = None, **flags: Any):
     """The config ``saevlm <command> [--config config] <flags>`` would run."""
-    from saevlm.cli import COMMANDS, build_parser, config_class, config_file_values, subparser
-    from saevlm.commandline import REQUIRED
+    from saevlm.cli import COMMANDS, command_config, config_class
 
     if command not in COMMANDS:
         raise UserError(f"{command!r}: unknown command; expected one of {', '.join(COMMANDS)}")
-    parser = build_parser(with_help=False)
-    sub = subparser(parser, command)
-    cls = config_class(command)
-    names = [f.name for f in dataclasses.fields(cls)]  # fields only: not the ClassVars (COMMAND, ...)
+    names = [f.name for f in dataclasses.fields(config_class(command))]  # fields only, not the ClassVars
     unknown = [k for k in flags if k not in names]
     if unknown:
         raise UserError(f"saevlm {command}: no flag --{unknown[0]} (its flags: {', '.join(sorted(names))})")
-    defaults = {a.dest: (REQUIRED if a.required else a.default) for a in sub._actions if a.dest in names}
-    # as on the command line: the file's values over the paper's, the given fields over both
-    from_file = config_file_values(sub, command, str(config)) if config else {}
-    return cls(**{**defaults, **from_file, **flags})
+    # as on the command line: the file's values over the dataclass's (the paper's), the given fields over both
+    return command_config(command, str(config) if config else None, flags)
 
 
 def command_args(command: str, config: str | Path | None = None, **flags: Any):

@@ -40,6 +40,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def config_path_in(argv: list[str]) -> str | None:
+    """The value of ``--config`` in a raw argument list (read before the parser is built: the
+    file's values are shown as defaults in --help and make its required flags optional)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def config_class(command: str):
     """The config dataclass of ``command`` (its module's ``CONFIG``)."""
     return importlib.import_module(COMMANDS[command][0]).CONFIG
@@ -63,15 +74,14 @@ def flag_mapping(command: str):
     return flag_of
 
 
-def build_parser(config: tuple[str, str] | None = None, with_help: bool = True,
-                 only: str | None = None) -> argparse.ArgumentParser:
-    """The parser of every command, with the paper's defaults from configs/paper.yaml. With
-    ``config`` = (command, path), that file's ``commands.<command>`` values are the defaults of
-    its flags and those flags are no longer required (see :func:`config_file_values`). With
-    ``only``, the flags of that command alone are built (the others are listed, flagless: building
-    every command's flags imports every command module, a quarter of a second)."""
+def build_parser(only: str | None = None, with_help: bool = True, given: dict | None = None
+                 ) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser of every command and each command's own parser. The flags come from the config
+    dataclasses and hold no defaults (a parsed namespace is what the command line says; see
+    :func:`command_config`). With ``only``, the flags of that command alone are built (the others
+    are listed, flagless: building every command's flags imports every command module, a quarter
+    of a second). ``given``: a ``--config`` file's values for ``only``, shown in its --help."""
     from saevlm.commandline import add_config_arguments
-    from saevlm.config import apply_defaults, paper_defaults
 
     parser = argparse.ArgumentParser(
         prog="saevlm",
@@ -80,71 +90,49 @@ def build_parser(config: tuple[str, str] | None = None, with_help: bool = True,
         epilog="Run `saevlm <command> --help` for a command's flags. Docs: docs/ in the repository.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, (module, help_text) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.set_defaults(_module=module)
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for name, (_, help_text) in COMMANDS.items():
+        sp = commands[name] = sub.add_parser(name, help=help_text, description=help_text)
         if only is not None and name != only:
             continue
-        add_config_arguments(sp, config_class(name), with_help)
-        sp.add_argument("--config", default=None, metavar="FILE",
+        add_config_arguments(sp, config_class(name), with_help, given if name == only else None)
+        sp.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
                         help="YAML file whose commands.%s section gives flag defaults (explicit flags win; "
                              "the paper's are configs/paper.yaml)" % name.replace("%", "%%"))
-        apply_defaults(sp, paper_defaults(name), name, "configs/paper.yaml")
-        if config is not None and config[0] == name:  # the parsed namespace shows the file's values too
-            given = config_file_values(sp, name, config[1])
-            sp.set_defaults(**given)
-            for a in sp._actions:
-                if a.dest in given:
-                    a.required = False
-    return parser
+    return parser, commands
 
 
-def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
-    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+def config_file_values(command: str, path: str | None) -> dict:
+    """``commands.<command>`` of a ``--config`` file as config field values (keys may be flag
+    names: ``pre_zero``, ``no_steer``); nothing without a file."""
+    from saevlm.config import command_file_values
+
+    return command_file_values(config_class(command), command, path, list(COMMANDS)) if path else {}
 
 
-def config_file_values(sp: argparse.ArgumentParser, command: str, path: str) -> dict:
-    """``commands.<command>`` of a ``--config`` file as config field values, each converted as
-    the command line converts it (keys may be flag names: ``pre_zero``, ``no_steer``)."""
-    from saevlm.config import check_sections, config_values, load_config
-
-    data = load_config(path)
-    check_sections(data, list(COMMANDS), f"--config {path}")
-    return config_values(sp, data.get("commands", {}).get(command, {}) or {}, command, f"--config {path}")
+def command_config(command: str, config: str | None = None, given: dict | None = None):
+    """The config ``saevlm <command>`` runs: the dataclass's defaults (the paper's, from
+    configs/paper.yaml, written into the fields once), replaced by the ``--config`` file's values,
+    replaced by ``given`` (the flags on the command line, or keyword arguments in Python)."""
+    return config_class(command)(**{**config_file_values(command, config), **(given or {})})
 
 
-def explicit_fields(sp: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The fields ``argv`` sets on the command line (parsed again with every default suppressed)."""
-    import copy
+def parse_command_line(argv: list[str]):
+    """The config a full command line (``["train", "--k", "7", ...]``) runs; argparse's own exit
+    on a bad flag."""
+    command = next((a for a in argv if a in COMMANDS), None)
+    config = config_path_in(argv)
+    parser, _ = build_parser(only=command or "", given=config_file_values(command, config) if command else None)
+    ns = vars(parser.parse_args(argv))
+    return command_config(ns.pop("command"), config, _flags_given(ns))
 
-    quiet = copy.deepcopy(sp)
-    for a in quiet._actions:
-        a.default, a.required = argparse.SUPPRESS, False
-    quiet._defaults = {}
-    return set(vars(quiet.parse_known_args(argv)[0]))
 
-
-def command_config(parser: argparse.ArgumentParser, ns: argparse.Namespace, raw: list[str], config: str | None):
-    """The config of a parsed command line: the paper's defaults and the flags; with ``--config
-    FILE``, the file's values replace the defaults (``dataclasses.replace``) and the flags given
-    on the command line replace those (explicit flags win)."""
-    import dataclasses
-
-    from saevlm.commandline import config_from_namespace
-
-    cls = config_class(ns.command)
-    if not config:
-        return config_from_namespace(cls, ns)
-    sp = subparser(parser, ns.command)
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}
-    argv = raw[raw.index(ns.command) + 1:]
-    explicit = {k: values[k] for k in explicit_fields(sp, argv) if k in values}
-    from_file = cls(**{**values, **config_file_values(sp, ns.command, config)})
-    return dataclasses.replace(from_file, **explicit)
+def _flags_given(ns: dict) -> dict:
+    """The field values in a parsed namespace: argparse stored only the flags given."""
+    return {k: v for k, v in ns.items() if k not in ("version", "config", "command")}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from saevlm.config import config_path_in
     from saevlm.errors import UserError
 
     raw = list(sys.argv[1:] if argv is None else argv)
@@ -152,33 +140,33 @@ def main(argv: list[str] | None = None) -> int:
     config = config_path_in(raw)
     wants_help = command is None or any(a in ("-h", "--help") for a in raw)
     try:
-        parser = build_parser((command, config) if command and config else None, with_help=wants_help,
-                              only=command or "")
+        given = config_file_values(command, config) if command else {}
+        parser, _ = build_parser(only=command or "", with_help=wants_help, given=given)
     except UserError as err:
         print(f"saevlm {command or ''}: error: {err}", file=sys.stderr)
         return 2
-    args = parser.parse_args(raw)
-    if args.version:
+    args = vars(parser.parse_args(raw))
+    if args.get("version"):
         import saevlm
         print(saevlm.__version__)
         return 0
-    if not args.command:
+    if not args.get("command"):
         parser.print_help()
         return 2
     from saevlm.threads import configure_threads
     configure_threads()  # torch's CPU threads for this machine and its current load (saevlm/threads.py)
     try:
-        cfg = command_config(parser, args, raw, config)
-        return int(importlib.import_module(args._module).run(cfg) or 0)
+        cfg = config_class(command)(**{**given, **_flags_given(args)})
+        return int(importlib.import_module(COMMANDS[command][0]).run(cfg) or 0)
     except UserError as err:
-        print(f"saevlm {args.command}: error: {err.with_flags(flag_mapping(args.command))}", file=sys.stderr)
+        print(f"saevlm {command}: error: {err.with_flags(flag_mapping(command))}", file=sys.stderr)
         return 2
     except OSError as err:  # a file system failure outside the atomic writers (they raise UserError)
         from saevlm.data.atomic import describe_os_error
-        print(f"saevlm {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        print(f"saevlm {command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"saevlm {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"saevlm {command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -175,7 +175,6 @@ def _argparse_type(kind: Kind, flag: str):
         except UserError:
             raise argparse.ArgumentTypeError(f"invalid {kind.base.__name__} value: {text!r}") from None
     parse.__name__ = kind.base.__name__  # argparse names the type in its messages
-    parse.base = kind.base  # what a --config FILE value is converted to (saevlm.config.apply_defaults)
     return parse
 
 
@@ -254,17 +253,39 @@ class ProgressOption:
 SHARED_LAST = ("output_dir", "device", "no_progress")  # listed after a command's own flags in --help
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: bool = True) -> None:
+def _help_text(cls: type, f: dataclasses.Field, docs: dict[str, str], shown: Any) -> str | None:
+    """A field's --help text with its default written in (the parser itself holds no defaults:
+    see :func:`add_config_arguments`); a literal % is escaped for argparse."""
+    text = f.metadata.get("help") or docs.get(f.name) or ""
+    text = text.replace("{OUTPUT_DEFAULT}", getattr(cls, "OUTPUT_DEFAULT", ""))
+    escaped = text.replace("%", "%%")  # argparse formats help with %; the default is written in here
+    return escaped.replace("%%(default)s", str(shown).replace("%", "%%")) \
+        .replace("%%(default)r", repr(shown).replace("%", "%%")) or None
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's declared default (REQUIRED where there is none): the paper's, from configs/paper.yaml."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: bool = True,
+                         given: dict[str, Any] | None = None) -> None:
     """The flags of ``cls``'s fields on ``parser``: the one place saevlm writes ``add_argument``.
-    ``with_help=False`` leaves the help texts out (they are read from the source; a command that
-    only runs needs none)."""
+
+    The parser decides nothing about values it was not given: every flag's argparse default is
+    ``SUPPRESS``, so a parsed namespace holds exactly the flags on the command line, and the
+    config dataclass supplies the rest (its defaults are the only ones). ``given`` are values
+    from a ``--config`` file: they are shown as the defaults in --help, and a required field they
+    give is no longer required on the command line. ``with_help=False`` leaves the help texts out
+    (they are read from the source; a command that only runs needs none)."""
+    given = given or {}
     docs, kinds = (field_docs(cls) if with_help else {}), field_kinds(cls)
     groups: dict[str | None, Any] = {None: parser}
     mutexes: dict[str, Any] = {}
     own = [f for f in dataclasses.fields(cls) if f.name not in SHARED_LAST]
     for f in own + [f for f in dataclasses.fields(cls) if f.name in SHARED_LAST]:  # a command's own flags first
         meta, kind = f.metadata, kinds[f.name]
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        default = given.get(f.name, field_default(f))
         where = groups.get(meta.get("group"))
         if where is None:
             where = groups[meta["group"]] = parser.add_argument_group(meta["group"])
@@ -272,31 +293,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: 
             if meta["mutex"] not in mutexes:
                 mutexes[meta["mutex"]] = where.add_mutually_exclusive_group()
             where = mutexes[meta["mutex"]]
-        # a literal % is escaped for argparse; the %(default)s / %(default)r placeholders are kept
-        help_text = (meta.get("help") or docs.get(f.name) or "").replace("%", "%%") \
-            .replace("%%(default)s", "%(default)s").replace("%%(default)r", "%(default)r")
-        help_text = help_text.replace("{OUTPUT_DEFAULT}", getattr(cls, "OUTPUT_DEFAULT", ""))
-        kw: dict[str, Any] = {"help": help_text or None}
+        kw: dict[str, Any] = {"help": _help_text(cls, f, docs, default) if with_help else None,
+                              "default": argparse.SUPPRESS}
         if meta.get("positional"):
-            where.add_argument(f.name, **kw)
+            where.add_argument(f.name, **kw, **({} if default is REQUIRED else {"nargs": "?"}))
             continue
         flags = meta.get("flags") or (f"--{f.name}",)
         kw["dest"] = f.name
-        required = default is REQUIRED
         if kind.base is bool and not kind.many:
             action = meta.get("action")
-            if action == "optional":
-                kw.update(action=argparse.BooleanOptionalAction, default=default)
-            elif action == "store_false":
-                kw.update(action="store_false", default=default)
-            else:
-                kw.update(action="store_true", default=default)
+            kw["action"] = {"optional": argparse.BooleanOptionalAction, "store_false": "store_false"}.get(
+                action, "store_true")
             where.add_argument(*flags, **kw)
             for more, how in meta.get("extra") or ():  # hidden spellings of the same switch
-                where.add_argument(*more, dest=f.name, action=how, default=default, help=argparse.SUPPRESS)
+                where.add_argument(*more, dest=f.name, action=how, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
             continue
-        kw.update(type=_argparse_type(kind, flags[0]), default=None if required else default)
-        if required:
+        kw["type"] = _argparse_type(kind, flags[0])
+        if default is REQUIRED:
             kw["required"] = True
         if kind.many:
             kw["nargs"] = meta.get("nargs") or "+"
@@ -305,8 +318,3 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, with_help: 
         if meta.get("metavar"):
             kw["metavar"] = meta["metavar"]
         where.add_argument(*flags, **kw)
-
-
-def config_from_namespace(cls: type, ns: argparse.Namespace):
-    """The config a parsed command line gives."""
-    return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)})

@@ -17,7 +17,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from saevlm.commandline import Kind, as_bool, convert
+from saevlm.commandline import as_bool
 from saevlm.errors import UserError
 
 PAPER_CONFIG = Path(__file__).with_name("configs") / "paper.yaml"
@@ -82,99 +82,96 @@ def check_sections(data: dict, commands: list[str] | tuple[str, ...], source: st
             raise UserError(f"{source}: commands.{name}: no such command{hint} (commands: {', '.join(commands)})")
 
 
-def _typed_value(action: argparse.Action, value: Any, where: str) -> Any:
-    """One config value converted as the command line would convert it, but exactly: an int flag
-    takes 20 or "20" (or 20.0), never 20.7 or a boolean."""
-    flag = f"--{action.dest}"
-    base = getattr(action.type, "base", action.type)  # a generated flag's converter names its type
-    if isinstance(value, bool) and base is not bool:
+def _switch_spellings(cls: type) -> dict[str, tuple[str, bool]]:
+    """Every name a YAML key may use for ``cls``'s fields: the field name, and each flag's own
+    name (``pre_zero`` for ``--pre_zero``, ``no_steer``, ``no_uncertainty``), each with whether a
+    true value there means the field is False (a ``--no-x`` or store_false spelling)."""
+    import dataclasses
+
+    from saevlm.commandline import field_kinds
+
+    kinds = field_kinds(cls)
+    names: dict[str, tuple[str, bool]] = {}
+    for f in dataclasses.fields(cls):
+        meta, switch = f.metadata, kinds[f.name].base is bool and not kinds[f.name].many
+        spellings: list[tuple[str, bool]] = [(flag, switch and meta.get("action") == "store_false")
+                                             for flag in meta.get("flags") or ()]
+        if switch and meta.get("action") == "optional":
+            spellings += [("--no-" + flag[2:], True) for flag in meta.get("flags") or (f"--{f.name}",)]
+        for flags, how in meta.get("extra") or ():
+            for flag in flags:
+                spellings.append((flag, how == "store_false"))
+                if how is argparse.BooleanOptionalAction:
+                    spellings.append(("--no-" + flag[2:], True))
+        for flag, negated in spellings:
+            names.setdefault(flag.lstrip("-").replace("-", "_"), (f.name, negated))
+    for f in dataclasses.fields(cls):  # a field's own name is its value, whatever its flags say
+        names[f.name] = (f.name, False)
+    return names
+
+
+def _file_value(kind, value: Any, flag: str, where: str) -> Any:
+    """One value of a config file converted to a field's type, exactly: an int field takes 20 or
+    "20" (or 20.0), never 20.7 or a boolean; messages name the file and key."""
+    from saevlm.commandline import Kind, convert
+
+    if isinstance(value, bool) and kind.base is not bool:
         raise UserError(f"{where}: {value!r} is a boolean, but {flag} takes a value (quote it if you mean "
                         f"the word)")
-    if base in (int, float):  # the command line's own conversion (saevlm.commandline.convert), this file's words
-        try:
-            return convert(Kind(base, False, False), value, flag)
-        except UserError:
-            raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)" if base is int
-                            else f"{where}: {value!r} is not a number") from None
-    if value is None:
+    if value is None and kind.optional:
         return None
-    if action.type is None or base is str:
-        return value if isinstance(value, str) else str(value)  # what argparse would have stored
     try:
-        return action.type(value if isinstance(value, str) else str(value))
-    except (TypeError, ValueError, argparse.ArgumentTypeError):
-        raise UserError(f"{where}: {value!r} is not a valid {flag} value") from None
+        return convert(Kind(kind.base, False, False), value, flag)
+    except UserError:
+        if kind.base is int:
+            raise UserError(f"{where}: {value!r} is not an integer ({flag} takes whole numbers)") from None
+        raise UserError(f"{where}: {value!r} is not a " + ("number" if kind.base is float else
+                                                          f"valid {flag} value")) from None
 
 
-def apply_defaults(parser: argparse.ArgumentParser, values: dict[str, Any], command: str, source: str) -> None:
-    """Make ``values`` (flag name -> value) the defaults of ``parser``'s flags (see
-    :func:`config_values`); a flag given a default here is no longer required."""
-    typed = config_values(parser, values, command, source)
-    parser.set_defaults(**typed)
-    for a in parser._actions:
-        if a.dest in typed:
-            a.required = False
+def file_values(cls: type, values: dict[str, Any], command: str, source: str) -> dict:
+    """``values`` (a config file's ``commands.<command>`` mapping) as field values of ``cls``, read
+    from the dataclass alone: keys are field names or flag names (a switch's flag name says whether
+    the flag is given: ``no_steer: true`` is ``steer = False``); unknown keys, non-booleans for
+    switches, inexact numbers and values outside a field's choices are errors naming the file and
+    key."""
+    import dataclasses
 
+    from saevlm.commandline import field_kinds, flag_name
 
-def config_values(parser: argparse.ArgumentParser, values: dict[str, Any], command: str, source: str) -> dict:
-    """``values`` (flag name -> value, from a YAML file) as config field values (destination ->
-    value), each parsed with the flag's own type: unknown names, non-booleans for switches, inexact
-    numbers and values outside a flag's choices are errors naming the file and key."""
+    kinds, names = field_kinds(cls), _switch_spellings(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     out: dict[str, Any] = {}
-    actions = {a.dest: a for a in parser._actions}
-    # a key may also be a flag's own name (``pre_zero`` for ``--pre_zero``, whose destination is
-    # zero_others); then a switch's value says whether the flag is given
-    by_option: dict[str, tuple[argparse.Action, bool]] = {}
-    for a in parser._actions:
-        for opt in a.option_strings:
-            negated = isinstance(a, argparse.BooleanOptionalAction) and opt.startswith("--no-")
-            by_option.setdefault(opt.lstrip("-").replace("-", "_"), (a, negated))
-    for key in list(values):
-        dest = key.replace("-", "_")
-        action = actions.get(dest)
-        as_flag, negated = False, False
-        if action is None and dest in by_option:
-            (action, negated), as_flag = by_option[dest], True
-            dest = action.dest
+    for key, value in values.items():
         where = f"{source}: commands.{command}.{key}"
-        if action is None or dest in ("help", "config"):
-            known = ", ".join(sorted(d for d in actions if d not in ("help", "config")))
-            raise UserError(f"{source}: commands.{command}.{key}: `saevlm {command}` has no --{dest} flag "
+        name, negated = names.get(str(key).replace("-", "_"), (None, False))
+        if name is None:
+            known = ", ".join(sorted(fields))
+            raise UserError(f"{where}: `saevlm {command}` has no --{str(key).replace('-', '_')} flag "
                             f"(its flags: {known})")
-        value = values[key]
-        if action.nargs == 0:  # a switch (store_true / store_false / --x/--no-x / store_const)
-            flag = as_bool(value, where)
-            if isinstance(action, argparse.BooleanOptionalAction):
-                value = flag != negated
-            elif isinstance(action.const, bool):
-                # by destination the value is the destination's; by flag name, whether it is given
-                value = (action.const if flag else not action.const) if as_flag else flag
-            else:
-                value = action.const if flag else action.default
-            out[dest] = value
+        kind, flag, field = kinds[name], flag_name(fields[name]), fields[name]
+        if kind.base is bool and not kind.many:
+            out[name] = as_bool(value, where) != negated
             continue
-        many = action.nargs in ("+", "*") or (isinstance(action.nargs, int) and action.nargs >= 1)
-        if many and not isinstance(value, list):
+        if kind.many and not isinstance(value, list):
             value = [value]
-        if not many and isinstance(value, list):
-            raise UserError(f"{where}: --{dest} takes one value, found a list")
-        value = [_typed_value(action, v, where) for v in value] if many else _typed_value(action, value, where)
-        if action.choices is not None:
-            for v in (value if many else [value]):
-                if v not in action.choices:
-                    raise UserError(f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
-        out[dest] = value
+        if not kind.many and isinstance(value, list):
+            raise UserError(f"{where}: {flag} takes one value, found a list")
+        value = [_file_value(kind, v, flag, where) for v in value] if kind.many else \
+            _file_value(kind, value, flag, where)
+        choices = field.metadata.get("choices")
+        for v in (value if kind.many else [value]) if choices is not None else ():
+            if v is not None and v not in choices:
+                raise UserError(f"{where}: {v!r} is not one of {', '.join(map(str, choices))}")
+        out[name] = value
     return out
 
 
-def config_path_in(argv: list[str]) -> str | None:
-    """The value of ``--config`` in a raw argument list (before argparse sees it)."""
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+def command_file_values(cls: type, command: str, path: str | Path, commands: list[str] | tuple[str, ...]) -> dict:
+    """``commands.<command>`` of the ``--config`` file ``path`` as field values of ``cls``."""
+    data = load_config(path)
+    check_sections(data, commands, f"--config {path}")
+    return file_values(cls, data.get("commands", {}).get(command, {}) or {}, command, f"--config {path}")
 
 
 def lookup(data: dict, dotted: str, source: str):

@@ -152,3 +152,26 @@ def test_library_errors_name_fields_not_flags(capsys, image_folder):
     assert run_cli("extract", "--model_name", "x", "--output_dir", "o", "--take_every", "0",
                    "--dataset_name", "imagefolder", "--data_path", image_folder) == 2
     assert "error: --take_every 0: expected a positive integer" in capsys.readouterr().err
+
+
+def test_no_private_argparse():
+    """The command line is argparse's public interface only (no ``parser._actions``, no
+    ``argparse._SubParsersAction``): read from every module's syntax tree, so a private name is
+    caught however the line is written."""
+    import argparse
+    import ast
+    from pathlib import Path
+
+    import saevlm
+
+    private = {name for name in dir(argparse) if name.startswith("_") and not name.startswith("__")}
+    parser = argparse.ArgumentParser()
+    parser.add_subparsers().add_parser("x")
+    private |= {name for obj in (parser, argparse.Action(["-x"], "x"), argparse.Namespace())
+                for name in dir(obj) if name.startswith("_") and not name.startswith("__")}
+    offenders = []
+    for f in Path(saevlm.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                offenders.append(f"{f.name}:{node.lineno} .{node.attr}")
+    assert not offenders, offenders

@@ -19,17 +19,17 @@ def test_help_is_fast_and_imports_no_torch():
 def test_config_file_sets_flag_defaults_and_explicit_flags_win(tmp_path, capsys):
     """`--config FILE`: its commands.<name> keys become defaults; flags on the command line win;
     unknown keys and bad values are errors naming the file and key."""
-    from saevlm.cli import build_parser, main
+    from saevlm.cli import main, parse_command_line
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("commands:\n  train:\n    k: 7\n    steps: 123\n    sae_model: top_k\n")
-    args = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--steps", "5",
+    args = parse_command_line(["train", "--activations_dir", "x", "--steps", "5",
                                                          "--config", str(cfg)])
     assert (args.k, args.steps, args.sae_model) == (7, 5, ["top_k"])
     # the packaged paper config gives the defaults otherwise
     import yaml
     paper = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())
-    plain = build_parser().parse_args(["train", "--activations_dir", "x"])
+    plain = parse_command_line(["train", "--activations_dir", "x"])
     assert plain.k == paper["commands"]["train"]["k"] and plain.threshold_beta == paper["commands"]["train"]["threshold_beta"]
     cfg.write_text("commands:\n  train:\n    kk: 7\n")
     assert main(["train", "--activations_dir", "x", "--config", str(cfg)]) == 2
@@ -59,22 +59,22 @@ def test_report_and_steering_numbers_come_from_the_config():
 def test_config_booleans_mean_what_they_say(tmp_path, word, expect):
     """A switch set to false in --config stays off (it once turned ON: [False] is truthy), and
     true turns it on, in every spelling YAML users write; store_false and --x/--no-x switches too."""
-    from saevlm.cli import build_parser
+    from saevlm.cli import parse_command_line
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"commands:\n  train:\n    no_normalize: {word}\n  ms:\n    overwrite: {word}\n"
                    f"  steering-score:\n    steer: {word}\n    pre_zero: {word}\n")
-    train = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--config", str(cfg)])
+    train = parse_command_line(["train", "--activations_dir", "x", "--config", str(cfg)])
     assert train.no_normalize is expect
-    ms = build_parser(("ms", str(cfg))).parse_args(["ms", "--activations_dir", "x", "--embeddings_path", "y",
+    ms = parse_command_line(["ms", "--activations_dir", "x", "--embeddings_path", "y",
                                                     "--config", str(cfg)])
     assert ms.overwrite is expect
-    sc = build_parser(("steering-score", str(cfg))).parse_args(
+    sc = parse_command_line(
         ["steering-score", "--sae_path", "s", "--top_images", "t", "--clip_embeddings", "c", "--output_dir", "o",
          "--config", str(cfg)])
     assert sc.steer is expect and sc.zero_others is expect
     # an explicit flag still wins over the file
-    train = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--no_normalize",
+    train = parse_command_line(["train", "--activations_dir", "x", "--no_normalize",
                                                           "--config", str(cfg)])
     assert train.no_normalize is True
 
@@ -98,18 +98,18 @@ def test_config_values_are_parsed_exactly_and_unknown_sections_are_errors(tmp_pa
 
 
 def test_config_numbers_that_are_exact_are_taken(tmp_path):
-    from saevlm.cli import build_parser
+    from saevlm.cli import parse_command_line
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("commands:\n  train:\n    steps: 20.0\n    k: '7'\n    lr: 1\n")
-    args = build_parser(("train", str(cfg))).parse_args(["train", "--activations_dir", "x", "--config", str(cfg)])
+    args = parse_command_line(["train", "--activations_dir", "x", "--config", str(cfg)])
     assert (args.steps, args.k) == (20, 7) and args.lr == 1.0 and isinstance(args.lr, float)
 
 
 def test_config_keys_may_be_flag_names(tmp_path):
     """``pre_zero`` (the flag; its destination is zero_others) and ``no_steer`` (a store_false
     flag of destination steer) mean the flag given or not."""
-    from saevlm.cli import build_parser
+    from saevlm.cli import parse_command_line
 
     cfg = tmp_path / "c.yaml"
     base = ["steering-score", "--sae_path", "s", "--top_images", "t", "--clip_embeddings", "c", "--output_dir", "o",
@@ -118,5 +118,5 @@ def test_config_keys_may_be_flag_names(tmp_path):
                               ("no_steer: false\n    pre_zero: false", True, False),
                               ("no_pre_zero: true", True, False)]:
         cfg.write_text(f"commands:\n  steering-score:\n    {body}\n")
-        args = build_parser(("steering-score", str(cfg))).parse_args(base)
+        args = parse_command_line(base)
         assert (args.steer, args.zero_others) == (steer, zero), body

@@ -15,8 +15,8 @@ from saevlm.data.store import ActivationStore
 
 
 def _parse(script: str, argv: list[str]):
-    from saevlm.cli import build_parser
-    return build_parser().parse_args([SCRIPT_TO_COMMAND[script], *argv])
+    from saevlm.cli import parse_command_line
+    return parse_command_line([SCRIPT_TO_COMMAND[script], *argv])
 
 
 def test_all_28_authors_invocations_parse():

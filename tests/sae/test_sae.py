@@ -9,6 +9,7 @@ import torch
 from helpers import run_cli
 from saevlm.data.codes import CodeStore, dense_to_csr
 from saevlm.data.store import ActivationStore, check_same_images
+from saevlm.errors import UserError
 from saevlm.sae.inference import encode_batch
 from saevlm.sae.checkpoint import load_sae
 
@@ -270,7 +271,7 @@ def test_train_val_width_mismatch_and_sae_store_mismatch(world, tmp_path, capsys
 
 def test_each_architecture_row_lists_the_train_flags_its_trainer_reads(tmp_path, capsys):
     """archs.ArchSpec.config_fields is true: changing each listed flag changes the trainer's
-    arguments, and a flag that no chosen architecture reads is noted."""
+    arguments, and a flag that no chosen architecture reads is refused."""
     import dataclasses
     from pathlib import Path
 
@@ -290,5 +291,15 @@ def test_each_architecture_row_lists_the_train_flags_its_trainer_reads(tmp_path,
             after = _trainer_kwargs(dataclasses.replace(base, **{field: changed[field]}), sae, 16, "cpu", prov, 99)
             assert after != before, (arch, field)
         assert unread_flags(base) == []
-    bt = TrainConfig(activations_dir="a", checkpoints_dir="c", sae_model=["batch_top_k"], group_fractions=[0.5, 0.5])
-    assert unread_flags(bt) == ["group_fractions"]
+    assert base.sae_options(arch) == spec.options(**{f: getattr(base, f) if f != "group_fractions" else
+                                                     tuple(base.group_fractions) for f in spec.config_fields})
+    # an architecture's option given to architectures that do not read it is an error naming both
+    with pytest.raises(UserError, match=r"--group_fractions 0.5 0.5: an option of matryoshka_batch_top_k only; "
+                                        r"--sae_model batch_top_k does not read it"):
+        TrainConfig(activations_dir="a", checkpoints_dir="c", sae_model=["batch_top_k"], group_fractions=[0.5, 0.5])
+    with pytest.raises(UserError, match=r"--l1_penalty 5.0: an option of standard only; --sae_model batch_top_k "
+                                        r"matryoshka_batch_top_k does not read it"):
+        TrainConfig(activations_dir="a", sae_model=["batch_top_k", "matryoshka_batch_top_k"], l1_penalty=5)
+    both = TrainConfig(activations_dir="a", sae_model=["batch_top_k", "matryoshka_batch_top_k"],
+                       group_fractions=[0.5, 0.5])  # read by one of the two: allowed
+    assert unread_flags(both) == [] and both.sae_options("matryoshka_batch_top_k").group_fractions == (0.5, 0.5)

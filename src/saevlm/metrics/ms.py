@@ -39,7 +39,7 @@ class MSConfig(CommandConfig, DeviceOption, ProgressOption, OutputOption):
     chunk_rows: int = opt(8192)
     """images per streamed chunk; bounds memory (default: %(default)s)"""
     uncertainty: bool = opt(True, action="optional")
-    """a second pass for each neuron's standard error and 95 %% interval over resampling of the images
+    """a second pass for each neuron's standard error and 95 % interval over resampling of the images
     (the delete-one jackknife, exact through the closed form; scores_se.npy, scores_ci95.npy,
     image_deltas.npy; --no-uncertainty skips it)"""
 

@@ -14,9 +14,41 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from saevlm.errors import UserError
+
+
+# Each architecture's own training options: the fields its dictionary_learning trainer reads beyond
+# the shared ones (steps, lr, warm-up, decay, seed). `saevlm train` keeps them as flat flags (the
+# authors' spellings); TrainConfig.sae_options(arch) gives the one that architecture reads, and a
+# flag set that no chosen architecture reads is an error naming both.
+@dataclass(frozen=True)
+class ReLUOptions:
+    l1_penalty: float  # the L1 weight of the sparsity loss
+
+
+@dataclass(frozen=True)
+class TopKOptions:
+    k: int  # active latents per input
+    auxk_alpha: float  # weight of the auxiliary loss on dead latents
+    threshold_beta: float  # EMA decay of the inference threshold
+    threshold_start_step: int  # step from which the threshold is tracked
+
+
+@dataclass(frozen=True)
+class MatryoshkaOptions(TopKOptions):
+    group_fractions: tuple[float, ...]  # nested groups' shares of the dictionary
+
+
+@dataclass(frozen=True)
+class JumpReLUOptions:
+    k: int  # the target L0
+    sparsity_penalty: float
+    bandwidth: float  # of the threshold's straight-through estimator
+
+
+ArchOptions = ReLUOptions | TopKOptions | MatryoshkaOptions | JumpReLUOptions
 
 
 @dataclass(frozen=True)
@@ -41,9 +73,13 @@ class ArchSpec:
     sparse_engine: bool  # trained by saevlm's sparse engine (else dictionary_learning's own update)
     saelens: str  # the SAELens architecture it is written as (threshold ones as "jumprelu")
     label: str = ""  # how tables name it
-    # the `train` flags (TrainConfig fields) its trainer reads beyond the shared ones (steps, lr,
-    # warm-up, decay, seed); `train` notes a flag given that no chosen architecture reads
-    config_fields: tuple[str, ...] = ()
+    # its own training options (the `train` flags its trainer reads beyond the shared ones)
+    options: type = TopKOptions
+
+    @property
+    def config_fields(self) -> tuple[str, ...]:
+        """The TrainConfig fields (flags) this architecture reads: its options' fields."""
+        return tuple(f.name for f in fields(self.options))
 
     @property
     def threshold_shape(self) -> str:
@@ -54,25 +90,25 @@ ARCH_SPECS: dict[str, ArchSpec] = {s.name: s for s in (
     ArchSpec("standard", ("dictionary_learning.trainers.standard", "StandardTrainer"),
              ("dictionary_learning.dictionary", "AutoEncoder"), "linear", "bias", True, "relu",
              has_k=False, grouped=False, sparse_engine=False, saelens="standard", label="ReLU (L1)",
-             config_fields=("l1_penalty",)),
+             options=ReLUOptions),
     ArchSpec("top_k", ("dictionary_learning.trainers.top_k", "TopKTrainer"),
              ("dictionary_learning.trainers.top_k", "AutoEncoderTopK"), "linear", "b_dec", True, "row_top_k",
              has_k=True, grouped=False, sparse_engine=True, saelens="topk", label="TopK",
-             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step")),
+             options=TopKOptions),
     ArchSpec("batch_top_k", ("dictionary_learning.trainers.batch_top_k", "BatchTopKTrainer"),
              ("dictionary_learning.trainers.batch_top_k", "BatchTopKSAE"), "linear", "b_dec", True, "threshold",
              has_k=True, grouped=False, sparse_engine=True, saelens="jumprelu", label="BatchTopK",
-             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step")),
+             options=TopKOptions),
     ArchSpec("matryoshka_batch_top_k", ("dictionary_learning.trainers.matryoshka_batch_top_k",
                                         "MatryoshkaBatchTopKTrainer"),
              ("dictionary_learning.trainers.matryoshka_batch_top_k", "MatryoshkaBatchTopKSAE"), "matrix", "b_dec",
              True, "threshold", has_k=True, grouped=True, sparse_engine=True, saelens="jumprelu",
              label="Matryoshka BatchTopK",
-             config_fields=("k", "auxk_alpha", "threshold_beta", "threshold_start_step", "group_fractions")),
+             options=MatryoshkaOptions),
     ArchSpec("jumprelu", ("dictionary_learning.trainers.jumprelu", "JumpReluTrainer"),
              ("dictionary_learning.dictionary", "JumpReluAutoEncoder"), "matrix", "b_dec", False, "jump",
              has_k=False, grouped=False, sparse_engine=False, saelens="jumprelu", label="JumpReLU",
-             config_fields=("k", "sparsity_penalty", "bandwidth")),
+             options=JumpReLUOptions),
 )}
 # --sae_model -> (trainer module, trainer class, dictionary module, dictionary class)
 ARCHITECTURES: dict[str, tuple[str, str, str, str]] = {

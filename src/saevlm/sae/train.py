@@ -141,8 +141,22 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
     """(default: %(default)s)"""
 
     def validate(self) -> None:
-        """Impossible hyperparameters are refused when the config is made (see validate_hyperparameters)."""
+        """Impossible hyperparameters, and an architecture's option given to architectures that do
+        not read it, are refused when the config is made (see validate_hyperparameters)."""
         validate_hyperparameters(self)
+        unread = unread_flags(self)
+        if unread:
+            name = unread[0]
+            readers = [a for a, s in ARCH_SPECS.items() if name in s.config_fields]
+            raise UserError(f"--{name} {_shown(getattr(self, name))}: an option of {' / '.join(readers)} only; "
+                            f"--sae_model {' '.join(self.sae_model)} does not read it (leave it out, or train "
+                            f"an architecture that reads it)")
+
+    def sae_options(self, arch: str):
+        """The training options of ``arch`` alone (archs.ArchSpec.options), from the flat flags."""
+        options = spec_of(canonical_arch(arch)).options
+        return options(**{f: (tuple(v) if isinstance(v := getattr(self, f), list) else v)
+                          for f in spec_of(canonical_arch(arch)).config_fields})
 
     @property
     def dtype(self) -> str:
@@ -231,9 +245,13 @@ def validate_hyperparameters(args: TrainConfig) -> None:
         raise UserError(f"--bandwidth {args.bandwidth}: must be positive")
 
 
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def unread_flags(args: TrainConfig) -> list[str]:
-    """Architecture flags set away from their defaults that no chosen architecture reads (its
-    archs.ArchSpec.config_fields): e.g. --group_fractions for BatchTopK alone."""
+    """Architecture options set away from their defaults that no chosen architecture reads (its
+    archs.ArchSpec.options): e.g. --group_fractions for BatchTopK alone."""
     import dataclasses
 
     read = {f for a in args.sae_model for f in spec_of(canonical_arch(a)).config_fields}
@@ -249,9 +267,6 @@ def unread_flags(args: TrainConfig) -> list[str]:
 
 
 def validate_args(args: TrainConfig, act_dim: int, train_rows: int) -> None:
-    for name in unread_flags(args):
-        print(f"note: --{name} is not read by {', '.join(args.sae_model)} (the architectures that read it: "
-              f"{', '.join(a for a, s in ARCH_SPECS.items() if name in s.config_fields)})", file=sys.stderr)
     if args.steps < 1:
         raise UserError(f"--steps {args.steps}: expected a positive number of steps")
     if not 0 <= args.warmup_steps < args.steps:
@@ -298,19 +313,23 @@ def validate_args(args: TrainConfig, act_dim: int, train_rows: int) -> None:
 
 
 def _trainer_kwargs(args, spec: SAESpec, act_dim: int, device, store_prov: Provenance, decay_start: int) -> dict:
+    """dictionary_learning's trainer arguments for one SAE: the shared ones, and its architecture's
+    own options (TrainConfig.sae_options) and nothing of another architecture's."""
+    import dataclasses
+
     hook = store_prov.hook
+    options = {k: (list(v) if isinstance(v, tuple) else v)
+               for k, v in dataclasses.asdict(args.sae_options(spec.arch)).items()}
     kwargs: dict[str, Any] = dict(
-        steps=args.steps, activation_dim=act_dim, dict_size=spec.dict_size, k=args.k,
+        steps=args.steps, activation_dim=act_dim, dict_size=spec.dict_size,
         layer=hook.layer if hook.layer is not None else -1, lm_name=store_prov.model.name or "unknown",
-        lr=spec.lr, auxk_alpha=args.auxk_alpha, warmup_steps=args.warmup_steps,
-        decay_start=decay_start, threshold_beta=args.threshold_beta,
-        threshold_start_step=args.threshold_start_step, seed=spec.seed, device=str(device),
-        wandb_name=spec.name, submodule_name=hook.attachment_point,
-        group_fractions=list(args.group_fractions), l1_penalty=args.l1_penalty,
-        sparsity_penalty=args.sparsity_penalty, bandwidth=args.bandwidth, target_l0=float(args.k),
+        lr=spec.lr, warmup_steps=args.warmup_steps, decay_start=decay_start, seed=spec.seed, device=str(device),
+        wandb_name=spec.name, submodule_name=hook.attachment_point, **options,
         # the L1 / JumpReLU sparsity warm-up must end before the decay starts
         sparsity_warmup_steps=min(2000, decay_start - 1),
     )
+    if "k" in options:  # JumpReLU reads --k as its target L0
+        kwargs["target_l0"] = float(options["k"])
     from saevlm.sae.archs import trainer_class
     accepted = inspect.signature(trainer_class(spec.arch).__init__).parameters
     return {k: v for k, v in kwargs.items() if k in accepted}
