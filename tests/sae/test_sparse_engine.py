@@ -133,11 +133,14 @@ def test_no_dense_batch_by_dict_tensor_beyond_the_pre_activations(arch, monkeypa
 
 # -- saevlm train --engine ---------------------------------------------------------------------
 
-def _train(world, out, *extra):
+def _train(world, out, *extra, top_k_options: bool = True):
+    """``saevlm train`` on the world; ``top_k_options``: with this file's --k and threshold start
+    (an architecture without them, e.g. standard, refuses them)."""
+    options = ["--k", "4", "--threshold_start_step", "20"] if top_k_options else []
     return run_cli("train", "--layout", "trainers", "--activations_dir", world / "train",
                    "--val_activations_dir", world / "val", "--checkpoints_dir", out, "--device", "cpu",
-                   "--no_progress", "--k", "4", "--batch_size", "256", "--warmup_steps", "10",
-                   "--threshold_start_step", "20", "--val_rows", "4000", *extra)
+                   "--no_progress", "--batch_size", "256", "--warmup_steps", "10", "--val_rows", "4000",
+                   *options, *extra)
 
 
 def test_engines_agree_after_hundreds_of_steps_and_checkpoints_load_into_dictionary_learning(world, tmp_path):
@@ -208,7 +211,7 @@ def test_data_on_device_gives_the_same_batches(world, tmp_path):
 
 def test_uncovered_architecture_falls_back_with_a_note(world, tmp_path, capsys):
     assert _train(world, tmp_path / "ck", "--sae_model", "standard", "--expansion_factor", "1",
-                  "--steps", "20", "--log_steps", "20") == 0
+                  "--steps", "20", "--log_steps", "20", top_k_options=False) == 0
     err = capsys.readouterr().err
     assert "the sparse engine covers top_k, batch_top_k, matryoshka_batch_top_k; standard trains with " \
            "dictionary_learning's update" in err
