@@ -50,7 +50,8 @@ def test_api_errors_are_the_cli_messages(tmp_path, capsys):
     assert api.config("top-images", activations_dir=tmp_path, k=7.0).k == 7
     assert api.config("top-images", activations_dir=tmp_path).activations_dir == str(tmp_path)
     assert api.config("train", activations_dir="x", expansion_factor=2).expansion_factor == [2]
-    assert TrainConfig(activations_dir="x", group_fractions=["0.5", 0.5]).group_fractions == [0.5, 0.5]
+    assert TrainConfig(activations_dir="x", sae_model=["matryoshka_batch_top_k"],
+                       group_fractions=["0.5", 0.5]).group_fractions == [0.5, 0.5]
     cases = [  # (what Python is given, the same on the command line)
         (lambda: TopImagesConfig(activations_dir="x", k="seven"), ["top-images", "--activations_dir", "x", "--k", "seven"]),
         (lambda: api.config("train", activations_dir="x", sae_model=["nope"]),

@@ -77,7 +77,7 @@ def test_every_result_record_has_its_file_name_in_the_catalog():
     """Each record of a whole JSON result is what ``record_for`` reads its catalog name with, so
     the read-back check above reaches it; the nested ones (a latent, a group, a pair) are not files."""
     nested = {A.MSUncertainty, A.LatentName, A.ConceptFMS, A.HierarchyGroup, A.StabilitySAE, A.StabilityPair,
-              A.TrainerEntry, A.StoreHead}
+              A.TrainerEntry, A.StoreHead, A.SourceStamp}
     records = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record) and c is not A.Record}
     names = {A.MS_JSON, A.NAMES, A.STEERING_SCORE, A.SIMILARITY_BASELINE, A.FMS_JSON, A.RUN_JSON, A.EVAL_JSON,
              A.STABILITY, A.CLASSES, A.hierarchy_json(16), A.uniqueness_json(16), A.top_images_json(16),
@@ -99,3 +99,32 @@ def test_a_writer_cannot_write_a_key_its_record_does_not_declare(tmp_path):
     A.MSSummary.write_json(tmp_path / "ms.json", {"total": 4, "dead": 0, "sae": None})
     import json
     assert json.loads((tmp_path / "ms.json").read_text()) == {"total": 4, "dead": 0, "sae": None}
+
+
+def test_every_derived_result_records_its_source_as_one_record(tmp_path):
+    """``source`` is a SourceStamp in every record that has one (read as that record, so a key it
+    does not declare is refused at write time), and the stamp of a real store says when a result
+    is stale: a re-written store (another finished time) or another shape."""
+    import typing
+
+    from saevlm.data.store import ActivationStore
+    from saevlm.metrics.results import source_stamp, stale_reason
+    from saevlm.synthetic import SyntheticConfig, run as make_world
+
+    holders = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record)
+               and "source" in {f.name for f in dataclasses.fields(c)}}
+    assert holders == {A.NamesResult, A.FMSResult, A.UniquenessResult, A.HierarchyResult, A.TopImagesStamp}
+    for c in holders:
+        assert typing.get_type_hints(c)["source"] == typing.Optional[A.SourceStamp], c
+    with pytest.raises(TypeError, match=r"keys no field declares: \['source.rows'\]"):
+        A.UniquenessResult.write_json(tmp_path / "u.json", {"k": 4, "pairs_above": {}, "source": {"rows": 3}})
+    assert not (tmp_path / "u.json").exists()
+
+    make_world(SyntheticConfig(output_dir=str(tmp_path / "w"), num_train=64, num_val=32, dim=8, embed_dim=4))
+    store = ActivationStore(tmp_path / "w" / "val")
+    stamp = source_stamp(store)
+    assert list(stamp) == list(A.SourceStamp.DERIVED_KEYS) and stamp["num_rows"] == store.num_rows
+    assert stale_reason(stamp, store) is None
+    assert "re-written since" in stale_reason({**stamp, "finished": "2000-01-01T00:00:00"}, store)
+    assert "whose num_neurons was 3; it is now 8" in stale_reason({**stamp, "num_neurons": 3}, store)
+    assert stale_reason({"num_rows": store.num_rows}, store) is None  # an older, shorter stamp

@@ -111,6 +111,17 @@ def _json_types(hint: Any) -> tuple[type, ...] | None:
     return {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}.get(hint)
 
 
+def _record_type(hint: Any) -> type | None:
+    """The record class a field holds (``SourceStamp | None`` -> SourceStamp), else None."""
+    import types
+    import typing
+
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = members[0] if len(members) == 1 else None
+    return hint if isinstance(hint, type) and issubclass(hint, Record) else None
+
+
 class ResultError(UserError):
     """A result file that cannot be read as its record (names the file and the key)."""
 
@@ -130,10 +141,13 @@ class Record:
         missing = [k for k in cls.REQUIRED if k not in data]
         if missing:
             raise ResultError(f"{where}: not a {cls.KIND} (no {missing[0]!r})")
-        names, scalars = cls._spec()
+        names, scalars, nested = cls._spec()
         if cls.KEYS:
             data = {cls._FIELD_OF.get(k, k): v for k, v in data.items()}
         values = {k: v for k, v in data.items() if k in names}
+        for key, record in nested.items():  # a field typed as a record is read as that record
+            if isinstance(values.get(key), dict):
+                values[key] = record.from_json(values[key], f"{where} {key}")
         for key, value in values.items():
             expected = scalars.get(key)
             if expected is not None and value is not None and \
@@ -155,9 +169,9 @@ class Record:
         return values
 
     @classmethod
-    def _spec(cls) -> tuple[frozenset, dict]:
-        """(field names, {field: JSON types allowed}) of this record class, worked out once (a
-        names.json has 65,536 latent records)."""
+    def _spec(cls) -> tuple[frozenset, dict, dict]:
+        """(field names, {field: JSON types allowed}, {field: the record class it holds}) of this
+        record class, worked out once (a names.json has 65,536 latent records)."""
         spec = cls.__dict__.get("_spec_cache")
         if spec is None:
             import typing
@@ -165,7 +179,8 @@ class Record:
             names = frozenset(f.name for f in dataclasses.fields(cls) if f.name != "extra")
             hints = typing.get_type_hints(cls)  # the real types (annotations are strings in this module)
             allowed = {n: _json_types(hints[n]) for n in names}
-            spec = (names, {n: a for n, a in allowed.items() if a is not None})
+            nested = {n: r for n in names if (r := _record_type(hints[n])) is not None}
+            spec = (names, {n: a for n, a in allowed.items() if a is not None}, nested)
             type.__setattr__(cls, "_spec_cache", spec)
         return spec
 
@@ -255,6 +270,62 @@ class StoreHead(Record):
 
 
 @dataclass(frozen=True)
+class SourceStamp(Record):
+    """Which version of which store a result was computed from: every derived result records it
+    (``source`` in ``top_images_<k>.json``, ``names.json``, ``fms.json``, ``hierarchy_<k>.json``,
+    ``uniqueness_<k>.json``; ``inputs.activations`` / ``inputs.embeddings`` in ``ms.json``), and
+    :meth:`stale_reason` compares it with the store as it is now. A store re-written later gets a
+    new ``finished`` time and write id (and codes, maybe another SAE), so an older result is
+    recognised as stale wherever the run now lies (paths are recorded, never compared)."""
+
+    KIND: ClassVar[str] = "source stamp"
+    format: str | None = None
+    write_id: str | None = None
+    finished: str | None = None
+    content_sha256: str | None = None
+    image_ids_sha256: str | None = None
+    num_rows: int | None = None
+    num_neurons: int | None = None
+    sae: str | None = None  # the SAE the codes came from (None: activations)
+    path: str | None = None  # ms.json's inputs only: where the store was
+    model: str | None = None  # ms.json's inputs only: its model, as its provenance names it
+    extra: dict = field(default_factory=dict)
+
+    # the keys each kind of result writes, in the order they have always been written
+    DERIVED_KEYS: ClassVar[tuple[str, ...]] = ("format", "write_id", "finished", "content_sha256",
+                                               "image_ids_sha256", "num_rows", "num_neurons", "sae")
+    MS_INPUT_KEYS: ClassVar[tuple[str, ...]] = ("path", "format", "content_sha256", "image_ids_sha256", "finished",
+                                                "write_id", "model", "sae")
+
+    @classmethod
+    def of(cls, store) -> SourceStamp:
+        """The stamp of ``store`` (any store: activations, codes, top images) as it is now."""
+        m, prov = store.manifest, store.provenance
+        get = m.get if isinstance(m, dict) else lambda key: getattr(m, key, None)  # a top-images store's is a dict
+        return cls(format=get("format"), write_id=get("write_id"), finished=get("finished"),
+                   content_sha256=get("content_sha256"), image_ids_sha256=get("image_ids_sha256"),
+                   num_rows=int(store.num_rows), num_neurons=int(store.num_neurons),
+                   sae=prov.sae.path if prov.sae is not None else None, path=str(Path(store.path).resolve()),
+                   model=prov.model.source if prov.model is not None else None)
+
+    def as_json(self, keys: tuple[str, ...] = DERIVED_KEYS) -> dict:
+        """The stamp as a result writes it: these keys, None values included."""
+        return {k: getattr(self, k) for k in keys}
+
+    def stale_reason(self, now: SourceStamp) -> str | None:
+        """Why a result with this stamp does not describe the store stamped ``now`` (None: it does;
+        keys this stamp does not record, as in older results, are not compared)."""
+        for key in self.DERIVED_KEYS:
+            was, is_ = getattr(self, key), getattr(now, key)
+            if was is not None and is_ is not None and was != is_:
+                if key in ("finished", "write_id"):
+                    return (f"computed from the version of the store finished at {self.finished}; the "
+                            f"store was re-written since (finished at {now.finished})")
+                return f"computed from a store whose {key} was {was!r}; it is now {is_!r}"
+        return None
+
+
+@dataclass(frozen=True)
 class MSUncertainty(Record):
     """``ms.json``'s ``uncertainty``: the delete-one jackknife over images (``ms --uncertainty``)."""
 
@@ -317,10 +388,10 @@ class MSSummary(Record):
         return self.total - self.dead if self.total is not None and self.dead is not None else None
 
     @property
-    def activations_source(self) -> dict | None:
-        """The activations' stamp (metrics.results.source_stamp) these scores were computed from."""
+    def activations_source(self) -> SourceStamp | None:
+        """The activations' stamp these scores were computed from (``inputs.activations``)."""
         acts = (self.inputs or {}).get("activations")
-        return acts if isinstance(acts, dict) else None
+        return SourceStamp.from_json(acts, "ms.json inputs.activations") if isinstance(acts, dict) else None
 
 
 @dataclass(frozen=True)
@@ -377,7 +448,7 @@ class NamesResult(Record):
     text_embeddings: str | None = None
     image_embeddings: str | None = None
     definition: str | None = None
-    source: dict | None = None
+    source: SourceStamp | None = None
     latents: tuple[LatentName, ...] = ()
     # the MLLM explainer's decoding: tokens, "greedy", the torch seed
     max_new_tokens: int | None = None
@@ -509,7 +580,7 @@ class FMSResult(Record):
     codes_finished: str | None = None
     ms_source: str | None = None
     activations_dir: str | None = None
-    source: dict | None = None
+    source: SourceStamp | None = None
     definition: str | None = None
     p: int | None = None  # latents in the local score
     n: int | None = None  # latents in the cumulative accuracy
@@ -533,7 +604,7 @@ class UniquenessResult(Record):
     left_out_near_dead: int = 0
     pairs: int = 0
     pairs_above: dict = field(default_factory=dict)
-    source: dict | None = None
+    source: SourceStamp | None = None
     most_similar: tuple | None = None  # [latent, latent, overlap] of the most overlapping pairs
     least_similar: tuple | None = None
     extra: dict = field(default_factory=dict)
@@ -562,7 +633,7 @@ class HierarchyResult(Record):
     REQUIRED: ClassVar[tuple[str, ...]] = ("groups",)
     taxonomy_depth: int | None = None
     groups: tuple[HierarchyGroup, ...] = ()
-    source: dict | None = None
+    source: SourceStamp | None = None
     k: int | None = None
     group_sizes: tuple | None = None
     taxonomy_source: str | None = None
@@ -654,7 +725,7 @@ class TopImagesStamp(Record):
     REQUIRED: ClassVar[tuple[str, ...]] = ("source",)
     k: int | None = None
     neurons: int | None = None
-    source: dict | None = None
+    source: SourceStamp | None = None
     files: dict | None = None  # size and CRC-32 of each .npy written beside it
     extra: dict = field(default_factory=dict)
 

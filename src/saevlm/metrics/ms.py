@@ -69,13 +69,10 @@ def _embedder_note(acts, emb) -> str | None:
 
 def ms_inputs(acts, emb) -> dict:
     """What an MS result was computed from: results from other inputs are never replaced silently."""
-    def ident(store) -> dict:
-        m, prov = store.manifest, store.provenance
-        return {"path": str(store.path.resolve()), "format": m.format, "content_sha256": m.content_sha256,
-                "image_ids_sha256": m.image_ids_sha256, "finished": m.finished, "write_id": m.write_id,
-                "model": prov.model.source,
-                "sae": prov.sae.path if prov.sae is not None else None}
-    return {"activations": ident(acts), "embeddings": ident(emb)}
+    from saevlm.data.artifacts import SourceStamp
+
+    return {"activations": SourceStamp.of(acts).as_json(SourceStamp.MS_INPUT_KEYS),
+            "embeddings": SourceStamp.of(emb).as_json(SourceStamp.MS_INPUT_KEYS)}
 
 
 def _same_inputs(old: dict | None, new: dict) -> bool:

@@ -81,41 +81,26 @@ def check_one_row_per_image(store, field: str) -> None:
 
 
 # -- derived results tied to the store they describe ------------------------------------------
-# Every derived result (top images, MS, FMS, names, hierarchy, uniqueness) records ``source``: the
-# identity of the store it was computed from. A store re-written later (``encode --overwrite``
-# with another SAE, a re-extraction) gets a new ``finished`` time and, for codes, another SAE, so
-# results from before are recognised as stale wherever the run directory now lies (copied or
-# moved runs keep their manifests, so paths are not compared).
-SOURCE_KEYS = ("format", "write_id", "finished", "content_sha256", "image_ids_sha256", "num_rows", "num_neurons",
-               "sae")
+# Every derived result (top images, MS, FMS, names, hierarchy, uniqueness) records which version
+# of which store it was computed from: one record, data/artifacts.SourceStamp.
 
 
 def source_stamp(store) -> dict:
-    """What a derived result was computed from (see above)."""
-    m, prov = store.manifest, store.provenance
-    get = m.get if isinstance(m, dict) else lambda key: getattr(m, key, None)  # a top-images store's is a dict
-    return {"format": get("format"), "write_id": get("write_id"), "finished": get("finished"),
-            "content_sha256": get("content_sha256"),
-            "image_ids_sha256": get("image_ids_sha256"), "num_rows": int(store.num_rows),
-            "num_neurons": int(store.num_neurons), "sae": prov.sae.path if prov.sae is not None else None}
+    """The ``source`` a derived result writes for ``store`` (SourceStamp's keys, None included)."""
+    return A.SourceStamp.of(store).as_json()
 
 
-def stale_reason(recorded: dict | None, store) -> str | None:
+def stale_reason(recorded: A.SourceStamp | dict | None, store) -> str | None:
     """Why a result stamped ``recorded`` does not describe ``store`` now (None: it does, or it is
     an older result without a stamp, whose shapes the readers still check)."""
-    if not isinstance(recorded, dict):
+    if isinstance(recorded, dict):
+        recorded = A.SourceStamp.from_json(recorded, "source")
+    if not isinstance(recorded, A.SourceStamp):
         return None
-    now = source_stamp(store)
-    for key in SOURCE_KEYS:
-        if key in recorded and recorded[key] is not None and now.get(key) is not None and recorded[key] != now[key]:
-            if key in ("finished", "write_id"):
-                return (f"computed from the version of the store finished at {recorded.get('finished')}; the "
-                        f"store was re-written since (finished at {now.get('finished')})")
-            return f"computed from a store whose {key} was {recorded[key]!r}; it is now {now[key]!r}"
-    return None
+    return recorded.stale_reason(A.SourceStamp.of(store))
 
 
-def source_of_ms(ms_dir) -> dict | None:
+def source_of_ms(ms_dir) -> A.SourceStamp | None:
     """The activations' stamp an MS folder recorded (ms.json ``inputs.activations``)."""
     import json
 
@@ -125,10 +110,13 @@ def source_of_ms(ms_dir) -> dict | None:
         return None
     inputs = data.get("inputs") if isinstance(data, dict) else None
     acts = inputs.get("activations") if isinstance(inputs, dict) else None
-    return acts if isinstance(acts, dict) else None
+    try:
+        return A.SourceStamp.from_json(acts, "ms.json inputs.activations") if isinstance(acts, dict) else None
+    except A.ResultError:
+        return None
 
 
-def check_fresh(recorded: dict | None, store, what: str, refresh: str) -> None:
+def check_fresh(recorded: A.SourceStamp | dict | None, store, what: str, refresh: str) -> None:
     """Refuse a stale derived result, naming the file and the command that refreshes it."""
     from saevlm.errors import UserError
 

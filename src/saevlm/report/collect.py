@@ -252,14 +252,14 @@ def _results(run_dir: Path, pattern: str, kind: type, notes: Notes) -> list[Resu
     return out
 
 
-def _warn_if_stale(f: Path, source: dict | None, notes: Notes | None) -> None:
+def _warn_if_stale(f: Path, source: A.SourceStamp | None, notes: Notes | None) -> None:
     """A result that records ``source`` (the stamp of the store it came from) but whose store, the
     folder holding it (or its parent, for fms/), was re-written since: a warning naming both."""
     from saevlm.data.open import open_any_store
     from saevlm.errors import UserError
     from saevlm.metrics.results import stale_reason
 
-    if notes is None or not isinstance(source, dict):
+    if notes is None or not isinstance(source, A.SourceStamp):
         return
     for d in (f.parent, f.parent.parent):
         if (d / A.MANIFEST).is_file():
@@ -279,7 +279,7 @@ def collect_fms(run_dir: Path, notes: Notes) -> list[ResultFile]:
         store = r.path.parent.parent if (r.path.parent.parent / A.MANIFEST).is_file() else \
             Path(rec.activations_dir or r.path.parent.parent)
         manifest = read_json(store / A.MANIFEST) if (store / A.MANIFEST).is_file() else None
-        if manifest is not None and rec.codes_finished and not rec.source and \
+        if manifest is not None and rec.codes_finished and rec.source is None and \
                 rec.codes_finished != finished_at(manifest):
             notes.warn(f"{r.path}: stale, computed before {store} was rewritten; rerun saevlm fms")
         if rec.ms_source and not Path(rec.ms_source).is_file():
