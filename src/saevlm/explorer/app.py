@@ -276,6 +276,34 @@ class Explorer:
             raise KeyError(j)
         ms, _ = view.ms
         stats = view.stats
+        top, thumbs, missing = self._top_images_context(slug, view, j)
+        active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
+        prev_j, next_j = neighbours if neighbours is not None else self._neighbours(view, j, linked)
+        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active,
+                   ms_all=[(label, float(s[j])) for _, label, s in view.ms_sets], prev_j=prev_j, next_j=next_j,
+                   num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
+                   ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
+                   group=int(view.groups()[j]) if view.group_sizes else None,
+                   depth=None if view.depth is None else float(view.depth[j]),
+                   depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
+                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs, missing=missing,
+                   image_pages=view.is_codes,
+                   thumb_note=view.images_note or "no images to show")
+        ctx.update(self._names_context(view, j), depth_n=len(top))
+        ctx.update(self._histogram_context(slug, view, j))
+        ctx.update(self._nearest_context(view, j, linked))
+        ctx.update(self._related_context(view, j, linked, wait=not self.serving))
+        ctx.update(self._calibration_context(view, j, ms))
+        ctx["steering"] = view.steering_for(j)
+        model, why = view.overlay_model
+        ctx["overlay"] = model is not None and bool(top)
+        ctx["overlay_note"] = why or (f"Latent {j}'s activation on each patch token of its top images (red: "
+                                      f"up to its maximum activation), from the vision model and the SAE.")
+        return self._render("latent", 3, **ctx)
+
+    def _top_images_context(self, slug: str, view: SAEView, j: int) -> tuple[list, bool, int]:
+        """(rank, image, value, label, missing) of the latent's top images where it is active, whether
+        thumbnails can be shown, and how many image files are gone."""
         top = []
         if view.top is not None:
             ids, vals = view.top
@@ -290,43 +318,32 @@ class Explorer:
                 view.images.check([i for _, i, _, _ in top if i not in missing])
             except UserError as err:
                 view.images_note, thumbs = f"no images to show: {err}", False
-        top = [(r, i, v, lab, i in missing) for r, i, v, lab in top]
-        active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
-        ms_all = [(label, float(s[j])) for _, label, s in view.ms_sets]
-        # previous / next latent: the neighbouring ids (in a static export, the neighbouring exported ones)
+        return [(r, i, v, lab, i in missing) for r, i, v, lab in top], thumbs, len(missing)
+
+    @staticmethod
+    def _neighbours(view: SAEView, j: int, linked: Callable[[int], bool] | None) -> tuple[int | None, int | None]:
+        """The previous and next live latent (in a static export, the neighbouring exported ones);
+        dead latents are skipped (the table's order replaces these in the browser, see the script)."""
         ids = range(view.num_latents)
-        if neighbours is not None:
-            prev_j, next_j = neighbours
-        else:
-            # dead latents are skipped (the table's order replaces these in the browser, see the script)
-            alive = np.asarray(stats["active"]) != 0
+        alive = np.asarray(view.stats["active"]) != 0
 
-            def ok(k: int) -> bool:
-                return bool(alive[k]) and (linked is None or linked(k))
+        def ok(k: int) -> bool:
+            return bool(alive[k]) and (linked is None or linked(k))
 
-            prev_j = next((k for k in reversed(ids[:j]) if ok(k)), None) if j > 0 else None
-            next_j = next((k for k in ids[j + 1:] if ok(k)), None)
-        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active, ms_all=ms_all,
-                   prev_j=prev_j, next_j=next_j,
-                   num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
-                   ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
-                   group=int(view.groups()[j]) if view.group_sizes else None,
-                   depth=None if view.depth is None else float(view.depth[j]),
-                   depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
-                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs, missing=len(missing),
-                   image_pages=view.is_codes,
-                   thumb_note=view.images_note or "no images to show")
+        prev_j = next((k for k in reversed(ids[:j]) if ok(k)), None) if j > 0 else None
+        return prev_j, next((k for k in ids[j + 1:] if ok(k)), None)
+
+    @staticmethod
+    def _names_context(view: SAEView, j: int) -> dict:
+        """The latent's names, where they come from, and why they may be weak."""
         from saevlm.data.artifacts import LatentName
 
         named = view.names.latents[j] if view.names is not None else LatentName()
-        weak = [why for why, bad in ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
-                                     (f"label purity under {WEAK_PURITY}", named.purity is not None
-                                      and named.purity < WEAK_PURITY),
-                                     ("detection AUROC near the baseline", named.detection is not None
-                                      and named.detection_baseline is not None
-                                      and named.detection - named.detection_baseline
-                                      < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0))))
-                if bad] if named.names else []
+        checks = ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
+                  (f"label purity under {WEAK_PURITY}", named.purity is not None and named.purity < WEAK_PURITY),
+                  ("detection AUROC near the baseline", named.detection is not None
+                   and named.detection_baseline is not None
+                   and named.detection - named.detection_baseline < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0))))
         names_source = "CLIP"
         if view.names is not None and view.names.explainer == "mllm":
             names_source = f"written by {view.names.mllm_model} from the top images"
@@ -334,37 +351,36 @@ class Explorer:
             names_source = f"from {Path(view.names.names_file or '').name}"
         elif view.names is not None and view.names.text_embeddings:
             names_source = f"nearest of the text embeddings in {Path(view.names.text_embeddings).name}, not CLIP text"
-        ctx.update(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity, entropy=named.entropy_bits,
-                   label=named.label, names_n=named.n_active, depth_n=len(top), weak=weak,
-                   detection=named.detection, detection_baseline=named.detection_baseline,
-                   detection_n=named.detection_n)
-        if view.is_codes:
-            rows, vals = view.column_values(j)
-            nz = vals[vals != 0]
-            ctx.update(hist=histogram_svg(nz) if len(nz) else None, nonzero=len(nz), rows=view.store.num_rows,
-                       hist_note="never active on these images",
-                       quantiles=view.quantile_images(rows[vals != 0], nz) if len(nz) > 4 else [])
-            self._linked.setdefault(slug, set()).update(int(img) for _, imgs in ctx["quantiles"] for img, _ in imgs)
-        else:
-            ctx.update(hist=None, quantiles=[], hist_note="only top images were stored (extract --top_k); the "
-                                                          "histogram needs codes (saevlm encode)")
+        return dict(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity,
+                    entropy=named.entropy_bits, label=named.label, names_n=named.n_active,
+                    weak=[why for why, bad in checks if bad] if named.names else [],
+                    detection=named.detection, detection_baseline=named.detection_baseline,
+                    detection_n=named.detection_n)
+
+    def _histogram_context(self, slug: str, view: SAEView, j: int) -> dict:
+        """The histogram of the latent's non-zero activations and images at its quantiles (codes only)."""
+        if not view.is_codes:
+            return dict(hist=None, quantiles=[], hist_note="only top images were stored (extract --top_k); the "
+                                                           "histogram needs codes (saevlm encode)")
+        rows, vals = view.column_values(j)
+        nz = vals[vals != 0]
+        quantiles = view.quantile_images(rows[vals != 0], nz) if len(nz) > 4 else []
+        self._linked.setdefault(slug, set()).update(int(img) for _, imgs in quantiles for img, _ in imgs)
+        return dict(hist=histogram_svg(nz) if len(nz) else None, nonzero=len(nz), rows=view.store.num_rows,
+                    hist_note="never active on these images", quantiles=quantiles)
+
+    @staticmethod
+    def _nearest_context(view: SAEView, j: int, linked: Callable[[int], bool] | None) -> dict:
+        """The latents with the nearest decoder directions (dead ones marked)."""
         nearest = view.nearest(j)
-        alive = np.asarray(stats["active"]) != 0 if view.is_codes else None
+        alive = np.asarray(view.stats["active"]) != 0 if view.is_codes else None
 
         def dead(k: int) -> bool:
             return alive is not None and not bool(alive[k])
 
-        ctx["nearest"] = [(k, c, view.name_of(k), linked is None or linked(k), dead(k))
-                          for k, c in nearest] if nearest else None
-        ctx.update(self._related_context(view, j, linked, wait=not self.serving))
-        ctx.update(self._calibration_context(view, j, ms))
-        ctx["nearest_note"] = "the SAE checkpoint recorded in the codes' provenance was not found"
-        ctx["steering"] = view.steering_for(j)
-        model, why = view.overlay_model
-        ctx["overlay"] = model is not None and bool(top)
-        ctx["overlay_note"] = why or (f"Latent {j}'s activation on each patch token of its top images (red: "
-                                      f"up to its maximum activation), from the vision model and the SAE.")
-        return self._render("latent", 3, **ctx)
+        return {"nearest": [(k, c, view.name_of(k), linked is None or linked(k), dead(k)) for k, c in nearest]
+                if nearest else None,
+                "nearest_note": "the SAE checkpoint recorded in the codes' provenance was not found"}
 
     @staticmethod
     def _related_context(view: SAEView, j: int, linked: Callable[[int], bool] | None, wait: bool = True) -> dict:
@@ -638,80 +654,113 @@ class Explorer:
         return final
 
     def _export_into(self, out: Path, latents: str, progress: bool) -> Path:
-        from tqdm import tqdm
+        from saevlm.data.atomic import ensure_writable_dir
 
-        from saevlm.data.atomic import atomic_write_bytes, ensure_writable_dir
-        from saevlm.data.atomic import atomic_write_text as _write_text
-
-        def atomic_write_text(path: Path, text: str) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write_text(path, text)
-
-        chosen = {slug: choose_latents(view, latents) for slug, view in self.index.saes.items()}  # flags first
-        if not any(len(c) for c in chosen.values()):
-            sizes = ", ".join(f"{slug}: {v.num_latents}" for slug, v in self.index.saes.items())
-            raise UserError(f"--latents {latents}: no SAE of the run has these latents (latents per SAE: {sizes})")
-        skipped: dict[str, list[int]] = {}
-        if not latents.startswith("top:") and latents != "all":
-            asked = sorted({int(x) for x in latents.split(",") if x.strip()})
-            for slug, c in chosen.items():
-                missing = [j for j in asked if j not in set(c.tolist())]
-                if missing:
-                    skipped[slug] = missing
-                    self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
-                             f"skipped {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+        chosen, skipped = self._chosen_for_export(latents)
         out = ensure_writable_dir(Path(out), "static")
-        atomic_write_text(out / "static" / "explorer.js", SCRIPT)
-        atomic_write_text(out / "static" / "style.css", STYLE)
+        _write_text(out / "static" / "explorer.js", SCRIPT)
+        _write_text(out / "static" / "style.css", STYLE)
         kept = {slug: set(subset.tolist()) for slug, subset in chosen.items()}
-        atomic_write_text(out / "index.html", self.run_page(lambda s, j: j in kept[s]))
+        _write_text(out / "index.html", self.run_page(lambda s, j: j in kept[s]))
         for slug, subset in chosen.items():
             view, keep = self.index.saes[slug], kept[slug]
             d = out / "sae" / slug
             note = f"{len(subset)} of {view.num_latents} latents exported ({latents})" + (
                 f"; not in this SAE: {', '.join(map(str, skipped[slug][:5]))}" if slug in skipped else "")
-            atomic_write_text(d / "index.html", self.table_page(slug, note, linked=lambda k: k in keep))
-            atomic_write_text(d / "latents.js", self.latents_js(slug, subset))
-            images: set[int] = set()
-            ordered = sorted(keep)  # previous / next exported latent, without a scan per page
-            neighbours_of = {k: (ordered[i - 1] if i else None, ordered[i + 1] if i + 1 < len(ordered) else None)
-                             for i, k in enumerate(ordered)}
-            for j in tqdm(subset.tolist(), desc=f"export {slug}", unit="latent", disable=not progress,
-                          file=sys.stderr):
-                page = self.latent_page(slug, j, linked=lambda k: k in keep, neighbours=neighbours_of[j])
-                atomic_write_text(d / "latent" / f"{j}.html", page)
-                images.update(int(x) for x in _thumb_ids(page))
+            _write_text(d / "index.html", self.table_page(slug, note, linked=lambda k: k in keep))
+            _write_text(d / "latents.js", self.latents_js(slug, subset))
+            images = self._export_latent_pages(d, slug, subset, keep, progress)
             if view.images is not None:
-                (d / "thumb").mkdir(parents=True, exist_ok=True)
-                for img in sorted(images):
-                    atomic_write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
-                large = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0}
-                               if view.top is not None else set())
-                if large:
-                    (d / "image").mkdir(parents=True, exist_ok=True)
-                for img in large:  # the top images, enlarged on a click
-                    atomic_write_bytes(d / "image" / f"{img}.jpg", self.large_image(slug, img))
-            if view.is_codes and view.top is not None:  # the pages of the exported latents' top images
-                shown = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0})
-                pages_of = set(shown)
-                tops_of = {j: set(view.top[0][j][view.top[1][j] > 0].tolist()) for j in subset.tolist()}
-                more: set[int] = set()
-                for img in tqdm(shown, desc=f"image pages {slug}", unit="image", disable=not progress,
-                                file=sys.stderr):
-                    page = self.image_page(slug, img, linked=lambda k: k in keep,
-                                           image_linked=lambda i: i in pages_of,
-                                           overlay_ok=lambda j, i: j in tops_of and i in tops_of[j])
-                    atomic_write_text(d / "img" / f"{img}.html", page)
-                    more.update(int(x) for x in re.findall(r'/thumb/(\d+)\.jpg"', page))
-                if view.images is not None:
-                    for img in sorted(more - images):
-                        atomic_write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+                self._export_images(d, slug, images, subset)
+            if view.is_codes and view.top is not None:
+                self._export_image_pages(d, slug, subset, keep, images, progress)
             if view.overlay_model[0] is not None and view.top is not None:
                 for j in subset.tolist():
                     (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
                     for img in view.top[0][j][view.top[1][j] > 0].tolist():  # the images the page links
-                        atomic_write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
+                        _write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
         return out
+
+    def _chosen_for_export(self, latents: str) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+        """--latents for every SAE (checked before anything is written), and the asked ids each lacks."""
+        from saevlm.errors import UserError
+
+        chosen = {slug: choose_latents(view, latents) for slug, view in self.index.saes.items()}
+        if not any(len(c) for c in chosen.values()):
+            sizes = ", ".join(f"{slug}: {v.num_latents}" for slug, v in self.index.saes.items())
+            raise UserError(f"--latents {latents}: no SAE of the run has these latents (latents per SAE: {sizes})")
+        skipped: dict[str, list[int]] = {}
+        if latents.startswith("top:") or latents == "all":
+            return chosen, skipped
+        asked = sorted({int(x) for x in latents.split(",") if x.strip()})
+        for slug, c in chosen.items():
+            missing = [j for j in asked if j not in set(c.tolist())]
+            if missing:
+                skipped[slug] = missing
+                self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
+                         f"skipped {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+        return chosen, skipped
+
+    def _export_latent_pages(self, d: Path, slug: str, subset: np.ndarray, keep: set[int], progress: bool
+                             ) -> set[int]:
+        """One page per exported latent; returns the images their thumbnails show."""
+        from tqdm import tqdm
+
+        images: set[int] = set()
+        ordered = sorted(keep)  # previous / next exported latent, without a scan per page
+        neighbours_of = {k: (ordered[i - 1] if i else None, ordered[i + 1] if i + 1 < len(ordered) else None)
+                         for i, k in enumerate(ordered)}
+        for j in tqdm(subset.tolist(), desc=f"export {slug}", unit="latent", disable=not progress, file=sys.stderr):
+            page = self.latent_page(slug, j, linked=lambda k: k in keep, neighbours=neighbours_of[j])
+            _write_text(d / "latent" / f"{j}.html", page)
+            images.update(int(x) for x in _thumb_ids(page))
+        return images
+
+    def _export_images(self, d: Path, slug: str, images: set[int], subset: np.ndarray) -> None:
+        """The thumbnails the latent pages show, and the exported latents' top images enlarged."""
+        view = self.index.saes[slug]
+        (d / "thumb").mkdir(parents=True, exist_ok=True)
+        for img in sorted(images):
+            _write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+        large = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0}
+                       if view.top is not None else set())
+        if large:
+            (d / "image").mkdir(parents=True, exist_ok=True)
+        for img in large:  # the top images, enlarged on a click
+            _write_bytes(d / "image" / f"{img}.jpg", self.large_image(slug, img))
+
+    def _export_image_pages(self, d: Path, slug: str, subset: np.ndarray, keep: set[int], images: set[int],
+                            progress: bool) -> None:
+        """The pages of the exported latents' top images (and the thumbnails they add)."""
+        from tqdm import tqdm
+
+        view = self.index.saes[slug]
+        shown = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0})
+        pages_of = set(shown)
+        tops_of = {j: set(view.top[0][j][view.top[1][j] > 0].tolist()) for j in subset.tolist()}
+        more: set[int] = set()
+        for img in tqdm(shown, desc=f"image pages {slug}", unit="image", disable=not progress, file=sys.stderr):
+            page = self.image_page(slug, img, linked=lambda k: k in keep, image_linked=lambda i: i in pages_of,
+                                   overlay_ok=lambda j, i: j in tops_of and i in tops_of[j])
+            _write_text(d / "img" / f"{img}.html", page)
+            more.update(int(x) for x in re.findall(r'/thumb/(\d+)\.jpg"', page))
+        if view.images is not None:
+            for img in sorted(more - images):
+                _write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """An export's page, written atomically (its folder made first)."""
+    from saevlm.data.atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    from saevlm.data.atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def hierarchy_tree(view: SAEView, rel, linked: Callable[[int], bool] | None = None, roots: int = 8,

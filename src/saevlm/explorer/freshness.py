@@ -48,10 +48,28 @@ def _array_problem(path: Path, shape_ok) -> str | None:
 
 def stale_files(view) -> dict[str, str]:
     """derived file (relative to the store) -> why it is not shown, with the refreshing command."""
-    from saevlm.metrics.results import source_of_ms, stale_reason
-
     out: dict[str, str] = {}
-    rel, store, K = view.path, view.store, view.num_latents
+    rel = view.path
+    _stamped_results(view, out)
+    _top_images_arrays(view, out)
+    _ms_folders(view, out)
+    for f, _, why in view._steering_results:
+        if why:
+            out[f.relative_to(view.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
+                                                           f"{view.store.provenance.sae.path} ...")
+    if A.NAMES not in out and (view.path / A.NAMES).is_file():
+        reason = names_problem(view)
+        if reason:
+            out[A.NAMES] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
+    _dataset_files(view, out)
+    return out
+
+
+def _stamped_results(view, out: dict[str, str]) -> None:
+    """The results that record their source (SourceStamp): stale when the store was re-written."""
+    from saevlm.metrics.results import stale_reason
+
+    rel = view.path
     checks = [(A.top_images_json(TOP_K), A.TopImagesStamp, f"saevlm top-images --activations_dir {rel}"),
               (A.NAMES, A.NamesResult, f"saevlm name --codes_dir {rel} ..."),
               (A.FMS_JSON, A.FMSResult, f"saevlm fms --activations_dir {rel}"),
@@ -60,34 +78,49 @@ def stale_files(view) -> dict[str, str]:
         if not (view.path / name).is_file():
             continue
         try:
-            reason = stale_reason(view.record(name, kind).source, store)
+            reason = stale_reason(view.record(name, kind).source, view.store)
         except A.ResultError as err:
             reason = str(err)
         if reason is None and kind is A.TopImagesStamp:
             reason = files_reason(view, view.path / name, top_images_files(TOP_K))
         if reason:
             out[name] = f"{reason}; refresh: {refresh}"
+
+
+def _top_images_arrays(view, out: dict[str, str]) -> None:
+    """top_images_<k>.npy without its JSON stamp (a current store), or of the wrong shape."""
+    rel, store, K = view.path, view.store, view.num_latents
     top_npy = A.top_images_npy(TOP_K)
-    if (view.path / top_npy).is_file() and not (view.path / A.top_images_json(TOP_K)).is_file() \
-            and store_schema(store) >= 2 and not isinstance(store, TopImagesStore):
+    if not (view.path / top_npy).is_file():
+        return
+    if not (view.path / A.top_images_json(TOP_K)).is_file() and store_schema(store) >= 2 \
+            and not isinstance(store, TopImagesStore):
         out[top_npy] = (f"no {A.top_images_json(TOP_K)} beside it (which store and files it is); refresh: saevlm "
                         f"top-images --activations_dir {rel}")
-    if (view.path / top_npy).is_file() and top_npy not in out and A.top_images_json(TOP_K) not in out:
-        values_npy = view.path / A.top_images_values_npy(TOP_K)
+    if top_npy in out or A.top_images_json(TOP_K) in out:
+        return
+    values_npy = view.path / A.top_images_values_npy(TOP_K)
 
-        def top_shape(top):
-            values = np.load(values_npy)
-            if top.ndim != 2 or top.shape != values.shape or len(top) != K:
-                return f"top images of shape {top.shape} (values {values.shape}), the store has {K} latents"
-            return None
+    def top_shape(top):
+        values = np.load(values_npy)
+        if top.ndim != 2 or top.shape != values.shape or len(top) != K:
+            return f"top images of shape {top.shape} (values {values.shape}), the store has {K} latents"
+        return None
 
-        reason = _array_problem(view.path / top_npy, lambda a: _array_problem(values_npy, lambda v: top_shape(a)))
-        if reason:
-            out[top_npy] = f"{reason}; refresh: saevlm top-images --activations_dir {rel}"
+    reason = _array_problem(view.path / top_npy, lambda a: _array_problem(values_npy, lambda v: top_shape(a)))
+    if reason:
+        out[top_npy] = f"{reason}; refresh: saevlm top-images --activations_dir {rel}"
+
+
+def _ms_folders(view, out: dict[str, str]) -> None:
+    """Each ms_<embedder>/: stale, its files not the recorded ones, or scores of the wrong shape."""
+    from saevlm.metrics.results import source_of_ms, stale_reason
+
+    rel, K = view.path, view.num_latents
     for d in sorted(view.path.glob(f"{A.MS_PREFIX}*/")):
         if not (d / A.MS_SCORES).is_file():
             continue
-        reason = stale_reason(source_of_ms(d), store) or files_reason(view, d / A.MS_JSON, [A.MS_SCORES])
+        reason = stale_reason(source_of_ms(d), view.store) or files_reason(view, d / A.MS_JSON, [A.MS_SCORES])
         if reason:
             out[f"{d.name}/{A.MS_JSON}"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
             continue
@@ -95,24 +128,18 @@ def stale_files(view) -> dict[str, str]:
                                 f"{a.shape} scores for {K} latents")
         if reason:
             out[f"{d.name}/{A.MS_SCORES}"] = f"{reason}; refresh: saevlm ms --activations_dir {rel} --overwrite ..."
-    for f, _, why in view._steering_results:
-        if why:
-            out[f.relative_to(view.run_dir).as_posix()] = (f"{why}; refresh: saevlm steering-score --sae_path "
-                                                           f"{store.provenance.sae.path} ...")
-    if A.NAMES not in out and (view.path / A.NAMES).is_file():
-        reason = names_problem(view)
-        if reason:
-            out[A.NAMES] = f"{reason}; refresh: saevlm name --codes_dir {rel} ..."
-    # the dataset's files beside the store: checked against the manifest before any page reads them
+
+
+def _dataset_files(view, out: dict[str, str]) -> None:
+    """The dataset's files beside the store, checked against the manifest before any page reads them."""
     if (view.path / A.CLASSES).is_file():
         try:
-            store.dataset_files.file(A.CLASSES)
+            view.store.dataset_files.file(A.CLASSES)
             view.record(A.CLASSES, A.Classes)
         except (UserError, A.ResultError) as err:
             out[A.CLASSES] = f"{err}; the class names and the hierarchy depth column are left out"
     if A.CLASSES not in out:
         try:
-            store.labels()
+            view.store.labels()
         except UserError as err:
             out[A.LABELS] = f"{err}; no labels are shown"
-    return out

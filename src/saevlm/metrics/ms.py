@@ -107,28 +107,19 @@ def check_embeddings_have_norm(emb, e, start: int) -> None:
                         f"MS cannot use it. Re-embed the dataset, or check that image")
 
 
-def run(args: MSConfig) -> int:
-    import json
-    import time
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_text
-    from saevlm.data.codes import CodeStore
+def _open_inputs(args: MSConfig):
+    """The activations (or codes) and embeddings, checked to be one row per image, of the same
+    images, and at least two of them."""
+    from saevlm.data.atomic import check_distinct_inputs
     from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore, check_same_images
-    from saevlm.device import resolve_device
     from saevlm.errors import UserError
 
-    t0 = time.time()
-    device = resolve_device(args.device)
     if args.chunk_rows < 1:
         raise UserError(f"--chunk_rows {args.chunk_rows}: expected a positive integer")
     if args.output_dir and args.output_subdir:
         raise UserError("--output_dir and --output_subdir: give one (the folder, or its name inside the store)")
     acts = open_any_store(args.activations_dir, "activations_dir", allow_nonfinite=args.allow_nonfinite)
-    from saevlm.data.atomic import check_distinct_inputs
     check_distinct_inputs([("activations_dir", args.activations_dir), ("embeddings_path", args.embeddings_path)])
     emb = ActivationStore(args.embeddings_path, field="embeddings_path", allow_nonfinite=args.allow_nonfinite)
     check_one_row_per_image(acts, "activations_dir")
@@ -136,6 +127,86 @@ def run(args: MSConfig) -> int:
     check_same_images(acts, emb, what="--activations_dir / --embeddings_path")
     if acts.num_rows < 2:
         raise UserError(f"--activations_dir {acts.path}: the MS needs at least 2 images")
+    return acts, emb
+
+
+def _check_earlier_results(out, flag: str, inputs: dict, overwrite: bool) -> None:
+    """An output folder holding MS results of other inputs is replaced only with --overwrite."""
+    import json
+
+    from saevlm.errors import UserError
+
+    old_f = out / A.MS_JSON
+    if not old_f.is_file() or overwrite:
+        return
+    try:
+        old = json.loads(old_f.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    old_inputs = old.get("inputs") if isinstance(old, dict) else None
+    if not _same_inputs(old_inputs, inputs):
+        what = "other inputs" if old_inputs else "inputs it does not record (an older saevlm)"
+        raise UserError(f"{flag} {out}: holds MS results computed from {what} "
+                        f"({(old_inputs or {}).get('activations', {}).get('path', old.get('activations_dir', '?'))} "
+                        f"with {(old_inputs or {}).get('embeddings', {}).get('path', old.get('embeddings_path', '?'))}); "
+                        f"pass --overwrite to replace them, or choose another --output_dir")
+
+
+def _one_pass(sink, acts, emb, args: MSConfig, desc: str, check_norms: bool) -> None:
+    """Every chunk of the activations (CSR for codes) with its embeddings, into ``sink`` (the MS
+    accumulator, or the jackknife's second pass: the same chunks in the same order)."""
+    from tqdm import tqdm
+
+    from saevlm.data.codes import CodeStore
+
+    sparse = isinstance(acts, CodeStore)
+    with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc=desc,
+              dynamic_ncols=True, file=sys.stderr) as bar:
+        for chunk in acts.iter_csr(args.chunk_rows) if sparse else acts.iter_chunks(args.chunk_rows):
+            start, rows = (chunk.start, chunk.num_rows) if sparse else (chunk[0], len(chunk[1]))
+            e = emb.read(start, start + rows)
+            if check_norms:
+                check_embeddings_have_norm(emb, e, start)
+            if sparse:
+                sink.add_csr(chunk.indptr, chunk.indices, chunk.values, e)
+            else:
+                sink.add_dense(chunk[1], e)
+            bar.update(rows)
+
+
+def _uncertainty(out, unc: dict, scores_k, summary: dict, files: dict) -> dict:
+    """ms.json's ``uncertainty`` from the jackknife; its arrays are saved beside (into ``files``)."""
+    import numpy as np
+
+    from saevlm.data.atomic import atomic_save_npy
+    from saevlm.metrics.monosemanticity import jackknife_interval
+
+    se = unc["se"]
+    scored = ~np.isnan(scores_k)
+    width = unc["ci95"][:, 1] - unc["ci95"][:, 0]
+    mean_se = jackknife_interval(unc["image_deltas"])
+    for name, arr in ((A.MS_SE, se), (A.MS_CI95, unc["ci95"]), (A.MS_IMAGE_DELTAS, unc["image_deltas"])):
+        files[name] = atomic_save_npy(out / name, arr)
+    return {
+        "method": "delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
+        "median_se": float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
+        "wide_intervals": int((scored & ~(width <= 0.2)).sum()),
+        "undefined_without_one_image": int((scored & np.isinf(se)).sum()),
+        "mean_se": mean_se, "mean_ci95": [summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se],
+    }
+
+
+def run(args: MSConfig) -> int:
+    import time
+    from pathlib import Path
+
+    from saevlm.data.atomic import OutputLock, atomic_save_npy, atomic_write_text
+    from saevlm.data.codes import CodeStore
+    from saevlm.device import resolve_device
+
+    t0 = time.time()
+    device = resolve_device(args.device)
+    acts, emb = _open_inputs(args)
     embedder_note = _embedder_note(acts, emb)
     if embedder_note:
         print(f"note: --embeddings_path {emb.path}: {embedder_note}", file=sys.stderr)
@@ -147,53 +218,16 @@ def run(args: MSConfig) -> int:
     # Before any work: the output must be writable, ours alone, and not hold other inputs' results.
     lock = OutputLock(out, flag)
     inputs = ms_inputs(acts, emb)
-    old_f = out / A.MS_JSON
-    if old_f.is_file() and not args.overwrite:
-        try:
-            old = json.loads(old_f.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = {}
-        old_inputs = old.get("inputs") if isinstance(old, dict) else None
-        if not _same_inputs(old_inputs, inputs):
-            what = "other inputs" if old_inputs else "inputs it does not record (an older saevlm)"
-            raise UserError(f"{flag} {out}: holds MS results computed from {what} "
-                            f"({(old_inputs or {}).get('activations', {}).get('path', old.get('activations_dir', '?'))} "
-                            f"with {(old_inputs or {}).get('embeddings', {}).get('path', old.get('embeddings_path', '?'))}); "
-                            f"pass --overwrite to replace them, or choose another --output_dir")
+    _check_earlier_results(out, flag, inputs, args.overwrite)
     sparse = isinstance(acts, CodeStore)
     acc = MSAccumulator(acts.num_neurons, emb.dim, device)
-    with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS",
-              dynamic_ncols=True, file=sys.stderr) as bar:
-        chunks = acts.iter_csr(args.chunk_rows) if sparse else acts.iter_chunks(args.chunk_rows)
-        for chunk in chunks:
-            if sparse:
-                e = emb.read(chunk.start, chunk.start + chunk.num_rows)
-                check_embeddings_have_norm(emb, e, chunk.start)
-                acc.add_csr(chunk.indptr, chunk.indices, chunk.values, e)
-                bar.update(chunk.num_rows)
-            else:
-                start, a = chunk
-                e = emb.read(start, start + len(a))
-                check_embeddings_have_norm(emb, e, start)
-                acc.add_dense(a, e)
-                bar.update(len(a))
+    _one_pass(acc, acts, emb, args, "MS", check_norms=True)
     scores_k = acc.scores()
     summary = summarize(scores_k)
     unc = None
     if args.uncertainty:  # the second pass: the same chunks, in the same order
         jk = acc.jackknife()
-        with tqdm(total=acts.num_rows, unit="img", disable=args.no_progress, desc="MS intervals",
-                  dynamic_ncols=True, file=sys.stderr) as bar:
-            chunks = acts.iter_csr(args.chunk_rows) if sparse else acts.iter_chunks(args.chunk_rows)
-            for chunk in chunks:
-                if sparse:
-                    jk.add_csr(chunk.indptr, chunk.indices, chunk.values,
-                               emb.read(chunk.start, chunk.start + chunk.num_rows))
-                    bar.update(chunk.num_rows)
-                else:
-                    start, a = chunk
-                    jk.add_dense(a, emb.read(start, start + len(a)))
-                    bar.update(len(a))
+        _one_pass(jk, acts, emb, args, "MS intervals", check_norms=False)
         unc = jk.result()
     rare, best_active_k = None, None
     if sparse:  # scored latents active on fewer than 16 images: their MS rests on few pairs
@@ -220,24 +254,7 @@ def run(args: MSConfig) -> int:
     # scores.npy first and ms.json last: ms.json marks a complete result
     record["files"] = {A.MS_SCORES: atomic_save_npy(out / A.MS_SCORES, scores_k)}  # checked by readers
     if unc is not None:
-        import numpy as np
-
-        from saevlm.metrics.monosemanticity import jackknife_interval
-
-        se = unc["se"]
-        scored = ~np.isnan(scores_k)
-        width = unc["ci95"][:, 1] - unc["ci95"][:, 0]
-        mean_se = jackknife_interval(unc["image_deltas"])
-        record["uncertainty"] = {
-            "method": "delete-one jackknife over images, exact through the closed form (shift and scale held fixed)",
-            "median_se": float(np.median(se[scored & np.isfinite(se)])) if (scored & np.isfinite(se)).any() else None,
-            "wide_intervals": int((scored & ~(width <= 0.2)).sum()),
-            "undefined_without_one_image": int((scored & np.isinf(se)).sum()),
-            "mean_se": mean_se, "mean_ci95": [summary["mean"] - 1.96 * mean_se, summary["mean"] + 1.96 * mean_se],
-        }
-        for name, arr in ((A.MS_SE, se), (A.MS_CI95, unc["ci95"]), (A.MS_IMAGE_DELTAS, unc["image_deltas"])):
-            record["files"][name] = atomic_save_npy(out / name, arr)
-        u = record["uncertainty"]
+        record["uncertainty"] = u = _uncertainty(out, unc, scores_k, summary, record["files"])
         lines.insert(2, f"mean over images: {summary['mean']:.4f} [{u['mean_ci95'][0]:.4f}, {u['mean_ci95'][1]:.4f}] "
                         f"(95 %, jackknife over images); {u['wide_intervals']} scored neurons with a 95 % interval "
                         f"wider than 0.2")

@@ -266,6 +266,121 @@ def _display_names(classes: dict) -> list[str]:
     return Classes.from_json(classes, CLASSES).display_names()
 
 
+NAMES_DEFINITION = (
+    "cosine of the mean unit CLIP image embedding of the top-k images where the latent is active (> 0) with each "
+    "name's text embedding (clip: every word of the vocabulary, the best three kept; mllm / given: the latent's own "
+    "text); margin = first - second; purity and entropy over the same images (n_active); detection = AUROC of the "
+    "cosine of the name's text with the unit CLIP embeddings of held-out activating images (not among the top-k) "
+    "against random images where the latent is silent (detection_n = [positives, negatives]); detection_baseline = "
+    "the same with the name of latent detection_baseline_of; detection_se = the standard error of their difference "
+    "(Hanley-McNeil)")
+
+
+def _words(args: NameConfig, store) -> tuple[list[str], str | None]:
+    """The vocabulary CLIP names come from (none for free-text explainers) and where it came from."""
+    if args.explainer == "clip":
+        return _vocabulary(args, store)
+    if args.text_embeddings:
+        raise UserError(f"--text_embeddings: scores words of a vocabulary, but --explainer {args.explainer} "
+                        f"writes free text, which only a CLIP text tower embeds (--clip_model)",
+                        field="text_embeddings")
+    return [], None
+
+
+def _word_texts(args: NameConfig, emb, words: list[str]):
+    """(text embeddings of the words, where they came from, the CLIP encoder or None)."""
+    if args.text_embeddings:
+        text = np.load(args.text_embeddings)
+        if text.shape[0] != len(words):
+            raise UserError(f"--text_embeddings {args.text_embeddings}: {text.shape[0]} rows for {len(words)} words")
+        return text, str(args.text_embeddings), None
+    from saevlm.device import resolve_device
+    from saevlm.steering.clip import ClipEncoder
+
+    clip_name = args.clip_model or emb.provenance.model.source or emb.provenance.model.name
+    try:
+        encoder = ClipEncoder(clip_name, resolve_device(args.device))
+    except UserError as err:
+        if args.clip_model:
+            raise
+        # without --clip_model the text tower is the embedder's own: say which store chose it
+        raise UserError(f"--embeddings_path {emb.path}: names are read with the text tower of the model that "
+                        f"embedded it, {clip_name}, which cannot give them ({str(err).split(': ', 1)[-1]})",
+                        field="embeddings_path") from None
+    text = encoder.text([args.template.format(w) for w in words]) if words else np.zeros((0, emb.dim))
+    return text, clip_name, encoder
+
+
+def _detection_fields(detection, j: int) -> dict:
+    """A latent's detection AUROC, its baseline and the standard error of their difference."""
+    base = detection.baseline[j]
+    n_pos, n_neg = int(detection.n_positive[j]), int(detection.n_negative[j])
+    return {"detection": round(float(detection.auroc[j]), 4),
+            "detection_baseline": None if np.isnan(base) else round(float(base), 4),
+            "detection_baseline_of": int(detection.baseline_of[j]), "detection_n": [n_pos, n_neg],
+            # both sampled; their correlation ignored
+            "detection_se": None if np.isnan(base) else round(float(np.hypot(
+                auroc_se(float(detection.auroc[j]), n_pos, n_neg), auroc_se(float(base), n_pos, n_neg))), 4)}
+
+
+def _free_text_similarities(descriptions: dict[int, str], alive, encoder, mean):
+    """(each named latent's text embedding, [K, 1] cosine with its mean top-image embedding)."""
+    ids = [j for j in range(len(alive)) if alive[j]]
+    name_text = np.zeros_like(mean, dtype=float)
+    if ids:
+        name_text[ids] = encoder.text([descriptions[j] for j in ids])
+    return name_text, np.einsum("kd,kd->k", _unit(mean), name_text)[:, None]
+
+
+def _latent_record(j: int, n_active: int, alive: bool, names: list, sims, detection, purity) -> dict:
+    """One latent of names.json: its names (best first) with the margin, detection and purity."""
+    rec: dict = {"id": j, "n_active": n_active, "names": names if alive else [], "margin": None}
+    if alive and len(names) > 1:
+        rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5)
+    if detection is not None and alive and detection.n_positive[j] > 0:
+        rec.update(_detection_fields(detection, j))
+    if purity is not None and alive:
+        majority, pure, entropy, class_names = purity
+        lab = int(majority[j])
+        rec.update(purity=round(float(pure[j]), 4), entropy_bits=round(float(entropy[j]), 4),
+                   label=class_names[lab] if 0 <= lab < len(class_names) else lab)
+    return rec
+
+
+def _explainer_fields(args: NameConfig) -> dict:
+    explainer: dict = {"explainer": args.explainer}
+    if args.explainer == "mllm":
+        explainer.update(mllm_model=args.mllm_model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                         decoding="greedy", seed=0)
+    elif args.explainer == "given":
+        explainer.update(names_file=str(Path(args.names_file).resolve()))
+    return explainer
+
+
+def _purity(store, top, active):
+    """(majority label, purity, entropy, class names) of each latent's active top images, or None
+    without labels."""
+    labels = store.labels()  # checksum, dtype, shape and range checked
+    if labels is None:
+        return None
+    majority, purity, entropy = label_purity(labels[top], active)
+    classes = store.classes()
+    return majority, purity, entropy, (_display_names(classes) if classes else [])
+
+
+def _detection(args: NameConfig, store, emb, top, active, name_text, alive):
+    if args.no_score:
+        return None
+    from saevlm.data.codes import CodeStore
+
+    if not isinstance(store, CodeStore):
+        print(f"note: --codes_dir {store.path} is not a code store: names are not scored (the detection score "
+              f"needs every image's codes)", file=sys.stderr)
+        return None
+    return detection_scores(store, emb, top, active, name_text, alive, args.score_positives,
+                            args.score_negatives, progress=not args.no_progress)
+
+
 def run(args: NameConfig) -> int:
     from saevlm.data.atomic import ensure_writable_dir
     from saevlm.data.open import open_any_store
@@ -284,41 +399,13 @@ def run(args: NameConfig) -> int:
                         f"(dataset {diff.key}: {diff.ours!r} vs {diff.theirs!r})")
     active = values > 0  # only images where the latent fires say what it detects
     alive = active.any(axis=1)
-    if args.explainer == "clip":
-        words, vocab_source = _vocabulary(args, store)
-    else:
-        words, vocab_source = [], None
-        if args.text_embeddings:
-            raise UserError(f"--text_embeddings: scores words of a vocabulary, but --explainer {args.explainer} "
-                            f"writes free text, which only a CLIP text tower embeds (--clip_model)",
-                            field="text_embeddings")
+    words, vocab_source = _words(args, store)
     descriptions: dict[int, str] = {}
     if args.explainer == "given":
         descriptions = _given_names(args.names_file, len(top))
     elif args.explainer == "mllm":
         check_mllm(args)  # one line before any work (not an MLLM, offline without its weights)
-    if args.text_embeddings:
-        text = np.load(args.text_embeddings)
-        if text.shape[0] != len(words):
-            raise UserError(f"--text_embeddings {args.text_embeddings}: {text.shape[0]} rows for {len(words)} words")
-        text_source = str(args.text_embeddings)
-        encoder = None
-    else:
-        from saevlm.device import resolve_device
-        from saevlm.steering.clip import ClipEncoder
-
-        clip_name = args.clip_model or emb.provenance.model.source or emb.provenance.model.name
-        try:
-            encoder = ClipEncoder(clip_name, resolve_device(args.device))
-        except UserError as err:
-            if args.clip_model:
-                raise
-            # without --clip_model the text tower is the embedder's own: say which store chose it
-            raise UserError(f"--embeddings_path {emb.path}: names are read with the text tower of the model that "
-                            f"embedded it, {clip_name}, which cannot give them ({str(err).split(': ', 1)[-1]})",
-                            field="embeddings_path") from None
-        text = encoder.text([args.template.format(w) for w in words]) if words else np.zeros((0, emb.dim))
-        text_source = clip_name
+    text, text_source, encoder = _word_texts(args, emb, words)
     if text.shape[1] != emb.dim:
         raise UserError(f"text embeddings have {text.shape[1]} dims, the image embeddings {emb.dim}: use the "
                         f"same CLIP model for both (--clip_model)")
@@ -327,78 +414,23 @@ def run(args: NameConfig) -> int:
         descriptions = mllm_descriptions(args, store, top, active, out)
     if args.explainer == "clip":
         idx, sims = name_latents(mean, text, words)
+        names = [[[words[int(w)], round(float(s), 5)] for w, s in zip(idx[j], sims[j])] for j in range(len(top))]
         name_text = text[idx[:, 0]]
     else:  # free text: each latent's own name, embedded by the CLIP text tower
         alive &= np.array([j in descriptions for j in range(len(top))], dtype=bool)
-        ids = [j for j in range(len(top)) if alive[j]]
-        name_text = np.zeros((len(top), emb.dim))
-        if ids:
-            name_text[ids] = encoder.text([descriptions[j] for j in ids])
-        sims = np.einsum("kd,kd->k", _unit(mean), name_text)[:, None]
-    labels = store.labels()  # checksum, dtype, shape and range checked
-    purity = None
-    if labels is not None:
-        majority, purity, entropy = label_purity(labels[top], active)
-        classes = store.classes()
-        class_names = _display_names(classes) if classes else []
-    detection = None
-    if not args.no_score:
-        from saevlm.data.codes import CodeStore
-
-        if not isinstance(store, CodeStore):
-            print(f"note: --codes_dir {store.path} is not a code store: names are not scored (the detection score "
-                  f"needs every image's codes)", file=sys.stderr)
-        else:
-            detection = detection_scores(store, emb, top, active, name_text, alive, args.score_positives,
-                                         args.score_negatives, progress=not args.no_progress)
-    latents = []
-    for j in range(len(top)):
-        rec: dict = {"id": j, "n_active": int(active[j].sum())}
-        if alive[j] and args.explainer == "clip":
-            rec["names"] = [[words[int(w)], round(float(s), 5)] for w, s in zip(idx[j], sims[j])]
-            rec["margin"] = round(float(sims[j, 0] - sims[j, 1]), 5) if sims.shape[1] > 1 else None
-        elif alive[j]:
-            rec["names"], rec["margin"] = [[descriptions[j], round(float(sims[j, 0]), 5)]], None
-        else:
-            rec["names"], rec["margin"] = [], None
-        if detection is not None and alive[j] and detection.n_positive[j] > 0:
-            rec["detection"] = round(float(detection.auroc[j]), 4)
-            base = detection.baseline[j]
-            rec["detection_baseline"] = None if np.isnan(base) else round(float(base), 4)
-            rec["detection_baseline_of"] = int(detection.baseline_of[j])
-            rec["detection_n"] = [int(detection.n_positive[j]), int(detection.n_negative[j])]
-            # the standard error of detection - baseline (both sampled; their correlation ignored)
-            n_pos, n_neg = rec["detection_n"]
-            rec["detection_se"] = None if np.isnan(base) else round(float(np.hypot(
-                auroc_se(float(detection.auroc[j]), n_pos, n_neg), auroc_se(float(base), n_pos, n_neg))), 4)
-        if purity is not None and alive[j]:
-            lab = int(majority[j])
-            rec.update(purity=round(float(purity[j]), 4), entropy_bits=round(float(entropy[j]), 4),
-                       label=class_names[lab] if 0 <= lab < len(class_names) else lab)
-        latents.append(rec)
-    explainer = {"explainer": args.explainer}
-    if args.explainer == "mllm":
-        explainer.update(mllm_model=args.mllm_model, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                         decoding="greedy", seed=0)
-    elif args.explainer == "given":
-        explainer.update(names_file=str(Path(args.names_file).resolve()))
-    A.NamesResult.write_json(out, {"format": NAMES_FORMAT, "k": args.k, **explainer,
-                            "template": args.template if args.explainer == "clip" else None,
-                            "vocab_source": vocab_source, "vocab_size": len(words), "text_embeddings": text_source,
-                            "image_embeddings": str(emb.path.resolve()),
-                            "definition": "cosine of the mean unit CLIP image embedding of the top-k images where "
-                                          "the latent is active (> 0) with each name's text embedding (clip: every "
-                                          "word of the vocabulary, the best three kept; mllm / given: the latent's "
-                                          "own text); margin = first - second; purity and entropy over the same "
-                                          "images (n_active); "
-                                          "detection = AUROC of the cosine of the name's text with the unit CLIP "
-                                          "embeddings of held-out activating images (not among the top-k) against "
-                                          "random images where the latent is silent (detection_n = [positives, "
-                                          "negatives]); detection_baseline = the same with the name of latent "
-                                          "detection_baseline_of; detection_se = the standard error of their "
-                                          "difference (Hanley-McNeil)",
-                            "detection_seed": 0 if detection is not None else None,
-                            "source": source_stamp(store), "latents": latents})
+        name_text, sims = _free_text_similarities(descriptions, alive, encoder, mean)
+        names = [[[descriptions[j], round(float(sims[j, 0]), 5)]] if alive[j] else [] for j in range(len(top))]
+    purity = _purity(store, top, active)
+    detection = _detection(args, store, emb, top, active, name_text, alive)
+    latents = [_latent_record(j, int(active[j].sum()), bool(alive[j]), names[j], sims, detection, purity)
+               for j in range(len(top))]
+    A.NamesResult.write_json(out, {"format": NAMES_FORMAT, "k": args.k, **_explainer_fields(args),
+                                   "template": args.template if args.explainer == "clip" else None,
+                                   "vocab_source": vocab_source, "vocab_size": len(words),
+                                   "text_embeddings": text_source, "image_embeddings": str(emb.path.resolve()),
+                                   "definition": NAMES_DEFINITION,
+                                   "detection_seed": 0 if detection is not None else None,
+                                   "source": source_stamp(store), "latents": latents})
     named = [r for r in latents if r["names"]]
     source = f"{len(words)} words" if args.explainer == "clip" else \
         (args.mllm_model if args.explainer == "mllm" else args.names_file)

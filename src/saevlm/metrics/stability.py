@@ -151,9 +151,7 @@ def _seed_of(config: dict) -> int | None:
     return int(seed) if isinstance(seed, int) else None
 
 
-def run(args: StabilityConfig) -> int:
-    from saevlm.sae.checkpoint import decoder_rows, load_sae
-
+def _check_flags(args: StabilityConfig) -> None:
     paths = list(args.sae_path)
     if len(paths) < 2:
         raise UserError(f"sae_path: {len(paths)} SAE given; stability compares two or more", field="sae_path")
@@ -165,6 +163,12 @@ def run(args: StabilityConfig) -> int:
         raise UserError(f"threshold {args.threshold}: expected a cosine in (0, 1]", field="threshold")
     if args.candidates < 1:
         raise UserError(f"candidates {args.candidates}: expected a positive integer", field="candidates")
+
+
+def _load_comparable(paths: list[str]) -> list:
+    """The SAEs, refused unless they have one width and were trained on the same images."""
+    from saevlm.sae.checkpoint import load_sae
+
     saes = [load_sae(p) for p in paths]
     first = saes[0]
     for p, sae in zip(paths[1:], saes[1:]):
@@ -177,29 +181,50 @@ def run(args: StabilityConfig) -> int:
         if a and b and a != b:
             raise UserError(f"sae_path {p}: trained on other images than {paths[0]} (image_ids_sha256 {a[:12]} vs "
                             f"{b[:12]}); stability compares seeds on the same data", field="sae_path")
+    return saes
+
+
+def _pair_record(i: int, j: int, decoders, activity, scores, args: StabilityConfig, dict_size: int) -> dict:
+    """SAE i against SAE j: the decoder matching, and where given, co-activation and MS agreement."""
+    match, cos = match_pair(decoders[i], decoders[j], args.candidates)
+    rec: dict = {"a": i, "b": j, "matched_share": float(np.mean(np.nan_to_num(cos, nan=-1) >= args.threshold)),
+                 "median_cosine": float(np.nanmedian(cos)) if np.isfinite(cos).any() else None,
+                 "unplaced": int((match < 0).sum())}
+    if activity is not None:
+        idx, sim = jaccard_partners(activity[i], activity[j], args.candidates)
+        co = assign(idx, sim, dict_size)
+        rec["coactivation_agreement"] = float(np.mean((co == match) & (match >= 0)))
+    if scores is not None:
+        ok = (match >= 0) & np.isfinite(scores[i]) & np.isfinite(scores[j][np.maximum(match, 0)])
+        x, y = scores[i][ok], scores[j][match[ok]]
+        rec["ms_pearson"] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 else None
+        rec["ms_spearman"] = (float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]) if ok.sum() > 2 else None)
+        rec["ms_pairs"] = int(ok.sum())
+    return rec
+
+
+def _pair_line(rec: dict, threshold: float) -> str:
+    line = (f"SAE {rec['a']} vs {rec['b']}: {100 * rec['matched_share']:.1f} % of latents matched at decoder "
+            f"cosine >= {threshold:g} (median {rec['median_cosine']:.3f})")
+    if "coactivation_agreement" in rec:
+        line += f"; co-activation matching agrees on {100 * rec['coactivation_agreement']:.1f} %"
+    if rec.get("ms_pearson") is not None:
+        line += f"; MS of matched pairs: r = {rec['ms_pearson']:.3f}"
+    return line
+
+
+def run(args: StabilityConfig) -> int:
+    from saevlm.sae.checkpoint import decoder_rows
+
+    _check_flags(args)
+    paths = list(args.sae_path)
+    saes = _load_comparable(paths)
+    first = saes[0]
     decoders = [decoder_rows(p) for p in paths]
-    activity = None
-    if args.codes_dir:
-        activity = _activities(args.codes_dir, first.dict_size)
+    activity = _activities(args.codes_dir, first.dict_size) if args.codes_dir else None
     scores = [_scores(p, first.dict_size) for p in args.scores] if args.scores else None
-    pairs = []
-    for i in range(len(paths)):
-        for j in range(i + 1, len(paths)):
-            match, cos = match_pair(decoders[i], decoders[j], args.candidates)
-            rec: dict = {"a": i, "b": j, "matched_share": float(np.mean(np.nan_to_num(cos, nan=-1) >= args.threshold)),
-                         "median_cosine": float(np.nanmedian(cos)) if np.isfinite(cos).any() else None,
-                         "unplaced": int((match < 0).sum())}
-            if activity is not None:
-                idx, sim = jaccard_partners(activity[i], activity[j], args.candidates)
-                co = assign(idx, sim, first.dict_size)
-                rec["coactivation_agreement"] = float(np.mean((co == match) & (match >= 0)))
-            if scores is not None:
-                ok = (match >= 0) & np.isfinite(scores[i]) & np.isfinite(scores[j][np.maximum(match, 0)])
-                x, y = scores[i][ok], scores[j][match[ok]]
-                rec["ms_pearson"] = float(np.corrcoef(x, y)[0, 1]) if ok.sum() > 2 else None
-                rec["ms_spearman"] = (float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]) if ok.sum() > 2 else None)
-                rec["ms_pairs"] = int(ok.sum())
-            pairs.append(rec)
+    pairs = [_pair_record(i, j, decoders, activity, scores, args, first.dict_size)
+             for i in range(len(paths)) for j in range(i + 1, len(paths))]
     out: dict = {"format": STABILITY_FORMAT, "saes": [{"path": str(Path(p).resolve()), "seed": _seed_of(s.config)}
                                                      for p, s in zip(paths, saes)],
                  "dict_size": first.dict_size, "threshold": args.threshold, "candidates": args.candidates,
@@ -213,13 +238,7 @@ def run(args: StabilityConfig) -> int:
         target = target / A.STABILITY
     A.StabilityResult.write_json(target, out)
     for rec in pairs:
-        line = (f"SAE {rec['a']} vs {rec['b']}: {100 * rec['matched_share']:.1f} % of latents matched at decoder "
-                f"cosine >= {args.threshold:g} (median {rec['median_cosine']:.3f})")
-        if "coactivation_agreement" in rec:
-            line += f"; co-activation matching agrees on {100 * rec['coactivation_agreement']:.1f} %"
-        if rec.get("ms_pearson") is not None:
-            line += f"; MS of matched pairs: r = {rec['ms_pearson']:.3f}"
-        print(line)
+        print(_pair_line(rec, args.threshold))
     if scores is not None:
         print(f"mean MS per SAE: {', '.join(f'{m:.4f}' for m in out['mean_ms'])} (seed std "
               f"{out['mean_ms_seed_std']:.4f})")

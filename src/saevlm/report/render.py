@@ -89,6 +89,74 @@ def _fmt(v, digits=2):
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _best(s):
+    return s.top10[0][1] if s.top10 else None
+
+
+def _worst(s):
+    return s.bottom10[0][1] if s.bottom10 else None
+
+
+def _ms_rows(rep: Report, arch: str, raw: dict, sae: dict, layers: list, exps: list, matches_paper: bool
+             ) -> tuple[list, list, list, list]:
+    """(best, best active, mean, worst) rows of one architecture's MS tables: a row per layer, the raw
+    neurons then one column per expansion factor; the paper's value beside ours where it matches."""
+    best_rows, active_rows, mean_rows, worst_rows = [], [], [], []
+    for layer in layers:
+        rr = raw.get(layer)
+        b = [str(layer), _cell(rep, rr, _best, paper.NO_SAE_BEST if matches_paper and rr else None)]
+        a = [str(layer), "–"]  # raw neurons take a value on every image: no active-images rule
+        m = [str(layer), _cell(rep, rr, None)]
+        w = [str(layer), _cell(rep, rr, _worst)]
+        for e in exps:
+            r = sae.get((layer, e))
+            compared = matches_paper and r is not None and r.k == 20
+            ref = paper.paper_value(paper.BEST_MS, arch, layer, e) if compared else None
+            mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
+                if compared and arch in paper.MEAN_MS_LAST else None
+            b.append(_cell(rep, r, _best, ref))
+            a.append(_cell(rep, r, _best_active))
+            m.append(_cell(rep, r, None, mean_ref))
+            w.append(_cell(rep, r, _worst))
+        best_rows.append(b)
+        active_rows.append(a)
+        mean_rows.append(m)
+        worst_rows.append(w)
+    return best_rows, active_rows, mean_rows, worst_rows
+
+
+MEAN_TEXT = ("Mean MS over scored latents with its 95 % interval over images [low, high] (the delete-one jackknife "
+             "of `saevlm ms`; ± std over latents where no interval was computed); 'rare': scored latents active on "
+             "fewer than 16 images, whose MS rests on few image pairs; 'wide': latents whose own 95 % interval is "
+             "wider than 0.2. The mean is the authors' (over every scored latent)")
+
+
+def _arch_ms_tables(rep: Report, arch: str, recs: list[MSRecord], raw: dict, layers: list, exps: list,
+                    matches_paper: bool) -> None:
+    sae = {(r.layer, r.expansion): r for r in recs if r.kind == "sae" and r.arch == arch}
+    header = ["layer", "No SAE"] + [f"x{e}" for e in exps]
+    best_rows, active_rows, mean_rows, worst_rows = _ms_rows(rep, arch, raw, sae, layers, exps, matches_paper)
+    rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
+             "varies on one image only; their MS is undefined and left out of every mean):")
+    rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
+                       + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
+    for warning in _dead_warnings(rep, [raw.get(layer) for layer in layers] + list(sae.values())):
+        rep.para(warning)
+    rep.para(f"Best latent MS among latents active (> 0) on at least {MIN_ACTIVE_IMAGES} images, the "
+             f"rule of the explorer's table (a latent active on fewer images has an MS resting on "
+             f"few image pairs; '–' where no latent qualifies or, for raw neurons, the rule does "
+             f"not apply):")
+    rep.table(header, active_rows)
+    rep.para("Best MS over all scored neurons, the paper's definition (ours, paper in parentheses):"
+             if matches_paper else "Best MS over all scored neurons (the paper's definition):")
+    rep.table(header, best_rows)
+    rep.para(MEAN_TEXT + (" (paper's last-layer means in parentheses):" if matches_paper else ":"))
+    rep.table(header, mean_rows)
+    paired_differences(rep, raw, sae, layers, exps, arch)
+    rep.para("Worst neuron MS:")
+    rep.table(header, worst_rows)
+
+
 def ms_tables(rep: Report, records: list[MSRecord]) -> None:
     if not records:
         return
@@ -101,65 +169,13 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
         by_model.setdefault((r.model, r.embeddings_model), []).append(r)
     for (model, emb), recs in by_model.items():
         raw = {r.layer: r for r in recs if r.kind == "raw"}
-        archs = sorted({r.arch for r in recs if r.kind == "sae"})
         exps = sorted({r.expansion for r in recs if r.kind == "sae"})
         layers = sorted({r.layer for r in recs}, key=lambda x: (isinstance(x, str), x))
         matches_paper = paper.MODEL in str(model) and "dino" in str(emb).lower()
-        for arch in archs:
+        for arch in sorted({r.arch for r in recs if r.kind == "sae"}):
             rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
-            sae = {(r.layer, r.expansion): r for r in recs if r.kind == "sae" and r.arch == arch}
-            header = ["layer", "No SAE"] + [f"x{e}" for e in exps]
-            best_rows, active_rows, mean_rows, worst_rows = [], [], [], []
-            for layer in layers:
-                b = [str(layer)]
-                a = [str(layer), "–"]  # raw neurons take a value on every image: no active-images rule
-                m = [str(layer)]
-                w = [str(layer)]
-                rr = raw.get(layer)
-                b.append(_cell(rep, rr, lambda s: s.top10[0][1] if s.top10 else None,
-                               paper.NO_SAE_BEST if matches_paper and rr else None))
-                m.append(_cell(rep, rr, None))
-                w.append(_cell(rep, rr, lambda s: s.bottom10[0][1] if s.bottom10 else None))
-                for e in exps:
-                    r = sae.get((layer, e))
-                    ref = paper.paper_value(paper.BEST_MS, arch, layer, e) \
-                        if matches_paper and r and r.k == 20 else None
-                    b.append(_cell(rep, r, lambda s: s.top10[0][1] if s.top10 else None, ref))
-                    a.append(_cell(rep, r, _best_active))
-                    mean_ref = paper.paper_value({arch: {"last": paper.MEAN_MS_LAST.get(arch)}}, arch, layer, e) \
-                        if matches_paper and r and r.k == 20 and arch in paper.MEAN_MS_LAST else None
-                    m.append(_cell(rep, r, None, mean_ref))
-                    w.append(_cell(rep, r, lambda s: s.bottom10[0][1] if s.bottom10 else None))
-                best_rows.append(b)
-                active_rows.append(a)
-                mean_rows.append(m)
-                worst_rows.append(w)
-            rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
-                     "varies on one image only; their MS is undefined and left out of every mean):")
-            rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
-                               + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
-            for warning in _dead_warnings(rep, [raw.get(layer) for layer in layers] + list(sae.values())):
-                rep.para(warning)
-            rep.para(f"Best latent MS among latents active (> 0) on at least {MIN_ACTIVE_IMAGES} images, the "
-                     f"rule of the explorer's table (a latent active on fewer images has an MS resting on "
-                     f"few image pairs; '–' where no latent qualifies or, for raw neurons, the rule does "
-                     f"not apply):")
-            rep.table(header, active_rows)
-            rep.para("Best MS over all scored neurons, the paper's definition (ours, paper in parentheses):"
-                     if matches_paper else "Best MS over all scored neurons (the paper's definition):")
-            rep.table(header, best_rows)
-            mean_text = ("Mean MS over scored latents with its 95 % interval over images [low, high] (the "
-                         "delete-one jackknife of `saevlm ms`; ± std over latents where no interval was computed); "
-                         "'rare': scored latents active on fewer than 16 images, whose MS rests on few image "
-                         "pairs; 'wide': latents whose own 95 % interval is wider than 0.2. The mean is the "
-                         "authors' (over every scored latent)")
-            rep.para(mean_text + (" (paper's last-layer means in parentheses):" if matches_paper else ":"))
-            rep.table(header, mean_rows)
-            paired_differences(rep, raw, sae, layers, exps, arch)
-            rep.para("Worst neuron MS:")
-            rep.table(header, worst_rows)
-        notes = sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note})
-        for note in notes:
+            _arch_ms_tables(rep, arch, recs, raw, layers, exps, matches_paper)
+        for note in sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note}):
             rep.para(f"Note on the embedder E ({emb}): {note}.")
 
 

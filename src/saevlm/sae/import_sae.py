@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
@@ -187,22 +187,14 @@ def check_on_activations(sae, store_path: str, rows: int, recorded_l0: float | N
             "normalized_mse": None if r2 is None else 1 - r2}
 
 
-def run(args: ImportSAEConfig) -> int:
-    import shutil
-    import tempfile
-
-    import torch
-
-    from saevlm.data.atomic import atomic_write_json, check_not_own_input, ensure_writable_dir
-    from saevlm.sae import interop
-    from saevlm.sae.archs import spec
-    from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
+def _check_output(args: ImportSAEConfig, out: Path) -> None:
+    """The output folder is new, empty, or a trainer folder that --overwrite replaces: never
+    another folder's files."""
+    from saevlm.data.atomic import check_not_own_input
 
     check_not_own_input(args.output_dir, "output_dir", [("sae_path", None if args.sae_path.startswith("hf:")
                                                           else args.sae_path)])
-    out = Path(args.output_dir)
     if out.is_dir() and any(out.iterdir()):
-        # replaced only when it is a trainer folder and --overwrite says so: never another folder's files
         if not (out / "ae.pt").exists():
             raise UserError(f"output_dir {out}: not empty and not a trainer folder (no ae.pt); choose an empty or "
                             f"new folder", field="output_dir")
@@ -211,9 +203,12 @@ def run(args: ImportSAEConfig) -> int:
                             field="output_dir")
     elif out.exists() and not out.is_dir():
         raise UserError(f"output_dir {out}: a file, not a folder", field="output_dir")
-    mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
-    src, fetch = resolve_source(args.sae_path)
-    fmt = interop.detect_format(src) if args.format == "auto" else args.format
+
+
+def _check_format_flags(args: ImportSAEConfig, fmt: str) -> None:
+    """The flags a format needs, and refuse those it does not read."""
+    from saevlm.sae import interop
+
     if fmt in interop.NEEDS_INPUT_NORM and args.input_norm is None:
         raise UserError(f"input_norm: required for a {fmt} SAE, whose inputs were normalised by statistics kept "
                         f"outside the checkpoint: pass --input_norm stats:FILE (mean [D], std) or, if its "
@@ -221,6 +216,17 @@ def run(args: ImportSAEConfig) -> int:
     if fmt in interop.NEEDS_TOKENS and args.tokens is None:
         raise UserError(f"tokens: required for a {fmt} SAE (trained on patch tokens, usually without CLS): pass "
                         f"--tokens patches (or the tokens it was trained on)", field="tokens")
+    given = [flag for flag, value in (("--sae_class", args.sae_class), ("--k", args.k),
+                                      ("--threshold", args.threshold)) if value is not None]
+    if fmt != "overcomplete" and given:
+        raise UserError(f"{given[0][2:]}: only for an overcomplete state dict; a {fmt} checkpoint says it itself",
+                        field=given[0][2:])
+
+
+def _read_weights(args: ImportSAEConfig, src: Path, fmt: str, fetch) -> tuple[Any, Path, dict | None]:
+    """The source's weights in saevlm's conventions, the file read and (saev) the manifest row picked."""
+    from saevlm.sae import interop
+
     picked = None
     if fmt == "saev" and src.is_dir() and (src / "manifest.jsonl").is_file():
         src, picked = interop.pick_saev_checkpoint(src, args.layer, args.l0, args.run_id, fetch)
@@ -230,16 +236,16 @@ def run(args: ImportSAEConfig) -> int:
         raise UserError(f"sae_path {src}: no ae.pt (a dictionary_learning trainer folder)", field="sae_path")
     if fmt not in ("dictionary_learning", "saev", "overcomplete") and not src.is_dir():
         raise UserError(f"sae_path {src}: a {fmt} SAE is a folder (cfg.json + weights), not a file", field="sae_path")
-    given = [flag for flag, value in (("--sae_class", args.sae_class), ("--k", args.k),
-                                      ("--threshold", args.threshold)) if value is not None]
     if fmt == "overcomplete":
         weights = interop.read_overcomplete(src, args.sae_class, args.k, args.threshold, args.dictionary_normalization)
-    elif given:
-        raise UserError(f"{given[0][2:]}: only for an overcomplete state dict; a {fmt} checkpoint says it itself",
-                        field=given[0][2:])
     else:
         weights = interop.READERS[fmt](src)
     weights.check_finite(str(src))
+    return weights, src, picked
+
+
+def _source_notes(fmt: str, weights) -> list[str]:
+    """What a user should know about how the source's conventions were folded."""
     notes = []
     if fmt == "saev" and weights.arch == "top_k":
         notes.append("saev's TopK keeps the k largest pre-activations even when negative; saevlm's applies ReLU "
@@ -247,10 +253,17 @@ def run(args: ImportSAEConfig) -> int:
     if fmt == "saev" and weights.centred:
         notes.append(f"saev checkpoint of schema {weights.metadata.get('saev_schema')}: its encoder subtracted "
                      f"b_dec first (saev did until July 2025); folded as such")
-    weights = interop.fold_input_norm(weights, mean, std)
+    return notes
+
+
+def _trainer_config(args: ImportSAEConfig, weights, dict_class: str, fmt: str, src: Path, picked: dict | None,
+                    norm_text: str, notes: list[str], provenance: dict | None) -> tuple[dict, dict]:
+    """(config.json, imported.json) of the trainer folder."""
+    from saevlm.sae import interop
+    from saevlm.sae.archs import spec
+    from saevlm.sae.checkpoint import WEIGHTS_JSON
+
     d, f = weights.dims
-    provenance, checked = provenance_for(args, d)
-    dict_class, state = interop.dictionary_learning_state(weights)
     trainer = {"dict_class": dict_class, "activation_dim": d, "dict_size": f}
     if weights.k is not None:
         trainer["k"] = int(weights.k)
@@ -264,41 +277,79 @@ def run(args: ImportSAEConfig) -> int:
     config = {"trainer": trainer,
               "saevlm": {"arch": weights.arch, "weights_record": WEIGHTS_JSON, "imported": record,
                          **({"provenance": provenance} if provenance is not None else {})}}
+    return config, record
+
+
+def _check_written_codes(folder: Path, weights, src: Path):
+    """The written SAE, loaded as every command loads it, gives the source's codes; returns it."""
+    import torch
+
+    from saevlm.sae.checkpoint import load_sae
+    from saevlm.sae.inference import encode_batch
+
+    loaded = load_sae(str(folder))
+    d, _ = weights.dims
+    x = torch.randn(64, d, generator=torch.Generator().manual_seed(0)) * weights.W_dec.norm(dim=1).mean() \
+        + weights.b_dec
+    with torch.no_grad():
+        got, want = encode_batch(loaded, x), weights.encode(x)
+    # (a code right at a threshold may flip by rounding; a wrong fold changes most of them)
+    off = float(((got - want).abs() > 1e-4 * (float(want.abs().max()) or 1.0)).float().mean())
+    if off > 0.01:
+        raise UserError(f"sae_path {src}: the written SAE does not reproduce the source's codes ({off:.1%} "
+                        f"differ); please report this", field="sae_path")
+    return loaded
+
+
+def _check_and_report(args: ImportSAEConfig, loaded, weights, picked: dict | None) -> dict:
+    """--check_activations: R2, L0 and dead fraction on real activations, printed with warnings."""
+    recorded_l0 = (picked or {}).get("l0") or (weights.k if weights.arch == "top_k" else None)
+    check = check_on_activations(loaded, args.check_activations, args.check_rows,
+                                 float(recorded_l0) if recorded_l0 else None)
+    r2_text = f"{check['r2']:.3f}" if check["r2"] is not None else "undefined (constant rows)"
+    recorded = "".join(f"; the source records {key} {(picked or {})[key]}" for key in ("l0", "mse")
+                       if (picked or {}).get(key) is not None)
+    print(f"import-sae: on {check['rows']} rows of {args.check_activations}: R2 {r2_text}, L0 "
+          f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}{recorded}", file=sys.stderr)
+    for warning in check["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return check
+
+
+def run(args: ImportSAEConfig) -> int:
+    import shutil
+    import tempfile
+
+    from saevlm.data.atomic import atomic_save_torch, atomic_write_json, ensure_writable_dir
+    from saevlm.sae import interop
+    from saevlm.sae.checkpoint import WEIGHTS_JSON, record_weights
+
+    out = Path(args.output_dir)
+    _check_output(args, out)
+    mean, std, norm_text = interop.read_input_norm(args.input_norm)  # a bad flag before any reading
+    src, fetch = resolve_source(args.sae_path)
+    fmt = interop.detect_format(src) if args.format == "auto" else args.format
+    _check_format_flags(args, fmt)
+    weights, src, picked = _read_weights(args, src, fmt, fetch)
+    notes = _source_notes(fmt, weights)
+    weights = interop.fold_input_norm(weights, mean, std)
+    d, f = weights.dims
+    provenance, checked = provenance_for(args, d)
+    dict_class, state = interop.dictionary_learning_state(weights)
+    config, record = _trainer_config(args, weights, dict_class, fmt, src, picked, norm_text, notes, provenance)
     # Everything is written into a fresh folder beside the output and renamed into place at the end:
     # an interrupted import leaves no half-written trainer folder.
     ensure_writable_dir(out.parent if out.parent != Path("") else Path("."), "output_dir")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        from saevlm.data.atomic import atomic_save_torch
         atomic_save_torch(tmp / "ae.pt", {k: v.contiguous() for k, v in state.items()})
         record_weights(tmp, tmp / "ae.pt")
         atomic_write_json(tmp / "config.json", config)
         atomic_write_json(tmp / IMPORTED_JSON, record)
-        # the written SAE, loaded as every command loads it, gives the source's codes
-        from saevlm.sae.checkpoint import load_sae
-        from saevlm.sae.inference import encode_batch
-        loaded = load_sae(str(tmp))
-        x = torch.randn(64, d, generator=torch.Generator().manual_seed(0)) * weights.W_dec.norm(dim=1).mean() \
-            + weights.b_dec
-        with torch.no_grad():
-            got, want = encode_batch(loaded, x), weights.encode(x)
-        # (a code right at a threshold may flip by rounding; a wrong fold changes most of them)
-        off = float(((got - want).abs() > 1e-4 * (float(want.abs().max()) or 1.0)).float().mean())
-        if off > 0.01:
-            raise UserError(f"sae_path {src}: the written SAE does not reproduce the source's codes ({off:.1%} "
-                            f"differ); please report this", field="sae_path")
+        loaded = _check_written_codes(tmp, weights, src)
         if args.check_activations:
-            recorded_l0 = (picked or {}).get("l0") or (weights.k if weights.arch == "top_k" else None)
-            record["check"] = check = check_on_activations(loaded, args.check_activations, args.check_rows,
-                                                           float(recorded_l0) if recorded_l0 else None)
+            record["check"] = _check_and_report(args, loaded, weights, picked)
             atomic_write_json(tmp / IMPORTED_JSON, record)
-            r2_text = f"{check['r2']:.3f}" if check["r2"] is not None else "undefined (constant rows)"
-            recorded = "".join(f"; the source records {key} {(picked or {})[key]}" for key in ("l0", "mse")
-                               if (picked or {}).get(key) is not None)
-            print(f"import-sae: on {check['rows']} rows of {args.check_activations}: R2 {r2_text}, L0 "
-                  f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}{recorded}", file=sys.stderr)
-            for warning in check["warnings"]:
-                print(f"warning: {warning}", file=sys.stderr)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -536,39 +536,8 @@ def read_overcomplete(path: Path, sae_class: str | None, k: int | None, threshol
     BatchTopK's ``running_threshold`` (a plain attribute, not in the state dict) are given with flags.
     BatchTopK and JumpReLU keep codes >= their threshold (made > the float just below). Non-linear
     encoders (hidden MLP blocks, a normalisation layer, attention, ResNet) are refused by name."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth", ".safetensors"))
-        if len(files) != 1:
-            raise UserError(f"sae_path {path}: expected one overcomplete state dict (.pt / .safetensors) in the "
-                            f"folder, found {len(files)}; pass the file", field="sae_path")
-        path = files[0]
-    if path.suffix == ".safetensors":
-        state = _read_safetensors(path)
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise UserError(f"sae_path {path}: not a readable torch state dict "
-                            f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}); "
-                            f"save it with torch.save(sae.state_dict(), path)", field="sae_path") from None
-        if not isinstance(state, dict):
-            raise UserError(f"sae_path {path}: holds a {type(state).__name__}, not a state dict; save it with "
-                            f"torch.save(sae.state_dict(), path)", field="sae_path")
-        state = {key: v.float() for key, v in state.items() if isinstance(v, torch.Tensor)}
-    encoder_keys = sorted(key for key in state if key.startswith("encoder."))
-    if any(key.startswith("encoder.mlp_blocks") for key in encoder_keys):
-        raise UserError(f"sae_path {path}: an overcomplete MLP encoder with hidden blocks is non-linear; saevlm "
-                        f"takes SAEs with a linear encoder", field="sae_path")
-    if any(key.startswith("encoder.final_block.") and not key.startswith("encoder.final_block.0.")
-           for key in encoder_keys):
-        raise UserError(f"sae_path {path}: its encoder has a normalisation layer (LayerNorm / BatchNorm) after the "
-                        f"linear one, which is not a linear SAE encoder; not supported", field="sae_path")
-    if encoder_keys and "encoder.final_block.0.weight" not in state:
-        raise UserError(f"sae_path {path}: a non-linear overcomplete encoder (attention or ResNet: "
-                        f"{', '.join(encoder_keys[:3])}); saevlm takes SAEs with a linear encoder", field="sae_path")
-    if "dictionary._weights" not in state and any(key.startswith("dictionary.") for key in state):
-        raise UserError(f"sae_path {path}: an archetypal dictionary (RelaxedArchetypalDictionary) is built from "
-                        f"data points at run time; not supported", field="sae_path")
+    path, state = _overcomplete_state(path)
+    _check_linear_overcomplete(state, path)
     _need(state, ("encoder.final_block.0.weight", "encoder.final_block.0.bias", "dictionary._weights"), path,
           "overcomplete")
     f_, d = state["encoder.final_block.0.weight"].shape
@@ -587,6 +556,53 @@ def read_overcomplete(path: Path, sae_class: str | None, k: int | None, threshol
     w = SAEWeights("standard", state["encoder.final_block.0.weight"].T.contiguous(), state["encoder.final_block.0.bias"],
                    W_dec, torch.zeros(d), centred=False,
                    metadata={"overcomplete_class": sae_class, "dictionary_normalization": normalization})
+    _overcomplete_activation(w, state, path, sae_class, k, threshold)
+    return w
+
+
+def _overcomplete_state(path: Path) -> tuple[Path, dict]:
+    """The one state dict file (of a folder holding one), as float tensors."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".pt", ".pth", ".safetensors"))
+        if len(files) != 1:
+            raise UserError(f"sae_path {path}: expected one overcomplete state dict (.pt / .safetensors) in the "
+                            f"folder, found {len(files)}; pass the file", field="sae_path")
+        path = files[0]
+    if path.suffix == ".safetensors":
+        return path, _read_safetensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"sae_path {path}: not a readable torch state dict "
+                        f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}); "
+                        f"save it with torch.save(sae.state_dict(), path)", field="sae_path") from None
+    if not isinstance(state, dict):
+        raise UserError(f"sae_path {path}: holds a {type(state).__name__}, not a state dict; save it with "
+                        f"torch.save(sae.state_dict(), path)", field="sae_path")
+    return path, {key: v.float() for key, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _check_linear_overcomplete(state: dict, path: Path) -> None:
+    """Refuse, by name, the overcomplete encoders and dictionaries that are not a linear SAE."""
+    encoder_keys = sorted(key for key in state if key.startswith("encoder."))
+    if any(key.startswith("encoder.mlp_blocks") for key in encoder_keys):
+        raise UserError(f"sae_path {path}: an overcomplete MLP encoder with hidden blocks is non-linear; saevlm "
+                        f"takes SAEs with a linear encoder", field="sae_path")
+    if any(key.startswith("encoder.final_block.") and not key.startswith("encoder.final_block.0.")
+           for key in encoder_keys):
+        raise UserError(f"sae_path {path}: its encoder has a normalisation layer (LayerNorm / BatchNorm) after the "
+                        f"linear one, which is not a linear SAE encoder; not supported", field="sae_path")
+    if encoder_keys and "encoder.final_block.0.weight" not in state:
+        raise UserError(f"sae_path {path}: a non-linear overcomplete encoder (attention or ResNet: "
+                        f"{', '.join(encoder_keys[:3])}); saevlm takes SAEs with a linear encoder", field="sae_path")
+    if "dictionary._weights" not in state and any(key.startswith("dictionary.") for key in state):
+        raise UserError(f"sae_path {path}: an archetypal dictionary (RelaxedArchetypalDictionary) is built from "
+                        f"data points at run time; not supported", field="sae_path")
+
+
+def _overcomplete_activation(w: SAEWeights, state: dict, path: Path, sae_class: str, k: int | None,
+                             threshold: float | None) -> None:
+    """Set the architecture, k and threshold of an overcomplete class on ``w``."""
     below = torch.tensor(float("-inf"))
     if sae_class in ("TopKSAE", "BatchTopKSAE"):
         if k is None:
@@ -605,11 +621,10 @@ def read_overcomplete(path: Path, sae_class: str | None, k: int | None, threshol
     elif sae_class == "JumpSAE":
         _need(state, ("thresholds",), path, "overcomplete JumpSAE")
         w.arch = "jumprelu"  # kept where relu(pre) >= exp(thresholds) (> 0): pre > the float just below
-        w.threshold = torch.nextafter(torch.exp(state["thresholds"].reshape(f_)), below)
+        w.threshold = torch.nextafter(torch.exp(state["thresholds"].reshape(w.dims[1])), below)
     elif sae_class not in OVERCOMPLETE_CLASSES:
         raise UserError(f"sae_class {sae_class!r}: expected one of {', '.join(OVERCOMPLETE_CLASSES)}",
                         field="sae_class")
-    return w
 
 
 def from_loaded(sae) -> SAEWeights:

@@ -100,13 +100,10 @@ def output_dir_of(args) -> Path:
     return Path(os.path.dirname(args.output_path) or ".")
 
 
-def run(args: SteeringScoreConfig) -> int:
-    from tqdm import tqdm
-
+def _targets(args: SteeringScoreConfig):
+    """(the neurons scored, their top images [N, k], the CLIP image-embedding store)."""
     from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images_for
-    from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.options import load_models
 
     top_f = Path(args.top_images)
     if not top_f.is_file():
@@ -119,6 +116,56 @@ def run(args: SteeringScoreConfig) -> int:
     bad = [n for n in neurons if not 0 <= n < len(top)]
     if bad:
         raise UserError(f"--neuron_list {bad[0]}: out of range (top images for {len(top)} neurons)")
+    return neurons, top, store
+
+
+def _answers(args: SteeringScoreConfig, mllm, sae, layer: int, neurons: list[int], resized: list
+             ) -> list[tuple[int, str, str, str]]:
+    """(neuron, image, answer, whole decoded sequence) for every neuron and image: steered with the
+    neuron clamped to --alpha, or the plain answers (asked once per image)."""
+    from tqdm import tqdm
+
+    from saevlm.steering.intervention import sae_intervention
+
+    labels: list[tuple[int, str, str, str]] = []
+    with tqdm(total=len(neurons) * len(resized) if args.steer else len(resized), unit="answer",
+              file=sys.stderr, dynamic_ncols=True, desc="steering-score") as bar:
+        if not args.steer:
+            answers = {}
+            for name, im in resized:
+                answers[name] = mllm.generate(args.prompt, im, args.max_new_tokens)
+                bar.update(1)
+            return [(n, name, *answers[name]) for n in neurons for name, _ in resized]
+        for n in neurons:
+            with sae_intervention(mllm, sae, layer, {n: args.alpha}, args.mode, args.zero_others):
+                for name, im in resized:
+                    labels.append((n, name, *mllm.generate(args.prompt, im, args.max_new_tokens)))
+                    bar.update(1)
+    return labels
+
+
+def _csv_text(header: list, rows) -> str:
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _mean_and_std(authors: bool, sims: np.ndarray, per_neuron: dict) -> tuple[float, float, str]:
+    if authors:  # torch.std over all (neuron, image) pairs: unbiased
+        return (float(sims.mean()), float(sims.std(ddof=1)) if len(sims) > 1 else float("nan"),
+                "all (neuron, image) pairs, unbiased")
+    vals = np.array(list(per_neuron.values()))
+    return float(vals.mean()), float(vals.std()), "per-neuron means, ddof 0"
+
+
+def run(args: SteeringScoreConfig) -> int:
+    from saevlm.data.atomic import atomic_write_text, file_checksum
+    from saevlm.report.paper import STEERING
+    from saevlm.steering.options import load_models
+
+    neurons, top, store = _targets(args)
     images = list_images(args.images, field="images")
     authors = args.protocol == "authors"
     mllm, sae, layer = load_models(args)
@@ -127,23 +174,9 @@ def run(args: SteeringScoreConfig) -> int:
     target_unit = target / np.linalg.norm(target, axis=1, keepdims=True)
     out = output_dir_of(args)
     out.mkdir(parents=True, exist_ok=True)
-    labels: list[tuple[int, str, str, str]] = []  # neuron, image, answer, whole decoded sequence
     size = mllm.image_size
     resized = [(name, im.resize((size, size)) if name in ("white", "black") else im) for name, im in images]
-    with tqdm(total=len(neurons) * len(images) if args.steer else len(images), unit="answer",
-              file=sys.stderr, dynamic_ncols=True, desc="steering-score") as bar:
-        if not args.steer:
-            answers = {}
-            for name, im in resized:
-                answers[name] = mllm.generate(args.prompt, im, args.max_new_tokens)
-                bar.update(1)
-            labels = [(n, name, *answers[name]) for n in neurons for name, _ in resized]
-        else:
-            for n in neurons:
-                with sae_intervention(mllm, sae, layer, {n: args.alpha}, args.mode, args.zero_others):
-                    for name, im in resized:
-                        labels.append((n, name, *mllm.generate(args.prompt, im, args.max_new_tokens)))
-                        bar.update(1)
+    labels = _answers(args, mllm, sae, layer, neurons, resized)
     # the authors' rule reads LLaVA-1.5's decoded sequence after "ASSISTANT: "; other families'
     # templates have no such marker, so it reads their answer (the new tokens) the same way
     whole = mllm.family.authors_word_rule
@@ -153,27 +186,12 @@ def run(args: SteeringScoreConfig) -> int:
     text = dict(zip(vocab, clip.text(vocab if authors else [w or "nothing" for w in vocab])))
     index = {n: i for i, n in enumerate(neurons)}
     sims = np.array([float(text[w] @ target_unit[index[n]]) for (n, _, _, _), w in zip(labels, words)])
-    from saevlm.data.atomic import atomic_write_text
-
-    def csv_text(header: list, rows) -> str:
-        buf = io.StringIO(newline="")
-        w = csv.writer(buf)
-        w.writerow(header)
-        w.writerows(rows)
-        return buf.getvalue()
-    atomic_write_text(out / A.STEERING_LABELS_CSV, csv_text(["neuron", "image", "answer", "word", "similarity"], (
+    atomic_write_text(out / A.STEERING_LABELS_CSV, _csv_text(["neuron", "image", "answer", "word", "similarity"], (
         [n, name, answer, word, f"{s:.6f}"] for (n, name, answer, _), word, s in zip(labels, words, sims))))
     per_neuron = {n: float(np.mean(sims[[i for i, lab in enumerate(labels) if lab[0] == n]])) for n in neurons}
-    atomic_write_text(out / A.STEERING_SCORES_CSV, csv_text(["neuron", "score"],
-                                                   ([n, f"{s:.6f}"] for n, s in per_neuron.items())))
-    vals = np.array(list(per_neuron.values()))
-    if authors:  # torch.std over all (neuron, image) pairs: unbiased
-        mean, std, std_over = float(sims.mean()), float(sims.std(ddof=1)) if len(sims) > 1 else float("nan"), \
-            "all (neuron, image) pairs, unbiased"
-    else:
-        mean, std, std_over = float(vals.mean()), float(vals.std()), "per-neuron means, ddof 0"
-    from saevlm.data.atomic import file_checksum
-    from saevlm.report.paper import STEERING
+    atomic_write_text(out / A.STEERING_SCORES_CSV, _csv_text(["neuron", "score"],
+                                                             ([n, f"{s:.6f}"] for n, s in per_neuron.items())))
+    mean, std, std_over = _mean_and_std(authors, sims, per_neuron)
     summary = {"kind": "steering_score", "protocol": args.protocol, "mean": mean, "std": std,
                "std_over": std_over, "neurons": len(neurons), "images": len(images), "steered": args.steer,
                "alpha": args.alpha if args.steer else None, "layer": layer, "mode": args.mode,
