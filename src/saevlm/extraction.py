@@ -8,6 +8,7 @@ fall on batch boundaries, so a resumed store is byte-identical to an uninterrupt
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,25 +237,36 @@ def _store_kind(point, plan) -> str:
     return "codes"
 
 
+def _run_option_default(name: str):
+    """A run setting's default, written once: the ImageRunOptions flag's."""
+    return next(f.default for f in dataclasses.fields(ImageRunOptions) if f.name == name)
+
+
+# the settings that are ImageRunOptions flags of the same name (copied by ExtractionSettings.from_config)
+_SHARED_RUN_OPTIONS = ("batch_size", "num_workers", "autocast", "skip_bad_images", "shard_rows", "overwrite",
+                       "take_every", "max_images", "allow_nonfinite")
+
+
 @dataclass(frozen=True)
 class ExtractionSettings:
     """How ``extract`` / ``embed`` write their stores: the run settings, typed (build it in
     Python, or from a command's config with :meth:`from_config`). What is read (model, images, hook
-    points, token selection) is passed to :func:`extract_stores` beside it."""
+    points, token selection) is passed to :func:`extract_stores` beside it. The settings that are
+    flags take their defaults from the flags (:class:`ImageRunOptions`)."""
 
     kind: str = "activations"  # activations | embeddings (codes: pass an SAE)
-    batch_size: int = 64
-    num_workers: int = 4
+    batch_size: int = _run_option_default("batch_size")
+    num_workers: int = _run_option_default("num_workers")
     store_dtype: str = "float32"
-    autocast: str = "none"
-    skip_bad_images: bool = False
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    overwrite: bool = False
+    autocast: str = _run_option_default("autocast")
+    skip_bad_images: bool = _run_option_default("skip_bad_images")
+    shard_rows: int = _run_option_default("shard_rows")
+    overwrite: bool = _run_option_default("overwrite")
     progress: bool = True
-    take_every: int = 1
-    max_images: int | None = None
+    take_every: int = _run_option_default("take_every")
+    max_images: int | None = _run_option_default("max_images")
     allow_mismatch: bool = False
-    allow_nonfinite: bool = False
+    allow_nonfinite: bool = _run_option_default("allow_nonfinite")
     top_k: int | None = None  # with an SAE and mean-pooled tokens: a top-images store of the k best images
 
     def __post_init__(self) -> None:
@@ -265,11 +277,9 @@ class ExtractionSettings:
 
     @classmethod
     def from_config(cls, args: "ImageRunOptions", kind: str, store_dtype: str) -> "ExtractionSettings":
-        return cls(kind=kind, batch_size=args.batch_size, num_workers=args.num_workers, store_dtype=store_dtype,
-                   autocast=args.autocast, skip_bad_images=args.skip_bad_images, shard_rows=args.shard_rows,
-                   overwrite=args.overwrite, progress=not args.no_progress, take_every=args.take_every,
-                   max_images=args.max_images, allow_mismatch=getattr(args, "allow_mismatch", False),
-                   allow_nonfinite=args.allow_nonfinite, top_k=getattr(args, "top_k", None))
+        return cls(kind=kind, store_dtype=store_dtype, progress=not args.no_progress,
+                   allow_mismatch=getattr(args, "allow_mismatch", False), top_k=getattr(args, "top_k", None),
+                   **{name: getattr(args, name) for name in _SHARED_RUN_OPTIONS})
 
 
 @dataclass

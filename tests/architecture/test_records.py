@@ -77,7 +77,7 @@ def test_every_result_record_has_its_file_name_in_the_catalog():
     """Each record of a whole JSON result is what ``record_for`` reads its catalog name with, so
     the read-back check above reaches it; the nested ones (a latent, a group, a pair) are not files."""
     nested = {A.MSUncertainty, A.LatentName, A.ConceptFMS, A.HierarchyGroup, A.StabilitySAE, A.StabilityPair,
-              A.TrainerEntry, A.StoreHead, A.SourceStamp}
+              A.TrainerEntry, A.SourceStamp}
     records = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record) and c is not A.Record}
     names = {A.MS_JSON, A.NAMES, A.STEERING_SCORE, A.SIMILARITY_BASELINE, A.FMS_JSON, A.RUN_JSON, A.EVAL_JSON,
              A.STABILITY, A.CLASSES, A.hierarchy_json(16), A.uniqueness_json(16), A.top_images_json(16),

@@ -251,25 +251,6 @@ def _plain(v: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class StoreHead(Record):
-    """The first keys of a store's ``manifest.json``: what a scan of a run needs (which kind of
-    store, finished or not, which version), without reading its shard list into objects (the
-    full schema is :class:`saevlm.data.manifest.Manifest`)."""
-
-    KIND: ClassVar[str] = "store manifest"
-    REQUIRED: ClassVar[tuple[str, ...]] = ("format",)
-    format: str = ""
-    complete: bool = False
-    finished: str | None = None
-    content_sha256: str | None = None
-    write_id: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    CODES: ClassVar[str] = "saevlm-codes"
-    TOP_IMAGES: ClassVar[str] = "saevlm-top-images"
-
-
-@dataclass(frozen=True)
 class SourceStamp(Record):
     """Which version of which store a result was computed from: every derived result records it
     (``source`` in ``top_images_<k>.json``, ``names.json``, ``fms.json``, ``hierarchy_<k>.json``,
@@ -301,9 +282,8 @@ class SourceStamp(Record):
     def of(cls, store) -> SourceStamp:
         """The stamp of ``store`` (any store: activations, codes, top images) as it is now."""
         m, prov = store.manifest, store.provenance
-        get = m.get if isinstance(m, dict) else lambda key: getattr(m, key, None)  # a top-images store's is a dict
-        return cls(format=get("format"), write_id=get("write_id"), finished=get("finished"),
-                   content_sha256=get("content_sha256"), image_ids_sha256=get("image_ids_sha256"),
+        return cls(format=m.format, write_id=m.write_id, finished=m.finished,
+                   content_sha256=m.content_sha256, image_ids_sha256=m.image_ids_sha256,
                    num_rows=int(store.num_rows), num_neurons=int(store.num_neurons),
                    sae=prov.sae.path if prov.sae is not None else None, path=str(Path(store.path).resolve()),
                    model=prov.model.source if prov.model is not None else None)

@@ -32,3 +32,18 @@ def open_any_store(path, field: str = "activations_dir", *, allow_top_images: bo
         return TopImagesStore(path, field=field)
     cls = CodeStore if fmt == CODES_FORMAT else ActivationStore
     return cls(path, field=field, allow_incomplete=allow_incomplete, allow_nonfinite=allow_nonfinite)
+
+
+def store_manifest(path: Path, field: str = "store"):
+    """The ``manifest.json`` at ``path`` of any kind of store (activations, codes, top images) as
+    the one typed :class:`~saevlm.data.manifest.Manifest`; a UserError naming the file otherwise."""
+    from saevlm.data.codes import CodeStore
+    from saevlm.data.store import ActivationStore, parse_manifest, read_manifest
+    from saevlm.data.topimages import TopImagesStore
+
+    m = read_manifest(path, field)
+    payload_keys = {cls.FORMAT: cls.PAYLOAD_KEYS for cls in (ActivationStore, CodeStore, TopImagesStore)}
+    if m.get("format") not in payload_keys:
+        raise UserError(f"{field} {path}: format {m.get('format')!r} is not a saevlm store's "
+                        f"({', '.join(payload_keys)})", field=field)
+    return parse_manifest(m, path, field, m["format"], payload_keys[m["format"]])

@@ -129,6 +129,7 @@ def parse_manifest(m: dict, path: Path, field: str, fmt: str, payload_keys: Sequ
     return Manifest.from_json(m, path, field, fmt, payload_keys, STORAGE_DTYPE_NAMES)
 
 
+
 # ----------------------------------------------------------------------------- reader
 @dataclass(frozen=True)
 class ShardInfo:

@@ -11,7 +11,6 @@ top-k lists are merged into the files above."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,39 +54,54 @@ def top_images_files(k: int) -> list[str]:
     return [A.top_images_npy(k), A.top_images_values_npy(k), A.top_images_kth_npy(k)]
 
 
+def latent_value_row_order(latents: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The order of saevlm's top-k lists, written once: entries (latent, value, row) by latent, then
+    value descending, then lower row first. ``top-images`` on a code store, the merge of shards'
+    lists and the explorer's per-latent columns take it; :class:`saevlm.sae.pooled.RunningTopK`
+    keeps the same order on the device for dense blocks."""
+    return np.lexsort((rows, -np.asarray(values, dtype=np.float64), latents))
+
+
 def merge_top_k(rows_list: list[np.ndarray], values_list: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best of several top-k lists, per column: (rows [k, K], values [k, K]) ordered by value
-    descending, then lower row first (the order of ``RunningTopK`` and ``top-images``), so merging
-    the shards' lists gives exactly the top-k of the whole stream. Empty places: row -1, -inf."""
+    """The k best of several top-k lists, per column: (rows [k, K], values [k, K]) in the order of
+    :func:`latent_value_row_order`, so merging the shards' lists gives exactly the top-k of the
+    whole stream. Empty places: row -1, -inf (they sort last)."""
     rows = np.concatenate(rows_list, axis=0)
     values = np.concatenate(values_list, axis=0).astype(np.float32)
-    # lexsort: the last key is the primary one; -1 rows (empty places) carry -inf and sort last
-    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -values.astype(np.float64)), axis=0)[:k]
-    return np.take_along_axis(rows, order, 0), np.take_along_axis(values, order, 0)
+    m, num_columns = rows.shape
+    latents = np.broadcast_to(np.arange(num_columns), rows.shape).T.ravel()
+    rows_t, values_t = rows.T.ravel(), values.T.ravel()
+    order = latent_value_row_order(latents, values_t, np.where(rows_t < 0, np.iinfo(np.int64).max, rows_t))
+    best = order.reshape(num_columns, m)[:, :k]  # each column has m entries, in its own block
+    return rows_t[best].T, values_t[best].T
 
 
 class TopImagesStore:
     """Top images per latent, no codes. Enough for ``visualize``, ``hierarchy``, ``uniqueness``
     and ``steering-score``."""
 
+    FORMAT = TOP_IMAGES_FORMAT
+    PAYLOAD_KEYS = ("file", "top_rows_file")  # each shard's top values, and their rows
+
     def __init__(self, path, field: str = "activations_dir"):
+        from saevlm.data.store import parse_manifest, read_manifest
+
         self.path = Path(path)
-        try:
-            self.manifest = json.loads((self.path / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{field} {self.path}: unreadable manifest.json ({e})", field=field) from None
-        if not isinstance(self.manifest, dict) or self.manifest.get("format") != TOP_IMAGES_FORMAT:
+        f = self.path / A.MANIFEST
+        raw = read_manifest(f, field)
+        if raw.get("format") != TOP_IMAGES_FORMAT:
             raise UserError(f"{field} {self.path}: not a top-images store", field=field)
-        if not self.manifest.get("complete"):
+        self.manifest = parse_manifest(raw, f, field, self.FORMAT, self.PAYLOAD_KEYS)  # the one schema of every store
+        if not self.manifest.complete:
             raise UserError(f"{field} {self.path}: the extraction that writes it has not finished; "
                             f"rerun the same extract command to resume it", field=field)
-        try:
-            self.dim = int(self.manifest["dim"])
-            self.num_rows = int(self.manifest["num_images"])
-            self.k = int(self.manifest["k"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{field} {self.path}/manifest.json: damaged ({type(e).__name__}: {e}); rerun "
-                            f"the extract command with --overwrite", field=field) from None
+        self.dim = self.manifest.dim
+        self.num_rows = self.manifest.num_images if self.manifest.num_images is not None else self.manifest.num_rows
+        k = self.manifest.extra.get("k")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UserError(f"{field} {self.path}/manifest.json: damaged (k is {k!r}); rerun the extract command "
+                            f"with --overwrite", field=field)
+        self.k = k
 
     @property
     def dict_size(self) -> int:
@@ -99,13 +113,7 @@ class TopImagesStore:
 
     @property
     def provenance(self) -> Provenance:
-        from saevlm.data.manifest import ManifestError, Provenance
-
-        try:
-            return Provenance.from_json(self.manifest.get("provenance"))
-        except ManifestError as e:
-            raise UserError(f"{self.path}/manifest.json: damaged ({e}); rerun the extract command with "
-                            f"--overwrite") from None
+        return self.manifest.provenance
 
     def image_ids(self) -> np.ndarray:
         return np.load(self.path / A.IMAGE_IDS)
@@ -113,7 +121,7 @@ class TopImagesStore:
     @property
     def file_checksums(self) -> dict:
         """{file: {bytes, crc32}} of the store's files (sealed with the manifest)."""
-        return dict(self.manifest.get("file_checksums") or {})
+        return {name: dict(c) for name, c in self.manifest.file_checksums.items()}
 
     @property
     def dataset_files(self):
@@ -122,7 +130,7 @@ class TopImagesStore:
 
         from saevlm.metrics.results import store_schema
 
-        return DatasetFiles(self.path, self.manifest.get("files"), self.file_checksums, store_schema(self),
+        return DatasetFiles(self.path, dict(self.manifest.files), self.file_checksums, store_schema(self),
                             self.provenance.dataset.num_images_in_split, "activations_dir")
 
     def labels(self) -> np.ndarray | None:

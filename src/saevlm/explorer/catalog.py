@@ -87,6 +87,11 @@ class RunIndex:
     def _scan(self) -> tuple[list[Path], list[Path], list[tuple[str, int, int]]]:
         """(complete SAE store folders, steering_score.json files, (result file, mtime, size)) under
         the run, skipping hidden folders (the explorer's own cache among them)."""
+        from saevlm.data.codes import CODES_FORMAT
+        from saevlm.data.open import store_manifest
+        from saevlm.data.topimages import TOP_IMAGES_FORMAT
+        from saevlm.errors import UserError
+
         stores, steering, results = [], [], []
         for root, dirs, files in os.walk(self.run_dir):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -104,10 +109,10 @@ class RunIndex:
                     steering.append(f)
             if A.MANIFEST in files:
                 try:
-                    head = A.StoreHead.from_file(here / A.MANIFEST)
-                except A.ResultError:
+                    head = store_manifest(here / A.MANIFEST)
+                except UserError:
                     continue
-                if head.format in (A.StoreHead.CODES, A.StoreHead.TOP_IMAGES) and head.complete:
+                if head.format in (CODES_FORMAT, TOP_IMAGES_FORMAT) and head.complete:
                     stores.append(here)
         return sorted(stores), sorted(steering), sorted(results)
 

@@ -218,7 +218,9 @@ class SAEView:
         return out
 
     def _stats_key(self) -> str:
-        head = A.StoreHead.from_file(self.path / A.MANIFEST)
+        from saevlm.data.open import store_manifest
+
+        head = store_manifest(self.path / A.MANIFEST)
         ident = json.dumps([str(self.path.resolve()), head.content_sha256, head.finished])
         return hashlib.sha256(ident.encode()).hexdigest()[:16]
 

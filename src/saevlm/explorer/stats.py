@@ -131,7 +131,9 @@ def latent_columns(store, num_latents: int) -> dict[str, np.ndarray]:
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     v = np.concatenate(vals) if vals else np.zeros(0, np.float32)
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    order = np.lexsort((r, -v, c))
+    from saevlm.data.topimages import latent_value_row_order
+
+    order = latent_value_row_order(c, v, r)
     indptr = np.zeros(num_latents + 1, np.int64)
     np.cumsum(np.bincount(c, minlength=num_latents), out=indptr[1:])
     return {"indptr": indptr, "values": v[order], "rows": r[order].astype(np.int64)}

@@ -155,9 +155,8 @@ def files_reason(directory, recorded: dict | None, names) -> str | None:
 
 
 def store_schema(store) -> int:
-    """The schema version of a store's manifest (typed or a raw dict)."""
-    m = store.manifest  # a top-images store's is its raw JSON
-    v = m["schema_version"] if isinstance(m, dict) and "schema_version" in m else getattr(m, "schema_version", None)
+    """The schema version of a store's manifest."""
+    v = store.manifest.schema_version
     return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from saevlm.commandline import CommandConfig, DeviceOption, OutputOption, ProgressOption, opt
 from saevlm.config import paper_default
+from saevlm.data.topimages import latent_value_row_order
 from saevlm.data.topimages import load_top_images, load_top_images_for  # noqa: F401 (re-exported)
 from saevlm.errors import UserError
 
@@ -54,7 +55,7 @@ def top_k_csr(csr_chunks, num_neurons: int, num_rows: int, k: int) -> tuple[np.n
         n = np.concatenate([run_n, np.asarray(ch.indices, dtype=np.int64)[keep]])
         v = np.concatenate([run_v, vals[keep]])
         r = np.concatenate([run_r, ch.row_ids()[keep] + ch.start])
-        order = np.lexsort((r, -v, n))  # by neuron, then value desc, then row asc
+        order = latent_value_row_order(n, v, r)  # by neuron, then value desc, then row asc
         n, v, r = n[order], v[order], r[order]
         first = np.searchsorted(n, n, side="left")
         rank = np.arange(len(n)) - first

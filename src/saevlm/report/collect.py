@@ -16,6 +16,7 @@ from pathlib import Path
 from saevlm.data import artifacts as A
 from saevlm.data.artifacts import EvalResult, MSSummary, Record, ResultError, TrainRun
 from saevlm.data.manifest import ManifestError, Provenance, display_name
+from saevlm.errors import UserError
 
 
 @dataclass
@@ -139,8 +140,14 @@ def read_record(path: Path, kind: type, notes: Notes | None = None):
         return None
 
 
-def finished_at(manifest: dict | None):
-    return A.StoreHead.from_json(manifest).finished if A.StoreHead.matches(manifest) else None
+def finished_at(store: Path) -> str | None:
+    """When the store in the folder ``store`` was finished (None: no store, or a damaged manifest)."""
+    from saevlm.data.open import store_manifest
+
+    try:
+        return store_manifest(store / A.MANIFEST).finished if (store / A.MANIFEST).is_file() else None
+    except UserError:
+        return None
 
 
 def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
@@ -166,7 +173,6 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
             continue
         if notes is not None:
             from saevlm.data.open import open_any_store
-            from saevlm.errors import UserError
             from saevlm.metrics.results import stale_reason
             try:
                 reason = stale_reason(summary.activations_source, open_any_store(store, "store"))
@@ -179,7 +185,7 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
             continue
         sae = prov.sae
         if notes is not None and sae is not None and sae.path:
-            _check_codes_fresh(notes, store, manifest, Path(sae.path))
+            _check_codes_fresh(notes, store, Path(sae.path))
         model = prov.model.label
         emb_model = summary.embeddings_model
         emb_model = display_name(emb_model) if isinstance(emb_model, str) else emb_model
@@ -193,12 +199,12 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
     return out
 
 
-def _check_codes_fresh(notes: Notes, store: Path, manifest: dict, sae_path: Path) -> None:
+def _check_codes_fresh(notes: Notes, store: Path, sae_path: Path) -> None:
     """Codes encoded before their SAE checkpoint last changed are stale (the SAE was retrained)."""
     import datetime as dt
 
     ckpt = sae_path / "ae.pt" if sae_path.is_dir() else sae_path
-    finished = finished_at(manifest)
+    finished = finished_at(store)
     if not ckpt.is_file() or not finished:
         return
     written = dt.datetime.fromtimestamp(ckpt.stat().st_mtime, dt.timezone.utc)
@@ -256,7 +262,6 @@ def _warn_if_stale(f: Path, source: A.SourceStamp | None, notes: Notes | None) -
     """A result that records ``source`` (the stamp of the store it came from) but whose store, the
     folder holding it (or its parent, for fms/), was re-written since: a warning naming both."""
     from saevlm.data.open import open_any_store
-    from saevlm.errors import UserError
     from saevlm.metrics.results import stale_reason
 
     if notes is None or not isinstance(source, A.SourceStamp):
@@ -278,9 +283,8 @@ def collect_fms(run_dir: Path, notes: Notes) -> list[ResultFile]:
         rec: A.FMSResult = r.record
         store = r.path.parent.parent if (r.path.parent.parent / A.MANIFEST).is_file() else \
             Path(rec.activations_dir or r.path.parent.parent)
-        manifest = read_json(store / A.MANIFEST) if (store / A.MANIFEST).is_file() else None
-        if manifest is not None and rec.codes_finished and rec.source is None and \
-                rec.codes_finished != finished_at(manifest):
+        finished = finished_at(store)
+        if finished is not None and rec.codes_finished and rec.source is None and rec.codes_finished != finished:
             notes.warn(f"{r.path}: stale, computed before {store} was rewritten; rerun saevlm fms")
         if rec.ms_source and not Path(rec.ms_source).is_file():
             notes.warn(f"{r.path}: the MS it records ({rec.ms_source}) is gone")
@@ -297,15 +301,18 @@ def collect_steering(run_dir: Path, notes: Notes) -> list[ResultFile]:
 
 def collect_unscored(run_dir: Path) -> list[Path]:
     """Complete SAE code stores with no ``ms*/ms.json`` beside them (listed, never dropped)."""
+    from saevlm.data.codes import CODES_FORMAT
+    from saevlm.data.open import store_manifest
+
     out = []
     for m in sorted(run_dir.rglob(A.MANIFEST)):
         if A.EXPLORER_CACHE in m.parts:
             continue
         try:
-            head = A.StoreHead.from_file(m)
-        except ResultError:
+            head = store_manifest(m)
+        except UserError:
             continue
-        if head.format == A.StoreHead.CODES and head.complete \
+        if head.format == CODES_FORMAT and head.complete \
                 and not any(m.parent.glob(f"{A.MS_PREFIX}*/{A.MS_JSON}")):
             out.append(m.parent)
     return out

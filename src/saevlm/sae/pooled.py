@@ -50,6 +50,24 @@ def mean_codes(acts_btd, encode_rows, rows_per_forward: int = 4096, valid_bt=Non
     return sums / t if counts is None else sums / counts.to(sums.device)[:, None]
 
 
+def block_top_k(a, kk: int):
+    """The kk largest values of each column of ``a`` [n, K] with their rows, ties at the kk-th
+    value going to the lower rows (``torch.topk`` alone picks any of them), in O(n K): the k-th
+    value per column, every entry above it, and the first tied ones in row order."""
+    import torch
+
+    kth = torch.topk(a, kk, dim=0, sorted=True).values[-1]
+    above = a > kth
+    tied = a == kth
+    need = kk - above.sum(dim=0)  # >= 1: the k-th value itself is tied with itself
+    chosen = above | (tied & (torch.cumsum(tied, dim=0) <= need))
+    n = a.shape[0]
+    # exactly kk chosen per column; their keys n - row are distinct and positive, the others 0
+    key = torch.where(chosen, n - torch.arange(n, device=a.device)[:, None], 0)
+    rows = n - torch.topk(key, kk, dim=0).values
+    return a.gather(0, rows), rows
+
+
 class RunningTopK:
     """The k largest values per column over a stream of row blocks, with their row ids.
 
@@ -67,8 +85,7 @@ class RunningTopK:
         import torch
 
         a = torch.as_tensor(block_nk, dtype=torch.float32, device=self.values.device)
-        kk = min(self.k, len(a))
-        v, r = torch.topk(a, kk, dim=0, sorted=True)
+        v, r = block_top_k(a, min(self.k, len(a)))
         cand_v = torch.cat([self.values, v])
         cand_r = torch.cat([self.rows, r + start_row])
         # order by (value desc, row asc): sort by row, then a stable sort by value
