@@ -49,7 +49,7 @@ def make_run(run: Path, rows: int, latents: int, k: int, dim: int = 1024, seed: 
     import torch
 
     from saevlm.data.atomic import atomic_save_npy
-    from saevlm.data.codes import CodeStoreWriter
+    from saevlm.data.codes import CodeStoreWriter, CSRParts
 
     rng = np.random.default_rng(seed)
     groups = [latents // 8, latents // 8, latents // 4, latents // 2]
@@ -74,7 +74,7 @@ def make_run(run: Path, rows: int, latents: int, k: int, dim: int = 1024, seed: 
     cols = np.sort(np.stack([rng.choice(latents, k, replace=False) for _ in range(rows)]), axis=1)
     indptr = np.arange(0, rows * k + 1, k, dtype=np.int64)
     vals = rng.exponential(1.0, size=rows * k).astype(np.float32)
-    w.write_shard_codes(0, [(indptr, cols.reshape(-1).astype(np.int32), vals)],
+    w.write_shard(0, CSRParts([(indptr, cols.reshape(-1).astype(np.int32), vals)]),
                         np.stack([np.arange(rows), -np.ones(rows, dtype=np.int64)], 1), 0, rows,
                         images_n2=np.stack([np.arange(rows), np.arange(rows) + 1], 1))
     w.finalize()

@@ -92,7 +92,7 @@ def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[P
     emb.finalize()
     # the code store, through the package's own writer (a hand-written manifest goes stale when
     # the format grows)
-    from saevlm.data.codes import CodeStoreWriter
+    from saevlm.data.codes import CodeStoreWriter, CSRParts
 
     codes = tmp / "codes"
     per = 16384
@@ -104,8 +104,8 @@ def write_full_size(tmp: Path, n=50_000, latents=65_536, k=20, d=768) -> tuple[P
         idx = np.concatenate([np.sort(np.argpartition(-(logp + rng.gumbel(size=(min(1000, b - r), latents))), k,
                                                       axis=1)[:, :k], axis=1)
                               for r in range(a, b, 1000)])
-        w.write_shard_codes(i, [(np.arange(0, (b - a) * k + 1, k, dtype=np.int64), idx.reshape(-1).astype(np.int32),
-                                 rng.exponential(1.0, (b - a) * k).astype(np.float32))],
+        w.write_shard(i, CSRParts([(np.arange(0, (b - a) * k + 1, k, dtype=np.int64), idx.reshape(-1).astype(np.int32),
+                                 rng.exponential(1.0, (b - a) * k).astype(np.float32))]),
                             np.stack([np.arange(a, b), -np.ones(b - a, np.int64)], 1), a, b - a)
     w.finalize()
     return codes, tmp / "emb"

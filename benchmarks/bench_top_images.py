@@ -69,7 +69,6 @@ def main() -> None:
         for t in range(10):
             if jac > t / 10:
                 counts[t] += 1
-    above0 = counts[0]
     t_u_naive = time.perf_counter() - t0
     t0 = time.perf_counter()
     s_full = uniqueness_stats(tops)

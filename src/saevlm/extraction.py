@@ -72,7 +72,9 @@ class ImageRunOptions(DeviceOption, ProgressOption):
 class _StoreShard:
     """A store being written, and what its current shard has gathered so far. One subclass per
     store kind (``_SHARD_OF_KIND``), each with the same two methods: ``add`` one batch's captured
-    activations, ``write`` the finished shard through the store's writer (and start the next)."""
+    activations, and ``payload``, the finished shard as its writer takes it; ``write`` hands it to
+    the writer's ``write_shard`` (every store writer's one interface, with ``finalize``) and starts
+    the next shard."""
 
     point: object
     writer: object
@@ -84,8 +86,13 @@ class _StoreShard:
     def add(self, acts, good: list, valid) -> None:
         raise NotImplementedError
 
-    def write(self, idx: int, first: int, count: int, images_n2) -> None:
+    def payload(self):
+        """The shard's data as this kind's writer takes it (and forget it)."""
         raise NotImplementedError
+
+    def write(self, idx: int, first: int, count: int, images_n2) -> None:
+        self.writer.write_shard(idx, self.payload(), self._rows_n2(), first, count, self.skipped, images_n2)
+        self.rows, self.skipped = [], []
 
     def _image_rows(self, good: list) -> None:
         import torch
@@ -116,12 +123,12 @@ class _DenseShard(_StoreShard):
         self.acts.append(acts.float().cpu().numpy())
         self.rows.append(rows.numpy())
 
-    def write(self, idx, first, count, images_n2) -> None:
+    def payload(self):
         import numpy as np
 
         acts_nd = np.concatenate(self.acts) if self.acts else np.zeros((0, self.writer.input_dim), np.float32)
-        self.writer.write_shard(idx, acts_nd, self._rows_n2(), first, count, self.skipped, images_n2)
-        self.acts, self.rows, self.skipped = [], [], []
+        self.acts = []
+        return acts_nd
 
 
 @dataclass
@@ -147,9 +154,11 @@ class _PooledCodesShard(_StoreShard):
         self.acts.append(dense_to_csr(self.pooled(acts, valid)))
         self._image_rows(good)
 
-    def write(self, idx, first, count, images_n2) -> None:
-        self.writer.write_shard_codes(idx, self.acts, self._rows_n2(), first, count, self.skipped, images_n2)
-        self.acts, self.rows, self.skipped = [], [], []
+    def payload(self):
+        from saevlm.data.codes import CSRParts
+
+        parts, self.acts = CSRParts(self.acts), []
+        return parts
 
 
 @dataclass
@@ -169,12 +178,9 @@ class _PooledTopKShard(_PooledCodesShard):
         self.top_k.update_rows(np.searchsorted(self.selected, np.asarray(good)), self.pooled(acts, valid))
         self._image_rows(good)
 
-    def write(self, idx, first, count, images_n2) -> None:
-        if self.top_k is None:
-            self.top_k = self.new_top_k()
-        self.writer.write_shard_top_k(idx, *self.top_k.partial(), self._rows_n2(), first, count, self.skipped,
-                                      images_n2)
-        self.top_k, self.rows, self.skipped = None, [], []
+    def payload(self):
+        top_k, self.top_k = self.top_k or self.new_top_k(), None
+        return top_k.partial()  # (rows [k, K], values [k, K])
 
 
 # the kind of store a point writes: activations (or embeddings) without an SAE; with one, a code store

@@ -139,10 +139,10 @@ def test_pooled_top_k_store_with_two_ranks_and_resumed_equals_one_process(tiny_c
     # right after recording its second shard (no cleanup runs, as under SIGKILL); a watcher that
     # SIGKILLs on seeing the manifest raced a fast run on a loaded machine and sometimes lost.
     three = tmp_path / "three" / "post_mlp_residual_1_codes"
-    die = ("import os, sys; from saevlm.data.topimages import TopImagesWriter as W; f = W.write_shard_top_k\n"
+    die = ("import os, sys; from saevlm.data.topimages import TopImagesWriter as W; f = W.write_shard\n"
            "def g(self, *a, **k):\n    f(self, *a, **k)\n    g.n = getattr(g, 'n', 0) + 1\n"
            "    if g.n == 2: os._exit(9)\n"
-           "W.write_shard_top_k = g; from saevlm.cli import main; sys.exit(main(sys.argv[1:]))")
+           "W.write_shard = g; from saevlm.cli import main; sys.exit(main(sys.argv[1:]))")
     p = subprocess.run([sys.executable, "-c", die, *map(str, common), "--output_dir", tmp_path / "three"],
                        env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 9, p.stderr[-3000:]

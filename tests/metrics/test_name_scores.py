@@ -34,7 +34,7 @@ def planted(tmp_path_factory):
     """400 images of 4 classes; image embeddings = the class prototype + noise; text embeddings =
     the prototypes. Latents 0-3 fire on every image of class j (monosemantic), latents 4-7 on a
     random quarter of all images (a mixture)."""
-    from saevlm.data.codes import CodeStoreWriter
+    from saevlm.data.codes import CodeStoreWriter, CSRParts
     from saevlm.data.writer import StoreWriter
 
     root = tmp_path_factory.mktemp("planted")
@@ -58,8 +58,8 @@ def planted(tmp_path_factory):
     w = CodeStoreWriter(root / "codes", encode=None, input_dim=D, kind="codes", dim=8, dtype="fp32",
                         images_per_shard=N, num_images=N, provenance=prov, software={})
     nz = codes != 0
-    w.write_shard_codes(0, [(np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64),
-                             np.nonzero(nz)[1].astype(np.int32), codes[nz])], rows, 0, N)
+    w.write_shard(0, CSRParts([(np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64),
+                             np.nonzero(nz)[1].astype(np.int32), codes[nz])]), rows, 0, N)
     w.finalize()
     np.save(root / "protos.npy", protos)
     (root / "vocab.txt").write_text("\n".join(WORDS))

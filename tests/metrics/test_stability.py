@@ -90,7 +90,7 @@ def _save(path, dec_kd, b_enc=None):
 
 
 def _codes(path, active_nk):
-    from saevlm.data.codes import CodeStoreWriter
+    from saevlm.data.codes import CodeStoreWriter, CSRParts
 
     N, K = active_nk.shape
     prov = {"model": {"name": "planted", "source": "planted"}, "hook": {"attachment_point": "x", "layer": -1},
@@ -99,8 +99,8 @@ def _codes(path, active_nk):
     w = CodeStoreWriter(path, encode=None, input_dim=8, kind="codes", dim=K, dtype="fp32", images_per_shard=N,
                         num_images=N, provenance=prov, software={})
     nz = active_nk > 0
-    w.write_shard_codes(0, [(np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64),
-                             np.nonzero(nz)[1].astype(np.int32), active_nk[nz].astype(np.float32))],
+    w.write_shard(0, CSRParts([(np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64),
+                             np.nonzero(nz)[1].astype(np.int32), active_nk[nz].astype(np.float32))]),
                         np.stack([np.arange(N), -np.ones(N, np.int64)], 1), 0, N)
     w.finalize()
     return path

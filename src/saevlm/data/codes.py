@@ -59,6 +59,12 @@ def dense_to_csr(codes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return indptr, cols.cpu().numpy().astype(np.int32), values
 
 
+class CSRParts(list):
+    """A shard of codes already in CSR form: (indptr, indices, values) triples from
+    :func:`dense_to_csr`, in row order (what :meth:`CodeStoreWriter.write_shard` takes besides
+    dense activations)."""
+
+
 class CodeStoreWriter(StoreWriter):
     """A StoreWriter whose shards are SAE codes: dense activations in, CSR out.
 
@@ -74,15 +80,17 @@ class CodeStoreWriter(StoreWriter):
         self.encode_rows = encode_rows
         super().__init__(path, **kwargs)
 
-    def write_shard_codes(self, index: int, parts: list, rows_n2: np.ndarray, first_image: int,
-                          num_images: int, skipped=(), images_n2: np.ndarray | None = None) -> None:
-        """Write a shard of codes computed elsewhere (``parts``: CSR triples from
-        :func:`dense_to_csr`, in row order), e.g. SAE codes mean-pooled over tokens."""
-        self._precomputed = parts
+    def write_shard(self, index: int, payload, rows_n2: np.ndarray, first_image: int, num_images: int,
+                    skipped=(), images_n2: np.ndarray | None = None) -> None:
+        """Write shard ``index``: ``payload`` is dense activations [n, d] that the SAE encodes here,
+        or :class:`CSRParts`, codes computed elsewhere (e.g. mean-pooled over tokens)."""
+        if not isinstance(payload, CSRParts):
+            return super().write_shard(index, payload, rows_n2, first_image, num_images, skipped, images_n2)
+        self._precomputed = payload
         try:
-            # a zero-stride placeholder of the right shape: write_shard checks shapes only
+            # a zero-stride placeholder of the right shape: the base class checks shapes only
             placeholder = np.broadcast_to(np.float32(0), (len(rows_n2), self.input_dim))
-            self.write_shard(index, placeholder, rows_n2, first_image, num_images, skipped, images_n2)
+            super().write_shard(index, placeholder, rows_n2, first_image, num_images, skipped, images_n2)
         finally:
             self._precomputed = None
 

@@ -252,12 +252,14 @@ class TopImagesWriter(StoreWriter):
                          extra_files={**(common.pop("extra_files", None) or {}), A.IMAGE_IDS: self.selected},
                          **common)
 
-    def write_shard_top_k(self, index: int, top_rows_kK: np.ndarray, top_values_kK: np.ndarray, rows_n2: np.ndarray,
-                          first_image: int, num_images: int, skipped=(), images_n2: np.ndarray | None = None) -> None:
-        """Shard ``index``'s top-k (rows are positions in the selected images, -1 where the shard
-        had fewer than k images), with the shard's row index and image hashes as any store."""
+    def write_shard(self, index: int, payload: tuple[np.ndarray, np.ndarray], rows_n2: np.ndarray,
+                    first_image: int, num_images: int, skipped=(), images_n2: np.ndarray | None = None) -> None:
+        """Shard ``index``'s top-k, ``payload`` = (rows [k, K], values [k, K]) (rows are positions in
+        the selected images, -1 where the shard had fewer than k images), with the shard's row index
+        and image hashes as any store."""
         from saevlm.data.atomic import atomic_save_npy
 
+        top_rows_kK, top_values_kK = payload
         if top_rows_kK.shape != (self.k, self.dim) or top_values_kK.shape != (self.k, self.dim):
             raise RuntimeError(f"shard top-k shape {top_rows_kK.shape}, expected ({self.k}, {self.dim})")
         checksums = {}
