@@ -175,3 +175,49 @@ def test_no_private_argparse():
             if isinstance(node, ast.Attribute) and node.attr in private:
                 offenders.append(f"{f.name}:{node.lineno} .{node.attr}")
     assert not offenders, offenders
+
+
+ROOMS = ("cli", "api", "data", "models", "extraction", "sae", "metrics", "steering", "report", "explorer")
+SHARED = ("saevlm", "errors", "commandline", "config", "device", "threads", "distributed")  # any room may use
+
+
+def _rooms_table() -> list[tuple[str, set[str], set[str]]]:
+    """docs/architecture.md's rooms table: (room, its modules, the rooms its imports column names)."""
+    import re
+
+    from helpers import REPO
+
+    graph = _import_graph()
+    text = (REPO / "docs" / "architecture.md").read_text()
+    table = text[text.index("| room |"):]
+    table = table[:table.index("\n\n")]
+    out = []
+    for row in table.splitlines()[2:]:
+        room, _, imports = row.split("|")[1:4]
+        members = set()
+        for f in re.findall(r"`([\w/]+\.py|\w+/)`", room):
+            name = "saevlm." + (f[:-1] if f.endswith("/") else f[:-3]).replace("/", ".")
+            members |= {m for m in graph if m == name or (f.endswith("/") and m.startswith(name + "."))}
+        named = set(re.findall(r"[a-z_]+", imports)) & set(ROOMS)
+        out.append((room.strip(), members, named))
+    return out
+
+
+def test_the_rooms_table_names_every_import():
+    """Each row's imports column (docs/architecture.md) names exactly the other rooms its modules
+    import, at module level or inside functions (the shared pieces aside); the command modules'
+    row is the rule checked above (library modules only, never another command)."""
+    graph = _import_graph()
+    rows = _rooms_table()
+    assert len(rows) >= 14
+    wrong = []
+    for room, members, named in rows:
+        if room.startswith("command modules"):
+            continue
+        assert members, f"{room}: names no module of the package"
+        used = {t.split(".")[1] for m in members for t in graph[m] if t not in members and "." in t}
+        used -= set(SHARED)
+        named -= {m.split(".")[1] for m in members}  # a room's own name in its text ("import-sae checks ...")
+        if used != named:
+            wrong.append(f"{room}: imports {sorted(used)}, the table says {sorted(named)}")
+    assert not wrong, "\n".join(wrong)
