@@ -161,7 +161,16 @@ def main() -> None:
         same, why = authors_agreement(key) if key != "saevlm" else (28, [])
         rows.append((name, version, imp, helped, same, why))
     err = {}
+    from saevlm.cli import main as saevlm_main
     from saevlm.metrics.top_images import TopImagesConfig
+
+    sink = io.StringIO()
+    with contextlib.redirect_stderr(sink):
+        try:
+            saevlm_main(["top-images", "--activations_dir", "x", "--k", "seven"])
+        except SystemExit:
+            pass
+    err["saevlm (argparse)"] = len([ln for ln in sink.getvalue().splitlines() if ln.strip()])
     for key in ("tyro", "simple_parsing"):
         try:
             parse_with(key, TopImagesConfig, ["--activations_dir", "x", "--k", "seven"])
@@ -172,8 +181,7 @@ def main() -> None:
              "| parser | version | import (s) | `train --help` (s) | authors' 28 invocations, same config | "
              "lines printed for `--k seven` |", "|---|---|---|---|---|---|"]
     for name, version, imp, helped, same, why in rows:
-        lines.append(f"| {name} | {version} | {imp:.3f} | {helped:.3f} | {same}/28 | "
-                     f"{err.get(name, 2) if name != 'saevlm (argparse)' else 2} |")
+        lines.append(f"| {name} | {version} | {imp:.3f} | {helped:.3f} | {same}/28 | {err[name]} |")
     lines.append("")
     for name, *_, why in rows:
         distinct = list(dict.fromkeys(why))
