@@ -121,10 +121,13 @@ def parse_command_line(argv: list[str]):
     """The config a full command line (``["train", "--k", "7", ...]``) runs; argparse's own exit
     on a bad flag."""
     command = next((a for a in argv if a in COMMANDS), None)
-    config = config_path_in(argv)
-    parser, _ = build_parser(only=command or "", given=config_file_values(command, config) if command else None)
+    from_file = config_file_values(command, config_path_in(argv)) if command else {}
+    parser, _ = build_parser(only=command or "", given=from_file)
     ns = vars(parser.parse_args(argv))
-    return command_config(ns.pop("command"), config, _flags_given(ns))
+    if not ns.get("command"):
+        from saevlm.errors import UserError
+        raise UserError(f"no command in {argv!r}; expected one of {', '.join(COMMANDS)}")
+    return config_class(ns["command"])(**{**from_file, **_flags_given(ns)})
 
 
 def _flags_given(ns: dict) -> dict:

@@ -528,7 +528,7 @@ def precheck_output_manifests(store_dirs, field: str, overwrite: bool) -> None:
     if overwrite:
         return
     for d in store_dirs:
-        m = Path(d) / "manifest.json"
+        m = Path(d) / A.MANIFEST
         if not m.is_file():
             continue
         try:

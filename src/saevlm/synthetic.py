@@ -195,14 +195,14 @@ def write_world(p: WorldParams, output_dir: str | Path, overwrite: bool = False,
         indptr = np.concatenate([[0], np.cumsum(np.bincount(nz_rows, minlength=n))]).astype(np.int64)
         atomic_save_npz(out / f"concepts_{split}.npz", indptr=indptr, indices=nz_cols.astype(np.int32),
                         values=z[nz_rows, nz_cols], shape=np.array(z.shape))
-    atomic_save_npy(out / "directions.npy", world["directions"])
-    atomic_write_json(out / "world.json", {
+    atomic_save_npy(out / A.WORLD_DIRECTIONS, world["directions"])
+    atomic_write_json(out / A.WORLD_JSON, {
         "params": params, "world_id": world_id, "num_concepts": tree.num_concepts,
         "concepts": [{"id": i, "name": tree.names[i], "level": int(tree.level[i]),
                       "parent": int(tree.parent[i])} for i in range(tree.num_concepts)],
         "leaves": tree.leaves.tolist(),
         "files": {"train": "train", "val": "val", "embeddings_train": "embeddings_train",
-                  "embeddings_val": "embeddings_val", "directions": "directions.npy",
+                  "embeddings_val": "embeddings_val", "directions": A.WORLD_DIRECTIONS,
                   "concepts_train": "concepts_train.npz", "concepts_val": "concepts_val.npz"}})
     return out
 

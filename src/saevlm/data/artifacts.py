@@ -89,10 +89,20 @@ def uniqueness_json(k: int) -> str:
 # -- training and steering runs
 RUN_JSON = "run.json"
 EVAL_JSON = "eval.json"
+AE_PT = "ae.pt"  # a trainer folder's weights (dictionary_learning's name)
+TRAINER_CONFIG = "config.json"  # ... and its config (dictionary_learning's format)
+RESUME_PT = "resume.pt"  # ... and the state a stopped training resumes from
+STEERING_SUMMARY_OLD = "summary.json"  # what steering-score wrote before steering_score.json
 STEERING_SCORE = "steering_score.json"
 STEERING_SCORES_CSV = "scores.csv"
 STEERING_LABELS_CSV = "labels.csv"
 SIMILARITY_BASELINE = "similarity_baseline.json"
+EVAL_CLASS_NAMES = "class_names.json"  # make-eval-folder: the class of each image of an eval folder
+
+# -- other outputs
+WORLD_JSON = "world.json"  # the synthetic world's description (saevlm synthetic)
+WORLD_DIRECTIONS = "directions.npy"  # ... and its ground-truth concept directions
+FIGURES_INDEX = "index.json"  # visualize: the figures written, in order
 AGREEMENT_GLOB = "agreement*.json"
 
 

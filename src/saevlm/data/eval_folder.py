@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from saevlm.data import artifacts as A
 from saevlm.commandline import CommandConfig, opt
 from saevlm.data.images import load_class_names
 
@@ -63,6 +64,6 @@ def run(args: MakeEvalFolderConfig) -> int:
     names = dict(zip(images.classes, images.class_names or images.classes))
     if args.class_names:
         names.update(load_class_names(args.class_names))
-    atomic_write_json(out / "class_names.json", names)
+    atomic_write_json(out / A.EVAL_CLASS_NAMES, names)
     print(f"wrote {len(first)} images (the first of each class, layout {layout}) to {out}")
     return 0

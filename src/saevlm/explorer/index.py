@@ -556,12 +556,12 @@ class SAEView:
         out = []
         for r in self.steering:
             score, answers = None, []
-            sc = r["dir"] / "scores.csv"
+            sc = r["dir"] / A.STEERING_SCORES_CSV
             if sc.is_file():
                 for row in csv.DictReader(sc.open()):
                     if int(row["neuron"]) == j:
                         score = float(row["score"])
-            lab = r["dir"] / "labels.csv"
+            lab = r["dir"] / A.STEERING_LABELS_CSV
             if lab.is_file():
                 answers = [row for row in csv.DictReader(lab.open()) if int(row["neuron"]) == j]
             if score is not None or answers:

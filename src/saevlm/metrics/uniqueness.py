@@ -105,7 +105,7 @@ def run(args: UniquenessConfig) -> int:
     from saevlm.data.topimages import load_top_images
 
     d = Path(args.activations_dir)
-    store = open_any_store(d, "activations_dir", allow_top_images=True) if (d / "manifest.json").is_file() else None
+    store = open_any_store(d, "activations_dir", allow_top_images=True) if (d / A.MANIFEST).is_file() else None
     top, kth, _ = load_top_images(d, args.k, store)
     out = ensure_writable_dir(args.output_dir or d, "output_dir" if args.output_dir else "activations_dir")
     stats = uniqueness_stats(top, kth, args.keep_near_dead)

@@ -176,6 +176,6 @@ def run(args: VisualizeConfig) -> int:
         path = out / f"neuron_{int(neuron):06d}.png"
         save_grid(images, top[neuron][:16], values[neuron][:16], title, path, size=args.visualization_size)
         written.append(path)
-    atomic_write_json(out / "index.json", [str(p.name) for p in written])
+    atomic_write_json(out / A.FIGURES_INDEX, [str(p.name) for p in written])
     print(f"wrote {len(written)} figure(s) to {out}")
     return 0

@@ -203,7 +203,7 @@ def _check_codes_fresh(notes: Notes, store: Path, sae_path: Path) -> None:
     """Codes encoded before their SAE checkpoint last changed are stale (the SAE was retrained)."""
     import datetime as dt
 
-    ckpt = sae_path / "ae.pt" if sae_path.is_dir() else sae_path
+    ckpt = sae_path / A.AE_PT if sae_path.is_dir() else sae_path
     finished = finished_at(store)
     if not ckpt.is_file() or not finished:
         return
@@ -295,7 +295,7 @@ def collect_steering(run_dir: Path, notes: Notes) -> list[ResultFile]:
     """``steering_score.json`` (and ``summary.json`` of older saevlm versions, recognised by
     their ``steered`` key)."""
     found = _results(run_dir, A.STEERING_SCORE, A.SteeringScore, notes) + \
-        _results(run_dir, "summary.json", A.SteeringScore, notes)
+        _results(run_dir, A.STEERING_SUMMARY_OLD, A.SteeringScore, notes)
     return sorted(found, key=lambda r: str(r.path))
 
 

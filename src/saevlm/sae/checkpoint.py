@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saevlm.data import artifacts as A
 from saevlm.data.manifest import ManifestError, Provenance
 from saevlm.errors import UserError
 from saevlm.sae.archs import ARCHITECTURES, DICT_CLASS_TO_ARCH, TRAINER_CLASS_TO_ARCH, dict_class, spec
@@ -63,15 +64,15 @@ def resolve_checkpoint(path: str) -> tuple[Path, Path | None]:
     path ``owner/repo/sub/dir``. Returns (weights file, config.json or None)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        weights = p / "ae.pt"
+        weights = p / A.AE_PT
         if not weights.is_file():
-            subdirs = sorted(d.name for d in p.iterdir() if (d / "ae.pt").is_file())
+            subdirs = sorted(d.name for d in p.iterdir() if (d / A.AE_PT).is_file())
             hint = f" (trainer directories inside: {', '.join(subdirs)})" if subdirs else ""
             raise UserError(f"sae_path {p}: no ae.pt in this directory{hint}", field="sae_path")
-        cfg = p / "config.json"
+        cfg = p / A.TRAINER_CONFIG
         return weights, cfg if cfg.is_file() else None
     if p.is_file():
-        for cand in (p.parent / "config.json", p.parent.parent / "config.json"):
+        for cand in (p.parent / A.TRAINER_CONFIG, p.parent.parent / A.TRAINER_CONFIG):
             if cand.is_file():
                 return p, cand
         return p, None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from saevlm.data import artifacts as A
 from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
 
@@ -49,10 +50,10 @@ WEIGHTS_FILE = {"saelens": "sae_weights.safetensors", "sparsify": "sae.safetenso
 
 
 def trainer_dirs(path: Path) -> list[Path]:
-    if (path / "ae.pt").is_file():
+    if (path / A.AE_PT).is_file():
         return [path]
     if path.is_dir():
-        found = sorted((d for d in path.iterdir() if (d / "ae.pt").is_file()), key=lambda d: d.name)
+        found = sorted((d for d in path.iterdir() if (d / A.AE_PT).is_file()), key=lambda d: d.name)
         if found:
             return found
     raise UserError(f"sae_path {path}: neither a trainer folder (ae.pt + config.json) nor a run folder of "
@@ -86,7 +87,6 @@ def saevlm_facts(sae) -> dict[str, Any]:
 
 def evaluation(trainer_dir: Path) -> dict | None:
     """R2, L0 and dead fraction from the trainer's eval.json (None without one, or a damaged one)."""
-    from saevlm.data import artifacts as A
 
     f = trainer_dir / A.EVAL_JSON
     if not f.is_file():
@@ -100,9 +100,8 @@ def evaluation(trainer_dir: Path) -> dict | None:
 
 def ms_results(trainer_dir: Path) -> list[dict]:
     """MS results (``ms.json``) of code stores encoded by this very SAE, found in its run folder."""
-    from saevlm.data import artifacts as A
 
-    weights = str((trainer_dir / "ae.pt").resolve())
+    weights = str((trainer_dir / A.AE_PT).resolve())
     out = []
     root = trainer_dir.resolve().parent.parent
     for f in sorted(root.glob(f"**/ms*/{A.MS_JSON}"))[:200]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from saevlm.data import artifacts as A
 from saevlm.commandline import CommandConfig, opt
 from saevlm.errors import UserError
 
@@ -195,7 +196,7 @@ def _check_output(args: ImportSAEConfig, out: Path) -> None:
     check_not_own_input(args.output_dir, "output_dir", [("sae_path", None if args.sae_path.startswith("hf:")
                                                           else args.sae_path)])
     if out.is_dir() and any(out.iterdir()):
-        if not (out / "ae.pt").exists():
+        if not (out / A.AE_PT).exists():
             raise UserError(f"output_dir {out}: not empty and not a trainer folder (no ae.pt); choose an empty or "
                             f"new folder", field="output_dir")
         if not args.overwrite:
@@ -232,7 +233,7 @@ def _read_weights(args: ImportSAEConfig, src: Path, fmt: str, fetch) -> tuple[An
         src, picked = interop.pick_saev_checkpoint(src, args.layer, args.l0, args.run_id, fetch)
     elif args.l0 is not None or args.run_id is not None:
         raise UserError("l0: only for a saev multi-checkpoint repo (manifest.jsonl)", field="l0")
-    if fmt == "dictionary_learning" and src.is_dir() and not (src / "ae.pt").is_file():
+    if fmt == "dictionary_learning" and src.is_dir() and not (src / A.AE_PT).is_file():
         raise UserError(f"sae_path {src}: no ae.pt (a dictionary_learning trainer folder)", field="sae_path")
     if fmt not in ("dictionary_learning", "saev", "overcomplete") and not src.is_dir():
         raise UserError(f"sae_path {src}: a {fmt} SAE is a folder (cfg.json + weights), not a file", field="sae_path")
@@ -342,9 +343,9 @@ def run(args: ImportSAEConfig) -> int:
     ensure_writable_dir(out.parent if out.parent != Path("") else Path("."), "output_dir")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
-        atomic_save_torch(tmp / "ae.pt", {k: v.contiguous() for k, v in state.items()})
-        record_weights(tmp, tmp / "ae.pt")
-        atomic_write_json(tmp / "config.json", config)
+        atomic_save_torch(tmp / A.AE_PT, {k: v.contiguous() for k, v in state.items()})
+        record_weights(tmp, tmp / A.AE_PT)
+        atomic_write_json(tmp / A.TRAINER_CONFIG, config)
         atomic_write_json(tmp / IMPORTED_JSON, record)
         loaded = _check_written_codes(tmp, weights, src)
         if args.check_activations:

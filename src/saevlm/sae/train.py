@@ -668,7 +668,7 @@ class TrainingRun:
         self.starts = [0] * len(self.specs)
         norm_factor = 1.0 if cfg.no_normalize else None
         for i, (spec, tr) in enumerate(zip(self.specs, self.trainers)):
-            f = spec.directory / "resume.pt"
+            f = spec.directory / A.RESUME_PT
             if f.exists():
                 try:
                     st = torch.load(f, map_location=self.device, weights_only=False)
@@ -701,7 +701,7 @@ class TrainingRun:
                                  "weights_record": WEIGHTS_JSON,
                                  "provenance": self.train_store.provenance.to_json(),
                                  "image_ids_sha256": self.train_store.manifest.image_ids_sha256}}
-            atomic_write_json(spec.directory / "config.json", config)
+            atomic_write_json(spec.directory / A.TRAINER_CONFIG, config)
 
     def _choose_engines(self) -> None:
         """The update of each trainer: the sparse engine where it covers the architecture (after
@@ -783,7 +783,7 @@ class TrainingRun:
 
         for spec, tr in zip(self.specs, self.trainers):
             _save_torch_atomic({"step": step, "trainer": _trainer_state(tr), "norm_factor": self.norm_factor,
-                                "torch_rng": torch.get_rng_state()}, spec.directory / "resume.pt")
+                                "torch_rng": torch.get_rng_state()}, spec.directory / A.RESUME_PT)
 
     # -- the loop
     def _data_on_device(self) -> bool:
@@ -900,8 +900,8 @@ class TrainingRun:
         # state and only writes the files, instead of starting again
         self.write_resume_point(self.cfg.steps)
         for spec, w, ev in zip(self.specs, weights, evals):
-            _save_torch_atomic(w, spec.directory / "ae.pt")
-            record_weights(spec.directory, spec.directory / "ae.pt")
+            _save_torch_atomic(w, spec.directory / A.AE_PT)
+            record_weights(spec.directory, spec.directory / A.AE_PT)
             A.EvalResult.write_json(spec.directory / A.EVAL_JSON, {"step": self.cfg.steps, "validation": self.val_note,
                                                                   **ev})
         barrier(self.dist)  # every process has written its SAEs

@@ -79,7 +79,7 @@ def run(args: SimilarityBaselineConfig) -> int:
                         "(e.g. 'tench', 'great_white_shark'); pass them as JSON ({index: [wnid, name]} or "
                         "{wnid: name}), or use --protocol saevlm for the names in the folder's class_names.json")
     else:
-        names_f = root / "class_names.json"
+        names_f = root / A.EVAL_CLASS_NAMES
         names = json.loads(names_f.read_text()) if names_f.is_file() else {}
     items = eval_items(root)
     missing = sorted({c for c, _, _ in items if c not in names or WNID.match(names[c].split(",")[0].strip())})
