@@ -1,4 +1,4 @@
-"""Benchmark: the explorer's co-activation statistics (explorer/related.py) at the paper's size.
+"""Benchmark: the explorer's co-activation statistics (metrics/coactivation.py) at the paper's size.
 
 Codes of 50,000 images x 65,536 latents with 20 non-zero latents per image (BatchTopK at k = 20,
 latent use Zipf-distributed as in trained SAEs), every latent's 8 best co-activation neighbours
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_extract_multipoint import _write_section  # noqa: E402
 
 import saevlm  # noqa: E402,F401
-from saevlm.explorer.related import related_latents  # noqa: E402
+from saevlm.metrics.coactivation import related_latents  # noqa: E402
 
 
 SUB = 1024  # latents of the dense brute-force check

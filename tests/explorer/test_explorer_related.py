@@ -1,4 +1,4 @@
-"""Related latents by what they fire on (explorer/related.py): the co-activation neighbours and
+"""Related latents by what they fire on (metrics/coactivation.py): the co-activation neighbours and
 near-duplicate clusters of a planted store, against a brute-force Jaccard over the dense codes."""
 
 import json
@@ -68,7 +68,7 @@ def test_co_activation_neighbours_and_duplicates_match_brute_force(planted_run):
 
     from saevlm.data.codes import CodeStore
     from saevlm.explorer.app import Explorer
-    from saevlm.explorer.related import DUPLICATE_JACCARD
+    from saevlm.metrics.coactivation import DUPLICATE_JACCARD
 
     run, plan = planted_run
     dense = CodeStore(run / "codes").read(0, CodeStore(run / "codes").num_rows)
@@ -111,7 +111,7 @@ def test_related_latents_of_token_codes_count_images_not_tokens():
     import scipy.sparse as sp
 
     from saevlm.data.codes import CSRChunk
-    from saevlm.explorer.related import activity_matrix, related_latents
+    from saevlm.metrics.coactivation import activity_matrix, related_latents
 
     # 2 images x 3 tokens; latent 0 on every token of image 0, latent 1 on one token of each image
     dense = np.array([[1, 1], [1, 0], [1, 0], [0, 1], [0, 0], [0, 0]], np.float32)

@@ -254,7 +254,7 @@ class Explorer:
         dups, tree = None, None
         rel, _ = view.related_now(wait=not self.serving)
         if rel is not None:
-            from saevlm.explorer.related import DUPLICATE_JACCARD
+            from saevlm.metrics.coactivation import DUPLICATE_JACCARD
 
             sizes = rel.cluster_sizes()
             dups = {"clusters": int(len(sizes)), "latents": int(sizes.sum()), "largest": int(sizes.max(initial=0)),
@@ -385,7 +385,7 @@ class Explorer:
     @staticmethod
     def _related_context(view: SAEView, j: int, linked: Callable[[int], bool] | None, wait: bool = True) -> dict:
         """Co-activation neighbours, near-duplicates, and a Matryoshka latent's place in its hierarchy."""
-        from saevlm.explorer.related import DUPLICATE_JACCARD
+        from saevlm.metrics.coactivation import DUPLICATE_JACCARD
 
         rel, why = view.related_now(wait)
         if rel is None:
@@ -766,7 +766,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
 def hierarchy_tree(view: SAEView, rel, linked: Callable[[int], bool] | None = None, roots: int = 8,
                    per_node: int = 3) -> list[dict]:
     """The SAE page's tree: group 0's most active latents, each with its children in the next
-    finer groups (see related.py), to the last group. ``linked``: the latents that have pages."""
+    finer groups (see metrics/coactivation.py), to the last group. ``linked``: the latents that have pages."""
     groups = view.groups()
     active = rel.active_k
 

@@ -243,8 +243,8 @@ class SAEView:
     @cached_property
     def related(self):
         """Co-activation neighbours, near-duplicates and (Matryoshka) parents / children of every
-        latent (:mod:`saevlm.explorer.related`), computed once per version of the store and cached."""
-        from saevlm.explorer.related import Related
+        latent (:mod:`saevlm.metrics.coactivation`), computed once per version of the store and cached."""
+        from saevlm.metrics.coactivation import Related
         from saevlm.explorer.stats import cached, related_stats
 
         if not self.is_codes and self.top is None:

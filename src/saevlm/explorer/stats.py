@@ -5,7 +5,7 @@ hash, so pages render from records and no request scans all codes.
 - ``basic``: per latent, the share of rows where it is active, its maximum, the images it is
   active on;
 - ``related``: co-activation neighbours, near-duplicate clusters and, for Matryoshka SAEs, parents
-  and children (:mod:`saevlm.explorer.related`).
+  and children (:mod:`saevlm.metrics.coactivation`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from saevlm.data.atomic import atomic_save_npz
-from saevlm.explorer.related import Related, activity_matrix, related_latents, top_sets_matrix
+from saevlm.metrics.coactivation import Related, activity_matrix, related_latents, top_sets_matrix
 
 
 def cached(path: Path, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

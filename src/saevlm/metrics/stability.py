@@ -255,7 +255,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def _activities(dirs: list[str], dict_size: int):
     from saevlm.data.codes import CodeStore
-    from saevlm.explorer.related import activity_matrix
+    from saevlm.metrics.coactivation import activity_matrix
 
     out, ids0 = [], None
     for d in dirs:
