@@ -154,7 +154,7 @@ def assert_steering_takes_effect(llava_dir: Path, sae_dir: Path, latents=(3, 11)
 
     from saevlm.sae.checkpoint import load_sae
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.mllm import load_image, load_mllm
+    from saevlm.models.mllm import load_image, load_mllm
 
     llava = load_mllm(str(llava_dir), torch.device("cpu"), "fp32")
     sae = load_sae(str(sae_dir))

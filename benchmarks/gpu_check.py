@@ -219,7 +219,7 @@ def part_steer(work: Path, device, quick: bool) -> dict:
 
     from saevlm.sae.checkpoint import load_sae
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.mllm import load_image, load_mllm
+    from saevlm.models.mllm import load_image, load_mllm
 
     if quick:
         from helpers import save_random_sae, save_tiny_llava

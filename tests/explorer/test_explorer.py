@@ -358,7 +358,7 @@ def test_a_top_images_store_is_explored_too(token_run, tmp_path):
 def test_name_with_a_clip_model_for_the_text_side(tmp_path):
     """The default text side: the embeddings' own CLIP model, prompts "a photo of a {}"."""
     from helpers import make_clip_named_run
-    from saevlm.steering.clip import ClipEncoder
+    from saevlm.models.clip import ClipEncoder
 
     clip = make_clip_named_run(tmp_path, class_names=CLASSES)
     assert run_cli("name", "--codes_dir", tmp_path / "codes", "--embeddings_path", tmp_path / "emb",

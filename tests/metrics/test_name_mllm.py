@@ -34,8 +34,8 @@ def test_names_from_an_mllm(clip_run, tmp_path, monkeypatch):
     from saevlm.data.store import ActivationStore
     from saevlm.metrics import naming
     from saevlm.metrics.figures import open_store_images
-    from saevlm.steering.clip import ClipEncoder
-    from saevlm.steering.mllm import MLLM, load_mllm
+    from saevlm.models.clip import ClipEncoder
+    from saevlm.models.mllm import MLLM, load_mllm
 
     root, clip = clip_run
     llava = save_tiny_mllm("llava", tmp_path / "llava")
@@ -85,7 +85,7 @@ def test_every_mllm_family_can_name(clip_run, tmp_path, family):
     from saevlm.data.open import open_any_store
     from saevlm.metrics import naming
     from saevlm.metrics.figures import open_store_images
-    from saevlm.steering.mllm import load_mllm
+    from saevlm.models.mllm import load_mllm
 
     root, _ = clip_run
     model = save_tiny_mllm(family, tmp_path / family)
@@ -141,7 +141,7 @@ def test_token_level_stores_show_the_mllm_the_heatmap(tmp_path, tiny_clip_dir, m
     from saevlm.data.open import open_any_store
     from saevlm.metrics import naming
     from saevlm.metrics.figures import open_store_images
-    from saevlm.steering.mllm import MLLM
+    from saevlm.models.mllm import MLLM
 
     run = make_small_run(tmp_path, tiny_clip_dir, all_tokens=True)
     clip = save_tiny_clip_model(tmp_path / "clipmodel")

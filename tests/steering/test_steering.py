@@ -7,7 +7,7 @@ from helpers import assert_results_read_back, run_cli, save_identity_sae, save_r
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
-from saevlm.steering.mllm import load_image, load_mllm
+from saevlm.models.mllm import load_image, load_mllm
 
 PROMPT = "What is shown in this image? Use exactly one word!"
 
@@ -90,7 +90,7 @@ def test_transformers_4x_tree_and_tuple_outputs(tmp_path):
     return tuples; the resolver finds them and the hook returns a tuple."""
     from types import SimpleNamespace
 
-    from saevlm.steering.mllm import MLLM as Llava
+    from saevlm.models.mllm import MLLM as Llava
 
     class Block(torch.nn.Module):
         def forward(self, x):
@@ -137,7 +137,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
 
     from helpers import make_image_folder
     from saevlm.data.store import ActivationStore
-    from saevlm.steering.clip import ClipEncoder
+    from saevlm.models.clip import ClipEncoder
     from helpers import save_tiny_clip_model
 
     data = make_image_folder(tmp_path / "imgs" / "train", num_classes=4, per_class=6,
@@ -299,7 +299,7 @@ def test_steer_command_alpha_sweep_at_the_read_block(tmp_path, capsys, monkeypat
     """`saevlm steer --alpha 0 30 40 50` at the block LLaVA reads: the logits behind every answer
     differ from the unsteered ones and from each other (recorded by wrapping Llava.prompt, so the
     command's own hook handling is what runs)."""
-    from saevlm.steering.mllm import MLLM as Llava
+    from saevlm.models.mllm import MLLM as Llava
 
     model = save_tiny_llava(tmp_path / "llava")
     sae = save_random_sae(tmp_path / "sae", 64, 256, layer=2)
@@ -342,7 +342,7 @@ def test_steering_score_over_several_latents_equals_a_fresh_model_per_latent(tmp
 
     from helpers import make_image_folder, save_tiny_clip_model
     from saevlm.data.store import ActivationStore
-    from saevlm.steering.clip import ClipEncoder
+    from saevlm.models.clip import ClipEncoder
     from saevlm.steering.score import authors_word
 
     data = make_image_folder(tmp_path / "imgs", num_classes=2, per_class=4)
@@ -382,7 +382,7 @@ def test_steering_score_over_several_latents_equals_a_fresh_model_per_latent(tmp
 def test_steering_commands_use_the_pil_image_processor_by_default(tmp_path):
     import transformers
 
-    from saevlm.steering.clip import ClipEncoder
+    from saevlm.models.clip import ClipEncoder
     from helpers import save_tiny_clip_model
 
     ll = load_mllm(str(save_tiny_llava(tmp_path / "llava")))

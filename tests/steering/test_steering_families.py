@@ -12,7 +12,7 @@ from helpers import MLLM_FAMILIES, run_cli, save_identity_sae, save_random_sae, 
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
-from saevlm.steering.mllm import load_mllm
+from saevlm.models.mllm import load_mllm
 
 PROMPT = "What is shown in this image? Use exactly one word!"
 # the block each family's language model reads, for 4 vision blocks

@@ -295,7 +295,7 @@ def _word_texts(args: NameConfig, emb, words: list[str]):
             raise UserError(f"--text_embeddings {args.text_embeddings}: {text.shape[0]} rows for {len(words)} words")
         return text, str(args.text_embeddings), None
     from saevlm.device import resolve_device
-    from saevlm.steering.clip import ClipEncoder
+    from saevlm.models.clip import ClipEncoder
 
     clip_name = args.clip_model or emb.provenance.model.source or emb.provenance.model.name
     try:
@@ -475,7 +475,7 @@ def check_mllm(args) -> None:
     if not args.mllm_model:
         raise UserError("explainer mllm: needs --mllm_model (an MLLM steer supports, e.g. "
                         f"{DEFAULT_MLLM} or google/medgemma-4b-it)", field="explainer", mentions=("mllm_model",))
-    from saevlm.steering.mllm import mllm_family
+    from saevlm.models.mllm import mllm_family
 
     try:
         mllm_family(args.mllm_model, args.mllm_model)
@@ -526,7 +526,7 @@ def mllm_descriptions(args, store, top: np.ndarray, active: np.ndarray, out: Pat
 
     from saevlm.device import resolve_device
     from saevlm.metrics.figures import open_store_images
-    from saevlm.steering.mllm import load_mllm
+    from saevlm.models.mllm import load_mllm
 
     header = {"mllm_model": args.mllm_model, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
               "tokens": store.provenance.tokens.selection,

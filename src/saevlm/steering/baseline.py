@@ -20,7 +20,7 @@ from saevlm.commandline import CommandConfig, DeviceOption, opt
 from saevlm.data import artifacts as A
 from saevlm.data.images import load_class_names
 from saevlm.errors import UserError
-from saevlm.steering.clip import ClipEncoder, list_images
+from saevlm.models.clip import ClipEncoder, list_images
 
 WNID = re.compile(r"^n\d{8}$")
 

@@ -62,7 +62,7 @@ def resolve_layer(args, sae, mllm) -> int:
 def load_models(args):
     from saevlm.device import resolve_device
     from saevlm.sae.checkpoint import load_sae
-    from saevlm.steering.mllm import load_mllm
+    from saevlm.models.mllm import load_mllm
 
     device = resolve_device(args.device)
     if args.max_new_tokens < 1:

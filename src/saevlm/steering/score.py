@@ -37,7 +37,7 @@ import numpy as np
 from saevlm.commandline import CommandConfig, opt
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
-from saevlm.steering.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images, neuron_image_embeddings  # noqa: F401
+from saevlm.models.clip import DEFAULT_CLIP, PROTOCOLS, ClipEncoder, list_images, neuron_image_embeddings  # noqa: F401
 from saevlm.steering.options import DEFAULT_PROMPT, SteeringModelOptions
 
 

@@ -55,7 +55,7 @@ CONFIG = SteerConfig
 
 def run(args: SteerConfig) -> int:
     from saevlm.steering.intervention import sae_intervention
-    from saevlm.steering.mllm import load_image
+    from saevlm.models.mllm import load_image
 
     mllm, sae, layer = load_models(args)
     with sae_intervention(mllm, sae, layer, {}, args.mode, args.zero_others):

@@ -168,7 +168,7 @@ def load_mllm(name: str = DEFAULT_MLLM, device=None, dtype: str = "auto",
     torch_dtype = {"auto": torch.float16 if device.type == "cuda" else torch.float32,
                    "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     if torch_dtype is None:
-        raise UserError(f"--model_dtype {dtype!r}: expected auto, fp16, bf16 or fp32")
+        raise UserError(f"model_dtype {dtype!r}: expected auto, fp16, bf16 or fp32", field="model_dtype")
     family = mllm_family(name, name)
     cls = getattr(transformers, family.model_class, None)
     if cls is None:
@@ -199,10 +199,10 @@ def load_image(spec: str, size: int = 336):
             with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except Exception as err:  # noqa: BLE001 - any network or decode failure: one message
-            raise UserError(f"--image {spec}: could not fetch it ({type(err).__name__}: {err}); offline, "
-                            f"download it once and pass the file, or use 'white'") from None
+            raise UserError(f"image {spec}: could not fetch it ({type(err).__name__}: {err}); offline, "
+                            f"download it once and pass the file, or use 'white'", field="image") from None
     try:
         with Image.open(spec) as im:
             return im.convert("RGB")
     except (OSError, FileNotFoundError) as err:
-        raise UserError(f"--image {spec}: cannot read it as an image ({err}); or use 'white'") from None
+        raise UserError(f"image {spec}: cannot read it as an image ({err}); or use 'white'", field="image") from None

@@ -61,7 +61,7 @@ class ClipEncoder:
 def list_images(spec: str, field: str = "images") -> list[tuple[str, object]]:
     """(name, PIL image) for a folder (sorted, recursive) or 'white'."""
     from saevlm.data.images import IMG_EXTENSIONS
-    from saevlm.steering.mllm import load_image
+    from saevlm.models.mllm import load_image
 
     if spec in ("white", "black"):
         return [(spec, load_image(spec))]
