@@ -77,7 +77,7 @@ def test_every_result_record_has_its_file_name_in_the_catalog():
     """Each record of a whole JSON result is what ``record_for`` reads its catalog name with, so
     the read-back check above reaches it; the nested ones (a latent, a group, a pair) are not files."""
     nested = {A.MSUncertainty, A.LatentName, A.ConceptFMS, A.HierarchyGroup, A.StabilitySAE, A.StabilityPair,
-              A.TrainerEntry, A.SourceStamp}
+              A.TrainerEntry, A.SourceStamp, A.MSInputs}
     records = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record) and c is not A.Record}
     names = {A.MS_JSON, A.NAMES, A.STEERING_SCORE, A.SIMILARITY_BASELINE, A.FMS_JSON, A.RUN_JSON, A.EVAL_JSON,
              A.STABILITY, A.CLASSES, A.hierarchy_json(16), A.uniqueness_json(16), A.top_images_json(16),
@@ -119,6 +119,13 @@ def test_every_derived_result_records_its_source_as_one_record(tmp_path):
     with pytest.raises(TypeError, match=r"keys no field declares: \['source.rows'\]"):
         A.UniquenessResult.write_json(tmp_path / "u.json", {"k": 4, "pairs_above": {}, "source": {"rows": 3}})
     assert not (tmp_path / "u.json").exists()
+    # ms.json's inputs: both stamps are SourceStamps, checked the same way
+    with pytest.raises(TypeError, match=r"keys no field declares: \['inputs.activations.rows'\]"):
+        A.MSSummary.write_json(tmp_path / "ms.json", {"total": 1, "inputs": {"activations": {"rows": 3}}})
+    ms = A.MSSummary.from_json({"inputs": {"activations": {"finished": "t", "path": "/a"},
+                                           "embeddings": {"content_sha256": "e"}}})
+    assert ms.activations_source == A.SourceStamp(finished="t", path="/a")
+    assert ms.inputs.embeddings.content_sha256 == "e"
 
     make_world(SyntheticConfig(output_dir=str(tmp_path / "w"), num_train=64, num_val=32, dim=8, embed_dim=4))
     store = ActivationStore(tmp_path / "w" / "val")

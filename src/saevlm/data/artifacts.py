@@ -316,6 +316,17 @@ class SourceStamp(Record):
 
 
 @dataclass(frozen=True)
+class MSInputs(Record):
+    """``ms.json``'s ``inputs``: the stores the scores were computed from (results from other
+    inputs are never replaced silently)."""
+
+    KIND: ClassVar[str] = "MS inputs (ms.json)"
+    activations: SourceStamp | None = None
+    embeddings: SourceStamp | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MSUncertainty(Record):
     """``ms.json``'s ``uncertainty``: the delete-one jackknife over images (``ms --uncertainty``)."""
 
@@ -350,7 +361,7 @@ class MSSummary(Record):
     uncertainty: MSUncertainty | None = None  # the jackknife over images (ms --uncertainty)
     embeddings_model: str | None = None
     activations_dir: str | None = None
-    inputs: dict | None = None
+    inputs: MSInputs | None = None
     kind: str | None = None  # "sae latents" or "raw neurons"
     definition: str | None = None  # the equations computed
     num_images: int | None = None
@@ -380,8 +391,7 @@ class MSSummary(Record):
     @property
     def activations_source(self) -> SourceStamp | None:
         """The activations' stamp these scores were computed from (``inputs.activations``)."""
-        acts = (self.inputs or {}).get("activations")
-        return SourceStamp.from_json(acts, "ms.json inputs.activations") if isinstance(acts, dict) else None
+        return self.inputs.activations if self.inputs is not None else None
 
 
 @dataclass(frozen=True)

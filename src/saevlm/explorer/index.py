@@ -175,9 +175,9 @@ class SAEView:
         if d is None:
             return None, "no MS"
         try:
-            embeddings = self.record(f"{d.name}/{A.MS_JSON}", A.MSSummary).inputs["embeddings"]
-            path, sha = embeddings["path"], embeddings["content_sha256"]
-        except (A.ResultError, KeyError, TypeError):
+            embeddings = self.record(f"{d.name}/{A.MS_JSON}", A.MSSummary).inputs.embeddings
+            path, sha = embeddings.path, embeddings.content_sha256
+        except (A.ResultError, AttributeError):
             return None, f"{d.name}/{A.MS_JSON} names no embeddings"
         if not path or not Path(path).is_dir():
             return None, f"the embeddings it was computed with are not at {path!r}"

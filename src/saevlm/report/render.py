@@ -192,11 +192,11 @@ def _deltas(rec: MSRecord | None) -> np.ndarray | None:
 
 def _same_images(a: MSRecord, b: MSRecord) -> bool:
     """Scored on the same images in the same order, with the same embeddings."""
-    ia, ib = a.summary.inputs or {}, b.summary.inputs or {}
+    ia, ib = a.summary.inputs, b.summary.inputs
     try:
-        return (ia["activations"]["image_ids_sha256"] == ib["activations"]["image_ids_sha256"]
-                and ia["embeddings"]["content_sha256"] == ib["embeddings"]["content_sha256"])
-    except (KeyError, TypeError):
+        return (ia.activations.image_ids_sha256 == ib.activations.image_ids_sha256 is not None
+                and ia.embeddings.content_sha256 == ib.embeddings.content_sha256 is not None)
+    except AttributeError:  # an older ms.json without inputs
         return False
 
 
