@@ -72,7 +72,7 @@ def list_images(spec: str, field: str = "images") -> list[tuple[str, object]]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
     if not files:
         raise UserError(f"{field} {spec}: no images inside", field=field)
-    return [(str(f.relative_to(root)), load_image(str(f))) for f in files]
+    return [(str(f.relative_to(root)), load_image(str(f), field=field)) for f in files]
 
 
 def neuron_image_embeddings(top_images: np.ndarray, store, normalise: bool = True) -> np.ndarray:

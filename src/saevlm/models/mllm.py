@@ -183,9 +183,9 @@ def load_mllm(name: str = DEFAULT_MLLM, device=None, dtype: str = "auto",
     return MLLM(model, processor, device, torch_dtype, name, family)
 
 
-def load_image(spec: str, size: int = 336):
+def load_image(spec: str, size: int = 336, field: str = "image"):
     """A PIL image from a path or (online) an http(s) URL, or ``white`` / ``black`` for a plain
-    image (the paper's white image)."""
+    image (the paper's white image); ``field``: the config field that named it (for errors)."""
     from PIL import Image
 
     if spec in ("white", "black"):
@@ -199,10 +199,10 @@ def load_image(spec: str, size: int = 336):
             with Image.open(io.BytesIO(data)) as im:
                 return im.convert("RGB")
         except Exception as err:  # noqa: BLE001 - any network or decode failure: one message
-            raise UserError(f"image {spec}: could not fetch it ({type(err).__name__}: {err}); offline, "
-                            f"download it once and pass the file, or use 'white'", field="image") from None
+            raise UserError(f"{field} {spec}: could not fetch it ({type(err).__name__}: {err}); offline, "
+                            f"download it once and pass the file, or use 'white'", field=field) from None
     try:
         with Image.open(spec) as im:
             return im.convert("RGB")
     except (OSError, FileNotFoundError) as err:
-        raise UserError(f"image {spec}: cannot read it as an image ({err}); or use 'white'", field="image") from None
+        raise UserError(f"{field} {spec}: cannot read it as an image ({err}); or use 'white'", field=field) from None
