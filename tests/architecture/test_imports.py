@@ -178,7 +178,7 @@ def test_no_private_argparse():
 
 
 ROOMS = ("cli", "api", "data", "models", "extraction", "sae", "metrics", "steering", "report", "explorer")
-SHARED = ("saevlm", "errors", "commandline", "config", "device", "threads", "distributed")  # any room may use
+SHARED = ("saevlm", "errors", "commandline", "config", "paper", "device", "threads", "distributed")  # any room may use
 
 
 def _rooms_table() -> list[tuple[str, set[str], set[str]]]:

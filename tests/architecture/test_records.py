@@ -108,7 +108,7 @@ def test_every_derived_result_records_its_source_as_one_record(tmp_path):
     import typing
 
     from saevlm.data.store import ActivationStore
-    from saevlm.metrics.results import source_stamp, stale_reason
+    from saevlm.data.stamps import source_stamp, stale_reason
     from saevlm.synthetic import SyntheticConfig, run as make_world
 
     holders = {c for c in vars(A).values() if isinstance(c, type) and issubclass(c, A.Record)

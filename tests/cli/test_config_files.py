@@ -45,7 +45,7 @@ def test_config_file_sets_flag_defaults_and_explicit_flags_win(tmp_path, capsys)
 def test_report_and_steering_numbers_come_from_the_config():
     import yaml
 
-    from saevlm.report import paper
+    from saevlm import paper
     numbers = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["numbers"]
     assert paper.BEST_MS["batch_top_k"][22] == tuple(numbers["best_ms"]["batch_top_k"][22])
     assert paper.paper_value(paper.BEST_MS, "matryoshka_batch_top_k", "last", 64) == \

@@ -31,7 +31,7 @@ def write_top_images(out: Path, k: int, image_ids_k: np.ndarray, values_k: np.nd
     """saevlm's files (highest first) and the authors' ``find_hai_indices.py`` files:
     ``hai_indices_<k>.npy`` in THEIR order (``argsort(a)[-k:]``: the k-th highest first, the
     highest last) and ``hai_indices_<k>_worst.npy`` (the k-th highest value). ``source`` (the
-    stamp of the store they come from, metrics.results.source_stamp) goes to ``top_images_<k>.json``
+    stamp of the store they come from, data.stamps.source_stamp) goes to ``top_images_<k>.json``
     so readers can tell a stale set. Returns {file name: checksum} (size and CRC-32)."""
     from saevlm.data.atomic import atomic_save_npy, file_checksum
 
@@ -128,7 +128,7 @@ class TopImagesStore:
         """labels.npy / classes.json, checked as in activation stores."""
         from saevlm.data.store import DatasetFiles
 
-        from saevlm.metrics.results import store_schema
+        from saevlm.data.stamps import store_schema
 
         return DatasetFiles(self.path, dict(self.manifest.files), self.file_checksums, store_schema(self),
                             self.provenance.dataset.num_images_in_split, "activations_dir")
@@ -170,7 +170,7 @@ def check_top_images(d: Path, k: int, store) -> None:
     schema version 2 must have the stamp."""
     import json
 
-    from saevlm.metrics.results import check_fresh, files_reason, result_files_reason, store_schema
+    from saevlm.data.stamps import check_fresh, files_reason, result_files_reason, store_schema
 
     refresh = f"saevlm top-images --activations_dir {store.path} --k {k}"
     if isinstance(store, TopImagesStore) and Path(store.path) == d:

@@ -269,7 +269,7 @@ class StoreWriter:
         self.manifest["complete"] = True
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         import uuid
-        self.manifest["write_id"] = uuid.uuid4().hex  # derived results record it (metrics.results)
+        self.manifest["write_id"] = uuid.uuid4().hex  # derived results record it (data/stamps.py)
         from saevlm.data.manifest import manifest_seal
         self.manifest["seal_sha256"] = manifest_seal(json.loads(json.dumps(self.manifest, default=str)))
         atomic_write_json(self.path / MANIFEST, self.manifest)

@@ -13,7 +13,7 @@ import numpy as np
 from saevlm.data import artifacts as A
 from saevlm.data.topimages import TopImagesStore, top_images_files
 from saevlm.errors import UserError
-from saevlm.metrics.results import recorded_files, result_files_reason, store_schema
+from saevlm.data.stamps import recorded_files, result_files_reason, store_schema
 
 TOP_K = 16  # the top images the pages show
 
@@ -67,7 +67,7 @@ def stale_files(view) -> dict[str, str]:
 
 def _stamped_results(view, out: dict[str, str]) -> None:
     """The results that record their source (SourceStamp): stale when the store was re-written."""
-    from saevlm.metrics.results import stale_reason
+    from saevlm.data.stamps import stale_reason
 
     rel = view.path
     checks = [(A.top_images_json(TOP_K), A.TopImagesStamp, f"saevlm top-images --activations_dir {rel}"),
@@ -114,7 +114,9 @@ def _top_images_arrays(view, out: dict[str, str]) -> None:
 
 def _ms_folders(view, out: dict[str, str]) -> None:
     """Each ms_<embedder>/: stale, its files not the recorded ones, or scores of the wrong shape."""
-    from saevlm.metrics.results import source_of_ms, stale_reason
+    from saevlm.data.stamps import stale_reason
+
+    from saevlm.metrics.results import source_of_ms
 
     rel, K = view.path, view.num_latents
     for d in sorted(view.path.glob(f"{A.MS_PREFIX}*/")):

@@ -176,7 +176,9 @@ def run(args: FMSConfig) -> int:
 
     from saevlm.data.atomic import ensure_writable_dir
     from saevlm.data.open import open_any_store
-    from saevlm.metrics.results import check_one_row_per_image, find_ms_dir, source_stamp
+    from saevlm.data.stamps import source_stamp
+
+    from saevlm.metrics.results import check_one_row_per_image, find_ms_dir
 
     store = open_any_store(args.activations_dir)
     check_one_row_per_image(store, "activations_dir")

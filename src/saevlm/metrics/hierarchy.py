@@ -130,7 +130,7 @@ def run(args: HierarchyConfig) -> int:
     ms_dir = find_ms_dir(d, args.ms_subdir, "activations_dir", required=bool(args.ms_subdir))
     ms = load_ms_scores(ms_dir, len(top), "ms_subdir", store) if ms_dir else None
     table = hierarchy_table(top, kth, labels, taxonomy, sizes, ms)
-    from saevlm.metrics.results import source_stamp
+    from saevlm.data.stamps import source_stamp
     table.update(k=args.k, group_sizes=[int(s) for s in sizes], taxonomy_source=args.taxonomy,
                  source=source_stamp(store))
     A.HierarchyResult.write_json(out / A.hierarchy_json(args.k), table)

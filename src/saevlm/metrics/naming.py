@@ -386,7 +386,7 @@ def run(args: NameConfig) -> int:
     from saevlm.data.open import open_any_store
     from saevlm.data.store import ActivationStore
     from saevlm.data.topimages import load_top_images
-    from saevlm.metrics.results import source_stamp
+    from saevlm.data.stamps import source_stamp
 
     store = open_any_store(args.codes_dir, "codes_dir", allow_top_images=True)
     out = Path(args.output) if args.output else store.path / A.NAMES

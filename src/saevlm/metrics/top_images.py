@@ -216,7 +216,7 @@ def run(args: TopImagesConfig) -> int:
                                        store.num_neurons, args.k, device)
     image_ids = store.image_ids()
     images = image_ids[rows]
-    from saevlm.metrics.results import source_stamp
+    from saevlm.data.stamps import source_stamp
     files = write_top_images(out, args.k, images, values, source=source_stamp(store))
     lock.release()
     near_dead = int((values[:, -1] == 0).sum())

@@ -110,7 +110,7 @@ def run(args: UniquenessConfig) -> int:
     out = ensure_writable_dir(args.output_dir or d, "output_dir" if args.output_dir else "activations_dir")
     stats = uniqueness_stats(top, kth, args.keep_near_dead)
     if store is not None:
-        from saevlm.metrics.results import source_stamp
+        from saevlm.data.stamps import source_stamp
         stats["source"] = source_stamp(store)
     A.UniquenessResult.write_json(out / A.uniqueness_json(args.k), stats)
     print(f"{stats['neurons']} neurons ({stats['left_out_near_dead']} near-dead left out), "

@@ -173,7 +173,7 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
             continue
         if notes is not None:
             from saevlm.data.open import open_any_store
-            from saevlm.metrics.results import stale_reason
+            from saevlm.data.stamps import stale_reason
             try:
                 reason = stale_reason(summary.activations_source, open_any_store(store, "store"))
             except UserError:
@@ -262,7 +262,7 @@ def _warn_if_stale(f: Path, source: A.SourceStamp | None, notes: Notes | None) -
     """A result that records ``source`` (the stamp of the store it came from) but whose store, the
     folder holding it (or its parent, for fms/), was re-written since: a warning naming both."""
     from saevlm.data.open import open_any_store
-    from saevlm.metrics.results import stale_reason
+    from saevlm.data.stamps import stale_reason
 
     if notes is None or not isinstance(source, A.SourceStamp):
         return

@@ -23,7 +23,7 @@ import numpy as np
 from saevlm.data import artifacts as A
 from saevlm.errors import UserError
 from saevlm.metrics.monosemanticity import MIN_ACTIVE_IMAGES
-from saevlm.report import paper
+from saevlm import paper
 from saevlm.sae.archs import ARCH_SPECS
 from saevlm.report.collect import MSRecord, Notes, ResultFile, RunResults, TrainedSAE, collect_run
 

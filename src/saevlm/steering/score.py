@@ -162,7 +162,7 @@ def _mean_and_std(authors: bool, sims: np.ndarray, per_neuron: dict) -> tuple[fl
 
 def run(args: SteeringScoreConfig) -> int:
     from saevlm.data.atomic import atomic_write_text, file_checksum
-    from saevlm.report.paper import STEERING
+    from saevlm.paper import STEERING
     from saevlm.steering.options import load_models
 
     neurons, top, store = _targets(args)
