@@ -25,7 +25,7 @@ from saevlm.errors import UserError
 
 def config(command: str, config: str | Path | None = None, **flags: Any):
     """The config ``saevlm <command> [--config config] <flags>`` would run."""
-    from saevlm.cli import COMMANDS, command_config, config_class
+    from saevlm.cli import COMMANDS, command_config, config_class, config_file_values
 
     if command not in COMMANDS:
         raise UserError(f"{command!r}: unknown command; expected one of {', '.join(COMMANDS)}")
@@ -34,7 +34,7 @@ def config(command: str, config: str | Path | None = None, **flags: Any):
     if unknown:
         raise UserError(f"saevlm {command}: no flag --{unknown[0]} (its flags: {', '.join(sorted(names))})")
     # as on the command line: the file's values over the dataclass's (the paper's), the given fields over both
-    return command_config(command, str(config) if config else None, flags)
+    return command_config(command, config_file_values(command, str(config) if config else None), flags)
 
 
 def command_args(command: str, config: str | Path | None = None, **flags: Any):

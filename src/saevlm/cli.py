@@ -110,11 +110,12 @@ def config_file_values(command: str, path: str | None) -> dict:
     return command_file_values(config_class(command), command, path, list(COMMANDS)) if path else {}
 
 
-def command_config(command: str, config: str | None = None, given: dict | None = None):
+def command_config(command: str, from_file: dict, given: dict):
     """The config ``saevlm <command>`` runs: the dataclass's defaults (the paper's, from
-    configs/paper.yaml, written into the fields once), replaced by the ``--config`` file's values,
-    replaced by ``given`` (the flags on the command line, or keyword arguments in Python)."""
-    return config_class(command)(**{**config_file_values(command, config), **(given or {})})
+    configs/paper.yaml, written into the fields once), replaced by the ``--config`` file's values
+    (:func:`config_file_values`), replaced by ``given`` (the flags on the command line, or keyword
+    arguments in Python). The one place the three are combined."""
+    return config_class(command)(**{**from_file, **given})
 
 
 def parse_command_line(argv: list[str]):
@@ -127,7 +128,7 @@ def parse_command_line(argv: list[str]):
     if not ns.get("command"):
         from saevlm.errors import UserError
         raise UserError(f"no command in {argv!r}; expected one of {', '.join(COMMANDS)}")
-    return config_class(ns["command"])(**{**from_file, **_flags_given(ns)})
+    return command_config(ns["command"], from_file, _flags_given(ns))
 
 
 def _flags_given(ns: dict) -> dict:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from saevlm.threads import configure_threads
     configure_threads()  # torch's CPU threads for this machine and its current load (saevlm/threads.py)
     try:
-        cfg = config_class(command)(**{**given, **_flags_given(args)})
+        cfg = command_config(command, given, _flags_given(args))
         return int(importlib.import_module(COMMANDS[command][0]).run(cfg) or 0)
     except UserError as err:
         print(f"saevlm {command}: error: {err.with_flags(flag_mapping(command))}", file=sys.stderr)

@@ -21,8 +21,8 @@ import numpy as np
 
 from saevlm.commandline import CommandConfig, DeviceOption, OutputOption, ProgressOption, opt
 from saevlm.config import paper_default
-from saevlm.data.topimages import latent_value_row_order
-from saevlm.data.topimages import load_top_images, load_top_images_for  # noqa: F401 (re-exported)
+from saevlm.data.topimages import (latent_value_row_order, load_top_images,  # noqa: F401 (the loaders
+                                   load_top_images_for)  # are re-exported)
 from saevlm.errors import UserError
 
 

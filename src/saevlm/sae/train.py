@@ -154,9 +154,9 @@ class TrainConfig(CommandConfig, DeviceOption, ProgressOption):
 
     def sae_options(self, arch: str):
         """The training options of ``arch`` alone (archs.ArchSpec.options), from the flat flags."""
-        options = spec_of(canonical_arch(arch)).options
-        return options(**{f: (tuple(v) if isinstance(v := getattr(self, f), list) else v)
-                          for f in spec_of(canonical_arch(arch)).config_fields})
+        spec = spec_of(canonical_arch(arch))
+        return spec.options(**{f: (tuple(v) if isinstance(v := getattr(self, f), list) else v)
+                               for f in spec.config_fields})
 
     @property
     def dtype(self) -> str:
