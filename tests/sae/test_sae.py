@@ -303,3 +303,39 @@ def test_each_architecture_row_lists_the_train_flags_its_trainer_reads(tmp_path,
     both = TrainConfig(activations_dir="a", sae_model=["batch_top_k", "matryoshka_batch_top_k"],
                        group_fractions=[0.5, 0.5])  # read by one of the two: allowed
     assert unread_flags(both) == [] and both.sae_options("matryoshka_batch_top_k").group_fractions == (0.5, 0.5)
+
+
+def test_a_finished_encode_is_skipped_from_the_checkpoint_alone(world, tmp_path):
+    """A rerun whose code store is complete skips before building the SAE: its description, read
+    from the weights alone, is the loaded SAE's for every architecture, and a process that skips
+    never imports dictionary_learning (whose import costs seconds per step of a script)."""
+    import subprocess
+    import sys
+
+    from saevlm.sae.archs import ARCH_SPECS
+    from saevlm.sae.checkpoint import describe_checkpoint
+
+    archs = sorted(ARCH_SPECS)
+    assert _train(world, tmp_path / "ck", "--sae_model", *archs, "--expansion_factor", "2", "--k", "4",
+                  "--steps", "12", "--batch_size", "256", "--warmup_steps", "2", "--threshold_start_step", "4") == 0
+    trainers = sorted((tmp_path / "ck").glob("trainer_*"))
+    assert len(trainers) == len(archs)
+    for t in trainers:
+        loaded = load_sae(str(t))
+        assert describe_checkpoint(str(t)) == loaded.describe(), t
+    assert {load_sae(str(t)).arch for t in trainers} == set(archs)
+    sae, out = trainers[0], tmp_path / "codes"
+    argv = ["encode", "--sae_path", str(sae), "--activations_dir", str(world / "val"), "--output_dir", str(out),
+            "--no_progress"]
+    assert run_cli(*argv) == 0
+    before = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+    probe = ("import sys; from saevlm.cli import main; rc = main(sys.argv[1:]); "
+             "print('DL', 'dictionary_learning' in sys.modules); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+    assert r.returncode == 0 and "complete already, skipped" in r.stderr, r.stderr
+    assert "DL False" in r.stdout
+    assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before
+    # another SAE over the same folder is not taken as done: the writer refuses it, naming the difference
+    r = subprocess.run([sys.executable, "-c", probe, *argv[:2], str(trainers[1]), *argv[3:]], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "different settings" in r.stderr and "DL True" in r.stdout, r.stderr

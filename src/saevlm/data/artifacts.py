@@ -146,11 +146,7 @@ class Record:
 
     @classmethod
     def from_json(cls, data: Any, where: str | Path = "result"):
-        if not isinstance(data, dict):
-            raise ResultError(f"{where}: not a {cls.KIND} (a JSON object expected)")
-        missing = [k for k in cls.REQUIRED if k not in data]
-        if missing:
-            raise ResultError(f"{where}: not a {cls.KIND} (no {missing[0]!r})")
+        cls._check_kind(data, where)
         names, scalars, nested = cls._spec()
         if cls.KEYS:
             data = {cls._FIELD_OF.get(k, k): v for k, v in data.items()}
@@ -158,16 +154,31 @@ class Record:
         for key, record in nested.items():  # a field typed as a record is read as that record
             if isinstance(values.get(key), dict):
                 values[key] = record.from_json(values[key], f"{where} {key}")
-        for key, value in values.items():
-            expected = scalars.get(key)
-            if expected is not None and value is not None and \
-                    (not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected)):
-                raise ResultError(f"{where}: damaged {cls.KIND} ({key!r} is {value!r}, expected "
-                                  f"{' or '.join(t.__name__ for t in expected)})")
+        cls._check_types(values, scalars, where)
         try:
             return cls(**cls._convert(values, where), extra={k: v for k, v in data.items() if k not in names})
         except (TypeError, ValueError, KeyError, AttributeError) as err:
             raise ResultError(f"{where}: damaged {cls.KIND} ({type(err).__name__}: {err})") from None
+
+    @classmethod
+    def _check_kind(cls, data: Any, where) -> None:
+        """A JSON object with every required key, or a ResultError saying it is not this kind."""
+        if not isinstance(data, dict):
+            raise ResultError(f"{where}: not a {cls.KIND} (a JSON object expected)")
+        missing = [k for k in cls.REQUIRED if k not in data]
+        if missing:
+            raise ResultError(f"{where}: not a {cls.KIND} (no {missing[0]!r})")
+
+    @classmethod
+    def _check_types(cls, values: dict, scalars: dict, where) -> None:
+        """Each value of a plain field has one of its JSON types (None always reads as unset)."""
+        for key, value in values.items():
+            expected = scalars.get(key)
+            if expected is None or value is None:
+                continue
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                raise ResultError(f"{where}: damaged {cls.KIND} ({key!r} is {value!r}, expected "
+                                  f"{' or '.join(t.__name__ for t in expected)})")
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -428,6 +439,23 @@ class LatentName(Record):
         return self.names[0][0] if self.names else ""
 
 
+def _latent_name_fast(r: Any) -> "LatentName":
+    """A LatentName built directly from its JSON object, without the generic type checks; a
+    TypeError or ValueError on anything unexpected (the caller then reads it the checked way)."""
+    if not isinstance(r, dict) or not isinstance(r.get("id"), int):
+        raise TypeError
+    known = LatentName._spec()[0]
+    detection_n = r.get("detection_n")
+    return LatentName(
+        id=r["id"], names=tuple((str(w), float(x)) for w, x in r.get("names") or ()),
+        margin=r.get("margin"), n_active=r.get("n_active"), purity=r.get("purity"),
+        entropy_bits=r.get("entropy_bits"), label=r.get("label"), detection=r.get("detection"),
+        detection_baseline=r.get("detection_baseline"), detection_baseline_of=r.get("detection_baseline_of"),
+        detection_n=None if detection_n is None else tuple(int(v) for v in detection_n),
+        detection_se=r.get("detection_se"),
+        extra={} if r.keys() <= known else {k: v for k, v in r.items() if k not in known})
+
+
 @dataclass(frozen=True)
 class NamesResult(Record):
     """``names.json`` (``saevlm name``)."""
@@ -462,21 +490,10 @@ class NamesResult(Record):
     def _convert(cls, values: dict, where) -> dict:
         # 65,536 latents at the paper's x64 width: the records are made directly (a third of the
         # time of LatentName.from_json each); any surprise falls back to it, which names the damage
-        known = LatentName._spec()[0]
         latents = []
         for i, r in enumerate(values.get("latents") or ()):
             try:
-                if not isinstance(r, dict) or not isinstance(r.get("id"), int):
-                    raise TypeError
-                latents.append(LatentName(
-                    id=r["id"], names=tuple((str(w), float(x)) for w, x in r.get("names") or ()),
-                    margin=r.get("margin"), n_active=r.get("n_active"), purity=r.get("purity"),
-                    entropy_bits=r.get("entropy_bits"), label=r.get("label"), detection=r.get("detection"),
-                    detection_baseline=r.get("detection_baseline"),
-                    detection_baseline_of=r.get("detection_baseline_of"),
-                    detection_n=None if r.get("detection_n") is None else tuple(int(v) for v in r["detection_n"]),
-                    detection_se=r.get("detection_se"),
-                    extra={} if r.keys() <= known else {k: v for k, v in r.items() if k not in known}))
+                latents.append(_latent_name_fast(r))
             except (TypeError, ValueError):
                 latents.append(LatentName.from_json(r, f"{where} latent {i}"))
         values["latents"] = tuple(latents)

@@ -37,33 +37,49 @@ class MakeEvalFolderConfig(CommandConfig):
     """JSON of class-name strings to store in class_names.json (see similarity-baseline)"""
 
 
+    @property
+    def root(self) -> str | None:
+        return self.imagenet_root or self.data_path
+
+    @property
+    def chosen_layout(self) -> str:
+        return self.layout or ("flat" if self.imagenet_root else "folders")
+
+    @property
+    def chosen_split(self) -> str | None:
+        return self.split or (None if self.dataset_name == "imagefolder" else "train")
+
+
 CONFIG = MakeEvalFolderConfig
 
 
 def run(args: MakeEvalFolderConfig) -> int:
-    import shutil
-
     from saevlm.data.atomic import atomic_write_json, check_not_own_input, ensure_writable_dir
     from saevlm.data.images import open_dataset
-    check_not_own_input(args.output_dir, "output_dir", [("data_path", args.imagenet_root or args.data_path)])
-    layout = args.layout or ("flat" if args.imagenet_root else "folders")
-    split = args.split or (None if args.dataset_name == "imagefolder" else "train")
-    images = open_dataset(args.dataset_name, args.imagenet_root or args.data_path, split)
+    check_not_own_input(args.output_dir, "output_dir", [("data_path", args.root)])
+    layout = args.chosen_layout
+    images = open_dataset(args.dataset_name, args.root, args.chosen_split)
     out = ensure_writable_dir(args.output_dir, "output_dir")  # a read-only output: one line, exit 2
     first: dict[int, int] = {}
     for i, label in enumerate(images.labels.tolist()):
         first.setdefault(label, i)
     for label, i in sorted(first.items()):
         cls, fname = images.classes[label], images.file_name(i)
-        dest = out / cls / fname if layout == "folders" else out / f"{cls}_{fname}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if hasattr(images, "paths"):
-            shutil.copy2(images.path(i), dest)
-        else:  # a hub dataset: the image's bytes from its parquet file
-            dest.write_bytes(images.read_bytes(i))
+        _copy_image(images, i, out / cls / fname if layout == "folders" else out / f"{cls}_{fname}")
     names = dict(zip(images.classes, images.class_names or images.classes))
     if args.class_names:
         names.update(load_class_names(args.class_names))
     atomic_write_json(out / A.EVAL_CLASS_NAMES, names)
     print(f"wrote {len(first)} images (the first of each class, layout {layout}) to {out}")
     return 0
+
+
+def _copy_image(images, i: int, dest) -> None:
+    """Image ``i``'s file, byte for byte (a hub dataset's bytes come from its parquet file)."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(images, "paths"):
+        shutil.copy2(images.path(i), dest)
+    else:
+        dest.write_bytes(images.read_bytes(i))

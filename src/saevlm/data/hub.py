@@ -83,20 +83,30 @@ def _open_fs(url: str):
     return fsspec.core.url_to_fs(url)
 
 
+# words in the hub's (or datasets') messages that tell which failure it was
+_GATED = ("gated", "401", "403", "authenticated", "access to")
+_UNREACHABLE = ("offline", "couldn't reach", "connection")
+_MISSING = ("doesn't exist", "not found", "notfound")
+
+
+def _mentions(text: str, words: tuple[str, ...]) -> bool:
+    return any(w in text for w in words)
+
+
 def _hub_error(spec: str, err: Exception) -> UserError:
     """A message a user can act on for a failure to reach or resolve a hub dataset."""
     text = f"{type(err).__name__}: {err}"
     page = f"https://huggingface.co/datasets/{spec}"
     low = text.lower()
-    if "gated" in low or "401" in low or "403" in low or "authenticated" in low or "access to" in low:
+    if _mentions(low, _GATED):
         return UserError(f"dataset_name hf:{spec}: the dataset is gated; accept its license at {page} "
                          f"and log in (`huggingface-cli login`, or set HF_TOKEN), then rerun", field="dataset_name")
-    if "offline" in low or isinstance(err, ConnectionError) or "couldn't reach" in low or "connection" in low:
+    if isinstance(err, ConnectionError) or _mentions(low, _UNREACHABLE):
         return UserError(f"dataset_name hf:{spec}: cannot reach the hub ({text.splitlines()[0][:160]}); "
                          f"streaming needs the network (unset HF_HUB_OFFLINE), or download the dataset once "
                          f"(`huggingface-cli download --repo-type dataset {spec} --local-dir DIR`) and pass "
                          f"hf:DIR", field="dataset_name")
-    if "doesn't exist" in low or "not found" in low or "notfound" in low:
+    if _mentions(low, _MISSING):
         return UserError(f"dataset_name hf:{spec}: no such dataset on the hub (or it is private: log in "
                          f"with `huggingface-cli login`); check the name at {page}", field="dataset_name")
     return UserError(f"dataset_name hf:{spec}: cannot open ({text.splitlines()[0][:200]})", field="dataset_name")
@@ -104,10 +114,26 @@ def _hub_error(spec: str, err: Exception) -> UserError:
 
 def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[str, list[str], str | None]:
     """(split, parquet data files, revision) of ``spec`` through ``datasets``' resolution."""
-    import datasets
 
     local = Path(spec).expanduser()
     is_local = local.exists() or spec.startswith(("/", ".", "~"))
+    data_files = _data_files(spec, local, is_local, revision)
+    chosen = _choose_split(spec, split, data_files)
+    files = [str(f) for f in data_files[chosen]]
+    if not all(f.endswith(".parquet") for f in files):
+        if is_local or revision == PARQUET_REVISION:
+            raise UserError(f"dataset_name hf:{spec}: split {chosen} is stored as "
+                            f"{Path(files[0]).suffix or 'non-parquet'} files; saevlm streams parquet "
+                            f"(convert with datasets' Dataset.to_parquet)", field="dataset_name")
+        return _resolve_files(spec, chosen, PARQUET_REVISION)  # the hub's own parquet conversion
+    check_sharded_file_set(spec, chosen, files)
+    return chosen, files, revision
+
+
+def _data_files(spec: str, local: Path, is_local: bool, revision: str | None) -> dict:
+    """{split: data files} as ``datasets`` resolves them for a hub id or a local directory."""
+    import datasets
+
     if is_local and not local.is_dir():
         raise UserError(f"dataset_name hf:{spec}: no such directory (a local dataset is a directory "
                         f"of parquet files in the hub's layout, e.g. data/train-00000-of-00001.parquet)", field="dataset_name")
@@ -120,7 +146,11 @@ def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[
             raise UserError(f"dataset_name hf:{spec}: not a dataset directory ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200]})", field="dataset_name") from None
         raise _hub_error(spec, err) from None
-    data_files = builder.config.data_files or {}
+    return builder.config.data_files or {}
+
+
+def _choose_split(spec: str, split: str | None, data_files: dict) -> str:
+    """``--split``, or the only split; ``val`` reads a split called ``validation``."""
     splits = sorted(data_files)
     chosen = split
     if split is None:
@@ -132,15 +162,7 @@ def _resolve_files(spec: str, split: str | None, revision: str | None) -> tuple[
         chosen = "validation"
     if chosen not in data_files:
         raise UserError(f"split {split}: hf:{spec} has no such split (its splits: {', '.join(splits) or 'none'})", field="split")
-    files = [str(f) for f in data_files[chosen]]
-    if not all(f.endswith(".parquet") for f in files):
-        if is_local or revision == PARQUET_REVISION:
-            raise UserError(f"dataset_name hf:{spec}: split {chosen} is stored as "
-                            f"{Path(files[0]).suffix or 'non-parquet'} files; saevlm streams parquet "
-                            f"(convert with datasets' Dataset.to_parquet)", field="dataset_name")
-        return _resolve_files(spec, chosen, PARQUET_REVISION)  # the hub's own parquet conversion
-    check_sharded_file_set(spec, chosen, files)
-    return chosen, files, revision
+    return chosen
 
 
 _SHARD_NAME = re.compile(r"^(?P<stem>.*?)-(?P<index>\d{5})-of-(?P<total>\d{5})\.parquet$")
@@ -163,6 +185,21 @@ def check_sharded_file_set(spec: str, split: str, files: list[str]) -> None:
                             f"again", field="dataset_name")
 
 
+def _typed_columns(schema) -> tuple[str | None, str | None, list[str]]:
+    """The Image and ClassLabel columns (and the class names) that ``datasets``' metadata declares."""
+    import datasets
+
+    try:
+        features = datasets.Features.from_arrow_schema(schema)
+    except Exception:  # noqa: BLE001 - a parquet file written without datasets' metadata
+        return None, None, []
+    image_col = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
+    label = next(((k, v) for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
+    if label is None:
+        return image_col, None, []
+    return image_col, label[0], list(label[1].names)
+
+
 class HubImageList:
     """A hub (or hub-format local) image dataset with the interface of ``ImageList``: a fixed
     order, labels and class names from the dataset's features, content hashes, and batches of
@@ -171,22 +208,38 @@ class HubImageList:
     name = "hf"
 
     def __init__(self, spec: str, split: str | None, revision: str | None = None):
-        import pyarrow.parquet as pq
-
         self.spec = spec
         self.root = f"{HUB_PREFIX}{spec}"
         self.split, urls, self.revision = _resolve_files(spec, split, revision)
-        self.files: list[ParquetFileInfo] = []
         self.image_column, self.label_column, self.classes = "", None, []
-        first = 0
+        self.files, labels = self._read_footers(urls)
+        first = sum(f.num_rows for f in self.files)
+        if first == 0:
+            raise UserError(f"dataset_name {self.root}: split {self.split} holds no rows", field="dataset_name")
+        self._num_rows = first
+        self._starts = np.array([f.first_index for f in self.files] + [first], dtype=np.int64)
+        self.labels = np.concatenate(labels) if labels else np.zeros(first, dtype=np.int64)
+        if not self.classes and self.label_column is not None:  # integer labels without names
+            self.classes = [str(c) for c in range(int(self.labels.max()) + 1)]
+        self.class_names: list[str] | None = list(self.classes) if self.classes else None
+        self.taxonomy = None
+        self._handles: dict[str, Any] = {}
+
+    def _read_footers(self, urls: list[str]) -> tuple[list[ParquetFileInfo], list[np.ndarray]]:
+        """Each file's row counts and its label column (not the images), each file opened once;
+        the first file's schema sets the image and label columns."""
+        import pyarrow.parquet as pq
+
+        files: list[ParquetFileInfo] = []
         labels = []
-        for url in urls:  # each file opened once: its footer, and its label column (not the images)
+        first = 0
+        for url in urls:
             try:
                 fs, path = _open_fs(url)
                 with fs.open(path, "rb") as f:
                     pf = pq.ParquetFile(f)
                     meta = pf.metadata
-                    if not self.files:
+                    if not files:
                         self.image_column, self.label_column, self.classes = self._columns(pf.schema_arrow)
                     if self.label_column is not None:
                         col = pf.read(columns=[self.label_column]).column(0)
@@ -196,35 +249,16 @@ class HubImageList:
             except Exception as err:  # noqa: BLE001
                 raise self._read_error(url, err) from None
             groups = tuple(meta.row_group(g).num_rows for g in range(meta.num_row_groups))
-            self.files.append(ParquetFileInfo(url, int(meta.num_rows), groups, first))
+            files.append(ParquetFileInfo(url, int(meta.num_rows), groups, first))
             first += int(meta.num_rows)
-        if not self.files or first == 0:
-            raise UserError(f"dataset_name {self.root}: split {self.split} holds no rows", field="dataset_name")
-        self._num_rows = first
-        self._starts = np.array([f.first_index for f in self.files] + [first], dtype=np.int64)
-        self.labels = np.concatenate(labels) if labels else np.zeros(first, dtype=np.int64)
-        if not self.classes and self.label_column is not None and len(self.labels):
-            self.classes = [str(c) for c in range(int(self.labels.max()) + 1)]
-        self.class_names: list[str] | None = list(self.classes) if self.classes else None
-        self.taxonomy = None
-        self._handles: dict[str, Any] = {}
+        return files, labels
 
     # -- schema
     def _columns(self, schema) -> tuple[str, str | None, list[str]]:
-        import datasets
-
-        try:
-            features = datasets.Features.from_arrow_schema(schema)
-        except Exception:  # noqa: BLE001 - a parquet file written without datasets' metadata
-            features = None
+        """(image column, label column or None, class names): by ``datasets``' feature types, else
+        by the usual column names."""
         columns = list(schema.names)
-        image_col = None
-        label_col, names = None, []
-        if features is not None:
-            image_col = next((k for k, v in features.items() if isinstance(v, datasets.Image)), None)
-            label = next(((k, v) for k, v in features.items() if isinstance(v, datasets.ClassLabel)), None)
-            if label is not None:
-                label_col, names = label[0], list(label[1].names)
+        image_col, label_col, names = _typed_columns(schema)
         if image_col is None:
             image_col = next((c for c in ("image", "img", "jpg", "png") if c in columns), None)
         if image_col is None:
@@ -301,11 +335,10 @@ class HubImageList:
 
         info = self.files[file]
         try:
-            handle = self._handles.get(info.url)
-            if handle is None:
+            if info.url not in self._handles:
                 fs, path = _open_fs(info.url)
-                handle = self._handles[info.url] = pq.ParquetFile(fs.open(path, "rb"))
-            column = handle.read_row_group(group, columns=[self.image_column]).column(0)
+                self._handles[info.url] = pq.ParquetFile(fs.open(path, "rb"))
+            column = self._handles[info.url].read_row_group(group, columns=[self.image_column]).column(0)
         except Exception as err:  # noqa: BLE001 - a network or file failure mid-run
             raise UserError(f"{self.root}: reading {Path(info.url).name} (row group {group}) failed "
                             f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); rerun the same "
@@ -318,9 +351,12 @@ class HubImageList:
         data = column.field("bytes").to_pylist()
         if column.type.get_field_index("path") < 0 or all(d is not None for d in data):
             return data
-        # path-only rows ({"bytes": None, "path": ...}, as datasets' to_parquet writes images given by
-        # file path): read the file, as datasets does; a relative path is taken from the dataset folder
-        paths = column.field("path").to_pylist()
+        return self._fill_from_paths(data, column.field("path").to_pylist())
+
+    def _fill_from_paths(self, data: list, paths: list) -> list:
+        """Path-only rows ({"bytes": None, "path": ...}, as datasets' to_parquet writes images given
+        by file path): read the file, as datasets does; a relative path is taken from the dataset
+        folder. An unreadable file stays None (reported as an unreadable image, naming the row)."""
         local = Path(self.spec).expanduser()
         for i, (d, p) in enumerate(zip(data, paths)):
             if d is None and p:
@@ -328,7 +364,7 @@ class HubImageList:
                 try:
                     data[i] = f.read_bytes()
                 except OSError:
-                    pass  # stays None: reported as an unreadable image, naming the row
+                    pass
         return data
 
     def read_bytes(self, index: int) -> bytes | None:
@@ -406,10 +442,6 @@ def _split(b, m: int):
 
 def _take(parts: list, m: int):
     """An ImageBatch of the first ``m`` images held by ``parts``, and the parts left."""
-    import torch
-
-    from saevlm.data.decode import ImageBatch
-
     taken = []
     while m > 0:
         b = parts.pop(0)
@@ -420,9 +452,18 @@ def _take(parts: list, m: int):
         m -= len(b.hashes)
     if len(taken) == 1:
         return taken[0], parts
-    pix = [b.pixels for b in taken if b.pixels is not None]
-    return ImageBatch([i for b in taken for i in b.good], torch.cat(pix) if pix else None,
-                      [x for b in taken for x in b.bad], [h for b in taken for h in b.hashes]), parts
+    return _concat(taken), parts
+
+
+def _concat(batches: list):
+    """One ImageBatch of several, in order."""
+    import torch
+
+    from saevlm.data.decode import ImageBatch
+
+    pix = [b.pixels for b in batches if b.pixels is not None]
+    return ImageBatch([i for b in batches for i in b.good], torch.cat(pix) if pix else None,
+                      [x for b in batches for x in b.bad], [h for b in batches for h in b.hashes])
 
 
 def _as_is(x):

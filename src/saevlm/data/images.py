@@ -117,31 +117,43 @@ def scan_class_folders(split_dir: Path, field: str = "data_path") -> tuple[list[
     empty: list[str] = []
     skipped: dict[str, int] = {}
     for label, cls in enumerate(classes):
-        class_dir = split_dir / cls
-        before = len(paths)
-        for dirpath, _dirs, files in sorted(os.walk(class_dir, followlinks=True)):
-            for fname in sorted(files):
-                if fname.lower().endswith(IMG_EXTENSIONS):
-                    paths.append(os.path.relpath(os.path.join(dirpath, fname), split_dir))
-                    labels.append(label)
-                elif not fname.startswith("."):
-                    ext = os.path.splitext(fname)[1].lower() or "(no extension)"
-                    skipped[ext] = skipped.get(ext, 0) + 1
-        if len(paths) == before:
+        found = _class_images(split_dir, cls, skipped)
+        paths += found
+        labels += [label] * len(found)
+        if not found:
             empty.append(cls)
-    if paths and (empty or skipped):
-        import sys
-        if skipped:
-            kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
-            print(f"note: {field} {split_dir}: skipped {sum(skipped.values())} files that are not images of the "
-                  f"supported kinds ({kinds}; supported: {', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
-        if empty:
-            print(f"note: {field} {split_dir}: {len(empty)} class folders hold no images (first: {empty[0]}); "
-                  f"they keep their label index, as in torchvision's ImageFolder order", file=sys.stderr)
     if not paths:
         raise UserError(f"{field} {split_dir}: {len(classes)} class folders but no images "
                         f"(extensions {', '.join(IMG_EXTENSIONS)})", field=field)
+    _note_skipped(split_dir, field, skipped, empty)
     return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+def _class_images(split_dir: Path, cls: str, skipped: dict[str, int]) -> list[str]:
+    """One class folder's image paths (relative to ``split_dir``, sorted, subfolders followed);
+    other files are counted by extension in ``skipped`` (hidden files ignored)."""
+    paths = []
+    for dirpath, _dirs, files in sorted(os.walk(split_dir / cls, followlinks=True)):
+        for fname in sorted(files):
+            if fname.lower().endswith(IMG_EXTENSIONS):
+                paths.append(os.path.relpath(os.path.join(dirpath, fname), split_dir))
+            elif not fname.startswith("."):
+                ext = os.path.splitext(fname)[1].lower() or "(no extension)"
+                skipped[ext] = skipped.get(ext, 0) + 1
+    return paths
+
+
+def _note_skipped(split_dir: Path, field: str, skipped: dict[str, int], empty: list[str]) -> None:
+    """Say on stderr which files were not taken as images and which class folders are empty."""
+    import sys
+
+    if skipped:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+        print(f"note: {field} {split_dir}: skipped {sum(skipped.values())} files that are not images of the "
+              f"supported kinds ({kinds}; supported: {', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
+    if empty:
+        print(f"note: {field} {split_dir}: {len(empty)} class folders hold no images (first: {empty[0]}); "
+              f"they keep their label index, as in torchvision's ImageFolder order", file=sys.stderr)
 
 
 def parse_inat_folder(name: str) -> list[str]:
@@ -165,6 +177,24 @@ def _imagenet_names(root: Path, classes: list[str]) -> list[str] | None:
     return [", ".join(wnid_to_classes[c]) if c in wnid_to_classes else c for c in classes]
 
 
+def _split_dir(name: str, root: Path, split: str | None) -> Path:
+    """The folder of ``--split`` inside the root (the root itself for an imagefolder without one)."""
+    if name == "imagefolder":
+        split_dir = root / split if split else root
+        if split and not split_dir.is_dir():
+            raise UserError(f"split {split}: {split_dir} does not exist (omit --split to use "
+                            f"{root} itself)", field="split")
+        return split_dir
+    if not split:
+        raise UserError(f"split: required for --dataset_name {name} (e.g. train or val)", field="split")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        found = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        raise UserError(f"split {split}: {split_dir} does not exist (folders in --data_path: "
+                        f"{', '.join(found) or 'none'})", field="split")
+    return split_dir
+
+
 def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | None):
     """Open a dataset by ``--dataset_name`` / ``--data_path`` / ``--split``; errors name the field.
 
@@ -183,19 +213,7 @@ def open_dataset(name: str, data_path: str | os.PathLike | None, split: str | No
     root = Path(data_path).expanduser()
     if not root.is_dir():
         raise UserError(f"data_path {root}: no such directory", field="data_path")
-    if name == "imagefolder":
-        split_dir = root / split if split else root
-        if split and not split_dir.is_dir():
-            raise UserError(f"split {split}: {split_dir} does not exist (omit --split to use "
-                            f"{root} itself)", field="split")
-    else:
-        if not split:
-            raise UserError(f"split: required for --dataset_name {name} (e.g. train or val)", field="split")
-        split_dir = root / split
-        if not split_dir.is_dir():
-            found = sorted(e.name for e in os.scandir(root) if e.is_dir())
-            raise UserError(f"split {split}: {split_dir} does not exist (folders in --data_path: "
-                            f"{', '.join(found) or 'none'})", field="split")
+    split_dir = _split_dir(name, root, split)
     classes, paths, labels = scan_class_folders(split_dir)
     images = ImageList(name="inat" if name == "inat2021" else name, root=root, split=split,
                        split_dir=split_dir, paths=paths, labels=labels, classes=classes)
@@ -245,13 +263,7 @@ def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_pat
     images: same dataset kind and split, and (for another root, e.g. a moved copy) the same
     image list, else a clear error."""
     if dataset.name == "hf":  # a hub dataset: its root is the hf:<id> spec, and splits may say "validation"
-        from saevlm.data.hub import hub_spec
-
-        given = hub_spec(dataset_name, data_path)
-        if given is not None and f"hf:{given}" != dataset.root:
-            raise UserError(f"data_path hf:{given}: {what} was made from {dataset.root}", field="data_path")
-        if split is not None and split not in (dataset.split, "val" if dataset.split == "validation" else None):
-            raise UserError(f"split {split}: {what} was made from the {dataset.split!r} split", field="split")
+        _check_hub_flags(dataset, dataset_name, data_path, split, what)
         return
     if dataset_name is not None:
         want = "inat" if dataset_name == "inat2021" else dataset_name
@@ -261,15 +273,31 @@ def check_dataset_flags(dataset: DatasetInfo, dataset_name: str | None, data_pat
     if split is not None and dataset.split not in (None, split):
         raise UserError(f"split {split}: {what} was made from the {dataset.split!r} split", field="split")
     if data_path is not None:
-        root = Path(data_path).expanduser()
-        if not root.is_dir():
-            raise UserError(f"data_path {root}: no such directory", field="data_path")
-        if str(root.resolve()) != dataset.root:
-            images = open_dataset(dataset.name or "imagefolder", root, split if split is not None else dataset.split)
-            selected = select_indices(len(images), dataset.take_every or 1, dataset.max_images)
-            if images.paths_sha256(selected) != dataset.paths_sha256:
-                raise UserError(f"data_path {root}: its images differ from those {what} was made from "
-                                f"({dataset.root}, {dataset.num_selected} images)", field="data_path")
+        _check_same_image_list(dataset, Path(data_path).expanduser(), split, what)
+
+
+def _check_hub_flags(dataset: DatasetInfo, dataset_name: str | None, data_path: str | None,
+                     split: str | None, what: str) -> None:
+    from saevlm.data.hub import hub_spec
+
+    given = hub_spec(dataset_name, data_path)
+    if given is not None and f"hf:{given}" != dataset.root:
+        raise UserError(f"data_path hf:{given}: {what} was made from {dataset.root}", field="data_path")
+    if split is not None and split not in (dataset.split, "val" if dataset.split == "validation" else None):
+        raise UserError(f"split {split}: {what} was made from the {dataset.split!r} split", field="split")
+
+
+def _check_same_image_list(dataset: DatasetInfo, root: Path, split: str | None, what: str) -> None:
+    """``--data_path`` elsewhere than the recorded root (a moved copy) must list the same images."""
+    if not root.is_dir():
+        raise UserError(f"data_path {root}: no such directory", field="data_path")
+    if str(root.resolve()) == dataset.root:
+        return
+    images = open_dataset(dataset.name or "imagefolder", root, split if split is not None else dataset.split)
+    selected = select_indices(len(images), dataset.take_every or 1, dataset.max_images)
+    if images.paths_sha256(selected) != dataset.paths_sha256:
+        raise UserError(f"data_path {root}: its images differ from those {what} was made from "
+                        f"({dataset.root}, {dataset.num_selected} images)", field="data_path")
 
 
 def load_class_names(path: str) -> dict[str, str]:

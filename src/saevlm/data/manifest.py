@@ -64,8 +64,6 @@ class _Section:
             raise ManifestError(f"{where} is {d!r}, expected an object")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: _check(d.get(k), cls.TYPES.get(k, (object,)), f"{where}.{k}") for k in known}
-        if "group_sizes" in kwargs and kwargs["group_sizes"] is not None:
-            kwargs["group_sizes"] = tuple(int(g) for g in kwargs["group_sizes"])
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known})
 
     def to_json(self) -> dict:
@@ -230,6 +228,10 @@ class SAEInfo(_Section):
     expansion_factor: int | float | None = None
     group_sizes: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.group_sizes is not None:  # JSON gives a list; compare and hash as a tuple
+            object.__setattr__(self, "group_sizes", tuple(int(g) for g in self.group_sizes))
+
 
 @dataclass(frozen=True)
 class RunInfo(_Section):
@@ -388,14 +390,7 @@ class ShardEntry:
 
     @classmethod
     def from_json(cls, s: Any, where: str, payload_keys: Sequence[str]) -> "ShardEntry":
-        if not isinstance(s, dict):
-            raise ManifestError(f"{where} is not an object")
-        for key in (*cls.INT_KEYS, "rows_file", *payload_keys):
-            if key not in s:
-                raise ManifestError(f"{where} has no {key!r}")
-        for key in cls.INT_KEYS:
-            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
-                raise ManifestError(f"{where}.{key} is {s[key]!r}, expected a non-negative integer")
+        cls._check_required(s, where, payload_keys)
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: s[k] for k in known if k in s}
         for key in ("nonfinite", "nnz", "first_nonfinite_row"):
@@ -405,6 +400,18 @@ class ShardEntry:
         if not isinstance(kwargs.get("checksums", {}), dict):
             raise ManifestError(f"{where}.checksums is not an object")
         return cls(**kwargs, extra={k: v for k, v in s.items() if k not in known})
+
+    @classmethod
+    def _check_required(cls, s: Any, where: str, payload_keys: Sequence[str]) -> None:
+        """Every shard names its rows and payload files and holds non-negative integer counts."""
+        if not isinstance(s, dict):
+            raise ManifestError(f"{where} is not an object")
+        missing = [key for key in (*cls.INT_KEYS, "rows_file", *payload_keys) if key not in s]
+        if missing:
+            raise ManifestError(f"{where} has no {missing[0]!r}")
+        for key in cls.INT_KEYS:
+            if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
+                raise ManifestError(f"{where}.{key} is {s[key]!r}, expected a non-negative integer")
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
@@ -425,6 +432,15 @@ class ShardEntry:
         """Every file this shard lists (payload, rows, images)."""
         return [v for v in (self.file, self.indptr, self.indices, self.values, self.rows_file, self.images_file)
                 if v]
+
+
+def _check_format(m: dict, path: Path, field: str, fmt: str) -> None:
+    """A store of another kind, or of a schema this version cannot read, is refused before its keys."""
+    if m.get("format") != fmt:
+        raise UserError(f"{field} {path}: format is {m.get('format')!r}, expected {fmt!r}", field=field)
+    if m.get("schema_version") not in READABLE_SCHEMAS:
+        raise UserError(f"{field} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
+                        f"{' and '.join(map(str, READABLE_SCHEMAS))}", field=field)
 
 
 @dataclass(frozen=True)
@@ -458,6 +474,35 @@ class Manifest:
     _REQUIRED: ClassVar[tuple] = (("complete", (bool,)), ("dim", (int,)), ("num_rows", (int,)),
                                   ("shards", (list,)), ("dtype", (str,)), ("provenance", (dict,)))
 
+    _OPTIONAL: ClassVar[tuple] = (("kind", (str,)), ("images_per_shard", (int,)), ("num_images", (int,)),
+                                  ("image_ids_sha256", (str,)), ("content_sha256", (str,)), ("nnz", (int,)),
+                                  ("write_id", (str,)), ("files", (dict,)), ("file_checksums", (dict,)),
+                                  ("skipped_images", (list,)))
+
+    @classmethod
+    def _check_header(cls, m: dict, storage_dtypes: Mapping[str, str] | None) -> None:
+        """The required keys and their types, the stored dtype and a positive width."""
+        for key, types in cls._REQUIRED:
+            if key not in m:
+                raise ManifestError(f"no {key!r} key")
+            if not isinstance(m[key], types) or (types == (int,) and isinstance(m[key], bool)):
+                raise ManifestError(f"{key!r} is {m[key]!r}, expected {types[0].__name__}")
+        if storage_dtypes is not None:
+            if m["dtype"] not in storage_dtypes:
+                raise ManifestError(f"dtype {m['dtype']!r} is not a store dtype ({', '.join(storage_dtypes)})")
+            want = storage_dtypes[m["dtype"]]
+            if m.get("storage_dtype", want) != want:
+                raise ManifestError(f"dtype {m['dtype']!r} is stored as {want}, but storage_dtype says "
+                                    f"{m.get('storage_dtype')!r}")
+        if m["dim"] < 1:
+            raise ManifestError(f"dim {m['dim']} (expected a positive width)")
+
+    def __post_init__(self) -> None:
+        # JSON's null and lists read as the empty mapping and a tuple, so equal manifests compare equal
+        object.__setattr__(self, "skipped_images", tuple(self.skipped_images or ()))
+        for key in ("files", "file_checksums", "software"):
+            object.__setattr__(self, key, getattr(self, key) or {})
+
     @property
     def dict_size(self) -> int:
         """A code store's dictionary size (its ``dim``)."""
@@ -473,41 +518,18 @@ class Manifest:
             return UserError(f"{field} {path}: {what}; the manifest is damaged or was edited by hand "
                              f"(re-create the store with --overwrite)", field=field)
 
-        if m.get("format") != fmt:
-            raise UserError(f"{field} {path}: format is {m.get('format')!r}, expected {fmt!r}", field=field)
-        if m.get("schema_version") not in READABLE_SCHEMAS:
-            raise UserError(f"{field} {path}: schema_version {m.get('schema_version')!r}, this saevlm reads "
-                            f"{' and '.join(map(str, READABLE_SCHEMAS))}", field=field)
-        for key, types in cls._REQUIRED:
-            if key not in m:
-                raise bad(f"no {key!r} key")
-            if not isinstance(m[key], types) or (types == (int,) and isinstance(m[key], bool)):
-                raise bad(f"{key!r} is {m[key]!r}, expected {types[0].__name__}")
-        if storage_dtypes is not None:
-            if m["dtype"] not in storage_dtypes:
-                raise bad(f"dtype {m['dtype']!r} is not a store dtype ({', '.join(storage_dtypes)})")
-            want = storage_dtypes[m["dtype"]]
-            if m.get("storage_dtype", want) != want:
-                raise bad(f"dtype {m['dtype']!r} is stored as {want}, but storage_dtype says "
-                          f"{m.get('storage_dtype')!r}")
-        if m["dim"] < 1:
-            raise bad(f"dim {m['dim']} (expected a positive width)")
+        _check_format(m, path, field, fmt)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         try:
+            cls._check_header(m, storage_dtypes)
             shards = tuple(ShardEntry.from_json(s, f"shards[{j}]", payload_keys) for j, s in enumerate(m["shards"]))
             provenance = Provenance.from_json(m["provenance"])
-            known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
             kwargs = {k: m[k] for k in known if k in m}
-            for key, types in (("kind", (str,)), ("images_per_shard", (int,)), ("num_images", (int,)),
-                               ("image_ids_sha256", (str,)), ("content_sha256", (str,)), ("nnz", (int,)),
-                               ("write_id", (str,)),
-                               ("files", (dict,)), ("file_checksums", (dict,)), ("skipped_images", (list,))):
+            for key, types in cls._OPTIONAL:
                 _check(kwargs.get(key), types, key)
         except ManifestError as e:
             raise bad(str(e)) from None
-        kwargs.update(shards=shards, provenance=provenance,
-                      skipped_images=tuple(kwargs.get("skipped_images") or ()))
-        for key in ("files", "file_checksums", "software"):
-            kwargs[key] = kwargs.get(key) or {}
+        kwargs.update(shards=shards, provenance=provenance)
         return cls(**kwargs, extra={k: v for k, v in m.items() if k not in known})
 
     def to_json(self) -> dict:

@@ -231,6 +231,13 @@ class ActivationStore:
         self._mmaps: dict[int, np.ndarray] = {}
         self._verified: set[str] = set()
         self.has_checksums = all(s.has_checksums for s in m.shards)
+        self._check_integrity(raw_manifest, manifest_path)
+
+    # -- integrity
+    def _check_integrity(self, raw_manifest: dict, manifest_path: Path) -> None:
+        """Every check that needs no payload read: the shard list, each shard's files, the row
+        total, the seal, and no non-finite values unless ``allow_nonfinite``."""
+        m, field, offset = self.manifest, self.field, self.num_rows
         if m.shards and not self.has_checksums:
             print(f"note: {field} {self.path}: written without checksums (by an older saevlm); damage to its "
                   f"files cannot be detected beyond sizes and headers", file=sys.stderr)
@@ -242,15 +249,20 @@ class ActivationStore:
                             f"says {m.num_rows}; the manifest was edited or damaged", field=field)
         from saevlm.data.manifest import check_seal
         check_seal(raw_manifest, f"{field} {manifest_path}")
+        if not self.allow_nonfinite:
+            self._refuse_nonfinite()
+
+    def _refuse_nonfinite(self) -> None:
+        """A store whose writer kept NaN / inf (--allow_nonfinite) is read only when allowed again."""
+        m, field = self.manifest, self.field
         nonfinite = m.nonfinite_shards()
-        if nonfinite and not allow_nonfinite:
+        if nonfinite:
             i = nonfinite[0]
             raise UserError(f"{field} {self.path}: holds {sum(m.shards[j].nonfinite for j in nonfinite)} "
                             f"non-finite values (NaN/inf), first in shard {i} ({self._payload_files(i)[0]}) "
                             f"at row {self.shards[i].row_start + (m.shards[i].first_nonfinite_row or 0)}; "
                             f"pass --allow_nonfinite to use them anyway", field=field)
 
-    # -- integrity
     def _check_shard_list(self, manifest_path: Path) -> None:
         """The manifest's shard list itself (cheap, no file read): entries numbered 0, 1, ... in
         order, no file listed twice, image ranges contiguous, and (complete stores) as many images
@@ -273,11 +285,16 @@ class ActivationStore:
                                 f"{next_image}; a shard entry is missing or repeated (the manifest was edited)")
             next_image = e.first_image + e.num_images
         if m.complete and m.num_images is not None and m.shards:
-            listed = sum(e.num_images for e in m.shards)
-            stored = listed - sum(len(e.skipped_images) for e in m.shards)
-            if m.num_images not in (listed, stored):
-                raise UserError(f"{self.field} {manifest_path}: its shards cover {listed} images, but num_images "
-                                f"says {m.num_images}; the manifest was edited or damaged", field=self.field)
+            self._check_image_total(manifest_path)
+
+    def _check_image_total(self, manifest_path: Path) -> None:
+        """A complete store's num_images is what its shards cover (with or without the skipped)."""
+        m = self.manifest
+        listed = sum(e.num_images for e in m.shards)
+        stored = listed - sum(len(e.skipped_images) for e in m.shards)
+        if m.num_images not in (listed, stored):
+            raise UserError(f"{self.field} {manifest_path}: its shards cover {listed} images, but num_images "
+                            f"says {m.num_images}; the manifest was edited or damaged", field=self.field)
 
     def _payload_files(self, i: int) -> list[str]:
         return [self.manifest.shards[i].file or ""]
@@ -306,20 +323,24 @@ class ActivationStore:
             if name in sums and size != int(sums[name]["bytes"]):
                 raise self._damaged(i, name, f"has {size} bytes, the manifest recorded {sums[name]['bytes']} "
                                              f"(truncated or overwritten)")
-            try:
-                got_shape, got_dtype, offset = npy_header(f)
-            except (ValueError, OSError, SyntaxError) as err:
-                raise self._damaged(i, name, f"has no valid .npy header ({err})") from None
-            if got_dtype != dtype:
-                raise self._damaged(i, name, f"holds {got_dtype} values, but the manifest's dtype "
-                                             f"{self.dtype!r} is stored as {dtype}")
-            if got_shape != shape:
-                if len(got_shape) == 2 and got_shape[1:] == shape[1:] and got_shape[0] != shape[0]:
-                    raise self._damaged(i, name, f"holds {got_shape[0]} rows, the manifest says {shape[0]}")
-                raise self._damaged(i, name, f"has shape {got_shape}, the manifest says {shape}")
-            need = offset + int(np.prod(got_shape)) * got_dtype.itemsize
-            if size != need:
-                raise self._damaged(i, name, f"has {size} bytes, its header needs {need} (truncated)")
+            self._check_npy_header(i, name, size, shape, dtype)
+
+    def _check_npy_header(self, i: int, name: str, size: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """The .npy header's dtype and shape are what the manifest says, and the file holds them all."""
+        try:
+            got_shape, got_dtype, offset = npy_header(self.path / name)
+        except (ValueError, OSError, SyntaxError) as err:
+            raise self._damaged(i, name, f"has no valid .npy header ({err})") from None
+        if got_dtype != dtype:
+            raise self._damaged(i, name, f"holds {got_dtype} values, but the manifest's dtype "
+                                         f"{self.dtype!r} is stored as {dtype}")
+        if got_shape != shape:
+            if len(got_shape) == 2 and got_shape[1:] == shape[1:] and got_shape[0] != shape[0]:
+                raise self._damaged(i, name, f"holds {got_shape[0]} rows, the manifest says {shape[0]}")
+            raise self._damaged(i, name, f"has shape {got_shape}, the manifest says {shape}")
+        need = offset + int(np.prod(got_shape)) * got_dtype.itemsize
+        if size != need:
+            raise self._damaged(i, name, f"has {size} bytes, its header needs {need} (truncated)")
 
     def _verify_file(self, i: int, name: str) -> None:
         """CRC-32 of one file against the manifest, once per process."""
@@ -609,14 +630,18 @@ class DatasetFiles:
         if need is not None and len(labels) != need:
             raise UserError(f"{self.field} {f}: {len(labels)} labels, but the dataset split has {need} images",
                             field=self.field)
-        classes = self.classes()
         if len(labels):
-            lo, hi = int(labels.min()), int(labels.max())
-            n_classes = len(classes["classes"]) if classes is not None else None
-            if lo < -1 or (n_classes is not None and hi >= n_classes):
-                raise UserError(f"{self.field} {f}: labels range over [{lo}, {hi}], but classes.json lists "
-                                f"{n_classes} classes (expected -1 .. {(n_classes or 0) - 1})", field=self.field)
+            self._check_label_range(f, labels)
         return labels.astype(np.int64, copy=False)
+
+    def _check_label_range(self, f: Path, labels: np.ndarray) -> None:
+        """Labels are -1 (unlabelled) or an index into classes.json's list."""
+        classes = self.classes()
+        lo, hi = int(labels.min()), int(labels.max())
+        n_classes = len(classes["classes"]) if classes is not None else None
+        if lo < -1 or (n_classes is not None and hi >= n_classes):
+            raise UserError(f"{self.field} {f}: labels range over [{lo}, {hi}], but classes.json lists "
+                            f"{n_classes} classes (expected -1 .. {(n_classes or 0) - 1})", field=self.field)
 
 
 def _image_ids_of(path: Path, rows_files: Sequence[str]) -> np.ndarray:
@@ -649,15 +674,20 @@ def check_same_images(a: ActivationStore, b: ActivationStore, what: str = "store
         print(f"note: {what}: {', '.join(old)} written without image content hashes (by an older saevlm); "
               f"the pairing is checked by file names and order only", file=sys.stderr)
         return
-    if ca == cb:
-        return
+    if ca != cb:
+        raise _content_difference(a, b, what)
+
+
+def _content_difference(a: ActivationStore, b: ActivationStore, what: str) -> UserError:
+    """The error for two stores whose images have the same names but not the same bytes: how
+    many differ, and the first (its dataset index and path, when the dataset is still on disk)."""
     ha, hb = a.image_hashes(), b.image_hashes()
     n = min(len(ha), len(hb))
     differ = np.flatnonzero((ha[:n] != hb[:n]).any(axis=1))
     first = int(differ[0]) if len(differ) else n
     index = int(ha[first, 0]) if first < len(ha) else -1
     name = _image_path(a.provenance.dataset, index)
-    raise UserError(f"{what}: {a.path} and {b.path} hold different pictures under the same file names: "
+    return UserError(f"{what}: {a.path} and {b.path} hold different pictures under the same file names: "
                     f"{len(differ)} of {n} images differ in content, the first at position {first} "
                     f"(dataset index {index}{', ' + name if name else ''}); re-extract one of them from "
                     f"the same images")

@@ -198,6 +198,19 @@ def check_top_images(d: Path, k: int, store) -> None:
         raise UserError(f"{stamp}: {reason}; refresh it with `{refresh}`")
 
 
+def _hai_indices_file(directory, hai_indices_path: str) -> Path:
+    """The file ``--hai_indices_path`` names, looked for inside ``directory`` too."""
+    f = Path(hai_indices_path)
+    if not f.is_file() and (Path(directory) / f.name).is_file():
+        # the authors' path names the folder they passed as --activations_dir / --output_dir; saevlm
+        # wrote the file inside the store that folder holds
+        f = Path(directory) / f.name
+    if not f.is_file():
+        raise UserError(f"hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
+                        f"authors' find_hai_indices.py)", field="hai_indices_path")
+    return f
+
+
 def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, store=None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Top images for an analysis command: saevlm's files in ``directory``, or the file given by
@@ -208,14 +221,7 @@ def load_top_images_for(directory, k: int, hai_indices_path: str | None = None, 
 
     if hai_indices_path is None:
         return load_top_images(directory, k, store)
-    f = Path(hai_indices_path)
-    if not f.is_file() and (Path(directory) / f.name).is_file():
-        # the authors' path names the folder they passed as --activations_dir / --output_dir; saevlm
-        # wrote the file inside the store that folder holds
-        f = Path(directory) / f.name
-    if not f.is_file():
-        raise UserError(f"hai_indices_path {f}: no such file (written by `saevlm top-images` or the "
-                        f"authors' find_hai_indices.py)", field="hai_indices_path")
+    f = _hai_indices_file(directory, hai_indices_path)
     top = np.load(f)
     if top.ndim != 2 or top.shape[1] != k:
         raise UserError(f"hai_indices_path {f}: shape {top.shape}, expected [neurons, {k}] (--k {k})", field="hai_indices_path")
@@ -269,6 +275,17 @@ class TopImagesWriter(StoreWriter):
         self._record_shard(index, {"file": vals_f, "top_rows_file": rows_f}, checksums, None, rows_n2,
                            first_image, num_images, skipped, images_n2)
 
+    def _write_merged_top_k(self) -> dict:
+        """Merge every shard's top-k into the store's files; their checksums by file name."""
+        entries = [self.done[i] for i in sorted(self.done)]
+        rows, values = merge_top_k([np.load(self.path / e["top_rows_file"]) for e in entries],
+                                   [np.load(self.path / e["file"]) for e in entries], self.k)
+        if (rows < 0).any():
+            raise UserError(f"{self.path}: fewer than k = {self.k} readable images for some latents; use a "
+                            f"smaller --top_k")
+        values = np.where(np.isfinite(values), values, 0).astype(np.float32)
+        return write_top_images(self.path, self.k, self.selected[rows.T], np.ascontiguousarray(values.T))
+
     def finalize(self, extra: dict | None = None) -> None:
         """Rank 0, once every shard is in: merge the shards' top-k into the store's files, then
         mark it complete (as every store)."""
@@ -278,14 +295,7 @@ class TopImagesWriter(StoreWriter):
         missing = [i for i in range(self.num_shards) if i not in self.done]
         if missing:
             return super().finalize(extra)  # says which shards are missing
-        entries = [self.done[i] for i in sorted(self.done)]
-        rows, values = merge_top_k([np.load(self.path / e["top_rows_file"]) for e in entries],
-                                   [np.load(self.path / e["file"]) for e in entries], self.k)
-        if (rows < 0).any():
-            raise UserError(f"{self.path}: fewer than k = {self.k} readable images for some latents; use a "
-                            f"smaller --top_k")
-        values = np.where(np.isfinite(values), values, 0).astype(np.float32)
-        written = write_top_images(self.path, self.k, self.selected[rows.T], np.ascontiguousarray(values.T))
+        written = self._write_merged_top_k()
         self.manifest["file_checksums"].update(written)
         self.manifest["files"].update({name.split(".")[0]: name for name in written})
         super().finalize({"k": self.k, **(extra or {}), "num_images": int(len(self.selected))})

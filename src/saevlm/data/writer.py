@@ -60,54 +60,13 @@ class StoreWriter:
         self.num_shards = -(-self.num_images // self.images_per_shard)
         self.rank, self.world_size = int(rank), int(world_size)
         self.allow_nonfinite = allow_nonfinite
-        self.already_complete = False
         # rank 0 holds the lock for a whole torchrun job: the other ranks open the store only after
         # rank 0 has, so a second job stops at its rank 0
         self._lock = OutputLock(self.path, field, name=LOCK) if self.rank == 0 else None
-        # through JSON, so that it compares equal to what a resumed store's manifest reads back
-        provenance = Provenance.from_json(_jsonable(provenance))
-        self.provenance = provenance
-        identity = {"kind": kind, "dim": self.dim, "dtype": self.dtype,
-                    "images_per_shard": self.images_per_shard, "provenance": provenance}
-        manifest_path = self.path / MANIFEST
-        if self.rank == 0 and overwrite and (manifest_path.exists() or self._leftovers()):
-            self._remove_store_files()
-        if manifest_path.exists():
-            old = self._read_own_manifest(manifest_path)
-            if old.get("format") != self.FORMAT:
-                raise UserError(f"{field} {self.path}: holds a {old.get('format')!r} store, not "
-                                f"{self.FORMAT!r}; use another directory or --overwrite", field=field)
-            try:
-                old_identity = Manifest.from_json(old, manifest_path, field, self.FORMAT, ()).identity()
-            except UserError as err:
-                raise UserError(f"{err}; or pass --overwrite to replace the store") from None
-            if old_identity != identity:
-                diff = _first_difference(_jsonable(old_identity), _jsonable(identity))
-                raise UserError(
-                    f"{field} {self.path}: a store written with different settings is already there "
-                    f"({diff}). Use another output directory, or pass --overwrite to replace it.", field=field)
-            self.manifest = old
-            self.already_complete = bool(old.get("complete"))
-        elif self.rank != 0:
-            raise RuntimeError(f"rank {self.rank}: {manifest_path} is missing; rank 0 creates it first")
-        else:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.manifest = {
-                "format": self.FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
-                **_jsonable(identity), "num_rows": 0, "num_images": 0,
-                "storage_dtype": np.dtype(_STORAGE[self.dtype]).name,
-                "shards": [], "skipped_images": [], "files": {}, "file_checksums": {},
-                "software": software,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            for name, arr in (extra_files or {}).items():
-                self.manifest["file_checksums"][name] = atomic_save_npy(self.path / name, arr)
-                self.manifest["files"][name.split(".")[0]] = name
-            for name, obj in (extra_json or {}).items():
-                atomic_write_json(self.path / name, obj)
-                self.manifest["file_checksums"][name] = file_checksum(self.path / name)
-                self.manifest["files"][name.split(".")[0]] = name
-            atomic_write_json(manifest_path, self.manifest)
+        identity = self.identity(kind, self.dim, self.dtype, self.images_per_shard, provenance)
+        self.provenance = identity["provenance"]
+        self.manifest = self._open_manifest(identity, overwrite, software, extra_files or {}, extra_json or {})
+        self.already_complete = bool(self.manifest.get("complete"))
         self.done: dict[int, dict] = {}
         if self.already_complete:
             self.close()
@@ -115,6 +74,80 @@ class StoreWriter:
             self._load_done()
             if self.rank == 0:
                 self._prune_unlisted()
+
+    @staticmethod
+    def identity(kind: str, dim: int, dtype: str, images_per_shard: int, provenance: Provenance | dict) -> dict:
+        """What an existing store must have been written with to be resumed (or taken as done):
+        :meth:`Manifest.identity` of the store these settings write."""
+        # the provenance through JSON, so that it compares equal to what a manifest reads back
+        return {"kind": kind, "dim": int(dim), "dtype": normalize_store_dtype(dtype),
+                "images_per_shard": int(images_per_shard), "provenance": Provenance.from_json(_jsonable(provenance))}
+
+    @classmethod
+    def complete_there(cls, path: str | os.PathLike, identity: dict) -> bool:
+        """Whether ``path`` holds a complete store of this kind written with ``identity``: read
+        only (no lock taken, nothing written), for commands that skip finished work before
+        loading a model. Anything else (no store, another one, a damaged manifest) is False, and
+        the writer itself then says what is wrong."""
+        f = Path(path) / MANIFEST
+        try:
+            manifest = Manifest.from_json(json.loads(f.read_text()), f, "output_dir", cls.FORMAT, ())
+        except (OSError, ValueError, UserError):
+            return False
+        return manifest.complete and manifest.identity() == identity
+
+    def _open_manifest(self, identity: dict, overwrite: bool, software: dict,
+                       extra_files: dict[str, np.ndarray], extra_json: dict[str, Any]) -> dict:
+        """The manifest to write into: the one there (a resumed or complete store), or a new one
+        (rank 0 only; with --overwrite the old store's files are removed first)."""
+        manifest_path = self.path / MANIFEST
+        if self.rank == 0 and overwrite and (manifest_path.exists() or self._leftovers()):
+            self._remove_store_files()
+        if manifest_path.exists():
+            return self._resume_manifest(manifest_path, identity)
+        if self.rank != 0:
+            raise RuntimeError(f"rank {self.rank}: {manifest_path} is missing; rank 0 creates it first")
+        return self._new_manifest(identity, software, extra_files, extra_json)
+
+    def _resume_manifest(self, manifest_path: Path, identity: dict) -> dict:
+        """The manifest already there, if it is a store of this kind written with these settings."""
+        field = self.field
+        old = self._read_own_manifest(manifest_path)
+        if old.get("format") != self.FORMAT:
+            raise UserError(f"{field} {self.path}: holds a {old.get('format')!r} store, not "
+                            f"{self.FORMAT!r}; use another directory or --overwrite", field=field)
+        try:
+            old_identity = Manifest.from_json(old, manifest_path, field, self.FORMAT, ()).identity()
+        except UserError as err:
+            raise UserError(f"{err}; or pass --overwrite to replace the store") from None
+        if old_identity != identity:
+            diff = _first_difference(_jsonable(old_identity), _jsonable(identity))
+            raise UserError(
+                f"{field} {self.path}: a store written with different settings is already there "
+                f"({diff}). Use another output directory, or pass --overwrite to replace it.", field=field)
+        return old
+
+    def _new_manifest(self, identity: dict, software: dict, extra_files: dict[str, np.ndarray],
+                      extra_json: dict[str, Any]) -> dict:
+        """Create the directory, write the store-wide files and an empty (incomplete) manifest."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format": self.FORMAT, "schema_version": SCHEMA_VERSION, "complete": False,
+            **_jsonable(identity), "num_rows": 0, "num_images": 0,
+            "storage_dtype": np.dtype(_STORAGE[self.dtype]).name,
+            "shards": [], "skipped_images": [], "files": {}, "file_checksums": {},
+            "software": software,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        for name, arr in extra_files.items():
+            manifest["file_checksums"][name] = atomic_save_npy(self.path / name, arr)
+            manifest["files"][name.split(".")[0]] = name
+        for name, obj in extra_json.items():
+            atomic_write_json(self.path / name, obj)
+            manifest["file_checksums"][name] = file_checksum(self.path / name)
+            manifest["files"][name.split(".")[0]] = name
+        atomic_write_json(self.path / MANIFEST, manifest)
+        return manifest
 
     def close(self) -> None:
         """Give up the lock (also released when the process ends)."""
@@ -256,15 +289,7 @@ class StoreWriter:
                             f"{missing[0]}); a process stopped early. Rerun the same command to complete "
                             f"the store")
         self._fill_manifest()
-        ids = _image_ids_of(self.path, [e["rows_file"] for e in self.manifest["shards"]])
-        self.manifest["num_images"] = int(len(ids))
-        self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
-        entries = self.manifest["shards"]
-        if entries and all(e.get("images_file") for e in entries):
-            h = hashlib.sha256()
-            for e in entries:
-                h.update(np.ascontiguousarray(np.load(self.path / e["images_file"]), dtype="<i8").tobytes())
-            self.manifest["content_sha256"] = h.hexdigest()
+        self._record_image_hashes()
         self.manifest.update(extra or {})
         self.manifest["complete"] = True
         self.manifest["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -276,6 +301,19 @@ class StoreWriter:
         for f in self.path.glob("manifest.rank*.json"):
             f.unlink()
         self.close()
+
+    def _record_image_hashes(self) -> None:
+        """The store's image count and the hashes that pair it with other stores (image ids, and
+        the images' contents when every shard recorded them)."""
+        entries = self.manifest["shards"]
+        ids = _image_ids_of(self.path, [e["rows_file"] for e in entries])
+        self.manifest["num_images"] = int(len(ids))
+        self.manifest["image_ids_sha256"] = sha256_of_ints(ids)
+        if entries and all(e.get("images_file") for e in entries):
+            h = hashlib.sha256()
+            for e in entries:
+                h.update(np.ascontiguousarray(np.load(self.path / e["images_file"]), dtype="<i8").tobytes())
+            self.manifest["content_sha256"] = h.hexdigest()
 
     # -- housekeeping
     def _prune_unlisted(self) -> None:
@@ -294,18 +332,22 @@ class StoreWriter:
     def _remove_store_files(self) -> None:
         """--overwrite: remove the old store's files, whatever state its manifest is in (a damaged
         manifest names nothing, so files are recognised by their names too)."""
-        names: set[str] = set()
-        try:
-            old = json.loads((self.path / MANIFEST).read_text())
-            names |= {v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
-            names |= set(old.get("files", {}).values())
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass  # damaged or missing: fall back to the file-name patterns below
+        names = self._listed_files()
         (self.path / MANIFEST).unlink(missing_ok=True)
         for f in self.path.iterdir():
             if f.is_file() and (f.name in names or f.name.startswith(self.SHARD_PREFIXES)
                                 or ".tmp-" in f.name or f.name.startswith("manifest.rank")):
                 f.unlink()
+
+
+    def _listed_files(self) -> set[str]:
+        """The files an old manifest lists (none when it is damaged or missing)."""
+        try:
+            old = json.loads((self.path / MANIFEST).read_text())
+            return ({v for s in old.get("shards", []) for v in s.values() if isinstance(v, str)}
+                    | set(old.get("files", {}).values()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return set()  # damaged or missing: the file-name patterns alone recognise the files
 
 
 def _jsonable(obj: Any) -> Any:

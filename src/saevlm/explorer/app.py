@@ -14,7 +14,7 @@ import math
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -114,14 +114,24 @@ class Explorer:
             except KeyError:
                 pass
         if view.top is not None:
-            ids, values = view.top
             if latent is not None:
-                return 0 <= latent < len(ids) and image_id in set(ids[latent][values[latent] > 0].tolist())
-            if slug not in self._top_sets:
-                self._top_sets[slug] = set(ids[values > 0].tolist())
-            if image_id in self._top_sets[slug]:
+                return self._in_top_images(view, image_id, latent)
+            if image_id in self._top_set(slug, view):
                 return True
         return latent is None and image_id in self._linked.get(slug, set())
+
+    @staticmethod
+    def _in_top_images(view: SAEView, image_id: int, latent: int) -> bool:
+        """Whether the image is one of the latent's top images where it is active."""
+        ids, values = view.top
+        return 0 <= latent < len(ids) and image_id in set(ids[latent][values[latent] > 0].tolist())
+
+    def _top_set(self, slug: str, view: SAEView) -> set[int]:
+        """Every image that is a top image (active) of some latent, worked out once per SAE."""
+        if slug not in self._top_sets:
+            ids, values = view.top
+            self._top_sets[slug] = set(ids[values > 0].tolist())
+        return self._top_sets[slug]
 
     def sae_or_none(self, slug: str) -> SAEView | None:
         return self.index.get(slug)
@@ -242,29 +252,28 @@ class Explorer:
     def table_page(self, slug: str, subset_note: str = "", linked: Callable[[int], bool] | None = None) -> str:
         view = self.sae(slug)
         groups = list(range(len(view.group_sizes))) if view.group_sizes else []
-        # one MS column per embedder (never "-" because there are two)
-        ms_cols = [(key, f"MS ({label})" if len(view.ms_sets) > 1 else "MS") for key, label, _ in view.ms_sets] \
-            or [("ms", "MS")]
-        label = [c for c in TABLE_COLUMNS if c[0] == "label"] if view.top_labels is not None else []
-        columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + label + ms_cols + \
-            [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms", "label")]
-        definitions = {**DEFINITIONS, **{key: DEFINITIONS["ms"] + f" (embedder {lab})" for key, lab, _ in view.ms_sets}}
+        columns, definitions = _table_columns(view)
         freq_hist = self.frequency_histogram(view)
         dead = int((np.asarray(view.stats["freq"]) == 0).sum()) if freq_hist is not None else 0
-        dups, tree = None, None
-        rel, _ = view.related_now(wait=not self.serving)
-        if rel is not None:
-            from saevlm.metrics.coactivation import DUPLICATE_JACCARD
-
-            sizes = rel.cluster_sizes()
-            dups = {"clusters": int(len(sizes)), "latents": int(sizes.sum()), "largest": int(sizes.max(initial=0)),
-                    "threshold": DUPLICATE_JACCARD, "basis": rel.basis}
-            if view.group_sizes and rel.children_kc is not None:
-                tree = hierarchy_tree(view, rel, linked)
+        dups, tree = self._duplicates_and_tree(view, linked)
         return self._render("table", 2, sae=view, rel=str(view.path.relative_to(self.index.run_dir)),
                             columns=columns, groups=groups, subset=subset_note, freq_hist=freq_hist, dead=dead,
                             num_images=int(view.store.num_rows), dups=dups, tree=tree, definitions=definitions,
                             density=self.density_plot(view))
+
+    def _duplicates_and_tree(self, view: SAEView, linked: Callable[[int], bool] | None) -> tuple[dict | None, Any]:
+        """The near-duplicate clusters' summary and (Matryoshka) the hierarchy tree, once the
+        co-activation statistics are there."""
+        rel, _ = view.related_now(wait=not self.serving)
+        if rel is None:
+            return None, None
+        from saevlm.metrics.coactivation import DUPLICATE_JACCARD
+
+        sizes = rel.cluster_sizes()
+        dups = {"clusters": int(len(sizes)), "latents": int(sizes.sum()), "largest": int(sizes.max(initial=0)),
+                "threshold": DUPLICATE_JACCARD, "basis": rel.basis}
+        tree = hierarchy_tree(view, rel, linked) if view.group_sizes and rel.children_kc is not None else None
+        return dups, tree
 
     # -- a latent
     def latent_page(self, slug: str, j: int, linked: Callable[[int], bool] | None = None,
@@ -275,20 +284,13 @@ class Explorer:
         if not 0 <= j < view.num_latents:
             raise KeyError(j)
         ms, _ = view.ms
-        stats = view.stats
         top, thumbs, missing = self._top_images_context(slug, view, j)
-        active = int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None
         prev_j, next_j = neighbours if neighbours is not None else self._neighbours(view, j, linked)
-        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)), active=active,
-                   ms_all=[(label, float(s[j])) for _, label, s in view.ms_sets], prev_j=prev_j, next_j=next_j,
-                   num_images=int(view.store.num_rows), k_top=0 if view.top is None else int(view.top[0].shape[1]),
-                   ms=None if ms is None else float(ms[j]), freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
-                   group=int(view.groups()[j]) if view.group_sizes else None,
-                   depth=None if view.depth is None else float(view.depth[j]),
-                   depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
-                   fms=None if view.fms is None else float(view.fms[j]), top=top, thumbs=thumbs, missing=missing,
-                   image_pages=view.is_codes,
-                   thumb_note=view.images_note or "no images to show")
+        ctx = dict(sae=view, j=j, rel=str(view.path.relative_to(self.index.run_dir)),
+                   prev_j=prev_j, next_j=next_j, num_images=int(view.store.num_rows),
+                   k_top=0 if view.top is None else int(view.top[0].shape[1]),
+                   top=top, thumbs=thumbs, missing=missing, image_pages=view.is_codes,
+                   thumb_note=view.images_note or "no images to show", **_latent_numbers(view, j))
         ctx.update(self._names_context(view, j), depth_n=len(top))
         ctx.update(self._histogram_context(slug, view, j))
         ctx.update(self._nearest_context(view, j, linked))
@@ -304,20 +306,12 @@ class Explorer:
     def _top_images_context(self, slug: str, view: SAEView, j: int) -> tuple[list, bool, int]:
         """(rank, image, value, label, missing) of the latent's top images where it is active, whether
         thumbnails can be shown, and how many image files are gone."""
-        top = []
-        if view.top is not None:
-            ids, vals = view.top
-            # only images where the latent is active: the rest of a top-16 list is padding at 0
-            top = [(r, int(i), float(v), view.label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
+        top = _active_top_images(view, j)
         thumbs = view.images is not None
         # files removed from the dataset folder since the server started: placeholders, said on the page
         missing = self.missing_images(slug, [i for _, i, _, _ in top]) if thumbs else set()
-        if thumbs and top and hasattr(view.images, "check"):
-            from saevlm.errors import UserError
-            try:  # the pictures must be the store's own (content hashes), before any is linked
-                view.images.check([i for _, i, _, _ in top if i not in missing])
-            except UserError as err:
-                view.images_note, thumbs = f"no images to show: {err}", False
+        if thumbs and top:
+            thumbs = _pictures_are_the_stores(view, [i for _, i, _, _ in top if i not in missing])
         return [(r, i, v, lab, i in missing) for r, i, v, lab in top], thumbs, len(missing)
 
     @staticmethod
@@ -339,21 +333,9 @@ class Explorer:
         from saevlm.data.artifacts import LatentName
 
         named = view.names.latents[j] if view.names is not None else LatentName()
-        checks = ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
-                  (f"label purity under {WEAK_PURITY}", named.purity is not None and named.purity < WEAK_PURITY),
-                  ("detection AUROC near the baseline", named.detection is not None
-                   and named.detection_baseline is not None
-                   and named.detection - named.detection_baseline < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0))))
-        names_source = "CLIP"
-        if view.names is not None and view.names.explainer == "mllm":
-            names_source = f"written by {view.names.mllm_model} from the top images"
-        elif view.names is not None and view.names.explainer == "given":
-            names_source = f"from {Path(view.names.names_file or '').name}"
-        elif view.names is not None and view.names.text_embeddings:
-            names_source = f"nearest of the text embeddings in {Path(view.names.text_embeddings).name}, not CLIP text"
-        return dict(names_source=names_source, names=list(named.names), margin=named.margin, purity=named.purity,
-                    entropy=named.entropy_bits, label=named.label, names_n=named.n_active,
-                    weak=[why for why, bad in checks if bad] if named.names else [],
+        return dict(names_source=_names_source(view.names), names=list(named.names), margin=named.margin,
+                    purity=named.purity, entropy=named.entropy_bits, label=named.label, names_n=named.n_active,
+                    weak=_weak_reasons(named) if named.names else [],
                     detection=named.detection, detection_baseline=named.detection_baseline,
                     detection_n=named.detection_n)
 
@@ -399,20 +381,9 @@ class Explorer:
         out = {"related": [entry(int(k), float(jv), int(sh)) for k, jv, sh in
                            zip(rel.ids_kn[j], rel.jaccard_kn[j], rel.shared_kn[j]) if k >= 0],
                "related_basis": rel.basis, "related_active": int(rel.active_k[j]), "dup_jaccard": DUPLICATE_JACCARD,
-               "cluster": None}
-        if rel.cluster_k[j] >= 0:
-            members = np.flatnonzero(rel.cluster_k == rel.cluster_k[j])
-            out["cluster"] = [int(k) for k in members if k != j]
+               "cluster": rel.cluster_of(j)}
         if groups is not None and rel.parents_kp is not None:
-            out["parents"] = [entry(int(k), float(v), None) for k, v in zip(rel.parents_kp[j], rel.parent_share_kp[j])
-                              if k >= 0]
-            out["children"] = [entry(int(k), float(v), None) for k, v in zip(rel.children_kc[j], rel.child_share_kc[j])
-                               if k >= 0]
-            g = int(groups[j])
-            sizes = list(view.group_sizes)
-            bounds = group_bounds(sizes)
-            out["group_info"] = {"group": g, "num_groups": len(sizes), "size": sizes[g], "first": bounds[g],
-                                 "last": bounds[g + 1] - 1, "prefix": bounds[g + 1]}
+            out.update(_hierarchy_context(view, rel, j, int(groups[j]), entry))
         return out
 
     @staticmethod
@@ -426,20 +397,11 @@ class Explorer:
                "min_active": DEFAULT_MIN_ACTIVE,
                "ms_ci": None if view.ms_ci is None else [float(x) for x in view.ms_ci[j]]}
         active = np.asarray(view.stats["active"])
-        if view.is_codes:
-            ok = np.isfinite(ms) & (active >= DEFAULT_MIN_ACTIVE)
-            if ok.any() and active[j] >= DEFAULT_MIN_ACTIVE:
-                out["ms_pct_active"] = float((ms[ok] <= ms[j]).mean() * 100)
-                out["ms_n_active"] = int(ok.sum())
-        # against chance: random image sets of this latent's active size, under the same embedder
-        from saevlm.explorer.stats import baseline_at
-
-        n = int(active[j]) if view.is_codes else int((view.top[1][j] > 0).sum()) if view.top is not None else 0
-        base, why = view.ms_baseline
-        at = baseline_at(base, n) if base is not None else None
-        out["ms_base"] = None if at is None else {"size": at[0], "q50": at[1], "q95": at[2], "n": n,
-                                                  "above": bool(ms[j] > at[2]), "chance": bool(ms[j] <= at[1])}
-        out["ms_base_note"] = why
+        ok = np.isfinite(ms) & (active >= DEFAULT_MIN_ACTIVE)
+        if view.is_codes and ok.any() and active[j] >= DEFAULT_MIN_ACTIVE:
+            out["ms_pct_active"] = float((ms[ok] <= ms[j]).mean() * 100)
+            out["ms_n_active"] = int(ok.sum())
+        out.update(_chance_context(view, j, ms, active))
         return out
 
     # -- an image: which latents fire on it
@@ -477,12 +439,9 @@ class Explorer:
             if v <= 0:
                 break
             rank = rank_in_column(view.columns, j, v) if view.columns is not None and view.one_row_per_image else None
-            tops = []
-            if view.top is not None:
-                ids, vals = view.top
-                tops = [int(i) for i, a in zip(ids[j], vals[j]) if a > 0 and int(i) != exclude][:4]
+            tops = [i for i in _active_top_ids(view, j) if i != exclude][:4]
             out.append({"id": j, "name": view.name_of(j), "value": v, "rank": rank,
-                        "ms": None if ms is None else float(ms[j]), "linked": linked is None or linked(j),
+                        "ms": _optional(ms, j), "linked": linked is None or linked(j),
                         "tops": [(i, image_linked is None or image_linked(i)) for i in tops]})
         return out
 
@@ -623,9 +582,25 @@ class Explorer:
         import os
         import shutil
 
+        final = Path(out).expanduser()
+        self._check_export_target(out, final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            self._export_into(tmp, latents, progress)
+            (tmp / self.EXPORT_MARK).write_text("written by saevlm explore --static; replaced as a whole\n")
+            _replace_folder(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def _check_export_target(self, out: str | Path, final: Path) -> None:
+        """The export folder is not (and does not hold) the run, and is new, empty or an earlier export."""
         from saevlm.errors import UserError
 
-        final = Path(out).expanduser()
         run = self.index.run_dir.resolve()
         target = final.resolve()
         if target == run or target in run.parents:
@@ -635,23 +610,6 @@ class Explorer:
                                                       and not (final / self.EXPORT_MARK).is_file())):
             raise UserError(f"--static {out}: exists and is not an earlier explorer export; choose a new or empty "
                             f"folder (it would be replaced)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        try:
-            self._export_into(tmp, latents, progress)
-            (tmp / self.EXPORT_MARK).write_text("written by saevlm explore --static; replaced as a whole\n")
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old.exists():
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return final
 
     def _export_into(self, out: Path, latents: str, progress: bool) -> Path:
         from saevlm.data.atomic import ensure_writable_dir
@@ -663,43 +621,46 @@ class Explorer:
         kept = {slug: set(subset.tolist()) for slug, subset in chosen.items()}
         _write_text(out / "index.html", self.run_page(lambda s, j: j in kept[s]))
         for slug, subset in chosen.items():
-            view, keep = self.index.saes[slug], kept[slug]
-            d = out / "sae" / slug
+            view = self.index.saes[slug]
             note = f"{len(subset)} of {view.num_latents} latents exported ({latents})" + (
                 f"; not in this SAE: {', '.join(map(str, skipped[slug][:5]))}" if slug in skipped else "")
-            _write_text(d / "index.html", self.table_page(slug, note, linked=lambda k: k in keep))
-            _write_text(d / "latents.js", self.latents_js(slug, subset))
-            images = self._export_latent_pages(d, slug, subset, keep, progress)
-            if view.images is not None:
-                self._export_images(d, slug, images, subset)
-            if view.is_codes and view.top is not None:
-                self._export_image_pages(d, slug, subset, keep, images, progress)
-            if view.overlay_model[0] is not None and view.top is not None:
-                for j in subset.tolist():
-                    (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
-                    for img in view.top[0][j][view.top[1][j] > 0].tolist():  # the images the page links
-                        _write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, int(img)))
+            self._export_sae(out / "sae" / slug, slug, subset, kept[slug], note, progress)
         return out
+
+    def _export_sae(self, d: Path, slug: str, subset: np.ndarray, keep: set[int], note: str, progress: bool) -> None:
+        """One SAE's table, latent pages, thumbnails, image pages and overlays."""
+        view = self.index.saes[slug]
+        _write_text(d / "index.html", self.table_page(slug, note, linked=lambda k: k in keep))
+        _write_text(d / "latents.js", self.latents_js(slug, subset))
+        images = self._export_latent_pages(d, slug, subset, keep, progress)
+        if view.images is not None:
+            self._export_images(d, slug, images, subset)
+        if view.is_codes and view.top is not None:
+            self._export_image_pages(d, slug, subset, keep, images, progress)
+        if view.overlay_model[0] is not None and view.top is not None:
+            for j in subset.tolist():
+                (d / "overlay" / str(j)).mkdir(parents=True, exist_ok=True)
+                for img in _active_top_ids(view, j):  # the images the page links
+                    _write_bytes(d / "overlay" / str(j) / f"{img}.jpg", self.overlay(slug, j, img))
 
     def _chosen_for_export(self, latents: str) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
         """--latents for every SAE (checked before anything is written), and the asked ids each lacks."""
-        from saevlm.errors import UserError
-
         chosen = {slug: choose_latents(view, latents) for slug, view in self.index.saes.items()}
         if not any(len(c) for c in chosen.values()):
-            sizes = ", ".join(f"{slug}: {v.num_latents}" for slug, v in self.index.saes.items())
-            raise UserError(f"--latents {latents}: no SAE of the run has these latents (latents per SAE: {sizes})")
-        skipped: dict[str, list[int]] = {}
+            raise self._none_chosen(latents)
         if latents.startswith("top:") or latents == "all":
-            return chosen, skipped
-        asked = sorted({int(x) for x in latents.split(",") if x.strip()})
-        for slug, c in chosen.items():
-            missing = [j for j in asked if j not in set(c.tolist())]
-            if missing:
-                skipped[slug] = missing
-                self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
-                         f"skipped {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+            return chosen, {}
+        asked = latent_ids(latents)
+        skipped = {slug: missing for slug, c in chosen.items() if (missing := sorted(set(asked) - set(c.tolist())))}
+        for slug, missing in skipped.items():
+            more = " ..." if len(missing) > 5 else ""
+            self.log(f"note: --latents: {slug} has {self.index.saes[slug].num_latents} latents; "
+                     f"skipped {', '.join(map(str, missing[:5]))}{more}")
         return chosen, skipped
+
+    def _none_chosen(self, latents: str) -> UserError:
+        sizes = ", ".join(f"{slug}: {v.num_latents}" for slug, v in self.index.saes.items())
+        return UserError(f"--latents {latents}: no SAE of the run has these latents (latents per SAE: {sizes})")
 
     def _export_latent_pages(self, d: Path, slug: str, subset: np.ndarray, keep: set[int], progress: bool
                              ) -> set[int]:
@@ -722,8 +683,7 @@ class Explorer:
         (d / "thumb").mkdir(parents=True, exist_ok=True)
         for img in sorted(images):
             _write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
-        large = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0}
-                       if view.top is not None else set())
+        large = _active_top_union(view, subset)
         if large:
             (d / "image").mkdir(parents=True, exist_ok=True)
         for img in large:  # the top images, enlarged on a click
@@ -735,9 +695,9 @@ class Explorer:
         from tqdm import tqdm
 
         view = self.index.saes[slug]
-        shown = sorted({int(x) for j in subset.tolist() for x, v in zip(*(a[j] for a in view.top)) if v > 0})
+        shown = _active_top_union(view, subset)
         pages_of = set(shown)
-        tops_of = {j: set(view.top[0][j][view.top[1][j] > 0].tolist()) for j in subset.tolist()}
+        tops_of = {j: set(_active_top_ids(view, j)) for j in subset.tolist()}
         more: set[int] = set()
         for img in tqdm(shown, desc=f"image pages {slug}", unit="image", disable=not progress, file=sys.stderr):
             page = self.image_page(slug, img, linked=lambda k: k in keep, image_linked=lambda i: i in pages_of,
@@ -747,6 +707,24 @@ class Explorer:
         if view.images is not None:
             for img in sorted(more - images):
                 _write_bytes(d / "thumb" / f"{img}.jpg", self.thumbnail(slug, img))
+
+
+def _active_top_union(view: SAEView, subset: np.ndarray) -> list[int]:
+    """Every image that is an active top image of one of the latents, in increasing order."""
+    return sorted({i for j in subset.tolist() for i in _active_top_ids(view, j)})
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """``new`` takes ``final``'s place in one rename; the old folder is removed after."""
+    import os
+    import shutil
+
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -809,23 +787,151 @@ def ranked_latents(view: SAEView) -> np.ndarray:
     return order
 
 
+def _active_top_images(view: SAEView, j: int) -> list[tuple]:
+    """(rank, image, value, label) of the latent's top images where it is active (the rest of a
+    top-16 list is padding at 0)."""
+    if view.top is None:
+        return []
+    ids, vals = view.top
+    return [(r, int(i), float(v), view.label_of(int(i))) for r, (i, v) in enumerate(zip(ids[j], vals[j])) if v > 0]
+
+
+def _active_top_ids(view: SAEView, j: int) -> list[int]:
+    """The latent's top images where it is active, best first."""
+    if view.top is None:
+        return []
+    ids, vals = view.top
+    return [int(i) for i, a in zip(ids[j], vals[j]) if a > 0]
+
+
+def _ms_columns(view: SAEView) -> list[tuple[str, str]]:
+    """One MS column per embedder (never "-" because there are two)."""
+    if not view.ms_sets:
+        return [("ms", "MS")]
+    return [(key, f"MS ({label})" if len(view.ms_sets) > 1 else "MS") for key, label, _ in view.ms_sets]
+
+
+def _table_columns(view: SAEView) -> tuple[list, dict]:
+    """The table's columns (the MS columns; the label column when labels are known) and each
+    column's definition."""
+    ms_cols = _ms_columns(view)
+    label = [c for c in TABLE_COLUMNS if c[0] == "label"] if view.top_labels is not None else []
+    columns = [c for c in TABLE_COLUMNS if c[0] in ("id", "name")] + label + ms_cols + \
+        [c for c in TABLE_COLUMNS if c[0] not in ("id", "name", "ms", "label")]
+    definitions = {**DEFINITIONS, **{key: DEFINITIONS["ms"] + f" (embedder {lab})" for key, lab, _ in view.ms_sets}}
+    return columns, definitions
+
+
+def _optional(values, j: int) -> float | None:
+    return None if values is None else float(values[j])
+
+
+def _latent_numbers(view: SAEView, j: int) -> dict:
+    """A latent page's numbers: MS (per embedder), frequency, maximum, active images, group, depth, FMS."""
+    stats = view.stats
+    return dict(ms=_optional(view.ms[0], j), ms_all=[(label, float(s[j])) for _, label, s in view.ms_sets],
+                active=int(stats["active"][j]) if "active" in stats and stats["active"][j] >= 0 else None,
+                freq=float(stats["freq"][j]), maxv=float(stats["max"][j]),
+                group=int(view.groups()[j]) if view.group_sizes else None,
+                depth=_optional(view.depth, j),
+                depth_max=max(len(t) for t in view.classes.taxonomy) if view.depth is not None else None,
+                fms=_optional(view.fms, j))
+
+
+def _pictures_are_the_stores(view: SAEView, image_ids: list[int]) -> bool:
+    """Whether thumbnails may be shown: the pictures must be the store's own (content hashes),
+    checked before any is linked; if not, the view's note says why."""
+    if not hasattr(view.images, "check"):
+        return True
+    from saevlm.errors import UserError
+    try:
+        view.images.check(image_ids)
+    except UserError as err:
+        view.images_note = f"no images to show: {err}"
+        return False
+    return True
+
+
+def _weak_reasons(named) -> list[str]:
+    """Why a latent's names may be weak: a small margin, low label purity, detection near chance."""
+    checks = ((f"margin under {WEAK_MARGIN}", named.margin is not None and named.margin < WEAK_MARGIN),
+              (f"label purity under {WEAK_PURITY}", named.purity is not None and named.purity < WEAK_PURITY))
+    reasons = [why for why, bad in checks if bad]
+    if named.detection is not None and named.detection_baseline is not None and \
+            named.detection - named.detection_baseline < max(WEAK_DETECTION, 2 * (named.detection_se or 0.0)):
+        reasons.append("detection AUROC near the baseline")
+    return reasons
+
+
+def _names_source(names) -> str:
+    """Where an SAE's latent names come from, in words."""
+    if names is None:
+        return "CLIP"
+    if names.explainer == "mllm":
+        return f"written by {names.mllm_model} from the top images"
+    if names.explainer == "given":
+        return f"from {Path(names.names_file or '').name}"
+    if names.text_embeddings:
+        return f"nearest of the text embeddings in {Path(names.text_embeddings).name}, not CLIP text"
+    return "CLIP"
+
+
+def _hierarchy_context(view: SAEView, rel, j: int, g: int, entry: Callable) -> dict:
+    """A Matryoshka latent's parents and children (by co-activation share) and its group's place."""
+    sizes = list(view.group_sizes)
+    bounds = group_bounds(sizes)
+    return {"parents": [entry(int(k), float(v), None) for k, v in zip(rel.parents_kp[j], rel.parent_share_kp[j])
+                        if k >= 0],
+            "children": [entry(int(k), float(v), None) for k, v in zip(rel.children_kc[j], rel.child_share_kc[j])
+                         if k >= 0],
+            "group_info": {"group": g, "num_groups": len(sizes), "size": sizes[g], "first": bounds[g],
+                           "last": bounds[g + 1] - 1, "prefix": bounds[g + 1]}}
+
+
+def _chance_context(view: SAEView, j: int, ms: np.ndarray, active: np.ndarray) -> dict:
+    """The latent's MS against chance: random image sets of its active size, under the same embedder."""
+    from saevlm.explorer.stats import baseline_at
+
+    n = int(active[j]) if view.is_codes else int((view.top[1][j] > 0).sum()) if view.top is not None else 0
+    base, why = view.ms_baseline
+    at = baseline_at(base, n) if base is not None else None
+    return {"ms_base": None if at is None else {"size": at[0], "q50": at[1], "q95": at[2], "n": n,
+                                                "above": bool(ms[j] > at[2]), "chance": bool(ms[j] <= at[1])},
+            "ms_base_note": why}
+
+
 def choose_latents(view: SAEView, spec: str) -> np.ndarray:
     """``--latents``: ``all``, ``top:N`` (the first N of :func:`ranked_latents`), or ``1,5,9``."""
     K = view.num_latents
     if spec == "all":
         return np.arange(K)
     if spec.startswith("top:"):
-        try:
-            n = int(spec[4:])
-        except ValueError:
-            raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
-        if n < 1:
-            raise UserError(f"--latents {spec}: N must be a positive number of latents (e.g. top:500)")
+        n = _top_count(spec)  # checked before any statistic is computed (and cached)
         return np.sort(ranked_latents(view)[:n])
-    words = [x.strip() for x in spec.split(",") if x.strip()]
-    if any(w.startswith("-") and w[1:].isascii() and w[1:].isdigit() for w in words):
-        raise UserError(f"--latents {spec}: ids must be 0 or more")
-    if not all(w.isascii() and w.isdigit() for w in words):  # ASCII only: int() also reads other scripts' digits
-        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9")
     # ids beyond this SAE's size (any size: Python ints) belong to wider SAEs of the run (export says so)
-    return np.array(sorted({int(w) for w in words if int(w) < K}), dtype=np.int64)
+    return np.array([j for j in latent_ids(spec) if j < K], dtype=np.int64)
+
+
+def _top_count(spec: str) -> int:
+    """N of ``--latents top:N``."""
+    try:
+        n = int(spec[4:])
+    except ValueError:
+        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9") from None
+    if n < 1:
+        raise UserError(f"--latents {spec}: N must be a positive number of latents (e.g. top:500)")
+    return n
+
+
+def _ascii_digits(word: str) -> bool:
+    return word.isascii() and word.isdigit()  # ASCII only: int() also reads other scripts' digits
+
+
+def latent_ids(spec: str) -> list[int]:
+    """The ids of ``--latents 1,5,9``, increasing and each once."""
+    words = [x.strip() for x in spec.split(",") if x.strip()]
+    if any(w.startswith("-") and _ascii_digits(w[1:]) for w in words):
+        raise UserError(f"--latents {spec}: ids must be 0 or more")
+    if not all(_ascii_digits(w) for w in words):
+        raise UserError(f"--latents {spec}: expected top:N, all, or ids like 1,5,9")
+    return sorted({int(w) for w in words})

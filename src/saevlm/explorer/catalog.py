@@ -87,34 +87,30 @@ class RunIndex:
     def _scan(self) -> tuple[list[Path], list[Path], list[tuple[str, int, int]]]:
         """(complete SAE store folders, steering_score.json files, (result file, mtime, size)) under
         the run, skipping hidden folders (the explorer's own cache among them)."""
-        from saevlm.data.codes import CODES_FORMAT
-        from saevlm.data.open import store_manifest
-        from saevlm.data.topimages import TOP_IMAGES_FORMAT
-        from saevlm.errors import UserError
-
         stores, steering, results = [], [], []
         for root, dirs, files in os.walk(self.run_dir):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             here = Path(root)
-            for name in files:
-                if not name.endswith((".json", ".csv")):
-                    continue
-                f = here / name
-                try:
-                    st = f.stat()
-                except OSError:
-                    continue
-                results.append((str(f.relative_to(self.run_dir)), st.st_mtime_ns, st.st_size))
-                if name == A.STEERING_SCORE:
-                    steering.append(f)
-            if A.MANIFEST in files:
-                try:
-                    head = store_manifest(here / A.MANIFEST)
-                except UserError:
-                    continue
-                if head.format in (CODES_FORMAT, TOP_IMAGES_FORMAT) and head.complete:
-                    stores.append(here)
+            found = self._result_files(here, files)
+            results += found
+            steering += [self.run_dir / f for f, _, _ in found if Path(f).name == A.STEERING_SCORE]
+            if A.MANIFEST in files and _is_complete_sae_store(here):
+                stores.append(here)
         return sorted(stores), sorted(steering), sorted(results)
+
+    def _result_files(self, here: Path, files: list[str]) -> list[tuple[str, int, int]]:
+        """(path in the run, mtime, size) of the JSON and CSV files in one folder (a file that
+        vanished meanwhile is left out)."""
+        out = []
+        for name in files:
+            if not name.endswith((".json", ".csv")):
+                continue
+            try:
+                st = (here / name).stat()
+            except OSError:
+                continue
+            out.append((str((here / name).relative_to(self.run_dir)), st.st_mtime_ns, st.st_size))
+        return out
 
     def refresh(self, force: bool = False) -> bool:
         """Find stores added or changed since the last scan (at most once per ``REFRESH_S``
@@ -127,24 +123,39 @@ class RunIndex:
                 return False
             stores, steering, results = self._scan()
             steering_sig = tuple((str(f), *_stat_key(f)) for f in steering)
-            views: dict[str, SAEView] = {}
-            for d in stores:
-                slug = _slug(d.relative_to(self.run_dir))
-                sig = (store_signature(d), steering_sig)
-                old = self.saes.get(slug)
-                if old is not None and old.signature == sig and old.path == d:
-                    views[slug] = old
-                else:
-                    views[slug] = SAEView(d, slug, self.run_dir, self.cache_dir, self.data_path, signature=sig,
-                                          steering_files=tuple(steering))
+            views = {_slug(d.relative_to(self.run_dir)): self._view(d, steering_sig, steering) for d in stores}
             signature = (tuple((slug, v.signature) for slug, v in views.items()), tuple(results))
             changed = signature != self.signature
             self.saes, self.signature = views, signature  # one assignment each: readers see old or new
             self._scanned_at = time.monotonic()
             return changed
 
+    def _view(self, d: Path, steering_sig: tuple, steering: list[Path]) -> SAEView:
+        """The store's view: the current one while neither the store nor the steering results changed."""
+        slug = _slug(d.relative_to(self.run_dir))
+        sig = (store_signature(d), steering_sig)
+        old = self.saes.get(slug)
+        if old is not None and old.signature == sig and old.path == d:
+            return old
+        return SAEView(d, slug, self.run_dir, self.cache_dir, self.data_path, signature=sig,
+                       steering_files=tuple(steering))
+
     def get(self, slug: str) -> SAEView | None:
         return self.saes.get(slug)
+
+
+def _is_complete_sae_store(folder: Path) -> bool:
+    """A complete code store or top-images store (what the explorer shows) with a readable manifest."""
+    from saevlm.data.codes import CODES_FORMAT
+    from saevlm.data.open import store_manifest
+    from saevlm.data.topimages import TOP_IMAGES_FORMAT
+    from saevlm.errors import UserError
+
+    try:
+        head = store_manifest(folder / A.MANIFEST)
+    except UserError:
+        return False
+    return head.format in (CODES_FORMAT, TOP_IMAGES_FORMAT) and head.complete
 
 
 def _stat_key(f: Path) -> tuple[int, int]:

@@ -395,31 +395,8 @@ class SAEView:
         K = self.num_latents
         ms, _ = self.ms
         stats = self.stats
-
-        def col(a):
-            if a is None:
-                return None
-            a = np.round(np.asarray(a, dtype=np.float64), 5)
-            out = a.tolist()
-            for i in np.flatnonzero(~np.isfinite(a)).tolist():
-                out[i] = None
-            return out
-
-        # names and labels as ids into one word list (a vocabulary repeats: 65,536 latents share a
-        # few thousand words); the script rebuilds the name column and searches all three names
-        # and the top images' majority label
-        words: dict[str, int] = {}
-        name_ids = label_id = None
-        if self.names is not None:
-            recs = self.names.latents
-            name_ids = [[words.setdefault(w, len(words)) for w, _ in r.names] for r in recs]
-            label_id = [words.setdefault(str(r.label), len(words)) if r.names and r.label is not None else None
-                        for r in recs]
-        top_label = None
-        if self.top_labels is not None:
-            top_label = [None if v < 0 else int(v) for v in self.top_labels[0].tolist()]
-            if len(self.class_names) <= int(self.top_labels[0].max(initial=-1)):  # labels beyond classes.json
-                top_label = None
+        col = _json_column
+        words, name_ids, label_id = _word_ids(self.names)
         return {"slug": self.slug, "title": self.title, "num_latents": K, "words": list(words),
                 "columns": {"id": list(range(K)), "name_ids": name_ids, "label_id": label_id,
                             "ms": col(ms), **{key: col(s) for key, _, s in self.ms_sets[1:]},
@@ -427,13 +404,20 @@ class SAEView:
                             "max": col(stats["max"]), "mean": col(stats["mean"]),
                             "active": [None if v < 0 else int(v) for v in np.asarray(stats["active"]).tolist()],
                             "group": self.groups().tolist() if self.group_sizes else None, "depth": col(self.depth),
-                            "top_label": top_label, "top_purity": col(None if self.top_labels is None
-                                                                      else self.top_labels[1])},
+                            "top_label": self._top_label_column(),
+                            "top_purity": col(None if self.top_labels is None else self.top_labels[1])},
                 "classes": self.class_names if self.top_labels is not None else [],
                 "has": {"ms": ms is not None, "fms": self.fms is not None, "names": self.names is not None,
                         "depth": self.depth is not None, "groups": bool(self.group_sizes),
                         "freq": self.is_codes, "active": self.is_codes, "label": self.top_labels is not None},
                 "num_images": int(self.store.num_rows), "default_min_active": DEFAULT_MIN_ACTIVE}
+
+    def _top_label_column(self) -> list | None:
+        """Each latent's top images' majority label (None where none; no column when the labels go
+        beyond classes.json)."""
+        if self.top_labels is None or len(self.class_names) <= int(self.top_labels[0].max(initial=-1)):
+            return None
+        return [None if v < 0 else int(v) for v in self.top_labels[0].tolist()]
 
     # -- per latent
     def column_values(self, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -656,3 +640,28 @@ class SAEView:
         if not self._fresh(A.LABELS) or not self._fresh(A.CLASSES):  # damaged (stale_files)
             return None
         return self.store.labels()
+
+
+def _json_column(a) -> list | None:
+    """A table column as JSON: rounded to 5 decimals, NaN and inf as None."""
+    if a is None:
+        return None
+    a = np.round(np.asarray(a, dtype=np.float64), 5)
+    out = a.tolist()
+    for i in np.flatnonzero(~np.isfinite(a)).tolist():
+        out[i] = None
+    return out
+
+
+def _word_ids(names) -> tuple[dict[str, int], list | None, list | None]:
+    """(word list, each latent's name ids, each latent's label id): names and labels as ids into
+    one word list (a vocabulary repeats: 65,536 latents share a few thousand words); the script
+    rebuilds the name column and searches all three names and the top images' majority label."""
+    words: dict[str, int] = {}
+    if names is None:
+        return words, None, None
+    recs = names.latents
+    name_ids = [[words.setdefault(w, len(words)) for w, _ in r.names] for r in recs]
+    label_id = [words.setdefault(str(r.label), len(words)) if r.names and r.label is not None else None
+                for r in recs]
+    return words, name_ids, label_id

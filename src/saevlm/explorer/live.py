@@ -90,20 +90,30 @@ class LiveModel:
         return base, codes
 
 
+def _why_not_live(provenance, images_available: bool, patches: bool) -> str:
+    """Why the store's provenance rules live codes out ("" when it does not): per-patch overlays
+    need a token-level store and its images; any live code needs to know which tokens were read."""
+    tokens = provenance.tokens.selection
+    point = provenance.hook.attachment_point
+    if patches and (tokens in (None, *PER_IMAGE) or point != "post_mlp_residual"):
+        return (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
+                f"per-patch activation.")
+    if patches and not images_available:
+        return "No overlay: the store's images are not available."
+    if tokens is None and point != "post_projection":
+        return "No live images: the codes' provenance does not say which tokens the SAE read."
+    return ""
+
+
 def load_live_model(provenance, images_available: bool, patches: bool = True) -> tuple[LiveModel | None, str]:
     """(the model, "") when this store's codes can be computed for an image, else (None, why).
     ``patches``: per-patch activations are wanted (token overlays), which one-row-per-image
     stores do not have; ``images_available``: the store's own images are needed (overlays)."""
     tokens = provenance.tokens.selection
     what = "No overlay" if patches else "No live images"
-    per_image = tokens in (None, *PER_IMAGE) or provenance.hook.attachment_point != "post_mlp_residual"
-    if patches and per_image:
-        return None, (f"Not applicable: this SAE reads one vector per image ({tokens}), so there is no "
-                      f"per-patch activation.")
-    if patches and not images_available:
-        return None, "No overlay: the store's images are not available."
-    if tokens is None and provenance.hook.attachment_point != "post_projection":
-        return None, "No live images: the codes' provenance does not say which tokens the SAE read."
+    why = _why_not_live(provenance, images_available, patches)
+    if why:
+        return None, why
     sae = provenance.sae
     if sae is None or not sae.path or not Path(sae.path).exists():
         return None, f"{what}: the SAE checkpoint recorded in the codes' provenance was not found."
@@ -147,6 +157,31 @@ class UploadError(ValueError):
         self.status = status
 
 
+def _check_upload_header(im) -> None:
+    """Format, size and frame count, from the header alone (before any pixel is decoded)."""
+    if im.format not in FORMATS:
+        raise UploadError(415, f"{im.format} images are not accepted ({', '.join(FORMATS)} expected)")
+    w, h = im.size
+    if w < 1 or h < 1 or w * h > MAX_PIXELS:
+        raise UploadError(413, f"{w} x {h} pixels; at most {MAX_PIXELS:,} pixels are accepted")
+    if getattr(im, "n_frames", 1) > 1:
+        raise UploadError(415, f"an animated image ({im.n_frames} frames); upload a single frame")
+
+
+def _as_rgb8(im) -> tuple:
+    """(8-bit RGB image, notes): 16-bit and float images scaled by their maximum, CMYK and
+    palette images converted."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = float(a.max()) or 1.0
+        im = Image.fromarray((np.clip(a / top, 0, 1) * 255).astype(np.uint8)).convert("RGB")
+        return im, ["a 16-bit (or float) image, scaled to 8 bits by its maximum"]
+    notes = ["a CMYK image, converted to RGB"] if im.mode == "CMYK" else []
+    return (im if im.mode == "RGB" else im.convert("RGB")), notes
+
+
 def open_upload(data: bytes):
     """(an RGB PIL image, notes) from uploaded bytes, or UploadError: not an image (415), too large
     or a decompression bomb (413), animated (415), truncated or damaged (422). CMYK, 16-bit and
@@ -168,28 +203,12 @@ def open_upload(data: bytes):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise UploadError(415, f"not an image ({', '.join(FORMATS)} expected)") from None
     try:
-        if im.format not in FORMATS:
-            raise UploadError(415, f"{im.format} images are not accepted ({', '.join(FORMATS)} expected)")
-        w, h = im.size
-        if w < 1 or h < 1 or w * h > MAX_PIXELS:
-            raise UploadError(413, f"{w} x {h} pixels; at most {MAX_PIXELS:,} pixels are accepted")
-        if getattr(im, "n_frames", 1) > 1:
-            raise UploadError(415, f"an animated image ({im.n_frames} frames); upload a single frame")
-        notes = []
+        _check_upload_header(im)
         try:
             im.load()
         except (OSError, ValueError, SyntaxError) as err:
             raise UploadError(422, f"truncated or damaged {im.format} image ({err})") from None
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            a = np.asarray(im, dtype=np.float64)
-            top = float(a.max()) or 1.0
-            im = Image.fromarray((np.clip(a / top, 0, 1) * 255).astype(np.uint8)).convert("RGB")
-            notes.append("a 16-bit (or float) image, scaled to 8 bits by its maximum")
-        elif im.mode != "RGB":
-            if im.mode == "CMYK":
-                notes.append("a CMYK image, converted to RGB")
-            im = im.convert("RGB")
-        return im, notes
+        return _as_rgb8(im)
     except UploadError:
         im.close()
         raise

@@ -46,21 +46,24 @@ TYPES = {"run": "text/html", "table": "text/html", "latent": "text/html", "img":
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _machine_names() -> set[str]:
+    """This machine's host name and fully qualified name, lower case."""
+    import socket
+
+    return {name.lower() for name in (socket.gethostname(), socket.getfqdn()) if name}
+
+
 def allowed_hosts(host: str, port: int, extra: tuple[str, ...] = ()) -> set[str]:
     """Host header values this server answers. A request naming another host is refused: that is
     how a DNS-rebinding page would reach it. Listening on every address (0.0.0.0) keeps the check:
     the loopback names, this machine's host name, and ``--allowed_hosts`` are answered."""
-    import socket
-
+    every = host in ("0.0.0.0", "::", "")
     names = {host, f"[{host}]" if ":" in host else host, *(h.strip().lower() for h in extra if h.strip())}
-    if host in LOOPBACK or host in ("0.0.0.0", "::", ""):
+    if host in LOOPBACK or every:
         names |= {"127.0.0.1", "localhost", "[::1]"}
-    if host in ("0.0.0.0", "::", ""):
-        names.discard(host)
-        names.discard(f"[{host}]")
-        for name in (socket.gethostname(), socket.getfqdn()):
-            if name:
-                names.add(name.lower())
+    if every:
+        names -= {host, f"[{host}]"}
+        names |= _machine_names()
     return {n for name in names for n in (name, f"{name}:{port}")}
 
 

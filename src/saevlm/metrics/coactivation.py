@@ -66,6 +66,12 @@ class Related:
         extra = [z[k] for k in ("parents", "parent_share", "children", "child_share")] if "parents" in z else []
         return cls(z["ids"], z["jaccard"], z["shared"], z["active"], z["cluster"], str(z["basis"]), *extra)
 
+    def cluster_of(self, j: int) -> list[int] | None:
+        """The other latents of latent ``j``'s near-duplicate cluster (None when it is in none)."""
+        if self.cluster_k[j] < 0:
+            return None
+        return [int(k) for k in np.flatnonzero(self.cluster_k == self.cluster_k[j]) if k != j]
+
     def cluster_sizes(self) -> np.ndarray:
         """The number of latents in each near-duplicate cluster."""
         c = self.cluster_k[self.cluster_k >= 0]

@@ -49,6 +49,19 @@ class VerifiedImages:
             self.read_bytes(i)
 
 
+def _open_recorded_dataset(store):
+    """The dataset at the root a store's provenance records (an error saying how to point at a moved one)."""
+    from saevlm.data.images import open_dataset
+
+    ds = store.provenance.dataset
+    try:
+        return open_dataset(ds.name, ds.root, ds.split)
+    except UserError as err:
+        raise UserError(f"{store.path}: the dataset it was extracted from ({ds.name}, split {ds.split}, at "
+                        f"{ds.root}) cannot be opened ({err}); if it moved, pass --data_path with its new "
+                        f"folder") from None
+
+
 def open_store_images(store, data_path: str | None = None, field: str = "data_path"):
     """The dataset of a store's provenance, verified to be the same image list, with every image
     read checked against the store's recorded content hashes (where recorded)."""
@@ -61,12 +74,7 @@ def open_store_images(store, data_path: str | None = None, field: str = "data_pa
     root = data_path or ds.root
     if data_path is None:  # the user passed no dataset field: never blame one they did not pass
         field = f"the dataset {store.path} was extracted from"
-        try:
-            images = open_dataset(ds.name, root, ds.split)
-        except UserError as err:
-            raise UserError(f"{store.path}: the dataset it was extracted from ({ds.name}, split {ds.split}, at "
-                            f"{root}) cannot be opened ({err}); if it moved, pass --data_path with its new "
-                            f"folder") from None
+        images = _open_recorded_dataset(store)
     else:
         images = open_dataset(ds.name, root, ds.split)
     selected = select_indices(len(images), ds.take_every or 1, ds.max_images)

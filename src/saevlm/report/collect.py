@@ -155,48 +155,62 @@ def collect_ms(run_dir: Path, notes: Notes | None = None) -> list[MSRecord]:
     out = []
     for ms_json in sorted(run_dir.rglob(f"{A.MS_PREFIX}*/{A.MS_JSON}")):  # ms_<embedder>/ (or the older ms/)
         summary = read_record(ms_json, MSSummary, notes)
-        if summary is None:
+        found = _scored_store(ms_json, summary, notes) if summary is not None else None
+        if found is None:
             continue
-        # the store holding the ms folder first: in a copied or moved run the recorded path still
-        # names the original, which is not the store these scores now sit beside
-        recorded = Path(summary.activations_dir or ms_json.parent.parent)
-        store = ms_json.parent.parent if (ms_json.parent.parent / A.MANIFEST).is_file() else recorded
-        manifest = read_json(store / A.MANIFEST, notes) if (store / A.MANIFEST).is_file() else None
-        if manifest is None:
-            if notes is not None:
-                notes.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
-            continue
-        if not (ms_json.parent / A.MS_SCORES).is_file():
-            if notes is not None:
-                notes.warn(f"{ms_json}: its {A.MS_SCORES} is missing (the MS run did not finish or the file was "
-                         f"removed); left out, rerun saevlm ms", damaged=True)
-            continue
+        store, manifest = found
         if notes is not None:
-            from saevlm.data.open import open_any_store
-            from saevlm.data.stamps import stale_reason
-            try:
-                reason = stale_reason(summary.activations_source, open_any_store(store, "store"))
-            except UserError:
-                reason = None
-            if reason:
-                notes.warn(f"{ms_json}: stale, {reason}; rerun saevlm ms")
+            _warn_if_ms_stale(notes, ms_json, summary, store)
         prov = _provenance(manifest, store / A.MANIFEST, notes)
-        if prov is None:
-            continue
-        sae = prov.sae
-        if notes is not None and sae is not None and sae.path:
-            _check_codes_fresh(notes, store, Path(sae.path))
-        model = prov.model.label
-        emb_model = summary.embeddings_model
-        emb_model = display_name(emb_model) if isinstance(emb_model, str) else emb_model
-        if sae is not None and sae.dict_size and sae.activation_dim:
-            expansion = int(round(sae.dict_size / sae.activation_dim))
-            out.append(MSRecord("sae", model, layer_of(prov), sae.arch, expansion, sae.k, summary,
-                                ms_json, store, emb_model, sae.group_sizes))
-        else:
-            out.append(MSRecord("raw", model, layer_of(prov), None, None, None, summary, ms_json, store,
-                                emb_model))
+        if prov is not None:
+            out.append(_ms_record(prov, summary, ms_json, store, notes))
     return out
+
+
+def _scored_store(ms_json: Path, summary: MSSummary, notes: Notes | None) -> tuple[Path, dict] | None:
+    """(the store an ms.json scored, its manifest), when it and the scores are still there: the
+    store holding the ms folder first (in a copied or moved run the recorded path still names the
+    original, which is not the store these scores now sit beside)."""
+    recorded = Path(summary.activations_dir or ms_json.parent.parent)
+    store = ms_json.parent.parent if (ms_json.parent.parent / A.MANIFEST).is_file() else recorded
+    manifest = read_json(store / A.MANIFEST, notes) if (store / A.MANIFEST).is_file() else None
+    if manifest is None:
+        if notes is not None:
+            notes.warn(f"{ms_json}: the store it scored ({recorded}) is gone; left out")
+        return None
+    if not (ms_json.parent / A.MS_SCORES).is_file():
+        if notes is not None:
+            notes.warn(f"{ms_json}: its {A.MS_SCORES} is missing (the MS run did not finish or the file was "
+                       f"removed); left out, rerun saevlm ms", damaged=True)
+        return None
+    return store, manifest
+
+
+def _warn_if_ms_stale(notes: Notes, ms_json: Path, summary: MSSummary, store: Path) -> None:
+    """Scores of an older version of their store are reported, with a warning."""
+    from saevlm.data.open import open_any_store
+    from saevlm.data.stamps import stale_reason
+    try:
+        reason = stale_reason(summary.activations_source, open_any_store(store, "store"))
+    except UserError:
+        reason = None
+    if reason:
+        notes.warn(f"{ms_json}: stale, {reason}; rerun saevlm ms")
+
+
+def _ms_record(prov: Provenance, summary: MSSummary, ms_json: Path, store: Path, notes: Notes | None) -> MSRecord:
+    """An MS result as a row of the report: an SAE's codes (with its width) or raw neurons."""
+    sae = prov.sae
+    if notes is not None and sae is not None and sae.path:
+        _check_codes_fresh(notes, store, Path(sae.path))
+    model = prov.model.label
+    emb_model = summary.embeddings_model
+    emb_model = display_name(emb_model) if isinstance(emb_model, str) else emb_model
+    if sae is not None and sae.dict_size and sae.activation_dim:
+        expansion = int(round(sae.dict_size / sae.activation_dim))
+        return MSRecord("sae", model, layer_of(prov), sae.arch, expansion, sae.k, summary,
+                        ms_json, store, emb_model, sae.group_sizes)
+    return MSRecord("raw", model, layer_of(prov), None, None, None, summary, ms_json, store, emb_model)
 
 
 def _check_codes_fresh(notes: Notes, store: Path, sae_path: Path) -> None:
@@ -230,14 +244,18 @@ def collect_training(run_dir: Path, notes: Notes) -> tuple[list[TrainedSAE], int
         except ResultError as e:
             notes.warn(f"{run_json}: {e}, left out", damaged=True)
             continue
-        for t in trainers:
-            ev_f = run_json.parent / t.dir / A.EVAL_JSON
-            ev = read_record(ev_f, EvalResult, notes) if ev_f.is_file() else None
-            if ev is None and run.complete:
-                notes.warn(f"{ev_f}: missing evaluation of a finished SAE")
-            out.append(TrainedSAE(t.arch, layer_of(prov), int(t.expansion_factor), prov.model.name, ev,
-                                  ev_f if ev is not None else run_json))
+        out += [_trained_sae(run_json, run, t, prov, notes) for t in trainers]
     return out, len(runs)
+
+
+def _trained_sae(run_json: Path, run: TrainRun, t, prov: Provenance, notes: Notes) -> TrainedSAE:
+    """One SAE of a run, with its evaluation (a finished SAE without one is warned about)."""
+    ev_f = run_json.parent / t.dir / A.EVAL_JSON
+    ev = read_record(ev_f, EvalResult, notes) if ev_f.is_file() else None
+    if ev is None and run.complete:
+        notes.warn(f"{ev_f}: missing evaluation of a finished SAE")
+    return TrainedSAE(t.arch, layer_of(prov), int(t.expansion_factor), prov.model.name, ev,
+                      ev_f if ev is not None else run_json)
 
 
 def _results(run_dir: Path, pattern: str, kind: type, notes: Notes) -> list[ResultFile]:

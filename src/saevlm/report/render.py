@@ -138,8 +138,7 @@ def _arch_ms_tables(rep: Report, arch: str, recs: list[MSRecord], raw: dict, lay
     best_rows, active_rows, mean_rows, worst_rows = _ms_rows(rep, arch, raw, sae, layers, exps, matches_paper)
     rep.para("Neurons with a score, of all neurons (dead: never varies on these images, or "
              "varies on one image only; their MS is undefined and left out of every mean):")
-    rep.table(header, [[str(layer), _count_cell(rep, raw.get(layer))]
-                       + [_count_cell(rep, sae.get((layer, e))) for e in exps] for layer in layers])
+    rep.table(header, _count_rows(rep, raw, sae, layers, exps))
     for warning in _dead_warnings(rep, [raw.get(layer) for layer in layers] + list(sae.values())):
         rep.para(warning)
     rep.para(f"Best latent MS among latents active (> 0) on at least {MIN_ACTIVE_IMAGES} images, the "
@@ -157,6 +156,11 @@ def _arch_ms_tables(rep: Report, arch: str, recs: list[MSRecord], raw: dict, lay
     rep.table(header, worst_rows)
 
 
+def _count_rows(rep: Report, raw: dict, sae: dict, layers: list, exps: list) -> list[list[str]]:
+    return [[str(layer), _count_cell(rep, raw.get(layer))] + [_count_cell(rep, sae.get((layer, e))) for e in exps]
+            for layer in layers]
+
+
 def ms_tables(rep: Report, records: list[MSRecord]) -> None:
     if not records:
         return
@@ -168,15 +172,27 @@ def ms_tables(rep: Report, records: list[MSRecord]) -> None:
     for r in records:
         by_model.setdefault((r.model, r.embeddings_model), []).append(r)
     for (model, emb), recs in by_model.items():
-        raw = {r.layer: r for r in recs if r.kind == "raw"}
-        exps = sorted({r.expansion for r in recs if r.kind == "sae"})
-        layers = sorted({r.layer for r in recs}, key=lambda x: (isinstance(x, str), x))
-        matches_paper = paper.MODEL in str(model) and "dino" in str(emb).lower()
-        for arch in sorted({r.arch for r in recs if r.kind == "sae"}):
-            rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
-            _arch_ms_tables(rep, arch, recs, raw, layers, exps, matches_paper)
-        for note in sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note}):
-            rep.para(f"Note on the embedder E ({emb}): {note}.")
+        _model_ms_tables(rep, model, emb, recs)
+
+
+def _table_axes(recs: list[MSRecord]) -> tuple[dict, list[MSRecord], list, list]:
+    """(raw-neuron results by layer, the SAE results, the layers (numbers, then names), the
+    expansion factors) of one model's MS results."""
+    raw = {r.layer: r for r in recs if r.kind == "raw"}
+    saes = [r for r in recs if r.kind == "sae"]
+    layers = sorted({r.layer for r in recs}, key=lambda x: (isinstance(x, str), x))
+    return raw, saes, layers, sorted({r.expansion for r in saes})
+
+
+def _model_ms_tables(rep: Report, model, emb, recs: list[MSRecord]) -> None:
+    """The MS tables of one model under one embedder: one set per SAE architecture."""
+    raw, saes, layers, exps = _table_axes(recs)
+    matches_paper = paper.MODEL in str(model) and "dino" in str(emb).lower()
+    for arch in sorted({r.arch for r in saes}):
+        rep.heading(f"{ARCH_NAMES.get(arch, arch)}: {model}, embeddings {emb}", 3)
+        _arch_ms_tables(rep, arch, recs, raw, layers, exps, matches_paper)
+    for note in sorted({r.summary.embedder_note for r in recs if r.summary.embedder_note}):
+        rep.para(f"Note on the embedder E ({emb}): {note}.")
 
 
 def _deltas(rec: MSRecord | None) -> np.ndarray | None:
@@ -219,28 +235,23 @@ def paired_differences(rep: Report, raw: dict, sae: dict, layers: list, exps: li
     and each SAE against the raw neurons of its layer, paired over the same images."""
     rows = []
     for layer in layers:
-        pairs = [((layer, b), (layer, a), f"x{b} - x{a}") for a, b in zip(exps, exps[1:])]
-        for first, second, label in pairs:
-            ra, rb = sae.get(first), sae.get(second)
-            if ra is None or rb is None:
-                continue
-            d = paired_difference(ra, rb)
-            if d is not None:
-                rows.append([str(layer), label, f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]",
-                             "yes" if d[1] > 0 or d[2] < 0 else "no", f"{rep.cite(ra.source)} {rep.cite(rb.source)}"])
-        for e in exps:
-            ra, rb = sae.get((layer, e)), raw.get(layer)
-            if ra is None or rb is None:
-                continue
-            d = paired_difference(ra, rb)
-            if d is not None:
-                rows.append([str(layer), f"x{e} - no SAE", f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]",
-                             "yes" if d[1] > 0 or d[2] < 0 else "no", f"{rep.cite(ra.source)} {rep.cite(rb.source)}"])
+        pairs = [(sae.get((layer, b)), sae.get((layer, a)), f"x{b} - x{a}") for a, b in zip(exps, exps[1:])]
+        pairs += [(sae.get((layer, e)), raw.get(layer), f"x{e} - no SAE") for e in exps]
+        rows += [row for ra, rb, label in pairs if (row := _difference_row(rep, layer, label, ra, rb))]
     if rows:
         rep.para(f"Differences of mean MS ({ARCH_NAMES.get(arch, arch)}), paired over the same images (95 % "
                  f"interval: the delete-one jackknife of the difference); 'holds' where the interval excludes 0. "
                  f"Over images only: another training seed can move a mean further, which these intervals do not include.")
         rep.table(["layer", "difference", "mean MS difference [95 %]", "holds", "sources"], rows)
+
+
+def _difference_row(rep: Report, layer, label: str, ra: MSRecord | None, rb: MSRecord | None) -> list[str] | None:
+    """A row of the paired-differences table, when both results are there and comparable."""
+    d = paired_difference(ra, rb) if ra is not None and rb is not None else None
+    if d is None:
+        return None
+    return [str(layer), label, f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]", "yes" if d[1] > 0 or d[2] < 0 else "no",
+            f"{rep.cite(ra.source)} {rep.cite(rb.source)}"]
 
 
 DEAD_WARNING_FRACTION = 0.5  # above it the report warns that its MS rows rest on few latents
@@ -341,17 +352,22 @@ def hierarchy_tables(rep: Report, results: list[ResultFile]) -> None:
                  f" Paper (iNat, 7 levels, 5 groups): {' / '.join(map(str, paper.HIERARCHY_INAT))}." if inat_like
                  else " (The paper's iNat depths are not shown: this taxonomy or grouping is another.)"))
     for r in results:
-        rows = [[str(g.group), str(g.size), str(_group_used(g)), f"{g.left_out_near_dead:.0%}",
-                 _fmt(g.lca_depth_mean_rounded), _fmt(g.lca_depth_majority),
-                 _fmt(g.ms_mean), rep.cite(r.path)] for g in r.record.groups]
-        rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
-        rep.table(["group", "size", "latents used", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
-                   "MS mean", "source"], rows)
-        small = [f"{g.group} ({_group_used(g)})" for g in r.record.groups if _group_used(g) < SMALL_GROUP]
-        if small:
-            rep.para(f"Warning: group{'s' if len(small) > 1 else ''} {', '.join(small)} rest on fewer than "
-                     f"{SMALL_GROUP} latents (latents used in parentheses); their depths and MS means are "
-                     f"noisy. A larger dictionary or more images give these groups more live latents.")
+        _hierarchy_table(rep, r)
+
+
+def _hierarchy_table(rep: Report, r: ResultFile) -> None:
+    """One hierarchy result's table per group, and a warning for groups of few live latents."""
+    rows = [[str(g.group), str(g.size), str(_group_used(g)), f"{g.left_out_near_dead:.0%}",
+             _fmt(g.lca_depth_mean_rounded), _fmt(g.lca_depth_majority),
+             _fmt(g.ms_mean), rep.cite(r.path)] for g in r.record.groups]
+    rep.para(f"{r.path.parent.relative_to(rep.run_dir)}:")
+    rep.table(["group", "size", "latents used", "left out", "LCA depth (rounded mean)", "LCA depth (majority)",
+               "MS mean", "source"], rows)
+    small = [f"{g.group} ({_group_used(g)})" for g in r.record.groups if _group_used(g) < SMALL_GROUP]
+    if small:
+        rep.para(f"Warning: group{'s' if len(small) > 1 else ''} {', '.join(small)} rest on fewer than "
+                 f"{SMALL_GROUP} latents (latents used in parentheses); their depths and MS means are "
+                 f"noisy. A larger dictionary or more images give these groups more live latents.")
 
 
 SMALL_GROUP = 20  # a hierarchy group mean over fewer latents is warned as noisy
@@ -437,28 +453,43 @@ def names_tables(rep: Report, results: list[ResultFile]) -> None:
         if not named:
             continue
         rep.heading(f"Latent names: {r.path.parent.relative_to(rep.run_dir)}", 3)
-        where = "where they are active " if n.named_where_active else ""
-        scored = [x for x in named if x.detection is not None]
-        score_note = (f" Detection score (AUROC of the name's text on held-out activating vs random silent images): "
-                      f"median {np.median([x.detection for x in scored]):.3f} over {len(scored)} scored names, a "
-                      f"random other name's {np.median([x.detection_baseline for x in scored if x.detection_baseline is not None] or [np.nan]):.3f}."
-                      if scored else "")
-        if n.explainer in ("mllm", "given"):
-            by = f"written by {n.mllm_model} from a grid of their top-{n.k} images {where}" if n.explainer == "mllm" \
-                else f"given in {Path(n.names_file or '').name}"
-            rep.para(f"{len(named)} of {len(n.latents)} latents named, {by}; similarity: the cosine of the name's CLIP "
-                     f"text with the mean CLIP embedding of those images.{score_note} The 10 best detected:")
-            best = sorted(named, key=lambda x: -(x.detection if x.detection is not None else -1))[:10]
-        else:
-            rep.para(f"{len(named)} of {len(n.latents)} latents named from {n.vocab_size} words "
-                     f"({n.vocab_source}; '{n.template}'), by the cosine of the mean CLIP embedding of their "
-                     f"top-{n.k} images {where}with each word.{score_note} The 10 with the largest margin over the "
-                     f"second word:")
-            best = sorted(named, key=lambda x: -(x.margin or 0))[:10]
+        best = _names_intro(rep, n, named)
         rep.table(["latent", "name", "similarity", "margin", "2nd", "detection", "top-image label", "purity", "source"],
-                  [[str(x.id), x.names[0][0], f"{x.names[0][1]:.3f}", _fmt(x.margin, 3),
-                    x.names[1][0] if len(x.names) > 1 else "–", _fmt(x.detection, 3),
-                    str("–" if x.label is None else x.label), _fmt(x.purity), rep.cite(r.path)] for x in best])
+                  _name_rows(rep, r, best))
+
+
+def _names_intro(rep: Report, n, named: list) -> list:
+    """Say how the names were made; the 10 names to list (best detected, or largest margin)."""
+    where = "where they are active " if n.named_where_active else ""
+    score_note = _detection_note(named)
+    if n.explainer in ("mllm", "given"):
+        by = f"written by {n.mllm_model} from a grid of their top-{n.k} images {where}" if n.explainer == "mllm" \
+            else f"given in {Path(n.names_file or '').name}"
+        rep.para(f"{len(named)} of {len(n.latents)} latents named, {by}; similarity: the cosine of the name's CLIP "
+                 f"text with the mean CLIP embedding of those images.{score_note} The 10 best detected:")
+        return sorted(named, key=lambda x: -(x.detection if x.detection is not None else -1))[:10]
+    rep.para(f"{len(named)} of {len(n.latents)} latents named from {n.vocab_size} words "
+             f"({n.vocab_source}; '{n.template}'), by the cosine of the mean CLIP embedding of their "
+             f"top-{n.k} images {where}with each word.{score_note} The 10 with the largest margin over the "
+             f"second word:")
+    return sorted(named, key=lambda x: -(x.margin or 0))[:10]
+
+
+def _detection_note(named: list) -> str:
+    """The median detection score of the scored names, and that of random other names."""
+    scored = [x for x in named if x.detection is not None]
+    if not scored:
+        return ""
+    baselines = [x.detection_baseline for x in scored if x.detection_baseline is not None] or [np.nan]
+    return (f" Detection score (AUROC of the name's text on held-out activating vs random silent images): "
+            f"median {np.median([x.detection for x in scored]):.3f} over {len(scored)} scored names, a "
+            f"random other name's {np.median(baselines):.3f}.")
+
+
+def _name_rows(rep: Report, r: ResultFile, best: list) -> list[list[str]]:
+    return [[str(x.id), x.names[0][0], f"{x.names[0][1]:.3f}", _fmt(x.margin, 3),
+             x.names[1][0] if len(x.names) > 1 else "–", _fmt(x.detection, 3),
+             str("–" if x.label is None else x.label), _fmt(x.purity), rep.cite(r.path)] for x in best]
 
 
 def stability_tables(rep: Report, results: list[ResultFile]) -> None:
@@ -504,8 +535,6 @@ def result_tables(rep: Report, results: RunResults) -> None:
 
 
 def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) -> None:
-    from saevlm.metrics.figures import open_store_images, save_grid, save_histogram
-
     sae_recs = [r for r in records if r.kind == "sae"]
     if not sae_recs:
         return
@@ -514,35 +543,45 @@ def figures(rep: Report, records: list[MSRecord], out_dir: Path, grids: bool) ->
     fig_dir = out_dir / "report_figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(sae_recs):
-        sae_scores = _load_scores(rep, r)
-        if sae_scores is None:
-            continue
-        rr = raw.get((r.model, r.layer, r.embeddings_model))
-        raw_scores = _load_scores(rep, rr) if rr else None
-        png = fig_dir / f"ms_hist_{i:02d}.png"
-        save_histogram(sae_scores, raw_scores, png)
-        rep.figure(png, f"MS histogram: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}, "
-                        f"{r.model} (against raw neurons) {rep.cite(r.source)}")
-        top_f = r.store / "top_images_16.npy"
-        if not grids or not top_f.is_file():
-            continue
-        try:
-            images = open_store_images(_open(r.store))
-        except UserError:
-            continue  # synthetic stores have no images
-        top = np.load(top_f)
-        values = np.load(r.store / "top_images_16_values.npy")
-        groups = list(r.group_sizes or [len(top)])
-        bounds = np.concatenate([[0], np.cumsum(groups)])
-        for g in range(len(groups)):
-            sl = np.arange(bounds[g], bounds[g + 1])
-            s = np.nan_to_num(sae_scores[sl], nan=-np.inf)
-            if not np.isfinite(s).any():
-                continue  # every latent of the group is dead
-            best = int(sl[np.argmax(s)])
-            png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
-            save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)
-            rep.figure(png, f"Best neuron of group {g}: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}")
+        sae_scores = _histogram(rep, r, raw.get((r.model, r.layer, r.embeddings_model)), fig_dir / f"ms_hist_{i:02d}.png")
+        if sae_scores is not None and grids and (r.store / "top_images_16.npy").is_file():
+            _best_neuron_grids(rep, r, sae_scores, fig_dir, i)
+
+
+def _histogram(rep: Report, r: MSRecord, rr: MSRecord | None, png: Path) -> np.ndarray | None:
+    """The MS histogram of an SAE against its layer's raw neurons; the SAE's scores (None when unreadable)."""
+    from saevlm.metrics.figures import save_histogram
+
+    sae_scores = _load_scores(rep, r)
+    if sae_scores is None:
+        return None
+    save_histogram(sae_scores, _load_scores(rep, rr) if rr else None, png)
+    rep.figure(png, f"MS histogram: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}, "
+                    f"{r.model} (against raw neurons) {rep.cite(r.source)}")
+    return sae_scores
+
+
+def _best_neuron_grids(rep: Report, r: MSRecord, sae_scores: np.ndarray, fig_dir: Path, i: int) -> None:
+    """The top-16 grid of the best-MS neuron of each Matryoshka group (of the SAE, when not grouped)."""
+    from saevlm.metrics.figures import open_store_images, save_grid
+
+    try:
+        images = open_store_images(_open(r.store))
+    except UserError:
+        return  # synthetic stores have no images
+    top = np.load(r.store / "top_images_16.npy")
+    values = np.load(r.store / "top_images_16_values.npy")
+    groups = list(r.group_sizes or [len(top)])
+    bounds = np.concatenate([[0], np.cumsum(groups)])
+    for g in range(len(groups)):
+        sl = np.arange(bounds[g], bounds[g + 1])
+        s = np.nan_to_num(sae_scores[sl], nan=-np.inf)
+        if not np.isfinite(s).any():
+            continue  # every latent of the group is dead
+        best = int(sl[np.argmax(s)])
+        png = fig_dir / f"grid_{i:02d}_g{g}_n{best}.png"
+        save_grid(images, top[best], values[best], f"neuron {best} | MS {sae_scores[best]:.3f} | group {g}", png)
+        rep.figure(png, f"Best neuron of group {g}: {ARCH_NAMES.get(r.arch, r.arch)} x{r.expansion}, layer {r.layer}")
 
 
 def _load_scores(rep: Report, rec: MSRecord):
@@ -563,6 +602,19 @@ CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;l
        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
        "font-size:13px;text-align:right}th{background:#f3f3f3}figure{display:inline-block;margin:8px}"
        "figcaption{font-size:12px;color:#555}")
+
+
+def _insert_warnings(rep: Report, at: tuple[int, int]) -> None:
+    """The report's warnings as a block at ``at`` (after the title), and on stderr."""
+    md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \
+        [f"- {w}" for w in rep.warnings] + [""]
+    html_w = ["<div style='border:2px solid #c00;padding:6px'><b>Warnings</b> (these results are "
+              "incomplete or out of date):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in rep.warnings)
+              + "</ul></div>"]
+    rep.md[at[0]:at[0]] = md_w
+    rep.html[at[1]:at[1]] = html_w
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grids: bool = True,
@@ -586,15 +638,7 @@ def build_report(run_dir: str | Path, output_dir: str | Path | None = None, grid
     result_tables(rep, results)
     figures(rep, results.ms, out, grids)
     if rep.warnings:  # at the top, so nobody reads a table without them
-        md_w = ["**Warnings** (these results are incomplete or out of date):", ""] + \
-            [f"- {w}" for w in rep.warnings] + [""]
-        html_w = ["<div style='border:2px solid #c00;padding:6px'><b>Warnings</b> (these results are "
-                  "incomplete or out of date):<ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in rep.warnings)
-                  + "</ul></div>"]
-        rep.md[title_len[0]:title_len[0]] = md_w
-        rep.html[title_len[1]:title_len[1]] = html_w
-        for w in rep.warnings:
-            print(f"warning: {w}", file=sys.stderr)
+        _insert_warnings(rep, title_len)
     rep.heading("Sources")
     rep.md += [f"{i + 1}. `{s}`" for i, s in enumerate(rep.sources)] + [""]
     rep.html.append("<ol>" + "".join(f"<li><code>{html.escape(s)}</code></li>" for s in rep.sources) + "</ol>")

@@ -185,6 +185,39 @@ def check_recorded_weights(weights: Path, cfg_path: Path | None) -> None:
 def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
     """Load any dictionary_learning checkpoint; the class comes from config.json (or, without
     one, from the state dict's keys)."""
+    weights, config, state, arch, cls_name = _read_checkpoint(path)
+    ae = _construct(arch, state)
+    try:
+        ae.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"sae_path {weights}: weights do not fit a {cls_name} "
+                        f"({str(err).splitlines()[0]})", field="sae_path") from None
+    ae.eval().to(device)
+    act_dim, dict_size = _dims(arch, state)
+    return LoadedSAE(ae, arch, cls_name, act_dim, dict_size, config, weights)
+
+
+def describe_checkpoint(path: str) -> dict:
+    """What :meth:`LoadedSAE.describe` gives for the checkpoint, read from its weights alone: no
+    SAE class is built, so dictionary_learning is not imported (a rerun that finds its output
+    complete skips without it). k, a scalar threshold and the group sizes are the state dict's
+    buffers, which loading copies into the module unchanged."""
+    weights, _config, state, arch, cls_name = _read_checkpoint(path, mmap=True)
+    act_dim, dict_size = _dims(arch, state)
+    out: dict = {"path": str(weights), "arch": arch, "dict_class": cls_name, "activation_dim": act_dim,
+                 "dict_size": dict_size}
+    if "k" in state:
+        out["k"] = int(state["k"])
+    if "threshold" in state and state["threshold"].numel() == 1:
+        out["threshold"] = float(state["threshold"])
+    if "group_sizes" in state:
+        out["group_sizes"] = [int(g) for g in state["group_sizes"].tolist()]
+    return out
+
+
+def _read_checkpoint(path: str, mmap: bool = False) -> tuple[Path, dict, dict, str, str]:
+    """(weights file, its config, its state dict, architecture, the class that is built) of a
+    checkpoint, its recorded checksum checked."""
     import torch
 
     weights, cfg_path = resolve_checkpoint(path)
@@ -200,7 +233,7 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
         cls_name = ARCHITECTURES[TRAINER_CLASS_TO_ARCH[trainer_cfg["trainer_class"]]][3]
     check_recorded_weights(weights, cfg_path)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"sae_path {weights}: not a readable torch checkpoint ({first_line})", field="sae_path") from None
@@ -210,16 +243,7 @@ def load_sae(path: str, device: str | Any = "cpu") -> LoadedSAE:
         raise UserError(f"sae_path {path}: SAE class {cls_name!r} (from {cfg_path}) is not supported; "
                         f"supported: {', '.join(DICT_CLASS_TO_ARCH)}", field="sae_path")
     arch = DICT_CLASS_TO_ARCH[cls_name]
-    cls_name = ARCHITECTURES[arch][3]  # the class that is built (an alias names the same class)
-    ae = _construct(arch, state)
-    try:
-        ae.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(f"sae_path {weights}: weights do not fit a {cls_name} "
-                        f"({str(err).splitlines()[0]})", field="sae_path") from None
-    ae.eval().to(device)
-    act_dim, dict_size = _dims(arch, state)
-    return LoadedSAE(ae, arch, cls_name, act_dim, dict_size, config, weights)
+    return weights, config, state, arch, ARCHITECTURES[arch][3]  # the class built (an alias names the same)
 
 
 def _guess_class(state: dict) -> str:

@@ -304,12 +304,13 @@ def _check_written_codes(folder: Path, weights, src: Path):
 
 def _check_and_report(args: ImportSAEConfig, loaded, weights, picked: dict | None) -> dict:
     """--check_activations: R2, L0 and dead fraction on real activations, printed with warnings."""
-    recorded_l0 = (picked or {}).get("l0") or (weights.k if weights.arch == "top_k" else None)
+    picked = picked or {}
+    recorded_l0 = picked.get("l0") or (weights.k if weights.arch == "top_k" else None)
     check = check_on_activations(loaded, args.check_activations, args.check_rows,
                                  float(recorded_l0) if recorded_l0 else None)
     r2_text = f"{check['r2']:.3f}" if check["r2"] is not None else "undefined (constant rows)"
-    recorded = "".join(f"; the source records {key} {(picked or {})[key]}" for key in ("l0", "mse")
-                       if (picked or {}).get(key) is not None)
+    recorded = "".join(f"; the source records {key} {picked[key]}" for key in ("l0", "mse")
+                       if picked.get(key) is not None)
     print(f"import-sae: on {check['rows']} rows of {args.check_activations}: R2 {r2_text}, L0 "
           f"{check['l0']:.1f}, dead {check['dead_fraction']:.1%}{recorded}", file=sys.stderr)
     for warning in check["warnings"]:

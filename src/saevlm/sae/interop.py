@@ -146,6 +146,23 @@ def with_centring(w: SAEWeights, centred: bool) -> SAEWeights:
     return replace(w, centred=centred, b_enc=w.b_enc + shift if centred else w.b_enc - shift)
 
 
+def _read_stats_file(spec: str, f: Path) -> Any:
+    """The contents of ``--input_norm stats:FILE`` (.npz, .json or a torch file)."""
+    if not f.is_file():
+        raise UserError(f"input_norm {spec}: no such file {f}", field="input_norm")
+    try:
+        if f.suffix == ".npz":
+            import numpy as np
+            with np.load(f) as z:
+                return {k: z[k] for k in z.files}
+        if f.suffix == ".json":
+            return json.loads(f.read_text())
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one line
+        raise UserError(f"input_norm {spec}: unreadable ({type(err).__name__}: {str(err)[:120]})",
+                        field="input_norm") from None
+
+
 def read_input_norm(spec: str | None) -> tuple[Any, Any, str]:
     """``--input_norm``: ``none``, ``scalar:S`` (x / S) or ``stats:FILE`` (an .npz / .pt / .json with
     ``mean`` [D] and ``std`` (a scalar or [D])). Returns (mean, std, description)."""
@@ -161,20 +178,7 @@ def read_input_norm(spec: str | None) -> tuple[Any, Any, str]:
         return None, s, f"x / {s!r}"
     if kind == "stats":
         f = Path(value).expanduser()
-        if not f.is_file():
-            raise UserError(f"input_norm {spec}: no such file {f}", field="input_norm")
-        try:
-            if f.suffix == ".npz":
-                import numpy as np
-                with np.load(f) as z:
-                    stats = {k: z[k] for k in z.files}
-            elif f.suffix == ".json":
-                stats = json.loads(f.read_text())
-            else:
-                stats = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is one line
-            raise UserError(f"input_norm {spec}: unreadable ({type(err).__name__}: {str(err)[:120]})",
-                            field="input_norm") from None
+        stats = _read_stats_file(spec, f)
         if not isinstance(stats, dict) or "mean" not in stats:
             keys = ", ".join(map(str, stats)) if isinstance(stats, dict) else type(stats).__name__
             raise UserError(f"input_norm {spec}: expected keys mean and std (found {keys})", field="input_norm")
@@ -183,26 +187,44 @@ def read_input_norm(spec: str | None) -> tuple[Any, Any, str]:
 
 
 # ----------------------------------------------------------------------------- reading
+def _err_line(err: Exception) -> str:
+    """The first line of an error's message (its type when it has none), for a one-line UserError."""
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+# the files that tell a folder's format (each set must all be there)
+FOLDER_LAYOUTS = (("saelens", {"cfg.json", "sae_weights.safetensors"}), ("sparsify", {"cfg.json", "sae.safetensors"}),
+                  ("dictionary_learning", {"ae.pt"}), ("visaebench", {"config.json", "sae.pt"}),
+                  ("visaebench", {"config.json", "model.safetensors"}), ("saev", {"manifest.jsonl"}))
+
+
+def _detect_file_format(path: Path) -> str:
+    """The format of a single checkpoint file, from its suffix and first bytes or keys."""
+    if path.suffix == ".pt":
+        if _has_json_header(path):
+            return "saev"
+        return "overcomplete" if "dictionary._weights" in _state_keys(path) else "dictionary_learning"
+    if path.suffix == ".safetensors":
+        return "overcomplete"
+    raise UserError(f"sae_path {path}: cannot tell the format of a {path.suffix or 'suffix-less'} file; pass "
+                    f"--format ({', '.join(FORMATS)})", field="sae_path")
+
+
+def _folder_formats(names: set[str]) -> list[str]:
+    """Every format whose files a folder holds."""
+    found = [fmt for fmt, files in FOLDER_LAYOUTS if files <= names]
+    if not found and "sae.pt" in names:
+        return ["saev"]  # saev's checkpoint alone: a JSON header line, then the weights
+    return found
+
+
 def detect_format(path: Path) -> str:
     """The format of a local SAE folder or file, from the files it holds."""
     if path.is_file():
-        if path.suffix == ".pt":
-            if _has_json_header(path):
-                return "saev"
-            return "overcomplete" if "dictionary._weights" in _state_keys(path) else "dictionary_learning"
-        if path.suffix == ".safetensors":
-            return "overcomplete"
-        raise UserError(f"sae_path {path}: cannot tell the format of a {path.suffix or 'suffix-less'} file; pass "
-                        f"--format ({', '.join(FORMATS)})", field="sae_path")
+        return _detect_file_format(path)
     names = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    found = [fmt for fmt, files in (("saelens", {"cfg.json", "sae_weights.safetensors"}),
-                                    ("sparsify", {"cfg.json", "sae.safetensors"}),
-                                    ("dictionary_learning", {"ae.pt"}),
-                                    ("visaebench", {"config.json", "sae.pt"}),
-                                    ("visaebench", {"config.json", "model.safetensors"}),
-                                    ("saev", {"manifest.jsonl"})) if files <= names]
-    if not found and "sae.pt" in names:
-        found = ["saev"]  # saev's checkpoint alone: a JSON header line, then the weights
+    found = _folder_formats(names)
     if len(found) == 1:
         return found[0]
     listing = ", ".join(sorted(names)[:8]) or "nothing"
@@ -279,21 +301,7 @@ def read_saelens(path: Path) -> SAEWeights:
     (``k`` and cumulative ``matryoshka_widths`` in ``metadata.training_architecture_details``)."""
     cfg = _read_json(path / "cfg.json")
     arch = cfg.get("architecture", "standard")
-    if arch not in SAELENS_ARCHS:
-        raise UserError(f"sae_path {path}: SAELens architecture {arch!r} is not supported (supported: "
-                        f"{', '.join(SAELENS_ARCHS)}; a {arch} SAE has no equivalent among saevlm's)", field="sae_path")
-    norm = cfg.get("normalize_activations", "none")
-    if norm not in ("none", None):
-        if norm == "expected_average_only_in":
-            raise UserError(f"sae_path {path}: trained on inputs scaled by a norm_scaling_factor that the "
-                            f"checkpoint does not hold (normalize_activations {norm!r}); pass --input_norm scalar:S "
-                            f"with S = 1 / norm_scaling_factor (SAELens lists the factor in pretrained_saes.yaml)",
-                            field="sae_path", mentions=("input_norm",))
-        raise UserError(f"sae_path {path}: normalize_activations {norm!r} normalises each input by its own "
-                        f"statistics, which no linear SAE can fold in; not supported", field="sae_path")
-    if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise UserError(f"sae_path {path}: reshape_activations {cfg['reshape_activations']!r} (attention heads) "
-                        f"is not a vision-tower hook; not supported", field="sae_path")
+    _check_saelens_cfg(cfg, arch, path)
     state = _read_safetensors(path / "sae_weights.safetensors")
     _need(state, ("W_enc", "b_enc", "W_dec", "b_dec"), path, "SAELens")
     d, f = int(cfg.get("d_in", state["W_enc"].shape[0])), int(cfg.get("d_sae", state["W_enc"].shape[1]))
@@ -311,22 +319,48 @@ def read_saelens(path: Path) -> SAEWeights:
             w.W_enc, w.b_enc, w.W_dec = w.W_enc * n[None, :], w.b_enc * n, w.W_dec / n[:, None]
     elif arch == "jumprelu":
         _need(state, ("threshold",), path, "SAELens JumpReLU")
-        thr = state["threshold"]
-        _shape(thr, (f,), "threshold", path)
-        w.arch, w.threshold = "jumprelu", thr
-        training = meta.get("training_architecture")
-        details = meta.get("training_architecture_details") or {}
-        if training in ("batchtopk", "matryoshka_batchtopk") and bool((thr == thr[0]).all()) and float(thr[0]) >= 0 \
-                and details.get("k") is not None:
-            # one threshold for every latent: the BatchTopK SAE it was trained as (same codes: for a
-            # threshold >= 0, relu(pre) > t exactly where pre > t)
-            w.arch, w.threshold = "batch_top_k", thr[0].clone()
-            w.k = int(details["k"])
-            widths = details.get("matryoshka_widths")
-            if training == "matryoshka_batchtopk" and widths:
-                w.arch = "matryoshka_batch_top_k"
-                w.group_sizes = sizes_of_bounds(widths)
+        _shape(state["threshold"], (f,), "threshold", path)
+        w.arch, w.threshold = "jumprelu", state["threshold"]
+        _saelens_batch_top_k(w, meta)
     return w
+
+
+def _check_saelens_cfg(cfg: dict, arch: str, path: Path) -> None:
+    """Refuse, by name, the SAELens settings no saevlm SAE can hold."""
+    if arch not in SAELENS_ARCHS:
+        raise UserError(f"sae_path {path}: SAELens architecture {arch!r} is not supported (supported: "
+                        f"{', '.join(SAELENS_ARCHS)}; a {arch} SAE has no equivalent among saevlm's)", field="sae_path")
+    norm = cfg.get("normalize_activations", "none")
+    if norm == "expected_average_only_in":
+        raise UserError(f"sae_path {path}: trained on inputs scaled by a norm_scaling_factor that the "
+                        f"checkpoint does not hold (normalize_activations {norm!r}); pass --input_norm scalar:S "
+                        f"with S = 1 / norm_scaling_factor (SAELens lists the factor in pretrained_saes.yaml)",
+                        field="sae_path", mentions=("input_norm",))
+    if norm not in ("none", None):
+        raise UserError(f"sae_path {path}: normalize_activations {norm!r} normalises each input by its own "
+                        f"statistics, which no linear SAE can fold in; not supported", field="sae_path")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise UserError(f"sae_path {path}: reshape_activations {cfg['reshape_activations']!r} (attention heads) "
+                        f"is not a vision-tower hook; not supported", field="sae_path")
+
+
+def _saelens_batch_top_k(w: SAEWeights, meta: dict) -> None:
+    """A SAELens JumpReLU that was trained as (Matryoshka) BatchTopK, with one threshold >= 0 for
+    every latent and its k recorded, becomes that SAE again (same codes: for a threshold >= 0,
+    relu(pre) > t exactly where pre > t)."""
+    thr = w.threshold
+    training = meta.get("training_architecture")
+    details = meta.get("training_architecture_details") or {}
+    if training not in ("batchtopk", "matryoshka_batchtopk") or details.get("k") is None:
+        return
+    if not bool((thr == thr[0]).all()) or float(thr[0]) < 0:
+        return
+    w.arch, w.threshold = "batch_top_k", thr[0].clone()
+    w.k = int(details["k"])
+    widths = details.get("matryoshka_widths")
+    if training == "matryoshka_batchtopk" and widths:
+        w.arch = "matryoshka_batch_top_k"
+        w.group_sizes = sizes_of_bounds(widths)
 
 
 def read_sparsify(path: Path) -> SAEWeights:
@@ -354,48 +388,99 @@ def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id
     """One checkpoint of a saev multi-checkpoint repo (``layer_<N>/<run>/sae.pt`` + ``manifest.jsonl``,
     one row per checkpoint: run_id, layer, l0, mse, sha256, path): by ``run_id``, or by ``layer`` and
     the L0 nearest ``l0``. The file's SHA-256 must match its row."""
-    import hashlib
-
-    rows = []
-    for i, line in enumerate((root / "manifest.jsonl").read_text().splitlines()):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"sae_path {root / 'manifest.jsonl'}: line {i + 1} is not JSON", field="sae_path") from None
-            if isinstance(row, dict) and row.get("path"):
-                rows.append(row)
-    if run_id is not None:
-        chosen = [r for r in rows if str(r.get("run_id")) == run_id]
-    else:
-        if layer is None:
-            layers = sorted({r.get("layer") for r in rows}, key=str)
-            raise UserError(f"sae_path {root}: a repo of {len(rows)} checkpoints (layers {layers}); pass --layer "
-                            f"(and --l0 for the sparsity) or --run_id to pick one", field="sae_path",
-                            mentions=("layer", "l0", "run_id"))
-        chosen = [r for r in rows if r.get("layer") == layer]
-        if chosen and l0 is not None:
-            chosen = [min(chosen, key=lambda r: abs(float(r.get("l0", 0)) - l0))]
+    rows = _saev_manifest_rows(root)
+    chosen = _saev_candidates(rows, root, layer, l0, run_id)
     if len(chosen) != 1:
-        what = f"run_id {run_id}" if run_id is not None else f"layer {layer}"
-        options = ", ".join(f"{r.get('run_id')} (layer {r.get('layer')}, L0 {r.get('l0')})"
-                            for r in (chosen or rows)[:8])
-        raise UserError(f"sae_path {root}: {'no' if not chosen else len(chosen)} checkpoint(s) for {what}; "
-                        f"{'pass --l0 to choose among' if chosen else 'the manifest lists'} {options}",
-                        field="sae_path", mentions=("l0",))
+        raise _not_one_checkpoint(root, chosen, rows, f"run_id {run_id}" if run_id is not None else f"layer {layer}")
     row = chosen[0]
     f = fetch(row["path"]) if fetch is not None else root / row["path"]  # (a hub repo: downloaded now)
     if not f.is_file():
         raise UserError(f"sae_path {f}: listed in manifest.jsonl but not there", field="sae_path")
-    if row.get("sha256"):
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != row["sha256"]:
-            raise UserError(f"sae_path {f}: its SHA-256 is not the one manifest.jsonl records (a damaged or "
-                            f"replaced checkpoint)", field="sae_path")
+    if row.get("sha256") and _sha256_of(f) != row["sha256"]:
+        raise UserError(f"sae_path {f}: its SHA-256 is not the one manifest.jsonl records (a damaged or "
+                        f"replaced checkpoint)", field="sae_path")
     return f, row
+
+
+def _not_one_checkpoint(root: Path, chosen: list[dict], rows: list[dict], what: str) -> UserError:
+    """No checkpoint, or several, for what was asked: the error lists them (or the manifest's)."""
+    options = ", ".join(f"{r.get('run_id')} (layer {r.get('layer')}, L0 {r.get('l0')})" for r in (chosen or rows)[:8])
+    return UserError(f"sae_path {root}: {'no' if not chosen else len(chosen)} checkpoint(s) for {what}; "
+                     f"{'pass --l0 to choose among' if chosen else 'the manifest lists'} {options}",
+                     field="sae_path", mentions=("l0",))
+
+
+def _saev_manifest_rows(root: Path) -> list[dict]:
+    """The rows of a saev repo's manifest.jsonl that name a checkpoint file."""
+    rows = []
+    for i, line in enumerate((root / "manifest.jsonl").read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"sae_path {root / 'manifest.jsonl'}: line {i + 1} is not JSON", field="sae_path") from None
+        if isinstance(row, dict) and row.get("path"):
+            rows.append(row)
+    return rows
+
+
+def _saev_candidates(rows: list[dict], root: Path, layer: int | None, l0: float | None,
+                     run_id: str | None) -> list[dict]:
+    """The rows ``--run_id``, or ``--layer`` (and the L0 nearest ``--l0``), pick."""
+    if run_id is not None:
+        return [r for r in rows if str(r.get("run_id")) == run_id]
+    if layer is None:
+        layers = sorted({r.get("layer") for r in rows}, key=str)
+        raise UserError(f"sae_path {root}: a repo of {len(rows)} checkpoints (layers {layers}); pass --layer "
+                        f"(and --l0 for the sparsity) or --run_id to pick one", field="sae_path",
+                        mentions=("layer", "l0", "run_id"))
+    chosen = [r for r in rows if r.get("layer") == layer]
+    if chosen and l0 is not None:
+        chosen = [min(chosen, key=lambda r: abs(float(r.get("l0", 0)) - l0))]
+    return chosen
+
+
+def _sha256_of(f: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_saev_file(f: Path) -> tuple[dict, dict]:
+    """(JSON header, float weights) of a saev ``sae.pt``."""
+    import io
+
+    try:
+        with open(f, "rb") as fh:
+            header = json.loads(fh.readline())
+            payload = fh.read()
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"sae_path {f}: not a saev checkpoint (a JSON header line, then the weights: "
+                        f"{type(err).__name__})", field="sae_path") from None
+    if not isinstance(header, dict):
+        raise UserError(f"sae_path {f}: not a saev checkpoint (its header line is JSON but not an object)",
+                        field="sae_path")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable payload is one line
+        raise UserError(f"sae_path {f}: its weights are unreadable ({_err_line(err)})",
+                        field="sae_path") from None
+    return header, {k: v.float() for k, v in state.items()}
+
+
+def _saev_activation(header: dict) -> tuple[str | None, dict]:
+    """(activation class, its parameters) from a saev header: ``cfg.activation`` since schema 2;
+    schema 1A names it in ``cls``; without a schema it is ReLU."""
+    cfg = header.get("cfg", header)
+    activation = cfg.get("activation")
+    if isinstance(activation, dict):
+        return activation.get("cls"), activation.get("params") or {}
+    return (header.get("cls") if header.get("cls") in ("Relu", "TopK", "BatchTopK") else "Relu"), cfg
 
 
 def read_saev(path: Path) -> SAEWeights:
@@ -405,30 +490,11 @@ def read_saev(path: Path) -> SAEWeights:
     checkpoints from before (no schema, schema 1: 2024 to July 2025) subtracted ``b_dec`` first.
     Its TopK keeps the k largest pre-activations even when negative, where saevlm's applies ReLU
     first: the codes are ReLU of saev's (the same wherever the k-th largest is positive)."""
-    import io
-
     f = path / "sae.pt" if path.is_dir() else path
-    try:
-        with open(f, "rb") as fh:
-            header = json.loads(fh.readline())
-            payload = fh.read()
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"sae_path {f}: not a saev checkpoint (a JSON header line, then the weights: "
-                        f"{type(err).__name__})", field="sae_path") from None
-    try:
-        state = {k: v.float() for k, v in torch.load(io.BytesIO(payload), map_location="cpu",
-                                                     weights_only=True).items()}
-    except Exception as err:  # noqa: BLE001 - any unreadable payload is one line
-        raise UserError(f"sae_path {f}: its weights are unreadable ({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})",
-                        field="sae_path") from None
+    header, state = _read_saev_file(f)
     _need(state, ("W_enc", "b_enc", "W_dec", "b_dec"), f, "saev")
-    schema = header.get("schema") if isinstance(header, dict) else None
-    cfg = header.get("cfg", header) if isinstance(header, dict) else {}
-    activation = cfg.get("activation")
-    if isinstance(activation, dict):
-        kind, params = activation.get("cls"), activation.get("params") or {}
-    else:  # schema 1A names the activation in "cls"; no schema: ReLU
-        kind, params = (header.get("cls") if header.get("cls") in ("Relu", "TopK", "BatchTopK") else "Relu"), cfg
+    schema = header.get("schema")
+    kind, params = _saev_activation(header)
     d, f_ = state["W_enc"].shape
     _shape(state["W_dec"], (f_, d), "W_dec", f)
     w = SAEWeights("standard", state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"],
@@ -453,26 +519,8 @@ def read_visaebench(path: Path) -> SAEWeights:
     ``decoder.bias``. Its ``encode`` is relu(x @ encoder.weight.T + encoder.bias), not centred; BatchTopK
     keeps codes >= threshold (saevlm compares with >, so the threshold becomes the float just below);
     inputs were normalised by a mean [D] and a scalar std kept outside the checkpoint (--input_norm)."""
-    cfg_file = next((path / n for n in ("config.json", "config.yaml", "config.yml") if (path / n).is_file()), None)
-    if cfg_file is None:
-        raise UserError(f"sae_path {path}: no config.json (a visaebench checkpoint folder)", field="sae_path")
-    if cfg_file.suffix == ".json":
-        cfg = _read_json(cfg_file)
-    else:
-        import yaml
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-    weights = next((path / n for n in ("sae.pt", "model.safetensors", "model.pt") if (path / n).is_file()), None)
-    if weights is None:
-        raise UserError(f"sae_path {path}: no sae.pt or model.safetensors", field="sae_path")
-    if weights.suffix == ".safetensors":
-        state = _read_safetensors(weights)
-    else:
-        try:
-            state = {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
-        except Exception as err:  # noqa: BLE001
-            raise UserError(f"sae_path {weights}: not a readable torch checkpoint "
-                            f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__})",
-                            field="sae_path") from None
+    cfg_file, cfg = _visaebench_config(path)
+    weights, state = _visaebench_weights(path)
     if "encoder.final_block.0.weight" in state:
         raise UserError(f"sae_path {weights}: holds overcomplete's module weights (encoder.final_block...), not "
                         f"visaebench's upload format; not supported", field="sae_path")
@@ -486,17 +534,7 @@ def read_visaebench(path: Path) -> SAEWeights:
     if kind == "topk":
         w.arch, w.k = "top_k", int(cfg["k"])
     elif kind == "batchtopk":
-        thr = cfg.get("threshold")
-        if thr is None and "_running_threshold" in state:
-            thr = float(state["_running_threshold"])
-        t = torch.tensor(float(thr or 0.0), dtype=torch.float32)
-        # codes >= t  <=>  codes > the float32 just below t; for t <= 0 every ReLU output is kept,
-        # as with threshold 0 (a negative threshold would read as dictionary_learning's "unset")
-        t = torch.nextafter(t, torch.tensor(float("-inf"))) if float(t) > 0 else torch.tensor(0.0)
-        if cfg.get("k") is not None:
-            w.arch, w.k, w.threshold = "batch_top_k", int(cfg["k"]), t
-        else:  # no k recorded: the same codes as a JumpReLU with the threshold repeated
-            w.arch, w.threshold = "jumprelu", t.expand(f_).clone()
+        _visaebench_batch_top_k(w, cfg, state)
     elif kind == "jumprelu":
         thr = state.get("jump_thresholds", state.get("thresholds"))
         if thr is None:
@@ -507,6 +545,46 @@ def read_visaebench(path: Path) -> SAEWeights:
         raise UserError(f"sae_path {cfg_file}: visaebench activation {kind!r} is not supported (topk, batchtopk, "
                         f"jumprelu)", field="sae_path")
     return w
+
+
+def _visaebench_config(path: Path) -> tuple[Path, dict]:
+    """(the config file, its contents): config.json, or a YAML config."""
+    cfg_file = next((path / n for n in ("config.json", "config.yaml", "config.yml") if (path / n).is_file()), None)
+    if cfg_file is None:
+        raise UserError(f"sae_path {path}: no config.json (a visaebench checkpoint folder)", field="sae_path")
+    if cfg_file.suffix == ".json":
+        return cfg_file, _read_json(cfg_file)
+    import yaml
+    return cfg_file, yaml.safe_load(cfg_file.read_text()) or {}
+
+
+def _visaebench_weights(path: Path) -> tuple[Path, dict]:
+    """(the weights file, its float tensors): sae.pt, model.safetensors or model.pt."""
+    weights = next((path / n for n in ("sae.pt", "model.safetensors", "model.pt") if (path / n).is_file()), None)
+    if weights is None:
+        raise UserError(f"sae_path {path}: no sae.pt or model.safetensors", field="sae_path")
+    if weights.suffix == ".safetensors":
+        return weights, _read_safetensors(weights)
+    try:
+        return weights, {k: v.float() for k, v in torch.load(weights, map_location="cpu", weights_only=True).items()}
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"sae_path {weights}: not a readable torch checkpoint ({_err_line(err)})",
+                        field="sae_path") from None
+
+
+def _visaebench_batch_top_k(w: SAEWeights, cfg: dict, state: dict) -> None:
+    """visaebench's BatchTopK keeps codes >= its threshold (from the config, else the state's running
+    threshold): codes >= t <=> codes > the float32 just below t; for t <= 0 every ReLU output is
+    kept, as with threshold 0 (a negative threshold would read as dictionary_learning's "unset")."""
+    thr = cfg.get("threshold")
+    if thr is None and "_running_threshold" in state:
+        thr = float(state["_running_threshold"])
+    t = torch.tensor(float(thr or 0.0), dtype=torch.float32)
+    t = torch.nextafter(t, torch.tensor(float("-inf"))) if float(t) > 0 else torch.tensor(0.0)
+    if cfg.get("k") is not None:
+        w.arch, w.k, w.threshold = "batch_top_k", int(cfg["k"]), t
+    else:  # no k recorded: the same codes as a JumpReLU with the threshold repeated
+        w.arch, w.threshold = "jumprelu", t.expand(w.W_enc.shape[1]).clone()
 
 
 OVERCOMPLETE_CLASSES = ("SAE", "TopKSAE", "BatchTopKSAE", "JumpSAE")
@@ -574,7 +652,7 @@ def _overcomplete_state(path: Path) -> tuple[Path, dict]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         raise UserError(f"sae_path {path}: not a readable torch state dict "
-                        f"({str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__}); "
+                        f"({_err_line(err)}); "
                         f"save it with torch.save(sae.state_dict(), path)", field="sae_path") from None
     if not isinstance(state, dict):
         raise UserError(f"sae_path {path}: holds a {type(state).__name__}, not a state dict; save it with "
@@ -584,20 +662,24 @@ def _overcomplete_state(path: Path) -> tuple[Path, dict]:
 
 def _check_linear_overcomplete(state: dict, path: Path) -> None:
     """Refuse, by name, the overcomplete encoders and dictionaries that are not a linear SAE."""
-    encoder_keys = sorted(key for key in state if key.startswith("encoder."))
-    if any(key.startswith("encoder.mlp_blocks") for key in encoder_keys):
-        raise UserError(f"sae_path {path}: an overcomplete MLP encoder with hidden blocks is non-linear; saevlm "
-                        f"takes SAEs with a linear encoder", field="sae_path")
-    if any(key.startswith("encoder.final_block.") and not key.startswith("encoder.final_block.0.")
-           for key in encoder_keys):
-        raise UserError(f"sae_path {path}: its encoder has a normalisation layer (LayerNorm / BatchNorm) after the "
-                        f"linear one, which is not a linear SAE encoder; not supported", field="sae_path")
-    if encoder_keys and "encoder.final_block.0.weight" not in state:
-        raise UserError(f"sae_path {path}: a non-linear overcomplete encoder (attention or ResNet: "
-                        f"{', '.join(encoder_keys[:3])}); saevlm takes SAEs with a linear encoder", field="sae_path")
+    _check_linear_encoder(sorted(key for key in state if key.startswith("encoder.")), path)
     if "dictionary._weights" not in state and any(key.startswith("dictionary.") for key in state):
         raise UserError(f"sae_path {path}: an archetypal dictionary (RelaxedArchetypalDictionary) is built from "
                         f"data points at run time; not supported", field="sae_path")
+
+
+def _check_linear_encoder(encoder_keys: list[str], path: Path) -> None:
+    """An overcomplete encoder is one linear layer (``encoder.final_block.0``) and nothing else."""
+    if any(key.startswith("encoder.mlp_blocks") for key in encoder_keys):
+        raise UserError(f"sae_path {path}: an overcomplete MLP encoder with hidden blocks is non-linear; saevlm "
+                        f"takes SAEs with a linear encoder", field="sae_path")
+    final = [key for key in encoder_keys if key.startswith("encoder.final_block.")]
+    if any(not key.startswith("encoder.final_block.0.") for key in final):
+        raise UserError(f"sae_path {path}: its encoder has a normalisation layer (LayerNorm / BatchNorm) after the "
+                        f"linear one, which is not a linear SAE encoder; not supported", field="sae_path")
+    if encoder_keys and "encoder.final_block.0.weight" not in encoder_keys:
+        raise UserError(f"sae_path {path}: a non-linear overcomplete encoder (attention or ResNet: "
+                        f"{', '.join(encoder_keys[:3])}); saevlm takes SAEs with a linear encoder", field="sae_path")
 
 
 def _overcomplete_activation(w: SAEWeights, state: dict, path: Path, sae_class: str, k: int | None,
