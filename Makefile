@@ -27,9 +27,11 @@ $(TESTLIBS)/.installed: requirements-interop.txt $(STAMP)
 	touch $@
 
 # Two worker processes (pytest-xdist), each test file on one worker so that its module fixtures
-# are built once; TEST_WORKERS=0 runs everything in this process.
+# are built once, in the order tests/conftest.py puts them (the files that take minutes first:
+# xdist would otherwise reorder files by their number of tests, and a long file with few tests
+# would start last and finish alone); TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: $(STAMP) $(TESTLIBS)/.installed
 	$(PY) -m pytest -q $(XDIST)

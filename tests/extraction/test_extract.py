@@ -266,3 +266,23 @@ def test_bad_input_exits_nonzero_without_traceback_in_a_real_process(tmp_path):
                        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2
     assert "--data_path" in r.stderr and "no such directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bf16_autocast_on_the_cpu_is_close_to_fp32_and_fp16_is_refused(tiny_clip_dir, image_folder, tmp_path, capsys):
+    """--autocast bf16 runs on the CPU (bf16 instructions make it about twice as fast there): the
+    same rows, values within bf16's precision of the fp32 run's, and not equal to them (the forward
+    really ran in bf16); fp16 autocast stays a GPU option, refused on the CPU before any work."""
+    base = ["extract", "--model_name", tiny_clip_dir, "--layer", "2", "--cls_only", *_common(image_folder)]
+    assert run_cli(*base, "--output_dir", tmp_path / "fp32", "--device", "cpu") == 0
+    assert run_cli(*base, "--output_dir", tmp_path / "bf16", "--device", "cpu", "--autocast", "bf16") == 0
+    a = ActivationStore(tmp_path / "fp32" / "post_mlp_residual_2")
+    b = ActivationStore(tmp_path / "bf16" / "post_mlp_residual_2")
+    assert np.array_equal(a.row_index(), b.row_index())
+    x, y = a.read(0, a.num_rows), b.read(0, b.num_rows)
+    assert not np.array_equal(x, y)
+    np.testing.assert_allclose(y, x, rtol=0.05, atol=0.05 * float(np.abs(x).max()))
+    capsys.readouterr()
+    assert run_cli(*base, "--output_dir", tmp_path / "fp16", "--device", "cpu", "--autocast", "fp16") == 2
+    err = capsys.readouterr().err
+    assert "--autocast fp16: fp16 autocast is for GPUs" in err and "Traceback" not in err
+    assert not any((tmp_path / "fp16").rglob("*"))  # nothing written (the folder itself is made first)

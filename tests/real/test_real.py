@@ -62,11 +62,25 @@ def test_rebuilt_backbone_equals_the_wheels_onnx_graph_on_real_photos(real_model
     torch.testing.assert_close(loaded, built, rtol=0, atol=1e-5)
 
 
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX), read from /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @pytest.fixture(scope="module")
 def real_run(real_model, tmp_path_factory):
+    """The pipeline on real images. Its forward passes are most of the suite's time: on a CPU with
+    bf16 instructions they run under bf16 autocast (`extract --autocast bf16`, about half the time
+    of fp32; the assertions below hold either way), elsewhere in fp32. The fp32 forward itself is
+    checked against the wheel's ONNX graph above."""
     from real_demo import run_real_pipeline
     return run_real_pipeline(tmp_path_factory.mktemp("real") / "run", digits_train=30, digits_val=15,
-                             crops_train=20, crops_val=10, expansion=2, k=8, steps=1000)
+                             crops_train=20, crops_val=10, expansion=2, k=8, steps=1000,
+                             autocast="bf16" if _cpu_has_bf16() else "none")
 
 
 def _ms(d: Path) -> np.ndarray:

@@ -305,7 +305,7 @@ def test_each_architecture_row_lists_the_train_flags_its_trainer_reads(tmp_path,
     assert unread_flags(both) == [] and both.sae_options("matryoshka_batch_top_k").group_fractions == (0.5, 0.5)
 
 
-def test_a_finished_encode_is_skipped_from_the_checkpoint_alone(world, tmp_path):
+def test_a_finished_encode_is_skipped_from_the_checkpoint_alone(world, tmp_path, capsys):
     """A rerun whose code store is complete skips before building the SAE: its description, read
     from the weights alone, is the loaded SAE's for every architecture, and a process that skips
     never imports dictionary_learning (whose import costs seconds per step of a script)."""
@@ -336,6 +336,5 @@ def test_a_finished_encode_is_skipped_from_the_checkpoint_alone(world, tmp_path)
     assert "DL False" in r.stdout
     assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == before
     # another SAE over the same folder is not taken as done: the writer refuses it, naming the difference
-    r = subprocess.run([sys.executable, "-c", probe, *argv[:2], str(trainers[1]), *argv[3:]], capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "different settings" in r.stderr and "DL True" in r.stdout, r.stderr
+    assert run_cli(*argv[:2], trainers[1], *argv[3:]) == 2
+    assert "different settings" in capsys.readouterr().err
