@@ -15,6 +15,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import saevlm  # noqa: E402,F401  (installs the torchvision fix before anything imports torchvision)
 import pytest  # noqa: E402
+from saevlm.threads import configure_threads  # noqa: E402
+
+# torch's threads as `saevlm <command>` sets them (cli.main does), for the tests that run a command
+# through its config (saevlm.api.run) rather than its command line
+configure_threads()
 
 from helpers import run_cli  # noqa: E402
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
+from saevlm import api
 from saevlm.data.decode import content_hash
 from saevlm.data.images import open_dataset
 from saevlm.data.store import ActivationStore, check_same_images
@@ -56,10 +57,9 @@ def test_order_labels_names_and_content_match_the_folder(tiny_clip_dir, big_imag
     # extraction streams the same pictures in the same order: the same activations and hashes
     assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{hub_dir}", tmp_path / "hub", "--layer", "2",
                                      "--cls_only", "--shard_rows", "16")) == 0
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--dataset_name", "imagefolder", "--data_path",
-                   big_image_folder, "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
-                   "--no_progress", "--output_dir", tmp_path / "folder", "--layer", "2", "--cls_only",
-                   "--shard_rows", "16") == 0
+    assert api.run("extract", model_name=tiny_clip_dir, dataset_name="imagefolder", data_path=big_image_folder,
+                   batch_size=4, num_workers=0, device="cpu", no_progress=True, output_dir=tmp_path / "folder",
+                   layer=[2], cls_only=True, shard_rows=16) == 0
     a = ActivationStore(tmp_path / "hub" / "post_mlp_residual_2")
     b = ActivationStore(tmp_path / "folder" / "post_mlp_residual_2")
     assert np.array_equal(a.read(0, 60), b.read(0, 60))
@@ -84,8 +84,7 @@ def test_embed_pairs_and_val_maps_to_validation(tiny_clip_dir, tiny_dinov2_dir, 
     emb = ActivationStore(tmp_path / "emb")
     check_same_images(acts, emb)
     assert acts.num_rows == 10 and acts.provenance.dataset.split == "validation"
-    assert run_cli("ms", "--activations_dir", acts.path, "--embeddings_path", emb.path, "--device", "cpu",
-                   "--no_progress") == 0
+    assert api.run("ms", activations_dir=acts.path, embeddings_path=emb.path, device="cpu", no_progress=True) == 0
 
 
 def test_resume_after_a_kill_reads_only_unfinished_row_groups(tiny_clip_dir, hub_dir, tmp_path, monkeypatch):
@@ -195,14 +194,12 @@ def test_grids_and_eval_folder_read_images_from_the_hub(tiny_clip_dir, hub_dir, 
     assert run_cli("extract", *_args(tiny_clip_dir, f"hf:{hub_dir}", tmp_path / "a", "--layer", "1",
                                      "--cls_only")) == 0
     store = tmp_path / "a" / "post_mlp_residual_1"
-    assert run_cli("top-images", "--activations_dir", store, "--k", "16", "--no_progress") == 0
-    assert run_cli("visualize", "--activations_dir", store, "--neurons", "0", "3",
-                   "--output_dir", tmp_path / "fig") == 0
+    assert api.run("top-images", activations_dir=store, k=16, no_progress=True) == 0
+    assert api.run("visualize", activations_dir=store, neurons=[0, 3], output_dir=tmp_path / "fig") == 0
     pngs = sorted((tmp_path / "fig").glob("*.png"))
     assert len(pngs) == 2 and Image.open(pngs[0]).size[0] > 160
     # make-eval-folder: the first image of each class, its bytes, and the hub's class names
-    assert run_cli("make-eval-folder", "--data_path", f"hf:{hub_dir}", "--split", "train",
-                   "--output_dir", tmp_path / "eval") == 0
+    assert api.run("make-eval-folder", data_path=f"hf:{hub_dir}", split="train", output_dir=tmp_path / "eval") == 0
     hub = open_dataset(f"hf:{hub_dir}", None, "train")
     names = json.loads((tmp_path / "eval" / "class_names.json").read_text())
     assert names == {c: c for c in CLASSES}

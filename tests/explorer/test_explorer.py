@@ -13,6 +13,7 @@ import pytest
 
 from cdp import dump_dom
 from helpers import run_cli
+from saevlm import api
 from saevlm.data.store import ActivationStore
 
 CLASSES = ["otter", "pencil", "violin", "lighthouse"]
@@ -95,8 +96,8 @@ def test_name_command_on_planted_embeddings(run_dir, tmp_path):
     np.save(tmp_path / "protos.npy", protos / np.linalg.norm(protos, axis=1, keepdims=True))
     folders = sorted(CLASSES)  # label i is the i-th class folder in sorted order
     (tmp_path / "vocab.txt").write_text("\n".join(folders))
-    assert run_cli("name", "--codes_dir", run_dir / "codes", "--embeddings_path", tmp_path / "planted",
-                   "--text_embeddings", tmp_path / "protos.npy", "--vocab", tmp_path / "vocab.txt") == 0
+    assert api.run("name", codes_dir=run_dir / "codes", embeddings_path=tmp_path / "planted",
+                   text_embeddings=tmp_path / "protos.npy", vocab=tmp_path / "vocab.txt") == 0
     names = json.loads((run_dir / "codes" / "names.json").read_text())
     top = np.load(run_dir / "codes" / "top_images_16.npy")
     values = np.load(run_dir / "codes" / "top_images_16_values.npy")
@@ -123,7 +124,7 @@ def test_name_command_on_planted_embeddings(run_dir, tmp_path):
     assert majority_named > 20
     assert padded >= 5  # latents whose top-16 list is padded with images at 0: the case that matters
     # the names in the report (its tables) and on the latent pages of the explorer
-    assert run_cli("report", "--run_dir", run_dir, "--no_grids", "--output_dir", tmp_path / "rep") == 0
+    assert api.run("report", run_dir=run_dir, no_grids=True, output_dir=tmp_path / "rep") == 0
     report = (tmp_path / "rep" / "report.md").read_text()
     best = max((r for r in names["latents"] if r["names"]), key=lambda r: r["margin"])
     assert "Latent names: codes" in report and f"| {best['id']} | {best['names'][0][0]} |" in report
@@ -209,8 +210,8 @@ def test_latent_page_shows_16_images_in_descending_activation(run_dir, server):
 
 
 def test_static_export_opens_without_a_server(run_dir, tmp_path):
-    assert run_cli("explore", "--run_dir", run_dir, "--static", tmp_path / "site", "--latents", "top:20",
-                   "--cache_dir", tmp_path / "cache", "--no_progress") == 0
+    assert api.run("explore", run_dir=run_dir, static=tmp_path / "site", latents="top:20",
+                   cache_dir=tmp_path / "cache", no_progress=True) == 0
     site = tmp_path / "site"
     assert len(list((site / "sae" / "codes" / "latent").glob("*.html"))) == 20
     table = parse(dump_dom((site / "sae" / "codes" / "index.html").as_uri() + "#sort=ms&desc=1&min_active=0"))
@@ -243,14 +244,12 @@ def token_run(tmp_path_factory, tiny_clip_dir):
     model = root / "clip"
     shutil.copytree(tiny_clip_dir, model)
     run = root / "run"
-    assert run_cli("extract", "--model_name", model, "--layer", "1", "--output_dir", run / "acts",
-                   "--dataset_name", "imagefolder", "--data_path", images, "--batch_size", "5",
-                   "--num_workers", "0", "--device", "cpu", "--no_progress") == 0
+    assert api.run("extract", model_name=model, layer=[1], output_dir=run / "acts", dataset_name="imagefolder",
+                   data_path=images, batch_size=5, num_workers=0, device="cpu", no_progress=True) == 0
     sae = save_random_sae(root / "sae", dim=64, dict_size=64, k=8, seed=3)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                   "--output_dir", run / "codes", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", run / "codes", "--k", "16", "--pool", "max",
-                   "--no_progress") == 0
+    assert api.run("encode", sae_path=sae, activations_dir=run / "acts" / "post_mlp_residual_1",
+                   output_dir=run / "codes", no_progress=True) == 0
+    assert api.run("top-images", activations_dir=run / "codes", k=16, pool="max", no_progress=True) == 0
     return run, model, sae
 
 
@@ -300,8 +299,8 @@ def test_token_overlay_is_skipped_cleanly_without_the_model(token_run, tmp_path)
         page = ex.latent_page("codes", 0)
         assert "No overlay: this SAE reads" in page and "could not be loaded" in page and 'class="overlay"' not in page
         assert page.count('class="top"') == 16  # everything else is there
-        assert run_cli("explore", "--run_dir", run, "--static", tmp_path / "site", "--latents", "top:3",
-                       "--cache_dir", tmp_path / "cache2", "--no_progress") == 0
+        assert api.run("explore", run_dir=run, static=tmp_path / "site", latents="top:3",
+                       cache_dir=tmp_path / "cache2", no_progress=True) == 0
         assert not (tmp_path / "site" / "sae" / "codes" / "overlay").exists()
     finally:
         model.with_name("clip_moved").rename(model)
@@ -343,10 +342,9 @@ def test_a_top_images_store_is_explored_too(token_run, tmp_path):
 
     run, model, sae = token_run
     out = tmp_path / "run"
-    assert run_cli("extract", "--model_name", model, "--layer", "1", "--mean_pool", "--sae_path", sae,
-                   "--top_k", "16", "--output_dir", out / "top", "--dataset_name", "imagefolder",
-                   "--data_path", run.parent / "images", "--batch_size", "5", "--num_workers", "0",
-                   "--device", "cpu", "--no_progress") == 0
+    assert api.run("extract", model_name=model, layer=[1], mean_pool=True, sae_path=sae, top_k=16,
+                   output_dir=out / "top", dataset_name="imagefolder", data_path=run.parent / "images", batch_size=5,
+                   num_workers=0, device="cpu", no_progress=True) == 0
     ex = Explorer(out, tmp_path / "cache")
     (slug,) = ex.index.saes
     table = json.loads(ex.latents_js(slug).split("=", 1)[1].rstrip(";\n"))
@@ -361,8 +359,7 @@ def test_name_with_a_clip_model_for_the_text_side(tmp_path):
     from saevlm.models.clip import ClipEncoder
 
     clip = make_clip_named_run(tmp_path, class_names=CLASSES)
-    assert run_cli("name", "--codes_dir", tmp_path / "codes", "--embeddings_path", tmp_path / "emb",
-                   "--device", "cpu") == 0
+    assert api.run("name", codes_dir=tmp_path / "codes", embeddings_path=tmp_path / "emb", device="cpu") == 0
     names = json.loads((tmp_path / "codes" / "names.json").read_text())
     words = sorted(CLASSES)  # classes.json: the class folders, sorted
     text = ClipEncoder(str(clip), "cpu").text([f"a photo of a {w}" for w in words])

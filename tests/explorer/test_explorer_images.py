@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from saevlm import api
 from test_explorer import _request
 
 
@@ -253,8 +253,8 @@ def test_static_export_has_image_pages_whose_links_all_resolve(explorer_run, tmp
                     self.refs.append(v.split("#")[0])
 
     site = tmp_path / "site"
-    assert run_cli("explore", "--run_dir", explorer_run, "--static", site, "--latents", "top:20", "--cache_dir",
-                   tmp_path / "cache", "--no_progress") == 0
+    assert api.run("explore", run_dir=explorer_run, static=site, latents="top:20", cache_dir=tmp_path / "cache",
+                   no_progress=True) == 0
     image_pages = sorted((site / "sae" / "codes" / "img").glob("*.html"))
     top = np.load(explorer_run / "codes" / "top_images_16.npy")
     values = np.load(explorer_run / "codes" / "top_images_16_values.npy")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from saevlm import api
 
 
 def _planted_sae(path: Path, acts: np.ndarray, dict_size: int = 48) -> dict:
@@ -58,8 +58,8 @@ def planted_run(explorer_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
     store = ActivationStore(explorer_run / "acts" / "post_mlp_residual_1")
     plan = _planted_sae(root / "sae", store.read(0, store.num_rows))
-    assert run_cli("encode", "--sae_path", root / "sae", "--activations_dir", store.path,
-                   "--output_dir", root / "run" / "codes", "--no_progress") == 0
+    assert api.run("encode", sae_path=root / "sae", activations_dir=store.path, output_dir=root / "run" / "codes",
+                   no_progress=True) == 0
     return root / "run", plan
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cdp import Browser
-from helpers import run_cli
+from saevlm import api
 
 LONG = "an unusually long latent name that the table truncates with the whole name on hover " * 2
 
@@ -58,15 +58,15 @@ def trust_run(tmp_path_factory, explorer_run):
     run = tmp_path_factory.mktemp("trust") / "run"
     shutil.copytree(explorer_run, run, ignore=shutil.ignore_patterns(".explorer_cache"))
     codes = run / "codes"
-    assert run_cli("ms", "--activations_dir", codes, "--embeddings_path", run / "emb", "--device", "cpu",
-                   "--output_subdir", "ms_second", "--no_progress") == 0
+    assert api.run("ms", activations_dir=codes, embeddings_path=run / "emb", device="cpu", output_subdir="ms_second",
+                   no_progress=True) == 0
     rng = np.random.default_rng(0)
     words = ["otter", "pencil", "violin", "lighthouse", "harbour"]
     text = rng.standard_normal((len(words), 32)).astype(np.float32)
     np.save(run / "text.npy", text / np.linalg.norm(text, axis=1, keepdims=True))
     (run / "vocab.txt").write_text("\n".join(words))
-    assert run_cli("name", "--codes_dir", codes, "--embeddings_path", run / "emb", "--text_embeddings",
-                   run / "text.npy", "--vocab", run / "vocab.txt") == 0
+    assert api.run("name", codes_dir=codes, embeddings_path=run / "emb", text_embeddings=run / "text.npy",
+                   vocab=run / "vocab.txt") == 0
     names = json.loads((codes / "names.json").read_text())
     values = np.load(codes / "top_images_16_values.npy")
     alive = [j for j in range(len(values)) if values[j, 0] > 0]
@@ -183,8 +183,8 @@ def test_the_explorer_in_a_browser(trust_run, tmp_path):
 
 def test_static_export_keeps_breadcrumbs_and_enlarging_from_file_urls(trust_run, tmp_path):
     site = tmp_path / "site"
-    assert run_cli("explore", "--run_dir", trust_run, "--static", site, "--latents", "top:30",
-                   "--cache_dir", tmp_path / "cache", "--no_progress") == 0
+    assert api.run("explore", run_dir=trust_run, static=site, latents="top:30", cache_dir=tmp_path / "cache",
+                   no_progress=True) == 0
     table = (site / "sae" / "codes" / "index.html").as_uri()
     with Browser() as b:
         state = "sort=ms&desc=0&min_active=0&per=25"
@@ -211,8 +211,8 @@ def test_the_run_is_followed_while_served(trust_run, tmp_path, explorer_run):
         status, body, _ = _get(served.base + "/")
         assert status == 200 and b"sae/codes2/" not in body
         other = save_random_sae(tmp_path / "sae2", dim=64, dict_size=128, k=8, seed=3)
-        assert run_cli("encode", "--sae_path", other, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                       "--output_dir", run / "codes2", "--no_progress") == 0
+        assert api.run("encode", sae_path=other, activations_dir=run / "acts" / "post_mlp_residual_1",
+                       output_dir=run / "codes2", no_progress=True) == 0
         time.sleep(1.1)  # the index is re-scanned at most once a second
         status, body, _ = _get(served.base + "/")
         assert status == 200 and b'href="sae/codes2/index.html"' in body  # no restart
@@ -243,8 +243,8 @@ def test_the_run_is_followed_while_served(trust_run, tmp_path, explorer_run):
         backup = weights.read_bytes()
         try:
             save_random_sae(sae_dir, dim=64, dict_size=256, k=16, seed=7)
-            assert run_cli("encode", "--sae_path", sae_dir, "--activations_dir", run / "acts" / "post_mlp_residual_1",
-                           "--output_dir", run / "codes", "--overwrite", "--no_progress") == 0
+            assert api.run("encode", sae_path=sae_dir, activations_dir=run / "acts" / "post_mlp_residual_1",
+                           output_dir=run / "codes", overwrite=True, no_progress=True) == 0
             time.sleep(1.1)
             page = _get(served.base + "/sae/codes/latent/3.html")[1].decode()
             for stale in ("names.json", "top_images_16.json", "ms_tiny-clip/ms.json", "ms_second/ms.json",

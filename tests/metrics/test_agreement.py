@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from helpers import assert_results_read_back, run_cli
+from saevlm import api
 from saevlm.metrics.agreement import agreement_table
 from saevlm.metrics.ms import MSAccumulator
 
@@ -58,14 +59,13 @@ def test_agreement_table_by_hand():
 
 def test_benchmark_agreement_command(tmp_path):
     world = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", world, "--num_train", "500", "--num_val", "400") == 0
+    assert api.run("synthetic", output_dir=world, num_train=500, num_val=400) == 0
     folder, pairs, true_ms, ids = _make_archive(tmp_path, world)
     np.save(tmp_path / "true.npy", np.concatenate([np.full(1000, np.nan), true_ms]))
     out = tmp_path / "agreement.json"
     for source in (tmp_path / "metric_benchmark.tar.gz", folder):
-        assert run_cli("benchmark-agreement", "--benchmark", source, "--embeddings_path",
-                       world / "embeddings_val", "--scores", f"truth={tmp_path / 'true.npy'}",
-                       "--output", out, "--device", "cpu") == 0
+        assert api.run("benchmark-agreement", benchmark=source, embeddings_path=[world / "embeddings_val"],
+                       scores=[f"truth={tmp_path / 'true.npy'}"], output=out, device="cpu") == 0
         res = json.loads(out.read_text())
         assert out in assert_results_read_back(tmp_path, expect=5)  # and the world's classes.json x 4
         assert set(res["metrics"]) == {"MS (dino, shipped)", "MS (clip, shipped)",

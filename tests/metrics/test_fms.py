@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from helpers import assert_results_read_back, run_cli
+from helpers import assert_results_read_back
+from saevlm import api
 from saevlm.metrics.fms import _gini_best_splits, concept_fms, fit_tree
 
 
@@ -53,18 +54,15 @@ def test_components_on_planted_latents():
 
 def test_fms_sae_latents_above_raw_neurons(tmp_path):
     w = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", w, "--num_train", "12000", "--num_val", "2000",
-                   "--zipf", "0", "--ancestor_scale", "0.9") == 0
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
-                   "--expansion_factor", "2", "--k", "4", "--steps", "800", "--batch_size", "1024",
-                   "--warmup_steps", "50", "--threshold_start_step", "100", "--val_rows", "2000",
-                   "--device", "cpu", "--no_progress") == 0
-    assert run_cli("encode", "--sae_path", tmp_path / "ck" / "trainer_0", "--activations_dir", w / "val",
-                   "--output_dir", tmp_path / "codes", "--no_progress") == 0
+    assert api.run("synthetic", output_dir=w, num_train=12000, num_val=2000, zipf=0, ancestor_scale=0.9) == 0
+    assert api.run("train", layout="trainers", activations_dir=w / "train", checkpoints_dir=tmp_path / "ck",
+                   expansion_factor=[2], k=4, steps=800, batch_size=1024, warmup_steps=50, threshold_start_step=100,
+                   val_rows=2000, device="cpu", no_progress=True) == 0
+    assert api.run("encode", sae_path=tmp_path / "ck" / "trainer_0", activations_dir=w / "val",
+                   output_dir=tmp_path / "codes", no_progress=True) == 0
     scores = {}
     for name, store in (("sae", tmp_path / "codes"), ("raw", w / "val")):
-        assert run_cli("fms", "--activations_dir", store, "--concepts", w / "concepts_val.npz",
-                       "--max_positives", "200") == 0
+        assert api.run("fms", activations_dir=store, concepts=w / "concepts_val.npz", max_positives=200) == 0
         scores[name] = json.loads((store / "fms" / "fms.json").read_text())
         assert_results_read_back(store / "fms")
     assert scores["sae"]["concepts"] == 126

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 
-from helpers import run_cli
+from saevlm import api
 from saevlm.metrics.hierarchy import hierarchy_table, lca_depths, level_codes, majority
 
 
@@ -64,21 +64,18 @@ def test_matryoshka_early_groups_hold_coarser_concepts(tmp_path, capsys):
     least 2.5 (half the ideal separation), and an LCA rise of at least 0.4 from first to last.
     """
     w = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", w, "--zipf", "0", "--ancestor_scale", "0.9") == 0
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", tmp_path / "ck",
-                   "--sae_model", "matryoshka_batch_top_k", "batch_top_k", "--expansion_factor", "2",
-                   "--k", "4", "--steps", "2000", "--batch_size", "1024", "--warmup_steps", "100",
-                   "--threshold_start_step", "200", "--log_steps", "2000", "--val_rows", "2000",
-                   "--group_fractions", "0.046875", "0.1875", "0.765625", "--device", "cpu",
-                   "--no_progress") == 0
+    assert api.run("synthetic", output_dir=w, zipf=0, ancestor_scale=0.9) == 0
+    assert api.run("train", layout="trainers", activations_dir=w / "train", checkpoints_dir=tmp_path / "ck",
+                   sae_model=["matryoshka_batch_top_k", "batch_top_k"], expansion_factor=[2], k=4, steps=2000,
+                   batch_size=1024, warmup_steps=100, threshold_start_step=200, log_steps=2000, val_rows=2000,
+                   group_fractions=[0.046875, 0.1875, 0.765625], device="cpu", no_progress=True) == 0
     results = {}
     for name, trainer in (("matryoshka", "trainer_0"), ("batch_top_k", "trainer_1")):
         codes = tmp_path / f"codes_{name}"
-        assert run_cli("encode", "--sae_path", tmp_path / "ck" / trainer, "--activations_dir", w / "val",
-                       "--output_dir", codes, "--no_progress") == 0
-        assert run_cli("top-images", "--activations_dir", codes, "--device", "cpu", "--no_progress") == 0
-        assert run_cli("hierarchy", "--activations_dir", codes, "--group_fractions", "0.046875", "0.1875",
-                       "0.765625") == 0
+        assert api.run("encode", sae_path=tmp_path / "ck" / trainer, activations_dir=w / "val", output_dir=codes,
+                       no_progress=True) == 0
+        assert api.run("top-images", activations_dir=codes, device="cpu", no_progress=True) == 0
+        assert api.run("hierarchy", activations_dir=codes, group_fractions=[0.046875, 0.1875, 0.765625]) == 0
         table = json.loads((codes / "hierarchy_16.json").read_text())
         lca = [g["lca_depth_mean_rounded"] for g in table["groups"]]
         levels = _best_concept_levels(tmp_path / "ck" / trainer, w)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
+from saevlm import api
 from saevlm.data.codes import dense_to_csr
 from saevlm.metrics.ms import MSAccumulator, summarize
 
@@ -130,16 +131,15 @@ def test_summary():
 
 def test_ms_command_on_synthetic_world(tmp_path, capsys):
     world = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", world, "--num_train", "3000", "--num_val", "400") == 0
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--checkpoints_dir", tmp_path / "ck",
-                   "--expansion_factor", "2", "--k", "4", "--steps", "200", "--batch_size", "256",
-                   "--warmup_steps", "10", "--threshold_start_step", "20", "--device", "cpu",
-                   "--no_progress") == 0
-    assert run_cli("encode", "--sae_path", tmp_path / "ck" / "trainer_0", "--activations_dir", world / "val",
-                   "--output_dir", tmp_path / "codes", "--no_progress") == 0
+    assert api.run("synthetic", output_dir=world, num_train=3000, num_val=400) == 0
+    assert api.run("train", layout="trainers", activations_dir=world / "train", checkpoints_dir=tmp_path / "ck",
+                   expansion_factor=[2], k=4, steps=200, batch_size=256, warmup_steps=10, threshold_start_step=20,
+                   device="cpu", no_progress=True) == 0
+    assert api.run("encode", sae_path=tmp_path / "ck" / "trainer_0", activations_dir=world / "val",
+                   output_dir=tmp_path / "codes", no_progress=True) == 0
     for store in (world / "val", tmp_path / "codes"):
-        assert run_cli("ms", "--activations_dir", store, "--embeddings_path", world / "embeddings_val",
-                       "--chunk_rows", "64", "--device", "cpu", "--no_progress") == 0
+        assert api.run("ms", activations_dir=store, embeddings_path=world / "embeddings_val", chunk_rows=64,
+                       device="cpu", no_progress=True) == 0
     from saevlm.data.codes import CodeStore
     from saevlm.data.store import ActivationStore
     e = ActivationStore(world / "embeddings_val").read(0, 400)

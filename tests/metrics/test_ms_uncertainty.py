@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from saevlm import api
 from saevlm.data.codes import dense_to_csr
 from saevlm.metrics.monosemanticity import MSAccumulator, jackknife_interval
 from test_ms import ms_brute_force
@@ -96,10 +96,10 @@ def test_intervals_cover_the_ms_of_fresh_image_draws(tmp_path):
 
 def test_ms_command_writes_intervals_without_moving_the_score(tmp_path):
     w = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", w, "--num_train", "2000", "--num_val", "300") == 0
+    assert api.run("synthetic", output_dir=w, num_train=2000, num_val=300) == 0
     out = tmp_path / "ms"
-    assert run_cli("ms", "--activations_dir", w / "val", "--embeddings_path", w / "embeddings_val", "--output_dir",
-                   out, "--no_progress") == 0
+    assert api.run("ms", activations_dir=w / "val", embeddings_path=w / "embeddings_val", output_dir=out,
+                   no_progress=True) == 0
     from saevlm.data.store import ActivationStore
 
     a = ActivationStore(w / "val").read(0, 300)
@@ -117,8 +117,8 @@ def test_ms_command_writes_intervals_without_moving_the_score(tmp_path):
     assert "jackknife" in (out / "metric_stats.txt").read_text()
     # --no-uncertainty: one pass, no interval files
     out2 = tmp_path / "ms2"
-    assert run_cli("ms", "--activations_dir", w / "val", "--embeddings_path", w / "embeddings_val", "--output_dir",
-                   out2, "--no_progress", "--no-uncertainty") == 0
+    assert api.run("ms", activations_dir=w / "val", embeddings_path=w / "embeddings_val", output_dir=out2,
+                   no_progress=True, uncertainty=False) == 0
     assert not (out2 / "scores_se.npy").exists() and "uncertainty" not in json.loads((out2 / "ms.json").read_text())
 
 
@@ -133,19 +133,19 @@ def test_report_gives_intervals_and_paired_differences(tmp_path):
 
     run = tmp_path / "run"
     w = run / "world"
-    assert run_cli("synthetic", "--output_dir", w, "--num_train", "1500", "--num_val", "150") == 0
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", w / "train", "--checkpoints_dir", run / "ck",
-                   "--expansion_factor", "1", "2", "--k", "4", "--steps", "60", "--batch_size", "128",
-                   "--warmup_steps", "5", "--threshold_start_step", "10", "--device", "cpu", "--no_progress") == 0
+    assert api.run("synthetic", output_dir=w, num_train=1500, num_val=150) == 0
+    assert api.run("train", layout="trainers", activations_dir=w / "train", checkpoints_dir=run / "ck",
+                   expansion_factor=[1, 2], k=4, steps=60, batch_size=128, warmup_steps=5, threshold_start_step=10,
+                   device="cpu", no_progress=True) == 0
     codes = {}
     for t, x in (("trainer_0", 1), ("trainer_1", 2)):
         codes[x] = run / f"codes_x{x}"
-        assert run_cli("encode", "--sae_path", run / "ck" / t, "--activations_dir", w / "val", "--output_dir",
-                       codes[x], "--no_progress") == 0
+        assert api.run("encode", sae_path=run / "ck" / t, activations_dir=w / "val", output_dir=codes[x],
+                       no_progress=True) == 0
     for store in (w / "val", codes[1], codes[2]):
-        assert run_cli("ms", "--activations_dir", store, "--embeddings_path", w / "embeddings_val", "--device",
-                       "cpu", "--no_progress") == 0
-    assert run_cli("report", "--run_dir", run, "--no_grids") == 0
+        assert api.run("ms", activations_dir=store, embeddings_path=w / "embeddings_val", device="cpu",
+                       no_progress=True) == 0
+    assert api.run("report", run_dir=run, no_grids=True) == 0
     text = (run / "report" / "report.md").read_text() if (run / "report" / "report.md").is_file() else \
         next(run.rglob("report.md")).read_text()
     e = ActivationStore(w / "embeddings_val").read(0, 150)

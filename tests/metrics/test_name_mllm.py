@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import MLLM_FAMILIES, assert_results_read_back, run_cli, save_tiny_mllm
+from saevlm import api
 
 
 @pytest.fixture(scope="module")
@@ -146,16 +147,14 @@ def test_token_level_stores_show_the_mllm_the_heatmap(tmp_path, tiny_clip_dir, m
     run = make_small_run(tmp_path, tiny_clip_dir, all_tokens=True)
     clip = save_tiny_clip_model(tmp_path / "clipmodel")
     images_dir = tmp_path / "images"
-    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "emb", "--dataset_name",
-                   "imagefolder", "--data_path", images_dir, "--num_workers", "0", "--device", "cpu",
-                   "--no_progress") == 0
+    assert api.run("embed", model_name=clip, embeddings_path=tmp_path / "emb", dataset_name="imagefolder",
+                   data_path=images_dir, num_workers=0, device="cpu", no_progress=True) == 0
     shown = []
     real_batch = MLLM.prompt_batch
     monkeypatch.setattr(MLLM, "prompt_batch", lambda self, q, grids, n: shown.extend(grids) or real_batch(self, q, grids, n))
     llava = save_tiny_mllm("llava", tmp_path / "llava")
-    assert run_cli("name", "--codes_dir", run / "codes", "--embeddings_path", tmp_path / "emb", "--device", "cpu",
-                   "--no_progress", "--no_score", "--explainer", "mllm", "--mllm_model", llava,
-                   "--max_new_tokens", "2") == 0
+    assert api.run("name", codes_dir=run / "codes", embeddings_path=tmp_path / "emb", device="cpu", no_progress=True,
+                   no_score=True, explainer="mllm", mllm_model=llava, max_new_tokens=2) == 0
     store = open_any_store(run / "codes", "codes_dir")
     top = np.load(run / "codes" / "top_images_16.npy")
     values = np.load(run / "codes" / "top_images_16_values.npy")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli
+from saevlm import api
 
 WORDS = ["otter", "pencil", "violin", "tulip"]
 N, D = 400, 16
@@ -63,7 +64,7 @@ def planted(tmp_path_factory):
     w.finalize()
     np.save(root / "protos.npy", protos)
     (root / "vocab.txt").write_text("\n".join(WORDS))
-    assert run_cli("top-images", "--activations_dir", root / "codes", "--k", "16", "--no_progress") == 0
+    assert api.run("top-images", activations_dir=root / "codes", k=16, no_progress=True) == 0
     return root, codes, protos[labels] + 0  # (the embeddings are read back from the store below)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import assert_results_read_back, run_cli
+from saevlm import api
 
 TRAIN = ["--sae_model", "batch_top_k", "--expansion_factor", "2", "--k", "4", "--steps", "40", "--batch_size", "256",
          "--warmup_steps", "5", "--threshold_start_step", "10", "--log_steps", "40", "--checkpoint_every", "20"]
@@ -60,12 +61,12 @@ def test_several_seeds_train_in_one_pass(world, tmp_path):
     assert [t["seed"] for t in run["identity"]["trainers"]] == [0, 1]
     assert run["identity"]["hyperparameters"]["seed"] == [0, 1]
     # stability on the two trained SAEs: the command runs and reports a share in [0, 1]
-    assert run_cli("stability", "--sae_path", tmp_path / "two" / "trainer_0", tmp_path / "two" / "trainer_1") == 0
+    assert api.run("stability", sae_path=[tmp_path / "two" / "trainer_0", tmp_path / "two" / "trainer_1"]) == 0
     res = json.loads((tmp_path / "two" / "stability.json").read_text())
     assert tmp_path / "two" / "stability.json" in assert_results_read_back(tmp_path / "two", expect=4)
     assert res["saes"][1]["seed"] == 1 and 0 <= res["pairs"][0]["matched_share"] <= 1
     # the report shows it (a typed record), with the matched share as written
-    assert run_cli("report", "--run_dir", tmp_path / "two", "--no_grids", "--output_dir", tmp_path / "rep") == 0
+    assert api.run("report", run_dir=tmp_path / "two", no_grids=True, output_dir=tmp_path / "rep") == 0
     text = "\n".join(f.read_text() for f in (tmp_path / "rep").glob("*.md"))
     assert "Seed stability" in text and "seeds 0, 1" in text
     assert f"| 0 vs 1 | {100 * res['pairs'][0]['matched_share']:.1f} % |" in text
@@ -125,9 +126,9 @@ def test_planted_permutation_is_recovered_by_both_matchings(tmp_path, capsys):
     ms_a = rng.random(K)
     np.save(tmp_path / "ms_a.npy", ms_a)
     np.save(tmp_path / "ms_b.npy", ms_a[perm])
-    assert run_cli("stability", "--sae_path", tmp_path / "a", tmp_path / "b", "--codes_dir", tmp_path / "ca",
-                   tmp_path / "cb", "--scores", tmp_path / "ms_a.npy", tmp_path / "ms_b.npy",
-                   "--output", tmp_path / "s.json") == 0
+    assert api.run("stability", sae_path=[tmp_path / "a", tmp_path / "b"],
+                   codes_dir=[tmp_path / "ca", tmp_path / "cb"],
+                   scores=[tmp_path / "ms_a.npy", tmp_path / "ms_b.npy"], output=tmp_path / "s.json") == 0
     res = json.loads((tmp_path / "s.json").read_text())
     pair = res["pairs"][0]
     inverse = np.argsort(perm)  # A's latent j sits at B's inverse[j]

@@ -6,6 +6,7 @@ from itertools import combinations
 import numpy as np
 
 from helpers import assert_results_read_back, run_cli
+from saevlm import api
 from saevlm.data.codes import CSRChunk, dense_to_csr
 from saevlm.metrics.top_images import top_k_csr, top_k_dense
 from saevlm.metrics.uniqueness import uniqueness_stats
@@ -76,16 +77,15 @@ def test_uniqueness_matches_pair_loop():
 
 def test_commands_on_synthetic_world(tmp_path):
     w = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", w, "--num_train", "2000", "--num_val", "300") == 0
-    assert run_cli("top-images", "--activations_dir", w / "val", "--k", "16", "--chunk_rows", "70",
-                   "--device", "cpu", "--no_progress") == 0
+    assert api.run("synthetic", output_dir=w, num_train=2000, num_val=300) == 0
+    assert api.run("top-images", activations_dir=w / "val", k=16, chunk_rows=70, device="cpu", no_progress=True) == 0
     from saevlm.data.store import ActivationStore
     a = ActivationStore(w / "val").read(0, 300)
     top = np.load(w / "val" / "top_images_16.npy")
     ref_r, ref_v = naive_top_k(a, 16)
     assert np.array_equal(top, ref_r)  # one row per image, ids = rows
     assert np.array_equal(np.load(w / "val" / "top_images_16_kth_value.npy"), ref_v[:, -1])
-    assert run_cli("uniqueness", "--activations_dir", w / "val", "--k", "16") == 0
+    assert api.run("uniqueness", activations_dir=w / "val", k=16) == 0
     stats = json.loads((w / "val" / "uniqueness_16.json").read_text())
     assert stats["pairs"] == 64 * 63 // 2
     assert {"top_images_16.json", "uniqueness_16.json"} <= {p.name for p in assert_results_read_back(w / "val")}
@@ -98,18 +98,16 @@ def test_pooled_top_images_on_token_stores(tiny_clip_dir, image_folder, tmp_path
     from saevlm.data.store import ActivationStore
     from helpers import save_random_sae
 
-    assert run_cli("extract", "--model_name", tiny_clip_dir, "--layer", "2", "--random_k", "3",
-                   "--dataset_name", "imagefolder", "--data_path", image_folder, "--batch_size", "4",
-                   "--num_workers", "0", "--device", "cpu", "--no_progress", "--shard_rows", "24",
-                   "--output_dir", tmp_path / "acts") == 0
+    assert api.run("extract", model_name=tiny_clip_dir, layer=[2], random_k=3, dataset_name="imagefolder",
+                   data_path=image_folder, batch_size=4, num_workers=0, device="cpu", no_progress=True,
+                   shard_rows=24, output_dir=tmp_path / "acts") == 0
     store = tmp_path / "acts" / "post_mlp_residual_2"
     assert run_cli("top-images", "--activations_dir", store, "--device", "cpu", "--no_progress") == 2
     sae = save_random_sae(tmp_path / "sae", 64, 96, k=6)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", store, "--output_dir", tmp_path / "codes",
-                   "--allow_mismatch", "--no_progress") == 0
+    assert api.run("encode", sae_path=sae, activations_dir=store, output_dir=tmp_path / "codes", allow_mismatch=True,
+                   no_progress=True) == 0
     for s, reader in ((store, ActivationStore), (tmp_path / "codes", CodeStore)):
-        assert run_cli("top-images", "--activations_dir", s, "--k", "8", "--pool", "mean", "--device", "cpu",
-                       "--no_progress") == 0
+        assert api.run("top-images", activations_dir=s, k=8, pool="mean", device="cpu", no_progress=True) == 0
         dense = reader(s).read(0, reader(s).num_rows)
         pooled = dense.reshape(24, 3, -1).mean(1)  # 24 images x 3 tokens, image-major
         ref_r, ref_v = naive_top_k(pooled, 8)

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import run_cli
+from saevlm import api
 
 
 def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
@@ -18,18 +19,16 @@ def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
                    "post_projection", "--output_dir", tmp_path / "acts", *common) == 0
     assert run_cli("embed", "--model_name", tiny_clip_dir, "--embeddings_path", tmp_path / "emb", *common) == 0
     store = tmp_path / "acts" / "post_projection"
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck", "--sae_model",
-                   "matryoshka_batch_top_k", "--expansion_factor", "2", "--k", "4", "--steps", "30",
-                   "--batch_size", "16", "--warmup_steps", "2", "--threshold_start_step", "5",
-                   "--group_fractions", "0.25", "0.75", "--device", "cpu", "--no_progress") == 0
-    assert run_cli("encode", "--sae_path", tmp_path / "ck" / "trainer_0", "--activations_dir", store,
-                   "--output_dir", tmp_path / "codes", "--no_progress") == 0
+    assert api.run("train", layout="trainers", activations_dir=store, checkpoints_dir=tmp_path / "ck",
+                   sae_model=["matryoshka_batch_top_k"], expansion_factor=[2], k=4, steps=30, batch_size=16,
+                   warmup_steps=2, threshold_start_step=5, group_fractions=[0.25, 0.75], device="cpu",
+                   no_progress=True) == 0
+    assert api.run("encode", sae_path=tmp_path / "ck" / "trainer_0", activations_dir=store,
+                   output_dir=tmp_path / "codes", no_progress=True) == 0
     for s in (store, tmp_path / "codes"):
-        assert run_cli("ms", "--activations_dir", s, "--embeddings_path", tmp_path / "emb",
-                       "--device", "cpu", "--no_progress") == 0
-        assert run_cli("top-images", "--activations_dir", s, "--device", "cpu", "--no_progress") == 0
-    assert run_cli("visualize", "--activations_dir", tmp_path / "codes", "--per_group", "2",
-                   "--raw_ms", store) == 0
+        assert api.run("ms", activations_dir=s, embeddings_path=tmp_path / "emb", device="cpu", no_progress=True) == 0
+        assert api.run("top-images", activations_dir=s, device="cpu", no_progress=True) == 0
+    assert api.run("visualize", activations_dir=tmp_path / "codes", per_group=2, raw_ms=store) == 0
     figs = tmp_path / "codes" / "figures"
     names = json.loads((figs / "index.json").read_text())
     # the first 2 LIVE neurons of each of the 2 groups (sizes 16 and 48) plus the histogram: dead
@@ -48,6 +47,6 @@ def test_pipeline_grids_and_histogram(tiny_clip_dir, tmp_path):
     assert run_cli("visualize", "--activations_dir", tmp_path / "codes", "--neurons", "999") == 2
     assert (figs / "ms_histogram.png").read_bytes() == before
     w = tmp_path / "w"
-    assert run_cli("synthetic", "--output_dir", w, "--num_train", "100", "--num_val", "50") == 0
-    assert run_cli("top-images", "--activations_dir", w / "val", "--device", "cpu", "--no_progress") == 0
+    assert api.run("synthetic", output_dir=w, num_train=100, num_val=50) == 0
+    assert api.run("top-images", activations_dir=w / "val", device="cpu", no_progress=True) == 0
     assert run_cli("visualize", "--activations_dir", w / "val") == 2

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import run_cli
+from saevlm import api
 from saevlm.data.codes import CodeStore, dense_to_csr
 from saevlm.data.store import ActivationStore, check_same_images
 from saevlm.errors import UserError
@@ -20,10 +21,10 @@ def _train(world, out, *extra):
 
 
 def test_synthetic_world_is_deterministic_and_structured(world, tmp_path):
-    assert run_cli("synthetic", "--output_dir", tmp_path / "again") == 0
+    assert api.run("synthetic", output_dir=tmp_path / "again") == 0
     a, b = ActivationStore(world / "train"), ActivationStore(tmp_path / "again" / "train")
     assert np.array_equal(a.read(0, a.num_rows), b.read(0, b.num_rows))
-    assert run_cli("synthetic", "--output_dir", tmp_path / "other", "--seed", "1") == 0
+    assert api.run("synthetic", output_dir=tmp_path / "other", seed=1) == 0
     assert not np.array_equal(a.read(0, 100), ActivationStore(tmp_path / "other" / "train").read(0, 100))
     info = json.loads((world / "world.json").read_text())
     directions = np.load(world / "directions.npy")
@@ -186,8 +187,8 @@ def test_encode_store_round_trip_and_csr(world, tmp_path):
     assert _train(world, tmp_path / "ck", "--expansion_factor", "2", "--k", "4", "--steps", "30",
                   "--batch_size", "256", "--warmup_steps", "5", "--threshold_start_step", "10") == 0
     sae_dir = tmp_path / "ck" / "trainer_0"
-    assert run_cli("encode", "--sae_path", sae_dir, "--activations_dir", world / "val",
-                   "--output_dir", tmp_path / "codes", "--encode_rows", "777", "--no_progress") == 0
+    assert api.run("encode", sae_path=sae_dir, activations_dir=world / "val", output_dir=tmp_path / "codes",
+                   encode_rows=777, no_progress=True) == 0
     codes = CodeStore(tmp_path / "codes")
     assert codes.shape == (8000, 128)
     sae = load_sae(str(sae_dir))
@@ -210,13 +211,11 @@ def test_extract_with_sae_equals_extract_then_encode(tiny_clip_dir, image_folder
               "--device", "cpu", "--no_progress"]
     assert run_cli("extract", *common, "--output_dir", tmp_path / "acts") == 0
     store = tmp_path / "acts" / "post_mlp_residual_2"
-    assert run_cli("train", "--layout", "trainers", "--activations_dir", store, "--checkpoints_dir", tmp_path / "ck",
-                   "--expansion_factor", "2", "--k", "3", "--steps", "20", "--batch_size", "16",
-                   "--warmup_steps", "2", "--threshold_start_step", "5", "--device", "cpu",
-                   "--no_progress") == 0
+    assert api.run("train", layout="trainers", activations_dir=store, checkpoints_dir=tmp_path / "ck",
+                   expansion_factor=[2], k=3, steps=20, batch_size=16, warmup_steps=2, threshold_start_step=5,
+                   device="cpu", no_progress=True) == 0
     sae = tmp_path / "ck" / "trainer_0"
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", store, "--output_dir",
-                   tmp_path / "codes_a", "--no_progress") == 0
+    assert api.run("encode", sae_path=sae, activations_dir=store, output_dir=tmp_path / "codes_a", no_progress=True) == 0
     assert run_cli("extract", *common, "--sae_path", sae, "--sae_model", "batch_top_k",
                    "--output_dir", tmp_path / "direct") == 0
     a = CodeStore(tmp_path / "codes_a")
@@ -247,8 +246,7 @@ def test_invalid_training_flags(world, tmp_path, capsys, extra, expected):
 
 
 def test_train_val_width_mismatch_and_sae_store_mismatch(world, tmp_path, capsys):
-    assert run_cli("synthetic", "--output_dir", tmp_path / "w32", "--dim", "32", "--num_train", "500",
-                   "--num_val", "100") == 0
+    assert api.run("synthetic", output_dir=tmp_path / "w32", dim=32, num_train=500, num_val=100) == 0
     rc = run_cli("train", "--layout", "trainers", "--activations_dir", world / "train", "--val_activations_dir", tmp_path / "w32" / "val",
                  "--checkpoints_dir", tmp_path / "ck", "--steps", "10", "--warmup_steps", "2", "--device", "cpu")
     assert rc == 2 and "width 32, but --activations_dir" in capsys.readouterr().err

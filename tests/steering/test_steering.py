@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from helpers import assert_results_read_back, run_cli, save_identity_sae, save_random_sae, save_tiny_llava
+from saevlm import api
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
@@ -146,17 +147,16 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
     clip = save_tiny_clip_model(tmp_path / "clip")
     common = ["--dataset_name", "imagefolder", "--data_path", data, "--batch_size", "8", "--num_workers", "0",
               "--device", "cpu", "--no_progress"]
-    assert run_cli("make-eval-folder", "--dataset_name", "imagefolder", "--data_path", tmp_path / "imgs",
-                   "--split", "train", "--output_dir", tmp_path / "eval") == 0
+    assert api.run("make-eval-folder", dataset_name="imagefolder", data_path=tmp_path / "imgs", split="train",
+                   output_dir=tmp_path / "eval") == 0
     assert sorted(p.parent.name for p in (tmp_path / "eval").rglob("*.png")) == ["n01", "n02", "n03", "n04"]
     assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "clip_emb", *common) == 0
     assert run_cli("extract", "--model_name", clip, "--layer", "1", "--random_k", "2",
                    "--output_dir", tmp_path / "acts", *common) == 0
     sae = save_random_sae(tmp_path / "sae", 64, 128, layer=1)
-    assert run_cli("encode", "--sae_path", sae, "--activations_dir", tmp_path / "acts" / "post_mlp_residual_1",
-                   "--output_dir", tmp_path / "codes", "--allow_mismatch", "--no_progress") == 0
-    assert run_cli("top-images", "--activations_dir", tmp_path / "codes", "--pool", "mean", "--device", "cpu",
-                   "--no_progress") == 0
+    assert api.run("encode", sae_path=sae, activations_dir=tmp_path / "acts" / "post_mlp_residual_1",
+                   output_dir=tmp_path / "codes", allow_mismatch=True, no_progress=True) == 0
+    assert api.run("top-images", activations_dir=tmp_path / "codes", pool="mean", device="cpu", no_progress=True) == 0
     top = tmp_path / "codes" / "top_images_16.npy"
     base = ["--sae_path", sae, "--llava_model", llava, "--top_images", top, "--clip_embeddings",
             tmp_path / "clip_emb", "--clip_model", clip, "--device", "cpu"]
@@ -206,8 +206,7 @@ def test_steering_score_pipeline_end_to_end(tmp_path, capsys):
                    "--device", "cpu") == 2  # the authors' protocol needs their class-name strings
     names = tmp_path / "names.json"
     names.write_text(json.dumps({str(i): [c, f"thing_{i}"] for i, c in enumerate(["n01", "n02", "n03", "n04"])}))
-    assert run_cli("similarity-baseline", "--images", tmp_path / "eval", "--clip_model", clip,
-                   "--class_names", names, "--device", "cpu") == 0
+    assert api.run("similarity-baseline", images=tmp_path / "eval", clip_model=clip, class_names=names, device="cpu") == 0
     bounds = json.loads((tmp_path / "eval" / "similarity_baseline.json").read_text())
     assert bounds["images"] == 4 and -1 <= bounds["shuffled_class_names"]["mean"] <= 1
     assert bounds["protocol"] == "authors"
@@ -348,8 +347,8 @@ def test_steering_score_over_several_latents_equals_a_fresh_model_per_latent(tmp
     data = make_image_folder(tmp_path / "imgs", num_classes=2, per_class=4)
     llava = save_tiny_llava(tmp_path / "llava")
     clip = save_tiny_clip_model(tmp_path / "clip")
-    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "emb", "--dataset_name",
-                   "imagefolder", "--data_path", data, "--device", "cpu", "--num_workers", "0", "--no_progress") == 0
+    assert api.run("embed", model_name=clip, embeddings_path=tmp_path / "emb", dataset_name="imagefolder",
+                   data_path=data, device="cpu", num_workers=0, no_progress=True) == 0
     sae = save_random_sae(tmp_path / "sae", 64, 256, layer=2)
     top = np.random.default_rng(0).integers(0, 8, size=(256, 4))
     np.save(tmp_path / "top_images_4.npy", top)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from helpers import MLLM_FAMILIES, run_cli, save_identity_sae, save_random_sae, save_tiny_mllm
+from saevlm import api
 from saevlm.errors import UserError
 from saevlm.sae.checkpoint import load_sae
 from saevlm.steering.intervention import sae_intervention
@@ -123,9 +124,8 @@ def test_extract_through_an_mllm_tower_gives_what_steering_sees(saved, image, tm
     folder = make_mixed_aspect_folder(tmp_path / "imgs", sizes=((40, 64),), per_size=1)
     image.save(next(folder.rglob("*.png")))  # the fixture image, so both sides see the same pixels
     src = saved["llava_next"]
-    assert run_cli("extract", "--model_name", src, "--dataset_name", "imagefolder", "--data_path", folder,
-                   "--layer", "2", "--output_dir", tmp_path / "acts", "--device", "cpu", "--num_workers", "0",
-                   "--no_progress") == 0
+    assert api.run("extract", model_name=src, dataset_name="imagefolder", data_path=folder, layer=[2],
+                   output_dir=tmp_path / "acts", device="cpu", num_workers=0, no_progress=True) == 0
     store = ActivationStore(tmp_path / "acts" / "post_mlp_residual_2")
     prov = store.manifest.provenance
     assert prov.model.extra["mllm"] == "LLaVA-NeXT" and prov.model.extra["read_block"] == 2
@@ -156,9 +156,8 @@ def test_extract_from_siglip_towers(family, saved, image, tmp_path):
 
     folder = make_mixed_aspect_folder(tmp_path / "imgs", sizes=((40, 64),), per_size=1)
     image.save(next(folder.rglob("*.png")))
-    assert run_cli("extract", "--model_name", saved[family], "--dataset_name", "imagefolder", "--data_path", folder,
-                   "--layer", "1", "--output_dir", tmp_path / "acts", "--device", "cpu", "--num_workers", "0",
-                   "--no_progress") == 0
+    assert api.run("extract", model_name=saved[family], dataset_name="imagefolder", data_path=folder, layer=[1],
+                   output_dir=tmp_path / "acts", device="cpu", num_workers=0, no_progress=True) == 0
     store = ActivationStore(tmp_path / "acts" / "post_mlp_residual_1")
     mllm = load_mllm(str(saved[family]))
     seen = _block_outputs(mllm, mllm.vision_blocks[1], lambda: mllm.logits(PROMPT, image))[0]
@@ -171,19 +170,18 @@ def test_steer_and_steering_score_commands_on_qwen(saved, tmp_path, capsys):
     from helpers import make_image_folder, save_tiny_clip_model
 
     sae = save_random_sae(tmp_path / "sae", 64, 256, layer=3)
-    assert run_cli("steer", "--sae_path", sae, "--llava_model", saved["qwen2_5_vl"], "--neuron", "3", "--alpha", "0",
-                   "30", "--image", "white", "--device", "cpu") == 0
+    assert api.run("steer", sae_path=sae, llava_model=saved["qwen2_5_vl"], neuron=[3], alpha=[0, 30], image="white",
+                   device="cpu") == 0
     out = capsys.readouterr().out
     assert "block 3" in out and "latent 3 = 30:" in out
     clip = save_tiny_clip_model(tmp_path / "clip")
     data = make_image_folder(tmp_path / "imgs", num_classes=2, per_class=2)
-    assert run_cli("embed", "--model_name", clip, "--embeddings_path", tmp_path / "emb", "--dataset_name",
-                   "imagefolder", "--data_path", data, "--device", "cpu", "--num_workers", "0", "--no_progress") == 0
+    assert api.run("embed", model_name=clip, embeddings_path=tmp_path / "emb", dataset_name="imagefolder",
+                   data_path=data, device="cpu", num_workers=0, no_progress=True) == 0
     np.save(tmp_path / "top_images_2.npy", np.random.default_rng(0).integers(0, 4, size=(256, 2)))
-    assert run_cli("steering-score", "--sae_path", sae, "--llava_model", saved["qwen2_5_vl"], "--top_images",
-                   tmp_path / "top_images_2.npy", "--clip_embeddings", tmp_path / "emb", "--clip_model", clip,
-                   "--neuron_list", "0", "3", "--images", "white", "--output_dir", tmp_path / "score",
-                   "--device", "cpu") == 0
+    assert api.run("steering-score", sae_path=sae, llava_model=saved["qwen2_5_vl"],
+                   top_images=tmp_path / "top_images_2.npy", clip_embeddings=tmp_path / "emb", clip_model=clip,
+                   neuron_list=[0, 3], images="white", output_dir=tmp_path / "score", device="cpu") == 0
     summary = json.loads((tmp_path / "score" / "steering_score.json").read_text())
     assert summary["mllm_family"] == "Qwen2.5-VL" and summary["layer"] == 3
     rows = list(csv.DictReader(open(tmp_path / "score" / "labels.csv")))
@@ -202,9 +200,9 @@ def test_extract_from_the_qwen_tower_in_patch_order(saved, tmp_path):
     from saevlm.models.base import stack_pixels
 
     folder = make_mixed_aspect_folder(tmp_path / "imgs", sizes=((40, 64), (64, 40), (50, 50)), per_size=1)
-    assert run_cli("extract", "--model_name", saved["qwen2_5_vl"], "--dataset_name", "imagefolder", "--data_path",
-                   folder, "--layer", "3", "--output_dir", tmp_path / "acts", "--device", "cpu", "--num_workers", "0",
-                   "--batch_size", "3", "--no_progress") == 0
+    assert api.run("extract", model_name=saved["qwen2_5_vl"], dataset_name="imagefolder", data_path=folder,
+                   layer=[3], output_dir=tmp_path / "acts", device="cpu", num_workers=0, batch_size=3,
+                   no_progress=True) == 0
     store = ActivationStore(tmp_path / "acts" / "post_mlp_residual_3")
     enc = load_encoder(str(saved["qwen2_5_vl"]))
     from PIL import Image
