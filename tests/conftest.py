@@ -15,11 +15,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import saevlm  # noqa: E402,F401  (installs the torchvision fix before anything imports torchvision)
 import pytest  # noqa: E402
-from saevlm.threads import configure_threads  # noqa: E402
 
-# torch's threads as `saevlm <command>` sets them (cli.main does), for the tests that run a command
-# through its config (saevlm.api.run) rather than its command line
-configure_threads()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the worker's torch threads as `saevlm <command>` sets them (cli.main does), also for the tests
+    # that run a command through its config (saevlm.api.run). torch first, so that this is
+    # torch.set_num_threads and no OMP_NUM_THREADS reaches the processes tests start (they would
+    # read it as the user's choice). Only in a worker: in the controller it would be inherited by
+    # the workers and override SAEVLM_THREADS there (measured: make test 589 s instead of 364 s).
+    import torch  # noqa: E402,F401
+    from saevlm.threads import configure_threads  # noqa: E402
+
+    configure_threads()
 
 from helpers import run_cli  # noqa: E402
 

@@ -130,6 +130,17 @@ def file_checksum(path: str | os.PathLike, block: int = 1 << 24) -> dict:
     return {"bytes": size, "crc32": f"{crc:08x}"}
 
 
+def file_sha256(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in blocks (what hub manifests and model cards record)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_save_npy(path: str | os.PathLike, array) -> dict:
     """``numpy.save`` atomically (no pickles); returns the file's :func:`file_checksum`, computed
     while writing (no second read)."""

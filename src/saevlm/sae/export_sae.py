@@ -14,7 +14,6 @@ several SAEs one sub-folder per SAE plus ``manifest.jsonl`` (one row per SAE), s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -116,12 +115,6 @@ def ms_results(trainer_dir: Path) -> list[dict]:
     return out
 
 
-def sha256_of(f: Path) -> str:
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_card(rows: list[dict], fmt: str) -> str:
@@ -166,7 +159,8 @@ def run(args: ExportSAEConfig) -> int:
 
     from safetensors.torch import save_file
 
-    from saevlm.data.atomic import atomic_write_json, atomic_write_text, check_not_own_input, ensure_writable_dir
+    from saevlm.data.atomic import (atomic_write_json, atomic_write_text, check_not_own_input, ensure_writable_dir,
+                                     file_sha256)
     from saevlm.sae import interop
     from saevlm.sae.checkpoint import load_sae
 
@@ -205,7 +199,7 @@ def run(args: ExportSAEConfig) -> int:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(target / WEIGHTS_FILE[args.format]))
             atomic_write_json(target / "cfg.json", cfg)
             rows.append({"path": d.name if several else "", "facts": facts, "evaluation": evaluation(d),
-                         "ms": ms_results(d), "sha256": sha256_of(target / WEIGHTS_FILE[args.format])})
+                         "ms": ms_results(d), "sha256": file_sha256(target / WEIGHTS_FILE[args.format])})
         if args.hub_card:
             atomic_write_text(tmp / "README.md", model_card(rows, args.format))
             if several:

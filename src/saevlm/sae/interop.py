@@ -396,7 +396,9 @@ def pick_saev_checkpoint(root: Path, layer: int | None, l0: float | None, run_id
     f = fetch(row["path"]) if fetch is not None else root / row["path"]  # (a hub repo: downloaded now)
     if not f.is_file():
         raise UserError(f"sae_path {f}: listed in manifest.jsonl but not there", field="sae_path")
-    if row.get("sha256") and _sha256_of(f) != row["sha256"]:
+    from saevlm.data.atomic import file_sha256
+
+    if row.get("sha256") and file_sha256(f) != row["sha256"]:
         raise UserError(f"sae_path {f}: its SHA-256 is not the one manifest.jsonl records (a damaged or "
                         f"replaced checkpoint)", field="sae_path")
     return f, row
@@ -439,16 +441,6 @@ def _saev_candidates(rows: list[dict], root: Path, layer: int | None, l0: float 
     if chosen and l0 is not None:
         chosen = [min(chosen, key=lambda r: abs(float(r.get("l0", 0)) - l0))]
     return chosen
-
-
-def _sha256_of(f: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(f, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _read_saev_file(f: Path) -> tuple[dict, dict]:
