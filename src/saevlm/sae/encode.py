@@ -102,9 +102,14 @@ def _complete_already(args: EncodeConfig, store, images_per_shard: int) -> bool:
     """Whether ``--output_dir`` holds the complete codes of this SAE on these activations, checked
     from the checkpoint's weights alone (:func:`describe_checkpoint`): a rerun of a finished step
     then skips without building the SAE, i.e. without importing dictionary_learning."""
+    from pathlib import Path
+
+    from saevlm.data.artifacts import MANIFEST
     from saevlm.data.codes import CodeStoreWriter
     from saevlm.sae.checkpoint import describe_checkpoint
 
+    if not (Path(args.output_dir) / MANIFEST).is_file():
+        return False  # nothing there yet: the checkpoint is read (and its checksum checked) once, by load_sae
     sae = describe_checkpoint(args.sae_path)
     identity = CodeStoreWriter.identity("codes", sae["dict_size"], "fp32", images_per_shard,
                                         store.provenance.with_sae(sae))
