@@ -34,7 +34,12 @@ from helpers import run_cli  # noqa: E402
 # torchrun): collected first, so that with two workers (make test: -n 2 --dist loadfile) they start
 # at once, side by side, and the short files fill in around them instead of waiting behind them.
 LONG_FIRST = ("real/test_real.py", "cli/test_script_ms.py", "cli/test_script_ms_hub.py",
-              "cli/test_script_steering.py", "extraction/test_distributed.py", "cli/test_script_hierarchy.py")
+              "cli/test_script_steering.py", "extraction/test_distributed.py", "cli/test_script_hierarchy.py",
+              # then those of 10-30 s, so that the last files to run are short ones and the two
+              # workers finish together
+              "data/test_hub.py", "sae/test_sae.py", "explorer/test_explorer.py", "device/test_gpu_check.py",
+              "extraction/test_extract.py", "metrics/test_hierarchy.py", "explorer/test_explorer_trust.py",
+              "explorer/test_explorer_round3.py")
 
 
 def _long_first(item) -> int:
