@@ -336,3 +336,18 @@ def test_a_finished_encode_is_skipped_from_the_checkpoint_alone(world, tmp_path,
     # another SAE over the same folder is not taken as done: the writer refuses it, naming the difference
     assert run_cli(*argv[:2], trainers[1], *argv[3:]) == 2
     assert "different settings" in capsys.readouterr().err
+
+
+def test_a_legacy_format_checkpoint_is_described_as_it_loads(tmp_path):
+    """A checkpoint in torch's pre-zip format cannot be memory-mapped; describe_checkpoint reads it
+    whole instead of refusing it, and gives what load_sae gives."""
+    from helpers import save_random_sae
+    from saevlm.sae.checkpoint import describe_checkpoint
+
+    sae = save_random_sae(tmp_path / "s", 16, 32, k=4)
+    weights = sae / "ae.pt" if sae.is_dir() else sae
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(weights, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(RuntimeError):
+        torch.load(legacy, weights_only=True, mmap=True)
+    assert describe_checkpoint(str(legacy)) == load_sae(str(legacy)).describe()

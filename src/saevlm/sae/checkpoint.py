@@ -233,7 +233,13 @@ def _read_checkpoint(path: str, mmap: bool = False) -> tuple[Path, dict, dict, s
         cls_name = ARCHITECTURES[TRAINER_CLASS_TO_ARCH[trainer_cfg["trainer_class"]]][3]
     check_recorded_weights(weights, cfg_path)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # a file in torch's legacy (pre-zip) format cannot be memory-mapped: read it whole
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001
         first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise UserError(f"sae_path {weights}: not a readable torch checkpoint ({first_line})", field="sae_path") from None
